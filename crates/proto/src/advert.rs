@@ -1,0 +1,261 @@
+//! Capacity adverts: what a node serves, at what price, with how much room.
+
+use serde::Serialize;
+
+use crate::canon::{Reader, Writer};
+use crate::keys::{sign, verify};
+use crate::{NanoUsd, ProtoError, PublicKey, SigningKey, public_key_of};
+
+const TAG: &[u8] = b"sharenet/advert\0";
+/// At most this many models in one advert, so adverts stay small.
+pub const MAX_ADVERT_MODELS: usize = 64;
+/// An advert may not claim to live longer than this.
+pub const MAX_ADVERT_TTL_MS: u64 = 10 * 60 * 1000;
+const MAX_MODEL_ID: usize = 128;
+
+/// One model a node serves and its prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelOffer {
+    /// The model name builders ask for, e.g. `tiny-llama`.
+    pub id: String,
+    /// nano-USD per prompt token.
+    pub price_in: NanoUsd,
+    /// nano-USD per generated token.
+    pub price_out: NanoUsd,
+    /// Longest prompt + completion the node accepts, in tokens.
+    pub context_length: u32,
+}
+
+/// A node's signed statement of what it serves right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Advert {
+    /// The node's ed25519 public key (its PeerId derives from it).
+    #[serde(with = "hex::serde")]
+    pub node: PublicKey,
+    pub models: Vec<ModelOffer>,
+    /// Jobs the node runs at once.
+    pub max_concurrency: u32,
+    /// Jobs running or waiting right now.
+    pub queue_depth: u32,
+    /// Increases with every advert the node publishes; older ones are stale.
+    pub seq: u64,
+    /// Unix milliseconds when signed.
+    pub issued_at_ms: u64,
+    /// Unix milliseconds after which the advert must be ignored.
+    pub expires_at_ms: u64,
+}
+
+impl Advert {
+    /// The protocol version adverts are written with.
+    pub fn protocol_version(&self) -> u16 {
+        crate::PROTOCOL_VERSION
+    }
+
+    fn validate(&self) -> Result<(), ProtoError> {
+        if self.models.len() > MAX_ADVERT_MODELS {
+            return Err(ProtoError::TooLong {
+                field: "advert models",
+                len: self.models.len(),
+                max: MAX_ADVERT_MODELS,
+            });
+        }
+        for m in &self.models {
+            if m.id.is_empty() || m.id.len() > MAX_MODEL_ID {
+                return Err(ProtoError::Invalid {
+                    field: "model id",
+                    reason: format!("must be 1..={MAX_MODEL_ID} bytes"),
+                });
+            }
+        }
+        if self.expires_at_ms < self.issued_at_ms
+            || self.expires_at_ms - self.issued_at_ms > MAX_ADVERT_TTL_MS
+        {
+            return Err(ProtoError::Invalid {
+                field: "advert expiry",
+                reason: format!("must be within {MAX_ADVERT_TTL_MS} ms after issue"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The canonical bytes that are signed.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new(TAG);
+        w.raw(&self.node);
+        w.u32(self.models.len() as u32);
+        for m in &self.models {
+            w.str(&m.id);
+            w.u64(m.price_in);
+            w.u64(m.price_out);
+            w.u32(m.context_length);
+        }
+        w.u32(self.max_concurrency);
+        w.u32(self.queue_depth);
+        w.u64(self.seq);
+        w.u64(self.issued_at_ms);
+        w.u64(self.expires_at_ms);
+        w.finish()
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        let node = r.array::<32>("advert node key")?;
+        let n = r.u32("advert model count")? as usize;
+        if n > MAX_ADVERT_MODELS {
+            return Err(ProtoError::TooLong {
+                field: "advert models",
+                len: n,
+                max: MAX_ADVERT_MODELS,
+            });
+        }
+        let mut models = Vec::with_capacity(n);
+        for _ in 0..n {
+            models.push(ModelOffer {
+                id: r.str("model id", MAX_MODEL_ID)?,
+                price_in: r.u64("price_in")?,
+                price_out: r.u64("price_out")?,
+                context_length: r.u32("context_length")?,
+            });
+        }
+        Ok(Self {
+            node,
+            models,
+            max_concurrency: r.u32("max_concurrency")?,
+            queue_depth: r.u32("queue_depth")?,
+            seq: r.u64("seq")?,
+            issued_at_ms: r.u64("issued_at_ms")?,
+            expires_at_ms: r.u64("expires_at_ms")?,
+        })
+    }
+
+    /// Whether the advert is live at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+
+    pub fn offer(&self, model: &str) -> Option<&ModelOffer> {
+        self.models.iter().find(|m| m.id == model)
+    }
+}
+
+/// An advert with the node's signature. Only [`SignedAdvert::sign`] and
+/// [`SignedAdvert::from_bytes`] (which verifies) make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedAdvert {
+    advert: Advert,
+    signature: [u8; 64],
+}
+
+impl SignedAdvert {
+    /// Signs `advert`; its `node` field is set to `key`'s public key.
+    pub fn sign(mut advert: Advert, key: &SigningKey) -> Result<Self, ProtoError> {
+        advert.node = public_key_of(key);
+        advert.validate()?;
+        let signature = sign(key, &advert.canonical_bytes());
+        Ok(Self { advert, signature })
+    }
+
+    pub fn advert(&self) -> &Advert {
+        &self.advert
+    }
+
+    pub fn into_advert(self) -> Advert {
+        self.advert
+    }
+
+    /// Canonical bytes followed by the 64-byte signature: what goes on the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.advert.canonical_bytes();
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Decodes and verifies an advert from the wire.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let mut r = Reader::new(bytes, TAG, "advert")?;
+        let advert = Advert::read(&mut r)?;
+        let signed_len = r.consumed_from(bytes);
+        let signature = r.array::<64>("advert signature")?;
+        if r.remaining() != 0 {
+            return Err(ProtoError::TrailingBytes(r.remaining()));
+        }
+        advert.validate()?;
+        verify(&advert.node, &bytes[..signed_len], &signature, "advert")?;
+        Ok(Self { advert, signature })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn advert() -> Advert {
+        Advert {
+            node: [0; 32],
+            models: vec![ModelOffer {
+                id: "tiny-llama".into(),
+                price_in: 100,
+                price_out: 300,
+                context_length: 512,
+            }],
+            max_concurrency: 4,
+            queue_depth: 1,
+            seq: 7,
+            issued_at_ms: 1_000,
+            expires_at_ms: 31_000,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let signed = SignedAdvert::sign(advert(), &key(1)).unwrap();
+        let back = SignedAdvert::from_bytes(&signed.to_bytes()).unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(back.advert().node, public_key_of(&key(1)));
+        assert_eq!(back.advert().offer("tiny-llama").unwrap().price_out, 300);
+    }
+
+    #[test]
+    fn every_changed_byte_fails() {
+        let bytes = SignedAdvert::sign(advert(), &key(1)).unwrap().to_bytes();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert!(SignedAdvert::from_bytes(&bad).is_err(), "byte {i} flipped");
+        }
+    }
+
+    #[test]
+    fn truncation_and_trailing_bytes_fail() {
+        let bytes = SignedAdvert::sign(advert(), &key(1)).unwrap().to_bytes();
+        for len in 0..bytes.len() {
+            assert!(SignedAdvert::from_bytes(&bytes[..len]).is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            SignedAdvert::from_bytes(&long),
+            Err(ProtoError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn other_version_is_refused() {
+        let mut bytes = SignedAdvert::sign(advert(), &key(1)).unwrap().to_bytes();
+        bytes[TAG.len() + 1] = 9;
+        assert_eq!(
+            SignedAdvert::from_bytes(&bytes),
+            Err(ProtoError::UnsupportedVersion(9))
+        );
+    }
+
+    #[test]
+    fn overlong_ttl_is_refused() {
+        let mut a = advert();
+        a.expires_at_ms = a.issued_at_ms + MAX_ADVERT_TTL_MS + 1;
+        assert!(SignedAdvert::sign(a, &key(1)).is_err());
+    }
+}

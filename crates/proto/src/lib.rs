@@ -1,0 +1,41 @@
+//! Wire types shared by sharenet nodes and coordinators.
+//!
+//! Everything two parties must agree on byte for byte lives here: capacity
+//! adverts, job requests and the job event stream, and usage receipts.
+//!
+//! Signed objects ([`SignedAdvert`], [`SignedReceipt`],
+//! [`CountersignedReceipt`]) travel as their *canonical bytes*: a fixed
+//! big-endian binary encoding that starts with a domain-separation tag and
+//! the protocol version, followed by the ed25519 signature(s). Decoding a
+//! signed object always verifies it, so a value of one of these types in
+//! memory has a valid signature.
+//!
+//! Job requests and events are JSON inside length-prefixed frames (the
+//! framing is the `p2p` crate's job); they are not signed, but the receipt
+//! carries SHA-256 digests of the exact request bytes and of the response
+//! text, so both sides commit to what was exchanged.
+//!
+//! Architecture invariant: this crate depends on no network, HTTP or storage
+//! crate, and nothing in it panics on bytes that came from a peer.
+
+mod advert;
+mod canon;
+mod error;
+mod job;
+mod keys;
+mod money;
+mod receipt;
+
+pub use advert::{Advert, MAX_ADVERT_MODELS, MAX_ADVERT_TTL_MS, ModelOffer, SignedAdvert};
+pub use error::ProtoError;
+pub use job::{
+    ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest, MAX_FRAME_BYTES,
+    MAX_JOB_TOKENS, SamplingParams, Usage,
+};
+pub use keys::{JobId, PublicKey, SigningKey, public_key_of, sha256};
+pub use money::{NanoUsd, job_cost};
+pub use receipt::{CountersignedReceipt, Receipt, SignedReceipt};
+
+/// The protocol version written after every domain tag. A peer that sends
+/// another version is refused with [`ProtoError::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;

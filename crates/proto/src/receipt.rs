@@ -1,0 +1,327 @@
+//! Usage receipts: the node signs what it served; the coordinator
+//! countersigns after checking it against what it saw.
+
+use serde::Serialize;
+
+use crate::canon::{Reader, Writer};
+use crate::keys::{sign, verify};
+use crate::{JobId, NanoUsd, ProtoError, PublicKey, SigningKey, job_cost, public_key_of};
+
+const TAG: &[u8] = b"sharenet/receipt\0";
+const COUNTER_TAG: &[u8] = b"sharenet/countersign\0";
+const MAX_MODEL_ID: usize = 128;
+
+/// What one job used and cost. All amounts are nano-USD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub job_id: JobId,
+    /// The node that served the job (signer of the receipt).
+    #[serde(with = "hex::serde")]
+    pub node: PublicKey,
+    /// The coordinator the job was served for (the countersigner).
+    #[serde(with = "hex::serde")]
+    pub coordinator: PublicKey,
+    pub model: String,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub price_in: NanoUsd,
+    pub price_out: NanoUsd,
+    /// `input_tokens * price_in + output_tokens * price_out`, exactly.
+    pub amount: NanoUsd,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    /// SHA-256 of the job request bytes as received.
+    #[serde(with = "hex::serde")]
+    pub request_digest: [u8; 32],
+    /// SHA-256 of the generated text (UTF-8) as streamed.
+    #[serde(with = "hex::serde")]
+    pub response_digest: [u8; 32],
+}
+
+impl Receipt {
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new(TAG);
+        w.raw(&self.job_id.0);
+        w.raw(&self.node);
+        w.raw(&self.coordinator);
+        w.str(&self.model);
+        w.u32(self.input_tokens);
+        w.u32(self.output_tokens);
+        w.u64(self.price_in);
+        w.u64(self.price_out);
+        w.u64(self.amount);
+        w.u64(self.started_at_ms);
+        w.u64(self.finished_at_ms);
+        w.raw(&self.request_digest);
+        w.raw(&self.response_digest);
+        w.finish()
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        Ok(Self {
+            job_id: JobId(r.array::<16>("receipt job id")?),
+            node: r.array::<32>("receipt node key")?,
+            coordinator: r.array::<32>("receipt coordinator key")?,
+            model: r.str("receipt model", MAX_MODEL_ID)?,
+            input_tokens: r.u32("input_tokens")?,
+            output_tokens: r.u32("output_tokens")?,
+            price_in: r.u64("price_in")?,
+            price_out: r.u64("price_out")?,
+            amount: r.u64("amount")?,
+            started_at_ms: r.u64("started_at_ms")?,
+            finished_at_ms: r.u64("finished_at_ms")?,
+            request_digest: r.array::<32>("request digest")?,
+            response_digest: r.array::<32>("response digest")?,
+        })
+    }
+
+    /// Structural checks every receipt must pass, whoever signed it.
+    fn validate(&self) -> Result<(), ProtoError> {
+        if self.model.len() > MAX_MODEL_ID {
+            return Err(ProtoError::TooLong {
+                field: "receipt model",
+                len: self.model.len(),
+                max: MAX_MODEL_ID,
+            });
+        }
+        let expected = job_cost(
+            self.input_tokens,
+            self.output_tokens,
+            self.price_in,
+            self.price_out,
+        )?;
+        if expected != self.amount {
+            return Err(ProtoError::Invalid {
+                field: "receipt amount",
+                reason: format!("{} != tokens x prices = {expected}", self.amount),
+            });
+        }
+        if self.finished_at_ms < self.started_at_ms {
+            return Err(ProtoError::Invalid {
+                field: "receipt timestamps",
+                reason: "finished before it started".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A receipt signed by the node that served the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedReceipt {
+    receipt: Receipt,
+    node_signature: [u8; 64],
+}
+
+impl SignedReceipt {
+    /// Signs as the node; `receipt.node` is set to `key`'s public key.
+    pub fn sign(mut receipt: Receipt, key: &SigningKey) -> Result<Self, ProtoError> {
+        receipt.node = public_key_of(key);
+        receipt.validate()?;
+        let node_signature = sign(key, &receipt.canonical_bytes());
+        Ok(Self {
+            receipt,
+            node_signature,
+        })
+    }
+
+    pub fn receipt(&self) -> &Receipt {
+        &self.receipt
+    }
+
+    pub fn node_signature(&self) -> &[u8; 64] {
+        &self.node_signature
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.receipt.canonical_bytes();
+        out.extend_from_slice(&self.node_signature);
+        out
+    }
+
+    fn read(bytes: &[u8], r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        let receipt = Receipt::read(r)?;
+        let signed_len = r.consumed_from(bytes);
+        let node_signature = r.array::<64>("receipt node signature")?;
+        receipt.validate()?;
+        verify(
+            &receipt.node,
+            &bytes[..signed_len],
+            &node_signature,
+            "receipt",
+        )?;
+        Ok(Self {
+            receipt,
+            node_signature,
+        })
+    }
+
+    /// Decodes and verifies the node's signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let mut r = Reader::new(bytes, TAG, "receipt")?;
+        let signed = Self::read(bytes, &mut r)?;
+        if r.remaining() != 0 {
+            return Err(ProtoError::TrailingBytes(r.remaining()));
+        }
+        Ok(signed)
+    }
+}
+
+/// A node-signed receipt that the coordinator checked and countersigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountersignedReceipt {
+    signed: SignedReceipt,
+    coordinator_signature: [u8; 64],
+}
+
+impl CountersignedReceipt {
+    /// Countersigns as the coordinator named in the receipt. Refuses a
+    /// receipt made out to another coordinator.
+    pub fn countersign(signed: SignedReceipt, key: &SigningKey) -> Result<Self, ProtoError> {
+        if signed.receipt.coordinator != public_key_of(key) {
+            return Err(ProtoError::Invalid {
+                field: "receipt coordinator",
+                reason: "made out to another coordinator".into(),
+            });
+        }
+        let coordinator_signature = sign(key, &Self::countersigned_bytes(&signed));
+        Ok(Self {
+            signed,
+            coordinator_signature,
+        })
+    }
+
+    fn countersigned_bytes(signed: &SignedReceipt) -> Vec<u8> {
+        let mut w = Writer::new(COUNTER_TAG);
+        w.raw(&signed.to_bytes());
+        w.finish()
+    }
+
+    pub fn receipt(&self) -> &Receipt {
+        &self.signed.receipt
+    }
+
+    pub fn signed(&self) -> &SignedReceipt {
+        &self.signed
+    }
+
+    pub fn coordinator_signature(&self) -> &[u8; 64] {
+        &self.coordinator_signature
+    }
+
+    /// Countersign tag, version, the node-signed receipt, then the
+    /// coordinator's signature over everything before it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Self::countersigned_bytes(&self.signed);
+        out.extend_from_slice(&self.coordinator_signature);
+        out
+    }
+
+    /// Decodes and verifies both signatures.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let outer = Reader::new(bytes, COUNTER_TAG, "countersigned receipt")?;
+        let inner_start = outer.consumed_from(bytes);
+        let inner_bytes = &bytes[inner_start..];
+        let mut r = Reader::new(inner_bytes, TAG, "receipt")?;
+        let signed = SignedReceipt::read(inner_bytes, &mut r)?;
+        let signed_len = inner_start + r.consumed_from(inner_bytes);
+        let coordinator_signature = r.array::<64>("coordinator signature")?;
+        if r.remaining() != 0 {
+            return Err(ProtoError::TrailingBytes(r.remaining()));
+        }
+        verify(
+            &signed.receipt.coordinator,
+            &bytes[..signed_len],
+            &coordinator_signature,
+            "countersignature",
+        )?;
+        Ok(Self {
+            signed,
+            coordinator_signature,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> SigningKey {
+        SigningKey::from_bytes(&[1; 32])
+    }
+    fn coord() -> SigningKey {
+        SigningKey::from_bytes(&[2; 32])
+    }
+
+    fn receipt() -> Receipt {
+        Receipt {
+            job_id: JobId([9; 16]),
+            node: [0; 32],
+            coordinator: public_key_of(&coord()),
+            model: "tiny-llama".into(),
+            input_tokens: 12,
+            output_tokens: 30,
+            price_in: 100,
+            price_out: 300,
+            amount: 12 * 100 + 30 * 300,
+            started_at_ms: 5,
+            finished_at_ms: 9,
+            request_digest: [3; 32],
+            response_digest: [4; 32],
+        }
+    }
+
+    #[test]
+    fn round_trip_node_signed() {
+        let signed = SignedReceipt::sign(receipt(), &node()).unwrap();
+        let back = SignedReceipt::from_bytes(&signed.to_bytes()).unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(back.receipt().node, public_key_of(&node()));
+    }
+
+    #[test]
+    fn round_trip_countersigned() {
+        let signed = SignedReceipt::sign(receipt(), &node()).unwrap();
+        let counter = CountersignedReceipt::countersign(signed, &coord()).unwrap();
+        let back = CountersignedReceipt::from_bytes(&counter.to_bytes()).unwrap();
+        assert_eq!(back, counter);
+    }
+
+    #[test]
+    fn every_changed_byte_fails() {
+        let signed = SignedReceipt::sign(receipt(), &node()).unwrap();
+        let bytes = signed.to_bytes();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x80;
+            assert!(SignedReceipt::from_bytes(&bad).is_err(), "byte {i}");
+        }
+        let bytes = CountersignedReceipt::countersign(signed, &coord())
+            .unwrap()
+            .to_bytes();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x80;
+            assert!(CountersignedReceipt::from_bytes(&bad).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn wrong_amount_is_refused_at_signing_and_decoding() {
+        let mut r = receipt();
+        r.amount += 1;
+        assert!(SignedReceipt::sign(r, &node()).is_err());
+    }
+
+    #[test]
+    fn countersigning_someone_elses_receipt_is_refused() {
+        let signed = SignedReceipt::sign(receipt(), &node()).unwrap();
+        assert!(CountersignedReceipt::countersign(signed, &node()).is_err());
+    }
+
+    #[test]
+    fn node_signed_bytes_are_not_a_countersigned_receipt() {
+        let signed = SignedReceipt::sign(receipt(), &node()).unwrap();
+        assert!(CountersignedReceipt::from_bytes(&signed.to_bytes()).is_err());
+    }
+}
