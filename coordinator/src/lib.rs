@@ -1,1 +1,179 @@
-//! placeholder
+//! The sharenet coordinator as a library: the builder-facing
+//! OpenAI-compatible API, the registry of live nodes, dispatch with
+//! fallback, and receipt checking, countersigning and storage. The binary
+//! in `main.rs` is a thin CLI over [`start`] and [`devnet`].
+//!
+//! Architecture invariants: only this crate speaks HTTP/JSON to builders;
+//! every error leaves through [`error::ApiError`]; a receipt is countersigned
+//! only after it matches what the coordinator streamed, and is durable before
+//! the builder sees the response that names it.
+
+pub mod config;
+pub mod devnet;
+pub mod dispatch;
+pub mod error;
+mod http;
+pub mod openai;
+pub mod receipts;
+pub mod registry;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use sharenet_ledger::{ReceiptStore, SledReceiptStore};
+use sharenet_p2p::{Client, Event, Identity, Multiaddr, NetworkConfig, PeerId};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::CoordinatorConfig;
+pub use dispatch::Timeouts;
+pub use http::app;
+
+/// How often expired adverts are swept out of the registry.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Request counters, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub receipts_accepted: AtomicU64,
+    pub receipts_rejected: AtomicU64,
+}
+
+/// State shared by every request handler.
+pub struct Shared {
+    pub identity: Identity,
+    pub client: Client,
+    pub registry: registry::Registry,
+    pub store: Arc<dyn ReceiptStore>,
+    pub api_keys: HashSet<String>,
+    pub timeouts: Timeouts,
+    /// Nodes tried per request before giving up.
+    pub max_attempts: usize,
+    pub metrics: Metrics,
+}
+
+/// A running coordinator.
+pub struct CoordinatorHandle {
+    pub http_addr: SocketAddr,
+    pub peer_id: PeerId,
+    /// libp2p addresses nodes can bootstrap from (with `/p2p/<id>`).
+    pub p2p_addrs: Vec<Multiaddr>,
+    pub state: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl CoordinatorHandle {
+    /// `http://ADDR/v1`, what OpenAI clients take as their base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.http_addr)
+    }
+
+    /// Waits for every task to finish (after cancellation).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Opens the ledger, joins the network, binds the HTTP listener and starts
+/// serving. Stops when `cancel` is cancelled.
+pub async fn start(
+    config: CoordinatorConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<CoordinatorHandle> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
+    let ledger_path = config.data_dir.join("ledger");
+    let store = SledReceiptStore::open(&ledger_path)
+        .with_context(|| format!("open ledger {}", ledger_path.display()))?;
+    let network = sharenet_p2p::start(
+        NetworkConfig {
+            identity: config.identity.clone(),
+            listen: config.p2p_listen.clone(),
+            bootstrap: config.bootstrap.clone(),
+            event_capacity: 4096,
+        },
+        cancel.clone(),
+    )
+    .await
+    .context("start the libp2p network")?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("bind HTTP listener on {}", config.http_listen))?;
+    let http_addr = listener.local_addr().context("read HTTP listener address")?;
+
+    let state = Arc::new(Shared {
+        identity: config.identity.clone(),
+        client: network.client.clone(),
+        registry: registry::Registry::default(),
+        store: Arc::new(store),
+        api_keys: config.api_keys.iter().cloned().collect(),
+        timeouts: config.timeouts,
+        max_attempts: config.max_attempts,
+        metrics: Metrics::default(),
+    });
+
+    let mut tasks = JoinSet::new();
+    let net_task = network.task;
+    tasks.spawn(async move {
+        let _ = net_task.await;
+    });
+    tasks.spawn(watch_network(state.clone(), network.events, cancel.clone()));
+    let router = app(state.clone());
+    let shutdown = cancel.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let p2p_addrs = network.client.listen_addrs().to_vec();
+    tracing::info!(peer = %network.client.peer_id(), %http_addr, ?p2p_addrs, "coordinator started");
+    Ok(CoordinatorHandle {
+        http_addr,
+        peer_id: network.client.peer_id(),
+        p2p_addrs,
+        state,
+        tasks,
+    })
+}
+
+/// Feeds adverts and RTTs into the registry and sweeps expired adverts.
+async fn watch_network(
+    state: Arc<Shared>,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    cancel: CancellationToken,
+) {
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = prune.tick() => state.registry.prune(now_ms()),
+            event = events.recv() => match event {
+                None => return,
+                Some(Event::Advert { source, data }) => {
+                    if let Err(reason) = state.registry.ingest(source, &data, now_ms()) {
+                        tracing::debug!(peer = %source, %reason, "advert refused");
+                    }
+                }
+                Some(Event::Rtt { peer, rtt }) => state.registry.set_rtt(peer, rtt),
+                Some(_) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The coordinator's TOML config, validated into [`CoordinatorConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use sharenet_p2p::{Identity, Multiaddr};
+
+use crate::Timeouts;
+
+/// Environment variable with comma-separated API keys; overrides the file.
+pub const API_KEYS_ENV: &str = "SHARENET_API_KEYS";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorFile {
+    identity_file: PathBuf,
+    data_dir: PathBuf,
+    http_listen: String,
+    p2p_listen: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    #[serde(default = "default_attempts")]
+    max_attempts: usize,
+    #[serde(default)]
+    timeouts: TimeoutsFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsFile {
+    connect_ms: Option<u64>,
+    first_token_ms: Option<u64>,
+    idle_ms: Option<u64>,
+}
+
+fn default_attempts() -> usize {
+    3
+}
+
+/// A validated coordinator configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub identity: Identity,
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub p2p_listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub api_keys: Vec<String>,
+    pub max_attempts: usize,
+    pub timeouts: Timeouts,
+}
+
+fn parse_addrs(key: &str, values: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.parse()
+                .with_context(|| format!("parse {key}[{i}] = {v:?} as a multiaddr"))
+        })
+        .collect()
+}
+
+impl CoordinatorConfig {
+    /// Reads a config file; relative paths are relative to its folder. The
+    /// identity key is created on first start if it does not exist.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read coordinator config {}", path.display()))?;
+        let file: CoordinatorFile = toml::from_str(&text)
+            .with_context(|| format!("parse coordinator config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let identity = Identity::load_or_create(&base.join(&file.identity_file))
+            .context("load identity_file")?;
+        let defaults = Timeouts::default();
+        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+        let mut api_keys = file.api_keys;
+        if let Ok(env) = std::env::var(API_KEYS_ENV) {
+            api_keys = env
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        let config = Self {
+            identity,
+            data_dir: base.join(file.data_dir),
+            http_listen: file
+                .http_listen
+                .parse()
+                .with_context(|| format!("parse http_listen = {:?}", file.http_listen))?,
+            p2p_listen: parse_addrs("p2p_listen", &file.p2p_listen)?,
+            bootstrap: parse_addrs("bootstrap", &file.bootstrap)?,
+            api_keys,
+            max_attempts: file.max_attempts,
+            timeouts: Timeouts {
+                connect: ms(file.timeouts.connect_ms, defaults.connect),
+                first_token: ms(file.timeouts.first_token_ms, defaults.first_token),
+                idle: ms(file.timeouts.idle_ms, defaults.idle),
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.api_keys.is_empty() {
+            bail!("api_keys: at least one key is required (or set {API_KEYS_ENV})");
+        }
+        if self.api_keys.iter().any(|k| k.len() < 16) {
+            bail!("api_keys: every key must be at least 16 characters");
+        }
+        if self.p2p_listen.is_empty() {
+            bail!("p2p_listen: at least one address is required");
+        }
+        if self.max_attempts == 0 {
+            bail!("max_attempts: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The commented config `sharenet-coordinator init` writes.
+pub fn template(api_key: &str) -> String {
+    format!(
+        r#"# sharenet-coordinator configuration. Relative paths are relative to this file.
+
+# The coordinator's ed25519 key; created on first start (mode 0600). It
+# countersigns receipts, and the coordinator's PeerId derives from it.
+identity_file = "coordinator.key"
+
+# The ledger of countersigned receipts (sled).
+data_dir = "data"
+
+# The OpenAI-compatible HTTP API.
+http_listen = "127.0.0.1:8080"
+
+# libp2p: nodes bootstrap from these (QUIC first, TCP as fallback).
+p2p_listen = ["/ip4/0.0.0.0/udp/4000/quic-v1", "/ip4/0.0.0.0/tcp/4000"]
+bootstrap = []
+
+# Bearer keys builders use. SHARENET_API_KEYS (comma-separated) overrides.
+api_keys = ["{api_key}"]
+
+# Nodes tried per request before answering 503.
+max_attempts = 3
+
+[timeouts]
+connect_ms = 5000       # opening a stream to a node
+first_token_ms = 30000  # request sent -> first token
+idle_ms = 30000         # longest gap between tokens
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_and_typos_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, template("sk-sharenet-0123456789abcdef")).unwrap();
+        let cfg = CoordinatorConfig::from_file(&path).unwrap();
+        assert_eq!(cfg.timeouts.first_token, Duration::from_secs(30));
+        assert!(dir.path().join("coordinator.key").exists());
+
+        std::fs::write(
+            &path,
+            template("sk-sharenet-0123456789abcdef").replace("idle_ms", "idel_ms"),
+        )
+        .unwrap();
+        let err = format!("{:#}", CoordinatorConfig::from_file(&path).unwrap_err());
+        assert!(err.contains("idel_ms"), "{err}");
+    }
+}

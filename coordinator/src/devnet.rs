@@ -1,0 +1,159 @@
+//! A whole network on loopback in one process: a coordinator and N nodes
+//! (each with its own identity, libp2p swarm over QUIC and receipt store)
+//! serving a tiny model generated on the spot through the real loader.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
+use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
+use sharenet_p2p::{Identity, Multiaddr};
+use tokio_util::sync::CancellationToken;
+
+use crate::{CoordinatorConfig, CoordinatorHandle, Timeouts, now_ms};
+
+/// The model the devnet serves.
+pub const DEVNET_MODEL: &str = "tiny-llama";
+
+/// How to lay the devnet out.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    pub nodes: usize,
+    pub http_listen: SocketAddr,
+    /// Holds the generated model, the ledger and the nodes' stores.
+    pub dir: PathBuf,
+    pub api_key: String,
+    pub advert_interval: Duration,
+    pub advert_ttl: Duration,
+    pub timeouts: Timeouts,
+}
+
+impl DevnetOptions {
+    pub fn new(dir: PathBuf, http_listen: SocketAddr, nodes: usize) -> Self {
+        Self {
+            nodes,
+            http_listen,
+            dir,
+            api_key: "sk-devnet-local-only-0000".into(),
+            advert_interval: Duration::from_secs(5),
+            advert_ttl: Duration::from_secs(15),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// A running devnet.
+pub struct Devnet {
+    pub coordinator: CoordinatorHandle,
+    pub nodes: Vec<NodeHandle>,
+    pub api_key: String,
+    pub model: String,
+}
+
+impl Devnet {
+    /// Waits for the coordinator and every node to stop (after cancellation).
+    pub async fn wait(self) {
+        for node in self.nodes {
+            node.wait().await;
+        }
+        self.coordinator.wait().await;
+    }
+}
+
+/// Node `i`'s prices, so the devnet has a cheapest node to route to.
+pub fn node_prices(i: usize) -> (u64, u64) {
+    (100 + 50 * i as u64, 200 + 100 * i as u64)
+}
+
+fn loopback() -> anyhow::Result<Vec<Multiaddr>> {
+    Ok(vec![
+        "/ip4/127.0.0.1/udp/0/quic-v1".parse()?,
+        "/ip4/127.0.0.1/tcp/0".parse()?,
+    ])
+}
+
+/// Makes the tiny model (once per folder), starts the coordinator and the
+/// nodes, and returns when every node's advert is live at the coordinator.
+pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Result<Devnet> {
+    if opts.nodes == 0 {
+        bail!("--nodes: at least one node is required");
+    }
+    let model_dir = opts.dir.join("models").join(DEVNET_MODEL);
+    if !model_dir.join("model.safetensors").exists() {
+        let dir = model_dir.clone();
+        tokio::task::spawn_blocking(move || write_tiny_llama(&dir, 1, TinyConfig::default()))
+            .await
+            .context("join model writer")?
+            .with_context(|| format!("write the tiny model to {}", model_dir.display()))?;
+    }
+    let coordinator = crate::start(
+        CoordinatorConfig {
+            identity: Identity::generate(),
+            data_dir: opts.dir.join("coordinator"),
+            http_listen: opts.http_listen,
+            p2p_listen: loopback()?,
+            bootstrap: Vec::new(),
+            api_keys: vec![opts.api_key.clone()],
+            max_attempts: 3,
+            timeouts: opts.timeouts,
+        },
+        cancel.clone(),
+    )
+    .await
+    .context("start the coordinator")?;
+    // One bootstrap address per node (QUIC), so each node holds one connection.
+    let bootstrap: Vec<Multiaddr> = coordinator
+        .p2p_addrs
+        .iter()
+        .filter(|a| a.to_string().contains("/quic-v1"))
+        .take(1)
+        .cloned()
+        .collect();
+
+    let mut nodes = Vec::with_capacity(opts.nodes);
+    for i in 0..opts.nodes {
+        let (price_in, price_out) = node_prices(i);
+        let node = sharenet_node::start(
+            NodeConfig {
+                identity: Identity::generate(),
+                data_dir: opts.dir.join(format!("node-{i}")),
+                listen: loopback()?,
+                bootstrap: bootstrap.clone(),
+                advert_interval: opts.advert_interval,
+                advert_ttl: opts.advert_ttl,
+                models: vec![ModelConfig {
+                    id: DEVNET_MODEL.into(),
+                    path: model_dir.clone(),
+                    price_in,
+                    price_out,
+                    max_concurrency: 2,
+                    max_queue: 16,
+                }],
+            },
+            cancel.clone(),
+        )
+        .await
+        .with_context(|| format!("start node {i}"))?;
+        nodes.push(node);
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while coordinator.state.registry.live_nodes(now_ms()) < opts.nodes {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "only {} of {} nodes advertised within 30 s",
+                coordinator.state.registry.live_nodes(now_ms()),
+                opts.nodes
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Devnet {
+        coordinator,
+        nodes,
+        api_key: opts.api_key,
+        model: DEVNET_MODEL.into(),
+    })
+}

@@ -1,0 +1,321 @@
+//! Sending a job to a node: pick candidates, open a stream, fall back on
+//! failure before the first token, then relay events and settle the receipt.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::AsyncWriteExt;
+use sharenet_ledger::{StoreError, StoredReceipt};
+use sharenet_p2p::{PeerId, Stream, read_frame, write_frame};
+use sharenet_proto::{
+    CountersignedReceipt, FinishReason, JobErrorCode, JobEvent, JobId, JobRequest, MAX_FRAME_BYTES,
+    Usage, sha256,
+};
+use sharenet_router::rank_cheapest;
+
+use crate::error::ApiError;
+use crate::openai::Job;
+use crate::receipts::{Expected, check_receipt};
+use crate::registry::{Lookup, Offer};
+use crate::{Shared, now_ms};
+
+/// Per-phase time limits for a job.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Opening the stream to the node.
+    pub connect: Duration,
+    /// From sending the request to the first event.
+    pub first_token: Duration,
+    /// Longest gap between two events after the first.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_token: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A job that has produced its first event on some node. From here on the
+/// coordinator never switches nodes.
+pub struct ActiveJob {
+    stream: Option<Stream>,
+    first: Option<JobEvent>,
+    pub job_id: JobId,
+    pub peer: PeerId,
+    pub model: String,
+    offer: Offer,
+    request_digest: [u8; 32],
+    max_tokens: u32,
+    streamed_tokens: u32,
+    text: String,
+}
+
+/// What the next event amounted to.
+pub enum Step {
+    Delta(String),
+    Done(Finished),
+}
+
+/// A completed, verified, countersigned and stored job.
+pub struct Finished {
+    pub text: String,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+    pub receipt: CountersignedReceipt,
+}
+
+/// Rough prompt size for ranking (about four bytes per token).
+fn estimate_input_tokens(job: &Job) -> u32 {
+    let bytes: usize = match &job.input {
+        sharenet_proto::JobInput::Chat { messages } => {
+            messages.iter().map(|m| m.content.len() + 8).sum()
+        }
+        sharenet_proto::JobInput::Prompt { prompt } => prompt.len(),
+    };
+    u32::try_from(bytes / 4 + 1).unwrap_or(u32::MAX)
+}
+
+/// Why one candidate did not work out.
+enum AttemptError {
+    /// Try the next node.
+    Retry(String),
+    /// The request itself is at fault; every node would say the same.
+    Client(ApiError),
+}
+
+/// Picks nodes for `job` and starts it on the first that answers.
+pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiError> {
+    let offers = match state.registry.lookup(&job.model, now_ms()) {
+        Lookup::NoNodes => {
+            return Err(ApiError::NoCapacity(
+                "no live nodes on the network right now".into(),
+            ));
+        }
+        Lookup::UnknownModel => return Err(ApiError::ModelNotFound(job.model.clone())),
+        Lookup::Found(offers) => offers,
+    };
+    let mut candidates: Vec<_> = offers.iter().map(Offer::candidate).collect();
+    rank_cheapest(&mut candidates, estimate_input_tokens(job), job.params.max_tokens);
+    let mut by_node: HashMap<_, _> = offers.into_iter().map(|o| (o.advert.node, o)).collect();
+
+    let job_id = JobId(rand::random());
+    let request = JobRequest {
+        job_id,
+        coordinator: state.identity.public_key(),
+        model: job.model.clone(),
+        input: job.input.clone(),
+        params: job.params.clone(),
+    };
+    let bytes = serde_json::to_vec(&request)
+        .map_err(|e| ApiError::Internal(format!("encode job request: {e}")))?;
+    let request_digest = sha256(&bytes);
+
+    let mut failures = Vec::new();
+    for candidate in candidates.iter().take(state.max_attempts) {
+        let Some(offer) = by_node.remove(&candidate.node) else {
+            continue;
+        };
+        if !failures.is_empty() {
+            state.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        match attempt(state, offer.peer, &bytes).await {
+            Ok((stream, first)) => {
+                return Ok(ActiveJob {
+                    stream: Some(stream),
+                    first: Some(first),
+                    job_id,
+                    peer: offer.peer,
+                    model: job.model.clone(),
+                    offer,
+                    request_digest,
+                    max_tokens: job.params.max_tokens,
+                    streamed_tokens: 0,
+                    text: String::new(),
+                });
+            }
+            Err(AttemptError::Client(e)) => return Err(e),
+            Err(AttemptError::Retry(reason)) => {
+                tracing::warn!(job = %job_id, node = %offer.peer, %reason, "node failed before the first token");
+                failures.push(format!("{}: {reason}", offer.peer));
+            }
+        }
+    }
+    Err(ApiError::NoCapacity(format!(
+        "every node tried for `{}` failed before the first token ({})",
+        job.model,
+        failures.join("; ")
+    )))
+}
+
+fn decode_event(frame: &[u8]) -> Result<JobEvent, String> {
+    serde_json::from_slice(frame).map_err(|e| format!("undecodable event: {e}"))
+}
+
+async fn attempt(
+    state: &Shared,
+    peer: PeerId,
+    request: &[u8],
+) -> Result<(Stream, JobEvent), AttemptError> {
+    let t = state.timeouts;
+    let mut stream = tokio::time::timeout(t.connect, state.client.open_job_stream(peer))
+        .await
+        .map_err(|_| AttemptError::Retry("timed out opening a stream".into()))?
+        .map_err(|e| AttemptError::Retry(e.to_string()))?;
+    write_frame(&mut stream, request)
+        .await
+        .map_err(|e| AttemptError::Retry(format!("send request: {e}")))?;
+    let frame = tokio::time::timeout(t.first_token, read_frame(&mut stream, MAX_FRAME_BYTES))
+        .await
+        .map_err(|_| AttemptError::Retry("no first token in time".into()))?
+        .map_err(|e| AttemptError::Retry(format!("read first event: {e}")))?;
+    match decode_event(&frame).map_err(AttemptError::Retry)? {
+        JobEvent::Error {
+            code: JobErrorCode::ContextLengthExceeded,
+            message,
+        } => Err(AttemptError::Client(ApiError::BadRequest {
+            message,
+            param: Some("messages".into()),
+        })),
+        JobEvent::Error {
+            code: JobErrorCode::InvalidRequest,
+            message,
+        } => Err(AttemptError::Client(ApiError::bad_request(message, None))),
+        JobEvent::Error { code, message } => {
+            Err(AttemptError::Retry(format!("refused ({code:?}): {message}")))
+        }
+        JobEvent::Countersigned { .. } => Err(AttemptError::Retry("unexpected frame".into())),
+        event => Ok((stream, event)),
+    }
+}
+
+impl ActiveJob {
+    /// The next step of the job. Errors after the first token are final.
+    pub async fn next(&mut self, state: &Shared) -> Result<Step, ApiError> {
+        let event = match self.first.take() {
+            Some(e) => e,
+            None => {
+                let stream = self
+                    .stream
+                    .as_mut()
+                    .ok_or_else(|| ApiError::Internal("job already finished".into()))?;
+                let frame = tokio::time::timeout(
+                    state.timeouts.idle,
+                    read_frame(stream, MAX_FRAME_BYTES),
+                )
+                .await
+                .map_err(|_| ApiError::BadGateway("the node stopped sending tokens".into()))?
+                .map_err(|e| ApiError::BadGateway(format!("the node's stream broke: {e}")))?;
+                decode_event(&frame).map_err(ApiError::BadGateway)?
+            }
+        };
+        match event {
+            JobEvent::Delta { text, tokens } => {
+                self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
+                if self.streamed_tokens > self.max_tokens {
+                    return Err(ApiError::BadGateway(
+                        "the node streamed more tokens than max_tokens".into(),
+                    ));
+                }
+                self.text.push_str(&text);
+                Ok(Step::Delta(text))
+            }
+            JobEvent::Done {
+                finish_reason,
+                usage,
+                receipt,
+            } => self.finish(state, finish_reason, usage, &receipt).await.map(Step::Done),
+            JobEvent::Error { code, message } => Err(ApiError::BadGateway(format!(
+                "the node failed mid-stream ({code:?}): {message}"
+            ))),
+            JobEvent::Countersigned { .. } => {
+                Err(ApiError::BadGateway("the node sent an unexpected frame".into()))
+            }
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        state: &Shared,
+        finish_reason: FinishReason,
+        usage: Usage,
+        receipt: &[u8],
+    ) -> Result<Finished, ApiError> {
+        let expected = Expected {
+            job_id: self.job_id,
+            node: self.offer.advert.node,
+            coordinator: state.identity.public_key(),
+            model: self.model.clone(),
+            price_in: self.offer.offer.price_in,
+            price_out: self.offer.offer.price_out,
+            streamed_tokens: self.streamed_tokens,
+            reported_input_tokens: usage.input_tokens,
+            request_digest: self.request_digest,
+            response_digest: sha256(self.text.as_bytes()),
+        };
+        let checked = check_receipt(receipt, &expected).and_then(|signed| {
+            if usage.output_tokens == self.streamed_tokens {
+                Ok(signed)
+            } else {
+                Err(crate::receipts::ReceiptRejection::OutputTokens {
+                    claimed: usage.output_tokens,
+                    streamed: self.streamed_tokens,
+                })
+            }
+        });
+        let signed = match checked {
+            Ok(s) => s,
+            Err(rejection) => {
+                state.metrics.receipts_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    job = %self.job_id, node = %self.peer, %rejection,
+                    receipt = %hex::encode(receipt), "receipt rejected"
+                );
+                return Err(ApiError::BadGateway(format!(
+                    "the node's receipt was rejected: {rejection}"
+                )));
+            }
+        };
+        let countersigned = CountersignedReceipt::countersign(signed, state.identity.signing_key())
+            .map_err(|e| ApiError::Internal(format!("countersign receipt: {e}")))?;
+        // Durable before anyone is told about it.
+        let store = state.store.clone();
+        let record = StoredReceipt::Countersigned(countersigned.clone());
+        match tokio::task::spawn_blocking(move || store.insert_new(&record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(StoreError::Duplicate(id))) => {
+                state.metrics.receipts_rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::BadGateway(format!("receipt {id} was already recorded")));
+            }
+            Ok(Err(e)) => return Err(ApiError::Internal(format!("store receipt: {e}"))),
+            Err(e) => return Err(ApiError::Internal(format!("store receipt task: {e}"))),
+        }
+        state.metrics.receipts_accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(mut stream) = self.stream.take() {
+            let frame = serde_json::to_vec(&JobEvent::Countersigned {
+                receipt: countersigned.to_bytes(),
+            });
+            tokio::spawn(async move {
+                if let Ok(frame) = frame {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        let _ = write_frame(&mut stream, &frame).await;
+                        let _ = stream.close().await;
+                    })
+                    .await;
+                }
+            });
+        }
+        Ok(Finished {
+            text: std::mem::take(&mut self.text),
+            usage,
+            finish_reason,
+            receipt: countersigned,
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! The builder-facing HTTP API (axum).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sharenet_ledger::StoredReceipt;
+use sharenet_proto::JobId;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::dispatch::{Finished, Step, start_job};
+use crate::error::ApiError;
+use crate::openai::{ChatCompletionRequest, Completed, chunk_json, completion_json, usage_json};
+use crate::{Shared, now_ms};
+
+/// Header carrying the receipt id (= job id) on completion responses.
+pub const RECEIPT_HEADER: &str = "x-sharenet-receipt-id";
+/// SSE events buffered per streaming response.
+const SSE_BUFFER: usize = 64;
+
+/// The HTTP routes over `state`; tests can drive it without a socket.
+pub fn app(state: Arc<Shared>) -> Router {
+    let authed = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/receipts/{id}", get(get_receipt))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(authed)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let key = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match key {
+        None => Err(ApiError::Unauthorized(
+            "missing API key: send `Authorization: Bearer <key>`".into(),
+        )),
+        Some(k) if state.api_keys.contains(k) => Ok(next.run(request).await),
+        Some(_) => Err(ApiError::Unauthorized("invalid API key".into())),
+    }
+}
+
+async fn chat_completions(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let job = ChatCompletionRequest::parse(&body)?.into_job()?;
+    let mut active = start_job(&state, &job).await?;
+    let id = format!("chatcmpl-{}", active.job_id);
+    let receipt_id = active.job_id.to_hex();
+    let created = now_ms() / 1000;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&receipt_id) {
+        headers.insert(RECEIPT_HEADER, v);
+    }
+
+    if !job.stream {
+        let finished = loop {
+            if let Step::Done(f) = active.next(&state).await? {
+                break f;
+            }
+        };
+        let body = completion_json(&Completed {
+            id: &id,
+            created,
+            model: &job.model,
+            text: &finished.text,
+            finish_reason: finished.finish_reason,
+            usage: &finished.usage,
+            cost: finished.receipt.receipt().amount,
+            receipt_id: &receipt_id,
+            node: &active.peer.to_string(),
+        });
+        return Ok((headers, Json(body)).into_response());
+    }
+
+    // Streaming: the job has produced its first event on a node, so from
+    // here on failures are reported in-band as an OpenAI error event.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(SSE_BUFFER);
+    let model = job.model.clone();
+    let include_usage = job.include_usage;
+    tokio::spawn(async move {
+        let send = |v: Value| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Event::default().data(v.to_string()))).await.is_ok() }
+        };
+        if !send(chunk_json(&id, created, &model, json!({"role": "assistant", "content": ""}), None)).await {
+            return;
+        }
+        loop {
+            match active.next(&state).await {
+                Ok(Step::Delta(text)) => {
+                    if text.is_empty() {
+                        continue;
+                    }
+                    if !send(chunk_json(&id, created, &model, json!({"content": text}), None)).await {
+                        // The client went away: dropping the job closes the
+                        // node's stream, which stops generation there.
+                        return;
+                    }
+                }
+                Ok(Step::Done(Finished {
+                    usage,
+                    finish_reason,
+                    receipt,
+                    ..
+                })) => {
+                    let _ = send(chunk_json(&id, created, &model, json!({}), Some(finish_reason))).await;
+                    if include_usage {
+                        let _ = send(json!({
+                            "id": id, "object": "chat.completion.chunk", "created": created,
+                            "model": model, "choices": [],
+                            "usage": usage_json(&usage, receipt.receipt().amount),
+                            "receipt_id": receipt.receipt().job_id.to_hex(),
+                        }))
+                        .await;
+                    }
+                    let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %active.job_id, error = %e, "stream failed after the first token");
+                    let _ = send(e.body()).await;
+                    return;
+                }
+            }
+        }
+    });
+    let sse = Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default());
+    Ok((headers, sse).into_response())
+}
+
+async fn list_models(State(state): State<Arc<Shared>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .registry
+        .models(now_ms())
+        .into_iter()
+        .map(|(id, nodes, price_in, price_out)| {
+            json!({
+                "id": id, "object": "model", "created": 0, "owned_by": "sharenet",
+                "nodes": nodes,
+                "pricing": {"prompt_nano_usd_per_token": price_in,
+                            "completion_nano_usd_per_token": price_out},
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn get_receipt(
+    State(state): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job_id: JobId = id
+        .parse()
+        .map_err(|e: sharenet_proto::ProtoError| ApiError::bad_request(e.to_string(), Some("id")))?;
+    let store = state.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.get(&job_id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match found {
+        Some(StoredReceipt::Countersigned(c)) => Ok(Json(json!({
+            "id": job_id.to_hex(),
+            "object": "receipt",
+            "receipt": c.receipt(),
+            "node_signature": hex::encode(c.signed().node_signature()),
+            "coordinator_signature": hex::encode(c.coordinator_signature()),
+            "countersigned_bytes": hex::encode(c.to_bytes()),
+        }))),
+        _ => Err(ApiError::NotFound(format!("no receipt with id {id}"))),
+    }
+}
+
+async fn health(State(state): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({"status": "ok", "live_nodes": state.registry.live_nodes(now_ms())}))
+}
+
+async fn metrics(State(state): State<Arc<Shared>>) -> String {
+    let m = &state.metrics;
+    let a = &state.registry.stats;
+    let mut out = String::new();
+    let mut line = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+    };
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    line("sharenet_requests_total", "Chat completion requests received.", get(&m.requests));
+    line("sharenet_fallbacks_total", "Times a request moved to another node before its first token.", get(&m.fallbacks));
+    line("sharenet_receipts_accepted_total", "Receipts verified, countersigned and stored.", get(&m.receipts_accepted));
+    line("sharenet_receipts_rejected_total", "Receipts refused (bad signature, wrong signer, counts, replay).", get(&m.receipts_rejected));
+    line("sharenet_adverts_accepted_total", "Adverts verified and recorded.", get(&a.accepted));
+    line("sharenet_adverts_invalid_total", "Adverts that did not decode or verify.", get(&a.invalid));
+    line("sharenet_adverts_wrong_signer_total", "Adverts signed by a key other than the publisher's.", get(&a.wrong_signer));
+    line("sharenet_adverts_expired_total", "Adverts that arrived expired.", get(&a.expired));
+    line("sharenet_adverts_stale_total", "Adverts not newer than the last one seen.", get(&a.stale));
+    line("sharenet_adverts_pruned_total", "Adverts dropped from routing when they expired.", get(&a.pruned));
+    line("sharenet_p2p_events_dropped_total", "Network events dropped because the channel was full.", state.client.dropped_events());
+    out
+}

@@ -1,0 +1,283 @@
+//! The coordinator's view of the network: live, verified adverts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sharenet_p2p::{PeerId, peer_id_of};
+use sharenet_proto::{Advert, ModelOffer, SignedAdvert};
+use sharenet_router::Candidate;
+
+/// At most this many nodes are tracked; adverts from more are refused.
+pub const MAX_NODES: usize = 100_000;
+/// Adverts issued further than this in the future are refused.
+const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// Why an advert was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdvertRejection {
+    #[error("undecodable or badly signed: {0}")]
+    Invalid(String),
+    #[error("signed by a key other than the publishing peer's")]
+    WrongSigner,
+    #[error("expired")]
+    Expired,
+    #[error("issued in the future")]
+    FromTheFuture,
+    #[error("sequence number not newer than the last advert")]
+    Stale,
+    #[error("registry full")]
+    Full,
+}
+
+/// Counters, for `/metrics` and logs.
+#[derive(Debug, Default)]
+pub struct AdvertStats {
+    pub accepted: AtomicU64,
+    pub invalid: AtomicU64,
+    pub wrong_signer: AtomicU64,
+    pub expired: AtomicU64,
+    pub from_the_future: AtomicU64,
+    pub stale: AtomicU64,
+    pub full: AtomicU64,
+    pub pruned: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    advert: Advert,
+    rtt: Option<Duration>,
+}
+
+/// A node that serves a model, as dispatch needs it.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub peer: PeerId,
+    pub advert: Advert,
+    pub offer: ModelOffer,
+}
+
+/// What a model lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// No live node at all.
+    NoNodes,
+    /// Live nodes, none serving the model.
+    UnknownModel,
+    Found(Vec<Offer>),
+}
+
+#[derive(Default)]
+pub struct Registry {
+    nodes: Mutex<HashMap<PeerId, Live>>,
+    pub stats: AdvertStats,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Live>> {
+        // A poisoned lock only means another thread panicked mid-update of a
+        // plain map; the data is still usable.
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Verifies and records an advert that `source` published.
+    pub fn ingest(&self, source: PeerId, data: &[u8], now_ms: u64) -> Result<(), AdvertRejection> {
+        let result = self.try_ingest(source, data, now_ms);
+        let counter = match &result {
+            Ok(()) => &self.stats.accepted,
+            Err(AdvertRejection::Invalid(_)) => &self.stats.invalid,
+            Err(AdvertRejection::WrongSigner) => &self.stats.wrong_signer,
+            Err(AdvertRejection::Expired) => &self.stats.expired,
+            Err(AdvertRejection::FromTheFuture) => &self.stats.from_the_future,
+            Err(AdvertRejection::Stale) => &self.stats.stale,
+            Err(AdvertRejection::Full) => &self.stats.full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn try_ingest(&self, source: PeerId, data: &[u8], now_ms: u64) -> Result<(), AdvertRejection> {
+        let advert = SignedAdvert::from_bytes(data)
+            .map_err(|e| AdvertRejection::Invalid(e.to_string()))?
+            .into_advert();
+        if peer_id_of(&advert.node).ok() != Some(source) {
+            return Err(AdvertRejection::WrongSigner);
+        }
+        if !advert.is_live(now_ms) {
+            return Err(AdvertRejection::Expired);
+        }
+        if advert.issued_at_ms > now_ms + MAX_CLOCK_SKEW_MS {
+            return Err(AdvertRejection::FromTheFuture);
+        }
+        let mut nodes = self.lock();
+        let full = nodes.len() >= MAX_NODES;
+        match nodes.get_mut(&source) {
+            Some(live) if live.advert.seq >= advert.seq => Err(AdvertRejection::Stale),
+            Some(live) => {
+                live.advert = advert;
+                Ok(())
+            }
+            None if full => Err(AdvertRejection::Full),
+            None => {
+                nodes.insert(source, Live { advert, rtt: None });
+                Ok(())
+            }
+        }
+    }
+
+    pub fn set_rtt(&self, peer: PeerId, rtt: Duration) {
+        if let Some(live) = self.lock().get_mut(&peer) {
+            live.rtt = Some(rtt);
+        }
+    }
+
+    /// Drops expired adverts.
+    pub fn prune(&self, now_ms: u64) {
+        let mut nodes = self.lock();
+        let before = nodes.len();
+        nodes.retain(|_, l| l.advert.is_live(now_ms));
+        let pruned = before - nodes.len();
+        if pruned > 0 {
+            self.stats.pruned.fetch_add(pruned as u64, Ordering::Relaxed);
+            tracing::info!(pruned, "expired adverts dropped");
+        }
+    }
+
+    pub fn live_nodes(&self, now_ms: u64) -> usize {
+        self.lock().values().filter(|l| l.advert.is_live(now_ms)).count()
+    }
+
+    /// Live nodes serving `model`.
+    pub fn lookup(&self, model: &str, now_ms: u64) -> Lookup {
+        let nodes = self.lock();
+        let mut any_live = false;
+        let mut found = Vec::new();
+        for (peer, live) in nodes.iter() {
+            if !live.advert.is_live(now_ms) {
+                continue;
+            }
+            any_live = true;
+            if let Some(offer) = live.advert.offer(model) {
+                found.push(Offer {
+                    peer: *peer,
+                    advert: live.advert.clone(),
+                    offer: offer.clone(),
+                });
+            }
+        }
+        match (any_live, found.is_empty()) {
+            (false, _) => Lookup::NoNodes,
+            (true, true) => Lookup::UnknownModel,
+            (true, false) => Lookup::Found(found),
+        }
+    }
+
+    /// Every model on the network with the number of live nodes serving it
+    /// and the lowest prices, sorted by model id.
+    pub fn models(&self, now_ms: u64) -> Vec<(String, usize, u64, u64)> {
+        let nodes = self.lock();
+        let mut by_model: HashMap<&str, (usize, u64, u64)> = HashMap::new();
+        for live in nodes.values().filter(|l| l.advert.is_live(now_ms)) {
+            for m in &live.advert.models {
+                let e = by_model.entry(&m.id).or_insert((0, u64::MAX, u64::MAX));
+                e.0 += 1;
+                e.1 = e.1.min(m.price_in);
+                e.2 = e.2.min(m.price_out);
+            }
+        }
+        let mut out: Vec<_> = by_model
+            .into_iter()
+            .map(|(id, (n, pin, pout))| (id.to_string(), n, pin, pout))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Offer {
+    pub fn candidate(&self) -> Candidate {
+        Candidate {
+            node: self.advert.node,
+            price_in: self.offer.price_in,
+            price_out: self.offer.price_out,
+            queue_depth: self.advert.queue_depth,
+            max_concurrency: self.advert.max_concurrency,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sharenet_p2p::Identity;
+
+    fn advert(id: &Identity, seq: u64, issued: u64, ttl: u64) -> Vec<u8> {
+        SignedAdvert::sign(
+            Advert {
+                node: id.public_key(),
+                models: vec![ModelOffer {
+                    id: "m".into(),
+                    price_in: 1,
+                    price_out: 2,
+                    context_length: 64,
+                }],
+                max_concurrency: 1,
+                queue_depth: 0,
+                seq,
+                issued_at_ms: issued,
+                expires_at_ms: issued + ttl,
+            },
+            id.signing_key(),
+        )
+        .unwrap()
+        .to_bytes()
+    }
+
+    #[test]
+    fn accepts_verified_and_refuses_the_rest_with_counts() {
+        let reg = Registry::default();
+        let a = Identity::generate();
+        let b = Identity::generate();
+        assert_eq!(reg.ingest(a.peer_id(), &advert(&a, 2, 1000, 5000), 1000), Ok(()));
+        assert_eq!(
+            reg.ingest(a.peer_id(), &advert(&a, 2, 1000, 5000), 1000),
+            Err(AdvertRejection::Stale)
+        );
+        assert_eq!(
+            reg.ingest(b.peer_id(), &advert(&a, 3, 1000, 5000), 1000),
+            Err(AdvertRejection::WrongSigner)
+        );
+        assert_eq!(
+            reg.ingest(b.peer_id(), &advert(&b, 1, 1000, 5000), 7000),
+            Err(AdvertRejection::Expired)
+        );
+        let mut forged = advert(&b, 1, 1000, 5000);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            reg.ingest(b.peer_id(), &forged, 1000),
+            Err(AdvertRejection::Invalid(_))
+        ));
+        assert_eq!(reg.stats.accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(reg.stats.stale.load(Ordering::Relaxed), 1);
+        assert_eq!(reg.stats.wrong_signer.load(Ordering::Relaxed), 1);
+        assert_eq!(reg.stats.expired.load(Ordering::Relaxed), 1);
+        assert_eq!(reg.stats.invalid.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn lookup_distinguishes_no_nodes_unknown_model_and_expiry() {
+        let reg = Registry::default();
+        assert!(matches!(reg.lookup("m", 0), Lookup::NoNodes));
+        let a = Identity::generate();
+        reg.ingest(a.peer_id(), &advert(&a, 1, 1000, 5000), 1000).unwrap();
+        assert!(matches!(reg.lookup("m", 2000), Lookup::Found(v) if v.len() == 1));
+        assert!(matches!(reg.lookup("other", 2000), Lookup::UnknownModel));
+        // After the TTL the node is gone from routing, even before pruning.
+        assert!(matches!(reg.lookup("m", 6000), Lookup::NoNodes));
+        reg.prune(6000);
+        assert_eq!(reg.live_nodes(6000), 0);
+        assert_eq!(reg.stats.pruned.load(Ordering::Relaxed), 1);
+    }
+}
