@@ -49,10 +49,18 @@ pub struct NodeHandle {
     pub peer_id: PeerId,
     pub listen_addrs: Vec<Multiaddr>,
     pub client: Client,
+    /// The node's own receipt store (for audits and tests).
+    pub store: Arc<dyn ReceiptStore>,
+    cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
 
 impl NodeHandle {
+    /// Stops this node alone (its parent token stops it too).
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
     /// Waits for every task of the node to finish (after cancellation).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
@@ -63,6 +71,7 @@ impl NodeHandle {
 /// serving. Stops when `cancel` is cancelled.
 pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Result<NodeHandle> {
     config.validate()?;
+    let cancel = cancel.child_token();
     let mut models = Vec::new();
     for m in &config.models {
         let path = m.path.clone();
@@ -121,11 +130,14 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         config.advert_ttl,
         cancel.clone(),
     ));
-    tasks.spawn(jobs::accept(ctx, incoming, cancel));
+    let store = ctx.store.clone();
+    tasks.spawn(jobs::accept(ctx, incoming, cancel.clone()));
     Ok(NodeHandle {
         peer_id: client.peer_id(),
         listen_addrs: client.listen_addrs().to_vec(),
         client,
+        store,
+        cancel,
         tasks,
     })
 }

@@ -1,1 +1,114 @@
-//! placeholder
+//! Shared harness for the end-to-end tests: a real coordinator and real
+//! nodes (libp2p over QUIC, sled stores, candle models) on loopback, on
+//! ephemeral ports, in one process.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use sharenet_coordinator::devnet::{self, Devnet, DevnetOptions};
+use tokio_util::sync::CancellationToken;
+
+pub use sharenet_coordinator::devnet::DEVNET_MODEL as MODEL;
+
+/// A running test network. Dropping it without [`TestNet::stop`] still
+/// cancels everything.
+pub struct TestNet {
+    net: Option<Devnet>,
+    pub http: reqwest::Client,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl TestNet {
+    /// A coordinator and `nodes` nodes serving the tiny model.
+    pub async fn start(nodes: usize) -> Self {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let mut opts = DevnetOptions::new(
+            dir.path().to_path_buf(),
+            "127.0.0.1:0".parse().expect("addr"),
+            nodes,
+        );
+        opts.advert_interval = Duration::from_secs(1);
+        opts.advert_ttl = Duration::from_secs(3);
+        let cancel = CancellationToken::new();
+        let net = devnet::start(opts, cancel.clone())
+            .await
+            .expect("start the test network");
+        Self {
+            net: Some(net),
+            http: reqwest::Client::new(),
+            cancel,
+            _dir: dir,
+        }
+    }
+
+    pub fn net(&self) -> &Devnet {
+        self.net.as_ref().expect("network is running")
+    }
+
+    pub fn base_url(&self) -> String {
+        self.net().coordinator.base_url()
+    }
+
+    pub fn key(&self) -> &str {
+        &self.net().api_key
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// POSTs JSON to `/v1/{path}` with the API key.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/{path}", self.base_url()))
+            .bearer_auth(self.key())
+            .json(body)
+            .send()
+            .await
+            .expect("send request")
+    }
+
+    /// GETs `/v1/{path}` with the API key.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/{path}", self.base_url()))
+            .bearer_auth(self.key())
+            .send()
+            .await
+            .expect("send request")
+    }
+
+    /// Stops everything and waits for every task to end.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(net) = self.net.take() {
+            tokio::time::timeout(Duration::from_secs(10), net.wait())
+                .await
+                .expect("the network shuts down within 10 s");
+        }
+    }
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// The workspace root (for finding the Python test client).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
