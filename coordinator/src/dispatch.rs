@@ -60,7 +60,7 @@ pub struct ActiveJob {
 /// What the next event amounted to.
 pub enum Step {
     Delta(String),
-    Done(Finished),
+    Done(Box<Finished>),
 }
 
 /// A completed, verified, countersigned and stored job.
@@ -102,7 +102,11 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
         Lookup::Found(offers) => offers,
     };
     let mut candidates: Vec<_> = offers.iter().map(Offer::candidate).collect();
-    rank_cheapest(&mut candidates, estimate_input_tokens(job), job.params.max_tokens);
+    rank_cheapest(
+        &mut candidates,
+        estimate_input_tokens(job),
+        job.params.max_tokens,
+    );
     let mut by_node: HashMap<_, _> = offers.into_iter().map(|o| (o.advert.node, o)).collect();
 
     let job_id = JobId(rand::random());
@@ -187,9 +191,9 @@ async fn attempt(
             code: JobErrorCode::InvalidRequest,
             message,
         } => Err(AttemptError::Client(ApiError::bad_request(message, None))),
-        JobEvent::Error { code, message } => {
-            Err(AttemptError::Retry(format!("refused ({code:?}): {message}")))
-        }
+        JobEvent::Error { code, message } => Err(AttemptError::Retry(format!(
+            "refused ({code:?}): {message}"
+        ))),
         JobEvent::Countersigned { .. } => Err(AttemptError::Retry("unexpected frame".into())),
         event => Ok((stream, event)),
     }
@@ -198,23 +202,24 @@ async fn attempt(
 impl ActiveJob {
     /// The next step of the job. Errors after the first token are final.
     pub async fn next(&mut self, state: &Shared) -> Result<Step, ApiError> {
-        let event = match self.first.take() {
-            Some(e) => e,
-            None => {
-                let stream = self
-                    .stream
-                    .as_mut()
-                    .ok_or_else(|| ApiError::Internal("job already finished".into()))?;
-                let frame = tokio::time::timeout(
-                    state.timeouts.idle,
-                    read_frame(stream, MAX_FRAME_BYTES),
-                )
-                .await
-                .map_err(|_| ApiError::BadGateway("the node stopped sending tokens".into()))?
-                .map_err(|e| ApiError::BadGateway(format!("the node's stream broke: {e}")))?;
-                decode_event(&frame).map_err(ApiError::BadGateway)?
-            }
-        };
+        let event =
+            match self.first.take() {
+                Some(e) => e,
+                None => {
+                    let stream = self
+                        .stream
+                        .as_mut()
+                        .ok_or_else(|| ApiError::Internal("job already finished".into()))?;
+                    let frame = tokio::time::timeout(
+                        state.timeouts.idle,
+                        read_frame(stream, MAX_FRAME_BYTES),
+                    )
+                    .await
+                    .map_err(|_| ApiError::BadGateway("the node stopped sending tokens".into()))?
+                    .map_err(|e| ApiError::BadGateway(format!("the node's stream broke: {e}")))?;
+                    decode_event(&frame).map_err(ApiError::BadGateway)?
+                }
+            };
         match event {
             JobEvent::Delta { text, tokens } => {
                 self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
@@ -230,13 +235,16 @@ impl ActiveJob {
                 finish_reason,
                 usage,
                 receipt,
-            } => self.finish(state, finish_reason, usage, &receipt).await.map(Step::Done),
+            } => self
+                .finish(state, finish_reason, usage, &receipt)
+                .await
+                .map(|f| Step::Done(Box::new(f))),
             JobEvent::Error { code, message } => Err(ApiError::BadGateway(format!(
                 "the node failed mid-stream ({code:?}): {message}"
             ))),
-            JobEvent::Countersigned { .. } => {
-                Err(ApiError::BadGateway("the node sent an unexpected frame".into()))
-            }
+            JobEvent::Countersigned { .. } => Err(ApiError::BadGateway(
+                "the node sent an unexpected frame".into(),
+            )),
         }
     }
 
@@ -272,7 +280,10 @@ impl ActiveJob {
         let signed = match checked {
             Ok(s) => s,
             Err(rejection) => {
-                state.metrics.receipts_rejected.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .receipts_rejected
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     job = %self.job_id, node = %self.peer, %rejection,
                     receipt = %hex::encode(receipt), "receipt rejected"
@@ -290,13 +301,21 @@ impl ActiveJob {
         match tokio::task::spawn_blocking(move || store.insert_new(&record)).await {
             Ok(Ok(())) => {}
             Ok(Err(StoreError::Duplicate(id))) => {
-                state.metrics.receipts_rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::BadGateway(format!("receipt {id} was already recorded")));
+                state
+                    .metrics
+                    .receipts_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::BadGateway(format!(
+                    "receipt {id} was already recorded"
+                )));
             }
             Ok(Err(e)) => return Err(ApiError::Internal(format!("store receipt: {e}"))),
             Err(e) => return Err(ApiError::Internal(format!("store receipt task: {e}"))),
         }
-        state.metrics.receipts_accepted.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .receipts_accepted
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(mut stream) = self.stream.take() {
             let frame = serde_json::to_vec(&JobEvent::Countersigned {
                 receipt: countersigned.to_bytes(),

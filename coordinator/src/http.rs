@@ -62,7 +62,10 @@ async fn authenticate(
     }
 }
 
-async fn chat_completions(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+async fn chat_completions(
+    State(state): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let job = ChatCompletionRequest::parse(&body)?.into_job()?;
     let mut active = start_job(&state, &job).await?;
@@ -102,9 +105,21 @@ async fn chat_completions(State(state): State<Arc<Shared>>, body: Bytes) -> Resu
     tokio::spawn(async move {
         let send = |v: Value| {
             let tx = tx.clone();
-            async move { tx.send(Ok(Event::default().data(v.to_string()))).await.is_ok() }
+            async move {
+                tx.send(Ok(Event::default().data(v.to_string())))
+                    .await
+                    .is_ok()
+            }
         };
-        if !send(chunk_json(&id, created, &model, json!({"role": "assistant", "content": ""}), None)).await {
+        if !send(chunk_json(
+            &id,
+            created,
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ))
+        .await
+        {
             return;
         }
         loop {
@@ -113,19 +128,35 @@ async fn chat_completions(State(state): State<Arc<Shared>>, body: Bytes) -> Resu
                     if text.is_empty() {
                         continue;
                     }
-                    if !send(chunk_json(&id, created, &model, json!({"content": text}), None)).await {
+                    if !send(chunk_json(
+                        &id,
+                        created,
+                        &model,
+                        json!({"content": text}),
+                        None,
+                    ))
+                    .await
+                    {
                         // The client went away: dropping the job closes the
                         // node's stream, which stops generation there.
                         return;
                     }
                 }
-                Ok(Step::Done(Finished {
-                    usage,
-                    finish_reason,
-                    receipt,
-                    ..
-                })) => {
-                    let _ = send(chunk_json(&id, created, &model, json!({}), Some(finish_reason))).await;
+                Ok(Step::Done(finished)) => {
+                    let Finished {
+                        usage,
+                        finish_reason,
+                        receipt,
+                        ..
+                    } = *finished;
+                    let _ = send(chunk_json(
+                        &id,
+                        created,
+                        &model,
+                        json!({}),
+                        Some(finish_reason),
+                    ))
+                    .await;
                     if include_usage {
                         let _ = send(json!({
                             "id": id, "object": "chat.completion.chunk", "created": created,
@@ -171,9 +202,9 @@ async fn get_receipt(
     State(state): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job_id: JobId = id
-        .parse()
-        .map_err(|e: sharenet_proto::ProtoError| ApiError::bad_request(e.to_string(), Some("id")))?;
+    let job_id: JobId = id.parse().map_err(|e: sharenet_proto::ProtoError| {
+        ApiError::bad_request(e.to_string(), Some("id"))
+    })?;
     let store = state.store.clone();
     let found = tokio::task::spawn_blocking(move || store.get(&job_id))
         .await
@@ -201,19 +232,65 @@ async fn metrics(State(state): State<Arc<Shared>>) -> String {
     let a = &state.registry.stats;
     let mut out = String::new();
     let mut line = |name: &str, help: &str, value: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
     };
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    line("sharenet_requests_total", "Chat completion requests received.", get(&m.requests));
-    line("sharenet_fallbacks_total", "Times a request moved to another node before its first token.", get(&m.fallbacks));
-    line("sharenet_receipts_accepted_total", "Receipts verified, countersigned and stored.", get(&m.receipts_accepted));
-    line("sharenet_receipts_rejected_total", "Receipts refused (bad signature, wrong signer, counts, replay).", get(&m.receipts_rejected));
-    line("sharenet_adverts_accepted_total", "Adverts verified and recorded.", get(&a.accepted));
-    line("sharenet_adverts_invalid_total", "Adverts that did not decode or verify.", get(&a.invalid));
-    line("sharenet_adverts_wrong_signer_total", "Adverts signed by a key other than the publisher's.", get(&a.wrong_signer));
-    line("sharenet_adverts_expired_total", "Adverts that arrived expired.", get(&a.expired));
-    line("sharenet_adverts_stale_total", "Adverts not newer than the last one seen.", get(&a.stale));
-    line("sharenet_adverts_pruned_total", "Adverts dropped from routing when they expired.", get(&a.pruned));
-    line("sharenet_p2p_events_dropped_total", "Network events dropped because the channel was full.", state.client.dropped_events());
+    line(
+        "sharenet_requests_total",
+        "Chat completion requests received.",
+        get(&m.requests),
+    );
+    line(
+        "sharenet_fallbacks_total",
+        "Times a request moved to another node before its first token.",
+        get(&m.fallbacks),
+    );
+    line(
+        "sharenet_receipts_accepted_total",
+        "Receipts verified, countersigned and stored.",
+        get(&m.receipts_accepted),
+    );
+    line(
+        "sharenet_receipts_rejected_total",
+        "Receipts refused (bad signature, wrong signer, counts, replay).",
+        get(&m.receipts_rejected),
+    );
+    line(
+        "sharenet_adverts_accepted_total",
+        "Adverts verified and recorded.",
+        get(&a.accepted),
+    );
+    line(
+        "sharenet_adverts_invalid_total",
+        "Adverts that did not decode or verify.",
+        get(&a.invalid),
+    );
+    line(
+        "sharenet_adverts_wrong_signer_total",
+        "Adverts signed by a key other than the publisher's.",
+        get(&a.wrong_signer),
+    );
+    line(
+        "sharenet_adverts_expired_total",
+        "Adverts that arrived expired.",
+        get(&a.expired),
+    );
+    line(
+        "sharenet_adverts_stale_total",
+        "Adverts not newer than the last one seen.",
+        get(&a.stale),
+    );
+    line(
+        "sharenet_adverts_pruned_total",
+        "Adverts dropped from routing when they expired.",
+        get(&a.pruned),
+    );
+    line(
+        "sharenet_p2p_events_dropped_total",
+        "Network events dropped because the channel was full.",
+        state.client.dropped_events(),
+    );
     out
 }

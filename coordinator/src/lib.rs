@@ -113,7 +113,9 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("bind HTTP listener on {}", config.http_listen))?;
-    let http_addr = listener.local_addr().context("read HTTP listener address")?;
+    let http_addr = listener
+        .local_addr()
+        .context("read HTTP listener address")?;
 
     let state = Arc::new(Shared {
         identity: config.identity.clone(),

@@ -11,7 +11,11 @@ use sharenet_coordinator::{CoordinatorConfig, config};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sharenet-coordinator", version, about = "The sharenet builder API: OpenAI-compatible inference over a network of provider nodes")]
+#[command(
+    name = "sharenet-coordinator",
+    version,
+    about = "The sharenet builder API: OpenAI-compatible inference over a network of provider nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,10 +68,14 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join("coordinator.toml");
     if path.exists() {
-        bail!("{} already exists; refusing to overwrite it", path.display());
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            path.display()
+        );
     }
     let key = format!("sk-sharenet-{}", hex::encode(rand::random::<[u8; 16]>()));
-    std::fs::write(&path, config::template(&key)).with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(&path, config::template(&key))
+        .with_context(|| format!("write {}", path.display()))?;
     println!("wrote {}", path.display());
     println!("API key: {key}");
     println!("then: sharenet-coordinator run --config {}", path.display());
@@ -100,16 +108,29 @@ async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> a
     };
     let cancel = CancellationToken::new();
     let started = std::time::Instant::now();
-    let net = devnet::start(DevnetOptions::new(dir.clone(), listen, nodes), cancel.clone()).await?;
+    let net = devnet::start(
+        DevnetOptions::new(dir.clone(), listen, nodes),
+        cancel.clone(),
+    )
+    .await?;
     let base = net.coordinator.base_url();
     let key = &net.api_key;
     let model = &net.model;
     println!();
-    println!("sharenet devnet is up in {:.1} s: 1 coordinator + {nodes} nodes on loopback (libp2p over QUIC)", started.elapsed().as_secs_f64());
-    println!("serving {model:?}, a tiny random-weight llama generated in {} (expect gibberish text)", dir.display());
+    println!(
+        "sharenet devnet is up in {:.1} s: 1 coordinator + {nodes} nodes on loopback (libp2p over QUIC)",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "serving {model:?}, a tiny random-weight llama generated in {} (expect gibberish text)",
+        dir.display()
+    );
     for (i, node) in net.nodes.iter().enumerate() {
         let (pin, pout) = devnet::node_prices(i);
-        println!("  node {i}: {}  {pin} / {pout} nano-USD per token in / out", node.peer_id);
+        println!(
+            "  node {i}: {}  {pin} / {pout} nano-USD per token in / out",
+            node.peer_id
+        );
     }
     println!();
     println!("  API base URL: {base}");
@@ -119,7 +140,9 @@ async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> a
     println!();
     println!("  curl -s {base}/chat/completions \\");
     println!("    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
-    println!("    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'");
+    println!(
+        "    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'"
+    );
     println!();
     println!("or with the OpenAI Python client (pip install openai):");
     println!();

@@ -81,9 +81,8 @@ fn param_error(message: impl Into<String>, param: &str) -> ApiError {
 impl ChatCompletionRequest {
     /// Parses the body, mapping every failure to a 400 with the reason.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("invalid JSON body: {e}"), None)
-        })
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))
     }
 
     pub fn into_job(self) -> Result<Job, ApiError> {
@@ -102,13 +101,15 @@ impl ChatCompletionRequest {
         if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
             return Err(param_error("tools are not supported yet", "tools"));
         }
-        if let Some(f) = &self.response_format {
-            if f.get("type").and_then(Value::as_str).is_some_and(|t| t != "text") {
-                return Err(param_error(
-                    "only the text response_format is supported",
-                    "response_format",
-                ));
-            }
+        if let Some(f) = &self.response_format
+            && f.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t != "text")
+        {
+            return Err(param_error(
+                "only the text response_format is supported",
+                "response_format",
+            ));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.into_iter().enumerate() {
@@ -118,7 +119,9 @@ impl ChatCompletionRequest {
                 "assistant" => "assistant",
                 other => {
                     return Err(param_error(
-                        format!("messages[{i}].role {other:?} is not supported (system, developer, user, assistant)"),
+                        format!(
+                            "messages[{i}].role {other:?} is not supported (system, developer, user, assistant)"
+                        ),
                         &format!("messages[{i}].role"),
                     ));
                 }
@@ -284,10 +287,22 @@ mod tests {
     fn refusals_name_the_parameter() {
         let cases = [
             (json!({"model": "m", "messages": []}), "messages"),
-            (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}), "n"),
-            (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 5}), "temperature"),
-            (json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}), "messages[0].role"),
-            (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}), "max_tokens"),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}),
+                "n",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 5}),
+                "temperature",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+                "max_tokens",
+            ),
         ];
         for (body, param) in cases {
             match job(body.clone()) {

@@ -139,13 +139,18 @@ impl Registry {
         nodes.retain(|_, l| l.advert.is_live(now_ms));
         let pruned = before - nodes.len();
         if pruned > 0 {
-            self.stats.pruned.fetch_add(pruned as u64, Ordering::Relaxed);
+            self.stats
+                .pruned
+                .fetch_add(pruned as u64, Ordering::Relaxed);
             tracing::info!(pruned, "expired adverts dropped");
         }
     }
 
     pub fn live_nodes(&self, now_ms: u64) -> usize {
-        self.lock().values().filter(|l| l.advert.is_live(now_ms)).count()
+        self.lock()
+            .values()
+            .filter(|l| l.advert.is_live(now_ms))
+            .count()
     }
 
     /// Live nodes serving `model`.
@@ -239,7 +244,10 @@ mod tests {
         let reg = Registry::default();
         let a = Identity::generate();
         let b = Identity::generate();
-        assert_eq!(reg.ingest(a.peer_id(), &advert(&a, 2, 1000, 5000), 1000), Ok(()));
+        assert_eq!(
+            reg.ingest(a.peer_id(), &advert(&a, 2, 1000, 5000), 1000),
+            Ok(())
+        );
         assert_eq!(
             reg.ingest(a.peer_id(), &advert(&a, 2, 1000, 5000), 1000),
             Err(AdvertRejection::Stale)
@@ -271,7 +279,8 @@ mod tests {
         let reg = Registry::default();
         assert!(matches!(reg.lookup("m", 0), Lookup::NoNodes));
         let a = Identity::generate();
-        reg.ingest(a.peer_id(), &advert(&a, 1, 1000, 5000), 1000).unwrap();
+        reg.ingest(a.peer_id(), &advert(&a, 1, 1000, 5000), 1000)
+            .unwrap();
         assert!(matches!(reg.lookup("m", 2000), Lookup::Found(v) if v.len() == 1));
         assert!(matches!(reg.lookup("other", 2000), Lookup::UnknownModel));
         // After the TTL the node is gone from routing, even before pruning.

@@ -104,8 +104,8 @@ impl NodeConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read node config {}", path.display()))?;
-        let file: NodeFile =
-            toml::from_str(&text).with_context(|| format!("parse node config {}", path.display()))?;
+        let file: NodeFile = toml::from_str(&text)
+            .with_context(|| format!("parse node config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let identity_path = base.join(&file.identity_file);
         let identity = Identity::load(&identity_path).context("load identity_file")?;
@@ -232,17 +232,26 @@ mod tests {
     fn unknown_keys_and_bad_values_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let body = template("m").replace("max_queue = 16", "max_qeue = 16");
-        let err = format!("{:#}", NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err());
+        let err = format!(
+            "{:#}",
+            NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err()
+        );
         assert!(err.contains("max_qeue"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let body = template("m").replace("advert_ttl_secs = 30", "advert_ttl_secs = 5");
-        let err = format!("{:#}", NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err());
+        let err = format!(
+            "{:#}",
+            NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err()
+        );
         assert!(err.contains("advert_ttl_secs"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let body = template("m").replace("bootstrap = []", "bootstrap = [\"nonsense\"]");
-        let err = format!("{:#}", NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err());
+        let err = format!(
+            "{:#}",
+            NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err()
+        );
         assert!(err.contains("bootstrap[0]"), "{err}");
     }
 }

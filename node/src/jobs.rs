@@ -102,23 +102,40 @@ async fn admit(ctx: &NodeCtx, model: &Arc<ServedModel>) -> Option<Slot> {
 }
 
 async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
-    let bytes = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream, MAX_FRAME_BYTES)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            refuse(&mut stream, JobErrorCode::InvalidRequest, format!("read request: {e}")).await;
-            return;
-        }
-        Err(_) => {
-            refuse(&mut stream, JobErrorCode::InvalidRequest, "no request within 10 s").await;
-            return;
-        }
-    };
+    let bytes =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream, MAX_FRAME_BYTES)).await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                refuse(
+                    &mut stream,
+                    JobErrorCode::InvalidRequest,
+                    format!("read request: {e}"),
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                refuse(
+                    &mut stream,
+                    JobErrorCode::InvalidRequest,
+                    "no request within 10 s",
+                )
+                .await;
+                return;
+            }
+        };
     let started_at_ms = now_ms();
     let request_digest = sha256(&bytes);
     let request: JobRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            refuse(&mut stream, JobErrorCode::InvalidRequest, format!("parse request: {e}")).await;
+            refuse(
+                &mut stream,
+                JobErrorCode::InvalidRequest,
+                format!("parse request: {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -168,7 +185,10 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         refuse(
             &mut stream,
             JobErrorCode::Saturated,
-            format!("all {} slots and {} queue places are taken", model.config.max_concurrency, model.config.max_queue),
+            format!(
+                "all {} slots and {} queue places are taken",
+                model.config.max_concurrency, model.config.max_queue
+            ),
         )
         .await;
         return;
@@ -182,7 +202,9 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
     let params = request.params.clone();
     let prompt_for_gen = prompt.clone();
     let generation = tokio::task::spawn_blocking(move || {
-        text_model.generate(&prompt_for_gen, &params, |piece| tx.blocking_send(piece).is_ok())
+        text_model.generate(&prompt_for_gen, &params, |piece| {
+            tx.blocking_send(piece).is_ok()
+        })
     });
     let mut text = String::new();
     while let Some(piece) = rx.recv().await {
@@ -219,7 +241,15 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         input_tokens: generation.prompt_tokens,
         output_tokens: generation.completion_tokens,
     };
-    let signed = match sign_receipt(&ctx, &request, &model, usage, started_at_ms, request_digest, &text) {
+    let signed = match sign_receipt(
+        &ctx,
+        &request,
+        &model,
+        usage,
+        started_at_ms,
+        request_digest,
+        &text,
+    ) {
         Ok(s) => s,
         Err(e) => {
             refuse(&mut stream, JobErrorCode::Internal, e).await;
@@ -233,7 +263,12 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::error!(job = %request.job_id, error = %e, "store receipt");
-            refuse(&mut stream, JobErrorCode::Internal, format!("store receipt: {e}")).await;
+            refuse(
+                &mut stream,
+                JobErrorCode::Internal,
+                format!("store receipt: {e}"),
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -290,7 +325,9 @@ fn sign_receipt(
 /// Waits briefly for the coordinator's countersignature and, if it is valid
 /// and covers our receipt, upgrades the stored copy.
 async fn collect_countersignature(ctx: &NodeCtx, stream: &mut Stream, signed: &SignedReceipt) {
-    let frame = match tokio::time::timeout(COUNTERSIGN_TIMEOUT, read_frame(stream, MAX_FRAME_BYTES)).await {
+    let frame = match tokio::time::timeout(COUNTERSIGN_TIMEOUT, read_frame(stream, MAX_FRAME_BYTES))
+        .await
+    {
         Ok(Ok(f)) => f,
         _ => {
             tracing::debug!(job = %signed.receipt().job_id, "no countersignature received");
@@ -312,7 +349,11 @@ async fn collect_countersignature(ctx: &NodeCtx, stream: &mut Stream, signed: &S
                 tracing::error!(error = %e, "store countersigned receipt");
             }
         }
-        Ok(_) => tracing::warn!(job = %signed.receipt().job_id, "countersignature covers a different receipt"),
-        Err(e) => tracing::warn!(job = %signed.receipt().job_id, error = %e, "invalid countersignature"),
+        Ok(_) => {
+            tracing::warn!(job = %signed.receipt().job_id, "countersignature covers a different receipt")
+        }
+        Err(e) => {
+            tracing::warn!(job = %signed.receipt().job_id, error = %e, "invalid countersignature")
+        }
     }
 }

@@ -11,7 +11,11 @@ use sharenet_p2p::Identity;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sharenet-node", version, about = "Sell LLM inference on the sharenet network")]
+#[command(
+    name = "sharenet-node",
+    version,
+    about = "Sell LLM inference on the sharenet network"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,13 +81,23 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let config_path = dir.join("node.toml");
     if config_path.exists() {
-        bail!("{} already exists; refusing to overwrite it", config_path.display());
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            config_path.display()
+        );
     }
     let identity = Identity::create(&dir.join("identity.key")).context("create identity key")?;
-    std::fs::write(&config_path, sharenet_node::config::template("models/tiny-llama"))
-        .with_context(|| format!("write {}", config_path.display()))?;
+    std::fs::write(
+        &config_path,
+        sharenet_node::config::template("models/tiny-llama"),
+    )
+    .with_context(|| format!("write {}", config_path.display()))?;
     println!("node identity: {}", identity.peer_id());
-    println!("wrote {} and {}", dir.join("identity.key").display(), config_path.display());
+    println!(
+        "wrote {} and {}",
+        dir.join("identity.key").display(),
+        config_path.display()
+    );
     println!(
         "next: sharenet-node gen-tiny-model {}  (or point [[models]].path at a real model folder)",
         dir.join("models/tiny-llama").display()
@@ -137,8 +151,12 @@ fn models(config: &std::path::Path) -> anyhow::Result<()> {
 fn receipts(config: &std::path::Path, limit: usize) -> anyhow::Result<()> {
     let config = NodeConfig::from_file(config)?;
     let path = config.data_dir.join("receipts");
-    let store = SledReceiptStore::open(&path)
-        .with_context(|| format!("open receipt store {} (is the node running?)", path.display()))?;
+    let store = SledReceiptStore::open(&path).with_context(|| {
+        format!(
+            "open receipt store {} (is the node running?)",
+            path.display()
+        )
+    })?;
     let mut total: u128 = 0;
     for stored in store.list(limit)? {
         let r = stored.receipt();
@@ -152,6 +170,9 @@ fn receipts(config: &std::path::Path, limit: usize) -> anyhow::Result<()> {
             r.job_id, r.model, r.input_tokens, r.output_tokens, r.amount
         );
     }
-    println!("{} receipts in store; listed total {total} nano-USD", store.len());
+    println!(
+        "{} receipts in store; listed total {total} nano-USD",
+        store.len()
+    );
     Ok(())
 }

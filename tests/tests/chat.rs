@@ -43,12 +43,18 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], MODEL);
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    let text = body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let text = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let usage = &body["usage"];
     let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
     let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap();
-    assert!(completion_tokens >= 1 && completion_tokens <= 24);
-    assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt_tokens + completion_tokens);
+    assert!((1..=24).contains(&completion_tokens));
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        prompt_tokens + completion_tokens
+    );
     assert_eq!(body["receipt_id"], header_id.as_str());
     let finish = body["choices"][0]["finish_reason"].as_str().unwrap();
     assert!(finish == "length" || finish == "stop");
@@ -56,7 +62,12 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
     // Streaming, same seed: same text, token by token.
     let resp = t.post("chat/completions", &chat(true, true)).await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let sse = resp.text().await.unwrap();
     let data = sse_data(&sse);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
@@ -69,12 +80,22 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
-    assert_eq!(streamed, text, "streamed and non-streamed text differ for one seed");
+    assert_eq!(
+        streamed, text,
+        "streamed and non-streamed text differ for one seed"
+    );
     let content_chunks = chunks
         .iter()
-        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()))
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
         .count();
-    assert!(content_chunks > 1 || completion_tokens <= 1, "tokens should arrive as separate chunks");
+    assert!(
+        content_chunks > 1 || completion_tokens <= 1,
+        "tokens should arrive as separate chunks"
+    );
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"].as_array().unwrap().len(), 0);
     assert_eq!(usage_chunk["usage"]["completion_tokens"], completion_tokens);
@@ -95,7 +116,11 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
     let receipt = CountersignedReceipt::from_bytes(&bytes).expect("both signatures verify");
     let r = receipt.receipt();
     let cheapest = &t.net().nodes[0];
-    assert_eq!(peer_id_of(&r.node).unwrap(), cheapest.peer_id, "served by the cheapest node");
+    assert_eq!(
+        peer_id_of(&r.node).unwrap(),
+        cheapest.peer_id,
+        "served by the cheapest node"
+    );
     assert_eq!(
         r.coordinator,
         t.net().coordinator.state.identity.public_key(),
@@ -105,7 +130,10 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
     assert_eq!(u64::from(r.input_tokens), prompt_tokens);
     let (price_in, price_out) = sharenet_coordinator::devnet::node_prices(0);
     assert_eq!((r.price_in, r.price_out), (price_in, price_out));
-    assert_eq!(r.amount, prompt_tokens * price_in + completion_tokens * price_out);
+    assert_eq!(
+        r.amount,
+        prompt_tokens * price_in + completion_tokens * price_out
+    );
     assert_eq!(body["usage"]["cost"]["provider_nano_usd"], r.amount);
     assert_eq!(r.response_digest, sha256(text.as_bytes()));
 
@@ -119,7 +147,11 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(stored.as_ref(), Some(&receipt), "node stores the countersigned receipt");
+    assert_eq!(
+        stored.as_ref(),
+        Some(&receipt),
+        "node stores the countersigned receipt"
+    );
 
     t.stop().await;
 }
@@ -129,12 +161,25 @@ async fn errors_are_openai_shaped() {
     let t = TestNet::start(1).await;
     let url = format!("{}/chat/completions", t.base_url());
 
-    let missing = t.http.post(&url).json(&chat(false, false)).send().await.unwrap();
+    let missing = t
+        .http
+        .post(&url)
+        .json(&chat(false, false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 401);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_api_key");
 
-    let wrong = t.http.post(&url).bearer_auth("sk-wrong-wrong-wrong").json(&chat(false, false)).send().await.unwrap();
+    let wrong = t
+        .http
+        .post(&url)
+        .bearer_auth("sk-wrong-wrong-wrong")
+        .json(&chat(false, false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
 
     let bad_json = t
@@ -183,7 +228,10 @@ async fn no_live_node_is_503_and_a_silent_node_leaves_routing_within_its_ttl() {
     t.net().nodes[0].shutdown();
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
     while live(&t) > 0 {
-        assert!(std::time::Instant::now() < deadline, "advert still live after its TTL");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "advert still live after its TTL"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let resp = t.post("chat/completions", &chat(false, false)).await;

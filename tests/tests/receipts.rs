@@ -77,8 +77,13 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                 };
                 let mode = messages.last().unwrap().content.clone();
                 let text = "hi";
-                let delta = JobEvent::Delta { text: text.into(), tokens: 1 };
-                write_frame(&mut stream, &serde_json::to_vec(&delta).unwrap()).await.unwrap();
+                let delta = JobEvent::Delta {
+                    text: text.into(),
+                    tokens: 1,
+                };
+                write_frame(&mut stream, &serde_json::to_vec(&delta).unwrap())
+                    .await
+                    .unwrap();
 
                 let mut receipt = Receipt {
                     job_id: request.job_id,
@@ -96,9 +101,13 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                     response_digest: sha256(text.as_bytes()),
                 };
                 let bytes = match mode.as_str() {
-                    "honest" => SignedReceipt::sign(receipt, id.signing_key()).unwrap().to_bytes(),
+                    "honest" => SignedReceipt::sign(receipt, id.signing_key())
+                        .unwrap()
+                        .to_bytes(),
                     "bad-signature" => {
-                        let mut b = SignedReceipt::sign(receipt, id.signing_key()).unwrap().to_bytes();
+                        let mut b = SignedReceipt::sign(receipt, id.signing_key())
+                            .unwrap()
+                            .to_bytes();
                         let n = b.len();
                         b[n - 1] ^= 0x01;
                         b
@@ -110,24 +119,35 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                     "inflated" => {
                         receipt.output_tokens = 5;
                         receipt.amount = 3 + 5;
-                        SignedReceipt::sign(receipt, id.signing_key()).unwrap().to_bytes()
+                        SignedReceipt::sign(receipt, id.signing_key())
+                            .unwrap()
+                            .to_bytes()
                     }
                     "wrong-price" => {
                         receipt.price_out = 7;
                         receipt.amount = 3 + 7;
-                        SignedReceipt::sign(receipt, id.signing_key()).unwrap().to_bytes()
+                        SignedReceipt::sign(receipt, id.signing_key())
+                            .unwrap()
+                            .to_bytes()
                     }
                     other => panic!("unknown mode {other}"),
                 };
                 let output_tokens = if mode == "inflated" { 5 } else { 1 };
                 let done = JobEvent::Done {
                     finish_reason: FinishReason::Length,
-                    usage: Usage { input_tokens: 3, output_tokens },
+                    usage: Usage {
+                        input_tokens: 3,
+                        output_tokens,
+                    },
                     receipt: bytes,
                 };
                 let _ = write_frame(&mut stream, &serde_json::to_vec(&done).unwrap()).await;
                 // Wait for the countersignature or the close.
-                let _ = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut stream, MAX_FRAME_BYTES)).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    read_frame(&mut stream, MAX_FRAME_BYTES),
+                )
+                .await;
             });
         }
     });
@@ -154,7 +174,10 @@ async fn forged_receipts_are_rejected_and_never_stored() {
         state.registry.lookup(ROGUE_MODEL, now_ms()),
         sharenet_coordinator::registry::Lookup::Found(_)
     ) {
-        assert!(std::time::Instant::now() < deadline, "rogue advert never arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rogue advert never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -178,10 +201,20 @@ async fn forged_receipts_are_rejected_and_never_stored() {
         assert_eq!(resp.status(), 502, "{mode}");
         let body: Value = resp.json().await.unwrap();
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains("receipt was rejected"), "{mode}: {message}");
+        assert!(
+            message.contains("receipt was rejected"),
+            "{mode}: {message}"
+        );
         assert!(message.contains(reason), "{mode}: {message}");
-        assert_eq!(state.metrics.receipts_rejected.load(Ordering::Relaxed), i as u64 + 1);
-        assert_eq!(state.store.len(), 1, "{mode}: nothing stored for a forged receipt");
+        assert_eq!(
+            state.metrics.receipts_rejected.load(Ordering::Relaxed),
+            i as u64 + 1
+        );
+        assert_eq!(
+            state.store.len(),
+            1,
+            "{mode}: nothing stored for a forged receipt"
+        );
     }
 
     // Streaming: the token already went out, so the stream ends with an
@@ -190,7 +223,12 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     assert_eq!(resp.status(), 200);
     let data = sse_data(&resp.text().await.unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
-    assert!(last["error"]["message"].as_str().unwrap().contains("rejected"));
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rejected")
+    );
     assert!(!data.iter().any(|d| d == "[DONE]"));
     assert_eq!(state.store.len(), 1);
 

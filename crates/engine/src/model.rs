@@ -64,21 +64,25 @@ impl TextModel {
         let text = std::fs::read_to_string(&config_path).map_err(|e| read_err(&config_path, e))?;
         let raw: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| parse_err(&config_path, e))?;
-        if let Some(arch) = raw.get("model_type").and_then(|v| v.as_str()) {
-            if arch != "llama" {
-                return Err(parse_err(
-                    &config_path,
-                    format!("unsupported model_type {arch:?} (supported: llama)"),
-                ));
-            }
+        if let Some(arch) = raw.get("model_type").and_then(|v| v.as_str())
+            && arch != "llama"
+        {
+            return Err(parse_err(
+                &config_path,
+                format!("unsupported model_type {arch:?} (supported: llama)"),
+            ));
         }
         let llama_config: LlamaConfig =
             serde_json::from_value(raw).map_err(|e| parse_err(&config_path, e))?;
         let config = llama_config.into_config(false);
         if config.num_attention_heads == 0
-            || config.hidden_size % config.num_attention_heads != 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
             || config.num_key_value_heads == 0
-            || config.num_attention_heads % config.num_key_value_heads != 0
+            || !config
+                .num_attention_heads
+                .is_multiple_of(config.num_key_value_heads)
         {
             return Err(parse_err(
                 &config_path,
@@ -172,10 +176,8 @@ impl TextModel {
             .encode(text, false)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(encoding.get_ids().len() + 1);
-        if add_bos {
-            if let Some(bos) = self.bos {
-                ids.push(bos);
-            }
+        if add_bos && let Some(bos) = self.bos {
+            ids.push(bos);
         }
         ids.extend_from_slice(encoding.get_ids());
         if ids.is_empty() {
@@ -207,7 +209,10 @@ impl TextModel {
                 context,
             });
         }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(EngineError::InvalidInput(format!(
                 "token id {bad} is outside the vocabulary"
             )));
@@ -245,10 +250,10 @@ impl TextModel {
                 finish_reason = FinishReason::Stop;
                 break;
             }
-            if let Some(piece) = streamer.push(next)? {
-                if !emit(piece) {
-                    return Err(EngineError::Cancelled);
-                }
+            if let Some(piece) = streamer.push(next)?
+                && !emit(piece)
+            {
+                return Err(EngineError::Cancelled);
             }
             if streamer.stopped() {
                 finish_reason = FinishReason::Stop;
@@ -286,7 +291,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
         .collect();
     shards.sort();
     if shards.is_empty() {
-        return Err(read_err(&single, "no *.safetensors weights in the model folder"));
+        return Err(read_err(
+            &single,
+            "no *.safetensors weights in the model folder",
+        ));
     }
     Ok(shards)
 }

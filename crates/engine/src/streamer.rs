@@ -48,12 +48,13 @@ where
     fn decode_new(&mut self, force: bool) -> Result<(), EngineError> {
         let before = (self.decode)(&self.tokens[self.prev..self.cur])?;
         let all = (self.decode)(&self.tokens[self.prev..])?;
-        if all.len() > before.len() && (force || !all.ends_with('\u{FFFD}')) {
-            if let Some(new) = all.get(before.len()..) {
-                self.text.push_str(new);
-                self.prev = self.cur;
-                self.cur = self.tokens.len();
-            }
+        if all.len() > before.len()
+            && (force || !all.ends_with('\u{FFFD}'))
+            && let Some(new) = all.get(before.len()..)
+        {
+            self.text.push_str(new);
+            self.prev = self.cur;
+            self.cur = self.tokens.len();
         }
         Ok(())
     }
@@ -75,7 +76,11 @@ where
         if end <= self.emitted && self.pending_tokens == 0 {
             return None;
         }
-        let text = self.text.get(self.emitted..end).unwrap_or_default().to_string();
+        let text = self
+            .text
+            .get(self.emitted..end)
+            .unwrap_or_default()
+            .to_string();
         self.emitted = end.max(self.emitted);
         let tokens = std::mem::take(&mut self.pending_tokens);
         Some(Piece { text, tokens })
@@ -87,7 +92,12 @@ where
         }
         // A stop match can only start at or after `emitted` (see module docs).
         let tail = self.text.get(self.emitted..).unwrap_or_default();
-        if let Some(pos) = self.stops.iter().filter_map(|s| tail.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| tail.find(s.as_str()))
+            .min()
+        {
             let end = self.emitted + pos;
             self.text.truncate(end);
             self.stopped = true;

@@ -151,7 +151,10 @@ fn byte_level_tokenizer() -> serde_json::Value {
         .iter()
         .enumerate()
         .map(|(id, c)| (c.to_string(), json!(id)))
-        .chain([("<s>".to_string(), json!(BOS)), ("</s>".to_string(), json!(EOS))])
+        .chain([
+            ("<s>".to_string(), json!(BOS)),
+            ("</s>".to_string(), json!(EOS)),
+        ])
         .collect();
     let special = |id: u32, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
@@ -237,7 +240,13 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(ga, gb);
         assert!(ga.completion_tokens <= 12);
-        let (c, _) = generate(&model, &SamplingParams { seed: Some(43), ..params });
+        let (c, _) = generate(
+            &model,
+            &SamplingParams {
+                seed: Some(43),
+                ..params
+            },
+        );
         assert_ne!(a, c, "a different seed should give different text");
     }
 

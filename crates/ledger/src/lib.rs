@@ -127,7 +127,8 @@ impl ReceiptStore for SledReceiptStore {
     }
 
     fn upsert(&self, receipt: &StoredReceipt) -> Result<(), StoreError> {
-        self.receipts.insert(receipt.job_id().0, receipt.to_bytes())?;
+        self.receipts
+            .insert(receipt.job_id().0, receipt.to_bytes())?;
         self.db.flush()?;
         Ok(())
     }
@@ -196,10 +197,7 @@ mod tests {
         }
         let store = SledReceiptStore::open(dir.path()).unwrap();
         assert_eq!(store.len(), 2);
-        assert_eq!(
-            store.get(&JobId([1; 16])).unwrap(),
-            Some(countersigned(1))
-        );
+        assert_eq!(store.get(&JobId([1; 16])).unwrap(), Some(countersigned(1)));
         assert_eq!(store.get(&JobId([3; 16])).unwrap(), None);
         assert_eq!(store.list(10).unwrap().len(), 2);
     }
@@ -214,7 +212,9 @@ mod tests {
         store
             .insert_new(&StoredReceipt::NodeSigned(c.signed().clone()))
             .unwrap();
-        store.upsert(&StoredReceipt::Countersigned(c.clone())).unwrap();
+        store
+            .upsert(&StoredReceipt::Countersigned(c.clone()))
+            .unwrap();
         assert_eq!(
             store.get(&JobId([5; 16])).unwrap(),
             Some(StoredReceipt::Countersigned(c))

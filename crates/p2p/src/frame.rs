@@ -28,7 +28,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Resul
 
 /// Reads one frame of at most `max` bytes. A clean end of stream before the
 /// length prefix is [`FrameError::Closed`].
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(()) => {}
@@ -57,7 +60,10 @@ mod tests {
         let mut r = Cursor::new(buf.clone());
         assert_eq!(read_frame(&mut r, 16).await.unwrap(), b"hello");
         assert_eq!(read_frame(&mut r, 16).await.unwrap(), b"");
-        assert!(matches!(read_frame(&mut r, 16).await, Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame(&mut r, 16).await,
+            Err(FrameError::Closed)
+        ));
 
         let mut r = Cursor::new(buf);
         assert!(matches!(
@@ -72,6 +78,9 @@ mod tests {
         write_frame(&mut buf, b"hello").await.unwrap();
         buf.truncate(6);
         let mut r = Cursor::new(buf);
-        assert!(matches!(read_frame(&mut r, 16).await, Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame(&mut r, 16).await,
+            Err(FrameError::Io(_))
+        ));
     }
 }

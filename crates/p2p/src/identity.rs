@@ -37,7 +37,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("peer_id", &self.peer_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -154,7 +156,10 @@ mod tests {
         let a = Identity::create(&path).unwrap();
         let b = Identity::load(&path).unwrap();
         assert_eq!(a.peer_id(), b.peer_id());
-        assert!(matches!(Identity::create(&path), Err(IdentityError::Exists(_))));
+        assert!(matches!(
+            Identity::create(&path),
+            Err(IdentityError::Exists(_))
+        ));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -162,6 +167,9 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&path, "nothex").unwrap();
-        assert!(matches!(Identity::load(&path), Err(IdentityError::Malformed { .. })));
+        assert!(matches!(
+            Identity::load(&path),
+            Err(IdentityError::Malformed { .. })
+        ));
     }
 }

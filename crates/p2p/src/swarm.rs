@@ -61,8 +61,12 @@ impl NetworkConfig {
         Self {
             identity,
             listen: vec![
-                "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap_or_else(|_| Multiaddr::empty()),
-                "/ip4/127.0.0.1/tcp/0".parse().unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/127.0.0.1/udp/0/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/127.0.0.1/tcp/0"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
             ],
             bootstrap: Vec::new(),
             event_capacity: 1024,
@@ -151,7 +155,8 @@ impl Client {
 
     /// Publishes bytes on the advert topic.
     pub async fn publish_advert(&self, data: Vec<u8>) -> Result<(), P2pError> {
-        self.request(|reply| Command::Publish { data, reply }).await?
+        self.request(|reply| Command::Publish { data, reply })
+            .await?
     }
 
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), P2pError> {
@@ -159,7 +164,8 @@ impl Client {
     }
 
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, P2pError> {
-        self.request(|reply| Command::ConnectedPeers { reply }).await
+        self.request(|reply| Command::ConnectedPeers { reply })
+            .await
     }
 
     /// Opens a job stream to `peer` (dialling it if needed).
@@ -212,7 +218,9 @@ fn build_swarm(identity: &Identity) -> Result<libp2p::Swarm<Behaviour>, P2pError
                     "/sharenet/1.0.0".into(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(5)),
+                ),
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
@@ -235,10 +243,12 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
 
     let mut pending = HashMap::new();
     for addr in &config.listen {
-        let id = swarm.listen_on(addr.clone()).map_err(|e| P2pError::Listen {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| P2pError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
         pending.insert(id, addr.clone());
     }
     let peer_id = *swarm.local_peer_id();
@@ -259,7 +269,9 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
                     reason: Err(error),
                     ..
                 } => {
-                    let addr = pending.remove(&listener_id).unwrap_or_else(Multiaddr::empty);
+                    let addr = pending
+                        .remove(&listener_id)
+                        .unwrap_or_else(Multiaddr::empty);
                     return Err(P2pError::Listen {
                         addr,
                         reason: error.to_string(),
@@ -410,7 +422,9 @@ impl EventLoop {
             })) => {
                 tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified peer");
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
             }
             SwarmEvent::ConnectionClosed {

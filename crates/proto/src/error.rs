@@ -26,8 +26,5 @@ pub enum ProtoError {
     #[error("amount overflows 64 bits computing {0}")]
     Overflow(&'static str),
     #[error("invalid {field}: {reason}")]
-    Invalid {
-        field: &'static str,
-        reason: String,
-    },
+    Invalid { field: &'static str, reason: String },
 }

@@ -62,7 +62,10 @@ mod tests {
         rank_cheapest(&mut v, 1000, 10);
         assert_eq!(v[0].node, [2; 32], "long prompt: input price dominates");
         rank_cheapest(&mut v, 10, 1000);
-        assert_eq!(v[0].node, [1; 32], "long completion: output price dominates");
+        assert_eq!(
+            v[0].node, [1; 32],
+            "long completion: output price dominates"
+        );
     }
 
     #[test]
