@@ -85,16 +85,43 @@ pub fn write_tiny_llama(dir: &Path, seed: u64, shape: TinyConfig) -> Result<(), 
     let head_dim = h / shape.num_attention_heads.max(1);
     let kv = shape.num_key_value_heads * head_dim;
     let i = shape.intermediate_size;
-    let mut random = |name: String, rows: usize, cols: usize| -> Result<(), EngineError> {
+    let mut uniform = |rows: usize, cols: usize| -> Vec<f32> {
         let scale = 1.0 / (cols as f32).sqrt();
-        let data: Vec<f32> = (0..rows * cols)
+        (0..rows * cols)
             .map(|_| rng.random_range(-scale..scale))
-            .collect();
+            .collect()
+    };
+    // Hidden dimension 0 carries a constant through the residual stream,
+    // and the output head reads it as a bias towards lowercase letters and
+    // spaces, so the random model's text looks like words rather than
+    // control bytes. Everything else is random.
+    let mut embed = uniform(VOCAB, h);
+    let mut head = uniform(VOCAB, h);
+    for tok in 0..VOCAB {
+        embed[tok * h] = 1.0;
+        let letter =
+            tok < 256 && (u8::try_from(tok).is_ok_and(|b| b.is_ascii_lowercase() || b == b' '));
+        head[tok * h] = if letter {
+            0.6
+        } else if tok as u32 == EOS {
+            0.2
+        } else {
+            -0.6
+        };
+    }
+    tensors.insert(
+        "model.embed_tokens.weight".into(),
+        Tensor::from_vec(embed, (VOCAB, h), &Device::Cpu)?,
+    );
+    tensors.insert(
+        "lm_head.weight".into(),
+        Tensor::from_vec(head, (VOCAB, h), &Device::Cpu)?,
+    );
+    let mut random = |name: String, rows: usize, cols: usize| -> Result<(), EngineError> {
+        let data = uniform(rows, cols);
         tensors.insert(name, Tensor::from_vec(data, (rows, cols), &Device::Cpu)?);
         Ok(())
     };
-    random("model.embed_tokens.weight".into(), VOCAB, h)?;
-    random("lm_head.weight".into(), VOCAB, h)?;
     for l in 0..shape.num_hidden_layers {
         let p = format!("model.layers.{l}");
         random(format!("{p}.self_attn.q_proj.weight"), h, h)?;
@@ -248,6 +275,24 @@ mod tests {
             },
         );
         assert_ne!(a, c, "a different seed should give different text");
+    }
+
+    #[test]
+    fn text_is_mostly_letters_and_spaces() {
+        let (_dir, model) = tiny();
+        let params = SamplingParams {
+            max_tokens: 64,
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: Some(1),
+            stop: vec![],
+        };
+        let (text, _) = generate(&model, &params);
+        let letters = text
+            .chars()
+            .filter(|c| c.is_ascii_lowercase() || *c == ' ')
+            .count();
+        assert!(letters * 10 >= text.chars().count() * 8, "{text:?}");
     }
 
     #[test]
