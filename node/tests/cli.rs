@@ -1,0 +1,113 @@
+//! The provider's first steps, through the real binary: init, generate a
+//! model, check that it loads.
+
+use std::process::Command;
+
+fn node() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sharenet-node"))
+}
+
+#[test]
+fn init_then_gen_tiny_model_then_models_lists_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = node()
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = dir.path().join("identity.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let config = dir.path().join("node.toml");
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("# sharenet-node configuration")
+    );
+
+    // A second init refuses to overwrite.
+    let again = node()
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    // The model the template points at does not exist yet: `models` says so.
+    let missing = node()
+        .args(["models", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stdout).contains("FAIL  tiny-llama"));
+
+    let out = node()
+        .arg("gen-tiny-model")
+        .arg(dir.path().join("models/tiny-llama"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node()
+        .args(["models", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ok    tiny-llama"), "{stdout}");
+
+    // No receipts yet, and the store opens.
+    let out = node()
+        .args(["receipts", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 receipts"));
+}
+
+#[test]
+fn a_bad_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        node()
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("price_in = 100", "price_in = -5");
+    std::fs::write(&config, text).unwrap();
+    let out = node()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("price_in"), "{stderr}");
+}
