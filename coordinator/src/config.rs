@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use sharenet_p2p::{Identity, Multiaddr};
+use sharenet_p2p::{Identity, Multiaddr, parse_multiaddrs};
 
 use crate::Timeouts;
 
@@ -55,17 +55,6 @@ pub struct CoordinatorConfig {
     pub timeouts: Timeouts,
 }
 
-fn parse_addrs(key: &str, values: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.parse()
-                .with_context(|| format!("parse {key}[{i}] = {v:?} as a multiaddr"))
-        })
-        .collect()
-}
-
 impl CoordinatorConfig {
     /// Reads a config file; relative paths are relative to its folder. The
     /// identity key is created on first start if it does not exist.
@@ -95,8 +84,8 @@ impl CoordinatorConfig {
                 .http_listen
                 .parse()
                 .with_context(|| format!("parse http_listen = {:?}", file.http_listen))?,
-            p2p_listen: parse_addrs("p2p_listen", &file.p2p_listen)?,
-            bootstrap: parse_addrs("bootstrap", &file.bootstrap)?,
+            p2p_listen: parse_multiaddrs("p2p_listen", &file.p2p_listen)?,
+            bootstrap: parse_multiaddrs("bootstrap", &file.bootstrap)?,
             api_keys,
             max_attempts: file.max_attempts,
             timeouts: Timeouts {

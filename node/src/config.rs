@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use sharenet_p2p::{Identity, Multiaddr};
+use sharenet_p2p::{Identity, Multiaddr, parse_multiaddrs};
 use sharenet_proto::{MAX_ADVERT_TTL_MS, NanoUsd};
 
 #[derive(Debug, Deserialize)]
@@ -87,17 +87,6 @@ pub struct NodeConfig {
     pub models: Vec<ModelConfig>,
 }
 
-fn parse_addrs(key: &str, values: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.parse()
-                .with_context(|| format!("parse {key}[{i}] = {v:?} as a multiaddr"))
-        })
-        .collect()
-}
-
 impl NodeConfig {
     /// Reads and validates a config file. Relative paths in it are relative
     /// to the file's folder. The identity key must exist (`sharenet-node init`).
@@ -124,8 +113,8 @@ impl NodeConfig {
         let config = Self {
             identity,
             data_dir: base.join(file.data_dir),
-            listen: parse_addrs("listen", &file.listen)?,
-            bootstrap: parse_addrs("bootstrap", &file.bootstrap)?,
+            listen: parse_multiaddrs("listen", &file.listen)?,
+            bootstrap: parse_multiaddrs("bootstrap", &file.bootstrap)?,
             advert_interval: Duration::from_secs(file.advert_interval_secs),
             advert_ttl: Duration::from_secs(file.advert_ttl_secs),
             models,

@@ -41,6 +41,28 @@ pub enum P2pError {
     AlreadyAccepting,
     #[error("the network task has stopped")]
     Stopped,
+    #[error("parse {field} = {value:?} as a multiaddr: {reason}")]
+    BadAddress {
+        field: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Parses config values as multiaddrs; an error names `key[i]` and the value.
+pub fn parse_multiaddrs(key: &str, values: &[String]) -> Result<Vec<Multiaddr>, P2pError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.parse()
+                .map_err(|e: libp2p::multiaddr::Error| P2pError::BadAddress {
+                    field: format!("{key}[{i}]"),
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 /// How to start a peer.
