@@ -1,25 +1,50 @@
 //! Inference for sharenet nodes.
 //!
-//! Loads a llama-architecture model from a local Hugging Face-style folder
-//! (`config.json`, `model.safetensors`, `tokenizer.json`) with candle,
-//! renders chat input, samples (temperature, top_p, seed, max_tokens, stop
-//! sequences) and hands out text as it is generated.
-//!
-//! [`tiny::write_tiny_llama`] writes a small random-weight llama model and a
-//! byte-level tokenizer, so tests and the devnet run the very same loader as
-//! real weights without downloading anything.
+//! - [`TextModel`] loads a llama-family model (Llama 2/3.x, Mistral,
+//!   Qwen2/2.5; see [`spec`]) from a Hugging Face folder (`config.json`,
+//!   `tokenizer.json`, `tokenizer_config.json`, one or many `*.safetensors`)
+//!   or from one GGUF file (quantized), renders chat with the model's own
+//!   Jinja template, and hashes its weights (SHA-256) for adverts.
+//! - [`Scheduler`] serves one model to many jobs at once: a bounded queue, a
+//!   KV-cache budget, and continuous batching of decode steps.
+//! - Sampling: temperature, top_p, top_k, min_p, repetition / presence /
+//!   frequency penalties, seeds, stop strings across token boundaries,
+//!   max_tokens and per-token logprobs with alternatives.
+//! - [`Embedder`] serves BERT-family sentence-embedding models.
+//! - [`tiny`] writes small random-weight models in every supported format,
+//!   so tests and the devnet run the very loaders real weights use.
 //!
 //! Architecture invariant: this crate knows nothing of networks, HTTP or
-//! storage; generation is a blocking call the caller runs off the async
-//! runtime, and it never panics on a request (loader panics inside candle are
-//! caught and turned into errors).
+//! storage; model work runs on threads the caller does not share with its
+//! async runtime, and a bad file or request is an error, never a panic
+//! (the scheduler also catches panics from inside candle and fails only
+//! the sequences of that step).
 
+mod embed;
 mod model;
+mod sampling;
+mod scheduler;
+mod sequence;
+pub mod spec;
 mod streamer;
 mod template;
 pub mod tiny;
+mod transformer;
 
-pub use model::{Generation, Piece, TextModel};
+pub use embed::{Embedder, Embeddings};
+pub use model::{Generation, Piece, TextModel, WeightsFormat, hash_files};
+pub use scheduler::{JobHandle, Load, Scheduler, SchedulerConfig, SeqEvent, SubmitError};
+pub use spec::{Arch, ModelSpec};
+pub use template::ChatTemplate;
+
+/// Loading progress, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Hashing the weights files: bytes done of total.
+    Hashing { done: u64, total: u64 },
+    /// Reading tensors into memory.
+    Loading,
+}
 
 /// Why loading or generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +61,8 @@ pub enum EngineError {
     ContextLengthExceeded { prompt: usize, context: usize },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("inference: {0}")]

@@ -1,23 +1,30 @@
-//! A llama-architecture text model loaded with candle.
+//! A text model: weights (safetensors folder or GGUF file), tokenizer, chat
+//! template, end-of-sequence tokens and the SHA-256 of the weights.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
+use candle_core::quantized::gguf_file::{self, Value};
 use candle_nn::VarBuilder;
-use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::llama::{Cache, Llama, LlamaConfig, LlamaEosToks};
+use serde_json::json;
+use sha2::{Digest, Sha256};
 use sharenet_proto::{FinishReason, JobInput, SamplingParams};
 use tokenizers::Tokenizer;
 
-use crate::streamer::Streamer;
-use crate::{EngineError, template};
+use crate::sequence::Sequence;
+use crate::spec::ModelSpec;
+use crate::template::ChatTemplate;
+use crate::transformer::{Transformer, WeightSource};
+use crate::{EngineError, Progress};
 
-/// Text handed out during generation, and how many tokens produced it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Text handed out during generation, how many tokens produced it and,
+/// when asked, each token's log probability.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Piece {
     pub text: String,
     pub tokens: u32,
+    pub logprobs: Vec<sharenet_proto::TokenLogprob>,
 }
 
 /// How a generation ended.
@@ -28,155 +35,296 @@ pub struct Generation {
     pub finish_reason: FinishReason,
 }
 
-/// A loaded llama-family model with its tokenizer. Cheap to share across
-/// threads; each generation has its own KV cache.
-pub struct TextModel {
-    llama: Llama,
-    config: candle_transformers::models::llama::Config,
-    tokenizer: Tokenizer,
-    device: Device,
-    bos: Option<u32>,
-    eos: Vec<u32>,
-    eos_text: String,
-    dir: PathBuf,
+/// Where the weights came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsFormat {
+    Safetensors,
+    Gguf { dtype: String },
 }
 
-fn read_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
+/// A loaded model. Shareable across threads; sequences own their state.
+pub struct TextModel {
+    pub(crate) transformer: Transformer,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    add_bos: bool,
+    eos: Vec<u32>,
+    path: PathBuf,
+    weights_sha256: [u8; 32],
+    format: WeightsFormat,
+}
+
+pub(crate) fn read_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
     EngineError::Read {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
 }
 
-fn parse_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
+pub(crate) fn parse_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
     EngineError::Parse {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
 }
 
+/// SHA-256 over the files' bytes, in the given order, reporting progress.
+pub fn hash_files(
+    files: &[PathBuf],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<[u8; 32], EngineError> {
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).map_err(|e| read_err(f, e)))
+        .sum::<Result<u64, _>>()?;
+    let mut hasher = Sha256::new();
+    let mut done = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let mut file = std::fs::File::open(f).map_err(|e| read_err(f, e))?;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| read_err(f, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            done += n as u64;
+            progress(Progress::Hashing { done, total });
+        }
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Token text from `tokenizer_config.json`'s `bos_token` / `eos_token`
+/// (a string or `{"content": ...}`).
+fn special_text(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// `chat_template` as a string, or the `default` entry of a list.
+fn template_source(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
 impl TextModel {
-    /// Loads `config.json`, `model.safetensors` (or `model-*.safetensors`
-    /// shards) and `tokenizer.json` from `dir`, on the CPU.
-    pub fn load(dir: &Path) -> Result<Self, EngineError> {
-        let device = Device::Cpu;
+    /// Loads a Hugging Face folder or a `.gguf` file on the CPU.
+    pub fn load(path: &Path) -> Result<Self, EngineError> {
+        Self::load_with_progress(path, &mut |_| {})
+    }
+
+    /// As [`TextModel::load`], reporting progress.
+    pub fn load_with_progress(
+        path: &Path,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, EngineError> {
+        if path.is_file() {
+            Self::load_gguf(path, progress)
+        } else if path.is_dir() {
+            Self::load_folder(path, progress)
+        } else {
+            Err(read_err(path, "no such model folder or GGUF file"))
+        }
+    }
+
+    fn load_folder(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| read_err(&config_path, e))?;
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| parse_err(&config_path, e))?;
-        if let Some(arch) = raw.get("model_type").and_then(|v| v.as_str())
-            && arch != "llama"
-        {
-            return Err(parse_err(
-                &config_path,
-                format!("unsupported model_type {arch:?} (supported: llama)"),
-            ));
-        }
-        let llama_config: LlamaConfig =
-            serde_json::from_value(raw).map_err(|e| parse_err(&config_path, e))?;
-        let config = llama_config.into_config(false);
-        if config.num_attention_heads == 0
-            || !config
-                .hidden_size
-                .is_multiple_of(config.num_attention_heads)
-            || config.num_key_value_heads == 0
-            || !config
-                .num_attention_heads
-                .is_multiple_of(config.num_key_value_heads)
-        {
-            return Err(parse_err(
-                &config_path,
-                "hidden_size, num_attention_heads and num_key_value_heads do not divide evenly",
-            ));
-        }
+        let spec = ModelSpec::from_config_json(&config_path, &text)?;
+        let tokenizer = load_tokenizer_file(&dir.join("tokenizer.json"))?;
+        check_vocab(&tokenizer, &spec, &dir.join("tokenizer.json"))?;
 
-        let tokenizer_path = dir.join("tokenizer.json");
-        if !tokenizer_path.exists() {
-            return Err(read_err(&tokenizer_path, "file not found"));
-        }
-        let tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| parse_err(&tokenizer_path, e))?;
-        let vocab = tokenizer.get_vocab_size(true);
-        if vocab > config.vocab_size {
-            return Err(parse_err(
-                &tokenizer_path,
-                format!(
-                    "tokenizer has {vocab} tokens but config.json vocab_size is {}",
-                    config.vocab_size
-                ),
-            ));
-        }
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc: serde_json::Value = if tc_path.exists() {
+            let text = std::fs::read_to_string(&tc_path).map_err(|e| read_err(&tc_path, e))?;
+            serde_json::from_str(&text).map_err(|e| parse_err(&tc_path, e))?
+        } else {
+            json!({})
+        };
+        let bos_text = special_text(tc.get("bos_token"));
+        let eos_text = special_text(tc.get("eos_token"));
+        let template = ChatTemplate::new(
+            template_source(tc.get("chat_template")),
+            bos_text.clone().unwrap_or_default(),
+            eos_text.clone().unwrap_or_else(|| "</s>".into()),
+        )
+        .map_err(|e| parse_err(&tc_path, e))?;
+        let add_bos = tc
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(spec.bos_token_id.is_some() && spec.arch != crate::Arch::Qwen2);
 
-        let weights = weight_files(dir)?;
-        let weights_desc = weights
+        let mut eos = spec.eos_token_ids.clone();
+        if let Some(id) = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+            eos.push(id);
+        }
+        let gen_path = dir.join("generation_config.json");
+        if let Ok(text) = std::fs::read_to_string(&gen_path) {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| parse_err(&gen_path, e))?;
+            match v.get("eos_token_id") {
+                Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|n| n as u32)),
+                Some(serde_json::Value::Array(a)) => {
+                    eos.extend(a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32))
+                }
+                _ => {}
+            }
+        }
+        eos.sort_unstable();
+        eos.dedup();
+
+        let files = weight_files(dir)?;
+        let weights_sha256 = hash_files(&files, progress)?;
+        progress(Progress::Loading);
+        let desc = files
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
         // SAFETY: the files are memory-mapped read-only; the node does not
         // modify model files while serving (documented in the README).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &candle_core::Device::Cpu) }
             .map_err(|e| EngineError::Weights {
-                path: weights_desc.clone(),
+                path: desc.clone(),
                 reason: e.to_string(),
             })?;
-        // candle's llama loader unwraps per-layer errors; turn a panic on a
-        // missing tensor or a shape mismatch into an error at start-up.
-        let llama = catch_unwind(AssertUnwindSafe(|| Llama::load(vb, &config)))
-            .map_err(|_| EngineError::Weights {
-                path: weights_desc.clone(),
-                reason: "a layer is missing or has the wrong shape".into(),
-            })?
-            .map_err(|e| EngineError::Weights {
-                path: weights_desc,
-                reason: e.to_string(),
-            })?;
-
-        let eos = match &config.eos_token_id {
-            Some(LlamaEosToks::Single(id)) => vec![*id],
-            Some(LlamaEosToks::Multiple(ids)) => ids.clone(),
-            None => Vec::new(),
-        };
-        let eos_text = eos
-            .first()
-            .and_then(|&id| tokenizer.id_to_token(id))
-            .unwrap_or_else(|| "</s>".to_string());
+        let transformer = Transformer::load(spec, WeightSource::Safetensors { vb, files: desc })?;
         Ok(Self {
-            llama,
-            bos: config.bos_token_id,
-            config,
+            transformer,
             tokenizer,
-            device,
+            template,
+            add_bos,
             eos,
-            eos_text,
-            dir: dir.to_path_buf(),
+            path: dir.to_path_buf(),
+            weights_sha256,
+            format: WeightsFormat::Safetensors,
         })
     }
 
-    /// The folder the model was loaded from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    fn load_gguf(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Self, EngineError> {
+        let weights_sha256 = hash_files(&[path.to_path_buf()], progress)?;
+        progress(Progress::Loading);
+        let mut file = std::fs::File::open(path).map_err(|e| read_err(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| parse_err(path, e))?;
+        let md = &content.metadata;
+        let spec = ModelSpec::from_gguf(path, md)?;
+        let beside = path.with_file_name("tokenizer.json");
+        let tokenizer = if beside.exists() {
+            load_tokenizer_file(&beside)?
+        } else {
+            tokenizer_from_gguf(path, md)?
+        };
+        check_vocab(&tokenizer, &spec, path)?;
+        let text_of = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+        let bos_text = text_of(spec.bos_token_id);
+        let eos_text = text_of(spec.eos_token_ids.first().copied());
+        let source = md
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        let template = ChatTemplate::new(
+            source,
+            bos_text.unwrap_or_default(),
+            eos_text.unwrap_or_else(|| "</s>".into()),
+        )
+        .map_err(|e| parse_err(path, e))?;
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(spec.bos_token_id.is_some() && spec.arch != crate::Arch::Qwen2);
+        let dtype = content
+            .tensor_infos
+            .get("blk.0.attn_q.weight")
+            .map(|t| format!("{:?}", t.ggml_dtype))
+            .unwrap_or_default();
+        let eos = spec.eos_token_ids.clone();
+        let transformer = Transformer::load(
+            spec,
+            WeightSource::Gguf {
+                content: &content,
+                file: &mut file,
+                path,
+            },
+        )?;
+        Ok(Self {
+            transformer,
+            tokenizer,
+            template,
+            add_bos,
+            eos,
+            path: path.to_path_buf(),
+            weights_sha256,
+            format: WeightsFormat::Gguf { dtype },
+        })
+    }
+
+    /// The folder or file the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        self.transformer.spec()
+    }
+
+    pub fn format(&self) -> &WeightsFormat {
+        &self.format
+    }
+
+    /// SHA-256 of the weights files.
+    pub fn weights_sha256(&self) -> [u8; 32] {
+        self.weights_sha256
+    }
+
+    /// Whether chat uses the model's own template (else the fallback).
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_own()
     }
 
     /// Longest prompt + completion, in tokens.
     pub fn context_length(&self) -> usize {
-        self.config.max_position_embeddings
+        self.spec().max_position_embeddings
+    }
+
+    pub(crate) fn eos(&self) -> &[u32] {
+        &self.eos
     }
 
     /// Renders and tokenizes a job's input.
     pub fn encode_input(&self, input: &JobInput) -> Result<Vec<u32>, EngineError> {
-        let (text, add_bos) = match input {
-            JobInput::Chat { messages } => {
-                (template::render_fallback(messages, &self.eos_text), true)
+        let text = match input {
+            JobInput::Chat { messages } => self.template.render(messages)?,
+            JobInput::Prompt { prompt } => prompt.clone(),
+            JobInput::Embed { .. } => {
+                return Err(EngineError::Unsupported(
+                    "this is a text generation model; it does not embed".into(),
+                ));
             }
-            JobInput::Prompt { prompt } => (prompt.clone(), true),
         };
         let encoding = self
             .tokenizer
-            .encode(text, false)
+            .encode(text.as_str(), false)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(encoding.get_ids().len() + 1);
-        if add_bos && let Some(bos) = self.bos {
+        let bos_in_text =
+            !self.template.bos().is_empty() && text.starts_with(self.template.bos());
+        if self.add_bos
+            && !bos_in_text
+            && let Some(bos) = self.spec().bos_token_id
+        {
             ids.push(bos);
         }
         ids.extend_from_slice(encoding.get_ids());
@@ -186,100 +334,140 @@ impl TextModel {
         Ok(ids)
     }
 
-    pub(crate) fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+    /// Token ids to text, without special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
-    /// Generates a completion for `prompt`, calling `emit` with text as it
-    /// is produced. `emit` returns false to cancel (the generation then
-    /// stops before the next step and returns [`EngineError::Cancelled`]).
-    /// Blocking: run it on a blocking thread.
+    /// One token's raw bytes (for logprobs), byte-level tokens mapped back.
+    pub(crate) fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.tokenizer
+            .decode(&[id], false)
+            .map(String::into_bytes)
+            .unwrap_or_default()
+    }
+
+    /// Generates a completion for `prompt` alone (no batching), calling
+    /// `emit` with text as it is produced; `emit` returns false to cancel.
+    /// Blocking. The node serves through [`crate::Scheduler`] instead; this
+    /// is the same per-sequence logic, used by tests and benchmarks.
     pub fn generate(
         &self,
         prompt: &[u32],
         params: &SamplingParams,
         mut emit: impl FnMut(Piece) -> bool,
     ) -> Result<Generation, EngineError> {
-        let context = self.context_length();
-        if prompt.is_empty() || prompt.len() >= context {
-            return Err(EngineError::ContextLengthExceeded {
-                prompt: prompt.len(),
-                context,
-            });
+        let mut seq = Sequence::new(self, prompt.to_vec(), params)?;
+        let mut logits = seq.prefill(self)?;
+        loop {
+            for piece in seq.advance(self, &mut logits)? {
+                if !emit(piece) {
+                    return Err(EngineError::Cancelled);
+                }
+            }
+            if let Some(g) = seq.finished() {
+                return Ok(g);
+            }
+            let t = self
+                .transformer
+                .decode(&[seq.last_token()], &mut [seq.cache_mut()])?;
+            logits = Transformer::rows(&t)?.pop().unwrap_or_default();
         }
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(EngineError::InvalidInput(format!(
-                "token id {bad} is outside the vocabulary"
-            )));
-        }
-        let max_new = (params.max_tokens as usize).min(context - prompt.len());
-        let sampling = if params.temperature <= 0.0 {
-            Sampling::ArgMax
-        } else if params.top_p < 1.0 {
-            Sampling::TopP {
-                p: params.top_p,
-                temperature: params.temperature,
-            }
-        } else {
-            Sampling::All {
-                temperature: params.temperature,
-            }
-        };
-        let seed = params.seed.unwrap_or_else(rand::random);
-        let mut sampler = LogitsProcessor::from_sampling(seed, sampling);
-        let mut cache = Cache::new(true, DType::F32, &self.config, &self.device)?;
-        let mut streamer = Streamer::new(|ids: &[u32]| self.decode(ids), &params.stop);
-
-        let mut input: Vec<u32> = prompt.to_vec();
-        let mut index_pos = 0;
-        let mut generated = 0usize;
-        let mut finish_reason = FinishReason::Length;
-        while generated < max_new {
-            let x = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(0)?;
-            let logits = self.llama.forward(&x, index_pos, &mut cache)?.squeeze(0)?;
-            index_pos += input.len();
-            let next = sampler.sample(&logits)?;
-            generated += 1;
-            if self.eos.contains(&next) {
-                streamer.push_silent();
-                finish_reason = FinishReason::Stop;
-                break;
-            }
-            if let Some(piece) = streamer.push(next)?
-                && !emit(piece)
-            {
-                return Err(EngineError::Cancelled);
-            }
-            if streamer.stopped() {
-                finish_reason = FinishReason::Stop;
-                break;
-            }
-            input.clear();
-            input.push(next);
-        }
-        if let Some(piece) = streamer.finish()? {
-            if streamer.stopped() {
-                finish_reason = FinishReason::Stop;
-            }
-            if !emit(piece) {
-                return Err(EngineError::Cancelled);
-            }
-        }
-        Ok(Generation {
-            prompt_tokens: prompt.len() as u32,
-            completion_tokens: generated as u32,
-            finish_reason,
-        })
     }
 }
 
+fn load_tokenizer_file(path: &Path) -> Result<Tokenizer, EngineError> {
+    if !path.exists() {
+        return Err(read_err(path, "file not found"));
+    }
+    Tokenizer::from_file(path).map_err(|e| parse_err(path, e))
+}
+
+fn check_vocab(tokenizer: &Tokenizer, spec: &ModelSpec, path: &Path) -> Result<(), EngineError> {
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab > spec.vocab_size {
+        return Err(parse_err(
+            path,
+            format!(
+                "tokenizer has {vocab} tokens but the model's vocabulary is {}",
+                spec.vocab_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A byte-level BPE tokenizer (GPT-2 style, `tokenizer.ggml.model = gpt2`,
+/// as Llama 3 and Qwen2 GGUFs carry) rebuilt from GGUF metadata. Control
+/// tokens (type 3) become special added tokens. SentencePiece GGUFs
+/// (`llama`) need a `tokenizer.json` beside the file.
+fn tokenizer_from_gguf(
+    path: &Path,
+    md: &std::collections::HashMap<String, Value>,
+) -> Result<Tokenizer, EngineError> {
+    let kind = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
+        .unwrap_or("");
+    if kind != "gpt2" {
+        return Err(parse_err(
+            path,
+            format!(
+                "tokenizer.ggml.model {kind:?} is not supported from GGUF metadata; \
+                 put the model's tokenizer.json beside the .gguf file"
+            ),
+        ));
+    }
+    let tokens = md
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .ok_or_else(|| parse_err(path, "missing tokenizer.ggml.tokens"))?;
+    let types: Vec<i32> = md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let merges: Vec<String> = md
+        .get("tokenizer.ggml.merges")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| {
+            v.iter()
+                .filter_map(|m| m.to_string().ok().cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, t) in tokens.iter().enumerate() {
+        let text = t
+            .to_string()
+            .map_err(|e| parse_err(path, format!("token {id}: {e}")))?;
+        vocab.insert(text.clone(), json!(id));
+        if types.get(id) == Some(&3) {
+            added.push(json!({"id": id, "content": text, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}));
+        }
+    }
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let spec = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    });
+    let text = serde_json::to_string(&spec).map_err(|e| parse_err(path, e))?;
+    text.parse::<Tokenizer>()
+        .map_err(|e| parse_err(path, format!("tokenizer from metadata: {e}")))
+}
+
 /// `model.safetensors`, or the sorted `*.safetensors` shards in `dir`.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EngineError> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);

@@ -9,9 +9,11 @@
 
 use crate::{EngineError, Piece};
 
-pub(crate) struct Streamer<'a, D> {
-    decode: D,
-    stops: &'a [String],
+/// Decodes token ids to text (the model's tokenizer).
+pub(crate) type Decode<'a> = &'a dyn Fn(&[u32]) -> Result<String, EngineError>;
+
+pub(crate) struct Streamer {
+    stops: Vec<String>,
     tokens: Vec<u32>,
     prev: usize,
     cur: usize,
@@ -21,13 +23,9 @@ pub(crate) struct Streamer<'a, D> {
     stopped: bool,
 }
 
-impl<'a, D> Streamer<'a, D>
-where
-    D: Fn(&[u32]) -> Result<String, EngineError>,
-{
-    pub(crate) fn new(decode: D, stops: &'a [String]) -> Self {
+impl Streamer {
+    pub(crate) fn new(stops: Vec<String>) -> Self {
         Self {
-            decode,
             stops,
             tokens: Vec::new(),
             prev: 0,
@@ -45,9 +43,9 @@ where
     }
 
     /// Decodes whatever new text the tokens since `prev` make.
-    fn decode_new(&mut self, force: bool) -> Result<(), EngineError> {
-        let before = (self.decode)(&self.tokens[self.prev..self.cur])?;
-        let all = (self.decode)(&self.tokens[self.prev..])?;
+    fn decode_new(&mut self, decode: Decode<'_>, force: bool) -> Result<(), EngineError> {
+        let before = decode(&self.tokens[self.prev..self.cur])?;
+        let all = decode(&self.tokens[self.prev..])?;
         if all.len() > before.len()
             && (force || !all.ends_with('\u{FFFD}'))
             && let Some(new) = all.get(before.len()..)
@@ -61,10 +59,14 @@ where
 
     /// Adds a generated token. Returns a piece to hand out, if any; after a
     /// stop sequence matched, [`Streamer::stopped`] is true.
-    pub(crate) fn push(&mut self, token: u32) -> Result<Option<Piece>, EngineError> {
+    pub(crate) fn push(
+        &mut self,
+        token: u32,
+        decode: Decode<'_>,
+    ) -> Result<Option<Piece>, EngineError> {
         self.pending_tokens += 1;
         self.tokens.push(token);
-        self.decode_new(false)?;
+        self.decode_new(decode, false)?;
         Ok(self.release())
     }
 
@@ -83,7 +85,11 @@ where
             .to_string();
         self.emitted = end.max(self.emitted);
         let tokens = std::mem::take(&mut self.pending_tokens);
-        Some(Piece { text, tokens })
+        Some(Piece {
+            text,
+            tokens,
+            logprobs: Vec::new(),
+        })
     }
 
     fn release(&mut self) -> Option<Piece> {
@@ -116,7 +122,7 @@ where
     fn holdback(&self) -> usize {
         let text = &self.text[self.emitted..];
         let mut best = 0;
-        for stop in self.stops {
+        for stop in &self.stops {
             for k in (1..stop.len().min(text.len() + 1)).rev() {
                 let start = text.len() - k;
                 if k <= best {
@@ -135,9 +141,9 @@ where
     }
 
     /// Flushes everything left: held-back text and uncounted tokens.
-    pub(crate) fn finish(&mut self) -> Result<Option<Piece>, EngineError> {
+    pub(crate) fn finish(&mut self, decode: Decode<'_>) -> Result<Option<Piece>, EngineError> {
         if !self.stopped {
-            self.decode_new(true)?;
+            self.decode_new(decode, true)?;
             // Text held back for a stop that never came is released now,
             // unless a stop sequence completes in it.
             if let Some(piece) = self.release() {
@@ -179,17 +185,18 @@ mod tests {
     }
 
     fn run(bytes: &'static [u8], stops: &[String]) -> (Vec<Piece>, String) {
-        let mut s = Streamer::new(decoder(bytes), stops);
+        let mut s = Streamer::new(stops.to_vec());
+        let d = decoder(bytes);
         let mut pieces = Vec::new();
         for i in 0..bytes.len() as u32 {
-            if let Some(p) = s.push(i).unwrap() {
+            if let Some(p) = s.push(i, &d).unwrap() {
                 pieces.push(p);
             }
             if s.stopped() {
                 break;
             }
         }
-        if let Some(p) = s.finish().unwrap() {
+        if let Some(p) = s.finish(&d).unwrap() {
             pieces.push(p);
         }
         let text = s.text().to_string();
@@ -243,13 +250,14 @@ mod tests {
 
     #[test]
     fn silent_tokens_are_counted() {
-        let mut s = Streamer::new(decoder(b"hi"), &[]);
+        let mut s = Streamer::new(Vec::new());
+        let d = decoder(b"hi");
         let mut total = 0;
         for i in 0..2 {
-            total += s.push(i).unwrap().map_or(0, |p| p.tokens);
+            total += s.push(i, &d).unwrap().map_or(0, |p| p.tokens);
         }
         s.push_silent();
-        total += s.finish().unwrap().map_or(0, |p| p.tokens);
+        total += s.finish(&d).unwrap().map_or(0, |p| p.tokens);
         assert_eq!(total, 3);
     }
 }

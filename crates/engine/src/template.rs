@@ -1,13 +1,90 @@
-//! Chat rendering. Until models' own Jinja templates are supported, every
-//! model gets this documented fallback (Zephyr style):
+//! Chat rendering with the model's own Jinja template.
+//!
+//! The template comes from `tokenizer_config.json` (`chat_template`, a string
+//! or a list of named templates, of which `default` is used) or from GGUF
+//! metadata (`tokenizer.chat_template`). It is rendered with minijinja plus
+//! Python string-method compatibility (`.strip()`, `.startswith()`, ...), with
+//! `messages`, `add_generation_prompt = true`, `bos_token`, `eos_token` and
+//! `raise_exception` in scope, as Hugging Face renders it.
+//!
+//! A model without a template gets this documented fallback (Zephyr style):
 //!
 //! ```text
-//! <|system|>\n{content}</s>\n<|user|>\n{content}</s>\n<|assistant|>\n
+//! <|system|>\n{content}{eos}\n<|user|>\n{content}{eos}\n<|assistant|>\n
 //! ```
-//!
-//! The model's BOS token id, if it has one, is prepended by the caller.
 
+use minijinja::{Environment, Error, ErrorKind, context};
 use sharenet_proto::ChatMessage;
+
+use crate::EngineError;
+
+const NAME: &str = "chat";
+
+/// A compiled chat template (or the fallback).
+pub struct ChatTemplate {
+    env: Option<Environment<'static>>,
+    bos: String,
+    eos: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("own_template", &self.env.is_some())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+fn raise_exception(message: String) -> Result<String, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+impl ChatTemplate {
+    /// Compiles `source` (if any); a template that does not compile is an
+    /// error here, at load, not at the first request.
+    pub fn new(source: Option<String>, bos: String, eos: String) -> Result<Self, String> {
+        let env = match source {
+            None => None,
+            Some(src) => {
+                let mut env = Environment::new();
+                env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+                env.add_function("raise_exception", raise_exception);
+                env.add_template_owned(NAME, src)
+                    .map_err(|e| format!("chat template does not compile: {e}"))?;
+                Some(env)
+            }
+        };
+        Ok(Self { env, bos, eos })
+    }
+
+    /// Whether the model brought its own template.
+    pub fn is_own(&self) -> bool {
+        self.env.is_some()
+    }
+
+    pub fn bos(&self) -> &str {
+        &self.bos
+    }
+
+    /// Renders the conversation, ending where the assistant's reply starts.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        let Some(env) = &self.env else {
+            return Ok(render_fallback(messages, &self.eos));
+        };
+        let tmpl = env
+            .get_template(NAME)
+            .map_err(|e| EngineError::InvalidInput(format!("chat template: {e}")))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => &self.bos,
+            eos_token => &self.eos,
+        })
+        .map_err(|e| EngineError::InvalidInput(format!("render chat template: {e}")))
+    }
+}
 
 pub(crate) fn render_fallback(messages: &[ChatMessage], eos: &str) -> String {
     let mut out = String::new();
@@ -27,21 +104,66 @@ pub(crate) fn render_fallback(messages: &[ChatMessage], eos: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_roles_in_order() {
-        let msgs = vec![
+    fn msgs() -> Vec<ChatMessage> {
+        vec![
             ChatMessage {
                 role: "system".into(),
                 content: "be brief".into(),
             },
             ChatMessage {
                 role: "user".into(),
-                content: "hi".into(),
+                content: " hi ".into(),
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn fallback_renders_roles_in_order() {
+        let t = ChatTemplate::new(None, "<s>".into(), "</s>".into()).unwrap();
+        assert!(!t.is_own());
         assert_eq!(
-            render_fallback(&msgs, "</s>"),
-            "<|system|>\nbe brief</s>\n<|user|>\nhi</s>\n<|assistant|>\n"
+            t.render(&msgs()).unwrap(),
+            "<|system|>\nbe brief</s>\n<|user|>\n hi </s>\n<|assistant|>\n"
         );
+    }
+
+    #[test]
+    fn renders_chatml_as_qwen_ships_it() {
+        let src = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        let t = ChatTemplate::new(Some(src.into()), String::new(), "<|im_end|>".into()).unwrap();
+        assert_eq!(
+            t.render(&msgs()).unwrap(),
+            "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\n hi <|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn renders_llama3_style_with_python_methods_and_bos() {
+        let src = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+        let t = ChatTemplate::new(Some(src.into()), "<|begin_of_text|>".into(), "<|eot_id|>".into())
+            .unwrap();
+        let out = t.render(&msgs()).unwrap();
+        assert!(out.starts_with("<|begin_of_text|><|start_header_id|>system"), "{out}");
+        assert!(out.contains("\n\nhi<|eot_id|>"), "{out}");
+        let py = ChatTemplate::new(
+            Some("{{ messages[1]['content'].strip() }}{% if messages[0]['role'].startswith('sys') %}!{% endif %}".into()),
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        assert_eq!(py.render(&msgs()).unwrap(), "hi!");
+    }
+
+    #[test]
+    fn raise_exception_and_bad_templates_are_errors() {
+        let t = ChatTemplate::new(
+            Some("{{ raise_exception('roles must alternate') }}".into()),
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        let err = t.render(&msgs()).unwrap_err().to_string();
+        assert!(err.contains("roles must alternate"), "{err}");
+        assert!(ChatTemplate::new(Some("{% for %}".into()), String::new(), String::new()).is_err());
     }
 }

@@ -12,6 +12,27 @@ pub const MAX_ADVERT_MODELS: usize = 64;
 /// An advert may not claim to live longer than this.
 pub const MAX_ADVERT_TTL_MS: u64 = 10 * 60 * 1000;
 const MAX_MODEL_ID: usize = 128;
+/// At most this many GPUs in one advert.
+pub const MAX_ADVERT_GPUS: usize = 16;
+const MAX_GPU_NAME: usize = 128;
+
+/// What kind of jobs a model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Chat and text completions.
+    Text = 0,
+    /// Embeddings.
+    Embedding = 1,
+}
+
+/// One GPU on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuInfo {
+    pub name: String,
+    /// Total device memory in MiB.
+    pub memory_mib: u64,
+}
 
 /// One model a node serves and its prices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,6 +45,24 @@ pub struct ModelOffer {
     pub price_out: NanoUsd,
     /// Longest prompt + completion the node accepts, in tokens.
     pub context_length: u32,
+    pub kind: ModelKind,
+    /// SHA-256 of the weights files (in file name order), so "the same
+    /// model" means the same weights. `None` where the node cannot know
+    /// them (an upstream server).
+    #[serde(with = "opt_hex")]
+    pub weights_sha256: Option<[u8; 32]>,
+}
+
+mod opt_hex {
+    pub(super) fn serialize<S: serde::Serializer>(
+        v: &Option<[u8; 32]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// A node's signed statement of what it serves right now.
@@ -33,6 +72,8 @@ pub struct Advert {
     #[serde(with = "hex::serde")]
     pub node: PublicKey,
     pub models: Vec<ModelOffer>,
+    /// The node's GPUs (empty: CPU only).
+    pub gpus: Vec<GpuInfo>,
     /// Jobs the node runs at once.
     pub max_concurrency: u32,
     /// Jobs running or waiting right now.
@@ -67,6 +108,19 @@ impl Advert {
                 });
             }
         }
+        if self.gpus.len() > MAX_ADVERT_GPUS {
+            return Err(ProtoError::TooLong {
+                field: "advert gpus",
+                len: self.gpus.len(),
+                max: MAX_ADVERT_GPUS,
+            });
+        }
+        if self.gpus.iter().any(|g| g.name.len() > MAX_GPU_NAME) {
+            return Err(ProtoError::Invalid {
+                field: "gpu name",
+                reason: format!("at most {MAX_GPU_NAME} bytes"),
+            });
+        }
         if self.expires_at_ms < self.issued_at_ms
             || self.expires_at_ms - self.issued_at_ms > MAX_ADVERT_TTL_MS
         {
@@ -88,6 +142,19 @@ impl Advert {
             w.u64(m.price_in);
             w.u64(m.price_out);
             w.u32(m.context_length);
+            w.u32(m.kind as u32);
+            match &m.weights_sha256 {
+                Some(h) => {
+                    w.u32(1);
+                    w.raw(h);
+                }
+                None => w.u32(0),
+            }
+        }
+        w.u32(self.gpus.len() as u32);
+        for g in &self.gpus {
+            w.str(&g.name);
+            w.u64(g.memory_mib);
         }
         w.u32(self.max_concurrency);
         w.u32(self.queue_depth);
@@ -114,11 +181,47 @@ impl Advert {
                 price_in: r.u64("price_in")?,
                 price_out: r.u64("price_out")?,
                 context_length: r.u32("context_length")?,
+                kind: match r.u32("model kind")? {
+                    0 => ModelKind::Text,
+                    1 => ModelKind::Embedding,
+                    other => {
+                        return Err(ProtoError::Invalid {
+                            field: "model kind",
+                            reason: format!("unknown kind {other}"),
+                        });
+                    }
+                },
+                weights_sha256: match r.u32("weights hash flag")? {
+                    0 => None,
+                    1 => Some(r.array::<32>("weights_sha256")?),
+                    other => {
+                        return Err(ProtoError::Invalid {
+                            field: "weights hash flag",
+                            reason: format!("must be 0 or 1, not {other}"),
+                        });
+                    }
+                },
+            });
+        }
+        let g = r.u32("advert gpu count")? as usize;
+        if g > MAX_ADVERT_GPUS {
+            return Err(ProtoError::TooLong {
+                field: "advert gpus",
+                len: g,
+                max: MAX_ADVERT_GPUS,
+            });
+        }
+        let mut gpus = Vec::with_capacity(g);
+        for _ in 0..g {
+            gpus.push(GpuInfo {
+                name: r.str("gpu name", MAX_GPU_NAME)?,
+                memory_mib: r.u64("gpu memory")?,
             });
         }
         Ok(Self {
             node,
             models,
+            gpus,
             max_concurrency: r.u32("max_concurrency")?,
             queue_depth: r.u32("queue_depth")?,
             seq: r.u64("seq")?,
@@ -200,6 +303,12 @@ mod tests {
                 price_in: 100,
                 price_out: 300,
                 context_length: 512,
+                kind: ModelKind::Text,
+                weights_sha256: Some([9; 32]),
+            }],
+            gpus: vec![GpuInfo {
+                name: "NVIDIA H100".into(),
+                memory_mib: 81_559,
             }],
             max_concurrency: 4,
             queue_depth: 1,

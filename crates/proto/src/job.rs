@@ -9,6 +9,8 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Largest `max_tokens` a job may ask for.
 pub const MAX_JOB_TOKENS: u32 = 32_768;
 const MAX_MESSAGES: usize = 1024;
+/// Most texts one embeddings job may carry.
+pub const MAX_EMBED_INPUTS: usize = 2048;
 const MAX_STOP: usize = 4;
 const MAX_STOP_BYTES: usize = 256;
 
@@ -27,6 +29,8 @@ pub enum JobInput {
     Chat { messages: Vec<ChatMessage> },
     /// Used as is.
     Prompt { prompt: String },
+    /// Texts to embed (an embedding model); no generation.
+    Embed { inputs: Vec<String> },
 }
 
 /// Sampling parameters. Floats here are model parameters, never money.
@@ -43,7 +47,36 @@ pub struct SamplingParams {
     /// Generation stops before the first occurrence of any of these.
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Keep only the k most likely tokens; 0 disables it.
+    #[serde(default)]
+    pub top_k: u32,
+    /// Drop tokens less likely than `min_p` times the most likely; 0 disables it.
+    #[serde(default)]
+    pub min_p: f64,
+    /// Hugging Face style multiplicative penalty on tokens already in the
+    /// prompt or output; 1.0 disables it.
+    #[serde(default = "one")]
+    pub repetition_penalty: f64,
+    /// OpenAI style: subtracted once from the logit of every token already generated.
+    #[serde(default)]
+    pub presence_penalty: f64,
+    /// OpenAI style: subtracted per occurrence from a generated token's logit.
+    #[serde(default)]
+    pub frequency_penalty: f64,
+    /// Return the log probability of each generated token.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// With `logprobs`, also the most likely alternatives at each step (0..=20).
+    #[serde(default)]
+    pub top_logprobs: u8,
 }
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Most alternatives a job may ask for per token.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -53,6 +86,13 @@ impl Default for SamplingParams {
             top_p: 1.0,
             seed: None,
             stop: Vec::new(),
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logprobs: false,
+            top_logprobs: 0,
         }
     }
 }
@@ -93,6 +133,30 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(invalid("top_p", "must be greater than 0 and at most 1"));
         }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(invalid("min_p", "must be between 0 and 1"));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 2.0) {
+            return Err(invalid(
+                "repetition_penalty",
+                "must be greater than 0 and at most 2",
+            ));
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err(invalid("presence_penalty", "must be between -2 and 2"));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(invalid("frequency_penalty", "must be between -2 and 2"));
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(invalid(
+                "top_logprobs",
+                format!("must be between 0 and {MAX_TOP_LOGPROBS}"),
+            ));
+        }
+        if self.top_logprobs > 0 && !self.logprobs {
+            return Err(invalid("top_logprobs", "requires logprobs to be true"));
+        }
         if self.stop.len() > MAX_STOP {
             return Err(invalid("stop", format!("at most {MAX_STOP} sequences")));
         }
@@ -115,12 +179,26 @@ impl JobRequest {
         if self.model.is_empty() {
             return Err(invalid("model", "must not be empty"));
         }
-        if let JobInput::Chat { messages } = &self.input {
-            if messages.is_empty() {
-                return Err(invalid("messages", "must not be empty"));
+        match &self.input {
+            JobInput::Chat { messages } => {
+                if messages.is_empty() {
+                    return Err(invalid("messages", "must not be empty"));
+                }
+                if messages.len() > MAX_MESSAGES {
+                    return Err(invalid("messages", format!("at most {MAX_MESSAGES}")));
+                }
             }
-            if messages.len() > MAX_MESSAGES {
-                return Err(invalid("messages", format!("at most {MAX_MESSAGES}")));
+            JobInput::Prompt { .. } => {}
+            JobInput::Embed { inputs } => {
+                if inputs.is_empty() {
+                    return Err(invalid("input", "must not be empty"));
+                }
+                if inputs.len() > MAX_EMBED_INPUTS {
+                    return Err(invalid("input", format!("at most {MAX_EMBED_INPUTS} texts")));
+                }
+                if inputs.iter().any(|s| s.is_empty()) {
+                    return Err(invalid("input", "texts must not be empty"));
+                }
             }
         }
         self.params.validate()
@@ -152,6 +230,32 @@ impl FinishReason {
     }
 }
 
+/// A generated token's log probability and, if asked, the likeliest
+/// alternatives at that step. Floats: model outputs, never money.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLogprob {
+    /// Token id in the model's vocabulary (spot checks compare these).
+    pub id: u32,
+    /// The token's own text (lossy where a token is part of a UTF-8 character).
+    pub token: String,
+    /// The token's raw bytes.
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<TopLogprob>,
+}
+
+/// One alternative at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
 /// Why a node refused or failed a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,18 +270,30 @@ pub enum JobErrorCode {
     ContextLengthExceeded,
     /// The opening peer is not the coordinator named in the request.
     WrongCoordinator,
+    /// The model cannot do this kind of job (e.g. chat on an embedding model).
+    UnsupportedInput,
+    /// An upstream server the node forwards to failed.
+    Upstream,
     /// Inference failed on the node.
     Internal,
 }
 
 /// Node to coordinator frames, in order: `Delta`* then `Done` or `Error`.
 /// After `Done` the coordinator may send one `Countersigned` frame back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum JobEvent {
     /// Newly generated text and how many tokens produced it (possibly 0 text
     /// for tokens held back or cut by a stop sequence).
-    Delta { text: String, tokens: u32 },
+    Delta {
+        text: String,
+        tokens: u32,
+        /// One entry per token, when the request asked for logprobs.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// The vectors of an embeddings job, in input order (sent before `Done`).
+    Embeddings { data: Vec<Vec<f32>> },
     /// Generation finished; the receipt is the node-signed canonical bytes.
     Done {
         finish_reason: FinishReason,

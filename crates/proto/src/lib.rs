@@ -26,11 +26,15 @@ mod keys;
 mod money;
 mod receipt;
 
-pub use advert::{Advert, MAX_ADVERT_MODELS, MAX_ADVERT_TTL_MS, ModelOffer, SignedAdvert};
+pub use advert::{
+    Advert, GpuInfo, MAX_ADVERT_GPUS, MAX_ADVERT_MODELS, MAX_ADVERT_TTL_MS, ModelKind, ModelOffer,
+    SignedAdvert,
+};
 pub use error::ProtoError;
 pub use job::{
-    ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest, MAX_FRAME_BYTES,
-    MAX_JOB_TOKENS, SamplingParams, Usage,
+    ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest, MAX_EMBED_INPUTS,
+    MAX_FRAME_BYTES, MAX_JOB_TOKENS, MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob, TopLogprob,
+    Usage,
 };
 pub use keys::{JobId, PublicKey, SigningKey, public_key_of, sha256};
 pub use money::{NanoUsd, job_cost};

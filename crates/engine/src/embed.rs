@@ -1,0 +1,239 @@
+//! Sentence embeddings with BERT-family models (e.g. all-MiniLM-L6-v2), as
+//! sentence-transformers computes them: the encoder's last hidden states,
+//! pooled over the real (unpadded) tokens as `1_Pooling/config.json` says
+//! (mean by default, or CLS, or max), then L2-normalised when `modules.json`
+//! lists a `Normalize` module (or when there is no `modules.json`).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::model::{hash_files, parse_err, read_err, weight_files};
+use crate::{EngineError, Progress};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooling {
+    Mean,
+    Cls,
+    Max,
+}
+
+/// Vectors for a batch of texts, and the tokens they took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: u32,
+}
+
+/// A loaded sentence-embedding model.
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    dims: usize,
+    max_tokens: usize,
+    weights_sha256: [u8; 32],
+    path: PathBuf,
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| parse_err(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(read_err(path, e)),
+    }
+}
+
+impl Embedder {
+    /// Whether `dir` holds an embedding model (a BERT-family `config.json`).
+    pub fn is_embedding_model(dir: &Path) -> bool {
+        read_json(&dir.join("config.json"))
+            .ok()
+            .flatten()
+            .and_then(|v| v.get("model_type")?.as_str().map(str::to_string))
+            .is_some_and(|t| matches!(t.as_str(), "bert" | "roberta" | "xlm-roberta"))
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, EngineError> {
+        Self::load_with_progress(dir, &mut |_| {})
+    }
+
+    pub fn load_with_progress(
+        dir: &Path,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, EngineError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| read_err(&config_path, e))?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| parse_err(&config_path, e))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| parse_err(&config_path, e))?;
+        let dims = raw
+            .get("hidden_size")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| parse_err(&config_path, "missing hidden_size"))? as usize;
+        let max_pos = raw
+            .get("max_position_embeddings")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(512) as usize;
+
+        let st = read_json(&dir.join("sentence_bert_config.json"))?;
+        let max_tokens = st
+            .as_ref()
+            .and_then(|v| v.get("max_seq_length")?.as_u64())
+            .map(|n| n as usize)
+            .unwrap_or(max_pos)
+            .min(max_pos);
+        let pool_path = dir.join("1_Pooling").join("config.json");
+        let pooling = match read_json(&pool_path)? {
+            None => Pooling::Mean,
+            Some(v) => {
+                let on = |k: &str| v.get(k).and_then(|b| b.as_bool()).unwrap_or(false);
+                if on("pooling_mode_mean_tokens") {
+                    Pooling::Mean
+                } else if on("pooling_mode_cls_token") {
+                    Pooling::Cls
+                } else if on("pooling_mode_max_tokens") {
+                    Pooling::Max
+                } else {
+                    return Err(parse_err(
+                        &pool_path,
+                        "no supported pooling mode (mean, cls or max) is enabled",
+                    ));
+                }
+            }
+        };
+        let normalize = match read_json(&dir.join("modules.json"))? {
+            None => true,
+            Some(v) => v.as_array().is_some_and(|mods| {
+                mods.iter().any(|m| {
+                    m.get("type")
+                        .and_then(|t| t.as_str())
+                        .is_some_and(|t| t.ends_with("Normalize"))
+                })
+            }),
+        };
+
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(read_err(&tok_path, "file not found"));
+        }
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| parse_err(&tok_path, e))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| parse_err(&tok_path, e))?;
+
+        let files = weight_files(dir)?;
+        let weights_sha256 = hash_files(&files, progress)?;
+        progress(Progress::Loading);
+        let desc = files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let weights_err = |e: candle_core::Error| EngineError::Weights {
+            path: desc.clone(),
+            reason: e.to_string(),
+        };
+        // SAFETY: read-only memory map of files the node does not modify.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }
+            .map_err(weights_err)?;
+        let model = BertModel::load(vb, &config).map_err(weights_err)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            pooling,
+            normalize,
+            dims,
+            max_tokens,
+            weights_sha256,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Vector length.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Longest input in tokens (longer inputs are truncated).
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn weights_sha256(&self) -> [u8; 32] {
+        self.weights_sha256
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Embeds `texts` as one padded batch. Blocking.
+    pub fn embed(&self, texts: &[String]) -> Result<Embeddings, EngineError> {
+        if texts.is_empty() {
+            return Ok(Embeddings {
+                vectors: Vec::new(),
+                tokens: 0,
+            });
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let len = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let n = encodings.len();
+        let mut ids = vec![0u32; n * len];
+        let mut mask = vec![0u32; n * len];
+        let mut tokens = 0u32;
+        for (i, e) in encodings.iter().enumerate() {
+            let row = e.get_ids();
+            tokens += row.len() as u32;
+            ids[i * len..i * len + row.len()].copy_from_slice(row);
+            mask[i * len..i * len + row.len()].fill(1);
+        }
+        let dev = Device::Cpu;
+        let ids = Tensor::from_vec(ids, (n, len), &dev)?;
+        let mask = Tensor::from_vec(mask, (n, len), &dev)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // [n, len, dims]
+        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [n, len, 1]
+        let pooled = match self.pooling {
+            Pooling::Mean => {
+                let sum = hidden.broadcast_mul(&maskf)?.sum(1)?;
+                let count = maskf.sum(1)?.clamp(1e-9, f32::MAX)?;
+                sum.broadcast_div(&count)?
+            }
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Max => {
+                // Padded positions must not win the max.
+                let neg = ((maskf.ones_like()? - &maskf)? * -1e9)?;
+                hidden.broadcast_add(&neg)?.max(1)?
+            }
+        };
+        let pooled = if self.normalize {
+            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+            pooled.broadcast_div(&norm)?
+        } else {
+            pooled
+        };
+        Ok(Embeddings {
+            vectors: pooled.to_vec2()?,
+            tokens,
+        })
+    }
+}

@@ -1,0 +1,454 @@
+//! A scheduler per model: bounded admission, a KV-cache memory budget, and
+//! continuous batching on one dedicated thread.
+//!
+//! Jobs wait in a bounded FIFO queue (a full queue refuses at once with
+//! [`SubmitError::Saturated`]). Between decode steps the thread admits
+//! queued jobs while there is a free slot and KV budget for the job's whole
+//! prompt + `max_tokens`, prefills each, and then runs one batched decode
+//! step for every active sequence. Sequences leave the batch as soon as they
+//! finish or their receiver is dropped (client gone, job cancelled), which
+//! frees their slot and KV budget before the next step.
+//!
+//! Events go back through a bounded channel per job; a slow reader never
+//! blocks the batch (its events wait in that job's own backlog, which is
+//! bounded by its `max_tokens`).
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use sharenet_proto::SamplingParams;
+use tokio::sync::mpsc;
+
+use crate::model::{Generation, Piece, TextModel};
+use crate::sequence::Sequence;
+use crate::transformer::Transformer;
+use crate::EngineError;
+
+/// Events per job buffered in its channel before the job's own backlog.
+const EVENT_CAPACITY: usize = 64;
+
+/// Limits for one model's scheduler.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Sequences decoded together at most.
+    pub max_concurrency: usize,
+    /// Jobs waiting for a slot at most; beyond that, refused.
+    pub max_queue: usize,
+    /// Bytes of KV cache all sequences together may reserve.
+    pub kv_cache_bytes: usize,
+}
+
+/// What a job produces, in order: pieces, then `Done` or `Failed`.
+#[derive(Debug)]
+pub enum SeqEvent {
+    Piece(Piece),
+    Done(Generation),
+    Failed(EngineError),
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("all {slots} slots and {queue} queue places are taken")]
+    Saturated { slots: usize, queue: usize },
+    #[error(
+        "the job needs {need} bytes of KV cache but the model's budget is {budget}; lower max_tokens"
+    )]
+    TooLarge { need: usize, budget: usize },
+    #[error(transparent)]
+    Invalid(#[from] EngineError),
+}
+
+/// A submitted job: its events, and cancellation on drop.
+pub struct JobHandle {
+    pub events: mpsc::Receiver<SeqEvent>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl JobHandle {
+    /// Stops the job at the next step (dropping the handle does the same).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// Current load, for adverts and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_used_bytes: usize,
+    pub kv_budget_bytes: usize,
+}
+
+struct Queued {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    kv_bytes: usize,
+    tx: mpsc::Sender<SeqEvent>,
+    cancel: Arc<AtomicBool>,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Queued>>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+    running: AtomicUsize,
+    kv_used: AtomicUsize,
+    on_load_change: Box<dyn Fn() + Send + Sync>,
+}
+
+/// The per-model scheduler. Dropping it stops its thread; queued and
+/// running jobs then end (their event channels close).
+pub struct Scheduler {
+    model: Arc<TextModel>,
+    config: SchedulerConfig,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler thread. `on_load_change` is called (from that
+    /// thread or the submitter) whenever running/waiting counts change.
+    pub fn start(
+        model: Arc<TextModel>,
+        config: SchedulerConfig,
+        on_load_change: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, EngineError> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            kv_used: AtomicUsize::new(0),
+            on_load_change,
+        });
+        let worker = Worker {
+            model: model.clone(),
+            config,
+            shared: shared.clone(),
+            active: Vec::new(),
+            draining: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sharenet-scheduler".into())
+            .spawn(move || worker.run())
+            .map_err(|e| EngineError::InvalidInput(format!("spawn scheduler thread: {e}")))?;
+        Ok(Self {
+            model,
+            config,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn model(&self) -> &Arc<TextModel> {
+        &self.model
+    }
+
+    pub fn config(&self) -> SchedulerConfig {
+        self.config
+    }
+
+    pub fn load(&self) -> Load {
+        Load {
+            running: self.shared.running.load(Ordering::Relaxed),
+            waiting: self.shared.queue.lock().map(|q| q.len()).unwrap_or(0),
+            kv_used_bytes: self.shared.kv_used.load(Ordering::Relaxed),
+            kv_budget_bytes: self.config.kv_cache_bytes,
+        }
+    }
+
+    /// KV bytes a job would reserve.
+    pub fn kv_bytes_for(&self, prompt_len: usize, params: &SamplingParams) -> usize {
+        let tokens = (prompt_len + params.max_tokens as usize).min(self.model.context_length());
+        tokens * self.model.spec().kv_bytes_per_token()
+    }
+
+    /// Queues a job, or refuses it at once if the queue is full or it can
+    /// never fit the KV budget.
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<JobHandle, SubmitError> {
+        let context = self.model.context_length();
+        if prompt.is_empty() || prompt.len() >= context {
+            return Err(EngineError::ContextLengthExceeded {
+                prompt: prompt.len(),
+                context,
+            }
+            .into());
+        }
+        let kv_bytes = self.kv_bytes_for(prompt.len(), &params);
+        if kv_bytes > self.config.kv_cache_bytes {
+            return Err(SubmitError::TooLarge {
+                need: kv_bytes,
+                budget: self.config.kv_cache_bytes,
+            });
+        }
+        let (tx, events) = mpsc::channel(EVENT_CAPACITY);
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .map_err(|_| EngineError::InvalidInput("scheduler is poisoned".into()))?;
+            let running = self.shared.running.load(Ordering::Relaxed);
+            let free_slots = self.config.max_concurrency.saturating_sub(running);
+            if queue.len() >= self.config.max_queue + free_slots {
+                return Err(SubmitError::Saturated {
+                    slots: self.config.max_concurrency,
+                    queue: self.config.max_queue,
+                });
+            }
+            queue.push_back(Queued {
+                prompt,
+                params,
+                kv_bytes,
+                tx,
+                cancel: cancel.clone(),
+            });
+        }
+        self.shared.wake.notify_one();
+        (self.shared.on_load_change)();
+        Ok(JobHandle { events, cancel })
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A sequence in the batch, with its outbox.
+struct Active {
+    seq: Sequence,
+    tx: mpsc::Sender<SeqEvent>,
+    cancel: Arc<AtomicBool>,
+    backlog: VecDeque<SeqEvent>,
+    kv_bytes: usize,
+    closed: bool,
+}
+
+impl Active {
+    fn emit(&mut self, event: SeqEvent) {
+        self.backlog.push_back(event);
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.closed = true;
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.closed || self.tx.is_closed() || self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+struct Worker {
+    model: Arc<TextModel>,
+    config: SchedulerConfig,
+    shared: Arc<Shared>,
+    active: Vec<Active>,
+    /// Finished sequences whose last events have not fit their channel yet.
+    draining: Vec<Active>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while !self.shared.shutdown.load(Ordering::Relaxed) {
+            let admitted = self.admit();
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                for job in admitted {
+                    self.start(job);
+                }
+                self.step()
+            }));
+            let result = match outcome {
+                Ok(r) => r,
+                Err(_) => Err(EngineError::InvalidInput(
+                    "the model panicked during a step".into(),
+                )),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "batch step failed; failing its sequences");
+                let message = e.to_string();
+                for mut a in std::mem::take(&mut self.active) {
+                    a.emit(SeqEvent::Failed(EngineError::InvalidInput(message.clone())));
+                    self.retire(a);
+                }
+            }
+            self.draining.iter_mut().for_each(Active::flush);
+            self.draining.retain(|a| !a.backlog.is_empty() && !a.closed);
+            self.publish_load();
+        }
+    }
+
+    fn publish_load(&self) {
+        self.shared
+            .running
+            .store(self.active.len(), Ordering::Relaxed);
+        (self.shared.on_load_change)();
+    }
+
+    /// Waits for work if idle, then takes queued jobs that fit.
+    fn admit(&mut self) -> Vec<Queued> {
+        let mut out = Vec::new();
+        let Ok(mut queue) = self.shared.queue.lock() else {
+            return out;
+        };
+        while self.active.is_empty() && queue.is_empty() {
+            if self.shared.shutdown.load(Ordering::Relaxed) {
+                return out;
+            }
+            let wait = if self.draining.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(5)
+            };
+            queue = match self.shared.wake.wait_timeout(queue, wait) {
+                Ok((q, _)) => q,
+                Err(_) => return out,
+            };
+            if !self.draining.is_empty() {
+                return out;
+            }
+        }
+        let mut kv_used = self.shared.kv_used.load(Ordering::Relaxed);
+        while self.active.len() + out.len() < self.config.max_concurrency {
+            let Some(front) = queue.front() else { break };
+            if front.cancel.load(Ordering::Relaxed) || front.tx.is_closed() {
+                queue.pop_front();
+                continue;
+            }
+            if kv_used + front.kv_bytes > self.config.kv_cache_bytes {
+                break;
+            }
+            kv_used += front.kv_bytes;
+            if let Some(job) = queue.pop_front() {
+                out.push(job);
+            }
+        }
+        self.shared.kv_used.store(kv_used, Ordering::Relaxed);
+        out
+    }
+
+    fn retire(&mut self, a: Active) {
+        self.shared.kv_used.fetch_sub(a.kv_bytes, Ordering::Relaxed);
+        if !a.backlog.is_empty() && !a.closed {
+            self.draining.push(a);
+        }
+    }
+
+    /// Prefills a newly admitted job and samples its first token.
+    fn start(&mut self, job: Queued) {
+        let mut active = match Sequence::new(&self.model, job.prompt, &job.params) {
+            Ok(seq) => Active {
+                seq,
+                tx: job.tx,
+                cancel: job.cancel,
+                backlog: VecDeque::new(),
+                kv_bytes: job.kv_bytes,
+                closed: false,
+            },
+            Err(e) => {
+                self.shared.kv_used.fetch_sub(job.kv_bytes, Ordering::Relaxed);
+                let _ = job.tx.try_send(SeqEvent::Failed(e));
+                return;
+            }
+        };
+        if active.gone() {
+            self.retire(active);
+            return;
+        }
+        let result = active
+            .seq
+            .prefill(&self.model)
+            .and_then(|mut logits| active.seq.advance(&self.model, &mut logits));
+        match result {
+            Ok(pieces) => {
+                for p in pieces {
+                    active.emit(SeqEvent::Piece(p));
+                }
+                if let Some(g) = active.seq.finished() {
+                    active.emit(SeqEvent::Done(g));
+                    self.retire(active);
+                } else {
+                    self.active.push(active);
+                }
+            }
+            Err(e) => {
+                active.emit(SeqEvent::Failed(e));
+                self.retire(active);
+            }
+        }
+    }
+
+    /// One batched decode step over every active sequence.
+    fn step(&mut self) -> Result<(), EngineError> {
+        let (gone, keep): (Vec<Active>, Vec<Active>) =
+            std::mem::take(&mut self.active).into_iter().partition(Active::gone);
+        self.active = keep;
+        for a in gone {
+            self.retire(a);
+        }
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        let tokens: Vec<u32> = self.active.iter().map(|a| a.seq.last_token()).collect();
+        let mut caches: Vec<_> = self.active.iter_mut().map(|a| a.seq.cache_mut()).collect();
+        let logits = self.model.transformer.decode(&tokens, &mut caches)?;
+        let rows = Transformer::rows(&logits)?;
+        let mut still = Vec::with_capacity(self.active.len());
+        for (mut a, mut row) in std::mem::take(&mut self.active).into_iter().zip(rows) {
+            match a.seq.advance(&self.model, &mut row) {
+                Ok(pieces) => {
+                    for p in pieces {
+                        a.emit(SeqEvent::Piece(p));
+                    }
+                    if let Some(g) = a.seq.finished() {
+                        a.emit(SeqEvent::Done(g));
+                        self.retire(a);
+                    } else {
+                        still.push(a);
+                    }
+                }
+                Err(e) => {
+                    a.emit(SeqEvent::Failed(e));
+                    self.retire(a);
+                }
+            }
+        }
+        self.active = still;
+        Ok(())
+    }
+}

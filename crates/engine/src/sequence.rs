@@ -1,0 +1,153 @@
+//! One generation in flight: its KV cache, sampler, text streamer and
+//! stopping rules. The single-sequence [`crate::TextModel::generate`] and the
+//! batching [`crate::Scheduler`] drive the same type, so they cannot drift.
+
+use sharenet_proto::{FinishReason, SamplingParams, TokenLogprob, TopLogprob};
+
+use crate::model::{Generation, Piece, TextModel};
+use crate::sampling::Sampler;
+use crate::streamer::Streamer;
+use crate::transformer::{SeqCache, Transformer};
+use crate::EngineError;
+
+pub(crate) struct Sequence {
+    cache: SeqCache,
+    sampler: Sampler,
+    streamer: Streamer,
+    prompt_len: usize,
+    max_new: usize,
+    generated: usize,
+    last: u32,
+    finish: Option<FinishReason>,
+    logprobs: bool,
+    pending_lp: Vec<TokenLogprob>,
+    prompt: Vec<u32>,
+}
+
+impl Sequence {
+    /// Checks the prompt against the model and sets up the state. The KV
+    /// cache is sized for the prompt plus the tokens it may generate.
+    pub(crate) fn new(
+        model: &TextModel,
+        prompt: Vec<u32>,
+        params: &SamplingParams,
+    ) -> Result<Self, EngineError> {
+        let context = model.context_length();
+        if prompt.is_empty() || prompt.len() >= context {
+            return Err(EngineError::ContextLengthExceeded {
+                prompt: prompt.len(),
+                context,
+            });
+        }
+        let vocab = model.spec().vocab_size;
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
+        }
+        let max_new = (params.max_tokens as usize).min(context - prompt.len());
+        Ok(Self {
+            cache: model.transformer.new_cache(prompt.len() + max_new),
+            sampler: Sampler::new(params, &prompt, vocab),
+            streamer: Streamer::new(params.stop.clone()),
+            prompt_len: prompt.len(),
+            max_new,
+            generated: 0,
+            last: 0,
+            finish: None,
+            logprobs: params.logprobs,
+            pending_lp: Vec::new(),
+            prompt,
+        })
+    }
+
+    /// Runs the prompt through the model; returns the next-token logits.
+    pub(crate) fn prefill(&mut self, model: &TextModel) -> Result<Vec<f32>, EngineError> {
+        let prompt = std::mem::take(&mut self.prompt);
+        let logits = model.transformer.prefill(&prompt, &mut self.cache)?;
+        Ok(Transformer::rows(&logits)?.pop().unwrap_or_default())
+    }
+
+    pub(crate) fn last_token(&self) -> u32 {
+        self.last
+    }
+
+    pub(crate) fn cache_mut(&mut self) -> &mut SeqCache {
+        &mut self.cache
+    }
+
+    /// The result, once the sequence has finished.
+    pub(crate) fn finished(&self) -> Option<Generation> {
+        self.finish.map(|finish_reason| Generation {
+            prompt_tokens: self.prompt_len as u32,
+            completion_tokens: self.generated as u32,
+            finish_reason,
+        })
+    }
+
+    /// Samples the next token from `logits` and returns the text it makes
+    /// (none, one piece, or a last piece when the sequence finishes).
+    pub(crate) fn advance(
+        &mut self,
+        model: &TextModel,
+        logits: &mut [f32],
+    ) -> Result<Vec<Piece>, EngineError> {
+        let mut out = Vec::new();
+        if self.finish.is_some() {
+            return Ok(out);
+        }
+        let sampled = self.sampler.sample(logits);
+        self.generated += 1;
+        self.last = sampled.token;
+        let decode = |ids: &[u32]| model.decode(ids);
+        if model.eos().contains(&sampled.token) {
+            self.streamer.push_silent();
+            self.finish = Some(FinishReason::Stop);
+        } else {
+            if self.logprobs {
+                let entry = |id: u32, logprob: f32| {
+                    let bytes = model.token_bytes(id);
+                    (String::from_utf8_lossy(&bytes).into_owned(), bytes, logprob)
+                };
+                let (token, bytes, logprob) = entry(sampled.token, sampled.logprob);
+                let top = sampled
+                    .top
+                    .iter()
+                    .map(|&(id, lp)| {
+                        let (token, bytes, logprob) = entry(id, lp);
+                        TopLogprob {
+                            id,
+                            token,
+                            bytes,
+                            logprob,
+                        }
+                    })
+                    .collect();
+                self.pending_lp.push(TokenLogprob {
+                    id: sampled.token,
+                    token,
+                    bytes,
+                    logprob,
+                    top,
+                });
+            }
+            if let Some(piece) = self.streamer.push(sampled.token, &decode)? {
+                out.push(piece);
+            }
+            if self.streamer.stopped() {
+                self.finish = Some(FinishReason::Stop);
+            } else if self.generated >= self.max_new {
+                self.finish = Some(FinishReason::Length);
+            }
+        }
+        if self.finish.is_some()
+            && let Some(piece) = self.streamer.finish(&decode)?
+        {
+            out.push(piece);
+        }
+        if let Some(first) = out.first_mut() {
+            first.logprobs = std::mem::take(&mut self.pending_lp);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,452 @@
+//! One forward pass for the llama family (Llama 2/3.x, Mistral, Qwen2),
+//! written for serving: each sequence owns its KV cache, a prompt is
+//! prefilled on its own, and the decode steps of many sequences run as one
+//! batch (their projections and MLPs are single matrix products over the
+//! batch; attention runs per sequence against its own cache). Sequences
+//! join and leave between steps, which is what continuous batching needs.
+//!
+//! Weights come either dense from safetensors or quantized from GGUF; both
+//! end up as [`QMatMul`], so the forward pass is the same code.
+
+use std::fs::File;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use candle_nn::kv_cache::KvCache;
+
+use crate::EngineError;
+use crate::spec::{Llama3Scaling, ModelSpec};
+
+/// Where the tensors come from.
+pub(crate) enum WeightSource<'a> {
+    Safetensors {
+        vb: VarBuilder<'a>,
+        files: String,
+    },
+    Gguf {
+        content: &'a Content,
+        file: &'a mut File,
+        path: &'a Path,
+    },
+}
+
+impl WeightSource<'_> {
+    fn err(&self, name: &str, e: impl std::fmt::Display) -> EngineError {
+        let path = match self {
+            Self::Safetensors { files, .. } => files.clone(),
+            Self::Gguf { path, .. } => path.display().to_string(),
+        };
+        EngineError::Weights {
+            path,
+            reason: format!("{name}: {e}"),
+        }
+    }
+
+    fn gguf_tensor(&mut self, name: &str) -> Result<QTensor, EngineError> {
+        match self {
+            Self::Gguf { content, file, .. } => {
+                let t = content.tensor(*file, name, &Device::Cpu);
+                t.map_err(|e| self.err(name, e))
+            }
+            Self::Safetensors { .. } => Err(self.err(name, "not a GGUF source")),
+        }
+    }
+
+    fn has(&self, hf: &str, gguf: &str) -> bool {
+        match self {
+            Self::Safetensors { vb, .. } => vb.contains_tensor(hf),
+            Self::Gguf { content, .. } => content.tensor_infos.contains_key(gguf),
+        }
+    }
+
+    fn check_shape(&self, name: &str, got: &[usize], want: &[usize]) -> Result<(), EngineError> {
+        if got != want {
+            return Err(self.err(name, format!("shape {got:?}, expected {want:?}")));
+        }
+        Ok(())
+    }
+
+    /// A weight matrix of shape (out, in).
+    fn matrix(
+        &mut self,
+        hf: &str,
+        gguf: &str,
+        shape: (usize, usize),
+    ) -> Result<QMatMul, EngineError> {
+        match self {
+            Self::Safetensors { vb, .. } => {
+                let t = vb.get_unchecked_dtype(hf, DType::F32);
+                let t = t.map_err(|e| self.err(hf, e))?;
+                self.check_shape(hf, t.dims(), &[shape.0, shape.1])?;
+                Ok(QMatMul::Tensor(t))
+            }
+            Self::Gguf { .. } => {
+                let q = self.gguf_tensor(gguf)?;
+                self.check_shape(gguf, q.shape().dims(), &[shape.0, shape.1])?;
+                QMatMul::from_qtensor(q).map_err(|e| self.err(gguf, e))
+            }
+        }
+    }
+
+    /// A dense f32 tensor of the given shape.
+    fn dense(&mut self, hf: &str, gguf: &str, shape: &[usize]) -> Result<Tensor, EngineError> {
+        match self {
+            Self::Safetensors { vb, .. } => {
+                let t = vb.get_unchecked_dtype(hf, DType::F32);
+                let t = t.map_err(|e| self.err(hf, e))?;
+                self.check_shape(hf, t.dims(), shape)?;
+                Ok(t)
+            }
+            Self::Gguf { .. } => {
+                let q = self.gguf_tensor(gguf)?;
+                self.check_shape(gguf, q.shape().dims(), shape)?;
+                q.dequantize(&Device::Cpu).map_err(|e| self.err(gguf, e))
+            }
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    q_bias: Option<Tensor>,
+    k_bias: Option<Tensor>,
+    v_bias: Option<Tensor>,
+    mlp_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// A loaded model's forward pass. Immutable and shareable; all per-request
+/// state is in [`SeqCache`].
+pub(crate) struct Transformer {
+    spec: ModelSpec,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    head: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// One sequence's KV cache and position.
+pub(crate) struct SeqCache {
+    layers: Vec<KvCache>,
+    pos: usize,
+}
+
+fn rope_tables(spec: &ModelSpec) -> Result<(Tensor, Tensor), candle_core::Error> {
+    let half = spec.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| {
+            let f = 1.0 / spec.rope_theta.powf((2 * i) as f64 / spec.head_dim as f64);
+            match spec.rope_scaling {
+                Some(s) => llama3_scale(f, s),
+                None => f,
+            }
+        })
+        .map(|f| f as f32)
+        .collect();
+    let n = spec.max_position_embeddings;
+    let inv = Tensor::from_vec(inv_freq, (1, half), &Device::Cpu)?;
+    let pos = Tensor::arange(0u32, n as u32, &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .reshape((n, 1))?;
+    let freqs = pos.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+fn llama3_scale(freq: f64, s: Llama3Scaling) -> f64 {
+    let low_wavelen = s.original_max_position_embeddings as f64 / s.low_freq_factor;
+    let high_wavelen = s.original_max_position_embeddings as f64 / s.high_freq_factor;
+    let wavelen = 2.0 * std::f64::consts::PI / freq;
+    if wavelen < high_wavelen {
+        freq
+    } else if wavelen > low_wavelen {
+        freq / s.factor
+    } else {
+        let smooth = (s.original_max_position_embeddings as f64 / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor);
+        (1.0 - smooth) * freq / s.factor + smooth * freq
+    }
+}
+
+impl Transformer {
+    pub(crate) fn load(spec: ModelSpec, mut w: WeightSource<'_>) -> Result<Self, EngineError> {
+        let s = &spec;
+        let (h, hd) = (s.hidden_size, s.head_dim);
+        let (qd, kvd) = (s.num_heads * hd, s.num_kv_heads * hd);
+        let embed = w.dense(
+            "model.embed_tokens.weight",
+            "token_embd.weight",
+            &[s.vocab_size, h],
+        )?;
+        let mut layers = Vec::with_capacity(s.num_layers);
+        for l in 0..s.num_layers {
+            let hf = |n: &str| format!("model.layers.{l}.{n}");
+            let gg = |n: &str| format!("blk.{l}.{n}");
+            let mut bias = |hf_name: &str, gg_name: &str, n: usize| {
+                if s.qkv_bias {
+                    w.dense(&hf(hf_name), &gg(gg_name), &[n]).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let q_bias = bias("self_attn.q_proj.bias", "attn_q.bias", qd)?;
+            let k_bias = bias("self_attn.k_proj.bias", "attn_k.bias", kvd)?;
+            let v_bias = bias("self_attn.v_proj.bias", "attn_v.bias", kvd)?;
+            layers.push(Layer {
+                attn_norm: w.dense(&hf("input_layernorm.weight"), &gg("attn_norm.weight"), &[h])?,
+                q: w.matrix(&hf("self_attn.q_proj.weight"), &gg("attn_q.weight"), (qd, h))?,
+                k: w.matrix(&hf("self_attn.k_proj.weight"), &gg("attn_k.weight"), (kvd, h))?,
+                v: w.matrix(&hf("self_attn.v_proj.weight"), &gg("attn_v.weight"), (kvd, h))?,
+                o: w.matrix(
+                    &hf("self_attn.o_proj.weight"),
+                    &gg("attn_output.weight"),
+                    (h, qd),
+                )?,
+                q_bias,
+                k_bias,
+                v_bias,
+                mlp_norm: w.dense(
+                    &hf("post_attention_layernorm.weight"),
+                    &gg("ffn_norm.weight"),
+                    &[h],
+                )?,
+                gate: w.matrix(
+                    &hf("mlp.gate_proj.weight"),
+                    &gg("ffn_gate.weight"),
+                    (s.intermediate_size, h),
+                )?,
+                up: w.matrix(
+                    &hf("mlp.up_proj.weight"),
+                    &gg("ffn_up.weight"),
+                    (s.intermediate_size, h),
+                )?,
+                down: w.matrix(
+                    &hf("mlp.down_proj.weight"),
+                    &gg("ffn_down.weight"),
+                    (h, s.intermediate_size),
+                )?,
+            });
+        }
+        let norm = w.dense("model.norm.weight", "output_norm.weight", &[h])?;
+        let head = if !s.tie_word_embeddings && w.has("lm_head.weight", "output.weight") {
+            w.matrix("lm_head.weight", "output.weight", (s.vocab_size, h))?
+        } else {
+            match &w {
+                WeightSource::Safetensors { .. } => QMatMul::Tensor(embed.clone()),
+                WeightSource::Gguf { .. } => {
+                    let q = w.gguf_tensor("token_embd.weight")?;
+                    QMatMul::from_qtensor(q).map_err(|e| w.err("token_embd.weight", e))?
+                }
+            }
+        };
+        let (cos, sin) = rope_tables(s)?;
+        Ok(Self {
+            spec,
+            embed,
+            layers,
+            norm,
+            head,
+            cos,
+            sin,
+        })
+    }
+
+    pub(crate) fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// A fresh cache with room for `capacity` tokens (it grows if needed).
+    pub(crate) fn new_cache(&self, capacity: usize) -> SeqCache {
+        SeqCache {
+            layers: (0..self.spec.num_layers)
+                .map(|_| KvCache::new(2, capacity.max(1)))
+                .collect(),
+            pos: 0,
+        }
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        if self.spec.rope_interleaved {
+            candle_nn::rotary_emb::rope_i(x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope(x, cos, sin)
+        }
+    }
+
+    fn rms(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(x, w, self.spec.rms_norm_eps as f32)
+    }
+
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.rms(x, &layer.mlp_norm)?;
+        let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+        let up = layer.up.forward(&h)?;
+        layer.down.forward(&(gate * up)?)
+    }
+
+    fn qkv(&self, layer: &Layer, h: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let proj = |m: &QMatMul, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
+            let y = m.forward(h)?;
+            match b {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            }
+        };
+        Ok((
+            proj(&layer.q, &layer.q_bias)?,
+            proj(&layer.k, &layer.k_bias)?,
+            proj(&layer.v, &layer.v_bias)?,
+        ))
+    }
+
+    /// Attention of `q` ([1, heads, n, hd]) against a cache, for query
+    /// positions `pos0..pos0+n`; returns [n, heads*hd].
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos0: usize,
+        n: usize,
+    ) -> candle_core::Result<Tensor> {
+        let s = &self.spec;
+        let rep = s.num_heads / s.num_kv_heads;
+        let total = k.dim(2)?;
+        let q = q.reshape((1, s.num_kv_heads, rep * n, s.head_dim))?;
+        let scale = 1.0 / (s.head_dim as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        let windowed = s.sliding_window.is_some_and(|w| total > w);
+        if n > 1 || windowed {
+            let window = s.sliding_window.unwrap_or(usize::MAX);
+            let mut mask = Vec::with_capacity(rep * n * total);
+            for row in 0..rep * n {
+                let p = pos0 + row % n;
+                for j in 0..total {
+                    let visible = j <= p && p - j < window;
+                    mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+            let mask = Tensor::from_vec(mask, (rep * n, total), q.device())?;
+            att = att.broadcast_add(&mask)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let out = att.matmul(v)?; // [1, kvh, rep*n, hd]
+        out.reshape((1, s.num_heads, n, s.head_dim))?
+            .transpose(1, 2)?
+            .reshape((n, s.num_heads * s.head_dim))
+    }
+
+    fn check_room(&self, cache: &SeqCache, n: usize) -> candle_core::Result<()> {
+        if cache.pos + n > self.spec.max_position_embeddings {
+            candle_core::bail!(
+                "position {} is beyond the context window of {}",
+                cache.pos + n,
+                self.spec.max_position_embeddings
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs a prompt (or its remainder) through the model; returns the
+    /// logits after its last token ([vocab]).
+    pub(crate) fn prefill(
+        &self,
+        tokens: &[u32],
+        cache: &mut SeqCache,
+    ) -> candle_core::Result<Tensor> {
+        let s = &self.spec;
+        let n = tokens.len();
+        if n == 0 {
+            candle_core::bail!("prefill of an empty prompt");
+        }
+        self.check_room(cache, n)?;
+        let pos0 = cache.pos;
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self.embed.index_select(&ids, 0)?; // [n, h]
+        let cos = self.cos.narrow(0, pos0, n)?;
+        let sin = self.sin.narrow(0, pos0, n)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = self.rms(&x, &layer.attn_norm)?;
+            let (q, k, v) = self.qkv(layer, &h)?;
+            let heads = |t: Tensor, nh: usize| -> candle_core::Result<Tensor> {
+                t.reshape((1, n, nh, s.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = self.rope(&heads(q, s.num_heads)?, &cos, &sin)?;
+            let k = self.rope(&heads(k, s.num_kv_heads)?, &cos, &sin)?;
+            let v = heads(v, s.num_kv_heads)?;
+            let (k, v) = kv.append(&k, &v)?;
+            let out = self.attend(&q, &k, &v, pos0, n)?;
+            x = (x + layer.o.forward(&out)?)?;
+            x = (&x + self.mlp(layer, &x)?)?;
+        }
+        cache.pos += n;
+        let last = x.narrow(0, n - 1, 1)?;
+        let logits = self.head.forward(&self.rms(&last, &self.norm)?)?;
+        logits.squeeze(0)
+    }
+
+    /// One decode step for a batch of sequences: `tokens[i]` is the newest
+    /// token of the sequence owning `caches[i]`. Returns logits [batch, vocab].
+    pub(crate) fn decode(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut SeqCache],
+    ) -> candle_core::Result<Tensor> {
+        let s = &self.spec;
+        let b = tokens.len();
+        if b == 0 || b != caches.len() {
+            candle_core::bail!("decode batch of {b} tokens for {} caches", caches.len());
+        }
+        for c in caches.iter() {
+            self.check_room(c, 1)?;
+        }
+        let positions: Vec<u32> = caches.iter().map(|c| c.pos as u32).collect();
+        let pos = Tensor::new(positions.as_slice(), &Device::Cpu)?;
+        let half = s.head_dim / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self.embed.index_select(&ids, 0)?; // [b, h]
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = self.rms(&x, &layer.attn_norm)?;
+            let (q, k, v) = self.qkv(layer, &h)?;
+            // [b, heads*hd] is already [b, heads, 1, hd] in memory.
+            let q = self.rope(&q.reshape((b, s.num_heads, 1, s.head_dim))?, &cos, &sin)?;
+            let k = self.rope(&k.reshape((b, s.num_kv_heads, 1, s.head_dim))?, &cos, &sin)?;
+            let v = v.reshape((b, s.num_kv_heads, 1, s.head_dim))?;
+            let mut outs = Vec::with_capacity(b);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let (ki, vi) = cache.layers[l].append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+                let qi = q.narrow(0, i, 1)?;
+                outs.push(self.attend(&qi, &ki, &vi, cache.pos, 1)?);
+            }
+            let out = Tensor::cat(&outs, 0)?;
+            x = (x + layer.o.forward(&out)?)?;
+            x = (&x + self.mlp(layer, &x)?)?;
+        }
+        for c in caches.iter_mut() {
+            c.pos += 1;
+        }
+        self.head.forward(&self.rms(&x, &self.norm)?)
+    }
+
+    /// Logits as f32 rows.
+    pub(crate) fn rows(logits: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+        match logits.rank() {
+            1 => Ok(vec![logits.to_dtype(DType::F32)?.to_vec1()?]),
+            _ => logits.to_dtype(DType::F32)?.to_vec2(),
+        }
+    }
+}
