@@ -30,13 +30,38 @@ struct NodeFile {
 #[serde(deny_unknown_fields)]
 struct ModelFile {
     id: String,
-    path: PathBuf,
+    path: Option<PathBuf>,
+    upstream: Option<UpstreamFile>,
     price_in: NanoUsd,
     price_out: NanoUsd,
     #[serde(default = "default_concurrency")]
     max_concurrency: u32,
     #[serde(default = "default_queue")]
     max_queue: u32,
+    #[serde(default = "default_kv_cache_mb")]
+    kv_cache_mb: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    base_url: String,
+    model: String,
+    api_key_env: Option<String>,
+    #[serde(default = "default_upstream_context")]
+    context_length: u32,
+    #[serde(default = "default_upstream_timeout")]
+    timeout_secs: u64,
+}
+
+fn default_kv_cache_mb() -> u64 {
+    2048
+}
+fn default_upstream_context() -> u32 {
+    4096
+}
+fn default_upstream_timeout() -> u64 {
+    300
 }
 
 fn default_listen() -> Vec<String> {
@@ -58,13 +83,36 @@ fn default_queue() -> u32 {
     16
 }
 
+/// An OpenAI-compatible server the node forwards a model's jobs to.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The model name the upstream server expects.
+    pub model: String,
+    /// Bearer key (read from the environment variable the config names).
+    pub api_key: Option<String>,
+    /// Advertised context window.
+    pub context_length: u32,
+    /// Longest a whole job may take upstream.
+    pub timeout: Duration,
+}
+
+/// Where a model's inference runs.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A Hugging Face folder (text or BERT embedding model) or a `.gguf` file.
+    Local(PathBuf),
+    /// Forwarded to an OpenAI-compatible server.
+    Upstream(UpstreamConfig),
+}
+
 /// One model the node serves.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     /// The name builders ask for.
     pub id: String,
-    /// Folder with config.json, *.safetensors and tokenizer.json.
-    pub path: PathBuf,
+    pub source: ModelSource,
     /// nano-USD per prompt token.
     pub price_in: NanoUsd,
     /// nano-USD per generated token.
@@ -73,6 +121,23 @@ pub struct ModelConfig {
     pub max_concurrency: u32,
     /// Jobs allowed to wait for a slot; beyond that jobs are refused.
     pub max_queue: u32,
+    /// KV cache memory all running jobs of this model may reserve.
+    pub kv_cache_bytes: usize,
+}
+
+impl ModelConfig {
+    /// A local model at `path` with default limits.
+    pub fn local(id: &str, path: PathBuf, price_in: NanoUsd, price_out: NanoUsd) -> Self {
+        Self {
+            id: id.to_string(),
+            source: ModelSource::Local(path),
+            price_in,
+            price_out,
+            max_concurrency: default_concurrency(),
+            max_queue: default_queue(),
+            kv_cache_bytes: (default_kv_cache_mb() as usize) << 20,
+        }
+    }
 }
 
 /// A validated node configuration.
@@ -98,18 +163,41 @@ impl NodeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let identity_path = base.join(&file.identity_file);
         let identity = Identity::load(&identity_path).context("load identity_file")?;
-        let models = file
-            .models
-            .into_iter()
-            .map(|m| ModelConfig {
+        let mut models = Vec::with_capacity(file.models.len());
+        for (i, m) in file.models.into_iter().enumerate() {
+            let source = match (m.path, m.upstream) {
+                (Some(path), None) => ModelSource::Local(base.join(path)),
+                (None, Some(u)) => {
+                    let api_key = match &u.api_key_env {
+                        None => None,
+                        Some(var) => Some(std::env::var(var).with_context(|| {
+                            format!("models[{i}].upstream.api_key_env: read ${var}")
+                        })?),
+                    };
+                    if !(u.base_url.starts_with("http://") || u.base_url.starts_with("https://")) {
+                        bail!("models[{i}].upstream.base_url: must start with http:// or https://");
+                    }
+                    ModelSource::Upstream(UpstreamConfig {
+                        base_url: u.base_url.trim_end_matches('/').to_string(),
+                        model: u.model,
+                        api_key,
+                        context_length: u.context_length,
+                        timeout: Duration::from_secs(u.timeout_secs),
+                    })
+                }
+                _ => bail!("models[{i}]: set exactly one of `path` or `upstream`"),
+            };
+            models.push(ModelConfig {
                 id: m.id,
-                path: base.join(m.path),
+                source,
                 price_in: m.price_in,
                 price_out: m.price_out,
                 max_concurrency: m.max_concurrency,
                 max_queue: m.max_queue,
-            })
-            .collect();
+                kv_cache_bytes: usize::try_from(m.kv_cache_mb.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+            });
+        }
         let config = Self {
             identity,
             data_dir: base.join(file.data_dir),
@@ -181,8 +269,10 @@ bootstrap = []
 advert_interval_secs = 10
 advert_ttl_secs = 30
 
-# One [[models]] table per model served. `path` is a Hugging Face-style
-# folder: config.json, model.safetensors (or shards) and tokenizer.json.
+# One [[models]] table per model served. `path` is either a Hugging
+# Face-style folder (config.json, tokenizer.json, tokenizer_config.json,
+# model.safetensors or shards; Llama, Mistral and Qwen2 text models, or a
+# BERT sentence-embedding model) or a single .gguf file (quantized).
 # Prices are integers in nano-USD (1e-9 USD) per token:
 # 200 nano-USD per token = $0.20 per million tokens.
 [[models]]
@@ -190,8 +280,23 @@ id = "tiny-llama"
 path = "{model_dir}"
 price_in = 100
 price_out = 200
-max_concurrency = 2   # jobs generated at once
+max_concurrency = 2   # sequences decoded together (continuous batching)
 max_queue = 16        # jobs waiting for a slot; beyond this jobs are refused
+kv_cache_mb = 2048    # KV cache all running jobs may reserve
+
+# A model served by an OpenAI-compatible server you already run (vLLM,
+# SGLang, llama.cpp server, Ollama, or a hosted API):
+# [[models]]
+# id = "llama-3.1-8b"
+# price_in = 50
+# price_out = 150
+# max_concurrency = 8
+# [models.upstream]
+# base_url = "http://127.0.0.1:8000/v1"
+# model = "meta-llama/Llama-3.1-8B-Instruct"
+# api_key_env = "UPSTREAM_API_KEY"   # optional
+# context_length = 8192
+# timeout_secs = 300
 "#
     )
 }
@@ -213,7 +318,9 @@ mod tests {
         let path = write(dir.path(), &template("models/tiny"));
         let cfg = NodeConfig::from_file(&path).unwrap();
         assert_eq!(cfg.models[0].price_out, 200);
-        assert_eq!(cfg.models[0].path, dir.path().join("models/tiny"));
+        assert!(
+            matches!(&cfg.models[0].source, ModelSource::Local(p) if *p == dir.path().join("models/tiny"))
+        );
         assert_eq!(cfg.advert_ttl, Duration::from_secs(30));
     }
 
@@ -242,5 +349,34 @@ mod tests {
             NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err()
         );
         assert!(err.contains("bootstrap[0]"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let body = template("m").replace(
+            "kv_cache_mb = 2048",
+            "[models.upstream]\nbase_url = \"http://x/v1\"\nmodel = \"m\"",
+        );
+        let err = format!(
+            "{:#}",
+            NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err()
+        );
+        assert!(err.contains("exactly one of `path` or `upstream`"), "{err}");
+    }
+
+    #[test]
+    fn upstream_models_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = template("m").replace("path = \"m\"\n", "")
+            .replace(
+                "kv_cache_mb = 2048",
+                "[models.upstream]\nbase_url = \"http://127.0.0.1:8000/v1/\"\nmodel = \"qwen\"",
+            );
+        let cfg = NodeConfig::from_file(&write(dir.path(), &body)).unwrap();
+        match &cfg.models[0].source {
+            ModelSource::Upstream(u) => {
+                assert_eq!(u.base_url, "http://127.0.0.1:8000/v1");
+                assert_eq!(u.context_length, 4096);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -5,18 +5,20 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
-use sharenet_engine::{EngineError, Piece};
+use sha2::{Digest, Sha256};
+use sharenet_engine::{Embedder, EngineError, Scheduler, SeqEvent, SubmitError};
 use sharenet_ledger::StoredReceipt;
 use sharenet_p2p::{FrameError, PeerId, Stream, peer_id_of, read_frame, write_frame};
 use sharenet_proto::{
-    CountersignedReceipt, JobErrorCode, JobEvent, JobRequest, MAX_FRAME_BYTES, Receipt,
-    SignedReceipt, Usage, job_cost, sha256,
+    CountersignedReceipt, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest,
+    MAX_FRAME_BYTES, Receipt, SignedReceipt, Usage, job_cost, sha256,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::now_ms;
-use crate::service::{NodeCtx, ServedModel};
+use crate::service::{Backend, NodeCtx, ServedModel};
+use crate::upstream::{Upstream, UpstreamEvent};
 
 /// Time the opener has to send the request frame.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,7 +26,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const COUNTERSIGN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams handled at once, whatever their model; beyond this they wait in libp2p.
 const MAX_OPEN_STREAMS: usize = 1024;
-/// Generated pieces buffered between the model thread and the stream.
+/// Upstream pieces buffered between the forwarding task and the stream.
 const PIECE_BUFFER: usize = 32;
 
 pub(crate) async fn accept(
@@ -161,86 +163,26 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         .await;
         return;
     };
-    let prompt = match model.model.encode_input(&request.input) {
-        Ok(p) if p.len() < model.model.context_length() => p,
-        Ok(p) => {
-            refuse(
-                &mut stream,
-                JobErrorCode::ContextLengthExceeded,
-                format!(
-                    "prompt of {} tokens does not fit the context window of {}",
-                    p.len(),
-                    model.model.context_length()
-                ),
-            )
-            .await;
-            return;
-        }
-        Err(e) => {
-            refuse(&mut stream, JobErrorCode::InvalidRequest, e.to_string()).await;
-            return;
+    let served = match &model.backend {
+        Backend::Text(scheduler) => serve_text(&mut stream, &request, scheduler).await,
+        Backend::Embed(embedder) => serve_embed(&ctx, &mut stream, &request, &model, embedder).await,
+        Backend::Upstream(upstream) => {
+            serve_upstream(&ctx, &mut stream, &request, &model, upstream).await
         }
     };
-    let Some(slot) = admit(&ctx, &model).await else {
-        refuse(
-            &mut stream,
-            JobErrorCode::Saturated,
-            format!(
-                "all {} slots and {} queue places are taken",
-                model.config.max_concurrency, model.config.max_queue
-            ),
-        )
-        .await;
-        return;
-    };
-
-    // Generate on a blocking thread; pieces come back through a bounded
-    // channel. If the stream breaks we drop the receiver, the model's next
-    // send fails, and generation stops before its next step.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(PIECE_BUFFER);
-    let text_model = model.model.clone();
-    let params = request.params.clone();
-    let prompt_for_gen = prompt.clone();
-    let generation = tokio::task::spawn_blocking(move || {
-        text_model.generate(&prompt_for_gen, &params, |piece| {
-            tx.blocking_send(piece).is_ok()
-        })
-    });
-    let mut text = String::new();
-    while let Some(piece) = rx.recv().await {
-        text.push_str(&piece.text);
-        let event = JobEvent::Delta {
-            text: piece.text,
-            tokens: piece.tokens,
-        };
-        if let Err(e) = send(&mut stream, &event).await {
-            tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
-            drop(rx);
-            let _ = generation.await;
-            return;
-        }
-    }
-    let outcome = generation.await;
-    drop(slot);
-    let generation = match outcome {
-        Ok(Ok(g)) => g,
-        Ok(Err(EngineError::Cancelled)) => return,
-        Ok(Err(e)) => {
-            tracing::warn!(job = %request.job_id, error = %e, "generation failed");
-            refuse(&mut stream, JobErrorCode::Internal, e.to_string()).await;
-            return;
-        }
-        Err(e) => {
-            tracing::error!(job = %request.job_id, error = %e, "generation task panicked");
-            refuse(&mut stream, JobErrorCode::Internal, "generation failed").await;
+    let (usage, finish_reason, response_digest) = match served {
+        Served::Done {
+            usage,
+            finish_reason,
+            response_digest,
+        } => (usage, finish_reason, response_digest),
+        Served::Gone => return,
+        Served::Failed(code, message) => {
+            refuse(&mut stream, code, message).await;
             return;
         }
     };
 
-    let usage = Usage {
-        input_tokens: generation.prompt_tokens,
-        output_tokens: generation.completion_tokens,
-    };
     let signed = match sign_receipt(
         &ctx,
         &request,
@@ -248,7 +190,7 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         usage,
         started_at_ms,
         request_digest,
-        &text,
+        response_digest,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -277,7 +219,7 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         }
     }
     let done = JobEvent::Done {
-        finish_reason: generation.finish_reason,
+        finish_reason,
         usage,
         receipt: signed.to_bytes(),
     };
@@ -288,6 +230,186 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
     let _ = stream.close().await;
 }
 
+/// How serving a job ended, before the receipt.
+enum Served {
+    Done {
+        usage: Usage,
+        finish_reason: FinishReason,
+        /// SHA-256 of the response (the text, or the embedding bytes).
+        response_digest: [u8; 32],
+    },
+    /// The coordinator went away; nothing more to send.
+    Gone,
+    Failed(JobErrorCode, String),
+}
+
+fn engine_failure(e: EngineError) -> Served {
+    match e {
+        EngineError::ContextLengthExceeded { .. } => {
+            Served::Failed(JobErrorCode::ContextLengthExceeded, e.to_string())
+        }
+        EngineError::InvalidInput(_) | EngineError::Tokenizer(_) => {
+            Served::Failed(JobErrorCode::InvalidRequest, e.to_string())
+        }
+        EngineError::Unsupported(_) => Served::Failed(JobErrorCode::UnsupportedInput, e.to_string()),
+        other => {
+            tracing::warn!(error = %other, "generation failed");
+            Served::Failed(JobErrorCode::Internal, other.to_string())
+        }
+    }
+}
+
+async fn serve_text(stream: &mut Stream, request: &JobRequest, scheduler: &Scheduler) -> Served {
+    let prompt = match scheduler.model().encode_input(&request.input) {
+        Ok(p) => p,
+        Err(e) => return engine_failure(e),
+    };
+    // The scheduler decides: a place in the batch, a place in its bounded
+    // queue, or a refusal. Dropping `handle` cancels the job at the next step.
+    let mut handle = match scheduler.submit(prompt, request.params.clone()) {
+        Ok(h) => h,
+        Err(e @ SubmitError::Saturated { .. }) => {
+            return Served::Failed(JobErrorCode::Saturated, e.to_string());
+        }
+        Err(e @ SubmitError::TooLarge { .. }) => {
+            return Served::Failed(JobErrorCode::ContextLengthExceeded, e.to_string());
+        }
+        Err(SubmitError::Invalid(e)) => return engine_failure(e),
+    };
+    let mut hasher = Sha256::new();
+    while let Some(event) = handle.events.recv().await {
+        match event {
+            SeqEvent::Piece(piece) => {
+                hasher.update(piece.text.as_bytes());
+                let event = JobEvent::Delta {
+                    text: piece.text,
+                    tokens: piece.tokens,
+                    logprobs: piece.logprobs,
+                };
+                if let Err(e) = send(stream, &event).await {
+                    tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
+                    return Served::Gone;
+                }
+            }
+            SeqEvent::Done(g) => {
+                return Served::Done {
+                    usage: Usage {
+                        input_tokens: g.prompt_tokens,
+                        output_tokens: g.completion_tokens,
+                    },
+                    finish_reason: g.finish_reason,
+                    response_digest: hasher.finalize().into(),
+                };
+            }
+            SeqEvent::Failed(e) => return engine_failure(e),
+        }
+    }
+    Served::Failed(JobErrorCode::Internal, "the model's scheduler stopped".into())
+}
+
+async fn serve_embed(
+    ctx: &NodeCtx,
+    stream: &mut Stream,
+    request: &JobRequest,
+    model: &Arc<ServedModel>,
+    embedder: &Arc<Embedder>,
+) -> Served {
+    let JobInput::Embed { inputs } = &request.input else {
+        return Served::Failed(
+            JobErrorCode::UnsupportedInput,
+            format!("{:?} is an embedding model; it does not generate text", request.model),
+        );
+    };
+    let Some(slot) = admit(ctx, model).await else {
+        return saturated(model);
+    };
+    let embedder = embedder.clone();
+    let texts = inputs.clone();
+    let result = tokio::task::spawn_blocking(move || embedder.embed(&texts)).await;
+    drop(slot);
+    let out = match result {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return engine_failure(e),
+        Err(e) => {
+            tracing::error!(error = %e, "embedding task panicked");
+            return Served::Failed(JobErrorCode::Internal, "embedding failed".into());
+        }
+    };
+    let digest = sharenet_proto::embeddings_digest(&out.vectors);
+    if send(stream, &JobEvent::Embeddings { data: out.vectors }).await.is_err() {
+        return Served::Gone;
+    }
+    Served::Done {
+        usage: Usage {
+            input_tokens: out.tokens,
+            output_tokens: 0,
+        },
+        finish_reason: FinishReason::Stop,
+        response_digest: digest,
+    }
+}
+
+async fn serve_upstream(
+    ctx: &NodeCtx,
+    stream: &mut Stream,
+    request: &JobRequest,
+    model: &Arc<ServedModel>,
+    upstream: &Upstream,
+) -> Served {
+    let Some(slot) = admit(ctx, model).await else {
+        return saturated(model);
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PIECE_BUFFER);
+    let forward = upstream.run(request, tx);
+    tokio::pin!(forward);
+    let mut hasher = Sha256::new();
+    let mut forwarding = true;
+    let served = loop {
+        let event = tokio::select! {
+            _ = &mut forward, if forwarding => { forwarding = false; continue; }
+            ev = rx.recv() => ev,
+        };
+        match event {
+            Some(UpstreamEvent::Piece { text, tokens }) => {
+                hasher.update(text.as_bytes());
+                let ev = JobEvent::Delta {
+                    text,
+                    tokens,
+                    logprobs: Vec::new(),
+                };
+                if send(stream, &ev).await.is_err() {
+                    // Dropping `forward` closes the upstream request.
+                    break Served::Gone;
+                }
+            }
+            Some(UpstreamEvent::Done {
+                usage,
+                finish_reason,
+            }) => {
+                break Served::Done {
+                    usage,
+                    finish_reason,
+                    response_digest: hasher.finalize().into(),
+                };
+            }
+            Some(UpstreamEvent::Failed { code, message }) => break Served::Failed(code, message),
+            None => break Served::Failed(JobErrorCode::Upstream, "upstream task ended".into()),
+        }
+    };
+    drop(slot);
+    served
+}
+
+fn saturated(model: &ServedModel) -> Served {
+    Served::Failed(
+        JobErrorCode::Saturated,
+        format!(
+            "all {} slots and {} queue places are taken",
+            model.config.max_concurrency, model.config.max_queue
+        ),
+    )
+}
+
 fn sign_receipt(
     ctx: &NodeCtx,
     request: &JobRequest,
@@ -295,7 +417,7 @@ fn sign_receipt(
     usage: Usage,
     started_at_ms: u64,
     request_digest: [u8; 32],
-    text: &str,
+    response_digest: [u8; 32],
 ) -> Result<SignedReceipt, String> {
     let amount = job_cost(
         usage.input_tokens,
@@ -317,7 +439,7 @@ fn sign_receipt(
         started_at_ms,
         finished_at_ms: now_ms().max(started_at_ms),
         request_digest,
-        response_digest: sha256(text.as_bytes()),
+        response_digest,
     };
     SignedReceipt::sign(receipt, ctx.identity.signing_key()).map_err(|e| e.to_string())
 }

@@ -11,10 +11,13 @@
 //! receipt a node sends is already durable in its own store.
 
 pub mod config;
+pub mod gpu;
 mod jobs;
+pub mod load;
 mod service;
+mod upstream;
 
-pub use config::{ModelConfig, NodeConfig};
+pub use config::{ModelConfig, ModelSource, NodeConfig, UpstreamConfig};
 pub use service::{NodeHandle, start};
 
 /// Unix time in milliseconds.

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
+use candle_core::quantized::GgmlDType;
+use sharenet_engine::Arch;
+use sharenet_engine::tiny::{TinyConfig, write_tiny_gguf, write_tiny_model};
 use sharenet_ledger::{ReceiptStore, SledReceiptStore};
 use sharenet_node::NodeConfig;
 use sharenet_p2p::Identity;
@@ -33,12 +35,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Write a small random-weight llama model and tokenizer into DIR.
+    /// Write a small random-weight model: a Hugging Face folder at PATH,
+    /// or with --gguf a single GGUF file at PATH.
     GenTinyModel {
-        dir: PathBuf,
+        path: PathBuf,
         /// Same seed, same weights.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[arg(long, value_enum, default_value_t = ArchArg::Llama)]
+        arch: ArchArg,
+        /// Write one GGUF file with matrices in this type instead of a folder.
+        #[arg(long, value_enum)]
+        gguf: Option<GgufType>,
+        /// The larger benchmark shape (about 25 M parameters).
+        #[arg(long)]
+        bench_size: bool,
     },
     /// List the models the config would serve and whether each loads.
     Models {
@@ -55,6 +66,22 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ArchArg {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GgufType {
+    F32,
+    F16,
+    Q8_0,
+    Q4_0,
+    Q4k,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -66,12 +93,13 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Init { dir } => init(&dir),
         Command::Run { config } => run(&config).await,
-        Command::GenTinyModel { dir, seed } => {
-            write_tiny_llama(&dir, seed, TinyConfig::default())
-                .with_context(|| format!("write tiny model to {}", dir.display()))?;
-            println!("wrote a tiny llama model to {}", dir.display());
-            Ok(())
-        }
+        Command::GenTinyModel {
+            path,
+            seed,
+            arch,
+            gguf,
+            bench_size,
+        } => gen_tiny_model(&path, seed, arch, gguf, bench_size),
         Command::Models { config } => models(&config),
         Command::Receipts { config, limit } => receipts(&config, limit),
     }
@@ -121,24 +149,58 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn gen_tiny_model(
+    path: &std::path::Path,
+    seed: u64,
+    arch: ArchArg,
+    gguf: Option<GgufType>,
+    bench_size: bool,
+) -> anyhow::Result<()> {
+    let arch = match arch {
+        ArchArg::Llama => Arch::Llama,
+        ArchArg::Mistral => Arch::Mistral,
+        ArchArg::Qwen2 => Arch::Qwen2,
+    };
+    let base = if bench_size {
+        TinyConfig::bench()
+    } else {
+        TinyConfig::default()
+    };
+    let shape = TinyConfig { arch, ..base };
+    match gguf {
+        None => write_tiny_model(path, seed, shape),
+        Some(t) => {
+            let dtype = match t {
+                GgufType::F32 => GgmlDType::F32,
+                GgufType::F16 => GgmlDType::F16,
+                GgufType::Q8_0 => GgmlDType::Q8_0,
+                GgufType::Q4_0 => GgmlDType::Q4_0,
+                GgufType::Q4k => GgmlDType::Q4K,
+            };
+            write_tiny_gguf(path, seed, shape, dtype)
+        }
+    }
+    .with_context(|| format!("write tiny model to {}", path.display()))?;
+    println!("wrote a tiny {} model to {}", arch.as_str(), path.display());
+    Ok(())
+}
+
 fn models(config: &std::path::Path) -> anyhow::Result<()> {
     let config = NodeConfig::from_file(config)?;
     let mut failed = 0;
     for m in &config.models {
-        let started = std::time::Instant::now();
-        match sharenet_engine::TextModel::load(&m.path) {
-            Ok(model) => println!(
-                "ok    {}  {}  context {}  {} / {} nano-USD per token in / out  loaded in {} ms",
+        match sharenet_node::load::load(m) {
+            Ok(report) => println!(
+                "ok    {}  {}  {} / {} nano-USD per token in / out  loaded in {} ms",
                 m.id,
-                m.path.display(),
-                model.context_length(),
+                report.summary,
                 m.price_in,
                 m.price_out,
-                started.elapsed().as_millis()
+                report.elapsed.as_millis()
             ),
             Err(e) => {
                 failed += 1;
-                println!("FAIL  {}  {}", m.id, e);
+                println!("FAIL  {}  {:#}", m.id, e);
             }
         }
     }

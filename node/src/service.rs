@@ -5,14 +5,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use sharenet_engine::TextModel;
+use sharenet_engine::{Embedder, Scheduler, SchedulerConfig};
 use sharenet_ledger::{ReceiptStore, SledReceiptStore};
 use sharenet_p2p::{Client, Event, Identity, Multiaddr, NetworkConfig, PeerId};
-use sharenet_proto::{Advert, ModelOffer, SignedAdvert};
+use sharenet_proto::{Advert, GpuInfo, ModelKind, ModelOffer, SignedAdvert};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ModelSource;
+use crate::load::Loaded;
+use crate::upstream::Upstream;
 use crate::{ModelConfig, NodeConfig, jobs, now_ms};
 
 /// Shortest gap between two adverts (changes in load are coalesced).
@@ -20,13 +23,43 @@ const MIN_ADVERT_GAP: Duration = Duration::from_millis(250);
 /// Retry delay while no peer is subscribed to the advert topic yet.
 const ADVERT_RETRY: Duration = Duration::from_millis(500);
 
+/// How a model's jobs run.
+pub(crate) enum Backend {
+    /// Local text model: the engine's batching scheduler admits and queues.
+    Text(Scheduler),
+    /// Local embedding model: jobs run one per slot on blocking threads.
+    Embed(Arc<Embedder>),
+    /// Forwarded to an OpenAI-compatible server, one request per slot.
+    Upstream(Upstream),
+}
+
 /// A model being served, with its admission state.
 pub(crate) struct ServedModel {
     pub(crate) config: ModelConfig,
-    pub(crate) model: Arc<TextModel>,
+    pub(crate) backend: Backend,
+    pub(crate) kind: ModelKind,
+    pub(crate) context_length: u32,
+    pub(crate) weights_sha256: Option<[u8; 32]>,
+    /// Admission for the embed and upstream backends (the scheduler has its own).
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) running: AtomicU32,
     pub(crate) waiting: AtomicU32,
+}
+
+impl ServedModel {
+    /// Jobs running or waiting.
+    pub(crate) fn queue_depth(&self) -> u32 {
+        match &self.backend {
+            Backend::Text(s) => {
+                let l = s.load();
+                u32::try_from(l.running + l.waiting).unwrap_or(u32::MAX)
+            }
+            _ => self
+                .running
+                .load(Ordering::Relaxed)
+                .saturating_add(self.waiting.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// What every job handler shares.
@@ -34,8 +67,9 @@ pub(crate) struct NodeCtx {
     pub(crate) identity: Identity,
     pub(crate) models: Vec<Arc<ServedModel>>,
     pub(crate) store: Arc<dyn ReceiptStore>,
+    pub(crate) gpus: Vec<GpuInfo>,
     /// Poked when load changes, so the advert goes out promptly.
-    pub(crate) load_changed: Notify,
+    pub(crate) load_changed: Arc<Notify>,
 }
 
 impl NodeCtx {
@@ -72,22 +106,17 @@ impl NodeHandle {
 pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Result<NodeHandle> {
     config.validate()?;
     let cancel = cancel.child_token();
+    let load_changed = Arc::new(Notify::new());
+    let gpus = tokio::task::spawn_blocking(crate::gpu::detect)
+        .await
+        .context("join GPU detection")?;
     let mut models = Vec::new();
     for m in &config.models {
-        let path = m.path.clone();
-        let started = std::time::Instant::now();
-        let model = tokio::task::spawn_blocking(move || TextModel::load(&path))
+        let mc = m.clone();
+        let report = tokio::task::spawn_blocking(move || crate::load::load(&mc))
             .await
-            .context("join model loader")?
-            .with_context(|| format!("load model {:?} from {}", m.id, m.path.display()))?;
-        tracing::info!(model = %m.id, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded");
-        models.push(Arc::new(ServedModel {
-            config: m.clone(),
-            model: Arc::new(model),
-            slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
-            running: AtomicU32::new(0),
-            waiting: AtomicU32::new(0),
-        }));
+            .context("join model loader")??;
+        models.push(Arc::new(serve_model(m, report.loaded, &load_changed)?));
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
@@ -113,7 +142,8 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         identity: config.identity.clone(),
         models,
         store: Arc::new(store),
-        load_changed: Notify::new(),
+        gpus,
+        load_changed,
     });
     tracing::info!(peer = %client.peer_id(), addrs = ?client.listen_addrs(), "node started");
 
@@ -142,6 +172,56 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
     })
 }
 
+/// Puts a loaded model behind its backend.
+fn serve_model(
+    m: &ModelConfig,
+    loaded: Loaded,
+    load_changed: &Arc<Notify>,
+) -> anyhow::Result<ServedModel> {
+    let (backend, kind, context_length, weights_sha256) = match (loaded, &m.source) {
+        (Loaded::Text(model), _) => {
+            let context = u32::try_from(model.context_length()).unwrap_or(u32::MAX);
+            let hash = model.weights_sha256();
+            let notify = load_changed.clone();
+            let scheduler = Scheduler::start(
+                model,
+                SchedulerConfig {
+                    max_concurrency: m.max_concurrency as usize,
+                    max_queue: m.max_queue as usize,
+                    kv_cache_bytes: m.kv_cache_bytes,
+                },
+                Box::new(move || notify.notify_one()),
+            )
+            .with_context(|| format!("start the scheduler for {:?}", m.id))?;
+            (Backend::Text(scheduler), ModelKind::Text, context, Some(hash))
+        }
+        (Loaded::Embed(e), _) => {
+            let context = u32::try_from(e.max_tokens()).unwrap_or(u32::MAX);
+            let hash = e.weights_sha256();
+            (Backend::Embed(e), ModelKind::Embedding, context, Some(hash))
+        }
+        (Loaded::Upstream, ModelSource::Upstream(u)) => (
+            Backend::Upstream(Upstream::new(u.clone()).context("build the upstream HTTP client")?),
+            ModelKind::Text,
+            u.context_length,
+            None,
+        ),
+        (Loaded::Upstream, ModelSource::Local(_)) => {
+            anyhow::bail!("model {:?}: a local model loaded as upstream", m.id)
+        }
+    };
+    Ok(ServedModel {
+        config: m.clone(),
+        backend,
+        kind,
+        context_length,
+        weights_sha256,
+        slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
+        running: AtomicU32::new(0),
+        waiting: AtomicU32::new(0),
+    })
+}
+
 fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
     let now = now_ms();
     let mut queue_depth = 0u32;
@@ -150,21 +230,22 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
         .models
         .iter()
         .map(|m| {
-            queue_depth = queue_depth
-                .saturating_add(m.running.load(Ordering::Relaxed))
-                .saturating_add(m.waiting.load(Ordering::Relaxed));
+            queue_depth = queue_depth.saturating_add(m.queue_depth());
             max_concurrency = max_concurrency.saturating_add(m.config.max_concurrency);
             ModelOffer {
                 id: m.config.id.clone(),
                 price_in: m.config.price_in,
                 price_out: m.config.price_out,
-                context_length: u32::try_from(m.model.context_length()).unwrap_or(u32::MAX),
+                context_length: m.context_length,
+                kind: m.kind,
+                weights_sha256: m.weights_sha256,
             }
         })
         .collect();
     Advert {
         node: ctx.identity.public_key(),
         models,
+        gpus: ctx.gpus.clone(),
         max_concurrency,
         queue_depth,
         seq,

@@ -314,10 +314,13 @@ impl Worker {
     }
 
     fn publish_load(&self) {
-        self.shared
+        let before = self
+            .shared
             .running
-            .store(self.active.len(), Ordering::Relaxed);
-        (self.shared.on_load_change)();
+            .swap(self.active.len(), Ordering::Relaxed);
+        if before != self.active.len() {
+            (self.shared.on_load_change)();
+        }
     }
 
     /// Waits for work if idle, then takes queued jobs that fit.

@@ -85,3 +85,15 @@ impl<'de> Deserialize<'de> for JobId {
         s.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// SHA-256 of embedding vectors as a receipt commits to them: every value
+/// as little-endian f32 bytes, vectors in input order.
+pub fn embeddings_digest(vectors: &[Vec<f32>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for v in vectors {
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    }
+    h.finalize().into()
+}

@@ -36,7 +36,7 @@ pub use job::{
     MAX_FRAME_BYTES, MAX_JOB_TOKENS, MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob, TopLogprob,
     Usage,
 };
-pub use keys::{JobId, PublicKey, SigningKey, public_key_of, sha256};
+pub use keys::{JobId, PublicKey, SigningKey, embeddings_digest, public_key_of, sha256};
 pub use money::{NanoUsd, job_cost};
 pub use receipt::{CountersignedReceipt, Receipt, SignedReceipt};
 

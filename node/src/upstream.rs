@@ -1,0 +1,230 @@
+//! Forwarding jobs to an OpenAI-compatible server the provider already runs
+//! (vLLM, SGLang, llama.cpp server, Ollama) or a hosted API.
+//!
+//! Chat jobs go to `POST {base_url}/chat/completions`, prompt jobs to
+//! `POST {base_url}/completions`, always streamed with
+//! `stream_options.include_usage`, so text is passed on chunk by chunk and
+//! the receipt's token counts are the upstream's own usage. Each content
+//! chunk counts as one token while streaming (servers stream one token per
+//! chunk); if the final usage reports more, the difference is sent as a
+//! last empty delta, so the streamed token sum always equals the receipt.
+//! Dropping the event receiver drops the HTTP response, which closes the
+//! upstream connection and stops its generation.
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sharenet_proto::{FinishReason, JobErrorCode, JobInput, JobRequest, Usage};
+use tokio::sync::mpsc;
+
+use crate::config::UpstreamConfig;
+
+/// What the forwarding task reports.
+#[derive(Debug)]
+pub(crate) enum UpstreamEvent {
+    Piece { text: String, tokens: u32 },
+    Done { usage: Usage, finish_reason: FinishReason },
+    Failed { code: JobErrorCode, message: String },
+}
+
+/// Longest SSE line accepted from an upstream.
+const MAX_LINE: usize = 1 << 20;
+
+pub(crate) struct Upstream {
+    http: reqwest::Client,
+    config: UpstreamConfig,
+}
+
+impl Upstream {
+    pub(crate) fn new(config: UpstreamConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(config.timeout)
+            .build()?;
+        Ok(Self { http, config })
+    }
+
+    fn body(&self, job: &JobRequest) -> Result<(String, Value), String> {
+        let p = &job.params;
+        let mut body = json!({
+            "model": self.config.model,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+        });
+        let extra = [
+            ("seed", p.seed.map(|s| json!(s))),
+            ("stop", (!p.stop.is_empty()).then(|| json!(p.stop))),
+            ("top_k", (p.top_k > 0).then(|| json!(p.top_k))),
+            ("min_p", (p.min_p > 0.0).then(|| json!(p.min_p))),
+            (
+                "repeat_penalty",
+                (p.repetition_penalty != 1.0).then(|| json!(p.repetition_penalty)),
+            ),
+            (
+                "presence_penalty",
+                (p.presence_penalty != 0.0).then(|| json!(p.presence_penalty)),
+            ),
+            (
+                "frequency_penalty",
+                (p.frequency_penalty != 0.0).then(|| json!(p.frequency_penalty)),
+            ),
+        ];
+        for (k, v) in extra {
+            if let Some(v) = v {
+                body[k] = v;
+            }
+        }
+        match &job.input {
+            JobInput::Chat { messages } => {
+                body["messages"] = json!(messages);
+                Ok((format!("{}/chat/completions", self.config.base_url), body))
+            }
+            JobInput::Prompt { prompt } => {
+                body["prompt"] = json!(prompt);
+                Ok((format!("{}/completions", self.config.base_url), body))
+            }
+            JobInput::Embed { .. } => Err("this model is served upstream for text only".into()),
+        }
+    }
+
+    /// Forwards `job`, sending events until `Done` or `Failed`; returns
+    /// early (closing the upstream request) if the receiver is dropped.
+    pub(crate) async fn run(&self, job: &JobRequest, tx: mpsc::Sender<UpstreamEvent>) {
+        let event = match self.forward(job, &tx).await {
+            Ok(Some((usage, finish_reason))) => UpstreamEvent::Done {
+                usage,
+                finish_reason,
+            },
+            Ok(None) => return,
+            Err((code, message)) => UpstreamEvent::Failed { code, message },
+        };
+        let _ = tx.send(event).await;
+    }
+
+    async fn forward(
+        &self,
+        job: &JobRequest,
+        tx: &mpsc::Sender<UpstreamEvent>,
+    ) -> Result<Option<(Usage, FinishReason)>, (JobErrorCode, String)> {
+        if job.params.logprobs {
+            return Err((
+                JobErrorCode::UnsupportedInput,
+                "logprobs are not forwarded to this node's upstream server".into(),
+            ));
+        }
+        let (url, body) = self
+            .body(job)
+            .map_err(|m| (JobErrorCode::UnsupportedInput, m))?;
+        let mut req = self.http.post(&url).json(&body);
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| {
+            (
+                JobErrorCode::Upstream,
+                format!("upstream {url} unreachable: {e}"),
+            )
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            let code = if status.is_client_error() {
+                JobErrorCode::InvalidRequest
+            } else {
+                JobErrorCode::Upstream
+            };
+            return Err((code, format!("upstream answered {status}: {message}")));
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut counted = 0u32;
+        let mut usage: Option<Usage> = None;
+        let mut finish = FinishReason::Stop;
+        let protocol = |m: String| (JobErrorCode::Upstream, m);
+        loop {
+            let Some(chunk) = body.next().await else {
+                return Err(protocol("upstream stream ended without [DONE]".into()));
+            };
+            let chunk = chunk.map_err(|e| protocol(format!("read upstream stream: {e}")))?;
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim();
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    let mut usage = usage.unwrap_or_else(|| {
+                        tracing::warn!(%url, "upstream sent no usage; counting streamed chunks");
+                        Usage {
+                            input_tokens: 0,
+                            output_tokens: counted,
+                        }
+                    });
+                    if usage.output_tokens > counted {
+                        let extra = usage.output_tokens - counted;
+                        if tx
+                            .send(UpstreamEvent::Piece {
+                                text: String::new(),
+                                tokens: extra,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return Ok(None);
+                        }
+                    }
+                    usage.output_tokens = usage.output_tokens.max(counted);
+                    return Ok(Some((usage, finish)));
+                }
+                let v: Value = serde_json::from_str(data)
+                    .map_err(|e| protocol(format!("upstream sent a bad chunk: {e}")))?;
+                if let Some(err) = v.get("error") {
+                    return Err(protocol(format!("upstream error: {err}")));
+                }
+                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                    let n = |k: &str| u[k].as_u64().map(|x| x.min(u64::from(u32::MAX)) as u32);
+                    usage = Some(Usage {
+                        input_tokens: n("prompt_tokens").unwrap_or(0),
+                        output_tokens: n("completion_tokens").unwrap_or(0),
+                    });
+                }
+                let Some(choice) = v["choices"].get(0) else {
+                    continue;
+                };
+                let text = choice["delta"]["content"]
+                    .as_str()
+                    .or_else(|| choice["text"].as_str())
+                    .unwrap_or("");
+                if let Some(r) = choice["finish_reason"].as_str() {
+                    finish = if r == "length" {
+                        FinishReason::Length
+                    } else {
+                        FinishReason::Stop
+                    };
+                }
+                if !text.is_empty() {
+                    counted += 1;
+                    let piece = UpstreamEvent::Piece {
+                        text: text.to_string(),
+                        tokens: 1,
+                    };
+                    if tx.send(piece).await.is_err() {
+                        return Ok(None);
+                    }
+                }
+            }
+            if buf.len() > MAX_LINE {
+                return Err(protocol("upstream sent a line over 1 MiB".into()));
+            }
+        }
+    }
+}
