@@ -124,12 +124,8 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
                 advert_interval: opts.advert_interval,
                 advert_ttl: opts.advert_ttl,
                 models: vec![ModelConfig {
-                    id: DEVNET_MODEL.into(),
-                    path: model_dir.clone(),
-                    price_in,
-                    price_out,
-                    max_concurrency: 2,
-                    max_queue: 16,
+                    max_concurrency: 4,
+                    ..ModelConfig::local(DEVNET_MODEL, model_dir.clone(), price_in, price_out)
                 }],
             },
             cancel.clone(),

@@ -11,12 +11,12 @@ use sharenet_ledger::{StoreError, StoredReceipt};
 use sharenet_p2p::{PeerId, Stream, read_frame, write_frame};
 use sharenet_proto::{
     CountersignedReceipt, FinishReason, JobErrorCode, JobEvent, JobId, JobRequest, MAX_FRAME_BYTES,
-    Usage, sha256,
+    ModelKind, TokenLogprob, Usage, embeddings_digest, sha256,
 };
 use sharenet_router::rank_cheapest;
 
 use crate::error::ApiError;
-use crate::openai::Job;
+use crate::openai::{Job, JobKind};
 use crate::receipts::{Expected, check_receipt};
 use crate::registry::{Lookup, Offer};
 use crate::{Shared, now_ms};
@@ -55,17 +55,24 @@ pub struct ActiveJob {
     max_tokens: u32,
     streamed_tokens: u32,
     text: String,
+    logprobs: Vec<TokenLogprob>,
+    embeddings: Option<Vec<Vec<f32>>>,
+    want_logprobs: bool,
 }
 
 /// What the next event amounted to.
 pub enum Step {
-    Delta(String),
+    /// New text and, when asked for, its tokens' logprobs.
+    Delta(String, Vec<TokenLogprob>),
     Done(Box<Finished>),
 }
 
 /// A completed, verified, countersigned and stored job.
 pub struct Finished {
     pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    /// The vectors of an embeddings job.
+    pub embeddings: Option<Vec<Vec<f32>>>,
     pub usage: Usage,
     pub finish_reason: FinishReason,
     pub receipt: CountersignedReceipt,
@@ -78,6 +85,7 @@ fn estimate_input_tokens(job: &Job) -> u32 {
             messages.iter().map(|m| m.content.len() + 8).sum()
         }
         sharenet_proto::JobInput::Prompt { prompt } => prompt.len(),
+        sharenet_proto::JobInput::Embed { inputs } => inputs.iter().map(String::len).sum(),
     };
     u32::try_from(bytes / 4 + 1).unwrap_or(u32::MAX)
 }
@@ -101,6 +109,22 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
         Lookup::UnknownModel => return Err(ApiError::ModelNotFound(job.model.clone())),
         Lookup::Found(offers) => offers,
     };
+    let want = if job.kind == JobKind::Embedding {
+        ModelKind::Embedding
+    } else {
+        ModelKind::Text
+    };
+    let (offers, other): (Vec<_>, Vec<_>) = offers.into_iter().partition(|o| o.offer.kind == want);
+    if offers.is_empty() && !other.is_empty() {
+        let what = match want {
+            ModelKind::Embedding => "a text generation model; use /v1/chat/completions or /v1/completions",
+            ModelKind::Text => "an embedding model; use /v1/embeddings",
+        };
+        return Err(ApiError::bad_request(
+            format!("`{}` is {what}", job.model),
+            Some("model"),
+        ));
+    }
     let mut candidates: Vec<_> = offers.iter().map(Offer::candidate).collect();
     rank_cheapest(
         &mut candidates,
@@ -142,6 +166,9 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
                     max_tokens: job.params.max_tokens,
                     streamed_tokens: 0,
                     text: String::new(),
+                    logprobs: Vec::new(),
+                    embeddings: None,
+                    want_logprobs: job.params.logprobs,
                 });
             }
             Err(AttemptError::Client(e)) => return Err(e),
@@ -188,7 +215,7 @@ async fn attempt(
             param: Some("messages".into()),
         })),
         JobEvent::Error {
-            code: JobErrorCode::InvalidRequest,
+            code: JobErrorCode::InvalidRequest | JobErrorCode::UnsupportedInput,
             message,
         } => Err(AttemptError::Client(ApiError::bad_request(message, None))),
         JobEvent::Error { code, message } => Err(AttemptError::Retry(format!(
@@ -221,15 +248,34 @@ impl ActiveJob {
                 }
             };
         match event {
-            JobEvent::Delta { text, tokens } => {
+            JobEvent::Delta {
+                text,
+                tokens,
+                logprobs,
+            } => {
                 self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
                 if self.streamed_tokens > self.max_tokens {
                     return Err(ApiError::BadGateway(
                         "the node streamed more tokens than max_tokens".into(),
                     ));
                 }
+                if logprobs.len() > tokens as usize || (!logprobs.is_empty() && !self.want_logprobs) {
+                    return Err(ApiError::BadGateway(
+                        "the node sent logprobs that do not match its tokens".into(),
+                    ));
+                }
                 self.text.push_str(&text);
-                Ok(Step::Delta(text))
+                self.logprobs.extend(logprobs.iter().cloned());
+                Ok(Step::Delta(text, logprobs))
+            }
+            JobEvent::Embeddings { data } => {
+                if self.embeddings.is_some() || !self.text.is_empty() {
+                    return Err(ApiError::BadGateway(
+                        "the node sent an unexpected embeddings frame".into(),
+                    ));
+                }
+                self.embeddings = Some(data);
+                Ok(Step::Delta(String::new(), Vec::new()))
             }
             JobEvent::Done {
                 finish_reason,
@@ -265,7 +311,10 @@ impl ActiveJob {
             streamed_tokens: self.streamed_tokens,
             reported_input_tokens: usage.input_tokens,
             request_digest: self.request_digest,
-            response_digest: sha256(self.text.as_bytes()),
+            response_digest: match &self.embeddings {
+                Some(v) => embeddings_digest(v),
+                None => sha256(self.text.as_bytes()),
+            },
         };
         let checked = check_receipt(receipt, &expected).and_then(|signed| {
             if usage.output_tokens == self.streamed_tokens {
@@ -332,6 +381,8 @@ impl ActiveJob {
         }
         Ok(Finished {
             text: std::mem::take(&mut self.text),
+            logprobs: std::mem::take(&mut self.logprobs),
+            embeddings: self.embeddings.take(),
             usage,
             finish_reason,
             receipt: countersigned,

@@ -19,7 +19,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::dispatch::{Finished, Step, start_job};
 use crate::error::ApiError;
-use crate::openai::{ChatCompletionRequest, Completed, chunk_json, completion_json, usage_json};
+use base64::Engine as _;
+use sharenet_proto::TokenLogprob;
+
+use crate::openai::{
+    ChatCompletionRequest, Chunk, CompletionRequest, Completed, EmbeddingRequest, Job, JobKind,
+    chunk_json, completion_json, usage_json,
+};
 use crate::{Shared, now_ms};
 
 /// Header carrying the receipt id (= job id) on completion responses.
@@ -31,6 +37,8 @@ const SSE_BUFFER: usize = 64;
 pub fn app(state: Arc<Shared>) -> Router {
     let authed = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/receipts/{id}", get(get_receipt))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -68,14 +76,77 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let job = ChatCompletionRequest::parse(&body)?.into_job()?;
+    generate(state, job).await
+}
+
+async fn completions(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let job = CompletionRequest::parse(&body)?.into_job()?;
+    generate(state, job).await
+}
+
+async fn embeddings(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let job = EmbeddingRequest::parse(&body)?.into_job()?;
     let mut active = start_job(&state, &job).await?;
-    let id = format!("chatcmpl-{}", active.job_id);
+    let receipt_id = active.job_id.to_hex();
+    let finished = loop {
+        if let Step::Done(f) = active.next(&state).await? {
+            break f;
+        }
+    };
+    let Some(vectors) = finished.embeddings else {
+        return Err(ApiError::BadGateway(
+            "the node finished without embeddings".into(),
+        ));
+    };
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if job.base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let usage = &finished.usage;
+    let body = json!({
+        "object": "list",
+        "data": data,
+        "model": job.model,
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "total_tokens": usage.input_tokens,
+            "cost": {"provider_nano_usd": finished.receipt.receipt().amount, "unit": "nano-USD"},
+        },
+        "receipt_id": receipt_id,
+    });
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&receipt_id) {
+        headers.insert(RECEIPT_HEADER, v);
+    }
+    Ok((headers, Json(body)).into_response())
+}
+
+/// Chat and text completions: one job on a node, answered as JSON or SSE.
+async fn generate(state: Arc<Shared>, job: Job) -> Result<Response, ApiError> {
+    let mut active = start_job(&state, &job).await?;
+    let prefix = match job.kind {
+        JobKind::Completion => "cmpl",
+        _ => "chatcmpl",
+    };
+    let id = format!("{prefix}-{}", active.job_id);
     let receipt_id = active.job_id.to_hex();
     let created = now_ms() / 1000;
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&receipt_id) {
         headers.insert(RECEIPT_HEADER, v);
     }
+    let want_logprobs = job.params.logprobs;
 
     if !job.stream {
         let finished = loop {
@@ -84,10 +155,12 @@ async fn chat_completions(
             }
         };
         let body = completion_json(&Completed {
+            kind: job.kind,
             id: &id,
             created,
             model: &job.model,
             text: &finished.text,
+            logprobs: want_logprobs.then_some(finished.logprobs.as_slice()),
             finish_reason: finished.finish_reason,
             usage: &finished.usage,
             cost: finished.receipt.receipt().amount,
@@ -102,6 +175,7 @@ async fn chat_completions(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(SSE_BUFFER);
     let model = job.model.clone();
     let include_usage = job.include_usage;
+    let kind = job.kind;
     tokio::spawn(async move {
         let send = |v: Value| {
             let tx = tx.clone();
@@ -111,36 +185,35 @@ async fn chat_completions(
                     .is_ok()
             }
         };
-        if !send(chunk_json(
-            &id,
-            created,
-            &model,
-            json!({"role": "assistant", "content": ""}),
-            None,
-        ))
-        .await
-        {
+        let chunk = |text: Option<&str>, logprobs: Option<&[TokenLogprob]>, offset: usize, finish| {
+            chunk_json(&Chunk {
+                kind,
+                id: &id,
+                created,
+                model: &model,
+                text,
+                logprobs,
+                text_offset: offset,
+                finish_reason: finish,
+            })
+        };
+        if kind == JobKind::Chat && !send(chunk(None, None, 0, None)).await {
             return;
         }
+        let mut offset = 0usize;
         loop {
             match active.next(&state).await {
-                Ok(Step::Delta(text)) => {
-                    if text.is_empty() {
+                Ok(Step::Delta(text, logprobs)) => {
+                    if text.is_empty() && logprobs.is_empty() {
                         continue;
                     }
-                    if !send(chunk_json(
-                        &id,
-                        created,
-                        &model,
-                        json!({"content": text}),
-                        None,
-                    ))
-                    .await
-                    {
+                    let lps = want_logprobs.then_some(logprobs.as_slice());
+                    if !send(chunk(Some(&text), lps, offset, None)).await {
                         // The client went away: dropping the job closes the
                         // node's stream, which stops generation there.
                         return;
                     }
+                    offset += text.len();
                 }
                 Ok(Step::Done(finished)) => {
                     let Finished {
@@ -149,17 +222,14 @@ async fn chat_completions(
                         receipt,
                         ..
                     } = *finished;
-                    let _ = send(chunk_json(
-                        &id,
-                        created,
-                        &model,
-                        json!({}),
-                        Some(finish_reason),
-                    ))
-                    .await;
+                    let _ = send(chunk(None, None, offset, Some(finish_reason))).await;
                     if include_usage {
+                        let object = match kind {
+                            JobKind::Completion => "text_completion",
+                            _ => "chat.completion.chunk",
+                        };
                         let _ = send(json!({
-                            "id": id, "object": "chat.completion.chunk", "created": created,
+                            "id": id, "object": object, "created": created,
                             "model": model, "choices": [],
                             "usage": usage_json(&usage, receipt.receipt().amount),
                             "receipt_id": receipt.receipt().job_id.to_hex(),
@@ -239,7 +309,7 @@ async fn metrics(State(state): State<Arc<Shared>>) -> String {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     line(
         "sharenet_requests_total",
-        "Chat completion requests received.",
+        "Chat, completion and embedding requests received.",
         get(&m.requests),
     );
     line(

@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sharenet_proto::{ChatMessage, FinishReason, JobInput, MAX_JOB_TOKENS, SamplingParams, Usage};
+use sharenet_proto::{
+    ChatMessage, FinishReason, JobInput, MAX_JOB_TOKENS, SamplingParams, TokenLogprob, Usage,
+};
 
 use crate::error::ApiError;
 
@@ -26,8 +28,73 @@ pub struct ChatCompletionRequest {
     /// The builder's end customer (metered from the accounts issue on).
     pub user: Option<String>,
     pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u8>,
     pub tools: Option<Value>,
     pub response_format: Option<Value>,
+    #[serde(flatten)]
+    pub extra: ExtraSampling,
+}
+
+/// Sampling knobs beyond OpenAI's, as vLLM and llama.cpp accept them, plus
+/// OpenAI's penalties.
+#[derive(Debug, Default, Deserialize)]
+pub struct ExtraSampling {
+    pub top_k: Option<u32>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Option<Prompt>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<u64>,
+    pub stop: Option<Stop>,
+    pub n: Option<u32>,
+    pub best_of: Option<u32>,
+    /// OpenAI: the number of alternatives per token (0..=5); any value turns logprobs on.
+    pub logprobs: Option<u8>,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub extra: ExtraSampling,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenBatches(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: Option<Prompt>,
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<u32>,
+    pub user: Option<String>,
+}
+
+/// What kind of endpoint a job came from (shapes the response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Chat,
+    Completion,
+    Embedding,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,11 +134,188 @@ pub struct Part {
 /// A request turned into what a node runs.
 #[derive(Debug, Clone)]
 pub struct Job {
+    pub kind: JobKind,
     pub model: String,
     pub input: JobInput,
     pub params: SamplingParams,
     pub stream: bool,
     pub include_usage: bool,
+    /// Embeddings: return base64 of little-endian f32 instead of numbers.
+    pub base64: bool,
+}
+
+/// Common sampling fields of chat and text completions.
+struct Sampling<'a> {
+    max_tokens: u32,
+    max_tokens_param: &'static str,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    logprobs: bool,
+    top_logprobs: u8,
+    extra: &'a ExtraSampling,
+}
+
+impl Sampling<'_> {
+    fn into_params(self) -> Result<SamplingParams, ApiError> {
+        let params = SamplingParams {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            seed: self.seed,
+            stop: match self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(v)) => v,
+            },
+            top_k: self.extra.top_k.unwrap_or(0),
+            min_p: self.extra.min_p.unwrap_or(0.0),
+            repetition_penalty: self.extra.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.extra.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.extra.frequency_penalty.unwrap_or(0.0),
+            logprobs: self.logprobs,
+            top_logprobs: self.top_logprobs,
+        };
+        if let Err(e) = params.validate() {
+            let param = match &e {
+                sharenet_proto::ProtoError::Invalid { field, .. } => *field,
+                _ => "",
+            };
+            let param = if param == "max_tokens" {
+                self.max_tokens_param
+            } else {
+                param
+            };
+            return Err(param_error(
+                format!("{e} (max_tokens may be at most {MAX_JOB_TOKENS})"),
+                param,
+            ));
+        }
+        Ok(params)
+    }
+}
+
+impl CompletionRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))
+    }
+
+    pub fn into_job(self) -> Result<Job, ApiError> {
+        if self.model.trim().is_empty() {
+            return Err(param_error("`model` must not be empty", "model"));
+        }
+        let prompt = match self.prompt {
+            Some(Prompt::One(p)) => p,
+            Some(Prompt::Many(mut v)) if v.len() == 1 => v.remove(0),
+            Some(Prompt::Many(_)) => {
+                return Err(param_error("only one prompt per request is supported", "prompt"));
+            }
+            Some(Prompt::Tokens(_) | Prompt::TokenBatches(_)) => {
+                return Err(param_error("token-id prompts are not supported; send text", "prompt"));
+            }
+            None => return Err(param_error("`prompt` is required", "prompt")),
+        };
+        if prompt.is_empty() {
+            return Err(param_error("`prompt` must not be empty", "prompt"));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(param_error("only n = 1 is supported", "n"));
+        }
+        if self.best_of.is_some_and(|n| n != 1) {
+            return Err(param_error("only best_of = 1 is supported", "best_of"));
+        }
+        if self.echo == Some(true) {
+            return Err(param_error("echo is not supported", "echo"));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(param_error("suffix is not supported", "suffix"));
+        }
+        if self.logprobs.is_some_and(|n| n > 5) {
+            return Err(param_error("logprobs must be between 0 and 5", "logprobs"));
+        }
+        let params = Sampling {
+            // OpenAI's default for the legacy completions endpoint.
+            max_tokens: self.max_tokens.unwrap_or(16),
+            max_tokens_param: "max_tokens",
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop,
+            logprobs: self.logprobs.is_some(),
+            top_logprobs: self.logprobs.unwrap_or(0),
+            extra: &self.extra,
+        }
+        .into_params()?;
+        Ok(Job {
+            kind: JobKind::Completion,
+            model: self.model,
+            input: JobInput::Prompt { prompt },
+            params,
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            base64: false,
+        })
+    }
+}
+
+impl EmbeddingRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))
+    }
+
+    pub fn into_job(self) -> Result<Job, ApiError> {
+        if self.model.trim().is_empty() {
+            return Err(param_error("`model` must not be empty", "model"));
+        }
+        let inputs = match self.input {
+            Some(Prompt::One(s)) => vec![s],
+            Some(Prompt::Many(v)) => v,
+            Some(Prompt::Tokens(_) | Prompt::TokenBatches(_)) => {
+                return Err(param_error("token-id inputs are not supported; send text", "input"));
+            }
+            None => return Err(param_error("`input` is required", "input")),
+        };
+        if inputs.is_empty() || inputs.iter().any(String::is_empty) {
+            return Err(param_error("`input` must be non-empty text(s)", "input"));
+        }
+        if inputs.len() > sharenet_proto::MAX_EMBED_INPUTS {
+            return Err(param_error(
+                format!("at most {} inputs per request", sharenet_proto::MAX_EMBED_INPUTS),
+                "input",
+            ));
+        }
+        let base64 = match self.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(param_error(
+                    format!("encoding_format {other:?} is not supported (float, base64)"),
+                    "encoding_format",
+                ));
+            }
+        };
+        if self.dimensions.is_some() {
+            return Err(param_error(
+                "dimensions is not supported; models return their native size",
+                "dimensions",
+            ));
+        }
+        Ok(Job {
+            kind: JobKind::Embedding,
+            model: self.model,
+            input: JobInput::Embed { inputs },
+            params: SamplingParams {
+                max_tokens: 1,
+                ..SamplingParams::default()
+            },
+            stream: false,
+            include_usage: false,
+            base64,
+        })
+    }
 }
 
 fn param_error(message: impl Into<String>, param: &str) -> ApiError {
@@ -94,9 +338,6 @@ impl ChatCompletionRequest {
         }
         if self.n.is_some_and(|n| n != 1) {
             return Err(param_error("only n = 1 is supported", "n"));
-        }
-        if self.logprobs == Some(true) {
-            return Err(param_error("logprobs are not supported yet", "logprobs"));
         }
         if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
             return Err(param_error("tools are not supported yet", "tools"));
@@ -150,42 +391,33 @@ impl ChatCompletionRequest {
                 content,
             });
         }
-        let max_tokens = self
-            .max_completion_tokens
-            .or(self.max_tokens)
-            .unwrap_or(DEFAULT_MAX_TOKENS);
-        let params = SamplingParams {
-            max_tokens,
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p.unwrap_or(1.0),
-            seed: self.seed,
-            stop: match self.stop {
-                None => Vec::new(),
-                Some(Stop::One(s)) => vec![s],
-                Some(Stop::Many(v)) => v,
-            },
-        };
-        if let Err(e) = params.validate() {
-            let param = match &e {
-                sharenet_proto::ProtoError::Invalid { field, .. } => *field,
-                _ => "",
-            };
-            let param = if param == "max_tokens" && self.max_completion_tokens.is_some() {
+        let params = Sampling {
+            max_tokens: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .unwrap_or(DEFAULT_MAX_TOKENS),
+            max_tokens_param: if self.max_completion_tokens.is_some() {
                 "max_completion_tokens"
             } else {
-                param
-            };
-            return Err(param_error(
-                format!("{e} (max_tokens may be at most {MAX_JOB_TOKENS})"),
-                param,
-            ));
+                "max_tokens"
+            },
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop,
+            logprobs: self.logprobs == Some(true),
+            top_logprobs: self.top_logprobs.unwrap_or(0),
+            extra: &self.extra,
         }
+        .into_params()?;
         Ok(Job {
+            kind: JobKind::Chat,
             model: self.model,
             input: JobInput::Chat { messages },
             params,
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            base64: false,
         })
     }
 }
@@ -201,10 +433,12 @@ pub fn usage_json(usage: &Usage, cost_nano_usd: u64) -> Value {
 }
 
 pub struct Completed<'a> {
+    pub kind: JobKind,
     pub id: &'a str,
     pub created: u64,
     pub model: &'a str,
     pub text: &'a str,
+    pub logprobs: Option<&'a [TokenLogprob]>,
     pub finish_reason: FinishReason,
     pub usage: &'a Usage,
     pub cost: u64,
@@ -212,44 +446,116 @@ pub struct Completed<'a> {
     pub node: &'a str,
 }
 
-/// A non-streaming `chat.completion`.
+/// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+pub fn chat_logprobs_json(lps: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            json!({
+                "token": l.token, "logprob": l.logprob, "bytes": l.bytes,
+                "top_logprobs": l.top.iter().map(|t| json!({
+                    "token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Legacy completions logprobs: parallel arrays; `offset` is where the
+/// first token's text starts in the whole completion.
+pub fn completion_logprobs_json(lps: &[TokenLogprob], offset: usize) -> Value {
+    let mut text_offset = Vec::with_capacity(lps.len());
+    let mut at = offset;
+    for l in lps {
+        text_offset.push(at);
+        at += l.bytes.len();
+    }
+    json!({
+        "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|l| {
+            l.top.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}
+
+fn logprobs_json(kind: JobKind, lps: Option<&[TokenLogprob]>, offset: usize) -> Value {
+    match (kind, lps) {
+        (JobKind::Chat, Some(l)) => chat_logprobs_json(l),
+        (JobKind::Completion, Some(l)) => completion_logprobs_json(l, offset),
+        _ => Value::Null,
+    }
+}
+
+/// A non-streaming `chat.completion` or `text_completion`.
 pub fn completion_json(c: &Completed<'_>) -> Value {
+    let logprobs = logprobs_json(c.kind, c.logprobs, 0);
+    let (object, choice) = match c.kind {
+        JobKind::Completion => (
+            "text_completion",
+            json!({"index": 0, "text": c.text, "logprobs": logprobs,
+                   "finish_reason": c.finish_reason.as_str()}),
+        ),
+        _ => (
+            "chat.completion",
+            json!({"index": 0, "message": {"role": "assistant", "content": c.text},
+                   "logprobs": logprobs, "finish_reason": c.finish_reason.as_str()}),
+        ),
+    };
     json!({
         "id": c.id,
-        "object": "chat.completion",
+        "object": object,
         "created": c.created,
         "model": c.model,
         "system_fingerprint": c.node,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": null,
-            "finish_reason": c.finish_reason.as_str(),
-        }],
+        "choices": [choice],
         "usage": usage_json(c.usage, c.cost),
         "receipt_id": c.receipt_id,
     })
 }
 
-/// One streaming `chat.completion.chunk`.
-pub fn chunk_json(
-    id: &str,
-    created: u64,
-    model: &str,
-    delta: Value,
-    finish_reason: Option<FinishReason>,
-) -> Value {
+/// One streaming chunk: `text` (None for the role-only first chat chunk),
+/// its logprobs, and the finish reason on the last.
+pub struct Chunk<'a> {
+    pub kind: JobKind,
+    pub id: &'a str,
+    pub created: u64,
+    pub model: &'a str,
+    pub text: Option<&'a str>,
+    pub logprobs: Option<&'a [TokenLogprob]>,
+    pub text_offset: usize,
+    pub finish_reason: Option<FinishReason>,
+}
+
+pub fn chunk_json(c: &Chunk<'_>) -> Value {
+    let logprobs = logprobs_json(c.kind, c.logprobs, c.text_offset);
+    let finish = c.finish_reason.map(|f| f.as_str());
+    let (object, choice) = match c.kind {
+        JobKind::Completion => (
+            "text_completion",
+            json!({"index": 0, "text": c.text.unwrap_or(""), "logprobs": logprobs,
+                   "finish_reason": finish}),
+        ),
+        _ => {
+            let delta = match (c.text, c.finish_reason) {
+                (_, Some(_)) => json!({}),
+                (None, None) => json!({"role": "assistant", "content": ""}),
+                (Some(t), None) => json!({"content": t}),
+            };
+            (
+                "chat.completion.chunk",
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
+            )
+        }
+    };
     json!({
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish_reason.map(|f| f.as_str()),
-        }],
+        "id": c.id,
+        "object": object,
+        "created": c.created,
+        "model": c.model,
+        "choices": [choice],
     })
 }
 
@@ -314,5 +620,48 @@ mod tests {
             ChatCompletionRequest::parse(b"{not json"),
             Err(ApiError::BadRequest { .. })
         ));
+    }
+
+    #[test]
+    fn completions_and_embeddings_parse_and_refuse_with_the_parameter() {
+        let c = CompletionRequest::parse(
+            json!({"model": "m", "prompt": "Once", "logprobs": 2, "top_k": 5, "min_p": 0.1,
+                   "frequency_penalty": 0.5})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+        .into_job()
+        .unwrap();
+        assert_eq!(c.params.max_tokens, 16);
+        assert!(c.params.logprobs);
+        assert_eq!((c.params.top_logprobs, c.params.top_k), (2, 5));
+        let bad = |body: Value, param: &str| {
+            let r = CompletionRequest::parse(body.to_string().as_bytes()).and_then(|r| r.into_job());
+            match r {
+                Err(ApiError::BadRequest { param: Some(p), .. }) => assert_eq!(p, param, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        };
+        bad(json!({"model": "m"}), "prompt");
+        bad(json!({"model": "m", "prompt": "x", "echo": true}), "echo");
+        bad(json!({"model": "m", "prompt": "x", "logprobs": 9}), "logprobs");
+        bad(json!({"model": "m", "prompt": "x", "min_p": 3}), "min_p");
+        bad(json!({"model": "m", "prompt": [1, 2]}), "prompt");
+
+        let e = EmbeddingRequest::parse(
+            json!({"model": "e", "input": ["a", "b"], "encoding_format": "base64"})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
+        .into_job()
+        .unwrap();
+        assert!(e.base64);
+        assert!(matches!(e.input, JobInput::Embed { ref inputs } if inputs.len() == 2));
+        let r = EmbeddingRequest::parse(json!({"model": "e", "input": ""}).to_string().as_bytes())
+            .unwrap()
+            .into_job();
+        assert!(matches!(r, Err(ApiError::BadRequest { param: Some(p), .. }) if p == "input"));
     }
 }

@@ -52,7 +52,10 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                     price_in: 1,
                     price_out: 1,
                     context_length: 512,
+                    kind: sharenet_proto::ModelKind::Text,
+                    weights_sha256: None,
                 }],
+                gpus: Vec::new(),
                 max_concurrency: 8,
                 queue_depth: 0,
                 seq,
@@ -80,6 +83,7 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                 let delta = JobEvent::Delta {
                     text: text.into(),
                     tokens: 1,
+                    logprobs: Vec::new(),
                 };
                 write_frame(&mut stream, &serde_json::to_vec(&delta).unwrap())
                     .await
