@@ -10,6 +10,12 @@
 //! last empty delta, so the streamed token sum always equals the receipt.
 //! Dropping the event receiver drops the HTTP response, which closes the
 //! upstream connection and stops its generation.
+//!
+//! Some servers (llama-cpp-python 0.3) ignore `include_usage` in streams.
+//! Then the output count is the number of streamed chunks (one token each)
+//! and the prompt count comes from the upstream itself: the same request,
+//! not streamed, with `max_tokens = 1` (cheap where the server caches the
+//! prompt, as llama.cpp and vLLM do).
 
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -89,6 +95,61 @@ impl Upstream {
         }
     }
 
+    async fn post(&self, url: &str, body: &Value) -> Result<reqwest::Response, (JobErrorCode, String)> {
+        let mut req = self.http.post(url).json(body);
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| {
+            (
+                JobErrorCode::Upstream,
+                format!("upstream {url} unreachable: {e}"),
+            )
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        let code = if status.is_client_error() {
+            JobErrorCode::InvalidRequest
+        } else {
+            JobErrorCode::Upstream
+        };
+        Err((code, format!("upstream answered {status}: {message}")))
+    }
+
+    /// The prompt's token count from the upstream itself, for servers that
+    /// do not report usage in streams.
+    async fn probe_prompt_tokens(&self, url: &str, body: &Value) -> Result<u32, (JobErrorCode, String)> {
+        let mut probe = body.clone();
+        probe["stream"] = json!(false);
+        probe["max_tokens"] = json!(1);
+        if let Some(o) = probe.as_object_mut() {
+            o.remove("stream_options");
+        }
+        tracing::debug!(%url, "upstream sent no usage in its stream; probing the prompt size");
+        let v: Value = self
+            .post(url, &probe)
+            .await?
+            .json()
+            .await
+            .map_err(|e| (JobErrorCode::Upstream, format!("read upstream usage probe: {e}")))?;
+        v["usage"]["prompt_tokens"]
+            .as_u64()
+            .map(|n| n.min(u64::from(u32::MAX)) as u32)
+            .ok_or_else(|| {
+                (
+                    JobErrorCode::Upstream,
+                    "upstream reports no usage at all; it cannot be billed".into(),
+                )
+            })
+    }
+
     /// Forwards `job`, sending events until `Done` or `Failed`; returns
     /// early (closing the upstream request) if the receiver is dropped.
     pub(crate) async fn run(&self, job: &JobRequest, tx: mpsc::Sender<UpstreamEvent>) {
@@ -117,30 +178,8 @@ impl Upstream {
         let (url, body) = self
             .body(job)
             .map_err(|m| (JobErrorCode::UnsupportedInput, m))?;
-        let mut req = self.http.post(&url).json(&body);
-        if let Some(key) = &self.config.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req.send().await.map_err(|e| {
-            (
-                JobErrorCode::Upstream,
-                format!("upstream {url} unreachable: {e}"),
-            )
-        })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| text.chars().take(300).collect());
-            let code = if status.is_client_error() {
-                JobErrorCode::InvalidRequest
-            } else {
-                JobErrorCode::Upstream
-            };
-            return Err((code, format!("upstream answered {status}: {message}")));
-        }
+        let body_json = body;
+        let resp = self.post(&url, &body_json).await?;
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         let mut counted = 0u32;
@@ -162,13 +201,13 @@ impl Upstream {
                 };
                 let data = data.trim();
                 if data == "[DONE]" {
-                    let mut usage = usage.unwrap_or_else(|| {
-                        tracing::warn!(%url, "upstream sent no usage; counting streamed chunks");
-                        Usage {
-                            input_tokens: 0,
+                    let mut usage = match usage {
+                        Some(u) => u,
+                        None => Usage {
+                            input_tokens: self.probe_prompt_tokens(&url, &body_json).await?,
                             output_tokens: counted,
-                        }
-                    });
+                        },
+                    };
                     if usage.output_tokens > counted {
                         let extra = usage.output_tokens - counted;
                         if tx

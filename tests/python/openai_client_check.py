@@ -54,6 +54,43 @@ assert finish == choice.finish_reason, finish
 assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
 assert chunks >= 3, chunks
 
+# Legacy completions with logprobs, streamed and not: same text.
+c = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, logprobs=2)
+assert c.object == "text_completion", c
+ct = c.choices[0]
+assert isinstance(ct.text, str) and ct.finish_reason in ("stop", "length")
+lp = ct.logprobs
+assert lp is not None and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs), lp
+assert all(x <= 0 for x in lp.token_logprobs) and all(len(t) == 2 for t in lp.top_logprobs), lp
+assert "".join(lp.tokens) == ct.text, (lp.tokens, ct.text)
+streamed = "".join(
+    ch.choices[0].text
+    for ch in client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, stream=True)
+    if ch.choices
+)
+assert streamed == ct.text, (streamed, ct.text)
+
+# Chat logprobs with alternatives.
+r = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+content = r.choices[0].logprobs.content
+assert content and all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob - 1e-6 for t in content), content
+
+# Embeddings (all-MiniLM-L6-v2 on its own node).
+embed_model = os.environ.get("SHARENET_EMBED_MODEL")
+if embed_model:
+    e = client.embeddings.create(model=embed_model, input=["This is an example sentence", "Each sentence is converted"])
+    assert len(e.data) == 2 and len(e.data[0].embedding) == 384, e
+    assert all(abs(a - b) < 1e-4 for a, b in zip(e.data[0].embedding, [0.0677, 0.0635, 0.0487])), e.data[0].embedding[:3]
+    assert e.usage.prompt_tokens > 0, e.usage
+    # The client asks for base64 by default when numpy is around; both decode to the same floats.
+    b = client.embeddings.create(model=embed_model, input="This is an example sentence", encoding_format="base64")
+    assert abs(b.data[0].embedding[0] - e.data[0].embedding[0]) < 1e-6 if isinstance(b.data[0].embedding, list) else True
+    try:
+        client.chat.completions.create(model=embed_model, messages=messages, max_tokens=4)
+        raise AssertionError("chat on an embedding model accepted")
+    except openai.BadRequestError as err:
+        assert err.status_code == 400
+
 # Errors come back as the client's typed exceptions.
 try:
     client.chat.completions.create(model="no-such-model", messages=messages, max_tokens=4)
@@ -67,5 +104,5 @@ try:
 except openai.AuthenticationError as e:
     assert e.status_code == 401
 
-print(f"openai {openai.__version__}: chat, streaming, models and errors OK")
+print(f"openai {openai.__version__}: chat, completions, logprobs, embeddings, streaming, models and errors OK")
 sys.exit(0)

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sharenet_coordinator::devnet::{self, Devnet, DevnetOptions};
+use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
+use sharenet_p2p::Identity;
 use tokio_util::sync::CancellationToken;
 
 pub use sharenet_coordinator::devnet::DEVNET_MODEL as MODEL;
@@ -86,6 +88,44 @@ impl TestNet {
             .expect("send request")
     }
 
+    /// Starts one more node serving `models`, bootstrapped to the
+    /// coordinator, and waits until the coordinator routes to all of them.
+    pub async fn add_node(&self, models: Vec<ModelConfig>) -> NodeHandle {
+        let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
+        let dir = self._dir.path().join(format!("extra-{}", rand_suffix()));
+        let node = sharenet_node::start(
+            NodeConfig {
+                identity: Identity::generate(),
+                data_dir: dir,
+                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
+                bootstrap: self.net().coordinator.p2p_addrs.clone(),
+                advert_interval: Duration::from_secs(1),
+                advert_ttl: Duration::from_secs(3),
+                models,
+            },
+            self.cancel.clone(),
+        )
+        .await
+        .expect("start the extra node");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let listed: Value = self.get("models").await.json().await.expect("models JSON");
+            let have: Vec<&str> = listed["data"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect())
+                .unwrap_or_default();
+            if ids.iter().all(|id| have.contains(&id.as_str())) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "models {ids:?} never appeared in /v1/models"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        node
+    }
+
     /// Stops everything and waits for every task to end.
     pub async fn stop(mut self) {
         self.cancel.cancel();
@@ -111,4 +151,37 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The Python with the test clients: `SHARENET_PYTHON`, else the `.venv`
+/// that `scripts/test` creates; fails with how to set it up.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHARENET_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the test clients: run `scripts/test` (it creates .venv) or set SHARENET_PYTHON"
+    );
+    venv
+}
+
+/// The real all-MiniLM-L6-v2 folder that scripts/setup-test-deps fetches.
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("SHARENET_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/test-models/all-minilm-l6-v2"));
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "all-MiniLM-L6-v2 is not at {}: run scripts/setup-test-deps (scripts/test does)",
+        dir.display()
+    );
+    dir
 }

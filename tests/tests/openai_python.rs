@@ -2,31 +2,26 @@
 //! comes from `SHARENET_PYTHON`, else the `.venv` that `scripts/test`
 //! creates; without either this test fails and says how to set it up.
 
-use std::path::PathBuf;
-
-use sharenet_tests::{MODEL, TestNet, workspace_root};
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SHARENET_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = workspace_root().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with the openai client: run `scripts/test` (it creates .venv) or set SHARENET_PYTHON"
-    );
-    venv
-}
+use sharenet_tests::{MODEL, TestNet, minilm_dir, python, workspace_root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_openai_client_gets_the_expected_shapes() {
     let t = TestNet::start(3).await;
+    let _embedder = t
+        .add_node(vec![sharenet_node::ModelConfig::local(
+            "all-minilm-l6-v2",
+            minilm_dir(),
+            10,
+            0,
+        )])
+        .await;
     let script = workspace_root().join("tests/python/openai_client_check.py");
     let output = tokio::process::Command::new(python())
         .arg(&script)
         .env("OPENAI_BASE_URL", t.base_url())
         .env("OPENAI_API_KEY", t.key())
         .env("SHARENET_MODEL", MODEL)
+        .env("SHARENET_EMBED_MODEL", "all-minilm-l6-v2")
         .kill_on_drop(true)
         .output()
         .await
