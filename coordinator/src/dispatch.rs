@@ -117,7 +117,9 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
     let (offers, other): (Vec<_>, Vec<_>) = offers.into_iter().partition(|o| o.offer.kind == want);
     if offers.is_empty() && !other.is_empty() {
         let what = match want {
-            ModelKind::Embedding => "a text generation model; use /v1/chat/completions or /v1/completions",
+            ModelKind::Embedding => {
+                "a text generation model; use /v1/chat/completions or /v1/completions"
+            }
             ModelKind::Text => "an embedding model; use /v1/embeddings",
         };
         return Err(ApiError::bad_request(
@@ -259,7 +261,8 @@ impl ActiveJob {
                         "the node streamed more tokens than max_tokens".into(),
                     ));
                 }
-                if logprobs.len() > tokens as usize || (!logprobs.is_empty() && !self.want_logprobs) {
+                if logprobs.len() > tokens as usize || (!logprobs.is_empty() && !self.want_logprobs)
+                {
                     return Err(ApiError::BadGateway(
                         "the node sent logprobs that do not match its tokens".into(),
                     ));

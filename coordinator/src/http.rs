@@ -23,7 +23,7 @@ use base64::Engine as _;
 use sharenet_proto::TokenLogprob;
 
 use crate::openai::{
-    ChatCompletionRequest, Chunk, CompletionRequest, Completed, EmbeddingRequest, Job, JobKind,
+    ChatCompletionRequest, Chunk, Completed, CompletionRequest, EmbeddingRequest, Job, JobKind,
     chunk_json, completion_json, usage_json,
 };
 use crate::{Shared, now_ms};
@@ -185,18 +185,19 @@ async fn generate(state: Arc<Shared>, job: Job) -> Result<Response, ApiError> {
                     .is_ok()
             }
         };
-        let chunk = |text: Option<&str>, logprobs: Option<&[TokenLogprob]>, offset: usize, finish| {
-            chunk_json(&Chunk {
-                kind,
-                id: &id,
-                created,
-                model: &model,
-                text,
-                logprobs,
-                text_offset: offset,
-                finish_reason: finish,
-            })
-        };
+        let chunk =
+            |text: Option<&str>, logprobs: Option<&[TokenLogprob]>, offset: usize, finish| {
+                chunk_json(&Chunk {
+                    kind,
+                    id: &id,
+                    created,
+                    model: &model,
+                    text,
+                    logprobs,
+                    text_offset: offset,
+                    finish_reason: finish,
+                })
+            };
         if kind == JobKind::Chat && !send(chunk(None, None, 0, None)).await {
             return;
         }

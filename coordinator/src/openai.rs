@@ -210,10 +210,16 @@ impl CompletionRequest {
             Some(Prompt::One(p)) => p,
             Some(Prompt::Many(mut v)) if v.len() == 1 => v.remove(0),
             Some(Prompt::Many(_)) => {
-                return Err(param_error("only one prompt per request is supported", "prompt"));
+                return Err(param_error(
+                    "only one prompt per request is supported",
+                    "prompt",
+                ));
             }
             Some(Prompt::Tokens(_) | Prompt::TokenBatches(_)) => {
-                return Err(param_error("token-id prompts are not supported; send text", "prompt"));
+                return Err(param_error(
+                    "token-id prompts are not supported; send text",
+                    "prompt",
+                ));
             }
             None => return Err(param_error("`prompt` is required", "prompt")),
         };
@@ -274,7 +280,10 @@ impl EmbeddingRequest {
             Some(Prompt::One(s)) => vec![s],
             Some(Prompt::Many(v)) => v,
             Some(Prompt::Tokens(_) | Prompt::TokenBatches(_)) => {
-                return Err(param_error("token-id inputs are not supported; send text", "input"));
+                return Err(param_error(
+                    "token-id inputs are not supported; send text",
+                    "input",
+                ));
             }
             None => return Err(param_error("`input` is required", "input")),
         };
@@ -283,7 +292,10 @@ impl EmbeddingRequest {
         }
         if inputs.len() > sharenet_proto::MAX_EMBED_INPUTS {
             return Err(param_error(
-                format!("at most {} inputs per request", sharenet_proto::MAX_EMBED_INPUTS),
+                format!(
+                    "at most {} inputs per request",
+                    sharenet_proto::MAX_EMBED_INPUTS
+                ),
                 "input",
             ));
         }
@@ -637,7 +649,8 @@ mod tests {
         assert!(c.params.logprobs);
         assert_eq!((c.params.top_logprobs, c.params.top_k), (2, 5));
         let bad = |body: Value, param: &str| {
-            let r = CompletionRequest::parse(body.to_string().as_bytes()).and_then(|r| r.into_job());
+            let r =
+                CompletionRequest::parse(body.to_string().as_bytes()).and_then(|r| r.into_job());
             match r {
                 Err(ApiError::BadRequest { param: Some(p), .. }) => assert_eq!(p, param, "{body}"),
                 other => panic!("{body}: {other:?}"),
@@ -645,7 +658,10 @@ mod tests {
         };
         bad(json!({"model": "m"}), "prompt");
         bad(json!({"model": "m", "prompt": "x", "echo": true}), "echo");
-        bad(json!({"model": "m", "prompt": "x", "logprobs": 9}), "logprobs");
+        bad(
+            json!({"model": "m", "prompt": "x", "logprobs": 9}),
+            "logprobs",
+        );
         bad(json!({"model": "m", "prompt": "x", "min_p": 3}), "min_p");
         bad(json!({"model": "m", "prompt": [1, 2]}), "prompt");
 

@@ -365,11 +365,10 @@ mod tests {
     #[test]
     fn upstream_models_parse() {
         let dir = tempfile::tempdir().unwrap();
-        let body = template("m").replace("path = \"m\"\n", "")
-            .replace(
-                "kv_cache_mb = 2048",
-                "[models.upstream]\nbase_url = \"http://127.0.0.1:8000/v1/\"\nmodel = \"qwen\"",
-            );
+        let body = template("m").replace("path = \"m\"\n", "").replace(
+            "kv_cache_mb = 2048",
+            "[models.upstream]\nbase_url = \"http://127.0.0.1:8000/v1/\"\nmodel = \"qwen\"",
+        );
         let cfg = NodeConfig::from_file(&write(dir.path(), &body)).unwrap();
         match &cfg.models[0].source {
             ModelSource::Upstream(u) => {

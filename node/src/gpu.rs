@@ -31,7 +31,8 @@ fn detect_inner() -> Result<Vec<GpuInfo>, String> {
     let mut gpus = Vec::new();
     for ordinal in 0..count.max(0) {
         let dev = result::device::get(ordinal).map_err(|e| format!("device {ordinal}: {e}"))?;
-        let name = result::device::get_name(dev).map_err(|e| format!("device {ordinal} name: {e}"))?;
+        let name =
+            result::device::get_name(dev).map_err(|e| format!("device {ordinal} name: {e}"))?;
         // SAFETY: `dev` was returned by `device::get` above.
         let bytes = unsafe { result::device::total_mem(dev) }
             .map_err(|e| format!("device {ordinal} memory: {e}"))?;

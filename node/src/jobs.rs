@@ -165,7 +165,9 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
     };
     let served = match &model.backend {
         Backend::Text(scheduler) => serve_text(&mut stream, &request, scheduler).await,
-        Backend::Embed(embedder) => serve_embed(&ctx, &mut stream, &request, &model, embedder).await,
+        Backend::Embed(embedder) => {
+            serve_embed(&ctx, &mut stream, &request, &model, embedder).await
+        }
         Backend::Upstream(upstream) => {
             serve_upstream(&ctx, &mut stream, &request, &model, upstream).await
         }
@@ -251,7 +253,9 @@ fn engine_failure(e: EngineError) -> Served {
         EngineError::InvalidInput(_) | EngineError::Tokenizer(_) => {
             Served::Failed(JobErrorCode::InvalidRequest, e.to_string())
         }
-        EngineError::Unsupported(_) => Served::Failed(JobErrorCode::UnsupportedInput, e.to_string()),
+        EngineError::Unsupported(_) => {
+            Served::Failed(JobErrorCode::UnsupportedInput, e.to_string())
+        }
         other => {
             tracing::warn!(error = %other, "generation failed");
             Served::Failed(JobErrorCode::Internal, other.to_string())
@@ -304,7 +308,10 @@ async fn serve_text(stream: &mut Stream, request: &JobRequest, scheduler: &Sched
             SeqEvent::Failed(e) => return engine_failure(e),
         }
     }
-    Served::Failed(JobErrorCode::Internal, "the model's scheduler stopped".into())
+    Served::Failed(
+        JobErrorCode::Internal,
+        "the model's scheduler stopped".into(),
+    )
 }
 
 async fn serve_embed(
@@ -317,7 +324,10 @@ async fn serve_embed(
     let JobInput::Embed { inputs } = &request.input else {
         return Served::Failed(
             JobErrorCode::UnsupportedInput,
-            format!("{:?} is an embedding model; it does not generate text", request.model),
+            format!(
+                "{:?} is an embedding model; it does not generate text",
+                request.model
+            ),
         );
     };
     let Some(slot) = admit(ctx, model).await else {
@@ -336,7 +346,10 @@ async fn serve_embed(
         }
     };
     let digest = sharenet_proto::embeddings_digest(&out.vectors);
-    if send(stream, &JobEvent::Embeddings { data: out.vectors }).await.is_err() {
+    if send(stream, &JobEvent::Embeddings { data: out.vectors })
+        .await
+        .is_err()
+    {
         return Served::Gone;
     }
     Served::Done {

@@ -81,7 +81,11 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
                 t.format(),
                 s.num_layers,
                 t.context_length(),
-                if t.has_chat_template() { "own" } else { "fallback" },
+                if t.has_chat_template() {
+                    "own"
+                } else {
+                    "fallback"
+                },
                 hex(&t.weights_sha256())
             );
             (Loaded::Text(Arc::new(t)), summary)

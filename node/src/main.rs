@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
 use candle_core::quantized::GgmlDType;
+use clap::{Parser, Subcommand};
 use sharenet_engine::Arch;
 use sharenet_engine::tiny::{TinyConfig, write_tiny_gguf, write_tiny_model};
 use sharenet_ledger::{ReceiptStore, SledReceiptStore};

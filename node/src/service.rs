@@ -193,7 +193,12 @@ fn serve_model(
                 Box::new(move || notify.notify_one()),
             )
             .with_context(|| format!("start the scheduler for {:?}", m.id))?;
-            (Backend::Text(scheduler), ModelKind::Text, context, Some(hash))
+            (
+                Backend::Text(scheduler),
+                ModelKind::Text,
+                context,
+                Some(hash),
+            )
         }
         (Loaded::Embed(e), _) => {
             let context = u32::try_from(e.max_tokens()).unwrap_or(u32::MAX);

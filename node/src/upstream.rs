@@ -27,9 +27,18 @@ use crate::config::UpstreamConfig;
 /// What the forwarding task reports.
 #[derive(Debug)]
 pub(crate) enum UpstreamEvent {
-    Piece { text: String, tokens: u32 },
-    Done { usage: Usage, finish_reason: FinishReason },
-    Failed { code: JobErrorCode, message: String },
+    Piece {
+        text: String,
+        tokens: u32,
+    },
+    Done {
+        usage: Usage,
+        finish_reason: FinishReason,
+    },
+    Failed {
+        code: JobErrorCode,
+        message: String,
+    },
 }
 
 /// Longest SSE line accepted from an upstream.
@@ -95,7 +104,11 @@ impl Upstream {
         }
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<reqwest::Response, (JobErrorCode, String)> {
+    async fn post(
+        &self,
+        url: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, (JobErrorCode, String)> {
         let mut req = self.http.post(url).json(body);
         if let Some(key) = &self.config.api_key {
             req = req.bearer_auth(key);
@@ -125,7 +138,11 @@ impl Upstream {
 
     /// The prompt's token count from the upstream itself, for servers that
     /// do not report usage in streams.
-    async fn probe_prompt_tokens(&self, url: &str, body: &Value) -> Result<u32, (JobErrorCode, String)> {
+    async fn probe_prompt_tokens(
+        &self,
+        url: &str,
+        body: &Value,
+    ) -> Result<u32, (JobErrorCode, String)> {
         let mut probe = body.clone();
         probe["stream"] = json!(false);
         probe["max_tokens"] = json!(1);
@@ -133,12 +150,12 @@ impl Upstream {
             o.remove("stream_options");
         }
         tracing::debug!(%url, "upstream sent no usage in its stream; probing the prompt size");
-        let v: Value = self
-            .post(url, &probe)
-            .await?
-            .json()
-            .await
-            .map_err(|e| (JobErrorCode::Upstream, format!("read upstream usage probe: {e}")))?;
+        let v: Value = self.post(url, &probe).await?.json().await.map_err(|e| {
+            (
+                JobErrorCode::Upstream,
+                format!("read upstream usage probe: {e}"),
+            )
+        })?;
         v["usage"]["prompt_tokens"]
             .as_u64()
             .map(|n| n.min(u64::from(u32::MAX)) as u32)

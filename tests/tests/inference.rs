@@ -19,13 +19,21 @@ async fn completions_with_logprobs_stream_and_settle_like_chat() {
     assert_eq!(r["object"], "text_completion", "{r}");
     let text = r["choices"][0]["text"].as_str().unwrap().to_string();
     let lp = &r["choices"][0]["logprobs"];
-    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
     assert_eq!(tokens.concat(), text);
     let n = tokens.len();
     assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
     assert_eq!(lp["text_offset"][0], 0);
     for top in lp["top_logprobs"].as_array().unwrap() {
-        assert_eq!(top.as_object().unwrap().len().min(3), top.as_object().unwrap().len());
+        assert_eq!(
+            top.as_object().unwrap().len().min(3),
+            top.as_object().unwrap().len()
+        );
     }
     let completion_tokens = r["usage"]["completion_tokens"].as_u64().unwrap() as usize;
     let stopped = r["choices"][0]["finish_reason"] == "stop";
@@ -53,7 +61,10 @@ async fn completions_with_logprobs_stream_and_settle_like_chat() {
     // The receipt covers exactly that completion.
     let id = r["receipt_id"].as_str().unwrap();
     let receipt: Value = t.get(&format!("receipts/{id}")).await.json().await.unwrap();
-    assert_eq!(receipt["receipt"]["output_tokens"].as_u64().unwrap() as usize, completion_tokens);
+    assert_eq!(
+        receipt["receipt"]["output_tokens"].as_u64().unwrap() as usize,
+        completion_tokens
+    );
     t.stop().await;
 }
 
@@ -64,11 +75,19 @@ async fn embeddings_on_real_minilm_weights_are_metered_and_receipted() {
         .add_node(vec![ModelConfig::local("minilm", minilm_dir(), 20, 0)])
         .await;
     let r = t
-        .post("embeddings", &json!({"model": "minilm", "input": ["This is an example sentence", "another one"]}))
+        .post(
+            "embeddings",
+            &json!({"model": "minilm", "input": ["This is an example sentence", "another one"]}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    let first: Vec<f64> = v["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let first: Vec<f64> = v["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     assert_eq!(first.len(), 384);
     for (got, want) in first.iter().zip([0.0677, 0.0635, 0.0487]) {
         assert!((got - want).abs() < 1e-4, "{:?}", &first[..3]);
@@ -76,18 +95,31 @@ async fn embeddings_on_real_minilm_weights_are_metered_and_receipted() {
     assert_eq!(v["data"][1]["index"], 1);
     let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(prompt_tokens >= 8, "{v}");
-    assert_eq!(v["usage"]["cost"]["provider_nano_usd"].as_u64().unwrap(), 20 * prompt_tokens);
+    assert_eq!(
+        v["usage"]["cost"]["provider_nano_usd"].as_u64().unwrap(),
+        20 * prompt_tokens
+    );
     let id = v["receipt_id"].as_str().unwrap();
     let receipt: Value = t.get(&format!("receipts/{id}")).await.json().await.unwrap();
-    assert_eq!(receipt["receipt"]["input_tokens"].as_u64().unwrap(), prompt_tokens);
+    assert_eq!(
+        receipt["receipt"]["input_tokens"].as_u64().unwrap(),
+        prompt_tokens
+    );
     assert_eq!(receipt["receipt"]["output_tokens"], 0);
 
     // The wrong endpoint for each kind of model is a 400 naming `model`.
-    let r = t.post("chat/completions", &json!({"model": "minilm", "messages": [{"role": "user", "content": "x"}]})).await;
+    let r = t
+        .post(
+            "chat/completions",
+            &json!({"model": "minilm", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["param"], "model", "{e}");
-    let r = t.post("embeddings", &json!({"model": MODEL, "input": "x"})).await;
+    let r = t
+        .post("embeddings", &json!({"model": MODEL, "input": "x"}))
+        .await;
     assert_eq!(r.status(), 400);
     t.stop().await;
 }
@@ -109,7 +141,14 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
     let _server = tokio::process::Command::new(python())
         .arg(workspace_root().join("tests/python/llama_server.py"))
         .args(["--model", gguf.to_str().unwrap(), "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string(), "--n_ctx", "1024", "--model_alias", "tiny"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--n_ctx",
+            "1024",
+            "--model_alias",
+            "tiny",
+        ])
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -118,8 +157,18 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
     let base = format!("http://127.0.0.1:{port}/v1");
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while http.get(format!("{base}/models")).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(tokio::time::Instant::now() < deadline, "llama.cpp server did not start");
+    while http
+        .get(format!("{base}/models"))
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "llama.cpp server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _node = t
@@ -145,35 +194,65 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
         .json()
         .await
         .unwrap();
-    let want_text = direct["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let want_text = direct["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let want_in = direct["usage"]["prompt_tokens"].as_u64().unwrap();
     let want_out = direct["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(want_out > 0);
 
     // Non-streaming through the network: the upstream's text and usage, billed.
-    let body = json!({"model": "tiny-upstream", "messages": messages, "max_tokens": 12, "temperature": 0});
-    let r: Value = t.post("chat/completions", &body).await.json().await.unwrap();
-    assert_eq!(r["choices"][0]["message"]["content"], want_text.as_str(), "{r}");
+    let body =
+        json!({"model": "tiny-upstream", "messages": messages, "max_tokens": 12, "temperature": 0});
+    let r: Value = t
+        .post("chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["choices"][0]["message"]["content"],
+        want_text.as_str(),
+        "{r}"
+    );
     assert_eq!(r["usage"]["prompt_tokens"].as_u64().unwrap(), want_in);
     assert_eq!(r["usage"]["completion_tokens"].as_u64().unwrap(), want_out);
     let id = r["receipt_id"].as_str().unwrap();
     let receipt: Value = t.get(&format!("receipts/{id}")).await.json().await.unwrap();
-    assert_eq!(receipt["receipt"]["input_tokens"].as_u64().unwrap(), want_in);
-    assert_eq!(receipt["receipt"]["output_tokens"].as_u64().unwrap(), want_out);
-    assert_eq!(receipt["receipt"]["amount"].as_u64().unwrap(), 7 * want_in + 11 * want_out);
+    assert_eq!(
+        receipt["receipt"]["input_tokens"].as_u64().unwrap(),
+        want_in
+    );
+    assert_eq!(
+        receipt["receipt"]["output_tokens"].as_u64().unwrap(),
+        want_out
+    );
+    assert_eq!(
+        receipt["receipt"]["amount"].as_u64().unwrap(),
+        7 * want_in + 11 * want_out
+    );
 
     // Streaming: passed through chunk by chunk, same text, usage at the end.
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
     sbody["stream_options"] = json!({"include_usage": true});
-    let raw = t.post("chat/completions", &sbody).await.text().await.unwrap();
+    let raw = t
+        .post("chat/completions", &sbody)
+        .await
+        .text()
+        .await
+        .unwrap();
     let events = sse_data(&raw);
     let mut text = String::new();
     let mut content_chunks = 0;
     let mut usage = Value::Null;
     for e in events.iter().filter(|e| *e != "[DONE]") {
         let v: Value = serde_json::from_str(e).unwrap();
-        if let Some(c) = v["choices"][0]["delta"]["content"].as_str().filter(|c| !c.is_empty()) {
+        if let Some(c) = v["choices"][0]["delta"]["content"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+        {
             text.push_str(c);
             content_chunks += 1;
         }
@@ -182,7 +261,10 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
         }
     }
     assert_eq!(text, want_text);
-    assert!(content_chunks > 1 || want_out == 1, "streamed in {content_chunks} chunks");
+    assert!(
+        content_chunks > 1 || want_out == 1,
+        "streamed in {content_chunks} chunks"
+    );
     assert_eq!(usage["completion_tokens"].as_u64().unwrap(), want_out);
 
     // Legacy completions are forwarded too.

@@ -76,7 +76,8 @@ impl Embedder {
         let dims = raw
             .get("hidden_size")
             .and_then(|v| v.as_u64())
-            .ok_or_else(|| parse_err(&config_path, "missing hidden_size"))? as usize;
+            .ok_or_else(|| parse_err(&config_path, "missing hidden_size"))?
+            as usize;
         let max_pos = raw
             .get("max_position_embeddings")
             .and_then(|v| v.as_u64())
@@ -226,7 +227,11 @@ impl Embedder {
             }
         };
         let pooled = if self.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f32::MAX)?;
             pooled.broadcast_div(&norm)?
         } else {
             pooled

@@ -75,7 +75,11 @@ pub fn hash_files(
 ) -> Result<[u8; 32], EngineError> {
     let total: u64 = files
         .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).map_err(|e| read_err(f, e)))
+        .map(|f| {
+            std::fs::metadata(f)
+                .map(|m| m.len())
+                .map_err(|e| read_err(f, e))
+        })
         .sum::<Result<u64, _>>()?;
     let mut hasher = Sha256::new();
     let mut done = 0u64;
@@ -196,11 +200,13 @@ impl TextModel {
             .join(", ");
         // SAFETY: the files are memory-mapped read-only; the node does not
         // modify model files while serving (documented in the README).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &candle_core::Device::Cpu) }
-            .map_err(|e| EngineError::Weights {
-                path: desc.clone(),
-                reason: e.to_string(),
-            })?;
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&files, DType::F32, &candle_core::Device::Cpu)
+        }
+        .map_err(|e| EngineError::Weights {
+            path: desc.clone(),
+            reason: e.to_string(),
+        })?;
         let transformer = Transformer::load(spec, WeightSource::Safetensors { vb, files: desc })?;
         Ok(Self {
             transformer,
@@ -319,8 +325,7 @@ impl TextModel {
             .encode(text.as_str(), false)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(encoding.get_ids().len() + 1);
-        let bos_in_text =
-            !self.template.bos().is_empty() && text.starts_with(self.template.bos());
+        let bos_in_text = !self.template.bos().is_empty() && text.starts_with(self.template.bos());
         if self.add_bos
             && !bos_in_text
             && let Some(bos) = self.spec().bos_token_id
@@ -447,8 +452,10 @@ fn tokenizer_from_gguf(
             .map_err(|e| parse_err(path, format!("token {id}: {e}")))?;
         vocab.insert(text.clone(), json!(id));
         if types.get(id) == Some(&3) {
-            added.push(json!({"id": id, "content": text, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true}));
+            added.push(
+                json!({"id": id, "content": text, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}),
+            );
         }
     }
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});

@@ -295,7 +295,9 @@ mod tests {
             &[],
             3,
         );
-        let seq: Vec<u32> = (0..3).map(|_| freq.sample(&mut base.clone()).token).collect();
+        let seq: Vec<u32> = (0..3)
+            .map(|_| freq.sample(&mut base.clone()).token)
+            .collect();
         assert_eq!(seq, vec![0, 1, 0]);
 
         let mut pres = Sampler::new(
@@ -307,7 +309,9 @@ mod tests {
             &[],
             3,
         );
-        let seq: Vec<u32> = (0..3).map(|_| pres.sample(&mut base.clone()).token).collect();
+        let seq: Vec<u32> = (0..3)
+            .map(|_| pres.sample(&mut base.clone()).token)
+            .collect();
         assert_eq!(seq, vec![0, 1, 2]);
 
         // Repetition penalty counts the prompt too.

@@ -22,10 +22,10 @@ use std::time::Duration;
 use sharenet_proto::SamplingParams;
 use tokio::sync::mpsc;
 
+use crate::EngineError;
 use crate::model::{Generation, Piece, TextModel};
 use crate::sequence::Sequence;
 use crate::transformer::Transformer;
-use crate::EngineError;
 
 /// Events per job buffered in its channel before the job's own backlog.
 const EVENT_CAPACITY: usize = 64;
@@ -384,7 +384,9 @@ impl Worker {
                 closed: false,
             },
             Err(e) => {
-                self.shared.kv_used.fetch_sub(job.kv_bytes, Ordering::Relaxed);
+                self.shared
+                    .kv_used
+                    .fetch_sub(job.kv_bytes, Ordering::Relaxed);
                 let _ = job.tx.try_send(SeqEvent::Failed(e));
                 return;
             }
@@ -418,8 +420,9 @@ impl Worker {
 
     /// One batched decode step over every active sequence.
     fn step(&mut self) -> Result<(), EngineError> {
-        let (gone, keep): (Vec<Active>, Vec<Active>) =
-            std::mem::take(&mut self.active).into_iter().partition(Active::gone);
+        let (gone, keep): (Vec<Active>, Vec<Active>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(Active::gone);
         self.active = keep;
         for a in gone {
             self.retire(a);

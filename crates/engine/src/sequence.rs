@@ -4,11 +4,11 @@
 
 use sharenet_proto::{FinishReason, SamplingParams, TokenLogprob, TopLogprob};
 
+use crate::EngineError;
 use crate::model::{Generation, Piece, TextModel};
 use crate::sampling::Sampler;
 use crate::streamer::Streamer;
 use crate::transformer::{SeqCache, Transformer};
-use crate::EngineError;
 
 pub(crate) struct Sequence {
     cache: SeqCache,

@@ -119,9 +119,7 @@ impl ModelSpec {
             ))
         })?;
         let num_heads = raw.num_attention_heads;
-        let head_dim = raw
-            .head_dim
-            .unwrap_or(raw.hidden_size / num_heads.max(1));
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / num_heads.max(1));
         let rope_scaling = match raw.rope_scaling {
             None => None,
             Some(s) => match s.rope_type.as_deref().or(s.kind.as_deref()) {
@@ -223,8 +221,11 @@ impl ModelSpec {
             .map(|v| v.len())
             .ok_or_else(|| parse("missing tokenizer.ggml.tokens".into()))?;
         let token_id = |key: &str| {
-            md.get(key)
-                .and_then(|v| v.to_u32().ok().or_else(|| v.to_i32().ok().map(|i| i as u32)))
+            md.get(key).and_then(|v| {
+                v.to_u32()
+                    .ok()
+                    .or_else(|| v.to_i32().ok().map(|i| i as u32))
+            })
         };
         Self {
             arch,
@@ -344,7 +345,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("/m/config.json") && err.contains("gpt_neox"), "{err}");
+        assert!(
+            err.contains("/m/config.json") && err.contains("gpt_neox"),
+            "{err}"
+        );
         let err = ModelSpec::from_config_json(
             p,
             r#"{"model_type":"llama","vocab_size":1,"hidden_size":8,"intermediate_size":8,

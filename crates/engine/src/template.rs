@@ -49,7 +49,9 @@ impl ChatTemplate {
             None => None,
             Some(src) => {
                 let mut env = Environment::new();
-                env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+                env.set_unknown_method_callback(
+                    minijinja_contrib::pycompat::unknown_method_callback,
+                );
                 env.add_function("raise_exception", raise_exception);
                 env.add_template_owned(NAME, src)
                     .map_err(|e| format!("chat template does not compile: {e}"))?;
@@ -140,10 +142,17 @@ mod tests {
     #[test]
     fn renders_llama3_style_with_python_methods_and_bos() {
         let src = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
-        let t = ChatTemplate::new(Some(src.into()), "<|begin_of_text|>".into(), "<|eot_id|>".into())
-            .unwrap();
+        let t = ChatTemplate::new(
+            Some(src.into()),
+            "<|begin_of_text|>".into(),
+            "<|eot_id|>".into(),
+        )
+        .unwrap();
         let out = t.render(&msgs()).unwrap();
-        assert!(out.starts_with("<|begin_of_text|><|start_header_id|>system"), "{out}");
+        assert!(
+            out.starts_with("<|begin_of_text|><|start_header_id|>system"),
+            "{out}"
+        );
         assert!(out.contains("\n\nhi<|eot_id|>"), "{out}");
         let py = ChatTemplate::new(
             Some("{{ messages[1]['content'].strip() }}{% if messages[0]['role'].startswith('sys') %}!{% endif %}".into()),

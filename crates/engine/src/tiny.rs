@@ -219,7 +219,11 @@ pub fn write_tiny_model(dir: &Path, seed: u64, shape: TinyConfig) -> Result<(), 
     }
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("tokenizer.json"), &byte_level_tokenizer())?;
-    let eos = if shape.arch == Arch::Qwen2 { "<|im_end|>" } else { "</s>" };
+    let eos = if shape.arch == Arch::Qwen2 {
+        "<|im_end|>"
+    } else {
+        "</s>"
+    };
     let mut tc = json!({"bos_token": "<s>", "eos_token": eos, "model_max_length": shape.max_position_embeddings});
     if let Some(t) = chat_template(shape.arch) {
         tc["chat_template"] = json!(t);
@@ -260,7 +264,11 @@ pub fn write_tiny_gguf(
         std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
     }
     let tensors = tensors(seed, &shape)?;
-    let arch = if shape.arch == Arch::Qwen2 { "qwen2" } else { "llama" };
+    let arch = if shape.arch == Arch::Qwen2 {
+        "qwen2"
+    } else {
+        "llama"
+    };
     let head_dim = shape.hidden_size / shape.num_attention_heads.max(1);
     let map = bytes_to_unicode();
     let mut tokens: Vec<Value> = map.iter().map(|c| Value::String(c.to_string())).collect();
@@ -276,19 +284,41 @@ pub fn write_tiny_gguf(
         .iter()
         .map(|(a, b)| Value::String(format!("{a} {b}")))
         .collect();
-    let eos = if shape.arch == Arch::Qwen2 { IM_END } else { EOS };
+    let eos = if shape.arch == Arch::Qwen2 {
+        IM_END
+    } else {
+        EOS
+    };
     let u32v = |n: usize| Value::U32(n as u32);
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
-        ("general.name".into(), Value::String(format!("sharenet tiny {arch}"))),
-        (format!("{arch}.context_length"), u32v(shape.max_position_embeddings)),
+        (
+            "general.name".into(),
+            Value::String(format!("sharenet tiny {arch}")),
+        ),
+        (
+            format!("{arch}.context_length"),
+            u32v(shape.max_position_embeddings),
+        ),
         (format!("{arch}.embedding_length"), u32v(shape.hidden_size)),
         (format!("{arch}.block_count"), u32v(shape.num_hidden_layers)),
-        (format!("{arch}.feed_forward_length"), u32v(shape.intermediate_size)),
+        (
+            format!("{arch}.feed_forward_length"),
+            u32v(shape.intermediate_size),
+        ),
         (format!("{arch}.rope.dimension_count"), u32v(head_dim)),
-        (format!("{arch}.attention.head_count"), u32v(shape.num_attention_heads)),
-        (format!("{arch}.attention.head_count_kv"), u32v(shape.num_key_value_heads)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            format!("{arch}.attention.head_count"),
+            u32v(shape.num_attention_heads),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u32v(shape.num_key_value_heads),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
         (format!("{arch}.rope.freq_base"), Value::F32(10_000.0)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("default".into())),
@@ -297,7 +327,10 @@ pub fn write_tiny_gguf(
         ("tokenizer.ggml.merges".into(), Value::Array(merges)),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(BOS)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)),
-        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(shape.arch != Arch::Qwen2)),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            Value::Bool(shape.arch != Arch::Qwen2),
+        ),
     ];
     if let Some(t) = chat_template(shape.arch) {
         md.push(("tokenizer.chat_template".into(), Value::String(t.into())));
@@ -393,8 +426,10 @@ fn byte_level_tokenizer() -> serde_json::Value {
     let mut added = Vec::new();
     for (id, text) in SPECIALS {
         vocab.insert(text.to_string(), json!(id));
-        added.push(json!({"id": id, "content": text, "single_word": false, "lstrip": false,
-               "rstrip": false, "normalized": false, "special": true}));
+        added.push(
+            json!({"id": id, "content": text, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": false, "special": true}),
+        );
     }
     let merges: Vec<String> = MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect();
     json!({

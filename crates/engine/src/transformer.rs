@@ -204,9 +204,21 @@ impl Transformer {
             let v_bias = bias("self_attn.v_proj.bias", "attn_v.bias", kvd)?;
             layers.push(Layer {
                 attn_norm: w.dense(&hf("input_layernorm.weight"), &gg("attn_norm.weight"), &[h])?,
-                q: w.matrix(&hf("self_attn.q_proj.weight"), &gg("attn_q.weight"), (qd, h))?,
-                k: w.matrix(&hf("self_attn.k_proj.weight"), &gg("attn_k.weight"), (kvd, h))?,
-                v: w.matrix(&hf("self_attn.v_proj.weight"), &gg("attn_v.weight"), (kvd, h))?,
+                q: w.matrix(
+                    &hf("self_attn.q_proj.weight"),
+                    &gg("attn_q.weight"),
+                    (qd, h),
+                )?,
+                k: w.matrix(
+                    &hf("self_attn.k_proj.weight"),
+                    &gg("attn_k.weight"),
+                    (kvd, h),
+                )?,
+                v: w.matrix(
+                    &hf("self_attn.v_proj.weight"),
+                    &gg("attn_v.weight"),
+                    (kvd, h),
+                )?,
                 o: w.matrix(
                     &hf("self_attn.o_proj.weight"),
                     &gg("attn_output.weight"),

@@ -2,6 +2,8 @@
 //! fetched by scripts/setup-test-deps) against sentence-transformers'
 //! reference output.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use sharenet_engine::Embedder;
@@ -10,7 +12,8 @@ fn minilm() -> PathBuf {
     let dir = std::env::var_os("SHARENET_MINILM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/all-minilm-l6-v2")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/test-models/all-minilm-l6-v2")
         });
     assert!(
         dir.join("model.safetensors").exists(),

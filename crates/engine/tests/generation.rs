@@ -2,6 +2,8 @@
 //! loading, chat templates, sampling rules, logprobs, and the batching
 //! scheduler (concurrency, cancellation, saturation).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,7 +106,11 @@ fn every_architecture_and_format_loads_and_generates_deterministically() {
         let b = run(&model, &chat("Hello there"), &p);
         assert_eq!(a.text, b.text, "{name}: same seed, same text");
         assert_eq!(a.generation, b.generation, "{name}");
-        assert!(a.tokens >= 1 && a.tokens <= 24, "{name}: {} tokens", a.tokens);
+        assert!(
+            a.tokens >= 1 && a.tokens <= 24,
+            "{name}: {} tokens",
+            a.tokens
+        );
         let c = run(&model, &chat("Hello there"), &params(43, 24));
         assert!(
             c.text != a.text || c.tokens != a.tokens,
@@ -118,7 +124,9 @@ fn gguf_and_safetensors_of_the_same_shape_report_their_format_and_hash() {
     let f = gguf(Arch::Qwen2, GgmlDType::Q8_0);
     let model = TextModel::load(&f.path).unwrap();
     assert_eq!(model.spec().arch, Arch::Qwen2);
-    assert!(matches!(model.format(), sharenet_engine::WeightsFormat::Gguf { dtype } if dtype == "Q8_0"));
+    assert!(
+        matches!(model.format(), sharenet_engine::WeightsFormat::Gguf { dtype } if dtype == "Q8_0")
+    );
     let bytes = std::fs::read(&f.path).unwrap();
     assert_eq!(model.weights_sha256(), sharenet_proto::sha256(&bytes));
     let s = safetensors(Arch::Llama);
@@ -136,7 +144,11 @@ fn chat_uses_the_models_own_template_or_the_fallback() {
     let text = model.decode(&ids).unwrap();
     // Special tokens are dropped by decode; the template's newlines stay.
     assert_eq!(text, "user\nhi\nassistant\n");
-    assert_eq!(ids[0], tiny::EOS + 1, "ChatML starts with <|im_start|>, no BOS");
+    assert_eq!(
+        ids[0],
+        tiny::EOS + 1,
+        "ChatML starts with <|im_start|>, no BOS"
+    );
 
     let mistral = gguf(Arch::Mistral, GgmlDType::Q8_0);
     let model = TextModel::load(&mistral.path).unwrap();
@@ -223,7 +235,15 @@ fn logprobs_are_per_token_with_sorted_alternatives() {
         assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
     }
     // Without the flag, none.
-    let plain = run(&model, &chat("hi"), &SamplingParams { logprobs: false, top_logprobs: 0, ..p });
+    let plain = run(
+        &model,
+        &chat("hi"),
+        &SamplingParams {
+            logprobs: false,
+            top_logprobs: 0,
+            ..p
+        },
+    );
     assert!(plain.logprobs.is_empty());
 }
 
@@ -240,12 +260,22 @@ fn bad_files_are_errors_naming_the_file() {
     // A config that disagrees with the weights' shapes.
     let config_path = f.path.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
-    std::fs::write(&config_path, config.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96")).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96"),
+    )
+    .unwrap();
     let err = TextModel::load(&f.path).err().unwrap().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("shape"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("shape"),
+        "{err}"
+    );
     std::fs::write(&config_path, config.replace("\"llama\"", "\"gpt2\"")).unwrap();
     let err = TextModel::load(&f.path).err().unwrap().to_string();
-    assert!(err.contains("config.json") && err.contains("unsupported"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("unsupported"),
+        "{err}"
+    );
     std::fs::write(&config_path, config).unwrap();
 
     std::fs::remove_file(f.path.join("tokenizer.json")).unwrap();
@@ -257,7 +287,10 @@ fn bad_files_are_errors_naming_the_file() {
     std::fs::write(&g.path, &bytes[..bytes.len() / 2]).unwrap();
     let err = TextModel::load(&g.path).err().unwrap().to_string();
     assert!(err.contains("model.gguf"), "{err}");
-    let err = TextModel::load(Path::new("/nonexistent/model.gguf")).err().unwrap().to_string();
+    let err = TextModel::load(Path::new("/nonexistent/model.gguf"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
 }
 
@@ -347,7 +380,10 @@ fn saturation_refuses_and_cancellation_frees_the_slot() {
     };
     let mut first = sched.submit(prompt.clone(), long.clone()).unwrap();
     // Wait until it is generating, so the next job queues behind it.
-    assert!(matches!(first.events.blocking_recv(), Some(SeqEvent::Piece(_))));
+    assert!(matches!(
+        first.events.blocking_recv(),
+        Some(SeqEvent::Piece(_))
+    ));
     let queued = sched.submit(prompt.clone(), long.clone()).unwrap();
     wait_until("one running, one waiting", || {
         let l = sched.load();
@@ -362,7 +398,10 @@ fn saturation_refuses_and_cancellation_frees_the_slot() {
     // Dropping the running job cancels it; the queued one gets the slot.
     drop(first);
     let mut queued = queued;
-    assert!(matches!(queued.events.blocking_recv(), Some(SeqEvent::Piece(_))));
+    assert!(matches!(
+        queued.events.blocking_recv(),
+        Some(SeqEvent::Piece(_))
+    ));
     wait_until("queue empty", || sched.load().waiting == 0);
     drop(queued);
     wait_until("idle", || {
@@ -371,7 +410,13 @@ fn saturation_refuses_and_cancellation_frees_the_slot() {
     });
     let (_, g) = collect(
         sched
-            .submit(prompt, SamplingParams { max_tokens: 3, ..long })
+            .submit(
+                prompt,
+                SamplingParams {
+                    max_tokens: 3,
+                    ..long
+                },
+            )
             .unwrap(),
     );
     assert_eq!(g.completion_tokens, 3);
@@ -394,13 +439,25 @@ fn a_job_larger_than_the_kv_budget_is_refused_up_front() {
     .unwrap();
     let prompt = model.encode_input(&chat("go")).unwrap();
     let err = sched
-        .submit(prompt.clone(), SamplingParams { max_tokens: 500, ..SamplingParams::default() })
+        .submit(
+            prompt.clone(),
+            SamplingParams {
+                max_tokens: 500,
+                ..SamplingParams::default()
+            },
+        )
         .err()
         .unwrap();
     assert!(matches!(err, SubmitError::TooLarge { .. }), "{err}");
     let (_, g) = collect(
         sched
-            .submit(prompt, SamplingParams { max_tokens: 10, ..SamplingParams::default() })
+            .submit(
+                prompt,
+                SamplingParams {
+                    max_tokens: 10,
+                    ..SamplingParams::default()
+                },
+            )
             .unwrap(),
     );
     assert!(g.completion_tokens <= 10);

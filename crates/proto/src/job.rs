@@ -194,7 +194,10 @@ impl JobRequest {
                     return Err(invalid("input", "must not be empty"));
                 }
                 if inputs.len() > MAX_EMBED_INPUTS {
-                    return Err(invalid("input", format!("at most {MAX_EMBED_INPUTS} texts")));
+                    return Err(invalid(
+                        "input",
+                        format!("at most {MAX_EMBED_INPUTS} texts"),
+                    ));
                 }
                 if inputs.iter().any(|s| s.is_empty()) {
                     return Err(invalid("input", "texts must not be empty"));

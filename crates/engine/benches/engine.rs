@@ -1,0 +1,264 @@
+//! Engine benchmark: decode speed at concurrency 1 against llama.cpp on the
+//! same GGUF (measured in the same run), aggregate decode speed at
+//! concurrency 8 with continuous batching, time to first token, and
+//! sentence embeddings per second for all-MiniLM-L6-v2.
+//!
+//!     cargo bench -p sharenet-engine --bench engine
+//!
+//! llama.cpp comes from `.venv` (scripts/setup-test-deps) or
+//! `SHARENET_PYTHON`; MiniLM from `SHARENET_MINILM_DIR` or
+//! `target/test-models/all-minilm-l6-v2`. Either missing: that row is
+//! reported as skipped, with why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::quantized::GgmlDType;
+use sharenet_engine::tiny::{TinyConfig, write_tiny_gguf};
+use sharenet_engine::{Embedder, Scheduler, SchedulerConfig, SeqEvent, TextModel};
+use sharenet_proto::{JobInput, SamplingParams};
+
+const PROMPT: &str = "The quick brown fox jumps over the lazy dog and then";
+const MAX_TOKENS: u32 = 128;
+const RUNS: usize = 3;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn params() -> SamplingParams {
+    SamplingParams {
+        max_tokens: MAX_TOKENS,
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+/// (time to first token ms, decode tokens/s, tokens) for one sequence.
+fn single(model: &TextModel) -> (f64, f64, u32) {
+    let prompt = model
+        .encode_input(&JobInput::Prompt {
+            prompt: PROMPT.into(),
+        })
+        .unwrap_or_default();
+    let mut best = (0.0, 0.0, 0);
+    for _ in 0..=RUNS {
+        let start = Instant::now();
+        let mut first = None;
+        let mut last = start;
+        let mut n = 0u32;
+        let _ = model.generate(&prompt, &params(), |p| {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+            n += p.tokens;
+            true
+        });
+        let first = first.unwrap_or(last);
+        let tps = f64::from(n.saturating_sub(1)) / (last - first).as_secs_f64().max(1e-9);
+        if tps > best.1 {
+            best = ((first - start).as_secs_f64() * 1e3, tps, n);
+        }
+    }
+    best
+}
+
+/// Aggregate decode tokens/s with `c` sequences at once through the scheduler.
+fn concurrent(model: &Arc<TextModel>, c: usize) -> f64 {
+    let sched = match Scheduler::start(
+        model.clone(),
+        SchedulerConfig {
+            max_concurrency: c,
+            max_queue: c,
+            kv_cache_bytes: 1 << 30,
+        },
+        Box::new(|| {}),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("start scheduler: {e}");
+            return 0.0;
+        }
+    };
+    let mut best = 0.0;
+    for _ in 0..=RUNS {
+        let handles: Vec<_> = (0..c)
+            .filter_map(|i| {
+                let prompt = model
+                    .encode_input(&JobInput::Prompt {
+                        prompt: format!("{PROMPT} {i}"),
+                    })
+                    .ok()?;
+                sched.submit(prompt, params()).ok()
+            })
+            .collect();
+        let start = Instant::now();
+        let tokens: u32 = std::thread::scope(|s| {
+            let threads: Vec<_> = handles
+                .into_iter()
+                .map(|mut h| {
+                    s.spawn(move || {
+                        let mut n = 0;
+                        while let Some(ev) = h.events.blocking_recv() {
+                            match ev {
+                                SeqEvent::Piece(p) => n += p.tokens,
+                                _ => break,
+                            }
+                        }
+                        n
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap_or(0)).sum()
+        });
+        let tps = f64::from(tokens) / start.elapsed().as_secs_f64();
+        if tps > best {
+            best = tps;
+        }
+    }
+    best
+}
+
+fn python() -> Option<PathBuf> {
+    std::env::var_os("SHARENET_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| Some(root().join(".venv/bin/python")).filter(|p| p.exists()))
+}
+
+fn llama_cpp(gguf: &Path) -> Result<(f64, f64, u32), String> {
+    let py = python().ok_or("no .venv (run scripts/setup-test-deps)")?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let out = std::process::Command::new(py)
+        .arg(root().join("tests/python/bench_llama_cpp.py"))
+        .arg(gguf)
+        .arg(PROMPT)
+        .arg(MAX_TOKENS.to_string())
+        .arg(threads.to_string())
+        .arg(RUNS.to_string())
+        .output()
+        .map_err(|e| format!("run python: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("parse output: {e}"))?;
+    Ok((
+        v["ttft_ms"].as_f64().unwrap_or(0.0),
+        v["decode_tok_s"].as_f64().unwrap_or(0.0),
+        v["tokens"].as_u64().unwrap_or(0) as u32,
+    ))
+}
+
+fn embeddings() -> Result<(f64, f64), String> {
+    let dir = std::env::var_os("SHARENET_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/test-models/all-minilm-l6-v2"));
+    let model = Embedder::load(&dir).map_err(|e| e.to_string())?;
+    let sentence = |i: usize| {
+        format!("sentence number {i} about routing inference to the cheapest trusted node")
+    };
+    let rate = |batch: usize| -> f64 {
+        let texts: Vec<String> = (0..batch).map(sentence).collect();
+        let _ = model.embed(&texts);
+        let rounds = (64 / batch).max(2);
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let _ = model.embed(&texts);
+        }
+        (rounds * batch) as f64 / start.elapsed().as_secs_f64()
+    };
+    Ok((rate(1), rate(32)))
+}
+
+fn main() {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return eprintln!("temp dir: {e}"),
+    };
+    let shape = TinyConfig::bench();
+    let gguf = dir.path().join("bench-q8_0.gguf");
+    if let Err(e) = write_tiny_gguf(&gguf, 1, shape, GgmlDType::Q8_0) {
+        return eprintln!("write model: {e}");
+    }
+    let model = match TextModel::load(&gguf) {
+        Ok(m) => Arc::new(m),
+        Err(e) => return eprintln!("load model: {e}"),
+    };
+    let s = model.spec();
+    println!(
+        "model: generated llama, {} layers, hidden {}, {} heads ({} kv), vocab {}, GGUF Q8_0 ({:.1} MB)",
+        s.num_layers,
+        s.hidden_size,
+        s.num_heads,
+        s.num_kv_heads,
+        s.vocab_size,
+        std::fs::metadata(&gguf).map_or(0, |m| m.len()) as f64 / 1e6
+    );
+    println!("prompt {PROMPT:?}, greedy, max {MAX_TOKENS} tokens, best of {RUNS} runs\n");
+    let (ttft, tps, n) = single(&model);
+    println!("| engine | concurrency | TTFT ms | decode tok/s | tokens |");
+    println!("|---|---|---|---|---|");
+    println!("| sharenet (candle) | 1 | {ttft:.1} | {tps:.0} | {n} |");
+    let base = match llama_cpp(&gguf) {
+        Ok((lt, ltps, ln)) => {
+            println!("| llama.cpp (llama-cpp-python 0.3.36) | 1 | {lt:.1} | {ltps:.0} | {ln} |");
+            Some(ltps)
+        }
+        Err(e) => {
+            println!(
+                "| llama.cpp | 1 | skipped: {} | | |",
+                e.lines().last().unwrap_or("")
+            );
+            None
+        }
+    };
+    let c8 = concurrent(&model, 8);
+    let c1 = concurrent(&model, 1);
+    println!("| sharenet scheduler | 1 | | {c1:.0} (aggregate) | |");
+    println!("| sharenet scheduler | 8 | | {c8:.0} (aggregate) | |");
+    // The same shape with dense f32 weights (safetensors): batching turns
+    // matrix-vector products into matrix-matrix ones.
+    let st = dir.path().join("bench-f32");
+    let dense = sharenet_engine::tiny::write_tiny_model(&st, 1, shape)
+        .map_err(|e| e.to_string())
+        .and_then(|()| TextModel::load(&st).map_err(|e| e.to_string()));
+    let dense_ratio = match dense {
+        Ok(m) => {
+            let m = Arc::new(m);
+            let (dt, dtps, dn) = single(&m);
+            let d1 = concurrent(&m, 1);
+            let d8 = concurrent(&m, 8);
+            println!("| sharenet (candle), safetensors f32 | 1 | {dt:.1} | {dtps:.0} | {dn} |");
+            println!("| sharenet scheduler, safetensors f32 | 1 | | {d1:.0} (aggregate) | |");
+            println!("| sharenet scheduler, safetensors f32 | 8 | | {d8:.0} (aggregate) | |");
+            Some(d8 / d1.max(1e-9))
+        }
+        Err(e) => {
+            println!("| safetensors f32 | | skipped: {e} | | |");
+            None
+        }
+    };
+    println!();
+    if let Some(r) = dense_ratio {
+        println!(
+            "safetensors f32: concurrency 8 / concurrency 1 aggregate: {r:.2}x (target >= 3x)"
+        );
+    }
+    if let Some(b) = base {
+        println!(
+            "llama.cpp / sharenet decode at concurrency 1: {:.2}x (target <= 1.5x)",
+            b / tps
+        );
+    }
+    println!(
+        "GGUF Q8_0: concurrency 8 / concurrency 1 aggregate: {:.2}x (target >= 3x)",
+        c8 / c1.max(1e-9)
+    );
+    match embeddings() {
+        Ok((b1, b32)) => println!(
+            "\nall-MiniLM-L6-v2 embeddings: {b1:.0} sentences/s at batch 1, {b32:.0} sentences/s at batch 32"
+        ),
+        Err(e) => println!("\nembeddings skipped: {e}"),
+    }
+}
