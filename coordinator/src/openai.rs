@@ -198,8 +198,7 @@ impl Sampling<'_> {
 
 impl CompletionRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))
+        parse_body(body)
     }
 
     pub fn into_job(self) -> Result<Job, ApiError> {
@@ -268,8 +267,7 @@ impl CompletionRequest {
 
 impl EmbeddingRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))
+        parse_body(body)
     }
 
     pub fn into_job(self) -> Result<Job, ApiError> {
@@ -330,6 +328,12 @@ impl EmbeddingRequest {
     }
 }
 
+/// A request body as `T`; any failure is a 400 with serde's reason.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))
+}
+
 fn param_error(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message, Some(param))
 }
@@ -337,8 +341,7 @@ fn param_error(message: impl Into<String>, param: &str) -> ApiError {
 impl ChatCompletionRequest {
     /// Parses the body, mapping every failure to a 400 with the reason.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))
+        parse_body(body)
     }
 
     pub fn into_job(self) -> Result<Job, ApiError> {

@@ -7,21 +7,12 @@ Weight repacking is off, as in llama_server.py (it crashes on this CPU).
 """
 
 import json
+import os
 import sys
 import time
 
-import llama_cpp.llama_cpp as lib
-
-_default = lib.llama_model_default_params
-
-
-def _no_repack():
-    p = _default()
-    p.use_extra_bufts = False
-    return p
-
-
-lib.llama_model_default_params = _no_repack
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llama_server  # noqa: E402,F401  (turns weight repacking off)
 from llama_cpp import Llama  # noqa: E402
 
 path, prompt, max_tokens, threads, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -7,11 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::model::{hash_files, parse_err, read_err, weight_files};
+use crate::model::{hash_files, mmap_safetensors, parse_err, read_err, weight_files};
 use crate::{EngineError, Progress};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,18 +135,11 @@ impl Embedder {
         let files = weight_files(dir)?;
         let weights_sha256 = hash_files(&files, progress)?;
         progress(Progress::Loading);
-        let desc = files
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (vb, desc) = mmap_safetensors(&files)?;
         let weights_err = |e: candle_core::Error| EngineError::Weights {
             path: desc.clone(),
             reason: e.to_string(),
         };
-        // SAFETY: read-only memory map of files the node does not modify.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }
-            .map_err(weights_err)?;
         let model = BertModel::load(vb, &config).map_err(weights_err)?;
         Ok(Self {
             model,

@@ -193,20 +193,7 @@ impl TextModel {
         let files = weight_files(dir)?;
         let weights_sha256 = hash_files(&files, progress)?;
         progress(Progress::Loading);
-        let desc = files
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        // SAFETY: the files are memory-mapped read-only; the node does not
-        // modify model files while serving (documented in the README).
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&files, DType::F32, &candle_core::Device::Cpu)
-        }
-        .map_err(|e| EngineError::Weights {
-            path: desc.clone(),
-            reason: e.to_string(),
-        })?;
+        let (vb, desc) = mmap_safetensors(&files)?;
         let transformer = Transformer::load(spec, WeightSource::Safetensors { vb, files: desc })?;
         Ok(Self {
             transformer,
@@ -471,6 +458,28 @@ fn tokenizer_from_gguf(
     let text = serde_json::to_string(&spec).map_err(|e| parse_err(path, e))?;
     text.parse::<Tokenizer>()
         .map_err(|e| parse_err(path, format!("tokenizer from metadata: {e}")))
+}
+
+/// Memory-maps safetensors files as f32 on the CPU; also returns the file
+/// list for error messages.
+pub(crate) fn mmap_safetensors(
+    files: &[PathBuf],
+) -> Result<(VarBuilder<'static>, String), EngineError> {
+    let desc = files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // SAFETY: the files are memory-mapped read-only; the node does not
+    // modify model files while serving (documented in the README).
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(files, DType::F32, &candle_core::Device::Cpu)
+    }
+    .map_err(|e| EngineError::Weights {
+        path: desc.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((vb, desc))
 }
 
 /// `model.safetensors`, or the sorted `*.safetensors` shards in `dir`.
