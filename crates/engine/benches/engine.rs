@@ -64,7 +64,10 @@ fn single(model: &TextModel) -> (f64, f64, u32) {
     best
 }
 
-/// Aggregate decode tokens/s with `c` sequences at once through the scheduler.
+/// Aggregate decode tokens/s with `c` sequences at once through the
+/// scheduler: tokens produced after every sequence has its first token
+/// (prefills done), over the time from then to the last token. Time to
+/// first token is reported separately.
 fn concurrent(model: &Arc<TextModel>, c: usize) -> f64 {
     let sched = match Scheduler::start(
         model.clone(),
@@ -93,26 +96,36 @@ fn concurrent(model: &Arc<TextModel>, c: usize) -> f64 {
                 sched.submit(prompt, params()).ok()
             })
             .collect();
-        let start = Instant::now();
-        let tokens: u32 = std::thread::scope(|s| {
+        // Per sequence: the arrival time of each token.
+        let stamps: Vec<Vec<Instant>> = std::thread::scope(|s| {
             let threads: Vec<_> = handles
                 .into_iter()
                 .map(|mut h| {
                     s.spawn(move || {
-                        let mut n = 0;
+                        let mut t = Vec::new();
                         while let Some(ev) = h.events.blocking_recv() {
                             match ev {
-                                SeqEvent::Piece(p) => n += p.tokens,
+                                SeqEvent::Piece(p) => {
+                                    let now = Instant::now();
+                                    t.extend(std::iter::repeat_n(now, p.tokens as usize));
+                                }
                                 _ => break,
                             }
                         }
-                        n
+                        t
                     })
                 })
                 .collect();
-            threads.into_iter().map(|t| t.join().unwrap_or(0)).sum()
+            threads.into_iter().filter_map(|t| t.join().ok()).collect()
         });
-        let tps = f64::from(tokens) / start.elapsed().as_secs_f64();
+        let (Some(start), Some(end)) = (
+            stamps.iter().filter_map(|t| t.first()).max(),
+            stamps.iter().filter_map(|t| t.last()).max(),
+        ) else {
+            continue;
+        };
+        let decoded = stamps.iter().flatten().filter(|t| *t > start).count();
+        let tps = decoded as f64 / (*end - *start).as_secs_f64().max(1e-9);
         if tps > best {
             best = tps;
         }
@@ -171,23 +184,14 @@ fn embeddings() -> Result<(f64, f64), String> {
     Ok((rate(1), rate(32)))
 }
 
-fn main() {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => return eprintln!("temp dir: {e}"),
-    };
-    let shape = TinyConfig::bench();
-    let gguf = dir.path().join("bench-q8_0.gguf");
-    if let Err(e) = write_tiny_gguf(&gguf, 1, shape, GgmlDType::Q8_0) {
-        return eprintln!("write model: {e}");
-    }
-    let model = match TextModel::load(&gguf) {
-        Ok(m) => Arc::new(m),
-        Err(e) => return eprintln!("load model: {e}"),
-    };
+/// Runs every measurement on one generated shape, printing markdown.
+fn run(label: &str, shape: TinyConfig, dense_too: bool, dir: &Path) -> Result<(), String> {
+    let gguf = dir.join(format!("{label}-q8_0.gguf"));
+    write_tiny_gguf(&gguf, 1, shape, GgmlDType::Q8_0).map_err(|e| e.to_string())?;
+    let model = Arc::new(TextModel::load(&gguf).map_err(|e| e.to_string())?);
     let s = model.spec();
     println!(
-        "model: generated llama, {} layers, hidden {}, {} heads ({} kv), vocab {}, GGUF Q8_0 ({:.1} MB)",
+        "\n### {label}: generated llama, {} layers, hidden {}, {} heads ({} kv), vocab {}, GGUF Q8_0 ({:.1} MB)\n",
         s.num_layers,
         s.hidden_size,
         s.num_heads,
@@ -195,10 +199,9 @@ fn main() {
         s.vocab_size,
         std::fs::metadata(&gguf).map_or(0, |m| m.len()) as f64 / 1e6
     );
-    println!("prompt {PROMPT:?}, greedy, max {MAX_TOKENS} tokens, best of {RUNS} runs\n");
-    let (ttft, tps, n) = single(&model);
     println!("| engine | concurrency | TTFT ms | decode tok/s | tokens |");
     println!("|---|---|---|---|---|");
+    let (ttft, tps, n) = single(&model);
     println!("| sharenet (candle) | 1 | {ttft:.1} | {tps:.0} | {n} |");
     let base = match llama_cpp(&gguf) {
         Ok((lt, ltps, ln)) => {
@@ -213,48 +216,63 @@ fn main() {
             None
         }
     };
-    let c8 = concurrent(&model, 8);
     let c1 = concurrent(&model, 1);
+    let c8 = concurrent(&model, 8);
     println!("| sharenet scheduler | 1 | | {c1:.0} (aggregate) | |");
     println!("| sharenet scheduler | 8 | | {c8:.0} (aggregate) | |");
-    // The same shape with dense f32 weights (safetensors): batching turns
-    // matrix-vector products into matrix-matrix ones.
-    let st = dir.path().join("bench-f32");
-    let dense = sharenet_engine::tiny::write_tiny_model(&st, 1, shape)
-        .map_err(|e| e.to_string())
-        .and_then(|()| TextModel::load(&st).map_err(|e| e.to_string()));
-    let dense_ratio = match dense {
-        Ok(m) => {
-            let m = Arc::new(m);
-            let (dt, dtps, dn) = single(&m);
-            let d1 = concurrent(&m, 1);
-            let d8 = concurrent(&m, 8);
-            println!("| sharenet (candle), safetensors f32 | 1 | {dt:.1} | {dtps:.0} | {dn} |");
-            println!("| sharenet scheduler, safetensors f32 | 1 | | {d1:.0} (aggregate) | |");
-            println!("| sharenet scheduler, safetensors f32 | 8 | | {d8:.0} (aggregate) | |");
-            Some(d8 / d1.max(1e-9))
-        }
-        Err(e) => {
-            println!("| safetensors f32 | | skipped: {e} | | |");
-            None
-        }
-    };
-    println!();
-    if let Some(r) = dense_ratio {
-        println!(
-            "safetensors f32: concurrency 8 / concurrency 1 aggregate: {r:.2}x (target >= 3x)"
-        );
+    let mut ratios = vec![];
+    if dense_too {
+        // The same shape with dense f32 weights (safetensors).
+        let st = dir.join(format!("{label}-f32"));
+        sharenet_engine::tiny::write_tiny_model(&st, 1, shape).map_err(|e| e.to_string())?;
+        let m = Arc::new(TextModel::load(&st).map_err(|e| e.to_string())?);
+        let (dt, dtps, dn) = single(&m);
+        let d1 = concurrent(&m, 1);
+        let d8 = concurrent(&m, 8);
+        println!("| sharenet (candle), safetensors f32 | 1 | {dt:.1} | {dtps:.0} | {dn} |");
+        println!("| sharenet scheduler, safetensors f32 | 1 | | {d1:.0} (aggregate) | |");
+        println!("| sharenet scheduler, safetensors f32 | 8 | | {d8:.0} (aggregate) | |");
+        ratios.push(format!(
+            "safetensors f32: concurrency 8 / 1 aggregate {:.2}x (target >= 3x)",
+            d8 / d1.max(1e-9)
+        ));
     }
+    println!();
     if let Some(b) = base {
         println!(
-            "llama.cpp / sharenet decode at concurrency 1: {:.2}x (target <= 1.5x)",
-            b / tps
+            "- llama.cpp / sharenet decode at concurrency 1: {:.2}x (target <= 1.5x)",
+            b / tps.max(1e-9)
         );
     }
     println!(
-        "GGUF Q8_0: concurrency 8 / concurrency 1 aggregate: {:.2}x (target >= 3x)",
+        "- GGUF Q8_0: concurrency 8 / 1 aggregate {:.2}x (target >= 3x)",
         c8 / c1.max(1e-9)
     );
+    for r in ratios {
+        println!("- {r}");
+    }
+    Ok(())
+}
+
+fn main() {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return eprintln!("temp dir: {e}"),
+    };
+    println!(
+        "prompt {PROMPT:?}, greedy, max {MAX_TOKENS} tokens, best of {RUNS} runs after a warm-up"
+    );
+    let only = std::env::var("SHARENET_BENCH_ONLY").unwrap_or_default();
+    for (label, shape, dense) in [
+        ("small", TinyConfig::bench(), true),
+        ("large", TinyConfig::bench_large(), false),
+    ] {
+        if (only.is_empty() || only == label)
+            && let Err(e) = run(label, shape, dense, dir.path())
+        {
+            println!("{label} model skipped: {e}");
+        }
+    }
     match embeddings() {
         Ok((b1, b32)) => println!(
             "\nall-MiniLM-L6-v2 embeddings: {b1:.0} sentences/s at batch 1, {b32:.0} sentences/s at batch 32"

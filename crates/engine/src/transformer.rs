@@ -15,7 +15,6 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use candle_nn::kv_cache::KvCache;
 
 use crate::EngineError;
 use crate::spec::{Llama3Scaling, ModelSpec};
@@ -136,10 +135,37 @@ pub(crate) struct Transformer {
     sin: Tensor,
 }
 
+/// One layer's keys and values for one sequence, token-major:
+/// `[position][kv_head][head_dim]`, so appending a token is one copy.
+#[derive(Default)]
+struct LayerKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
 /// One sequence's KV cache and position.
 pub(crate) struct SeqCache {
-    layers: Vec<KvCache>,
+    layers: Vec<LayerKv>,
     pos: usize,
+}
+
+/// Dot product in eight independent lanes, so it vectorizes (a plain
+/// iterator sum is sequential in f32).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn rope_tables(spec: &ModelSpec) -> Result<(Tensor, Tensor), candle_core::Error> {
@@ -279,9 +305,13 @@ impl Transformer {
 
     /// A fresh cache with room for `capacity` tokens (it grows if needed).
     pub(crate) fn new_cache(&self, capacity: usize) -> SeqCache {
+        let per_layer = capacity.max(1) * self.spec.num_kv_heads * self.spec.head_dim;
         SeqCache {
             layers: (0..self.spec.num_layers)
-                .map(|_| KvCache::new(2, capacity.max(1)))
+                .map(|_| LayerKv {
+                    k: Vec::with_capacity(per_layer),
+                    v: Vec::with_capacity(per_layer),
+                })
                 .collect(),
             pos: 0,
         }
@@ -358,6 +388,49 @@ impl Transformer {
             .reshape((n, s.num_heads * s.head_dim))
     }
 
+    /// Decode attention for one sequence and one layer, on plain slices:
+    /// `q` is [heads][hd] for the newest position (already in the cache),
+    /// `out` receives [heads][hd]. Grouped-query heads share their KV head;
+    /// a sliding window limits how far back each query looks.
+    fn attend_one(&self, q: &[f32], kv: &LayerKv, out: &mut [f32], scores: &mut Vec<f32>) {
+        let s = &self.spec;
+        let (hd, kvh) = (s.head_dim, s.num_kv_heads);
+        let rep = s.num_heads / kvh;
+        let total = kv.k.len() / (kvh * hd);
+        let first = match s.sliding_window {
+            Some(w) if total > w => total - w,
+            _ => 0,
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        for h in 0..s.num_heads {
+            let g = h / rep;
+            let qh = &q[h * hd..(h + 1) * hd];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for t in first..total {
+                let kt = &kv.k[(t * kvh + g) * hd..(t * kvh + g + 1) * hd];
+                let dot = dot(qh, kt) * scale;
+                max = max.max(dot);
+                scores.push(dot);
+            }
+            let mut sum = 0f32;
+            for x in scores.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let oh = &mut out[h * hd..(h + 1) * hd];
+            oh.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let t = first + j;
+                let w = p / sum;
+                let vt = &kv.v[(t * kvh + g) * hd..(t * kvh + g + 1) * hd];
+                for (o, x) in oh.iter_mut().zip(vt) {
+                    *o += w * x;
+                }
+            }
+        }
+    }
+
     fn check_room(&self, cache: &SeqCache, n: usize) -> candle_core::Result<()> {
         if cache.pos + n > self.spec.max_position_embeddings {
             candle_core::bail!(
@@ -397,8 +470,20 @@ impl Transformer {
             };
             let q = self.rope(&heads(q, s.num_heads)?, &cos, &sin)?;
             let k = self.rope(&heads(k, s.num_kv_heads)?, &cos, &sin)?;
-            let v = heads(v, s.num_kv_heads)?;
-            let (k, v) = kv.append(&k, &v)?;
+            // Token-major copies into the cache, then the whole cache back
+            // as [1, kv_heads, total, head_dim] for attention.
+            let token_major = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+                t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()
+            };
+            kv.k.extend_from_slice(&token_major(&k)?);
+            kv.v.extend_from_slice(&v.flatten_all()?.to_vec1::<f32>()?);
+            let total = pos0 + n;
+            let from_cache = |data: &[f32]| -> candle_core::Result<Tensor> {
+                Tensor::from_slice(data, (1, total, s.num_kv_heads, s.head_dim), &Device::Cpu)?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (k, v) = (from_cache(&kv.k)?, from_cache(&kv.v)?);
             let out = self.attend(&q, &k, &v, pos0, n)?;
             x = (x + layer.o.forward(&out)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
@@ -437,14 +522,24 @@ impl Transformer {
             // [b, heads*hd] is already [b, heads, 1, hd] in memory.
             let q = self.rope(&q.reshape((b, s.num_heads, 1, s.head_dim))?, &cos, &sin)?;
             let k = self.rope(&k.reshape((b, s.num_kv_heads, 1, s.head_dim))?, &cos, &sin)?;
-            let v = v.reshape((b, s.num_kv_heads, 1, s.head_dim))?;
-            let mut outs = Vec::with_capacity(b);
+            let q = q.flatten_all()?.to_vec1::<f32>()?;
+            let k = k.flatten_all()?.to_vec1::<f32>()?;
+            let v = v.flatten_all()?.to_vec1::<f32>()?;
+            let (qd, kvd) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim);
+            let mut out = vec![0f32; b * qd];
+            let mut scores = Vec::new();
             for (i, cache) in caches.iter_mut().enumerate() {
-                let (ki, vi) = cache.layers[l].append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
-                let qi = q.narrow(0, i, 1)?;
-                outs.push(self.attend(&qi, &ki, &vi, cache.pos, 1)?);
+                let kv = &mut cache.layers[l];
+                kv.k.extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
+                kv.v.extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
+                self.attend_one(
+                    &q[i * qd..(i + 1) * qd],
+                    kv,
+                    &mut out[i * qd..(i + 1) * qd],
+                    &mut scores,
+                );
             }
-            let out = Tensor::cat(&outs, 0)?;
+            let out = Tensor::from_vec(out, (b, qd), &Device::Cpu)?;
             x = (x + layer.o.forward(&out)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
