@@ -85,11 +85,17 @@ pub struct NodeHandle {
     pub client: Client,
     /// The node's own receipt store (for audits and tests).
     pub store: Arc<dyn ReceiptStore>,
+    ctx: Arc<NodeCtx>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
 
 impl NodeHandle {
+    /// Jobs of `model` running or waiting on this node right now.
+    pub fn queue_depth(&self, model: &str) -> Option<u32> {
+        self.ctx.model(model).map(|m| m.queue_depth())
+    }
+
     /// Stops this node alone (its parent token stops it too).
     pub fn shutdown(&self) {
         self.cancel.cancel();
@@ -161,12 +167,13 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         cancel.clone(),
     ));
     let store = ctx.store.clone();
-    tasks.spawn(jobs::accept(ctx, incoming, cancel.clone()));
+    tasks.spawn(jobs::accept(ctx.clone(), incoming, cancel.clone()));
     Ok(NodeHandle {
         peer_id: client.peer_id(),
         listen_addrs: client.listen_addrs().to_vec(),
         client,
         store,
+        ctx,
         cancel,
         tasks,
     })

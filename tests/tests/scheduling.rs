@@ -1,0 +1,115 @@
+//! The node's scheduler seen through the network: many concurrent streams
+//! with independent outputs, a client that hangs up freeing its slot, and a
+//! full node refusing with a clear reason.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
+use sharenet_node::ModelConfig;
+use sharenet_tests::{MODEL, TestNet, sse_data};
+
+fn body(i: u64, stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": format!("request number {i}")}],
+        "max_tokens": 8 + (i % 5) * 4,
+        "temperature": if i % 4 == 0 { 0.0 } else { 0.9 },
+        "seed": 100 + i,
+        "stream": stream,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_simultaneous_streams_each_equal_the_same_request_alone() {
+    let t = TestNet::start(1).await;
+    let streamed = futures::future::join_all((0..16u64).map(|i| {
+        let t = &t;
+        async move {
+            let raw = t.post("chat/completions", &body(i, true)).await.text().await.unwrap();
+            let mut text = String::new();
+            for e in sse_data(&raw).iter().filter(|e| *e != "[DONE]") {
+                let v: Value = serde_json::from_str(e).unwrap();
+                assert!(v.get("error").is_none(), "request {i}: {v}");
+                text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+            }
+            text
+        }
+    }))
+    .await;
+    for (i, text) in streamed.iter().enumerate() {
+        let alone: Value = t
+            .post("chat/completions", &body(i as u64, false))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            text,
+            alone["choices"][0]["message"]["content"].as_str().unwrap(),
+            "request {i}"
+        );
+    }
+    // Different seeds and prompts gave different outputs.
+    let distinct: std::collections::HashSet<&String> = streamed.iter().collect();
+    assert!(distinct.len() > 8, "{streamed:?}");
+    t.stop().await;
+}
+
+async fn narrow_node(t: &TestNet, dir: &std::path::Path) -> sharenet_node::NodeHandle {
+    write_tiny_llama(dir, 1, TinyConfig::default()).unwrap();
+    t.add_node(vec![ModelConfig {
+        max_concurrency: 1,
+        max_queue: 0,
+        ..ModelConfig::local("narrow", dir.to_path_buf(), 1, 1)
+    }])
+    .await
+}
+
+async fn wait_for_depth(node: &sharenet_node::NodeHandle, want: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.queue_depth("narrow") != Some(want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue depth stayed {:?}, wanted {want}",
+            node.queue_depth("narrow")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_refuses_and_a_client_hanging_up_frees_its_slot() {
+    let t = TestNet::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = narrow_node(&t, dir.path()).await;
+    let long = json!({"model": "narrow", "messages": [{"role": "user", "content": "go"}],
+                      "max_tokens": 1500, "temperature": 0, "stream": true});
+    let first = t.post("chat/completions", &long).await;
+    assert_eq!(first.status(), 200);
+    let mut chunks = first.bytes_stream();
+    assert!(chunks.next().await.is_some(), "the first job streams");
+    wait_for_depth(&node, 1).await;
+
+    // The only slot is taken and there is no queue: a clear 503.
+    let second = t.post("chat/completions", &long).await;
+    assert_eq!(second.status(), 503);
+    assert!(second.headers().contains_key("retry-after"));
+    let err: Value = second.json().await.unwrap();
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Saturated") && message.contains("slots"), "{message}");
+
+    // The builder hangs up: the node stops generating and frees the slot,
+    // and signs nothing for the abandoned job (a job that ran to its end
+    // would have left a receipt in the node's store).
+    drop(chunks);
+    wait_for_depth(&node, 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(node.store.len(), 0, "the abandoned job ran to completion");
+    let third = t
+        .post("chat/completions", &json!({"model": "narrow", "messages": [{"role": "user", "content": "go"}], "max_tokens": 4}))
+        .await;
+    assert_eq!(third.status(), 200);
+    t.stop().await;
+}
