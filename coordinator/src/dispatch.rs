@@ -94,9 +94,16 @@ fn estimate_input_tokens(job: &Job) -> u32 {
 enum AttemptError {
     /// Try the next node.
     Retry(String),
+    /// The stream was dropped before the node read the request (libp2p-stream
+    /// drops inbound streams when a burst outpaces the node's acceptor):
+    /// the node never saw the job, so the same node may be tried again.
+    Dropped(String),
     /// The request itself is at fault; every node would say the same.
     Client(ApiError),
 }
+
+/// Times a node that dropped the stream unread is tried again.
+const DROPPED_RETRIES: u32 = 4;
 
 /// Picks nodes for `job` and starts it on the first that answers.
 pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiError> {
@@ -155,7 +162,20 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
         if !failures.is_empty() {
             state.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        match attempt(state, offer.peer, &bytes).await {
+        let mut outcome = attempt(state, offer.peer, &bytes).await;
+        for retry in 0..DROPPED_RETRIES {
+            let Err(AttemptError::Dropped(reason)) = &outcome else {
+                break;
+            };
+            tracing::debug!(job = %job_id, node = %offer.peer, %reason, retry, "stream dropped unread; retrying the same node");
+            let backoff = 10u64 << retry;
+            tokio::time::sleep(Duration::from_millis(
+                backoff + rand::random::<u64>() % backoff,
+            ))
+            .await;
+            outcome = attempt(state, offer.peer, &bytes).await;
+        }
+        match outcome {
             Ok((stream, first)) => {
                 return Ok(ActiveJob {
                     stream: Some(stream),
@@ -174,7 +194,7 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
                 });
             }
             Err(AttemptError::Client(e)) => return Err(e),
-            Err(AttemptError::Retry(reason)) => {
+            Err(AttemptError::Retry(reason) | AttemptError::Dropped(reason)) => {
                 tracing::warn!(job = %job_id, node = %offer.peer, %reason, "node failed before the first token");
                 failures.push(format!("{}: {reason}", offer.peer));
             }
@@ -203,7 +223,7 @@ async fn attempt(
         .map_err(|e| AttemptError::Retry(e.to_string()))?;
     write_frame(&mut stream, request)
         .await
-        .map_err(|e| AttemptError::Retry(format!("send request: {e}")))?;
+        .map_err(|e| AttemptError::Dropped(format!("send request: {e}")))?;
     let frame = tokio::time::timeout(t.first_token, read_frame(&mut stream, MAX_FRAME_BYTES))
         .await
         .map_err(|_| AttemptError::Retry("no first token in time".into()))?

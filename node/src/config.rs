@@ -40,6 +40,7 @@ struct ModelFile {
     max_queue: u32,
     #[serde(default = "default_kv_cache_mb")]
     kv_cache_mb: u64,
+    device: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +99,27 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
 }
 
+/// Which device a local model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The first GPU when the node is built with `cuda` and one is found;
+    /// otherwise the CPU.
+    Auto,
+    Cpu,
+    /// This CUDA device (needs the `cuda` build).
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            _ => s.strip_prefix("cuda:")?.parse().ok().map(Self::Cuda),
+        }
+    }
+}
+
 /// Where a model's inference runs.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
@@ -123,6 +145,8 @@ pub struct ModelConfig {
     pub max_queue: u32,
     /// KV cache memory all running jobs of this model may reserve.
     pub kv_cache_bytes: usize,
+    /// Device for a local model.
+    pub device: DeviceChoice,
 }
 
 impl ModelConfig {
@@ -136,6 +160,7 @@ impl ModelConfig {
             max_concurrency: default_concurrency(),
             max_queue: default_queue(),
             kv_cache_bytes: (default_kv_cache_mb() as usize) << 20,
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -187,7 +212,14 @@ impl NodeConfig {
                 }
                 _ => bail!("models[{i}]: set exactly one of `path` or `upstream`"),
             };
+            let device = match m.device.as_deref() {
+                None => DeviceChoice::Auto,
+                Some(d) => DeviceChoice::parse(d).with_context(|| {
+                    format!("models[{i}].device: {d:?} is not one of \"auto\", \"cpu\", \"cuda:N\"")
+                })?,
+            };
             models.push(ModelConfig {
+                device,
                 id: m.id,
                 source,
                 price_in: m.price_in,
@@ -283,6 +315,7 @@ price_out = 200
 max_concurrency = 2   # sequences decoded together (continuous batching)
 max_queue = 16        # jobs waiting for a slot; beyond this jobs are refused
 kv_cache_mb = 2048    # KV cache all running jobs may reserve
+# device = "auto"     # "auto" (a GPU if built with --features cuda), "cpu", "cuda:0"
 
 # A model served by an OpenAI-compatible server you already run (vLLM,
 # SGLang, llama.cpp server, Ollama, or a hosted API):
@@ -360,6 +393,32 @@ mod tests {
             NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err()
         );
         assert!(err.contains("exactly one of `path` or `upstream`"), "{err}");
+    }
+
+    #[test]
+    fn devices_parse_and_bad_ones_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NodeConfig::from_file(&write(dir.path(), &template("m"))).unwrap();
+        assert_eq!(cfg.models[0].device, DeviceChoice::Auto);
+        let dir = tempfile::tempdir().unwrap();
+        let body = template("m").replace("# device = \"auto\"", "device = \"cuda:1\"");
+        let cfg = NodeConfig::from_file(&write(dir.path(), &body)).unwrap();
+        assert_eq!(cfg.models[0].device, DeviceChoice::Cuda(1));
+        let dir = tempfile::tempdir().unwrap();
+        let body = template("m").replace("# device = \"auto\"", "device = \"gpu\"");
+        let err = format!(
+            "{:#}",
+            NodeConfig::from_file(&write(dir.path(), &body)).unwrap_err()
+        );
+        assert!(err.contains("models[0].device"), "{err}");
+        // Without the cuda build a CUDA device is a clear error at load.
+        if !cfg!(feature = "cuda") {
+            let err = format!(
+                "{:#}",
+                crate::load::device_for(DeviceChoice::Cuda(0)).unwrap_err()
+            );
+            assert!(err.contains("--features cuda"), "{err}");
+        }
     }
 
     #[test]

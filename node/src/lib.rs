@@ -17,7 +17,7 @@ pub mod load;
 mod service;
 mod upstream;
 
-pub use config::{ModelConfig, ModelSource, NodeConfig, UpstreamConfig};
+pub use config::{DeviceChoice, ModelConfig, ModelSource, NodeConfig, UpstreamConfig};
 pub use service::{NodeHandle, start};
 
 /// Unix time in milliseconds.

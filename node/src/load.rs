@@ -8,7 +8,25 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use sharenet_engine::{Embedder, Progress, TextModel};
 
-use crate::config::{ModelConfig, ModelSource};
+use crate::config::{DeviceChoice, ModelConfig, ModelSource};
+
+/// The candle device for a model.
+pub fn device_for(choice: DeviceChoice) -> anyhow::Result<candle_core::Device> {
+    use candle_core::Device;
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(n) => Device::new_cuda(n).with_context(|| {
+            format!("open CUDA device {n} (is the node built with --features cuda?)")
+        }),
+        DeviceChoice::Auto => {
+            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0).context("open CUDA device 0")
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+    }
+}
 
 /// A model ready to serve.
 pub enum Loaded {
@@ -51,6 +69,7 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         }
         ModelSource::Local(p) => p.clone(),
     };
+    let device = device_for(m.device).with_context(|| format!("model {:?}", m.id))?;
     let pb = bar(&m.id);
     let mut progress = |p: Progress| match p {
         Progress::Hashing { done, total } => {
@@ -63,9 +82,9 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         Progress::Loading => pb.set_message("loading"),
     };
     let result = if path.is_dir() && Embedder::is_embedding_model(&path) {
-        Embedder::load_with_progress(&path, &mut progress).map(|e| {
+        Embedder::load_on(&path, &device, &mut progress).map(|e| {
             let summary = format!(
-                "embedding model, {} dims, max {} tokens, sha256 {}",
+                "{device:?}, embedding model, {} dims, max {} tokens, sha256 {}",
                 e.dims(),
                 e.max_tokens(),
                 hex(&e.weights_sha256())
@@ -73,10 +92,10 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
             (Loaded::Embed(Arc::new(e)), summary)
         })
     } else {
-        TextModel::load_with_progress(&path, &mut progress).map(|t| {
+        TextModel::load_on(&path, &device, &mut progress).map(|t| {
             let s = t.spec();
             let summary = format!(
-                "{} {:?}, {} layers, context {}, chat template {}, sha256 {}",
+                "{device:?}, {} {:?}, {} layers, context {}, chat template {}, sha256 {}",
                 s.arch.as_str(),
                 t.format(),
                 s.num_layers,

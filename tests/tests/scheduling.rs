@@ -15,7 +15,7 @@ fn body(i: u64, stream: bool) -> Value {
         "model": MODEL,
         "messages": [{"role": "user", "content": format!("request number {i}")}],
         "max_tokens": 8 + (i % 5) * 4,
-        "temperature": if i % 4 == 0 { 0.0 } else { 0.9 },
+        "temperature": if i.is_multiple_of(4) { 0.0 } else { 0.9 },
         "seed": 100 + i,
         "stream": stream,
     })
@@ -27,7 +27,12 @@ async fn sixteen_simultaneous_streams_each_equal_the_same_request_alone() {
     let streamed = futures::future::join_all((0..16u64).map(|i| {
         let t = &t;
         async move {
-            let raw = t.post("chat/completions", &body(i, true)).await.text().await.unwrap();
+            let raw = t
+                .post("chat/completions", &body(i, true))
+                .await
+                .text()
+                .await
+                .unwrap();
             let mut text = String::new();
             for e in sse_data(&raw).iter().filter(|e| *e != "[DONE]") {
                 let v: Value = serde_json::from_str(e).unwrap();
@@ -98,7 +103,10 @@ async fn a_full_node_refuses_and_a_client_hanging_up_frees_its_slot() {
     assert!(second.headers().contains_key("retry-after"));
     let err: Value = second.json().await.unwrap();
     let message = err["error"]["message"].as_str().unwrap();
-    assert!(message.contains("Saturated") && message.contains("slots"), "{message}");
+    assert!(
+        message.contains("Saturated") && message.contains("slots"),
+        "{message}"
+    );
 
     // The builder hangs up: the node stops generating and frees the slot,
     // and signs nothing for the abandoned job (a job that ran to its end

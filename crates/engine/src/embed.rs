@@ -67,6 +67,15 @@ impl Embedder {
         dir: &Path,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Self, EngineError> {
+        Self::load_on(dir, &Device::Cpu, progress)
+    }
+
+    /// Loads onto `device` (a CUDA device needs the `cuda` feature).
+    pub fn load_on(
+        dir: &Path,
+        device: &Device,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| read_err(&config_path, e))?;
         let config: Config = serde_json::from_str(&text).map_err(|e| parse_err(&config_path, e))?;
@@ -135,7 +144,7 @@ impl Embedder {
         let files = weight_files(dir)?;
         let weights_sha256 = hash_files(&files, progress)?;
         progress(Progress::Loading);
-        let (vb, desc) = mmap_safetensors(&files)?;
+        let (vb, desc) = mmap_safetensors(&files, device)?;
         let weights_err = |e: candle_core::Error| EngineError::Weights {
             path: desc.clone(),
             reason: e.to_string(),
@@ -199,7 +208,7 @@ impl Embedder {
             ids[i * len..i * len + row.len()].copy_from_slice(row);
             mask[i * len..i * len + row.len()].fill(1);
         }
-        let dev = Device::Cpu;
+        let dev = self.model.device.clone();
         let ids = Tensor::from_vec(ids, (n, len), &dev)?;
         let mask = Tensor::from_vec(mask, (n, len), &dev)?;
         let types = ids.zeros_like()?;

@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::DType;
 use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -135,16 +135,30 @@ impl TextModel {
         path: &Path,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Self, EngineError> {
+        Self::load_on(path, &Device::Cpu, progress)
+    }
+
+    /// Loads onto `device` (a CUDA device needs the `cuda` feature). The
+    /// KV cache and sampling stay in host memory.
+    pub fn load_on(
+        path: &Path,
+        device: &Device,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, EngineError> {
         if path.is_file() {
-            Self::load_gguf(path, progress)
+            Self::load_gguf(path, device, progress)
         } else if path.is_dir() {
-            Self::load_folder(path, progress)
+            Self::load_folder(path, device, progress)
         } else {
             Err(read_err(path, "no such model folder or GGUF file"))
         }
     }
 
-    fn load_folder(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Self, EngineError> {
+    fn load_folder(
+        dir: &Path,
+        device: &Device,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| read_err(&config_path, e))?;
         let spec = ModelSpec::from_config_json(&config_path, &text)?;
@@ -193,7 +207,7 @@ impl TextModel {
         let files = weight_files(dir)?;
         let weights_sha256 = hash_files(&files, progress)?;
         progress(Progress::Loading);
-        let (vb, desc) = mmap_safetensors(&files)?;
+        let (vb, desc) = mmap_safetensors(&files, device)?;
         let transformer = Transformer::load(spec, WeightSource::Safetensors { vb, files: desc })?;
         Ok(Self {
             transformer,
@@ -207,7 +221,11 @@ impl TextModel {
         })
     }
 
-    fn load_gguf(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Self, EngineError> {
+    fn load_gguf(
+        path: &Path,
+        device: &Device,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, EngineError> {
         let weights_sha256 = hash_files(&[path.to_path_buf()], progress)?;
         progress(Progress::Loading);
         let mut file = std::fs::File::open(path).map_err(|e| read_err(path, e))?;
@@ -250,6 +268,7 @@ impl TextModel {
                 content: &content,
                 file: &mut file,
                 path,
+                device: device.clone(),
             },
         )?;
         Ok(Self {
@@ -460,10 +479,11 @@ fn tokenizer_from_gguf(
         .map_err(|e| parse_err(path, format!("tokenizer from metadata: {e}")))
 }
 
-/// Memory-maps safetensors files as f32 on the CPU; also returns the file
+/// Memory-maps safetensors files as f32 for `device`; also returns the file
 /// list for error messages.
 pub(crate) fn mmap_safetensors(
     files: &[PathBuf],
+    device: &Device,
 ) -> Result<(VarBuilder<'static>, String), EngineError> {
     let desc = files
         .iter()
@@ -472,13 +492,13 @@ pub(crate) fn mmap_safetensors(
         .join(", ");
     // SAFETY: the files are memory-mapped read-only; the node does not
     // modify model files while serving (documented in the README).
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(files, DType::F32, &candle_core::Device::Cpu)
-    }
-    .map_err(|e| EngineError::Weights {
-        path: desc.clone(),
-        reason: e.to_string(),
-    })?;
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device) }.map_err(|e| {
+            EngineError::Weights {
+                path: desc.clone(),
+                reason: e.to_string(),
+            }
+        })?;
     Ok((vb, desc))
 }
 

@@ -29,6 +29,7 @@ pub(crate) enum WeightSource<'a> {
         content: &'a Content,
         file: &'a mut File,
         path: &'a Path,
+        device: Device,
     },
 }
 
@@ -46,8 +47,13 @@ impl WeightSource<'_> {
 
     fn gguf_tensor(&mut self, name: &str) -> Result<QTensor, EngineError> {
         match self {
-            Self::Gguf { content, file, .. } => {
-                let t = content.tensor(*file, name, &Device::Cpu);
+            Self::Gguf {
+                content,
+                file,
+                device,
+                ..
+            } => {
+                let t = content.tensor(*file, name, device);
                 t.map_err(|e| self.err(name, e))
             }
             Self::Safetensors { .. } => Err(self.err(name, "not a GGUF source")),
@@ -102,7 +108,8 @@ impl WeightSource<'_> {
             Self::Gguf { .. } => {
                 let q = self.gguf_tensor(gguf)?;
                 self.check_shape(gguf, q.shape().dims(), shape)?;
-                q.dequantize(&Device::Cpu).map_err(|e| self.err(gguf, e))
+                let device = q.device();
+                q.dequantize(&device).map_err(|e| self.err(gguf, e))
             }
         }
     }
@@ -133,6 +140,7 @@ pub(crate) struct Transformer {
     head: QMatMul,
     cos: Tensor,
     sin: Tensor,
+    device: Device,
 }
 
 /// One layer's keys and values for one sequence, token-major:
@@ -168,7 +176,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn rope_tables(spec: &ModelSpec) -> Result<(Tensor, Tensor), candle_core::Error> {
+fn rope_tables(spec: &ModelSpec, device: &Device) -> Result<(Tensor, Tensor), candle_core::Error> {
     let half = spec.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| {
@@ -181,8 +189,8 @@ fn rope_tables(spec: &ModelSpec) -> Result<(Tensor, Tensor), candle_core::Error>
         .map(|f| f as f32)
         .collect();
     let n = spec.max_position_embeddings;
-    let inv = Tensor::from_vec(inv_freq, (1, half), &Device::Cpu)?;
-    let pos = Tensor::arange(0u32, n as u32, &Device::Cpu)?
+    let inv = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let pos = Tensor::arange(0u32, n as u32, device)?
         .to_dtype(DType::F32)?
         .reshape((n, 1))?;
     let freqs = pos.broadcast_mul(&inv)?;
@@ -287,8 +295,10 @@ impl Transformer {
                 }
             }
         };
-        let (cos, sin) = rope_tables(s)?;
+        let device = embed.device().clone();
+        let (cos, sin) = rope_tables(s, &device)?;
         Ok(Self {
+            device,
             spec,
             embed,
             layers,
@@ -456,7 +466,7 @@ impl Transformer {
         }
         self.check_room(cache, n)?;
         let pos0 = cache.pos;
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // [n, h]
         let cos = self.cos.narrow(0, pos0, n)?;
         let sin = self.sin.narrow(0, pos0, n)?;
@@ -479,7 +489,7 @@ impl Transformer {
             kv.v.extend_from_slice(&v.flatten_all()?.to_vec1::<f32>()?);
             let total = pos0 + n;
             let from_cache = |data: &[f32]| -> candle_core::Result<Tensor> {
-                Tensor::from_slice(data, (1, total, s.num_kv_heads, s.head_dim), &Device::Cpu)?
+                Tensor::from_slice(data, (1, total, s.num_kv_heads, s.head_dim), &self.device)?
                     .transpose(1, 2)?
                     .contiguous()
             };
@@ -510,11 +520,11 @@ impl Transformer {
             self.check_room(c, 1)?;
         }
         let positions: Vec<u32> = caches.iter().map(|c| c.pos as u32).collect();
-        let pos = Tensor::new(positions.as_slice(), &Device::Cpu)?;
+        let pos = Tensor::new(positions.as_slice(), &self.device)?;
         let half = s.head_dim / 2;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, 1, half))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // [b, h]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms(&x, &layer.attn_norm)?;
@@ -539,7 +549,7 @@ impl Transformer {
                     &mut scores,
                 );
             }
-            let out = Tensor::from_vec(out, (b, qd), &Device::Cpu)?;
+            let out = Tensor::from_vec(out, (b, qd), &self.device)?;
             x = (x + layer.o.forward(&out)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
