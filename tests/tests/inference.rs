@@ -278,3 +278,35 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
     assert!(r["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_a_clear_error_not_a_hang() {
+    let t = TestNet::start(1).await;
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let _node = t
+        .add_node(vec![ModelConfig {
+            source: ModelSource::Upstream(UpstreamConfig {
+                base_url: dead,
+                model: "x".into(),
+                api_key: None,
+                context_length: 1024,
+                timeout: Duration::from_secs(5),
+            }),
+            ..ModelConfig::local("gone-upstream", Default::default(), 1, 1)
+        }])
+        .await;
+    let r = t
+        .post(
+            "chat/completions",
+            &json!({"model": "gone-upstream", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Upstream") && message.contains("unreachable"),
+        "{message}"
+    );
+    t.stop().await;
+}
