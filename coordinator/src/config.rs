@@ -28,7 +28,15 @@ struct CoordinatorFile {
     max_attempts: usize,
     #[serde(default)]
     timeouts: TimeoutsFile,
+    #[serde(default)]
+    network_fee_bps: u32,
+    operator_key: Option<String>,
+    #[serde(default)]
+    bootstrap_balance_nano_usd: u64,
 }
+
+/// Environment variable with the operator key; overrides the file.
+pub const OPERATOR_KEY_ENV: &str = "SHARENET_OPERATOR_KEY";
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +61,12 @@ pub struct CoordinatorConfig {
     pub api_keys: Vec<String>,
     pub max_attempts: usize,
     pub timeouts: Timeouts,
+    /// The operator's fee on provider cost, in basis points (100 = 1%).
+    pub network_fee_bps: u32,
+    /// Bearer key for `/operator/*` (none: the operator API is off).
+    pub operator_key: Option<String>,
+    /// The balance the app of `api_keys` starts with (nano-USD), once.
+    pub bootstrap_balance: u64,
 }
 
 impl CoordinatorConfig {
@@ -77,7 +91,11 @@ impl CoordinatorConfig {
                 .map(str::to_string)
                 .collect();
         }
+        let operator_key = std::env::var(OPERATOR_KEY_ENV).ok().or(file.operator_key);
         let config = Self {
+            network_fee_bps: file.network_fee_bps,
+            operator_key,
+            bootstrap_balance: file.bootstrap_balance_nano_usd,
             identity,
             data_dir: base.join(file.data_dir),
             http_listen: file
@@ -99,8 +117,16 @@ impl CoordinatorConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.api_keys.is_empty() {
-            bail!("api_keys: at least one key is required (or set {API_KEYS_ENV})");
+        if self.api_keys.is_empty() && self.operator_key.is_none() {
+            bail!(
+                "api_keys: at least one key is required (or set {API_KEYS_ENV}), unless an operator_key manages apps and keys"
+            );
+        }
+        if self.operator_key.as_ref().is_some_and(|k| k.len() < 16) {
+            bail!("operator_key: must be at least 16 characters");
+        }
+        if self.network_fee_bps > 10_000 {
+            bail!("network_fee_bps: at most 10000 (100%)");
         }
         if self.api_keys.iter().any(|k| k.len() < 16) {
             bail!("api_keys: every key must be at least 16 characters");
@@ -134,8 +160,18 @@ http_listen = "127.0.0.1:8080"
 p2p_listen = ["/ip4/0.0.0.0/udp/4000/quic-v1", "/ip4/0.0.0.0/tcp/4000"]
 bootstrap = []
 
-# Bearer keys builders use. SHARENET_API_KEYS (comma-separated) overrides.
+# Bearer keys of the "default" app (the operator API below creates apps
+# and keys of their own; keys are stored hashed). SHARENET_API_KEYS
+# (comma-separated) overrides. The default app starts with this balance.
 api_keys = ["{api_key}"]
+bootstrap_balance_nano_usd = 1000000000   # $1
+
+# The network's fee on provider cost, in basis points (500 = 5%).
+network_fee_bps = 500
+
+# Bearer key for /operator/* (apps, keys, top-ups, settlement).
+# SHARENET_OPERATOR_KEY overrides; without one the operator API is off.
+# operator_key = "op-change-me-to-something-long"
 
 # Nodes tried per request before answering 503.
 max_attempts = 3

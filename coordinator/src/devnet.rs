@@ -18,6 +18,9 @@ use crate::{CoordinatorConfig, CoordinatorHandle, Timeouts, now_ms};
 pub const DEVNET_MODEL: &str = "tiny-llama";
 
 /// How to lay the devnet out.
+/// The devnet's operator key (loopback only).
+pub const DEVNET_OPERATOR_KEY: &str = "op-devnet-local-only-0000";
+
 #[derive(Debug, Clone)]
 pub struct DevnetOptions {
     pub nodes: usize,
@@ -96,6 +99,10 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             p2p_listen: loopback()?,
             bootstrap: Vec::new(),
             api_keys: vec![opts.api_key.clone()],
+            network_fee_bps: 500,
+            operator_key: Some(DEVNET_OPERATOR_KEY.into()),
+            // $1,000,000 of play money for the devnet key.
+            bootstrap_balance: 1_000_000_000_000_000,
             max_attempts: 3,
             timeouts: opts.timeouts,
         },

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::AsyncWriteExt;
-use sharenet_ledger::{StoreError, StoredReceipt};
+use sharenet_ledger::StoreError;
+use sharenet_market::Charge;
 use sharenet_p2p::{PeerId, Stream, read_frame, write_frame};
 use sharenet_proto::{
     CountersignedReceipt, FinishReason, JobErrorCode, JobEvent, JobId, JobRequest, MAX_FRAME_BYTES,
@@ -15,6 +16,7 @@ use sharenet_proto::{
 };
 use sharenet_router::rank_cheapest;
 
+use crate::accounts::{Admission, CommitError, Hold, Principal};
 use crate::error::ApiError;
 use crate::openai::{Job, JobKind};
 use crate::receipts::{Expected, check_receipt};
@@ -58,6 +60,9 @@ pub struct ActiveJob {
     logprobs: Vec<TokenLogprob>,
     embeddings: Option<Vec<Vec<f32>>>,
     want_logprobs: bool,
+    /// The worst-case amount held for this job; turned into the real
+    /// charge when the receipt is recorded, released if it never is.
+    hold: Option<Hold>,
 }
 
 /// What the next event amounted to.
@@ -69,6 +74,8 @@ pub enum Step {
 
 /// A completed, verified, countersigned and stored job.
 pub struct Finished {
+    /// What the builder was charged, and its parts.
+    pub charge: Charge,
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
     /// The vectors of an embeddings job.
@@ -106,7 +113,31 @@ enum AttemptError {
 const DROPPED_RETRIES: u32 = 4;
 
 /// Picks nodes for `job` and starts it on the first that answers.
-pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiError> {
+/// Most input tokens a job can have: every byte a token, plus room for
+/// the chat template's own tokens. Used for the worst-case hold.
+fn max_input_tokens(job: &Job) -> u64 {
+    let (bytes, pieces) = match &job.input {
+        sharenet_proto::JobInput::Chat { messages } => (
+            messages
+                .iter()
+                .map(|m| m.content.len() + m.role.len())
+                .sum::<usize>(),
+            messages.len(),
+        ),
+        sharenet_proto::JobInput::Prompt { prompt } => (prompt.len(), 1),
+        sharenet_proto::JobInput::Embed { inputs } => {
+            (inputs.iter().map(String::len).sum(), inputs.len())
+        }
+    };
+    (bytes as u64) + 16 * (pieces as u64) + 256
+}
+
+pub async fn start_job(
+    state: &Arc<Shared>,
+    job: &Job,
+    principal: &Principal,
+    end_customer: Option<&str>,
+) -> Result<ActiveJob, ApiError> {
     let offers = match state.registry.lookup(&job.model, now_ms()) {
         Lookup::NoNodes => {
             return Err(ApiError::NoCapacity(
@@ -141,6 +172,29 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
         job.params.max_tokens,
     );
     let mut by_node: HashMap<_, _> = offers.into_iter().map(|o| (o.advert.node, o)).collect();
+
+    // Hold the worst case at the highest price among the nodes we may try.
+    let tried: Vec<_> = candidates
+        .iter()
+        .take(state.max_attempts)
+        .filter_map(|c| by_node.get(&c.node))
+        .collect();
+    let max_price_in = tried.iter().map(|o| o.offer.price_in).max().unwrap_or(0);
+    let max_price_out = tried.iter().map(|o| o.offer.price_out).max().unwrap_or(0);
+    let max_output = match job.kind {
+        JobKind::Embedding => 0,
+        _ => u64::from(job.params.max_tokens),
+    };
+    let hold = state.accounts.admit(&Admission {
+        principal,
+        end_customer,
+        max_input_tokens: max_input_tokens(job),
+        max_output_tokens: max_output,
+        max_price_in,
+        max_price_out,
+        now_ms: now_ms(),
+    })?;
+    let mut hold = Some(hold);
 
     let job_id = JobId(rand::random());
     let request = JobRequest {
@@ -191,6 +245,7 @@ pub async fn start_job(state: &Arc<Shared>, job: &Job) -> Result<ActiveJob, ApiE
                     logprobs: Vec::new(),
                     embeddings: None,
                     want_logprobs: job.params.logprobs,
+                    hold: hold.take(),
                 });
             }
             Err(AttemptError::Client(e)) => return Err(e),
@@ -367,12 +422,15 @@ impl ActiveJob {
         };
         let countersigned = CountersignedReceipt::countersign(signed, state.identity.signing_key())
             .map_err(|e| ApiError::Internal(format!("countersign receipt: {e}")))?;
-        // Durable before anyone is told about it.
-        let store = state.store.clone();
-        let record = StoredReceipt::Countersigned(countersigned.clone());
-        match tokio::task::spawn_blocking(move || store.insert_new(&record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(StoreError::Duplicate(id))) => {
+        // Durable before anyone is told about it, and charged.
+        let hold = self
+            .hold
+            .take()
+            .ok_or_else(|| ApiError::Internal("job finished twice".into()))?;
+        let record = countersigned.clone();
+        let entry = match tokio::task::spawn_blocking(move || hold.commit(record, now_ms())).await {
+            Ok(Ok(entry)) => entry,
+            Ok(Err(CommitError::Store(StoreError::Duplicate(id)))) => {
                 state
                     .metrics
                     .receipts_rejected
@@ -381,9 +439,12 @@ impl ActiveJob {
                     "receipt {id} was already recorded"
                 )));
             }
-            Ok(Err(e)) => return Err(ApiError::Internal(format!("store receipt: {e}"))),
+            Ok(Err(CommitError::Store(e))) => {
+                return Err(ApiError::Internal(format!("store receipt: {e}")));
+            }
+            Ok(Err(CommitError::Api(e))) => return Err(e),
             Err(e) => return Err(ApiError::Internal(format!("store receipt task: {e}"))),
-        }
+        };
         state
             .metrics
             .receipts_accepted
@@ -403,6 +464,7 @@ impl ActiveJob {
             });
         }
         Ok(Finished {
+            charge: entry.charge,
             text: std::mem::take(&mut self.text),
             logprobs: std::mem::take(&mut self.logprobs),
             embeddings: self.embeddings.take(),

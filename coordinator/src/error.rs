@@ -16,6 +16,18 @@ pub enum ApiError {
         message: String,
         param: Option<String>,
     },
+    /// Out of balance or budget.
+    #[error("{0}")]
+    PaymentRequired(String),
+    /// Over a rate limit; retry after the given time.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// Operator endpoints with a missing or wrong operator key.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the model `{0}` does not exist on the network")]
     ModelNotFound(String),
     #[error("{0}")]
@@ -42,6 +54,9 @@ impl ApiError {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -54,6 +69,9 @@ impl ApiError {
         let (kind, code, param) = match self {
             Self::Unauthorized(_) => ("authentication_error", Some("invalid_api_key"), None),
             Self::BadRequest { param, .. } => ("invalid_request_error", None, param.clone()),
+            Self::PaymentRequired(_) => ("insufficient_quota", Some("insufficient_quota"), None),
+            Self::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded"), None),
+            Self::Forbidden(_) => ("permission_error", Some("forbidden"), None),
             Self::ModelNotFound(_) => (
                 "invalid_request_error",
                 Some("model_not_found"),
@@ -75,6 +93,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        if let Self::RateLimited { retry_after, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if matches!(self, Self::Unauthorized(_)) {
             response

@@ -4,30 +4,36 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{Value, json};
-use sharenet_ledger::StoredReceipt;
+use sharenet_ledger::LedgerEntry;
+use sharenet_market::Charge;
 use sharenet_proto::JobId;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::dispatch::{Finished, Step, start_job};
 use crate::error::ApiError;
 use base64::Engine as _;
-use sharenet_proto::TokenLogprob;
+use sharenet_proto::{TokenLogprob, sha256};
 
+use crate::accounts::Principal;
 use crate::openai::{
     ChatCompletionRequest, Chunk, Completed, CompletionRequest, EmbeddingRequest, Job, JobKind,
     chunk_json, completion_json, usage_json,
 };
 use crate::{Shared, now_ms};
 
+/// Header naming the builder's end customer (when the body has no `user`).
+pub const END_CUSTOMER_HEADER: &str = "x-sharenet-end-customer";
 /// Header carrying the receipt id (= job id) on completion responses.
 pub const RECEIPT_HEADER: &str = "x-sharenet-receipt-id";
 /// SSE events buffered per streaming response.
@@ -41,9 +47,14 @@ pub fn app(state: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/receipts/{id}", get(get_receipt))
+        .route("/v1/receipts", get(list_receipts))
+        .route("/v1/usage", get(usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let operator = crate::operator::routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), operator_auth));
     Router::new()
         .merge(authed)
+        .merge(operator)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -61,34 +72,100 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match key {
-        None => Err(ApiError::Unauthorized(
+    let Some(key) = key else {
+        return Err(ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer <key>`".into(),
-        )),
-        Some(k) if state.api_keys.contains(k) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::Unauthorized("invalid API key".into())),
+        ));
+    };
+    let principal = state.accounts.authenticate(key)?;
+    let mut request = request;
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
+/// `/operator/*`: the operator key only.
+async fn operator_auth(
+    State(state): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.operator_key.as_deref() else {
+        return Err(ApiError::NotFound(
+            "the operator API is off (no operator_key configured)".into(),
+        ));
+    };
+    let key = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match key {
+        Some(k) if sha256(k.as_bytes()) == sha256(expected.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        _ => Err(ApiError::Forbidden("the operator key is required".into())),
     }
+}
+
+/// The end customer a request is for: the OpenAI `user` field, else the
+/// `x-sharenet-end-customer` header.
+fn end_customer(headers: &HeaderMap, user: Option<&str>) -> Result<Option<String>, ApiError> {
+    let from_header = headers
+        .get(END_CUSTOMER_HEADER)
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("x-sharenet-end-customer must be ASCII", None))?;
+    let customer = user.map(str::to_string).or(from_header);
+    if customer
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > 256)
+    {
+        return Err(ApiError::bad_request(
+            "the end customer id must be 1 to 256 bytes",
+            Some("user"),
+        ));
+    }
+    Ok(customer)
 }
 
 async fn chat_completions(
     State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let job = ChatCompletionRequest::parse(&body)?.into_job()?;
-    generate(state, job).await
+    let request = ChatCompletionRequest::parse(&body)?;
+    let customer = end_customer(&headers, request.user.as_deref())?;
+    let job = request.into_job()?;
+    generate(state, job, principal, customer).await
 }
 
-async fn completions(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+async fn completions(
+    State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let job = CompletionRequest::parse(&body)?.into_job()?;
-    generate(state, job).await
+    let request = CompletionRequest::parse(&body)?;
+    let customer = end_customer(&headers, request.user.as_deref())?;
+    let job = request.into_job()?;
+    generate(state, job, principal, customer).await
 }
 
-async fn embeddings(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+async fn embeddings(
+    State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let job = EmbeddingRequest::parse(&body)?.into_job()?;
-    let mut active = start_job(&state, &job).await?;
+    let request = EmbeddingRequest::parse(&body)?;
+    let customer = end_customer(&headers, request.user.as_deref())?;
+    let job = request.into_job()?;
+    let mut active = start_job(&state, &job, &principal, customer.as_deref()).await?;
     let receipt_id = active.job_id.to_hex();
     let finished = loop {
         if let Step::Done(f) = active.next(&state).await? {
@@ -121,7 +198,7 @@ async fn embeddings(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Res
         "usage": {
             "prompt_tokens": usage.input_tokens,
             "total_tokens": usage.input_tokens,
-            "cost": {"provider_nano_usd": finished.receipt.receipt().amount, "unit": "nano-USD"},
+            "cost": cost_json(&finished.charge),
         },
         "receipt_id": receipt_id,
     });
@@ -133,8 +210,13 @@ async fn embeddings(State(state): State<Arc<Shared>>, body: Bytes) -> Result<Res
 }
 
 /// Chat and text completions: one job on a node, answered as JSON or SSE.
-async fn generate(state: Arc<Shared>, job: Job) -> Result<Response, ApiError> {
-    let mut active = start_job(&state, &job).await?;
+async fn generate(
+    state: Arc<Shared>,
+    job: Job,
+    principal: Principal,
+    customer: Option<String>,
+) -> Result<Response, ApiError> {
+    let mut active = start_job(&state, &job, &principal, customer.as_deref()).await?;
     let prefix = match job.kind {
         JobKind::Completion => "cmpl",
         _ => "chatcmpl",
@@ -163,7 +245,7 @@ async fn generate(state: Arc<Shared>, job: Job) -> Result<Response, ApiError> {
             logprobs: want_logprobs.then_some(finished.logprobs.as_slice()),
             finish_reason: finished.finish_reason,
             usage: &finished.usage,
-            cost: finished.receipt.receipt().amount,
+            charge: &finished.charge,
             receipt_id: &receipt_id,
             node: &active.peer.to_string(),
         });
@@ -221,6 +303,7 @@ async fn generate(state: Arc<Shared>, job: Job) -> Result<Response, ApiError> {
                         usage,
                         finish_reason,
                         receipt,
+                        charge,
                         ..
                     } = *finished;
                     let _ = send(chunk(None, None, offset, Some(finish_reason))).await;
@@ -232,7 +315,7 @@ async fn generate(state: Arc<Shared>, job: Job) -> Result<Response, ApiError> {
                         let _ = send(json!({
                             "id": id, "object": object, "created": created,
                             "model": model, "choices": [],
-                            "usage": usage_json(&usage, receipt.receipt().amount),
+                            "usage": usage_json(&usage, &charge),
                             "receipt_id": receipt.receipt().job_id.to_hex(),
                         }))
                         .await;
@@ -269,29 +352,115 @@ async fn list_models(State(state): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+fn receipt_json(e: &LedgerEntry) -> Value {
+    let c = &e.receipt;
+    json!({
+        "id": c.receipt().job_id.to_hex(),
+        "object": "receipt",
+        "receipt": c.receipt(),
+        "end_customer": e.end_customer,
+        "key_id": e.key_id,
+        "cost": cost_json(&e.charge),
+        "recorded_at_ms": e.recorded_at_ms,
+        "node_signature": hex::encode(c.signed().node_signature()),
+        "coordinator_signature": hex::encode(c.coordinator_signature()),
+        "countersigned_bytes": hex::encode(c.to_bytes()),
+    })
+}
+
+/// A receipt of the caller's app (another app's is "not found").
 async fn get_receipt(
     State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let job_id: JobId = id.parse().map_err(|e: sharenet_proto::ProtoError| {
         ApiError::bad_request(e.to_string(), Some("id"))
     })?;
-    let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.get(&job_id))
+    let books = state.accounts.books().clone();
+    let found = tokio::task::spawn_blocking(move || books.entry(&job_id))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     match found {
-        Some(StoredReceipt::Countersigned(c)) => Ok(Json(json!({
-            "id": job_id.to_hex(),
-            "object": "receipt",
-            "receipt": c.receipt(),
-            "node_signature": hex::encode(c.signed().node_signature()),
-            "coordinator_signature": hex::encode(c.coordinator_signature()),
-            "countersigned_bytes": hex::encode(c.to_bytes()),
-        }))),
+        Some(e) if e.app == principal.app => Ok(Json(receipt_json(&e))),
         _ => Err(ApiError::NotFound(format!("no receipt with id {id}"))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptFilter {
+    end_customer: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The caller's app's receipts, newest last, filtered.
+async fn list_receipts(
+    State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
+    Query(f): Query<ReceiptFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let books = state.accounts.books().clone();
+    let limit = f.limit.unwrap_or(100).min(1000);
+    let data = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        for e in books.entries() {
+            let e = e.map_err(|e| ApiError::Internal(e.to_string()))?;
+            let keep = e.app == principal.app
+                && f.end_customer
+                    .as_ref()
+                    .is_none_or(|c| e.end_customer.as_ref() == Some(c))
+                && f.since_ms.is_none_or(|t| e.recorded_at_ms >= t)
+                && f.until_ms.is_none_or(|t| e.recorded_at_ms < t);
+            if keep {
+                out.push(receipt_json(&e));
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// The caller's app's usage per end customer and month, and its balance.
+async fn usage(
+    State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let lines: Vec<Value> = state
+        .accounts
+        .usage(&principal.app)?
+        .into_iter()
+        .map(|(customer, month_start_ms, u)| {
+            json!({
+                "end_customer": if customer.is_empty() { Value::Null } else { json!(customer) },
+                "period": sharenet_market::PeriodRule::CalendarMonth
+                    .period_of(month_start_ms)
+                    .map(|p| p.label())
+                    .unwrap_or_default(),
+                "requests": u.requests,
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "charged_nano_usd": u.charged,
+                "provider_nano_usd": u.provider_cost,
+                "network_fee_nano_usd": u.network_fee,
+                "margin_nano_usd": u.margin,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "usage",
+        "app": principal.app,
+        "balance_nano_usd": state.accounts.balance(&principal.app)?.max(0).to_string(),
+        "data": lines,
+    })))
 }
 
 async fn health(State(state): State<Arc<Shared>>) -> Json<Value> {
@@ -364,4 +533,15 @@ async fn metrics(State(state): State<Arc<Shared>>) -> String {
         state.client.dropped_events(),
     );
     out
+}
+
+/// The `cost` object: what the builder was charged and its parts.
+pub(crate) fn cost_json(c: &Charge) -> Value {
+    json!({
+        "charge_nano_usd": c.total,
+        "provider_nano_usd": c.provider_cost,
+        "network_fee_nano_usd": c.network_fee,
+        "margin_nano_usd": c.margin,
+        "unit": "nano-USD",
+    })
 }

@@ -8,23 +8,25 @@
 //! only after it matches what the coordinator streamed, and is durable before
 //! the builder sees the response that names it.
 
+pub mod accounts;
 pub mod config;
 pub mod devnet;
 pub mod dispatch;
 pub mod error;
 mod http;
 pub mod openai;
+mod operator;
 pub mod receipts;
 pub mod registry;
+pub mod settle;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context;
-use sharenet_ledger::{ReceiptStore, SledReceiptStore};
+use sharenet_ledger::Books;
 use sharenet_p2p::{Client, Event, Identity, Multiaddr, NetworkConfig, PeerId};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -50,8 +52,9 @@ pub struct Shared {
     pub identity: Identity,
     pub client: Client,
     pub registry: registry::Registry,
-    pub store: Arc<dyn ReceiptStore>,
-    pub api_keys: HashSet<String>,
+    /// Apps, keys, balances and the ledger of jobs.
+    pub accounts: Arc<accounts::Accounts>,
+    pub operator_key: Option<String>,
     pub timeouts: Timeouts,
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
@@ -96,9 +99,21 @@ pub async fn start(
 ) -> anyhow::Result<CoordinatorHandle> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
-    let ledger_path = config.data_dir.join("ledger");
-    let store = SledReceiptStore::open(&ledger_path)
-        .with_context(|| format!("open ledger {}", ledger_path.display()))?;
+    let books_path = config.data_dir.join("books");
+    let books = Books::open(&books_path)
+        .with_context(|| format!("open the books {}", books_path.display()))?;
+    let accounts = accounts::Accounts::load(Arc::new(books), config.network_fee_bps)
+        .map_err(|e| anyhow::anyhow!("load accounts: {e}"))?;
+    accounts::bootstrap(
+        &accounts,
+        &config.api_keys,
+        &accounts::Bootstrap {
+            app: "default".into(),
+            balance: config.bootstrap_balance,
+        },
+        now_ms(),
+    )
+    .map_err(|e| anyhow::anyhow!("install the configured api_keys: {e}"))?;
     let network = sharenet_p2p::start(
         NetworkConfig {
             identity: config.identity.clone(),
@@ -121,8 +136,8 @@ pub async fn start(
         identity: config.identity.clone(),
         client: network.client.clone(),
         registry: registry::Registry::default(),
-        store: Arc::new(store),
-        api_keys: config.api_keys.iter().cloned().collect(),
+        accounts: Arc::new(accounts),
+        operator_key: config.operator_key.clone(),
         timeouts: config.timeouts,
         max_attempts: config.max_attempts,
         metrics: Metrics::default(),

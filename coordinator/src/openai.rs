@@ -438,12 +438,12 @@ impl ChatCompletionRequest {
 }
 
 /// The `usage` object: OpenAI's token counts plus what the job cost.
-pub fn usage_json(usage: &Usage, cost_nano_usd: u64) -> Value {
+pub fn usage_json(usage: &Usage, charge: &sharenet_market::Charge) -> Value {
     json!({
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": u64::from(usage.input_tokens) + u64::from(usage.output_tokens),
-        "cost": {"provider_nano_usd": cost_nano_usd, "unit": "nano-USD"},
+        "cost": crate::http::cost_json(charge),
     })
 }
 
@@ -456,7 +456,7 @@ pub struct Completed<'a> {
     pub logprobs: Option<&'a [TokenLogprob]>,
     pub finish_reason: FinishReason,
     pub usage: &'a Usage,
-    pub cost: u64,
+    pub charge: &'a sharenet_market::Charge,
     pub receipt_id: &'a str,
     pub node: &'a str,
 }
@@ -526,7 +526,7 @@ pub fn completion_json(c: &Completed<'_>) -> Value {
         "model": c.model,
         "system_fingerprint": c.node,
         "choices": [choice],
-        "usage": usage_json(c.usage, c.cost),
+        "usage": usage_json(c.usage, c.charge),
         "receipt_id": c.receipt_id,
     })
 }

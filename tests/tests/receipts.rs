@@ -189,7 +189,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     // are about the forgeries and nothing else.
     let resp = t.post("chat/completions", &request("honest", false)).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    assert_eq!(state.store.len(), 1);
+    assert_eq!(state.accounts.books().entry_count(), 1);
     assert_eq!(state.metrics.receipts_rejected.load(Ordering::Relaxed), 0);
 
     for (i, (mode, reason)) in [
@@ -215,7 +215,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
             i as u64 + 1
         );
         assert_eq!(
-            state.store.len(),
+            state.accounts.books().entry_count(),
             1,
             "{mode}: nothing stored for a forged receipt"
         );
@@ -234,7 +234,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
             .contains("rejected")
     );
     assert!(!data.iter().any(|d| d == "[DONE]"));
-    assert_eq!(state.store.len(), 1);
+    assert_eq!(state.accounts.books().entry_count(), 1);
 
     t.stop().await;
 }

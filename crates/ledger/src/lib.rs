@@ -9,6 +9,12 @@
 //! write returns, so nothing acknowledged is lost on a crash; only this
 //! crate touches sled, so another backend can replace it behind the trait.
 
+mod books;
+
+pub use books::{
+    AppRecord, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, StatementRecord, TopUp,
+};
+
 use std::path::Path;
 
 use sharenet_proto::{CountersignedReceipt, JobId, Receipt, SignedReceipt};

@@ -38,6 +38,27 @@ pub(crate) fn verify(
         .map_err(|_| ProtoError::BadSignature(what))
 }
 
+/// Signs the canonical bytes of a signed object defined outside this crate
+/// (settlement statements in `sharenet-market`), so every signature in the
+/// project goes through one place. `canonical` must begin with that
+/// object's own domain tag and [`crate::PROTOCOL_VERSION`]: the tag is what
+/// keeps a signature over one kind of object from passing as another.
+pub fn sign_canonical(key: &SigningKey, canonical: &[u8]) -> [u8; 64] {
+    sign(key, canonical)
+}
+
+/// Verifies a signature made with [`sign_canonical`], with the same strict
+/// rules as every object of this crate (`verify_strict`: no small-order
+/// keys or `R`, canonical encodings). `what` names the object in the error.
+pub fn verify_canonical(
+    public: &PublicKey,
+    canonical: &[u8],
+    signature: &[u8; 64],
+    what: &'static str,
+) -> Result<(), ProtoError> {
+    verify(public, canonical, signature, what)
+}
+
 /// A job's identity: 16 random bytes chosen by the coordinator. It is also
 /// the receipt id; a job id is accepted into the ledger once.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

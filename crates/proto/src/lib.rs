@@ -19,6 +19,7 @@
 //! crate, and nothing in it panics on bytes that came from a peer.
 
 mod advert;
+mod batch;
 mod canon;
 mod error;
 mod job;
@@ -30,13 +31,17 @@ pub use advert::{
     Advert, GpuInfo, MAX_ADVERT_GPUS, MAX_ADVERT_MODELS, MAX_ADVERT_TTL_MS, ModelKind, ModelOffer,
     SignedAdvert,
 };
+pub use batch::verify_countersigned_batch;
 pub use error::ProtoError;
 pub use job::{
     ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest, MAX_EMBED_INPUTS,
     MAX_FRAME_BYTES, MAX_JOB_TOKENS, MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob, TopLogprob,
     Usage,
 };
-pub use keys::{JobId, PublicKey, SigningKey, embeddings_digest, public_key_of, sha256};
+pub use keys::{
+    JobId, PublicKey, SigningKey, embeddings_digest, public_key_of, sha256, sign_canonical,
+    verify_canonical,
+};
 pub use money::{NanoUsd, job_cost};
 pub use receipt::{CountersignedReceipt, Receipt, SignedReceipt};
 

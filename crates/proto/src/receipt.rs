@@ -242,6 +242,59 @@ impl CountersignedReceipt {
     }
 }
 
+/// A countersigned receipt decoded and structurally checked (amount,
+/// timestamps, lengths, no trailing bytes) whose two signatures have NOT
+/// been checked yet. Only the batch verifier (`batch.rs`) makes one, and it
+/// turns one into a [`CountersignedReceipt`] only after both signatures
+/// verified, so the "a value in memory has valid signatures" rule holds.
+pub(crate) struct UnverifiedCountersigned<'a> {
+    pub(crate) receipt: Receipt,
+    pub(crate) node_signature: [u8; 64],
+    pub(crate) coordinator_signature: [u8; 64],
+    /// The bytes the node signed: the receipt's canonical bytes.
+    pub(crate) node_message: &'a [u8],
+    /// The bytes the coordinator signed: everything before its signature.
+    pub(crate) coordinator_message: &'a [u8],
+}
+
+impl<'a> UnverifiedCountersigned<'a> {
+    /// Decodes like [`CountersignedReceipt::from_bytes`] without the two
+    /// signature checks.
+    pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, ProtoError> {
+        let outer = Reader::new(bytes, COUNTER_TAG, "countersigned receipt")?;
+        let inner_start = outer.consumed_from(bytes);
+        let inner_bytes = &bytes[inner_start..];
+        let mut r = Reader::new(inner_bytes, TAG, "receipt")?;
+        let receipt = Receipt::read(&mut r)?;
+        let node_len = r.consumed_from(inner_bytes);
+        let node_signature = r.array::<64>("receipt node signature")?;
+        receipt.validate()?;
+        let signed_len = inner_start + r.consumed_from(inner_bytes);
+        let coordinator_signature = r.array::<64>("coordinator signature")?;
+        if r.remaining() != 0 {
+            return Err(ProtoError::TrailingBytes(r.remaining()));
+        }
+        Ok(Self {
+            receipt,
+            node_signature,
+            coordinator_signature,
+            node_message: &inner_bytes[..node_len],
+            coordinator_message: &bytes[..signed_len],
+        })
+    }
+
+    /// Only for the batch verifier, after both signatures verified.
+    pub(crate) fn into_verified(self) -> CountersignedReceipt {
+        CountersignedReceipt {
+            signed: SignedReceipt {
+                receipt: self.receipt,
+                node_signature: self.node_signature,
+            },
+            coordinator_signature: self.coordinator_signature,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

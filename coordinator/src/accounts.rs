@@ -1,0 +1,668 @@
+//! Builder accounts on the coordinator: API keys (hashed), prepaid
+//! balances, holds, budgets, rate limits and per-end-customer usage.
+//!
+//! Money path for one request:
+//! 1. [`Accounts::authenticate`]: the Bearer key's SHA-256 names an app and a
+//!    key; unknown or revoked → 401.
+//! 2. [`Accounts::admit`]: rate limits (requests and tokens per minute, per
+//!    key and per end customer; `governor`) → 429 with `Retry-After`; then a
+//!    **hold** for the worst-case charge (the most tokens the job may use at
+//!    the highest price among the candidate nodes, plus fee and margin),
+//!    taken from the app's balance and counted against every budget (app,
+//!    key, end customer; day, month, total) → 402 naming what ran out.
+//!    Holds are taken under one lock, so concurrent requests can never
+//!    overspend.
+//! 3. [`Hold::commit`] after the receipt: the real charge is computed
+//!    (`sharenet_market::charge`), the ledger entry is made durable, the
+//!    charge is booked and the rest of the hold released. A job that ends
+//!    without a receipt drops its hold: nothing is charged.
+//!
+//! Balances, spend and usage are derived from the durable top-ups and
+//! ledger entries at start-up ([`Accounts::load`]), so a crash cannot leave
+//! them out of step with what was acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use serde::Serialize;
+use sharenet_ledger::{AppRecord, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, TopUp};
+use sharenet_market::{Charge, JobBounds, Margin};
+use sharenet_proto::{CountersignedReceipt, NanoUsd, sha256};
+
+use crate::error::ApiError;
+
+const DAY_MS: u64 = 86_400_000;
+/// Rate limiters kept at most (per key and per end customer); beyond this
+/// the idle ones are forgotten.
+const MAX_LIMITERS: usize = 100_000;
+
+/// Who is calling: resolved from the API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub app: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Scope {
+    App(String),
+    Key(String),
+    Customer(String, String),
+}
+
+impl Scope {
+    fn describe(&self) -> String {
+        match self {
+            Self::App(a) => format!("app {a}"),
+            Self::Key(k) => format!("key {k}"),
+            Self::Customer(_, c) => format!("end customer {c:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Window {
+    Day(u64),
+    Month(u64),
+    Total,
+}
+
+/// Usage of one end customer (or of the app's own calls) in one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UsageLine {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub charged: NanoUsd,
+    pub provider_cost: NanoUsd,
+    pub network_fee: NanoUsd,
+    pub margin: NanoUsd,
+}
+
+impl UsageLine {
+    fn add(&mut self, e: &LedgerEntry) {
+        let r = e.receipt.receipt();
+        self.requests += 1;
+        self.input_tokens += u64::from(r.input_tokens);
+        self.output_tokens += u64::from(r.output_tokens);
+        self.charged = self.charged.saturating_add(e.charge.total);
+        self.provider_cost = self.provider_cost.saturating_add(e.charge.provider_cost);
+        self.network_fee = self.network_fee.saturating_add(e.charge.network_fee);
+        self.margin = self.margin.saturating_add(e.charge.margin);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    apps: HashMap<String, AppRecord>,
+    keys: HashMap<[u8; 32], KeyRecord>,
+    key_hash_by_id: HashMap<String, [u8; 32]>,
+    topped_up: HashMap<String, u128>,
+    charged: HashMap<String, u128>,
+    /// Booked charges per budget scope and window.
+    spent: HashMap<(Scope, Window), u128>,
+    /// Outstanding holds per scope (they count against every window).
+    held: HashMap<Scope, u128>,
+    /// (app, end customer or "", month start) → usage.
+    usage: BTreeMap<(String, String, u64), UsageLine>,
+    limiters: HashMap<(Scope, bool), Arc<DefaultDirectRateLimiter>>,
+}
+
+impl State {
+    fn balance(&self, app: &str) -> i128 {
+        let get = |m: &HashMap<String, u128>| m.get(app).copied().unwrap_or(0) as i128;
+        get(&self.topped_up)
+            - get(&self.charged)
+            - self.held.get(&Scope::App(app.into())).copied().unwrap_or(0) as i128
+    }
+
+    fn book(&mut self, e: &LedgerEntry, key_id: &str) {
+        let amount = u128::from(e.charge.total);
+        *self.charged.entry(e.app.clone()).or_default() += amount;
+        let at = e.recorded_at_ms;
+        for scope in scopes(&e.app, key_id, e.end_customer.as_deref()) {
+            for w in windows(at) {
+                *self.spent.entry((scope.clone(), w)).or_default() += amount;
+            }
+        }
+        let customer = e.end_customer.clone().unwrap_or_default();
+        self.usage
+            .entry((e.app.clone(), customer, month_start(at)))
+            .or_default()
+            .add(e);
+    }
+}
+
+fn scopes(app: &str, key_id: &str, customer: Option<&str>) -> Vec<Scope> {
+    let mut v = vec![Scope::App(app.into()), Scope::Key(key_id.into())];
+    if let Some(c) = customer {
+        v.push(Scope::Customer(app.into(), c.into()));
+    }
+    v
+}
+
+fn month_start(ms: u64) -> u64 {
+    sharenet_market::PeriodRule::CalendarMonth
+        .period_of(ms)
+        .map(|p| p.start_ms)
+        .unwrap_or(0)
+}
+
+fn windows(ms: u64) -> [Window; 3] {
+    [
+        Window::Day(ms / DAY_MS),
+        Window::Month(month_start(ms)),
+        Window::Total,
+    ]
+}
+
+/// The hashed form of an API key.
+pub fn key_hash(key: &str) -> [u8; 32] {
+    sha256(key.as_bytes())
+}
+
+/// A new API key: `sk-sn-` and 32 random hex characters.
+pub fn new_key() -> String {
+    format!("sk-sn-{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
+fn key_id_of(hash: &[u8; 32]) -> String {
+    format!("key_{}", hex::encode(&hash[..6]))
+}
+
+/// The accounts service (shared by every request).
+pub struct Accounts {
+    books: Arc<Books>,
+    state: Mutex<State>,
+    network_fee_bps: u32,
+}
+
+/// A worst-case amount reserved for one request; released on drop.
+pub struct Hold {
+    accounts: Arc<Accounts>,
+    principal: Principal,
+    end_customer: Option<String>,
+    amount: u128,
+    committed: bool,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.accounts.release(self);
+        }
+    }
+}
+
+/// What a request is about to do, for admission.
+pub struct Admission<'a> {
+    pub principal: &'a Principal,
+    pub end_customer: Option<&'a str>,
+    pub max_input_tokens: u64,
+    pub max_output_tokens: u64,
+    pub max_price_in: NanoUsd,
+    pub max_price_out: NanoUsd,
+    pub now_ms: u64,
+}
+
+impl Accounts {
+    /// Rebuilds balances, spend and usage from the books.
+    pub fn load(books: Arc<Books>, network_fee_bps: u32) -> Result<Self, ApiError> {
+        let internal = |e: sharenet_ledger::StoreError| ApiError::Internal(e.to_string());
+        let mut state = State::default();
+        for app in books.apps().map_err(internal)? {
+            state.apps.insert(app.id.clone(), app);
+        }
+        for key in books.keys().map_err(internal)? {
+            state.key_hash_by_id.insert(key.id.clone(), key.sha256);
+            state.keys.insert(key.sha256, key);
+        }
+        for t in books.topups().map_err(internal)? {
+            *state.topped_up.entry(t.app.clone()).or_default() += u128::from(t.amount);
+        }
+        for e in books.entries() {
+            let e = e.map_err(internal)?;
+            let key_id = e.key_id.clone();
+            state.book(&e, &key_id);
+        }
+        Ok(Self {
+            books,
+            state: Mutex::new(state),
+            network_fee_bps,
+        })
+    }
+
+    pub fn books(&self) -> &Arc<Books> {
+        &self.books
+    }
+
+    pub fn network_fee_bps(&self) -> u32 {
+        self.network_fee_bps
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, ApiError> {
+        self.state
+            .lock()
+            .map_err(|_| ApiError::Internal("accounts lock poisoned".into()))
+    }
+
+    /// The app and key a Bearer key belongs to; 401 if unknown or revoked.
+    pub fn authenticate(&self, key: &str) -> Result<Principal, ApiError> {
+        let state = self.lock()?;
+        match state.keys.get(&key_hash(key)) {
+            Some(k) if k.revoked_at_ms.is_none() => Ok(Principal {
+                app: k.app.clone(),
+                key_id: k.id.clone(),
+            }),
+            Some(_) => Err(ApiError::Unauthorized(
+                "this API key has been revoked".into(),
+            )),
+            None => Err(ApiError::Unauthorized("invalid API key".into())),
+        }
+    }
+
+    pub fn app(&self, id: &str) -> Result<Option<AppRecord>, ApiError> {
+        Ok(self.lock()?.apps.get(id).cloned())
+    }
+
+    fn limiter(
+        state: &mut State,
+        scope: &Scope,
+        tokens: bool,
+        per_minute: Option<u32>,
+    ) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let n = NonZeroU32::new(per_minute?)?;
+        if state.limiters.len() >= MAX_LIMITERS {
+            state.limiters.clear();
+        }
+        Some(
+            state
+                .limiters
+                .entry((scope.clone(), tokens))
+                .or_insert_with(|| Arc::new(DefaultDirectRateLimiter::direct(Quota::per_minute(n))))
+                .clone(),
+        )
+    }
+
+    /// Rate limits, then a hold for the worst case (see the module docs).
+    pub fn admit(self: &Arc<Self>, a: &Admission<'_>) -> Result<Hold, ApiError> {
+        let mut state = self.lock()?;
+        let app = state
+            .apps
+            .get(&a.principal.app)
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("this key's app no longer exists".into()))?;
+
+        // Rate limits: requests and worst-case tokens per minute.
+        let tokens = a.max_input_tokens.saturating_add(a.max_output_tokens);
+        let tokens32 = NonZeroU32::new(u32::try_from(tokens).unwrap_or(u32::MAX).max(1))
+            .unwrap_or(NonZeroU32::MIN);
+        let key_scope = Scope::Key(a.principal.key_id.clone());
+        let mut checks = vec![(key_scope.clone(), app.key_limits)];
+        if let Some(c) = a.end_customer {
+            checks.push((
+                Scope::Customer(app.id.clone(), c.into()),
+                app.customer_limits,
+            ));
+        }
+        let clock = DefaultClock::default();
+        for (scope, limits) in &checks {
+            if let Some(l) = Self::limiter(&mut state, scope, false, limits.requests_per_minute)
+                && let Err(not_until) = l.check()
+            {
+                return Err(ApiError::RateLimited {
+                    message: format!(
+                        "{} is over its limit of {} requests per minute",
+                        scope.describe(),
+                        limits.requests_per_minute.unwrap_or(0)
+                    ),
+                    retry_after: not_until.wait_time_from(clock.now()),
+                });
+            }
+            if let Some(l) = Self::limiter(&mut state, scope, true, limits.tokens_per_minute) {
+                match l.check_n(tokens32) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(not_until)) => {
+                        return Err(ApiError::RateLimited {
+                            message: format!(
+                                "{} is over its limit of {} tokens per minute",
+                                scope.describe(),
+                                limits.tokens_per_minute.unwrap_or(0)
+                            ),
+                            retry_after: not_until.wait_time_from(clock.now()),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(ApiError::bad_request(
+                            format!(
+                                "this request may use {tokens} tokens, more than {}'s limit of {} tokens per minute; lower max_tokens",
+                                scope.describe(),
+                                limits.tokens_per_minute.unwrap_or(0)
+                            ),
+                            Some("max_tokens"),
+                        ));
+                    }
+                }
+            }
+        }
+
+        // The worst-case charge.
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        let worst = sharenet_market::pricing::hold(
+            &JobBounds {
+                max_input_tokens: clamp(a.max_input_tokens),
+                max_output_tokens: clamp(a.max_output_tokens),
+                max_price_in: a.max_price_in,
+                max_price_out: a.max_price_out,
+            },
+            self.network_fee_bps,
+            &app.margin,
+        )
+        .map_err(|e| ApiError::bad_request(format!("this request cannot be priced: {e}"), None))?;
+        let amount = u128::from(worst.total);
+        let balance = state.balance(&app.id);
+        if balance < amount as i128 {
+            return Err(ApiError::PaymentRequired(format!(
+                "app {}'s balance of {} nano-USD does not cover this request's worst case of {} nano-USD (max_tokens {} at up to {} nano-USD per output token); top up or lower max_tokens",
+                app.id,
+                balance.max(0),
+                worst.total,
+                a.max_output_tokens,
+                a.max_price_out
+            )));
+        }
+        let key_budgets = state
+            .keys
+            .get(
+                state
+                    .key_hash_by_id
+                    .get(&a.principal.key_id)
+                    .unwrap_or(&[0; 32]),
+            )
+            .map(|k| k.budgets)
+            .unwrap_or_default();
+        let all = scopes(&app.id, &a.principal.key_id, a.end_customer);
+        for scope in &all {
+            let budgets = match scope {
+                Scope::App(_) => app.budgets,
+                Scope::Key(_) => key_budgets,
+                Scope::Customer(..) => app.customer_budgets,
+            };
+            let held = state.held.get(scope).copied().unwrap_or(0);
+            for (w, limit, name) in [
+                (windows(a.now_ms)[0], budgets.daily, "daily"),
+                (windows(a.now_ms)[1], budgets.monthly, "monthly"),
+                (Window::Total, budgets.total, "total"),
+            ] {
+                let Some(limit) = limit else { continue };
+                let spent = state.spent.get(&(scope.clone(), w)).copied().unwrap_or(0);
+                if spent + held + amount > u128::from(limit) {
+                    return Err(ApiError::PaymentRequired(format!(
+                        "{}'s {name} budget of {limit} nano-USD would be exceeded ({} spent, {} held, this request may cost up to {})",
+                        scope.describe(),
+                        spent,
+                        held,
+                        worst.total
+                    )));
+                }
+            }
+        }
+        for scope in all {
+            *state.held.entry(scope).or_default() += amount;
+        }
+        Ok(Hold {
+            accounts: self.clone(),
+            principal: a.principal.clone(),
+            end_customer: a.end_customer.map(str::to_string),
+            amount,
+            committed: false,
+        })
+    }
+
+    fn release(&self, hold: &Hold) {
+        if let Ok(mut state) = self.state.lock() {
+            for scope in scopes(
+                &hold.principal.app,
+                &hold.principal.key_id,
+                hold.end_customer.as_deref(),
+            ) {
+                if let Some(h) = state.held.get_mut(&scope) {
+                    *h = h.saturating_sub(hold.amount);
+                }
+            }
+        }
+    }
+
+    /// Usage lines of an app: (end customer, month start ms, usage).
+    pub fn usage(&self, app: &str) -> Result<Vec<(String, u64, UsageLine)>, ApiError> {
+        let state = self.lock()?;
+        Ok(state
+            .usage
+            .iter()
+            .filter(|((a, _, _), _)| a == app)
+            .map(|((_, c, m), u)| (c.clone(), *m, *u))
+            .collect())
+    }
+
+    /// The app's balance (top-ups minus charges minus holds).
+    pub fn balance(&self, app: &str) -> Result<i128, ApiError> {
+        Ok(self.lock()?.balance(app))
+    }
+
+    // ---- operator actions ----
+
+    /// Creates an app.
+    pub fn create_app(&self, app: AppRecord) -> Result<AppRecord, ApiError> {
+        let mut state = self.lock()?;
+        if state.apps.contains_key(&app.id) {
+            return Err(ApiError::bad_request(
+                format!("app {} already exists", app.id),
+                Some("id"),
+            ));
+        }
+        self.books
+            .put_app(&app)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        state.apps.insert(app.id.clone(), app.clone());
+        Ok(app)
+    }
+
+    /// Issues a key for `app`; the plaintext is returned once and never stored.
+    pub fn create_key(
+        &self,
+        app: &str,
+        budgets: Budgets,
+        now_ms: u64,
+    ) -> Result<(String, KeyRecord), ApiError> {
+        let plaintext = new_key();
+        let record = self.install_key(app, &plaintext, budgets, now_ms)?;
+        Ok((plaintext, record))
+    }
+
+    /// Installs a known key (config bootstrap keys). Idempotent.
+    pub fn install_key(
+        &self,
+        app: &str,
+        plaintext: &str,
+        budgets: Budgets,
+        now_ms: u64,
+    ) -> Result<KeyRecord, ApiError> {
+        let mut state = self.lock()?;
+        if !state.apps.contains_key(app) {
+            return Err(ApiError::NotFound(format!("no app {app}")));
+        }
+        let hash = key_hash(plaintext);
+        if let Some(existing) = state.keys.get(&hash) {
+            return Ok(existing.clone());
+        }
+        let record = KeyRecord {
+            id: key_id_of(&hash),
+            app: app.to_string(),
+            sha256: hash,
+            budgets,
+            created_at_ms: now_ms,
+            revoked_at_ms: None,
+        };
+        self.books
+            .put_key(&record)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        state.key_hash_by_id.insert(record.id.clone(), hash);
+        state.keys.insert(hash, record.clone());
+        Ok(record)
+    }
+
+    pub fn keys(&self, app: &str) -> Result<Vec<KeyRecord>, ApiError> {
+        let state = self.lock()?;
+        let mut keys: Vec<KeyRecord> = state
+            .keys
+            .values()
+            .filter(|k| k.app == app)
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(keys)
+    }
+
+    pub fn revoke_key(&self, key_id: &str, now_ms: u64) -> Result<KeyRecord, ApiError> {
+        let mut state = self.lock()?;
+        let hash = *state
+            .key_hash_by_id
+            .get(key_id)
+            .ok_or_else(|| ApiError::NotFound(format!("no key {key_id}")))?;
+        let Some(key) = state.keys.get_mut(&hash) else {
+            return Err(ApiError::NotFound(format!("no key {key_id}")));
+        };
+        if key.revoked_at_ms.is_none() {
+            key.revoked_at_ms = Some(now_ms);
+        }
+        let key = key.clone();
+        self.books
+            .put_key(&key)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(key)
+    }
+
+    pub fn top_up(&self, app: &str, amount: NanoUsd, now_ms: u64) -> Result<i128, ApiError> {
+        let mut state = self.lock()?;
+        if !state.apps.contains_key(app) {
+            return Err(ApiError::NotFound(format!("no app {app}")));
+        }
+        if amount == 0 {
+            return Err(ApiError::bad_request(
+                "amount must be positive",
+                Some("amount_nano_usd"),
+            ));
+        }
+        self.books
+            .add_topup(&TopUp {
+                app: app.to_string(),
+                amount,
+                at_ms: now_ms,
+            })
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        *state.topped_up.entry(app.to_string()).or_default() += u128::from(amount);
+        Ok(state.balance(app))
+    }
+}
+
+impl Hold {
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    pub fn end_customer(&self) -> Option<&str> {
+        self.end_customer.as_deref()
+    }
+
+    /// Prices the job from its receipt, makes the ledger entry durable
+    /// (blocking: call off the async runtime), books the charge and
+    /// releases the hold. A replayed job id is refused by the books.
+    pub fn commit(
+        mut self,
+        receipt: CountersignedReceipt,
+        now_ms: u64,
+    ) -> Result<LedgerEntry, CommitError> {
+        let accounts = self.accounts.clone();
+        let margin = accounts
+            .lock()
+            .map_err(CommitError::Api)?
+            .apps
+            .get(&self.principal.app)
+            .map(|a| a.margin)
+            .unwrap_or_default();
+        let charge: Charge = sharenet_market::pricing::charge_receipt(
+            receipt.receipt(),
+            accounts.network_fee_bps,
+            &margin,
+        )
+        .map_err(|e| CommitError::Api(ApiError::Internal(format!("price the job: {e}"))))?;
+        let entry = LedgerEntry {
+            receipt,
+            app: self.principal.app.clone(),
+            key_id: self.principal.key_id.clone(),
+            end_customer: self.end_customer.clone(),
+            charge,
+            recorded_at_ms: now_ms,
+        };
+        accounts.books.record(&entry).map_err(CommitError::Store)?;
+        // Durable: book it and swap the hold for the real charge.
+        accounts.release(&self);
+        self.committed = true;
+        if let Ok(mut state) = accounts.state.lock() {
+            state.book(&entry, &self.principal.key_id);
+        }
+        Ok(entry)
+    }
+}
+
+/// Why a commit failed.
+#[derive(Debug)]
+pub enum CommitError {
+    Store(sharenet_ledger::StoreError),
+    Api(ApiError),
+}
+
+/// Bootstrap config: the default app the configured keys belong to.
+pub struct Bootstrap {
+    pub app: String,
+    pub balance: NanoUsd,
+}
+
+/// For configs that list plain keys: make sure `bootstrap.app` exists with
+/// those keys and, on first creation, the given balance.
+pub fn bootstrap(
+    accounts: &Accounts,
+    keys: &[String],
+    b: &Bootstrap,
+    now_ms: u64,
+) -> Result<(), ApiError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    if accounts.app(&b.app)?.is_none() {
+        accounts.create_app(AppRecord {
+            id: b.app.clone(),
+            builder: "operator".into(),
+            name: "keys from the coordinator config".into(),
+            margin: Margin {
+                percent_bps: 0,
+                per_mtok: 0,
+            },
+            budgets: Budgets::default(),
+            customer_budgets: Budgets::default(),
+            key_limits: RateLimits::default(),
+            customer_limits: RateLimits::default(),
+            created_at_ms: now_ms,
+        })?;
+        if b.balance > 0 {
+            accounts.top_up(&b.app, b.balance, now_ms)?;
+        }
+    }
+    for k in keys {
+        accounts.install_key(&b.app, k, Budgets::default(), now_ms)?;
+    }
+    Ok(())
+}

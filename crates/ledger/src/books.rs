@@ -1,0 +1,413 @@
+//! The coordinator's books: builder apps, hashed API keys, top-ups, one
+//! ledger entry per job (the countersigned receipt with who pays and the
+//! charge breakdown), and signed settlement statements.
+//!
+//! Balances and spend are not stored: they are derived from top-ups and
+//! entries when the coordinator starts, so a crash between "charge" and
+//! "update balance" cannot happen — there is no second write.
+//!
+//! Entries are written through a group-commit thread: concurrent
+//! [`Books::record`] calls are inserted together and made durable with one
+//! flush, and each call returns only after that flush.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+use sharenet_market::{Charge, Margin};
+use sharenet_proto::{CountersignedReceipt, JobId, NanoUsd};
+
+use crate::StoreError;
+
+/// Spending limits in nano-USD; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    #[serde(default)]
+    pub daily: Option<NanoUsd>,
+    #[serde(default)]
+    pub monthly: Option<NanoUsd>,
+    #[serde(default)]
+    pub total: Option<NanoUsd>,
+}
+
+/// Requests and tokens per minute; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+}
+
+/// A builder's app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub id: String,
+    /// The builder (account) that owns the app.
+    pub builder: String,
+    pub name: String,
+    pub margin: Margin,
+    /// For the whole app.
+    pub budgets: Budgets,
+    /// For each end customer of the app.
+    pub customer_budgets: Budgets,
+    /// Per API key.
+    pub key_limits: RateLimits,
+    /// Per end customer.
+    pub customer_limits: RateLimits,
+    pub created_at_ms: u64,
+}
+
+/// An API key: only its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Public handle (the key's first characters), for listing and revoking.
+    pub id: String,
+    pub app: String,
+    #[serde(with = "hex::serde")]
+    pub sha256: [u8; 32],
+    pub budgets: Budgets,
+    pub created_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// Money added to an app's prepaid balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUp {
+    pub app: String,
+    pub amount: NanoUsd,
+    pub at_ms: u64,
+}
+
+/// One job as the coordinator accounts for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub receipt: CountersignedReceipt,
+    pub app: String,
+    pub key_id: String,
+    pub end_customer: Option<String>,
+    pub charge: Charge,
+    /// When the coordinator recorded it (decides its settlement period).
+    pub recorded_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryFile {
+    #[serde(with = "hex::serde")]
+    receipt: Vec<u8>,
+    app: String,
+    key_id: String,
+    end_customer: Option<String>,
+    charge: Charge,
+    recorded_at_ms: u64,
+}
+
+impl LedgerEntry {
+    pub fn job_id(&self) -> JobId {
+        self.receipt.receipt().job_id
+    }
+
+    fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(&EntryFile {
+            receipt: self.receipt.to_bytes(),
+            app: self.app.clone(),
+            key_id: self.key_id.clone(),
+            end_customer: self.end_customer.clone(),
+            charge: self.charge,
+            recorded_at_ms: self.recorded_at_ms,
+        })
+        .map_err(|e| StoreError::Backend(format!("encode entry: {e}")))
+    }
+
+    /// Decodes and re-verifies the receipt's signatures.
+    fn from_bytes(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: hex::encode(key),
+            reason,
+        };
+        let f: EntryFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let receipt =
+            CountersignedReceipt::from_bytes(&f.receipt).map_err(|e| corrupt(e.to_string()))?;
+        if receipt.receipt().amount != f.charge.provider_cost {
+            return Err(corrupt("charge does not match the receipt amount".into()));
+        }
+        Ok(Self {
+            receipt,
+            app: f.app,
+            key_id: f.key_id,
+            end_customer: f.end_customer,
+            charge: f.charge,
+            recorded_at_ms: f.recorded_at_ms,
+        })
+    }
+}
+
+/// A pending insert for the group-commit thread.
+struct Commit {
+    key: [u8; 16],
+    value: Vec<u8>,
+    done: mpsc::SyncSender<Result<(), StoreError>>,
+}
+
+/// Inserts waiting at most this many to share one flush.
+const MAX_GROUP: usize = 4096;
+
+/// The books, in sled.
+pub struct Books {
+    db: sled::Db,
+    entries: sled::Tree,
+    apps: sled::Tree,
+    keys: sled::Tree,
+    topups: sled::Tree,
+    statements: sled::Tree,
+    committer: Mutex<Option<mpsc::SyncSender<Commit>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        id: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl Books {
+    /// Opens (or creates) the books in the folder `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(path)
+            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        let entries = db.open_tree("entries")?;
+        let (tx, rx) = mpsc::sync_channel::<Commit>(MAX_GROUP);
+        let (tdb, tentries) = (db.clone(), entries.clone());
+        let thread = std::thread::Builder::new()
+            .name("sharenet-ledger-commit".into())
+            .spawn(move || group_commit(tdb, tentries, rx))
+            .map_err(|e| StoreError::Backend(format!("spawn commit thread: {e}")))?;
+        Ok(Self {
+            apps: db.open_tree("apps")?,
+            keys: db.open_tree("keys")?,
+            topups: db.open_tree("topups")?,
+            statements: db.open_tree("statements")?,
+            entries,
+            db,
+            committer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Records a job's entry once (a replayed job id is
+    /// [`StoreError::Duplicate`]); durable when it returns. Blocking.
+    pub fn record(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
+        let (done, wait) = mpsc::sync_channel(1);
+        let commit = Commit {
+            key: entry.job_id().0,
+            value: entry.to_bytes()?,
+            done,
+        };
+        let sender = self
+            .committer
+            .lock()
+            .map_err(|_| StoreError::Backend("commit lock poisoned".into()))?
+            .clone()
+            .ok_or_else(|| StoreError::Backend("the books are closed".into()))?;
+        sender
+            .send(commit)
+            .map_err(|_| StoreError::Backend("the commit thread stopped".into()))?;
+        wait.recv()
+            .map_err(|_| StoreError::Backend("the commit thread stopped".into()))?
+    }
+
+    pub fn entry(&self, id: &JobId) -> Result<Option<LedgerEntry>, StoreError> {
+        self.entries
+            .get(id.0)?
+            .map(|v| LedgerEntry::from_bytes(&id.0, &v))
+            .transpose()
+    }
+
+    /// Every entry, in job id order (re-verified).
+    pub fn entries(&self) -> impl Iterator<Item = Result<LedgerEntry, StoreError>> + '_ {
+        self.entries.iter().map(|kv| {
+            let (k, v) = kv?;
+            LedgerEntry::from_bytes(&k, &v)
+        })
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn put<T: Serialize>(&self, tree: &sled::Tree, key: &[u8], v: &T) -> Result<(), StoreError> {
+        tree.insert(key, encode(v)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn put_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        self.put(&self.apps, app.id.as_bytes(), app)
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        Self::all(&self.apps)
+    }
+
+    pub fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.put(&self.keys, key.id.as_bytes(), key)
+    }
+
+    pub fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Self::all(&self.keys)
+    }
+
+    /// Appends a top-up (durable when it returns).
+    pub fn add_topup(&self, topup: &TopUp) -> Result<(), StoreError> {
+        let id = self.db.generate_id()?;
+        self.put(&self.topups, &id.to_be_bytes(), topup)
+    }
+
+    pub fn topups(&self) -> Result<Vec<TopUp>, StoreError> {
+        Self::all(&self.topups)
+    }
+
+    /// Stores a signed statement under its period label, once, with the
+    /// job ids it settles (so later settlements skip them).
+    pub fn put_statement(&self, record: &StatementRecord) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(12 + record.statement.len() + 16 * record.job_ids.len());
+        value.extend_from_slice(&(record.statement.len() as u32).to_be_bytes());
+        value.extend_from_slice(&record.statement);
+        value.extend_from_slice(&record.settled_at_ms.to_be_bytes());
+        for id in &record.job_ids {
+            value.extend_from_slice(&id.0);
+        }
+        let swapped = self.statements.compare_and_swap(
+            record.label.as_bytes(),
+            None as Option<&[u8]>,
+            Some(value),
+        )?;
+        if swapped.is_err() {
+            return Err(StoreError::Backend(format!(
+                "period {} is already settled",
+                record.label
+            )));
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn statement(&self, label: &str) -> Result<Option<StatementRecord>, StoreError> {
+        self.statements
+            .get(label.as_bytes())?
+            .map(|v| StatementRecord::from_bytes(label, &v))
+            .transpose()
+    }
+
+    /// Every statement, in label order.
+    pub fn statements(&self) -> Result<Vec<StatementRecord>, StoreError> {
+        self.statements
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                StatementRecord::from_bytes(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+}
+
+/// A settled period as stored: the signed statement's bytes, when it was
+/// settled, and the job ids it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementRecord {
+    pub label: String,
+    pub statement: Vec<u8>,
+    pub settled_at_ms: u64,
+    pub job_ids: Vec<JobId>,
+}
+
+impl StatementRecord {
+    fn from_bytes(label: &str, v: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            id: label.to_string(),
+            reason: reason.to_string(),
+        };
+        let (len, rest) = v.split_at_checked(4).ok_or_else(|| corrupt("truncated"))?;
+        let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt("length"))?) as usize;
+        let (statement, rest) = rest
+            .split_at_checked(len)
+            .ok_or_else(|| corrupt("truncated statement"))?;
+        let (at, ids) = rest
+            .split_at_checked(8)
+            .ok_or_else(|| corrupt("truncated time"))?;
+        if !ids.len().is_multiple_of(16) {
+            return Err(corrupt("job id list"));
+        }
+        Ok(Self {
+            label: label.to_string(),
+            statement: statement.to_vec(),
+            settled_at_ms: u64::from_be_bytes(at.try_into().map_err(|_| corrupt("time"))?),
+            job_ids: ids
+                .chunks_exact(16)
+                .map(|c| {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(c);
+                    JobId(id)
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Drop for Books {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.committer.lock() {
+            c.take();
+        }
+        if let Ok(mut t) = self.thread.lock()
+            && let Some(t) = t.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn group_commit(db: sled::Db, entries: sled::Tree, rx: mpsc::Receiver<Commit>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut inserted = Vec::with_capacity(group.len());
+        for c in group {
+            match entries.compare_and_swap(c.key, None as Option<&[u8]>, Some(c.value.as_slice())) {
+                Ok(Ok(())) => inserted.push(c),
+                Ok(Err(_)) => {
+                    let _ = c.done.send(Err(StoreError::Duplicate(JobId(c.key))));
+                }
+                Err(e) => {
+                    let _ = c.done.send(Err(e.into()));
+                }
+            }
+        }
+        let flushed = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        for c in inserted {
+            let _ = c.done.send(flushed.clone().map_err(StoreError::Backend));
+        }
+    }
+}

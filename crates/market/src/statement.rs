@@ -1,0 +1,1068 @@
+//! Settlement: the signed statement of one period.
+//!
+//! The coordinator's ledger records one [`Entry`] per countersigned job:
+//! the receipt's canonical bytes, who served it, which app (and end
+//! customer) it was for, and its [`Charge`]. [`settle`] turns a period's
+//! entries into a [`Statement`] — what each provider earned, what each
+//! builder was charged and is paid back (its margin), the network fee —
+//! plus a Merkle root over the receipts, and signs it.
+//!
+//! Rules:
+//! - the statement is a function of the *set* of entries: they are ordered
+//!   by job id (a job id is the receipt id and is unique), lines are
+//!   sorted by key, so any input order gives the same bytes; a job id seen
+//!   twice is an error (a receipt is paid once);
+//! - money balances, checked with overflow checks at every sum:
+//!   `total_charged = total_provider + total_network_fee + total_margin`,
+//!   provider rewards sum to `total_provider`, builder charges to
+//!   `total_charged`, payouts to `total_margin`, and jobs to `receipts`;
+//!   a statement that does not balance cannot be signed or decoded;
+//! - the Merkle leaves are `leaf_hash(receipt bytes)` in job-id order, so a
+//!   provider holding its countersigned receipt and an [`inclusion_proof`]
+//!   can check that it was counted.
+//!
+//! Which receipts belong to which period is the ledger's decision (by when
+//! the coordinator accepted them; the node's `finished_at_ms` comes from
+//! the node's clock), and a job id is accepted into the ledger once, so no
+//! receipt is settled in two periods. Settlement does not look at clocks.
+//!
+//! Two ways in:
+//! - [`settle`] decodes every receipt and verifies both signatures (batched:
+//!   [`sharenet_proto::verify_countersigned_batch`]), and checks each entry
+//!   against its receipt: job id, node, coordinator = the signer of the
+//!   statement, `charge.provider_cost` = the receipt's `amount`;
+//! - [`settle_preverified`] skips the receipt decoding and signatures, for
+//!   entries read back from a ledger that verified them on the way in and
+//!   again on read (`sharenet-ledger` does both). Everything else is
+//!   checked the same way; the result is the same bytes as [`settle`] for
+//!   entries that would pass it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sharenet_proto::{
+    CountersignedReceipt, JobId, NanoUsd, PROTOCOL_VERSION, PublicKey, SigningKey, public_key_of,
+    sign_canonical, verify_canonical, verify_countersigned_batch,
+};
+
+use crate::canon::{Reader, Writer};
+use crate::merkle::{self, InclusionProof, leaf_hash};
+use crate::pricing::{Charge, Margin, charge_receipt};
+use crate::{MarketError, Period};
+
+const TAG: &[u8] = b"sharenet/statement\0";
+/// Longest app id, in bytes (ids are chosen by the coordinator).
+pub const MAX_APP_ID: usize = 128;
+/// Longest end-customer id, in bytes (the OpenAI `user` field).
+pub const MAX_END_CUSTOMER: usize = 256;
+
+/// One settled job as the coordinator's ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The countersigned receipt's canonical bytes
+    /// ([`CountersignedReceipt::to_bytes`]); hex in JSON.
+    #[serde(with = "hex::serde")]
+    pub receipt: Vec<u8>,
+    /// The receipt's job id.
+    pub job_id: JobId,
+    /// The node that served the job (the receipt's signer).
+    #[serde(with = "hex::serde")]
+    pub node: PublicKey,
+    /// The builder's app the job was charged to.
+    pub app: String,
+    /// The builder's end customer, when the request named one (metering
+    /// only: settlement pays the builder, not its customers).
+    pub end_customer: Option<String>,
+    /// What the job cost the app; `charge.provider_cost` is the receipt's
+    /// amount.
+    pub charge: Charge,
+}
+
+impl Entry {
+    /// The entry for a verified receipt, with the charge computed from the
+    /// app's margin and the network fee in force ([`charge_receipt`]).
+    pub fn new(
+        receipt: &CountersignedReceipt,
+        app: impl Into<String>,
+        end_customer: Option<String>,
+        network_fee_bps: u32,
+        margin: &Margin,
+    ) -> Result<Self, MarketError> {
+        let r = receipt.receipt();
+        let entry = Self {
+            receipt: receipt.to_bytes(),
+            job_id: r.job_id,
+            node: r.node,
+            app: app.into(),
+            end_customer,
+            charge: charge_receipt(r, network_fee_bps, margin)?,
+        };
+        entry.check_shape()?;
+        Ok(entry)
+    }
+
+    /// Checks what can be checked without the receipt: id lengths and that
+    /// the charge is an exact sum.
+    fn check_shape(&self) -> Result<(), MarketError> {
+        let bad = |reason: String| MarketError::Entry {
+            job: self.job_id,
+            reason,
+        };
+        if self.app.is_empty() || self.app.len() > MAX_APP_ID {
+            return Err(bad(format!("app id must be 1..={MAX_APP_ID} bytes")));
+        }
+        if self
+            .end_customer
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_END_CUSTOMER)
+        {
+            return Err(bad(format!(
+                "end customer id longer than {MAX_END_CUSTOMER} bytes"
+            )));
+        }
+        if !self.charge.balances() {
+            return Err(bad(format!(
+                "charge total {} is not provider cost + network fee + margin",
+                self.charge.total
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the entry against its decoded, verified receipt.
+    fn check_against(
+        &self,
+        receipt: &CountersignedReceipt,
+        coordinator: &PublicKey,
+    ) -> Result<(), MarketError> {
+        let r = receipt.receipt();
+        let bad = |reason: &str| MarketError::Entry {
+            job: self.job_id,
+            reason: reason.into(),
+        };
+        if r.job_id != self.job_id {
+            return Err(bad("job id differs from the receipt's"));
+        }
+        if r.node != self.node {
+            return Err(bad("node differs from the receipt's signer"));
+        }
+        if r.coordinator != *coordinator {
+            return Err(bad("receipt countersigned by another coordinator"));
+        }
+        if r.amount != self.charge.provider_cost {
+            return Err(MarketError::Entry {
+                job: self.job_id,
+                reason: format!(
+                    "provider cost {} != receipt amount {}",
+                    self.charge.provider_cost, r.amount
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One provider's earnings in the period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderLine {
+    #[serde(with = "hex::serde")]
+    pub node: PublicKey,
+    pub jobs: u64,
+    /// Sum of its provider costs.
+    pub reward: NanoUsd,
+}
+
+/// One app's bill and payout in the period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuilderLine {
+    pub app: String,
+    pub jobs: u64,
+    /// Sum of its charges' totals (what its balance was charged).
+    pub charged: NanoUsd,
+    /// Sum of its margins (what it is paid back).
+    pub payout: NanoUsd,
+}
+
+/// A settled period. Lines are sorted by key (node key bytes, app id
+/// bytes); all amounts are nano-USD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    pub period: Period,
+    /// The coordinator that settled and signed it.
+    #[serde(with = "hex::serde")]
+    pub coordinator: PublicKey,
+    /// How many receipts (jobs) were settled.
+    pub receipts: u64,
+    pub total_charged: NanoUsd,
+    pub total_provider: NanoUsd,
+    pub total_network_fee: NanoUsd,
+    pub total_margin: NanoUsd,
+    pub providers: Vec<ProviderLine>,
+    pub builders: Vec<BuilderLine>,
+    /// RFC 6962 root over `leaf_hash(receipt bytes)` in job-id order.
+    #[serde(with = "hex::serde")]
+    pub merkle_root: [u8; 32],
+}
+
+/// Bytes of one provider line, the least one builder line can take: bounds
+/// for the decoder.
+const PROVIDER_LINE_BYTES: usize = 32 + 8 + 8;
+const MIN_BUILDER_LINE_BYTES: usize = 4 + 1 + 8 + 8 + 8;
+
+impl Statement {
+    /// The canonical bytes that are signed: tag, protocol version, then the
+    /// fields in declaration order (big-endian; counts and strings with a
+    /// u32 length).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new(TAG);
+        w.u64(self.period.start_ms);
+        w.u64(self.period.end_ms);
+        w.raw(&self.coordinator);
+        w.u64(self.receipts);
+        w.u64(self.total_charged);
+        w.u64(self.total_provider);
+        w.u64(self.total_network_fee);
+        w.u64(self.total_margin);
+        w.len(self.providers.len());
+        for p in &self.providers {
+            w.raw(&p.node);
+            w.u64(p.jobs);
+            w.u64(p.reward);
+        }
+        w.len(self.builders.len());
+        for b in &self.builders {
+            w.str(&b.app);
+            w.u64(b.jobs);
+            w.u64(b.charged);
+            w.u64(b.payout);
+        }
+        w.raw(&self.merkle_root);
+        w.finish()
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, MarketError> {
+        let period = Period {
+            start_ms: r.u64("period start")?,
+            end_ms: r.u64("period end")?,
+        };
+        let coordinator = r.array::<32>("coordinator key")?;
+        let receipts = r.u64("receipts")?;
+        let total_charged = r.u64("total charged")?;
+        let total_provider = r.u64("total provider")?;
+        let total_network_fee = r.u64("total network fee")?;
+        let total_margin = r.u64("total margin")?;
+        let n = r.count("provider lines", PROVIDER_LINE_BYTES)?;
+        let mut providers = Vec::with_capacity(n);
+        for _ in 0..n {
+            providers.push(ProviderLine {
+                node: r.array::<32>("provider node")?,
+                jobs: r.u64("provider jobs")?,
+                reward: r.u64("provider reward")?,
+            });
+        }
+        let n = r.count("builder lines", MIN_BUILDER_LINE_BYTES)?;
+        let mut builders = Vec::with_capacity(n);
+        for _ in 0..n {
+            builders.push(BuilderLine {
+                app: r.str("builder app", MAX_APP_ID)?,
+                jobs: r.u64("builder jobs")?,
+                charged: r.u64("builder charged")?,
+                payout: r.u64("builder payout")?,
+            });
+        }
+        Ok(Self {
+            period,
+            coordinator,
+            receipts,
+            total_charged,
+            total_provider,
+            total_network_fee,
+            total_margin,
+            providers,
+            builders,
+            merkle_root: r.array::<32>("merkle root")?,
+        })
+    }
+
+    /// The rules every statement keeps, whoever made it: a non-empty
+    /// period, strictly sorted lines with at least one job each, and every
+    /// total equal to the sum it names (no overflow).
+    pub fn validate(&self) -> Result<(), MarketError> {
+        let invalid = |field: &'static str, reason: String| MarketError::Invalid { field, reason };
+        if self.period.start_ms >= self.period.end_ms {
+            return Err(invalid("statement period", "must not be empty".into()));
+        }
+        if !self.providers.windows(2).all(|w| w[0].node < w[1].node) {
+            return Err(invalid(
+                "provider lines",
+                "must be sorted by node key, once each".into(),
+            ));
+        }
+        if !self.builders.windows(2).all(|w| w[0].app < w[1].app) {
+            return Err(invalid(
+                "builder lines",
+                "must be sorted by app id, once each".into(),
+            ));
+        }
+        if self.providers.iter().any(|p| p.jobs == 0) || self.builders.iter().any(|b| b.jobs == 0) {
+            return Err(invalid("statement lines", "a line has no jobs".into()));
+        }
+        if self
+            .builders
+            .iter()
+            .any(|b| b.app.is_empty() || b.app.len() > MAX_APP_ID)
+        {
+            return Err(invalid(
+                "builder app",
+                format!("must be 1..={MAX_APP_ID} bytes"),
+            ));
+        }
+        let balanced = self
+            .total_provider
+            .checked_add(self.total_network_fee)
+            .and_then(|s| s.checked_add(self.total_margin));
+        let checks: [(&'static str, u64, u64); 6] = [
+            (
+                "total charged",
+                self.total_charged,
+                balanced.ok_or(MarketError::Overflow("statement totals"))?,
+            ),
+            (
+                "provider jobs",
+                self.receipts,
+                checked_sum(self.providers.iter().map(|p| p.jobs), "provider jobs")?,
+            ),
+            (
+                "provider rewards",
+                self.total_provider,
+                checked_sum(self.providers.iter().map(|p| p.reward), "provider rewards")?,
+            ),
+            (
+                "builder jobs",
+                self.receipts,
+                checked_sum(self.builders.iter().map(|b| b.jobs), "builder jobs")?,
+            ),
+            (
+                "builder charges",
+                self.total_charged,
+                checked_sum(self.builders.iter().map(|b| b.charged), "builder charges")?,
+            ),
+            (
+                "builder payouts",
+                self.total_margin,
+                checked_sum(self.builders.iter().map(|b| b.payout), "builder payouts")?,
+            ),
+        ];
+        for (field, stated, computed) in checks {
+            if stated != computed {
+                return Err(invalid(
+                    field,
+                    format!("stated {stated}, lines sum to {computed}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `receipt` (countersigned receipt bytes) is in this
+    /// statement, by `proof` (from [`inclusion_proof`]).
+    pub fn includes(&self, receipt: &[u8], proof: &InclusionProof) -> bool {
+        proof.tree_size == self.receipts
+            && merkle::verify(&self.merkle_root, &leaf_hash(receipt), proof)
+    }
+}
+
+/// A statement with the coordinator's signature. Only [`settle`],
+/// [`settle_preverified`], [`SignedStatement::sign`] and
+/// [`SignedStatement::from_bytes`] (which verifies) make one, so a value
+/// in memory is balanced and validly signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedStatement {
+    statement: Statement,
+    signature: [u8; 64],
+}
+
+impl SignedStatement {
+    /// Signs `statement` after validating it; its `coordinator` is set to
+    /// `key`'s public key.
+    pub fn sign(mut statement: Statement, key: &SigningKey) -> Result<Self, MarketError> {
+        statement.coordinator = public_key_of(key);
+        statement.validate()?;
+        let signature = sign_canonical(key, &statement.canonical_bytes());
+        Ok(Self {
+            statement,
+            signature,
+        })
+    }
+
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
+    pub fn into_statement(self) -> Statement {
+        self.statement
+    }
+
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
+    /// Canonical bytes followed by the 64-byte signature.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.statement.canonical_bytes();
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Decodes, validates and verifies the coordinator's signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, MarketError> {
+        let mut r = Reader::new(bytes, TAG, "statement")?;
+        let statement = Statement::read(&mut r)?;
+        let signed_len = r.consumed_from(bytes);
+        let signature = r.array::<64>("statement signature")?;
+        if r.remaining() != 0 {
+            return Err(sharenet_proto::ProtoError::TrailingBytes(r.remaining()).into());
+        }
+        statement.validate()?;
+        verify_canonical(
+            &statement.coordinator,
+            &bytes[..signed_len],
+            &signature,
+            "statement",
+        )?;
+        Ok(Self {
+            statement,
+            signature,
+        })
+    }
+
+    /// The statement as JSON (keys and hashes in hex, amounts as integers
+    /// of nano-USD), with the period's label and the signature.
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = &self.statement;
+        json!({
+            "protocol_version": PROTOCOL_VERSION,
+            "period": {
+                "start_ms": s.period.start_ms,
+                "end_ms": s.period.end_ms,
+                "label": s.period.label(),
+            },
+            "coordinator": hex::encode(s.coordinator),
+            "receipts": s.receipts,
+            "total_charged": s.total_charged,
+            "total_provider": s.total_provider,
+            "total_network_fee": s.total_network_fee,
+            "total_margin": s.total_margin,
+            "providers": s.providers.iter().map(|p| json!({
+                "node": hex::encode(p.node),
+                "jobs": p.jobs,
+                "reward": p.reward,
+            })).collect::<Vec<_>>(),
+            "builders": s.builders.iter().map(|b| json!({
+                "app": b.app,
+                "jobs": b.jobs,
+                "charged": b.charged,
+                "payout": b.payout,
+            })).collect::<Vec<_>>(),
+            "merkle_root": hex::encode(s.merkle_root),
+            "signature": hex::encode(self.signature),
+        })
+    }
+
+    /// The payouts as CSV: a header `kind,party,jobs,amount_nano_usd`, then
+    /// one `provider` row per node (hex key, reward), one `builder` row per
+    /// app (its payout) and one `network_fee` row (the coordinator's key,
+    /// all receipts, the total fee). The amounts sum to `total_charged`
+    /// (rewards + payouts + fee). Fields are
+    /// quoted per RFC 4180 where needed (app ids may hold commas or
+    /// quotes); no other escaping is applied.
+    pub fn to_csv(&self) -> String {
+        let s = &self.statement;
+        let mut out = String::from("kind,party,jobs,amount_nano_usd\n");
+        for p in &s.providers {
+            out.push_str(&format!(
+                "provider,{},{},{}\n",
+                hex::encode(p.node),
+                p.jobs,
+                p.reward
+            ));
+        }
+        for b in &s.builders {
+            out.push_str(&format!(
+                "builder,{},{},{}\n",
+                csv_field(&b.app),
+                b.jobs,
+                b.payout
+            ));
+        }
+        out.push_str(&format!(
+            "network_fee,{},{},{}\n",
+            hex::encode(s.coordinator),
+            s.receipts,
+            s.total_network_fee
+        ));
+        out
+    }
+}
+
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_string()
+    }
+}
+
+/// Settles `entries` for `period` as the coordinator `key`: verifies every
+/// receipt (both signatures, batched) and checks each entry against it,
+/// then does what [`settle_preverified`] does. See the module docs.
+pub fn settle(
+    period: Period,
+    key: &SigningKey,
+    entries: &[Entry],
+) -> Result<SignedStatement, MarketError> {
+    let coordinator = public_key_of(key);
+    let bytes: Vec<&[u8]> = entries.iter().map(|e| e.receipt.as_slice()).collect();
+    let receipts = match verify_countersigned_batch(&bytes) {
+        Ok(receipts) => receipts,
+        Err(_) => {
+            // Name the entry: the first one that fails on its own.
+            for e in entries {
+                if let Err(source) = CountersignedReceipt::from_bytes(&e.receipt) {
+                    return Err(MarketError::Receipt {
+                        job: e.job_id,
+                        source,
+                    });
+                }
+            }
+            return Err(MarketError::Invalid {
+                field: "receipts",
+                reason: "batch verification failed but every receipt verifies alone".into(),
+            });
+        }
+    };
+    for (entry, receipt) in entries.iter().zip(&receipts) {
+        entry.check_against(receipt, &coordinator)?;
+    }
+    settle_preverified(period, key, entries)
+}
+
+/// Settles entries whose receipts the caller has already verified (see the
+/// module docs): no receipt is decoded, everything else is checked.
+pub fn settle_preverified(
+    period: Period,
+    key: &SigningKey,
+    entries: &[Entry],
+) -> Result<SignedStatement, MarketError> {
+    let order = job_order(entries)?;
+    let mut totals = Totals::default();
+    let mut providers: BTreeMap<PublicKey, (u64, NanoUsd)> = BTreeMap::new();
+    let mut builders: BTreeMap<&str, (u64, NanoUsd, NanoUsd)> = BTreeMap::new();
+    // Sums do not depend on the order (and checked u64 sums of
+    // non-negative values overflow in every order or in none), so walk
+    // the entries as they lie in memory.
+    for e in entries {
+        let c = &e.charge;
+        totals.add(c)?;
+        let p = providers.entry(e.node).or_default();
+        p.0 += 1;
+        p.1 = add(p.1, c.provider_cost, "provider reward")?;
+        let b = builders.entry(e.app.as_str()).or_default();
+        b.0 += 1;
+        b.1 = add(b.1, c.total, "builder charges")?;
+        b.2 = add(b.2, c.margin, "builder payout")?;
+    }
+    let leaves = sorted_leaves(entries, &order);
+    let statement = Statement {
+        period,
+        coordinator: public_key_of(key),
+        receipts: order.len() as u64,
+        total_charged: totals.charged,
+        total_provider: totals.provider,
+        total_network_fee: totals.network_fee,
+        total_margin: totals.margin,
+        providers: providers
+            .into_iter()
+            .map(|(node, (jobs, reward))| ProviderLine { node, jobs, reward })
+            .collect(),
+        builders: builders
+            .into_iter()
+            .map(|(app, (jobs, charged, payout))| BuilderLine {
+                app: app.to_string(),
+                jobs,
+                charged,
+                payout,
+            })
+            .collect(),
+        merkle_root: merkle::root(&leaves),
+    };
+    // `sign` validates: the totals balance and every line sums up.
+    SignedStatement::sign(statement, key)
+}
+
+/// The proof that `job_id`'s receipt is in the statement settled from
+/// `entries` (the same entries, in any order): its leaf is at its position
+/// in job-id order. Verify with [`Statement::includes`].
+pub fn inclusion_proof(entries: &[Entry], job_id: JobId) -> Result<InclusionProof, MarketError> {
+    let order = job_order(entries)?;
+    let index = order
+        .binary_search_by_key(&job_id, |&(id, _)| id)
+        .map_err(|_| MarketError::UnknownJob(job_id))?;
+    let leaves = sorted_leaves(entries, &order);
+    merkle::prove(&leaves, index as u64)
+}
+
+/// The Merkle leaves in job-id order. Receipts are hashed in memory order
+/// and the 32-byte hashes permuted afterwards: hashing in job-id order
+/// would jump between a million separate allocations (3x slower).
+fn sorted_leaves(entries: &[Entry], order: &[(JobId, usize)]) -> Vec<[u8; 32]> {
+    let hashes: Vec<[u8; 32]> = entries.iter().map(|e| leaf_hash(&e.receipt)).collect();
+    order.iter().map(|&(_, i)| hashes[i]).collect()
+}
+
+/// The entries' positions sorted by job id, after the shape checks; a
+/// repeated job id is an error.
+fn job_order(entries: &[Entry]) -> Result<Vec<(JobId, usize)>, MarketError> {
+    for e in entries {
+        e.check_shape()?;
+    }
+    let mut order: Vec<(JobId, usize)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.job_id, i))
+        .collect();
+    order.sort_unstable();
+    if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(MarketError::DuplicateJob(w[0].0));
+    }
+    Ok(order)
+}
+
+#[derive(Default)]
+struct Totals {
+    charged: NanoUsd,
+    provider: NanoUsd,
+    network_fee: NanoUsd,
+    margin: NanoUsd,
+}
+
+impl Totals {
+    fn add(&mut self, c: &Charge) -> Result<(), MarketError> {
+        self.charged = add(self.charged, c.total, "total charged")?;
+        self.provider = add(self.provider, c.provider_cost, "total provider")?;
+        self.network_fee = add(self.network_fee, c.network_fee, "total network fee")?;
+        self.margin = add(self.margin, c.margin, "total margin")?;
+        Ok(())
+    }
+}
+
+fn checked_sum(
+    values: impl Iterator<Item = NanoUsd>,
+    what: &'static str,
+) -> Result<NanoUsd, MarketError> {
+    values.into_iter().try_fold(0, |acc, v| add(acc, v, what))
+}
+
+fn add(a: NanoUsd, b: NanoUsd, what: &'static str) -> Result<NanoUsd, MarketError> {
+    a.checked_add(b).ok_or(MarketError::Overflow(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use sharenet_proto::{Receipt, SignedReceipt};
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+    fn coordinator() -> SigningKey {
+        key(100)
+    }
+    const PERIOD: Period = Period {
+        start_ms: 1_793_491_200_000,
+        end_ms: 1_796_083_200_000,
+    };
+    const FEE_BPS: u32 = 500;
+
+    fn receipt(job: u8, node: &SigningKey, coord: &SigningKey) -> CountersignedReceipt {
+        let (input, output) = (100 + u32::from(job), 10 * u32::from(job));
+        let r = Receipt {
+            job_id: JobId([job; 16]),
+            node: [0; 32],
+            coordinator: public_key_of(coord),
+            model: "tiny-llama".into(),
+            input_tokens: input,
+            output_tokens: output,
+            price_in: 7,
+            price_out: 21,
+            amount: u64::from(input) * 7 + u64::from(output) * 21,
+            started_at_ms: PERIOD.start_ms + 1_000,
+            finished_at_ms: PERIOD.start_ms + 2_000,
+            request_digest: [job; 32],
+            response_digest: [job ^ 0xff; 32],
+        };
+        CountersignedReceipt::countersign(SignedReceipt::sign(r, node).unwrap(), coord).unwrap()
+    }
+
+    /// 12 jobs, 3 nodes, 2 apps with different margins.
+    fn entries() -> Vec<Entry> {
+        let nodes = [key(1), key(2), key(3)];
+        (0..12u8)
+            .map(|j| {
+                let r = receipt(j, &nodes[usize::from(j) % 3], &coordinator());
+                let (app, margin) = if j % 2 == 0 {
+                    (
+                        "chat-app",
+                        Margin {
+                            percent_bps: 1_000,
+                            per_mtok: 50_000,
+                        },
+                    )
+                } else {
+                    ("b,\"quoted\" app", Margin::default())
+                };
+                Entry::new(&r, app, Some(format!("user-{j}")), FEE_BPS, &margin).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn totals_balance_and_lines_add_up() {
+        let e = entries();
+        let signed = settle(PERIOD, &coordinator(), &e).unwrap();
+        let s = signed.statement();
+        assert_eq!(s.receipts, 12);
+        assert_eq!(s.coordinator, public_key_of(&coordinator()));
+        let sum = |f: fn(&Charge) -> u64| e.iter().map(|x| f(&x.charge)).sum::<u64>();
+        assert_eq!(s.total_charged, sum(|c| c.total));
+        assert_eq!(s.total_provider, sum(|c| c.provider_cost));
+        assert_eq!(s.total_network_fee, sum(|c| c.network_fee));
+        assert_eq!(s.total_margin, sum(|c| c.margin));
+        assert_eq!(
+            s.total_charged,
+            s.total_provider + s.total_network_fee + s.total_margin
+        );
+        assert!(s.total_margin > 0 && s.total_network_fee > 0);
+        assert_eq!(s.providers.len(), 3);
+        assert!(s.providers.windows(2).all(|w| w[0].node < w[1].node));
+        assert!(s.providers.iter().all(|p| p.jobs == 4));
+        let node1 = public_key_of(&key(1));
+        let line = s.providers.iter().find(|p| p.node == node1).unwrap();
+        let expected: u64 = e
+            .iter()
+            .filter(|x| x.node == node1)
+            .map(|x| x.charge.provider_cost)
+            .sum();
+        assert_eq!(line.reward, expected);
+        assert_eq!(
+            s.builders
+                .iter()
+                .map(|b| b.app.as_str())
+                .collect::<Vec<_>>(),
+            ["b,\"quoted\" app", "chat-app"]
+        );
+        // The app without a margin is paid nothing back.
+        assert_eq!(s.builders[0].payout, 0);
+        assert_eq!(s.builders[1].payout, s.total_margin);
+        let leaves: Vec<[u8; 32]> = {
+            let mut sorted = e.clone();
+            sorted.sort_by_key(|x| x.job_id);
+            sorted.iter().map(|x| leaf_hash(&x.receipt)).collect()
+        };
+        assert_eq!(s.merkle_root, merkle::root(&leaves));
+    }
+
+    #[test]
+    fn any_order_gives_identical_bytes() {
+        let e = entries();
+        let reference = settle(PERIOD, &coordinator(), &e).unwrap().to_bytes();
+        let mut reversed = e.clone();
+        reversed.reverse();
+        assert_eq!(
+            settle(PERIOD, &coordinator(), &reversed)
+                .unwrap()
+                .to_bytes(),
+            reference
+        );
+        for k in 1..e.len() {
+            let mut rotated = e.clone();
+            rotated.rotate_left(k);
+            assert_eq!(
+                settle_preverified(PERIOD, &coordinator(), &rotated)
+                    .unwrap()
+                    .to_bytes(),
+                reference,
+                "rotation {k}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn shuffled_entries_settle_to_the_same_bytes(
+            perm in Just((0..12usize).collect::<Vec<_>>()).prop_shuffle()
+        ) {
+            let e = entries();
+            let shuffled: Vec<Entry> = perm.iter().map(|&i| e[i].clone()).collect();
+            prop_assert_eq!(
+                settle_preverified(PERIOD, &coordinator(), &shuffled).unwrap().to_bytes(),
+                settle_preverified(PERIOD, &coordinator(), &e).unwrap().to_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_changed_byte_fails() {
+        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let bytes = signed.to_bytes();
+        assert_eq!(SignedStatement::from_bytes(&bytes).unwrap(), signed);
+        assert!(bytes.starts_with(b"sharenet/statement\0\x00\x01"));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert!(SignedStatement::from_bytes(&bad).is_err(), "byte {i}");
+        }
+        for len in 0..bytes.len() {
+            assert!(
+                SignedStatement::from_bytes(&bytes[..len]).is_err(),
+                "len {len}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            SignedStatement::from_bytes(&long),
+            Err(MarketError::Statement(
+                sharenet_proto::ProtoError::TrailingBytes(1)
+            ))
+        );
+    }
+
+    #[test]
+    fn a_statement_signed_by_someone_else_fails() {
+        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let forged = SignedStatement::sign(signed.statement().clone(), &key(9)).unwrap();
+        // Valid as key 9's statement, but it names key 9, not the coordinator.
+        assert_ne!(
+            forged.statement().coordinator,
+            signed.statement().coordinator
+        );
+        // Splicing key 9's signature onto the coordinator's statement fails.
+        let mut spliced = signed.to_bytes();
+        let n = spliced.len();
+        spliced[n - 64..].copy_from_slice(forged.signature());
+        assert!(matches!(
+            SignedStatement::from_bytes(&spliced),
+            Err(MarketError::Statement(
+                sharenet_proto::ProtoError::BadSignature(_)
+            ))
+        ));
+    }
+
+    #[test]
+    fn unbalanced_statements_cannot_be_signed() {
+        let base = settle(PERIOD, &coordinator(), &entries())
+            .unwrap()
+            .into_statement();
+        let mut s = base.clone();
+        s.total_network_fee += 1;
+        assert!(SignedStatement::sign(s, &coordinator()).is_err());
+        let mut s = base.clone();
+        s.providers[0].reward += 1;
+        s.providers[1].reward -= 1; // totals still match, but...
+        assert!(SignedStatement::sign(s, &coordinator()).is_ok()); // ...a shift between lines balances
+        let mut s = base.clone();
+        s.providers.swap(0, 1);
+        assert!(SignedStatement::sign(s, &coordinator()).is_err());
+        let mut s = base.clone();
+        s.builders[0].jobs += 1;
+        assert!(SignedStatement::sign(s, &coordinator()).is_err());
+        let mut s = base;
+        s.period.end_ms = s.period.start_ms;
+        assert!(SignedStatement::sign(s, &coordinator()).is_err());
+    }
+
+    #[test]
+    fn every_receipt_has_a_proof_and_a_stranger_has_none() {
+        let e = entries();
+        let signed = settle(PERIOD, &coordinator(), &e).unwrap();
+        let s = signed.statement();
+        let mut shuffled = e.clone();
+        shuffled.reverse();
+        for entry in &e {
+            let proof = inclusion_proof(&shuffled, entry.job_id).unwrap();
+            assert!(s.includes(&entry.receipt, &proof), "job {}", entry.job_id);
+            assert!(merkle::verify(
+                &s.merkle_root,
+                &leaf_hash(&entry.receipt),
+                &proof
+            ));
+        }
+        // The proof must name the statement's tree size.
+        let mut proof = inclusion_proof(&e, e[0].job_id).unwrap();
+        proof.tree_size += 1;
+        assert!(!s.includes(&e[0].receipt, &proof));
+        // A receipt that was not settled: no proof, and no borrowed proof works.
+        let stranger = receipt(200, &key(1), &coordinator());
+        assert_eq!(
+            inclusion_proof(&e, stranger.receipt().job_id),
+            Err(MarketError::UnknownJob(stranger.receipt().job_id))
+        );
+        let bytes = stranger.to_bytes();
+        for entry in &e {
+            let proof = inclusion_proof(&e, entry.job_id).unwrap();
+            assert!(!s.includes(&bytes, &proof));
+        }
+    }
+
+    #[test]
+    fn duplicates_and_mismatches_are_refused() {
+        let e = entries();
+        let c = coordinator();
+        let mut dup = e.clone();
+        dup.push(e[3].clone());
+        assert_eq!(
+            settle(PERIOD, &c, &dup),
+            Err(MarketError::DuplicateJob(e[3].job_id))
+        );
+        assert_eq!(
+            inclusion_proof(&dup, e[0].job_id),
+            Err(MarketError::DuplicateJob(e[3].job_id))
+        );
+
+        // Provider cost that is not the receipt's amount (and charge
+        // adjusted so it still balances).
+        let mut bad = e.clone();
+        bad[5].charge.provider_cost += 1;
+        bad[5].charge.total += 1;
+        assert!(matches!(
+            settle(PERIOD, &c, &bad),
+            Err(MarketError::Entry { job, .. }) if job == e[5].job_id
+        ));
+        // The fast path trusts the receipt, but still refuses an unbalanced charge.
+        assert!(settle_preverified(PERIOD, &c, &bad).is_ok());
+        bad[5].charge.total += 1;
+        assert!(matches!(
+            settle_preverified(PERIOD, &c, &bad),
+            Err(MarketError::Entry { job, .. }) if job == e[5].job_id
+        ));
+
+        // Another node claimed.
+        let mut bad = e.clone();
+        bad[2].node = public_key_of(&key(50));
+        assert!(matches!(
+            settle(PERIOD, &c, &bad),
+            Err(MarketError::Entry { .. })
+        ));
+        // Another job id claimed.
+        let mut bad = e.clone();
+        bad[2].job_id = JobId([99; 16]);
+        assert!(matches!(
+            settle(PERIOD, &c, &bad),
+            Err(MarketError::Entry { .. })
+        ));
+        // A receipt countersigned by another coordinator.
+        let mut bad = e.clone();
+        let other = receipt(77, &key(1), &key(101));
+        bad.push(Entry::new(&other, "chat-app", None, FEE_BPS, &Margin::default()).unwrap());
+        assert!(matches!(
+            settle(PERIOD, &c, &bad),
+            Err(MarketError::Entry { .. })
+        ));
+        // A tampered receipt: named by job, with the proto reason.
+        let mut bad = e.clone();
+        let n = bad[7].receipt.len();
+        bad[7].receipt[n - 1] ^= 1;
+        assert!(matches!(
+            settle(PERIOD, &c, &bad),
+            Err(MarketError::Receipt { job, source: sharenet_proto::ProtoError::BadSignature(_) })
+                if job == e[7].job_id
+        ));
+        // Over-long or empty app ids.
+        let mut bad = e.clone();
+        bad[0].app = "x".repeat(MAX_APP_ID + 1);
+        assert!(settle_preverified(PERIOD, &c, &bad).is_err());
+        bad[0].app.clear();
+        assert!(settle_preverified(PERIOD, &c, &bad).is_err());
+    }
+
+    #[test]
+    fn preverified_gives_the_same_bytes() {
+        let e = entries();
+        assert_eq!(
+            settle(PERIOD, &coordinator(), &e).unwrap(),
+            settle_preverified(PERIOD, &coordinator(), &e).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_empty_period_settles_to_zero() {
+        let signed = settle(PERIOD, &coordinator(), &[]).unwrap();
+        let s = signed.statement();
+        assert_eq!((s.receipts, s.total_charged), (0, 0));
+        assert!(s.providers.is_empty() && s.builders.is_empty());
+        assert_eq!(s.merkle_root, merkle::root(&[]));
+        assert_eq!(
+            SignedStatement::from_bytes(&signed.to_bytes()).unwrap(),
+            signed
+        );
+    }
+
+    #[test]
+    fn json_and_csv() {
+        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let s = signed.statement();
+        let j = signed.to_json();
+        assert_eq!(j["period"]["label"], "2026-11");
+        assert_eq!(j["coordinator"], hex::encode(public_key_of(&coordinator())));
+        assert_eq!(j["total_charged"], s.total_charged);
+        assert_eq!(j["providers"].as_array().unwrap().len(), 3);
+        assert_eq!(j["providers"][0]["node"], hex::encode(s.providers[0].node));
+        assert_eq!(j["merkle_root"], hex::encode(s.merkle_root));
+        assert_eq!(j["signature"], hex::encode(signed.signature()));
+
+        let csv = signed.to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "kind,party,jobs,amount_nano_usd");
+        assert_eq!(lines.len(), 1 + 3 + 2 + 1);
+        assert_eq!(
+            lines[4],
+            format!(
+                "builder,\"b,\"\"quoted\"\" app\",6,{}",
+                s.builders[0].payout
+            )
+        );
+        assert_eq!(
+            lines[6],
+            format!(
+                "network_fee,{},12,{}",
+                hex::encode(s.coordinator),
+                s.total_network_fee
+            )
+        );
+        // The amounts add up to what builders were charged.
+        let amounts: u64 = lines[1..]
+            .iter()
+            .map(|l| l.rsplit(',').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(amounts, s.total_charged);
+    }
+
+    #[test]
+    fn a_huge_line_count_is_refused_before_allocating() {
+        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let mut bytes = signed.to_bytes();
+        // The provider count sits after tag, version, period, key, 5 u64s.
+        let at = TAG.len() + 2 + 16 + 32 + 40;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            SignedStatement::from_bytes(&bytes),
+            Err(MarketError::Statement(
+                sharenet_proto::ProtoError::TooLong { .. }
+            ))
+        ));
+    }
+}
