@@ -33,6 +33,8 @@ struct CoordinatorFile {
     operator_key: Option<String>,
     #[serde(default)]
     bootstrap_balance_nano_usd: u64,
+    /// Settlement periods: calendar months (default) or fixed lengths.
+    settlement_period_secs: Option<u64>,
 }
 
 /// Environment variable with the operator key; overrides the file.
@@ -67,6 +69,8 @@ pub struct CoordinatorConfig {
     pub operator_key: Option<String>,
     /// The balance the app of `api_keys` starts with (nano-USD), once.
     pub bootstrap_balance: u64,
+    /// How time is cut into settlement periods.
+    pub period_rule: sharenet_market::PeriodRule,
 }
 
 impl CoordinatorConfig {
@@ -96,6 +100,14 @@ impl CoordinatorConfig {
             network_fee_bps: file.network_fee_bps,
             operator_key,
             bootstrap_balance: file.bootstrap_balance_nano_usd,
+            period_rule: match file.settlement_period_secs {
+                None => sharenet_market::PeriodRule::CalendarMonth,
+                Some(0) => bail!("settlement_period_secs: must be at least 1"),
+                Some(secs) => sharenet_market::PeriodRule::Fixed {
+                    length_ms: secs.saturating_mul(1000),
+                    origin_ms: 0,
+                },
+            },
             identity,
             data_dir: base.join(file.data_dir),
             http_listen: file
@@ -168,6 +180,9 @@ bootstrap_balance_nano_usd = 1000000000   # $1
 
 # The network's fee on provider cost, in basis points (500 = 5%).
 network_fee_bps = 500
+
+# Settlement periods: calendar months in UTC unless this is set.
+# settlement_period_secs = 86400
 
 # Bearer key for /operator/* (apps, keys, top-ups, settlement).
 # SHARENET_OPERATOR_KEY overrides; without one the operator API is off.

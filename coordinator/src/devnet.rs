@@ -31,6 +31,8 @@ pub struct DevnetOptions {
     pub advert_interval: Duration,
     pub advert_ttl: Duration,
     pub timeouts: Timeouts,
+    /// Settlement periods (calendar months unless a test wants short ones).
+    pub period_rule: sharenet_market::PeriodRule,
 }
 
 impl DevnetOptions {
@@ -43,6 +45,7 @@ impl DevnetOptions {
             advert_interval: Duration::from_secs(5),
             advert_ttl: Duration::from_secs(15),
             timeouts: Timeouts::default(),
+            period_rule: sharenet_market::PeriodRule::CalendarMonth,
         }
     }
 }
@@ -103,6 +106,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             operator_key: Some(DEVNET_OPERATOR_KEY.into()),
             // $1,000,000 of play money for the devnet key.
             bootstrap_balance: 1_000_000_000_000_000,
+            period_rule: opts.period_rule,
             max_attempts: 3,
             timeouts: opts.timeouts,
         },

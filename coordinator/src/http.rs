@@ -48,6 +48,8 @@ pub fn app(state: Arc<Shared>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/receipts/{id}", get(get_receipt))
         .route("/v1/receipts", get(list_receipts))
+        .route("/v1/receipts/{id}/proof", get(receipt_proof))
+        .route("/v1/statements", get(builder_statements))
         .route("/v1/usage", get(usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let operator = crate::operator::routes()
@@ -386,6 +388,86 @@ async fn get_receipt(
         Some(e) if e.app == principal.app => Ok(Json(receipt_json(&e))),
         _ => Err(ApiError::NotFound(format!("no receipt with id {id}"))),
     }
+}
+
+/// The inclusion proof of one of the caller's receipts in the statement
+/// that settled it (404 while it is unsettled).
+async fn receipt_proof(
+    State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job_id: JobId = id.parse().map_err(|e: sharenet_proto::ProtoError| {
+        ApiError::bad_request(e.to_string(), Some("id"))
+    })?;
+    let books = state.accounts.books().clone();
+    tokio::task::spawn_blocking(move || -> Result<Json<Value>, ApiError> {
+        let internal = |e: sharenet_ledger::StoreError| ApiError::Internal(e.to_string());
+        match books.entry(&job_id).map_err(internal)? {
+            Some(e) if e.app == principal.app => {}
+            _ => return Err(ApiError::NotFound(format!("no receipt with id {id}"))),
+        }
+        let record = books
+            .statements()
+            .map_err(internal)?
+            .into_iter()
+            .find(|r| r.job_ids.contains(&job_id))
+            .ok_or_else(|| ApiError::NotFound(format!("receipt {id} is not settled yet")))?;
+        let mut ids = record.job_ids.clone();
+        ids.sort_unstable();
+        let mut leaves = Vec::with_capacity(ids.len());
+        for j in &ids {
+            let e = books
+                .entry(j)
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::Internal(format!("settled receipt {j} is missing")))?;
+            leaves.push(sharenet_market::merkle::leaf_hash(&e.receipt.to_bytes()));
+        }
+        let index = ids
+            .binary_search(&job_id)
+            .map_err(|_| ApiError::Internal("receipt not in its statement's list".into()))?;
+        let proof = sharenet_market::merkle::prove(&leaves, index as u64)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Json(json!({
+            "object": "inclusion_proof",
+            "receipt_id": job_id.to_hex(),
+            "statement": record.label,
+            "proof": proof,
+        })))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// Settled statements, with the caller's app's line in each.
+async fn builder_statements(
+    State(state): State<Arc<Shared>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let records = state
+        .accounts
+        .books()
+        .statements()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut data = Vec::new();
+    for r in records {
+        let s = sharenet_market::SignedStatement::from_bytes(&r.statement)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let st = s.statement();
+        let line = st.builders.iter().find(|b| b.app == principal.app);
+        data.push(json!({
+            "object": "statement",
+            "label": r.label,
+            "period": {"start_ms": st.period.start_ms, "end_ms": st.period.end_ms},
+            "merkle_root": hex::encode(st.merkle_root),
+            "app": principal.app,
+            "jobs": line.map_or(0, |l| l.jobs),
+            "charged_nano_usd": line.map_or(0, |l| l.charged),
+            "payout_nano_usd": line.map_or(0, |l| l.payout),
+            "signed_bytes": hex::encode(s.to_bytes()),
+        }));
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 #[derive(Deserialize)]

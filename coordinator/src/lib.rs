@@ -55,6 +55,8 @@ pub struct Shared {
     /// Apps, keys, balances and the ledger of jobs.
     pub accounts: Arc<accounts::Accounts>,
     pub operator_key: Option<String>,
+    /// How time is cut into settlement periods.
+    pub period_rule: sharenet_market::PeriodRule,
     pub timeouts: Timeouts,
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
@@ -138,6 +140,7 @@ pub async fn start(
         registry: registry::Registry::default(),
         accounts: Arc::new(accounts),
         operator_key: config.operator_key.clone(),
+        period_rule: config.period_rule,
         timeouts: config.timeouts,
         max_attempts: config.max_attempts,
         metrics: Metrics::default(),

@@ -228,7 +228,7 @@ async fn settle_period(
     } else {
         parse(&body)?
     };
-    let rule = PeriodRule::CalendarMonth;
+    let rule: PeriodRule = state.period_rule;
     let now = now_ms();
     let bad = |e: sharenet_market::MarketError| ApiError::bad_request(e.to_string(), Some("at_ms"));
     let period = match b.at_ms {

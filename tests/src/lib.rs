@@ -31,6 +31,11 @@ impl Drop for TestNet {
 impl TestNet {
     /// A coordinator and `nodes` nodes serving the tiny model.
     pub async fn start(nodes: usize) -> Self {
+        Self::start_with(nodes, |_| {}).await
+    }
+
+    /// As [`TestNet::start`], with the devnet options adjusted first.
+    pub async fn start_with(nodes: usize, adjust: impl FnOnce(&mut DevnetOptions)) -> Self {
         let dir = tempfile::tempdir().expect("create temp dir");
         let mut opts = DevnetOptions::new(
             dir.path().to_path_buf(),
@@ -39,6 +44,7 @@ impl TestNet {
         );
         opts.advert_interval = Duration::from_secs(1);
         opts.advert_ttl = Duration::from_secs(3);
+        adjust(&mut opts);
         let cancel = CancellationToken::new();
         let net = devnet::start(opts, cancel.clone())
             .await
@@ -76,6 +82,29 @@ impl TestNet {
             .send()
             .await
             .expect("send request")
+    }
+
+    /// Calls `/operator/{path}` with the devnet's operator key.
+    pub async fn operator(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!(
+            "{}/operator/{path}",
+            self.base_url().trim_end_matches("/v1")
+        );
+        let mut req = self
+            .http
+            .request(method, url)
+            .bearer_auth(sharenet_coordinator::devnet::DEVNET_OPERATOR_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("send operator request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// GETs `/v1/{path}` with the API key.

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sharenet_coordinator::devnet::DEVNET_OPERATOR_KEY;
 use sharenet_tests::{MODEL, TestNet};
 
 async fn operator(
@@ -14,14 +13,7 @@ async fn operator(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let url = format!("{}/operator/{path}", t.base_url().trim_end_matches("/v1"));
-    let mut req = t.http.request(method, url).bearer_auth(DEVNET_OPERATOR_KEY);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    t.operator(method, path, body).await
 }
 
 async fn new_app(t: &TestNet, id: &str, extra: Value, balance: u64) -> String {

@@ -33,5 +33,8 @@ pub mod statement;
 pub use error::MarketError;
 pub use merkle::InclusionProof;
 pub use period::{Period, PeriodRule};
-pub use pricing::{Charge, JobBounds, Margin};
-pub use statement::{BuilderLine, Entry, ProviderLine, SignedStatement, Statement};
+pub use pricing::{Charge, JobBounds, Margin, charge, charge_receipt, hold};
+pub use statement::{
+    BuilderLine, Entry, ProviderLine, SignedStatement, Statement, inclusion_proof, settle,
+    settle_preverified,
+};

@@ -33,7 +33,8 @@
 //!   statement, `charge.provider_cost` = the receipt's `amount`;
 //! - [`settle_preverified`] skips the receipt decoding and signatures, for
 //!   entries read back from a ledger that verified them on the way in and
-//!   again on read (`sharenet-ledger` does both). Everything else is
+//!   again on read (`sharenet-ledger` stores only verified receipts and
+//!   re-verifies them when read back). Everything else is
 //!   checked the same way; the result is the same bytes as [`settle`] for
 //!   entries that would pass it.
 
