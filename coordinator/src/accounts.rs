@@ -666,3 +666,146 @@ pub fn bootstrap(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use sharenet_proto::{JobId, Receipt, SignedReceipt, SigningKey, job_cost, public_key_of};
+
+    fn app(id: &str, margin_bps: u32, per_mtok: u64) -> AppRecord {
+        AppRecord {
+            id: id.into(),
+            builder: "b".into(),
+            name: id.into(),
+            margin: Margin {
+                percent_bps: margin_bps,
+                per_mtok,
+            },
+            budgets: Budgets::default(),
+            customer_budgets: Budgets::default(),
+            key_limits: RateLimits::default(),
+            customer_limits: RateLimits::default(),
+            created_at_ms: 0,
+        }
+    }
+
+    fn receipt(job: u32, input: u32, output: u32, pin: u64, pout: u64) -> CountersignedReceipt {
+        let node = SigningKey::from_bytes(&[1; 32]);
+        let coord = SigningKey::from_bytes(&[2; 32]);
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&job.to_be_bytes());
+        let r = Receipt {
+            job_id: JobId(id),
+            node: public_key_of(&node),
+            coordinator: public_key_of(&coord),
+            model: "m".into(),
+            input_tokens: input,
+            output_tokens: output,
+            price_in: pin,
+            price_out: pout,
+            amount: job_cost(input, output, pin, pout).unwrap(),
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            request_digest: [0; 32],
+            response_digest: [0; 32],
+        };
+        CountersignedReceipt::countersign(SignedReceipt::sign(r, &node).unwrap(), &coord).unwrap()
+    }
+
+    /// One request: its bounds, what it really used, and how it ended.
+    #[derive(Debug, Clone)]
+    struct Req {
+        max_in: u32,
+        max_out: u32,
+        price_in: u64,
+        price_out: u64,
+        used_in: u32,
+        used_out: u32,
+        finishes: bool,
+        customer: Option<u8>,
+    }
+
+    fn req() -> impl Strategy<Value = Req> {
+        (
+            1u32..400,
+            1u32..400,
+            1u64..1000,
+            1u64..2000,
+            0.0f64..=1.0,
+            0.0f64..=1.0,
+            any::<bool>(),
+            proptest::option::of(0u8..3),
+        )
+            .prop_map(
+                |(max_in, max_out, price_in, price_out, fi, fo, finishes, customer)| Req {
+                    max_in,
+                    max_out,
+                    price_in,
+                    price_out,
+                    used_in: ((f64::from(max_in) * fi) as u32).max(1),
+                    used_out: (f64::from(max_out) * fo) as u32,
+                    finishes,
+                    customer,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+        /// Over random streams of requests (finished, failed before a
+        /// receipt, held concurrently): the balance never goes below zero,
+        /// every charge is provider cost + fee + margin exactly, and the
+        /// balance is top-ups minus charges once every hold is gone.
+        #[test]
+        fn money_is_conserved_and_never_overspent(
+            reqs in proptest::collection::vec(req(), 1..24),
+            topup in 1_000u64..3_000_000,
+            margin_bps in 0u32..3000,
+            per_mtok in 0u64..50_000,
+            fee_bps in 0u32..2000,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let books = Arc::new(Books::open(dir.path()).unwrap());
+            let accounts = Arc::new(Accounts::load(books, fee_bps).unwrap());
+            accounts.create_app(app("a", margin_bps, per_mtok)).unwrap();
+            accounts.top_up("a", topup, 0).unwrap();
+            let key = accounts.install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0).unwrap();
+            let principal = Principal { app: "a".into(), key_id: key.id };
+            let mut held = Vec::new();
+            let mut charged = 0u128;
+            for (i, r) in reqs.iter().enumerate() {
+                let customer = r.customer.map(|c| format!("c{c}"));
+                let admitted = accounts.admit(&Admission {
+                    principal: &principal,
+                    end_customer: customer.as_deref(),
+                    max_input_tokens: u64::from(r.max_in),
+                    max_output_tokens: u64::from(r.max_out),
+                    max_price_in: r.price_in,
+                    max_price_out: r.price_out,
+                    now_ms: 1,
+                });
+                prop_assert!(accounts.balance("a").unwrap() >= 0);
+                let Ok(hold) = admitted else { continue };
+                if !r.finishes {
+                    // Keep some holds alive across later admissions.
+                    held.push(hold);
+                    continue;
+                }
+                let entry = hold
+                    .commit(receipt(i as u32, r.used_in, r.used_out, r.price_in, r.price_out), 1)
+                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                let c = entry.charge;
+                prop_assert_eq!(c.total, c.provider_cost + c.network_fee + c.margin);
+                charged += u128::from(c.total);
+                prop_assert!(accounts.balance("a").unwrap() >= 0);
+            }
+            drop(held);
+            prop_assert_eq!(accounts.balance("a").unwrap(), i128::from(topup) - charged as i128);
+            // And the books say the same after a restart.
+            let reloaded = Accounts::load(accounts.books().clone(), fee_bps).unwrap();
+            prop_assert_eq!(reloaded.balance("a").unwrap(), i128::from(topup) - charged as i128);
+        }
+    }
+}

@@ -67,3 +67,91 @@ pub fn settle(
         .map_err(internal)?;
     Ok((statement, true))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sharenet_ledger::LedgerEntry;
+    use sharenet_market::{Margin, PeriodRule};
+    use sharenet_proto::{CountersignedReceipt, JobId, Receipt, SignedReceipt, public_key_of};
+
+    fn entry(id: u8, node_seed: u8, at: u64) -> LedgerEntry {
+        let node = SigningKey::from_bytes(&[node_seed; 32]);
+        let coord = SigningKey::from_bytes(&[2; 32]);
+        let receipt = Receipt {
+            job_id: JobId([id; 16]),
+            node: public_key_of(&node),
+            coordinator: public_key_of(&coord),
+            model: "m".into(),
+            input_tokens: 3,
+            output_tokens: u32::from(id),
+            price_in: 10,
+            price_out: 20,
+            amount: 30 + 20 * u64::from(id),
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            request_digest: [0; 32],
+            response_digest: [0; 32],
+        };
+        let signed = SignedReceipt::sign(receipt, &node).unwrap();
+        let receipt = CountersignedReceipt::countersign(signed, &coord).unwrap();
+        let margin = Margin {
+            percent_bps: 1000,
+            per_mtok: 0,
+        };
+        let charge =
+            sharenet_market::pricing::charge_receipt(receipt.receipt(), 500, &margin).unwrap();
+        LedgerEntry {
+            receipt,
+            app: if id % 2 == 0 { "a".into() } else { "b".into() },
+            key_id: "k".into(),
+            end_customer: None,
+            charge,
+            recorded_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn late_receipts_go_to_the_next_period_and_statements_never_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Books::open(dir.path()).unwrap();
+        let key = SigningKey::from_bytes(&[2; 32]);
+        let rule = PeriodRule::Fixed {
+            length_ms: 1000,
+            origin_ms: 0,
+        };
+        let p1 = rule.period_of(500).unwrap();
+        let p2 = rule.period_of(1500).unwrap();
+        books.record(&entry(1, 7, 100)).unwrap();
+        books.record(&entry(2, 8, 900)).unwrap();
+        books.record(&entry(3, 7, 1200)).unwrap();
+
+        let (s1, fresh) = settle(&books, &key, p1, "p1", 1001).unwrap();
+        assert!(fresh);
+        assert_eq!(s1.statement().receipts, 2);
+        // A receipt recorded with a time inside p1 after p1 was settled.
+        books.record(&entry(4, 8, 999)).unwrap();
+        let (again, fresh) = settle(&books, &key, p1, "p1", 3000).unwrap();
+        assert!(!fresh);
+        assert_eq!(
+            again.to_bytes(),
+            s1.to_bytes(),
+            "a signed statement never changes"
+        );
+
+        // Not over yet: refused.
+        assert!(settle(&books, &key, p2, "p2", 1999).is_err());
+        let (s2, _) = settle(&books, &key, p2, "p2", 2000).unwrap();
+        assert_eq!(s2.statement().receipts, 2, "job 3 and the late job 4");
+        let st = s2.statement();
+        assert_eq!(
+            st.total_charged,
+            st.total_provider + st.total_network_fee + st.total_margin
+        );
+        let all: u64 = [1, 2, 3, 4]
+            .iter()
+            .map(|&i| entry(i, 7, 0).charge.total)
+            .sum();
+        assert_eq!(s1.statement().total_charged + st.total_charged, all);
+    }
+}

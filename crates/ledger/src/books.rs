@@ -411,3 +411,100 @@ fn group_commit(db: sled::Db, entries: sled::Tree, rx: mpsc::Receiver<Commit>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sharenet_proto::{Receipt, SignedReceipt, SigningKey, public_key_of};
+
+    pub(crate) fn entry(id: u32, app: &str, at: u64) -> LedgerEntry {
+        let node = SigningKey::from_bytes(&[1; 32]);
+        let coord = SigningKey::from_bytes(&[2; 32]);
+        let mut job = [0u8; 16];
+        job[..4].copy_from_slice(&id.to_be_bytes());
+        let receipt = Receipt {
+            job_id: JobId(job),
+            node: public_key_of(&node),
+            coordinator: public_key_of(&coord),
+            model: "m".into(),
+            input_tokens: 3,
+            output_tokens: 4,
+            price_in: 10,
+            price_out: 20,
+            amount: 110,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            request_digest: [0; 32],
+            response_digest: [0; 32],
+        };
+        let signed = SignedReceipt::sign(receipt, &node).unwrap();
+        let receipt = CountersignedReceipt::countersign(signed, &coord).unwrap();
+        let charge =
+            sharenet_market::pricing::charge_receipt(receipt.receipt(), 500, &Margin::default())
+                .unwrap();
+        LedgerEntry {
+            receipt,
+            app: app.into(),
+            key_id: "key_1".into(),
+            end_customer: Some("c".into()),
+            charge,
+            recorded_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn concurrent_records_are_durable_once_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let books = std::sync::Arc::new(Books::open(dir.path()).unwrap());
+            let threads: Vec<_> = (0..8u32)
+                .map(|t| {
+                    let books = books.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..50u32 {
+                            books.record(&entry(t * 1000 + i, "a", 5)).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert!(matches!(
+                books.record(&entry(3, "a", 5)),
+                Err(StoreError::Duplicate(_))
+            ));
+            books
+                .add_topup(&TopUp {
+                    app: "a".into(),
+                    amount: 7,
+                    at_ms: 1,
+                })
+                .unwrap();
+        }
+        let books = Books::open(dir.path()).unwrap();
+        assert_eq!(books.entry_count(), 400);
+        assert_eq!(books.entries().filter(|e| e.is_ok()).count(), 400);
+        assert_eq!(
+            books.entry(&entry(1003, "a", 5).job_id()).unwrap(),
+            Some(entry(1003, "a", 5))
+        );
+        assert_eq!(books.topups().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn statements_are_stored_once_with_their_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Books::open(dir.path()).unwrap();
+        let record = StatementRecord {
+            label: "2026-11".into(),
+            statement: vec![1, 2, 3],
+            settled_at_ms: 9,
+            job_ids: vec![JobId([1; 16]), JobId([2; 16])],
+        };
+        books.put_statement(&record).unwrap();
+        assert!(books.put_statement(&record).is_err());
+        assert_eq!(books.statement("2026-11").unwrap(), Some(record.clone()));
+        assert_eq!(books.statements().unwrap(), vec![record]);
+    }
+}
