@@ -135,6 +135,10 @@ async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> a
     println!();
     println!("  API base URL: {base}");
     println!("  API key:      {key}");
+    println!(
+        "  Operator key: {} (apps, keys, top-ups and settlement under /operator)",
+        devnet::DEVNET_OPERATOR_KEY
+    );
     println!();
     println!("Try it with curl:");
     println!();
