@@ -73,8 +73,12 @@ async fn acknowledged_receipts_survive_sigkill() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..6 {
-        let (http, base, acknowledged, stop) =
-            (http.clone(), base.clone(), acknowledged.clone(), stop.clone());
+        let (http, base, acknowledged, stop) = (
+            http.clone(),
+            base.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+        );
         clients.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
