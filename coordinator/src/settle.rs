@@ -103,7 +103,11 @@ mod tests {
             sharenet_market::pricing::charge_receipt(receipt.receipt(), 500, &margin).unwrap();
         LedgerEntry {
             receipt,
-            app: if id % 2 == 0 { "a".into() } else { "b".into() },
+            app: if id.is_multiple_of(2) {
+                "a".into()
+            } else {
+                "b".into()
+            },
             key_id: "k".into(),
             end_customer: None,
             charge,
