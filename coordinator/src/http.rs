@@ -58,6 +58,7 @@ pub fn app(state: Arc<Shared>) -> Router {
         .merge(authed)
         .merge(operator)
         .route("/health", get(health))
+        .route("/statements/{label}", get(statement_bundle))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
@@ -543,6 +544,48 @@ async fn usage(
         "balance_nano_usd": state.accounts.balance(&principal.app)?.max(0).to_string(),
         "data": lines,
     })))
+}
+
+/// A settled period for providers to reconcile against (public): the
+/// signed statement and, per receipt in Merkle order, its job id, node,
+/// amount and leaf hash, so anyone can recompute the root and each node
+/// can check its own receipts (`sharenet-node reconcile`).
+async fn statement_bundle(
+    State(state): State<Arc<Shared>>,
+    Path(label): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let books = state.accounts.books().clone();
+    tokio::task::spawn_blocking(move || -> Result<Json<Value>, ApiError> {
+        let internal = |e: sharenet_ledger::StoreError| ApiError::Internal(e.to_string());
+        let record = books
+            .statement(&label)
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::NotFound(format!("period {label} is not settled")))?;
+        let mut ids = record.job_ids.clone();
+        ids.sort_unstable();
+        let mut leaves = Vec::with_capacity(ids.len());
+        for j in &ids {
+            let e = books
+                .entry(j)
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::Internal(format!("settled receipt {j} is missing")))?;
+            let r = e.receipt.receipt();
+            leaves.push(json!({
+                "job_id": j.to_hex(),
+                "node": hex::encode(r.node),
+                "amount": r.amount,
+                "leaf": hex::encode(sharenet_market::merkle::leaf_hash(&e.receipt.to_bytes())),
+            }));
+        }
+        Ok(Json(json!({
+            "object": "statement_bundle",
+            "label": record.label,
+            "signed_statement": hex::encode(&record.statement),
+            "leaves": leaves,
+        })))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 async fn health(State(state): State<Arc<Shared>>) -> Json<Value> {

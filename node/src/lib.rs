@@ -14,6 +14,7 @@ pub mod config;
 pub mod gpu;
 mod jobs;
 pub mod load;
+pub mod reconcile;
 mod service;
 mod upstream;
 

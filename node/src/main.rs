@@ -56,6 +56,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Earnings per settlement period from this node's own receipts (stop
+    /// the daemon first: the store is locked while it runs).
+    Earnings {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Fixed-length periods instead of calendar months (UTC).
+        #[arg(long)]
+        period_secs: Option<u64>,
+    },
+    /// Check a coordinator's statement bundle (GET /statements/LABEL)
+    /// against this node's receipts: every receipt proven in, totals match.
+    /// Exits non-zero and lists discrepancies otherwise.
+    Reconcile {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The statement bundle JSON file.
+        bundle: PathBuf,
+    },
     /// List the receipts this node has signed (stop the daemon first: the
     /// store is locked while it runs).
     Receipts {
@@ -102,6 +120,11 @@ async fn main() -> anyhow::Result<()> {
         } => gen_tiny_model(&path, seed, arch, gguf, bench_size),
         Command::Models { config } => models(&config),
         Command::Receipts { config, limit } => receipts(&config, limit),
+        Command::Earnings {
+            config,
+            period_secs,
+        } => earnings(&config, period_secs),
+        Command::Reconcile { config, bundle } => reconcile(&config, &bundle),
     }
 }
 
@@ -208,6 +231,63 @@ fn models(config: &std::path::Path) -> anyhow::Result<()> {
         bail!("{failed} model(s) failed to load");
     }
     Ok(())
+}
+
+fn open_store(config: &NodeConfig) -> anyhow::Result<SledReceiptStore> {
+    let path = config.data_dir.join("receipts");
+    SledReceiptStore::open(&path).with_context(|| {
+        format!(
+            "open receipt store {} (is the node running?)",
+            path.display()
+        )
+    })
+}
+
+fn earnings(config: &std::path::Path, period_secs: Option<u64>) -> anyhow::Result<()> {
+    let config = NodeConfig::from_file(config)?;
+    let store = open_store(&config)?;
+    let rule = match period_secs {
+        None => sharenet_market::PeriodRule::CalendarMonth,
+        Some(0) => bail!("--period-secs: must be at least 1"),
+        Some(s) => sharenet_market::PeriodRule::Fixed {
+            length_ms: s.saturating_mul(1000),
+            origin_ms: 0,
+        },
+    };
+    let all = store.list(usize::MAX)?;
+    println!("period       jobs  input tokens  output tokens  earned (nano-USD)  pending");
+    for e in sharenet_node::reconcile::earnings(&all, &rule) {
+        println!(
+            "{:<12} {:>5}  {:>12}  {:>13}  {:>17}  {:>7}",
+            e.period, e.jobs, e.input_tokens, e.output_tokens, e.earned, e.pending
+        );
+    }
+    Ok(())
+}
+
+fn reconcile(config: &std::path::Path, bundle: &std::path::Path) -> anyhow::Result<()> {
+    let config = NodeConfig::from_file(config)?;
+    let text = std::fs::read_to_string(bundle)
+        .with_context(|| format!("read statement bundle {}", bundle.display()))?;
+    let bundle: sharenet_node::reconcile::Bundle = serde_json::from_str(&text)
+        .with_context(|| format!("parse statement bundle {}", bundle.display()))?;
+    let store = open_store(&config)?;
+    let local = store.list(usize::MAX)?;
+    let report =
+        sharenet_node::reconcile::reconcile(&bundle, &config.identity.public_key(), &local)
+            .context("check the statement")?;
+    println!(
+        "period {}: {} receipts proven into the statement, {} nano-USD; the statement rewards this node {} nano-USD",
+        report.period, report.included, report.included_amount, report.statement_reward
+    );
+    if report.is_clean() {
+        println!("reconciled: no discrepancies");
+        return Ok(());
+    }
+    for d in &report.discrepancies {
+        println!("DISCREPANCY  {d}");
+    }
+    bail!("{} discrepancies", report.discrepancies.len())
 }
 
 fn receipts(config: &std::path::Path, limit: usize) -> anyhow::Result<()> {
