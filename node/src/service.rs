@@ -91,6 +91,11 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// The node's ed25519 public key (the signer of its receipts).
+    pub fn public_key(&self) -> sharenet_proto::PublicKey {
+        self.ctx.identity.public_key()
+    }
+
     /// Jobs of `model` running or waiting on this node right now.
     pub fn queue_depth(&self, model: &str) -> Option<u32> {
         self.ctx.model(model).map(|m| m.queue_depth())

@@ -11,6 +11,11 @@ use sharenet_tests::{MODEL, TestNet};
 
 const PERIOD_MS: u64 = 3_000;
 
+/// A node's ed25519 public key, from its receipts' signer.
+fn public_key_of_peer(node: &sharenet_node::NodeHandle) -> [u8; 32] {
+    node.public_key()
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -185,6 +190,29 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         tampered[20] ^= 1;
         assert!(!signed.statement().includes(&tampered, &proof));
     }
+
+    // Every node reconciles its own receipts against the public bundle.
+    let bundle: sharenet_node::reconcile::Bundle = t
+        .http
+        .get(format!(
+            "{}/statements/{label}",
+            t.base_url().trim_end_matches("/v1")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut proven = 0;
+    for node in &t.net().nodes {
+        let local = node.store.list(usize::MAX).unwrap();
+        let key = public_key_of_peer(node);
+        let report = sharenet_node::reconcile::reconcile(&bundle, &key, &local).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        proven += report.included;
+    }
+    assert_eq!(proven, total("receipts"));
 
     // A job after the period goes to the next one.
     let r: Value = t
