@@ -223,8 +223,7 @@ impl Accounts {
         for t in books.topups().map_err(internal)? {
             *state.topped_up.entry(t.app.clone()).or_default() += u128::from(t.amount);
         }
-        for e in books.entries() {
-            let e = e.map_err(internal)?;
+        for e in books.all_entries().map_err(internal)? {
             let key_id = e.key_id.clone();
             state.book(&e, &key_id);
         }
