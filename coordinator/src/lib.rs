@@ -16,6 +16,7 @@ pub mod error;
 mod http;
 pub mod openai;
 mod operator;
+pub mod prefs;
 pub mod receipts;
 pub mod registry;
 pub mod settle;

@@ -7,6 +7,7 @@ use sharenet_proto::{
 };
 
 use crate::error::ApiError;
+use crate::prefs::{ProviderPrefs, model_list};
 
 /// Completion tokens when the request names no limit.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
@@ -31,6 +32,10 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u8>,
     pub tools: Option<Value>,
     pub response_format: Option<Value>,
+    /// OpenRouter-style routing preferences (see `prefs.rs`).
+    pub provider: Option<Value>,
+    /// Models to fall back to, in order, when `model` has no node.
+    pub models: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: ExtraSampling,
 }
@@ -66,6 +71,8 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub suffix: Option<String>,
     pub user: Option<String>,
+    pub provider: Option<Value>,
+    pub models: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: ExtraSampling,
 }
@@ -87,6 +94,7 @@ pub struct EmbeddingRequest {
     pub encoding_format: Option<String>,
     pub dimensions: Option<u32>,
     pub user: Option<String>,
+    pub provider: Option<Value>,
 }
 
 /// What kind of endpoint a job came from (shapes the response).
@@ -142,6 +150,10 @@ pub struct Job {
     pub include_usage: bool,
     /// Embeddings: return base64 of little-endian f32 instead of numbers.
     pub base64: bool,
+    /// Routing preferences (the `provider` object).
+    pub prefs: ProviderPrefs,
+    /// `model` first, then the `models` fallbacks.
+    pub models: Vec<String>,
 }
 
 /// Common sampling fields of chat and text completions.
@@ -253,7 +265,11 @@ impl CompletionRequest {
             extra: &self.extra,
         }
         .into_params()?;
+        let prefs = ProviderPrefs::parse(self.provider.as_ref())?;
+        let models = model_list(&self.model, self.models.as_ref())?;
         Ok(Job {
+            prefs,
+            models,
             kind: JobKind::Completion,
             model: self.model,
             input: JobInput::Prompt { prompt },
@@ -313,7 +329,10 @@ impl EmbeddingRequest {
                 "dimensions",
             ));
         }
+        let prefs = ProviderPrefs::parse(self.provider.as_ref())?;
         Ok(Job {
+            prefs,
+            models: vec![self.model.clone()],
             kind: JobKind::Embedding,
             model: self.model,
             input: JobInput::Embed { inputs },
@@ -425,7 +444,11 @@ impl ChatCompletionRequest {
             extra: &self.extra,
         }
         .into_params()?;
+        let prefs = ProviderPrefs::parse(self.provider.as_ref())?;
+        let models = model_list(&self.model, self.models.as_ref())?;
         Ok(Job {
+            prefs,
+            models,
             kind: JobKind::Chat,
             model: self.model,
             input: JobInput::Chat { messages },

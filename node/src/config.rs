@@ -23,6 +23,7 @@ struct NodeFile {
     advert_interval_secs: u64,
     #[serde(default = "default_ttl")]
     advert_ttl_secs: u64,
+    region: Option<String>,
     models: Vec<ModelFile>,
 }
 
@@ -174,6 +175,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     pub advert_interval: Duration,
     pub advert_ttl: Duration,
+    /// Where the node is (advertised for region-restricted requests).
+    pub region: Option<String>,
     pub models: Vec<ModelConfig>,
 }
 
@@ -237,6 +240,7 @@ impl NodeConfig {
             bootstrap: parse_multiaddrs("bootstrap", &file.bootstrap)?,
             advert_interval: Duration::from_secs(file.advert_interval_secs),
             advert_ttl: Duration::from_secs(file.advert_ttl_secs),
+            region: file.region,
             models,
         };
         config.validate()?;
@@ -296,6 +300,9 @@ listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]
 # Coordinators (or other peers) to join the network through, e.g.
 # "/ip4/203.0.113.7/udp/4000/quic-v1/p2p/12D3KooW...".
 bootstrap = []
+
+# Where this node is, for builders who restrict requests to a region.
+# region = "eu-west"
 
 # Adverts are re-published every interval and expire after the TTL.
 advert_interval_secs = 10

@@ -39,6 +39,7 @@ pub(crate) struct ServedModel {
     pub(crate) backend: Backend,
     pub(crate) kind: ModelKind,
     pub(crate) context_length: u32,
+    pub(crate) quantization: String,
     pub(crate) weights_sha256: Option<[u8; 32]>,
     /// Admission for the embed and upstream backends (the scheduler has its own).
     pub(crate) slots: Arc<Semaphore>,
@@ -68,6 +69,7 @@ pub(crate) struct NodeCtx {
     pub(crate) models: Vec<Arc<ServedModel>>,
     pub(crate) store: Arc<dyn ReceiptStore>,
     pub(crate) gpus: Vec<GpuInfo>,
+    pub(crate) region: String,
     /// Poked when load changes, so the advert goes out promptly.
     pub(crate) load_changed: Arc<Notify>,
 }
@@ -154,6 +156,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         models,
         store: Arc::new(store),
         gpus,
+        region: config.region.clone().unwrap_or_default(),
         load_changed,
     });
     tracing::info!(peer = %client.peer_id(), addrs = ?client.listen_addrs(), "node started");
@@ -190,10 +193,14 @@ fn serve_model(
     loaded: Loaded,
     load_changed: &Arc<Notify>,
 ) -> anyhow::Result<ServedModel> {
-    let (backend, kind, context_length, weights_sha256) = match (loaded, &m.source) {
+    let (backend, kind, context_length, weights_sha256, quantization) = match (loaded, &m.source) {
         (Loaded::Text(model), _) => {
             let context = u32::try_from(model.context_length()).unwrap_or(u32::MAX);
             let hash = model.weights_sha256();
+            let quantization = match model.format() {
+                sharenet_engine::WeightsFormat::Gguf { dtype } => dtype.clone(),
+                sharenet_engine::WeightsFormat::Safetensors => "F32".to_string(),
+            };
             let notify = load_changed.clone();
             let scheduler = Scheduler::start(
                 model,
@@ -210,18 +217,26 @@ fn serve_model(
                 ModelKind::Text,
                 context,
                 Some(hash),
+                quantization,
             )
         }
         (Loaded::Embed(e), _) => {
             let context = u32::try_from(e.max_tokens()).unwrap_or(u32::MAX);
             let hash = e.weights_sha256();
-            (Backend::Embed(e), ModelKind::Embedding, context, Some(hash))
+            (
+                Backend::Embed(e),
+                ModelKind::Embedding,
+                context,
+                Some(hash),
+                "F32".to_string(),
+            )
         }
         (Loaded::Upstream, ModelSource::Upstream(u)) => (
             Backend::Upstream(Upstream::new(u.clone()).context("build the upstream HTTP client")?),
             ModelKind::Text,
             u.context_length,
             None,
+            String::new(),
         ),
         (Loaded::Upstream, ModelSource::Local(_)) => {
             anyhow::bail!("model {:?}: a local model loaded as upstream", m.id)
@@ -232,6 +247,7 @@ fn serve_model(
         backend,
         kind,
         context_length,
+        quantization,
         weights_sha256,
         slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
         running: AtomicU32::new(0),
@@ -255,6 +271,11 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
                 price_out: m.config.price_out,
                 context_length: m.context_length,
                 kind: m.kind,
+                quantization: m.quantization.clone(),
+                tokens_per_sec: match &m.backend {
+                    Backend::Text(s) => s.load().tokens_per_sec,
+                    _ => 0,
+                },
                 weights_sha256: m.weights_sha256,
             }
         })
@@ -263,6 +284,8 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
         node: ctx.identity.public_key(),
         models,
         gpus: ctx.gpus.clone(),
+        region: ctx.region.clone(),
+        relayed: false,
         max_concurrency,
         queue_depth,
         seq,

@@ -130,6 +130,7 @@ impl TestNet {
                 bootstrap: self.net().coordinator.p2p_addrs.clone(),
                 advert_interval: Duration::from_secs(1),
                 advert_ttl: Duration::from_secs(3),
+                region: None,
                 models,
             },
             self.cancel.clone(),

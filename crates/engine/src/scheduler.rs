@@ -88,6 +88,9 @@ pub struct Load {
     pub waiting: usize,
     pub kv_used_bytes: usize,
     pub kv_budget_bytes: usize,
+    /// Decode tokens per second of all sequences together, smoothed over
+    /// recent steps (0 before the first step).
+    pub tokens_per_sec: u32,
 }
 
 struct Queued {
@@ -104,6 +107,7 @@ struct Shared {
     shutdown: AtomicBool,
     running: AtomicUsize,
     kv_used: AtomicUsize,
+    tokens_per_sec: std::sync::atomic::AtomicU32,
     on_load_change: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -130,6 +134,7 @@ impl Scheduler {
             shutdown: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             kv_used: AtomicUsize::new(0),
+            tokens_per_sec: std::sync::atomic::AtomicU32::new(0),
             on_load_change,
         });
         let worker = Worker {
@@ -165,6 +170,7 @@ impl Scheduler {
             waiting: self.shared.queue.lock().map(|q| q.len()).unwrap_or(0),
             kv_used_bytes: self.shared.kv_used.load(Ordering::Relaxed),
             kv_budget_bytes: self.config.kv_cache_bytes,
+            tokens_per_sec: self.shared.tokens_per_sec.load(Ordering::Relaxed),
         }
     }
 
@@ -418,6 +424,20 @@ impl Worker {
         }
     }
 
+    /// Folds one step's throughput into the smoothed figure adverts carry.
+    fn record_speed(&self, tokens: usize, took: Duration) {
+        let now = tokens as f64 / took.as_secs_f64().max(1e-6);
+        let before = f64::from(self.shared.tokens_per_sec.load(Ordering::Relaxed));
+        let smoothed = if before == 0.0 {
+            now
+        } else {
+            0.9 * before + 0.1 * now
+        };
+        self.shared
+            .tokens_per_sec
+            .store(smoothed.min(f64::from(u32::MAX)) as u32, Ordering::Relaxed);
+    }
+
     /// One batched decode step over every active sequence.
     fn step(&mut self) -> Result<(), EngineError> {
         let (gone, keep): (Vec<Active>, Vec<Active>) = std::mem::take(&mut self.active)
@@ -432,7 +452,9 @@ impl Worker {
         }
         let tokens: Vec<u32> = self.active.iter().map(|a| a.seq.last_token()).collect();
         let mut caches: Vec<_> = self.active.iter_mut().map(|a| a.seq.cache_mut()).collect();
+        let started = std::time::Instant::now();
         let logits = self.model.transformer.decode(&tokens, &mut caches)?;
+        self.record_speed(tokens.len(), started.elapsed());
         let rows = Transformer::rows(&logits)?;
         let mut still = Vec::with_capacity(self.active.len());
         for (mut a, mut row) in std::mem::take(&mut self.active).into_iter().zip(rows) {

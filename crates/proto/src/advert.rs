@@ -15,6 +15,8 @@ const MAX_MODEL_ID: usize = 128;
 /// At most this many GPUs in one advert.
 pub const MAX_ADVERT_GPUS: usize = 16;
 const MAX_GPU_NAME: usize = 128;
+/// Longest region or quantization label.
+const MAX_SHORT: usize = 64;
 
 /// What kind of jobs a model serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,6 +48,11 @@ pub struct ModelOffer {
     /// Longest prompt + completion the node accepts, in tokens.
     pub context_length: u32,
     pub kind: ModelKind,
+    /// Weight format, e.g. `Q8_0`, `Q4K`, `F32`; empty when unknown.
+    pub quantization: String,
+    /// Decode tokens per second the node measured for this model lately
+    /// (all sequences together); 0 when it has no measurement yet.
+    pub tokens_per_sec: u32,
     /// SHA-256 of the weights files (in file name order), so "the same
     /// model" means the same weights. `None` where the node cannot know
     /// them (an upstream server).
@@ -74,6 +81,11 @@ pub struct Advert {
     pub models: Vec<ModelOffer>,
     /// The node's GPUs (empty: CPU only).
     pub gpus: Vec<GpuInfo>,
+    /// Where the node says it is (operator-defined, e.g. `eu-west`); empty
+    /// when unset.
+    pub region: String,
+    /// Whether the node is reached through a relay (behind NAT).
+    pub relayed: bool,
     /// Jobs the node runs at once.
     pub max_concurrency: u32,
     /// Jobs running or waiting right now.
@@ -115,6 +127,14 @@ impl Advert {
                 max: MAX_ADVERT_GPUS,
             });
         }
+        if self.region.len() > MAX_SHORT
+            || self.models.iter().any(|m| m.quantization.len() > MAX_SHORT)
+        {
+            return Err(ProtoError::Invalid {
+                field: "region / quantization",
+                reason: format!("at most {MAX_SHORT} bytes"),
+            });
+        }
         if self.gpus.iter().any(|g| g.name.len() > MAX_GPU_NAME) {
             return Err(ProtoError::Invalid {
                 field: "gpu name",
@@ -143,6 +163,8 @@ impl Advert {
             w.u64(m.price_out);
             w.u32(m.context_length);
             w.u32(m.kind as u32);
+            w.str(&m.quantization);
+            w.u32(m.tokens_per_sec);
             match &m.weights_sha256 {
                 Some(h) => {
                     w.u32(1);
@@ -156,6 +178,8 @@ impl Advert {
             w.str(&g.name);
             w.u64(g.memory_mib);
         }
+        w.str(&self.region);
+        w.u32(u32::from(self.relayed));
         w.u32(self.max_concurrency);
         w.u32(self.queue_depth);
         w.u64(self.seq);
@@ -191,6 +215,8 @@ impl Advert {
                         });
                     }
                 },
+                quantization: r.str("quantization", MAX_SHORT)?,
+                tokens_per_sec: r.u32("tokens_per_sec")?,
                 weights_sha256: match r.u32("weights hash flag")? {
                     0 => None,
                     1 => Some(r.array::<32>("weights_sha256")?),
@@ -218,10 +244,23 @@ impl Advert {
                 memory_mib: r.u64("gpu memory")?,
             });
         }
+        let region = r.str("region", MAX_SHORT)?;
+        let relayed = match r.u32("relayed")? {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(ProtoError::Invalid {
+                    field: "relayed",
+                    reason: format!("must be 0 or 1, not {other}"),
+                });
+            }
+        };
         Ok(Self {
             node,
             models,
             gpus,
+            region,
+            relayed,
             max_concurrency: r.u32("max_concurrency")?,
             queue_depth: r.u32("queue_depth")?,
             seq: r.u64("seq")?,
@@ -304,12 +343,16 @@ mod tests {
                 price_out: 300,
                 context_length: 512,
                 kind: ModelKind::Text,
+                quantization: "Q8_0".into(),
+                tokens_per_sec: 950,
                 weights_sha256: Some([9; 32]),
             }],
             gpus: vec![GpuInfo {
                 name: "NVIDIA H100".into(),
                 memory_mib: 81_559,
             }],
+            region: "eu-west".into(),
+            relayed: false,
             max_concurrency: 4,
             queue_depth: 1,
             seq: 7,
