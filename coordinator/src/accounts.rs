@@ -35,8 +35,8 @@ use sharenet_proto::{CountersignedReceipt, NanoUsd, sha256};
 use crate::error::ApiError;
 
 const DAY_MS: u64 = 86_400_000;
-/// Rate limiters kept at most (per key and per end customer); beyond this
-/// the idle ones are forgotten.
+/// Rate limiters kept at most; beyond this the end customers' ones are
+/// forgotten (keys' never are).
 const MAX_LIMITERS: usize = 100_000;
 
 /// Who is calling: resolved from the API key.
@@ -274,8 +274,17 @@ impl Accounts {
         per_minute: Option<u32>,
     ) -> Option<Arc<DefaultDirectRateLimiter>> {
         let n = NonZeroU32::new(per_minute?)?;
-        if state.limiters.len() >= MAX_LIMITERS {
-            state.limiters.clear();
+        // End customers are named by the builder, so their limiters are
+        // capped; key limiters are bounded by the keys the operator issued
+        // and are never dropped (so churning customer ids cannot reset a
+        // key's limit).
+        if matches!(scope, Scope::Customer(..))
+            && state.limiters.len() >= MAX_LIMITERS
+            && !state.limiters.contains_key(&(scope.clone(), tokens))
+        {
+            state
+                .limiters
+                .retain(|(s, _), _| !matches!(s, Scope::Customer(..)));
         }
         Some(
             state
