@@ -223,8 +223,16 @@ fn build_swarm(identity: &Identity) -> Result<libp2p::Swarm<Behaviour>, P2pError
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_quic()
         .with_behaviour(|key| {
+            // Nodes mostly connect to a coordinator (a star), so peers
+            // outside its mesh learn of adverts through gossip: announce to
+            // every non-mesh peer each heartbeat and keep ids long enough
+            // for them to ask.
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
+                .gossip_factor(1.0)
+                .gossip_lazy(64)
+                .history_gossip(6)
+                .history_length(8)
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .max_transmit_size(MAX_GOSSIP_BYTES)
                 .build()
