@@ -132,20 +132,103 @@ fn max_input_tokens(job: &Job) -> u64 {
     (bytes as u64) + 16 * (pieces as u64) + 256
 }
 
+/// The request's filters (`provider` preferences and what the job needs),
+/// in order; when one empties the list the 503 says which.
+fn select(mut offers: Vec<Offer>, job: &Job) -> Result<Vec<Offer>, ApiError> {
+    let p = &job.prefs;
+    let need = u64::from(estimate_input_tokens(job)) + u64::from(job.params.max_tokens);
+    let mut apply = |name: &str, keep: &dyn Fn(&Offer) -> bool| -> Result<(), ApiError> {
+        let before = offers.len();
+        offers.retain(|o| keep(o));
+        if offers.is_empty() {
+            return Err(ApiError::NoCapacity(format!(
+                "no node left after the `{name}` constraint ({before} node(s) serve the model before it)"
+            )));
+        }
+        Ok(())
+    };
+    if !p.only.is_empty() {
+        apply("provider.only", &|o| p.only.contains(&o.advert.node))?;
+    }
+    if !p.ignore.is_empty() {
+        apply("provider.ignore", &|o| !p.ignore.contains(&o.advert.node))?;
+    }
+    if let Some(max) = p.max_price.prompt {
+        apply("provider.max_price.prompt", &|o| o.offer.price_in <= max)?;
+    }
+    if let Some(max) = p.max_price.completion {
+        apply("provider.max_price.completion", &|o| {
+            o.offer.price_out <= max
+        })?;
+    }
+    if let Some(region) = &p.region {
+        apply("provider.region", &|o| &o.advert.region == region)?;
+    }
+    if !p.quantizations.is_empty() {
+        apply("provider.quantizations", &|o| {
+            p.quantizations
+                .iter()
+                .any(|q| q.eq_ignore_ascii_case(&o.offer.quantization))
+        })?;
+    }
+    if job.kind != JobKind::Embedding {
+        apply("context length", &|o| {
+            u64::from(o.offer.context_length) >= need
+        })?;
+    }
+    if let Some(min) = p.min_trust {
+        // Trust scores are not computed yet: every node counts as neutral (0.5).
+        apply("provider.min_trust", &|_| min <= 0.5)?;
+    }
+    Ok(offers)
+}
+
+/// `provider.sort` and `provider.order` on top of the price ranking.
+fn apply_order(candidates: &mut [sharenet_router::Candidate], job: &Job) {
+    if let Some(crate::prefs::SortKey::Throughput | crate::prefs::SortKey::Latency) = job.prefs.sort
+    {
+        // Without measured latencies yet, the emptiest queue is the fastest.
+        candidates.sort_by_key(|c| (c.queue_depth, c.node));
+    }
+    let order = &job.prefs.order;
+    if !order.is_empty() {
+        candidates.sort_by_key(|c| {
+            order
+                .iter()
+                .position(|n| *n == c.node)
+                .unwrap_or(usize::MAX)
+        });
+    }
+}
+
 pub async fn start_job(
     state: &Arc<Shared>,
     job: &Job,
     principal: &Principal,
     end_customer: Option<&str>,
 ) -> Result<ActiveJob, ApiError> {
-    let offers = match state.registry.lookup(&job.model, now_ms()) {
-        Lookup::NoNodes => {
+    // The first model of the list that has live nodes (the `models`
+    // fallback list); an unknown first model with no fallback is a 404.
+    let mut found = None;
+    let mut any_live = false;
+    for model in &job.models {
+        match state.registry.lookup(model, now_ms()) {
+            Lookup::NoNodes => {}
+            Lookup::UnknownModel => any_live = true,
+            Lookup::Found(offers) => {
+                found = Some((model.clone(), offers));
+                break;
+            }
+        }
+    }
+    let (model, offers) = match found {
+        Some(f) => f,
+        None if any_live => return Err(ApiError::ModelNotFound(job.model.clone())),
+        None => {
             return Err(ApiError::NoCapacity(
                 "no live nodes on the network right now".into(),
             ));
         }
-        Lookup::UnknownModel => return Err(ApiError::ModelNotFound(job.model.clone())),
-        Lookup::Found(offers) => offers,
     };
     let want = if job.kind == JobKind::Embedding {
         ModelKind::Embedding
@@ -161,22 +244,29 @@ pub async fn start_job(
             ModelKind::Text => "an embedding model; use /v1/embeddings",
         };
         return Err(ApiError::bad_request(
-            format!("`{}` is {what}", job.model),
+            format!("`{model}` is {what}"),
             Some("model"),
         ));
     }
+    let offers = select(offers, job)?;
     let mut candidates: Vec<_> = offers.iter().map(Offer::candidate).collect();
     rank_cheapest(
         &mut candidates,
         estimate_input_tokens(job),
         job.params.max_tokens,
     );
+    apply_order(&mut candidates, job);
+    let attempts = if job.prefs.allow_fallbacks {
+        state.max_attempts
+    } else {
+        1
+    };
+    candidates.truncate(attempts);
     let mut by_node: HashMap<_, _> = offers.into_iter().map(|o| (o.advert.node, o)).collect();
 
     // Hold the worst case at the highest price among the nodes we may try.
     let tried: Vec<_> = candidates
         .iter()
-        .take(state.max_attempts)
         .filter_map(|c| by_node.get(&c.node))
         .collect();
     let max_price_in = tried.iter().map(|o| o.offer.price_in).max().unwrap_or(0);
@@ -200,7 +290,7 @@ pub async fn start_job(
     let request = JobRequest {
         job_id,
         coordinator: state.identity.public_key(),
-        model: job.model.clone(),
+        model: model.clone(),
         input: job.input.clone(),
         params: job.params.clone(),
     };
@@ -209,7 +299,7 @@ pub async fn start_job(
     let request_digest = sha256(&bytes);
 
     let mut failures = Vec::new();
-    for candidate in candidates.iter().take(state.max_attempts) {
+    for candidate in candidates.iter() {
         let Some(offer) = by_node.remove(&candidate.node) else {
             continue;
         };
@@ -236,7 +326,7 @@ pub async fn start_job(
                     first: Some(first),
                     job_id,
                     peer: offer.peer,
-                    model: job.model.clone(),
+                    model: model.clone(),
                     offer,
                     request_digest,
                     max_tokens: job.params.max_tokens,
@@ -257,7 +347,7 @@ pub async fn start_job(
     }
     Err(ApiError::NoCapacity(format!(
         "every node tried for `{}` failed before the first token ({})",
-        job.model,
+        model,
         failures.join("; ")
     )))
 }

@@ -243,7 +243,7 @@ async fn generate(
             kind: job.kind,
             id: &id,
             created,
-            model: &job.model,
+            model: &active.model,
             text: &finished.text,
             logprobs: want_logprobs.then_some(finished.logprobs.as_slice()),
             finish_reason: finished.finish_reason,
@@ -258,7 +258,7 @@ async fn generate(
     // Streaming: the job has produced its first event on a node, so from
     // here on failures are reported in-band as an OpenAI error event.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(SSE_BUFFER);
-    let model = job.model.clone();
+    let model = active.model.clone();
     let include_usage = job.include_usage;
     let kind = job.kind;
     tokio::spawn(async move {

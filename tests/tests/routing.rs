@@ -1,0 +1,145 @@
+//! Routing preferences and fallback through a real coordinator and nodes.
+
+use serde_json::{Value, json};
+use sharenet_tests::{MODEL, TestNet};
+
+fn ask(provider: Value) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+           "provider": provider})
+}
+
+fn node_key(t: &TestNet, i: usize) -> String {
+    hex::encode(t.net().nodes[i].public_key())
+}
+
+/// Which node served a response (its receipt's signer).
+async fn served_by(t: &TestNet, v: &Value) -> String {
+    let id = v["receipt_id"].as_str().unwrap_or_else(|| panic!("{v}"));
+    let r: Value = t.get(&format!("receipts/{id}")).await.json().await.unwrap();
+    r["receipt"]["node"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_preferences_pick_and_exclude_nodes() {
+    let t = TestNet::start(3).await;
+    let (cheap, mid, dear) = (node_key(&t, 0), node_key(&t, 1), node_key(&t, 2));
+
+    // sort: price → the cheapest node.
+    let v: Value = t
+        .post("chat/completions", &ask(json!({"sort": "price"})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&t, &v).await, cheap);
+    // order puts a node first; ignore and only exclude.
+    let v: Value = t
+        .post("chat/completions", &ask(json!({"order": [dear]})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&t, &v).await, dear);
+    let v: Value = t
+        .post("chat/completions", &ask(json!({"ignore": [cheap]})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&t, &v).await, mid);
+    let v: Value = t
+        .post("chat/completions", &ask(json!({"only": [dear]})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&t, &v).await, dear);
+    // max_price excludes the dearer nodes (node i charges 200 + 100 i per output token).
+    let v: Value = t
+        .post(
+            "chat/completions",
+            &ask(json!({"order": [dear], "max_price": {"completion": 250}})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served_by(&t, &v).await, cheap);
+
+    // Nothing left: 503 naming the constraint that emptied the list.
+    let r = t
+        .post(
+            "chat/completions",
+            &ask(json!({"max_price": {"completion": 10}})),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_price"),
+        "{e}"
+    );
+    // Unknown fields in provider: 400 naming the field.
+    let r = t
+        .post("chat/completions", &ask(json!({"sortt": "price"})))
+        .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("sortt"),
+        "{e}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_before_its_first_token_falls_back_cleanly_unless_fallbacks_are_off() {
+    // A long advert TTL keeps the dead node in routing for the whole test,
+    // and a short connect timeout makes trying it quick.
+    let t = TestNet::start_with(2, |o| {
+        o.advert_ttl = std::time::Duration::from_secs(60);
+        o.timeouts.connect = std::time::Duration::from_millis(1500);
+    })
+    .await;
+    let (cheap, dear) = (node_key(&t, 0), node_key(&t, 1));
+    // The cheapest node dies; its advert is still live for up to the TTL.
+    t.net().nodes[0].shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = t
+        .post("chat/completions", &ask(json!({"order": [cheap]})))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        served_by(&t, &v).await,
+        dear,
+        "served by the other node, one clean response"
+    );
+    // With fallbacks off, the builder gets the failure instead.
+    let r = t
+        .post(
+            "chat/completions",
+            &ask(json!({"order": [cheap], "allow_fallbacks": false})),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_list_falls_back_to_the_next_model() {
+    let t = TestNet::start(1).await;
+    let body = json!({"model": "no-such-model", "models": [MODEL],
+                      "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let r = t.post("chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["model"], MODEL,
+        "the response names the model that served it"
+    );
+    t.stop().await;
+}
