@@ -1,17 +1,78 @@
-//! Node selection for sharenet, as a pure function.
+//! Node selection for sharenet, as pure functions.
 //!
-//! Given the live offers for a model, rank them: cheapest expected cost for
-//! this request first, then the emptier queue, then the node key (so the
-//! order is total and deterministic). Richer routing (latency, trust,
-//! preferences) grows here.
+//! What lives here (GitHub issue 4, "Matching, routing and trust"):
+//! - [`candidate`]: what a node offers for a model ([`Offer`], from its
+//!   advert) and what the coordinator measured about it ([`Observed`]: RTT,
+//!   time to first token as EWMA and peak-EWMA, decode speed, jobs in flight);
+//! - [`trust`]: per-node evidence that decays with a half-life, a score in
+//!   [0, 1], probation for new nodes;
+//! - [`breaker`]: a per-node circuit breaker with exponential backoff and a
+//!   single half-open probe;
+//! - [`mod@route`]: one routing decision: filter by the request's preferences and
+//!   the app's private-pool rules, rank by price / predicted latency / trust,
+//!   spread load with power-of-two-choices, cap probation traffic, return an
+//!   ordered fallback list or the constraint that emptied it;
+//! - [`table`]: [`CandidateTable`], the live candidates for one model kept
+//!   compact and updated in place, and [`route_table`], the same decision
+//!   over it (identical output to [`route()`], tested), for large fleets;
+//! - [`health`]: the per-node bundle of the three above and the step that
+//!   turns it into a [`route::Candidate`] at an instant;
+//! - [`rank_cheapest`]: the original price-only ranking, kept (with its
+//!   [`Candidate`] type) until the coordinator moves to [`route()`].
 //!
-//! Architecture invariant: no sockets, clocks, disks or randomness inside;
-//! everything the decision depends on is an argument, so the coordinator and
-//! the simulator run the same code and tests can drive it exactly.
+//! # Invariants
+//!
+//! - **Pure.** No sockets, clocks, disks, threads or global randomness. The
+//!   current time is a `now_ms: u64` argument and randomness a caller-seeded
+//!   `&mut impl rand::Rng`, so the coordinator and the discrete-event
+//!   simulator run this very code, and tests drive it with fake time. A
+//!   `now_ms` that goes backwards is treated as no time passing.
+//! - **Deterministic.** The same inputs and rng state give the same output:
+//!   every ordering is total (ties end on the node key), floats are compared
+//!   with `total_cmp`, and the rng is drawn a fixed number of times for a
+//!   given input (the probation coin, then two power-of-two-choices draws).
+//!   Routing uses only IEEE-exact arithmetic (no `exp`), so its output is the
+//!   same on every platform; the decays in `trust` and `candidate` use the
+//!   platform's `exp`/`exp2`, identical run to run on one machine.
+//! - **Money is integer nano-USD** (`u64`, saturating); only scores,
+//!   latencies and trust are `f64`.
+//! - **Never panics** on any input: NaN or negative measurements count as
+//!   "unknown", a NaN trust fails the trust filter, nonsensical parameters
+//!   degrade to documented fallbacks, overflow saturates.
+//! - **Hard constraints are never traded for score**: a request marked
+//!   sensitive only ever gets its private pool's nodes; nodes under the trust
+//!   floor, with an open breaker or a full queue, or outside the request's
+//!   filters are never returned.
+//! - Nodes on probation win at most `probation_share` of first picks when a
+//!   node not on probation is available.
+//! - A decision costs one pass over the candidates plus one over the
+//!   survivors, with no per-candidate allocation and no full sort.
+//!   `cargo bench -p sharenet-router` prints p50/p99/max per decision at
+//!   1,000 / 10,000 / 100,000 candidates for both entry points.
+//! - Everything a simulator might log is `serde`-serializable (not
+//!   `CandidateTable`: it is an index over logged inputs, rebuilt from them).
+
+pub mod breaker;
+pub mod candidate;
+pub mod health;
+pub mod route;
+pub mod table;
+pub mod trust;
+
+pub use breaker::{Admit, Breaker, BreakerParams, BreakerState};
+pub use candidate::{NodeKey, Observed, Offer};
+pub use health::NodeHealth;
+pub use route::{
+    Candidate as RouteCandidate, Filter, NoCandidate, Preferences, PrivatePool, Request,
+    RouteParams, Sort, Weights, route,
+};
+pub use table::{CandidateTable, route_table};
+pub use trust::{Evidence, Trust, TrustParams};
 
 use sharenet_proto::{NanoUsd, PublicKey};
 
-/// One node that serves the requested model, as the router sees it.
+/// One node that serves the requested model, as [`rank_cheapest`] sees it.
+/// Superseded by [`route::Candidate`]; kept until the coordinator switches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub node: PublicKey,
@@ -32,6 +93,7 @@ impl Candidate {
 }
 
 /// Orders candidates best first: expected cost, then queue depth, then key.
+/// Superseded by [`route()`].
 pub fn rank_cheapest(candidates: &mut [Candidate], input_tokens: u32, max_output: u32) {
     candidates.sort_by(|a, b| {
         a.expected_cost(input_tokens, max_output)
