@@ -23,7 +23,6 @@
 //!   signed object of `sharenet-proto` (domain tag, protocol version, bounded
 //!   lengths, the signature verified before a value exists).
 
-mod canon;
 mod error;
 pub mod merkle;
 pub mod period;

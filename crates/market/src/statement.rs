@@ -47,10 +47,10 @@ use sharenet_proto::{
     sign_canonical, verify_canonical, verify_countersigned_batch,
 };
 
-use crate::canon::{Reader, Writer};
 use crate::merkle::{self, InclusionProof, leaf_hash};
 use crate::pricing::{Charge, Margin, charge_receipt};
 use crate::{MarketError, Period};
+use sharenet_proto::canon::{Reader, Writer};
 
 const TAG: &[u8] = b"sharenet/statement\0";
 /// Longest app id, in bytes (ids are chosen by the coordinator).

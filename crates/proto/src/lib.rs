@@ -20,7 +20,7 @@
 
 mod advert;
 mod batch;
-mod canon;
+pub mod canon;
 mod error;
 mod job;
 mod keys;
