@@ -14,7 +14,6 @@ use sharenet_proto::{
     CountersignedReceipt, FinishReason, JobErrorCode, JobEvent, JobId, JobRequest, MAX_FRAME_BYTES,
     ModelKind, TokenLogprob, Usage, embeddings_digest, sha256,
 };
-use sharenet_router::rank_cheapest;
 
 use crate::accounts::{Admission, CommitError, Hold, Principal};
 use crate::error::ApiError;
@@ -63,6 +62,9 @@ pub struct ActiveJob {
     /// The worst-case amount held for this job; turned into the real
     /// charge when the receipt is recorded, released if it never is.
     hold: Option<Hold>,
+    /// When the request went to the node, and when its first event came.
+    started: std::time::Instant,
+    first_at: std::time::Instant,
 }
 
 /// What the next event amounted to.
@@ -132,72 +134,128 @@ fn max_input_tokens(job: &Job) -> u64 {
     (bytes as u64) + 16 * (pieces as u64) + 256
 }
 
-/// The request's filters (`provider` preferences and what the job needs),
-/// in order; when one empties the list the 503 says which.
-fn select(mut offers: Vec<Offer>, job: &Job) -> Result<Vec<Offer>, ApiError> {
+/// Orders the nodes to try with the pure router (`sharenet_router::route`):
+/// the request's filters and preferences, then price, predicted latency and
+/// trust, load-aware. When a filter empties the list the 503 names it.
+fn route(state: &Shared, offers: &[Offer], job: &Job) -> Result<Vec<[u8; 32]>, ApiError> {
+    use sharenet_router as r;
     let p = &job.prefs;
-    let need = u64::from(estimate_input_tokens(job)) + u64::from(job.params.max_tokens);
-    let mut apply = |name: &str, keep: &dyn Fn(&Offer) -> bool| -> Result<(), ApiError> {
-        let before = offers.len();
-        offers.retain(|o| keep(o));
-        if offers.is_empty() {
-            return Err(ApiError::NoCapacity(format!(
-                "no node left after the `{name}` constraint ({before} node(s) serve the model before it)"
-            )));
-        }
-        Ok(())
+    if p.sensitive {
+        return Err(ApiError::bad_request(
+            "provider.sensitive needs a private pool of the app's own nodes, and this app has none",
+            Some("provider.sensitive"),
+        ));
+    }
+    let prefs = r::Preferences {
+        sort: p.sort.map(|s| match s {
+            crate::prefs::SortKey::Price => r::Sort::Price,
+            crate::prefs::SortKey::Latency => r::Sort::Latency,
+            crate::prefs::SortKey::Throughput => r::Sort::Throughput,
+        }),
+        order: p.order.clone(),
+        only: p.only.clone(),
+        ignore: p.ignore.clone(),
+        allow_fallbacks: p.allow_fallbacks,
+        max_price_in: p.max_price.prompt,
+        max_price_out: p.max_price.completion,
+        min_trust: p.min_trust,
+        region: p.region.clone(),
+        quantizations: p.quantizations.clone(),
+        weights_sha256: None,
+        private_pool: None,
     };
-    if !p.only.is_empty() {
-        apply("provider.only", &|o| p.only.contains(&o.advert.node))?;
+    let request = r::Request {
+        input_tokens: estimate_input_tokens(job),
+        max_output_tokens: job.params.max_tokens,
+        prefs,
+    };
+    let now = now_ms();
+    let router_offers: Vec<r::Offer> = offers
+        .iter()
+        .map(|o| r::Offer::from_advert(&o.advert, &o.offer))
+        .collect();
+    let trust_params = r::TrustParams::default();
+    let mut health = state
+        .health
+        .lock()
+        .map_err(|_| ApiError::Internal("routing state lock poisoned".into()))?;
+    for o in &router_offers {
+        health
+            .entry(o.node)
+            .or_insert_with(|| r::NodeHealth::new(now, r::BreakerParams::default()))
+            .decay(now);
     }
-    if !p.ignore.is_empty() {
-        apply("provider.ignore", &|o| !p.ignore.contains(&o.advert.node))?;
-    }
-    if let Some(max) = p.max_price.prompt {
-        apply("provider.max_price.prompt", &|o| o.offer.price_in <= max)?;
-    }
-    if let Some(max) = p.max_price.completion {
-        apply("provider.max_price.completion", &|o| {
-            o.offer.price_out <= max
-        })?;
-    }
-    if let Some(region) = &p.region {
-        apply("provider.region", &|o| &o.advert.region == region)?;
-    }
-    if !p.quantizations.is_empty() {
-        apply("provider.quantizations", &|o| {
-            p.quantizations
-                .iter()
-                .any(|q| q.eq_ignore_ascii_case(&o.offer.quantization))
-        })?;
-    }
-    if job.kind != JobKind::Embedding {
-        apply("context length", &|o| {
-            u64::from(o.offer.context_length) >= need
-        })?;
-    }
-    if let Some(min) = p.min_trust {
-        // Trust scores are not computed yet: every node counts as neutral (0.5).
-        apply("provider.min_trust", &|_| min <= 0.5)?;
-    }
-    Ok(offers)
+    let candidates: Vec<r::RouteCandidate<'_>> = router_offers
+        .iter()
+        .filter_map(|o| {
+            health
+                .get(&o.node)
+                .map(|h| h.candidate(o, now, &trust_params))
+        })
+        .collect();
+    let mut rng = state
+        .rng
+        .lock()
+        .map_err(|_| ApiError::Internal("routing rng lock poisoned".into()))?;
+    // Adverts lag the node's load, and a full node refuses (`saturated`)
+    // and is skipped anyway, so "full" here is generous: as many waiting as
+    // the node's default queue allows (4 × its concurrency).
+    let params = r::RouteParams {
+        max_queue_factor: 5,
+        ..r::RouteParams::default()
+    };
+    r::route(
+        &candidates,
+        &request,
+        &r::Weights::default(),
+        &params,
+        &mut *rng,
+    )
+    .map_err(|e| ApiError::NoCapacity(format!("{e}")))
 }
 
-/// `provider.sort` and `provider.order` on top of the price ranking.
-fn apply_order(candidates: &mut [sharenet_router::Candidate], job: &Job) {
-    if let Some(crate::prefs::SortKey::Throughput | crate::prefs::SortKey::Latency) = job.prefs.sort
-    {
-        // Without measured latencies yet, the emptiest queue is the fastest.
-        candidates.sort_by_key(|c| (c.queue_depth, c.node));
-    }
-    let order = &job.prefs.order;
-    if !order.is_empty() {
-        candidates.sort_by_key(|c| {
-            order
-                .iter()
-                .position(|n| *n == c.node)
-                .unwrap_or(usize::MAX)
-        });
+/// What a node's attempt or job did, for its routing health.
+pub(crate) enum Outcome {
+    /// Refused or failed before the first token.
+    Failed,
+    /// Served: time to first token, tokens, total time.
+    Served {
+        ttft_ms: f64,
+        tokens: u32,
+        duration_ms: f64,
+    },
+    /// Its receipt did not check out.
+    RejectedReceipt,
+}
+
+pub(crate) fn record(state: &Shared, node: [u8; 32], outcome: Outcome) {
+    use sharenet_router as r;
+    let now = now_ms();
+    let Ok(mut health) = state.health.lock() else {
+        return;
+    };
+    let h = health
+        .entry(node)
+        .or_insert_with(|| r::NodeHealth::new(now, r::BreakerParams::default()));
+    let p = r::TrustParams::default();
+    match outcome {
+        Outcome::Failed => {
+            h.breaker.record_failure(now);
+            h.trust.record(r::Evidence::Failed, now, &p);
+        }
+        Outcome::Served {
+            ttft_ms,
+            tokens,
+            duration_ms,
+        } => {
+            h.breaker.record_success(now);
+            h.trust.record(r::Evidence::Completed, now, &p);
+            h.observed.record_job(ttft_ms, tokens, duration_ms, now);
+        }
+        Outcome::RejectedReceipt => {
+            h.breaker.record_failure(now);
+            h.trust.record(r::Evidence::RejectedReceipt, now, &p);
+        }
     }
 }
 
@@ -248,27 +306,17 @@ pub async fn start_job(
             Some("model"),
         ));
     }
-    let offers = select(offers, job)?;
-    let mut candidates: Vec<_> = offers.iter().map(Offer::candidate).collect();
-    rank_cheapest(
-        &mut candidates,
-        estimate_input_tokens(job),
-        job.params.max_tokens,
-    );
-    apply_order(&mut candidates, job);
+    let ranked = route(state, &offers, job)?;
     let attempts = if job.prefs.allow_fallbacks {
         state.max_attempts
     } else {
-        1
+        ranked.len()
     };
-    candidates.truncate(attempts);
+    let candidates: Vec<[u8; 32]> = ranked.into_iter().take(attempts.max(1)).collect();
     let mut by_node: HashMap<_, _> = offers.into_iter().map(|o| (o.advert.node, o)).collect();
 
     // Hold the worst case at the highest price among the nodes we may try.
-    let tried: Vec<_> = candidates
-        .iter()
-        .filter_map(|c| by_node.get(&c.node))
-        .collect();
+    let tried: Vec<_> = candidates.iter().filter_map(|c| by_node.get(c)).collect();
     let max_price_in = tried.iter().map(|o| o.offer.price_in).max().unwrap_or(0);
     let max_price_out = tried.iter().map(|o| o.offer.price_out).max().unwrap_or(0);
     let max_output = match job.kind {
@@ -300,12 +348,13 @@ pub async fn start_job(
 
     let mut failures = Vec::new();
     for candidate in candidates.iter() {
-        let Some(offer) = by_node.remove(&candidate.node) else {
+        let Some(offer) = by_node.remove(candidate) else {
             continue;
         };
         if !failures.is_empty() {
             state.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
+        let started = std::time::Instant::now();
         let mut outcome = attempt(state, offer.peer, &bytes).await;
         for retry in 0..DROPPED_RETRIES {
             let Err(AttemptError::Dropped(reason)) = &outcome else {
@@ -336,10 +385,13 @@ pub async fn start_job(
                     embeddings: None,
                     want_logprobs: job.params.logprobs,
                     hold: hold.take(),
+                    started,
+                    first_at: std::time::Instant::now(),
                 });
             }
             Err(AttemptError::Client(e)) => return Err(e),
             Err(AttemptError::Retry(reason) | AttemptError::Dropped(reason)) => {
+                record(state, offer.advert.node, Outcome::Failed);
                 tracing::warn!(job = %job_id, node = %offer.peer, %reason, "node failed before the first token");
                 failures.push(format!("{}: {reason}", offer.peer));
             }
@@ -396,24 +448,26 @@ async fn attempt(
 impl ActiveJob {
     /// The next step of the job. Errors after the first token are final.
     pub async fn next(&mut self, state: &Shared) -> Result<Step, ApiError> {
-        let event =
-            match self.first.take() {
-                Some(e) => e,
-                None => {
-                    let stream = self
-                        .stream
-                        .as_mut()
-                        .ok_or_else(|| ApiError::Internal("job already finished".into()))?;
-                    let frame = tokio::time::timeout(
-                        state.timeouts.idle,
-                        read_frame(stream, MAX_FRAME_BYTES),
-                    )
-                    .await
-                    .map_err(|_| ApiError::BadGateway("the node stopped sending tokens".into()))?
-                    .map_err(|e| ApiError::BadGateway(format!("the node's stream broke: {e}")))?;
-                    decode_event(&frame).map_err(ApiError::BadGateway)?
-                }
-            };
+        let event = match self.first.take() {
+            Some(e) => e,
+            None => {
+                let stream = self
+                    .stream
+                    .as_mut()
+                    .ok_or_else(|| ApiError::Internal("job already finished".into()))?;
+                let frame =
+                    tokio::time::timeout(state.timeouts.idle, read_frame(stream, MAX_FRAME_BYTES))
+                        .await
+                        .map_err(|_| ApiError::BadGateway("the node stopped sending tokens".into()))
+                        .and_then(|r| {
+                            r.map_err(|e| {
+                                ApiError::BadGateway(format!("the node's stream broke: {e}"))
+                            })
+                        })
+                        .inspect_err(|_| record(state, self.offer.advert.node, Outcome::Failed))?;
+                decode_event(&frame).map_err(ApiError::BadGateway)?
+            }
+        };
         match event {
             JobEvent::Delta {
                 text,
@@ -453,9 +507,12 @@ impl ActiveJob {
                 .finish(state, finish_reason, usage, &receipt)
                 .await
                 .map(|f| Step::Done(Box::new(f))),
-            JobEvent::Error { code, message } => Err(ApiError::BadGateway(format!(
-                "the node failed mid-stream ({code:?}): {message}"
-            ))),
+            JobEvent::Error { code, message } => {
+                record(state, self.offer.advert.node, Outcome::Failed);
+                Err(ApiError::BadGateway(format!(
+                    "the node failed mid-stream ({code:?}): {message}"
+                )))
+            }
             JobEvent::Countersigned { .. } => Err(ApiError::BadGateway(
                 "the node sent an unexpected frame".into(),
             )),
@@ -501,6 +558,7 @@ impl ActiveJob {
                     .metrics
                     .receipts_rejected
                     .fetch_add(1, Ordering::Relaxed);
+                record(state, self.offer.advert.node, Outcome::RejectedReceipt);
                 tracing::warn!(
                     job = %self.job_id, node = %self.peer, %rejection,
                     receipt = %hex::encode(receipt), "receipt rejected"
@@ -517,8 +575,9 @@ impl ActiveJob {
             .hold
             .take()
             .ok_or_else(|| ApiError::Internal("job finished twice".into()))?;
-        let record = countersigned.clone();
-        let entry = match tokio::task::spawn_blocking(move || hold.commit(record, now_ms())).await {
+        let to_book = countersigned.clone();
+        let entry = match tokio::task::spawn_blocking(move || hold.commit(to_book, now_ms())).await
+        {
             Ok(Ok(entry)) => entry,
             Ok(Err(CommitError::Store(StoreError::Duplicate(id)))) => {
                 state
@@ -539,6 +598,15 @@ impl ActiveJob {
             .metrics
             .receipts_accepted
             .fetch_add(1, Ordering::Relaxed);
+        record(
+            state,
+            self.offer.advert.node,
+            Outcome::Served {
+                ttft_ms: (self.first_at - self.started).as_secs_f64() * 1000.0,
+                tokens: usage.output_tokens,
+                duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            },
+        );
         if let Some(mut stream) = self.stream.take() {
             let frame = serde_json::to_vec(&JobEvent::Countersigned {
                 receipt: countersigned.to_bytes(),

@@ -58,6 +58,10 @@ pub struct Shared {
     pub operator_key: Option<String>,
     /// How time is cut into settlement periods.
     pub period_rule: sharenet_market::PeriodRule,
+    /// Per-node routing state: measurements, trust, circuit breaker.
+    pub health: std::sync::Mutex<std::collections::HashMap<[u8; 32], sharenet_router::NodeHealth>>,
+    /// The routing decision's randomness (power of two choices, probation).
+    pub rng: std::sync::Mutex<rand::rngs::StdRng>,
     pub timeouts: Timeouts,
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
@@ -142,6 +146,8 @@ pub async fn start(
         accounts: Arc::new(accounts),
         operator_key: config.operator_key.clone(),
         period_rule: config.period_rule,
+        health: std::sync::Mutex::new(std::collections::HashMap::new()),
+        rng: std::sync::Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
         timeouts: config.timeouts,
         max_attempts: config.max_attempts,
         metrics: Metrics::default(),
@@ -192,7 +198,20 @@ async fn watch_network(
                         tracing::debug!(peer = %source, %reason, "advert refused");
                     }
                 }
-                Some(Event::Rtt { peer, rtt }) => state.registry.set_rtt(peer, rtt),
+                Some(Event::Rtt { peer, rtt }) => {
+                    state.registry.set_rtt(peer, rtt);
+                    if let Some(key) = state.registry.node_key(&peer)
+                        && let Ok(mut health) = state.health.lock()
+                    {
+                        health
+                            .entry(key)
+                            .or_insert_with(|| {
+                                sharenet_router::NodeHealth::new(now_ms(), Default::default())
+                            })
+                            .observed
+                            .record_rtt(rtt.as_secs_f64() * 1000.0);
+                    }
+                }
                 Some(_) => {}
             },
         }

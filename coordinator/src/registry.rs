@@ -126,6 +126,11 @@ impl Registry {
         }
     }
 
+    /// The node key (receipt signer) behind a live peer.
+    pub fn node_key(&self, peer: &PeerId) -> Option<[u8; 32]> {
+        self.lock().get(peer).map(|l| l.advert.node)
+    }
+
     pub fn set_rtt(&self, peer: PeerId, rtt: Duration) {
         if let Some(live) = self.lock().get_mut(&peer) {
             live.rtt = Some(rtt);

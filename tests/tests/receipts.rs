@@ -205,6 +205,9 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     .into_iter()
     .enumerate()
     {
+        // Each rejected receipt costs the rogue its trust, so it would get no
+        // more traffic (checked below); forget that here to test every check.
+        state.health.lock().unwrap().clear();
         let resp = t.post("chat/completions", &request(mode, false)).await;
         assert_eq!(resp.status(), 502, "{mode}");
         let body: Value = resp.json().await.unwrap();
@@ -224,6 +227,17 @@ async fn forged_receipts_are_rejected_and_never_stored() {
             "{mode}: nothing stored for a forged receipt"
         );
     }
+
+    // A node whose receipt was rejected falls below the trust floor: the
+    // next request finds no node it may use.
+    let resp = t.post("chat/completions", &request("honest", false)).await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("trust"),
+        "{body}"
+    );
+    state.health.lock().unwrap().clear();
 
     // Streaming: the token already went out, so the stream ends with an
     // OpenAI error event instead of usage and [DONE].

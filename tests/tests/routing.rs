@@ -41,7 +41,10 @@ async fn provider_preferences_pick_and_exclude_nodes() {
         .unwrap();
     assert_eq!(served_by(&t, &v).await, dear);
     let v: Value = t
-        .post("chat/completions", &ask(json!({"ignore": [cheap]})))
+        .post(
+            "chat/completions",
+            &ask(json!({"ignore": [cheap], "sort": "price"})),
+        )
         .await
         .json()
         .await
