@@ -214,6 +214,18 @@ fn route(state: &Shared, offers: &[Offer], job: &Job) -> Result<Vec<[u8; 32]>, A
     .map_err(|e| ApiError::NoCapacity(format!("{e}")))
 }
 
+/// A node whose breaker is half-open gets one probe: mark it taken, so
+/// concurrent requests do not all probe at once.
+fn begin_probe_if_half_open(state: &Shared, node: [u8; 32]) {
+    let now = now_ms();
+    if let Ok(mut health) = state.health.lock()
+        && let Some(h) = health.get_mut(&node)
+        && h.breaker.allow(now) == sharenet_router::Admit::Probe
+    {
+        h.breaker.begin_probe(now);
+    }
+}
+
 /// What a node's attempt or job did, for its routing health.
 pub(crate) enum Outcome {
     /// Refused or failed before the first token.
@@ -354,6 +366,7 @@ pub async fn start_job(
         if !failures.is_empty() {
             state.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
+        begin_probe_if_half_open(state, offer.advert.node);
         let started = std::time::Instant::now();
         let mut outcome = attempt(state, offer.peer, &bytes).await;
         for retry in 0..DROPPED_RETRIES {
