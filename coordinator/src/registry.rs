@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use sharenet_p2p::{PeerId, peer_id_of};
 use sharenet_proto::{Advert, ModelOffer, SignedAdvert};
-use sharenet_router::Candidate;
 
 /// At most this many nodes are tracked; adverts from more are refused.
 pub const MAX_NODES: usize = 100_000;
@@ -202,18 +201,6 @@ impl Registry {
             .collect();
         out.sort();
         out
-    }
-}
-
-impl Offer {
-    pub fn candidate(&self) -> Candidate {
-        Candidate {
-            node: self.advert.node,
-            price_in: self.offer.price_in,
-            price_out: self.offer.price_out,
-            queue_depth: self.advert.queue_depth,
-            max_concurrency: self.advert.max_concurrency,
-        }
     }
 }
 

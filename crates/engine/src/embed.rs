@@ -10,7 +10,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::model::{hash_files, mmap_safetensors, parse_err, read_err, weight_files};
+use crate::model::{
+    hash_files, load_tokenizer_file, mmap_safetensors, parse_err, read_err, weight_files,
+};
 use crate::{EngineError, Progress};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +131,7 @@ impl Embedder {
         };
 
         let tok_path = dir.join("tokenizer.json");
-        if !tok_path.exists() {
-            return Err(read_err(&tok_path, "file not found"));
-        }
-        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| parse_err(&tok_path, e))?;
+        let mut tokenizer = load_tokenizer_file(&tok_path)?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {

@@ -389,7 +389,7 @@ impl TextModel {
     }
 }
 
-fn load_tokenizer_file(path: &Path) -> Result<Tokenizer, EngineError> {
+pub(crate) fn load_tokenizer_file(path: &Path) -> Result<Tokenizer, EngineError> {
     if !path.exists() {
         return Err(read_err(path, "file not found"));
     }
