@@ -478,6 +478,26 @@ impl Accounts {
         Ok(app)
     }
 
+    /// Replaces an app's routing rules (private pool, sensitive, spill-over).
+    pub fn set_routing(
+        &self,
+        app: &str,
+        routing: sharenet_ledger::AppRouting,
+    ) -> Result<AppRecord, ApiError> {
+        let mut state = self.lock()?;
+        let mut record = state
+            .apps
+            .get(app)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("no app {app}")))?;
+        record.routing = routing;
+        self.books
+            .put_app(&record)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        state.apps.insert(record.id.clone(), record.clone());
+        Ok(record)
+    }
+
     /// Issues a key for `app`; the plaintext is returned once and never stored.
     pub fn create_key(
         &self,
@@ -664,6 +684,7 @@ pub fn bootstrap(
             key_limits: RateLimits::default(),
             customer_limits: RateLimits::default(),
             created_at_ms: now_ms,
+            routing: Default::default(),
         })?;
         if b.balance > 0 {
             accounts.top_up(&b.app, b.balance, now_ms)?;
@@ -671,6 +692,39 @@ pub fn bootstrap(
     }
     for k in keys {
         accounts.install_key(&b.app, k, Budgets::default(), now_ms)?;
+    }
+    Ok(())
+}
+
+/// Creates an operator-owned app (no keys, no margin) with a starting
+/// balance, unless it exists.
+pub fn ensure_operator_app(
+    accounts: &Accounts,
+    id: &str,
+    name: &str,
+    balance: NanoUsd,
+    now_ms: u64,
+) -> Result<(), ApiError> {
+    if accounts.app(id)?.is_some() {
+        return Ok(());
+    }
+    accounts.create_app(AppRecord {
+        id: id.into(),
+        builder: "operator".into(),
+        name: name.into(),
+        margin: Margin {
+            percent_bps: 0,
+            per_mtok: 0,
+        },
+        budgets: Budgets::default(),
+        customer_budgets: Budgets::default(),
+        key_limits: RateLimits::default(),
+        customer_limits: RateLimits::default(),
+        created_at_ms: now_ms,
+        routing: Default::default(),
+    })?;
+    if balance > 0 {
+        accounts.top_up(id, balance, now_ms)?;
     }
     Ok(())
 }
@@ -695,6 +749,7 @@ mod tests {
             key_limits: RateLimits::default(),
             customer_limits: RateLimits::default(),
             created_at_ms: 0,
+            routing: Default::default(),
         }
     }
 

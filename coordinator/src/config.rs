@@ -35,6 +35,16 @@ struct CoordinatorFile {
     bootstrap_balance_nano_usd: u64,
     /// Settlement periods: calendar months (default) or fixed lengths.
     settlement_period_secs: Option<u64>,
+    /// Share of text jobs re-run as spot checks, 0 to 1.
+    #[serde(default = "default_spot_check_rate")]
+    spot_check_rate: f64,
+    /// What the `spot-checks` app starts with (nano-USD), once.
+    #[serde(default)]
+    spot_check_funding_nano_usd: u64,
+}
+
+fn default_spot_check_rate() -> f64 {
+    0.02
 }
 
 /// Environment variable with the operator key; overrides the file.
@@ -71,6 +81,10 @@ pub struct CoordinatorConfig {
     pub bootstrap_balance: u64,
     /// How time is cut into settlement periods.
     pub period_rule: sharenet_market::PeriodRule,
+    /// Share of text jobs re-run as spot checks (0 to 1; 0 is off).
+    pub spot_check_rate: f64,
+    /// The balance the operator's `spot-checks` app starts with (nano-USD).
+    pub spot_check_funding: u64,
 }
 
 impl CoordinatorConfig {
@@ -98,6 +112,8 @@ impl CoordinatorConfig {
         let operator_key = std::env::var(OPERATOR_KEY_ENV).ok().or(file.operator_key);
         let config = Self {
             network_fee_bps: file.network_fee_bps,
+            spot_check_rate: file.spot_check_rate,
+            spot_check_funding: file.spot_check_funding_nano_usd,
             operator_key,
             bootstrap_balance: file.bootstrap_balance_nano_usd,
             period_rule: match file.settlement_period_secs {
@@ -149,6 +165,9 @@ impl CoordinatorConfig {
         if self.max_attempts == 0 {
             bail!("max_attempts: must be at least 1");
         }
+        if !(0.0..=1.0).contains(&self.spot_check_rate) {
+            bail!("spot_check_rate: must be between 0 and 1");
+        }
         Ok(())
     }
 }
@@ -190,6 +209,14 @@ network_fee_bps = 500
 
 # Nodes tried per request before answering 503.
 max_attempts = 3
+
+# Spot checks: this share of text jobs is re-run, greedy, on the serving
+# node and on another node with the same weights hash, and the tokens and
+# logprobs compared; a node caught serving other weights gets no traffic.
+# The checks are paid by the operator's "spot-checks" app (top it up with
+# POST /operator/apps/spot-checks/topup); it starts with the funding below.
+spot_check_rate = 0.02
+spot_check_funding_nano_usd = 100000000   # $0.10
 
 [timeouts]
 connect_ms = 5000       # opening a stream to a node

@@ -33,6 +33,9 @@ pub struct DevnetOptions {
     pub timeouts: Timeouts,
     /// Settlement periods (calendar months unless a test wants short ones).
     pub period_rule: sharenet_market::PeriodRule,
+    /// Share of text jobs spot-checked (0 here; the `devnet` command sets
+    /// its own).
+    pub spot_check_rate: f64,
 }
 
 impl DevnetOptions {
@@ -46,6 +49,7 @@ impl DevnetOptions {
             advert_ttl: Duration::from_secs(15),
             timeouts: Timeouts::default(),
             period_rule: sharenet_market::PeriodRule::CalendarMonth,
+            spot_check_rate: 0.0,
         }
     }
 }
@@ -109,6 +113,9 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             period_rule: opts.period_rule,
             max_attempts: 3,
             timeouts: opts.timeouts,
+            spot_check_rate: opts.spot_check_rate,
+            // $1,000 of play money for spot checks.
+            spot_check_funding: 1_000_000_000_000,
         },
         cancel.clone(),
     )

@@ -59,6 +59,12 @@ pub struct ActiveJob {
     logprobs: Vec<TokenLogprob>,
     embeddings: Option<Vec<Vec<f32>>>,
     want_logprobs: bool,
+    /// The last running receipt the node sent, with the output tokens and
+    /// text length it covers: booked if the job breaks after its first
+    /// token (see [`ActiveJob::book_partial`]).
+    checkpoint: Option<(Vec<u8>, u32, usize)>,
+    /// Most input tokens the job can have (the hold's bound).
+    max_input_tokens: u64,
     /// The worst-case amount held for this job; turned into the real
     /// charge when the receipt is recorded, released if it never is.
     hold: Option<Hold>,
@@ -137,15 +143,26 @@ fn max_input_tokens(job: &Job) -> u64 {
 /// Orders the nodes to try with the pure router (`sharenet_router::route`):
 /// the request's filters and preferences, then price, predicted latency and
 /// trust, load-aware. When a filter empties the list the 503 names it.
-fn route(state: &Shared, offers: &[Offer], job: &Job) -> Result<Vec<[u8; 32]>, ApiError> {
+fn route(
+    state: &Shared,
+    offers: &[Offer],
+    job: &Job,
+    rules: &sharenet_ledger::AppRouting,
+) -> Result<Vec<[u8; 32]>, ApiError> {
     use sharenet_router as r;
     let p = &job.prefs;
-    if p.sensitive {
+    let sensitive = p.sensitive || rules.sensitive;
+    if sensitive && rules.private_pool.is_empty() {
         return Err(ApiError::bad_request(
-            "provider.sensitive needs a private pool of the app's own nodes, and this app has none",
+            "a sensitive request needs a private pool of the app's own nodes, and this app has none",
             Some("provider.sensitive"),
         ));
     }
+    let private_pool = (!rules.private_pool.is_empty()).then(|| r::PrivatePool {
+        nodes: rules.private_pool.clone(),
+        sensitive,
+        spill_to_public: rules.spill_to_public,
+    });
     let prefs = r::Preferences {
         sort: p.sort.map(|s| match s {
             crate::prefs::SortKey::Price => r::Sort::Price,
@@ -162,7 +179,7 @@ fn route(state: &Shared, offers: &[Offer], job: &Job) -> Result<Vec<[u8; 32]>, A
         region: p.region.clone(),
         quantizations: p.quantizations.clone(),
         weights_sha256: None,
-        private_pool: None,
+        private_pool,
     };
     let request = r::Request {
         input_tokens: estimate_input_tokens(job),
@@ -238,6 +255,10 @@ pub(crate) enum Outcome {
     },
     /// Its receipt did not check out.
     RejectedReceipt,
+    /// A spot check of its output agreed with the reference.
+    SpotCheckPassed,
+    /// A spot check caught it serving something else than it advertises.
+    SpotCheckFailed,
 }
 
 pub(crate) fn record(state: &Shared, node: [u8; 32], outcome: Outcome) {
@@ -268,6 +289,8 @@ pub(crate) fn record(state: &Shared, node: [u8; 32], outcome: Outcome) {
             h.breaker.record_failure(now);
             h.trust.record(r::Evidence::RejectedReceipt, now, &p);
         }
+        Outcome::SpotCheckPassed => h.trust.record(r::Evidence::SpotCheckPassed, now, &p),
+        Outcome::SpotCheckFailed => h.trust.record(r::Evidence::SpotCheckFailed, now, &p),
     }
 }
 
@@ -318,7 +341,12 @@ pub async fn start_job(
             Some("model"),
         ));
     }
-    let ranked = route(state, &offers, job)?;
+    let rules = state
+        .accounts
+        .app(&principal.app)?
+        .map(|a| a.routing)
+        .unwrap_or_default();
+    let ranked = route(state, &offers, job, &rules)?;
     let attempts = if job.prefs.allow_fallbacks {
         state.max_attempts
     } else {
@@ -397,6 +425,8 @@ pub async fn start_job(
                     logprobs: Vec::new(),
                     embeddings: None,
                     want_logprobs: job.params.logprobs,
+                    checkpoint: None,
+                    max_input_tokens: max_input_tokens(job),
                     hold: hold.take(),
                     started,
                     first_at: std::time::Instant::now(),
@@ -459,6 +489,11 @@ async fn attempt(
 }
 
 impl ActiveJob {
+    /// The serving node's public key.
+    pub fn node(&self) -> [u8; 32] {
+        self.offer.advert.node
+    }
+
     /// The next step of the job. Errors after the first token are final.
     pub async fn next(&mut self, state: &Shared) -> Result<Step, ApiError> {
         let event = match self.first.take() {
@@ -486,6 +521,7 @@ impl ActiveJob {
                 text,
                 tokens,
                 logprobs,
+                receipt,
             } => {
                 self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
                 if self.streamed_tokens > self.max_tokens {
@@ -501,6 +537,9 @@ impl ActiveJob {
                 }
                 self.text.push_str(&text);
                 self.logprobs.extend(logprobs.iter().cloned());
+                if let Some(r) = receipt {
+                    self.checkpoint = Some((r, self.streamed_tokens, self.text.len()));
+                }
                 Ok(Step::Delta(text, logprobs))
             }
             JobEvent::Embeddings { data } => {
@@ -581,32 +620,7 @@ impl ActiveJob {
                 )));
             }
         };
-        let countersigned = CountersignedReceipt::countersign(signed, state.identity.signing_key())
-            .map_err(|e| ApiError::Internal(format!("countersign receipt: {e}")))?;
-        // Durable before anyone is told about it, and charged.
-        let hold = self
-            .hold
-            .take()
-            .ok_or_else(|| ApiError::Internal("job finished twice".into()))?;
-        let to_book = countersigned.clone();
-        let entry = match tokio::task::spawn_blocking(move || hold.commit(to_book, now_ms())).await
-        {
-            Ok(Ok(entry)) => entry,
-            Ok(Err(CommitError::Store(StoreError::Duplicate(id)))) => {
-                state
-                    .metrics
-                    .receipts_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::BadGateway(format!(
-                    "receipt {id} was already recorded"
-                )));
-            }
-            Ok(Err(CommitError::Store(e))) => {
-                return Err(ApiError::Internal(format!("store receipt: {e}")));
-            }
-            Ok(Err(CommitError::Api(e))) => return Err(e),
-            Err(e) => return Err(ApiError::Internal(format!("store receipt task: {e}"))),
-        };
+        let (entry, countersigned) = self.book(state, signed).await?;
         state
             .metrics
             .receipts_accepted
@@ -643,5 +657,109 @@ impl ActiveJob {
             finish_reason,
             receipt: countersigned,
         })
+    }
+
+    /// Countersigns a checked receipt and books it: durable in the ledger
+    /// and charged (the hold becomes the real charge) before anyone is told.
+    async fn book(
+        &mut self,
+        state: &Shared,
+        signed: sharenet_proto::SignedReceipt,
+    ) -> Result<(sharenet_ledger::LedgerEntry, CountersignedReceipt), ApiError> {
+        let countersigned = CountersignedReceipt::countersign(signed, state.identity.signing_key())
+            .map_err(|e| ApiError::Internal(format!("countersign receipt: {e}")))?;
+        // Durable before anyone is told about it, and charged.
+        let hold = self
+            .hold
+            .take()
+            .ok_or_else(|| ApiError::Internal("job finished twice".into()))?;
+        let to_book = countersigned.clone();
+        let entry = match tokio::task::spawn_blocking(move || hold.commit(to_book, now_ms())).await
+        {
+            Ok(Ok(entry)) => entry,
+            Ok(Err(CommitError::Store(StoreError::Duplicate(id)))) => {
+                state
+                    .metrics
+                    .receipts_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::BadGateway(format!(
+                    "receipt {id} was already recorded"
+                )));
+            }
+            Ok(Err(CommitError::Store(e))) => {
+                return Err(ApiError::Internal(format!("store receipt: {e}")));
+            }
+            Ok(Err(CommitError::Api(e))) => return Err(e),
+            Err(e) => return Err(ApiError::Internal(format!("store receipt task: {e}"))),
+        };
+        Ok((entry, countersigned))
+    }
+
+    /// The job broke after its first token (stream only): books the node's
+    /// last running receipt, which covers exactly the tokens the builder
+    /// received, so the builder pays for those and the provider is paid for
+    /// them. Returns what was charged, or `None` when there is nothing
+    /// valid to book (no running receipt, or one that does not check out,
+    /// which also counts against the node); the hold is released then.
+    pub async fn book_partial(&mut self, state: &Shared) -> Option<Finished> {
+        let (bytes, tokens, text_len) = self.checkpoint.take()?;
+        let text = self.text.get(..text_len)?.to_owned();
+        let claimed_input = sharenet_proto::SignedReceipt::from_bytes(&bytes)
+            .ok()
+            .map(|s| s.receipt().input_tokens)?;
+        let expected = Expected {
+            job_id: self.job_id,
+            node: self.offer.advert.node,
+            coordinator: state.identity.public_key(),
+            model: self.model.clone(),
+            price_in: self.offer.offer.price_in,
+            price_out: self.offer.offer.price_out,
+            streamed_tokens: tokens,
+            reported_input_tokens: claimed_input,
+            request_digest: self.request_digest,
+            response_digest: sha256(text.as_bytes()),
+        };
+        let checked = if u64::from(claimed_input) > self.max_input_tokens {
+            Err(crate::receipts::ReceiptRejection::InputTokens {
+                claimed: claimed_input,
+                reported: u32::try_from(self.max_input_tokens).unwrap_or(u32::MAX),
+            })
+        } else {
+            check_receipt(&bytes, &expected)
+        };
+        let signed = match checked {
+            Ok(s) => s,
+            Err(rejection) => {
+                state
+                    .metrics
+                    .receipts_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                record(state, self.offer.advert.node, Outcome::RejectedReceipt);
+                tracing::warn!(job = %self.job_id, node = %self.peer, %rejection, "running receipt rejected");
+                return None;
+            }
+        };
+        let usage = Usage {
+            input_tokens: claimed_input,
+            output_tokens: tokens,
+        };
+        match self.book(state, signed).await {
+            Ok((entry, receipt)) => {
+                tracing::info!(job = %self.job_id, node = %self.peer, output_tokens = tokens, charge = entry.charge.total, "booked the part of a broken job the builder received");
+                Some(Finished {
+                    charge: entry.charge,
+                    text,
+                    logprobs: Vec::new(),
+                    embeddings: None,
+                    usage,
+                    finish_reason: FinishReason::Length,
+                    receipt,
+                })
+            }
+            Err(e) => {
+                tracing::error!(job = %self.job_id, error = %e, "book the running receipt of a broken job");
+                None
+            }
+        }
     }
 }

@@ -239,6 +239,7 @@ async fn generate(
                 break f;
             }
         };
+        crate::spotcheck::maybe_check(&state, &job, active.node(), &active.model);
         let body = completion_json(&Completed {
             kind: job.kind,
             id: &id,
@@ -309,6 +310,7 @@ async fn generate(
                         charge,
                         ..
                     } = *finished;
+                    crate::spotcheck::maybe_check(&state, &job, active.node(), &active.model);
                     let _ = send(chunk(None, None, offset, Some(finish_reason))).await;
                     if include_usage {
                         let object = match kind {
@@ -327,8 +329,16 @@ async fn generate(
                     return;
                 }
                 Err(e) => {
+                    // Never a silent switch to another node: the builder
+                    // gets an error event, and pays for what it received
+                    // (the node's last running receipt), nothing more.
                     tracing::warn!(job = %active.job_id, error = %e, "stream failed after the first token");
-                    let _ = send(e.body()).await;
+                    let mut body = e.body();
+                    if let Some(partial) = active.book_partial(&state).await {
+                        body["usage"] = usage_json(&partial.usage, &partial.charge);
+                        body["receipt_id"] = json!(partial.receipt.receipt().job_id.to_hex());
+                    }
+                    let _ = send(body).await;
                     return;
                 }
             }
@@ -621,6 +631,16 @@ async fn metrics(State(state): State<Arc<Shared>>) -> String {
         "sharenet_receipts_rejected_total",
         "Receipts refused (bad signature, wrong signer, counts, replay).",
         get(&m.receipts_rejected),
+    );
+    line(
+        "sharenet_spot_checks_total",
+        "Spot checks completed (both runs finished).",
+        get(&m.spot_checks),
+    );
+    line(
+        "sharenet_spot_checks_failed_total",
+        "Nodes found serving something other than their advertised weights.",
+        get(&m.spot_checks_failed),
     );
     line(
         "sharenet_adverts_accepted_total",

@@ -20,6 +20,7 @@ pub mod prefs;
 pub mod receipts;
 pub mod registry;
 pub mod settle;
+pub mod spotcheck;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub struct Metrics {
     pub fallbacks: AtomicU64,
     pub receipts_accepted: AtomicU64,
     pub receipts_rejected: AtomicU64,
+    /// Spot checks completed, and nodes found failing one.
+    pub spot_checks: AtomicU64,
+    pub spot_checks_failed: AtomicU64,
 }
 
 /// State shared by every request handler.
@@ -65,6 +69,8 @@ pub struct Shared {
     pub timeouts: Timeouts,
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
+    /// Share of text jobs re-run as spot checks (0 to 1).
+    pub spot_check_rate: f64,
     pub metrics: Metrics,
 }
 
@@ -121,6 +127,16 @@ pub async fn start(
         now_ms(),
     )
     .map_err(|e| anyhow::anyhow!("install the configured api_keys: {e}"))?;
+    if config.spot_check_rate > 0.0 {
+        accounts::ensure_operator_app(
+            &accounts,
+            spotcheck::SPOT_CHECK_APP,
+            "spot checks (paid by the operator)",
+            config.spot_check_funding,
+            now_ms(),
+        )
+        .map_err(|e| anyhow::anyhow!("create the spot-checks app: {e}"))?;
+    }
     let network = sharenet_p2p::start(
         NetworkConfig {
             identity: config.identity.clone(),
@@ -150,6 +166,7 @@ pub async fn start(
         rng: std::sync::Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
         timeouts: config.timeouts,
         max_attempts: config.max_attempts,
+        spot_check_rate: config.spot_check_rate,
         metrics: Metrics::default(),
     });
 

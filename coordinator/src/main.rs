@@ -109,7 +109,11 @@ async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> a
     let cancel = CancellationToken::new();
     let started = std::time::Instant::now();
     let net = devnet::start(
-        DevnetOptions::new(dir.clone(), listen, nodes),
+        DevnetOptions {
+            // Every node serves the same weights, so checks always run.
+            spot_check_rate: 0.05,
+            ..DevnetOptions::new(dir.clone(), listen, nodes)
+        },
         cancel.clone(),
     )
     .await?;

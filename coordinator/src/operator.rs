@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sharenet_ledger::{AppRecord, Budgets, KeyRecord, RateLimits};
+use sharenet_ledger::{AppRecord, AppRouting, Budgets, KeyRecord, RateLimits};
 use sharenet_market::{Margin, PeriodRule, SignedStatement};
 use sharenet_proto::NanoUsd;
 
@@ -19,6 +19,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/operator/apps", post(create_app).get(list_apps))
         .route("/operator/apps/{app}", get(get_app))
+        .route("/operator/apps/{app}/routing", put(set_routing))
         .route("/operator/apps/{app}/keys", post(create_key).get(list_keys))
         .route("/operator/apps/{app}/topup", post(top_up))
         .route("/operator/keys/{key_id}", delete(revoke_key))
@@ -53,6 +54,9 @@ struct NewApp {
     key_limits: RateLimits,
     #[serde(default)]
     customer_limits: RateLimits,
+    /// Private pool, sensitive, spill-over; see [`AppRouting`].
+    #[serde(default)]
+    routing: AppRouting,
 }
 
 fn app_json(app: &AppRecord, balance: i128) -> Value {
@@ -66,6 +70,7 @@ fn app_json(app: &AppRecord, balance: i128) -> Value {
         "customer_budgets": app.customer_budgets,
         "key_limits": app.key_limits,
         "customer_limits": app.customer_limits,
+        "routing": app.routing,
         "balance_nano_usd": balance.to_string(),
         "created_at_ms": app.created_at_ms,
     })
@@ -123,6 +128,7 @@ async fn create_app(
         key_limits: n.key_limits,
         customer_limits: n.customer_limits,
         created_at_ms: now_ms(),
+        routing: n.routing,
     })?;
     Ok(Json(app_json(&app, 0)))
 }
@@ -147,6 +153,17 @@ async fn get_app(
         .accounts
         .app(&app)?
         .ok_or_else(|| ApiError::NotFound(format!("no app {app}")))?;
+    Ok(Json(app_json(&record, state.accounts.balance(&app)?)))
+}
+
+/// `PUT /operator/apps/{app}/routing`: replaces the app's routing rules.
+async fn set_routing(
+    State(state): State<Arc<Shared>>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let routing: AppRouting = parse(&body)?;
+    let record = state.accounts.set_routing(&app, routing)?;
     Ok(Json(app_json(&record, state.accounts.balance(&app)?)))
 }
 

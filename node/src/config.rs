@@ -148,6 +148,12 @@ pub struct ModelConfig {
     pub kv_cache_bytes: usize,
     /// Device for a local model.
     pub device: DeviceChoice,
+    /// Adversary simulation for tests only (never read from a config file):
+    /// advertise this weights hash instead of the real one, as a node that
+    /// serves a cheaper model under an honest model's name would. Spot
+    /// checks exist to catch exactly this.
+    #[doc(hidden)]
+    pub claimed_weights_sha256: Option<[u8; 32]>,
 }
 
 impl ModelConfig {
@@ -162,6 +168,7 @@ impl ModelConfig {
             max_queue: default_queue(),
             kv_cache_bytes: (default_kv_cache_mb() as usize) << 20,
             device: DeviceChoice::Cpu,
+            claimed_weights_sha256: None,
         }
     }
 }
@@ -231,6 +238,7 @@ impl NodeConfig {
                 max_queue: m.max_queue,
                 kv_cache_bytes: usize::try_from(m.kv_cache_mb.saturating_mul(1 << 20))
                     .unwrap_or(usize::MAX),
+                claimed_weights_sha256: None,
             });
         }
         let config = Self {

@@ -164,7 +164,16 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         return;
     };
     let served = match &model.backend {
-        Backend::Text(scheduler) => serve_text(&mut stream, &request, scheduler).await,
+        Backend::Text(scheduler) => {
+            let running = RunningReceipt {
+                ctx: &ctx,
+                request: &request,
+                model: &model,
+                started_at_ms,
+                request_digest,
+            };
+            serve_text(&mut stream, &request, scheduler, &running).await
+        }
         Backend::Embed(embedder) => {
             serve_embed(&ctx, &mut stream, &request, &model, embedder).await
         }
@@ -263,11 +272,50 @@ fn engine_failure(e: EngineError) -> Served {
     }
 }
 
-async fn serve_text(stream: &mut Stream, request: &JobRequest, scheduler: &Scheduler) -> Served {
+/// Signs running receipts for a job in progress (see `JobEvent::Delta`).
+struct RunningReceipt<'a> {
+    ctx: &'a NodeCtx,
+    request: &'a JobRequest,
+    model: &'a ServedModel,
+    started_at_ms: u64,
+    request_digest: [u8; 32],
+}
+
+impl RunningReceipt<'_> {
+    /// The signed bytes of a receipt for `usage` and the text hashed so far;
+    /// `None` (logged) if it cannot be made, which only costs the node its
+    /// claim should the job break later.
+    fn sign(&self, usage: Usage, text_so_far: &Sha256) -> Option<Vec<u8>> {
+        let digest: [u8; 32] = text_so_far.clone().finalize().into();
+        sign_receipt(
+            self.ctx,
+            self.request,
+            self.model,
+            usage,
+            self.started_at_ms,
+            self.request_digest,
+            digest,
+        )
+        .inspect_err(
+            |e| tracing::warn!(job = %self.request.job_id, error = %e, "sign running receipt"),
+        )
+        .ok()
+        .map(|s| s.to_bytes())
+    }
+}
+
+async fn serve_text(
+    stream: &mut Stream,
+    request: &JobRequest,
+    scheduler: &Scheduler,
+    running: &RunningReceipt<'_>,
+) -> Served {
     let prompt = match scheduler.model().encode_input(&request.input) {
         Ok(p) => p,
         Err(e) => return engine_failure(e),
     };
+    let input_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+    let mut output_tokens = 0u32;
     // The scheduler decides: a place in the batch, a place in its bounded
     // queue, or a refusal. Dropping `handle` cancels the job at the next step.
     let mut handle = match scheduler.submit(prompt, request.params.clone()) {
@@ -285,10 +333,19 @@ async fn serve_text(stream: &mut Stream, request: &JobRequest, scheduler: &Sched
         match event {
             SeqEvent::Piece(piece) => {
                 hasher.update(piece.text.as_bytes());
+                output_tokens = output_tokens.saturating_add(piece.tokens);
+                let receipt = running.sign(
+                    Usage {
+                        input_tokens,
+                        output_tokens,
+                    },
+                    &hasher,
+                );
                 let event = JobEvent::Delta {
                     text: piece.text,
                     tokens: piece.tokens,
                     logprobs: piece.logprobs,
+                    receipt,
                 };
                 if let Err(e) = send(stream, &event).await {
                     tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
@@ -385,10 +442,13 @@ async fn serve_upstream(
         match event {
             Some(UpstreamEvent::Piece { text, tokens }) => {
                 hasher.update(text.as_bytes());
+                // No running receipt: an upstream reports its input tokens
+                // only at the end.
                 let ev = JobEvent::Delta {
                     text,
                     tokens,
                     logprobs: Vec::new(),
+                    receipt: None,
                 };
                 if send(stream, &ev).await.is_err() {
                     // Dropping `forward` closes the upstream request.

@@ -248,7 +248,7 @@ fn serve_model(
         kind,
         context_length,
         quantization,
-        weights_sha256,
+        weights_sha256: m.claimed_weights_sha256.or(weights_sha256),
         slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
         running: AtomicU32::new(0),
         waiting: AtomicU32::new(0),

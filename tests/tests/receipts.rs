@@ -88,6 +88,7 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                     text: text.into(),
                     tokens: 1,
                     logprobs: Vec::new(),
+                    receipt: None,
                 };
                 write_frame(&mut stream, &serde_json::to_vec(&delta).unwrap())
                     .await

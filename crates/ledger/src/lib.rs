@@ -12,7 +12,8 @@
 mod books;
 
 pub use books::{
-    AppRecord, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, StatementRecord, TopUp,
+    AppRecord, AppRouting, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, StatementRecord,
+    TopUp,
 };
 
 use std::path::Path;

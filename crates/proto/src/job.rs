@@ -294,6 +294,15 @@ pub enum JobEvent {
         /// One entry per token, when the request asked for logprobs.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<TokenLogprob>,
+        /// A running receipt: the node-signed canonical bytes of a receipt
+        /// for everything streamed so far, this delta included (input
+        /// tokens, output tokens so far, digest of the text so far). If the
+        /// job breaks after the first token, the coordinator books the last
+        /// one it received, so the builder pays for exactly what it got and
+        /// the provider is paid for exactly what it delivered. Optional: a
+        /// backend that cannot count its input tokens yet sends none.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex")]
+        receipt: Option<Vec<u8>>,
     },
     /// The vectors of an embeddings job, in input order (sent before `Done`).
     Embeddings { data: Vec<Vec<f32>> },
@@ -311,6 +320,24 @@ pub enum JobEvent {
         #[serde(with = "hex::serde")]
         receipt: Vec<u8>,
     },
+}
+
+/// `Option<Vec<u8>>` as an optional hex string.
+mod opt_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|h| hex::decode(h).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,354 @@
+//! Spot checks: catching a node that serves something other than the model
+//! (and weights) it advertises.
+//!
+//! After a text job, the coordinator samples it with probability
+//! `spot_check_rate` (its own rng, so which jobs are checked is invisible to
+//! nodes). A sampled job's input is re-run, greedy and seeded with logprobs,
+//! on the node that served it and on a reference node advertising the same
+//! weights hash. Both runs are ordinary jobs on the wire: the node cannot
+//! tell a check from a builder's greedy request. They are paid for by the
+//! operator's `spot-checks` app and booked like any job.
+//!
+//! The two token sequences are compared ([`compare`]): equal token ids, and
+//! logprobs within [`LOGPROB_TOLERANCE`]; where the ids first differ, the
+//! runs still agree if the reference itself rated the other token within
+//! the tolerance of its own pick (a near tie that a different GPU or kernel
+//! may break the other way); after a tie the sequences legitimately part,
+//! so the comparison ends there. On disagreement a third node with the same
+//! weights (the arbiter) re-runs the job, and whoever disagrees with it
+//! fails; with no arbiter the check is inconclusive and only logged.
+//! The router's trust ([`sharenet_router::Evidence::SpotCheckFailed`])
+//! weighs a failure heaviest: one puts a node below the trust floor, so it
+//! gets no traffic.
+
+use std::sync::Arc;
+
+use sharenet_proto::{JobInput, SamplingParams, TokenLogprob};
+
+use crate::accounts::Principal;
+use crate::dispatch::{Step, start_job};
+use crate::openai::{Job, JobKind};
+use crate::prefs::ProviderPrefs;
+use crate::registry::Lookup;
+use crate::{Shared, now_ms};
+
+/// The app that pays for spot checks; the operator funds it.
+pub const SPOT_CHECK_APP: &str = "spot-checks";
+
+/// Most tokens a check generates.
+const CHECK_TOKENS: u32 = 16;
+/// Seed of every check (greedy decoding ignores it; it pins any sampler
+/// state a backend might keep).
+const CHECK_SEED: u64 = 0x5107_c4ec;
+/// Largest logprob difference (nats) still counted as equal: kernels and
+/// hardware round differently, cheats differ by far more.
+pub const LOGPROB_TOLERANCE: f32 = 0.05;
+
+/// What comparing two runs found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Agree,
+    /// They part at this token position, for this reason.
+    Differ {
+        position: usize,
+        reason: String,
+    },
+}
+
+/// Compares a run against a reference run of the same greedy job.
+pub fn compare(run: &[TokenLogprob], reference: &[TokenLogprob]) -> Verdict {
+    for (i, (a, b)) in run.iter().zip(reference).enumerate() {
+        if a.id == b.id {
+            if (a.logprob - b.logprob).abs() > LOGPROB_TOLERANCE || !a.logprob.is_finite() {
+                return Verdict::Differ {
+                    position: i,
+                    reason: format!(
+                        "token {} has logprob {:.4}, the reference {:.4}",
+                        a.id, a.logprob, b.logprob
+                    ),
+                };
+            }
+            continue;
+        }
+        // Different picks: agreement only if the reference rated the other
+        // pick within the tolerance of its own (a near tie).
+        let tie = b
+            .top
+            .iter()
+            .find(|t| t.id == a.id)
+            .is_some_and(|t| (b.logprob - t.logprob).abs() <= LOGPROB_TOLERANCE);
+        return if tie {
+            Verdict::Agree
+        } else {
+            Verdict::Differ {
+                position: i,
+                reason: format!("picked token {} where the reference picked {}", a.id, b.id),
+            }
+        };
+    }
+    if run.len() != reference.len() {
+        // Both stop only at EOS or the token limit, so an honest pair ends
+        // together unless they parted at a tie (handled above).
+        return Verdict::Differ {
+            position: run.len().min(reference.len()),
+            reason: format!(
+                "{} tokens where the reference has {}",
+                run.len(),
+                reference.len()
+            ),
+        };
+    }
+    Verdict::Agree
+}
+
+/// Samples a finished text job for a spot check; runs it in the background.
+pub fn maybe_check(state: &Arc<Shared>, job: &Job, node: [u8; 32], model: &str) {
+    if state.spot_check_rate <= 0.0 || job.kind == JobKind::Embedding {
+        return;
+    }
+    let sampled = state
+        .rng
+        .lock()
+        .map(|mut rng| rand::Rng::random_bool(&mut *rng, state.spot_check_rate.min(1.0)))
+        .unwrap_or(false);
+    if !sampled {
+        return;
+    }
+    let state = state.clone();
+    let input = job.input.clone();
+    let model = model.to_owned();
+    tokio::spawn(async move {
+        run_check(&state, input, node, &model).await;
+    });
+}
+
+/// Nodes other than `exclude` that advertise `model` with the same weights
+/// hash as `node`, most trusted first.
+fn peers_with_same_weights(
+    state: &Shared,
+    model: &str,
+    node: [u8; 32],
+    exclude: &[[u8; 32]],
+) -> Vec<[u8; 32]> {
+    let Lookup::Found(offers) = state.registry.lookup(model, now_ms()) else {
+        return Vec::new();
+    };
+    let Some(weights) = offers
+        .iter()
+        .find(|o| o.advert.node == node)
+        .and_then(|o| o.offer.weights_sha256)
+    else {
+        return Vec::new();
+    };
+    let mut same: Vec<(f64, [u8; 32])> = offers
+        .iter()
+        .filter(|o| o.offer.weights_sha256 == Some(weights) && !exclude.contains(&o.advert.node))
+        .map(|o| {
+            let trust = state
+                .health
+                .lock()
+                .ok()
+                .and_then(|h| {
+                    h.get(&o.advert.node)
+                        .map(|n| n.trust.score(now_ms(), &Default::default()))
+                })
+                .unwrap_or(0.0);
+            (trust, o.advert.node)
+        })
+        .collect();
+    same.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    same.into_iter().map(|(_, k)| k).collect()
+}
+
+/// Runs the check job on exactly `node`; its tokens with logprobs.
+async fn run_on(
+    state: &Arc<Shared>,
+    input: &JobInput,
+    node: [u8; 32],
+    model: &str,
+) -> Result<Vec<TokenLogprob>, String> {
+    let job = Job {
+        kind: JobKind::Chat,
+        model: model.to_owned(),
+        input: input.clone(),
+        params: SamplingParams {
+            max_tokens: CHECK_TOKENS,
+            temperature: 0.0,
+            seed: Some(CHECK_SEED),
+            logprobs: true,
+            top_logprobs: 5,
+            ..SamplingParams::default()
+        },
+        stream: false,
+        include_usage: false,
+        base64: false,
+        prefs: ProviderPrefs {
+            only: vec![node],
+            allow_fallbacks: false,
+            ..ProviderPrefs::default()
+        },
+        models: vec![model.to_owned()],
+    };
+    let principal = Principal {
+        app: SPOT_CHECK_APP.into(),
+        key_id: SPOT_CHECK_APP.into(),
+    };
+    let mut active = start_job(state, &job, &principal, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match active.next(state).await.map_err(|e| e.to_string())? {
+            Step::Delta(..) => {}
+            Step::Done(f) => return Ok(f.logprobs),
+        }
+    }
+}
+
+/// Who a disagreement is pinned on.
+fn evidence(state: &Shared, node: [u8; 32], passed: bool) {
+    crate::dispatch::record(
+        state,
+        node,
+        if passed {
+            crate::dispatch::Outcome::SpotCheckPassed
+        } else {
+            crate::dispatch::Outcome::SpotCheckFailed
+        },
+    );
+}
+
+async fn run_check(state: &Arc<Shared>, input: JobInput, suspect: [u8; 32], model: &str) {
+    let short = |k: &[u8; 32]| hex::encode(&k[..6]);
+    let Some(reference) = peers_with_same_weights(state, model, suspect, &[suspect])
+        .into_iter()
+        .next()
+    else {
+        tracing::debug!(node = %short(&suspect), model, "spot check skipped: no other node with the same weights");
+        return;
+    };
+    let (run, reference_run) = tokio::join!(
+        run_on(state, &input, suspect, model),
+        run_on(state, &input, reference, model)
+    );
+    let (run, reference_run) = match (run, reference_run) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            // A failed run is already counted as a failure by dispatch.
+            tracing::info!(node = %short(&suspect), reference = %short(&reference),
+                suspect_error = ?a.err(), reference_error = ?b.err(), "spot check incomplete");
+            return;
+        }
+    };
+    state
+        .metrics
+        .spot_checks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Verdict::Differ { position, reason } = compare(&run, &reference_run) else {
+        tracing::debug!(node = %short(&suspect), reference = %short(&reference), "spot check passed");
+        evidence(state, suspect, true);
+        return;
+    };
+    // Someone is wrong; a third node with the same weights decides who.
+    let arbiter = peers_with_same_weights(state, model, suspect, &[suspect, reference])
+        .into_iter()
+        .next();
+    let Some(arbiter) = arbiter else {
+        tracing::warn!(node = %short(&suspect), reference = %short(&reference), position, %reason,
+            "spot check inconclusive: the runs differ and no third node has the same weights");
+        return;
+    };
+    let arbiter_run = match run_on(state, &input, arbiter, model).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(node = %short(&suspect), arbiter = %short(&arbiter), error = %e,
+                "spot check inconclusive: the arbiter's run failed");
+            return;
+        }
+    };
+    let suspect_ok = compare(&run, &arbiter_run) == Verdict::Agree;
+    let reference_ok = compare(&reference_run, &arbiter_run) == Verdict::Agree;
+    for (node, ok) in [(suspect, suspect_ok), (reference, reference_ok)] {
+        evidence(state, node, ok);
+        if !ok {
+            state
+                .metrics
+                .spot_checks_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                node = %hex::encode(node), model, position, %reason,
+                arbiter = %short(&arbiter),
+                tokens = ?run.iter().map(|t| t.id).collect::<Vec<_>>(),
+                reference_tokens = ?reference_run.iter().map(|t| t.id).collect::<Vec<_>>(),
+                arbiter_tokens = ?arbiter_run.iter().map(|t| t.id).collect::<Vec<_>>(),
+                "spot check FAILED: the node's output does not match its advertised weights"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sharenet_proto::TopLogprob;
+
+    fn tok(id: u32, logprob: f32, top: &[(u32, f32)]) -> TokenLogprob {
+        TokenLogprob {
+            id,
+            token: String::new(),
+            bytes: Vec::new(),
+            logprob,
+            top: top
+                .iter()
+                .map(|&(id, logprob)| TopLogprob {
+                    id,
+                    token: String::new(),
+                    bytes: Vec::new(),
+                    logprob,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn equal_runs_agree_within_tolerance() {
+        let a = [tok(1, -0.5, &[]), tok(2, -1.0, &[])];
+        let b = [tok(1, -0.52, &[]), tok(2, -0.99, &[])];
+        assert_eq!(compare(&a, &b), Verdict::Agree);
+    }
+
+    #[test]
+    fn a_logprob_off_by_more_than_the_tolerance_differs() {
+        let a = [tok(1, -0.5, &[]), tok(2, -1.5, &[])];
+        let b = [tok(1, -0.5, &[]), tok(2, -1.0, &[])];
+        assert!(matches!(
+            compare(&a, &b),
+            Verdict::Differ { position: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn a_different_pick_differs_unless_it_was_a_near_tie() {
+        let run = [tok(1, -0.5, &[]), tok(7, -0.70, &[])];
+        let tie = [tok(1, -0.5, &[]), tok(3, -0.69, &[(3, -0.69), (7, -0.70)])];
+        assert_eq!(compare(&run, &tie), Verdict::Agree);
+        let clear = [tok(1, -0.5, &[]), tok(3, -0.1, &[(3, -0.1), (7, -2.5)])];
+        assert!(matches!(
+            compare(&run, &clear),
+            Verdict::Differ { position: 1, .. }
+        ));
+        let absent = [tok(1, -0.5, &[]), tok(3, -0.1, &[(3, -0.1)])];
+        assert!(matches!(compare(&run, &absent), Verdict::Differ { .. }));
+    }
+
+    #[test]
+    fn different_lengths_differ_and_nan_never_agrees() {
+        let a = [tok(1, -0.5, &[])];
+        let b = [tok(1, -0.5, &[]), tok(2, -0.5, &[])];
+        assert!(matches!(
+            compare(&a, &b),
+            Verdict::Differ { position: 1, .. }
+        ));
+        let nan = [tok(1, f32::NAN, &[])];
+        assert!(matches!(compare(&nan, &a), Verdict::Differ { .. }));
+    }
+}
