@@ -217,8 +217,15 @@ fn route(
     // Adverts lag the node's load, and a full node refuses (`saturated`)
     // and is skipped anyway, so "full" here is generous: as many waiting as
     // the node's default queue allows (4 × its concurrency).
+    //
+    // A node never measured is assumed fast (a short first token, quick
+    // decoding), so it gets tried and measured rather than starved behind
+    // nodes whose real numbers beat a pessimistic guess; the probation share
+    // caps what new nodes get while established ones are available.
     let params = r::RouteParams {
         max_queue_factor: 5,
+        unknown_ttft_ms: 20.0,
+        unknown_tokens_per_sec: 500.0,
         ..r::RouteParams::default()
     };
     r::route(

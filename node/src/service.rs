@@ -308,18 +308,31 @@ async fn advertise(
     let mut seq = now_ms();
     let mut wait = Duration::ZERO;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = ctx.load_changed.notified() => tokio::time::sleep(MIN_ADVERT_GAP).await,
-            event = events.recv() => match event {
-                Some(Event::AdvertSubscriber { peer }) => {
-                    tracing::debug!(%peer, "new advert subscriber; re-advertising");
+        // A deadline, not a fresh sleep per iteration: other events (other
+        // nodes' adverts arrive every interval) must not keep pushing the
+        // heartbeat back, or this node's advert expires while it is healthy.
+        let next = tokio::time::Instant::now() + wait;
+        let fired = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => break true,
+                _ = ctx.load_changed.notified() => {
                     tokio::time::sleep(MIN_ADVERT_GAP).await;
+                    break true;
                 }
-                Some(_) => continue,
-                None => return,
-            },
+                event = events.recv() => match event {
+                    Some(Event::AdvertSubscriber { peer }) => {
+                        tracing::debug!(%peer, "new advert subscriber; re-advertising");
+                        tokio::time::sleep(MIN_ADVERT_GAP).await;
+                        break true;
+                    }
+                    Some(_) => continue,
+                    None => break false,
+                },
+            }
+        };
+        if !fired {
+            return;
         }
         seq += 1;
         let advert = build_advert(&ctx, seq, ttl);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sharenet_coordinator::devnet::{self, Devnet, DevnetOptions};
+use sharenet_coordinator::registry::Lookup;
 use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
 use sharenet_p2p::Identity;
 use tokio_util::sync::CancellationToken;
@@ -137,19 +138,26 @@ impl TestNet {
         )
         .await
         .expect("start the extra node");
+        // Wait for this node's own advert for every model (other nodes may
+        // already serve the same model names).
+        let key = node.public_key();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let listed: Value = self.get("models").await.json().await.expect("models JSON");
-            let have: Vec<&str> = listed["data"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect())
-                .unwrap_or_default();
-            if ids.iter().all(|id| have.contains(&id.as_str())) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let registry = &self.net().coordinator.state.registry;
+            let advertised = ids.iter().all(|id| match registry.lookup(id, now) {
+                Lookup::Found(offers) => offers.iter().any(|o| o.advert.node == key),
+                _ => false,
+            });
+            if advertised {
                 break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "models {ids:?} never appeared in /v1/models"
+                "the new node's models {ids:?} never reached the coordinator"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

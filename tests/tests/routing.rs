@@ -146,3 +146,24 @@ async fn a_models_list_falls_back_to_the_next_model() {
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_keeps_heartbeating_while_other_adverts_arrive() {
+    // Each node hears the others' adverts every interval (1 s here); those
+    // events must not keep pushing its own heartbeat back (they once did,
+    // and healthy nodes expired from routing after the 3 s TTL).
+    let t = TestNet::start(3).await;
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert_eq!(t.net().coordinator.state.registry.live_nodes(now), 3);
+    let url = format!("{}/metrics", t.base_url().trim_end_matches("/v1"));
+    let m = t.http.get(url).send().await.unwrap().text().await.unwrap();
+    assert!(
+        m.lines().any(|l| l == "sharenet_adverts_pruned_total 0"),
+        "no advert expired:\n{m}"
+    );
+    t.stop().await;
+}
