@@ -35,12 +35,19 @@ struct CoordinatorFile {
     bootstrap_balance_nano_usd: u64,
     /// Settlement periods: calendar months (default) or fixed lengths.
     settlement_period_secs: Option<u64>,
+    /// Relay connections for nodes behind NAT (circuit relay v2).
+    #[serde(default = "default_relay")]
+    relay: bool,
     /// Share of text jobs re-run as spot checks, 0 to 1.
     #[serde(default = "default_spot_check_rate")]
     spot_check_rate: f64,
     /// What the `spot-checks` app starts with (nano-USD), once.
     #[serde(default)]
     spot_check_funding_nano_usd: u64,
+}
+
+fn default_relay() -> bool {
+    true
 }
 
 fn default_spot_check_rate() -> f64 {
@@ -83,6 +90,8 @@ pub struct CoordinatorConfig {
     pub period_rule: sharenet_market::PeriodRule,
     /// Share of text jobs re-run as spot checks (0 to 1; 0 is off).
     pub spot_check_rate: f64,
+    /// Serve as a circuit relay for nodes behind NAT.
+    pub relay_server: bool,
     /// The balance the operator's `spot-checks` app starts with (nano-USD).
     pub spot_check_funding: u64,
 }
@@ -113,6 +122,7 @@ impl CoordinatorConfig {
         let config = Self {
             network_fee_bps: file.network_fee_bps,
             spot_check_rate: file.spot_check_rate,
+            relay_server: file.relay,
             spot_check_funding: file.spot_check_funding_nano_usd,
             operator_key,
             bootstrap_balance: file.bootstrap_balance_nano_usd,
@@ -209,6 +219,11 @@ network_fee_bps = 500
 
 # Nodes tried per request before answering 503.
 max_attempts = 3
+
+# Relay for nodes behind NAT (libp2p circuit relay v2): they reserve a slot
+# here and are reached through it until hole punching (DCUtR) connects
+# them directly. Other coordinators find them through Kademlia.
+relay = true
 
 # Spot checks: this share of text jobs is re-run, greedy, on the serving
 # node and on another node with the same weights hash, and the tokens and

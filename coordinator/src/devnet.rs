@@ -114,6 +114,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             max_attempts: 3,
             timeouts: opts.timeouts,
             spot_check_rate: opts.spot_check_rate,
+            relay_server: true,
             // $1,000 of play money for spot checks.
             spot_check_funding: 1_000_000_000_000,
         },
@@ -139,6 +140,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
                 data_dir: opts.dir.join(format!("node-{i}")),
                 listen: loopback()?,
                 bootstrap: bootstrap.clone(),
+                relays: Vec::new(),
                 advert_interval: opts.advert_interval,
                 advert_ttl: opts.advert_ttl,
                 region: None,

@@ -143,6 +143,8 @@ pub async fn start(
             listen: config.p2p_listen.clone(),
             bootstrap: config.bootstrap.clone(),
             event_capacity: 4096,
+            relay_server: config.relay_server,
+            relays: Vec::new(),
         },
         cancel.clone(),
     )

@@ -19,6 +19,9 @@ struct NodeFile {
     listen: Vec<String>,
     #[serde(default)]
     bootstrap: Vec<String>,
+    /// Relays to listen through when the node cannot be dialled (NAT).
+    #[serde(default)]
+    relays: Vec<String>,
     #[serde(default = "default_interval")]
     advert_interval_secs: u64,
     #[serde(default = "default_ttl")]
@@ -178,8 +181,13 @@ impl ModelConfig {
 pub struct NodeConfig {
     pub identity: Identity,
     pub data_dir: PathBuf,
+    /// Direct listen addresses; may be empty behind NAT when `relays` is set.
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
+    /// Relays (with `/p2p/<id>`) to reserve a slot on and be reached
+    /// through, for a node behind NAT; hole punching (DCUtR) then upgrades
+    /// connections to direct where the NAT allows.
+    pub relays: Vec<Multiaddr>,
     pub advert_interval: Duration,
     pub advert_ttl: Duration,
     /// Where the node is (advertised for region-restricted requests).
@@ -246,6 +254,7 @@ impl NodeConfig {
             data_dir: base.join(file.data_dir),
             listen: parse_multiaddrs("listen", &file.listen)?,
             bootstrap: parse_multiaddrs("bootstrap", &file.bootstrap)?,
+            relays: parse_multiaddrs("relays", &file.relays)?,
             advert_interval: Duration::from_secs(file.advert_interval_secs),
             advert_ttl: Duration::from_secs(file.advert_ttl_secs),
             region: file.region,
@@ -271,8 +280,17 @@ impl NodeConfig {
                 bail!("models[{i}].max_concurrency: must be at least 1");
             }
         }
-        if self.listen.is_empty() {
-            bail!("listen: at least one address is required");
+        if self.listen.is_empty() && self.relays.is_empty() {
+            bail!(
+                "listen: at least one address is required (or, behind NAT, `relays` to be reached through)"
+            );
+        }
+        if let Some(r) = self
+            .relays
+            .iter()
+            .find(|r| !matches!(r.iter().last(), Some(sharenet_p2p::Protocol::P2p(_))))
+        {
+            bail!("relays: {r} must end in /p2p/<relay peer id>");
         }
         if self.advert_interval.is_zero() {
             bail!("advert_interval_secs: must be at least 1");
@@ -308,6 +326,13 @@ listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]
 # Coordinators (or other peers) to join the network through, e.g.
 # "/ip4/203.0.113.7/udp/4000/quic-v1/p2p/12D3KooW...".
 bootstrap = []
+
+# Behind NAT (nobody can dial this machine)? Name relays to be reached
+# through (a coordinator relays by default), e.g. the bootstrap address
+# above; `listen` may then be empty. AutoNAT tells the node whether it is
+# reachable, and hole punching (DCUtR) upgrades relayed connections to
+# direct ones where the NAT allows. Other peers find it through Kademlia.
+relays = []
 
 # Where this node is, for builders who restrict requests to a region.
 # region = "eu-west"

@@ -72,6 +72,11 @@ pub(crate) struct NodeCtx {
     pub(crate) region: String,
     /// Poked when load changes, so the advert goes out promptly.
     pub(crate) load_changed: Arc<Notify>,
+    /// Reached through a relay: configured with relays and either without
+    /// a direct listen address or found unreachable by AutoNAT.
+    pub(crate) relayed: std::sync::atomic::AtomicBool,
+    /// Relays are configured (AutoNAT's verdict only matters then).
+    pub(crate) has_relays: bool,
 }
 
 impl NodeCtx {
@@ -143,6 +148,8 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
             listen: config.listen.clone(),
             bootstrap: config.bootstrap.clone(),
             event_capacity: 256,
+            relay_server: false,
+            relays: config.relays.clone(),
         },
         cancel.clone(),
     )
@@ -157,6 +164,10 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         store: Arc::new(store),
         gpus,
         region: config.region.clone().unwrap_or_default(),
+        relayed: std::sync::atomic::AtomicBool::new(
+            !config.relays.is_empty() && config.listen.is_empty(),
+        ),
+        has_relays: !config.relays.is_empty(),
         load_changed,
     });
     tracing::info!(peer = %client.peer_id(), addrs = ?client.listen_addrs(), "node started");
@@ -285,7 +296,7 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
         models,
         gpus: ctx.gpus.clone(),
         region: ctx.region.clone(),
-        relayed: false,
+        relayed: ctx.relayed.load(std::sync::atomic::Ordering::Relaxed),
         max_concurrency,
         queue_depth,
         seq,
@@ -324,6 +335,10 @@ async fn advertise(
                     Some(Event::AdvertSubscriber { peer }) => {
                         tracing::debug!(%peer, "new advert subscriber; re-advertising");
                         tokio::time::sleep(MIN_ADVERT_GAP).await;
+                        break true;
+                    }
+                    Some(Event::Reachability { public: Some(public) }) if ctx.has_relays => {
+                        ctx.relayed.store(!public, std::sync::atomic::Ordering::Relaxed);
                         break true;
                     }
                     Some(_) => continue,

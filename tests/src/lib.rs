@@ -129,6 +129,7 @@ impl TestNet {
                 data_dir: dir,
                 listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
                 bootstrap: self.net().coordinator.p2p_addrs.clone(),
+                relays: Vec::new(),
                 advert_interval: Duration::from_secs(1),
                 advert_ttl: Duration::from_secs(3),
                 region: None,

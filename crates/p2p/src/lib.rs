@@ -19,9 +19,12 @@ mod swarm;
 
 pub use frame::{FrameError, read_frame, write_frame};
 pub use identity::{Identity, IdentityError, peer_id_of};
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use libp2p_stream::IncomingStreams;
-pub use swarm::{Client, Event, Network, NetworkConfig, P2pError, parse_multiaddrs, start};
+pub use swarm::{
+    Client, Event, Network, NetworkConfig, P2pError, Traversal, parse_multiaddrs, start,
+};
 
 /// The gossipsub topic nodes publish their signed adverts on.
 pub const ADVERT_TOPIC: &str = "sharenet/adverts/1";

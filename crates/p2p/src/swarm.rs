@@ -6,8 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Stream, gossipsub, identify, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Stream, StreamProtocol, autonat, dcutr, gossipsub, identify, kad, noise,
+    ping, relay, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +25,10 @@ const COMMAND_CAPACITY: usize = 64;
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// Largest gossip message (adverts are a few hundred bytes).
 const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+/// Our Kademlia protocol (a private DHT, not the public IPFS one).
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sharenet/kad/1.0.0");
+/// Kademlia lookups for unreachable advertisers in flight at most.
+const MAX_LOOKUPS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {
@@ -75,6 +84,15 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Capacity of the event channel; events beyond it are dropped and counted.
     pub event_capacity: usize,
+    /// Serve as a circuit relay (v2) for peers that cannot be dialled
+    /// directly (a coordinator or any publicly reachable peer).
+    pub relay_server: bool,
+    /// Relays to reserve a slot on and listen through (each with
+    /// `/p2p/<relay id>`): for a peer behind NAT, which then needs no
+    /// direct listen address at all. Connections through a relay are
+    /// upgraded to direct ones by hole punching (DCUtR) where the NATs
+    /// allow.
+    pub relays: Vec<Multiaddr>,
 }
 
 impl NetworkConfig {
@@ -92,6 +110,8 @@ impl NetworkConfig {
             ],
             bootstrap: Vec::new(),
             event_capacity: 1024,
+            relay_server: false,
+            relays: Vec::new(),
         }
     }
 }
@@ -107,6 +127,10 @@ pub enum Event {
     Rtt { peer: PeerId, rtt: Duration },
     /// The last connection to a peer closed.
     Disconnected { peer: PeerId },
+    /// AutoNAT's verdict on whether others can dial us changed.
+    Reachability { public: Option<bool> },
+    /// A connection to `peer` was upgraded from relayed to direct (DCUtR).
+    HolePunched { peer: PeerId },
 }
 
 #[derive(NetworkBehaviour)]
@@ -115,6 +139,11 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::v1::Behaviour,
 }
 
 enum Command {
@@ -129,6 +158,11 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// Whether every connection to the peer goes through a relay.
+    Relayed {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<bool>>,
+    },
 }
 
 /// A cloneable handle to the swarm task.
@@ -139,6 +173,16 @@ pub struct Client {
     peer_id: PeerId,
     listen_addrs: Arc<Vec<Multiaddr>>,
     dropped_events: Arc<AtomicU64>,
+    traversal: Arc<Traversal>,
+}
+
+/// NAT traversal counters (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct Traversal {
+    /// Connections established through a relay circuit.
+    pub relayed_connections: AtomicU64,
+    /// Relayed connections upgraded to direct ones by hole punching.
+    pub hole_punches: AtomicU64,
 }
 
 /// A started peer: its client, its events, and the task to await on exit.
@@ -156,6 +200,11 @@ impl Client {
     /// The addresses we listen on, each ending in `/p2p/<peer id>`.
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.listen_addrs
+    }
+
+    /// NAT traversal counters.
+    pub fn traversal(&self) -> &Traversal {
+        &self.traversal
     }
 
     /// Events dropped because the event channel was full.
@@ -185,6 +234,11 @@ impl Client {
         self.request(|reply| Command::Dial { addr, reply }).await?
     }
 
+    /// Whether we reach `peer` only through a relay (`None`: not connected).
+    pub async fn is_relayed(&self, peer: PeerId) -> Result<Option<bool>, P2pError> {
+        self.request(|reply| Command::Relayed { peer, reply }).await
+    }
+
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, P2pError> {
         self.request(|reply| Command::ConnectedPeers { reply })
             .await
@@ -211,7 +265,10 @@ impl Client {
     }
 }
 
-fn build_swarm(identity: &Identity) -> Result<libp2p::Swarm<Behaviour>, P2pError> {
+fn build_swarm(
+    identity: &Identity,
+    relay_server: bool,
+) -> Result<libp2p::Swarm<Behaviour>, P2pError> {
     let keypair = identity.libp2p_keypair();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -222,7 +279,9 @@ fn build_swarm(identity: &Identity) -> Result<libp2p::Swarm<Behaviour>, P2pError
         )
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
             // Nodes mostly connect to a coordinator (a star), so peers
             // outside its mesh learn of adverts through gossip: announce to
             // every non-mesh peer each heartbeat and keep ids long enough
@@ -244,14 +303,54 @@ fn build_swarm(identity: &Identity) -> Result<libp2p::Swarm<Behaviour>, P2pError
             .map_err(|e| P2pError::Gossipsub(e.to_string()))?;
             Ok(Behaviour {
                 gossipsub,
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/sharenet/1.0.0".into(),
-                    key.public(),
-                )),
+                // Listen address changes (a relay reservation coming up)
+                // are pushed to peers, so the DHT learns circuit addresses.
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/sharenet/1.0.0".into(), key.public())
+                        .with_push_listen_addr_updates(true),
+                ),
                 ping: ping::Behaviour::new(
                     ping::Config::new().with_interval(Duration::from_secs(5)),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
+                kad: {
+                    let id = key.public().to_peer_id();
+                    let mut kad = kad::Behaviour::with_config(
+                        id,
+                        kad::store::MemoryStore::new(id),
+                        kad::Config::new(KAD_PROTOCOL),
+                    );
+                    // Every peer serves the DHT, also one behind NAT (over
+                    // its relay circuit, so others can find it), and on a
+                    // LAN or loopback, where no address is ever confirmed as
+                    // external and the automatic mode would pick client.
+                    kad.set_mode(Some(kad::Mode::Server));
+                    kad
+                },
+                relay_client,
+                relay_server: Toggle::from(relay_server.then(|| {
+                    let id = key.public().to_peer_id();
+                    relay::Behaviour::new(
+                        id,
+                        relay::Config {
+                            max_reservations: 4096,
+                            max_circuits: 4096,
+                            max_circuits_per_peer: 64,
+                            // Job streams live on one connection for long.
+                            max_circuit_duration: Duration::from_secs(24 * 3600),
+                            max_circuit_bytes: 0,
+                            ..relay::Config::default()
+                        },
+                    )
+                })),
+                dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+                autonat: autonat::v1::Behaviour::new(
+                    key.public().to_peer_id(),
+                    autonat::v1::Config {
+                        only_global_ips: false,
+                        ..autonat::v1::Config::default()
+                    },
+                ),
             })
         })
         .map_err(|e| P2pError::Transport(e.to_string()))?
@@ -263,7 +362,7 @@ fn build_swarm(identity: &Identity) -> Result<libp2p::Swarm<Behaviour>, P2pError
 /// Starts a peer: listens, waits for its addresses, dials the bootstrap
 /// peers, and spawns the event loop (stopped by `cancel`).
 pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<Network, P2pError> {
-    let mut swarm = build_swarm(&config.identity)?;
+    let mut swarm = build_swarm(&config.identity, config.relay_server)?;
     let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
     swarm
         .behaviour_mut()
@@ -316,9 +415,32 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
         .await
         .map_err(|_| P2pError::ListenTimeout)??;
 
+    // A relay serves only once it believes itself reachable; a peer told
+    // to relay is a public one (a coordinator), so its listen addresses
+    // are its external addresses (AutoNAT would confirm them only after
+    // its first probes, and never on a LAN or loopback).
+    if config.relay_server {
+        for addr in &listen_addrs {
+            swarm.add_external_address(addr.clone());
+        }
+    }
     for addr in &config.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "dial bootstrap peer");
+        }
+    }
+    // Behind NAT: listen through each relay (the relay client dials it and
+    // reserves a slot; the circuit address appears as a listen address).
+    let mut relay_listeners = HashMap::new();
+    for relay in &config.relays {
+        match swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
+            Ok(id) => {
+                relay_listeners.insert(id, relay.clone());
+            }
+            Err(e) => tracing::warn!(%relay, error = %e, "listen through relay"),
         }
     }
 
@@ -326,12 +448,14 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
     let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
     let dropped_events = Arc::new(AtomicU64::new(0));
+    let traversal = Arc::new(Traversal::default());
     let client = Client {
         commands: cmd_tx,
         control,
         peer_id,
         listen_addrs: Arc::new(listen_addrs),
         dropped_events: dropped_events.clone(),
+        traversal: traversal.clone(),
     };
     let event_loop = EventLoop {
         swarm,
@@ -340,6 +464,11 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
         events: event_tx,
         dropped_events,
         bootstrap: config.bootstrap,
+        lookups: HashMap::new(),
+        relayed: HashMap::new(),
+        traversal,
+        relay_listeners,
+        relays_to_retry: Vec::new(),
     };
     let task = tokio::spawn(event_loop.run(cancel));
     Ok(Network {
@@ -356,9 +485,31 @@ struct EventLoop {
     events: mpsc::Sender<Event>,
     dropped_events: Arc<AtomicU64>,
     bootstrap: Vec<Multiaddr>,
+    /// Kademlia lookups of advertisers we have no address for.
+    lookups: HashMap<kad::QueryId, PeerId>,
+    /// Open connections per peer: (through a relay, direct).
+    relayed: HashMap<PeerId, (u32, u32)>,
+    traversal: Arc<Traversal>,
+    /// Listeners through a relay, and relays whose listener closed (the
+    /// reservation was refused or lost), retried on the redial tick.
+    relay_listeners: HashMap<libp2p::core::transport::ListenerId, Multiaddr>,
+    relays_to_retry: Vec<Multiaddr>,
 }
 
 impl EventLoop {
+    /// An advert came (through gossip) from a peer we are not connected to
+    /// and cannot dial: ask the DHT where it is (e.g. its relay circuit).
+    fn locate(&mut self, peer: PeerId) {
+        if self.swarm.is_connected(&peer)
+            || self.lookups.values().any(|p| *p == peer)
+            || self.lookups.len() >= MAX_LOOKUPS
+        {
+            return;
+        }
+        let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.lookups.insert(id, peer);
+    }
+
     async fn run(mut self, cancel: CancellationToken) {
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -371,6 +522,14 @@ impl EventLoop {
                 },
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 _ = redial.tick() => {
+                    for relay in std::mem::take(&mut self.relays_to_retry) {
+                        match self.swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
+                            Ok(id) => {
+                                self.relay_listeners.insert(id, relay);
+                            }
+                            Err(e) => tracing::debug!(%relay, error = %e, "listen through relay"),
+                        }
+                    }
                     if self.swarm.connected_peers().next().is_none() {
                         for addr in &self.bootstrap {
                             if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -413,6 +572,13 @@ impl EventLoop {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Relayed { peer, reply } => {
+                let _ = reply.send(
+                    self.relayed
+                        .get(&peer)
+                        .map(|(relayed, direct)| *relayed > 0 && *direct == 0),
+                );
+            }
         }
     }
 
@@ -427,6 +593,7 @@ impl EventLoop {
                 }
                 // Strict validation guarantees a signed source; be defensive anyway.
                 if let Some(source) = message.source {
+                    self.locate(source);
                     self.emit(Event::Advert {
                         source,
                         data: message.data,
@@ -451,17 +618,131 @@ impl EventLoop {
                 ..
             })) => {
                 tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified peer");
+                // Peers that speak our DHT go into it with the addresses
+                // they listen on (for a peer behind NAT: its relay circuit).
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            })) => {
+                let Some(target) = self.lookups.get(&id).copied() else {
+                    return;
+                };
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let found: Vec<Multiaddr> = peers
+                    .into_iter()
+                    .filter(|p| p.peer_id == target)
+                    .flat_map(|p| p.addrs)
+                    .collect();
+                if !found.is_empty() {
+                    tracing::debug!(peer = %target, addrs = ?found, "located advertiser through the DHT");
+                    for addr in &found {
+                        self.swarm.add_peer_address(target, addr.clone());
+                    }
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(target)
+                        .addresses(found)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(peer = %target, error = %e, "dial located advertiser");
+                    }
+                }
+                if step.last {
+                    self.lookups.remove(&id);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v1::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let public = match new {
+                    autonat::v1::NatStatus::Public(_) => Some(true),
+                    autonat::v1::NatStatus::Private => Some(false),
+                    autonat::v1::NatStatus::Unknown => None,
+                };
+                tracing::info!(?new, "reachability changed (AutoNAT)");
+                self.emit(Event::Reachability { public });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    self.traversal.hole_punches.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %remote_peer_id, "hole punched: direct connection");
+                    self.emit(Event::HolePunched {
+                        peer: remote_peer_id,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed");
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through relay");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
+                    tracing::debug!(%relay, ?reason, "relay listener closed; retrying");
+                    self.relays_to_retry.push(relay);
+                } else {
+                    tracing::warn!(?addresses, ?reason, "listener closed");
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let through_relay = endpoint.is_relayed();
+                let c = self.relayed.entry(peer_id).or_default();
+                if through_relay {
+                    self.traversal
+                        .relayed_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    c.0 += 1;
+                } else {
+                    c.1 += 1;
+                }
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), through_relay, "connected");
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                endpoint,
+                num_established,
                 ..
-            } => self.emit(Event::Disconnected { peer: peer_id }),
+            } => {
+                if let Some(c) = self.relayed.get_mut(&peer_id) {
+                    if endpoint.is_relayed() {
+                        c.0 = c.0.saturating_sub(1);
+                    } else {
+                        c.1 = c.1.saturating_sub(1);
+                    }
+                }
+                if num_established == 0 {
+                    self.relayed.remove(&peer_id);
+                    self.emit(Event::Disconnected { peer: peer_id });
+                }
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
             }
