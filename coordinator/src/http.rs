@@ -297,7 +297,10 @@ async fn generate(
                     let lps = want_logprobs.then_some(logprobs.as_slice());
                     if !send(chunk(Some(&text), lps, offset, None)).await {
                         // The client went away: dropping the job closes the
-                        // node's stream, which stops generation there.
+                        // node's stream, which stops generation there. What
+                        // was generated until then is charged (the node's
+                        // last running receipt), as hosted APIs do.
+                        let _ = active.book_partial(&state).await;
                         return;
                     }
                     offset += text.len();

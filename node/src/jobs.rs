@@ -187,7 +187,17 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
             finish_reason,
             response_digest,
         } => (usage, finish_reason, response_digest),
-        Served::Gone => return,
+        Served::Gone(running) => {
+            if let Some(r) = running {
+                let store = ctx.store.clone();
+                let record = StoredReceipt::NodeSigned(r);
+                let stored = tokio::task::spawn_blocking(move || store.insert_new(&record)).await;
+                if !matches!(stored, Ok(Ok(()))) {
+                    tracing::warn!(job = %request.job_id, "store the running receipt of an abandoned job");
+                }
+            }
+            return;
+        }
         Served::Failed(code, message) => {
             refuse(&mut stream, code, message).await;
             return;
@@ -249,8 +259,11 @@ enum Served {
         /// SHA-256 of the response (the text, or the embedding bytes).
         response_digest: [u8; 32],
     },
-    /// The coordinator went away; nothing more to send.
-    Gone,
+    /// The coordinator went away; nothing more to send. With the last
+    /// running receipt sent, which the coordinator may book (it charges
+    /// builders for what was generated before they hung up), so the node
+    /// keeps it for its own accounts.
+    Gone(Option<SignedReceipt>),
     Failed(JobErrorCode, String),
 }
 
@@ -285,7 +298,7 @@ impl RunningReceipt<'_> {
     /// The signed bytes of a receipt for `usage` and the text hashed so far;
     /// `None` (logged) if it cannot be made, which only costs the node its
     /// claim should the job break later.
-    fn sign(&self, usage: Usage, text_so_far: &Sha256) -> Option<Vec<u8>> {
+    fn sign(&self, usage: Usage, text_so_far: &Sha256) -> Option<SignedReceipt> {
         let digest: [u8; 32] = text_so_far.clone().finalize().into();
         sign_receipt(
             self.ctx,
@@ -300,7 +313,6 @@ impl RunningReceipt<'_> {
             |e| tracing::warn!(job = %self.request.job_id, error = %e, "sign running receipt"),
         )
         .ok()
-        .map(|s| s.to_bytes())
     }
 }
 
@@ -316,6 +328,8 @@ async fn serve_text(
     };
     let input_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
     let mut output_tokens = 0u32;
+    // The last running receipt that reached the coordinator.
+    let mut last_sent: Option<SignedReceipt> = None;
     // The scheduler decides: a place in the batch, a place in its bounded
     // queue, or a refusal. Dropping `handle` cancels the job at the next step.
     let mut handle = match scheduler.submit(prompt, request.params.clone()) {
@@ -334,7 +348,7 @@ async fn serve_text(
             SeqEvent::Piece(piece) => {
                 hasher.update(piece.text.as_bytes());
                 output_tokens = output_tokens.saturating_add(piece.tokens);
-                let receipt = running.sign(
+                let signed = running.sign(
                     Usage {
                         input_tokens,
                         output_tokens,
@@ -345,12 +359,13 @@ async fn serve_text(
                     text: piece.text,
                     tokens: piece.tokens,
                     logprobs: piece.logprobs,
-                    receipt,
+                    receipt: signed.as_ref().map(SignedReceipt::to_bytes),
                 };
                 if let Err(e) = send(stream, &event).await {
                     tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
-                    return Served::Gone;
+                    return Served::Gone(last_sent);
                 }
+                last_sent = signed;
             }
             SeqEvent::Done(g) => {
                 return Served::Done {
@@ -407,7 +422,7 @@ async fn serve_embed(
         .await
         .is_err()
     {
-        return Served::Gone;
+        return Served::Gone(None);
     }
     Served::Done {
         usage: Usage {
@@ -452,7 +467,7 @@ async fn serve_upstream(
                 };
                 if send(stream, &ev).await.is_err() {
                     // Dropping `forward` closes the upstream request.
-                    break Served::Gone;
+                    break Served::Gone(None);
                 }
             }
             Some(UpstreamEvent::Done {

@@ -83,6 +83,12 @@ pub struct Report {
     pub included: u64,
     /// Their amounts summed.
     pub included_amount: NanoUsd,
+    /// Of the included, jobs that broke after streaming began (the client
+    /// hung up, or the connection died), settled from one of the running
+    /// receipts this node signed along the way; the node keeps the last one
+    /// it sent, which may cover more tokens than the one the coordinator
+    /// had read when the stream broke.
+    pub running: u64,
     /// This node's reward in the statement.
     pub statement_reward: NanoUsd,
     /// Every discrepancy, in words.
@@ -178,13 +184,38 @@ pub fn reconcile(
             None => {}
         }
     }
+    // Jobs whose stream broke: the node holds its last running receipt
+    // (node-signed only; the countersignature never came back).
+    let running: HashMap<[u8; 16], NanoUsd> = local
+        .iter()
+        .filter_map(|s| match s {
+            StoredReceipt::NodeSigned(r) => Some(r.receipt()),
+            StoredReceipt::Countersigned(_) => None,
+        })
+        .filter(|r| r.coordinator == st.coordinator && r.node == *node)
+        .map(|r| (r.job_id.0, r.amount))
+        .collect();
     for l in &bundle.leaves {
-        if l.node == *node && !seen.contains(&l.job_id) {
-            report.discrepancies.push(format!(
+        if l.node != *node || seen.contains(&l.job_id) {
+            continue;
+        }
+        match running.get(&l.job_id) {
+            Some(&signed) if l.amount <= signed => {
+                report.included += 1;
+                report.running += 1;
+                report.included_amount = report.included_amount.saturating_add(l.amount);
+            }
+            Some(&signed) => report.discrepancies.push(format!(
+                "the statement credits broken job {} with {} nano-USD, more than the {} of the last running receipt this node kept",
+                JobId(l.job_id),
+                l.amount,
+                signed
+            )),
+            None => report.discrepancies.push(format!(
                 "the statement credits this node with receipt {} ({} nano-USD) that is not in its store",
                 JobId(l.job_id),
                 l.amount
-            ));
+            )),
         }
     }
     if report.discrepancies.is_empty() && report.included_amount != report.statement_reward {
@@ -291,6 +322,31 @@ mod tests {
                 .discrepancies
                 .iter()
                 .any(|d| d.contains("not in its store")),
+            "{report:?}"
+        );
+
+        // A broken job: the node kept the running receipt it sent last
+        // (node-signed only); the statement settled that job for no more.
+        let broken = receipt(3, &me, &coord, 100);
+        let mut with_running = local[..2].to_vec();
+        with_running.push(StoredReceipt::NodeSigned(broken.signed().clone()));
+        let report = reconcile(&b, &me_pk, &with_running).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!((report.included, report.running), (3, 1));
+        // ... but never for more than the node signed.
+        let smaller = receipt(2, &me, &coord, 100);
+        let mut r2 = smaller.signed().clone();
+        let mut cheap = local[..2].to_vec();
+        let mut rr = r2.receipt().clone();
+        rr.job_id = JobId([3; 16]);
+        r2 = SignedReceipt::sign(rr, &me).unwrap();
+        cheap.push(StoredReceipt::NodeSigned(r2));
+        let report = reconcile(&b, &me_pk, &cheap).unwrap();
+        assert!(
+            report
+                .discrepancies
+                .iter()
+                .any(|d| d.contains("more than the")),
             "{report:?}"
         );
 
