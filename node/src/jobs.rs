@@ -190,7 +190,7 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         Served::Gone(running) => {
             if let Some(r) = running {
                 let store = ctx.store.clone();
-                let record = StoredReceipt::NodeSigned(r);
+                let record = StoredReceipt::NodeSigned(*r);
                 let stored = tokio::task::spawn_blocking(move || store.insert_new(&record)).await;
                 if !matches!(stored, Ok(Ok(()))) {
                     tracing::warn!(job = %request.job_id, "store the running receipt of an abandoned job");
@@ -263,7 +263,7 @@ enum Served {
     /// running receipt sent, which the coordinator may book (it charges
     /// builders for what was generated before they hung up), so the node
     /// keeps it for its own accounts.
-    Gone(Option<SignedReceipt>),
+    Gone(Option<Box<SignedReceipt>>),
     Failed(JobErrorCode, String),
 }
 
@@ -363,7 +363,7 @@ async fn serve_text(
                 };
                 if let Err(e) = send(stream, &event).await {
                     tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
-                    return Served::Gone(last_sent);
+                    return Served::Gone(last_sent.map(Box::new));
                 }
                 last_sent = signed;
             }
