@@ -290,6 +290,11 @@ pub(crate) fn record(state: &Shared, node: [u8; 32], outcome: Outcome) {
         } => {
             h.breaker.record_success(now);
             h.trust.record(r::Evidence::Completed, now, &p);
+            // A first token that came after half the first-token timeout
+            // nearly failed the job: late is not broken, but it counts.
+            if ttft_ms > state.timeouts.first_token.as_secs_f64() * 500.0 {
+                h.trust.record(r::Evidence::SlowFirstToken, now, &p);
+            }
             h.observed.record_job(ttft_ms, tokens, duration_ms, now);
         }
         Outcome::RejectedReceipt => {
