@@ -178,7 +178,7 @@ fn route(
         min_trust: p.min_trust,
         region: p.region.clone(),
         quantizations: p.quantizations.clone(),
-        weights_sha256: None,
+        weights_sha256: p.weights_sha256,
         private_pool,
     };
     let request = r::Request {

@@ -49,6 +49,8 @@ struct ProviderFile {
     quantizations: Vec<String>,
     /// Only the app's private pool may serve this request.
     sensitive: Option<bool>,
+    /// Only nodes serving exactly these weights (SHA-256, hex).
+    weights_sha256: Option<String>,
 }
 
 /// Validated preferences.
@@ -64,6 +66,7 @@ pub struct ProviderPrefs {
     pub region: Option<String>,
     pub quantizations: Vec<String>,
     pub sensitive: bool,
+    pub weights_sha256: Option<[u8; 32]>,
 }
 
 fn nodes(field: &str, ids: &[String]) -> Result<Vec<[u8; 32]>, ApiError> {
@@ -113,6 +116,20 @@ impl ProviderPrefs {
             region: f.region,
             quantizations: f.quantizations,
             sensitive: f.sensitive.unwrap_or(false),
+            weights_sha256: match f.weights_sha256 {
+                None => None,
+                Some(h) => Some(
+                    hex::decode(&h)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                format!("provider.weights_sha256: {h:?} is not a SHA-256 (64 hex characters)"),
+                                Some("provider.weights_sha256"),
+                            )
+                        })?,
+                ),
+            },
         })
     }
 }

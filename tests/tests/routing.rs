@@ -24,6 +24,42 @@ async fn provider_preferences_pick_and_exclude_nodes() {
     let t = TestNet::start(3).await;
     let (cheap, mid, dear) = (node_key(&t, 0), node_key(&t, 1), node_key(&t, 2));
 
+    // weights_sha256: only nodes with exactly those weights; a bad hash is
+    // a 400 naming the field, an unknown one a 503 naming the filter.
+    let weights = match t.net().coordinator.state.registry.lookup(
+        MODEL,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    ) {
+        sharenet_coordinator::registry::Lookup::Found(o) => o[0].offer.weights_sha256.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let r = t
+        .post(
+            "chat/completions",
+            &ask(json!({"weights_sha256": hex::encode(weights)})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = t
+        .post("chat/completions", &ask(json!({"weights_sha256": "abc"})))
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = t
+        .post(
+            "chat/completions",
+            &ask(json!({"weights_sha256": hex::encode([7u8; 32])})),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("weights"),
+        "{e}"
+    );
+
     // sort: price → the cheapest node.
     let v: Value = t
         .post("chat/completions", &ask(json!({"sort": "price"})))
