@@ -944,7 +944,7 @@ spot_check_rate = 0.5
     fn semantic_errors_name_key_and_line() {
         let e = Scenario::parse(SRC, &[]).unwrap_err().to_string();
         assert!(e.contains("models[1].node_share"), "{e}");
-        assert!(e.contains("line 14"), "{e}");
+        assert!(e.contains("line 13"), "{e}");
     }
 
     #[test]
@@ -952,7 +952,7 @@ spot_check_rate = 0.5
         let src = SRC.replace("rate_per_s = 10", "rate_per_s = 10\nrate = 3");
         let e = Scenario::parse(&src, &[]).unwrap_err().to_string();
         assert!(e.contains("rate"), "{e}");
-        assert!(e.contains("line 33"), "{e}");
+        assert!(e.contains("line 29"), "{e}");
     }
 
     #[test]
@@ -978,7 +978,7 @@ spot_check_rate = 0.5
     #[test]
     fn locate_finds_nested_and_array_keys() {
         assert_eq!(locate(SRC, "nodes.hardware[0].max_concurrency"), Some(25));
-        assert_eq!(locate(SRC, "operator.spot_check_rate"), Some(34 + 1));
+        assert_eq!(locate(SRC, "operator.spot_check_rate"), Some(34));
         assert_eq!(locate(SRC, "nodes.count"), Some(16));
         assert_eq!(locate(SRC, "operator.network_fee_bps"), None);
     }
