@@ -31,12 +31,18 @@ const METRICS: &[Metric] = &[
     ("total p95 (ms)", |s| s.latency_ms.total.p95),
     ("total p99 (ms)", |s| s.latency_ms.total.p99),
     ("builder cost (USD / 1M tokens)", |s| s.cost.usd_per_mtok),
-    ("builders charged (USD)", |s| s.cost.builder_charged as f64 / 1e9),
+    ("builders charged (USD)", |s| {
+        s.cost.builder_charged as f64 / 1e9
+    }),
     ("provider earnings (USD)", |s| {
         s.settlement.total_provider as f64 / 1e9
     }),
-    ("network fee (USD)", |s| s.settlement.total_network_fee as f64 / 1e9),
-    ("builder margins (USD)", |s| s.settlement.total_margin as f64 / 1e9),
+    ("network fee (USD)", |s| {
+        s.settlement.total_network_fee as f64 / 1e9
+    }),
+    ("builder margins (USD)", |s| {
+        s.settlement.total_margin as f64 / 1e9
+    }),
     ("provider earnings p50 (USD)", |s| {
         s.providers.earnings.p50 as f64 / 1e9
     }),
@@ -44,9 +50,13 @@ const METRICS: &[Metric] = &[
     ("honest providers' earnings (USD)", |s| {
         s.providers.honest_earned as f64 / 1e9
     }),
-    ("adversaries' traffic share", |s| s.adversaries.traffic_share),
+    ("adversaries' traffic share", |s| {
+        s.adversaries.traffic_share
+    }),
     ("adversaries' money share", |s| s.adversaries.money_share),
-    ("garbage jobs served", |s| s.adversaries.garbage_served as f64),
+    ("garbage jobs served", |s| {
+        s.adversaries.garbage_served as f64
+    }),
     ("spot checks", |s| s.spot_checks.checks as f64),
     ("spot-check cost (USD)", |s| s.spot_checks.cost as f64 / 1e9),
 ];
@@ -85,7 +95,10 @@ fn num(x: f64) -> String {
 /// A Markdown table of `rows`; `b_label` says what B changed.
 pub fn table(rows: &[Row], b_label: &str) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| metric | A (scenario) | B ({b_label}) | B - A | change |");
+    let _ = writeln!(
+        s,
+        "| metric | A (scenario) | B ({b_label}) | B - A | change |"
+    );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|");
     for r in rows {
         let pct = r

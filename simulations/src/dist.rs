@@ -116,7 +116,10 @@ impl Dist {
                 Err("uniform needs 0 <= min <= max".into())
             }
             Dist::Lognormal {
-                median, sigma, min, max,
+                median,
+                sigma,
+                min,
+                max,
             } => {
                 if !(ok(*median) && ok(*sigma)) {
                     return Err("lognormal needs median >= 0 and sigma >= 0".into());

@@ -6,11 +6,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sharenet_sim::{RunResult, Scenario, compare, simulate};
 
 #[derive(Parser)]
-#[command(name = "sharenet-sim", about = "Deterministic network simulator for sharenet operators")]
+#[command(
+    name = "sharenet-sim",
+    about = "Deterministic network simulator for sharenet operators"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -72,8 +75,8 @@ enum Cmd {
 fn load(path: &Path, sets: &[String], common: &Common) -> Result<Scenario> {
     let src = std::fs::read_to_string(path)
         .with_context(|| format!("read scenario {}", path.display()))?;
-    let mut sc = Scenario::parse(&src, sets)
-        .with_context(|| format!("load scenario {}", path.display()))?;
+    let mut sc =
+        Scenario::parse(&src, sets).with_context(|| format!("load scenario {}", path.display()))?;
     if let Some(s) = common.seed {
         sc.seed = s;
     }
@@ -84,10 +87,22 @@ fn load(path: &Path, sets: &[String], common: &Common) -> Result<Scenario> {
 }
 
 fn run_one(sc: &Scenario, quiet: bool, label: &str) -> Result<(RunResult, f64)> {
+    run_with(sc, quiet, label, None)
+}
+
+fn run_with(
+    sc: &Scenario,
+    quiet: bool,
+    label: &str,
+    multi: Option<&MultiProgress>,
+) -> Result<(RunResult, f64)> {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
-        let b = ProgressBar::new(sc.requests);
+        let b = match multi {
+            Some(m) => m.add(ProgressBar::new(sc.requests)),
+            None => ProgressBar::new(sc.requests),
+        };
         b.set_style(
             ProgressStyle::with_template(
                 "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} requests ({per_sec}, eta {eta})",
@@ -182,9 +197,21 @@ fn main() -> Result<()> {
         } => {
             let a = load(&scenario, &[], &common)?;
             let b = load(&scenario, &sets, &common)?;
-            let out = out.unwrap_or_else(|| PathBuf::from("sim-out").join(format!("{}-compare", a.name)));
-            let (ra, wa) = run_one(&a, common.quiet, "A")?;
-            let (rb, wb) = run_one(&b, common.quiet, "B")?;
+            let out =
+                out.unwrap_or_else(|| PathBuf::from("sim-out").join(format!("{}-compare", a.name)));
+            // The two runs are independent (each is a function of its own
+            // scenario and seed), so they run on two threads.
+            let multi = MultiProgress::new();
+            let (ra, rb) = std::thread::scope(|s| {
+                let ta = s.spawn(|| run_with(&a, common.quiet, "A", Some(&multi)));
+                let rb = run_with(&b, common.quiet, "B", Some(&multi));
+                let ra = ta
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("run A panicked"))
+                    .and_then(|r| r);
+                (ra, rb)
+            });
+            let ((ra, wa), (rb, wb)) = (ra?, rb?);
             ra.write(&out.join("a"))
                 .with_context(|| format!("write outputs to {}", out.join("a").display()))?;
             rb.write(&out.join("b"))
@@ -223,10 +250,13 @@ fn main() -> Result<()> {
             if million {
                 runs.push((10_000, 1_000_000));
             }
-            println!("| nodes | requests | events | wall (s) | events/s | requests/s | peak RSS (MiB) |");
+            println!(
+                "| nodes | requests | events | wall (s) | events/s | requests/s | peak RSS (MiB) |"
+            );
             println!("|---:|---:|---:|---:|---:|---:|---:|");
             for (n, r) in runs {
-                let sc = sharenet_sim::scenario::bench_scenario(n, r).context("build the bench scenario")?;
+                let sc = sharenet_sim::scenario::bench_scenario(n, r)
+                    .context("build the bench scenario")?;
                 let (res, wall) = run_one(&sc, true, "bench")?;
                 let s = &res.summary;
                 anyhow::ensure!(s.settlement.balances, "bench run does not balance");
@@ -238,7 +268,8 @@ fn main() -> Result<()> {
                     wall,
                     s.events as f64 / wall.max(1e-9),
                     r as f64 / wall.max(1e-9),
-                    peak_rss_kib().map_or_else(|| "?".into(), |k| format!("{:.0}", k as f64 / 1024.0))
+                    peak_rss_kib()
+                        .map_or_else(|| "?".into(), |k| format!("{:.0}", k as f64 / 1024.0))
                 );
             }
         }

@@ -474,7 +474,9 @@ impl OperatorCfg {
         let t = &self.trust;
         TrustParams {
             half_life_ms: t.half_life_h.map_or(d.half_life_ms, ms_of_hours),
-            severe_half_life_ms: t.severe_half_life_h.map_or(d.severe_half_life_ms, ms_of_hours),
+            severe_half_life_ms: t
+                .severe_half_life_h
+                .map_or(d.severe_half_life_ms, ms_of_hours),
             prior_good: t.prior_good.unwrap_or(d.prior_good),
             prior_bad: t.prior_bad.unwrap_or(d.prior_bad),
             weight_completed: t.weight_completed.unwrap_or(d.weight_completed),
@@ -488,9 +490,9 @@ impl OperatorCfg {
                 .penalty_rejected_receipt
                 .unwrap_or(d.penalty_rejected_receipt),
             probation_min_jobs: t.probation_min_jobs.unwrap_or(d.probation_min_jobs),
-            probation_min_age_ms: t
-                .probation_min_age_s
-                .map_or(d.probation_min_age_ms, |s| (s * 1000.0).round().max(0.0) as u64),
+            probation_min_age_ms: t.probation_min_age_s.map_or(d.probation_min_age_ms, |s| {
+                (s * 1000.0).round().max(0.0) as u64
+            }),
         }
     }
 
@@ -668,8 +670,8 @@ impl Scenario {
                 _ => {}
             }
             if a.join_at_s.is_none() {
-                from_start += a.share.unwrap_or(0.0)
-                    + a.count.unwrap_or(0) as f64 / nd.count as f64;
+                from_start +=
+                    a.share.unwrap_or(0.0) + a.count.unwrap_or(0) as f64 / nd.count as f64;
             }
             if !pos(a.price_factor) {
                 return Err(bad(&k("price_factor"), "must be > 0"));
@@ -899,6 +901,90 @@ fn fix_indices(parts: &mut [String], counts: &std::collections::BTreeMap<String,
     }
 }
 
+/// The generated market the `bench` subcommand and `benches/scale.rs` time:
+/// `nodes` nodes over four models, `requests` requests at half a request
+/// per node per second (about a third of the fleet's capacity), 5%
+/// cheaters, 10% churn, default operator parameters.
+pub fn bench_scenario(nodes: u64, requests: u64) -> Result<Scenario, SimError> {
+    let rate = (nodes as f64 * 0.5).max(1.0);
+    let src = format!(
+        r#"
+name = "bench-{nodes}-{requests}"
+requests = {requests}
+seed = 42
+window_s = 30
+
+[[models]]
+name = "llama-3.1-8b"
+traffic_share = 0.4
+node_share = 0.4
+
+[[models]]
+name = "qwen2.5-14b"
+traffic_share = 0.3
+node_share = 0.3
+size_factor = 1.7
+price_factor = 1.6
+
+[[models]]
+name = "mistral-small-24b"
+traffic_share = 0.2
+node_share = 0.2
+size_factor = 2.5
+price_factor = 2.5
+
+[[models]]
+name = "llama-3.3-70b"
+traffic_share = 0.1
+node_share = 0.1
+size_factor = 5
+price_factor = 6
+
+[nodes]
+count = {nodes}
+price_out = {{ dist = "lognormal", median = 150, sigma = 0.4 }}
+rtt_ms = {{ dist = "lognormal", median = 40, sigma = 0.6, max = 400 }}
+relayed_share = 0.1
+failure_rate = 0.005
+timeout_rate = 0.001
+
+[nodes.churn]
+leave_share = 0.1
+join_share = 0.1
+
+[[nodes.hardware]]
+name = "rtx-4090"
+share = 0.6
+decode_tokens_per_s = 60
+prefill_tokens_per_s = 3000
+max_concurrency = 4
+
+[[nodes.hardware]]
+name = "h100"
+share = 0.4
+decode_tokens_per_s = 110
+prefill_tokens_per_s = 10000
+max_concurrency = 16
+
+[[nodes.adversaries]]
+kind = "garbage"
+share = 0.05
+price_factor = 0.7
+
+[traffic]
+rate_per_s = {rate}
+builders = 200
+prompt_tokens = {{ dist = "lognormal", median = 400, sigma = 0.8, max = 8000 }}
+output_tokens = {{ dist = "lognormal", median = 150, sigma = 0.7, max = 1024 }}
+margin_bps = {{ dist = "choice", values = [0, 500, 1000] }}
+
+[operator]
+spot_check_rate = 0.02
+"#
+    );
+    Scenario::parse(&src, &[])
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -982,88 +1068,4 @@ spot_check_rate = 0.5
         assert_eq!(locate(SRC, "nodes.count"), Some(16));
         assert_eq!(locate(SRC, "operator.network_fee_bps"), None);
     }
-}
-
-/// The generated market the `bench` subcommand and `benches/scale.rs` time:
-/// `nodes` nodes over four models, `requests` requests at half a request
-/// per node per second (about a third of the fleet's capacity), 5%
-/// cheaters, 10% churn, default operator parameters.
-pub fn bench_scenario(nodes: u64, requests: u64) -> Result<Scenario, SimError> {
-    let rate = (nodes as f64 * 0.5).max(1.0);
-    let src = format!(
-        r#"
-name = "bench-{nodes}-{requests}"
-requests = {requests}
-seed = 42
-window_s = 30
-
-[[models]]
-name = "llama-3.1-8b"
-traffic_share = 0.4
-node_share = 0.4
-
-[[models]]
-name = "qwen2.5-14b"
-traffic_share = 0.3
-node_share = 0.3
-size_factor = 1.7
-price_factor = 1.6
-
-[[models]]
-name = "mistral-small-24b"
-traffic_share = 0.2
-node_share = 0.2
-size_factor = 2.5
-price_factor = 2.5
-
-[[models]]
-name = "llama-3.3-70b"
-traffic_share = 0.1
-node_share = 0.1
-size_factor = 5
-price_factor = 6
-
-[nodes]
-count = {nodes}
-price_out = {{ dist = "lognormal", median = 150, sigma = 0.4 }}
-rtt_ms = {{ dist = "lognormal", median = 40, sigma = 0.6, max = 400 }}
-relayed_share = 0.1
-failure_rate = 0.005
-timeout_rate = 0.001
-
-[nodes.churn]
-leave_share = 0.1
-join_share = 0.1
-
-[[nodes.hardware]]
-name = "rtx-4090"
-share = 0.6
-decode_tokens_per_s = 60
-prefill_tokens_per_s = 3000
-max_concurrency = 4
-
-[[nodes.hardware]]
-name = "h100"
-share = 0.4
-decode_tokens_per_s = 110
-prefill_tokens_per_s = 10000
-max_concurrency = 16
-
-[[nodes.adversaries]]
-kind = "garbage"
-share = 0.05
-price_factor = 0.7
-
-[traffic]
-rate_per_s = {rate}
-builders = 200
-prompt_tokens = {{ dist = "lognormal", median = 400, sigma = 0.8, max = 8000 }}
-output_tokens = {{ dist = "lognormal", median = 150, sigma = 0.7, max = 1024 }}
-margin_bps = {{ dist = "choice", values = [0, 500, 1000] }}
-
-[operator]
-spot_check_rate = 0.02
-"#
-    );
-    Scenario::parse(&src, &[])
 }

@@ -175,9 +175,8 @@ pub struct Totals {
 
 impl Totals {
     fn add(&mut self, c: &Charge) -> Result<(), SimError> {
-        let add = |a: u64, b: u64, what: &'static str| {
-            a.checked_add(b).ok_or(SimError::Overflow(what))
-        };
+        let add =
+            |a: u64, b: u64, what: &'static str| a.checked_add(b).ok_or(SimError::Overflow(what));
         self.jobs = add(self.jobs, 1, "jobs")?;
         self.charged = add(self.charged, c.total, "total charged")?;
         self.provider = add(self.provider, c.provider_cost, "provider total")?;
@@ -327,7 +326,9 @@ impl<'a> Sim<'a> {
             .adversaries
             .iter()
             .filter(|a| a.join_at_s.is_some())
-            .map(|a| a.count.unwrap_or(0) + (a.share.unwrap_or(0.0) * nd.count as f64).round() as u64)
+            .map(|a| {
+                a.count.unwrap_or(0) + (a.share.unwrap_or(0.0) * nd.count as f64).round() as u64
+            })
             .sum();
         let total_nodes = nd.count + joiners + sybils;
         let total_nodes = u32::try_from(total_nodes).map_err(|_| SimError::Invalid {
@@ -404,7 +405,8 @@ impl<'a> Sim<'a> {
         let mut next_extra = u32::try_from(nd.count + joiners).unwrap_or(u32::MAX);
         let mut sybil_joins: Vec<(u32, f64)> = Vec::new();
         for (g, a) in nd.adversaries.iter().enumerate() {
-            let n = a.count.unwrap_or(0) + (a.share.unwrap_or(0.0) * nd.count as f64).round() as u64;
+            let n =
+                a.count.unwrap_or(0) + (a.share.unwrap_or(0.0) * nd.count as f64).round() as u64;
             let ids: Vec<u32> = match a.join_at_s {
                 None => {
                     let end = (taken + n as usize).min(order.len());
@@ -425,7 +427,9 @@ impl<'a> Sim<'a> {
                     node.cheat_rate = a.rate;
                     node.inflate_factor = a.inflate_factor;
                     node.group = Some(g as u16);
-                    let p = (node.offer.price_out as f64 * a.price_factor).round().max(1.0);
+                    let p = (node.offer.price_out as f64 * a.price_factor)
+                        .round()
+                        .max(1.0);
                     node.offer.price_out = p as u64;
                     node.offer.price_in = (p * nd.price_in_ratio).round() as u64;
                 }
@@ -577,7 +581,8 @@ impl<'a> Sim<'a> {
         let t = &self.sc.traffic;
         let mut r = t.rate_per_s;
         if t.arrival == Arrival::Diurnal {
-            r *= 1.0 + t.diurnal_amplitude * (std::f64::consts::TAU * t_s / t.diurnal_period_s).sin();
+            r *= 1.0
+                + t.diurnal_amplitude * (std::f64::consts::TAU * t_s / t.diurnal_period_s).sin();
         }
         for b in &t.bursts {
             if t_s >= b.start_s && t_s < b.start_s + b.duration_s {
@@ -613,7 +618,7 @@ impl<'a> Sim<'a> {
             match ev {
                 Ev::Arrival => {
                     self.arrival()?;
-                    if self.counters.arrivals % 4096 == 0 {
+                    if self.counters.arrivals.is_multiple_of(4096) {
                         progress(self.counters.arrivals, self.requests_target);
                     }
                 }
@@ -853,7 +858,11 @@ impl<'a> Sim<'a> {
                         filter.name().to_string()
                     }
                 };
-                *self.counters.no_candidate_by_filter.entry(name).or_default() += 1;
+                *self
+                    .counters
+                    .no_candidate_by_filter
+                    .entry(name)
+                    .or_default() += 1;
                 self.fail_request();
                 return Ok(());
             }
@@ -938,11 +947,8 @@ impl<'a> Sim<'a> {
         job.cheat = Cheat::None;
         let rn = &mut self.rng_node;
         // Fixed number of draws per attempt, whatever the outcome.
-        let (u_fail, u_stall, u_cheat) = (
-            rn.random::<f64>(),
-            rn.random::<f64>(),
-            rn.random::<f64>(),
-        );
+        let (u_fail, u_stall, u_cheat) =
+            (rn.random::<f64>(), rn.random::<f64>(), rn.random::<f64>());
         let cheats = u_cheat < n.cheat_rate;
         let outcome_at = if n.left_ms.is_some() {
             self.counters.connect_failures += 1;
@@ -963,11 +969,14 @@ impl<'a> Sim<'a> {
         } else {
             let half = n.rtt_ms / 2.0;
             let at_node = t_ms + half;
-            let (slot, free) = n
-                .slots
-                .iter()
-                .enumerate()
-                .fold((0usize, f64::MAX), |best, (k, &f)| if f < best.1 { (k, f) } else { best });
+            let (slot, free) =
+                n.slots
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0usize, f64::MAX),
+                        |best, (k, &f)| if f < best.1 { (k, f) } else { best },
+                    );
             let start = at_node.max(free);
             let first = start + f64::from(job.input) / n.prefill_tps * 1000.0;
             let finish = first + f64::from(job.output.saturating_sub(1)) / n.decode_tps * 1000.0;
@@ -1058,7 +1067,9 @@ impl<'a> Sim<'a> {
             self.counters.served_unbilled += 1;
         } else {
             n.health.breaker.record_success(now_ms);
-            n.health.trust.record(Evidence::Completed, now_ms, &self.trust);
+            n.health
+                .trust
+                .record(Evidence::Completed, now_ms, &self.trust);
             if job.cheat == Cheat::Garbage {
                 self.counters.garbage_served += 1;
             }
@@ -1089,15 +1100,24 @@ impl<'a> Sim<'a> {
         let tokens = u64::from(job.input) + u64::from(job.output);
         let c = charge(cost, tokens, self.fee_bps, &b.margin)?;
         self.totals.add(&c)?;
-        n.earned = n.earned.checked_add(cost).ok_or(SimError::Overflow("node earnings"))?;
+        n.earned = n
+            .earned
+            .checked_add(cost)
+            .ok_or(SimError::Overflow("node earnings"))?;
         if n.adversary() && n.caught_ms.is_none() {
             n.served_before_caught += 1;
             n.earned_before_caught += cost;
         }
         b.jobs += 1;
         b.tokens += tokens;
-        b.charged = b.charged.checked_add(c.total).ok_or(SimError::Overflow("builder charges"))?;
-        b.payout = b.payout.checked_add(c.margin).ok_or(SimError::Overflow("builder payout"))?;
+        b.charged = b
+            .charged
+            .checked_add(c.total)
+            .ok_or(SimError::Overflow("builder charges"))?;
+        b.payout = b
+            .payout
+            .checked_add(c.margin)
+            .ok_or(SimError::Overflow("builder payout"))?;
         self.counters.builder_tokens += tokens;
         self.window.tokens += tokens;
         self.window.charged += c.total;
@@ -1208,7 +1228,10 @@ impl<'a> Sim<'a> {
             self.fee_bps,
             &Margin::default(),
         )?;
-        n.earned = n.earned.checked_add(cost).ok_or(SimError::Overflow("node earnings"))?;
+        n.earned = n
+            .earned
+            .checked_add(cost)
+            .ok_or(SimError::Overflow("node earnings"))?;
         n.check_earned += cost;
         self.totals.add(&c)?;
         self.check_totals.add(&c)?;
@@ -1369,9 +1392,16 @@ impl<'a> Sim<'a> {
                 dispatches: n.dispatches,
                 earned: n.earned,
                 check_earned: n.check_earned,
-                trust_end: n.health.trust.score(ROUTER_EPOCH_MS + self.now_us / 1000, &self.trust),
+                trust_end: n
+                    .health
+                    .trust
+                    .score(ROUTER_EPOCH_MS + self.now_us / 1000, &self.trust),
                 spot_failed: n.spot_failed,
-                ever_joined: n.in_table || n.left_ms.is_some() || n.jobs > 0 || n.join_ms > 0.0 || i < self.sc.nodes.count as usize,
+                ever_joined: n.in_table
+                    || n.left_ms.is_some()
+                    || n.jobs > 0
+                    || n.join_ms > 0.0
+                    || i < self.sc.nodes.count as usize,
             })
             .collect();
         let adversaries: Vec<AdversaryRow> = self

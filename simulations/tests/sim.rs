@@ -29,7 +29,12 @@ fn scaled(name: &str, k: u64, requests: u64, extra: &[&str]) -> Scenario {
     let count = format!("nodes.count={}", (full.nodes.count / k).max(20));
     let rate = format!("traffic.rate_per_s={}", full.traffic.rate_per_s / k as f64);
     let req = format!("requests={requests}");
-    let mut sets = vec![count.as_str(), rate.as_str(), req.as_str(), "settlement.signed_sample=40"];
+    let mut sets = vec![
+        count.as_str(),
+        rate.as_str(),
+        req.as_str(),
+        "settlement.signed_sample=40",
+    ];
     sets.extend_from_slice(extra);
     load(name, &sets)
 }
@@ -53,12 +58,24 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn same_seed_same_bytes_other_seed_differs() {
     let sc = scaled("churn", 10, 3_000, &[]);
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
     run(&sc).write(&a).unwrap();
     run(&sc).write(&b).unwrap();
     let fa = files(&a);
-    assert!(fa.len() >= 10, "{:?}", fa.iter().map(|f| &f.0).collect::<Vec<_>>());
-    assert_eq!(fa, files(&b), "same scenario and seed must give identical files");
+    assert!(
+        fa.len() >= 10,
+        "{:?}",
+        fa.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        fa,
+        files(&b),
+        "same scenario and seed must give identical files"
+    );
     let mut other = sc.clone();
     other.seed += 1;
     run(&other).write(&c).unwrap();
@@ -69,7 +86,11 @@ fn same_seed_same_bytes_other_seed_differs() {
             .map(|(_, b)| b.clone())
             .unwrap()
     };
-    assert_ne!(summary(&fa), summary(&fc), "another seed must change the run");
+    assert_ne!(
+        summary(&fa),
+        summary(&fc),
+        "another seed must change the run"
+    );
 }
 
 #[test]
@@ -100,7 +121,10 @@ fn money_balances_in_every_shipped_scenario() {
         assert_eq!(s.apps_charged_sum, s.total_charged, "{name}");
         let sample = s.signed_sample.as_ref().unwrap();
         assert!(sample.receipts > 0, "{name}");
-        assert!(sample.matches_simulation, "{name}: signed statement disagrees");
+        assert!(
+            sample.matches_simulation,
+            "{name}: signed statement disagrees"
+        );
         assert_eq!(
             sample.total_charged,
             sample.total_provider + sample.total_network_fee + sample.total_margin
@@ -121,16 +145,29 @@ fn cheaters_lose_their_traffic_and_honest_nodes_keep_theirs() {
     let with = run(&scaled("cheating", 4, 50_000, &sybils));
     let a = &with.summary.adversaries;
     assert!(a.nodes >= 25, "{a:?}");
-    assert!(a.garbage_served > 0, "the cheaters did get traffic at first");
+    assert!(
+        a.garbage_served > 0,
+        "the cheaters did get traffic at first"
+    );
     let first = a.share_first_below_1pct_at_request.unwrap();
-    assert!(first <= 10_000, "start-up cheaters still above 1% at {first}");
+    assert!(
+        first <= 10_000,
+        "start-up cheaters still above 1% at {first}"
+    );
     let settled = a.share_below_1pct_after_requests.unwrap();
-    assert!(settled <= 35_000, "adversaries above 1% until request {settled}");
+    assert!(
+        settled <= 35_000,
+        "adversaries above 1% until request {settled}"
+    );
     let last = with.blocks.last().unwrap();
     assert!(last.share() < 0.01, "{last:?}");
     assert_eq!(with.summary.spot_checks.false_positives, 0);
     for n in with.nodes.iter().filter(|n| n.behaviour == "honest") {
-        assert_eq!(n.spot_failed, 0, "honest node {} failed a spot check", n.node);
+        assert_eq!(
+            n.spot_failed, 0,
+            "honest node {} failed a spot check",
+            n.node
+        );
     }
     // Every inflating node is caught by its first rejected receipt and is
     // never paid for one.
@@ -144,7 +181,10 @@ fn cheaters_lose_their_traffic_and_honest_nodes_keep_theirs() {
         "cheating",
         4,
         50_000,
-        &["nodes.adversaries[3].count=10", "operator.spot_check_rate=0"],
+        &[
+            "nodes.adversaries[3].count=10",
+            "operator.spot_check_rate=0",
+        ],
     ));
     let (h_with, h_without) = (
         with.summary.providers.honest_earned,
