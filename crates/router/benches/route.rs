@@ -5,8 +5,14 @@
 //! table gives p50 / p99 / max per decision, for both entry points:
 //! `route` over `&[Candidate]` (pointers into the caller's `Offer`s and
 //! `Observed`s) and `route_table` over a `CandidateTable` (compact rows kept
-//! up to date by the caller; building it is not timed, as it is maintained
-//! incrementally, not per request).
+//! up to date by the caller, read through its block index; building it is
+//! not timed, as it is maintained incrementally, not per request). The
+//! table is built by upserts one node at a time, as a coordinator fills it,
+//! and not regrouped afterwards (`reindex` is not called), so its index is as
+//! a live table's would be. `table::route_table_scan` is the same decision
+//! over the same table without the index (what `route_table` was before
+//! it), timed in the same run as the baseline; the bench checks that all
+//! three return the same list.
 //!
 //! `cargo bench -p sharenet-router` (add `-- --quick` for fewer decisions).
 
@@ -17,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sharenet_router::{
     Admit, CandidateTable, NodeKey, Observed, Offer, Preferences, Request, RouteCandidate,
-    RouteParams, Sort, Weights, route, route_table,
+    RouteParams, Sort, Weights, route, route_table, table::route_table_scan,
 };
 
 const REGIONS: [&str; 6] = [
@@ -93,7 +99,7 @@ struct Scenario {
     prefs: fn() -> Preferences,
 }
 
-const SCENARIOS: [Scenario; 3] = [
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "default prefs",
         prefs: Preferences::default,
@@ -111,6 +117,20 @@ const SCENARIOS: [Scenario; 3] = [
         name: "sort = price",
         prefs: || Preferences {
             sort: Some(Sort::Price),
+            ..Preferences::default()
+        },
+    },
+    Scenario {
+        name: "sort = latency",
+        prefs: || Preferences {
+            sort: Some(Sort::Latency),
+            ..Preferences::default()
+        },
+    },
+    Scenario {
+        name: "sort = throughput",
+        prefs: || Preferences {
+            sort: Some(Sort::Throughput),
             ..Preferences::default()
         },
     },
@@ -134,8 +154,10 @@ fn main() {
     };
     let weights = Weights::default();
     let params = RouteParams::default();
-    println!("| candidates | entry point | scenario | survivors | decisions | p50 | p99 | max |");
-    println!("|---:|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| candidates | entry point | scenario | survivors | decisions | p50 | p99 | max | p50 scan / p50 indexed |"
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
     for (n, decisions) in sizes {
         let mut gen_rng = StdRng::seed_from_u64(n as u64);
         let nodes: Vec<Node> = (0..n).map(|i| random_node(&mut gen_rng, i)).collect();
@@ -157,7 +179,40 @@ fn main() {
             let prefs = (sc.prefs)();
             // Survivors of the filter, counted once outside the timing.
             let live = count_survivors(&table, &prefs, &params);
-            for entry in ["route", "route_table"] {
+            // Every entry point gives the same list (checked untimed).
+            let mut req_rng = StdRng::seed_from_u64(11);
+            for seed in 0..20 {
+                let req = Request {
+                    input_tokens: req_rng.random_range(100..4000),
+                    max_output_tokens: req_rng.random_range(64..1024),
+                    prefs: prefs.clone(),
+                };
+                let a = route(
+                    &cands,
+                    &req,
+                    &weights,
+                    &params,
+                    &mut StdRng::seed_from_u64(seed),
+                );
+                let b = route_table(
+                    &table,
+                    &req,
+                    &weights,
+                    &params,
+                    &mut StdRng::seed_from_u64(seed),
+                );
+                let c = route_table_scan(
+                    &table,
+                    &req,
+                    &weights,
+                    &params,
+                    &mut StdRng::seed_from_u64(seed),
+                );
+                assert_eq!(a, b, "route_table differs from route");
+                assert_eq!(b, c, "route_table differs from route_table_scan");
+            }
+            let mut p50_scan = Duration::ZERO;
+            for entry in ["route", "route_table_scan", "route_table"] {
                 let mut rng = StdRng::seed_from_u64(7);
                 let mut req_rng = StdRng::seed_from_u64(11);
                 let mut times = Vec::with_capacity(decisions);
@@ -168,10 +223,12 @@ fn main() {
                         prefs: prefs.clone(),
                     };
                     let t = Instant::now();
-                    let out = if entry == "route" {
-                        route(black_box(&cands), &req, &weights, &params, &mut rng)
-                    } else {
-                        route_table(black_box(&table), &req, &weights, &params, &mut rng)
+                    let out = match entry {
+                        "route" => route(black_box(&cands), &req, &weights, &params, &mut rng),
+                        "route_table_scan" => {
+                            route_table_scan(black_box(&table), &req, &weights, &params, &mut rng)
+                        }
+                        _ => route_table(black_box(&table), &req, &weights, &params, &mut rng),
                     };
                     let el = t.elapsed();
                     black_box(out).expect("some node survives");
@@ -181,11 +238,20 @@ fn main() {
                     }
                 }
                 times.sort_unstable();
+                let p50 = percentile(&times, 0.5);
+                if entry == "route_table_scan" {
+                    p50_scan = p50;
+                }
+                let speedup = if entry == "route_table" {
+                    format!("×{:.1}", p50_scan.as_secs_f64() / p50.as_secs_f64())
+                } else {
+                    String::new()
+                };
                 println!(
-                    "| {n} | `{entry}` | {} | {live} | {} | {} | {} | {} |",
+                    "| {n} | `{entry}` | {} | {live} | {} | {} | {} | {} | {speedup} |",
                     sc.name,
                     times.len(),
-                    us(percentile(&times, 0.5)),
+                    us(p50),
                     us(percentile(&times, 0.99)),
                     us(*times.last().unwrap()),
                 );

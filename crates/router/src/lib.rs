@@ -13,8 +13,10 @@
 //!   spread load with power-of-two-choices, cap probation traffic, return an
 //!   ordered fallback list or the constraint that emptied it;
 //! - [`table`]: [`CandidateTable`], the live candidates for one model kept
-//!   compact and updated in place, and [`route_table`], the same decision
-//!   over it (identical output to [`route()`], tested), for large fleets;
+//!   compact and updated in place, with a block index of lower bounds, and
+//!   [`route_table`], the same decision over it (identical output to
+//!   [`route()`], tested), reading only the blocks that can matter, for
+//!   large fleets;
 //! - [`health`]: the per-node bundle of the three above and the step that
 //!   turns it into a [`route::Candidate`] at an instant.
 //!
@@ -43,16 +45,23 @@
 //!   filters are never returned.
 //! - Nodes on probation win at most `probation_share` of first picks when a
 //!   node not on probation is available.
-//! - A decision costs one pass over the candidates plus one over the
+//! - `route` costs one pass over the candidates plus one over the
 //!   survivors, with no per-candidate allocation and no full sort.
-//!   `cargo bench -p sharenet-router` prints p50/p99/max per decision at
-//!   1,000 / 10,000 / 100,000 candidates for both entry points.
+//!   `route_table` reads only the blocks of its index whose lower bounds
+//!   can still change the answer (the normalisers, then the best few), and
+//!   returns exactly what the full scan returns: the bounds only decide what
+//!   is read, never what is returned; the decision's semantics did not
+//!   change. `cargo bench -p sharenet-router` prints p50/p99/max per
+//!   decision at 1,000 / 10,000 / 100,000 candidates for `route`, the full
+//!   scan over the table (`table::route_table_scan`) and `route_table`, and
+//!   checks the three agree.
 //! - Everything a simulator might log is `serde`-serializable (not
 //!   `CandidateTable`: it is an index over logged inputs, rebuilt from them).
 
 pub mod breaker;
 pub mod candidate;
 pub mod health;
+mod index;
 pub mod route;
 pub mod table;
 pub mod trust;

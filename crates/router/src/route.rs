@@ -58,15 +58,22 @@
 //! stored as inverses so it does not divide. `route` builds those numbers
 //! from the caller's `Offer`s and `Observed`s on every call (memory-bound at
 //! 10,000+ nodes); `route_table` reads them from a `CandidateTable` the caller
-//! keeps up to date. See `benches/route.rs`.
+//! keeps up to date, and only from the blocks of rows whose lower bounds
+//! (price, first-token time, seconds per token, completion time, trust term;
+//! see `index`) show they can hold the smallest price, the smallest time or
+//! one of the best few (`route_indexed`): the same list as the full scan,
+//! bit for bit, for a fraction of the reads. See `benches/route.rs`.
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::Admit;
 use crate::candidate::{NodeKey, Observed, Offer};
+use crate::index::{BLOCK, HUGE_INV_TPS, LADDER, Summary};
+use crate::table::CandidateTable;
 
 /// A key that, when given, decides the order before the score (OpenRouter's
 /// `provider.sort`).
@@ -999,39 +1006,380 @@ pub(crate) fn route_core<S: Source + ?Sized, R: Rng + ?Sized>(
         return Err(emptied_by(&fails, n, ctx.trust_filter));
     }
 
+    rank(
+        src, &ctx, survivors, min_price, min_time, false, req, weights, params, rng,
+    )
+}
+
+/// Lower bounds, for one request, of what any row of one block can score
+/// (see `index`): every row that passes the filters has a price, first-token
+/// time, seconds per token, completion time and trust term at least these.
+/// Each is computed with the same floating-point operations, in the same
+/// order, as `Ctx::predict` and `rank` compute a row's, from values no larger
+/// than the row's; rounding is monotone, so the bound holds exactly.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    price: u64,
+    first_token: f64,
+    inv_tps: f64,
+    time: f64,
+    trust_term: f64,
+}
+
+impl Bounds {
+    /// `None` when no row of the block can pass the numeric filters.
+    fn of(s: &Summary, ctx: &Ctx) -> Option<Bounds> {
+        let feasible = u64::from(s.max_context) >= ctx.needed_context
+            && s.min_price_in <= ctx.max_price_in
+            && s.min_price_out <= ctx.max_price_out
+            && s.max_trust >= ctx.trust_min
+            && s.admits;
+        if !feasible {
+            return None;
+        }
+        let price = u64::from(ctx.input_tokens)
+            .saturating_mul(s.min_price_in)
+            .saturating_add(u64::from(ctx.max_out).saturating_mul(s.min_price_out));
+        // Rows that lack a measurement: field by field, the default where
+        // some row lacks it (an unknown RTT is the default, or twice it when
+        // relayed: not less).
+        let (other_first_token, other_inv_tps, other_time) = if s.any_other {
+            let rtt = if s.unknown_rtt {
+                s.min_rtt.min(ctx.unknown_rtt_ms)
+            } else {
+                s.min_rtt
+            };
+            let ttft = if s.unknown_ttft {
+                s.min_ttft.min(ctx.unknown_ttft_ms)
+            } else {
+                s.min_ttft
+            };
+            // The advertised speed is shared by at least one sequence.
+            let inv_tps = if s.unknown_tps {
+                s.min_inv_tps.min(ctx.inv_unknown_tps)
+            } else {
+                s.min_inv_tps
+            };
+            // A row's first-token time is (rtt + queue) + ttft, queue >= 0.
+            let first_token = rtt + ttft;
+            (
+                first_token,
+                inv_tps,
+                first_token + ctx.gen_ms_x_tps * inv_tps,
+            )
+        } else {
+            (f64::INFINITY, f64::INFINITY, f64::INFINITY)
+        };
+        // Fully measured rows: the best time at the longest ladder length
+        // not above this request's (a row's time is increasing in it).
+        let rung = LADDER
+            .iter()
+            .rposition(|&out| out <= ctx.max_out)
+            .unwrap_or(0);
+        let measured_time = s.measured_time.get(rung).copied().unwrap_or(0.0);
+        let measured_first_token = s.measured_time.first().copied().unwrap_or(0.0);
+        Some(Bounds {
+            price,
+            first_token: measured_first_token.min(other_first_token),
+            inv_tps: s.measured_inv_tps.min(other_inv_tps),
+            time: measured_time.min(other_time),
+            trust_term: ctx.trust_weight * (1.0 - s.max_trust.min(1.0)),
+        })
+    }
+}
+
+/// What the block walks of `route_indexed` have read so far.
+struct Walk {
+    read: Vec<bool>,
+    survivors: Vec<Scored>,
+    min_price: u64,
+    min_time: f64,
+}
+
+/// A non-negative float as an integer with the same order (NaN and
+/// negatives as 0, i.e. visited first, which is always safe).
+fn order_bits(x: f64) -> u64 {
+    if x > 0.0 { x.to_bits() } else { 0 }
+}
+
+/// Filters and predicts the given rows, as `scan_keyed` does for all.
+fn scan_rows<S: Source + ?Sized>(
+    ctx: &Ctx,
+    src: &S,
+    labels: &S::Labels,
+    rows: &[u32],
+    out: &mut Vec<Scored>,
+    min_price: &mut u64,
+    min_time: &mut f64,
+) {
+    for &r in rows {
+        let idx = r as usize;
+        let f = src.facts(idx);
+        if ctx.numeric_ok(&f) && (!ctx.any_optional || ctx.optional_ok(src, idx, labels)) {
+            let mut s = ctx.predict(&f, idx);
+            ctx.place(&mut s, src.key(idx));
+            *min_price = (*min_price).min(s.price);
+            *min_time = min_time.min(s.total_ms);
+            out.push(s);
+        }
+    }
+}
+
+/// `route_core` over a `CandidateTable` through its block index: the same
+/// list, reading only the blocks that can matter (see `index`).
+///
+/// Three walks over the blocks, each best bound first and each stopping at
+/// the first block whose bound cannot improve what it looks for: the
+/// smallest price among survivors, the smallest completion time among
+/// survivors (the score's normalisers, exact), then the best few by the
+/// ranking's order (a block is skipped only when its bound is strictly worse
+/// than the current k-th of both the list and the best non-probation
+/// nodes, so ties are always read). Rows read by one walk are not read
+/// again. Whether any skipped survivor is on probation (it changes the rng
+/// draws) is checked on the probation rows alone.
+///
+/// Falls back to the full scan for `order` and private pools (their
+/// placement needs every key), lists longer than `SMALL_K`, defaults that
+/// would make a bound non-finite, and when nothing survives (to name the
+/// constraint).
+pub(crate) fn route_indexed<R: Rng + ?Sized>(
+    table: &CandidateTable,
+    req: &Request,
+    weights: &Weights,
+    params: &RouteParams,
+    rng: &mut R,
+) -> Result<Vec<NodeKey>, NoCandidate> {
+    let ix = table.blocks();
+    let n = table.count();
+    let prefs = &req.prefs;
+    let max = params.max_candidates.max(1);
+    let p2c_k = params.p2c_top_k.max(1);
+    let k_all = max.max(p2c_k);
+    if n == 0
+        || !prefs.order.is_empty()
+        || prefs.private_pool.is_some()
+        || k_all > SMALL_K
+        || !ix.covers(n)
+    {
+        return route_core(table, req, weights, params, rng);
+    }
+    let ctx = Ctx::new(req, params, weights);
+    if ctx.inv_unknown_tps.is_nan() || ctx.inv_unknown_tps > HUGE_INV_TPS {
+        return route_core(table, req, weights, params, rng);
+    }
+    let labels = table.labels(prefs);
+    let bounds: Vec<Option<Bounds>> = ix.blocks.iter().map(|s| Bounds::of(s, &ctx)).collect();
+    let mut w = Walk {
+        read: vec![false; bounds.len()],
+        survivors: Vec::with_capacity(BLOCK * 8),
+        min_price: u64::MAX,
+        min_time: f64::INFINITY,
+    };
+    let scan = |w: &mut Walk, b: usize| -> bool {
+        match w.read.get_mut(b) {
+            Some(r) if !*r => *r = true,
+            _ => return false,
+        }
+        scan_rows(
+            &ctx,
+            table,
+            &labels,
+            ix.rows(b),
+            &mut w.survivors,
+            &mut w.min_price,
+            &mut w.min_time,
+        );
+        true
+    };
+    let feasible = || {
+        bounds
+            .iter()
+            .enumerate()
+            .filter_map(|(b, x)| x.map(|x| (b, x)))
+    };
+
+    // Blocks with rows outside the bounds argument: always read.
+    for (b, _) in feasible() {
+        if ix.blocks.get(b).is_some_and(|s| s.exotic) {
+            scan(&mut w, b);
+        }
+    }
+    // Walk 1: the smallest price.
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> =
+        feasible().map(|(b, x)| Reverse((x.price, b))).collect();
+    while let Some(Reverse((lb, b))) = heap.pop() {
+        if lb >= w.min_price {
+            break;
+        }
+        scan(&mut w, b);
+    }
+    // Walk 2: the smallest time.
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = feasible()
+        .map(|(b, x)| Reverse((order_bits(x.time), b)))
+        .collect();
+    while let Some(Reverse((_, b))) = heap.pop() {
+        let lb = bounds.get(b).copied().flatten().map_or(0.0, |x| x.time);
+        if lb >= w.min_time {
+            break;
+        }
+        scan(&mut w, b);
+    }
+    if w.survivors.is_empty() {
+        // Every block that could hold a survivor was read: none. Name the
+        // constraint the usual way.
+        return route_core(table, req, weights, params, rng);
+    }
+
+    // Walk 3: the best few by the ranking's order.
+    let (wp, wl) = score_weights(weights, w.min_price, w.min_time);
+    let sort = prefs.sort;
+    let lb_quick = |x: &Bounds| -> f64 {
+        match sort {
+            None => wp * x.price as f64 + wl * x.time + x.trust_term,
+            Some(Sort::Price) => x.price as f64,
+            Some(Sort::Latency) => x.first_token,
+            Some(Sort::Throughput) => x.inv_tps,
+        }
+    };
+    let mut all = TopK::new(k_all);
+    let mut trusted = TopK::new(p2c_k);
+    let offer_from =
+        |from: usize, survivors: &mut Vec<Scored>, all: &mut TopK, trusted: &mut TopK| {
+            for s in survivors.iter_mut().skip(from) {
+                s.score = wp * s.price as f64 + wl * s.total_ms + s.trust_term;
+            }
+            let survivors = &*survivors;
+            let cmp = |i: usize, j: usize| -> Ordering {
+                match (survivors.get(i), survivors.get(j)) {
+                    (Some(a), Some(b)) => cmp_scored(table, sort, a, b),
+                    _ => i.cmp(&j),
+                }
+            };
+            for (i, s) in survivors.iter().enumerate().skip(from) {
+                let q = quick_key(sort, s);
+                all.offer(i, q, cmp);
+                if !s.probation {
+                    trusted.offer(i, q, cmp);
+                }
+            }
+            survivors.len()
+        };
+    let mut offered = offer_from(0, &mut w.survivors, &mut all, &mut trusted);
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = feasible()
+        .filter(|(b, _)| !w.read.get(*b).copied().unwrap_or(true))
+        .map(|(b, x)| Reverse((order_bits(lb_quick(&x)), b)))
+        .collect();
+    while let Some(Reverse((_, b))) = heap.pop() {
+        let lb = bounds
+            .get(b)
+            .copied()
+            .flatten()
+            .map_or(0.0, |x| lb_quick(&x));
+        // Strictly worse than both k-ths: no row here can enter either.
+        if lb > all.worst && lb > trusted.worst {
+            break;
+        }
+        if scan(&mut w, b) {
+            offered = offer_from(offered, &mut w.survivors, &mut all, &mut trusted);
+        }
+    }
+
+    // A survivor on probation left unread still changes the draws.
+    let mut more_probation = false;
+    'blocks: for (b, _) in feasible() {
+        let Some(s) = ix.blocks.get(b) else { continue };
+        if s.probation == 0 || w.read.get(b).copied().unwrap_or(true) {
+            continue;
+        }
+        for (bit, &r) in ix.rows(b).iter().enumerate() {
+            let idx = r as usize;
+            if s.probation & (1u64 << bit) != 0
+                && ctx.numeric_ok(&table.facts(idx))
+                && (!ctx.any_optional || ctx.optional_ok(table, idx, &labels))
+            {
+                more_probation = true;
+                break 'blocks;
+            }
+        }
+    }
+    rank(
+        table,
+        &ctx,
+        w.survivors,
+        w.min_price,
+        w.min_time,
+        more_probation,
+        req,
+        weights,
+        params,
+        rng,
+    )
+}
+
+/// The ranking's weights per unit of price and of time: each as a multiple
+/// of the best survivor's.
+fn score_weights(weights: &Weights, min_price: u64, min_time: f64) -> (f64, f64) {
+    (
+        weight(weights.price) / (min_price.max(1) as f64),
+        weight(weights.latency) / min_time.max(1.0),
+    )
+}
+
+/// The full order of survivors: `sort`'s key, score, node key.
+#[inline]
+fn cmp_scored<S: Source + ?Sized>(src: &S, sort: Option<Sort>, a: &Scored, b: &Scored) -> Ordering {
+    let primary = match sort {
+        None => Ordering::Equal,
+        Some(Sort::Price) => a.price.cmp(&b.price),
+        Some(Sort::Latency | Sort::Throughput) => a.aux.total_cmp(&b.aux),
+    };
+    primary
+        .then_with(|| a.score.total_cmp(&b.score))
+        .then_with(|| src.key(a.idx as usize).cmp(src.key(b.idx as usize)))
+}
+
+/// The first component of that order that is not always equal, as a float
+/// (`as f64` is monotone on u64, so a larger float is never a smaller
+/// price).
+#[inline]
+fn quick_key(sort: Option<Sort>, s: &Scored) -> f64 {
+    match sort {
+        None => s.score,
+        Some(Sort::Price) => s.price as f64,
+        Some(Sort::Latency | Sort::Throughput) => s.aux,
+    }
+}
+
+/// Scores the survivors and builds the list. `survivors` may be a subset of
+/// all survivors if it holds every one that can be in a group's best few,
+/// `min_price` / `min_time` are over all survivors, and `more_probation`
+/// says whether a survivor left out is on probation (the indexed path).
+#[allow(clippy::too_many_arguments)]
+fn rank<S: Source + ?Sized, R: Rng + ?Sized>(
+    src: &S,
+    ctx: &Ctx,
+    mut survivors: Vec<Scored>,
+    min_price: u64,
+    min_time: f64,
+    more_probation: bool,
+    req: &Request,
+    weights: &Weights,
+    params: &RouteParams,
+    rng: &mut R,
+) -> Result<Vec<NodeKey>, NoCandidate> {
+    let n = src.count();
     // Pass 2: score and keep the best few per group.
-    let wp = weight(weights.price) / (min_price.max(1) as f64);
-    let wl = weight(weights.latency) / min_time.max(1.0);
+    let (wp, wl) = score_weights(weights, min_price, min_time);
     for s in &mut survivors {
         s.score = wp * s.price as f64 + wl * s.total_ms + s.trust_term;
     }
     let survivors = survivors;
     let sort = req.prefs.sort;
     let key = |s: &Scored| src.key(s.idx as usize);
-    // The full order: `sort`'s key, score, node key.
-    let cmp_scored = |a: &Scored, b: &Scored| -> Ordering {
-        let primary = match sort {
-            None => Ordering::Equal,
-            Some(Sort::Price) => a.price.cmp(&b.price),
-            Some(Sort::Latency | Sort::Throughput) => a.aux.total_cmp(&b.aux),
-        };
-        primary
-            .then_with(|| a.score.total_cmp(&b.score))
-            .then_with(|| key(a).cmp(key(b)))
-    };
-    // The first component of that order that is not always equal, as a
-    // float (`as f64` is monotone on u64, so a larger float is a larger
-    // price).
-    let quick = |s: &Scored| -> f64 {
-        match sort {
-            None => s.score,
-            Some(Sort::Price) => s.price as f64,
-            Some(Sort::Latency | Sort::Throughput) => s.aux,
-        }
-    };
+    let quick = |s: &Scored| quick_key(sort, s);
     let cmp = |i: usize, j: usize| -> Ordering {
         match (survivors.get(i), survivors.get(j)) {
-            (Some(a), Some(b)) => cmp_scored(a, b),
+            (Some(a), Some(b)) => cmp_scored(src, sort, a, b),
             _ => i.cmp(&j),
         }
     };
@@ -1057,6 +1405,8 @@ pub(crate) fn route_core<S: Source + ?Sized, R: Rng + ?Sized>(
         }
     }
     ordered.sort_unstable();
+    // The indexed path has no pool preference: every survivor is public.
+    groups[1].has_probation |= more_probation;
     for g in &mut groups {
         g.all.finish(cmp);
         g.trusted.finish(cmp);

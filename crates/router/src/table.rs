@@ -12,8 +12,19 @@
 //! place when something about a node changes (an advert, a finished job, a
 //! trust or breaker change), so the per-request work is the scan alone.
 //!
+//! The table also keeps a block index (`crate::index`): rows grouped in
+//! blocks of 64 by price, then by a reference completion time, each block
+//! with exact minima / maxima of what the ranking reads. `route_table` reads
+//! only the blocks whose bounds show they can change the answer, so at
+//! 10,000 rows a decision reads a few hundred to a few thousand rows instead
+//! of all. Every change to a row recomputes its block's summary (64 rows),
+//! so bounds are always exact; the grouping itself is redone when about a
+//! sixteenth of the rows were added, removed or moved far (`reindex` does it
+//! on demand).
+//!
 //! `route_table` gives exactly the list `route` gives for the same
-//! candidates (tested), so callers can switch freely.
+//! candidates (tested), so callers can switch freely; `route_table_scan` is
+//! the same decision without the index.
 //!
 //! The caller keeps time-dependent inputs fresh, as for `route`: the trust
 //! score, probation and breaker admission are stored as given, so refresh a
@@ -26,6 +37,7 @@ use rand::Rng;
 
 use crate::breaker::Admit;
 use crate::candidate::{NodeKey, Observed};
+use crate::index::Index;
 use crate::route::{
     Candidate, Facts, NoCandidate, Preferences, Request, RouteParams, Source, Weights,
 };
@@ -128,6 +140,8 @@ pub struct CandidateTable {
     weights: Interner<[u8; 32]>,
     quantizations: Interner<String>,
     regions: Interner<String>,
+    /// Blocks of rows with bounds, kept up to date by every change.
+    blocks: Index,
 }
 
 impl CandidateTable {
@@ -163,8 +177,10 @@ impl CandidateTable {
                     self.release(old);
                 }
                 if let (Some(f), Some(l)) = (self.facts.get_mut(i), self.labels.get_mut(i)) {
+                    let old = *f;
                     *f = facts;
                     *l = labels;
+                    self.blocks.changed(&self.facts, i, &old);
                 }
             }
             None => {
@@ -172,6 +188,7 @@ impl CandidateTable {
                 self.keys.push(o.node);
                 self.facts.push(facts);
                 self.labels.push(labels);
+                self.blocks.push(&self.facts);
             }
         }
     }
@@ -187,10 +204,15 @@ impl CandidateTable {
         probation: bool,
         breaker: Admit,
     ) -> bool {
-        let Some(f) = self.index.get(node).and_then(|&i| self.facts.get_mut(i)) else {
+        let Some(&i) = self.index.get(node) else {
             return false;
         };
+        let Some(f) = self.facts.get_mut(i) else {
+            return false;
+        };
+        let old = *f;
         f.set_state(observed, trust, probation, breaker);
+        self.blocks.changed(&self.facts, i, &old);
         true
     }
 
@@ -206,10 +228,24 @@ impl CandidateTable {
         self.facts.swap_remove(i);
         let old = self.labels.swap_remove(i);
         self.release(old);
+        self.blocks.remove(&self.facts, i);
         if let Some(moved) = self.keys.get(i) {
             self.index.insert(*moved, i);
         }
         true
+    }
+
+    /// The block index (see `index`).
+    pub(crate) fn blocks(&self) -> &Index {
+        &self.blocks
+    }
+
+    /// Regroups the rows for the fastest decisions now. Optional: the table
+    /// regroups itself once enough rows were added or changed, and decisions
+    /// are exact whatever the grouping; call this after loading a fleet if
+    /// the very next decisions must be as fast as possible.
+    pub fn reindex(&mut self) {
+        self.blocks.rebuild(&self.facts);
     }
 
     fn release(&mut self, l: RowLabels) {
@@ -310,8 +346,22 @@ impl Source for CandidateTable {
     }
 }
 
-/// `route` over a `CandidateTable`: the same decision, the same list.
+/// `route` over a `CandidateTable`: the same decision, the same list,
+/// reading only the blocks of rows that can matter (see `crate::index`).
 pub fn route_table<R: Rng + ?Sized>(
+    table: &CandidateTable,
+    req: &Request,
+    weights: &Weights,
+    params: &RouteParams,
+    rng: &mut R,
+) -> Result<Vec<NodeKey>, NoCandidate> {
+    crate::route::route_indexed(table, req, weights, params, rng)
+}
+
+/// `route_table` without the block index: one pass over every row (what
+/// `route_table` did before the index). The same list; kept as the
+/// reference the indexed path is tested and benchmarked against.
+pub fn route_table_scan<R: Rng + ?Sized>(
     table: &CandidateTable,
     req: &Request,
     weights: &Weights,

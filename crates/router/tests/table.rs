@@ -292,3 +292,152 @@ fn labels_match_case_insensitively_and_unknown_labels_match_nothing() {
     assert!(!table.update_state(&[1; 32], &Observed::default(), 1.0, false, Admit::Yes));
     assert!(table.contains(&[2; 32]) && !table.contains(&[1; 32]));
 }
+
+/// Fleets large enough for many index blocks (64 rows each), with skewed
+/// prices and measurements, churned after the index was built: the indexed
+/// `route_table`, the full scan over the same table and `route` over the
+/// same candidates agree on every request.
+#[test]
+fn indexed_table_matches_the_scan_on_large_churned_fleets() {
+    use rand::Rng;
+    use sharenet_router::table::route_table_scan;
+    let mut rng = StdRng::seed_from_u64(42);
+    for (n, requests) in [(700usize, 300usize), (3000, 150)] {
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|i| {
+                let mut node: NodeKey = [0; 32];
+                rng.fill(&mut node[..]);
+                node[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let known = rng.random_bool(0.7);
+                let conc = rng.random_range(1..=16);
+                let pin = (5.0 * 100f64.powf(rng.random::<f64>())) as u64;
+                Node {
+                    offer: Offer {
+                        node,
+                        price_in: pin,
+                        price_out: pin * rng.random_range(1..=4),
+                        context_length: [2048, 8192, 131072][rng.random_range(0..3)],
+                        weights_sha256: Some([rng.random_range(0..2u8); 32]),
+                        quantization: Some(QUANTS[rng.random_range(0..3)].to_string()),
+                        region: Some(REGIONS[rng.random_range(0..3)].to_string()),
+                        max_concurrency: conc,
+                        queue_depth: rng.random_range(0..=2 * conc),
+                        advertised_tokens_per_sec: rng
+                            .random_bool(0.7)
+                            .then(|| rng.random_range(10..3000)),
+                        relayed: rng.random_bool(0.2),
+                        gpus: 1,
+                    },
+                    observed: Observed {
+                        rtt_ms: (known || rng.random_bool(0.2))
+                            .then(|| rng.random_range(1.0..300.0)),
+                        ttft_ewma_ms: known.then(|| rng.random_range(30.0..3000.0)),
+                        ttft_peak_ms: (known && rng.random_bool(0.5))
+                            .then(|| rng.random_range(30.0..6000.0)),
+                        tokens_per_sec_ewma: (known && rng.random_bool(0.8))
+                            .then(|| rng.random_range(5.0..300.0)),
+                        in_flight: rng.random_range(0..6),
+                        ..Observed::default()
+                    },
+                    trust: rng.random_range(0.3..1.0),
+                    probation: rng.random_bool(0.1),
+                    breaker: [Admit::Yes, Admit::Yes, Admit::Probe, Admit::No]
+                        [rng.random_range(0..4)],
+                }
+            })
+            .collect();
+        let mut table = CandidateTable::new();
+        for c in candidates(&nodes) {
+            table.upsert(&c);
+        }
+        // Churn: new adverts, state updates, removals, without a reindex.
+        for _ in 0..n / 3 {
+            let i = rng.random_range(0..nodes.len());
+            match rng.random_range(0..3) {
+                0 => {
+                    nodes[i].offer.price_in = rng.random_range(1..600);
+                    nodes[i].observed.rtt_ms = Some(rng.random_range(1.0..50.0));
+                    table.upsert(&candidates(&nodes)[i]);
+                }
+                1 => {
+                    let x = &mut nodes[i];
+                    x.observed.in_flight = rng.random_range(0..40);
+                    x.observed.tokens_per_sec_ewma = Some(rng.random_range(1.0..500.0));
+                    x.trust = rng.random_range(0.0..1.0);
+                    x.probation = rng.random_bool(0.3);
+                    assert!(table.update_state(
+                        &x.offer.node,
+                        &x.observed,
+                        x.trust,
+                        x.probation,
+                        x.breaker
+                    ));
+                }
+                _ => {
+                    let x = nodes.swap_remove(i);
+                    assert!(table.remove(&x.offer.node));
+                }
+            }
+        }
+        assert_eq!(table.len(), nodes.len());
+        for r in 0..requests {
+            let prefs = Preferences {
+                sort: [
+                    None,
+                    Some(Sort::Price),
+                    Some(Sort::Latency),
+                    Some(Sort::Throughput),
+                ][r % 4],
+                region: (r % 5 == 1).then(|| "eu".to_string()),
+                max_price_out: (r % 7 == 2).then(|| rng.random_range(10..800)),
+                min_trust: (r % 6 == 3).then(|| rng.random_range(0.5..0.95)),
+                weights_sha256: (r % 9 == 4).then_some([1; 32]),
+                quantizations: if r % 11 == 5 {
+                    vec!["q8_0".into(), "F16".into()]
+                } else {
+                    vec![]
+                },
+                ..Preferences::default()
+            };
+            let req = Request {
+                input_tokens: rng.random_range(0..6000),
+                max_output_tokens: [0, 1, 17, 64, 300, 1000, 5000, 100_000][r % 8],
+                prefs,
+            };
+            let params = RouteParams {
+                max_candidates: [1, 3, 8, 20][r % 4],
+                p2c_top_k: [1, 2, 4, 8][(r / 4) % 4],
+                probation_share: [0.0, 0.1, 0.5][r % 3],
+                ..RouteParams::default()
+            };
+            let w = [
+                Weights::default(),
+                Weights {
+                    price: 0.0,
+                    latency: 1.0,
+                    trust: 0.2,
+                },
+                Weights {
+                    price: 1.0,
+                    latency: 0.0,
+                    trust: 0.0,
+                },
+            ][r % 3];
+            let seed = r as u64;
+            let a = route(
+                &candidates(&nodes),
+                &req,
+                &w,
+                &params,
+                &mut StdRng::seed_from_u64(seed),
+            );
+            let b = route_table(&table, &req, &w, &params, &mut StdRng::seed_from_u64(seed));
+            let c = route_table_scan(&table, &req, &w, &params, &mut StdRng::seed_from_u64(seed));
+            assert_eq!(a, c, "scan vs route, n={n}, request {r}");
+            assert_eq!(
+                b, c,
+                "indexed vs scan, n={n}, request {r}: {req:?} {params:?}"
+            );
+        }
+    }
+}
