@@ -209,8 +209,14 @@ pub struct Admission<'a> {
 }
 
 impl Accounts {
-    /// Rebuilds balances, spend and usage from the books.
-    pub fn load(books: Arc<Books>, network_fee_bps: u32) -> Result<Self, ApiError> {
+    /// Rebuilds balances, spend and usage from the books of the coordinator
+    /// whose public key is `own_key` (each entry's countersignature is
+    /// re-checked on read, batched on every core).
+    pub fn load(
+        books: Arc<Books>,
+        network_fee_bps: u32,
+        own_key: &sharenet_proto::PublicKey,
+    ) -> Result<Self, ApiError> {
         let internal = |e: sharenet_ledger::StoreError| ApiError::Internal(e.to_string());
         let mut state = State::default();
         for app in books.apps().map_err(internal)? {
@@ -223,7 +229,7 @@ impl Accounts {
         for t in books.topups().map_err(internal)? {
             *state.topped_up.entry(t.app.clone()).or_default() += u128::from(t.amount);
         }
-        for e in books.all_entries().map_err(internal)? {
+        for e in books.all_entries_of(own_key).map_err(internal)? {
             let key_id = e.key_id.clone();
             state.book(&e, &key_id);
         }
@@ -831,7 +837,7 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let books = Arc::new(Books::open(dir.path()).unwrap());
-            let accounts = Arc::new(Accounts::load(books, fee_bps).unwrap());
+            let accounts = Arc::new(Accounts::load(books, fee_bps, &public_key_of(&SigningKey::from_bytes(&[2; 32]))).unwrap());
             accounts.create_app(app("a", margin_bps, per_mtok)).unwrap();
             accounts.top_up("a", topup, 0).unwrap();
             let key = accounts.install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0).unwrap();
@@ -867,7 +873,12 @@ mod tests {
             drop(held);
             prop_assert_eq!(accounts.balance("a").unwrap(), i128::from(topup) - charged as i128);
             // And the books say the same after a restart.
-            let reloaded = Accounts::load(accounts.books().clone(), fee_bps).unwrap();
+            let reloaded = Accounts::load(
+                accounts.books().clone(),
+                fee_bps,
+                &public_key_of(&SigningKey::from_bytes(&[2; 32])),
+            )
+            .unwrap();
             prop_assert_eq!(reloaded.balance("a").unwrap(), i128::from(topup) - charged as i128);
         }
     }

@@ -98,9 +98,14 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             .context("join model writer")?
             .with_context(|| format!("write the tiny model to {}", model_dir.display()))?;
     }
+    // Keys live in the folder, so a devnet restarted on the same `--dir`
+    // keeps its coordinator and nodes (and their receipts stay theirs).
+    std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+    let coordinator_identity = Identity::load_or_create(&opts.dir.join("coordinator.key"))
+        .context("load or create the devnet coordinator's key")?;
     let coordinator = crate::start(
         CoordinatorConfig {
-            identity: Identity::generate(),
+            identity: coordinator_identity,
             data_dir: opts.dir.join("coordinator"),
             http_listen: opts.http_listen,
             p2p_listen: loopback()?,
@@ -134,9 +139,11 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
     let mut nodes = Vec::with_capacity(opts.nodes);
     for i in 0..opts.nodes {
         let (price_in, price_out) = node_prices(i);
+        let identity = Identity::load_or_create(&opts.dir.join(format!("node-{i}.key")))
+            .with_context(|| format!("load or create node {i}'s key"))?;
         let node = sharenet_node::start(
             NodeConfig {
-                identity: Identity::generate(),
+                identity,
                 data_dir: opts.dir.join(format!("node-{i}")),
                 listen: loopback()?,
                 bootstrap: bootstrap.clone(),

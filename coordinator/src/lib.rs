@@ -115,8 +115,12 @@ pub async fn start(
     let books_path = config.data_dir.join("books");
     let books = Books::open(&books_path)
         .with_context(|| format!("open the books {}", books_path.display()))?;
-    let accounts = accounts::Accounts::load(Arc::new(books), config.network_fee_bps)
-        .map_err(|e| anyhow::anyhow!("load accounts: {e}"))?;
+    let accounts = accounts::Accounts::load(
+        Arc::new(books),
+        config.network_fee_bps,
+        &config.identity.public_key(),
+    )
+    .map_err(|e| anyhow::anyhow!("load accounts: {e}"))?;
     accounts::bootstrap(
         &accounts,
         &config.api_keys,

@@ -42,7 +42,10 @@ pub fn settle(
         settled.extend(s.job_ids.into_iter().map(|j| j.0));
     }
     let mut entries = Vec::new();
-    for e in books.all_entries().map_err(internal)? {
+    for e in books
+        .all_entries_of(&sharenet_proto::public_key_of(key))
+        .map_err(internal)?
+    {
         if e.recorded_at_ms < period.end_ms && !settled.contains(&e.job_id().0) {
             entries.push(Entry {
                 receipt: e.receipt.to_bytes(),

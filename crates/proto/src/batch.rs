@@ -50,6 +50,118 @@ pub fn verify_countersigned_batch(
     verify_in_chunks(receipts, CHUNK)
 }
 
+/// Re-reads receipts that `coordinator` countersigned itself (its own
+/// ledger), on every core, checking only the countersignature.
+///
+/// Why one signature is enough here: the countersignature covers the node's
+/// signed bytes *including the node's signature*, and the coordinator
+/// countersigns only after `verify_strict` of that node signature. So a
+/// valid countersignature by our own key proves the bytes are exactly what
+/// we verified and signed; anyone able to alter them without failing this
+/// check holds our signing key and could sign anything anyway. A receipt
+/// countersigned by another key (one we used before a key change) takes the
+/// slow path: any chunk that does not pass falls back to
+/// [`CountersignedReceipt::from_bytes`], both signatures, exact errors.
+/// Output order is input order.
+pub fn verify_own_countersigned_batch(
+    receipts: &[&[u8]],
+    coordinator: &PublicKey,
+) -> Result<Vec<CountersignedReceipt>, ProtoError> {
+    let threads = std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1)
+        .clamp(1, 16);
+    verify_own_in_parts(receipts, coordinator, CHUNK, threads)
+}
+
+/// Splits the work into `threads` contiguous parts (when there are at
+/// least two chunks per part) and joins the results in order.
+fn verify_own_in_parts(
+    receipts: &[&[u8]],
+    coordinator: &PublicKey,
+    chunk: usize,
+    threads: usize,
+) -> Result<Vec<CountersignedReceipt>, ProtoError> {
+    let chunk = chunk.max(1);
+    if threads <= 1 || receipts.len() < 2 * chunk * threads {
+        return verify_in_chunks_own(receipts, chunk, coordinator);
+    }
+    let per = receipts.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<CountersignedReceipt>, ProtoError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = receipts
+            .chunks(per)
+            .map(|part| s.spawn(move || verify_in_chunks_own(part, chunk, coordinator)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ProtoError::Invalid {
+                        field: "receipt batch",
+                        reason: "a verification thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(receipts.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
+fn verify_in_chunks_own(
+    receipts: &[&[u8]],
+    chunk_size: usize,
+    coordinator: &PublicKey,
+) -> Result<Vec<CountersignedReceipt>, ProtoError> {
+    let mut out = Vec::with_capacity(receipts.len());
+    let mut keys = KeyCache::default();
+    for chunk in receipts.chunks(chunk_size.max(1)) {
+        match verify_chunk_own(chunk, coordinator, &mut keys) {
+            Some(verified) => out.extend(verified),
+            None => {
+                for bytes in chunk {
+                    out.push(CountersignedReceipt::from_bytes(bytes)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The countersignatures only, as one batch; `None` sends the chunk to the
+/// exact one-by-one path.
+fn verify_chunk_own(
+    chunk: &[&[u8]],
+    coordinator: &PublicKey,
+    keys: &mut KeyCache,
+) -> Option<Vec<CountersignedReceipt>> {
+    let key = keys.get(coordinator)?;
+    let mut parsed = Vec::with_capacity(chunk.len());
+    for bytes in chunk {
+        parsed.push(UnverifiedCountersigned::parse(bytes).ok()?);
+    }
+    let mut messages: Vec<&[u8]> = Vec::with_capacity(parsed.len());
+    let mut signatures = Vec::with_capacity(parsed.len());
+    for p in &parsed {
+        if p.receipt.coordinator != *coordinator || !r_is_strict(&p.coordinator_signature) {
+            return None;
+        }
+        messages.push(p.coordinator_message);
+        signatures.push(Signature::from_bytes(&p.coordinator_signature));
+    }
+    let verifying_keys = vec![key; parsed.len()];
+    ed25519_dalek::verify_batch(&messages, &signatures, &verifying_keys).ok()?;
+    Some(
+        parsed
+            .into_iter()
+            .map(UnverifiedCountersigned::into_verified)
+            .collect(),
+    )
+}
+
 fn verify_in_chunks(
     receipts: &[&[u8]],
     chunk_size: usize,
@@ -273,6 +385,47 @@ mod tests {
             assert_eq!(verify_in_chunks(&all, 16), Err(expected));
             assert_eq!(verify_countersigned_batch(&all), one_by_one(&all));
         }
+    }
+
+    #[test]
+    fn own_ledger_reads_equal_one_by_one_and_catch_any_change() {
+        let coord = public_key_of(&key(200));
+        let owned = receipts(60);
+        let all: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        let expected = one_by_one(&all).unwrap();
+        assert_eq!(
+            verify_own_countersigned_batch(&all, &coord).unwrap(),
+            expected
+        );
+        // Split across three threads in chunks of 8.
+        assert_eq!(verify_own_in_parts(&all, &coord, 8, 3).unwrap(), expected);
+        for chunk in [1, 7, 16] {
+            assert_eq!(
+                verify_in_chunks_own(&all[..40], chunk, &coord).unwrap(),
+                expected[..40]
+            );
+        }
+        // A flipped byte anywhere (node signature included, which only the
+        // countersignature covers here) is the error from_bytes gives.
+        let len = owned[0].len();
+        for (which, byte) in [(0, len - 1), (39, len - 70), (59, 60), (17, 0)] {
+            let mut bad = owned.clone();
+            bad[which][byte] ^= 0x40;
+            let all: Vec<&[u8]> = bad.iter().map(Vec::as_slice).collect();
+            let expected = CountersignedReceipt::from_bytes(&bad[which]).unwrap_err();
+            assert_eq!(
+                verify_own_in_parts(&all, &coord, 8, 3),
+                Err(expected.clone())
+            );
+            assert_eq!(verify_own_countersigned_batch(&all, &coord), Err(expected));
+        }
+        // Receipts countersigned by another key (ours before a key change)
+        // are checked in full instead.
+        let other = public_key_of(&key(201));
+        assert_eq!(
+            verify_own_countersigned_batch(&all[..3], &other).unwrap(),
+            expected[..3]
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use advert::{
     Advert, GpuInfo, MAX_ADVERT_GPUS, MAX_ADVERT_MODELS, MAX_ADVERT_TTL_MS, ModelKind, ModelOffer,
     SignedAdvert,
 };
-pub use batch::verify_countersigned_batch;
+pub use batch::{verify_countersigned_batch, verify_own_countersigned_batch};
 pub use error::ProtoError;
 pub use job::{
     ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest, MAX_EMBED_INPUTS,

@@ -283,7 +283,9 @@ impl<'a> UnverifiedCountersigned<'a> {
         })
     }
 
-    /// Only for the batch verifier, after both signatures verified.
+    /// Only for the batch verifiers: after both signatures verified, or
+    /// (our own ledger) after our countersignature over the node-signed
+    /// bytes verified.
     pub(crate) fn into_verified(self) -> CountersignedReceipt {
         CountersignedReceipt {
             signed: SignedReceipt {
