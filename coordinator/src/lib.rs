@@ -113,7 +113,14 @@ pub async fn start(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
     let books_path = config.data_dir.join("books");
-    let books = Books::open(&books_path)
+    // The books' MAC key is derived from the coordinator's secret key, so
+    // only the holder of that key can write entries bulk reads trust.
+    let mac_key = {
+        let mut material = b"sharenet/books-mac/v1\0".to_vec();
+        material.extend_from_slice(&config.identity.signing_key().to_bytes());
+        sharenet_proto::sha256(&material)
+    };
+    let books = Books::open_keyed(&books_path, mac_key)
         .with_context(|| format!("open the books {}", books_path.display()))?;
     let accounts = accounts::Accounts::load(
         Arc::new(books),
