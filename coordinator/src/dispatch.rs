@@ -19,7 +19,7 @@ use crate::accounts::{Admission, CommitError, Hold, Principal};
 use crate::error::ApiError;
 use crate::openai::{Job, JobKind};
 use crate::receipts::{Expected, check_receipt};
-use crate::registry::{Lookup, Offer};
+use crate::registry::Offer;
 use crate::{Shared, now_ms};
 
 /// Per-phase time limits for a job.
@@ -140,12 +140,15 @@ fn max_input_tokens(job: &Job) -> u64 {
     (bytes as u64) + 16 * (pieces as u64) + 256
 }
 
-/// Orders the nodes to try with the pure router (`sharenet_router::route`):
-/// the request's filters and preferences, then price, predicted latency and
-/// trust, load-aware. When a filter empties the list the 503 names it.
+/// Orders the nodes to try with the pure router over the routing index
+/// (`sharenet_router::route_table` on the model's candidate table): the
+/// request's filters and preferences and the app's rules, then price,
+/// predicted latency and trust, load-aware. When a filter empties the list
+/// the 503 names it.
 fn route(
     state: &Shared,
-    offers: &[Offer],
+    model: &str,
+    kind: ModelKind,
     job: &Job,
     rules: &sharenet_ledger::AppRouting,
 ) -> Result<Vec<[u8; 32]>, ApiError> {
@@ -186,30 +189,6 @@ fn route(
         max_output_tokens: job.params.max_tokens,
         prefs,
     };
-    let now = now_ms();
-    let router_offers: Vec<r::Offer> = offers
-        .iter()
-        .map(|o| r::Offer::from_advert(&o.advert, &o.offer))
-        .collect();
-    let trust_params = r::TrustParams::default();
-    let mut health = state
-        .health
-        .lock()
-        .map_err(|_| ApiError::Internal("routing state lock poisoned".into()))?;
-    for o in &router_offers {
-        health
-            .entry(o.node)
-            .or_insert_with(|| r::NodeHealth::new(now, r::BreakerParams::default()))
-            .decay(now);
-    }
-    let candidates: Vec<r::RouteCandidate<'_>> = router_offers
-        .iter()
-        .filter_map(|o| {
-            health
-                .get(&o.node)
-                .map(|h| h.candidate(o, now, &trust_params))
-        })
-        .collect();
     let mut rng = state
         .rng
         .lock()
@@ -228,14 +207,17 @@ fn route(
         unknown_tokens_per_sec: 500.0,
         ..r::RouteParams::default()
     };
-    r::route(
-        &candidates,
-        &request,
-        &r::Weights::default(),
-        &params,
-        &mut *rng,
-    )
-    .map_err(|e| ApiError::NoCapacity(format!("{e}")))
+    state
+        .routing
+        .route(
+            model,
+            kind,
+            &request,
+            &r::Weights::default(),
+            &params,
+            &mut *rng,
+        )
+        .map_err(|e| ApiError::NoCapacity(format!("{e}")))
 }
 
 /// A node whose breaker is half-open gets one probe: mark it taken, so
@@ -247,6 +229,7 @@ fn begin_probe_if_half_open(state: &Shared, node: [u8; 32]) {
         && h.breaker.allow(now) == sharenet_router::Admit::Probe
     {
         h.breaker.begin_probe(now);
+        state.routing.update(&node, h, now, &Default::default());
     }
 }
 
@@ -304,6 +287,7 @@ pub(crate) fn record(state: &Shared, node: [u8; 32], outcome: Outcome) {
         Outcome::SpotCheckPassed => h.trust.record(r::Evidence::SpotCheckPassed, now, &p),
         Outcome::SpotCheckFailed => h.trust.record(r::Evidence::SpotCheckFailed, now, &p),
     }
+    state.routing.update(&node, h, now, &p);
 }
 
 pub async fn start_job(
@@ -312,53 +296,72 @@ pub async fn start_job(
     principal: &Principal,
     end_customer: Option<&str>,
 ) -> Result<ActiveJob, ApiError> {
-    // The first model of the list that has live nodes (the `models`
-    // fallback list); an unknown first model with no fallback is a 404.
-    let mut found = None;
-    let mut any_live = false;
-    for model in &job.models {
-        match state.registry.lookup(model, now_ms()) {
-            Lookup::NoNodes => {}
-            Lookup::UnknownModel => any_live = true,
-            Lookup::Found(offers) => {
-                found = Some((model.clone(), offers));
-                break;
-            }
-        }
-    }
-    let (model, offers) = match found {
-        Some(f) => f,
-        None if any_live => return Err(ApiError::ModelNotFound(job.model.clone())),
-        None => {
-            return Err(ApiError::NoCapacity(
-                "no live nodes on the network right now".into(),
-            ));
-        }
-    };
+    // The first model of the list that some node serves (the `models`
+    // fallback list); a model served only for the other endpoint is a 400,
+    // an unknown first model with no fallback a 404.
     let want = if job.kind == JobKind::Embedding {
         ModelKind::Embedding
     } else {
         ModelKind::Text
     };
-    let (offers, other): (Vec<_>, Vec<_>) = offers.into_iter().partition(|o| o.offer.kind == want);
-    if offers.is_empty() && !other.is_empty() {
-        let what = match want {
-            ModelKind::Embedding => {
-                "a text generation model; use /v1/chat/completions or /v1/completions"
-            }
-            ModelKind::Text => "an embedding model; use /v1/embeddings",
-        };
-        return Err(ApiError::bad_request(
-            format!("`{model}` is {what}"),
-            Some("model"),
-        ));
+    let other = match want {
+        ModelKind::Embedding => ModelKind::Text,
+        ModelKind::Text => ModelKind::Embedding,
+    };
+    let mut found = None;
+    for model in &job.models {
+        if state.routing.serves(model, want) {
+            found = Some(model.clone());
+            break;
+        }
+        if state.routing.serves(model, other) {
+            let what = match want {
+                ModelKind::Embedding => {
+                    "a text generation model; use /v1/chat/completions or /v1/completions"
+                }
+                ModelKind::Text => "an embedding model; use /v1/embeddings",
+            };
+            return Err(ApiError::bad_request(
+                format!("`{model}` is {what}"),
+                Some("model"),
+            ));
+        }
     }
+    let Some(model) = found else {
+        return Err(if state.registry.live_nodes(now_ms()) > 0 {
+            ApiError::ModelNotFound(job.model.clone())
+        } else {
+            ApiError::NoCapacity("no live nodes on the network right now".into())
+        });
+    };
     let rules = state
         .accounts
         .app(&principal.app)?
         .map(|a| a.routing)
         .unwrap_or_default();
-    let ranked = route(state, &offers, job, &rules)?;
+    let ranked = route(state, &model, want, job, &rules)?;
+    // The index can lag an expiry by up to a second: keep live nodes only.
+    let now = now_ms();
+    let mut live: Vec<Offer> = ranked
+        .iter()
+        .filter_map(|k| state.registry.offer_of(k, &model, now))
+        .collect();
+    if live.is_empty() {
+        for node in state.registry.prune(now) {
+            state.routing.remove(&node);
+        }
+        live = route(state, &model, want, job, &rules)?
+            .iter()
+            .filter_map(|k| state.registry.offer_of(k, &model, now))
+            .collect();
+    }
+    if live.is_empty() {
+        return Err(ApiError::NoCapacity(format!(
+            "no live node serves `{model}` right now"
+        )));
+    }
+    let ranked: Vec<[u8; 32]> = live.iter().map(|o| o.advert.node).collect();
+    let offers = live;
     let attempts = if job.prefs.allow_fallbacks {
         state.max_attempts
     } else {

@@ -19,6 +19,7 @@ mod operator;
 pub mod prefs;
 pub mod receipts;
 pub mod registry;
+pub mod routing;
 pub mod settle;
 pub mod spotcheck;
 
@@ -64,6 +65,9 @@ pub struct Shared {
     pub period_rule: sharenet_market::PeriodRule,
     /// Per-node routing state: measurements, trust, circuit breaker.
     pub health: std::sync::Mutex<std::collections::HashMap<[u8; 32], sharenet_router::NodeHealth>>,
+    /// What routing reads: a candidate table per model, kept in step with
+    /// the registry and `health` (lock `health` first when both are held).
+    pub routing: routing::RoutingIndex,
     /// The routing decision's randomness (power of two choices, probation).
     pub rng: std::sync::Mutex<rand::rngs::StdRng>,
     pub timeouts: Timeouts,
@@ -93,6 +97,35 @@ impl CoordinatorHandle {
     /// Waits for every task to finish (after cancellation).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Shared {
+    /// Applies time to every node's routing row (trust and measurement
+    /// decay, breaker cool-downs); once a second.
+    pub fn refresh_routing(&self, now_ms: u64) {
+        let tp = sharenet_router::TrustParams::default();
+        if let Ok(mut health) = self.health.lock() {
+            for (node, h) in health.iter_mut() {
+                h.decay(now_ms);
+                self.routing.update(node, h, now_ms, &tp);
+            }
+        }
+    }
+
+    /// Forgets every node's routing history (trust, measurements,
+    /// breakers), as for a fresh coordinator; for tests and operators.
+    pub fn reset_health(&self, now_ms: u64) {
+        let tp = sharenet_router::TrustParams::default();
+        if let Ok(mut health) = self.health.lock() {
+            health.clear();
+            for node in self.routing.nodes() {
+                let h = health.entry(node).or_insert_with(|| {
+                    sharenet_router::NodeHealth::new(now_ms, Default::default())
+                });
+                self.routing.update(&node, h, now_ms, &tp);
+            }
+        }
     }
 }
 
@@ -176,6 +209,7 @@ pub async fn start(
         operator_key: config.operator_key.clone(),
         period_rule: config.period_rule,
         health: std::sync::Mutex::new(std::collections::HashMap::new()),
+        routing: routing::RoutingIndex::default(),
         rng: std::sync::Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
         timeouts: config.timeouts,
         max_attempts: config.max_attempts,
@@ -220,12 +254,32 @@ async fn watch_network(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = prune.tick() => state.registry.prune(now_ms()),
+            _ = prune.tick() => {
+                let now = now_ms();
+                for node in state.registry.prune(now) {
+                    state.routing.remove(&node);
+                }
+                state.refresh_routing(now);
+            }
             event = events.recv() => match event {
                 None => return,
                 Some(Event::Advert { source, data }) => {
-                    if let Err(reason) = state.registry.ingest(source, &data, now_ms()) {
-                        tracing::debug!(peer = %source, %reason, "advert refused");
+                    let now = now_ms();
+                    match state.registry.ingest(source, &data, now) {
+                        Ok(()) => {
+                            if let Some(advert) = state.registry.advert(&source)
+                                && let Ok(mut health) = state.health.lock()
+                            {
+                                let h = health.entry(advert.node).or_insert_with(|| {
+                                    sharenet_router::NodeHealth::new(now, Default::default())
+                                });
+                                h.decay(now);
+                                state.routing.upsert(&advert, h, now, &Default::default());
+                            }
+                        }
+                        Err(reason) => {
+                            tracing::debug!(peer = %source, %reason, "advert refused");
+                        }
                     }
                 }
                 Some(Event::Rtt { peer, rtt }) => {
@@ -233,13 +287,12 @@ async fn watch_network(
                     if let Some(key) = state.registry.node_key(&peer)
                         && let Ok(mut health) = state.health.lock()
                     {
-                        health
-                            .entry(key)
-                            .or_insert_with(|| {
-                                sharenet_router::NodeHealth::new(now_ms(), Default::default())
-                            })
-                            .observed
-                            .record_rtt(rtt.as_secs_f64() * 1000.0);
+                        let now = now_ms();
+                        let h = health.entry(key).or_insert_with(|| {
+                            sharenet_router::NodeHealth::new(now, Default::default())
+                        });
+                        h.observed.record_rtt(rtt.as_secs_f64() * 1000.0);
+                        state.routing.update(&key, h, now, &Default::default());
                     }
                 }
                 Some(_) => {}

@@ -136,18 +136,42 @@ impl Registry {
         }
     }
 
-    /// Drops expired adverts.
-    pub fn prune(&self, now_ms: u64) {
+    /// Drops expired adverts; returns the nodes dropped.
+    pub fn prune(&self, now_ms: u64) -> Vec<[u8; 32]> {
         let mut nodes = self.lock();
-        let before = nodes.len();
-        nodes.retain(|_, l| l.advert.is_live(now_ms));
-        let pruned = before - nodes.len();
+        let mut gone = Vec::new();
+        nodes.retain(|_, l| {
+            let live = l.advert.is_live(now_ms);
+            if !live {
+                gone.push(l.advert.node);
+            }
+            live
+        });
+        let pruned = gone.len();
         if pruned > 0 {
             self.stats
                 .pruned
                 .fetch_add(pruned as u64, Ordering::Relaxed);
             tracing::info!(pruned, "expired adverts dropped");
         }
+        gone
+    }
+
+    /// The live advert a peer published last.
+    pub fn advert(&self, peer: &PeerId) -> Option<Advert> {
+        self.lock().get(peer).map(|l| l.advert.clone())
+    }
+
+    /// What `node` offers for `model`, if its advert is live.
+    pub fn offer_of(&self, node: &[u8; 32], model: &str, now_ms: u64) -> Option<Offer> {
+        let peer = peer_id_of(node).ok()?;
+        let nodes = self.lock();
+        let live = nodes.get(&peer).filter(|l| l.advert.is_live(now_ms))?;
+        Some(Offer {
+            peer,
+            offer: live.advert.offer(model)?.clone(),
+            advert: live.advert.clone(),
+        })
     }
 
     pub fn live_nodes(&self, now_ms: u64) -> usize {

@@ -208,7 +208,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     {
         // Each rejected receipt costs the rogue its trust, so it would get no
         // more traffic (checked below); forget that here to test every check.
-        state.health.lock().unwrap().clear();
+        state.reset_health(now_ms());
         let resp = t.post("chat/completions", &request(mode, false)).await;
         assert_eq!(resp.status(), 502, "{mode}");
         let body: Value = resp.json().await.unwrap();
@@ -238,7 +238,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
         body["error"]["message"].as_str().unwrap().contains("trust"),
         "{body}"
     );
-    state.health.lock().unwrap().clear();
+    state.reset_health(now_ms());
 
     // Streaming: the token already went out, so the stream ends with an
     // OpenAI error event instead of usage and [DONE].
