@@ -140,22 +140,22 @@ fn peers_with_same_weights(
     else {
         return Vec::new();
     };
+    let now = now_ms();
+    let tp = Default::default();
+    let Ok(health) = state.health.lock() else {
+        return Vec::new();
+    };
     let mut same: Vec<(f64, [u8; 32])> = offers
         .iter()
         .filter(|o| o.offer.weights_sha256 == Some(weights) && !exclude.contains(&o.advert.node))
         .map(|o| {
-            let trust = state
-                .health
-                .lock()
-                .ok()
-                .and_then(|h| {
-                    h.get(&o.advert.node)
-                        .map(|n| n.trust.score(now_ms(), &Default::default()))
-                })
-                .unwrap_or(0.0);
+            let trust = health
+                .get(&o.advert.node)
+                .map_or(0.0, |n| n.trust.score(now, &tp));
             (trust, o.advert.node)
         })
         .collect();
+    drop(health);
     same.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     same.into_iter().map(|(_, k)| k).collect()
 }
