@@ -1,6 +1,6 @@
 //! The coordinator's routing path as a request takes it, at fleet sizes
 //! well past the test network: the routing index's decision
-//! (`RoutingIndex::route`, i.e. `route_table` on the model's table) plus
+//! (`Routing::route`, i.e. `route_table` on the model's table) plus
 //! resolving the chosen nodes' live adverts in the registry
 //! (`Registry::offer_of`). Adverts are real signed adverts ingested by the
 //! registry, as from gossip.
@@ -12,17 +12,17 @@
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
-use sharenet_coordinator::registry::Registry;
-use sharenet_coordinator::routing::RoutingIndex;
+use sharenet_coordinator::core::registry::Registry;
+use sharenet_coordinator::core::routing::Routing;
 use sharenet_p2p::Identity;
 use sharenet_proto::{Advert, ModelKind, ModelOffer, SignedAdvert};
 use sharenet_router::{BreakerParams, NodeHealth, Request, RouteParams, TrustParams, Weights};
 
 const NOW: u64 = 1_800_000_000_000;
 
-fn fleet(n: usize, rng: &mut impl Rng) -> (Registry, RoutingIndex) {
+fn fleet(n: usize, rng: &mut impl Rng) -> (Registry, Routing) {
     let registry = Registry::default();
-    let index = RoutingIndex::default();
+    let index = Routing::new(7, 15_000.0);
     let tp = TrustParams::default();
     for _ in 0..n {
         let id = Identity::generate();
@@ -64,7 +64,8 @@ fn fleet(n: usize, rng: &mut impl Rng) -> (Registry, RoutingIndex) {
                 .record(sharenet_router::Evidence::Completed, NOW - 1000, &tp);
         }
         h.observed.record_rtt(rng.random_range(1.0..120.0));
-        index.upsert(&advert, &h, NOW, &tp);
+        index.on_advert(&advert, NOW);
+        index.set_health(advert.node, h, NOW);
     }
     (registry, index)
 }
@@ -98,7 +99,6 @@ fn main() {
                     &req,
                     &Weights::default(),
                     &params,
-                    &mut rng,
                 )
                 .unwrap();
             let decided = t.elapsed();

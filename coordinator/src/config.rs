@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sharenet_p2p::{Identity, Multiaddr, parse_multiaddrs};
 
-use crate::Timeouts;
+use crate::core::dispatch::Timeouts;
 
 /// Environment variable with comma-separated API keys; overrides the file.
 pub const API_KEYS_ENV: &str = "SHARENET_API_KEYS";

@@ -1,12 +1,10 @@
-//! `sharenet-coordinator`: the builder-facing API's command line, and the
-//! one-command local devnet.
+//! `sharenet-coordinator`: the builder-facing API's command line. (The
+//! one-command local network is `sharenet-devnet`, in `devnet/`.)
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use sharenet_coordinator::devnet::{self, DevnetOptions};
 use sharenet_coordinator::{CoordinatorConfig, config};
 use tokio_util::sync::CancellationToken;
 
@@ -33,20 +31,6 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a coordinator and several nodes on loopback serving a generated
-    /// tiny model, until Ctrl-C.
-    Devnet {
-        /// Number of provider nodes.
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        /// HTTP address of the API.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Keep the model, ledger and node stores here (default: a temporary
-        /// folder removed on exit).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
 }
 
 #[tokio::main]
@@ -60,7 +44,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Init { dir } => init(&dir),
         Command::Run { config } => run(&config).await,
-        Command::Devnet { nodes, listen, dir } => run_devnet(nodes, listen, dir).await,
     }
 }
 
@@ -95,77 +78,5 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     println!("shutting down");
     cancel.cancel();
     coordinator.wait().await;
-    Ok(())
-}
-
-async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let (dir, _temp) = match dir {
-        Some(d) => (d, None),
-        None => {
-            let t = tempfile::tempdir().context("create a temporary folder")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    let cancel = CancellationToken::new();
-    let started = std::time::Instant::now();
-    let net = devnet::start(
-        DevnetOptions {
-            // Every node serves the same weights, so checks always run.
-            spot_check_rate: 0.05,
-            ..DevnetOptions::new(dir.clone(), listen, nodes)
-        },
-        cancel.clone(),
-    )
-    .await?;
-    let base = net.coordinator.base_url();
-    let key = &net.api_key;
-    let model = &net.model;
-    println!();
-    println!(
-        "sharenet devnet is up in {:.1} s: 1 coordinator + {nodes} nodes on loopback (libp2p over QUIC)",
-        started.elapsed().as_secs_f64()
-    );
-    println!(
-        "serving {model:?}, a tiny random-weight llama generated in {} (expect gibberish text)",
-        dir.display()
-    );
-    for (i, node) in net.nodes.iter().enumerate() {
-        let (pin, pout) = devnet::node_prices(i);
-        println!(
-            "  node {i}: {}  {pin} / {pout} nano-USD per token in / out",
-            node.peer_id
-        );
-    }
-    println!();
-    println!("  API base URL: {base}");
-    println!("  API key:      {key}");
-    println!(
-        "  Operator key: {} (apps, keys, top-ups and settlement under /operator)",
-        devnet::DEVNET_OPERATOR_KEY
-    );
-    println!();
-    println!("Try it with curl:");
-    println!();
-    println!("  curl -s {base}/chat/completions \\");
-    println!("    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
-    println!(
-        "    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'"
-    );
-    println!();
-    println!("or with the OpenAI Python client (pip install openai):");
-    println!();
-    println!("  python3 - <<'PY'");
-    println!("  from openai import OpenAI");
-    println!("  client = OpenAI(base_url=\"{base}\", api_key=\"{key}\")");
-    println!("  r = client.chat.completions.create(model=\"{model}\", max_tokens=32,");
-    println!("      messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])");
-    println!("  print(r.choices[0].message.content, r.usage)");
-    println!("  PY");
-    println!();
-    println!("Receipts: {base}/receipts/<receipt_id from a response>.  Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
-    println!("shutting down");
-    cancel.cancel();
-    net.wait().await;
     Ok(())
 }

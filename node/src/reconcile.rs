@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sharenet_ledger::StoredReceipt;
 use sharenet_market::{PeriodRule, SignedStatement};
 use sharenet_proto::{JobId, NanoUsd, PublicKey};
@@ -54,26 +54,9 @@ pub fn earnings(receipts: &[StoredReceipt], rule: &PeriodRule) -> Vec<Earnings> 
     by.into_values().collect()
 }
 
-/// One leaf of a statement bundle.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BundleLeaf {
-    #[serde(with = "hex::serde")]
-    pub job_id: [u8; 16],
-    #[serde(with = "hex::serde")]
-    pub node: PublicKey,
-    pub amount: NanoUsd,
-    #[serde(with = "hex::serde")]
-    pub leaf: [u8; 32],
-}
-
-/// What the coordinator publishes for a settled period.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Bundle {
-    pub label: String,
-    #[serde(with = "hex::serde")]
-    pub signed_statement: Vec<u8>,
-    pub leaves: Vec<BundleLeaf>,
-}
+/// What the coordinator publishes for a settled period
+/// (`GET /statements/{label}`), and one leaf of it: the shared wire types.
+pub use sharenet_api::statements::{BundleLeaf, StatementBundle as Bundle};
 
 /// The outcome of reconciling one node against one statement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -270,6 +253,7 @@ mod tests {
         let mut sorted: Vec<&CountersignedReceipt> = receipts.iter().collect();
         sorted.sort_by_key(|c| c.receipt().job_id);
         Bundle {
+            object: "statement_bundle".into(),
             label: period.label(),
             signed_statement: signed.to_bytes(),
             leaves: sorted

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use sharenet_coordinator::devnet::{self, Devnet, DevnetOptions};
-use sharenet_coordinator::registry::Lookup;
+use sharenet_devnet::{self as devnet, Devnet, DevnetOptions};
+use sharenet_coordinator::core::registry::Lookup;
 use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
 use sharenet_p2p::Identity;
 use tokio_util::sync::CancellationToken;
 
-pub use sharenet_coordinator::devnet::DEVNET_MODEL as MODEL;
+pub use sharenet_devnet::DEVNET_MODEL as MODEL;
 
 /// A running test network. Dropping it without [`TestNet::stop`] still
 /// cancels everything.
@@ -99,7 +99,7 @@ impl TestNet {
         let mut req = self
             .http
             .request(method, url)
-            .bearer_auth(sharenet_coordinator::devnet::DEVNET_OPERATOR_KEY);
+            .bearer_auth(sharenet_devnet::DEVNET_OPERATOR_KEY);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -148,7 +148,7 @@ impl TestNet {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let registry = &self.net().coordinator.state.registry;
+            let registry = &self.net().coordinator.core.registry;
             let advertised = ids.iter().all(|id| match registry.lookup(id, now) {
                 Lookup::Found(offers) => offers.iter().any(|o| o.advert.node == key),
                 _ => false,

@@ -123,12 +123,12 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
     );
     assert_eq!(
         r.coordinator,
-        t.net().coordinator.state.identity.public_key(),
+        t.net().coordinator.core.identity.public_key(),
         "made out to and countersigned by the coordinator"
     );
     assert_eq!(u64::from(r.output_tokens), completion_tokens);
     assert_eq!(u64::from(r.input_tokens), prompt_tokens);
-    let (price_in, price_out) = sharenet_coordinator::devnet::node_prices(0);
+    let (price_in, price_out) = sharenet_devnet::node_prices(0);
     assert_eq!((r.price_in, r.price_out), (price_in, price_out));
     assert_eq!(
         r.amount,
@@ -223,7 +223,7 @@ async fn errors_are_openai_shaped() {
 async fn no_live_node_is_503_and_a_silent_node_leaves_routing_within_its_ttl() {
     let t = TestNet::start(1).await;
     // Stop the only node: its advert expires (TTL 3 s in the harness).
-    let live = |t: &TestNet| t.net().coordinator.state.registry.live_nodes(now_ms());
+    let live = |t: &TestNet| t.net().coordinator.core.registry.live_nodes(now_ms());
     assert_eq!(live(&t), 1);
     t.net().nodes[0].shutdown();
     let deadline = std::time::Instant::now() + Duration::from_secs(6);

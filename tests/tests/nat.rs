@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sharenet_coordinator::config::CoordinatorConfig;
-use sharenet_coordinator::registry::Lookup;
+use sharenet_coordinator::core::registry::Lookup;
 use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
 use sharenet_node::{ModelConfig, NodeConfig};
 use sharenet_p2p::{Identity, Multiaddr};
@@ -96,7 +96,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
     // Its advert reaches the second coordinator by gossip through the relay.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Lookup::Found(o) = second.state.registry.lookup("natted-model", now_ms())
+        if let Lookup::Found(o) = second.core.registry.lookup("natted-model", now_ms())
             && o.iter().any(|o| o.advert.node == node_key)
         {
             assert!(o[0].advert.relayed, "the advert says it is relayed");
@@ -113,8 +113,9 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
     let peer = sharenet_p2p::peer_id_of(&node_key).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while second
-        .state
-        .client
+        .p2p
+        .as_ref()
+        .unwrap()
         .is_relayed(peer)
         .await
         .unwrap()
@@ -157,12 +158,12 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
     );
     // Connected, relayed or hole-punched; the node cannot have been dialled
     // directly, for it listens nowhere.
-    let relayed = second.state.client.is_relayed(peer).await.unwrap();
+    let relayed = second.p2p.as_ref().unwrap().is_relayed(peer).await.unwrap();
     assert!(
         relayed.is_some(),
         "the second coordinator holds a connection"
     );
-    let traversal = second.state.client.traversal();
+    let traversal = second.p2p.as_ref().unwrap().traversal();
     let through_relay = traversal
         .relayed_connections
         .load(std::sync::atomic::Ordering::Relaxed);

@@ -177,11 +177,11 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     let t = TestNet::start(1).await;
     let cancel = t.cancel_token();
     start_rogue(&t, cancel).await;
-    let state = t.net().coordinator.state.clone();
+    let state = t.net().coordinator.core.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !matches!(
         state.registry.lookup(ROGUE_MODEL, now_ms()),
-        sharenet_coordinator::registry::Lookup::Found(_)
+        sharenet_coordinator::core::registry::Lookup::Found(_)
     ) {
         assert!(
             std::time::Instant::now() < deadline,
@@ -208,7 +208,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     {
         // Each rejected receipt costs the rogue its trust, so it would get no
         // more traffic (checked below); forget that here to test every check.
-        state.reset_health(now_ms());
+        state.routing.reset(now_ms());
         let resp = t.post("chat/completions", &request(mode, false)).await;
         assert_eq!(resp.status(), 502, "{mode}");
         let body: Value = resp.json().await.unwrap();
@@ -238,7 +238,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
         body["error"]["message"].as_str().unwrap().contains("trust"),
         "{body}"
     );
-    state.reset_health(now_ms());
+    state.routing.reset(now_ms());
 
     // Streaming: the token already went out, so the stream ends with an
     // OpenAI error event instead of usage and [DONE].

@@ -26,14 +26,14 @@ async fn provider_preferences_pick_and_exclude_nodes() {
 
     // weights_sha256: only nodes with exactly those weights; a bad hash is
     // a 400 naming the field, an unknown one a 503 naming the filter.
-    let weights = match t.net().coordinator.state.registry.lookup(
+    let weights = match t.net().coordinator.core.registry.lookup(
         MODEL,
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64,
     ) {
-        sharenet_coordinator::registry::Lookup::Found(o) => o[0].offer.weights_sha256.unwrap(),
+        sharenet_coordinator::core::registry::Lookup::Found(o) => o[0].offer.weights_sha256.unwrap(),
         other => panic!("{other:?}"),
     };
     let r = t
@@ -194,7 +194,7 @@ async fn every_node_keeps_heartbeating_while_other_adverts_arrive() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    assert_eq!(t.net().coordinator.state.registry.live_nodes(now), 3);
+    assert_eq!(t.net().coordinator.core.registry.live_nodes(now), 3);
     let url = format!("{}/metrics", t.base_url().trim_end_matches("/v1"));
     let m = t.http.get(url).send().await.unwrap().text().await.unwrap();
     assert!(

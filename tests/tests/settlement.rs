@@ -148,7 +148,7 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
             "{}/operator/statements/{label}?format=csv",
             t.base_url().trim_end_matches("/v1")
         ))
-        .bearer_auth(sharenet_coordinator::devnet::DEVNET_OPERATOR_KEY)
+        .bearer_auth(sharenet_devnet::DEVNET_OPERATOR_KEY)
         .send()
         .await
         .unwrap()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sharenet_coordinator::registry::Lookup;
+use sharenet_coordinator::core::registry::Lookup;
 use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
 use sharenet_node::ModelConfig;
 use sharenet_tests::{MODEL, TestNet, sse_data};
@@ -37,7 +37,7 @@ async fn served_by(t: &TestNet, v: &Value) -> String {
 }
 
 fn honest_weights(t: &TestNet) -> [u8; 32] {
-    match t.net().coordinator.state.registry.lookup(MODEL, now_ms()) {
+    match t.net().coordinator.core.registry.lookup(MODEL, now_ms()) {
         Lookup::Found(offers) => offers[0].offer.weights_sha256.expect("a weights hash"),
         other => panic!("no offers: {other:?}"),
     }
@@ -205,7 +205,7 @@ async fn a_slow_node_loses_traffic_to_a_fast_one() {
     // model under the same name), at the same price.
     let t = TestNet::start(1).await;
     let fast = hex_key(t.net().nodes[0].public_key());
-    let price = match t.net().coordinator.state.registry.lookup(MODEL, now_ms()) {
+    let price = match t.net().coordinator.core.registry.lookup(MODEL, now_ms()) {
         Lookup::Found(o) => (o[0].offer.price_in, o[0].offer.price_out),
         other => panic!("{other:?}"),
     };

@@ -20,70 +20,9 @@ use sharenet_proto::{CountersignedReceipt, JobId, NanoUsd, PublicKey};
 
 use crate::StoreError;
 
-/// Spending limits in nano-USD; `None` is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budgets {
-    #[serde(default)]
-    pub daily: Option<NanoUsd>,
-    #[serde(default)]
-    pub monthly: Option<NanoUsd>,
-    #[serde(default)]
-    pub total: Option<NanoUsd>,
-}
-
-/// Requests and tokens per minute; `None` is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimits {
-    #[serde(default)]
-    pub requests_per_minute: Option<u32>,
-    #[serde(default)]
-    pub tokens_per_minute: Option<u32>,
-}
-
-/// An app's routing rules: its private pool of self-hosted nodes, and
-/// where sensitive requests may go.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppRouting {
-    /// The builder's own nodes (ed25519 public keys, hex in JSON).
-    #[serde(default, with = "node_keys")]
-    pub private_pool: Vec<[u8; 32]>,
-    /// Every request of this app is sensitive: only the private pool may
-    /// serve it, never a public node. (A request can also mark itself
-    /// sensitive with `provider.sensitive`.)
-    #[serde(default)]
-    pub sensitive: bool,
-    /// Whether a non-sensitive request may go to public nodes when the
-    /// private pool is full or down. Without it, the private pool only.
-    #[serde(default)]
-    pub spill_to_public: bool,
-}
-
-mod node_keys {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(hex::encode))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|h| {
-                hex::decode(h)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        serde::de::Error::custom(format!(
-                            "{h:?} is not a node key (64 hex characters)"
-                        ))
-                    })
-            })
-            .collect()
-    }
-}
+// The budget, rate-limit and routing-rule types are HTTP wire types too
+// (the operator API reads and writes them): one definition, in `sharenet-api`.
+pub use sharenet_api::accounts::{AppRouting, Budgets, RateLimits};
 
 /// A builder's app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Usage receipts: the node signs what it served; the coordinator
 //! countersigns after checking it against what it saw.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::canon::{Reader, Writer};
 use crate::keys::{sign, verify};
@@ -12,7 +12,7 @@ const COUNTER_TAG: &[u8] = b"sharenet/countersign\0";
 const MAX_MODEL_ID: usize = 128;
 
 /// What one job used and cost. All amounts are nano-USD.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     pub job_id: JobId,
     /// The node that served the job (signer of the receipt).

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use sharenet_api::receipts::InclusionProofObject;
+use sharenet_api::statements::StatementBundle;
 use sharenet_market::{InclusionProof, SignedStatement};
 use sharenet_proto::CountersignedReceipt;
 
@@ -122,22 +124,11 @@ fn run(command: Command) -> anyhow::Result<String> {
                 st.total_margin,
                 hex::encode(st.coordinator)
             );
-            if let Some(leaves) = json
-                .as_ref()
-                .and_then(|v| v.get("leaves"))
-                .and_then(Value::as_array)
-            {
-                let hashes = leaves
-                    .iter()
-                    .map(|l| {
-                        let h = l
-                            .get("leaf")
-                            .and_then(Value::as_str)
-                            .context("a leaf without `leaf`")?;
-                        let b = hex::decode(h).context("decode a leaf")?;
-                        <[u8; 32]>::try_from(b.as_slice()).context("a leaf is not 32 bytes")
-                    })
-                    .collect::<anyhow::Result<Vec<[u8; 32]>>>()?;
+            // A bundle (it has leaves): its leaves must rebuild the root.
+            if let Some(v) = json.filter(|v| v.get("leaves").is_some()) {
+                let bundle: StatementBundle =
+                    serde_json::from_value(v).context("parse the statement bundle")?;
+                let hashes: Vec<[u8; 32]> = bundle.leaves.iter().map(|l| l.leaf).collect();
                 if hashes.len() as u64 != st.receipts
                     || sharenet_market::merkle::root(&hashes) != st.merkle_root
                 {
@@ -160,8 +151,12 @@ fn run(command: Command) -> anyhow::Result<String> {
             let text = read(&proof)?;
             let v: Value = serde_json::from_str(&text)
                 .with_context(|| format!("parse {}", proof.display()))?;
-            let p: InclusionProof = serde_json::from_value(v.get("proof").cloned().unwrap_or(v))
-                .with_context(|| format!("parse the proof in {}", proof.display()))?;
+            // The answer of `GET /v1/receipts/{id}/proof`, or a bare proof.
+            let p: InclusionProof = match serde_json::from_value::<InclusionProofObject>(v.clone()) {
+                Ok(o) => Ok(o.proof),
+                Err(_) => serde_json::from_value(v),
+            }
+            .with_context(|| format!("parse the proof in {}", proof.display()))?;
             if !s.statement().includes(&c.to_bytes(), &p) {
                 bail!(
                     "receipt {} is not included in statement {} with this proof",

@@ -4,8 +4,13 @@
 //! in the next one, and a signed statement never changes). Settling the
 //! same period again returns the stored statement byte for byte.
 //!
-//! Entries come from the books, which re-verify both signatures of every
-//! receipt on read, so the statement is built with `settle_preverified`.
+//! Entries come from the books' bulk read, which checks every entry's MAC
+//! (or, for entries from before MACs, our countersignature), so the
+//! statement is built with `settle_preverified`.
+//!
+//! Settling is blocking and must not run twice at once (two periods could
+//! sweep the same unsettled entries): [`crate::core::Core::settle`] holds
+//! one lock around it.
 
 use std::collections::HashSet;
 
@@ -13,10 +18,28 @@ use sharenet_ledger::{Books, StatementRecord};
 use sharenet_market::{Entry, Period, SignedStatement};
 use sharenet_proto::SigningKey;
 
-use crate::error::ApiError;
+use crate::core::error::Error;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+/// The period containing `at_ms`, or by default the last period that has
+/// ended by `now_ms`.
+pub fn period_to_settle(
+    rule: sharenet_market::PeriodRule,
+    at_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<Period, Error> {
+    let bad = |e: sharenet_market::MarketError| Error::bad_request(e.to_string(), Some("at_ms"));
+    match at_ms {
+        Some(at) => rule.period_of(at).map_err(bad),
+        None => {
+            let current = rule.period_of(now_ms).map_err(bad)?;
+            rule.period_of(current.start_ms.saturating_sub(1))
+                .map_err(bad)
+        }
+    }
 }
 
 /// Settles `period` (which must have ended by `now_ms`). Blocking.
@@ -26,13 +49,13 @@ pub fn settle(
     period: Period,
     label: &str,
     now_ms: u64,
-) -> Result<(SignedStatement, bool), ApiError> {
+) -> Result<(SignedStatement, bool), Error> {
     if let Some(existing) = books.statement(label).map_err(internal)? {
         let statement = SignedStatement::from_bytes(&existing.statement).map_err(internal)?;
         return Ok((statement, false));
     }
     if period.end_ms > now_ms {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             format!("period {label} has not ended yet"),
             Some("period"),
         ));

@@ -1,6 +1,11 @@
-//! A whole network on loopback in one process: a coordinator and N nodes
-//! (each with its own identity, libp2p swarm over QUIC and receipt store)
-//! serving a tiny model generated on the spot through the real loader.
+//! A whole sharenet network on loopback in one process: a coordinator and
+//! N nodes (each with its own identity, libp2p swarm over QUIC and receipt
+//! store) serving a tiny model generated on the spot through the real
+//! loader. The `sharenet-devnet` binary runs it until Ctrl-C; the
+//! end-to-end tests start it on ephemeral ports.
+//!
+//! This crate is the only one that links both the coordinator and the
+//! node (and so the inference engine); the coordinator itself does not.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,15 +17,16 @@ use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
 use sharenet_p2p::{Identity, Multiaddr};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CoordinatorConfig, CoordinatorHandle, Timeouts, now_ms};
+use sharenet_coordinator::core::now_ms;
+use sharenet_coordinator::{CoordinatorConfig, CoordinatorHandle, Timeouts};
 
 /// The model the devnet serves.
 pub const DEVNET_MODEL: &str = "tiny-llama";
 
-/// How to lay the devnet out.
 /// The devnet's operator key (loopback only).
 pub const DEVNET_OPERATOR_KEY: &str = "op-devnet-local-only-0000";
 
+/// How to lay the devnet out.
 #[derive(Debug, Clone)]
 pub struct DevnetOptions {
     pub nodes: usize,
@@ -103,7 +109,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
     let coordinator_identity = Identity::load_or_create(&opts.dir.join("coordinator.key"))
         .context("load or create the devnet coordinator's key")?;
-    let coordinator = crate::start(
+    let coordinator = sharenet_coordinator::start(
         CoordinatorConfig {
             identity: coordinator_identity,
             data_dir: opts.dir.join("coordinator"),
@@ -164,11 +170,11 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while coordinator.state.registry.live_nodes(now_ms()) < opts.nodes {
+    while coordinator.core.registry.live_nodes(now_ms()) < opts.nodes {
         if tokio::time::Instant::now() > deadline {
             bail!(
                 "only {} of {} nodes advertised within 30 s",
-                coordinator.state.registry.live_nodes(now_ms()),
+                coordinator.core.registry.live_nodes(now_ms()),
                 opts.nodes
             );
         }

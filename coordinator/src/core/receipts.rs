@@ -47,6 +47,8 @@ pub enum ReceiptRejection {
     OutputTokens { claimed: u32, streamed: u32 },
     #[error("receipt claims {claimed} input tokens but the node reported {reported}")]
     InputTokens { claimed: u32, reported: u32 },
+    #[error("receipt claims {claimed} input tokens, more than the job's bound of {bound}")]
+    InputTokensOverBound { claimed: u32, bound: u64 },
     #[error("receipt request digest does not match the request sent")]
     RequestDigest,
     #[error("receipt response digest does not match the text streamed")]

@@ -22,8 +22,8 @@ fn free_port() -> u16 {
 }
 
 fn devnet(dir: &std::path::Path, port: u16) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_sharenet-coordinator"))
-        .args(["devnet", "--nodes", "2", "--listen"])
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_sharenet-devnet"))
+        .args(["--nodes", "2", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--dir")
         .arg(dir)

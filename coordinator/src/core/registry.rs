@@ -1,4 +1,7 @@
-//! The coordinator's view of the network: live, verified adverts.
+//! The coordinator's view of the network: live, verified adverts, one per
+//! peer. Routing state (health, candidate tables) lives in `routing.rs`;
+//! the registry answers "is this node's advert live, and what does it
+//! offer", which dispatch asks before using a node the index picked.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -75,9 +78,7 @@ pub struct Registry {
 
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Live>> {
-        // A poisoned lock only means another thread panicked mid-update of a
-        // plain map; the data is still usable.
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+        crate::core::sync::lock(&self.nodes)
     }
 
     /// Verifies and records an advert that `source` published.

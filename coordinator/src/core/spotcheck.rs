@@ -1,7 +1,8 @@
 //! Spot checks: catching a node that serves something other than the model
 //! (and weights) it advertises.
 //!
-//! After a text job, the coordinator samples it with probability
+//! Dispatch announces every finished job on a bounded channel (its
+//! completion hook); [`run`] samples text jobs from it with probability
 //! `spot_check_rate` (its own rng, so which jobs are checked is invisible to
 //! nodes). A sampled job's input is re-run, greedy and seeded with logprobs,
 //! on the node that served it and on a reference node advertising the same
@@ -23,14 +24,18 @@
 
 use std::sync::Arc;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use sharenet_proto::{JobInput, SamplingParams, TokenLogprob};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::accounts::Principal;
-use crate::dispatch::{Step, start_job};
-use crate::openai::{Job, JobKind};
-use crate::prefs::ProviderPrefs;
-use crate::registry::Lookup;
-use crate::{Shared, now_ms};
+use crate::core::accounts::Principal;
+use crate::core::dispatch::{CompletedJob, Step, start_job};
+use crate::core::job::{Job, JobKind, ProviderPrefs};
+use crate::core::registry::Lookup;
+use crate::core::routing::Outcome;
+use crate::core::{Core, now_ms};
 
 /// The app that pays for spot checks; the operator funds it.
 pub const SPOT_CHECK_APP: &str = "spot-checks";
@@ -101,36 +106,47 @@ pub fn compare(run: &[TokenLogprob], reference: &[TokenLogprob]) -> Verdict {
     Verdict::Agree
 }
 
-/// Samples a finished text job for a spot check; runs it in the background.
-pub fn maybe_check(state: &Arc<Shared>, job: &Job, node: [u8; 32], model: &str) {
-    if state.spot_check_rate <= 0.0 || job.kind == JobKind::Embedding {
-        return;
+/// The completion hook's consumer: samples finished text jobs at `rate`
+/// (with its own rng, so which jobs are checked is invisible to nodes) and
+/// runs each sampled check as a tracked background task. Jobs of the
+/// spot-checks app itself are never sampled.
+pub async fn run(
+    core: Arc<Core>,
+    mut completed: mpsc::Receiver<CompletedJob>,
+    rate: f64,
+    shutdown: CancellationToken,
+) {
+    let mut rng = StdRng::from_os_rng();
+    loop {
+        let done = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            done = completed.recv() => match done {
+                Some(d) => d,
+                None => return,
+            },
+        };
+        if done.app == SPOT_CHECK_APP
+            || done.job.kind == JobKind::Embedding
+            || !rng.random_bool(rate.clamp(0.0, 1.0))
+        {
+            continue;
+        }
+        let checker = core.clone();
+        core.spawn(async move {
+            run_check(&checker, done.job.input.clone(), done.node, &done.model).await;
+        });
     }
-    let sampled = state
-        .rng
-        .lock()
-        .map(|mut rng| rand::Rng::random_bool(&mut *rng, state.spot_check_rate.min(1.0)))
-        .unwrap_or(false);
-    if !sampled {
-        return;
-    }
-    let state = state.clone();
-    let input = job.input.clone();
-    let model = model.to_owned();
-    tokio::spawn(async move {
-        run_check(&state, input, node, &model).await;
-    });
 }
 
 /// Nodes other than `exclude` that advertise `model` with the same weights
 /// hash as `node`, most trusted first.
 fn peers_with_same_weights(
-    state: &Shared,
+    core: &Core,
     model: &str,
     node: [u8; 32],
     exclude: &[[u8; 32]],
 ) -> Vec<[u8; 32]> {
-    let Lookup::Found(offers) = state.registry.lookup(model, now_ms()) else {
+    let Lookup::Found(offers) = core.registry.lookup(model, now_ms()) else {
         return Vec::new();
     };
     let Some(weights) = offers
@@ -140,36 +156,27 @@ fn peers_with_same_weights(
     else {
         return Vec::new();
     };
-    let now = now_ms();
-    let tp = Default::default();
-    let Ok(health) = state.health.lock() else {
-        return Vec::new();
-    };
-    let mut same: Vec<(f64, [u8; 32])> = offers
+    let same: Vec<[u8; 32]> = offers
         .iter()
         .filter(|o| o.offer.weights_sha256 == Some(weights) && !exclude.contains(&o.advert.node))
-        .map(|o| {
-            let trust = health
-                .get(&o.advert.node)
-                .map_or(0.0, |n| n.trust.score(now, &tp));
-            (trust, o.advert.node)
-        })
+        .map(|o| o.advert.node)
         .collect();
-    drop(health);
+    let trust = core.routing.trust_of(&same, now_ms());
+    let mut same: Vec<(f64, [u8; 32])> = trust.into_iter().zip(same).collect();
     same.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     same.into_iter().map(|(_, k)| k).collect()
 }
 
 /// Runs the check job on exactly `node`; its tokens with logprobs.
 async fn run_on(
-    state: &Arc<Shared>,
+    core: &Arc<Core>,
     input: &JobInput,
     node: [u8; 32],
     model: &str,
 ) -> Result<Vec<TokenLogprob>, String> {
     let job = Job {
         kind: JobKind::Chat,
-        model: model.to_owned(),
+        models: vec![model.to_owned()],
         input: input.clone(),
         params: SamplingParams {
             max_tokens: CHECK_TOKENS,
@@ -179,25 +186,21 @@ async fn run_on(
             top_logprobs: 5,
             ..SamplingParams::default()
         },
-        stream: false,
-        include_usage: false,
-        base64: false,
         prefs: ProviderPrefs {
             only: vec![node],
             allow_fallbacks: false,
             ..ProviderPrefs::default()
         },
-        models: vec![model.to_owned()],
     };
     let principal = Principal {
         app: SPOT_CHECK_APP.into(),
         key_id: SPOT_CHECK_APP.into(),
     };
-    let mut active = start_job(state, &job, &principal, None)
+    let mut active = start_job(core, Arc::new(job), &principal, None)
         .await
         .map_err(|e| e.to_string())?;
     loop {
-        match active.next(state).await.map_err(|e| e.to_string())? {
+        match active.next(core).await.map_err(|e| e.to_string())? {
             Step::Delta(..) => {}
             Step::Done(f) => return Ok(f.logprobs),
         }
@@ -205,21 +208,18 @@ async fn run_on(
 }
 
 /// Who a disagreement is pinned on.
-fn evidence(state: &Shared, node: [u8; 32], passed: bool) {
-    crate::dispatch::record(
-        state,
-        node,
-        if passed {
-            crate::dispatch::Outcome::SpotCheckPassed
-        } else {
-            crate::dispatch::Outcome::SpotCheckFailed
-        },
-    );
+fn evidence(core: &Core, node: [u8; 32], passed: bool) {
+    let outcome = if passed {
+        Outcome::SpotCheckPassed
+    } else {
+        Outcome::SpotCheckFailed
+    };
+    core.routing.record(node, outcome, now_ms());
 }
 
-async fn run_check(state: &Arc<Shared>, input: JobInput, suspect: [u8; 32], model: &str) {
+async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: &str) {
     let short = |k: &[u8; 32]| hex::encode(&k[..6]);
-    let Some(reference) = peers_with_same_weights(state, model, suspect, &[suspect])
+    let Some(reference) = peers_with_same_weights(core, model, suspect, &[suspect])
         .into_iter()
         .next()
     else {
@@ -227,8 +227,8 @@ async fn run_check(state: &Arc<Shared>, input: JobInput, suspect: [u8; 32], mode
         return;
     };
     let (run, reference_run) = tokio::join!(
-        run_on(state, &input, suspect, model),
-        run_on(state, &input, reference, model)
+        run_on(core, &input, suspect, model),
+        run_on(core, &input, reference, model)
     );
     let (run, reference_run) = match (run, reference_run) {
         (Ok(a), Ok(b)) => (a, b),
@@ -239,17 +239,17 @@ async fn run_check(state: &Arc<Shared>, input: JobInput, suspect: [u8; 32], mode
             return;
         }
     };
-    state
+    core
         .metrics
         .spot_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Verdict::Differ { position, reason } = compare(&run, &reference_run) else {
         tracing::debug!(node = %short(&suspect), reference = %short(&reference), "spot check passed");
-        evidence(state, suspect, true);
+        evidence(core, suspect, true);
         return;
     };
     // Someone is wrong; a third node with the same weights decides who.
-    let arbiter = peers_with_same_weights(state, model, suspect, &[suspect, reference])
+    let arbiter = peers_with_same_weights(core, model, suspect, &[suspect, reference])
         .into_iter()
         .next();
     let Some(arbiter) = arbiter else {
@@ -257,7 +257,7 @@ async fn run_check(state: &Arc<Shared>, input: JobInput, suspect: [u8; 32], mode
             "spot check inconclusive: the runs differ and no third node has the same weights");
         return;
     };
-    let arbiter_run = match run_on(state, &input, arbiter, model).await {
+    let arbiter_run = match run_on(core, &input, arbiter, model).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(node = %short(&suspect), arbiter = %short(&arbiter), error = %e,
@@ -268,9 +268,9 @@ async fn run_check(state: &Arc<Shared>, input: JobInput, suspect: [u8; 32], mode
     let suspect_ok = compare(&run, &arbiter_run) == Verdict::Agree;
     let reference_ok = compare(&reference_run, &arbiter_run) == Verdict::Agree;
     for (node, ok) in [(suspect, suspect_ok), (reference, reference_ok)] {
-        evidence(state, node, ok);
+        evidence(core, node, ok);
         if !ok {
-            state
+            core
                 .metrics
                 .spot_checks_failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

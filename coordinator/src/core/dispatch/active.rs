@@ -1,0 +1,339 @@
+//! A job that has produced its first event on a node. From here on the
+//! coordinator never switches nodes: it relays events, checks them against
+//! the job's bounds, and books the receipt at the end (or the last running
+//! receipt if the stream breaks).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::AsyncWriteExt;
+use sharenet_market::Charge;
+use sharenet_p2p::{PeerId, read_frame, write_frame};
+use sharenet_proto::{
+    CountersignedReceipt, FinishReason, JobEvent, JobId, MAX_FRAME_BYTES, SignedReceipt,
+    TokenLogprob, Usage, embeddings_digest, sha256,
+};
+
+use crate::core::accounts::Hold;
+use crate::core::error::Error;
+use crate::core::job::Job;
+use crate::core::routing::Outcome;
+use crate::core::transport::JobStream;
+use crate::core::{Core, now_ms};
+
+use super::book::{Claim, Terms, check_and_book};
+use super::{CompletedJob, decode_event};
+
+/// What the next event amounted to.
+pub enum Step {
+    /// New text and, when asked for, its tokens' logprobs.
+    Delta(String, Vec<TokenLogprob>),
+    Done(Box<Finished>),
+}
+
+/// A completed, verified, countersigned and stored job.
+pub struct Finished {
+    /// What the builder was charged, and its parts.
+    pub charge: Charge,
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    /// The vectors of an embeddings job.
+    pub embeddings: Option<Vec<Vec<f32>>>,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+    pub receipt: CountersignedReceipt,
+}
+
+/// The last running receipt the node sent, with the output tokens and
+/// text length it covers.
+struct Checkpoint {
+    receipt: Vec<u8>,
+    tokens: u32,
+    text_len: usize,
+}
+
+/// See the module docs.
+pub struct ActiveJob {
+    stream: Option<JobStream>,
+    first: Option<JobEvent>,
+    terms: Terms,
+    job: Arc<Job>,
+    /// The app paying (for the completion notice).
+    app: String,
+    streamed_tokens: u32,
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    embeddings: Option<Vec<Vec<f32>>>,
+    /// Booked if the job breaks after its first token
+    /// ([`ActiveJob::book_partial`]).
+    checkpoint: Option<Checkpoint>,
+    /// The worst-case amount held for this job; turned into the real
+    /// charge when the receipt is booked, released if it never is.
+    hold: Option<Hold>,
+    /// When the request went to the node, and when its first event came.
+    sent_at: Instant,
+    first_at: Instant,
+}
+
+impl ActiveJob {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        stream: JobStream,
+        first: JobEvent,
+        terms: Terms,
+        job: Arc<Job>,
+        app: String,
+        hold: Hold,
+        sent_at: Instant,
+    ) -> Self {
+        Self {
+            stream: Some(stream),
+            first: Some(first),
+            terms,
+            job,
+            app,
+            streamed_tokens: 0,
+            text: String::new(),
+            logprobs: Vec::new(),
+            embeddings: None,
+            checkpoint: None,
+            hold: Some(hold),
+            sent_at,
+            first_at: Instant::now(),
+        }
+    }
+
+    pub fn job_id(&self) -> JobId {
+        self.terms.job_id
+    }
+
+    /// The serving node's peer id.
+    pub fn peer(&self) -> PeerId {
+        self.terms.peer
+    }
+
+    /// The serving node's public key.
+    pub fn node(&self) -> [u8; 32] {
+        self.terms.node
+    }
+
+    /// The model being served (the requested one or a fallback).
+    pub fn model(&self) -> &str {
+        &self.terms.model
+    }
+
+    /// The next step of the job. Errors after the first token are final.
+    pub async fn next(&mut self, core: &Core) -> Result<Step, Error> {
+        let event = match self.first.take() {
+            Some(e) => e,
+            None => self.read_event(core).await?,
+        };
+        match event {
+            JobEvent::Delta {
+                text,
+                tokens,
+                logprobs,
+                receipt,
+            } => {
+                self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
+                if self.streamed_tokens > self.job.params.max_tokens {
+                    return Err(self.node_failed(core, "the node streamed more tokens than max_tokens"));
+                }
+                if logprobs.len() > tokens as usize
+                    || (!logprobs.is_empty() && !self.job.params.logprobs)
+                {
+                    return Err(self.node_failed(
+                        core,
+                        "the node sent logprobs that do not match its tokens",
+                    ));
+                }
+                self.text.push_str(&text);
+                self.logprobs.extend(logprobs.iter().cloned());
+                if let Some(receipt) = receipt {
+                    self.checkpoint = Some(Checkpoint {
+                        receipt,
+                        tokens: self.streamed_tokens,
+                        text_len: self.text.len(),
+                    });
+                }
+                Ok(Step::Delta(text, logprobs))
+            }
+            JobEvent::Embeddings { data } => {
+                if self.embeddings.is_some() || !self.text.is_empty() {
+                    return Err(self.node_failed(core, "the node sent an unexpected embeddings frame"));
+                }
+                self.embeddings = Some(data);
+                Ok(Step::Delta(String::new(), Vec::new()))
+            }
+            JobEvent::Done {
+                finish_reason,
+                usage,
+                receipt,
+            } => self
+                .finish(core, finish_reason, usage, &receipt)
+                .await
+                .map(|f| Step::Done(Box::new(f))),
+            JobEvent::Error { code, message } => {
+                core.routing
+                    .record(self.terms.node, Outcome::Failed, now_ms());
+                Err(Error::BadGateway(format!(
+                    "the node failed mid-stream ({code:?}): {message}"
+                )))
+            }
+            JobEvent::Countersigned { .. } => {
+                Err(self.node_failed(core, "the node sent an unexpected frame"))
+            }
+        }
+    }
+
+    /// A protocol violation by the node: recorded against it, final.
+    fn node_failed(&self, core: &Core, why: &str) -> Error {
+        core.routing
+            .record(self.terms.node, Outcome::Failed, now_ms());
+        Error::BadGateway(why.into())
+    }
+
+    async fn read_event(&mut self, core: &Core) -> Result<JobEvent, Error> {
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| Error::Internal("job already finished".into()))?;
+        let frame = tokio::time::timeout(core.timeouts.idle, read_frame(stream, MAX_FRAME_BYTES))
+            .await
+            .map_err(|_| Error::BadGateway("the node stopped sending tokens".into()))
+            .and_then(|r| r.map_err(|e| Error::BadGateway(format!("the node's stream broke: {e}"))))
+            .inspect_err(|_| core.routing.record(self.terms.node, Outcome::Failed, now_ms()))?;
+        decode_event(&frame).map_err(|e| self.node_failed(core, &e))
+    }
+
+    async fn finish(
+        &mut self,
+        core: &Core,
+        finish_reason: FinishReason,
+        usage: Usage,
+        receipt: &[u8],
+    ) -> Result<Finished, Error> {
+        let hold = self
+            .hold
+            .take()
+            .ok_or_else(|| Error::Internal("job finished twice".into()))?;
+        let response_digest = match &self.embeddings {
+            Some(v) => embeddings_digest(v),
+            None => sha256(self.text.as_bytes()),
+        };
+        let (entry, countersigned) = check_and_book(
+            core,
+            &self.terms,
+            hold,
+            Claim {
+                receipt,
+                streamed_tokens: self.streamed_tokens,
+                reported_input_tokens: usage.input_tokens,
+                reported_output_tokens: usage.output_tokens,
+                response_digest,
+            },
+        )
+        .await?;
+        core.routing.record(
+            self.terms.node,
+            Outcome::Served {
+                ttft_ms: (self.first_at - self.sent_at).as_secs_f64() * 1000.0,
+                tokens: usage.output_tokens,
+                duration_ms: self.sent_at.elapsed().as_secs_f64() * 1000.0,
+            },
+            now_ms(),
+        );
+        if let Some(stream) = self.stream.take() {
+            send_countersignature(core, stream, &countersigned);
+        }
+        core.job_completed(CompletedJob {
+            job: self.job.clone(),
+            app: self.app.clone(),
+            node: self.terms.node,
+            model: self.terms.model.clone(),
+        });
+        Ok(Finished {
+            charge: entry.charge,
+            text: std::mem::take(&mut self.text),
+            logprobs: std::mem::take(&mut self.logprobs),
+            embeddings: self.embeddings.take(),
+            usage,
+            finish_reason,
+            receipt: countersigned,
+        })
+    }
+
+    /// The job broke after its first token (stream only): books the node's
+    /// last running receipt, which covers exactly the tokens the builder
+    /// received, so the builder pays for those and the provider is paid for
+    /// them. Returns what was charged, or `None` when there is nothing
+    /// valid to book (no running receipt, or one that does not check out,
+    /// which also counts against the node); the hold is released then.
+    pub async fn book_partial(&mut self, core: &Core) -> Option<Finished> {
+        let Checkpoint {
+            receipt,
+            tokens,
+            text_len,
+        } = self.checkpoint.take()?;
+        let hold = self.hold.take()?;
+        let text = self.text.get(..text_len)?.to_owned();
+        // A running receipt carries its own input count (there is no
+        // `Done`); one that does not decode is rejected by the check.
+        let claimed_input = SignedReceipt::from_bytes(&receipt)
+            .map(|s| s.receipt().input_tokens)
+            .unwrap_or(0);
+        let booked = check_and_book(
+            core,
+            &self.terms,
+            hold,
+            Claim {
+                receipt: &receipt,
+                streamed_tokens: tokens,
+                reported_input_tokens: claimed_input,
+                reported_output_tokens: tokens,
+                response_digest: sha256(text.as_bytes()),
+            },
+        )
+        .await;
+        match booked {
+            Ok((entry, receipt)) => {
+                tracing::info!(job = %self.terms.job_id, node = %self.terms.peer, output_tokens = tokens,
+                    charge = entry.charge.total, "booked the part of a broken job the builder received");
+                Some(Finished {
+                    charge: entry.charge,
+                    text,
+                    logprobs: Vec::new(),
+                    embeddings: None,
+                    usage: Usage {
+                        input_tokens: claimed_input,
+                        output_tokens: tokens,
+                    },
+                    finish_reason: FinishReason::Length,
+                    receipt,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.terms.job_id, error = %e, "could not book the running receipt of a broken job");
+                None
+            }
+        }
+    }
+}
+
+/// Sends the countersigned receipt back to the node (which upgrades its
+/// stored copy) and closes the stream, in a tracked background task with
+/// a time limit.
+fn send_countersignature(core: &Core, mut stream: JobStream, receipt: &CountersignedReceipt) {
+    let Ok(frame) = serde_json::to_vec(&JobEvent::Countersigned {
+        receipt: receipt.to_bytes(),
+    }) else {
+        return;
+    };
+    core.spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = write_frame(&mut stream, &frame).await;
+            let _ = stream.close().await;
+        })
+        .await;
+    });
+}

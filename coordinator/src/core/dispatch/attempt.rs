@@ -1,0 +1,136 @@
+//! Trying the planned nodes in order until one produces its first event.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sharenet_p2p::{PeerId, read_frame, write_frame};
+use sharenet_proto::{JobErrorCode, JobEvent, MAX_FRAME_BYTES};
+
+use crate::core::Core;
+use crate::core::error::Error;
+use crate::core::registry::Offer;
+use crate::core::routing::Outcome;
+use crate::core::transport::JobStream;
+
+use super::decode_event;
+
+/// Times a node that dropped the stream unread is tried again.
+const DROPPED_RETRIES: u32 = 4;
+
+/// Why one candidate did not work out.
+pub(super) enum AttemptError {
+    /// Try the next node.
+    Retry(String),
+    /// The stream was dropped before the node read the request (libp2p-stream
+    /// drops inbound streams when a burst outpaces the node's acceptor):
+    /// the node never saw the job, so the same node may be tried again.
+    Dropped(String),
+    /// The request itself is at fault; every node would say the same.
+    Client(Error),
+}
+
+/// A node that answered: its stream, its first event, and when the
+/// request went out.
+pub(super) struct Started {
+    pub stream: JobStream,
+    pub first: JobEvent,
+    pub sent_at: Instant,
+}
+
+/// One node, with the same-node retries for streams dropped unread.
+pub(super) async fn try_node(
+    core: &Core,
+    peer: PeerId,
+    request: &[u8],
+) -> Result<Started, AttemptError> {
+    let mut sent_at = Instant::now();
+    let mut outcome = attempt(core, peer, request).await;
+    for retry in 0..DROPPED_RETRIES {
+        let Err(AttemptError::Dropped(reason)) = &outcome else {
+            break;
+        };
+        tracing::debug!(node = %peer, %reason, retry, "stream dropped unread; retrying the same node");
+        let backoff = 10u64 << retry;
+        tokio::time::sleep(Duration::from_millis(
+            backoff + rand::random::<u64>() % backoff,
+        ))
+        .await;
+        sent_at = Instant::now();
+        outcome = attempt(core, peer, request).await;
+    }
+    outcome.map(|(stream, first)| Started {
+        stream,
+        first,
+        sent_at,
+    })
+}
+
+/// Tries `candidates` in order; the first that produces an event wins. A
+/// refusal, a dead stream or a timeout before the first event moves on (and
+/// counts against that node); a request-level error ends the job at once.
+pub(super) async fn first_answer(
+    core: &Core,
+    model: &str,
+    candidates: Vec<Offer>,
+    request: &[u8],
+) -> Result<(Offer, Started), Error> {
+    let mut failures = Vec::new();
+    for candidate in candidates {
+        let (peer, node) = (candidate.peer, candidate.advert.node);
+        if !failures.is_empty() {
+            core.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        core.routing.begin_probe(node, crate::core::now_ms());
+        match try_node(core, peer, request).await {
+            Ok(started) => return Ok((candidate, started)),
+            Err(AttemptError::Client(e)) => return Err(e),
+            Err(AttemptError::Retry(reason) | AttemptError::Dropped(reason)) => {
+                core.routing
+                    .record(node, Outcome::Failed, crate::core::now_ms());
+                tracing::warn!(node = %peer, %reason, "node failed before the first token");
+                failures.push(format!("{peer}: {reason}"));
+            }
+        }
+    }
+    Err(Error::NoCapacity(format!(
+        "every node tried for `{model}` failed before the first token ({})",
+        failures.join("; ")
+    )))
+}
+
+async fn attempt(
+    core: &Core,
+    peer: PeerId,
+    request: &[u8],
+) -> Result<(JobStream, JobEvent), AttemptError> {
+    let t = core.timeouts;
+    let mut stream = tokio::time::timeout(t.connect, core.transport.open_job_stream(peer))
+        .await
+        .map_err(|_| AttemptError::Retry("timed out opening a stream".into()))?
+        .map_err(|e| AttemptError::Retry(e.to_string()))?;
+    write_frame(&mut stream, request)
+        .await
+        .map_err(|e| AttemptError::Dropped(format!("send request: {e}")))?;
+    let frame = tokio::time::timeout(t.first_token, read_frame(&mut stream, MAX_FRAME_BYTES))
+        .await
+        .map_err(|_| AttemptError::Retry("no first token in time".into()))?
+        .map_err(|e| AttemptError::Retry(format!("read first event: {e}")))?;
+    match decode_event(&frame).map_err(AttemptError::Retry)? {
+        JobEvent::Error {
+            code: JobErrorCode::ContextLengthExceeded,
+            message,
+        } => Err(AttemptError::Client(Error::BadRequest {
+            message,
+            param: Some("messages".into()),
+        })),
+        JobEvent::Error {
+            code: JobErrorCode::InvalidRequest | JobErrorCode::UnsupportedInput,
+            message,
+        } => Err(AttemptError::Client(Error::bad_request(message, None))),
+        JobEvent::Error { code, message } => Err(AttemptError::Retry(format!(
+            "refused ({code:?}): {message}"
+        ))),
+        JobEvent::Countersigned { .. } => Err(AttemptError::Retry("unexpected frame".into())),
+        event => Ok((stream, event)),
+    }
+}

@@ -1,0 +1,142 @@
+//! The one check-and-book step, used when a job finishes and when a broken
+//! stream is charged from its last running receipt: check the node's
+//! receipt against what the coordinator saw and the job's bounds,
+//! countersign it, and turn the hold into the real charge, durably, before
+//! anyone is told.
+
+use std::sync::atomic::Ordering;
+
+use sharenet_ledger::{LedgerEntry, StoreError};
+use sharenet_p2p::PeerId;
+use sharenet_proto::{CountersignedReceipt, JobId};
+
+use crate::core::accounts::{CommitError, Hold};
+use crate::core::error::Error;
+use crate::core::receipts::{Expected, ReceiptRejection, check_receipt};
+use crate::core::routing::Outcome;
+use crate::core::{Core, now_ms};
+
+/// What a job was agreed at: who serves it, at what prices, for which
+/// request, and the most input tokens it may be charged for.
+#[derive(Debug, Clone)]
+pub(super) struct Terms {
+    pub job_id: JobId,
+    pub peer: PeerId,
+    pub node: [u8; 32],
+    pub model: String,
+    pub price_in: u64,
+    pub price_out: u64,
+    pub request_digest: [u8; 32],
+    /// The hold's bound on input tokens (every prompt byte a token).
+    pub max_input_tokens: u64,
+}
+
+/// What the node claims, next to what the coordinator relayed.
+pub(super) struct Claim<'a> {
+    /// The node-signed receipt.
+    pub receipt: &'a [u8],
+    /// Output tokens the node's deltas added up to (what was relayed).
+    pub streamed_tokens: u32,
+    /// The counts the node reported beside the receipt (its `Done` usage;
+    /// for a running receipt, the receipt's own).
+    pub reported_input_tokens: u32,
+    pub reported_output_tokens: u32,
+    /// SHA-256 of exactly what was relayed to the builder.
+    pub response_digest: [u8; 32],
+}
+
+/// Checks `claim` against `terms`; on success countersigns and books it
+/// with `hold`. A rejection is counted, logged and recorded against the
+/// node (`RejectedReceipt`), and the hold is released: nothing is charged.
+pub(super) async fn check_and_book(
+    core: &Core,
+    terms: &Terms,
+    hold: Hold,
+    claim: Claim<'_>,
+) -> Result<(LedgerEntry, CountersignedReceipt), Error> {
+    let checked = check(core, terms, &claim);
+    let signed = match checked {
+        Ok(s) => s,
+        Err(rejection) => {
+            reject(core, terms, &rejection.to_string(), claim.receipt);
+            return Err(Error::BadGateway(format!(
+                "the node's receipt was rejected: {rejection}"
+            )));
+        }
+    };
+    let countersigned = CountersignedReceipt::countersign(signed, core.identity.signing_key())
+        .map_err(|e| Error::Internal(format!("countersign receipt: {e}")))?;
+    let to_book = countersigned.clone();
+    match tokio::task::spawn_blocking(move || hold.commit(to_book, now_ms())).await? {
+        Ok(entry) => {
+            core.metrics
+                .receipts_accepted
+                .fetch_add(1, Ordering::Relaxed);
+            Ok((entry, countersigned))
+        }
+        Err(CommitError::Store(StoreError::Duplicate(id))) => {
+            core.metrics
+                .receipts_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Error::BadGateway(format!(
+                "receipt {id} was already recorded"
+            )))
+        }
+        Err(e @ CommitError::OverHold { .. }) => {
+            reject(core, terms, &e.to_string(), claim.receipt);
+            Err(Error::BadGateway(format!(
+                "the node's receipt was rejected: {e}"
+            )))
+        }
+        Err(e) => Err(Error::Internal(e.to_string())),
+    }
+}
+
+fn check(
+    core: &Core,
+    terms: &Terms,
+    claim: &Claim<'_>,
+) -> Result<sharenet_proto::SignedReceipt, ReceiptRejection> {
+    if u64::from(claim.reported_input_tokens) > terms.max_input_tokens {
+        return Err(ReceiptRejection::InputTokensOverBound {
+            claimed: claim.reported_input_tokens,
+            bound: terms.max_input_tokens,
+        });
+    }
+    if claim.reported_output_tokens != claim.streamed_tokens {
+        return Err(ReceiptRejection::OutputTokens {
+            claimed: claim.reported_output_tokens,
+            streamed: claim.streamed_tokens,
+        });
+    }
+    check_receipt(
+        claim.receipt,
+        &Expected {
+            job_id: terms.job_id,
+            node: terms.node,
+            coordinator: core.identity.public_key(),
+            model: terms.model.clone(),
+            price_in: terms.price_in,
+            price_out: terms.price_out,
+            streamed_tokens: claim.streamed_tokens,
+            reported_input_tokens: claim.reported_input_tokens,
+            request_digest: terms.request_digest,
+            response_digest: claim.response_digest,
+        },
+    )
+}
+
+fn reject(core: &Core, terms: &Terms, reason: &str, receipt: &[u8]) {
+    core.metrics
+        .receipts_rejected
+        .fetch_add(1, Ordering::Relaxed);
+    core.routing
+        .record(terms.node, Outcome::RejectedReceipt, now_ms());
+    // The receipt is the node's bytes: log a bounded prefix only.
+    let shown = &receipt[..receipt.len().min(512)];
+    tracing::warn!(
+        job = %terms.job_id, node = %terms.peer, %reason,
+        receipt_prefix = %hex::encode(shown), receipt_len = receipt.len(),
+        "receipt rejected"
+    );
+}

@@ -1,0 +1,111 @@
+//! Sending a job to a node, in named steps:
+//!
+//! 1. [`plan::resolve_model`]: the requested model or the first of its
+//!    fallbacks that some node serves;
+//! 2. [`plan::plan_candidates`]: the router's order over the routing index,
+//!    the app's rules, live adverts only, at most `max_attempts`;
+//! 3. [`plan::admit`]: rate limits and a hold for the worst case at the
+//!    highest candidate price;
+//! 4. [`attempt::first_answer`]: the candidates in order until one produces
+//!    its first event (fallback before the first token only);
+//! 5. [`ActiveJob`]: relaying events, then [`book::check_and_book`] for the
+//!    final receipt or, when a stream breaks, for the last running receipt;
+//!    a finished job is announced to the completion hook (spot checks).
+
+mod active;
+mod attempt;
+mod book;
+mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharenet_proto::{JobEvent, JobId, JobRequest, sha256};
+
+pub use active::{ActiveJob, Finished, Step};
+
+use crate::core::Core;
+use crate::core::accounts::Principal;
+use crate::core::error::Error;
+use crate::core::job::Job;
+
+/// Per-phase time limits for a job.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Opening the stream to the node.
+    pub connect: Duration,
+    /// From sending the request to the first event.
+    pub first_token: Duration,
+    /// Longest gap between two events after the first.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_token: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A job that finished and was booked: what the completion hook sees.
+#[derive(Debug, Clone)]
+pub struct CompletedJob {
+    pub job: Arc<Job>,
+    /// The app that paid for it.
+    pub app: String,
+    pub node: [u8; 32],
+    pub model: String,
+}
+
+/// Plans `job`, holds its worst case, and starts it on the first node
+/// that answers (see the module docs).
+pub async fn start_job(
+    core: &Arc<Core>,
+    job: Arc<Job>,
+    principal: &Principal,
+    end_customer: Option<&str>,
+) -> Result<ActiveJob, Error> {
+    let model = plan::resolve_model(core, &job)?;
+    let plan = plan::plan_candidates(core, &job, model, principal)?;
+    let hold = plan::admit(core, &job, &plan, principal, end_customer)?;
+    let request = JobRequest {
+        job_id: JobId(rand::random()),
+        coordinator: core.identity.public_key(),
+        model: plan.model.clone(),
+        input: job.input.clone(),
+        params: job.params.clone(),
+    };
+    let bytes = serde_json::to_vec(&request)
+        .map_err(|e| Error::Internal(format!("encode job request: {e}")))?;
+    let (offer, started) =
+        attempt::first_answer(core, &plan.model, plan.candidates, &bytes).await?;
+    let terms = book::Terms {
+        job_id: request.job_id,
+        peer: offer.peer,
+        node: offer.advert.node,
+        model: plan.model,
+        price_in: offer.offer.price_in,
+        price_out: offer.offer.price_out,
+        request_digest: sha256(&bytes),
+        max_input_tokens: job.max_input_tokens(),
+    };
+    Ok(ActiveJob::new(
+        started.stream,
+        started.first,
+        terms,
+        job,
+        principal.app.clone(),
+        hold,
+        started.sent_at,
+    ))
+}
+
+fn decode_event(frame: &[u8]) -> Result<JobEvent, String> {
+    serde_json::from_slice(frame).map_err(|e| format!("undecodable event: {e}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! Before any node is contacted: which model, which nodes in which order,
+//! and the hold that pays for the worst case.
+
+use sharenet_ledger::AppRouting;
+use sharenet_proto::ModelKind;
+use sharenet_router as r;
+
+use crate::core::accounts::{Admission, Hold, Principal};
+use crate::core::error::Error;
+use crate::core::job::{Job, SortKey};
+use crate::core::registry::Offer;
+use crate::core::{Core, now_ms};
+
+/// The nodes to try, best first, with what each offers.
+pub(super) struct Plan {
+    /// The model that will be served (the requested one or a fallback).
+    pub model: String,
+    pub candidates: Vec<Offer>,
+}
+
+/// The first model of the job's list that some node serves (the `models`
+/// fallback list). A model served only for the other endpoint is a 400, an
+/// unknown model a 404, and no live node at all a 503.
+pub(super) fn resolve_model(core: &Core, job: &Job) -> Result<String, Error> {
+    let want = job.kind.model_kind();
+    let other = match want {
+        ModelKind::Embedding => ModelKind::Text,
+        ModelKind::Text => ModelKind::Embedding,
+    };
+    for model in &job.models {
+        if core.routing.serves(model, want) {
+            return Ok(model.clone());
+        }
+        if core.routing.serves(model, other) {
+            let what = match want {
+                ModelKind::Embedding => {
+                    "a text generation model; use /v1/chat/completions or /v1/completions"
+                }
+                ModelKind::Text => "an embedding model; use /v1/embeddings",
+            };
+            return Err(Error::bad_request(
+                format!("`{model}` is {what}"),
+                Some("model"),
+            ));
+        }
+    }
+    Err(if core.registry.live_nodes(now_ms()) > 0 {
+        Error::ModelNotFound(job.requested_model().to_owned())
+    } else {
+        Error::NoCapacity("no live nodes on the network right now".into())
+    })
+}
+
+/// Orders the nodes to try with the pure router over the routing index:
+/// the request's filters and preferences and the app's rules, then price,
+/// predicted latency and trust, load-aware. When a filter empties the list
+/// the 503 names it.
+fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<[u8; 32]>, Error> {
+    let p = &job.prefs;
+    let sensitive = p.sensitive || rules.sensitive;
+    if sensitive && rules.private_pool.is_empty() {
+        return Err(Error::bad_request(
+            "a sensitive request needs a private pool of the app's own nodes, and this app has none",
+            Some("provider.sensitive"),
+        ));
+    }
+    let private_pool = (!rules.private_pool.is_empty()).then(|| r::PrivatePool {
+        nodes: rules.private_pool.clone(),
+        sensitive,
+        spill_to_public: rules.spill_to_public,
+    });
+    let prefs = r::Preferences {
+        sort: p.sort.map(|s| match s {
+            SortKey::Price => r::Sort::Price,
+            SortKey::Latency => r::Sort::Latency,
+            SortKey::Throughput => r::Sort::Throughput,
+        }),
+        order: p.order.clone(),
+        only: p.only.clone(),
+        ignore: p.ignore.clone(),
+        allow_fallbacks: p.allow_fallbacks,
+        max_price_in: p.max_price_in,
+        max_price_out: p.max_price_out,
+        min_trust: p.min_trust,
+        region: p.region.clone(),
+        quantizations: p.quantizations.clone(),
+        weights_sha256: p.weights_sha256,
+        private_pool,
+    };
+    let request = r::Request {
+        input_tokens: job.estimated_input_tokens(),
+        max_output_tokens: job.params.max_tokens,
+        prefs,
+    };
+    // Adverts lag the node's load, and a full node refuses (`saturated`)
+    // and is skipped anyway, so "full" here is generous: as many waiting as
+    // the node's default queue allows (4 × its concurrency).
+    //
+    // A node never measured is assumed fast (a short first token, quick
+    // decoding), so it gets tried and measured rather than starved behind
+    // nodes whose real numbers beat a pessimistic guess; the probation share
+    // caps what new nodes get while established ones are available.
+    let params = r::RouteParams {
+        max_queue_factor: 5,
+        unknown_ttft_ms: 20.0,
+        unknown_tokens_per_sec: 500.0,
+        ..r::RouteParams::default()
+    };
+    core.routing
+        .route(
+            model,
+            job.kind.model_kind(),
+            &request,
+            &r::Weights::default(),
+            &params,
+        )
+        .map_err(|e| Error::NoCapacity(format!("{e}")))
+}
+
+/// The ranked nodes whose adverts are still live, at most as many as the
+/// job may try. The index can lag an expiry by up to a second, so when
+/// every ranked node has expired, expired adverts are pruned and the job
+/// is routed once more.
+pub(super) fn plan_candidates(
+    core: &Core,
+    job: &Job,
+    model: String,
+    principal: &Principal,
+) -> Result<Plan, Error> {
+    let rules = core
+        .accounts
+        .app(&principal.app)
+        .map(|a| a.routing)
+        .unwrap_or_default();
+    let now = now_ms();
+    let live = |ranked: Vec<[u8; 32]>| -> Vec<Offer> {
+        ranked
+            .iter()
+            .filter_map(|k| core.registry.offer_of(k, &model, now))
+            .collect()
+    };
+    let mut candidates = live(route(core, &model, job, &rules)?);
+    if candidates.is_empty() {
+        core.prune_expired(now);
+        candidates = live(route(core, &model, job, &rules)?);
+    }
+    if candidates.is_empty() {
+        return Err(Error::NoCapacity(format!(
+            "no live node serves `{model}` right now"
+        )));
+    }
+    let attempts = if job.prefs.allow_fallbacks {
+        core.max_attempts
+    } else {
+        candidates.len()
+    };
+    candidates.truncate(attempts.max(1));
+    Ok(Plan { model, candidates })
+}
+
+/// Rate limits and the hold: the worst case at the highest price among
+/// the nodes the job may try.
+pub(super) fn admit(
+    core: &Core,
+    job: &Job,
+    plan: &Plan,
+    principal: &Principal,
+    end_customer: Option<&str>,
+) -> Result<Hold, Error> {
+    let max_price_in = plan.candidates.iter().map(|o| o.offer.price_in).max();
+    let max_price_out = plan.candidates.iter().map(|o| o.offer.price_out).max();
+    Ok(core.accounts.admit(&Admission {
+        principal,
+        end_customer,
+        max_input_tokens: job.max_input_tokens(),
+        max_output_tokens: job.max_output_tokens(),
+        max_price_in: max_price_in.unwrap_or(0),
+        max_price_out: max_price_out.unwrap_or(0),
+        now_ms: now_ms(),
+    })?)
+}

@@ -1,0 +1,1 @@
+//! Dispatch over a scripted transport.

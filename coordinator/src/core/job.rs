@@ -1,0 +1,114 @@
+//! A job as the core sees it: what kind, which models, the input and
+//! sampling parameters, and the caller's routing preferences, already
+//! validated (the HTTP layer parses requests into this). How the answer is
+//! shaped (JSON or SSE, base64 embeddings) is not the core's business.
+
+use sharenet_proto::{JobInput, ModelKind, SamplingParams};
+
+/// Which endpoint a job came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Chat,
+    Completion,
+    Embedding,
+}
+
+impl JobKind {
+    /// The kind of model that can serve it.
+    pub fn model_kind(self) -> ModelKind {
+        match self {
+            Self::Embedding => ModelKind::Embedding,
+            Self::Chat | Self::Completion => ModelKind::Text,
+        }
+    }
+}
+
+/// What to optimise first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Price,
+    Latency,
+    Throughput,
+}
+
+/// Validated routing preferences (the `provider` object): node keys are
+/// decoded, prices are nano-USD per token.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderPrefs {
+    pub sort: Option<SortKey>,
+    pub order: Vec<[u8; 32]>,
+    pub only: Vec<[u8; 32]>,
+    pub ignore: Vec<[u8; 32]>,
+    pub allow_fallbacks: bool,
+    pub max_price_in: Option<u64>,
+    pub max_price_out: Option<u64>,
+    pub min_trust: Option<f64>,
+    pub region: Option<String>,
+    pub quantizations: Vec<String>,
+    pub sensitive: bool,
+    pub weights_sha256: Option<[u8; 32]>,
+}
+
+impl ProviderPrefs {
+    /// No preferences: any node, fallbacks allowed.
+    pub fn any() -> Self {
+        Self {
+            allow_fallbacks: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// A validated request, ready to dispatch.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub kind: JobKind,
+    /// The requested model first, then its `models` fallbacks (1 to 8).
+    pub models: Vec<String>,
+    pub input: JobInput,
+    pub params: SamplingParams,
+    pub prefs: ProviderPrefs,
+}
+
+impl Job {
+    /// The model the caller asked for.
+    pub fn requested_model(&self) -> &str {
+        self.models.first().map_or("", String::as_str)
+    }
+
+    /// Rough prompt size for ranking (about four bytes per token).
+    pub fn estimated_input_tokens(&self) -> u32 {
+        let bytes: usize = match &self.input {
+            JobInput::Chat { messages } => messages.iter().map(|m| m.content.len() + 8).sum(),
+            JobInput::Prompt { prompt } => prompt.len(),
+            JobInput::Embed { inputs } => inputs.iter().map(String::len).sum(),
+        };
+        u32::try_from(bytes / 4 + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Most input tokens the job can have: every byte a token, plus room
+    /// for the chat template's own tokens. The hold is priced on it, and a
+    /// receipt claiming more is rejected.
+    pub fn max_input_tokens(&self) -> u64 {
+        let (bytes, pieces) = match &self.input {
+            JobInput::Chat { messages } => (
+                messages
+                    .iter()
+                    .map(|m| m.content.len() + m.role.len())
+                    .sum::<usize>(),
+                messages.len(),
+            ),
+            JobInput::Prompt { prompt } => (prompt.len(), 1),
+            JobInput::Embed { inputs } => (inputs.iter().map(String::len).sum(), inputs.len()),
+        };
+        (bytes as u64) + 16 * (pieces as u64) + 256
+    }
+
+    /// Most output tokens the job can be charged for.
+    pub fn max_output_tokens(&self) -> u64 {
+        match self.kind {
+            JobKind::Embedding => 0,
+            _ => u64::from(self.params.max_tokens),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The coordinator's core: everything it decides, with no HTTP in it.
+//!
+//! Dependency rule: `http` → `core`, never back; `core` → the pure crates
+//! (`router`, `market`), `ledger` (the books), `proto`/`api` (wire types)
+//! and `p2p` only for peer ids, frames and its [`transport::Transport`]
+//! implementation. Nothing here names axum or the HTTP layer.
+//!
+//! - [`job`]: a validated job (kind, models, input, sampling, preferences)
+//!   and its bounds;
+//! - [`dispatch`]: planning, admission, the attempt loop, relaying and
+//!   booking, in named steps;
+//! - [`routing`]: node health and the routing index under one lock;
+//! - [`registry`]: verified live adverts;
+//! - [`accounts`]: apps, keys, balances, holds, budgets, rate limits;
+//! - [`receipts`]: checking a node's receipt against what we saw;
+//! - [`spotcheck`]: re-running sampled jobs, fed by dispatch's completion
+//!   hook;
+//! - [`settle`] and [`queries`]: settlement, and reads of the books;
+//! - [`transport`]: the seam to the network (libp2p or a test double).
+
+pub mod accounts;
+pub mod dispatch;
+pub mod error;
+pub mod job;
+pub mod queries;
+pub mod receipts;
+pub mod registry;
+pub mod routing;
+pub mod settle;
+pub mod spotcheck;
+pub mod sync;
+pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use sharenet_ledger::Books;
+use sharenet_market::SignedStatement;
+use sharenet_p2p::{Event, Identity};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CoordinatorConfig;
+use dispatch::{CompletedJob, Timeouts};
+use error::Error;
+use transport::Transport;
+
+/// How often expired adverts are swept out and time is applied to routing.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Finished jobs waiting for the spot-check sampler; beyond this a
+/// notice is dropped (and counted): checks are a sample anyway.
+const COMPLETED_QUEUE: usize = 256;
+
+/// Request counters, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub receipts_accepted: AtomicU64,
+    pub receipts_rejected: AtomicU64,
+    /// Spot checks completed, and nodes found failing one.
+    pub spot_checks: AtomicU64,
+    pub spot_checks_failed: AtomicU64,
+    /// Completion notices the spot-check sampler had no room for.
+    pub spot_check_notices_dropped: AtomicU64,
+}
+
+/// The coordinator's shared state and the operations on it.
+pub struct Core {
+    pub identity: Identity,
+    pub transport: Arc<dyn Transport>,
+    pub registry: registry::Registry,
+    pub routing: routing::Routing,
+    pub accounts: Arc<accounts::Accounts>,
+    pub operator_key: Option<String>,
+    /// How time is cut into settlement periods.
+    pub period_rule: sharenet_market::PeriodRule,
+    pub timeouts: Timeouts,
+    /// Nodes tried per request before giving up.
+    pub max_attempts: usize,
+    pub metrics: Metrics,
+    /// Dispatch's completion hook: finished jobs for the spot-check
+    /// sampler (absent when spot checks are off).
+    completed: Option<mpsc::Sender<CompletedJob>>,
+    /// One settlement at a time.
+    settling: tokio::sync::Mutex<()>,
+    /// Every task the core spawns, so shutdown can wait for them.
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    /// Opens the books and accounts in `config.data_dir`, installs the
+    /// configured keys and the spot-checks app. Returns the core and, when
+    /// spot checks are on, the receiving end of the completion hook.
+    pub fn open(
+        config: &CoordinatorConfig,
+        transport: Arc<dyn Transport>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Arc<Self>, Option<mpsc::Receiver<CompletedJob>>)> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
+        let books_path = config.data_dir.join("books");
+        // The books' MAC key is derived from the coordinator's secret key, so
+        // only the holder of that key can write entries bulk reads trust.
+        let mac_key = {
+            let mut material = b"sharenet/books-mac/v1\0".to_vec();
+            material.extend_from_slice(&config.identity.signing_key().to_bytes());
+            sharenet_proto::sha256(&material)
+        };
+        let books = Books::open_keyed(&books_path, mac_key)
+            .with_context(|| format!("open the books {}", books_path.display()))?;
+        let accounts = accounts::Accounts::load(
+            Arc::new(books),
+            config.network_fee_bps,
+            &config.identity.public_key(),
+        )
+        .context("load accounts from the books")?;
+        accounts::bootstrap(
+            &accounts,
+            &config.api_keys,
+            &accounts::Bootstrap {
+                app: "default".into(),
+                balance: config.bootstrap_balance,
+            },
+            now_ms(),
+        )
+        .context("install the configured api_keys")?;
+        let (completed, completed_rx) = if config.spot_check_rate > 0.0 {
+            accounts::ensure_operator_app(
+                &accounts,
+                spotcheck::SPOT_CHECK_APP,
+                "spot checks (paid by the operator)",
+                config.spot_check_funding,
+                now_ms(),
+            )
+            .context("create the spot-checks app")?;
+            let (tx, rx) = mpsc::channel(COMPLETED_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let core = Arc::new(Self {
+            identity: config.identity.clone(),
+            transport,
+            registry: registry::Registry::default(),
+            routing: routing::Routing::new(
+                rand::random(),
+                config.timeouts.first_token.as_secs_f64() * 500.0,
+            ),
+            accounts: Arc::new(accounts),
+            operator_key: config.operator_key.clone(),
+            period_rule: config.period_rule,
+            timeouts: config.timeouts,
+            max_attempts: config.max_attempts,
+            metrics: Metrics::default(),
+            completed,
+            settling: tokio::sync::Mutex::new(()),
+            tasks,
+            shutdown,
+        });
+        Ok((core, completed_rx))
+    }
+
+    /// Spawns `task` on the core's tracker, so shutdown waits for it.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Cancelled when the coordinator is shutting down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Dispatch's completion hook.
+    pub(crate) fn job_completed(&self, done: CompletedJob) {
+        if let Some(tx) = &self.completed
+            && tx.try_send(done).is_err()
+        {
+            self.metrics
+                .spot_check_notices_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A gossiped advert: verified into the registry, then into routing.
+    pub fn on_advert(&self, source: sharenet_p2p::PeerId, data: &[u8], now_ms: u64) {
+        match self.registry.ingest(source, data, now_ms) {
+            Ok(()) => {
+                if let Some(advert) = self.registry.advert(&source) {
+                    self.routing.on_advert(&advert, now_ms);
+                }
+            }
+            Err(reason) => tracing::debug!(peer = %source, %reason, "advert refused"),
+        }
+    }
+
+    /// A ping round trip to a peer.
+    pub fn on_rtt(&self, peer: sharenet_p2p::PeerId, rtt: Duration, now_ms: u64) {
+        self.registry.set_rtt(peer, rtt);
+        if let Some(node) = self.registry.node_key(&peer) {
+            self.routing
+                .on_rtt(node, rtt.as_secs_f64() * 1000.0, now_ms);
+        }
+    }
+
+    /// Drops expired adverts from the registry and routing.
+    pub fn prune_expired(&self, now_ms: u64) {
+        for node in self.registry.prune(now_ms) {
+            self.routing.remove(&node);
+        }
+    }
+
+    /// The once-a-second tick: expiries, then time applied to routing.
+    pub fn tick(&self, now_ms: u64) {
+        self.prune_expired(now_ms);
+        self.routing.refresh(now_ms);
+    }
+
+    /// Settles the period containing `at_ms` (default: the last one that
+    /// has ended). One settlement runs at a time, so two periods can never
+    /// sweep the same entries. Returns the statement and whether this call
+    /// made it.
+    pub async fn settle(&self, at_ms: Option<u64>) -> Result<(SignedStatement, bool), Error> {
+        let _one_at_a_time = self.settling.lock().await;
+        let now = now_ms();
+        let period = settle::period_to_settle(self.period_rule, at_ms, now)?;
+        let label = period.label();
+        let books = self.accounts.books().clone();
+        let key = self.identity.signing_key().clone();
+        tokio::task::spawn_blocking(move || settle::settle(&books, &key, period, &label, now))
+            .await?
+    }
+}
+
+/// Feeds network events into the core and ticks it, until shutdown.
+pub async fn watch_network(
+    core: Arc<Core>,
+    mut events: mpsc::Receiver<Event>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => core.tick(now_ms()),
+            event = events.recv() => match event {
+                None => return,
+                Some(Event::Advert { source, data }) => core.on_advert(source, &data, now_ms()),
+                Some(Event::Rtt { peer, rtt }) => core.on_rtt(peer, rtt, now_ms()),
+                Some(_) => {}
+            },
+        }
+    }
+}

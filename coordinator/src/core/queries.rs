@@ -1,0 +1,205 @@
+//! Read-only questions about the books, as builders, providers and the
+//! operator ask them: one app's receipts, a receipt's inclusion proof, a
+//! settled period's public bundle, statements. Each runs off the async
+//! runtime (sled reads block) and never shows one app another app's data.
+
+use sharenet_api::receipts::{InclusionProofObject, ReceiptFilter};
+use sharenet_api::statements::{BuilderStatement, BundleLeaf, PeriodRange, StatementBundle};
+use sharenet_ledger::{Books, LedgerEntry, StatementRecord};
+use sharenet_market::SignedStatement;
+use sharenet_market::merkle::leaf_hash;
+use sharenet_proto::JobId;
+
+use crate::core::Core;
+use crate::core::error::Error;
+
+/// Most receipts one listing returns.
+pub const MAX_RECEIPTS_PER_PAGE: usize = 1000;
+
+impl Core {
+    /// Runs a blocking read of the books on the blocking pool.
+    async fn read_books<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Books) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let books = self.accounts.books().clone();
+        tokio::task::spawn_blocking(move || read(&books)).await?
+    }
+
+    /// One of `app`'s receipts (another app's is "not found").
+    pub async fn receipt_of(&self, app: &str, job_id: JobId) -> Result<LedgerEntry, Error> {
+        let app = app.to_owned();
+        self.read_books(move |books| match books.entry(&job_id)? {
+            Some(e) if e.app == app => Ok(e),
+            _ => Err(Error::NotFound(format!("no receipt with id {job_id}"))),
+        })
+        .await
+    }
+
+    /// `app`'s receipts, oldest first, filtered, at most
+    /// [`MAX_RECEIPTS_PER_PAGE`].
+    pub async fn receipts_of(
+        &self,
+        app: &str,
+        f: ReceiptFilter,
+    ) -> Result<Vec<LedgerEntry>, Error> {
+        let app = app.to_owned();
+        let limit = f.limit.unwrap_or(100).clamp(1, MAX_RECEIPTS_PER_PAGE);
+        self.read_books(move |books| {
+            let mut out = Vec::new();
+            for e in books.entries() {
+                let e = e?;
+                let keep = e.app == app
+                    && f.end_customer
+                        .as_ref()
+                        .is_none_or(|c| e.end_customer.as_ref() == Some(c))
+                    && f.since_ms.is_none_or(|t| e.recorded_at_ms >= t)
+                    && f.until_ms.is_none_or(|t| e.recorded_at_ms < t);
+                if keep {
+                    out.push(e);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The inclusion proof of one of `app`'s receipts in the statement
+    /// that settled it (not found while it is unsettled).
+    pub async fn proof_of(&self, app: &str, job_id: JobId) -> Result<InclusionProofObject, Error> {
+        let app = app.to_owned();
+        self.read_books(move |books| {
+            match books.entry(&job_id)? {
+                Some(e) if e.app == app => {}
+                _ => return Err(Error::NotFound(format!("no receipt with id {job_id}"))),
+            }
+            let record = books
+                .statements()?
+                .into_iter()
+                .find(|r| r.job_ids.contains(&job_id))
+                .ok_or_else(|| Error::NotFound(format!("receipt {job_id} is not settled yet")))?;
+            let (ids, leaves) = settled_leaves(books, &record)?;
+            let index = ids
+                .binary_search(&job_id)
+                .map_err(|_| Error::Internal("receipt not in its statement's list".into()))?;
+            let proof = sharenet_market::merkle::prove(
+                &leaves.iter().map(|(_, leaf)| *leaf).collect::<Vec<_>>(),
+                index as u64,
+            )
+            .map_err(Error::internal)?;
+            Ok(InclusionProofObject {
+                object: "inclusion_proof".into(),
+                receipt_id: job_id.to_hex(),
+                statement: record.label,
+                proof,
+            })
+        })
+        .await
+    }
+
+    /// A settled period for providers to reconcile against (public): the
+    /// signed statement and, per receipt in Merkle order, its job id, node,
+    /// amount and leaf hash.
+    pub async fn bundle(&self, label: &str) -> Result<StatementBundle, Error> {
+        let label = label.to_owned();
+        self.read_books(move |books| {
+            let record = books
+                .statement(&label)?
+                .ok_or_else(|| Error::NotFound(format!("period {label} is not settled")))?;
+            let (ids, leaves) = settled_leaves(books, &record)?;
+            Ok(StatementBundle {
+                object: "statement_bundle".into(),
+                label: record.label,
+                signed_statement: record.statement,
+                leaves: ids
+                    .iter()
+                    .zip(leaves)
+                    .map(|(id, (entry, leaf))| {
+                        let r = entry.receipt.receipt();
+                        BundleLeaf {
+                            job_id: id.0,
+                            node: r.node,
+                            amount: r.amount,
+                            leaf,
+                        }
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    /// Every settled statement, oldest first.
+    pub async fn statements(&self) -> Result<Vec<SignedStatement>, Error> {
+        self.read_books(|books| {
+            books
+                .statements()?
+                .iter()
+                .map(|r| SignedStatement::from_bytes(&r.statement).map_err(Error::internal))
+                .collect()
+        })
+        .await
+    }
+
+    /// One settled statement.
+    pub async fn statement(&self, label: &str) -> Result<SignedStatement, Error> {
+        let label = label.to_owned();
+        self.read_books(move |books| {
+            let record = books
+                .statement(&label)?
+                .ok_or_else(|| Error::NotFound(format!("period {label} is not settled")))?;
+            SignedStatement::from_bytes(&record.statement).map_err(Error::internal)
+        })
+        .await
+    }
+
+    /// Settled statements with `app`'s line in each.
+    pub async fn statements_for(&self, app: &str) -> Result<Vec<BuilderStatement>, Error> {
+        let app = app.to_owned();
+        self.read_books(move |books| {
+            let mut out = Vec::new();
+            for r in books.statements()? {
+                let s = SignedStatement::from_bytes(&r.statement).map_err(Error::internal)?;
+                let st = s.statement();
+                let line = st.builders.iter().find(|b| b.app == app);
+                out.push(BuilderStatement {
+                    object: "statement".into(),
+                    label: r.label,
+                    period: PeriodRange {
+                        start_ms: st.period.start_ms,
+                        end_ms: st.period.end_ms,
+                    },
+                    merkle_root: hex::encode(st.merkle_root),
+                    app: app.clone(),
+                    jobs: line.map_or(0, |l| l.jobs),
+                    charged_nano_usd: line.map_or(0, |l| l.charged),
+                    payout_nano_usd: line.map_or(0, |l| l.payout),
+                    signed_bytes: hex::encode(s.to_bytes()),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// A statement's job ids in Merkle order, with each entry and leaf hash.
+fn settled_leaves(
+    books: &Books,
+    record: &StatementRecord,
+) -> Result<(Vec<JobId>, Vec<(LedgerEntry, [u8; 32])>), Error> {
+    let mut ids = record.job_ids.clone();
+    ids.sort_unstable();
+    let mut leaves = Vec::with_capacity(ids.len());
+    for j in &ids {
+        let e = books
+            .entry(j)?
+            .ok_or_else(|| Error::Internal(format!("settled receipt {j} is missing")))?;
+        let leaf = leaf_hash(&e.receipt.to_bytes());
+        leaves.push((e, leaf));
+    }
+    Ok((ids, leaves))
+}

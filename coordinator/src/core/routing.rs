@@ -1,0 +1,391 @@
+//! The coordinator's routing state, in one type: every node's health
+//! (measurements, trust evidence, circuit breaker) and the routing index
+//! built from it (one [`CandidateTable`] per model and kind), behind one
+//! lock, so the two can never disagree.
+//!
+//! Every change goes through a method here: an accepted advert
+//! ([`Routing::on_advert`]), an RTT sample ([`Routing::on_rtt`]), a job's
+//! outcome or spot-check verdict ([`Routing::record`]), a breaker probe
+//! ([`Routing::begin_probe`]), an expiry ([`Routing::remove`]) and the
+//! once-a-second refresh that applies time ([`Routing::refresh`]: trust and
+//! measurement decay, breaker cool-downs). Each updates the health and the
+//! node's table rows under the same lock.
+//!
+//! What routing sees lags the truth by at most the refresh interval for
+//! time-driven changes, and not at all for events. An advert that expired
+//! since the last prune can still come out of a table; dispatch checks
+//! liveness in the registry before using a node.
+//!
+//! A node's health outlives its advert (an expired node that comes back
+//! keeps its history, so leaving and rejoining does not wash its trust).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sharenet_proto::{Advert, ModelKind};
+use sharenet_router::{
+    BreakerParams, CandidateTable, Evidence, NoCandidate, NodeHealth, NodeKey, Offer, Request,
+    RouteParams, TrustParams, Weights, route_table,
+};
+
+use crate::core::sync::lock;
+
+/// What a node did, as evidence for its health.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// Refused, or failed before the first token or mid-stream.
+    Failed,
+    /// Served: time to first token, tokens, total time.
+    Served {
+        ttft_ms: f64,
+        tokens: u32,
+        duration_ms: f64,
+    },
+    /// Its receipt did not check out.
+    RejectedReceipt,
+    /// A spot check of its output agreed with the reference.
+    SpotCheckPassed,
+    /// A spot check caught it serving something else than it advertises.
+    SpotCheckFailed,
+}
+
+/// A table's key: the model id and whether it embeds.
+type TableKey = (String, bool);
+
+fn key_of(model: &str, kind: ModelKind) -> TableKey {
+    (model.to_owned(), kind == ModelKind::Embedding)
+}
+
+struct Inner {
+    health: HashMap<NodeKey, NodeHealth>,
+    tables: HashMap<TableKey, CandidateTable>,
+    /// The tables each node has a row in.
+    rows: HashMap<NodeKey, Vec<TableKey>>,
+    /// The routing decision's randomness (power of two choices, probation).
+    rng: StdRng,
+}
+
+impl Inner {
+    fn health(&mut self, node: NodeKey, now_ms: u64) -> &mut NodeHealth {
+        self.health
+            .entry(node)
+            .or_insert_with(|| NodeHealth::new(now_ms, BreakerParams::default()))
+    }
+
+    /// Rewrites the node's rows from its health at `now_ms`.
+    fn sync_rows(&mut self, node: &NodeKey, now_ms: u64, tp: &TrustParams) {
+        let (Some(keys), Some(h)) = (self.rows.get(node), self.health.get(node)) else {
+            return;
+        };
+        let trust = h.trust.score(now_ms, tp);
+        let probation = h.trust.is_probation(now_ms, tp);
+        let admit = h.breaker.allow(now_ms);
+        for k in keys {
+            if let Some(t) = self.tables.get_mut(k) {
+                t.update_state(node, &h.observed, trust, probation, admit);
+            }
+        }
+    }
+
+    fn drop_rows(&mut self, node: &NodeKey, keep: &[TableKey]) {
+        for k in self.rows.get(node).into_iter().flatten() {
+            if keep.contains(k) {
+                continue;
+            }
+            if let Some(t) = self.tables.get_mut(k) {
+                t.remove(node);
+                if t.is_empty() {
+                    self.tables.remove(k);
+                }
+            }
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Routing {
+    inner: Mutex<Inner>,
+    trust: TrustParams,
+    /// A first token later than this is `SlowFirstToken` evidence (half the
+    /// first-token timeout: late is not broken, but it counts).
+    slow_first_token_ms: f64,
+}
+
+impl Routing {
+    /// Empty routing state; `seed` seeds the decisions' randomness.
+    pub fn new(seed: u64, slow_first_token_ms: f64) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                health: HashMap::new(),
+                tables: HashMap::new(),
+                rows: HashMap::new(),
+                rng: StdRng::seed_from_u64(seed),
+            }),
+            trust: TrustParams::default(),
+            slow_first_token_ms,
+        }
+    }
+
+    /// A node's new (verified, live) advert: its rows for the models it
+    /// serves now, and none for those it dropped.
+    pub fn on_advert(&self, advert: &Advert, now_ms: u64) {
+        let mut inner = lock(&self.inner);
+        let new: Vec<TableKey> = advert
+            .models
+            .iter()
+            .map(|m| key_of(&m.id, m.kind))
+            .collect();
+        inner.drop_rows(&advert.node, &new);
+        let h = inner.health(advert.node, now_ms);
+        h.decay(now_ms);
+        let h = h.clone();
+        for m in &advert.models {
+            let offer = Offer::from_advert(advert, m);
+            inner
+                .tables
+                .entry(key_of(&m.id, m.kind))
+                .or_default()
+                .upsert(&h.candidate(&offer, now_ms, &self.trust));
+        }
+        inner.rows.insert(advert.node, new);
+    }
+
+    /// A ping round trip to the node.
+    pub fn on_rtt(&self, node: NodeKey, rtt_ms: f64, now_ms: u64) {
+        let mut inner = lock(&self.inner);
+        inner.health(node, now_ms).observed.record_rtt(rtt_ms);
+        inner.sync_rows(&node, now_ms, &self.trust);
+    }
+
+    /// Evidence from a job or a spot check.
+    pub fn record(&self, node: NodeKey, outcome: Outcome, now_ms: u64) {
+        let p = &self.trust;
+        let mut inner = lock(&self.inner);
+        let h = inner.health(node, now_ms);
+        match outcome {
+            Outcome::Failed => {
+                h.breaker.record_failure(now_ms);
+                h.trust.record(Evidence::Failed, now_ms, p);
+            }
+            Outcome::Served {
+                ttft_ms,
+                tokens,
+                duration_ms,
+            } => {
+                h.breaker.record_success(now_ms);
+                h.trust.record(Evidence::Completed, now_ms, p);
+                if ttft_ms > self.slow_first_token_ms {
+                    h.trust.record(Evidence::SlowFirstToken, now_ms, p);
+                }
+                h.observed.record_job(ttft_ms, tokens, duration_ms, now_ms);
+            }
+            Outcome::RejectedReceipt => {
+                h.breaker.record_failure(now_ms);
+                h.trust.record(Evidence::RejectedReceipt, now_ms, p);
+            }
+            Outcome::SpotCheckPassed => h.trust.record(Evidence::SpotCheckPassed, now_ms, p),
+            Outcome::SpotCheckFailed => h.trust.record(Evidence::SpotCheckFailed, now_ms, p),
+        }
+        inner.sync_rows(&node, now_ms, p);
+    }
+
+    /// A node whose breaker is half-open gets one probe: marks it taken,
+    /// so concurrent requests do not all probe at once.
+    pub fn begin_probe(&self, node: NodeKey, now_ms: u64) {
+        let mut inner = lock(&self.inner);
+        let Some(h) = inner.health.get_mut(&node) else {
+            return;
+        };
+        if h.breaker.allow(now_ms) == sharenet_router::Admit::Probe {
+            h.breaker.begin_probe(now_ms);
+            inner.sync_rows(&node, now_ms, &self.trust);
+        }
+    }
+
+    /// Drops the node's rows (its advert expired); its health stays.
+    pub fn remove(&self, node: &NodeKey) {
+        let mut inner = lock(&self.inner);
+        inner.drop_rows(node, &[]);
+        inner.rows.remove(node);
+    }
+
+    /// Applies time to every node (decay, breaker cool-downs); once a second.
+    pub fn refresh(&self, now_ms: u64) {
+        let mut inner = lock(&self.inner);
+        let nodes: Vec<NodeKey> = inner.health.keys().copied().collect();
+        for node in nodes {
+            if let Some(h) = inner.health.get_mut(&node) {
+                h.decay(now_ms);
+            }
+            inner.sync_rows(&node, now_ms, &self.trust);
+        }
+    }
+
+    /// Forgets every node's history (trust, measurements, breakers), as
+    /// for a fresh coordinator; for tests and operators.
+    pub fn reset(&self, now_ms: u64) {
+        let mut inner = lock(&self.inner);
+        inner.health.clear();
+        let nodes: Vec<NodeKey> = inner.rows.keys().copied().collect();
+        for node in nodes {
+            inner.health(node, now_ms);
+            inner.sync_rows(&node, now_ms, &self.trust);
+        }
+    }
+
+    /// Replaces a node's health (benchmarks and tests set up histories).
+    pub fn set_health(&self, node: NodeKey, health: NodeHealth, now_ms: u64) {
+        let mut inner = lock(&self.inner);
+        inner.health.insert(node, health);
+        inner.sync_rows(&node, now_ms, &self.trust);
+    }
+
+    /// A copy of the node's health, if it has any.
+    pub fn health(&self, node: &NodeKey) -> Option<NodeHealth> {
+        lock(&self.inner).health.get(node).cloned()
+    }
+
+    /// Each node's trust score at `now_ms` (0 for a node never seen).
+    pub fn trust_of(&self, nodes: &[NodeKey], now_ms: u64) -> Vec<f64> {
+        let inner = lock(&self.inner);
+        nodes
+            .iter()
+            .map(|n| {
+                inner
+                    .health
+                    .get(n)
+                    .map_or(0.0, |h| h.trust.score(now_ms, &self.trust))
+            })
+            .collect()
+    }
+
+    /// Nodes with rows.
+    pub fn nodes(&self) -> Vec<NodeKey> {
+        lock(&self.inner).rows.keys().copied().collect()
+    }
+
+    /// Whether any node serves `model` as `kind`.
+    pub fn serves(&self, model: &str, kind: ModelKind) -> bool {
+        lock(&self.inner)
+            .tables
+            .get(&key_of(model, kind))
+            .is_some_and(|t| !t.is_empty())
+    }
+
+    /// One routing decision among the nodes serving `model` as `kind`
+    /// (`route_table`, which skips whole blocks of nodes that cannot win).
+    pub fn route(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        req: &Request,
+        weights: &Weights,
+        params: &RouteParams,
+    ) -> Result<Vec<NodeKey>, NoCandidate> {
+        let mut inner = lock(&self.inner);
+        let Inner { tables, rng, .. } = &mut *inner;
+        match tables.get(&key_of(model, kind)) {
+            Some(t) => route_table(t, req, weights, params, rng),
+            None => Err(NoCandidate::NoNodes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sharenet_proto::ModelOffer;
+
+    fn advert(node: u8, models: &[(&str, ModelKind, u64)]) -> Advert {
+        Advert {
+            node: [node; 32],
+            models: models
+                .iter()
+                .map(|(id, kind, price)| ModelOffer {
+                    id: (*id).into(),
+                    price_in: *price,
+                    price_out: *price,
+                    context_length: 4096,
+                    kind: *kind,
+                    quantization: String::new(),
+                    tokens_per_sec: 0,
+                    weights_sha256: None,
+                })
+                .collect(),
+            gpus: Vec::new(),
+            region: String::new(),
+            relayed: false,
+            max_concurrency: 4,
+            queue_depth: 0,
+            seq: 1,
+            issued_at_ms: 0,
+            expires_at_ms: 10_000,
+        }
+    }
+
+    fn req() -> Request {
+        Request {
+            input_tokens: 10,
+            max_output_tokens: 10,
+            prefs: Default::default(),
+        }
+    }
+
+    fn route(r: &Routing) -> Result<Vec<NodeKey>, NoCandidate> {
+        r.route(
+            "m",
+            ModelKind::Text,
+            &req(),
+            &Weights::default(),
+            &RouteParams::default(),
+        )
+    }
+
+    #[test]
+    fn follows_adverts_expiry_and_evidence() {
+        let r = Routing::new(1, 15_000.0);
+        assert!(matches!(route(&r), Err(NoCandidate::NoNodes)));
+        r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 0);
+        r.on_advert(
+            &advert(
+                2,
+                &[("m", ModelKind::Text, 9), ("e", ModelKind::Embedding, 1)],
+            ),
+            0,
+        );
+        assert!(r.serves("e", ModelKind::Embedding));
+        assert!(!r.serves("e", ModelKind::Text));
+        assert_eq!(route(&r).unwrap().len(), 2);
+
+        // Node 2 stops serving "m": only node 1 is left for it.
+        r.on_advert(&advert(2, &[("e", ModelKind::Embedding, 1)]), 0);
+        assert_eq!(route(&r).unwrap(), vec![[1; 32]]);
+
+        // A failed spot check puts the node under the trust floor at once,
+        // in the same step as the evidence (no separate index update).
+        r.record([1; 32], Outcome::SpotCheckFailed, 0);
+        assert!(route(&r).is_err());
+        r.reset(0);
+        assert_eq!(route(&r).unwrap(), vec![[1; 32]]);
+
+        // Expiry removes every row; empty tables go; health stays.
+        r.remove(&[1; 32]);
+        r.remove(&[2; 32]);
+        assert!(matches!(route(&r), Err(NoCandidate::NoNodes)));
+        assert!(!r.serves("e", ModelKind::Embedding));
+        assert!(r.nodes().is_empty());
+        assert!(r.health(&[1; 32]).is_some());
+    }
+
+    #[test]
+    fn a_node_that_rejoins_keeps_its_history() {
+        let r = Routing::new(1, 15_000.0);
+        r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 0);
+        r.record([1; 32], Outcome::SpotCheckFailed, 0);
+        r.remove(&[1; 32]);
+        r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 10);
+        assert!(route(&r).is_err(), "a caught node may not wash its trust by leaving");
+    }
+}

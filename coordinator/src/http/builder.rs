@@ -1,0 +1,109 @@
+//! A builder's own books: receipts, inclusion proofs, statement lines and
+//! usage. A key sees only its own app's data (another app's receipt is
+//! "not found").
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use sharenet_api::receipts::{InclusionProofObject, ReceiptFilter, ReceiptObject};
+use sharenet_api::statements::{BuilderStatement, UsageLine, UsageReport};
+use sharenet_api::{Cost, List};
+use sharenet_ledger::LedgerEntry;
+use sharenet_proto::JobId;
+
+use super::error::ApiError;
+use crate::core::Core;
+use crate::core::accounts::Principal;
+use crate::core::error::Error;
+
+/// A ledger entry as builders read it.
+pub(super) fn receipt_object(e: &LedgerEntry) -> ReceiptObject {
+    let c = &e.receipt;
+    ReceiptObject {
+        id: c.receipt().job_id.to_hex(),
+        object: "receipt".into(),
+        receipt: c.receipt().clone(),
+        end_customer: e.end_customer.clone(),
+        key_id: e.key_id.clone(),
+        cost: Cost::from(&e.charge),
+        recorded_at_ms: e.recorded_at_ms,
+        node_signature: hex::encode(c.signed().node_signature()),
+        coordinator_signature: hex::encode(c.coordinator_signature()),
+        countersigned_bytes: hex::encode(c.to_bytes()),
+    }
+}
+
+fn job_id(id: &str) -> Result<JobId, Error> {
+    id.parse()
+        .map_err(|e: sharenet_proto::ProtoError| Error::bad_request(e.to_string(), Some("id")))
+}
+
+pub(super) async fn get_receipt(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<ReceiptObject>, ApiError> {
+    let entry = core.receipt_of(&principal.app, job_id(&id)?).await?;
+    Ok(Json(receipt_object(&entry)))
+}
+
+/// The caller's app's receipts, oldest first, filtered.
+pub(super) async fn list_receipts(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    Query(f): Query<ReceiptFilter>,
+) -> Result<Json<List<ReceiptObject>>, ApiError> {
+    let entries = core.receipts_of(&principal.app, f).await?;
+    Ok(Json(List::new(entries.iter().map(receipt_object).collect())))
+}
+
+/// The inclusion proof of one of the caller's receipts in the statement
+/// that settled it (404 while it is unsettled).
+pub(super) async fn receipt_proof(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<InclusionProofObject>, ApiError> {
+    Ok(Json(core.proof_of(&principal.app, job_id(&id)?).await?))
+}
+
+/// Settled statements, with the caller's app's line in each.
+pub(super) async fn statements(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<List<BuilderStatement>>, ApiError> {
+    Ok(Json(List::new(core.statements_for(&principal.app).await?)))
+}
+
+/// The caller's app's usage per end customer and month, and its balance.
+pub(super) async fn usage(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+) -> Json<UsageReport> {
+    let data = core
+        .accounts
+        .usage(&principal.app)
+        .into_iter()
+        .map(|(customer, month_start_ms, u)| UsageLine {
+            end_customer: (!customer.is_empty()).then_some(customer),
+            period: sharenet_market::PeriodRule::CalendarMonth
+                .period_of(month_start_ms)
+                .map(|p| p.label())
+                .unwrap_or_default(),
+            requests: u.requests,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            charged_nano_usd: u.charged,
+            provider_nano_usd: u.provider_cost,
+            network_fee_nano_usd: u.network_fee,
+            margin_nano_usd: u.margin,
+        })
+        .collect();
+    Json(UsageReport {
+        object: "usage".into(),
+        balance_nano_usd: core.accounts.balance(&principal.app).max(0).to_string(),
+        app: principal.app,
+        data,
+    })
+}

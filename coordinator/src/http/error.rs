@@ -1,0 +1,102 @@
+//! The one place core errors become HTTP statuses, headers and OpenAI
+//! error JSON: `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sharenet_api::{ErrorObject, ErrorResponse};
+
+use crate::core::error::Error;
+
+/// A core error on its way out over HTTP.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl<E: Into<Error>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self(Error::bad_request(message, param))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        status(&self.0)
+    }
+
+    /// The OpenAI error object (also sent as an SSE event mid-stream).
+    pub fn body(&self) -> ErrorResponse {
+        body(&self.0)
+    }
+}
+
+/// The status for a core error.
+pub fn status(e: &Error) -> StatusCode {
+    match e {
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        Error::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
+        Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::ModelNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::NoCapacity(_) | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The OpenAI error body for a core error.
+pub fn body(e: &Error) -> ErrorResponse {
+    let (kind, code, param) = match e {
+        Error::Unauthorized(_) => ("authentication_error", Some("invalid_api_key"), None),
+        Error::BadRequest { param, .. } => ("invalid_request_error", None, param.clone()),
+        Error::PaymentRequired(_) => ("insufficient_quota", Some("insufficient_quota"), None),
+        Error::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded"), None),
+        Error::Forbidden(_) => ("permission_error", Some("forbidden"), None),
+        Error::ModelNotFound(_) => (
+            "invalid_request_error",
+            Some("model_not_found"),
+            Some("model".to_string()),
+        ),
+        Error::NotFound(_) => ("invalid_request_error", Some("not_found"), None),
+        Error::NoCapacity(_) => ("server_error", Some("no_capacity"), None),
+        Error::ShuttingDown(_) => ("server_error", Some("shutting_down"), None),
+        Error::BadGateway(_) => ("server_error", Some("node_error"), None),
+        Error::Internal(_) => ("server_error", Some("internal_error"), None),
+    };
+    ErrorResponse {
+        error: ErrorObject {
+            message: e.to_string(),
+            kind: kind.into(),
+            param,
+            code: code.map(str::to_string),
+        },
+        usage: None,
+        receipt_id: None,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match &self.0 {
+            Error::NoCapacity(_) | Error::ShuttingDown(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            Error::RateLimited { retry_after, .. } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
+            }
+            Error::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,277 @@
+//! The OpenAI endpoints: chat and text completions (JSON or SSE),
+//! embeddings, and the model list. Parsing is in `request.rs`, streaming
+//! in `sse.rs`; the work is the core's.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use sharenet_api::openai::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatLogprobs,
+    ChatTokenLogprob, CompletionLogprobs, CompletionRequest, Embedding, EmbeddingList,
+    EmbeddingRequest, EmbeddingUsage, EmbeddingVector, Model, ModelPricing, TextChoice,
+    TextCompletion, TopLogprob, Usage,
+};
+use sharenet_api::{Cost, List};
+use sharenet_proto::TokenLogprob;
+
+use super::error::ApiError;
+use super::request::{Shape, chat_job, completion_job, embedding_job, parse_body};
+use super::{RECEIPT_HEADER, end_customer};
+use crate::core::accounts::Principal;
+use crate::core::dispatch::{Finished, Step, start_job};
+use crate::core::error::Error;
+use crate::core::job::{Job, JobKind};
+use crate::core::{Core, now_ms};
+
+pub(super) async fn chat_completions(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let request: ChatCompletionRequest = parse_body(&body)?;
+    let customer = end_customer(&headers, request.user.as_deref())?;
+    let (job, shape) = chat_job(request)?;
+    generate(core, job, shape, principal, customer).await
+}
+
+pub(super) async fn completions(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let request: CompletionRequest = parse_body(&body)?;
+    let customer = end_customer(&headers, request.user.as_deref())?;
+    let (job, shape) = completion_job(request)?;
+    generate(core, job, shape, principal, customer).await
+}
+
+pub(super) async fn embeddings(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let request: EmbeddingRequest = parse_body(&body)?;
+    let customer = end_customer(&headers, request.user.as_deref())?;
+    let (job, shape) = embedding_job(request)?;
+    let model = job.requested_model().to_owned();
+    let mut active = start_job(&core, Arc::new(job), &principal, customer.as_deref()).await?;
+    let receipt_id = active.job_id().to_hex();
+    let finished = run_to_end(&core, &mut active).await?;
+    let Some(vectors) = finished.embeddings else {
+        return Err(Error::BadGateway("the node finished without embeddings".into()).into());
+    };
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| Embedding {
+            object: "embedding".into(),
+            index: i as u32,
+            embedding: if shape.base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingVector::Float(v)
+            },
+        })
+        .collect();
+    let body = EmbeddingList {
+        object: "list".into(),
+        data,
+        model,
+        usage: EmbeddingUsage {
+            prompt_tokens: finished.usage.input_tokens,
+            total_tokens: finished.usage.input_tokens,
+            cost: Cost::from(&finished.charge),
+        },
+        receipt_id: receipt_id.clone(),
+    };
+    Ok((receipt_header(&receipt_id), Json(body)).into_response())
+}
+
+/// Reads a job to its end.
+async fn run_to_end(
+    core: &Core,
+    active: &mut crate::core::dispatch::ActiveJob,
+) -> Result<Box<Finished>, Error> {
+    loop {
+        if let Step::Done(f) = active.next(core).await? {
+            return Ok(f);
+        }
+    }
+}
+
+pub(super) fn receipt_header(receipt_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(receipt_id) {
+        headers.insert(RECEIPT_HEADER, v);
+    }
+    headers
+}
+
+/// Chat and text completions: one job on a node, answered as JSON or SSE.
+async fn generate(
+    core: Arc<Core>,
+    job: Job,
+    shape: Shape,
+    principal: Principal,
+    customer: Option<String>,
+) -> Result<Response, ApiError> {
+    let kind = job.kind;
+    let want_logprobs = job.params.logprobs;
+    let mut active = start_job(&core, Arc::new(job), &principal, customer.as_deref()).await?;
+    let prefix = match kind {
+        JobKind::Completion => "cmpl",
+        _ => "chatcmpl",
+    };
+    let id = format!("{prefix}-{}", active.job_id());
+    let receipt_id = active.job_id().to_hex();
+    let created = now_ms() / 1000;
+    let headers = receipt_header(&receipt_id);
+    if shape.stream {
+        // The job has produced its first event on a node: from here on
+        // failures are reported in-band as an OpenAI error event.
+        let sse = super::sse::stream(
+            core,
+            active,
+            super::sse::Meta {
+                kind,
+                id,
+                created,
+                include_usage: shape.include_usage,
+                want_logprobs,
+            },
+        );
+        return Ok((headers, sse).into_response());
+    }
+    let finished = run_to_end(&core, &mut active).await?;
+    let usage = usage(&finished);
+    let node = active.peer().to_string();
+    let model = active.model().to_owned();
+    let finish_reason = finished.finish_reason.as_str().to_owned();
+    let logprobs = want_logprobs.then_some(finished.logprobs.as_slice());
+    let body = match kind {
+        JobKind::Completion => Json(TextCompletion {
+            id,
+            object: "text_completion".into(),
+            created,
+            model,
+            system_fingerprint: node,
+            choices: vec![TextChoice {
+                index: 0,
+                text: finished.text,
+                logprobs: logprobs.map(|l| completion_logprobs(l, 0)),
+                finish_reason: Some(finish_reason),
+            }],
+            usage,
+            receipt_id,
+        })
+        .into_response(),
+        _ => Json(ChatCompletion {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model,
+            system_fingerprint: node,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: finished.text,
+                },
+                logprobs: logprobs.map(chat_logprobs),
+                finish_reason,
+            }],
+            usage,
+            receipt_id,
+        })
+        .into_response(),
+    };
+    Ok((headers, body).into_response())
+}
+
+/// The `usage` object of a booked job.
+pub(super) fn usage(f: &Finished) -> Usage {
+    Usage::new(
+        f.usage.input_tokens,
+        f.usage.output_tokens,
+        Cost::from(&f.charge),
+    )
+}
+
+/// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+pub(super) fn chat_logprobs(lps: &[TokenLogprob]) -> ChatLogprobs {
+    ChatLogprobs {
+        content: lps
+            .iter()
+            .map(|l| ChatTokenLogprob {
+                token: l.token.clone(),
+                logprob: l.logprob,
+                bytes: l.bytes.clone(),
+                top_logprobs: l
+                    .top
+                    .iter()
+                    .map(|t| TopLogprob {
+                        token: t.token.clone(),
+                        logprob: t.logprob,
+                        bytes: t.bytes.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Legacy completions logprobs: parallel arrays; `offset` is where the
+/// first token's text starts in the whole completion.
+pub(super) fn completion_logprobs(lps: &[TokenLogprob], offset: usize) -> CompletionLogprobs {
+    let mut text_offset = Vec::with_capacity(lps.len());
+    let mut at = offset;
+    for l in lps {
+        text_offset.push(at);
+        at += l.bytes.len();
+    }
+    CompletionLogprobs {
+        tokens: lps.iter().map(|l| l.token.clone()).collect(),
+        token_logprobs: lps.iter().map(|l| l.logprob).collect(),
+        top_logprobs: lps
+            .iter()
+            .map(|l| l.top.iter().map(|t| (t.token.clone(), t.logprob)).collect())
+            .collect(),
+        text_offset,
+    }
+}
+
+/// `GET /v1/models`: every model on the network, with its node count and
+/// lowest prices.
+pub(super) async fn list_models(State(core): State<Arc<Core>>) -> Json<List<Model>> {
+    let data = core
+        .registry
+        .models(now_ms())
+        .into_iter()
+        .map(|(id, nodes, price_in, price_out)| Model {
+            id,
+            object: "model".into(),
+            created: 0,
+            owned_by: "sharenet".into(),
+            nodes,
+            pricing: ModelPricing {
+                prompt_nano_usd_per_token: price_in,
+                completion_nano_usd_per_token: price_out,
+            },
+        })
+        .collect();
+    Json(List::new(data))
+}

@@ -1,0 +1,115 @@
+//! Endpoints without a key: health, Prometheus metrics, and the bundles of
+//! settled periods providers reconcile against.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+use sharenet_api::statements::StatementBundle;
+
+use super::error::ApiError;
+use crate::core::{Core, now_ms};
+
+pub(super) async fn health(State(core): State<Arc<Core>>) -> Json<Value> {
+    Json(json!({"status": "ok", "live_nodes": core.registry.live_nodes(now_ms())}))
+}
+
+/// A settled period for providers to reconcile against.
+pub(super) async fn statement_bundle(
+    State(core): State<Arc<Core>>,
+    Path(label): Path<String>,
+) -> Result<Json<StatementBundle>, ApiError> {
+    Ok(Json(core.bundle(&label).await?))
+}
+
+pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
+    let m = &core.metrics;
+    let a = &core.registry.stats;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let counters: [(&str, &str, u64); 15] = [
+        (
+            "sharenet_requests_total",
+            "Chat, completion and embedding requests received.",
+            get(&m.requests),
+        ),
+        (
+            "sharenet_fallbacks_total",
+            "Times a request moved to another node before its first token.",
+            get(&m.fallbacks),
+        ),
+        (
+            "sharenet_receipts_accepted_total",
+            "Receipts verified, countersigned and stored.",
+            get(&m.receipts_accepted),
+        ),
+        (
+            "sharenet_receipts_rejected_total",
+            "Receipts refused (bad signature, wrong signer, counts, replay).",
+            get(&m.receipts_rejected),
+        ),
+        (
+            "sharenet_spot_checks_total",
+            "Spot checks completed (both runs finished).",
+            get(&m.spot_checks),
+        ),
+        (
+            "sharenet_spot_checks_failed_total",
+            "Nodes found serving something other than their advertised weights.",
+            get(&m.spot_checks_failed),
+        ),
+        (
+            "sharenet_spot_check_notices_dropped_total",
+            "Finished jobs the spot-check sampler had no room for.",
+            get(&m.spot_check_notices_dropped),
+        ),
+        (
+            "sharenet_adverts_accepted_total",
+            "Adverts verified and recorded.",
+            get(&a.accepted),
+        ),
+        (
+            "sharenet_adverts_invalid_total",
+            "Adverts that did not decode or verify.",
+            get(&a.invalid),
+        ),
+        (
+            "sharenet_adverts_wrong_signer_total",
+            "Adverts signed by a key other than the publisher's.",
+            get(&a.wrong_signer),
+        ),
+        (
+            "sharenet_adverts_expired_total",
+            "Adverts that arrived expired.",
+            get(&a.expired),
+        ),
+        (
+            "sharenet_adverts_stale_total",
+            "Adverts not newer than the last one seen.",
+            get(&a.stale),
+        ),
+        (
+            "sharenet_adverts_pruned_total",
+            "Adverts dropped from routing when they expired.",
+            get(&a.pruned),
+        ),
+        (
+            "sharenet_adverts_full_total",
+            "Adverts refused because the registry was full.",
+            get(&a.full),
+        ),
+        (
+            "sharenet_p2p_events_dropped_total",
+            "Network events dropped because the channel was full.",
+            core.transport.dropped_events(),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in counters {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    out
+}

@@ -1,0 +1,223 @@
+//! Streaming a job as server-sent events, OpenAI's way: chunks as tokens
+//! arrive, a final chunk with the finish reason, an optional usage chunk,
+//! then `[DONE]`. After the first token a failure never switches nodes:
+//! the stream ends with an OpenAI error event, and the builder pays for
+//! what it received (the node's last running receipt), nothing more. A
+//! client that hangs up is charged the same way. The relay runs as a
+//! tracked task that ends on shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use serde::Serialize;
+use sharenet_api::openai::{
+    ChatCompletionChunk, ChunkChoice, Delta, TextChoice, TextCompletionChunk, Usage,
+};
+use sharenet_proto::{FinishReason, TokenLogprob};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::body;
+use super::openai::{chat_logprobs, completion_logprobs, usage};
+use crate::core::Core;
+use crate::core::dispatch::{ActiveJob, Step};
+use crate::core::error::Error;
+use crate::core::job::JobKind;
+
+/// SSE events buffered per streaming response.
+const SSE_BUFFER: usize = 64;
+
+/// What every chunk of one response repeats.
+pub(super) struct Meta {
+    pub kind: JobKind,
+    pub id: String,
+    pub created: u64,
+    pub include_usage: bool,
+    pub want_logprobs: bool,
+}
+
+type Events = ReceiverStream<Result<Event, Infallible>>;
+
+/// The SSE body of one streamed response.
+pub(super) type SseBody = Sse<axum::response::sse::KeepAliveStream<Events>>;
+
+/// Starts relaying `active` and returns the SSE response body.
+pub(super) fn stream(core: Arc<Core>, active: ActiveJob, meta: Meta) -> SseBody {
+    let (tx, rx) = mpsc::channel(SSE_BUFFER);
+    let relay_core = core.clone();
+    core.spawn(relay(relay_core, active, meta, tx));
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
+
+struct Sender {
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+}
+
+impl Sender {
+    /// False when the client has gone away.
+    async fn json(&self, v: &impl Serialize) -> bool {
+        match serde_json::to_string(v) {
+            Ok(data) => self.tx.send(Ok(Event::default().data(data))).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn done(&self) {
+        let _ = self.tx.send(Ok(Event::default().data("[DONE]"))).await;
+    }
+}
+
+impl Meta {
+    /// One chunk: `text` (None for the role-only first chat chunk), its
+    /// logprobs, and the finish reason on the last.
+    fn chunk(
+        &self,
+        model: &str,
+        text: Option<&str>,
+        logprobs: Option<&[TokenLogprob]>,
+        offset: usize,
+        finish: Option<FinishReason>,
+    ) -> Chunk {
+        let finish_reason = finish.map(|f| f.as_str().to_owned());
+        match self.kind {
+            JobKind::Completion => Chunk::Text(TextCompletionChunk {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: model.to_owned(),
+                choices: vec![TextChoice {
+                    index: 0,
+                    text: text.unwrap_or("").to_owned(),
+                    logprobs: logprobs.map(|l| completion_logprobs(l, offset)),
+                    finish_reason,
+                }],
+                usage: None,
+                receipt_id: None,
+            }),
+            _ => {
+                let delta = match (text, finish) {
+                    (_, Some(_)) => Delta::default(),
+                    (None, None) => Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                    },
+                    (Some(t), None) => Delta {
+                        role: None,
+                        content: Some(t.to_owned()),
+                    },
+                };
+                Chunk::Chat(ChatCompletionChunk {
+                    id: self.id.clone(),
+                    object: "chat.completion.chunk".into(),
+                    created: self.created,
+                    model: model.to_owned(),
+                    choices: vec![ChunkChoice {
+                        index: 0,
+                        delta,
+                        logprobs: logprobs.map(chat_logprobs),
+                        finish_reason,
+                    }],
+                    usage: None,
+                    receipt_id: None,
+                })
+            }
+        }
+    }
+
+    /// The usage chunk (`stream_options.include_usage`): no choices.
+    fn usage_chunk(&self, model: &str, usage: Usage, receipt_id: String) -> Chunk {
+        match self.kind {
+            JobKind::Completion => Chunk::Text(TextCompletionChunk {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: model.to_owned(),
+                choices: Vec::new(),
+                usage: Some(usage),
+                receipt_id: Some(receipt_id),
+            }),
+            _ => Chunk::Chat(ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: model.to_owned(),
+                choices: Vec::new(),
+                usage: Some(usage),
+                receipt_id: Some(receipt_id),
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Chunk {
+    Chat(ChatCompletionChunk),
+    Text(TextCompletionChunk),
+}
+
+async fn relay(
+    core: Arc<Core>,
+    mut active: ActiveJob,
+    meta: Meta,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let out = Sender { tx };
+    let model = active.model().to_owned();
+    if meta.kind == JobKind::Chat && !out.json(&meta.chunk(&model, None, None, 0, None)).await {
+        return;
+    }
+    let mut offset = 0usize;
+    loop {
+        let step = tokio::select! {
+            step = active.next(&core) => step,
+            _ = core.shutdown().cancelled() => {
+                Err(Error::ShuttingDown("the coordinator is shutting down".into()))
+            }
+        };
+        match step {
+            Ok(Step::Delta(text, logprobs)) => {
+                if text.is_empty() && logprobs.is_empty() {
+                    continue;
+                }
+                let lps = meta.want_logprobs.then_some(logprobs.as_slice());
+                if !out
+                    .json(&meta.chunk(&model, Some(&text), lps, offset, None))
+                    .await
+                {
+                    // The client went away: dropping the job closes the
+                    // node's stream, which stops generation there. What was
+                    // generated until then is charged (the node's last
+                    // running receipt), as hosted APIs do.
+                    let _ = active.book_partial(&core).await;
+                    return;
+                }
+                offset += text.len();
+            }
+            Ok(Step::Done(finished)) => {
+                let _ = out
+                    .json(&meta.chunk(&model, None, None, offset, Some(finished.finish_reason)))
+                    .await;
+                if meta.include_usage {
+                    let receipt_id = finished.receipt.receipt().job_id.to_hex();
+                    let _ = out
+                        .json(&meta.usage_chunk(&model, usage(&finished), receipt_id))
+                        .await;
+                }
+                out.done().await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %active.job_id(), error = %e, "stream failed after the first token");
+                let mut event = body(&e);
+                if let Some(partial) = active.book_partial(&core).await {
+                    event.usage = Some(usage(&partial));
+                    event.receipt_id = Some(partial.receipt.receipt().job_id.to_hex());
+                }
+                let _ = out.json(&event).await;
+                return;
+            }
+        }
+    }
+}

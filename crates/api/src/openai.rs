@@ -1,0 +1,386 @@
+//! OpenAI-compatible requests and responses, with sharenet's extensions:
+//! the `provider` routing object and `models` fallback list (OpenRouter's
+//! shapes), vLLM-style sampling knobs, and on responses the `cost` inside
+//! `usage` and the `receipt_id`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Cost;
+
+// ---- requests ----
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<InMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<u64>,
+    pub stop: Option<Stop>,
+    pub n: Option<u32>,
+    /// The builder's end customer.
+    pub user: Option<String>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u8>,
+    pub tools: Option<Value>,
+    pub response_format: Option<Value>,
+    /// OpenRouter-style routing preferences ([`ProviderPreferences`]),
+    /// kept raw so an unknown field is reported with its name.
+    pub provider: Option<Value>,
+    /// Models to fall back to, in order, when `model` has no node.
+    pub models: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub extra: ExtraSampling,
+}
+
+/// Sampling knobs beyond OpenAI's, as vLLM and llama.cpp accept them, plus
+/// OpenAI's penalties.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ExtraSampling {
+    pub top_k: Option<u32>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Option<Prompt>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<u64>,
+    pub stop: Option<Stop>,
+    pub n: Option<u32>,
+    pub best_of: Option<u32>,
+    /// OpenAI: the number of alternatives per token (0..=5); any value
+    /// turns logprobs on.
+    pub logprobs: Option<u8>,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub user: Option<String>,
+    pub provider: Option<Value>,
+    pub models: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub extra: ExtraSampling,
+}
+
+/// A prompt or embedding input: text, texts, or token ids.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenBatches(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: Option<Prompt>,
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<u32>,
+    pub user: Option<String>,
+    pub provider: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// The `provider` object (OpenRouter's shape). Differences, because
+/// sharenet's providers are nodes and money is integers: `order` / `only`
+/// / `ignore` name nodes by their ed25519 public key in hex (as receipts
+/// show them); `max_price` is in nano-USD per token, integers only.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPreferences {
+    pub sort: Option<SortKey>,
+    #[serde(default)]
+    pub order: Vec<String>,
+    #[serde(default)]
+    pub only: Vec<String>,
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    pub allow_fallbacks: Option<bool>,
+    pub max_price: Option<MaxPrice>,
+    pub min_trust: Option<f64>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub quantizations: Vec<String>,
+    /// Only the app's private pool may serve this request.
+    pub sensitive: Option<bool>,
+    /// Only nodes serving exactly these weights (SHA-256, hex).
+    pub weights_sha256: Option<String>,
+}
+
+/// What to optimise first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SortKey {
+    Price,
+    Latency,
+    Throughput,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxPrice {
+    /// nano-USD per prompt token.
+    pub prompt: Option<u64>,
+    /// nano-USD per completion token.
+    pub completion: Option<u64>,
+}
+
+// ---- responses ----
+
+/// The `usage` object: OpenAI's token counts plus what the job cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u64,
+    pub cost: Cost,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u32, completion_tokens: u32, cost: Cost) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: u64::from(prompt_tokens) + u64::from(completion_tokens),
+            cost,
+        }
+    }
+}
+
+/// A non-streamed `chat.completion`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// `"chat.completion"`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    /// The serving node's peer id.
+    pub system_fingerprint: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    pub receipt_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A non-streamed legacy `text_completion`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextCompletion {
+    pub id: String,
+    /// `"text_completion"`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<TextChoice>,
+    pub usage: Usage,
+    pub receipt_id: String,
+}
+
+/// A legacy completion choice; in a stream `finish_reason` is null until
+/// the last chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+/// One `chat.completion.chunk` of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    /// Only on the final usage chunk (`stream_options.include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+/// What a chunk adds: the role on the first, text after, `{}` on the last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One chunk of a streamed legacy completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<TextChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_id: Option<String>,
+}
+
+/// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    #[serde(default)]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// Legacy completions logprobs: parallel arrays; `text_offset` is where
+/// each token's text starts in the whole completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// `POST /v1/embeddings`' answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingList {
+    pub object: String,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+    pub receipt_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// `"embedding"`.
+    pub object: String,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+/// Numbers (`encoding_format: "float"`) or base64 of little-endian f32.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u32,
+    pub total_tokens: u32,
+    pub cost: Cost,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    pub id: String,
+    /// `"model"`.
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// Live nodes serving it.
+    pub nodes: usize,
+    /// The lowest prices among them.
+    pub pricing: ModelPricing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPricing {
+    pub prompt_nano_usd_per_token: u64,
+    pub completion_nano_usd_per_token: u64,
+}

@@ -1,0 +1,114 @@
+//! `sharenet-devnet`: a coordinator and several provider nodes on
+//! loopback (libp2p over QUIC), serving a tiny llama model generated on the
+//! spot, until Ctrl-C. README command 1.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use sharenet_devnet::DevnetOptions;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "sharenet-devnet",
+    version,
+    about = "Run a coordinator and several nodes on loopback serving a generated tiny model, until Ctrl-C"
+)]
+struct Cli {
+    /// Number of provider nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// HTTP address of the API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Keep the model, ledger and node stores here (default: a temporary
+    /// folder removed on exit).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    run_devnet(cli.nodes, cli.listen, cli.dir).await
+}
+
+async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let (dir, _temp) = match dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::tempdir().context("create a temporary folder")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let cancel = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let net = sharenet_devnet::start(
+        DevnetOptions {
+            // Every node serves the same weights, so checks always run.
+            spot_check_rate: 0.05,
+            ..DevnetOptions::new(dir.clone(), listen, nodes)
+        },
+        cancel.clone(),
+    )
+    .await?;
+    let base = net.coordinator.base_url();
+    let key = &net.api_key;
+    let model = &net.model;
+    println!();
+    println!(
+        "sharenet devnet is up in {:.1} s: 1 coordinator + {nodes} nodes on loopback (libp2p over QUIC)",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "serving {model:?}, a tiny random-weight llama generated in {} (expect gibberish text)",
+        dir.display()
+    );
+    for (i, node) in net.nodes.iter().enumerate() {
+        let (pin, pout) = sharenet_devnet::node_prices(i);
+        println!(
+            "  node {i}: {}  {pin} / {pout} nano-USD per token in / out",
+            node.peer_id
+        );
+    }
+    println!();
+    println!("  API base URL: {base}");
+    println!("  API key:      {key}");
+    println!(
+        "  Operator key: {} (apps, keys, top-ups and settlement under /operator)",
+        sharenet_devnet::DEVNET_OPERATOR_KEY
+    );
+    println!();
+    println!("Try it with curl:");
+    println!();
+    println!("  curl -s {base}/chat/completions \\");
+    println!("    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
+    println!(
+        "    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'"
+    );
+    println!();
+    println!("or with the OpenAI Python client (pip install openai):");
+    println!();
+    println!("  python3 - <<'PY'");
+    println!("  from openai import OpenAI");
+    println!("  client = OpenAI(base_url=\"{base}\", api_key=\"{key}\")");
+    println!("  r = client.chat.completions.create(model=\"{model}\", max_tokens=32,");
+    println!("      messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])");
+    println!("  print(r.choices[0].message.content, r.usage)");
+    println!("  PY");
+    println!();
+    println!("Receipts: {base}/receipts/<receipt_id from a response>.  Press Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+    println!("shutting down");
+    cancel.cancel();
+    net.wait().await;
+    Ok(())
+}
