@@ -22,6 +22,9 @@ pub mod config;
 pub mod core;
 pub mod http;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

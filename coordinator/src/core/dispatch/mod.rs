@@ -108,4 +108,4 @@ fn decode_event(frame: &[u8]) -> Result<JobEvent, String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,1 +1,536 @@
-//! Dispatch over a scripted transport.
+//! Dispatch over a scripted transport: each fake node is a task on the far
+//! end of an in-memory pipe that plays one behaviour (serve, refuse, die
+//! before or after the first token, lie in its receipt, stall). The core
+//! under test is the real one (real books on disk, real accounts, real
+//! routing); only the network and the inference engine are replaced.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sharenet_p2p::{Identity, PeerId, read_frame, write_frame};
+use sharenet_proto::{
+    Advert, ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest,
+    MAX_FRAME_BYTES, ModelKind, ModelOffer, Receipt, SamplingParams, SignedAdvert, SignedReceipt,
+    Usage, job_cost, sha256,
+};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Step, Timeouts, start_job};
+use crate::config::CoordinatorConfig;
+use crate::core::accounts::Principal;
+use crate::core::error::Error;
+use crate::core::job::{Job, JobKind, ProviderPrefs};
+use crate::core::transport::{JobStream, Transport, TransportError};
+use crate::core::{Core, now_ms};
+
+pub(crate) const MODEL: &str = "m";
+pub(crate) const KEY: &str = "sk-dispatch-test-0000";
+const BALANCE: u64 = 1_000_000_000;
+/// The first-token limit the tests run with.
+const FIRST_TOKEN: Duration = Duration::from_millis(300);
+
+/// What a fake node does with a job.
+#[derive(Clone, Debug)]
+pub(crate) enum Script {
+    /// Streams these pieces (one token each) with running receipts, then
+    /// an honest receipt.
+    Serve(Vec<&'static str>),
+    /// Answers `saturated`.
+    Refuse,
+    /// Reads the request and hangs up.
+    DieBeforeFirstToken,
+    /// Streams these pieces with running receipts, then hangs up.
+    DieMidStream(Vec<&'static str>),
+    /// Streams these pieces, then signs a receipt for `extra_out` more
+    /// output tokens and `input` input tokens than it should.
+    LyingReceipt {
+        pieces: Vec<&'static str>,
+        extra_out: u32,
+        input: u32,
+    },
+    /// Waits this long before its first event, then serves.
+    SlowFirstToken(Duration, Vec<&'static str>),
+    /// Streams `n` one-token pieces, one every `every`, then finishes.
+    Trickle(u32, Duration),
+}
+
+struct FakeNode {
+    identity: Identity,
+    script: Script,
+    price_in: u64,
+    price_out: u64,
+}
+
+/// Input tokens an honest fake node reports.
+const INPUT_TOKENS: u32 = 5;
+
+impl FakeNode {
+    fn receipt(&self, req: &JobRequest, digest: [u8; 32], input: u32, out: u32, text: &str) -> Vec<u8> {
+        let r = Receipt {
+            job_id: req.job_id,
+            node: self.identity.public_key(),
+            coordinator: req.coordinator,
+            model: req.model.clone(),
+            input_tokens: input,
+            output_tokens: out,
+            price_in: self.price_in,
+            price_out: self.price_out,
+            amount: job_cost(input, out, self.price_in, self.price_out).unwrap(),
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            request_digest: digest,
+            response_digest: sha256(text.as_bytes()),
+        };
+        SignedReceipt::sign(r, self.identity.signing_key())
+            .unwrap()
+            .to_bytes()
+    }
+
+    async fn send(stream: &mut JobStream, event: &JobEvent) -> bool {
+        write_frame(stream, &serde_json::to_vec(event).unwrap())
+            .await
+            .is_ok()
+    }
+
+    /// Streams `pieces` as deltas with running receipts; the text so far.
+    async fn stream(
+        &self,
+        s: &mut JobStream,
+        req: &JobRequest,
+        digest: [u8; 32],
+        pieces: &[&str],
+    ) -> String {
+        let mut text = String::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            text.push_str(piece);
+            let running = self.receipt(req, digest, INPUT_TOKENS, i as u32 + 1, &text);
+            let delta = JobEvent::Delta {
+                text: (*piece).to_owned(),
+                tokens: 1,
+                logprobs: Vec::new(),
+                receipt: Some(running),
+            };
+            if !Self::send(s, &delta).await {
+                break;
+            }
+        }
+        text
+    }
+
+    async fn finish(&self, s: &mut JobStream, req: &JobRequest, digest: [u8; 32], text: &str, input: u32, out: u32) {
+        let done = JobEvent::Done {
+            finish_reason: FinishReason::Stop,
+            usage: Usage {
+                input_tokens: input,
+                output_tokens: out,
+            },
+            receipt: self.receipt(req, digest, input, out, text),
+        };
+        Self::send(s, &done).await;
+        // The coordinator's countersignature (or the end of the stream).
+        let _ = tokio::time::timeout(Duration::from_secs(2), read_frame(s, MAX_FRAME_BYTES)).await;
+    }
+
+    async fn play(self: Arc<Self>, mut s: JobStream) {
+        let Ok(frame) = read_frame(&mut s, MAX_FRAME_BYTES).await else {
+            return;
+        };
+        let digest = sha256(&frame);
+        let req: JobRequest = serde_json::from_slice(&frame).unwrap();
+        match self.script.clone() {
+            Script::Serve(pieces) => {
+                let text = self.stream(&mut s, &req, digest, &pieces).await;
+                let n = pieces.len() as u32;
+                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n).await;
+            }
+            Script::Refuse => {
+                let refusal = JobEvent::Error {
+                    code: JobErrorCode::Saturated,
+                    message: "every slot is taken".into(),
+                };
+                Self::send(&mut s, &refusal).await;
+            }
+            Script::DieBeforeFirstToken => {}
+            Script::DieMidStream(pieces) => {
+                self.stream(&mut s, &req, digest, &pieces).await;
+            }
+            Script::LyingReceipt {
+                pieces,
+                extra_out,
+                input,
+            } => {
+                let text = self.stream(&mut s, &req, digest, &pieces).await;
+                let n = pieces.len() as u32 + extra_out;
+                self.finish(&mut s, &req, digest, &text, input, n).await;
+            }
+            Script::Trickle(n, every) => {
+                let mut text = String::new();
+                for i in 0..n {
+                    text.push('x');
+                    let running = self.receipt(&req, digest, INPUT_TOKENS, i + 1, &text);
+                    let delta = JobEvent::Delta {
+                        text: "x".into(),
+                        tokens: 1,
+                        logprobs: Vec::new(),
+                        receipt: Some(running),
+                    };
+                    if !Self::send(&mut s, &delta).await {
+                        return;
+                    }
+                    tokio::time::sleep(every).await;
+                }
+                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n).await;
+            }
+            Script::SlowFirstToken(wait, pieces) => {
+                tokio::time::sleep(wait).await;
+                let text = self.stream(&mut s, &req, digest, &pieces).await;
+                let n = pieces.len() as u32;
+                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n).await;
+            }
+        }
+    }
+}
+
+/// Opens in-memory pipes to scripted nodes.
+pub(crate) struct FakeTransport {
+    nodes: HashMap<PeerId, Arc<FakeNode>>,
+}
+
+impl Transport for FakeTransport {
+    fn open_job_stream(&self, peer: PeerId) -> BoxFuture<'_, Result<JobStream, TransportError>> {
+        let node = self.nodes.get(&peer).cloned();
+        Box::pin(async move {
+            let node = node.ok_or_else(|| TransportError(format!("no route to {peer}")))?;
+            let (ours, theirs) = tokio::io::duplex(1 << 20);
+            tokio::spawn(node.play(Box::new(theirs.compat())));
+            Ok(Box::new(ours.compat()) as JobStream)
+        })
+    }
+}
+
+struct Setup {
+    core: Arc<Core>,
+    principal: Principal,
+    /// The nodes' public keys, in the order given.
+    nodes: Vec<[u8; 32]>,
+    _dir: tempfile::TempDir,
+}
+
+/// Scripted nodes, one per entry, each advertising `MODEL` (node `i` at
+/// `10 + i` / `20 + i` nano-USD per token): the transport that reaches
+/// them, their signed adverts as gossip would bring them, and their keys.
+pub(crate) struct FakeNetwork {
+    pub transport: FakeTransport,
+    pub adverts: Vec<(PeerId, Vec<u8>)>,
+    pub keys: Vec<[u8; 32]>,
+}
+
+pub(crate) fn fake_network(scripts: Vec<Script>) -> FakeNetwork {
+    let mut nodes = HashMap::new();
+    let mut keys = Vec::new();
+    let mut adverts = Vec::new();
+    for (i, script) in scripts.into_iter().enumerate() {
+        let identity = Identity::generate();
+        let (price_in, price_out) = (10 + i as u64, 20 + i as u64);
+        let now = now_ms();
+        let advert = Advert {
+            node: identity.public_key(),
+            models: vec![ModelOffer {
+                id: MODEL.into(),
+                price_in,
+                price_out,
+                context_length: 4096,
+                kind: ModelKind::Text,
+                quantization: String::new(),
+                tokens_per_sec: 0,
+                weights_sha256: None,
+            }],
+            gpus: Vec::new(),
+            region: String::new(),
+            relayed: false,
+            max_concurrency: 4,
+            queue_depth: 0,
+            seq: 1,
+            issued_at_ms: now,
+            expires_at_ms: now + 60_000,
+        };
+        let bytes = SignedAdvert::sign(advert, identity.signing_key())
+            .unwrap()
+            .to_bytes();
+        adverts.push((identity.peer_id(), bytes));
+        keys.push(identity.public_key());
+        nodes.insert(
+            identity.peer_id(),
+            Arc::new(FakeNode {
+                identity,
+                script,
+                price_in,
+                price_out,
+            }),
+        );
+    }
+    FakeNetwork {
+        transport: FakeTransport { nodes },
+        adverts,
+        keys,
+    }
+}
+
+/// The config the scripted tests run with: one key with [`BALANCE`].
+pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
+    CoordinatorConfig {
+        identity: Identity::generate(),
+        data_dir: dir.join("coordinator"),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        p2p_listen: Vec::new(),
+        bootstrap: Vec::new(),
+        api_keys: vec![KEY.into()],
+        max_attempts: 3,
+        timeouts: Timeouts {
+            connect: Duration::from_secs(1),
+            first_token: FIRST_TOKEN,
+            idle: Duration::from_secs(1),
+        },
+        network_fee_bps: 500,
+        operator_key: None,
+        bootstrap_balance: BALANCE,
+        period_rule: sharenet_market::PeriodRule::CalendarMonth,
+        spot_check_rate: 0.0,
+        relay_server: false,
+        spot_check_funding: 0,
+    }
+}
+
+/// A real core (books in a temp dir, one funded app) over
+/// [`fake_network`], with every advert heard.
+fn setup(scripts: Vec<Script>) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let net = fake_network(scripts);
+    let (core, _) = Core::open(
+        &config(dir.path()),
+        Arc::new(net.transport),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    for (peer, bytes) in net.adverts {
+        core.on_advert(peer, &bytes, now_ms());
+    }
+    let principal = core.accounts.authenticate(KEY).unwrap();
+    Setup {
+        core,
+        principal,
+        nodes: net.keys,
+        _dir: dir,
+    }
+}
+
+/// A chat job that tries the nodes in exactly this order.
+fn job(order: &[[u8; 32]]) -> Arc<Job> {
+    Arc::new(Job {
+        kind: JobKind::Chat,
+        models: vec![MODEL.into()],
+        input: JobInput::Chat {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "hello there".into(),
+            }],
+        },
+        params: SamplingParams {
+            max_tokens: 8,
+            ..SamplingParams::default()
+        },
+        prefs: ProviderPrefs {
+            order: order.to_vec(),
+            ..ProviderPrefs::any()
+        },
+    })
+}
+
+impl Setup {
+    fn balance(&self) -> i128 {
+        self.core.accounts.balance(&self.principal.app)
+    }
+
+    fn trust(&self, node: usize) -> f64 {
+        self.core.routing.trust_of(&[self.nodes[node]], now_ms())[0]
+    }
+
+    fn entries(&self) -> u64 {
+        self.core.accounts.books().entry_count() as u64
+    }
+
+    /// Runs a job to its end: the text and what it was charged.
+    async fn run(&self, order: &[[u8; 32]]) -> Result<(String, u64, [u8; 32]), Error> {
+        let mut active = start_job(&self.core, job(order), &self.principal, None).await?;
+        let node = active.node();
+        loop {
+            if let Step::Done(f) = active.next(&self.core).await? {
+                return Ok((f.text, f.charge.total, node));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_served_checked_countersigned_and_charged() {
+    let s = setup(vec![Script::Serve(vec!["Hello", " world"])]);
+    let mut active = start_job(&s.core, job(&[]), &s.principal, Some("cust-1"))
+        .await
+        .unwrap();
+    let mut pieces = Vec::new();
+    let finished = loop {
+        match active.next(&s.core).await.unwrap() {
+            Step::Delta(text, _) => pieces.push(text),
+            Step::Done(f) => break f,
+        }
+    };
+    assert_eq!(pieces, ["Hello", " world"]);
+    assert_eq!(finished.text, "Hello world");
+    assert_eq!((finished.usage.input_tokens, finished.usage.output_tokens), (5, 2));
+    let r = finished.receipt.receipt();
+    assert_eq!(r.node, s.nodes[0]);
+    assert_eq!(r.amount, 5 * 10 + 2 * 20);
+    let c = finished.charge;
+    assert_eq!(c.provider_cost, 90);
+    assert_eq!(c.total, c.provider_cost + c.network_fee + c.margin);
+    // Durable, countersigned by us, and charged exactly once.
+    assert_eq!(s.entries(), 1);
+    assert_eq!(
+        s.core.metrics.receipts_accepted.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(s.balance(), i128::from(BALANCE) - i128::from(c.total));
+    let booked = s.core.accounts.books().entry(&r.job_id).unwrap().unwrap();
+    assert_eq!(booked.end_customer.as_deref(), Some("cust-1"));
+    assert_eq!(
+        booked.receipt.to_bytes(),
+        finished.receipt.to_bytes(),
+        "the stored receipt is the countersigned one"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_falls_back_to_the_next_node() {
+    let s = setup(vec![Script::Refuse, Script::Serve(vec!["ok"])]);
+    let (text, charge, node) = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap();
+    assert_eq!(text, "ok");
+    assert_eq!(node, s.nodes[1]);
+    assert_eq!(s.core.metrics.fallbacks.load(Ordering::Relaxed), 1);
+    assert!(s.trust(0) < s.trust(1), "the refusal counts against the node");
+    assert_eq!(s.balance(), i128::from(BALANCE) - i128::from(charge));
+}
+
+#[tokio::test]
+async fn a_node_that_dies_before_its_first_token_is_skipped() {
+    let s = setup(vec![Script::DieBeforeFirstToken, Script::Serve(vec!["ok"])]);
+    let (text, _, node) = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap();
+    assert_eq!((text.as_str(), node), ("ok", s.nodes[1]));
+    assert!(s.trust(0) < s.trust(1));
+
+    // With no other node, the builder gets a 503-class error naming why,
+    // and nothing is held or charged.
+    let s = setup(vec![Script::DieBeforeFirstToken]);
+    let err = s.run(&[]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoCapacity(m) if m.contains("failed before the first token")),
+        "{err:?}"
+    );
+    assert_eq!(s.balance(), i128::from(BALANCE));
+    assert_eq!(s.entries(), 0);
+}
+
+#[tokio::test]
+async fn death_mid_stream_is_an_error_never_a_switch_and_charges_what_was_received() {
+    let s = setup(vec![
+        Script::DieMidStream(vec!["one", " two"]),
+        Script::Serve(vec!["never used"]),
+    ]);
+    let mut active = start_job(&s.core, job(&[s.nodes[0], s.nodes[1]]), &s.principal, None)
+        .await
+        .unwrap();
+    let mut received = String::new();
+    let err = loop {
+        match active.next(&s.core).await {
+            Ok(Step::Delta(text, _)) => received.push_str(&text),
+            Ok(Step::Done(_)) => panic!("a broken stream cannot finish"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::BadGateway(_)), "{err:?}");
+    assert_eq!(received, "one two");
+    assert_eq!(active.node(), s.nodes[0], "no switch after the first token");
+    let partial = active.book_partial(&s.core).await.expect("a partial charge");
+    assert_eq!(partial.text, "one two");
+    assert_eq!(partial.usage.output_tokens, 2);
+    assert_eq!(partial.receipt.receipt().amount, 5 * 10 + 2 * 20);
+    assert_eq!(
+        s.balance(),
+        i128::from(BALANCE) - i128::from(partial.charge.total)
+    );
+    assert_eq!(s.entries(), 1);
+    assert!(s.trust(0) < s.trust(1), "the broken stream counts against the node");
+}
+
+#[tokio::test]
+async fn a_lying_receipt_is_rejected_and_nothing_is_charged() {
+    // More output tokens than were streamed.
+    let s = setup(vec![Script::LyingReceipt {
+        pieces: vec!["a", "b"],
+        extra_out: 3,
+        input: INPUT_TOKENS,
+    }]);
+    let err = s.run(&[]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::BadGateway(m) if m.contains("receipt was rejected")),
+        "{err:?}"
+    );
+    assert_eq!(s.entries(), 0);
+    assert_eq!(s.balance(), i128::from(BALANCE), "the hold is released");
+    assert_eq!(
+        s.core.metrics.receipts_rejected.load(Ordering::Relaxed),
+        1
+    );
+    let health = s.core.routing.health(&s.nodes[0]).unwrap();
+    assert!(health.trust.score(now_ms(), &Default::default()) < 0.5);
+
+    // Billions of input tokens: past the job's bound (every prompt byte a
+    // token), so never booked, and the balance never goes below zero.
+    let s = setup(vec![Script::LyingReceipt {
+        pieces: vec!["a"],
+        extra_out: 0,
+        input: 4_000_000_000,
+    }]);
+    let err = s.run(&[]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::BadGateway(m) if m.contains("input tokens")),
+        "{err:?}"
+    );
+    assert_eq!(s.entries(), 0);
+    assert_eq!(s.balance(), i128::from(BALANCE));
+}
+
+#[tokio::test]
+async fn a_slow_first_token_times_out_and_falls_back() {
+    let slow = Script::SlowFirstToken(FIRST_TOKEN * 5, vec!["late"]);
+    let s = setup(vec![slow.clone(), Script::Serve(vec!["fast"])]);
+    let started = std::time::Instant::now();
+    let (text, _, node) = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap();
+    assert_eq!((text.as_str(), node), ("fast", s.nodes[1]));
+    assert!(
+        started.elapsed() < FIRST_TOKEN * 4,
+        "the coordinator gave up on the slow node at its first-token limit"
+    );
+    assert!(s.trust(0) < s.trust(1));
+
+    let s = setup(vec![slow]);
+    assert!(matches!(s.run(&[]).await, Err(Error::NoCapacity(_))));
+    assert_eq!(s.balance(), i128::from(BALANCE));
+}

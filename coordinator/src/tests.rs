@@ -1,0 +1,85 @@
+//! The entry point as a test drives it: [`crate::spawn`] on a port-0
+//! listener over a scripted network (adverts arrive as network events),
+//! real HTTP in and out, and a shutdown that ends every task it started,
+//! including a stream in flight.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharenet_api::openai::ChatCompletion;
+use sharenet_p2p::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::dispatch::tests::{KEY, MODEL, Script, config, fake_network};
+use crate::core::now_ms;
+use crate::{Network, spawn};
+
+#[tokio::test]
+async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = fake_network(vec![
+        Script::Serve(vec!["Hello", " world"]),
+        Script::Trickle(1000, Duration::from_millis(20)),
+    ]);
+    let (events_tx, events) = tokio::sync::mpsc::channel(16);
+    for (source, data) in net.adverts {
+        events_tx.send(Event::Advert { source, data }).await.unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = spawn(
+        listener,
+        Network {
+            transport: Arc::new(net.transport),
+            events,
+        },
+        config(dir.path()),
+        shutdown.clone(),
+    )
+    .unwrap();
+    while handle.core.registry.live_nodes(now_ms()) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let http = reqwest::Client::new();
+    let url = format!("{}/chat/completions", handle.base_url());
+    let chat = |node: [u8; 32], stream: bool| {
+        http.post(&url).bearer_auth(KEY).json(&serde_json::json!({
+            "model": MODEL, "stream": stream, "max_tokens": 1000,
+            "messages": [{"role": "user", "content": "hi"}],
+            "provider": {"only": [hex::encode(node)]},
+        }))
+    };
+
+    // A whole request, typed with the shared wire types.
+    let r = chat(net.keys[0], false).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let done: ChatCompletion = r.json().await.unwrap();
+    assert_eq!(done.choices[0].message.content, "Hello world");
+    assert_eq!(done.usage.completion_tokens, 2);
+    assert_eq!(done.usage.cost.provider_nano_usd, 5 * 10 + 2 * 20);
+
+    // A stream that would run for 20 s is cut by shutdown: the client gets
+    // an error event, what it received is charged, and every task ends.
+    let mut stream = chat(net.keys[1], true).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    let mut rest = String::new();
+    while let Ok(Some(chunk)) = stream.chunk().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(rest.contains("shutting_down"), "{rest}");
+    let core = handle.core.clone();
+    tokio::time::timeout(Duration::from_secs(5), handle.wait())
+        .await
+        .expect("every task ends within 5 s of shutdown");
+    assert_eq!(
+        core.accounts.books().entry_count(),
+        2,
+        "the whole job and the part of the cut stream the client received"
+    );
+}
