@@ -1,4 +1,5 @@
 //! The coordinator's TOML config, validated into [`CoordinatorConfig`].
+//! A leaf module: it depends on nothing else in the crate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,8 +8,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use sharenet_p2p::{Identity, Multiaddr, parse_multiaddrs};
-
-use crate::core::dispatch::Timeouts;
 
 /// Environment variable with comma-separated API keys; overrides the file.
 pub const API_KEYS_ENV: &str = "SHARENET_API_KEYS";
@@ -67,6 +66,27 @@ struct TimeoutsFile {
 
 fn default_attempts() -> usize {
     3
+}
+
+/// Per-phase time limits for a job.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Opening the stream to the node.
+    pub connect: Duration,
+    /// From sending the request to the first event.
+    pub first_token: Duration,
+    /// Longest gap between two events after the first.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_token: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A validated coordinator configuration.

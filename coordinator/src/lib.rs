@@ -93,12 +93,8 @@ pub fn spawn(
         .local_addr()
         .context("read the HTTP listener's address")?;
     let tasks = TaskTracker::new();
-    let (core, completed) = Core::open(
-        &config,
-        network.transport,
-        tasks.clone(),
-        shutdown.clone(),
-    )?;
+    let (core, completed) =
+        Core::open(&config, network.transport, tasks.clone(), shutdown.clone())?;
     tasks.spawn(core::watch_network(
         core.clone(),
         network.events,

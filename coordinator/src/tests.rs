@@ -25,7 +25,10 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
     ]);
     let (events_tx, events) = tokio::sync::mpsc::channel(16);
     for (source, data) in net.adverts {
-        events_tx.send(Event::Advert { source, data }).await.unwrap();
+        events_tx
+            .send(Event::Advert { source, data })
+            .await
+            .unwrap();
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use sharenet_devnet::{self as devnet, Devnet, DevnetOptions};
 use sharenet_coordinator::core::registry::Lookup;
+use sharenet_devnet::{self as devnet, Devnet, DevnetOptions};
 use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
 use sharenet_p2p::Identity;
 use tokio_util::sync::CancellationToken;

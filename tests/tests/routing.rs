@@ -33,7 +33,9 @@ async fn provider_preferences_pick_and_exclude_nodes() {
             .unwrap()
             .as_millis() as u64,
     ) {
-        sharenet_coordinator::core::registry::Lookup::Found(o) => o[0].offer.weights_sha256.unwrap(),
+        sharenet_coordinator::core::registry::Lookup::Found(o) => {
+            o[0].offer.weights_sha256.unwrap()
+        }
         other => panic!("{other:?}"),
     };
     let r = t

@@ -92,6 +92,9 @@ impl From<AccountsError> for Error {
     }
 }
 
+/// The operator's app that pays for spot checks; the operator funds it.
+pub const SPOT_CHECK_APP: &str = "spot-checks";
+
 const DAY_MS: u64 = 86_400_000;
 /// Rate limiters kept at most; beyond this the end customers' ones are
 /// forgotten (keys' never are).
@@ -275,7 +278,7 @@ impl Accounts {
         network_fee_bps: u32,
         own_key: &sharenet_proto::PublicKey,
     ) -> Result<Self, AccountsError> {
-                let mut state = State::default();
+        let mut state = State::default();
         for app in books.apps()? {
             state.apps.insert(app.id.clone(), app);
         }
@@ -356,16 +359,38 @@ impl Accounts {
         )
     }
 
-    /// Rate limits, then a hold for the worst case (see the module docs).
+    /// Rate limits, then a hold for the worst case (see the module docs):
+    /// all under the accounts lock, so concurrent admissions see each
+    /// other's holds.
     pub fn admit(self: &Arc<Self>, a: &Admission<'_>) -> Result<Hold, AccountsError> {
         let mut state = self.lock();
-        let app = state
-            .apps
-            .get(&a.principal.app)
-            .cloned()
-            .ok_or_else(|| AccountsError::Unauthorized("this key's app no longer exists".into()))?;
+        let app =
+            state.apps.get(&a.principal.app).cloned().ok_or_else(|| {
+                AccountsError::Unauthorized("this key's app no longer exists".into())
+            })?;
+        Self::check_rate_limits(&mut state, &app, a)?;
+        let worst = self.worst_case(&app, a)?;
+        let amount = u128::from(worst.total);
+        let all = Self::check_funds(&state, &app, a, amount)?;
+        for scope in all {
+            *state.held.entry(scope).or_default() += amount;
+        }
+        Ok(Hold {
+            accounts: self.clone(),
+            principal: a.principal.clone(),
+            end_customer: a.end_customer.map(str::to_string),
+            amount,
+            committed: false,
+        })
+    }
 
-        // Rate limits: requests and worst-case tokens per minute.
+    /// Requests and worst-case tokens per minute, per key and per end
+    /// customer.
+    fn check_rate_limits(
+        state: &mut State,
+        app: &AppRecord,
+        a: &Admission<'_>,
+    ) -> Result<(), AccountsError> {
         let tokens = a.max_input_tokens.saturating_add(a.max_output_tokens);
         let tokens32 = NonZeroU32::new(u32::try_from(tokens).unwrap_or(u32::MAX).max(1))
             .unwrap_or(NonZeroU32::MIN);
@@ -379,7 +404,7 @@ impl Accounts {
         }
         let clock = DefaultClock::default();
         for (scope, limits) in &checks {
-            if let Some(l) = Self::limiter(&mut state, scope, false, limits.requests_per_minute)
+            if let Some(l) = Self::limiter(state, scope, false, limits.requests_per_minute)
                 && let Err(not_until) = l.check()
             {
                 return Err(AccountsError::RateLimited {
@@ -391,7 +416,7 @@ impl Accounts {
                     retry_after: not_until.wait_time_from(clock.now()),
                 });
             }
-            if let Some(l) = Self::limiter(&mut state, scope, true, limits.tokens_per_minute) {
+            if let Some(l) = Self::limiter(state, scope, true, limits.tokens_per_minute) {
                 match l.check_n(tokens32) {
                     Ok(Ok(())) => {}
                     Ok(Err(not_until)) => {
@@ -418,9 +443,14 @@ impl Accounts {
             }
         }
 
-        // The worst-case charge.
+        Ok(())
+    }
+
+    /// The most the job can cost: its bounds at the highest candidate
+    /// prices, plus fee and margin.
+    fn worst_case(&self, app: &AppRecord, a: &Admission<'_>) -> Result<Charge, AccountsError> {
         let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        let worst = sharenet_market::pricing::hold(
+        sharenet_market::pricing::hold(
             &JobBounds {
                 max_input_tokens: clamp(a.max_input_tokens),
                 max_output_tokens: clamp(a.max_output_tokens),
@@ -433,15 +463,25 @@ impl Accounts {
         .map_err(|e| AccountsError::Invalid {
             message: format!("this request cannot be priced: {e}"),
             param: None,
-        })?;
-        let amount = u128::from(worst.total);
+        })
+    }
+
+    /// The app's balance and every budget (app, key, end customer; day,
+    /// month, total) must cover `amount` on top of what is spent and held.
+    /// Returns the scopes the hold is counted in.
+    fn check_funds(
+        state: &State,
+        app: &AppRecord,
+        a: &Admission<'_>,
+        amount: u128,
+    ) -> Result<Vec<Scope>, AccountsError> {
         let balance = state.balance(&app.id);
         if balance < amount as i128 {
             return Err(AccountsError::OverBudget(format!(
                 "app {}'s balance of {} nano-USD does not cover this request's worst case of {} nano-USD (max_tokens {} at up to {} nano-USD per output token); top up or lower max_tokens",
                 app.id,
                 balance.max(0),
-                worst.total,
+                amount,
                 a.max_output_tokens,
                 a.max_price_out
             )));
@@ -477,21 +517,12 @@ impl Accounts {
                         scope.describe(),
                         spent,
                         held,
-                        worst.total
+                        amount
                     )));
                 }
             }
         }
-        for scope in all {
-            *state.held.entry(scope).or_default() += amount;
-        }
-        Ok(Hold {
-            accounts: self.clone(),
-            principal: a.principal.clone(),
-            end_customer: a.end_customer.map(str::to_string),
-            amount,
-            committed: false,
-        })
+        Ok(all)
     }
 
     fn release(&self, hold: &Hold) {
@@ -548,9 +579,7 @@ impl Accounts {
                 "id",
             ));
         }
-        self.books
-            .put_app(&app)
-            ?;
+        self.books.put_app(&app)?;
         state.apps.insert(app.id.clone(), app.clone());
         Ok(app)
     }
@@ -568,9 +597,7 @@ impl Accounts {
             .cloned()
             .ok_or_else(|| AccountsError::NotFound(format!("no app {app}")))?;
         record.routing = routing;
-        self.books
-            .put_app(&record)
-            ?;
+        self.books.put_app(&record)?;
         state.apps.insert(record.id.clone(), record.clone());
         Ok(record)
     }
@@ -611,9 +638,7 @@ impl Accounts {
             created_at_ms: now_ms,
             revoked_at_ms: None,
         };
-        self.books
-            .put_key(&record)
-            ?;
+        self.books.put_key(&record)?;
         state.key_hash_by_id.insert(record.id.clone(), hash);
         state.keys.insert(hash, record.clone());
         Ok(record)
@@ -644,9 +669,7 @@ impl Accounts {
             key.revoked_at_ms = Some(now_ms);
         }
         let key = key.clone();
-        self.books
-            .put_key(&key)
-            ?;
+        self.books.put_key(&key)?;
         Ok(key)
     }
 
@@ -661,13 +684,11 @@ impl Accounts {
                 "amount_nano_usd",
             ));
         }
-        self.books
-            .add_topup(&TopUp {
-                app: app.to_string(),
-                amount,
-                at_ms: now_ms,
-            })
-            ?;
+        self.books.add_topup(&TopUp {
+            app: app.to_string(),
+            amount,
+            at_ms: now_ms,
+        })?;
         *state.topped_up.entry(app.to_string()).or_default() += u128::from(amount);
         Ok(state.balance(app))
     }
@@ -743,7 +764,9 @@ pub enum CommitError {
     #[error("price the job: {0}")]
     Price(String),
     /// The receipt prices above the hold: never booked.
-    #[error("the receipt's charge of {charge} nano-USD exceeds the {hold} nano-USD held for the job")]
+    #[error(
+        "the receipt's charge of {charge} nano-USD exceeds the {hold} nano-USD held for the job"
+    )]
     OverHold { charge: u64, hold: u128 },
 }
 

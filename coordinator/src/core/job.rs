@@ -3,6 +3,8 @@
 //! validated (the HTTP layer parses requests into this). How the answer is
 //! shaped (JSON or SSE, base64 embeddings) is not the core's business.
 
+use std::sync::Arc;
+
 use sharenet_proto::{JobInput, ModelKind, SamplingParams};
 
 /// Which endpoint a job came from.
@@ -111,4 +113,15 @@ impl Job {
             _ => u64::from(self.params.max_tokens),
         }
     }
+}
+
+/// A job that finished and was booked: what dispatch's completion hook
+/// announces (the spot-check sampler listens).
+#[derive(Debug, Clone)]
+pub struct CompletedJob {
+    pub job: Arc<Job>,
+    /// The app that paid for it.
+    pub app: String,
+    pub node: [u8; 32],
+    pub model: String,
 }

@@ -3,7 +3,8 @@
 //! Dependency rule: `http` → `core`, never back; `core` → the pure crates
 //! (`router`, `market`), `ledger` (the books), `proto`/`api` (wire types)
 //! and `p2p` only for peer ids, frames and its [`transport::Transport`]
-//! implementation. Nothing here names axum or the HTTP layer.
+//! implementation; within the crate, only the leaf `config` module. No
+//! web framework and nothing of the HTTP layer is named here.
 //!
 //! - [`job`]: a validated job (kind, models, input, sampling, preferences)
 //!   and its bounds;
@@ -45,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CoordinatorConfig;
-use dispatch::{CompletedJob, Timeouts};
+use crate::config::Timeouts;
 use error::Error;
+use job::CompletedJob;
 use transport::Transport;
 
 /// How often expired adverts are swept out and time is applied to routing.
@@ -142,7 +144,7 @@ impl Core {
         let (completed, completed_rx) = if config.spot_check_rate > 0.0 {
             accounts::ensure_operator_app(
                 &accounts,
-                spotcheck::SPOT_CHECK_APP,
+                accounts::SPOT_CHECK_APP,
                 "spot checks (paid by the operator)",
                 config.spot_check_funding,
                 now_ms(),

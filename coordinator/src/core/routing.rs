@@ -386,6 +386,9 @@ mod tests {
         r.record([1; 32], Outcome::SpotCheckFailed, 0);
         r.remove(&[1; 32]);
         r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 10);
-        assert!(route(&r).is_err(), "a caught node may not wash its trust by leaving");
+        assert!(
+            route(&r).is_err(),
+            "a caught node may not wash its trust by leaving"
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! statement is built with `settle_preverified`.
 //!
 //! Settling is blocking and must not run twice at once (two periods could
-//! sweep the same unsettled entries): [`crate::core::Core::settle`] holds
+//! sweep the same unsettled entries): `Core::settle` holds
 //! one lock around it.
 
 use std::collections::HashSet;

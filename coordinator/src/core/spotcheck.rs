@@ -37,8 +37,7 @@ use crate::core::registry::Lookup;
 use crate::core::routing::Outcome;
 use crate::core::{Core, now_ms};
 
-/// The app that pays for spot checks; the operator funds it.
-pub const SPOT_CHECK_APP: &str = "spot-checks";
+pub use crate::core::accounts::SPOT_CHECK_APP;
 
 /// Most tokens a check generates.
 const CHECK_TOKENS: u32 = 16;
@@ -239,8 +238,7 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
             return;
         }
     };
-    core
-        .metrics
+    core.metrics
         .spot_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Verdict::Differ { position, reason } = compare(&run, &reference_run) else {
@@ -270,8 +268,7 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
     for (node, ok) in [(suspect, suspect_ok), (reference, reference_ok)] {
         evidence(core, node, ok);
         if !ok {
-            core
-                .metrics
+            core.metrics
                 .spot_checks_failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(

@@ -55,7 +55,9 @@ pub(super) async fn list_receipts(
     Query(f): Query<ReceiptFilter>,
 ) -> Result<Json<List<ReceiptObject>>, ApiError> {
     let entries = core.receipts_of(&principal.app, f).await?;
-    Ok(Json(List::new(entries.iter().map(receipt_object).collect())))
+    Ok(Json(List::new(
+        entries.iter().map(receipt_object).collect(),
+    )))
 }
 
 /// The inclusion proof of one of the caller's receipts in the statement

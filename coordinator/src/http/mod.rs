@@ -52,8 +52,8 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/v1/statements", get(builder::statements))
         .route("/v1/usage", get(builder::usage))
         .route_layer(middleware::from_fn_with_state(core.clone(), authenticate));
-    let operator = operator::routes()
-        .route_layer(middleware::from_fn_with_state(core.clone(), operator_auth));
+    let operator =
+        operator::routes().route_layer(middleware::from_fn_with_state(core.clone(), operator_auth));
     Router::new()
         .merge(authed)
         .merge(operator)
@@ -97,10 +97,9 @@ async fn operator_auth(
     next: Next,
 ) -> Result<Response, ApiError> {
     let Some(expected) = core.operator_key.as_deref() else {
-        return Err(Error::NotFound(
-            "the operator API is off (no operator_key configured)".into(),
-        )
-        .into());
+        return Err(
+            Error::NotFound("the operator API is off (no operator_key configured)".into()).into(),
+        );
     };
     match bearer(request.headers()) {
         // Compared as hashes, so the comparison takes the same time

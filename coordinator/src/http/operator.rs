@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use sharenet_api::List;
 use sharenet_api::accounts::{
-    AppObject, AppRouting, BalanceObject, KeyObject, MarginObject, NewApp, NewKey,
-    SettleRequest, StatementFormat, TopUpRequest,
+    AppObject, AppRouting, BalanceObject, KeyObject, MarginObject, NewApp, NewKey, SettleRequest,
+    StatementFormat, TopUpRequest,
 };
 use sharenet_api::statements::StatementObject;
 use sharenet_ledger::{AppRecord, KeyRecord};

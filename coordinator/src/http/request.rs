@@ -11,8 +11,8 @@
 
 use serde_json::Value;
 use sharenet_api::openai::{
-    ChatCompletionRequest, CompletionRequest, Content, EmbeddingRequest, ExtraSampling, Prompt,
-    ProviderPreferences, SortKey as WireSort, Stop,
+    ChatCompletionRequest, CompletionRequest, Content, EmbeddingRequest, ExtraSampling, InMessage,
+    Prompt, ProviderPreferences, SortKey as WireSort, Stop,
 };
 use sharenet_proto::{ChatMessage, JobInput, MAX_JOB_TOKENS, SamplingParams};
 
@@ -226,32 +226,11 @@ fn param_error(message: impl Into<String>, param: &str) -> Error {
     Error::bad_request(message, Some(param))
 }
 
-/// `POST /v1/chat/completions` → a job, or a 400 naming the parameter.
-pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
-    if this.model.trim().is_empty() {
-        return Err(param_error("`model` must not be empty", "model"));
-    }
-    if this.messages.is_empty() {
-        return Err(param_error("`messages` must not be empty", "messages"));
-    }
-    if this.n.is_some_and(|n| n != 1) {
-        return Err(param_error("only n = 1 is supported", "n"));
-    }
-    if this.tools.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(param_error("tools are not supported yet", "tools"));
-    }
-    if let Some(f) = &this.response_format
-        && f.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t != "text")
-    {
-        return Err(param_error(
-            "only the text response_format is supported",
-            "response_format",
-        ));
-    }
-    let mut messages = Vec::with_capacity(this.messages.len());
-    for (i, m) in this.messages.into_iter().enumerate() {
+/// OpenAI chat messages → the node's messages: `developer` is `system`,
+/// content parts must be text.
+fn chat_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Error> {
+    let mut messages = Vec::with_capacity(input.len());
+    for (i, m) in input.into_iter().enumerate() {
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
             "user" => "user",
@@ -289,6 +268,34 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
             content,
         });
     }
+    Ok(messages)
+}
+
+/// `POST /v1/chat/completions` → a job, or a 400 naming the parameter.
+pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
+    if this.model.trim().is_empty() {
+        return Err(param_error("`model` must not be empty", "model"));
+    }
+    if this.messages.is_empty() {
+        return Err(param_error("`messages` must not be empty", "messages"));
+    }
+    if this.n.is_some_and(|n| n != 1) {
+        return Err(param_error("only n = 1 is supported", "n"));
+    }
+    if this.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(param_error("tools are not supported yet", "tools"));
+    }
+    if let Some(f) = &this.response_format
+        && f.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "text")
+    {
+        return Err(param_error(
+            "only the text response_format is supported",
+            "response_format",
+        ));
+    }
+    let messages = chat_messages(this.messages)?;
     let params = Sampling {
         max_tokens: this
             .max_completion_tokens
@@ -324,7 +331,6 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
     };
     Ok((job, shape))
 }
-
 
 fn nodes(field: &str, ids: &[String]) -> Result<Vec<[u8; 32]>, Error> {
     ids.iter()
@@ -411,7 +417,6 @@ pub fn model_list(model: &str, models: Option<&Vec<String>>) -> Result<Vec<Strin
     }
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,18 @@
-//! Money and receipts for sharenet.
+//! Durable money records for sharenet, on sled.
 //!
-//! For now this crate holds the receipt store: the [`ReceiptStore`] trait
-//! and its embedded default, [`SledReceiptStore`]. Coordinators record each
-//! countersigned receipt once (a replayed job id is refused); nodes record
-//! the receipts they signed and upgrade them to the countersigned copy.
+//! - The node's receipt store: the [`ReceiptStore`] trait and its embedded
+//!   default, [`SledReceiptStore`]. A node records the receipts it signed
+//!   and upgrades each to the countersigned copy when it arrives.
+//! - The coordinator's [`Books`]: apps, hashed API keys, top-ups, one
+//!   [`LedgerEntry`] per job (a replayed job id is refused), and settled
+//!   statements (see `books.rs`).
 //!
-//! Architecture invariants: a receipt is durable (flushed to disk) when a
+//! Pricing and settlement themselves are pure functions in
+//! `sharenet-market`; this crate only stores.
+//!
+//! Architecture invariants: a record is durable (flushed to disk) when a
 //! write returns, so nothing acknowledged is lost on a crash; only this
-//! crate touches sled, so another backend can replace it behind the trait.
+//! crate touches sled, so another backend can replace it.
 
 mod books;
 

@@ -152,7 +152,8 @@ fn run(command: Command) -> anyhow::Result<String> {
             let v: Value = serde_json::from_str(&text)
                 .with_context(|| format!("parse {}", proof.display()))?;
             // The answer of `GET /v1/receipts/{id}/proof`, or a bare proof.
-            let p: InclusionProof = match serde_json::from_value::<InclusionProofObject>(v.clone()) {
+            let p: InclusionProof = match serde_json::from_value::<InclusionProofObject>(v.clone())
+            {
                 Ok(o) => Ok(o.proof),
                 Err(_) => serde_json::from_value(v),
             }

@@ -137,15 +137,15 @@ impl ActiveJob {
             } => {
                 self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
                 if self.streamed_tokens > self.job.params.max_tokens {
-                    return Err(self.node_failed(core, "the node streamed more tokens than max_tokens"));
+                    return Err(
+                        self.node_failed(core, "the node streamed more tokens than max_tokens")
+                    );
                 }
                 if logprobs.len() > tokens as usize
                     || (!logprobs.is_empty() && !self.job.params.logprobs)
                 {
-                    return Err(self.node_failed(
-                        core,
-                        "the node sent logprobs that do not match its tokens",
-                    ));
+                    return Err(self
+                        .node_failed(core, "the node sent logprobs that do not match its tokens"));
                 }
                 self.text.push_str(&text);
                 self.logprobs.extend(logprobs.iter().cloned());
@@ -160,7 +160,9 @@ impl ActiveJob {
             }
             JobEvent::Embeddings { data } => {
                 if self.embeddings.is_some() || !self.text.is_empty() {
-                    return Err(self.node_failed(core, "the node sent an unexpected embeddings frame"));
+                    return Err(
+                        self.node_failed(core, "the node sent an unexpected embeddings frame")
+                    );
                 }
                 self.embeddings = Some(data);
                 Ok(Step::Delta(String::new(), Vec::new()))
@@ -202,7 +204,10 @@ impl ActiveJob {
             .await
             .map_err(|_| Error::BadGateway("the node stopped sending tokens".into()))
             .and_then(|r| r.map_err(|e| Error::BadGateway(format!("the node's stream broke: {e}"))))
-            .inspect_err(|_| core.routing.record(self.terms.node, Outcome::Failed, now_ms()))?;
+            .inspect_err(|_| {
+                core.routing
+                    .record(self.terms.node, Outcome::Failed, now_ms())
+            })?;
         decode_event(&frame).map_err(|e| self.node_failed(core, &e))
     }
 

@@ -18,47 +18,17 @@ mod book;
 mod plan;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sharenet_proto::{JobEvent, JobId, JobRequest, sha256};
 
+pub use crate::config::Timeouts;
+pub use crate::core::job::CompletedJob;
 pub use active::{ActiveJob, Finished, Step};
 
 use crate::core::Core;
 use crate::core::accounts::Principal;
 use crate::core::error::Error;
 use crate::core::job::Job;
-
-/// Per-phase time limits for a job.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// Opening the stream to the node.
-    pub connect: Duration,
-    /// From sending the request to the first event.
-    pub first_token: Duration,
-    /// Longest gap between two events after the first.
-    pub idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(5),
-            first_token: Duration::from_secs(30),
-            idle: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A job that finished and was booked: what the completion hook sees.
-#[derive(Debug, Clone)]
-pub struct CompletedJob {
-    pub job: Arc<Job>,
-    /// The app that paid for it.
-    pub app: String,
-    pub node: [u8; 32],
-    pub model: String,
-}
 
 /// Plans `job`, holds its worst case, and starts it on the first node
 /// that answers (see the module docs).

@@ -72,7 +72,14 @@ struct FakeNode {
 const INPUT_TOKENS: u32 = 5;
 
 impl FakeNode {
-    fn receipt(&self, req: &JobRequest, digest: [u8; 32], input: u32, out: u32, text: &str) -> Vec<u8> {
+    fn receipt(
+        &self,
+        req: &JobRequest,
+        digest: [u8; 32],
+        input: u32,
+        out: u32,
+        text: &str,
+    ) -> Vec<u8> {
         let r = Receipt {
             job_id: req.job_id,
             node: self.identity.public_key(),
@@ -124,7 +131,15 @@ impl FakeNode {
         text
     }
 
-    async fn finish(&self, s: &mut JobStream, req: &JobRequest, digest: [u8; 32], text: &str, input: u32, out: u32) {
+    async fn finish(
+        &self,
+        s: &mut JobStream,
+        req: &JobRequest,
+        digest: [u8; 32],
+        text: &str,
+        input: u32,
+        out: u32,
+    ) {
         let done = JobEvent::Done {
             finish_reason: FinishReason::Stop,
             usage: Usage {
@@ -148,7 +163,8 @@ impl FakeNode {
             Script::Serve(pieces) => {
                 let text = self.stream(&mut s, &req, digest, &pieces).await;
                 let n = pieces.len() as u32;
-                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n).await;
+                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n)
+                    .await;
             }
             Script::Refuse => {
                 let refusal = JobEvent::Error {
@@ -186,13 +202,15 @@ impl FakeNode {
                     }
                     tokio::time::sleep(every).await;
                 }
-                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n).await;
+                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n)
+                    .await;
             }
             Script::SlowFirstToken(wait, pieces) => {
                 tokio::time::sleep(wait).await;
                 let text = self.stream(&mut s, &req, digest, &pieces).await;
                 let n = pieces.len() as u32;
-                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n).await;
+                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n)
+                    .await;
             }
         }
     }
@@ -394,7 +412,10 @@ async fn a_job_is_served_checked_countersigned_and_charged() {
     };
     assert_eq!(pieces, ["Hello", " world"]);
     assert_eq!(finished.text, "Hello world");
-    assert_eq!((finished.usage.input_tokens, finished.usage.output_tokens), (5, 2));
+    assert_eq!(
+        (finished.usage.input_tokens, finished.usage.output_tokens),
+        (5, 2)
+    );
     let r = finished.receipt.receipt();
     assert_eq!(r.node, s.nodes[0]);
     assert_eq!(r.amount, 5 * 10 + 2 * 20);
@@ -403,10 +424,7 @@ async fn a_job_is_served_checked_countersigned_and_charged() {
     assert_eq!(c.total, c.provider_cost + c.network_fee + c.margin);
     // Durable, countersigned by us, and charged exactly once.
     assert_eq!(s.entries(), 1);
-    assert_eq!(
-        s.core.metrics.receipts_accepted.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(s.core.metrics.receipts_accepted.load(Ordering::Relaxed), 1);
     assert_eq!(s.balance(), i128::from(BALANCE) - i128::from(c.total));
     let booked = s.core.accounts.books().entry(&r.job_id).unwrap().unwrap();
     assert_eq!(booked.end_customer.as_deref(), Some("cust-1"));
@@ -424,7 +442,10 @@ async fn a_refusal_falls_back_to_the_next_node() {
     assert_eq!(text, "ok");
     assert_eq!(node, s.nodes[1]);
     assert_eq!(s.core.metrics.fallbacks.load(Ordering::Relaxed), 1);
-    assert!(s.trust(0) < s.trust(1), "the refusal counts against the node");
+    assert!(
+        s.trust(0) < s.trust(1),
+        "the refusal counts against the node"
+    );
     assert_eq!(s.balance(), i128::from(BALANCE) - i128::from(charge));
 }
 
@@ -467,7 +488,10 @@ async fn death_mid_stream_is_an_error_never_a_switch_and_charges_what_was_receiv
     assert!(matches!(err, Error::BadGateway(_)), "{err:?}");
     assert_eq!(received, "one two");
     assert_eq!(active.node(), s.nodes[0], "no switch after the first token");
-    let partial = active.book_partial(&s.core).await.expect("a partial charge");
+    let partial = active
+        .book_partial(&s.core)
+        .await
+        .expect("a partial charge");
     assert_eq!(partial.text, "one two");
     assert_eq!(partial.usage.output_tokens, 2);
     assert_eq!(partial.receipt.receipt().amount, 5 * 10 + 2 * 20);
@@ -476,7 +500,10 @@ async fn death_mid_stream_is_an_error_never_a_switch_and_charges_what_was_receiv
         i128::from(BALANCE) - i128::from(partial.charge.total)
     );
     assert_eq!(s.entries(), 1);
-    assert!(s.trust(0) < s.trust(1), "the broken stream counts against the node");
+    assert!(
+        s.trust(0) < s.trust(1),
+        "the broken stream counts against the node"
+    );
 }
 
 #[tokio::test]
@@ -494,10 +521,7 @@ async fn a_lying_receipt_is_rejected_and_nothing_is_charged() {
     );
     assert_eq!(s.entries(), 0);
     assert_eq!(s.balance(), i128::from(BALANCE), "the hold is released");
-    assert_eq!(
-        s.core.metrics.receipts_rejected.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(s.core.metrics.receipts_rejected.load(Ordering::Relaxed), 1);
     let health = s.core.routing.health(&s.nodes[0]).unwrap();
     assert!(health.trust.score(now_ms(), &Default::default()) < 0.5);
 
