@@ -864,6 +864,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use sharenet_proto::{JobId, Receipt, SignedReceipt, SigningKey, job_cost, public_key_of};
+    use std::sync::atomic::Ordering;
 
     fn app(id: &str, margin_bps: u32, per_mtok: u64) -> AppRecord {
         AppRecord {
@@ -1005,5 +1006,105 @@ mod tests {
             .unwrap();
             prop_assert_eq!(reloaded.balance("a"), i128::from(topup) - charged as i128);
         }
+
+        /// Whatever a node signs (any token counts, any prices up to the
+        /// advert's), a commit never books more than its hold, and no
+        /// balance ever goes below zero. (Issue 12, item 1: before the
+        /// bound, a receipt for 4e9 input tokens drained the balance.)
+        #[test]
+        fn a_commit_never_books_more_than_its_hold(
+            claims in proptest::collection::vec((0u32..=u32::MAX, 0u32..5000), 1..16),
+            topup in 1_000_000u64..100_000_000,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let books = Arc::new(Books::open(dir.path()).unwrap());
+            let accounts = Arc::new(Accounts::load(books, 500, &public_key_of(&SigningKey::from_bytes(&[2; 32]))).unwrap());
+            accounts.create_app(app("a", 1000, 0)).unwrap();
+            accounts.top_up("a", topup, 0).unwrap();
+            let key = accounts.install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0).unwrap();
+            let principal = Principal { app: "a".into(), key_id: key.id };
+            for (i, (input, output)) in claims.into_iter().enumerate() {
+                let Ok(hold) = accounts.admit(&Admission {
+                    principal: &principal,
+                    end_customer: None,
+                    max_input_tokens: 100,
+                    max_output_tokens: 50,
+                    max_price_in: 3,
+                    max_price_out: 7,
+                    now_ms: 1,
+                }) else { continue };
+                let bound = hold.amount();
+                match hold.commit(receipt(i as u32, input, output, 3, 7), 1) {
+                    Ok(entry) => prop_assert!(u128::from(entry.charge.total) <= bound),
+                    Err(CommitError::OverHold { charge, hold }) => prop_assert!(u128::from(charge) > hold),
+                    Err(e) => prop_assert!(matches!(e, CommitError::Price(_)), "{e:?}"),
+                }
+                prop_assert!(accounts.balance("a") >= 0);
+            }
+        }
+    }
+
+    /// Commits and admissions from many threads at once (issue 12, item
+    /// 2): the hold is released and the charge booked in one step, so at
+    /// every moment top-ups >= charges + holds, and the app never spends
+    /// more than it topped up.
+    #[test]
+    fn concurrent_commits_and_admissions_never_overspend() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Arc::new(Books::open(dir.path()).unwrap());
+        let accounts = Arc::new(
+            Accounts::load(books, 0, &public_key_of(&SigningKey::from_bytes(&[2; 32]))).unwrap(),
+        );
+        accounts.create_app(app("a", 0, 0)).unwrap();
+        // Room for 40 worst cases (100 in + 100 out at 1 each).
+        let topup = 40 * 200;
+        accounts.top_up("a", topup, 0).unwrap();
+        let key = accounts
+            .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
+            .unwrap();
+        let principal = Principal {
+            app: "a".into(),
+            key_id: key.id,
+        };
+        let next_job = std::sync::atomic::AtomicU32::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // A watcher reads the books' view under the lock over and over.
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let state = accounts.lock();
+                    let charged = state.charged.get("a").copied().unwrap_or(0);
+                    let held = state.held.get(&Scope::App("a".into())).copied().unwrap_or(0);
+                    assert!(charged + held <= u128::from(topup), "charged {charged} + held {held}");
+                }
+            });
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        for _ in 0..20 {
+                            let admitted = accounts.admit(&Admission {
+                                principal: &principal,
+                                end_customer: None,
+                                max_input_tokens: 100,
+                                max_output_tokens: 100,
+                                max_price_in: 1,
+                                max_price_out: 1,
+                                now_ms: 1,
+                            });
+                            if let Ok(hold) = admitted {
+                                let id = next_job.fetch_add(1, Ordering::Relaxed);
+                                hold.commit(receipt(id, 100, 100, 1, 1), 1).unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(accounts.balance("a"), 0, "exactly the 40 jobs the balance covered");
+        assert_eq!(accounts.books().entry_count(), 40);
     }
 }
