@@ -1074,8 +1074,15 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     let state = accounts.lock();
                     let charged = state.charged.get("a").copied().unwrap_or(0);
-                    let held = state.held.get(&Scope::App("a".into())).copied().unwrap_or(0);
-                    assert!(charged + held <= u128::from(topup), "charged {charged} + held {held}");
+                    let held = state
+                        .held
+                        .get(&Scope::App("a".into()))
+                        .copied()
+                        .unwrap_or(0);
+                    assert!(
+                        charged + held <= u128::from(topup),
+                        "charged {charged} + held {held}"
+                    );
                 }
             });
             let workers: Vec<_> = (0..8)
@@ -1104,7 +1111,11 @@ mod tests {
             }
             stop.store(true, Ordering::Relaxed);
         });
-        assert_eq!(accounts.balance("a"), 0, "exactly the 40 jobs the balance covered");
+        assert_eq!(
+            accounts.balance("a"),
+            0,
+            "exactly the 40 jobs the balance covered"
+        );
         assert_eq!(accounts.books().entry_count(), 40);
     }
 }

@@ -81,12 +81,12 @@ impl Core {
                 .into_iter()
                 .find(|r| r.job_ids.contains(&job_id))
                 .ok_or_else(|| Error::NotFound(format!("receipt {job_id} is not settled yet")))?;
-            let (ids, leaves) = settled_leaves(books, &record)?;
-            let index = ids
-                .binary_search(&job_id)
+            let leaves = settled_leaves(books, &record)?;
+            let index = leaves
+                .binary_search_by(|l| l.job_id.cmp(&job_id))
                 .map_err(|_| Error::Internal("receipt not in its statement's list".into()))?;
             let proof = sharenet_market::merkle::prove(
-                &leaves.iter().map(|(_, leaf)| *leaf).collect::<Vec<_>>(),
+                &leaves.iter().map(|l| l.hash).collect::<Vec<_>>(),
                 index as u64,
             )
             .map_err(Error::internal)?;
@@ -109,21 +109,20 @@ impl Core {
             let record = books
                 .statement(&label)?
                 .ok_or_else(|| Error::NotFound(format!("period {label} is not settled")))?;
-            let (ids, leaves) = settled_leaves(books, &record)?;
+            let leaves = settled_leaves(books, &record)?;
             Ok(StatementBundle {
                 object: "statement_bundle".into(),
                 label: record.label,
                 signed_statement: record.statement,
-                leaves: ids
+                leaves: leaves
                     .iter()
-                    .zip(leaves)
-                    .map(|(id, (entry, leaf))| {
-                        let r = entry.receipt.receipt();
+                    .map(|l| {
+                        let r = l.entry.receipt.receipt();
                         BundleLeaf {
-                            job_id: id.0,
+                            job_id: l.job_id.0,
                             node: r.node,
                             amount: r.amount,
-                            leaf,
+                            leaf: l.hash,
                         }
                     })
                     .collect(),
@@ -186,20 +185,28 @@ impl Core {
     }
 }
 
-/// A statement's job ids in Merkle order, with each entry and leaf hash.
-fn settled_leaves(
-    books: &Books,
-    record: &StatementRecord,
-) -> Result<(Vec<JobId>, Vec<(LedgerEntry, [u8; 32])>), Error> {
+/// One settled receipt: its entry and Merkle leaf hash.
+struct Leaf {
+    job_id: JobId,
+    entry: LedgerEntry,
+    hash: [u8; 32],
+}
+
+/// A statement's receipts in Merkle (job id) order.
+fn settled_leaves(books: &Books, record: &StatementRecord) -> Result<Vec<Leaf>, Error> {
     let mut ids = record.job_ids.clone();
     ids.sort_unstable();
-    let mut leaves = Vec::with_capacity(ids.len());
-    for j in &ids {
-        let e = books
-            .entry(j)?
-            .ok_or_else(|| Error::Internal(format!("settled receipt {j} is missing")))?;
-        let leaf = leaf_hash(&e.receipt.to_bytes());
-        leaves.push((e, leaf));
-    }
-    Ok((ids, leaves))
+    ids.into_iter()
+        .map(|job_id| {
+            let entry = books
+                .entry(&job_id)?
+                .ok_or_else(|| Error::Internal(format!("settled receipt {job_id} is missing")))?;
+            let hash = leaf_hash(&entry.receipt.to_bytes());
+            Ok(Leaf {
+                job_id,
+                entry,
+                hash,
+            })
+        })
+        .collect()
 }

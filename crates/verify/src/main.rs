@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use sharenet_api::receipts::InclusionProofObject;
 use sharenet_api::statements::StatementBundle;
 use sharenet_market::{InclusionProof, SignedStatement};
 use sharenet_proto::CountersignedReceipt;
@@ -151,13 +150,10 @@ fn run(command: Command) -> anyhow::Result<String> {
             let text = read(&proof)?;
             let v: Value = serde_json::from_str(&text)
                 .with_context(|| format!("parse {}", proof.display()))?;
-            // The answer of `GET /v1/receipts/{id}/proof`, or a bare proof.
-            let p: InclusionProof = match serde_json::from_value::<InclusionProofObject>(v.clone())
-            {
-                Ok(o) => Ok(o.proof),
-                Err(_) => serde_json::from_value(v),
-            }
-            .with_context(|| format!("parse the proof in {}", proof.display()))?;
+            // The answer of `GET /v1/receipts/{id}/proof`
+            // (`InclusionProofObject`), or a bare proof.
+            let p: InclusionProof = serde_json::from_value(v.get("proof").cloned().unwrap_or(v))
+                .with_context(|| format!("parse the proof in {}", proof.display()))?;
             if !s.statement().includes(&c.to_bytes(), &p) {
                 bail!(
                     "receipt {} is not included in statement {} with this proof",
