@@ -122,6 +122,22 @@ pub struct CompletedJob {
     pub job: Arc<Job>,
     /// The app that paid for it.
     pub app: String,
+    /// Sensitive, or served from the app's private pool: its prompt may
+    /// not leave that pool, so it is never re-run elsewhere.
+    pub private: bool,
     pub node: [u8; 32],
     pub model: String,
+}
+
+/// What dispatch knows of a job's completion notice before it is served.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub app: String,
+    pub private: bool,
+}
+
+impl CompletedJob {
+    pub fn notice(app: String, private: bool) -> Notice {
+        Notice { app, private }
+    }
 }

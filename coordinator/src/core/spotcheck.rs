@@ -108,7 +108,8 @@ pub fn compare(run: &[TokenLogprob], reference: &[TokenLogprob]) -> Verdict {
 /// The completion hook's consumer: samples finished text jobs at `rate`
 /// (with its own rng, so which jobs are checked is invisible to nodes) and
 /// runs each sampled check as a tracked background task. Jobs of the
-/// spot-checks app itself are never sampled.
+/// spot-checks app itself, and private jobs (sensitive, or served by the
+/// app's private pool), are never sampled.
 pub async fn run(
     core: Arc<Core>,
     mut completed: mpsc::Receiver<CompletedJob>,
@@ -124,7 +125,10 @@ pub async fn run(
                 None => return,
             },
         };
+        // A private job's prompt may not leave the app's pool, so it is
+        // never re-run on another node.
         if done.app == SPOT_CHECK_APP
+            || done.private
             || done.job.kind == JobKind::Embedding
             || !rng.random_bool(rate.clamp(0.0, 1.0))
         {

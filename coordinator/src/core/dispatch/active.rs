@@ -21,8 +21,20 @@ use crate::core::routing::Outcome;
 use crate::core::transport::JobStream;
 use crate::core::{Core, now_ms};
 
+use super::attempt::Started;
 use super::book::{Claim, Terms, check_and_book};
-use super::{CompletedJob, decode_event};
+use super::decode_event;
+use crate::core::job::{CompletedJob, Notice};
+
+/// Most bytes of text one streamed token may carry: the longest tokens of
+/// real vocabularies are far shorter, so a node that sends more is
+/// flooding, not generating.
+pub const MAX_BYTES_PER_TOKEN: usize = 256;
+/// Text a node may send beyond that (held-back stop-string prefixes and
+/// partial UTF-8 released late).
+pub const TEXT_SLACK_BYTES: usize = 1024;
+/// Events a job may have beyond one per token (token-less deltas).
+pub const EXTRA_EVENTS: u32 = 64;
 
 /// What the next event amounted to.
 pub enum Step {
@@ -58,9 +70,13 @@ pub struct ActiveJob {
     first: Option<JobEvent>,
     terms: Terms,
     job: Arc<Job>,
-    /// The app paying (for the completion notice).
-    app: String,
+    /// Who pays and whether the prompt must stay private (for the
+    /// completion notice).
+    notice: Notice,
     streamed_tokens: u32,
+    /// Events read so far (bounded: a node cannot stall a job with
+    /// endless empty deltas).
+    events: u32,
     text: String,
     logprobs: Vec<TokenLogprob>,
     embeddings: Option<Vec<Vec<f32>>>,
@@ -76,29 +92,27 @@ pub struct ActiveJob {
 }
 
 impl ActiveJob {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        stream: JobStream,
-        first: JobEvent,
+        started: Started,
         terms: Terms,
         job: Arc<Job>,
-        app: String,
+        notice: Notice,
         hold: Hold,
-        sent_at: Instant,
     ) -> Self {
         Self {
-            stream: Some(stream),
-            first: Some(first),
+            stream: Some(started.stream),
+            first: Some(started.first),
             terms,
             job,
-            app,
+            notice,
             streamed_tokens: 0,
+            events: 0,
             text: String::new(),
             logprobs: Vec::new(),
             embeddings: None,
             checkpoint: None,
             hold: Some(hold),
-            sent_at,
+            sent_at: started.sent_at,
             first_at: Instant::now(),
         }
     }
@@ -136,10 +150,23 @@ impl ActiveJob {
                 receipt,
             } => {
                 self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
+                self.events = self.events.saturating_add(1);
                 if self.streamed_tokens > self.job.params.max_tokens {
                     return Err(
                         self.node_failed(core, "the node streamed more tokens than max_tokens")
                     );
+                }
+                // Bounded memory per job, whatever the node sends.
+                let text_room = (self.streamed_tokens as usize)
+                    .saturating_mul(MAX_BYTES_PER_TOKEN)
+                    .saturating_add(TEXT_SLACK_BYTES);
+                if self.text.len().saturating_add(text.len()) > text_room {
+                    return Err(
+                        self.node_failed(core, "the node sent more text than its tokens can hold")
+                    );
+                }
+                if self.events > self.job.params.max_tokens.saturating_add(EXTRA_EVENTS) {
+                    return Err(self.node_failed(core, "the node sent more events than tokens"));
                 }
                 if logprobs.len() > tokens as usize
                     || (!logprobs.is_empty() && !self.job.params.logprobs)
@@ -253,7 +280,8 @@ impl ActiveJob {
         }
         core.job_completed(CompletedJob {
             job: self.job.clone(),
-            app: self.app.clone(),
+            app: self.notice.app.clone(),
+            private: self.notice.private,
             node: self.terms.node,
             model: self.terms.model.clone(),
         });

@@ -2,6 +2,7 @@
 //!
 //! 1. [`plan::resolve_model`]: the requested model or the first of its
 //!    fallbacks that some node serves;
+//!    then the request's bytes, refused when they would not fit a frame;
 //! 2. [`plan::plan_candidates`]: the router's order over the routing index,
 //!    the app's rules, live adverts only, at most `max_attempts`;
 //! 3. [`plan::admit`]: rate limits and a hold for the worst case at the
@@ -19,7 +20,7 @@ mod plan;
 
 use std::sync::Arc;
 
-use sharenet_proto::{JobEvent, JobId, JobRequest, sha256};
+use sharenet_proto::{JobEvent, JobId, JobRequest, MAX_FRAME_BYTES, sha256};
 
 pub use crate::config::Timeouts;
 pub use crate::core::job::CompletedJob;
@@ -28,7 +29,7 @@ pub use active::{ActiveJob, Finished, Step};
 use crate::core::Core;
 use crate::core::accounts::Principal;
 use crate::core::error::Error;
-use crate::core::job::Job;
+use crate::core::job::{Job, JobKind};
 
 /// Plans `job`, holds its worst case, and starts it on the first node
 /// that answers (see the module docs).
@@ -39,17 +40,17 @@ pub async fn start_job(
     end_customer: Option<&str>,
 ) -> Result<ActiveJob, Error> {
     let model = plan::resolve_model(core, &job)?;
-    let plan = plan::plan_candidates(core, &job, model, principal)?;
-    let hold = plan::admit(core, &job, &plan, principal, end_customer)?;
     let request = JobRequest {
         job_id: JobId(rand::random()),
         coordinator: core.identity.public_key(),
-        model: plan.model.clone(),
+        model,
         input: job.input.clone(),
         params: job.params.clone(),
     };
-    let bytes = serde_json::to_vec(&request)
-        .map_err(|e| Error::Internal(format!("encode job request: {e}")))?;
+    let bytes = encode_request(&job, &request)?;
+    let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;
+    let hold = plan::admit(core, &job, &plan, principal, end_customer)?;
+    let (sensitive, pool) = (plan.sensitive, plan.pool);
     let (offer, started) =
         attempt::first_answer(core, &plan.model, plan.candidates, &bytes).await?;
     let terms = book::Terms {
@@ -63,14 +64,39 @@ pub async fn start_job(
         max_input_tokens: job.max_input_tokens(),
     };
     Ok(ActiveJob::new(
-        started.stream,
-        started.first,
+        started,
         terms,
         job,
-        principal.app.clone(),
+        CompletedJob::notice(
+            principal.app.clone(),
+            sensitive || pool.contains(&offer.advert.node),
+        ),
         hold,
-        started.sent_at,
     ))
+}
+
+/// The request's bytes, refused (400 naming the parameter) when they do
+/// not fit one frame: every node would fail it, and the failure would
+/// count against an honest node.
+fn encode_request(job: &Job, request: &JobRequest) -> Result<Vec<u8>, Error> {
+    let bytes = serde_json::to_vec(request)
+        .map_err(|e| Error::Internal(format!("encode job request: {e}")))?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        let param = match job.kind {
+            JobKind::Chat => "messages",
+            JobKind::Completion => "prompt",
+            JobKind::Embedding => "input",
+        };
+        return Err(Error::bad_request(
+            format!(
+                "the request is {} bytes once encoded for a node, more than the {} a job may carry; shorten `{param}`",
+                bytes.len(),
+                MAX_FRAME_BYTES
+            ),
+            Some(param),
+        ));
+    }
+    Ok(bytes)
 }
 
 fn decode_event(frame: &[u8]) -> Result<JobEvent, String> {

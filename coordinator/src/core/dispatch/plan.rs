@@ -16,6 +16,10 @@ pub(super) struct Plan {
     /// The model that will be served (the requested one or a fallback).
     pub model: String,
     pub candidates: Vec<Offer>,
+    /// The job is sensitive (its request or its app's rules).
+    pub sensitive: bool,
+    /// The app's private pool: a job served there keeps its prompt there.
+    pub pool: Vec<[u8; 32]>,
 }
 
 /// The first model of the job's list that some node serves (the `models`
@@ -155,7 +159,12 @@ pub(super) fn plan_candidates(
         candidates.len()
     };
     candidates.truncate(attempts.max(1));
-    Ok(Plan { model, candidates })
+    Ok(Plan {
+        model,
+        candidates,
+        sensitive: job.prefs.sensitive || rules.sensitive,
+        pool: rules.private_pool,
+    })
 }
 
 /// Rate limits and the hold: the worst case at the highest price among

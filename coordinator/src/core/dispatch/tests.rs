@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -26,7 +26,7 @@ use super::{Step, Timeouts, start_job};
 use crate::config::CoordinatorConfig;
 use crate::core::accounts::Principal;
 use crate::core::error::Error;
-use crate::core::job::{Job, JobKind, ProviderPrefs};
+use crate::core::job::{CompletedJob, Job, JobKind, ProviderPrefs};
 use crate::core::transport::{JobStream, Transport, TransportError};
 use crate::core::{Core, now_ms};
 
@@ -59,6 +59,8 @@ pub(crate) enum Script {
     SlowFirstToken(Duration, Vec<&'static str>),
     /// Streams `n` one-token pieces, one every `every`, then finishes.
     Trickle(u32, Duration),
+    /// Sends `n` token-less deltas of `bytes` bytes of text each.
+    Flood { n: u32, bytes: usize },
 }
 
 struct FakeNode {
@@ -205,6 +207,20 @@ impl FakeNode {
                 self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n)
                     .await;
             }
+            Script::Flood { n, bytes } => {
+                let text = "x".repeat(bytes);
+                for _ in 0..n {
+                    let delta = JobEvent::Delta {
+                        text: text.clone(),
+                        tokens: 0,
+                        logprobs: Vec::new(),
+                        receipt: None,
+                    };
+                    if !Self::send(&mut s, &delta).await {
+                        return;
+                    }
+                }
+            }
             Script::SlowFirstToken(wait, pieces) => {
                 tokio::time::sleep(wait).await;
                 let text = self.stream(&mut s, &req, digest, &pieces).await;
@@ -216,14 +232,16 @@ impl FakeNode {
     }
 }
 
-/// Opens in-memory pipes to scripted nodes.
+/// Opens in-memory pipes to scripted nodes, counting the streams opened.
 pub(crate) struct FakeTransport {
     nodes: HashMap<PeerId, Arc<FakeNode>>,
+    opens: Arc<AtomicUsize>,
 }
 
 impl Transport for FakeTransport {
     fn open_job_stream(&self, peer: PeerId) -> BoxFuture<'_, Result<JobStream, TransportError>> {
         let node = self.nodes.get(&peer).cloned();
+        self.opens.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let node = node.ok_or_else(|| TransportError(format!("no route to {peer}")))?;
             let (ours, theirs) = tokio::io::duplex(1 << 20);
@@ -235,6 +253,7 @@ impl Transport for FakeTransport {
 
 struct Setup {
     core: Arc<Core>,
+    opens: Arc<AtomicUsize>,
     principal: Principal,
     /// The nodes' public keys, in the order given.
     nodes: Vec<[u8; 32]>,
@@ -246,6 +265,8 @@ struct Setup {
 /// them, their signed adverts as gossip would bring them, and their keys.
 pub(crate) struct FakeNetwork {
     pub transport: FakeTransport,
+    /// Job streams opened so far, to any node.
+    pub opens: Arc<AtomicUsize>,
     pub adverts: Vec<(PeerId, Vec<u8>)>,
     pub keys: Vec<[u8; 32]>,
 }
@@ -268,7 +289,7 @@ pub(crate) fn fake_network(scripts: Vec<Script>) -> FakeNetwork {
                 kind: ModelKind::Text,
                 quantization: String::new(),
                 tokens_per_sec: 0,
-                weights_sha256: None,
+                weights_sha256: Some([7; 32]),
             }],
             gpus: Vec::new(),
             region: String::new(),
@@ -294,8 +315,13 @@ pub(crate) fn fake_network(scripts: Vec<Script>) -> FakeNetwork {
             }),
         );
     }
+    let opens = Arc::new(AtomicUsize::new(0));
     FakeNetwork {
-        transport: FakeTransport { nodes },
+        transport: FakeTransport {
+            nodes,
+            opens: opens.clone(),
+        },
+        opens,
         adverts,
         keys,
     }
@@ -344,6 +370,7 @@ fn setup(scripts: Vec<Script>) -> Setup {
     let principal = core.accounts.authenticate(KEY).unwrap();
     Setup {
         core,
+        opens: net.opens,
         principal,
         nodes: net.keys,
         _dir: dir,
@@ -557,4 +584,105 @@ async fn a_slow_first_token_times_out_and_falls_back() {
     let s = setup(vec![slow]);
     assert!(matches!(s.run(&[]).await, Err(Error::NoCapacity(_))));
     assert_eq!(s.balance(), i128::from(BALANCE));
+}
+
+#[tokio::test]
+async fn a_flooding_node_is_cut_off_and_paid_nothing() {
+    // Token-less deltas of 512 KiB each: the coordinator would keep all of
+    // that text until the end (issue 12, item 7).
+    for flood in [
+        Script::Flood {
+            n: 1000,
+            bytes: 512 * 1024,
+        },
+        Script::Flood {
+            n: 100_000,
+            bytes: 0,
+        },
+    ] {
+        let s = setup(vec![flood, Script::Serve(vec!["ok"])]);
+        let err = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::BadGateway(m) if m.contains("more text") || m.contains("more events")),
+            "{err:?}"
+        );
+        assert!(s.trust(0) < s.trust(1), "the flood counts against the node");
+        assert_eq!(s.entries(), 0);
+        assert_eq!(s.balance(), i128::from(BALANCE));
+    }
+}
+
+#[tokio::test]
+async fn a_request_too_big_for_a_frame_is_refused_before_any_node_is_dialled() {
+    // Issue 12, item 14: it used to reach a node, fail there, and count as
+    // that honest node's failure.
+    let s = setup(vec![Script::Serve(vec!["ok"])]);
+    let mut job = (*job(&[])).clone();
+    job.input = JobInput::Chat {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: "x".repeat(MAX_FRAME_BYTES),
+        }],
+    };
+    let err = start_job(&s.core, Arc::new(job), &s.principal, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::BadRequest { param: Some(p), .. } if p == "messages"),
+        "{err:?}"
+    );
+    assert_eq!(s.opens.load(Ordering::Relaxed), 0, "no node was dialled");
+    assert_eq!(s.balance(), i128::from(BALANCE), "nothing held");
+}
+
+#[tokio::test]
+async fn private_jobs_are_never_spot_checked_elsewhere() {
+    // Issue 12, item 17: a sampled sensitive job used to be re-run on
+    // public nodes with the same weights.
+    let s = setup(vec![Script::Serve(vec!["a"]), Script::Serve(vec!["a"])]);
+    crate::core::accounts::ensure_operator_app(
+        &s.core.accounts,
+        crate::core::accounts::SPOT_CHECK_APP,
+        "spot checks",
+        BALANCE,
+        now_ms(),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let shutdown = CancellationToken::new();
+    let sampler = tokio::spawn(crate::core::spotcheck::run(
+        s.core.clone(),
+        rx,
+        1.0,
+        shutdown.clone(),
+    ));
+    let notice = |private| CompletedJob {
+        job: job(&[]),
+        app: "default".into(),
+        private,
+        node: s.nodes[0],
+        model: MODEL.into(),
+    };
+    tx.send(notice(true)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.opens.load(Ordering::Relaxed),
+        0,
+        "a private job stays put"
+    );
+    // The same job, not private, is checked on both nodes (the check runs
+    // as a task on the core's tracker).
+    tx.send(notice(false)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.core.metrics.spot_checks.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the public job was checked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(s.opens.load(Ordering::Relaxed) >= 2);
+    shutdown.cancel();
+    sampler.await.unwrap();
 }
