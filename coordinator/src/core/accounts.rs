@@ -96,9 +96,11 @@ impl From<AccountsError> for Error {
 pub const SPOT_CHECK_APP: &str = "spot-checks";
 
 const DAY_MS: u64 = 86_400_000;
-/// Rate limiters kept at most; beyond this the end customers' ones are
-/// forgotten (keys' never are).
-const MAX_LIMITERS: usize = 100_000;
+/// End-customer rate limiters kept per app at most. Customer ids are the
+/// builder's to choose, so a builder that churns them could otherwise grow
+/// the map without bound; past the cap that app's customer limiters start
+/// afresh, and no other app's are touched.
+const MAX_CUSTOMER_LIMITERS_PER_APP: usize = 10_000;
 
 /// Who is calling: resolved from the API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +171,10 @@ struct State {
     held: HashMap<Scope, u128>,
     /// (app, end customer or "", month start) → usage.
     usage: BTreeMap<(String, String, u64), UsageLine>,
+    /// Key limiters (bounded by the keys the operator issued).
     limiters: HashMap<(Scope, bool), Arc<DefaultDirectRateLimiter>>,
+    /// End-customer limiters per app, each map capped.
+    customer_limiters: HashMap<String, HashMap<(Scope, bool), Arc<DefaultDirectRateLimiter>>>,
 }
 
 impl State {
@@ -338,22 +343,22 @@ impl Accounts {
         per_minute: Option<u32>,
     ) -> Option<Arc<DefaultDirectRateLimiter>> {
         let n = NonZeroU32::new(per_minute?)?;
-        // End customers are named by the builder, so their limiters are
-        // capped; key limiters are bounded by the keys the operator issued
-        // and are never dropped (so churning customer ids cannot reset a
-        // key's limit).
-        if matches!(scope, Scope::Customer(..))
-            && state.limiters.len() >= MAX_LIMITERS
-            && !state.limiters.contains_key(&(scope.clone(), tokens))
-        {
-            state
-                .limiters
-                .retain(|(s, _), _| !matches!(s, Scope::Customer(..)));
-        }
+        // Key limiters are never dropped (so churning customer ids cannot
+        // reset a key's limit); customer limiters are capped per app.
+        let map = match scope {
+            Scope::Customer(app, _) => {
+                let map = state.customer_limiters.entry(app.clone()).or_default();
+                if map.len() >= MAX_CUSTOMER_LIMITERS_PER_APP
+                    && !map.contains_key(&(scope.clone(), tokens))
+                {
+                    map.clear();
+                }
+                map
+            }
+            _ => &mut state.limiters,
+        };
         Some(
-            state
-                .limiters
-                .entry((scope.clone(), tokens))
+            map.entry((scope.clone(), tokens))
                 .or_insert_with(|| Arc::new(DefaultDirectRateLimiter::direct(Quota::per_minute(n))))
                 .clone(),
         )
@@ -777,8 +782,13 @@ fn release_in(state: &mut State, hold: &Hold) {
         &hold.principal.key_id,
         hold.end_customer.as_deref(),
     ) {
+        // An entry at zero goes, so holds of end customers long gone do
+        // not pile up.
         if let Some(h) = state.held.get_mut(&scope) {
             *h = h.saturating_sub(hold.amount);
+            if *h == 0 {
+                state.held.remove(&scope);
+            }
         }
     }
 }
@@ -1117,5 +1127,71 @@ mod tests {
             "exactly the 40 jobs the balance covered"
         );
         assert_eq!(accounts.books().entry_count(), 40);
+    }
+
+    /// Issue 12, item 15: a builder churning end-customer ids used to
+    /// clear every app's customer limiters at the cap (resetting other
+    /// builders' limits) and left a held entry per customer forever.
+    #[test]
+    fn churning_customer_ids_resets_no_other_app_and_leaves_no_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Arc::new(Books::open(dir.path()).unwrap());
+        let accounts = Arc::new(
+            Accounts::load(books, 0, &public_key_of(&SigningKey::from_bytes(&[2; 32]))).unwrap(),
+        );
+        let limited = |id: &str| AppRecord {
+            customer_limits: RateLimits {
+                requests_per_minute: Some(1),
+                tokens_per_minute: None,
+            },
+            ..app(id, 0, 0)
+        };
+        let mut principals = Vec::new();
+        for (id, key) in [
+            ("greedy", "sk-test-greedy-000000"),
+            ("victim", "sk-test-victim-000000"),
+        ] {
+            accounts.create_app(limited(id)).unwrap();
+            accounts.top_up(id, 1_000_000_000, 0).unwrap();
+            let k = accounts
+                .install_key(id, key, Budgets::default(), 0)
+                .unwrap();
+            principals.push(Principal {
+                app: id.into(),
+                key_id: k.id,
+            });
+        }
+        let admit = |p: &Principal, customer: &str| {
+            accounts.admit(&Admission {
+                principal: p,
+                end_customer: Some(customer),
+                max_input_tokens: 10,
+                max_output_tokens: 10,
+                max_price_in: 1,
+                max_price_out: 1,
+                now_ms: 1,
+            })
+        };
+        drop(admit(&principals[1], "alice").unwrap());
+        assert!(matches!(
+            admit(&principals[1], "alice"),
+            Err(AccountsError::RateLimited { .. })
+        ));
+        for i in 0..MAX_CUSTOMER_LIMITERS_PER_APP + 10 {
+            drop(admit(&principals[0], &format!("throwaway-{i}")).unwrap());
+        }
+        assert!(
+            matches!(
+                admit(&principals[1], "alice"),
+                Err(AccountsError::RateLimited { .. })
+            ),
+            "another app's churn did not reset this app's limit"
+        );
+        let state = accounts.lock();
+        assert!(state.held.is_empty(), "released holds leave no entries");
+        assert!(
+            state.customer_limiters["greedy"].len() <= MAX_CUSTOMER_LIMITERS_PER_APP,
+            "the churning app's limiters stay capped"
+        );
     }
 }

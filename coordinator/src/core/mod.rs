@@ -225,7 +225,7 @@ impl Core {
     /// Drops expired adverts from the registry and routing.
     pub fn prune_expired(&self, now_ms: u64) {
         for node in self.registry.prune(now_ms) {
-            self.routing.remove(&node);
+            self.routing.remove(&node, now_ms);
         }
     }
 

@@ -17,7 +17,9 @@
 //! liveness in the registry before using a node.
 //!
 //! A node's health outlives its advert (an expired node that comes back
-//! keeps its history, so leaving and rejoining does not wash its trust).
+//! keeps its history, so leaving and rejoining does not wash its trust),
+//! for [`HEALTH_TTL_MS`]; after that, and beyond [`MAX_HEALTH`] entries
+//! (throwaway identities), the longest-gone nodes are forgotten.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,6 +53,11 @@ pub enum Outcome {
     SpotCheckFailed,
 }
 
+/// How long the health of a node whose advert expired is kept.
+pub const HEALTH_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Health entries kept at most (twice the registry's node cap).
+pub const MAX_HEALTH: usize = 2 * crate::core::registry::MAX_NODES;
+
 /// A table's key: the model id and whether it embeds.
 type TableKey = (String, bool);
 
@@ -63,6 +70,8 @@ struct Inner {
     tables: HashMap<TableKey, CandidateTable>,
     /// The tables each node has a row in.
     rows: HashMap<NodeKey, Vec<TableKey>>,
+    /// When each node without rows lost them (its advert expired).
+    gone_at: HashMap<NodeKey, u64>,
     /// The routing decision's randomness (power of two choices, probation).
     rng: StdRng,
 }
@@ -121,6 +130,7 @@ impl Routing {
                 health: HashMap::new(),
                 tables: HashMap::new(),
                 rows: HashMap::new(),
+                gone_at: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
             }),
             trust: TrustParams::default(),
@@ -150,6 +160,7 @@ impl Routing {
                 .upsert(&h.candidate(&offer, now_ms, &self.trust));
         }
         inner.rows.insert(advert.node, new);
+        inner.gone_at.remove(&advert.node);
     }
 
     /// A ping round trip to the node.
@@ -204,16 +215,38 @@ impl Routing {
         }
     }
 
-    /// Drops the node's rows (its advert expired); its health stays.
-    pub fn remove(&self, node: &NodeKey) {
+    /// Drops the node's rows (its advert expired at `now_ms`); its health
+    /// stays for [`HEALTH_TTL_MS`].
+    pub fn remove(&self, node: &NodeKey, now_ms: u64) {
         let mut inner = lock(&self.inner);
         inner.drop_rows(node, &[]);
-        inner.rows.remove(node);
+        if inner.rows.remove(node).is_some() {
+            inner.gone_at.insert(*node, now_ms);
+        }
     }
 
-    /// Applies time to every node (decay, breaker cool-downs); once a second.
+    /// Applies time to every node (decay, breaker cool-downs) and forgets
+    /// nodes gone too long (see the module docs); once a second.
     pub fn refresh(&self, now_ms: u64) {
         let mut inner = lock(&self.inner);
+        let Inner {
+            health, gone_at, ..
+        } = &mut *inner;
+        gone_at.retain(|node, at| {
+            let keep = now_ms.saturating_sub(*at) < HEALTH_TTL_MS;
+            if !keep {
+                health.remove(node);
+            }
+            keep
+        });
+        if health.len() > MAX_HEALTH {
+            let mut oldest: Vec<(u64, NodeKey)> = gone_at.iter().map(|(k, t)| (*t, *k)).collect();
+            oldest.sort_unstable();
+            for (_, node) in oldest.into_iter().take(health.len() - MAX_HEALTH) {
+                health.remove(&node);
+                gone_at.remove(&node);
+            }
+        }
         let nodes: Vec<NodeKey> = inner.health.keys().copied().collect();
         for node in nodes {
             if let Some(h) = inner.health.get_mut(&node) {
@@ -371,8 +404,8 @@ mod tests {
         assert_eq!(route(&r).unwrap(), vec![[1; 32]]);
 
         // Expiry removes every row; empty tables go; health stays.
-        r.remove(&[1; 32]);
-        r.remove(&[2; 32]);
+        r.remove(&[1; 32], 0);
+        r.remove(&[2; 32], 0);
         assert!(matches!(route(&r), Err(NoCandidate::NoNodes)));
         assert!(!r.serves("e", ModelKind::Embedding));
         assert!(r.nodes().is_empty());
@@ -384,11 +417,27 @@ mod tests {
         let r = Routing::new(1, 15_000.0);
         r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 0);
         r.record([1; 32], Outcome::SpotCheckFailed, 0);
-        r.remove(&[1; 32]);
-        r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 10);
+        r.remove(&[1; 32], 0);
+        r.refresh(HEALTH_TTL_MS / 2);
+        r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), HEALTH_TTL_MS / 2);
         assert!(
             route(&r).is_err(),
             "a caught node may not wash its trust by leaving"
         );
+    }
+
+    #[test]
+    fn the_health_of_nodes_gone_a_day_is_forgotten() {
+        // Issue 12, item 15: health used to be kept forever, one entry per
+        // identity ever seen.
+        let r = Routing::new(1, 15_000.0);
+        r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 0);
+        r.on_advert(&advert(2, &[("m", ModelKind::Text, 5)]), 0);
+        r.remove(&[1; 32], 1_000);
+        r.refresh(1_000 + HEALTH_TTL_MS - 1);
+        assert!(r.health(&[1; 32]).is_some());
+        r.refresh(1_000 + HEALTH_TTL_MS);
+        assert!(r.health(&[1; 32]).is_none(), "gone a day: forgotten");
+        assert!(r.health(&[2; 32]).is_some(), "a live node is kept");
     }
 }
