@@ -43,6 +43,21 @@ struct CoordinatorFile {
     /// What the `spot-checks` app starts with (nano-USD), once.
     #[serde(default)]
     spot_check_funding_nano_usd: u64,
+    /// The network's price ceiling (nano-USD per token): offers above it
+    /// are not routable.
+    #[serde(default = "default_price_ceiling")]
+    max_price_in_nano_usd: u64,
+    #[serde(default = "default_price_ceiling")]
+    max_price_out_nano_usd: u64,
+}
+
+/// The default price ceiling: 1,000,000 nano-USD per token ($1,000 per
+/// million tokens), far above any real model, far below what would make
+/// every hold absurd.
+pub const DEFAULT_PRICE_CEILING: u64 = 1_000_000;
+
+fn default_price_ceiling() -> u64 {
+    DEFAULT_PRICE_CEILING
 }
 
 fn default_relay() -> bool {
@@ -114,6 +129,26 @@ pub struct CoordinatorConfig {
     pub relay_server: bool,
     /// The balance the operator's `spot-checks` app starts with (nano-USD).
     pub spot_check_funding: u64,
+    /// Offers priced above this are not routable (nano-USD per token).
+    pub price_ceiling: PriceCeiling,
+}
+
+/// The network-wide price ceiling, nano-USD per token. One absurd price
+/// among the candidates would otherwise make every request's worst-case
+/// hold absurd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriceCeiling {
+    pub price_in: u64,
+    pub price_out: u64,
+}
+
+impl Default for PriceCeiling {
+    fn default() -> Self {
+        Self {
+            price_in: DEFAULT_PRICE_CEILING,
+            price_out: DEFAULT_PRICE_CEILING,
+        }
+    }
 }
 
 impl CoordinatorConfig {
@@ -144,6 +179,10 @@ impl CoordinatorConfig {
             spot_check_rate: file.spot_check_rate,
             relay_server: file.relay,
             spot_check_funding: file.spot_check_funding_nano_usd,
+            price_ceiling: PriceCeiling {
+                price_in: file.max_price_in_nano_usd,
+                price_out: file.max_price_out_nano_usd,
+            },
             operator_key,
             bootstrap_balance: file.bootstrap_balance_nano_usd,
             period_rule: match file.settlement_period_secs {
@@ -252,6 +291,12 @@ relay = true
 # POST /operator/apps/spot-checks/topup); it starts with the funding below.
 spot_check_rate = 0.02
 spot_check_funding_nano_usd = 100000000   # $0.10
+
+# The network's price ceiling, nano-USD per token: a node's offer above it
+# is not routable (and counted in sharenet_adverts_over_price_ceiling_total),
+# so one absurd price cannot inflate every request's worst-case hold.
+max_price_in_nano_usd = 1000000    # $1,000 per million prompt tokens
+max_price_out_nano_usd = 1000000
 
 [timeouts]
 connect_ms = 5000       # opening a stream to a node

@@ -86,6 +86,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             period_rule: sharenet_market::PeriodRule::CalendarMonth,
             spot_check_rate: 0.0,
             spot_check_funding: 0,
+            price_ceiling: Default::default(),
             relay_server: false,
         },
         t.cancel_token(),

@@ -158,7 +158,7 @@ impl Core {
         let core = Arc::new(Self {
             identity: config.identity.clone(),
             transport,
-            registry: registry::Registry::default(),
+            registry: registry::Registry::new(config.price_ceiling),
             routing: routing::Routing::new(
                 rand::random(),
                 config.timeouts.first_token.as_secs_f64() * 500.0,

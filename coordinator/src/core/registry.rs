@@ -11,6 +11,8 @@ use std::time::Duration;
 use sharenet_p2p::{PeerId, peer_id_of};
 use sharenet_proto::{Advert, ModelOffer, SignedAdvert};
 
+use crate::config::PriceCeiling;
+
 /// At most this many nodes are tracked; adverts from more are refused.
 pub const MAX_NODES: usize = 100_000;
 /// Adverts issued further than this in the future are refused.
@@ -44,6 +46,9 @@ pub struct AdvertStats {
     pub stale: AtomicU64,
     pub full: AtomicU64,
     pub pruned: AtomicU64,
+    /// Adverts with at least one offer above the price ceiling (those
+    /// offers were dropped).
+    pub over_price_ceiling: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -73,10 +78,21 @@ pub enum Lookup {
 #[derive(Default)]
 pub struct Registry {
     nodes: Mutex<HashMap<PeerId, Live>>,
+    /// Offers above it are dropped from adverts as they arrive (`None`:
+    /// no ceiling).
+    ceiling: Option<PriceCeiling>,
     pub stats: AdvertStats,
 }
 
 impl Registry {
+    /// An empty registry that drops offers priced above `ceiling`.
+    pub fn new(ceiling: PriceCeiling) -> Self {
+        Self {
+            ceiling: Some(ceiling),
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Live>> {
         crate::core::sync::lock(&self.nodes)
     }
@@ -98,9 +114,20 @@ impl Registry {
     }
 
     fn try_ingest(&self, source: PeerId, data: &[u8], now_ms: u64) -> Result<(), AdvertRejection> {
-        let advert = SignedAdvert::from_bytes(data)
+        let mut advert = SignedAdvert::from_bytes(data)
             .map_err(|e| AdvertRejection::Invalid(e.to_string()))?
             .into_advert();
+        if let Some(c) = self.ceiling {
+            let before = advert.models.len();
+            advert
+                .models
+                .retain(|m| m.price_in <= c.price_in && m.price_out <= c.price_out);
+            if advert.models.len() < before {
+                self.stats
+                    .over_price_ceiling
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if peer_id_of(&advert.node).ok() != Some(source) {
             return Err(AdvertRejection::WrongSigner);
         }

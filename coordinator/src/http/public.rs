@@ -28,7 +28,7 @@ pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
     let m = &core.metrics;
     let a = &core.registry.stats;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 15] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "sharenet_requests_total",
             "Chat, completion and embedding requests received.",
@@ -93,6 +93,11 @@ pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
             "sharenet_adverts_pruned_total",
             "Adverts dropped from routing when they expired.",
             get(&a.pruned),
+        ),
+        (
+            "sharenet_adverts_over_price_ceiling_total",
+            "Adverts with offers above the price ceiling (those offers are not routable).",
+            get(&a.over_price_ceiling),
         ),
         (
             "sharenet_adverts_full_total",

@@ -260,6 +260,35 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
+/// A live advert for `MODEL` at these prices, signed by `identity`.
+pub(crate) fn signed_advert(identity: &Identity, price_in: u64, price_out: u64) -> Vec<u8> {
+    let now = now_ms();
+    let advert = Advert {
+        node: identity.public_key(),
+        models: vec![ModelOffer {
+            id: MODEL.into(),
+            price_in,
+            price_out,
+            context_length: 4096,
+            kind: ModelKind::Text,
+            quantization: String::new(),
+            tokens_per_sec: 0,
+            weights_sha256: Some([7; 32]),
+        }],
+        gpus: Vec::new(),
+        region: String::new(),
+        relayed: false,
+        max_concurrency: 4,
+        queue_depth: 0,
+        seq: 1,
+        issued_at_ms: now,
+        expires_at_ms: now + 60_000,
+    };
+    SignedAdvert::sign(advert, identity.signing_key())
+        .unwrap()
+        .to_bytes()
+}
+
 /// Scripted nodes, one per entry, each advertising `MODEL` (node `i` at
 /// `10 + i` / `20 + i` nano-USD per token): the transport that reaches
 /// them, their signed adverts as gossip would bring them, and their keys.
@@ -278,31 +307,7 @@ pub(crate) fn fake_network(scripts: Vec<Script>) -> FakeNetwork {
     for (i, script) in scripts.into_iter().enumerate() {
         let identity = Identity::generate();
         let (price_in, price_out) = (10 + i as u64, 20 + i as u64);
-        let now = now_ms();
-        let advert = Advert {
-            node: identity.public_key(),
-            models: vec![ModelOffer {
-                id: MODEL.into(),
-                price_in,
-                price_out,
-                context_length: 4096,
-                kind: ModelKind::Text,
-                quantization: String::new(),
-                tokens_per_sec: 0,
-                weights_sha256: Some([7; 32]),
-            }],
-            gpus: Vec::new(),
-            region: String::new(),
-            relayed: false,
-            max_concurrency: 4,
-            queue_depth: 0,
-            seq: 1,
-            issued_at_ms: now,
-            expires_at_ms: now + 60_000,
-        };
-        let bytes = SignedAdvert::sign(advert, identity.signing_key())
-            .unwrap()
-            .to_bytes();
+        let bytes = signed_advert(&identity, price_in, price_out);
         adverts.push((identity.peer_id(), bytes));
         keys.push(identity.public_key());
         nodes.insert(
@@ -349,6 +354,7 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
         spot_check_rate: 0.0,
         relay_server: false,
         spot_check_funding: 0,
+        price_ceiling: Default::default(),
     }
 }
 
@@ -685,4 +691,36 @@ async fn private_jobs_are_never_spot_checked_elsewhere() {
     assert!(s.opens.load(Ordering::Relaxed) >= 2);
     shutdown.cancel();
     sampler.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_absurd_price_is_not_routable_and_cannot_inflate_holds() {
+    // Issue 12, item 5: one node advertising 10^12 nano-USD per token made
+    // the hold of every request that might try it absurd (402 for all).
+    let s = setup(vec![Script::Serve(vec!["ok"])]);
+    let greedy = Identity::generate();
+    s.core.on_advert(
+        greedy.peer_id(),
+        &signed_advert(&greedy, 1_000_000_000_000, 1_000_000_000_000),
+        now_ms(),
+    );
+    assert_eq!(
+        s.core
+            .registry
+            .stats
+            .over_price_ceiling
+            .load(Ordering::Relaxed),
+        1
+    );
+    let (text, charge, node) = s.run(&[greedy.public_key(), s.nodes[0]]).await.unwrap();
+    assert_eq!((text.as_str(), node), ("ok", s.nodes[0]));
+    assert_eq!(s.balance(), i128::from(BALANCE) - i128::from(charge));
+    assert!(
+        s.core
+            .registry
+            .models(now_ms())
+            .iter()
+            .all(|m| m.3 < 1_000_000),
+        "nor is it listed"
+    );
 }
