@@ -57,7 +57,7 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     let key = format!("sk-sharenet-{}", hex::encode(rand::random::<[u8; 16]>()));
-    std::fs::write(&path, config::template(&key))
+    write_private(&path, config::template(&key).as_bytes())
         .with_context(|| format!("write {}", path.display()))?;
     println!("wrote {}", path.display());
     println!("API key: {key}");
@@ -79,4 +79,14 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     cancel.cancel();
     coordinator.wait().await;
     Ok(())
+}
+
+/// Writes a new file only its owner can read (it holds keys).
+fn write_private(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(body)
 }

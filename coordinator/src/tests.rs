@@ -86,3 +86,56 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
         "the whole job and the part of the cut stream the client received"
     );
 }
+
+#[tokio::test]
+async fn http_rejections_are_openai_json() {
+    // Issue 12, item 19: an oversized body was a plain-text 413.
+    let dir = tempfile::tempdir().unwrap();
+    let net = fake_network(vec![Script::Serve(vec!["ok"])]);
+    let (_events_tx, events) = tokio::sync::mpsc::channel(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = spawn(
+        listener,
+        Network {
+            transport: Arc::new(net.transport),
+            events,
+        },
+        config(dir.path()),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let huge = format!(
+        r#"{{"model": "m", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "x".repeat(3 << 20)
+    );
+    let r = http
+        .post(format!("{}/chat/completions", handle.base_url()))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: sharenet_api::ErrorResponse = r.json().await.unwrap();
+    assert_eq!(body.error.code.as_deref(), Some("request_too_large"));
+    assert_eq!(body.error.kind, "invalid_request_error");
+
+    let r = http
+        .get(format!("{}/receipts?bogus=1", handle.base_url()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: sharenet_api::ErrorResponse = r.json().await.unwrap();
+    assert!(
+        body.error.message.contains("bogus"),
+        "{}",
+        body.error.message
+    );
+    shutdown.cancel();
+    handle.wait().await;
+}

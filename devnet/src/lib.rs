@@ -96,6 +96,14 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
     if opts.nodes == 0 {
         bail!("--nodes: at least one node is required");
     }
+    // The devnet's API and operator keys are fixed and published: never
+    // serve them beyond this machine.
+    if !opts.http_listen.ip().is_loopback() {
+        bail!(
+            "--listen {}: the devnet's keys are public, so it listens on loopback only (127.0.0.1 or [::1])",
+            opts.http_listen
+        );
+    }
     let model_dir = opts.dir.join("models").join(DEVNET_MODEL);
     if !model_dir.join("model.safetensors").exists() {
         let dir = model_dir.clone();
@@ -187,4 +195,21 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
         api_key: opts.api_key,
         model: DEVNET_MODEL.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_to_listen_beyond_loopback_with_its_public_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DevnetOptions::new(dir.path().to_path_buf(), "0.0.0.0:0".parse().unwrap(), 1);
+        let err = start(opts, CancellationToken::new()).await.err().unwrap();
+        assert!(err.to_string().contains("loopback only"), "{err}");
+        assert!(
+            !dir.path().join("models").exists(),
+            "refused before anything was made"
+        );
+    }
 }

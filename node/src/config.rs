@@ -89,7 +89,8 @@ fn default_queue() -> u32 {
 }
 
 /// An OpenAI-compatible server the node forwards a model's jobs to.
-#[derive(Debug, Clone)]
+/// (`Debug` never shows the API key.)
+#[derive(Clone)]
 pub struct UpstreamConfig {
     /// e.g. `http://127.0.0.1:8000/v1`.
     pub base_url: String,
@@ -101,6 +102,18 @@ pub struct UpstreamConfig {
     pub context_length: u32,
     /// Longest a whole job may take upstream.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("context_length", &self.context_length)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// Which device a local model runs on.
@@ -476,5 +489,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn debug_never_shows_the_upstream_api_key() {
+        let u = UpstreamConfig {
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            model: "m".into(),
+            api_key: Some("sk-very-secret-upstream-key".into()),
+            context_length: 4096,
+            timeout: Duration::from_secs(1),
+        };
+        let shown = format!("{u:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 }

@@ -95,6 +95,24 @@ pub struct Core {
     shutdown: CancellationToken,
 }
 
+/// Most characters of a node-controlled string shown in a log or error.
+pub const MAX_SHOWN_CHARS: usize = 200;
+
+/// A string a node sent, fit for a log line or a builder's error message:
+/// control characters escaped (no forged log lines, no terminal escapes)
+/// and at most [`MAX_SHOWN_CHARS`] characters.
+pub fn untrusted(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(MAX_SHOWN_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if s.chars().nth(MAX_SHOWN_CHARS).is_some() {
+        out.push_str("…");
+    }
+    out
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

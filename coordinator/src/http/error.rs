@@ -100,3 +100,46 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// axum's own rejections (a body over the limit, a wrong content type, a
+/// bad query string) are plain text; builders' clients expect OpenAI's
+/// JSON error body, so they are rewritten here, keeping the status.
+pub async fn json_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    // axum's rejection text says what was wrong (e.g. the unknown query
+    // field); it is ours, short, and kept as the message.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (message, code) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            format!("the request body is larger than the coordinator accepts ({text})"),
+            "request_too_large",
+        ),
+        _ if text.is_empty() => (
+            format!("the request was refused ({status})"),
+            "invalid_request",
+        ),
+        _ => (text, "invalid_request"),
+    };
+    let body = ErrorResponse {
+        error: ErrorObject {
+            message,
+            kind: "invalid_request_error".into(),
+            param: None,
+            code: Some(code.into()),
+        },
+        usage: None,
+        receipt_id: None,
+    };
+    (status, Json(body)).into_response()
+}

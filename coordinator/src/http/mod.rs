@@ -61,6 +61,7 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/statements/{label}", get(public::statement_bundle))
         .route("/metrics", get(public::metrics))
         .fallback(|| async { ApiError(Error::NotFound("no such endpoint".into())) })
+        .layer(middleware::map_response(error::json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(core)
 }

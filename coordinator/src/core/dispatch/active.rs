@@ -19,7 +19,7 @@ use crate::core::error::Error;
 use crate::core::job::Job;
 use crate::core::routing::Outcome;
 use crate::core::transport::JobStream;
-use crate::core::{Core, now_ms};
+use crate::core::{Core, now_ms, untrusted};
 
 use super::attempt::Started;
 use super::book::{Claim, Terms, check_and_book};
@@ -206,7 +206,8 @@ impl ActiveJob {
                 core.routing
                     .record(self.terms.node, Outcome::Failed, now_ms());
                 Err(Error::BadGateway(format!(
-                    "the node failed mid-stream ({code:?}): {message}"
+                    "the node failed mid-stream ({code:?}): {}",
+                    untrusted(&message)
                 )))
             }
             JobEvent::Countersigned { .. } => {

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use sharenet_p2p::{PeerId, read_frame, write_frame};
 use sharenet_proto::{JobErrorCode, JobEvent, MAX_FRAME_BYTES};
 
-use crate::core::Core;
 use crate::core::error::Error;
 use crate::core::registry::Offer;
 use crate::core::routing::Outcome;
 use crate::core::transport::JobStream;
+use crate::core::{Core, untrusted};
 
 use super::decode_event;
 
@@ -120,15 +120,19 @@ async fn attempt(
             code: JobErrorCode::ContextLengthExceeded,
             message,
         } => Err(AttemptError::Client(Error::BadRequest {
-            message,
+            message: untrusted(&message),
             param: Some("messages".into()),
         })),
         JobEvent::Error {
             code: JobErrorCode::InvalidRequest | JobErrorCode::UnsupportedInput,
             message,
-        } => Err(AttemptError::Client(Error::bad_request(message, None))),
+        } => Err(AttemptError::Client(Error::bad_request(
+            untrusted(&message),
+            None,
+        ))),
         JobEvent::Error { code, message } => Err(AttemptError::Retry(format!(
-            "refused ({code:?}): {message}"
+            "refused ({code:?}): {}",
+            untrusted(&message)
         ))),
         JobEvent::Countersigned { .. } => Err(AttemptError::Retry("unexpected frame".into())),
         event => Ok((stream, event)),

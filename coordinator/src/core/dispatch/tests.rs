@@ -44,6 +44,8 @@ pub(crate) enum Script {
     Serve(Vec<&'static str>),
     /// Answers `saturated`.
     Refuse,
+    /// Answers `saturated` with this message.
+    RefuseWith(String),
     /// Reads the request and hangs up.
     DieBeforeFirstToken,
     /// Streams these pieces with running receipts, then hangs up.
@@ -172,6 +174,13 @@ impl FakeNode {
                 let refusal = JobEvent::Error {
                     code: JobErrorCode::Saturated,
                     message: "every slot is taken".into(),
+                };
+                Self::send(&mut s, &refusal).await;
+            }
+            Script::RefuseWith(message) => {
+                let refusal = JobEvent::Error {
+                    code: JobErrorCode::Saturated,
+                    message,
                 };
                 Self::send(&mut s, &refusal).await;
             }
@@ -722,5 +731,27 @@ async fn an_absurd_price_is_not_routable_and_cannot_inflate_holds() {
             .iter()
             .all(|m| m.3 < 1_000_000),
         "nor is it listed"
+    );
+}
+
+#[tokio::test]
+async fn a_nodes_words_reach_logs_and_builders_escaped_and_short() {
+    // Issue 12, item 19: a node's refusal text went verbatim (any size,
+    // newlines, terminal escapes) into logs and the builder's error.
+    let forged = format!(
+        "busy\n2026-01-01 INFO forged line \u{1b}[31m{}",
+        "x".repeat(100_000)
+    );
+    let s = setup(vec![Script::RefuseWith(forged)]);
+    let err = s.run(&[]).await.unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.len() < 2_000, "{} bytes", shown.len());
+    assert!(
+        !shown.contains('\n') && !shown.contains('\u{1b}'),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("busy\\n2026"),
+        "escaped, not dropped: {shown}"
     );
 }
