@@ -370,10 +370,17 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
 /// A real core (books in a temp dir, one funded app) over
 /// [`fake_network`], with every advert heard.
 fn setup(scripts: Vec<Script>) -> Setup {
+    setup_with(scripts, |_| {})
+}
+
+/// As [`setup`], with the config adjusted first.
+fn setup_with(scripts: Vec<Script>, adjust: impl FnOnce(&mut CoordinatorConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let net = fake_network(scripts);
+    let mut config = config(dir.path());
+    adjust(&mut config);
     let (core, _) = Core::open(
-        &config(dir.path()),
+        &config,
         Arc::new(net.transport),
         TaskTracker::new(),
         CancellationToken::new(),
@@ -754,4 +761,42 @@ async fn a_nodes_words_reach_logs_and_builders_escaped_and_short() {
         shown.contains("busy\\n2026"),
         "escaped, not dropped: {shown}"
     );
+}
+
+#[tokio::test]
+async fn parallel_settlements_never_pay_an_entry_twice() {
+    // Issue 12, item 3: two settlements of different periods at once
+    // could both sweep the same unsettled entries (providers paid twice).
+    let rule = sharenet_market::PeriodRule::Fixed {
+        length_ms: 400,
+        origin_ms: 0,
+    };
+    let s = setup_with(vec![Script::Serve(vec!["ok"])], |c| c.period_rule = rule);
+    let first = rule.period_of(now_ms()).unwrap();
+    for _ in 0..6 {
+        s.run(&[]).await.unwrap();
+    }
+    // Both the jobs' period and the next one have ended.
+    let next = rule.period_of(first.end_ms).unwrap();
+    while now_ms() <= next.end_ms + 400 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = rule.period_of(next.end_ms).unwrap();
+    let (a, b, c) = tokio::join!(
+        s.core.settle(Some(first.start_ms)),
+        s.core.settle(Some(next.start_ms)),
+        s.core.settle(Some(later.start_ms)),
+    );
+    let total: u64 = [a, b, c]
+        .into_iter()
+        .map(|r| r.unwrap().0.statement().receipts)
+        .sum();
+    assert_eq!(total, 6, "every entry in exactly one statement");
+    let mut seen = std::collections::HashSet::new();
+    for record in s.core.accounts.books().statements().unwrap() {
+        for id in record.job_ids {
+            assert!(seen.insert(id), "job {id} settled twice");
+        }
+    }
+    assert_eq!(seen.len(), 6);
 }
