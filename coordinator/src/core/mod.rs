@@ -108,7 +108,7 @@ pub fn untrusted(s: &str) -> String {
         .flat_map(char::escape_debug)
         .collect();
     if s.chars().nth(MAX_SHOWN_CHARS).is_some() {
-        out.push_str("…");
+        out.push('…');
     }
     out
 }

@@ -3,11 +3,14 @@
 //! then `[DONE]`. After the first token a failure never switches nodes:
 //! the stream ends with an OpenAI error event, and the builder pays for
 //! what it received (the node's last running receipt), nothing more. A
-//! client that hangs up is charged the same way. The relay runs as a
-//! tracked task that ends on shutdown.
+//! client that hangs up is charged the same way, and so is one that stops
+//! reading: an event that cannot be handed over within the idle timeout
+//! ends the job (its hold and the node's slot are never pinned by a slow
+//! reader). The relay runs as a tracked task that ends on shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Serialize;
@@ -52,19 +55,25 @@ pub(super) fn stream(core: Arc<Core>, active: ActiveJob, meta: Meta) -> SseBody 
 
 struct Sender {
     tx: mpsc::Sender<Result<Event, Infallible>>,
+    /// How long a client may leave an event unread.
+    timeout: Duration,
 }
 
 impl Sender {
-    /// False when the client has gone away.
+    /// False when the client has gone away or stopped reading.
     async fn json(&self, v: &impl Serialize) -> bool {
         match serde_json::to_string(v) {
-            Ok(data) => self.tx.send(Ok(Event::default().data(data))).await.is_ok(),
+            Ok(data) => self.event(Event::default().data(data)).await,
             Err(_) => false,
         }
     }
 
+    async fn event(&self, event: Event) -> bool {
+        self.tx.send_timeout(Ok(event), self.timeout).await.is_ok()
+    }
+
     async fn done(&self) {
-        let _ = self.tx.send(Ok(Event::default().data("[DONE]"))).await;
+        let _ = self.event(Event::default().data("[DONE]")).await;
     }
 }
 
@@ -163,7 +172,10 @@ async fn relay(
     meta: Meta,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
-    let out = Sender { tx };
+    let out = Sender {
+        tx,
+        timeout: core.timeouts.idle,
+    };
     let model = active.model().to_owned();
     if meta.kind == JobKind::Chat && !out.json(&meta.chunk(&model, None, None, 0, None)).await {
         return;
@@ -186,10 +198,10 @@ async fn relay(
                     .json(&meta.chunk(&model, Some(&text), lps, offset, None))
                     .await
                 {
-                    // The client went away: dropping the job closes the
-                    // node's stream, which stops generation there. What was
-                    // generated until then is charged (the node's last
-                    // running receipt), as hosted APIs do.
+                    // The client went away or stopped reading: dropping the
+                    // job closes the node's stream, which stops generation
+                    // there. What was generated until then is charged (the
+                    // node's last running receipt), as hosted APIs do.
                     let _ = active.book_partial(&core).await;
                     return;
                 }
@@ -219,5 +231,89 @@ async fn relay(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::core::dispatch::start_job;
+    use crate::core::dispatch::tests::{BALANCE, KEY, Script, config, fake_network};
+    use crate::core::job::{Job, ProviderPrefs};
+    use crate::core::now_ms;
+    use sharenet_proto::{ChatMessage, JobInput, SamplingParams};
+
+    /// Issue 12, item 16: a client that stops reading used to pin its
+    /// hold and the node's slot forever.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off_and_charged_for_what_it_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = fake_network(vec![Script::Trickle(3_000, Duration::ZERO)]);
+        let (core, _) = Core::open(
+            &config(dir.path()),
+            Arc::new(net.transport),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        for (peer, bytes) in net.adverts {
+            core.on_advert(peer, &bytes, now_ms());
+        }
+        let principal = core.accounts.authenticate(KEY).unwrap();
+        let job = Arc::new(Job {
+            kind: JobKind::Chat,
+            models: vec!["m".into()],
+            input: JobInput::Chat {
+                messages: vec![ChatMessage {
+                    role: "user".into(),
+                    content: "hi".into(),
+                }],
+            },
+            params: SamplingParams {
+                max_tokens: 3_000,
+                ..SamplingParams::default()
+            },
+            prefs: ProviderPrefs::any(),
+        });
+        let active = start_job(&core, job, &principal, None).await.unwrap();
+        let meta = Meta {
+            kind: JobKind::Chat,
+            id: "chatcmpl-test".into(),
+            created: 0,
+            include_usage: false,
+            want_logprobs: false,
+        };
+        // The client holds the stream open and never reads it.
+        let (tx, _unread) = mpsc::channel(4);
+        let started = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            relay(core.clone(), active, meta, tx),
+        )
+        .await
+        .expect("the relay gives up on a reader that stopped");
+        assert!(started.elapsed() >= core.timeouts.idle);
+        let entries = core
+            .accounts
+            .books()
+            .entries()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert_eq!(entries.len(), 1, "what was generated is booked");
+        let out = entries[0].receipt.receipt().output_tokens;
+        assert!(out > 0 && out < 3_000, "only part of the job: {out} tokens");
+        assert_eq!(
+            core.accounts.balance(&principal.app),
+            i128::from(BALANCE) - i128::from(entries[0].charge.total),
+            "the hold is gone, the part is charged"
+        );
     }
 }

@@ -32,7 +32,7 @@ use crate::core::{Core, now_ms};
 
 pub(crate) const MODEL: &str = "m";
 pub(crate) const KEY: &str = "sk-dispatch-test-0000";
-const BALANCE: u64 = 1_000_000_000;
+pub(crate) const BALANCE: u64 = 1_000_000_000;
 /// The first-token limit the tests run with.
 const FIRST_TOKEN: Duration = Duration::from_millis(300);
 
