@@ -10,7 +10,9 @@
 //! tell a check from a builder's greedy request. They are paid for by the
 //! operator's `spot-checks` app and booked like any job.
 //!
-//! The two token sequences are compared ([`compare`]): equal token ids, and
+//! The two runs are compared ([`compare_runs`]): the same input token
+//! count (a node inflating what it bills for input differs here), then the
+//! token sequences ([`compare`]): equal token ids, and
 //! logprobs within [`LOGPROB_TOLERANCE`]; where the ids first differ, the
 //! runs still agree if the reference itself rated the other token within
 //! the tolerance of its own pick (a near tie that a different GPU or kernel
@@ -105,6 +107,32 @@ pub fn compare(run: &[TokenLogprob], reference: &[TokenLogprob]) -> Verdict {
     Verdict::Agree
 }
 
+/// One run of a check job: its tokens with logprobs, and the input tokens
+/// the node counted (and was paid for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub tokens: Vec<TokenLogprob>,
+    pub input_tokens: u32,
+}
+
+/// Compares two runs of the same job: the same input count first (the
+/// same weights come with the same tokenizer and template, so an honest
+/// node counts exactly what the reference counts; a node inflating its
+/// input counts differs here even when its output is right), then the
+/// tokens ([`compare`]).
+pub fn compare_runs(run: &Run, reference: &Run) -> Verdict {
+    if run.input_tokens != reference.input_tokens {
+        return Verdict::Differ {
+            position: 0,
+            reason: format!(
+                "counted {} input tokens where the reference counted {}",
+                run.input_tokens, reference.input_tokens
+            ),
+        };
+    }
+    compare(&run.tokens, &reference.tokens)
+}
+
 /// The completion hook's consumer: samples finished text jobs at `rate`
 /// (with its own rng, so which jobs are checked is invisible to nodes) and
 /// runs each sampled check as a tracked background task. Jobs of the
@@ -170,13 +198,13 @@ fn peers_with_same_weights(
     same.into_iter().map(|(_, k)| k).collect()
 }
 
-/// Runs the check job on exactly `node`; its tokens with logprobs.
+/// Runs the check job on exactly `node`.
 async fn run_on(
     core: &Arc<Core>,
     input: &JobInput,
     node: [u8; 32],
     model: &str,
-) -> Result<Vec<TokenLogprob>, String> {
+) -> Result<Run, String> {
     let job = Job {
         kind: JobKind::Chat,
         models: vec![model.to_owned()],
@@ -205,7 +233,12 @@ async fn run_on(
     loop {
         match active.next(core).await.map_err(|e| e.to_string())? {
             Step::Delta(..) => {}
-            Step::Done(f) => return Ok(f.logprobs),
+            Step::Done(f) => {
+                return Ok(Run {
+                    tokens: f.logprobs,
+                    input_tokens: f.usage.input_tokens,
+                });
+            }
         }
     }
 }
@@ -245,7 +278,7 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
     core.metrics
         .spot_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let Verdict::Differ { position, reason } = compare(&run, &reference_run) else {
+    let Verdict::Differ { position, reason } = compare_runs(&run, &reference_run) else {
         tracing::debug!(node = %short(&suspect), reference = %short(&reference), "spot check passed");
         evidence(core, suspect, true);
         return;
@@ -267,8 +300,8 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
             return;
         }
     };
-    let suspect_ok = compare(&run, &arbiter_run) == Verdict::Agree;
-    let reference_ok = compare(&reference_run, &arbiter_run) == Verdict::Agree;
+    let suspect_ok = compare_runs(&run, &arbiter_run) == Verdict::Agree;
+    let reference_ok = compare_runs(&reference_run, &arbiter_run) == Verdict::Agree;
     for (node, ok) in [(suspect, suspect_ok), (reference, reference_ok)] {
         evidence(core, node, ok);
         if !ok {
@@ -278,10 +311,13 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
             tracing::warn!(
                 node = %hex::encode(node), model, position, %reason,
                 arbiter = %short(&arbiter),
-                tokens = ?run.iter().map(|t| t.id).collect::<Vec<_>>(),
-                reference_tokens = ?reference_run.iter().map(|t| t.id).collect::<Vec<_>>(),
-                arbiter_tokens = ?arbiter_run.iter().map(|t| t.id).collect::<Vec<_>>(),
-                "spot check FAILED: the node's output does not match its advertised weights"
+                tokens = ?run.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+                reference_tokens = ?reference_run.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+                arbiter_tokens = ?arbiter_run.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+                input_tokens = run.input_tokens,
+                reference_input_tokens = reference_run.input_tokens,
+                arbiter_input_tokens = arbiter_run.input_tokens,
+                "spot check FAILED: the node's output or input count does not match its advertised weights"
             );
         }
     }

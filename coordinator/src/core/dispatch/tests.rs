@@ -800,3 +800,63 @@ async fn parallel_settlements_never_pay_an_entry_twice() {
     }
     assert_eq!(seen.len(), 6);
 }
+
+#[tokio::test]
+async fn a_node_inflating_its_input_counts_is_caught_by_a_spot_check() {
+    // Issue 12, item 6: a node that bills 60 input tokens for a 5-token
+    // prompt stays under the hold's bound (every prompt byte a token), so
+    // its receipts pass; the spot check compares its count with the
+    // reference's, and the arbiter decides.
+    let inflator = Script::LyingReceipt {
+        pieces: vec!["ok"],
+        extra_out: 0,
+        input: 60,
+    };
+    let s = setup(vec![
+        inflator,
+        Script::Serve(vec!["ok"]),
+        Script::Serve(vec!["ok"]),
+    ]);
+    let (_, charge, node) = s.run(&[s.nodes[0]]).await.unwrap();
+    assert_eq!(node, s.nodes[0]);
+    assert!(charge > 0, "within the bound, the receipt itself passes");
+    crate::core::accounts::ensure_operator_app(
+        &s.core.accounts,
+        crate::core::accounts::SPOT_CHECK_APP,
+        "spot checks",
+        BALANCE,
+        now_ms(),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let shutdown = CancellationToken::new();
+    let sampler = tokio::spawn(crate::core::spotcheck::run(
+        s.core.clone(),
+        rx,
+        1.0,
+        shutdown.clone(),
+    ));
+    tx.send(CompletedJob {
+        job: job(&[]),
+        app: "default".into(),
+        private: false,
+        node: s.nodes[0],
+        model: MODEL.into(),
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.core.metrics.spot_checks_failed.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the inflating node was caught"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.core.metrics.spot_checks_failed.load(Ordering::Relaxed), 1);
+    // Under the trust floor: it gets no traffic, even when asked for first.
+    let (_, _, node) = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap();
+    assert_ne!(node, s.nodes[0]);
+    shutdown.cancel();
+    sampler.await.unwrap();
+}
