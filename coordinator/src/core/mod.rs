@@ -90,6 +90,10 @@ pub struct Core {
     completed: Option<mpsc::Sender<CompletedJob>>,
     /// One settlement at a time.
     settling: tokio::sync::Mutex<()>,
+    /// Bundles of settled periods, built once (`queries.rs`).
+    bundles: std::sync::Mutex<
+        std::collections::HashMap<String, Arc<sharenet_api::statements::StatementBundle>>,
+    >,
     /// Every task the core spawns, so shutdown can wait for them.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -189,6 +193,7 @@ impl Core {
             metrics: Metrics::default(),
             completed,
             settling: tokio::sync::Mutex::new(()),
+            bundles: Default::default(),
             tasks,
             shutdown,
         });

@@ -10,8 +10,14 @@ use sharenet_market::SignedStatement;
 use sharenet_market::merkle::leaf_hash;
 use sharenet_proto::JobId;
 
+use std::sync::Arc;
+
 use crate::core::Core;
 use crate::core::error::Error;
+use crate::core::sync::lock;
+
+/// Statement bundles kept in memory at most (each is built once).
+const MAX_CACHED_BUNDLES: usize = 64;
 
 /// Most receipts one listing returns.
 pub const MAX_RECEIPTS_PER_PAGE: usize = 1000;
@@ -37,7 +43,8 @@ impl Core {
     }
 
     /// `app`'s receipts, oldest first, filtered, at most
-    /// [`MAX_RECEIPTS_PER_PAGE`].
+    /// [`MAX_RECEIPTS_PER_PAGE`], read through the books' per-app index
+    /// (the cost is this app's entries in the time range, not the ledger).
     pub async fn receipts_of(
         &self,
         app: &str,
@@ -46,15 +53,15 @@ impl Core {
         let app = app.to_owned();
         let limit = f.limit.unwrap_or(100).clamp(1, MAX_RECEIPTS_PER_PAGE);
         self.read_books(move |books| {
+            let since = f.since_ms.unwrap_or(0);
+            let until = f.until_ms.unwrap_or(u64::MAX);
             let mut out = Vec::new();
-            for e in books.entries() {
+            for e in books.entries_of_app(&app, since, until) {
                 let e = e?;
-                let keep = e.app == app
-                    && f.end_customer
-                        .as_ref()
-                        .is_none_or(|c| e.end_customer.as_ref() == Some(c))
-                    && f.since_ms.is_none_or(|t| e.recorded_at_ms >= t)
-                    && f.until_ms.is_none_or(|t| e.recorded_at_ms < t);
+                let keep = f
+                    .end_customer
+                    .as_ref()
+                    .is_none_or(|c| e.end_customer.as_ref() == Some(c));
                 if keep {
                     out.push(e);
                     if out.len() == limit {
@@ -70,65 +77,79 @@ impl Core {
     /// The inclusion proof of one of `app`'s receipts in the statement
     /// that settled it (not found while it is unsettled).
     pub async fn proof_of(&self, app: &str, job_id: JobId) -> Result<InclusionProofObject, Error> {
-        let app = app.to_owned();
-        self.read_books(move |books| {
-            match books.entry(&job_id)? {
-                Some(e) if e.app == app => {}
-                _ => return Err(Error::NotFound(format!("no receipt with id {job_id}"))),
-            }
-            let record = books
-                .statements()?
-                .into_iter()
-                .find(|r| r.job_ids.contains(&job_id))
-                .ok_or_else(|| Error::NotFound(format!("receipt {job_id} is not settled yet")))?;
-            let leaves = settled_leaves(books, &record)?;
-            let index = leaves
-                .binary_search_by(|l| l.job_id.cmp(&job_id))
-                .map_err(|_| Error::Internal("receipt not in its statement's list".into()))?;
-            let proof = sharenet_market::merkle::prove(
-                &leaves.iter().map(|l| l.hash).collect::<Vec<_>>(),
-                index as u64,
-            )
-            .map_err(Error::internal)?;
-            Ok(InclusionProofObject {
-                object: "inclusion_proof".into(),
-                receipt_id: job_id.to_hex(),
-                statement: record.label,
-                proof,
+        let owner = app.to_owned();
+        let label = self
+            .read_books(move |books| {
+                match books.entry(&job_id)? {
+                    Some(e) if e.app == owner => {}
+                    _ => return Err(Error::NotFound(format!("no receipt with id {job_id}"))),
+                }
+                books
+                    .statements()?
+                    .into_iter()
+                    .find(|r| r.job_ids.contains(&job_id))
+                    .map(|r| r.label)
+                    .ok_or_else(|| Error::NotFound(format!("receipt {job_id} is not settled yet")))
             })
+            .await?;
+        let bundle = self.bundle(&label).await?;
+        let index = bundle
+            .leaves
+            .binary_search_by(|l| l.job_id.cmp(&job_id.0))
+            .map_err(|_| Error::Internal("receipt not in its statement's leaves".into()))?;
+        let hashes: Vec<[u8; 32]> = bundle.leaves.iter().map(|l| l.leaf).collect();
+        let proof =
+            sharenet_market::merkle::prove(&hashes, index as u64).map_err(Error::internal)?;
+        Ok(InclusionProofObject {
+            object: "inclusion_proof".into(),
+            receipt_id: job_id.to_hex(),
+            statement: label,
+            proof,
         })
-        .await
     }
 
     /// A settled period for providers to reconcile against (public): the
     /// signed statement and, per receipt in Merkle order, its job id, node,
-    /// amount and leaf hash.
-    pub async fn bundle(&self, label: &str) -> Result<StatementBundle, Error> {
-        let label = label.to_owned();
-        self.read_books(move |books| {
-            let record = books
-                .statement(&label)?
-                .ok_or_else(|| Error::NotFound(format!("period {label} is not settled")))?;
-            let leaves = settled_leaves(books, &record)?;
-            Ok(StatementBundle {
-                object: "statement_bundle".into(),
-                label: record.label,
-                signed_statement: record.statement,
-                leaves: leaves
-                    .iter()
-                    .map(|l| {
-                        let r = l.entry.receipt.receipt();
-                        BundleLeaf {
-                            job_id: l.job_id.0,
-                            node: r.node,
-                            amount: r.amount,
-                            leaf: l.hash,
-                        }
-                    })
-                    .collect(),
+    /// amount and leaf hash. Built once per period and kept (a statement
+    /// never changes), so a public caller cannot make the coordinator
+    /// re-read and re-verify a whole period per request.
+    pub async fn bundle(&self, label: &str) -> Result<Arc<StatementBundle>, Error> {
+        if let Some(b) = lock(&self.bundles).get(label) {
+            return Ok(b.clone());
+        }
+        let key = label.to_owned();
+        let built = self
+            .read_books(move |books| {
+                let record = books
+                    .statement(&key)?
+                    .ok_or_else(|| Error::NotFound(format!("period {key} is not settled")))?;
+                let leaves = settled_leaves(books, &record)?;
+                Ok(StatementBundle {
+                    object: "statement_bundle".into(),
+                    label: record.label,
+                    signed_statement: record.statement,
+                    leaves: leaves
+                        .iter()
+                        .map(|l| {
+                            let r = l.entry.receipt.receipt();
+                            BundleLeaf {
+                                job_id: l.job_id.0,
+                                node: r.node,
+                                amount: r.amount,
+                                leaf: l.hash,
+                            }
+                        })
+                        .collect(),
+                })
             })
-        })
-        .await
+            .await?;
+        let built = Arc::new(built);
+        let mut cache = lock(&self.bundles);
+        if cache.len() >= MAX_CACHED_BUNDLES {
+            cache.clear();
+        }
+        cache.insert(label.to_owned(), built.clone());
+        Ok(built)
     }
 
     /// Every settled statement, oldest first.

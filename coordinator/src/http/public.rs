@@ -20,7 +20,7 @@ pub(super) async fn health(State(core): State<Arc<Core>>) -> Json<Value> {
 pub(super) async fn statement_bundle(
     State(core): State<Arc<Core>>,
     Path(label): Path<String>,
-) -> Result<Json<StatementBundle>, ApiError> {
+) -> Result<Json<Arc<StatementBundle>>, ApiError> {
     Ok(Json(core.bundle(&label).await?))
 }
 

@@ -151,7 +151,27 @@ impl LedgerEntry {
 struct Commit {
     key: [u8; 16],
     value: Vec<u8>,
+    /// The entry's key in the per-app index.
+    index_key: Vec<u8>,
     done: mpsc::SyncSender<Result<(), StoreError>>,
+}
+
+/// A key of the per-app index: the app, a zero byte, the time the entry
+/// was recorded (big-endian ms) and the job id, so one app's entries are
+/// one range, in time order.
+fn app_index_key(app: &str, at_ms: u64, job: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(app.len() + 1 + 8 + 16);
+    k.extend_from_slice(app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(job);
+    k
+}
+
+fn app_prefix(app: &str) -> Vec<u8> {
+    let mut k = app.as_bytes().to_vec();
+    k.push(0);
+    k
 }
 
 /// Inserts waiting at most this many to share one flush.
@@ -165,6 +185,8 @@ pub struct Books {
     keys: sled::Tree,
     topups: sled::Tree,
     statements: sled::Tree,
+    /// Per-app index of `entries` ([`app_index_key`] → nothing).
+    by_app: sled::Tree,
     committer: Mutex<Option<mpsc::SyncSender<Commit>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// MAC key for entries ([`Books::open_keyed`]).
@@ -214,11 +236,21 @@ impl Books {
         let db = sled::open(path)
             .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
         let entries = db.open_tree("entries")?;
+        let by_app = db.open_tree("entries_by_app")?;
+        // Books from before the index get it built once.
+        if by_app.is_empty() && !entries.is_empty() {
+            for kv in entries.iter() {
+                let (k, v) = kv?;
+                let e = LedgerEntry::from_bytes(&k, &v)?;
+                by_app.insert(app_index_key(&e.app, e.recorded_at_ms, &e.job_id().0), &[])?;
+            }
+            db.flush()?;
+        }
         let (tx, rx) = mpsc::sync_channel::<Commit>(MAX_GROUP);
-        let (tdb, tentries) = (db.clone(), entries.clone());
+        let (tdb, tentries, tindex) = (db.clone(), entries.clone(), by_app.clone());
         let thread = std::thread::Builder::new()
             .name("sharenet-ledger-commit".into())
-            .spawn(move || group_commit(tdb, tentries, rx))
+            .spawn(move || group_commit(tdb, tentries, tindex, rx))
             .map_err(|e| StoreError::Backend(format!("spawn commit thread: {e}")))?;
         Ok(Self {
             apps: db.open_tree("apps")?,
@@ -226,6 +258,7 @@ impl Books {
             topups: db.open_tree("topups")?,
             statements: db.open_tree("statements")?,
             entries,
+            by_app,
             db,
             committer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -261,7 +294,12 @@ impl Books {
                 v
             }
         };
-        let commit = Commit { key, value, done };
+        let commit = Commit {
+            key,
+            value,
+            index_key: app_index_key(&entry.app, entry.recorded_at_ms, &key),
+            done,
+        };
         let sender = self
             .committer
             .lock()
@@ -280,6 +318,36 @@ impl Books {
             .get(id.0)?
             .map(|v| LedgerEntry::from_bytes(&id.0, &v))
             .transpose()
+    }
+
+    /// `app`'s entries recorded in `[since_ms, until_ms)`, oldest first
+    /// (re-verified), through the per-app index: the cost is that app's
+    /// entries in the range, never the whole ledger.
+    pub fn entries_of_app(
+        &self,
+        app: &str,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> impl Iterator<Item = Result<LedgerEntry, StoreError>> + '_ {
+        let prefix = app_prefix(app);
+        let bound = |t: u64| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&t.to_be_bytes());
+            k
+        };
+        self.by_app
+            .range(bound(since_ms)..bound(until_ms))
+            .filter_map(move |kv| {
+                let id = match kv {
+                    Ok((k, _)) => k
+                        .get(k.len().saturating_sub(16)..)
+                        .and_then(|b| <[u8; 16]>::try_from(b).ok())?,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                // An index key whose entry never landed (a crash between
+                // the two inserts, or a refused replay) lists nothing.
+                self.entry(&JobId(id)).transpose()
+            })
     }
 
     /// Every entry, in job id order (re-verified).
@@ -573,7 +641,9 @@ impl Drop for Books {
     }
 }
 
-fn group_commit(db: sled::Db, entries: sled::Tree, rx: mpsc::Receiver<Commit>) {
+/// Writes each entry's index key before the entry itself: sled recovers a
+/// prefix of the writes, so an entry that survives a crash is indexed.
+fn group_commit(db: sled::Db, entries: sled::Tree, by_app: sled::Tree, rx: mpsc::Receiver<Commit>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -584,11 +654,24 @@ fn group_commit(db: sled::Db, entries: sled::Tree, rx: mpsc::Receiver<Commit>) {
         }
         let mut inserted = Vec::with_capacity(group.len());
         for c in group {
-            match entries.compare_and_swap(c.key, None as Option<&[u8]>, Some(c.value.as_slice())) {
-                Ok(Ok(())) => inserted.push(c),
-                Ok(Err(_)) => {
+            // This thread is the only writer of entries, so "absent now"
+            // holds until the insert below.
+            match entries.contains_key(c.key) {
+                Ok(false) => {}
+                Ok(true) => {
                     let _ = c.done.send(Err(StoreError::Duplicate(JobId(c.key))));
+                    continue;
                 }
+                Err(e) => {
+                    let _ = c.done.send(Err(e.into()));
+                    continue;
+                }
+            }
+            let written = by_app
+                .insert(c.index_key.as_slice(), &[])
+                .and_then(|_| entries.insert(c.key, c.value.as_slice()));
+            match written {
+                Ok(_) => inserted.push(c),
                 Err(e) => {
                     let _ = c.done.send(Err(e.into()));
                 }
@@ -721,6 +804,48 @@ mod tests {
         books.entries.insert(id.0, tampered).unwrap();
         let err = books.all_entries_of(&own).unwrap_err();
         assert!(err.to_string().contains("MAC"), "{err}");
+    }
+
+    #[test]
+    fn each_apps_entries_are_listed_from_its_own_index_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let books = Books::open(dir.path()).unwrap();
+            books.record(&entry(1, "a", 300)).unwrap();
+            books.record(&entry(2, "b", 100)).unwrap();
+            books.record(&entry(3, "a", 100)).unwrap();
+            books.record(&entry(4, "a", 200)).unwrap();
+            assert!(matches!(
+                books.record(&entry(4, "a", 200)),
+                Err(StoreError::Duplicate(_))
+            ));
+        }
+        let books = Books::open(dir.path()).unwrap();
+        let ids = |app: &str, since: u64, until: u64| -> Vec<u32> {
+            books
+                .entries_of_app(app, since, until)
+                .map(|e| {
+                    let id = e.unwrap().job_id().0;
+                    u32::from_be_bytes([id[0], id[1], id[2], id[3]])
+                })
+                .collect()
+        };
+        assert_eq!(
+            ids("a", 0, u64::MAX),
+            vec![3, 4, 1],
+            "oldest first, after a reopen"
+        );
+        assert_eq!(ids("a", 150, 300), vec![4]);
+        assert_eq!(ids("b", 0, u64::MAX), vec![2]);
+        assert!(ids("ab", 0, u64::MAX).is_empty(), "no prefix confusion");
+
+        // Books written before the index get it built when opened.
+        books.by_app.clear().unwrap();
+        books.db.flush().unwrap();
+        assert_eq!(books.entries_of_app("a", 0, u64::MAX).count(), 0);
+        drop(books);
+        let books = Books::open(dir.path()).unwrap();
+        assert_eq!(books.entries_of_app("a", 0, u64::MAX).count(), 3);
     }
 
     #[test]

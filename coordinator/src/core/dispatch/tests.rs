@@ -799,6 +799,32 @@ async fn parallel_settlements_never_pay_an_entry_twice() {
         }
     }
     assert_eq!(seen.len(), 6);
+
+    // Issue 12, item 11: the public bundle is built once per period (the
+    // second call is the same allocation, no re-read of the period), and
+    // proofs come from it.
+    let label = first.label();
+    let a = s.core.bundle(&label).await.unwrap();
+    let b = s.core.bundle(&label).await.unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    let statement = sharenet_market::SignedStatement::from_bytes(&a.signed_statement).unwrap();
+    for leaf in &a.leaves {
+        let proof = s
+            .core
+            .proof_of(&s.principal.app, sharenet_proto::JobId(leaf.job_id))
+            .await
+            .unwrap();
+        let entry = s
+            .core
+            .receipt_of(&s.principal.app, sharenet_proto::JobId(leaf.job_id))
+            .await
+            .unwrap();
+        assert!(
+            statement
+                .statement()
+                .includes(&entry.receipt.to_bytes(), &proof.proof)
+        );
+    }
 }
 
 #[tokio::test]
