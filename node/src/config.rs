@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use sharenet_p2p::{Identity, Multiaddr, parse_multiaddrs};
+use sharenet_p2p::{Identity, Multiaddr, PeerId, Protocol, parse_multiaddrs};
 use sharenet_proto::{MAX_ADVERT_TTL_MS, NanoUsd};
 
 #[derive(Debug, Deserialize)]
@@ -22,6 +22,9 @@ struct NodeFile {
     /// Relays to listen through when the node cannot be dialled (NAT).
     #[serde(default)]
     relays: Vec<String>,
+    /// The coordinators (PeerIds) whose jobs this node serves; default:
+    /// the `/p2p/` ids of `bootstrap`.
+    coordinators: Option<Vec<String>>,
     #[serde(default = "default_interval")]
     advert_interval_secs: u64,
     #[serde(default = "default_ttl")]
@@ -206,6 +209,24 @@ pub struct NodeConfig {
     /// Where the node is (advertised for region-restricted requests).
     pub region: Option<String>,
     pub models: Vec<ModelConfig>,
+    /// The only peers whose job streams this node serves: its
+    /// coordinators. Any other peer is refused before its request is read.
+    pub coordinators: Vec<PeerId>,
+}
+
+/// The peer ids named in `/p2p/` components of `addrs`.
+pub fn peer_ids_in(addrs: &[Multiaddr]) -> Vec<PeerId> {
+    let mut out = Vec::new();
+    for a in addrs {
+        for p in a.iter() {
+            if let Protocol::P2p(id) = p
+                && !out.contains(&id)
+            {
+                out.push(id);
+            }
+        }
+    }
+    out
 }
 
 impl NodeConfig {
@@ -262,11 +283,24 @@ impl NodeConfig {
                 claimed_weights_sha256: None,
             });
         }
+        let bootstrap = parse_multiaddrs("bootstrap", &file.bootstrap)?;
+        let coordinators = match &file.coordinators {
+            None => peer_ids_in(&bootstrap),
+            Some(ids) => ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    id.parse::<PeerId>()
+                        .with_context(|| format!("coordinators[{i}]: {id:?} is not a PeerId"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
         let config = Self {
             identity,
             data_dir: base.join(file.data_dir),
             listen: parse_multiaddrs("listen", &file.listen)?,
-            bootstrap: parse_multiaddrs("bootstrap", &file.bootstrap)?,
+            bootstrap,
+            coordinators,
             relays: parse_multiaddrs("relays", &file.relays)?,
             advert_interval: Duration::from_secs(file.advert_interval_secs),
             advert_ttl: Duration::from_secs(file.advert_ttl_secs),
@@ -339,6 +373,11 @@ listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]
 # Coordinators (or other peers) to join the network through, e.g.
 # "/ip4/203.0.113.7/udp/4000/quic-v1/p2p/12D3KooW...".
 bootstrap = []
+
+# The coordinators whose jobs this node serves (their PeerIds); any other
+# peer that opens a job stream is refused before its request is read.
+# Default: the /p2p/ ids in `bootstrap`.
+# coordinators = ["12D3KooW..."]
 
 # Behind NAT (nobody can dial this machine)? Name relays to be reached
 # through (a coordinator relays by default), e.g. the bootstrap address
@@ -503,5 +542,41 @@ mod tests {
         let shown = format!("{u:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn coordinators_default_to_the_bootstrap_peers_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = Identity::generate().peer_id();
+        let body = template("m").replace(
+            "bootstrap = []",
+            &format!("bootstrap = [\"/ip4/127.0.0.1/udp/4000/quic-v1/p2p/{coordinator}\"]"),
+        );
+        let cfg = NodeConfig::from_file(&write(dir.path(), &body)).unwrap();
+        assert_eq!(cfg.coordinators, vec![coordinator]);
+
+        let other = Identity::generate().peer_id();
+        let listed = body.replace(
+            "# coordinators = [\"12D3KooW...\"]",
+            &format!("coordinators = [\"{other}\"]"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NodeConfig::from_file(&write(dir.path(), &listed)).unwrap();
+        assert_eq!(
+            cfg.coordinators,
+            vec![other],
+            "an explicit list replaces the default"
+        );
+
+        let bad = body.replace(
+            "# coordinators = [\"12D3KooW...\"]",
+            "coordinators = [\"not-a-peer\"]",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!(
+            "{:#}",
+            NodeConfig::from_file(&write(dir.path(), &bad)).unwrap_err()
+        );
+        assert!(err.contains("coordinators[0]"), "{err}");
     }
 }

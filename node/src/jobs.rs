@@ -1,5 +1,6 @@
 //! Serving job streams: admission, generation, streaming, receipts.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,6 +27,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const COUNTERSIGN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams handled at once, whatever their model; beyond this they wait in libp2p.
 const MAX_OPEN_STREAMS: usize = 1024;
+/// Streams one peer may have open at once (a coordinator's concurrent jobs
+/// to this node stay far below it); more are refused as `saturated`.
+const MAX_STREAMS_PER_PEER: usize = 256;
+/// Longest one frame may take to write: a reader that stops reading
+/// cannot hold a slot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a refusal to a stranger may take to write.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upstream pieces buffered between the forwarding task and the stream.
 const PIECE_BUFFER: usize = 32;
 
@@ -36,17 +45,54 @@ pub(crate) async fn accept(
 ) {
     let open = Arc::new(Semaphore::new(MAX_OPEN_STREAMS));
     let mut handlers = tokio::task::JoinSet::new();
+    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+            Some(done) = handlers.join_next(), if !handlers.is_empty() => {
+                if let Ok(Some(peer)) = done
+                    && let Some(n) = per_peer.get_mut(&peer)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_peer.remove(&peer);
+                    }
+                }
+            }
             next = incoming.next() => {
-                let Some((peer, stream)) = next else { break };
+                let Some((peer, mut stream)) = next else { break };
                 let Ok(permit) = open.clone().acquire_owned().await else { break };
+                // Only the node's coordinators get inference; anyone else
+                // is refused before a byte of its request is read.
+                let refusal = if !ctx.coordinators.contains(&peer) {
+                    Some((
+                        JobErrorCode::WrongCoordinator,
+                        "this node serves jobs only for the coordinators in its config",
+                    ))
+                } else if per_peer.get(&peer).copied().unwrap_or(0) >= MAX_STREAMS_PER_PEER {
+                    Some((JobErrorCode::Saturated, "too many open streams from this peer"))
+                } else {
+                    None
+                };
+                if let Some((code, message)) = refusal {
+                    tracing::debug!(%peer, ?code, "job stream refused before reading");
+                    handlers.spawn(async move {
+                        let _ = tokio::time::timeout(
+                            REFUSAL_TIMEOUT,
+                            refuse(&mut stream, code, message),
+                        )
+                        .await;
+                        drop(permit);
+                        None
+                    });
+                    continue;
+                }
+                *per_peer.entry(peer).or_default() += 1;
                 let ctx = ctx.clone();
                 handlers.spawn(async move {
                     serve(ctx, peer, stream).await;
                     drop(permit);
+                    Some(peer)
                 });
             }
         }
@@ -57,7 +103,14 @@ pub(crate) async fn accept(
 /// Writes one event frame.
 async fn send(stream: &mut Stream, event: &JobEvent) -> Result<(), FrameError> {
     let bytes = serde_json::to_vec(event).map_err(|e| FrameError::Io(e.into()))?;
-    write_frame(stream, &bytes).await
+    tokio::time::timeout(WRITE_TIMEOUT, write_frame(stream, &bytes))
+        .await
+        .map_err(|_| {
+            FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the reader took more than 30 s to take a frame",
+            ))
+        })?
 }
 
 async fn refuse(stream: &mut Stream, code: JobErrorCode, message: impl Into<String>) {

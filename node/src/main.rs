@@ -29,6 +29,11 @@ enum Command {
     Init {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// The coordinator to join through, with its `/p2p/<id>` (e.g.
+        /// `/ip4/203.0.113.7/udp/4000/quic-v1/p2p/12D3KooW...`): written as
+        /// `bootstrap`, and so the coordinator whose jobs the node serves.
+        #[arg(long)]
+        coordinator: Option<String>,
     },
     /// Run the daemon.
     Run {
@@ -109,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Init { dir } => init(&dir),
+        Command::Init { dir, coordinator } => init(&dir, coordinator.as_deref()),
         Command::Run { config } => run(&config).await,
         Command::GenTinyModel {
             path,
@@ -128,7 +133,19 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init(dir: &std::path::Path) -> anyhow::Result<()> {
+fn init(dir: &std::path::Path, coordinator: Option<&str>) -> anyhow::Result<()> {
+    let bootstrap = match coordinator {
+        None => None,
+        Some(addr) => {
+            let parsed = sharenet_p2p::parse_multiaddrs("--coordinator", &[addr.to_string()])?;
+            if sharenet_node::config::peer_ids_in(&parsed).is_empty() {
+                bail!(
+                    "--coordinator {addr:?}: the address must end in /p2p/<the coordinator's PeerId>"
+                );
+            }
+            Some(addr.to_string())
+        }
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let config_path = dir.join("node.toml");
     if config_path.exists() {
@@ -138,11 +155,12 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     let identity = Identity::create(&dir.join("identity.key")).context("create identity key")?;
-    std::fs::write(
-        &config_path,
-        sharenet_node::config::template("models/tiny-llama"),
-    )
-    .with_context(|| format!("write {}", config_path.display()))?;
+    let mut body = sharenet_node::config::template("models/tiny-llama");
+    if let Some(addr) = &bootstrap {
+        body = body.replacen("bootstrap = []", &format!("bootstrap = [{addr:?}]"), 1);
+    }
+    std::fs::write(&config_path, body)
+        .with_context(|| format!("write {}", config_path.display()))?;
     println!("node identity: {}", identity.peer_id());
     println!(
         "wrote {} and {}",

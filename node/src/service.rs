@@ -77,6 +77,8 @@ pub(crate) struct NodeCtx {
     pub(crate) relayed: std::sync::atomic::AtomicBool,
     /// Relays are configured (AutoNAT's verdict only matters then).
     pub(crate) has_relays: bool,
+    /// The peers whose job streams are served.
+    pub(crate) coordinators: Vec<PeerId>,
 }
 
 impl NodeCtx {
@@ -169,7 +171,13 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         ),
         has_relays: !config.relays.is_empty(),
         load_changed,
+        coordinators: config.coordinators.clone(),
     });
+    if config.coordinators.is_empty() {
+        tracing::warn!(
+            "no coordinators configured (`coordinators`, or a /p2p/ id in `bootstrap`): every job will be refused"
+        );
+    }
     tracing::info!(peer = %client.peer_id(), addrs = ?client.listen_addrs(), "node started");
 
     let mut tasks = JoinSet::new();

@@ -111,3 +111,30 @@ fn a_bad_config_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("price_in"), "{stderr}");
 }
+
+#[test]
+fn init_with_a_coordinator_serves_only_that_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = sharenet_p2p::Identity::generate().peer_id();
+    let addr = format!("/ip4/127.0.0.1/udp/4000/quic-v1/p2p/{coordinator}");
+    let out = node()
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .args(["--coordinator", &addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let config = sharenet_node::NodeConfig::from_file(&dir.path().join("node.toml")).unwrap();
+    assert_eq!(config.coordinators, vec![coordinator]);
+
+    // An address without the coordinator's id cannot name whom to serve.
+    let dir = tempfile::tempdir().unwrap();
+    let out = node()
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .args(["--coordinator", "/ip4/127.0.0.1/udp/4000/quic-v1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/p2p/"));
+}

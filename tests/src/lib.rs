@@ -133,6 +133,7 @@ impl TestNet {
                 advert_interval: Duration::from_secs(1),
                 advert_ttl: Duration::from_secs(3),
                 region: None,
+                coordinators: vec![self.net().coordinator.peer_id],
                 models,
             },
             self.cancel.clone(),

@@ -42,7 +42,9 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_llama(&dir.path().join("model"), 5, TinyConfig::default()).unwrap();
 
-    // The NATed node: no listen address, only the relay.
+    // The NATed node: no listen address, only the relay. It serves the
+    // relay's coordinator and the second one below.
+    let second_identity = Identity::generate();
     let node = sharenet_node::start(
         NodeConfig {
             identity: Identity::generate(),
@@ -53,6 +55,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             advert_interval: Duration::from_secs(1),
             advert_ttl: Duration::from_secs(3),
             region: None,
+            coordinators: vec![t.net().coordinator.peer_id, second_identity.peer_id()],
             models: vec![ModelConfig::local(
                 "natted-model",
                 dir.path().join("model"),
@@ -72,7 +75,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
     let api_key = "sk-second-coordinator-0000".to_string();
     let second = sharenet_coordinator::start(
         CoordinatorConfig {
-            identity: Identity::generate(),
+            identity: second_identity,
             data_dir: dir.path().join("second"),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             p2p_listen: Vec::new(),
