@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sharenet_api::openai::ChatCompletion;
 use sharenet_ledger::StoredReceipt;
 use sharenet_p2p::peer_id_of;
 use sharenet_proto::{CountersignedReceipt, JobId, sha256};
@@ -39,24 +40,23 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
         .to_str()
         .unwrap()
         .to_string();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["object"], "chat.completion");
-    assert_eq!(body["model"], MODEL);
-    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    let text = body["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let usage = &body["usage"];
-    let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
-    let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap();
+    // Typed with the one wire definition the coordinator writes.
+    let body: ChatCompletion = resp.json().await.unwrap();
+    assert_eq!(body.object, "chat.completion");
+    assert_eq!(body.model, MODEL);
+    assert_eq!(body.choices[0].message.role, "assistant");
+    let text = body.choices[0].message.content.clone();
+    let usage = &body.usage;
+    let completion_tokens = u64::from(usage.completion_tokens);
+    let prompt_tokens = u64::from(usage.prompt_tokens);
     assert!((1..=24).contains(&completion_tokens));
+    assert_eq!(usage.total_tokens, prompt_tokens + completion_tokens);
     assert_eq!(
-        usage["total_tokens"].as_u64().unwrap(),
-        prompt_tokens + completion_tokens
+        usage.cost.charge_nano_usd,
+        usage.cost.provider_nano_usd + usage.cost.network_fee_nano_usd + usage.cost.margin_nano_usd
     );
-    assert_eq!(body["receipt_id"], header_id.as_str());
-    let finish = body["choices"][0]["finish_reason"].as_str().unwrap();
+    assert_eq!(body.receipt_id, header_id);
+    let finish = body.choices[0].finish_reason.as_str();
     assert!(finish == "length" || finish == "stop");
 
     // Streaming, same seed: same text, token by token.
@@ -134,7 +134,7 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
         r.amount,
         prompt_tokens * price_in + completion_tokens * price_out
     );
-    assert_eq!(body["usage"]["cost"]["provider_nano_usd"], r.amount);
+    assert_eq!(body.usage.cost.provider_nano_usd, r.amount);
     assert_eq!(r.response_digest, sha256(text.as_bytes()));
 
     // The node kept its own copy and upgraded it to the countersigned one.

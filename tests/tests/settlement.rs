@@ -192,7 +192,7 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
     }
 
     // Every node reconciles its own receipts against the public bundle.
-    let bundle: sharenet_node::reconcile::Bundle = t
+    let bundle: sharenet_api::statements::StatementBundle = t
         .http
         .get(format!(
             "{}/statements/{label}",

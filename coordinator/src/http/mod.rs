@@ -38,8 +38,7 @@ pub const RECEIPT_HEADER: &str = "x-sharenet-receipt-id";
 /// Largest request body accepted (axum's default, stated).
 const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
-/// The HTTP routes over `core`; tests can drive it without a socket
-/// (`tower::ServiceExt::oneshot`).
+/// The HTTP routes over `core` (what [`crate::spawn`] serves).
 pub fn app(core: Arc<Core>) -> Router {
     let authed = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
