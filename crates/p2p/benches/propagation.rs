@@ -21,10 +21,13 @@ const ROUNDS: usize = 10;
 async fn main() {
     let cancel = CancellationToken::new();
     let mut clients = Vec::new();
+    let mut identities = Vec::new();
     let mut receivers = Vec::new();
     let mut seed_addr: Option<sharenet_p2p::Multiaddr> = None;
     for i in 0..PEERS {
-        let mut cfg = NetworkConfig::loopback(Identity::generate());
+        let identity = Identity::generate();
+        identities.push(identity.clone());
+        let mut cfg = NetworkConfig::loopback(identity);
         cfg.listen.truncate(1); // QUIC only
         if let Some(a) = &seed_addr {
             cfg.bootstrap = vec![a.clone()];
@@ -59,7 +62,8 @@ async fn main() {
     let mut reached_all = 0;
     for round in 0..ROUNDS {
         let publisher = 1 + (round * 7) % (PEERS - 1);
-        let payload = format!("advert round {round}").into_bytes();
+        // A real signed advert: peers forward only what verifies.
+        let payload = signed_advert(&identities[publisher], round as u64 + 1);
         let start = Instant::now();
         clients[publisher]
             .publish_advert(payload.clone())
@@ -118,4 +122,35 @@ async fn main() {
     );
     println!("adverts that reached every peer within 10 s: {reached_all} of {ROUNDS}");
     cancel.cancel();
+}
+
+fn signed_advert(identity: &Identity, seq: u64) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let advert = sharenet_proto::Advert {
+        node: identity.public_key(),
+        models: vec![sharenet_proto::ModelOffer {
+            id: "bench".into(),
+            price_in: 1,
+            price_out: 2,
+            context_length: 4096,
+            kind: sharenet_proto::ModelKind::Text,
+            quantization: String::new(),
+            tokens_per_sec: 0,
+            weights_sha256: None,
+        }],
+        gpus: Vec::new(),
+        region: String::new(),
+        relayed: false,
+        max_concurrency: 1,
+        queue_depth: 0,
+        seq,
+        issued_at_ms: now,
+        expires_at_ms: now + 30_000,
+    };
+    sharenet_proto::SignedAdvert::sign(advert, identity.signing_key())
+        .unwrap()
+        .to_bytes()
 }

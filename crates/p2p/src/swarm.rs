@@ -29,6 +29,21 @@ const MAX_GOSSIP_BYTES: usize = 64 * 1024;
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sharenet/kad/1.0.0");
 /// Kademlia lookups for unreachable advertisers in flight at most.
 const MAX_LOOKUPS: usize = 64;
+/// Adverts one publisher may have accepted in a burst, and per second
+/// after it (an honest node advertises on a heartbeat and on load changes
+/// coalesced to at most four a second).
+const ADVERT_BURST: f64 = 20.0;
+const ADVERTS_PER_SEC: f64 = 5.0;
+/// Publishers whose rate is tracked at most; beyond it the idle ones are
+/// forgotten.
+const MAX_RATE_ENTRIES: usize = 100_000;
+/// An advert issued further than this ahead of our clock is ignored.
+const MAX_ADVERT_SKEW_MS: u64 = 60_000;
+/// Relay limits that fit job streams (a long generation is a few MiB and
+/// minutes) and nothing like general-purpose transit.
+const RELAY_MAX_CIRCUIT_BYTES: u64 = 256 << 20;
+const RELAY_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
+const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {
@@ -174,6 +189,19 @@ pub struct Client {
     listen_addrs: Arc<Vec<Multiaddr>>,
     dropped_events: Arc<AtomicU64>,
     traversal: Arc<Traversal>,
+    gossip: Arc<GossipStats>,
+}
+
+/// What the advert check did with gossip (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct GossipStats {
+    /// Adverts that did not decode or verify, or were signed by a key other
+    /// than the publisher's: rejected (the forwarder's score pays).
+    pub rejected: AtomicU64,
+    /// Adverts over their publisher's rate: ignored, not forwarded.
+    pub rate_limited: AtomicU64,
+    /// Expired or from the future: ignored.
+    pub stale: AtomicU64,
 }
 
 /// NAT traversal counters (for metrics and tests).
@@ -205,6 +233,11 @@ impl Client {
     /// NAT traversal counters.
     pub fn traversal(&self) -> &Traversal {
         &self.traversal
+    }
+
+    /// What the advert check refused.
+    pub fn gossip_stats(&self) -> &GossipStats {
+        &self.gossip
     }
 
     /// Events dropped because the event channel was full.
@@ -293,14 +326,20 @@ fn build_swarm(
                 .history_gossip(6)
                 .history_length(8)
                 .validation_mode(gossipsub::ValidationMode::Strict)
+                // Nothing is forwarded before the event loop has checked it
+                // (`check_advert`): a peer cannot use us to spread floods.
+                .validate_messages()
                 .max_transmit_size(MAX_GOSSIP_BYTES)
                 .build()
                 .map_err(|e| P2pError::Gossipsub(e.to_string()))?;
-            let gossipsub = gossipsub::Behaviour::new(
+            let mut gossipsub = gossipsub::Behaviour::new(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_config,
             )
             .map_err(|e| P2pError::Gossipsub(e.to_string()))?;
+            gossipsub
+                .with_peer_score(score_params(), gossipsub::PeerScoreThresholds::default())
+                .map_err(P2pError::Gossipsub)?;
             Ok(Behaviour {
                 gossipsub,
                 // Listen address changes (a relay reservation coming up)
@@ -334,11 +373,11 @@ fn build_swarm(
                         id,
                         relay::Config {
                             max_reservations: 4096,
+                            max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
                             max_circuits: 4096,
                             max_circuits_per_peer: 64,
-                            // Job streams live on one connection for long.
-                            max_circuit_duration: Duration::from_secs(24 * 3600),
-                            max_circuit_bytes: 0,
+                            max_circuit_duration: RELAY_MAX_CIRCUIT_DURATION,
+                            max_circuit_bytes: RELAY_MAX_CIRCUIT_BYTES,
                             ..relay::Config::default()
                         },
                     )
@@ -449,6 +488,7 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
     let (event_tx, event_rx) = mpsc::channel(config.event_capacity.max(1));
     let dropped_events = Arc::new(AtomicU64::new(0));
     let traversal = Arc::new(Traversal::default());
+    let gossip = Arc::new(GossipStats::default());
     let client = Client {
         commands: cmd_tx,
         control,
@@ -456,6 +496,7 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
         listen_addrs: Arc::new(listen_addrs),
         dropped_events: dropped_events.clone(),
         traversal: traversal.clone(),
+        gossip: gossip.clone(),
     };
     let event_loop = EventLoop {
         swarm,
@@ -463,6 +504,8 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
         commands: cmd_rx,
         events: event_tx,
         dropped_events,
+        gossip,
+        rates: HashMap::new(),
         bootstrap: config.bootstrap,
         lookups: HashMap::new(),
         relayed: HashMap::new(),
@@ -484,6 +527,9 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     dropped_events: Arc<AtomicU64>,
+    gossip: Arc<GossipStats>,
+    /// Each publisher's advert budget: (tokens, last refill).
+    rates: HashMap<PeerId, (f64, std::time::Instant)>,
     bootstrap: Vec<Multiaddr>,
     /// Kademlia lookups of advertisers we have no address for.
     lookups: HashMap<kad::QueryId, PeerId>,
@@ -543,6 +589,68 @@ impl EventLoop {
         tracing::debug!(peer = %self.swarm.local_peer_id(), "network task stopped");
     }
 
+    /// What to do with a gossiped message before anyone else sees it: an
+    /// advert that does not decode or verify, or is signed by someone other
+    /// than its publisher, is rejected (the peer that forwarded it loses
+    /// score); one over its publisher's rate, expired or from the future is
+    /// ignored (not forwarded, not passed on).
+    fn check_advert(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let Some(source) = message.source else {
+            return Reject;
+        };
+        if message.topic != self.topic.hash() {
+            return Ignore;
+        }
+        if !self.take_rate(source) {
+            self.gossip.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Ignore;
+        }
+        let advert = match sharenet_proto::SignedAdvert::from_bytes(&message.data) {
+            Ok(a) => a.into_advert(),
+            Err(_) => {
+                self.gossip.rejected.fetch_add(1, Ordering::Relaxed);
+                return Reject;
+            }
+        };
+        if crate::peer_id_of(&advert.node).ok() != Some(source) {
+            self.gossip.rejected.fetch_add(1, Ordering::Relaxed);
+            return Reject;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if !advert.is_live(now) || advert.issued_at_ms > now.saturating_add(MAX_ADVERT_SKEW_MS) {
+            self.gossip.stale.fetch_add(1, Ordering::Relaxed);
+            return Ignore;
+        }
+        Accept
+    }
+
+    /// Takes one advert from `source`'s budget (a token bucket); false when
+    /// it is spent.
+    fn take_rate(&mut self, source: PeerId) -> bool {
+        let now = std::time::Instant::now();
+        if self.rates.len() >= MAX_RATE_ENTRIES && !self.rates.contains_key(&source) {
+            self.rates
+                .retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+            if self.rates.len() >= MAX_RATE_ENTRIES {
+                return false;
+            }
+        }
+        let (tokens, at) = self.rates.entry(source).or_insert((ADVERT_BURST, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * ADVERTS_PER_SEC).min(ADVERT_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     fn emit(&self, event: Event) {
         if self.events.try_send(event).is_err() {
             self.dropped_events.fetch_add(1, Ordering::Relaxed);
@@ -585,14 +693,19 @@ impl EventLoop {
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
                 message,
-                ..
             })) => {
-                if message.topic != self.topic.hash() {
-                    return;
-                }
-                // Strict validation guarantees a signed source; be defensive anyway.
-                if let Some(source) = message.source {
+                let verdict = self.check_advert(&message);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+                // Strict validation guarantees a signed source.
+                if let (gossipsub::MessageAcceptance::Accept, Some(source)) =
+                    (verdict, message.source)
+                {
                     self.locate(source);
                     self.emit(Event::Advert {
                         source,
@@ -749,4 +862,30 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// Peer scores for the advert topic: only invalid messages count (a
+/// forwarder of a forged or malformed advert drops below the graylist
+/// threshold at once); delivery-rate terms are off because honest nodes
+/// advertise rarely, and IP colocation is off because an operator may run
+/// many nodes (or a whole devnet) on one address.
+fn score_params() -> gossipsub::PeerScoreParams {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(ADVERT_TOPIC).hash(), topic);
+    params
 }
