@@ -22,6 +22,35 @@ enum Pooling {
     Max,
 }
 
+/// Most padded tokens (rows × the longest row) one forward pass may take.
+/// Inputs are sorted by length and cut into batches under it, so one long
+/// input among many short ones costs its own small batch instead of
+/// padding every short one to its length.
+pub const MAX_PADDED_TOKENS: usize = 8192;
+
+/// Cuts inputs of these token lengths into batches, each at most
+/// `max_padded` padded tokens (rows × longest row; a single input longer
+/// than that is a batch of its own): indices into `lens`, batches of
+/// similar lengths together.
+pub fn plan_batches(lens: &[usize], max_padded: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so this input is the batch's longest.
+        let longest = lens[i].max(1);
+        if !current.is_empty() && (current.len() + 1).saturating_mul(longest) > max_padded {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 /// Vectors for a batch of texts, and the tokens they took.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
@@ -179,7 +208,9 @@ impl Embedder {
         &self.path
     }
 
-    /// Embeds `texts` as one padded batch. Blocking.
+    /// Embeds `texts`, in batches of at most [`MAX_PADDED_TOKENS`] padded
+    /// tokens ([`plan_batches`]); vectors come back in input order.
+    /// Blocking.
     pub fn embed(&self, texts: &[String]) -> Result<Embeddings, EngineError> {
         if texts.is_empty() {
             return Ok(Embeddings {
@@ -191,6 +222,22 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let lens: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); encodings.len()];
+        let mut tokens = 0u32;
+        for batch in plan_batches(&lens, MAX_PADDED_TOKENS) {
+            let rows: Vec<&tokenizers::Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            let out = self.embed_batch(&rows)?;
+            tokens = tokens.saturating_add(out.tokens);
+            for (i, v) in batch.into_iter().zip(out.vectors) {
+                vectors[i] = v;
+            }
+        }
+        Ok(Embeddings { vectors, tokens })
+    }
+
+    /// One padded forward pass over `encodings`.
+    fn embed_batch(&self, encodings: &[&tokenizers::Encoding]) -> Result<Embeddings, EngineError> {
         let len = encodings
             .iter()
             .map(|e| e.get_ids().len())
@@ -240,5 +287,47 @@ impl Embedder {
             vectors: pooled.to_vec2()?,
             tokens,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, item 9: one long input among 2,047 short ones used to pad
+    /// every short one to its length in a single pass.
+    #[test]
+    fn batches_are_bounded_by_padded_tokens_and_cover_every_input_once() {
+        let mut lens = vec![8usize; 2047];
+        lens.push(512);
+        let batches = plan_batches(&lens, MAX_PADDED_TOKENS);
+        let mut seen = vec![false; lens.len()];
+        for b in &batches {
+            let longest = b.iter().map(|&i| lens[i]).max().unwrap_or(0);
+            assert!(
+                b.len() * longest <= MAX_PADDED_TOKENS,
+                "{} rows of up to {longest} tokens",
+                b.len()
+            );
+            for &i in b {
+                assert!(!seen[i], "input {i} twice");
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+        let padded: usize = batches
+            .iter()
+            .map(|b| b.len() * b.iter().map(|&i| lens[i]).max().unwrap_or(0))
+            .sum();
+        assert!(
+            padded < 2 * (2047 * 8 + 512),
+            "padding stays near the real tokens: {padded}"
+        );
+        // A single input longer than the bound still gets a batch.
+        assert_eq!(
+            plan_batches(&[MAX_PADDED_TOKENS * 2], MAX_PADDED_TOKENS),
+            vec![vec![0]]
+        );
+        assert!(plan_batches(&[], MAX_PADDED_TOKENS).is_empty());
     }
 }

@@ -67,3 +67,26 @@ fn batching_with_padding_does_not_change_vectors() {
     let v = &batch.vectors;
     assert!(dot(&v[0], &v[1]) > 0.0);
 }
+
+#[test]
+fn one_long_input_among_many_short_ones_is_batched_apart_with_the_same_vectors() {
+    // Issue 12, item 9: inputs are batched by padded tokens, not by count.
+    let model = Embedder::load(&minilm()).unwrap();
+    let long = "word ".repeat(400);
+    let mut texts = vec![long];
+    texts.extend((0..60).map(|i| format!("short text {i}")));
+    let all = model.embed(&texts).unwrap();
+    assert_eq!(all.vectors.len(), texts.len());
+    for i in [0usize, 1, 60] {
+        let alone = model.embed(std::slice::from_ref(&texts[i])).unwrap();
+        for (a, b) in alone.vectors[0].iter().zip(&all.vectors[i]) {
+            assert!((a - b).abs() < 1e-4, "text {i}");
+        }
+    }
+    let each: u32 = texts
+        .iter()
+        .take(3)
+        .map(|t| model.embed(std::slice::from_ref(t)).unwrap().tokens)
+        .sum();
+    assert!(all.tokens > each, "tokens are the real ones, summed");
+}
