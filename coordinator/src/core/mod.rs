@@ -225,9 +225,18 @@ impl Core {
     }
 
     /// A gossiped advert: verified into the registry, then into routing.
+    /// When the registry is full, a node with history takes the place of
+    /// one without.
     pub fn on_advert(&self, source: sharenet_p2p::PeerId, data: &[u8], now_ms: u64) {
-        match self.registry.ingest(source, data, now_ms) {
-            Ok(()) => {
+        let has_history = |node: &[u8; 32]| self.routing.has_history(node, now_ms);
+        match self
+            .registry
+            .ingest_preferring(source, data, now_ms, &has_history)
+        {
+            Ok(evicted) => {
+                if let Some(node) = evicted {
+                    self.routing.remove(&node, now_ms);
+                }
                 if let Some(advert) = self.registry.advert(&source) {
                     self.routing.on_advert(&advert, now_ms);
                 }

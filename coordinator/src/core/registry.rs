@@ -45,6 +45,8 @@ pub struct AdvertStats {
     pub from_the_future: AtomicU64,
     pub stale: AtomicU64,
     pub full: AtomicU64,
+    /// Nodes without history evicted to make room for one with history.
+    pub evicted: AtomicU64,
     pub pruned: AtomicU64,
     /// Adverts with at least one offer above the price ceiling (those
     /// offers were dropped).
@@ -81,6 +83,8 @@ pub struct Registry {
     /// Offers above it are dropped from adverts as they arrive (`None`:
     /// no ceiling).
     ceiling: Option<PriceCeiling>,
+    /// Nodes tracked at most (`MAX_NODES` unless set).
+    capacity: Option<usize>,
     pub stats: AdvertStats,
 }
 
@@ -93,15 +97,41 @@ impl Registry {
         }
     }
 
+    /// As [`Registry::new`], holding at most `capacity` nodes.
+    pub fn with_capacity(ceiling: PriceCeiling, capacity: usize) -> Self {
+        Self {
+            capacity: Some(capacity),
+            ..Self::new(ceiling)
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Live>> {
         crate::core::sync::lock(&self.nodes)
     }
 
     /// Verifies and records an advert that `source` published.
     pub fn ingest(&self, source: PeerId, data: &[u8], now_ms: u64) -> Result<(), AdvertRejection> {
-        let result = self.try_ingest(source, data, now_ms);
+        self.ingest_preferring(source, data, now_ms, &|_| false)
+            .map(|_| ())
+    }
+
+    /// As [`Registry::ingest`]; when the registry is full, a newcomer for
+    /// which `has_history` holds (a node the coordinator has served jobs
+    /// with, back after its advert expired) takes the place of a node
+    /// without history, so throwaway identities that filled the registry
+    /// first cannot lock established nodes out. Returns the node evicted.
+    /// `has_history` runs under the registry's lock and may take routing's
+    /// (routing never takes the registry's: no cycle).
+    pub fn ingest_preferring(
+        &self,
+        source: PeerId,
+        data: &[u8],
+        now_ms: u64,
+        has_history: &dyn Fn(&[u8; 32]) -> bool,
+    ) -> Result<Option<[u8; 32]>, AdvertRejection> {
+        let result = self.try_ingest(source, data, now_ms, has_history);
         let counter = match &result {
-            Ok(()) => &self.stats.accepted,
+            Ok(_) => &self.stats.accepted,
             Err(AdvertRejection::Invalid(_)) => &self.stats.invalid,
             Err(AdvertRejection::WrongSigner) => &self.stats.wrong_signer,
             Err(AdvertRejection::Expired) => &self.stats.expired,
@@ -113,7 +143,13 @@ impl Registry {
         result
     }
 
-    fn try_ingest(&self, source: PeerId, data: &[u8], now_ms: u64) -> Result<(), AdvertRejection> {
+    fn try_ingest(
+        &self,
+        source: PeerId,
+        data: &[u8],
+        now_ms: u64,
+        has_history: &dyn Fn(&[u8; 32]) -> bool,
+    ) -> Result<Option<[u8; 32]>, AdvertRejection> {
         let mut advert = SignedAdvert::from_bytes(data)
             .map_err(|e| AdvertRejection::Invalid(e.to_string()))?
             .into_advert();
@@ -138,17 +174,32 @@ impl Registry {
             return Err(AdvertRejection::FromTheFuture);
         }
         let mut nodes = self.lock();
-        let full = nodes.len() >= MAX_NODES;
+        let full = nodes.len() >= self.capacity.unwrap_or(MAX_NODES);
         match nodes.get_mut(&source) {
             Some(live) if live.advert.seq >= advert.seq => Err(AdvertRejection::Stale),
             Some(live) => {
                 live.advert = advert;
-                Ok(())
+                Ok(None)
             }
-            None if full => Err(AdvertRejection::Full),
+            None if full => {
+                if !has_history(&advert.node) {
+                    return Err(AdvertRejection::Full);
+                }
+                let victim = nodes
+                    .iter()
+                    .find(|(_, l)| !has_history(&l.advert.node))
+                    .map(|(peer, l)| (*peer, l.advert.node));
+                let Some((peer, node)) = victim else {
+                    return Err(AdvertRejection::Full);
+                };
+                nodes.remove(&peer);
+                nodes.insert(source, Live { advert, rtt: None });
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(node))
+            }
             None => {
                 nodes.insert(source, Live { advert, rtt: None });
-                Ok(())
+                Ok(None)
             }
         }
     }
@@ -339,5 +390,37 @@ mod tests {
         reg.prune(6000);
         assert_eq!(reg.live_nodes(6000), 0);
         assert_eq!(reg.stats.pruned.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn when_full_a_node_with_history_displaces_one_without() {
+        // Issue 12, item 12: throwaway identities that filled the registry
+        // first locked every other node out, established ones included.
+        let reg = Registry::with_capacity(PriceCeiling::default(), 2);
+        let sybils = [Identity::generate(), Identity::generate()];
+        for s in &sybils {
+            reg.ingest(s.peer_id(), &advert(s, 1, 1000, 5000), 1000)
+                .unwrap();
+        }
+        let newcomer = Identity::generate();
+        assert_eq!(
+            reg.ingest(newcomer.peer_id(), &advert(&newcomer, 1, 1000, 5000), 1000),
+            Err(AdvertRejection::Full),
+            "a node without history waits"
+        );
+        let established = Identity::generate();
+        let known = established.public_key();
+        let evicted = reg
+            .ingest_preferring(
+                established.peer_id(),
+                &advert(&established, 1, 1000, 5000),
+                1000,
+                &|n: &[u8; 32]| *n == known,
+            )
+            .unwrap();
+        assert!(evicted.is_some_and(|n| sybils.iter().any(|s| s.public_key() == n)));
+        assert!(reg.advert(&established.peer_id()).is_some());
+        assert_eq!(reg.live_nodes(1000), 2);
+        assert_eq!(reg.stats.evicted.load(Ordering::Relaxed), 1);
     }
 }

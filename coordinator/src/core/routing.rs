@@ -280,6 +280,14 @@ impl Routing {
         lock(&self.inner).health.get(node).cloned()
     }
 
+    /// Whether the node has a history here: evidence past its probation.
+    pub fn has_history(&self, node: &NodeKey, now_ms: u64) -> bool {
+        lock(&self.inner)
+            .health
+            .get(node)
+            .is_some_and(|h| !h.trust.is_probation(now_ms, &self.trust))
+    }
+
     /// Each node's trust score at `now_ms` (0 for a node never seen).
     pub fn trust_of(&self, nodes: &[NodeKey], now_ms: u64) -> Vec<f64> {
         let inner = lock(&self.inner);

@@ -28,7 +28,7 @@ pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
     let m = &core.metrics;
     let a = &core.registry.stats;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 16] = [
+    let counters: [(&str, &str, u64); 17] = [
         (
             "sharenet_requests_total",
             "Chat, completion and embedding requests received.",
@@ -98,6 +98,11 @@ pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
             "sharenet_adverts_over_price_ceiling_total",
             "Adverts with offers above the price ceiling (those offers are not routable).",
             get(&a.over_price_ceiling),
+        ),
+        (
+            "sharenet_adverts_evicted_total",
+            "Nodes without history evicted from a full registry for a node with history.",
+            get(&a.evicted),
         ),
         (
             "sharenet_adverts_full_total",
