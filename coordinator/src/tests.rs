@@ -16,13 +16,19 @@ use crate::core::dispatch::tests::{KEY, MODEL, Script, config, fake_network};
 use crate::core::now_ms;
 use crate::{Network, spawn};
 
-#[tokio::test]
-async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
+/// A coordinator from [`spawn`] on a port-0 listener over scripted nodes
+/// whose adverts arrive as network events.
+struct Served {
+    handle: crate::CoordinatorHandle,
+    shutdown: CancellationToken,
+    keys: Vec<[u8; 32]>,
+    _events: tokio::sync::mpsc::Sender<Event>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(scripts: Vec<Script>) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let net = fake_network(vec![
-        Script::Serve(vec!["Hello", " world"]),
-        Script::Trickle(1000, Duration::from_millis(20)),
-    ]);
+    let net = fake_network(scripts);
     let (events_tx, events) = tokio::sync::mpsc::channel(16);
     for (source, data) in net.adverts {
         events_tx
@@ -42,6 +48,28 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
         shutdown.clone(),
     )
     .unwrap();
+    Served {
+        handle,
+        shutdown,
+        keys: net.keys,
+        _events: events_tx,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
+    let Served {
+        handle,
+        shutdown,
+        keys,
+        _dir,
+        _events,
+    } = serve(vec![
+        Script::Serve(vec!["Hello", " world"]),
+        Script::Trickle(1000, Duration::from_millis(20)),
+    ])
+    .await;
     while handle.core.registry.live_nodes(now_ms()) < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -56,7 +84,7 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
     };
 
     // A whole request, typed with the shared wire types.
-    let r = chat(net.keys[0], false).send().await.unwrap();
+    let r = chat(keys[0], false).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let done: ChatCompletion = r.json().await.unwrap();
     assert_eq!(done.choices[0].message.content, "Hello world");
@@ -65,7 +93,7 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
 
     // A stream that would run for 20 s is cut by shutdown: the client gets
     // an error event, what it received is charged, and every task ends.
-    let mut stream = chat(net.keys[1], true).send().await.unwrap();
+    let mut stream = chat(keys[1], true).send().await.unwrap();
     assert_eq!(stream.status(), 200);
     let first = stream.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
@@ -90,21 +118,13 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
 #[tokio::test]
 async fn http_rejections_are_openai_json() {
     // Issue 12, item 19: an oversized body was a plain-text 413.
-    let dir = tempfile::tempdir().unwrap();
-    let net = fake_network(vec![Script::Serve(vec!["ok"])]);
-    let (_events_tx, events) = tokio::sync::mpsc::channel(1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shutdown = CancellationToken::new();
-    let handle = spawn(
-        listener,
-        Network {
-            transport: Arc::new(net.transport),
-            events,
-        },
-        config(dir.path()),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let Served {
+        handle,
+        shutdown,
+        _dir,
+        _events,
+        ..
+    } = serve(vec![Script::Serve(vec!["ok"])]).await;
     let http = reqwest::Client::new();
     let huge = format!(
         r#"{{"model": "m", "messages": [{{"role": "user", "content": "{}"}}]}}"#,

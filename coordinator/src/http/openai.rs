@@ -30,16 +30,35 @@ use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 use crate::core::{Core, now_ms};
 
+/// One OpenAI request body in, its job, shape and end customer out: the
+/// same steps for every endpoint (count, parse, who for, validate).
+fn accept<R: serde::de::DeserializeOwned>(
+    core: &Core,
+    headers: &HeaderMap,
+    body: &[u8],
+    user: impl Fn(&R) -> Option<&str>,
+    into_job: impl Fn(R) -> Result<(Job, Shape), Error>,
+) -> Result<(Job, Shape, Option<String>), Error> {
+    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let request: R = parse_body(body)?;
+    let customer = end_customer(headers, user(&request))?;
+    let (job, shape) = into_job(request)?;
+    Ok((job, shape, customer))
+}
+
 pub(super) async fn chat_completions(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let request: ChatCompletionRequest = parse_body(&body)?;
-    let customer = end_customer(&headers, request.user.as_deref())?;
-    let (job, shape) = chat_job(request)?;
+    let (job, shape, customer) = accept(
+        &core,
+        &headers,
+        &body,
+        |r: &ChatCompletionRequest| r.user.as_deref(),
+        chat_job,
+    )?;
     generate(core, job, shape, principal, customer).await
 }
 
@@ -49,10 +68,13 @@ pub(super) async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let request: CompletionRequest = parse_body(&body)?;
-    let customer = end_customer(&headers, request.user.as_deref())?;
-    let (job, shape) = completion_job(request)?;
+    let (job, shape, customer) = accept(
+        &core,
+        &headers,
+        &body,
+        |r: &CompletionRequest| r.user.as_deref(),
+        completion_job,
+    )?;
     generate(core, job, shape, principal, customer).await
 }
 
@@ -62,10 +84,13 @@ pub(super) async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let request: EmbeddingRequest = parse_body(&body)?;
-    let customer = end_customer(&headers, request.user.as_deref())?;
-    let (job, shape) = embedding_job(request)?;
+    let (job, shape, customer) = accept(
+        &core,
+        &headers,
+        &body,
+        |r: &EmbeddingRequest| r.user.as_deref(),
+        embedding_job,
+    )?;
     let model = job.requested_model().to_owned();
     let mut active = start_job(&core, Arc::new(job), &principal, customer.as_deref()).await?;
     let receipt_id = active.job_id().to_hex();

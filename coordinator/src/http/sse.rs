@@ -241,33 +241,18 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
-
     use super::*;
     use crate::core::dispatch::start_job;
-    use crate::core::dispatch::tests::{BALANCE, KEY, Script, config, fake_network};
+    use crate::core::dispatch::tests::{BALANCE, Script, setup};
     use crate::core::job::{Job, ProviderPrefs};
-    use crate::core::now_ms;
     use sharenet_proto::{ChatMessage, JobInput, SamplingParams};
 
     /// Issue 12, item 16: a client that stops reading used to pin its
     /// hold and the node's slot forever.
     #[tokio::test]
     async fn a_client_that_stops_reading_is_cut_off_and_charged_for_what_it_got() {
-        let dir = tempfile::tempdir().unwrap();
-        let net = fake_network(vec![Script::Trickle(3_000, Duration::ZERO)]);
-        let (core, _) = Core::open(
-            &config(dir.path()),
-            Arc::new(net.transport),
-            TaskTracker::new(),
-            CancellationToken::new(),
-        )
-        .unwrap();
-        for (peer, bytes) in net.adverts {
-            core.on_advert(peer, &bytes, now_ms());
-        }
-        let principal = core.accounts.authenticate(KEY).unwrap();
+        let s = setup(vec![Script::Trickle(3_000, Duration::ZERO)]);
+        let (core, principal) = (s.core.clone(), s.principal.clone());
         let job = Arc::new(Job {
             kind: JobKind::Chat,
             models: vec!["m".into()],

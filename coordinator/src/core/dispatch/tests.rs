@@ -260,10 +260,10 @@ impl Transport for FakeTransport {
     }
 }
 
-struct Setup {
-    core: Arc<Core>,
+pub(crate) struct Setup {
+    pub core: Arc<Core>,
     opens: Arc<AtomicUsize>,
-    principal: Principal,
+    pub principal: Principal,
     /// The nodes' public keys, in the order given.
     nodes: Vec<[u8; 32]>,
     _dir: tempfile::TempDir,
@@ -369,7 +369,7 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
 
 /// A real core (books in a temp dir, one funded app) over
 /// [`fake_network`], with every advert heard.
-fn setup(scripts: Vec<Script>) -> Setup {
+pub(crate) fn setup(scripts: Vec<Script>) -> Setup {
     setup_with(scripts, |_| {})
 }
 
@@ -422,6 +422,34 @@ fn job(order: &[[u8; 32]]) -> Arc<Job> {
 }
 
 impl Setup {
+    /// A funded spot-checks app and the sampler at rate 1 over a channel
+    /// the test feeds: the sender, the sampler's stop, its task.
+    fn sampler(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<CompletedJob>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        crate::core::accounts::ensure_operator_app(
+            &self.core.accounts,
+            crate::core::accounts::SPOT_CHECK_APP,
+            "spot checks",
+            BALANCE,
+            now_ms(),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let sampler = tokio::spawn(crate::core::spotcheck::run(
+            self.core.clone(),
+            rx,
+            1.0,
+            shutdown.clone(),
+        ));
+        (tx, shutdown, sampler)
+    }
+
     fn balance(&self) -> i128 {
         self.core.accounts.balance(&self.principal.app)
     }
@@ -663,22 +691,7 @@ async fn private_jobs_are_never_spot_checked_elsewhere() {
     // Issue 12, item 17: a sampled sensitive job used to be re-run on
     // public nodes with the same weights.
     let s = setup(vec![Script::Serve(vec!["a"]), Script::Serve(vec!["a"])]);
-    crate::core::accounts::ensure_operator_app(
-        &s.core.accounts,
-        crate::core::accounts::SPOT_CHECK_APP,
-        "spot checks",
-        BALANCE,
-        now_ms(),
-    )
-    .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let shutdown = CancellationToken::new();
-    let sampler = tokio::spawn(crate::core::spotcheck::run(
-        s.core.clone(),
-        rx,
-        1.0,
-        shutdown.clone(),
-    ));
+    let (tx, shutdown, sampler) = s.sampler();
     let notice = |private| CompletedJob {
         job: job(&[]),
         app: "default".into(),
@@ -846,22 +859,7 @@ async fn a_node_inflating_its_input_counts_is_caught_by_a_spot_check() {
     let (_, charge, node) = s.run(&[s.nodes[0]]).await.unwrap();
     assert_eq!(node, s.nodes[0]);
     assert!(charge > 0, "within the bound, the receipt itself passes");
-    crate::core::accounts::ensure_operator_app(
-        &s.core.accounts,
-        crate::core::accounts::SPOT_CHECK_APP,
-        "spot checks",
-        BALANCE,
-        now_ms(),
-    )
-    .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let shutdown = CancellationToken::new();
-    let sampler = tokio::spawn(crate::core::spotcheck::run(
-        s.core.clone(),
-        rx,
-        1.0,
-        shutdown.clone(),
-    ));
+    let (tx, shutdown, sampler) = s.sampler();
     tx.send(CompletedJob {
         job: job(&[]),
         app: "default".into(),
