@@ -203,6 +203,9 @@ pub struct Adversaries {
     pub money_share: f64,
     pub earned: u64,
     pub garbage_served: u64,
+    /// Input tokens billed beyond the real ones by `inflate_input` nodes
+    /// before spot checks caught them.
+    pub inflated_input_tokens: u64,
     pub rejected_receipts: u64,
     pub share_block: u64,
     /// The first request from which every block of `share_block` requests
@@ -487,6 +490,7 @@ pub(crate) fn build_summary(
             money_share: ratio(adv_earned, total_provider),
             earned: adv_earned,
             garbage_served: c.garbage_served,
+            inflated_input_tokens: c.inflated_input_tokens,
             rejected_receipts: c.rejected_receipts,
             share_block: sc.share_block,
             share_below_1pct_after_requests: below,

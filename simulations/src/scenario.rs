@@ -186,6 +186,10 @@ pub enum AdversaryKind {
     Garbage,
     /// Claims more output tokens in its receipts than it streamed.
     InflateTokens,
+    /// Bills more input tokens than the prompt had, within the hold's
+    /// bound (every prompt byte a token), so its receipts pass; only a spot
+    /// check, which compares input counts with the reference's, tells.
+    InflateInput,
     /// Accepts jobs, then never sends a first token.
     Stall,
 }
@@ -207,7 +211,9 @@ pub struct AdversaryCfg {
     /// Probability of cheating on each job (1: always).
     #[serde(default = "one_f")]
     pub rate: f64,
-    /// `inflate_tokens`: claimed output = real output × this.
+    /// `inflate_tokens`: claimed output = real output × this;
+    /// `inflate_input`: billed input = real input × this (at most the
+    /// hold's bound, about four times the real count).
     #[serde(default = "inflate")]
     pub inflate_factor: f64,
     /// A Sybil group: the nodes are extra identities that all join at this

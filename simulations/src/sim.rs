@@ -108,6 +108,7 @@ enum Cheat {
     None,
     Garbage,
     Inflate,
+    InflateInput,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +213,8 @@ pub struct Counters {
     pub refusals: u64,
     pub rejected_receipts: u64,
     pub garbage_served: u64,
+    /// Input tokens billed beyond the real ones by input-inflating nodes.
+    pub inflated_input_tokens: u64,
     pub spot_checks: u64,
     pub spot_checks_failed: u64,
     pub spot_checks_inconclusive: u64,
@@ -993,6 +996,9 @@ impl<'a> Sim<'a> {
                 job.cheat = match n.behaviour {
                     Behaviour::Adversary(AdversaryKind::Garbage) if cheats => Cheat::Garbage,
                     Behaviour::Adversary(AdversaryKind::InflateTokens) if cheats => Cheat::Inflate,
+                    Behaviour::Adversary(AdversaryKind::InflateInput) if cheats => {
+                        Cheat::InflateInput
+                    }
                     _ => Cheat::None,
                 };
                 self.push(us(finish + half), Ev::Complete(j));
@@ -1073,7 +1079,20 @@ impl<'a> Sim<'a> {
             if job.cheat == Cheat::Garbage {
                 self.counters.garbage_served += 1;
             }
-            self.bill(&job, now_ms)?;
+            if job.cheat == Cheat::InflateInput {
+                // Within the hold's bound (every prompt byte a token: about
+                // four bytes per real token, plus template room), so the
+                // receipt check passes and the job is billed as claimed.
+                let factor = self.nodes.get(i as usize).map_or(1.0, |n| n.inflate_factor);
+                let bound = job.input.saturating_mul(4).saturating_add(256);
+                let claimed = ((f64::from(job.input) * factor).ceil() as u32).min(bound);
+                self.counters.inflated_input_tokens += u64::from(claimed.saturating_sub(job.input));
+                let mut billed = job.clone();
+                billed.input = claimed;
+                self.bill(&billed, now_ms)?;
+            } else {
+                self.bill(&job, now_ms)?;
+            }
             if self.sc.operator.spot_check_rate > 0.0
                 && self.rng_check.random::<f64>() < self.sc.operator.spot_check_rate
             {
@@ -1205,10 +1224,16 @@ impl<'a> Sim<'a> {
             .and_then(|l| l.first().map(index_of))
     }
 
+    /// Whether `node`'s run of a check agrees with the reference: a
+    /// garbage node's output differs, and an input-inflating node's input
+    /// count differs (the check compares both).
     fn output_ok(&mut self, node: u32) -> bool {
         let u: f64 = self.rng_check.random();
         match self.nodes.get(node as usize) {
-            Some(n) if n.behaviour == Behaviour::Adversary(AdversaryKind::Garbage) => {
+            Some(n)
+                if n.behaviour == Behaviour::Adversary(AdversaryKind::Garbage)
+                    || n.behaviour == Behaviour::Adversary(AdversaryKind::InflateInput) =>
+            {
                 u >= n.cheat_rate
             }
             _ => true,

@@ -247,3 +247,38 @@ fn scenario_errors_name_the_key_and_the_line() {
         + 1;
     assert!(e.contains(&format!("line {line}")), "{e}");
 }
+
+/// Nodes billing inflated input counts (within the hold's bound) pass the
+/// receipt check; spot checks compare input counts with the reference's
+/// and catch them (issue 12, item 6). A run where they undercut hard
+/// enough to get traffic and checks are frequent enough to reach them.
+#[test]
+fn input_inflating_nodes_are_caught_by_spot_checks() {
+    let out = run(&scaled(
+        "cheating",
+        4,
+        30_000,
+        &[
+            "nodes.adversaries[4].share=0.05",
+            "nodes.adversaries[4].price_factor=0.4",
+            "operator.spot_check_rate=0.2",
+        ],
+    ));
+    let a = &out.summary.adversaries;
+    let k = &a.by_kind["inflateinput"];
+    assert!(k.active > 0, "{k:?}");
+    assert!(
+        a.inflated_input_tokens > 0,
+        "they overbilled before they were caught"
+    );
+    assert!(
+        k.caught * 10 >= k.active * 8,
+        "{} of {} input-inflating nodes caught",
+        k.caught,
+        k.active
+    );
+    assert_eq!(out.summary.spot_checks.false_positives, 0);
+    for n in out.nodes.iter().filter(|n| n.behaviour == "honest") {
+        assert_eq!(n.spot_failed, 0, "honest node {} failed a check", n.node);
+    }
+}
