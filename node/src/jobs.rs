@@ -231,7 +231,14 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
             serve_embed(&ctx, &mut stream, &request, &model, embedder).await
         }
         Backend::Upstream(upstream) => {
-            serve_upstream(&ctx, &mut stream, &request, &model, upstream).await
+            let running = RunningReceipt {
+                ctx: &ctx,
+                request: &request,
+                model: &model,
+                started_at_ms,
+                request_digest,
+            };
+            serve_upstream(&ctx, &mut stream, &request, &model, upstream, &running).await
         }
     };
     let (usage, finish_reason, response_digest) = match served {
@@ -493,6 +500,7 @@ async fn serve_upstream(
     request: &JobRequest,
     model: &Arc<ServedModel>,
     upstream: &Upstream,
+    running: &RunningReceipt<'_>,
 ) -> Served {
     let Some(slot) = admit(ctx, model).await else {
         return saturated(model);
@@ -502,25 +510,43 @@ async fn serve_upstream(
     tokio::pin!(forward);
     let mut hasher = Sha256::new();
     let mut forwarding = true;
+    // Running receipts once the prompt's size is known (an upstream tells
+    // it in its stream, or the upstream client probes it alongside).
+    let mut input_tokens: Option<u32> = None;
+    let mut output_tokens = 0u32;
+    let mut last_sent: Option<SignedReceipt> = None;
     let served = loop {
         let event = tokio::select! {
             _ = &mut forward, if forwarding => { forwarding = false; continue; }
             ev = rx.recv() => ev,
         };
         match event {
+            Some(UpstreamEvent::PromptTokens(n)) => input_tokens = Some(n),
             Some(UpstreamEvent::Piece { text, tokens }) => {
                 hasher.update(text.as_bytes());
-                // No running receipt: an upstream reports its input tokens
-                // only at the end.
+                output_tokens = output_tokens.saturating_add(tokens);
+                let signed = input_tokens.and_then(|input_tokens| {
+                    running.sign(
+                        Usage {
+                            input_tokens,
+                            output_tokens,
+                        },
+                        &hasher,
+                    )
+                });
                 let ev = JobEvent::Delta {
                     text,
                     tokens,
                     logprobs: Vec::new(),
-                    receipt: None,
+                    receipt: signed.as_ref().map(SignedReceipt::to_bytes),
                 };
                 if send(stream, &ev).await.is_err() {
-                    // Dropping `forward` closes the upstream request.
-                    break Served::Gone(None);
+                    // Dropping `forward` closes the upstream request; the
+                    // last running receipt sent is the node's claim.
+                    break Served::Gone(last_sent.map(Box::new));
+                }
+                if signed.is_some() {
+                    last_sent = signed;
                 }
             }
             Some(UpstreamEvent::Done {

@@ -31,6 +31,9 @@ pub(crate) enum UpstreamEvent {
         text: String,
         tokens: u32,
     },
+    /// The prompt's token count, as soon as it is known (from the stream's
+    /// usage or a probe), for running receipts.
+    PromptTokens(u32),
     Done {
         usage: Usage,
         finish_reason: FinishReason,
@@ -47,7 +50,16 @@ const MAX_LINE: usize = 1 << 20;
 pub(crate) struct Upstream {
     http: reqwest::Client,
     config: UpstreamConfig,
+    /// Whether this server reports usage in its streams, as learned from
+    /// the last stream: unknown, yes, no. When it does not, the prompt's
+    /// size is probed before the stream (not after it), so running
+    /// receipts can carry it.
+    stream_usage: std::sync::atomic::AtomicU8,
 }
+
+const USAGE_UNKNOWN: u8 = 0;
+const USAGE_IN_STREAM: u8 = 1;
+const USAGE_PROBED: u8 = 2;
 
 impl Upstream {
     pub(crate) fn new(config: UpstreamConfig) -> anyhow::Result<Self> {
@@ -55,7 +67,11 @@ impl Upstream {
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(config.timeout)
             .build()?;
-        Ok(Self { http, config })
+        Ok(Self {
+            http,
+            config,
+            stream_usage: std::sync::atomic::AtomicU8::new(USAGE_UNKNOWN),
+        })
     }
 
     fn body(&self, job: &JobRequest) -> Result<(String, Value), String> {
@@ -196,6 +212,18 @@ impl Upstream {
             .body(job)
             .map_err(|m| (JobErrorCode::UnsupportedInput, m))?;
         let body_json = body;
+        // A server known to leave usage out of its streams is asked for the
+        // prompt's size first (it was asked after the stream before: the
+        // same work, now in time for running receipts).
+        let learned = self.stream_usage.load(std::sync::atomic::Ordering::Relaxed);
+        let mut prompt_tokens: Option<u32> = None;
+        if learned == USAGE_PROBED {
+            let n = self.probe_prompt_tokens(&url, &body_json).await?;
+            prompt_tokens = Some(n);
+            if tx.send(UpstreamEvent::PromptTokens(n)).await.is_err() {
+                return Ok(None);
+            }
+        }
         let resp = self.post(&url, &body_json).await?;
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
@@ -204,7 +232,8 @@ impl Upstream {
         let mut finish = FinishReason::Stop;
         let protocol = |m: String| (JobErrorCode::Upstream, m);
         loop {
-            let Some(chunk) = body.next().await else {
+            let next = body.next().await;
+            let Some(chunk) = next else {
                 return Err(protocol("upstream stream ended without [DONE]".into()));
             };
             let chunk = chunk.map_err(|e| protocol(format!("read upstream stream: {e}")))?;
@@ -219,11 +248,23 @@ impl Upstream {
                 let data = data.trim();
                 if data == "[DONE]" {
                     let mut usage = match usage {
-                        Some(u) => u,
-                        None => Usage {
-                            input_tokens: self.probe_prompt_tokens(&url, &body_json).await?,
-                            output_tokens: counted,
-                        },
+                        Some(u) => {
+                            self.stream_usage
+                                .store(USAGE_IN_STREAM, std::sync::atomic::Ordering::Relaxed);
+                            u
+                        }
+                        None => {
+                            self.stream_usage
+                                .store(USAGE_PROBED, std::sync::atomic::Ordering::Relaxed);
+                            let input_tokens = match prompt_tokens {
+                                Some(n) => n,
+                                None => self.probe_prompt_tokens(&url, &body_json).await?,
+                            };
+                            Usage {
+                                input_tokens,
+                                output_tokens: counted,
+                            }
+                        }
                     };
                     if usage.output_tokens > counted {
                         let extra = usage.output_tokens - counted;
@@ -248,10 +289,22 @@ impl Upstream {
                 }
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     let n = |k: &str| u[k].as_u64().map(|x| x.min(u64::from(u32::MAX)) as u32);
+                    let input_tokens = n("prompt_tokens").unwrap_or(0);
                     usage = Some(Usage {
-                        input_tokens: n("prompt_tokens").unwrap_or(0),
+                        input_tokens,
                         output_tokens: n("completion_tokens").unwrap_or(0),
                     });
+                    // Servers with continuous usage stats tell it early.
+                    if prompt_tokens.is_none() && input_tokens > 0 {
+                        prompt_tokens = Some(input_tokens);
+                        if tx
+                            .send(UpstreamEvent::PromptTokens(input_tokens))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(None);
+                        }
+                    }
                 }
                 let Some(choice) = v["choices"].get(0) else {
                     continue;

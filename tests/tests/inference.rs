@@ -276,6 +276,42 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
         .unwrap();
     assert_eq!(r["object"], "text_completion", "{r}");
     assert!(r["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+
+    // A builder that hangs up mid-stream pays for what it received, and
+    // the provider is paid for it (issue 12, item 4): the node now sends
+    // running receipts for upstream streams too (this server reports no
+    // usage in streams, so the node asks for the prompt's size first).
+    let before = listed(&t).await.len();
+    let mut long = body.clone();
+    long["stream"] = json!(true);
+    long["max_tokens"] = json!(990);
+    let mut resp = t.post("chat/completions", &long).await;
+    assert_eq!(resp.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"content\":\"") || seen.matches("data:").count() < 3 {
+        let chunk = resp.chunk().await.unwrap().expect("the stream goes on");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(resp);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let partial = loop {
+        let now = listed(&t).await;
+        if now.len() > before {
+            break now.last().cloned().unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the part the builder received was never booked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = partial["receipt"]["output_tokens"].as_u64().unwrap();
+    assert!(out >= 1 && out < 990, "a part of the job: {out} tokens");
+    assert_eq!(
+        partial["receipt"]["input_tokens"].as_u64().unwrap(),
+        want_in,
+        "the prompt's size as the upstream counts it"
+    );
     t.stop().await;
 }
 
@@ -309,4 +345,10 @@ async fn an_unreachable_upstream_is_a_clear_error_not_a_hang() {
         "{message}"
     );
     t.stop().await;
+}
+
+/// The caller's receipts, oldest first.
+async fn listed(t: &TestNet) -> Vec<Value> {
+    let v: Value = t.get("receipts?limit=1000").await.json().await.unwrap();
+    v["data"].as_array().cloned().unwrap_or_default()
 }
