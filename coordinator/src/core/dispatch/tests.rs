@@ -626,8 +626,8 @@ async fn a_slow_first_token_times_out_and_falls_back() {
     let (text, _, node) = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap();
     assert_eq!((text.as_str(), node), ("fast", s.nodes[1]));
     assert!(
-        started.elapsed() < FIRST_TOKEN * 4,
-        "the coordinator gave up on the slow node at its first-token limit"
+        started.elapsed() < FIRST_TOKEN * 5,
+        "the coordinator gave up on the slow node before it would have answered"
     );
     assert!(s.trust(0) < s.trust(1));
 
