@@ -13,9 +13,12 @@
 //!    Holds are taken under one lock, so concurrent requests can never
 //!    overspend.
 //! 3. [`Hold::commit`] after the receipt: the real charge is computed
-//!    (`sharenet_market::charge`), the ledger entry is made durable, the
-//!    charge is booked and the rest of the hold released. A job that ends
-//!    without a receipt drops its hold: nothing is charged.
+//!    (`sharenet_market::charge`) and refused if it exceeds the hold; the
+//!    ledger entry is made durable; then, under the same lock admissions
+//!    take, the hold is released and the charge booked in one step. A job
+//!    that ends without a receipt drops its hold: nothing is charged.
+//!
+//! Errors are [`AccountsError`]; the core maps them to its own `Error`.
 //!
 //! Balances, spend and usage are derived from the durable top-ups and
 //! ledger entries at start-up ([`Accounts::load`]), so a crash cannot leave
