@@ -7,7 +7,7 @@ use sharenet_router as r;
 
 use crate::core::accounts::{Admission, Hold, Principal};
 use crate::core::error::Error;
-use crate::core::job::{Job, SortKey};
+use crate::core::job::{Job, JobKind, SortKey};
 use crate::core::registry::Offer;
 use crate::core::{Core, now_ms};
 
@@ -110,6 +110,7 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
         unknown_tokens_per_sec: 500.0,
         ..r::RouteParams::default()
     };
+    let needed = u64::from(request.input_tokens) + u64::from(request.max_output_tokens);
     core.routing
         .route(
             model,
@@ -118,7 +119,25 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
             &r::Weights::default(),
             &params,
         )
-        .map_err(|e| Error::NoCapacity(format!("{e}")))
+        .map_err(|e| match e {
+            // No node's window holds the prompt and max_tokens: the request
+            // is at fault (400, as OpenAI answers), not the network.
+            r::NoCandidate::Filtered {
+                filter: r::Filter::ContextLength,
+                ..
+            } => Error::bad_request(
+                format!(
+                    "this request needs about {needed} tokens of context (the prompt, about {} tokens, plus max_tokens {}), more than any node serving `{model}` offers; shorten the input or lower max_tokens",
+                    request.input_tokens, request.max_output_tokens
+                ),
+                Some(match job.kind {
+                    JobKind::Chat => "messages",
+                    JobKind::Completion => "prompt",
+                    JobKind::Embedding => "input",
+                }),
+            ),
+            e => Error::NoCapacity(format!("{e}")),
+        })
 }
 
 /// The ranked nodes whose adverts are still live, at most as many as the

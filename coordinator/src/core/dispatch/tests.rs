@@ -884,3 +884,21 @@ async fn a_node_inflating_its_input_counts_is_caught_by_a_spot_check() {
     shutdown.cancel();
     sampler.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_request_no_node_can_fit_is_a_400_not_a_503() {
+    // Prompt + max_tokens beyond every node's context window (4096 here):
+    // the request is at fault, as OpenAI answers it.
+    let s = setup(vec![Script::Serve(vec!["ok"])]);
+    let mut big = (*job(&[])).clone();
+    big.params.max_tokens = 8_000;
+    let err = start_job(&s.core, Arc::new(big), &s.principal, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::BadRequest { param: Some(p), message } if p == "messages" && message.contains("max_tokens 8000")),
+        "{err:?}"
+    );
+    assert_eq!(s.opens.load(Ordering::Relaxed), 0);
+}
