@@ -233,8 +233,7 @@ fn split_entry(v: &[u8]) -> (Option<&[u8]>, &[u8]) {
 impl Books {
     /// Opens (or creates) the books in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(path)
-            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        let db = crate::open_db(path)?;
         let entries = db.open_tree("entries")?;
         let by_app = db.open_tree("entries_by_app")?;
         // Books from before the index get it built once.
@@ -722,6 +721,19 @@ mod tests {
             charge,
             recorded_at_ms: at,
         }
+    }
+
+    #[test]
+    fn books_reopen_at_once_after_a_close_in_the_same_process() {
+        // sled's flusher may still hold the file lock for a moment after a
+        // close; a restart in place waits for it instead of failing.
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20u32 {
+            let books = Books::open(dir.path()).unwrap();
+            books.record(&entry(i, "a", 5)).unwrap();
+            drop(books);
+        }
+        assert_eq!(Books::open(dir.path()).unwrap().entry_count(), 20);
     }
 
     #[test]

@@ -113,11 +113,35 @@ pub struct SledReceiptStore {
     receipts: sled::Tree,
 }
 
+/// Opens a sled database, waiting up to two seconds for its file lock:
+/// a store closed a moment ago in this process (a restart in place) may
+/// still be releasing it from sled's background flusher. Any other error,
+/// or a lock still held after that (another process has the store), is
+/// returned at once.
+pub(crate) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an `Other` I/O error whose text
+            // names it.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => {
+                return Err(StoreError::Backend(format!("open {}: {e}", path.display())));
+            }
+        }
+    }
+}
+
 impl SledReceiptStore {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(path)
-            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        let db = open_db(path)?;
         let receipts = db.open_tree("receipts")?;
         Ok(Self { db, receipts })
     }
