@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::EngineError;
 use crate::model::{Generation, Piece, TextModel};
-use crate::sequence::Sequence;
+use crate::sequence::{PREFILL_CHUNK, Sequence};
 use crate::transformer::Transformer;
 
 /// Events per job buffered in its channel before the job's own backlog.
@@ -141,6 +141,7 @@ impl Scheduler {
             model: model.clone(),
             config,
             shared: shared.clone(),
+            prefilling: VecDeque::new(),
             active: Vec::new(),
             draining: Vec::new(),
         };
@@ -174,10 +175,15 @@ impl Scheduler {
         }
     }
 
-    /// KV bytes a job would reserve.
+    /// Bytes a job reserves: its KV cache for the prompt and every token
+    /// it may generate, plus the attention scores of one prefill chunk
+    /// (`heads × chunk × context` floats), which live while its prompt goes
+    /// in.
     pub fn kv_bytes_for(&self, prompt_len: usize, params: &SamplingParams) -> usize {
+        let spec = self.model.spec();
         let tokens = (prompt_len + params.max_tokens as usize).min(self.model.context_length());
-        tokens * self.model.spec().kv_bytes_per_token()
+        let scores = spec.num_heads * prompt_len.min(PREFILL_CHUNK) * tokens * 4;
+        tokens * spec.kv_bytes_per_token() + scores
     }
 
     /// Queues a job, or refuses it at once if the queue is full or it can
@@ -284,6 +290,9 @@ struct Worker {
     model: Arc<TextModel>,
     config: SchedulerConfig,
     shared: Arc<Shared>,
+    /// Admitted sequences whose prompts are still going in, one chunk per
+    /// step, first come first served.
+    prefilling: VecDeque<Active>,
     active: Vec<Active>,
     /// Finished sequences whose last events have not fit their channel yet.
     draining: Vec<Active>,
@@ -297,6 +306,10 @@ impl Worker {
                 for job in admitted {
                     self.start(job);
                 }
+                // One prompt chunk, then one decode step for everyone else:
+                // a long prompt never stalls the running sequences for more
+                // than a chunk.
+                self.prefill_step();
                 self.step()
             }));
             let result = match outcome {
@@ -308,7 +321,10 @@ impl Worker {
             if let Err(e) = result {
                 tracing::error!(error = %e, "batch step failed; failing its sequences");
                 let message = e.to_string();
-                for mut a in std::mem::take(&mut self.active) {
+                // A panic inside a prefill chunk leaves its sequence at the
+                // front of the line: it fails with the batch.
+                let culprit = self.prefilling.pop_front();
+                for mut a in std::mem::take(&mut self.active).into_iter().chain(culprit) {
                     a.emit(SeqEvent::Failed(EngineError::InvalidInput(message.clone())));
                     self.retire(a);
                 }
@@ -320,11 +336,9 @@ impl Worker {
     }
 
     fn publish_load(&self) {
-        let before = self
-            .shared
-            .running
-            .swap(self.active.len(), Ordering::Relaxed);
-        if before != self.active.len() {
+        let running = self.active.len() + self.prefilling.len();
+        let before = self.shared.running.swap(running, Ordering::Relaxed);
+        if before != running {
             (self.shared.on_load_change)();
         }
     }
@@ -335,7 +349,7 @@ impl Worker {
         let Ok(mut queue) = self.shared.queue.lock() else {
             return out;
         };
-        while self.active.is_empty() && queue.is_empty() {
+        while self.active.is_empty() && self.prefilling.is_empty() && queue.is_empty() {
             if self.shared.shutdown.load(Ordering::Relaxed) {
                 return out;
             }
@@ -353,7 +367,7 @@ impl Worker {
             }
         }
         let mut kv_used = self.shared.kv_used.load(Ordering::Relaxed);
-        while self.active.len() + out.len() < self.config.max_concurrency {
+        while self.active.len() + self.prefilling.len() + out.len() < self.config.max_concurrency {
             let Some(front) = queue.front() else { break };
             if front.cancel.load(Ordering::Relaxed) || front.tx.is_closed() {
                 queue.pop_front();
@@ -380,7 +394,7 @@ impl Worker {
 
     /// Prefills a newly admitted job and samples its first token.
     fn start(&mut self, job: Queued) {
-        let mut active = match Sequence::new(&self.model, job.prompt, &job.params) {
+        let active = match Sequence::new(&self.model, job.prompt, &job.params) {
             Ok(seq) => Active {
                 seq,
                 tx: job.tx,
@@ -401,10 +415,34 @@ impl Worker {
             self.retire(active);
             return;
         }
-        let result = active
-            .seq
-            .prefill(&self.model)
-            .and_then(|mut logits| active.seq.advance(&self.model, &mut logits));
+        self.prefilling.push_back(active);
+    }
+
+    /// Runs the next prompt chunk of the first prefilling sequence, which
+    /// then goes to the back of the line (round robin: a short prompt is
+    /// not held behind a long one); one whose prompt is in samples its
+    /// first token and joins the batch.
+    fn prefill_step(&mut self) {
+        while self.prefilling.front().is_some_and(Active::gone) {
+            if let Some(a) = self.prefilling.pop_front() {
+                self.retire(a);
+            }
+        }
+        let Some(front) = self.prefilling.front_mut() else {
+            return;
+        };
+        let result = front.seq.prefill_chunk(&self.model);
+        if matches!(result, Ok(None)) {
+            self.prefilling.rotate_left(1);
+            return;
+        }
+        let Some(mut active) = self.prefilling.pop_front() else {
+            return;
+        };
+        let result = result.and_then(|logits| match logits {
+            Some(mut logits) => active.seq.advance(&self.model, &mut logits),
+            None => Ok(Vec::new()),
+        });
         match result {
             Ok(pieces) => {
                 for p in pieces {

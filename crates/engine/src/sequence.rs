@@ -22,7 +22,15 @@ pub(crate) struct Sequence {
     logprobs: bool,
     pending_lp: Vec<TokenLogprob>,
     prompt: Vec<u32>,
+    /// Prompt tokens already run through the model.
+    prefilled: usize,
 }
+
+/// Prompt tokens run through the model in one pass at most. A long prompt
+/// is prefilled in chunks: its attention scores take `heads × chunk ×
+/// context` floats instead of `heads × prompt²`, and the scheduler runs
+/// other sequences' decode steps between its chunks.
+pub const PREFILL_CHUNK: usize = 256;
 
 impl Sequence {
     /// Checks the prompt against the model and sets up the state. The KV
@@ -58,14 +66,35 @@ impl Sequence {
             logprobs: params.logprobs,
             pending_lp: Vec::new(),
             prompt,
+            prefilled: 0,
         })
     }
 
-    /// Runs the prompt through the model; returns the next-token logits.
+    /// Runs the whole prompt through the model, chunk by chunk; returns
+    /// the next-token logits.
     pub(crate) fn prefill(&mut self, model: &TextModel) -> Result<Vec<f32>, EngineError> {
-        let prompt = std::mem::take(&mut self.prompt);
-        let logits = model.transformer.prefill(&prompt, &mut self.cache)?;
-        Ok(Transformer::rows(&logits)?.pop().unwrap_or_default())
+        loop {
+            if let Some(logits) = self.prefill_chunk(model)? {
+                return Ok(logits);
+            }
+        }
+    }
+
+    /// Runs the next [`PREFILL_CHUNK`] prompt tokens through the model;
+    /// the next-token logits once the whole prompt is in.
+    pub(crate) fn prefill_chunk(
+        &mut self,
+        model: &TextModel,
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        let end = (self.prefilled + PREFILL_CHUNK).min(self.prompt.len());
+        let chunk = self.prompt.get(self.prefilled..end).unwrap_or_default();
+        let logits = model.transformer.prefill(chunk, &mut self.cache)?;
+        self.prefilled = end;
+        if end < self.prompt.len() {
+            return Ok(None);
+        }
+        self.prompt = Vec::new();
+        Ok(Some(Transformer::rows(&logits)?.pop().unwrap_or_default()))
     }
 
     pub(crate) fn last_token(&self) -> u32 {
@@ -149,5 +178,43 @@ impl Sequence {
             first.logprobs = std::mem::take(&mut self.pending_lp);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny::{TinyConfig, write_tiny_llama};
+
+    /// A prompt prefilled in chunks gives the same next-token logits as the
+    /// same prompt in one pass (issue 12, item 10).
+    #[test]
+    fn chunked_prefill_equals_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_llama(dir.path(), 5, TinyConfig::default()).unwrap();
+        let model = TextModel::load(dir.path()).unwrap();
+        let prompt: Vec<u32> = (0..700u32).map(|i| 3 + (i * 11 % 200)).collect();
+        let params = SamplingParams {
+            max_tokens: 4,
+            ..SamplingParams::default()
+        };
+        let mut cache = model.transformer.new_cache(prompt.len() + 4);
+        let whole = model.transformer.prefill(&prompt, &mut cache).unwrap();
+        let whole = Transformer::rows(&whole).unwrap().pop().unwrap();
+        let mut seq = Sequence::new(&model, prompt.clone(), &params).unwrap();
+        let mut chunks = 0;
+        let chunked = loop {
+            chunks += 1;
+            if let Some(logits) = seq.prefill_chunk(&model).unwrap() {
+                break logits;
+            }
+        };
+        assert_eq!(chunks, prompt.len().div_ceil(PREFILL_CHUNK));
+        let worst = whole
+            .iter()
+            .zip(&chunked)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "logits differ by up to {worst}");
     }
 }
