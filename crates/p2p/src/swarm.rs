@@ -204,11 +204,19 @@ pub struct GossipStats {
     pub stale: AtomicU64,
 }
 
+/// Publishers whose adverts were accepted (bounded by `MAX_RATE_ENTRIES`):
+/// the peers that serve, the only ones a relay reserves slots for.
+type Advertisers = Arc<std::sync::Mutex<std::collections::HashSet<PeerId>>>;
+
 /// NAT traversal counters (for metrics and tests).
 #[derive(Debug, Default)]
 pub struct Traversal {
     /// Connections established through a relay circuit.
     pub relayed_connections: AtomicU64,
+    /// As a relay: reservations granted, and refused (the peer does not
+    /// serve, or is over a limit).
+    pub reservations_accepted: AtomicU64,
+    pub reservations_denied: AtomicU64,
     /// Relayed connections upgraded to direct ones by hole punching.
     pub hole_punches: AtomicU64,
 }
@@ -301,6 +309,7 @@ impl Client {
 fn build_swarm(
     identity: &Identity,
     relay_server: bool,
+    advertisers: Advertisers,
 ) -> Result<libp2p::Swarm<Behaviour>, P2pError> {
     let keypair = identity.libp2p_keypair();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -369,18 +378,26 @@ fn build_swarm(
                 relay_client,
                 relay_server: Toggle::from(relay_server.then(|| {
                     let id = key.public().to_peer_id();
-                    relay::Behaviour::new(
-                        id,
-                        relay::Config {
-                            max_reservations: 4096,
-                            max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
-                            max_circuits: 4096,
-                            max_circuits_per_peer: 64,
-                            max_circuit_duration: RELAY_MAX_CIRCUIT_DURATION,
-                            max_circuit_bytes: RELAY_MAX_CIRCUIT_BYTES,
-                            ..relay::Config::default()
+                    let mut config = relay::Config {
+                        max_reservations: 4096,
+                        max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
+                        max_circuits: 4096,
+                        max_circuits_per_peer: 64,
+                        max_circuit_duration: RELAY_MAX_CIRCUIT_DURATION,
+                        max_circuit_bytes: RELAY_MAX_CIRCUIT_BYTES,
+                        ..relay::Config::default()
+                    };
+                    // Reservations only for peers that serve: ones whose
+                    // adverts this peer has checked and accepted. (A node
+                    // behind NAT advertises over its own outbound
+                    // connection first; a refused reservation is retried.)
+                    let serving = advertisers.clone();
+                    config.reservation_rate_limiters.push(Box::new(
+                        move |peer: PeerId, _: &Multiaddr, _| {
+                            serving.lock().map(|s| s.contains(&peer)).unwrap_or(false)
                         },
-                    )
+                    ));
+                    relay::Behaviour::new(id, config)
                 })),
                 dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
                 autonat: autonat::v1::Behaviour::new(
@@ -401,7 +418,8 @@ fn build_swarm(
 /// Starts a peer: listens, waits for its addresses, dials the bootstrap
 /// peers, and spawns the event loop (stopped by `cancel`).
 pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<Network, P2pError> {
-    let mut swarm = build_swarm(&config.identity, config.relay_server)?;
+    let advertisers: Advertisers = Arc::default();
+    let mut swarm = build_swarm(&config.identity, config.relay_server, advertisers.clone())?;
     let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
     swarm
         .behaviour_mut()
@@ -505,6 +523,7 @@ pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<N
         events: event_tx,
         dropped_events,
         gossip,
+        advertisers,
         rates: HashMap::new(),
         bootstrap: config.bootstrap,
         lookups: HashMap::new(),
@@ -528,6 +547,7 @@ struct EventLoop {
     events: mpsc::Sender<Event>,
     dropped_events: Arc<AtomicU64>,
     gossip: Arc<GossipStats>,
+    advertisers: Advertisers,
     /// Each publisher's advert budget: (tokens, last refill).
     rates: HashMap<PeerId, (f64, std::time::Instant)>,
     bootstrap: Vec<Multiaddr>,
@@ -624,6 +644,11 @@ impl EventLoop {
         if !advert.is_live(now) || advert.issued_at_ms > now.saturating_add(MAX_ADVERT_SKEW_MS) {
             self.gossip.stale.fetch_add(1, Ordering::Relaxed);
             return Ignore;
+        }
+        if let Ok(mut serving) = self.advertisers.lock()
+            && (serving.len() < MAX_RATE_ENTRIES || serving.contains(&source))
+        {
+            serving.insert(source);
         }
         Accept
     }
@@ -804,6 +829,22 @@ impl EventLoop {
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
             )) => {
                 tracing::info!(relay = %relay_peer_id, "reachable through relay");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(
+                relay::Event::ReservationReqAccepted { src_peer_id, .. },
+            )) => {
+                self.traversal
+                    .reservations_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %src_peer_id, "relay reservation granted");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(
+                relay::Event::ReservationReqDenied { src_peer_id, .. },
+            )) => {
+                self.traversal
+                    .reservations_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %src_peer_id, "relay reservation refused: the peer does not serve");
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
