@@ -813,26 +813,13 @@ pub fn bootstrap(
     if keys.is_empty() {
         return Ok(());
     }
-    if accounts.app(&b.app).is_none() {
-        accounts.create_app(AppRecord {
-            id: b.app.clone(),
-            builder: "operator".into(),
-            name: "keys from the coordinator config".into(),
-            margin: Margin {
-                percent_bps: 0,
-                per_mtok: 0,
-            },
-            budgets: Budgets::default(),
-            customer_budgets: Budgets::default(),
-            key_limits: RateLimits::default(),
-            customer_limits: RateLimits::default(),
-            created_at_ms: now_ms,
-            routing: Default::default(),
-        })?;
-        if b.balance > 0 {
-            accounts.top_up(&b.app, b.balance, now_ms)?;
-        }
-    }
+    ensure_operator_app(
+        accounts,
+        &b.app,
+        "keys from the coordinator config",
+        b.balance,
+        now_ms,
+    )?;
     for k in keys {
         accounts.install_key(&b.app, k, Budgets::default(), now_ms)?;
     }

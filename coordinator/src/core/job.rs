@@ -135,9 +135,3 @@ pub struct Notice {
     pub app: String,
     pub private: bool,
 }
-
-impl CompletedJob {
-    pub fn notice(app: String, private: bool) -> Notice {
-        Notice { app, private }
-    }
-}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use sharenet_proto::{JobEvent, JobId, JobRequest, MAX_FRAME_BYTES, sha256};
 
 pub use crate::config::Timeouts;
-pub use crate::core::job::CompletedJob;
+pub use crate::core::job::{CompletedJob, Notice};
 pub use active::{ActiveJob, Finished, Step};
 
 use crate::core::Core;
@@ -67,10 +67,10 @@ pub async fn start_job(
         started,
         terms,
         job,
-        CompletedJob::notice(
-            principal.app.clone(),
-            sensitive || pool.contains(&offer.advert.node),
-        ),
+        Notice {
+            app: principal.app.clone(),
+            private: sensitive || pool.contains(&offer.advert.node),
+        },
         hold,
     ))
 }
