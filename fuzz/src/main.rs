@@ -380,7 +380,7 @@ fn job_frames() -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-fn statement() -> anyhow::Result<Vec<u8>> {
+fn settlement() -> anyhow::Result<sharenet_market::Settlement> {
     let entries = (1..=3)
         .map(|i| {
             let c = CountersignedReceipt::countersign(receipt(i, 10, 20)?, &coordinator_key())?;
@@ -400,7 +400,7 @@ fn statement() -> anyhow::Result<Vec<u8>> {
         start_ms: 1_700_000_000_000,
         end_ms: 1_700_086_400_000,
     };
-    Ok(sharenet_market::statement::settle(period, &coordinator_key(), &entries)?.to_bytes())
+    Ok(sharenet_market::statement::settle(period, &coordinator_key(), &entries)?)
 }
 
 /// A small GGUF file with real metadata (the loader's first read).
@@ -459,6 +459,8 @@ fn targets() -> anyhow::Result<Vec<Target>> {
         })
         .collect::<anyhow::Result<_>>()?;
     let frames = job_frames()?;
+    let settled = settlement()?;
+    let statement_bytes = settled.signed().to_bytes();
     let chat = vec![
         br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":16,"stream":true,"stream_options":{"include_usage":true},"stop":["a","b"],"provider":{"order":["abababababababababababababababababababababababababababababababab"],"max_price":{"prompt":1,"completion":2}},"models":["x","y"]}"#.to_vec(),
         br#"{"model":"m","messages":[{"role":"system","content":[{"type":"text","text":"be brief"}]},{"role":"user","content":"hello"}],"top_k":5,"min_p":0.1,"logprobs":true,"top_logprobs":3,"seed":9}"#.to_vec(),
@@ -472,7 +474,7 @@ fn targets() -> anyhow::Result<Vec<Target>> {
         let b = sharenet_api::statements::StatementBundle {
             object: "statement_bundle".into(),
             label: "2026-11".into(),
-            signed_statement: statement()?,
+            signed_statement: statement_bytes.clone(),
             leaves: vec![sharenet_api::statements::BundleLeaf {
                 job_id: [1; 16],
                 node: public_key_of(&node_key()),
@@ -511,9 +513,18 @@ fn targets() -> anyhow::Result<Vec<Target>> {
         },
         Target {
             name: "signed statement",
-            seeds: vec![statement()?],
+            seeds: vec![settled.signed().to_bytes()],
             signed: true,
             decode: Box::new(|b| outcome(SignedStatement::from_bytes(b))),
+        },
+        Target {
+            // A mutant that fits the signed builders root is a forgery.
+            name: "builder lines",
+            seeds: vec![settled.lines_bytes()],
+            signed: true,
+            decode: Box::new(move |b| {
+                outcome(sharenet_market::Settlement::from_parts(&statement_bytes, b))
+            }),
         },
         Target {
             name: "frame",

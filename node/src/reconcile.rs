@@ -255,7 +255,7 @@ mod tests {
         Bundle {
             object: "statement_bundle".into(),
             label: period.label(),
-            signed_statement: signed.to_bytes(),
+            signed_statement: signed.signed().to_bytes(),
             leaves: sorted
                 .iter()
                 .map(|c| BundleLeaf {

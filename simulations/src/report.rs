@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sharenet_market::SignedStatement;
+use sharenet_market::Settlement as SignedSettlement;
 
 use crate::SimError;
 use crate::scenario::Scenario;
@@ -344,7 +344,7 @@ pub(crate) fn build_summary(
     adversaries: &[AdversaryRow],
     blocks: &[ShareBlock],
     builders: &[Builder],
-    statement: Option<&SignedStatement>,
+    statement: Option<&SignedSettlement>,
     simulated_s: f64,
 ) -> Result<Summary, SimError> {
     let builder_charged = builders.iter().map(|b| b.charged).sum::<u64>();

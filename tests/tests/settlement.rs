@@ -1,12 +1,13 @@
 //! Settlement end to end with short periods: a signed statement whose
 //! totals balance and match what builders were charged, idempotent
-//! re-settlement, CSV export, inclusion proofs, and later jobs landing in
-//! the next period.
+//! re-settlement, CSV export, inclusion proofs, later jobs landing in
+//! the next period, and builders' privacy: neither the public bundle nor a
+//! builder's statements show another builder's line.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sharenet_market::{InclusionProof, PeriodRule, SignedStatement};
+use sharenet_market::{BuilderProof, InclusionProof, PeriodRule, SignedStatement};
 use sharenet_tests::{MODEL, TestNet};
 
 const PERIOD_MS: u64 = 3_000;
@@ -78,6 +79,34 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
             r["usage"]["cost"].clone(),
         ));
     }
+    // A rival app does business in the same period.
+    t.operator(
+        reqwest::Method::POST,
+        "apps",
+        Some(json!({"id": "rival-secret-co", "builder": "rival", "margin_bps": 3100})),
+    )
+    .await;
+    t.operator(
+        reqwest::Method::POST,
+        "apps/rival-secret-co/topup",
+        Some(json!({"amount_nano_usd": 1_000_000_000u64})),
+    )
+    .await;
+    let (_, rk) = t
+        .operator(reqwest::Method::POST, "apps/rival-secret-co/keys", None)
+        .await;
+    let rival: Value = t
+        .http
+        .post(format!("{}/chat/completions", t.base_url()))
+        .bearer_auth(rk["key"].as_str().unwrap())
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "secret"}], "max_tokens": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rival_charge = rival["usage"]["cost"]["charge_nano_usd"].as_u64().unwrap();
     // Settling sweeps every unsettled job recorded before the period's end,
     // so all four are in even if they straddled a boundary.
     let last = now_ms();
@@ -213,6 +242,15 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         proven += report.included;
     }
     assert_eq!(proven, total("receipts"));
+    // The public bundle names no builder: only a count and a root.
+    let public = serde_json::to_string(&bundle).unwrap();
+    let public_json = signed.to_json().to_string();
+    for text in [&public, &public_json, &hex::encode(&bundle.signed_statement)] {
+        assert!(!text.contains("rival-secret-co") && !text.contains("acme"));
+        assert!(!text.contains(&hex::encode("rival-secret-co")));
+    }
+    assert_eq!(signed.statement().builder_lines, 2);
+    assert!(!public_json.contains(&format!("\"charged\":{rival_charge}")));
 
     // A job after the period goes to the next one.
     let r: Value = t
@@ -262,6 +300,36 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         .iter()
         .map(|s| s["charged_nano_usd"].as_u64().unwrap())
         .sum();
+    // Each of acme's lines proves against its signed statement; nothing in
+    // acme's view names the rival.
+    let text = list.to_string();
+    assert!(!text.contains("rival-secret-co"), "{text}");
+    assert!(!text.contains(&hex::encode("rival-secret-co")), "{text}");
+    for s in list["data"].as_array().unwrap() {
+        let view: sharenet_api::statements::BuilderStatement =
+            serde_json::from_value(s.clone()).unwrap();
+        let signed =
+            SignedStatement::from_bytes(&hex::decode(&view.signed_bytes).unwrap()).unwrap();
+        let Some(proof) = view.line_proof else {
+            assert_eq!(view.jobs, 0);
+            continue;
+        };
+        let mut line = BuilderProof {
+            app: view.app.clone(),
+            jobs: view.jobs,
+            charged: view.charged_nano_usd,
+            payout: view.payout_nano_usd,
+            salt: hex::decode(view.line_salt.unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap(),
+            proof,
+        };
+        assert!(signed.statement().includes_builder(&line), "{s}");
+        // A builder claiming a bigger payout cannot prove it.
+        line.payout += 1;
+        assert!(!signed.statement().includes_builder(&line));
+    }
     assert_eq!(
         mine,
         ours + r["usage"]["cost"]["charge_nano_usd"].as_u64().unwrap()

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sharenet_ledger::Books;
-use sharenet_market::SignedStatement;
+use sharenet_market::Settlement;
 use sharenet_p2p::{Event, Identity};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -271,7 +271,7 @@ impl Core {
     /// has ended). One settlement runs at a time, so two periods can never
     /// sweep the same entries. Returns the statement and whether this call
     /// made it.
-    pub async fn settle(&self, at_ms: Option<u64>) -> Result<(SignedStatement, bool), Error> {
+    pub async fn settle(&self, at_ms: Option<u64>) -> Result<(Settlement, bool), Error> {
         let _one_at_a_time = self.settling.lock().await;
         let now = now_ms();
         let period = settle::period_to_settle(self.period_rule, at_ms, now)?;

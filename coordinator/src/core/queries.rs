@@ -6,7 +6,7 @@
 use sharenet_api::receipts::{InclusionProofObject, ReceiptFilter};
 use sharenet_api::statements::{BuilderStatement, BundleLeaf, PeriodRange, StatementBundle};
 use sharenet_ledger::{Books, LedgerEntry, StatementRecord};
-use sharenet_market::SignedStatement;
+use sharenet_market::Settlement;
 use sharenet_market::merkle::leaf_hash;
 use sharenet_proto::JobId;
 
@@ -152,39 +152,35 @@ impl Core {
         Ok(built)
     }
 
-    /// Every settled statement, oldest first.
-    pub async fn statements(&self) -> Result<Vec<SignedStatement>, Error> {
-        self.read_books(|books| {
-            books
-                .statements()?
-                .iter()
-                .map(|r| SignedStatement::from_bytes(&r.statement).map_err(Error::internal))
-                .collect()
-        })
-        .await
+    /// Every settled statement with its builder lines (the operator's
+    /// view), oldest first.
+    pub async fn statements(&self) -> Result<Vec<Settlement>, Error> {
+        self.read_books(|books| books.statements()?.iter().map(settlement).collect())
+            .await
     }
 
-    /// One settled statement.
-    pub async fn statement(&self, label: &str) -> Result<SignedStatement, Error> {
+    /// One settled statement with its builder lines (the operator's view).
+    pub async fn statement(&self, label: &str) -> Result<Settlement, Error> {
         let label = label.to_owned();
         self.read_books(move |books| {
             let record = books
                 .statement(&label)?
                 .ok_or_else(|| Error::NotFound(format!("period {label} is not settled")))?;
-            SignedStatement::from_bytes(&record.statement).map_err(Error::internal)
+            settlement(&record)
         })
         .await
     }
 
-    /// Settled statements with `app`'s line in each.
+    /// Settled statements with `app`'s line in each, and the proof of that
+    /// line against the statement's `builders_root` (no other app's line).
     pub async fn statements_for(&self, app: &str) -> Result<Vec<BuilderStatement>, Error> {
         let app = app.to_owned();
         self.read_books(move |books| {
             let mut out = Vec::new();
             for r in books.statements()? {
-                let s = SignedStatement::from_bytes(&r.statement).map_err(Error::internal)?;
+                let s = settlement(&r)?;
                 let st = s.statement();
-                let line = st.builders.iter().find(|b| b.app == app);
+                let line = s.builder_proof(&app);
                 out.push(BuilderStatement {
                     object: "statement".into(),
                     label: r.label,
@@ -193,17 +189,25 @@ impl Core {
                         end_ms: st.period.end_ms,
                     },
                     merkle_root: hex::encode(st.merkle_root),
+                    builders_root: hex::encode(st.builders_root),
                     app: app.clone(),
-                    jobs: line.map_or(0, |l| l.jobs),
-                    charged_nano_usd: line.map_or(0, |l| l.charged),
-                    payout_nano_usd: line.map_or(0, |l| l.payout),
-                    signed_bytes: hex::encode(s.to_bytes()),
+                    jobs: line.as_ref().map_or(0, |l| l.jobs),
+                    charged_nano_usd: line.as_ref().map_or(0, |l| l.charged),
+                    payout_nano_usd: line.as_ref().map_or(0, |l| l.payout),
+                    line_salt: line.as_ref().map(|l| hex::encode(l.salt)),
+                    line_proof: line.map(|l| l.proof),
+                    signed_bytes: hex::encode(s.signed().to_bytes()),
                 });
             }
             Ok(out)
         })
         .await
     }
+}
+
+/// A stored statement with its lines, checked.
+fn settlement(record: &StatementRecord) -> Result<Settlement, Error> {
+    Settlement::from_parts(&record.statement, &record.builder_lines).map_err(Error::internal)
 }
 
 /// One settled receipt: its entry and Merkle leaf hash.

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 
 use sharenet_ledger::{Books, StatementRecord};
-use sharenet_market::{Entry, Period, SignedStatement};
+use sharenet_market::{Entry, Period, Settlement};
 use sharenet_proto::SigningKey;
 
 use crate::core::error::Error;
@@ -49,9 +49,10 @@ pub fn settle(
     period: Period,
     label: &str,
     now_ms: u64,
-) -> Result<(SignedStatement, bool), Error> {
+) -> Result<(Settlement, bool), Error> {
     if let Some(existing) = books.statement(label).map_err(internal)? {
-        let statement = SignedStatement::from_bytes(&existing.statement).map_err(internal)?;
+        let statement = Settlement::from_parts(&existing.statement, &existing.builder_lines)
+            .map_err(internal)?;
         return Ok((statement, false));
     }
     if period.end_ms > now_ms {
@@ -85,7 +86,8 @@ pub fn settle(
     books
         .put_statement(&StatementRecord {
             label: label.to_string(),
-            statement: statement.to_bytes(),
+            statement: statement.signed().to_bytes(),
+            builder_lines: statement.lines_bytes(),
             settled_at_ms: now_ms,
             job_ids: entries.iter().map(|e| e.job_id).collect(),
         })
@@ -163,8 +165,8 @@ mod tests {
         let (again, fresh) = settle(&books, &key, p1, "p1", 3000).unwrap();
         assert!(!fresh);
         assert_eq!(
-            again.to_bytes(),
-            s1.to_bytes(),
+            again.signed().to_bytes(),
+            s1.signed().to_bytes(),
             "a signed statement never changes"
         );
 

@@ -17,7 +17,7 @@ use sharenet_api::accounts::{
 };
 use sharenet_api::statements::StatementObject;
 use sharenet_ledger::{AppRecord, KeyRecord};
-use sharenet_market::{Margin, SignedStatement};
+use sharenet_market::{Margin, Settlement};
 
 use super::error::ApiError;
 use super::request::parse_body;
@@ -78,12 +78,12 @@ fn key_object(k: &KeyRecord) -> KeyObject {
     }
 }
 
-fn statement_object(s: &SignedStatement, newly_settled: Option<bool>) -> StatementObject {
+fn statement_object(s: &Settlement, newly_settled: Option<bool>) -> StatementObject {
     StatementObject {
         object: "statement".into(),
         label: s.statement().period.label(),
         statement: s.to_json(),
-        signed_bytes: hex::encode(s.to_bytes()),
+        signed_bytes: hex::encode(s.signed().to_bytes()),
         newly_settled,
     }
 }

@@ -2,6 +2,7 @@
 //! builder's view of its own line, the operator's statements, and usage.
 
 use serde::{Deserialize, Serialize};
+use sharenet_market::merkle::InclusionProof;
 use sharenet_proto::{NanoUsd, PublicKey};
 
 /// One leaf of a statement bundle, in Merkle (job id) order.
@@ -37,7 +38,9 @@ pub struct PeriodRange {
     pub end_ms: u64,
 }
 
-/// `GET /v1/statements`: one settled period with the caller's app's line.
+/// `GET /v1/statements`: one settled period with the caller's app's line
+/// and its proof against the signed statement's `builders_root`. The
+/// signed statement names no builder: other apps' lines are not shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuilderStatement {
     /// `"statement"`.
@@ -46,10 +49,19 @@ pub struct BuilderStatement {
     pub period: PeriodRange,
     /// Hex.
     pub merkle_root: String,
+    /// Hex: the root over the period's salted builder lines.
+    pub builders_root: String,
     pub app: String,
     pub jobs: u64,
     pub charged_nano_usd: NanoUsd,
     pub payout_nano_usd: NanoUsd,
+    /// Hex of the line's salt; absent when the app had no jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_salt: Option<String>,
+    /// The line's audit path to `builders_root`; absent when the app had
+    /// no jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_proof: Option<InclusionProof>,
     /// Hex of the signed statement.
     pub signed_bytes: String,
 }

@@ -540,12 +540,20 @@ impl Books {
         Self::all(&self.topups)
     }
 
-    /// Stores a signed statement under its period label, once, with the
-    /// job ids it settles (so later settlements skip them).
+    /// Stores a signed statement under its period label, once, with its
+    /// private builder lines and the job ids it settles (so later
+    /// settlements skip them).
     pub fn put_statement(&self, record: &StatementRecord) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(12 + record.statement.len() + 16 * record.job_ids.len());
-        value.extend_from_slice(&(record.statement.len() as u32).to_be_bytes());
-        value.extend_from_slice(&record.statement);
+        let mut value = Vec::with_capacity(
+            1 + 16 + record.statement.len() + record.builder_lines.len() + 16 * record.job_ids.len(),
+        );
+        value.push(STATEMENT_RECORD_FORMAT);
+        for part in [&record.statement, &record.builder_lines] {
+            let len = u32::try_from(part.len())
+                .map_err(|_| StoreError::Backend("statement part over 4 GiB".into()))?;
+            value.extend_from_slice(&len.to_be_bytes());
+            value.extend_from_slice(part);
+        }
         value.extend_from_slice(&record.settled_at_ms.to_be_bytes());
         for id in &record.job_ids {
             value.extend_from_slice(&id.0);
@@ -584,12 +592,18 @@ impl Books {
     }
 }
 
-/// A settled period as stored: the signed statement's bytes, when it was
+/// The first byte of a stored statement record. Format 1 (no byte, no
+/// builder lines) predates builder privacy and is refused as corrupt.
+const STATEMENT_RECORD_FORMAT: u8 = 2;
+
+/// A settled period as stored: the signed statement's bytes (public), its
+/// builder lines' bytes (private: `Settlement::lines_bytes`), when it was
 /// settled, and the job ids it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementRecord {
     pub label: String,
     pub statement: Vec<u8>,
+    pub builder_lines: Vec<u8>,
     pub settled_at_ms: u64,
     pub job_ids: Vec<JobId>,
 }
@@ -600,11 +614,24 @@ impl StatementRecord {
             id: label.to_string(),
             reason: reason.to_string(),
         };
-        let (len, rest) = v.split_at_checked(4).ok_or_else(|| corrupt("truncated"))?;
-        let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt("length"))?) as usize;
-        let (statement, rest) = rest
-            .split_at_checked(len)
-            .ok_or_else(|| corrupt("truncated statement"))?;
+        let rest = match v.split_first() {
+            Some((&STATEMENT_RECORD_FORMAT, rest)) => rest,
+            _ => {
+                return Err(corrupt(
+                    "not a format 2 record (format 1 kept builder lines in the clear)",
+                ));
+            }
+        };
+        let part = |v: &'_ [u8]| -> Result<(Vec<u8>, usize), StoreError> {
+            let (len, rest) = v.split_at_checked(4).ok_or_else(|| corrupt("truncated"))?;
+            let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt("length"))?) as usize;
+            let body = rest.get(..len).ok_or_else(|| corrupt("truncated part"))?;
+            Ok((body.to_vec(), 4 + len))
+        };
+        let (statement, used) = part(rest)?;
+        let rest = &rest[used..];
+        let (builder_lines, used) = part(rest)?;
+        let rest = &rest[used..];
         let (at, ids) = rest
             .split_at_checked(8)
             .ok_or_else(|| corrupt("truncated time"))?;
@@ -613,7 +640,8 @@ impl StatementRecord {
         }
         Ok(Self {
             label: label.to_string(),
-            statement: statement.to_vec(),
+            statement,
+            builder_lines,
             settled_at_ms: u64::from_be_bytes(at.try_into().map_err(|_| corrupt("time"))?),
             job_ids: ids
                 .chunks_exact(16)
@@ -867,6 +895,7 @@ mod tests {
         let record = StatementRecord {
             label: "2026-11".into(),
             statement: vec![1, 2, 3],
+            builder_lines: vec![4, 5],
             settled_at_ms: 9,
             job_ids: vec![JobId([1; 16]), JobId([2; 16])],
         };
@@ -874,5 +903,15 @@ mod tests {
         assert!(books.put_statement(&record).is_err());
         assert_eq!(books.statement("2026-11").unwrap(), Some(record.clone()));
         assert_eq!(books.statements().unwrap(), vec![record]);
+        // A format 1 record (length first, no builder lines) is refused by
+        // name, not misread.
+        books
+            .statements
+            .insert("2026-10", [0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 9].to_vec())
+            .unwrap();
+        assert!(matches!(
+            books.statement("2026-10"),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

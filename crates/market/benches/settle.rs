@@ -133,8 +133,8 @@ fn main() {
         times[1],
         n as f64 / times[1],
         s.providers.len(),
-        s.builders.len(),
-        signed.to_bytes().len(),
+        signed.lines().len(),
+        signed.signed().to_bytes().len(),
         s.period.label()
     );
     assert_eq!(

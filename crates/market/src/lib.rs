@@ -34,6 +34,6 @@ pub use merkle::InclusionProof;
 pub use period::{Period, PeriodRule};
 pub use pricing::{Charge, JobBounds, Margin, charge, charge_receipt, hold};
 pub use statement::{
-    BuilderLine, Entry, ProviderLine, SignedStatement, Statement, inclusion_proof, settle,
-    settle_preverified,
+    BuilderLine, BuilderProof, Entry, ProviderLine, SaltedLine, Settlement, SignedStatement,
+    Statement, inclusion_proof, settle, settle_preverified,
 };

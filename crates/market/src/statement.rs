@@ -7,6 +7,20 @@
 //! builder was charged and is paid back (its margin), the network fee —
 //! plus a Merkle root over the receipts, and signs it.
 //!
+//! Builders' business stays private. The signed [`Statement`] is public
+//! (providers reconcile against it) and names no builder: it carries the
+//! number of builder lines and `builders_root`, an RFC 6962 root over the
+//! lines' salted leaf hashes ([`BuilderLine::leaf`]). The lines themselves
+//! live in the [`Settlement`] the coordinator keeps; each builder gets its
+//! own line, its salt and an inclusion proof ([`Settlement::builder_proof`],
+//! checked with [`Statement::includes_builder`]). The salt is derived from
+//! the coordinator's key, so the root can't be brute-forced from a guessed
+//! app id and amounts. Anyone can still check from the signed statement that
+//! `total_charged = total_provider + total_network_fee + total_margin` and
+//! that the provider lines add up; the operator (or an auditor given the
+//! lines) checks that the builder lines add up to the totals and rebuild the
+//! root ([`Settlement::from_parts`]).
+//!
 //! Rules:
 //! - the statement is a function of the *set* of entries: they are ordered
 //!   by job id (a job id is the receipt id and is unique), lines are
@@ -16,7 +30,8 @@
 //!   `total_charged = total_provider + total_network_fee + total_margin`,
 //!   provider rewards sum to `total_provider`, builder charges to
 //!   `total_charged`, payouts to `total_margin`, and jobs to `receipts`;
-//!   a statement that does not balance cannot be signed or decoded;
+//!   a statement that does not balance cannot be signed or decoded, nor
+//!   can a settlement whose builder lines do not;
 //! - the Merkle leaves are `leaf_hash(receipt bytes)` in job-id order, so a
 //!   provider holding its countersigned receipt and an [`inclusion_proof`]
 //!   can check that it was counted.
@@ -52,7 +67,13 @@ use crate::pricing::{Charge, Margin, charge_receipt};
 use crate::{MarketError, Period};
 use sharenet_proto::canon::{Reader, Writer};
 
-const TAG: &[u8] = b"sharenet/statement\0";
+/// Statements with builder lines in the clear (before builder privacy)
+/// carried this tag; they are refused with a clear error.
+const TAG_V1: &[u8] = b"sharenet/statement\0";
+const TAG: &[u8] = b"sharenet/statement-v2\0";
+const LINES_TAG: &[u8] = b"sharenet/builder-lines\0";
+const LINE_TAG: &[u8] = b"sharenet/builder-line\0";
+const SALT_TAG: &[u8] = b"sharenet/builder-salt\0";
 /// Longest app id, in bytes (ids are chosen by the coordinator).
 pub const MAX_APP_ID: usize = 128;
 /// Longest end-customer id, in bytes (the OpenAI `user` field).
@@ -185,6 +206,51 @@ pub struct BuilderLine {
     pub payout: NanoUsd,
 }
 
+impl BuilderLine {
+    /// The line's leaf hash in `builders_root`: `leaf_hash` of its
+    /// canonical bytes followed by its 32-byte salt.
+    pub fn leaf(&self, salt: &[u8; 32]) -> [u8; 32] {
+        let mut w = Writer::new(LINE_TAG);
+        w.str(&self.app);
+        w.u64(self.jobs);
+        w.u64(self.charged);
+        w.u64(self.payout);
+        w.raw(salt);
+        leaf_hash(&w.finish())
+    }
+}
+
+/// A builder line with its salt, as the coordinator keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaltedLine {
+    pub line: BuilderLine,
+    pub salt: [u8; 32],
+}
+
+/// What a builder is given to check its own line: the line, its salt and
+/// its audit path to the statement's `builders_root`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuilderProof {
+    pub app: String,
+    pub jobs: u64,
+    pub charged: NanoUsd,
+    pub payout: NanoUsd,
+    #[serde(with = "hex::serde")]
+    pub salt: [u8; 32],
+    pub proof: InclusionProof,
+}
+
+impl BuilderProof {
+    pub fn line(&self) -> BuilderLine {
+        BuilderLine {
+            app: self.app.clone(),
+            jobs: self.jobs,
+            charged: self.charged,
+            payout: self.payout,
+        }
+    }
+}
+
 /// A settled period. Lines are sorted by key (node key bytes, app id
 /// bytes); all amounts are nano-USD.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -200,16 +266,21 @@ pub struct Statement {
     pub total_network_fee: NanoUsd,
     pub total_margin: NanoUsd,
     pub providers: Vec<ProviderLine>,
-    pub builders: Vec<BuilderLine>,
+    /// How many builder lines (apps) the period has.
+    pub builder_lines: u64,
+    /// RFC 6962 root over the builder lines' salted leaves
+    /// ([`BuilderLine::leaf`]) in app-id order.
+    #[serde(with = "hex::serde")]
+    pub builders_root: [u8; 32],
     /// RFC 6962 root over `leaf_hash(receipt bytes)` in job-id order.
     #[serde(with = "hex::serde")]
     pub merkle_root: [u8; 32],
 }
 
-/// Bytes of one provider line, the least one builder line can take: bounds
-/// for the decoder.
+/// Bytes of one provider line, the least one salted builder line can take:
+/// bounds for the decoders.
 const PROVIDER_LINE_BYTES: usize = 32 + 8 + 8;
-const MIN_BUILDER_LINE_BYTES: usize = 4 + 1 + 8 + 8 + 8;
+const MIN_BUILDER_LINE_BYTES: usize = 4 + 1 + 8 + 8 + 8 + 32;
 
 impl Statement {
     /// The canonical bytes that are signed: tag, protocol version, then the
@@ -231,13 +302,8 @@ impl Statement {
             w.u64(p.jobs);
             w.u64(p.reward);
         }
-        w.len(self.builders.len());
-        for b in &self.builders {
-            w.str(&b.app);
-            w.u64(b.jobs);
-            w.u64(b.charged);
-            w.u64(b.payout);
-        }
+        w.u64(self.builder_lines);
+        w.raw(&self.builders_root);
         w.raw(&self.merkle_root);
         w.finish()
     }
@@ -262,16 +328,8 @@ impl Statement {
                 reward: r.u64("provider reward")?,
             });
         }
-        let n = r.count("builder lines", MIN_BUILDER_LINE_BYTES)?;
-        let mut builders = Vec::with_capacity(n);
-        for _ in 0..n {
-            builders.push(BuilderLine {
-                app: r.str("builder app", MAX_APP_ID)?,
-                jobs: r.u64("builder jobs")?,
-                charged: r.u64("builder charged")?,
-                payout: r.u64("builder payout")?,
-            });
-        }
+        let builder_lines = r.u64("builder lines")?;
+        let builders_root = r.array::<32>("builders root")?;
         Ok(Self {
             period,
             coordinator,
@@ -281,14 +339,18 @@ impl Statement {
             total_network_fee,
             total_margin,
             providers,
-            builders,
+            builder_lines,
+            builders_root,
             merkle_root: r.array::<32>("merkle root")?,
         })
     }
 
     /// The rules every statement keeps, whoever made it: a non-empty
-    /// period, strictly sorted lines with at least one job each, and every
-    /// total equal to the sum it names (no overflow).
+    /// period, strictly sorted provider lines with at least one job each,
+    /// every total equal to the sum it names (no overflow), and between 1
+    /// and `receipts` builder lines when there are receipts (none when
+    /// there are none). The builder lines' sums are checked where the lines
+    /// are ([`Settlement::from_parts`]).
     pub fn validate(&self) -> Result<(), MarketError> {
         let invalid = |field: &'static str, reason: String| MarketError::Invalid { field, reason };
         if self.period.start_ms >= self.period.end_ms {
@@ -300,30 +362,23 @@ impl Statement {
                 "must be sorted by node key, once each".into(),
             ));
         }
-        if !self.builders.windows(2).all(|w| w[0].app < w[1].app) {
-            return Err(invalid(
-                "builder lines",
-                "must be sorted by app id, once each".into(),
-            ));
-        }
-        if self.providers.iter().any(|p| p.jobs == 0) || self.builders.iter().any(|b| b.jobs == 0) {
+        if self.providers.iter().any(|p| p.jobs == 0) {
             return Err(invalid("statement lines", "a line has no jobs".into()));
         }
-        if self
-            .builders
-            .iter()
-            .any(|b| b.app.is_empty() || b.app.len() > MAX_APP_ID)
-        {
+        if (self.receipts == 0) != (self.builder_lines == 0) || self.builder_lines > self.receipts {
             return Err(invalid(
-                "builder app",
-                format!("must be 1..={MAX_APP_ID} bytes"),
+                "builder lines",
+                format!(
+                    "{} lines for {} receipts (each line has at least one)",
+                    self.builder_lines, self.receipts
+                ),
             ));
         }
         let balanced = self
             .total_provider
             .checked_add(self.total_network_fee)
             .and_then(|s| s.checked_add(self.total_margin));
-        let checks: [(&'static str, u64, u64); 6] = [
+        let checks: [(&'static str, u64, u64); 3] = [
             (
                 "total charged",
                 self.total_charged,
@@ -339,31 +394,8 @@ impl Statement {
                 self.total_provider,
                 checked_sum(self.providers.iter().map(|p| p.reward), "provider rewards")?,
             ),
-            (
-                "builder jobs",
-                self.receipts,
-                checked_sum(self.builders.iter().map(|b| b.jobs), "builder jobs")?,
-            ),
-            (
-                "builder charges",
-                self.total_charged,
-                checked_sum(self.builders.iter().map(|b| b.charged), "builder charges")?,
-            ),
-            (
-                "builder payouts",
-                self.total_margin,
-                checked_sum(self.builders.iter().map(|b| b.payout), "builder payouts")?,
-            ),
         ];
-        for (field, stated, computed) in checks {
-            if stated != computed {
-                return Err(invalid(
-                    field,
-                    format!("stated {stated}, lines sum to {computed}"),
-                ));
-            }
-        }
-        Ok(())
+        check_sums(&checks)
     }
 
     /// Whether `receipt` (countersigned receipt bytes) is in this
@@ -372,6 +404,29 @@ impl Statement {
         proof.tree_size == self.receipts
             && merkle::verify(&self.merkle_root, &leaf_hash(receipt), proof)
     }
+
+    /// Whether the builder line in `proof` (from
+    /// [`Settlement::builder_proof`]) is in this statement.
+    pub fn includes_builder(&self, proof: &BuilderProof) -> bool {
+        proof.proof.tree_size == self.builder_lines
+            && merkle::verify(
+                &self.builders_root,
+                &proof.line().leaf(&proof.salt),
+                &proof.proof,
+            )
+    }
+}
+
+fn check_sums(checks: &[(&'static str, u64, u64)]) -> Result<(), MarketError> {
+    for &(field, stated, computed) in checks {
+        if stated != computed {
+            return Err(MarketError::Invalid {
+                field,
+                reason: format!("stated {stated}, lines sum to {computed}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A statement with the coordinator's signature. Only [`settle`],
@@ -418,6 +473,12 @@ impl SignedStatement {
 
     /// Decodes, validates and verifies the coordinator's signature.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, MarketError> {
+        if bytes.starts_with(TAG_V1) {
+            return Err(MarketError::Invalid {
+                field: "statement format",
+                reason: "format 1 (builder lines in the clear) is no longer read".into(),
+            });
+        }
         let mut r = Reader::new(bytes, TAG, "statement")?;
         let statement = Statement::read(&mut r)?;
         let signed_len = r.consumed_from(bytes);
@@ -438,8 +499,9 @@ impl SignedStatement {
         })
     }
 
-    /// The statement as JSON (keys and hashes in hex, amounts as integers
-    /// of nano-USD), with the period's label and the signature.
+    /// The public statement as JSON (keys and hashes in hex, amounts as
+    /// integers of nano-USD), with the period's label and the signature.
+    /// It names no builder ([`Settlement::to_json`] adds the lines).
     pub fn to_json(&self) -> serde_json::Value {
         let s = &self.statement;
         json!({
@@ -460,15 +522,169 @@ impl SignedStatement {
                 "jobs": p.jobs,
                 "reward": p.reward,
             })).collect::<Vec<_>>(),
-            "builders": s.builders.iter().map(|b| json!({
-                "app": b.app,
-                "jobs": b.jobs,
-                "charged": b.charged,
-                "payout": b.payout,
-            })).collect::<Vec<_>>(),
+            "builder_lines": s.builder_lines,
+            "builders_root": hex::encode(s.builders_root),
             "merkle_root": hex::encode(s.merkle_root),
             "signature": hex::encode(self.signature),
         })
+    }
+}
+
+/// A signed statement with its builder lines: what the coordinator keeps.
+/// Only [`settle`], [`settle_preverified`] and [`Settlement::from_parts`]
+/// (which checks) make one, so the lines in a value are sorted, add up to
+/// the statement's totals and rebuild its `builders_root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    signed: SignedStatement,
+    lines: Vec<SaltedLine>,
+}
+
+impl Settlement {
+    /// Joins a signed statement (its bytes are verified) with its lines
+    /// (from [`Settlement::lines_bytes`]), checking that the lines are
+    /// sorted by app id, once each, with at least one job, sum to the
+    /// statement's receipts, charges and margins, and rebuild its
+    /// `builders_root`.
+    pub fn from_parts(signed: &[u8], lines: &[u8]) -> Result<Self, MarketError> {
+        let signed = SignedStatement::from_bytes(signed)?;
+        let mut r = Reader::new(lines, LINES_TAG, "builder lines")?;
+        let n = r.count("builder lines", MIN_BUILDER_LINE_BYTES)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(SaltedLine {
+                line: BuilderLine {
+                    app: r.str("builder app", MAX_APP_ID)?,
+                    jobs: r.u64("builder jobs")?,
+                    charged: r.u64("builder charged")?,
+                    payout: r.u64("builder payout")?,
+                },
+                salt: r.array::<32>("builder salt")?,
+            });
+        }
+        if r.remaining() != 0 {
+            return Err(sharenet_proto::ProtoError::TrailingBytes(r.remaining()).into());
+        }
+        let settlement = Self { signed, lines: out };
+        settlement.check_lines()?;
+        Ok(settlement)
+    }
+
+    fn check_lines(&self) -> Result<(), MarketError> {
+        let invalid = |field: &'static str, reason: String| MarketError::Invalid { field, reason };
+        let s = self.signed.statement();
+        let lines = || self.lines.iter().map(|l| &l.line);
+        if !self.lines.windows(2).all(|w| w[0].line.app < w[1].line.app) {
+            return Err(invalid(
+                "builder lines",
+                "must be sorted by app id, once each".into(),
+            ));
+        }
+        if lines().any(|b| b.jobs == 0) {
+            return Err(invalid("builder lines", "a line has no jobs".into()));
+        }
+        if lines().any(|b| b.app.is_empty() || b.app.len() > MAX_APP_ID) {
+            return Err(invalid(
+                "builder app",
+                format!("must be 1..={MAX_APP_ID} bytes"),
+            ));
+        }
+        check_sums(&[
+            ("builder lines", s.builder_lines, self.lines.len() as u64),
+            (
+                "builder jobs",
+                s.receipts,
+                checked_sum(lines().map(|b| b.jobs), "builder jobs")?,
+            ),
+            (
+                "builder charges",
+                s.total_charged,
+                checked_sum(lines().map(|b| b.charged), "builder charges")?,
+            ),
+            (
+                "builder payouts",
+                s.total_margin,
+                checked_sum(lines().map(|b| b.payout), "builder payouts")?,
+            ),
+        ])?;
+        if merkle::root(&self.leaves()) != s.builders_root {
+            return Err(invalid(
+                "builders root",
+                "the builder lines do not rebuild it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn leaves(&self) -> Vec<[u8; 32]> {
+        self.lines.iter().map(|l| l.line.leaf(&l.salt)).collect()
+    }
+
+    /// The public, signed statement.
+    pub fn signed(&self) -> &SignedStatement {
+        &self.signed
+    }
+
+    pub fn statement(&self) -> &Statement {
+        self.signed.statement()
+    }
+
+    /// The builder lines with their salts, in app-id order (private: the
+    /// operator's).
+    pub fn lines(&self) -> &[SaltedLine] {
+        &self.lines
+    }
+
+    /// The lines' canonical bytes, stored beside the signed statement.
+    pub fn lines_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new(LINES_TAG);
+        w.len(self.lines.len());
+        for SaltedLine { line, salt } in &self.lines {
+            w.str(&line.app);
+            w.u64(line.jobs);
+            w.u64(line.charged);
+            w.u64(line.payout);
+            w.raw(salt);
+        }
+        w.finish()
+    }
+
+    /// `app`'s line with its salt and proof against `builders_root`;
+    /// `None` when the app had no jobs in the period.
+    pub fn builder_proof(&self, app: &str) -> Option<BuilderProof> {
+        let index = self
+            .lines
+            .binary_search_by(|l| l.line.app.as_str().cmp(app))
+            .ok()?;
+        let SaltedLine { line, salt } = &self.lines[index];
+        let proof = merkle::prove(&self.leaves(), index as u64).ok()?;
+        Some(BuilderProof {
+            app: line.app.clone(),
+            jobs: line.jobs,
+            charged: line.charged,
+            payout: line.payout,
+            salt: *salt,
+            proof,
+        })
+    }
+
+    /// The operator's JSON: the public statement plus a `builders` list
+    /// (app, jobs, charged, payout).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = self.signed.to_json();
+        v["builders"] = self
+            .lines
+            .iter()
+            .map(|SaltedLine { line: b, .. }| {
+                json!({
+                    "app": b.app,
+                    "jobs": b.jobs,
+                    "charged": b.charged,
+                    "payout": b.payout,
+                })
+            })
+            .collect();
+        v
     }
 
     /// The payouts as CSV: a header `kind,party,jobs,amount_nano_usd`, then
@@ -479,7 +695,7 @@ impl SignedStatement {
     /// quoted per RFC 4180 where needed (app ids may hold commas or
     /// quotes); no other escaping is applied.
     pub fn to_csv(&self) -> String {
-        let s = &self.statement;
+        let s = self.signed.statement();
         let mut out = String::from("kind,party,jobs,amount_nano_usd\n");
         for p in &s.providers {
             out.push_str(&format!(
@@ -489,7 +705,7 @@ impl SignedStatement {
                 p.reward
             ));
         }
-        for b in &s.builders {
+        for SaltedLine { line: b, .. } in &self.lines {
             out.push_str(&format!(
                 "builder,{},{},{}\n",
                 csv_field(&b.app),
@@ -522,7 +738,7 @@ pub fn settle(
     period: Period,
     key: &SigningKey,
     entries: &[Entry],
-) -> Result<SignedStatement, MarketError> {
+) -> Result<Settlement, MarketError> {
     let coordinator = public_key_of(key);
     let bytes: Vec<&[u8]> = entries.iter().map(|e| e.receipt.as_slice()).collect();
     let receipts = match verify_countersigned_batch(&bytes) {
@@ -555,7 +771,7 @@ pub fn settle_preverified(
     period: Period,
     key: &SigningKey,
     entries: &[Entry],
-) -> Result<SignedStatement, MarketError> {
+) -> Result<Settlement, MarketError> {
     let order = job_order(entries)?;
     let mut totals = Totals::default();
     let mut providers: BTreeMap<PublicKey, (u64, NanoUsd)> = BTreeMap::new();
@@ -575,6 +791,19 @@ pub fn settle_preverified(
         b.2 = add(b.2, c.margin, "builder payout")?;
     }
     let leaves = sorted_leaves(entries, &order);
+    let lines: Vec<SaltedLine> = builders
+        .into_iter()
+        .map(|(app, (jobs, charged, payout))| SaltedLine {
+            salt: line_salt(key, &period, app),
+            line: BuilderLine {
+                app: app.to_string(),
+                jobs,
+                charged,
+                payout,
+            },
+        })
+        .collect();
+    let builder_leaves: Vec<[u8; 32]> = lines.iter().map(|l| l.line.leaf(&l.salt)).collect();
     let statement = Statement {
         period,
         coordinator: public_key_of(key),
@@ -587,19 +816,32 @@ pub fn settle_preverified(
             .into_iter()
             .map(|(node, (jobs, reward))| ProviderLine { node, jobs, reward })
             .collect(),
-        builders: builders
-            .into_iter()
-            .map(|(app, (jobs, charged, payout))| BuilderLine {
-                app: app.to_string(),
-                jobs,
-                charged,
-                payout,
-            })
-            .collect(),
+        builder_lines: lines.len() as u64,
+        builders_root: merkle::root(&builder_leaves),
         merkle_root: merkle::root(&leaves),
     };
-    // `sign` validates: the totals balance and every line sums up.
-    SignedStatement::sign(statement, key)
+    // `sign` validates the totals and provider lines, `check_lines` the
+    // builder lines.
+    let settlement = Settlement {
+        signed: SignedStatement::sign(statement, key)?,
+        lines,
+    };
+    settlement.check_lines()?;
+    Ok(settlement)
+}
+
+/// A builder line's salt: secret to anyone without the coordinator's key
+/// (so `builders_root` reveals nothing about guessed lines), and the same
+/// for the same period and app, so settling is deterministic.
+fn line_salt(key: &SigningKey, period: &Period, app: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(SALT_TAG);
+    h.update(key.to_bytes());
+    h.update(period.start_ms.to_be_bytes());
+    h.update(period.end_ms.to_be_bytes());
+    h.update(app.as_bytes());
+    h.finalize().into()
 }
 
 /// The proof that `job_id`'s receipt is in the statement settled from
@@ -732,8 +974,9 @@ mod tests {
     #[test]
     fn totals_balance_and_lines_add_up() {
         let e = entries();
-        let signed = settle(PERIOD, &coordinator(), &e).unwrap();
-        let s = signed.statement();
+        let settlement = settle(PERIOD, &coordinator(), &e).unwrap();
+        let s = settlement.statement();
+        let b: Vec<&BuilderLine> = settlement.lines().iter().map(|l| &l.line).collect();
         assert_eq!(s.receipts, 12);
         assert_eq!(s.coordinator, public_key_of(&coordinator()));
         let sum = |f: fn(&Charge) -> u64| e.iter().map(|x| f(&x.charge)).sum::<u64>();
@@ -758,15 +1001,13 @@ mod tests {
             .sum();
         assert_eq!(line.reward, expected);
         assert_eq!(
-            s.builders
-                .iter()
-                .map(|b| b.app.as_str())
-                .collect::<Vec<_>>(),
+            b.iter().map(|b| b.app.as_str()).collect::<Vec<_>>(),
             ["b,\"quoted\" app", "chat-app"]
         );
+        assert_eq!(s.builder_lines, 2);
         // The app without a margin is paid nothing back.
-        assert_eq!(s.builders[0].payout, 0);
-        assert_eq!(s.builders[1].payout, s.total_margin);
+        assert_eq!(b[0].payout, 0);
+        assert_eq!(b[1].payout, s.total_margin);
         let leaves: Vec<[u8; 32]> = {
             let mut sorted = e.clone();
             sorted.sort_by_key(|x| x.job_id);
@@ -778,12 +1019,13 @@ mod tests {
     #[test]
     fn any_order_gives_identical_bytes() {
         let e = entries();
-        let reference = settle(PERIOD, &coordinator(), &e).unwrap().to_bytes();
+        let reference = settle(PERIOD, &coordinator(), &e).unwrap().signed().to_bytes();
         let mut reversed = e.clone();
         reversed.reverse();
         assert_eq!(
             settle(PERIOD, &coordinator(), &reversed)
                 .unwrap()
+                .signed()
                 .to_bytes(),
             reference
         );
@@ -793,6 +1035,7 @@ mod tests {
             assert_eq!(
                 settle_preverified(PERIOD, &coordinator(), &rotated)
                     .unwrap()
+                    .signed()
                     .to_bytes(),
                 reference,
                 "rotation {k}"
@@ -809,18 +1052,19 @@ mod tests {
             let e = entries();
             let shuffled: Vec<Entry> = perm.iter().map(|&i| e[i].clone()).collect();
             prop_assert_eq!(
-                settle_preverified(PERIOD, &coordinator(), &shuffled).unwrap().to_bytes(),
-                settle_preverified(PERIOD, &coordinator(), &e).unwrap().to_bytes()
+                settle_preverified(PERIOD, &coordinator(), &shuffled).unwrap().signed().to_bytes(),
+                settle_preverified(PERIOD, &coordinator(), &e).unwrap().signed().to_bytes()
             );
         }
     }
 
     #[test]
     fn round_trip_and_every_changed_byte_fails() {
-        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let settlement = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let signed = settlement.signed();
         let bytes = signed.to_bytes();
-        assert_eq!(SignedStatement::from_bytes(&bytes).unwrap(), signed);
-        assert!(bytes.starts_with(b"sharenet/statement\0\x00\x01"));
+        assert_eq!(&SignedStatement::from_bytes(&bytes).unwrap(), signed);
+        assert!(bytes.starts_with(b"sharenet/statement-v2\0\x00\x01"));
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
@@ -844,7 +1088,8 @@ mod tests {
 
     #[test]
     fn a_statement_signed_by_someone_else_fails() {
-        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let settlement = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let signed = settlement.signed();
         let forged = SignedStatement::sign(signed.statement().clone(), &key(9)).unwrap();
         // Valid as key 9's statement, but it names key 9, not the coordinator.
         assert_ne!(
@@ -867,6 +1112,8 @@ mod tests {
     fn unbalanced_statements_cannot_be_signed() {
         let base = settle(PERIOD, &coordinator(), &entries())
             .unwrap()
+            .signed()
+            .clone()
             .into_statement();
         let mut s = base.clone();
         s.total_network_fee += 1;
@@ -879,7 +1126,10 @@ mod tests {
         s.providers.swap(0, 1);
         assert!(SignedStatement::sign(s, &coordinator()).is_err());
         let mut s = base.clone();
-        s.builders[0].jobs += 1;
+        s.builder_lines = s.receipts + 1;
+        assert!(SignedStatement::sign(s, &coordinator()).is_err());
+        let mut s = base.clone();
+        s.builder_lines = 0;
         assert!(SignedStatement::sign(s, &coordinator()).is_err());
         let mut s = base;
         s.period.end_ms = s.period.start_ms;
@@ -889,8 +1139,8 @@ mod tests {
     #[test]
     fn every_receipt_has_a_proof_and_a_stranger_has_none() {
         let e = entries();
-        let signed = settle(PERIOD, &coordinator(), &e).unwrap();
-        let s = signed.statement();
+        let settlement = settle(PERIOD, &coordinator(), &e).unwrap();
+        let s = settlement.statement();
         let mut shuffled = e.clone();
         shuffled.reverse();
         for entry in &e {
@@ -1001,22 +1251,32 @@ mod tests {
 
     #[test]
     fn an_empty_period_settles_to_zero() {
-        let signed = settle(PERIOD, &coordinator(), &[]).unwrap();
-        let s = signed.statement();
+        let settlement = settle(PERIOD, &coordinator(), &[]).unwrap();
+        let s = settlement.statement();
         assert_eq!((s.receipts, s.total_charged), (0, 0));
-        assert!(s.providers.is_empty() && s.builders.is_empty());
+        assert!(s.providers.is_empty() && settlement.lines().is_empty());
         assert_eq!(s.merkle_root, merkle::root(&[]));
         assert_eq!(
-            SignedStatement::from_bytes(&signed.to_bytes()).unwrap(),
-            signed
+            Settlement::from_parts(&settlement.signed().to_bytes(), &settlement.lines_bytes())
+                .unwrap(),
+            settlement
         );
     }
 
     #[test]
     fn json_and_csv() {
-        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let settlement = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let signed = settlement.signed();
         let s = signed.statement();
         let j = signed.to_json();
+        // The public JSON names no builder; the operator's does.
+        assert!(j.get("builders").is_none());
+        assert_eq!(j["builder_lines"], 2);
+        assert_eq!(j["builders_root"], hex::encode(s.builders_root));
+        let text = j.to_string();
+        assert!(!text.contains("chat-app") && !text.contains("quoted"));
+        let private = settlement.to_json();
+        assert_eq!(private["builders"][1]["app"], "chat-app");
         assert_eq!(j["period"]["label"], "2026-11");
         assert_eq!(j["coordinator"], hex::encode(public_key_of(&coordinator())));
         assert_eq!(j["total_charged"], s.total_charged);
@@ -1025,7 +1285,7 @@ mod tests {
         assert_eq!(j["merkle_root"], hex::encode(s.merkle_root));
         assert_eq!(j["signature"], hex::encode(signed.signature()));
 
-        let csv = signed.to_csv();
+        let csv = settlement.to_csv();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines[0], "kind,party,jobs,amount_nano_usd");
         assert_eq!(lines.len(), 1 + 3 + 2 + 1);
@@ -1033,7 +1293,7 @@ mod tests {
             lines[4],
             format!(
                 "builder,\"b,\"\"quoted\"\" app\",6,{}",
-                s.builders[0].payout
+                settlement.lines()[0].line.payout
             )
         );
         assert_eq!(
@@ -1054,8 +1314,8 @@ mod tests {
 
     #[test]
     fn a_huge_line_count_is_refused_before_allocating() {
-        let signed = settle(PERIOD, &coordinator(), &entries()).unwrap();
-        let mut bytes = signed.to_bytes();
+        let settlement = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let mut bytes = settlement.signed().to_bytes();
         // The provider count sits after tag, version, period, key, 5 u64s.
         let at = TAG.len() + 2 + 16 + 32 + 40;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -1064,6 +1324,71 @@ mod tests {
             Err(MarketError::Statement(
                 sharenet_proto::ProtoError::TooLong { .. }
             ))
+        ));
+    }
+
+    #[test]
+    fn each_builder_proves_its_own_line_and_nothing_else() {
+        let settlement = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let s = settlement.statement();
+        for l in settlement.lines() {
+            let proof = settlement.builder_proof(&l.line.app).unwrap();
+            assert_eq!(proof.line(), l.line);
+            assert!(s.includes_builder(&proof));
+            // A builder claiming more jobs, a bigger payout, or another
+            // app's name fails.
+            let mut p = proof.clone();
+            p.payout += 1;
+            assert!(!s.includes_builder(&p));
+            let mut p = proof.clone();
+            p.jobs += 1;
+            assert!(!s.includes_builder(&p));
+            let mut p = proof.clone();
+            p.app.push('x');
+            assert!(!s.includes_builder(&p));
+            let mut p = proof.clone();
+            p.salt[0] ^= 1;
+            assert!(!s.includes_builder(&p));
+            let mut p = proof;
+            p.proof.tree_size += 1;
+            assert!(!s.includes_builder(&p));
+        }
+        assert!(settlement.builder_proof("no-such-app").is_none());
+        // The salt is secret: without the coordinator's key the root is not
+        // the root of the unsalted (guessable) lines.
+        let guessed: Vec<[u8; 32]> = settlement
+            .lines()
+            .iter()
+            .map(|l| l.line.leaf(&[0; 32]))
+            .collect();
+        assert_ne!(merkle::root(&guessed), s.builders_root);
+    }
+
+    #[test]
+    fn stored_lines_must_add_up_and_rebuild_the_root() {
+        let settlement = settle(PERIOD, &coordinator(), &entries()).unwrap();
+        let signed = settlement.signed().to_bytes();
+        let lines = settlement.lines_bytes();
+        assert_eq!(Settlement::from_parts(&signed, &lines).unwrap(), settlement);
+        // Every changed byte of the lines is caught (order, sums, salts,
+        // root, lengths).
+        for i in 0..lines.len() {
+            let mut bad = lines.clone();
+            bad[i] ^= 0x01;
+            assert!(Settlement::from_parts(&signed, &bad).is_err(), "byte {i}");
+        }
+        // Another settlement's lines do not fit this statement.
+        let other = settle(PERIOD, &coordinator(), &entries()[..6]).unwrap();
+        assert!(Settlement::from_parts(&signed, &other.lines_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_format_1_statement_is_refused_by_name() {
+        let mut old = TAG_V1.to_vec();
+        old.extend_from_slice(&[0, 1, 0, 0]);
+        assert!(matches!(
+            SignedStatement::from_bytes(&old),
+            Err(MarketError::Invalid { field: "statement format", .. })
         ));
     }
 }

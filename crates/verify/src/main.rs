@@ -6,7 +6,9 @@
 //! - `statement FILE`: a settlement statement (the bundle of
 //!   `GET /statements/{label}`, the JSON of `/operator/statements`, or the
 //!   signed bytes as hex): the coordinator's signature and that the totals
-//!   balance; with a bundle, also that its leaves rebuild the Merkle root.
+//!   balance; with a bundle, also that its leaves rebuild the Merkle root;
+//!   with a builder's statement (an element of `GET /v1/statements`), also
+//!   that the app's line is in the statement's `builders_root`.
 //! - `proof --statement S --receipt R --proof P`: that the receipt is in the
 //!   statement (the proof JSON of `GET /v1/receipts/{id}/proof`).
 //!
@@ -17,8 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use sharenet_api::statements::StatementBundle;
-use sharenet_market::{InclusionProof, SignedStatement};
+use sharenet_api::statements::{BuilderStatement, StatementBundle};
+use sharenet_market::{BuilderProof, InclusionProof, SignedStatement};
 use sharenet_proto::CountersignedReceipt;
 
 #[derive(Parser)]
@@ -124,7 +126,7 @@ fn run(command: Command) -> anyhow::Result<String> {
                 hex::encode(st.coordinator)
             );
             // A bundle (it has leaves): its leaves must rebuild the root.
-            if let Some(v) = json.filter(|v| v.get("leaves").is_some()) {
+            if let Some(v) = json.clone().filter(|v| v.get("leaves").is_some()) {
                 let bundle: StatementBundle =
                     serde_json::from_value(v).context("parse the statement bundle")?;
                 let hashes: Vec<[u8; 32]> = bundle.leaves.iter().map(|l| l.leaf).collect();
@@ -137,6 +139,35 @@ fn run(command: Command) -> anyhow::Result<String> {
                     );
                 }
                 summary.push_str("; the bundle's leaves rebuild its Merkle root");
+            } else if let Some(v) = json.filter(|v| v.get("line_proof").is_some()) {
+                // A builder's statement: its line must be in builders_root.
+                let b: BuilderStatement =
+                    serde_json::from_value(v).context("parse the builder statement")?;
+                let salt = b.line_salt.as_deref().unwrap_or_default();
+                let proof = BuilderProof {
+                    app: b.app.clone(),
+                    jobs: b.jobs,
+                    charged: b.charged_nano_usd,
+                    payout: b.payout_nano_usd,
+                    salt: hex::decode(salt)
+                        .ok()
+                        .and_then(|s| s.try_into().ok())
+                        .context("line_salt is not 32 bytes of hex")?,
+                    proof: b.line_proof.context("no line_proof")?,
+                };
+                if !st.includes_builder(&proof) {
+                    bail!(
+                        "app {}'s line ({} jobs, charged {}, payout {}) is not in the statement's builders root",
+                        b.app,
+                        b.jobs,
+                        b.charged_nano_usd,
+                        b.payout_nano_usd
+                    );
+                }
+                summary.push_str(&format!(
+                    "; app {}'s line ({} jobs, charged {}, payout {} nano-USD) is in its builders root",
+                    b.app, b.jobs, b.charged_nano_usd, b.payout_nano_usd
+                ));
             }
             Ok(summary)
         }

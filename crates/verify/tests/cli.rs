@@ -72,7 +72,7 @@ fn receipts_statements_and_proofs_verify_and_tampering_fails() {
         serde_json::json!({"countersigned_bytes": hex::encode(receipts[2].to_bytes())}).to_string(),
     )
     .unwrap();
-    std::fs::write(d.join("s.hex"), hex::encode(statement.to_bytes())).unwrap();
+    std::fs::write(d.join("s.hex"), hex::encode(statement.signed().to_bytes())).unwrap();
     std::fs::write(
         d.join("p.json"),
         serde_json::json!({"proof": proof}).to_string(),
@@ -119,9 +119,35 @@ fn receipts_statements_and_proofs_verify_and_tampering_fails() {
     std::fs::write(d.join("bad.hex"), hex::encode(bad)).unwrap();
     let (ok, out) = verify(&["receipt", "bad.hex"], d);
     assert!(!ok && out.contains("FAILED"), "{out}");
-    let mut bad = statement.to_bytes();
+    let mut bad = statement.signed().to_bytes();
     bad[40] ^= 1;
     std::fs::write(d.join("bad-s.hex"), hex::encode(bad)).unwrap();
     let (ok, _) = verify(&["statement", "bad-s.hex"], d);
     assert!(!ok);
+
+    // A builder's statement: its line is in the builders root; a builder
+    // that inflates its payout is refused.
+    let line = statement.builder_proof("acme").unwrap();
+    let st = statement.statement();
+    let mut view = serde_json::json!({
+        "object": "statement",
+        "label": st.period.label(),
+        "period": {"start_ms": st.period.start_ms, "end_ms": st.period.end_ms},
+        "merkle_root": hex::encode(st.merkle_root),
+        "builders_root": hex::encode(st.builders_root),
+        "app": "acme",
+        "jobs": line.jobs,
+        "charged_nano_usd": line.charged,
+        "payout_nano_usd": line.payout,
+        "line_salt": hex::encode(line.salt),
+        "line_proof": line.proof,
+        "signed_bytes": hex::encode(statement.signed().to_bytes()),
+    });
+    std::fs::write(d.join("b.json"), view.to_string()).unwrap();
+    let (ok, out) = verify(&["statement", "b.json"], d);
+    assert!(ok && out.contains("app acme's line (5 jobs"), "{out}");
+    view["charged_nano_usd"] = serde_json::json!(line.charged - 1);
+    std::fs::write(d.join("b-bad.json"), view.to_string()).unwrap();
+    let (ok, out) = verify(&["statement", "b-bad.json"], d);
+    assert!(!ok && out.contains("not in the statement's builders root"), "{out}");
 }
