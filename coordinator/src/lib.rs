@@ -110,6 +110,13 @@ pub fn spawn(
     }
     let router = app(core.clone());
     let stop = shutdown.clone();
+    // No Nagle: a streamed token must leave at once, not wait for the
+    // client's delayed ACK of the previous write (40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "set TCP_NODELAY");
+        }
+    });
     tasks.spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(stop.cancelled_owned())

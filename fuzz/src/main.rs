@@ -400,7 +400,11 @@ fn settlement() -> anyhow::Result<sharenet_market::Settlement> {
         start_ms: 1_700_000_000_000,
         end_ms: 1_700_086_400_000,
     };
-    Ok(sharenet_market::statement::settle(period, &coordinator_key(), &entries)?)
+    Ok(sharenet_market::statement::settle(
+        period,
+        &coordinator_key(),
+        &entries,
+    )?)
 }
 
 /// A small GGUF file with real metadata (the loader's first read).

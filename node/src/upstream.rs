@@ -63,7 +63,11 @@ const USAGE_PROBED: u8 = 2;
 
 impl Upstream {
     pub(crate) fn new(config: UpstreamConfig) -> anyhow::Result<Self> {
+        // Kept-alive connections (the pool) and no Nagle, so a streamed
+        // chunk is read the moment the server writes it.
         let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(config.timeout)
             .build()?;

@@ -245,7 +245,11 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
     // The public bundle names no builder: only a count and a root.
     let public = serde_json::to_string(&bundle).unwrap();
     let public_json = signed.to_json().to_string();
-    for text in [&public, &public_json, &hex::encode(&bundle.signed_statement)] {
+    for text in [
+        &public,
+        &public_json,
+        &hex::encode(&bundle.signed_statement),
+    ] {
         assert!(!text.contains("rival-secret-co") && !text.contains("acme"));
         assert!(!text.contains(&hex::encode("rival-secret-co")));
     }

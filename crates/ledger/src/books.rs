@@ -545,7 +545,10 @@ impl Books {
     /// settlements skip them).
     pub fn put_statement(&self, record: &StatementRecord) -> Result<(), StoreError> {
         let mut value = Vec::with_capacity(
-            1 + 16 + record.statement.len() + record.builder_lines.len() + 16 * record.job_ids.len(),
+            1 + 16
+                + record.statement.len()
+                + record.builder_lines.len()
+                + 16 * record.job_ids.len(),
         );
         value.push(STATEMENT_RECORD_FORMAT);
         for part in [&record.statement, &record.builder_lines] {
@@ -907,7 +910,10 @@ mod tests {
         // name, not misread.
         books
             .statements
-            .insert("2026-10", [0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 9].to_vec())
+            .insert(
+                "2026-10",
+                [0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 9].to_vec(),
+            )
             .unwrap();
         assert!(matches!(
             books.statement("2026-10"),

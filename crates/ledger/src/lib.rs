@@ -108,9 +108,19 @@ pub trait ReceiptStore: Send + Sync + 'static {
 }
 
 /// The embedded default: one sled database per process.
+///
+/// Writes are group-committed: a writer inserts, then waits for a flush
+/// that started after its insert; concurrent writers share one flush (the
+/// first to take the flush lock flushes for everyone written so far). Each
+/// write is still durable when its call returns.
 pub struct SledReceiptStore {
     db: sled::Db,
     receipts: sled::Tree,
+    /// Inserts done (numbered from 1).
+    written: std::sync::atomic::AtomicU64,
+    /// Held while flushing; the highest insert number known to be on disk.
+    flushed: std::sync::Mutex<u64>,
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 /// Opens a sled database, waiting up to two seconds for its file lock:
@@ -143,7 +153,39 @@ impl SledReceiptStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = open_db(path)?;
         let receipts = db.open_tree("receipts")?;
-        Ok(Self { db, receipts })
+        Ok(Self {
+            db,
+            receipts,
+            written: std::sync::atomic::AtomicU64::new(0),
+            flushed: std::sync::Mutex::new(0),
+            flushes: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Returns once every insert made before this call is on disk.
+    fn durable(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self
+            .flushed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *flushed >= mine {
+            // Another writer's flush started after our insert.
+            return Ok(());
+        }
+        // Everyone numbered up to `upto` inserted before this flush starts.
+        let upto = self.written.load(Ordering::SeqCst);
+        self.db.flush()?;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        *flushed = upto;
+        Ok(())
+    }
+
+    /// How many flushes writes have made so far (the group commit makes
+    /// fewer than there were writes when writers overlap).
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -158,15 +200,13 @@ impl ReceiptStore for SledReceiptStore {
         if swapped.is_err() {
             return Err(StoreError::Duplicate(id));
         }
-        self.db.flush()?;
-        Ok(())
+        self.durable()
     }
 
     fn upsert(&self, receipt: &StoredReceipt) -> Result<(), StoreError> {
         self.receipts
             .insert(receipt.job_id().0, receipt.to_bytes())?;
-        self.db.flush()?;
-        Ok(())
+        self.durable()
     }
 
     fn get(&self, id: &JobId) -> Result<Option<StoredReceipt>, StoreError> {
@@ -198,10 +238,14 @@ mod tests {
     use sharenet_proto::{SigningKey, public_key_of};
 
     fn countersigned(id: u8) -> StoredReceipt {
+        countersigned_as(JobId([id; 16]))
+    }
+
+    fn countersigned_as(job_id: JobId) -> StoredReceipt {
         let node = SigningKey::from_bytes(&[1; 32]);
         let coord = SigningKey::from_bytes(&[2; 32]);
         let receipt = Receipt {
-            job_id: JobId([id; 16]),
+            job_id,
             node: [0; 32],
             coordinator: public_key_of(&coord),
             model: "m".into(),
@@ -255,5 +299,32 @@ mod tests {
             store.get(&JobId([5; 16])).unwrap(),
             Some(StoredReceipt::Countersigned(c))
         );
+    }
+
+    #[test]
+    fn concurrent_writers_group_commit_and_every_write_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledReceiptStore::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25u8 {
+                        let mut id = [t; 16];
+                        id[1] = i;
+                        store.insert_new(&countersigned_as(JobId(id))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.len(), 200);
+        // One flush per write at most; fewer when writers overlapped.
+        assert!((1..=200).contains(&store.flush_count()));
+        drop(store);
+        let reopened = SledReceiptStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.len(), 200);
     }
 }

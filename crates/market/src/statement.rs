@@ -1019,7 +1019,10 @@ mod tests {
     #[test]
     fn any_order_gives_identical_bytes() {
         let e = entries();
-        let reference = settle(PERIOD, &coordinator(), &e).unwrap().signed().to_bytes();
+        let reference = settle(PERIOD, &coordinator(), &e)
+            .unwrap()
+            .signed()
+            .to_bytes();
         let mut reversed = e.clone();
         reversed.reverse();
         assert_eq!(
@@ -1388,7 +1391,10 @@ mod tests {
         old.extend_from_slice(&[0, 1, 0, 0]);
         assert!(matches!(
             SignedStatement::from_bytes(&old),
-            Err(MarketError::Invalid { field: "statement format", .. })
+            Err(MarketError::Invalid {
+                field: "statement format",
+                ..
+            })
         ));
     }
 }

@@ -149,5 +149,8 @@ fn receipts_statements_and_proofs_verify_and_tampering_fails() {
     view["charged_nano_usd"] = serde_json::json!(line.charged - 1);
     std::fs::write(d.join("b-bad.json"), view.to_string()).unwrap();
     let (ok, out) = verify(&["statement", "b-bad.json"], d);
-    assert!(!ok && out.contains("not in the statement's builders root"), "{out}");
+    assert!(
+        !ok && out.contains("not in the statement's builders root"),
+        "{out}"
+    );
 }
