@@ -88,6 +88,10 @@ impl Sample {
     }
 }
 
+/// How late tokio's timer may wake a task without it counting as
+/// queueing.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
 /// `rate` requests a second for `secs`, each sent when due (at most
 /// `max_inflight` open; beyond that a request waits, and its wait counts).
 pub async fn fixed_rate(
@@ -110,9 +114,14 @@ pub async fn fixed_rate(
         };
         let (client, t, body) = (client.clone(), t.clone(), body.clone());
         tasks.spawn(async move {
+            // Latency counts from when the request was due, less the
+            // timer's own lateness (tokio's timer wheel ticks each
+            // millisecond): queueing behind earlier requests still counts.
+            let sent = Instant::now();
+            let late = sent.saturating_duration_since(due);
             let ok = one(&client, &t, body).await;
             drop(permit);
-            (ok, due.elapsed())
+            (ok, sent.elapsed() + late.saturating_sub(TIMER_SLACK))
         });
     }
     let mut s = Sample::default();

@@ -56,9 +56,13 @@ struct Cli {
     /// Nodes sharing the open streams.
     #[arg(long, default_value_t = 4)]
     stream_nodes: usize,
-    /// How long the mock holds each stream's tokens, seconds.
-    #[arg(long, default_value_t = 40)]
+    /// How long the mock holds each stream's tokens, seconds (under the
+    /// coordinator's first-token timeout, 30 s by default).
+    #[arg(long, default_value_t = 20)]
     hold_secs: u64,
+    /// Which targets to measure.
+    #[arg(long, default_value = "direct,sharenet,litellm", value_delimiter = ',')]
+    targets: Vec<String>,
     /// Where the report, the JSON results and the logs go.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -66,6 +70,7 @@ struct Cli {
 
 const MODEL: &str = "bench-model";
 const HELD_MODEL: &str = "bench-held";
+const LITELLM_KEY: &str = "sk-bench-litellm-master-key-0123456789abcdef";
 
 /// Everything started, killed when dropped.
 struct World {
@@ -94,8 +99,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    std::fs::create_dir_all(cli.out.join("logs"))
-        .with_context(|| format!("create {}", cli.out.display()))?;
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("create {}", cli.out.display()))?;
     let steps = 3 * (2 + cli.rates.len() as u64) + 5;
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -109,7 +113,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     w.start_node().await?;
     w.wait_for_nodes(1).await?;
     bar.inc(1);
-    if let Some(l) = &cli.litellm {
+    if let Some(l) = cli
+        .litellm
+        .as_ref()
+        .filter(|_| cli.targets.iter().any(|t| t == "litellm"))
+    {
         bar.set_message("starting LiteLLM's proxy");
         w.start_litellm(l).await?;
     }
@@ -118,7 +126,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = load::client(1024)?;
     let mut results = Vec::new();
     for name in ["direct", "sharenet", "litellm"] {
-        let Some(target) = w.target(name) else {
+        let wanted = cli.targets.iter().any(|t| t == name);
+        let Some(target) = w.target(name).filter(|_| wanted) else {
             bar.inc(2 + cli.rates.len() as u64);
             continue;
         };
@@ -170,10 +179,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.out.join("results.json"),
         serde_json::to_string_pretty(&to_json(&results, held.as_ref()))?,
     )?;
-    // Keep the logs with the results.
-    for e in std::fs::read_dir(&w.logs)?.flatten() {
-        let _ = std::fs::copy(e.path(), cli.out.join("logs").join(e.file_name()));
-    }
     eprintln!("wrote {}", cli.out.join("report.md").display());
     drop(w);
     Ok(())
@@ -214,7 +219,8 @@ fn cpu_per_request(
 impl World {
     async fn start(cli: &Cli) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let logs = dir.path().join("logs");
+        // Logs go straight to the output folder, so a failed run keeps them.
+        let logs = cli.out.join("logs");
         std::fs::create_dir_all(&logs)?;
         let bins = cli.bin_dir.clone();
         let port = free_port()?;
@@ -379,6 +385,9 @@ impl World {
             ])
             // No network: use the cost map shipped in the package.
             .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            // Authenticated like sharenet's requests (no database: the
+            // master key is checked in memory).
+            .env("LITELLM_MASTER_KEY", LITELLM_KEY)
             .env("LITELLM_LOG", "ERROR");
         self.litellm = Some(Proc::spawn("litellm", cmd, &self.logs.join("litellm.log"))?);
         self.litellm_url = format!("http://127.0.0.1:{port}");
@@ -403,7 +412,7 @@ impl World {
             }),
             "litellm" => self.litellm.as_ref().map(|_| Target {
                 url: format!("{}/v1/chat/completions", self.litellm_url),
-                api_key: None,
+                api_key: Some(LITELLM_KEY.into()),
                 model: MODEL.into(),
             }),
             _ => None,

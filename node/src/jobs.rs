@@ -25,11 +25,17 @@ use crate::upstream::{Upstream, UpstreamEvent};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the coordinator has to send back the countersigned receipt.
 const COUNTERSIGN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Streams handled at once, whatever their model; beyond this they wait in libp2p.
-const MAX_OPEN_STREAMS: usize = 1024;
-/// Streams one peer may have open at once (a coordinator's concurrent jobs
-/// to this node stay far below it); more are refused as `saturated`.
-const MAX_STREAMS_PER_PEER: usize = 256;
+/// Streams handled at once, whatever their model; more are refused as
+/// `saturated`.
+const MAX_OPEN_STREAMS: usize = 8192;
+/// Streams one peer may have open at once (all of a coordinator's
+/// concurrent jobs to this node: one connection carries at most
+/// `sharenet_p2p::MAX_STREAMS_PER_CONNECTION`); more are refused as
+/// `saturated`.
+const MAX_STREAMS_PER_PEER: usize = sharenet_p2p::MAX_STREAMS_PER_CONNECTION as usize;
+/// Refusals being written at once; beyond this a stream is dropped unread
+/// (reset), so strangers cannot pile up refusal tasks.
+const MAX_REFUSALS: usize = 256;
 /// Longest one frame may take to write: a reader that stops reading
 /// cannot hold a slot.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +50,7 @@ pub(crate) async fn accept(
     cancel: CancellationToken,
 ) {
     let open = Arc::new(Semaphore::new(MAX_OPEN_STREAMS));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut handlers = tokio::task::JoinSet::new();
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
     loop {
@@ -61,7 +68,10 @@ pub(crate) async fn accept(
             }
             next = incoming.next() => {
                 let Some((peer, mut stream)) = next else { break };
-                let Ok(permit) = open.clone().acquire_owned().await else { break };
+                // Never wait here: libp2p drops streams that arrive while
+                // this loop is not taking them, so a full node refuses at
+                // once instead.
+                let permit = open.clone().try_acquire_owned().ok();
                 // Only the node's coordinators get inference; anyone else
                 // is refused before a byte of its request is read.
                 let refusal = if !ctx.coordinators.contains(&peer) {
@@ -71,22 +81,29 @@ pub(crate) async fn accept(
                     ))
                 } else if per_peer.get(&peer).copied().unwrap_or(0) >= MAX_STREAMS_PER_PEER {
                     Some((JobErrorCode::Saturated, "too many open streams from this peer"))
+                } else if permit.is_none() {
+                    Some((JobErrorCode::Saturated, "this node has too many open streams"))
                 } else {
                     None
                 };
-                if let Some((code, message)) = refusal {
+                let (None, Some(permit)) = (refusal, permit) else {
+                    let (code, message) = refusal.unwrap_or((JobErrorCode::Saturated, "busy"));
                     tracing::debug!(%peer, ?code, "job stream refused before reading");
-                    handlers.spawn(async move {
-                        let _ = tokio::time::timeout(
-                            REFUSAL_TIMEOUT,
-                            refuse(&mut stream, code, message),
-                        )
-                        .await;
-                        drop(permit);
-                        None
-                    });
+                    // Dropping the stream resets it when refusals are
+                    // already being written at the limit.
+                    if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                        handlers.spawn(async move {
+                            let _ = tokio::time::timeout(
+                                REFUSAL_TIMEOUT,
+                                refuse(&mut stream, code, message),
+                            )
+                            .await;
+                            drop(refusing);
+                            None
+                        });
+                    }
                     continue;
-                }
+                };
                 *per_peer.entry(peer).or_default() += 1;
                 let ctx = ctx.clone();
                 handlers.spawn(async move {

@@ -23,8 +23,8 @@ pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use libp2p_stream::IncomingStreams;
 pub use swarm::{
-    Client, Event, GossipStats, Network, NetworkConfig, P2pError, Traversal, parse_multiaddrs,
-    start,
+    Client, Event, GossipStats, MAX_STREAMS_PER_CONNECTION, Network, NetworkConfig, P2pError,
+    Traversal, parse_multiaddrs, start,
 };
 
 /// The gossipsub topic nodes publish their signed adverts on.

@@ -44,6 +44,16 @@ const MAX_ADVERT_SKEW_MS: u64 = 60_000;
 const RELAY_MAX_CIRCUIT_BYTES: u64 = 256 << 20;
 const RELAY_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
 const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
+/// Streams open at once on one connection (QUIC's and yamux's limit): a
+/// coordinator runs every concurrent job to a node as one stream on one
+/// connection, so this bounds a node's concurrent jobs from one
+/// coordinator. libp2p's defaults (256 for QUIC, 512 for yamux) are below
+/// what one upstream-backed node serves.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+/// Inbound streams negotiating their protocol at once on one connection;
+/// beyond this libp2p resets new ones (default 128: a burst of new jobs
+/// would be reset).
+const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {
@@ -317,11 +327,14 @@ fn build_swarm(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            yamux_config,
         )
         .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_quic_config(|mut c| {
+            c.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
+            c
+        })
+        .with_relay_client(noise::Config::new, yamux_config)
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_behaviour(|key, relay_client| {
             // Nodes mostly connect to a coordinator (a star), so peers
@@ -410,9 +423,18 @@ fn build_swarm(
             })
         })
         .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(3600))
+                .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS)
+        })
         .build();
     Ok(swarm)
+}
+
+fn yamux_config() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(MAX_STREAMS_PER_CONNECTION as usize);
+    c
 }
 
 /// Starts a peer: listens, waits for its addresses, dials the bootstrap
