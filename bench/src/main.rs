@@ -184,12 +184,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Milliseconds of CPU per request, per server process.
+type CpuPerRequest = Vec<(String, f64)>;
+
 struct TargetResult {
     name: &'static str,
     ttfc: Sample,
-    rates: Vec<(u32, Sample, Vec<(String, f64)>)>,
+    /// Offered rate, what happened, CPU.
+    rates: Vec<(u32, Sample, CpuPerRequest)>,
     max: Sample,
-    max_cpu: Vec<(String, f64)>,
+    max_cpu: CpuPerRequest,
 }
 
 struct HeldResult {

@@ -640,23 +640,23 @@ async fn collect_countersignature(ctx: &NodeCtx, stream: &mut Stream, signed: &S
             return;
         }
     };
+    // Our own signature needs no second check: only the coordinator's.
     let countersigned = match serde_json::from_slice::<JobEvent>(&frame) {
-        Ok(JobEvent::Countersigned { receipt }) => CountersignedReceipt::from_bytes(&receipt),
+        Ok(JobEvent::Countersigned { receipt }) => {
+            CountersignedReceipt::countersignature_of(signed, &receipt)
+        }
         _ => {
             tracing::warn!(job = %signed.receipt().job_id, "unexpected frame instead of a countersignature");
             return;
         }
     };
     match countersigned {
-        Ok(c) if c.signed() == signed => {
+        Ok(c) => {
             let store = ctx.store.clone();
             let record = StoredReceipt::Countersigned(c);
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.upsert(&record)).await {
                 tracing::error!(error = %e, "store countersigned receipt");
             }
-        }
-        Ok(_) => {
-            tracing::warn!(job = %signed.receipt().job_id, "countersignature covers a different receipt")
         }
         Err(e) => {
             tracing::warn!(job = %signed.receipt().job_id, error = %e, "invalid countersignature")

@@ -76,7 +76,7 @@ pub struct Core {
     pub identity: Identity,
     pub transport: Arc<dyn Transport>,
     pub registry: registry::Registry,
-    pub routing: routing::Routing,
+    pub routing: Arc<routing::Routing>,
     pub accounts: Arc<accounts::Accounts>,
     pub operator_key: Option<String>,
     /// How time is cut into settlement periods.
@@ -181,10 +181,10 @@ impl Core {
             identity: config.identity.clone(),
             transport,
             registry: registry::Registry::new(config.price_ceiling),
-            routing: routing::Routing::new(
+            routing: Arc::new(routing::Routing::new(
                 rand::random(),
                 config.timeouts.first_token.as_secs_f64() * 500.0,
-            ),
+            )),
             accounts: Arc::new(accounts),
             operator_key: config.operator_key.clone(),
             period_rule: config.period_rule,

@@ -6,7 +6,10 @@
 //! Every change goes through a method here: an accepted advert
 //! ([`Routing::on_advert`]), an RTT sample ([`Routing::on_rtt`]), a job's
 //! outcome or spot-check verdict ([`Routing::record`]), a breaker probe
-//! ([`Routing::begin_probe`]), an expiry ([`Routing::remove`]) and the
+//! ([`Routing::begin_probe`]), a job sent or ended ([`Routing::begin_job`]
+//! and its [`InFlight`] guard: the coordinator's own jobs on a node count
+//! towards its load at once, where the node's advert lags by seconds), an
+//! expiry ([`Routing::remove`]) and the
 //! once-a-second refresh that applies time ([`Routing::refresh`]: trust and
 //! measurement decay, breaker cool-downs). Each updates the health and the
 //! node's table rows under the same lock.
@@ -22,7 +25,7 @@
 //! (throwaway identities), the longest-gone nodes are forgotten.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -109,6 +112,39 @@ impl Inner {
                     self.tables.remove(k);
                 }
             }
+        }
+    }
+}
+
+/// One of this coordinator's jobs on a node (see [`Routing::begin_job`]).
+/// Dropped without [`InFlight::served`] (a failure, a refusal, a client
+/// that hung up), it just stops counting.
+pub struct InFlight {
+    routing: Arc<Routing>,
+    node: NodeKey,
+    ended: bool,
+}
+
+impl InFlight {
+    /// The job was served: its measurements go in and it stops counting.
+    pub fn served(mut self, ttft_ms: f64, tokens: u32, duration_ms: f64, now_ms: u64) {
+        self.ended = true;
+        self.routing.record(
+            self.node,
+            Outcome::Served {
+                ttft_ms,
+                tokens,
+                duration_ms,
+            },
+            now_ms,
+        );
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.routing.end_job(&self.node, crate::core::now_ms());
         }
     }
 }
@@ -200,6 +236,27 @@ impl Routing {
             Outcome::SpotCheckFailed => h.trust.record(Evidence::SpotCheckFailed, now_ms, p),
         }
         inner.sync_rows(&node, now_ms, p);
+    }
+
+    /// A job sent to `node`: it counts towards the node's load until the
+    /// returned guard is served ([`InFlight::served`]) or dropped.
+    pub fn begin_job(self: &Arc<Self>, node: NodeKey, now_ms: u64) -> InFlight {
+        let mut inner = lock(&self.inner);
+        inner.health(node, now_ms).observed.begin_job(now_ms);
+        inner.sync_rows(&node, now_ms, &self.trust);
+        InFlight {
+            routing: self.clone(),
+            node,
+            ended: false,
+        }
+    }
+
+    fn end_job(&self, node: &NodeKey, now_ms: u64) {
+        let mut inner = lock(&self.inner);
+        if let Some(h) = inner.health.get_mut(node) {
+            h.observed.abandon_job(now_ms);
+        }
+        inner.sync_rows(node, now_ms, &self.trust);
     }
 
     /// A node whose breaker is half-open gets one probe: marks it taken,
@@ -382,6 +439,37 @@ mod tests {
             &Weights::default(),
             &RouteParams::default(),
         )
+    }
+
+    #[test]
+    fn our_own_jobs_fill_a_node_at_once_and_free_it_when_they_end() {
+        let r = Arc::new(Routing::new(1, 15_000.0));
+        r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 0);
+        let full_at_one = RouteParams {
+            max_queue_factor: 1,
+            ..RouteParams::default()
+        };
+        let route = |r: &Routing| {
+            r.route(
+                "m",
+                ModelKind::Text,
+                &req(),
+                &Weights::default(),
+                &full_at_one,
+            )
+        };
+        // The advert says the node is idle (queue 0 of 4); four jobs of
+        // ours fill it before its next advert could say so.
+        let jobs: Vec<InFlight> = (0..4).map(|_| r.begin_job([1; 32], 0)).collect();
+        assert!(route(&r).is_err(), "a node with 4 of our jobs is full");
+        let mut jobs = jobs.into_iter();
+        // A served job and a dropped one (failed, hung up) both stop counting.
+        jobs.next().unwrap().served(10.0, 5, 50.0, 1);
+        assert_eq!(route(&r).unwrap(), vec![[1; 32]]);
+        drop(jobs.next());
+        assert_eq!(r.health(&[1; 32]).unwrap().observed.in_flight, 2);
+        drop(jobs);
+        assert_eq!(r.health(&[1; 32]).unwrap().observed.in_flight, 0);
     }
 
     #[test]

@@ -241,6 +241,36 @@ impl CountersignedReceipt {
         })
     }
 
+    /// The countersignature of a receipt the caller signed itself (a node
+    /// taking back its own receipt): `bytes` must be exactly `signed`
+    /// countersigned, byte for byte, and only the coordinator's signature
+    /// is checked (one verification instead of two).
+    pub fn countersignature_of(signed: &SignedReceipt, bytes: &[u8]) -> Result<Self, ProtoError> {
+        let expected = Self::countersigned_bytes(signed);
+        let (body, signature) = bytes
+            .split_at_checked(expected.len())
+            .filter(|(body, _)| *body == expected.as_slice())
+            .ok_or_else(|| ProtoError::Invalid {
+                field: "countersigned receipt",
+                reason: "covers a different receipt".into(),
+            })?;
+        let coordinator_signature: [u8; 64] =
+            signature.try_into().map_err(|_| ProtoError::Invalid {
+                field: "coordinator signature",
+                reason: format!("{} bytes, not 64", signature.len()),
+            })?;
+        verify(
+            &signed.receipt.coordinator,
+            body,
+            &coordinator_signature,
+            "countersignature",
+        )?;
+        Ok(Self {
+            signed: signed.clone(),
+            coordinator_signature,
+        })
+    }
+
     /// Decodes and structurally checks (amount, timestamps, lengths, no
     /// trailing bytes) WITHOUT checking either signature. Only for bytes
     /// whose integrity is established another way: a coordinator's own
@@ -388,5 +418,37 @@ mod tests {
     fn node_signed_bytes_are_not_a_countersigned_receipt() {
         let signed = SignedReceipt::sign(receipt(), &node()).unwrap();
         assert!(CountersignedReceipt::from_bytes(&signed.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_node_takes_back_only_a_valid_countersignature_of_its_own_receipt() {
+        let signed = SignedReceipt::sign(receipt(), &node()).unwrap();
+        let good = CountersignedReceipt::countersign(signed.clone(), &coord()).unwrap();
+        let bytes = good.to_bytes();
+        assert_eq!(
+            CountersignedReceipt::countersignature_of(&signed, &bytes).unwrap(),
+            good
+        );
+        // Any changed byte (the receipt or the signature), a short or long
+        // frame, or another receipt's countersignature: refused.
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(
+                CountersignedReceipt::countersignature_of(&signed, &bad).is_err(),
+                "byte {i}"
+            );
+        }
+        assert!(
+            CountersignedReceipt::countersignature_of(&signed, &bytes[..bytes.len() - 1]).is_err()
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(CountersignedReceipt::countersignature_of(&signed, &long).is_err());
+        let mut other = receipt();
+        other.output_tokens += 1;
+        other.amount += other.price_out;
+        let other = SignedReceipt::sign(other, &node()).unwrap();
+        assert!(CountersignedReceipt::countersignature_of(&other, &bytes).is_err());
     }
 }

@@ -355,7 +355,9 @@ pub fn route_table<R: Rng + ?Sized>(
     params: &RouteParams,
     rng: &mut R,
 ) -> Result<Vec<NodeKey>, NoCandidate> {
-    crate::route::route_indexed(table, req, weights, params, rng)
+    crate::route::with_spill(params, |p| {
+        crate::route::route_indexed(table, req, weights, p, rng)
+    })
 }
 
 /// `route_table` without the block index: one pass over every row (what
@@ -368,7 +370,9 @@ pub fn route_table_scan<R: Rng + ?Sized>(
     params: &RouteParams,
     rng: &mut R,
 ) -> Result<Vec<NodeKey>, NoCandidate> {
-    crate::route::route_core(table, req, weights, params, rng)
+    crate::route::with_spill(params, |p| {
+        crate::route::route_core(table, req, weights, p, rng)
+    })
 }
 
 #[cfg(test)]

@@ -929,6 +929,7 @@ fn extreme_values_from_peers_do_not_panic() {
         trust_floor: f64::NAN,
         max_candidates: 0,
         max_queue_factor: 0,
+        spill_queue_factor: 0,
         p2c_top_k: 0,
         p2c_slack: f64::NAN,
         unknown_rtt_ms: -1.0,

@@ -17,7 +17,7 @@ use sharenet_proto::{
 use crate::core::accounts::Hold;
 use crate::core::error::Error;
 use crate::core::job::Job;
-use crate::core::routing::Outcome;
+use crate::core::routing::{InFlight, Outcome};
 use crate::core::transport::JobStream;
 use crate::core::{Core, now_ms, untrusted};
 
@@ -89,6 +89,8 @@ pub struct ActiveJob {
     /// When the request went to the node, and when its first event came.
     sent_at: Instant,
     first_at: Instant,
+    /// The job counts towards the node's load until it ends.
+    in_flight: Option<InFlight>,
 }
 
 impl ActiveJob {
@@ -114,6 +116,7 @@ impl ActiveJob {
             hold: Some(hold),
             sent_at: started.sent_at,
             first_at: Instant::now(),
+            in_flight: Some(started.in_flight),
         }
     }
 
@@ -267,15 +270,22 @@ impl ActiveJob {
             },
         )
         .await?;
-        core.routing.record(
-            self.terms.node,
-            Outcome::Served {
-                ttft_ms: (self.first_at - self.sent_at).as_secs_f64() * 1000.0,
-                tokens: usage.output_tokens,
-                duration_ms: self.sent_at.elapsed().as_secs_f64() * 1000.0,
-            },
-            now_ms(),
+        let (ttft_ms, duration_ms) = (
+            (self.first_at - self.sent_at).as_secs_f64() * 1000.0,
+            self.sent_at.elapsed().as_secs_f64() * 1000.0,
         );
+        match self.in_flight.take() {
+            Some(f) => f.served(ttft_ms, usage.output_tokens, duration_ms, now_ms()),
+            None => core.routing.record(
+                self.terms.node,
+                Outcome::Served {
+                    ttft_ms,
+                    tokens: usage.output_tokens,
+                    duration_ms,
+                },
+                now_ms(),
+            ),
+        }
         if let Some(stream) = self.stream.take() {
             send_countersignature(core, stream, &countersigned);
         }

@@ -8,7 +8,7 @@ use sharenet_proto::{JobErrorCode, JobEvent, MAX_FRAME_BYTES};
 
 use crate::core::error::Error;
 use crate::core::registry::Offer;
-use crate::core::routing::Outcome;
+use crate::core::routing::{InFlight, Outcome};
 use crate::core::transport::JobStream;
 use crate::core::{Core, untrusted};
 
@@ -35,14 +35,18 @@ pub(super) struct Started {
     pub stream: JobStream,
     pub first: JobEvent,
     pub sent_at: Instant,
+    /// The job counts towards the node's load while this lives.
+    pub in_flight: InFlight,
 }
 
 /// One node, with the same-node retries for streams dropped unread.
 pub(super) async fn try_node(
     core: &Core,
     peer: PeerId,
+    node: [u8; 32],
     request: &[u8],
 ) -> Result<Started, AttemptError> {
+    let in_flight = core.routing.begin_job(node, crate::core::now_ms());
     let mut sent_at = Instant::now();
     let mut outcome = attempt(core, peer, request).await;
     for retry in 0..DROPPED_RETRIES {
@@ -62,6 +66,7 @@ pub(super) async fn try_node(
         stream,
         first,
         sent_at,
+        in_flight,
     })
 }
 
@@ -81,7 +86,7 @@ pub(super) async fn first_answer(
             core.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         core.routing.begin_probe(node, crate::core::now_ms());
-        match try_node(core, peer, request).await {
+        match try_node(core, peer, node, request).await {
             Ok(started) => return Ok((candidate, started)),
             Err(AttemptError::Client(e)) => return Err(e),
             Err(AttemptError::Retry(reason) | AttemptError::Dropped(reason)) => {

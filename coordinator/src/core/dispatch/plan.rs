@@ -96,16 +96,16 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
         max_output_tokens: job.params.max_tokens,
         prefs,
     };
-    // Adverts lag the node's load, and a full node refuses (`saturated`)
-    // and is skipped anyway, so "full" here is generous: as many waiting as
-    // the node's default queue allows (4 × its concurrency).
+    // "Full" is the router's default: a node with as many of our jobs as
+    // it has slots (our own in-flight jobs count at once; its advert lags)
+    // gets no more while another has room, and only when every node is full
+    // do jobs wait in the nodes' queues (`spill_queue_factor`).
     //
     // A node never measured is assumed fast (a short first token, quick
     // decoding), so it gets tried and measured rather than starved behind
     // nodes whose real numbers beat a pessimistic guess; the probation share
     // caps what new nodes get while established ones are available.
     let params = r::RouteParams {
-        max_queue_factor: 5,
         unknown_ttft_ms: 20.0,
         unknown_tokens_per_sec: 500.0,
         ..r::RouteParams::default()
