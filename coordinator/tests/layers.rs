@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 const CORE_CHILDREN: &[&str] = &[
     "accounts",
+    "clock",
     "dispatch",
     "error",
     "job",

@@ -20,6 +20,7 @@
 //! - [`transport`]: the seam to the network (libp2p or a test double).
 
 pub mod accounts;
+pub mod clock;
 pub mod dispatch;
 pub mod error;
 pub mod job;
@@ -31,6 +32,8 @@ pub mod settle;
 pub mod spotcheck;
 pub mod sync;
 pub mod transport;
+
+pub use clock::now_ms;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -115,14 +118,6 @@ pub fn untrusted(s: &str) -> String {
         out.push('…');
     }
     out
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Core {

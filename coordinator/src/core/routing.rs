@@ -144,7 +144,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.ended {
-            self.routing.end_job(&self.node, crate::core::now_ms());
+            self.routing
+                .end_job(&self.node, crate::core::clock::now_ms());
         }
     }
 }
@@ -447,6 +448,7 @@ mod tests {
         r.on_advert(&advert(1, &[("m", ModelKind::Text, 5)]), 0);
         let full_at_one = RouteParams {
             max_queue_factor: 1,
+            spill_queue_factor: 1,
             ..RouteParams::default()
         };
         let route = |r: &Routing| {

@@ -12,6 +12,17 @@ use sharenet_router::{
     route,
 };
 
+/// The capacity filter alone, as these tests were written for: a node is
+/// full at twice its concurrency and nothing spills (the defaults, factor
+/// 1 with spill at 5, are tested in `full_nodes_spill_into_their_queues`).
+fn capacity_only() -> RouteParams {
+    RouteParams {
+        max_queue_factor: 2,
+        spill_queue_factor: 2,
+        ..Default::default()
+    }
+}
+
 fn key(n: u8) -> NodeKey {
     [n; 32]
 }
@@ -100,7 +111,7 @@ impl Fleet {
     }
 
     fn route(&self, req: &Request) -> Result<Vec<u8>, NoCandidate> {
-        self.route_with(req, &RouteParams::default(), 1)
+        self.route_with(req, &capacity_only(), 1)
     }
 
     /// How often each node comes first over `draws` decisions.
@@ -327,7 +338,7 @@ fn sort_by_price() {
     fleet.observed(2).ttft_ewma_ms = Some(5_000.0);
     let r = req_with(|p| p.sort = Some(Sort::Price));
     for seed in 0..20 {
-        let got = fleet.route_with(&r, &RouteParams::default(), seed).unwrap();
+        let got = fleet.route_with(&r, &capacity_only(), seed).unwrap();
         assert_eq!(got, vec![2, 4, 3, 1]);
     }
 }
@@ -374,7 +385,7 @@ fn default_ranking_trades_price_latency_and_trust() {
     fleet.offer(3).price_in = 150;
     let params = RouteParams {
         p2c_top_k: 1, // no load balancing: the plain ranking
-        ..RouteParams::default()
+        ..capacity_only()
     };
     assert_eq!(fleet.route_with(&req(), &params, 0).unwrap(), vec![1, 2, 3]);
     // Low trust costs more than 10% of price...
@@ -432,7 +443,7 @@ fn allow_fallbacks_false() {
     assert_eq!(big.route(&req()).unwrap().len(), 8);
     let params = RouteParams {
         max_candidates: 3,
-        ..RouteParams::default()
+        ..capacity_only()
     };
     assert_eq!(big.route_with(&req(), &params, 0).unwrap().len(), 3);
 }
@@ -486,7 +497,7 @@ fn non_sensitive_pool_requests_prefer_the_pool_and_spill_only_if_allowed() {
     // Spill allowed: pool first although dearer, public after.
     let r = req_with(|p| p.private_pool = Some(pool(true)));
     for seed in 0..20 {
-        let got = fleet.route_with(&r, &RouteParams::default(), seed).unwrap();
+        let got = fleet.route_with(&r, &capacity_only(), seed).unwrap();
         assert_eq!(got.len(), 6);
         let mut head = got[..2].to_vec();
         head.sort();
@@ -518,7 +529,7 @@ fn probation_share_stays_under_its_cap() {
         fleet.probation[i] = true;
         fleet.trust[i] = 2.0 / 3.0;
     }
-    let params = RouteParams::default();
+    let params = capacity_only();
     let draws = 20_000;
     let picks = fleet.first_picks(&req(), &params, draws);
     let probation: usize = (1..=10).map(|n| picks.get(&n).copied().unwrap_or(0)).sum();
@@ -533,7 +544,7 @@ fn probation_share_stays_under_its_cap() {
     // A share of 0 keeps them out of first place entirely.
     let zero = RouteParams {
         probation_share: 0.0,
-        ..RouteParams::default()
+        ..capacity_only()
     };
     let picks = fleet.first_picks(&req(), &zero, 2_000);
     assert!((1..=10).all(|n| !picks.contains_key(&n)), "{picks:?}");
@@ -547,7 +558,7 @@ fn probation_share_stays_under_its_cap() {
 #[test]
 fn p2c_spreads_first_picks_over_near_equal_nodes() {
     let fleet = Fleet::new(5);
-    let picks = fleet.first_picks(&req(), &RouteParams::default(), 10_000);
+    let picks = fleet.first_picks(&req(), &capacity_only(), 10_000);
     // Top-4 pool; every node of it wins some pairs.
     assert_eq!(picks.len(), 4, "{picks:?}");
     assert!(picks.values().all(|&c| c > 1000), "{picks:?}");
@@ -558,7 +569,7 @@ fn a_clearly_cheapest_node_wins_until_its_peak_latency_or_load_rises() {
     let mut fleet = Fleet::new(5);
     fleet.offer(1).price_in = 60;
     fleet.offer(1).price_out = 120;
-    let params = RouteParams::default();
+    let params = capacity_only();
     let picks = fleet.first_picks(&req(), &params, 2_000);
     assert_eq!(
         picks.get(&1),
@@ -592,14 +603,7 @@ fn the_cheapest_node_is_not_stampeded_by_a_burst() {
     for _ in 0..40 {
         let first = {
             let cands = fleet.candidates();
-            route(
-                &cands,
-                &req(),
-                &Weights::default(),
-                &RouteParams::default(),
-                &mut rng,
-            )
-            .unwrap()[0][0]
+            route(&cands, &req(), &Weights::default(), &capacity_only(), &mut rng).unwrap()[0][0]
         };
         *picks.entry(first).or_default() += 1;
         fleet.observed(first).begin_job(0);
@@ -621,12 +625,8 @@ fn same_seed_same_list_and_seeds_matter() {
     fleet.probation[3] = true;
     let mut firsts = std::collections::HashSet::new();
     for seed in 0..50 {
-        let a = fleet
-            .route_with(&req(), &RouteParams::default(), seed)
-            .unwrap();
-        let b = fleet
-            .route_with(&req(), &RouteParams::default(), seed)
-            .unwrap();
+        let a = fleet.route_with(&req(), &capacity_only(), seed).unwrap();
+        let b = fleet.route_with(&req(), &capacity_only(), seed).unwrap();
         assert_eq!(a, b);
         firsts.insert(a[0]);
     }
@@ -635,7 +635,7 @@ fn same_seed_same_list_and_seeds_matter() {
     // input, same sorted ranking (with P2C off).
     let params = RouteParams {
         p2c_top_k: 1,
-        ..RouteParams::default()
+        ..capacity_only()
     };
     let a = fleet.route_with(&req(), &params, 3).unwrap();
     fleet.offers.reverse();
@@ -669,17 +669,11 @@ fn node_health_ties_trust_breaker_and_routing_together() {
             .map(|(h, o)| h.candidate(o, now, &tp))
             .collect();
         let mut rng = StdRng::seed_from_u64(now);
-        let mut v: Vec<u8> = route(
-            &cands,
-            &req(),
-            &Weights::default(),
-            &RouteParams::default(),
-            &mut rng,
-        )
-        .unwrap()
-        .iter()
-        .map(|k| k[0])
-        .collect();
+        let mut v: Vec<u8> = route(&cands, &req(), &Weights::default(), &capacity_only(), &mut rng)
+            .unwrap()
+            .iter()
+            .map(|k| k[0])
+            .collect();
         v.sort();
         v
     };
@@ -779,7 +773,7 @@ proptest! {
                 ..Preferences::default()
             },
         };
-        let params = RouteParams::default();
+        let params = capacity_only();
         let mut rng = StdRng::seed_from_u64(seed);
         let got = route(&cands, &r, &Weights::default(), &params, &mut rng);
         let mut rng2 = StdRng::seed_from_u64(seed);
@@ -837,7 +831,7 @@ fn long_lists_are_fully_ordered() {
     }
     let params = RouteParams {
         max_candidates: 100,
-        ..RouteParams::default()
+        ..capacity_only()
     };
     let r = req_with(|p| p.sort = Some(Sort::Price));
     let got = fleet.route_with(&r, &params, 5).unwrap();
@@ -947,4 +941,46 @@ fn extreme_values_from_peers_do_not_panic() {
         ..weird
     };
     assert_eq!(fleet.route_with(&req(), &weird, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn full_nodes_spill_into_their_queues() {
+    let mut fleet = Fleet::new(3);
+    let defaults = RouteParams::default();
+    assert_eq!(
+        (defaults.max_queue_factor, defaults.spill_queue_factor),
+        (1, 5)
+    );
+    // Node 2 is full at factor 1: it is left out while others have room.
+    let cap = fleet.offer(2).max_concurrency;
+    fleet.offer(2).queue_depth = cap;
+    let got = fleet.route_with(&req(), &defaults, 1).unwrap();
+    assert!(!got.contains(&2), "{got:?}");
+    // Everyone full at factor 1 but not at 5: the decision spills, and
+    // every node is a candidate again.
+    fleet.offer(1).queue_depth = cap;
+    fleet.offer(3).queue_depth = cap;
+    let mut got = fleet.route_with(&req(), &defaults, 1).unwrap();
+    got.sort();
+    assert_eq!(got, vec![1, 2, 3]);
+    // Full at the spill factor too: capacity is named.
+    for n in 1..=3 {
+        fleet.offer(n).queue_depth = 5 * cap;
+    }
+    assert_eq!(
+        fleet.route_with(&req(), &defaults, 1),
+        Err(filtered(Filter::Capacity, 3))
+    );
+    // Spill at or below the factor is off.
+    let no_spill = RouteParams {
+        spill_queue_factor: 1,
+        ..RouteParams::default()
+    };
+    for n in 1..=3 {
+        fleet.offer(n).queue_depth = cap;
+    }
+    assert_eq!(
+        fleet.route_with(&req(), &no_spill, 1),
+        Err(filtered(Filter::Capacity, 3))
+    );
 }
