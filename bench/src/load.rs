@@ -125,15 +125,28 @@ pub async fn fixed_rate(
         });
     }
     let mut s = Sample::default();
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok((true, d)) => s.latencies.push(d),
-            _ => s.errors += 1,
+    // Bounded: what has not answered DRAIN after the last request was due
+    // counts as an error (a server far past its limit would otherwise keep
+    // the run going for minutes).
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(Ok((true, d)))) => s.latencies.push(d),
+            Ok(Some(_)) => s.errors += 1,
+            Ok(None) => break,
+            Err(_) => {
+                s.errors += tasks.len() as u64;
+                tasks.abort_all();
+                break;
+            }
         }
     }
-    s.elapsed = start.elapsed();
+    s.elapsed = start.elapsed().min(Duration::from_secs_f64(secs) + DRAIN);
     s.finish()
 }
+
+/// How long a fixed-rate step waits for answers after its last request.
+const DRAIN: Duration = Duration::from_secs(15);
 
 /// `conns` clients each sending back to back for `secs`.
 pub async fn closed_loop(client: &reqwest::Client, t: &Target, conns: usize, secs: f64) -> Sample {

@@ -144,13 +144,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let after = w.cpu(name);
             rates.push((rate, s.clone(), cpu_per_request(&before, &after, s.ok())));
             bar.inc(1);
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            w.wait_idle(name).await;
         }
         bar.set_message(format!("{name}: {} connections, back to back", cli.conns));
         let before = w.cpu(name);
         let max = load::closed_loop(&client, &target, cli.conns, cli.secs).await;
         let after = w.cpu(name);
         let max_cpu = cpu_per_request(&before, &after, max.ok());
+        w.wait_idle(name).await;
         bar.inc(1);
         results.push(TargetResult {
             name,
@@ -368,6 +369,7 @@ impl World {
 
     async fn start_litellm(&mut self, exe: &Path) -> anyhow::Result<()> {
         let port = free_port()?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = self.path("litellm.yaml");
         std::fs::write(
             &config,
@@ -379,14 +381,9 @@ impl World {
         let mut cmd = Command::new(exe);
         cmd.args(["--config"])
             .arg(&config)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--num_workers",
-                "1",
-            ])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            // One worker per core, as LiteLLM's docs advise.
+            .args(["--num_workers", &workers.to_string()])
             // No network: use the cost map shipped in the package.
             .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             // Authenticated like sharenet's requests (no database: the
@@ -444,6 +441,21 @@ impl World {
             _ => {}
         }
         v
+    }
+
+    /// Waits (at most a minute) until the servers behind `target` have
+    /// worked off what a step left them: under 5% of a core for a second.
+    /// A server past its limit keeps serving abandoned requests, which
+    /// must not count against the next step.
+    async fn wait_idle(&self, target: &str) {
+        let busy = |v: &[(String, f64)]| v.iter().map(|(_, c)| c).sum::<f64>();
+        for _ in 0..60 {
+            let before = busy(&self.cpu(target));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if busy(&self.cpu(target)) - before < 0.05 {
+                return;
+            }
+        }
     }
 
     fn rss(&self) -> (u64, u64) {
