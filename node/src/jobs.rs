@@ -652,9 +652,11 @@ async fn collect_countersignature(ctx: &NodeCtx, stream: &mut Stream, signed: &S
     };
     match countersigned {
         Ok(c) => {
-            let store = ctx.store.clone();
-            let record = StoredReceipt::Countersigned(c);
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.upsert(&record)).await {
+            // The node-signed receipt is already durable; the upgrade
+            // rides on the next flush (at most half a second): a crash in
+            // between leaves the node-signed copy, which `reconcile` counts
+            // as pending and the coordinator's books hold countersigned.
+            if let Err(e) = ctx.store.upsert_soon(&StoredReceipt::Countersigned(c)) {
                 tracing::error!(error = %e, "store countersigned receipt");
             }
         }

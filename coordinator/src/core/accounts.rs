@@ -726,11 +726,56 @@ impl Hold {
     /// refused before anything is written (the hold is released on drop),
     /// and a replayed job id is refused by the books.
     pub fn commit(
-        mut self,
+        self,
         receipt: CountersignedReceipt,
         now_ms: u64,
     ) -> Result<LedgerEntry, CommitError> {
-        let accounts = self.accounts.clone();
+        let entry = self.entry(receipt, now_ms)?;
+        self.accounts
+            .books
+            .record(&entry)
+            .map_err(CommitError::Store)?;
+        Ok(self.booked(entry))
+    }
+
+    /// [`Hold::commit`] for async code: the ledger's commit thread makes
+    /// the entry durable while no runtime thread waits for it. Run it in a
+    /// task of its own (`tokio::spawn`): once the entry is handed to the
+    /// books it must be booked here too, whatever happens to the caller.
+    pub async fn commit_async(
+        self,
+        receipt: CountersignedReceipt,
+        now_ms: u64,
+    ) -> Result<LedgerEntry, CommitError> {
+        let entry = self.entry(receipt, now_ms)?;
+        let (done, durable) = tokio::sync::oneshot::channel();
+        self.accounts
+            .books
+            .record_then(
+                &entry,
+                Box::new(move |r| {
+                    let _ = done.send(r);
+                }),
+            )
+            .map_err(CommitError::Store)?;
+        durable
+            .await
+            .map_err(|_| {
+                CommitError::Store(sharenet_ledger::StoreError::Backend(
+                    "the commit thread stopped".into(),
+                ))
+            })?
+            .map_err(CommitError::Store)?;
+        Ok(self.booked(entry))
+    }
+
+    /// The ledger entry for `receipt`, priced; refused above the hold.
+    fn entry(
+        &self,
+        receipt: CountersignedReceipt,
+        now_ms: u64,
+    ) -> Result<LedgerEntry, CommitError> {
+        let accounts = &self.accounts;
         let margin = accounts
             .lock()
             .apps
@@ -749,21 +794,24 @@ impl Hold {
                 hold: self.amount,
             });
         }
-        let entry = LedgerEntry {
+        Ok(LedgerEntry {
             receipt,
             app: self.principal.app.clone(),
             key_id: self.principal.key_id.clone(),
             end_customer: self.end_customer.clone(),
             charge,
             recorded_at_ms: now_ms,
-        };
-        accounts.books.record(&entry).map_err(CommitError::Store)?;
-        // Durable: swap the hold for the real charge in one step.
+        })
+    }
+
+    /// The entry is durable: swaps the hold for the real charge in one step.
+    fn booked(mut self, entry: LedgerEntry) -> LedgerEntry {
+        let accounts = self.accounts.clone();
         let mut state = accounts.lock();
         release_in(&mut state, &self);
         state.book(&entry, &self.principal.key_id);
         self.committed = true;
-        Ok(entry)
+        entry
     }
 }
 
@@ -1120,6 +1168,67 @@ mod tests {
             "exactly the 40 jobs the balance covered"
         );
         assert_eq!(accounts.books().entry_count(), 40);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_async_commit_books_once_durable_and_a_replay_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Arc::new(Books::open(dir.path()).unwrap());
+        let accounts = Arc::new(
+            Accounts::load(books, 0, &public_key_of(&SigningKey::from_bytes(&[2; 32]))).unwrap(),
+        );
+        accounts.create_app(app("a", 0, 0)).unwrap();
+        accounts.top_up("a", 10_000, 0).unwrap();
+        let key = accounts
+            .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
+            .unwrap();
+        let principal = Principal {
+            app: "a".into(),
+            key_id: key.id,
+        };
+        let admission = Admission {
+            principal: &principal,
+            end_customer: None,
+            max_input_tokens: 100,
+            max_output_tokens: 100,
+            max_price_in: 1,
+            max_price_out: 1,
+            now_ms: 1,
+        };
+        let held = |a: &Accounts| {
+            a.lock()
+                .held
+                .get(&Scope::App("a".into()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let hold = accounts.admit(&admission).unwrap();
+        assert_eq!(held(&accounts), 200);
+        let entry = tokio::spawn(hold.commit_async(receipt(1, 60, 40, 1, 1), 1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(held(&accounts), 0);
+        let after = accounts.balance("a");
+        assert_eq!(after, 10_000 - i128::from(entry.charge.total));
+        assert_eq!(accounts.books().entry_count(), 1);
+        // The same job again: the books refuse it, nothing is charged and
+        // the hold is released.
+        let hold = accounts.admit(&admission).unwrap();
+        let replay = tokio::spawn(hold.commit_async(receipt(1, 60, 40, 1, 1), 1))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                replay,
+                Err(CommitError::Store(sharenet_ledger::StoreError::Duplicate(
+                    _
+                )))
+            ),
+            "{replay:?}"
+        );
+        assert_eq!(held(&accounts), 0);
+        assert_eq!(accounts.balance("a"), after);
     }
 
     /// Issue 12, item 15: a builder churning end-customer ids used to

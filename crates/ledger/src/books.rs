@@ -153,8 +153,12 @@ struct Commit {
     value: Vec<u8>,
     /// The entry's key in the per-app index.
     index_key: Vec<u8>,
-    done: mpsc::SyncSender<Result<(), StoreError>>,
+    /// Called once with the outcome, on the commit thread.
+    done: Done,
 }
+
+/// What the commit thread calls with an insert's outcome.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// A key of the per-app index: the app, a zero byte, the time the entry
 /// was recorded (big-endian ms) and the job id, so one app's entries are
@@ -281,6 +285,21 @@ impl Books {
     /// [`StoreError::Duplicate`]); durable when it returns. Blocking.
     pub fn record(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
         let (done, wait) = mpsc::sync_channel(1);
+        self.record_then(
+            entry,
+            Box::new(move |r| {
+                let _ = done.send(r);
+            }),
+        )?;
+        wait.recv()
+            .map_err(|_| StoreError::Backend("the commit thread stopped".into()))?
+    }
+
+    /// [`Books::record`] without waiting: `done` is called (on the commit
+    /// thread) once the entry is durable or refused, so async code can
+    /// await a channel instead of blocking a thread. An error here means
+    /// `done` will not be called.
+    pub fn record_then(&self, entry: &LedgerEntry, done: Done) -> Result<(), StoreError> {
         let key = entry.job_id().0;
         let json = entry.to_bytes()?;
         let value = match self.mac_key.and_then(|k| entry_mac(&k, &key, &json)) {
@@ -307,9 +326,7 @@ impl Books {
             .ok_or_else(|| StoreError::Backend("the books are closed".into()))?;
         sender
             .send(commit)
-            .map_err(|_| StoreError::Backend("the commit thread stopped".into()))?;
-        wait.recv()
-            .map_err(|_| StoreError::Backend("the commit thread stopped".into()))?
+            .map_err(|_| StoreError::Backend("the commit thread stopped".into()))
     }
 
     pub fn entry(&self, id: &JobId) -> Result<Option<LedgerEntry>, StoreError> {
@@ -689,11 +706,11 @@ fn group_commit(db: sled::Db, entries: sled::Tree, by_app: sled::Tree, rx: mpsc:
             match entries.contains_key(c.key) {
                 Ok(false) => {}
                 Ok(true) => {
-                    let _ = c.done.send(Err(StoreError::Duplicate(JobId(c.key))));
+                    (c.done)(Err(StoreError::Duplicate(JobId(c.key))));
                     continue;
                 }
                 Err(e) => {
-                    let _ = c.done.send(Err(e.into()));
+                    (c.done)(Err(e.into()));
                     continue;
                 }
             }
@@ -703,13 +720,13 @@ fn group_commit(db: sled::Db, entries: sled::Tree, by_app: sled::Tree, rx: mpsc:
             match written {
                 Ok(_) => inserted.push(c),
                 Err(e) => {
-                    let _ = c.done.send(Err(e.into()));
+                    (c.done)(Err(e.into()));
                 }
             }
         }
         let flushed = db.flush().map(|_| ()).map_err(|e| e.to_string());
         for c in inserted {
-            let _ = c.done.send(flushed.clone().map_err(StoreError::Backend));
+            (c.done)(flushed.clone().map_err(StoreError::Backend));
         }
     }
 }

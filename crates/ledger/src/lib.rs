@@ -98,6 +98,13 @@ pub trait ReceiptStore: Send + Sync + 'static {
     fn insert_new(&self, receipt: &StoredReceipt) -> Result<(), StoreError>;
     /// Records a receipt, replacing any earlier one for the same job.
     fn upsert(&self, receipt: &StoredReceipt) -> Result<(), StoreError>;
+    /// Like [`ReceiptStore::upsert`], but durable only once the store's
+    /// next flush (another write's, or the background flush within
+    /// [`BACKGROUND_FLUSH_MS`]) has run: for upgrades whose loss in a crash
+    /// costs nothing that cannot be recovered (a node's countersigned copy
+    /// of a receipt it already holds node-signed). Cheap enough to call
+    /// from async code.
+    fn upsert_soon(&self, receipt: &StoredReceipt) -> Result<(), StoreError>;
     fn get(&self, id: &JobId) -> Result<Option<StoredReceipt>, StoreError>;
     /// Up to `limit` receipts in job id order.
     fn list(&self, limit: usize) -> Result<Vec<StoredReceipt>, StoreError>;
@@ -131,7 +138,11 @@ pub struct SledReceiptStore {
 pub(crate) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match sled::open(path) {
+        let opened = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+            .open();
+        match opened {
             Ok(db) => return Ok(db),
             // sled reports a held lock as an `Other` I/O error whose text
             // names it.
@@ -189,6 +200,10 @@ impl SledReceiptStore {
     }
 }
 
+/// The longest a write made with [`ReceiptStore::upsert_soon`] waits for
+/// a flush (sled's background flusher).
+pub const BACKGROUND_FLUSH_MS: u64 = 500;
+
 impl ReceiptStore for SledReceiptStore {
     fn insert_new(&self, receipt: &StoredReceipt) -> Result<(), StoreError> {
         let id = receipt.job_id();
@@ -207,6 +222,12 @@ impl ReceiptStore for SledReceiptStore {
         self.receipts
             .insert(receipt.job_id().0, receipt.to_bytes())?;
         self.durable()
+    }
+
+    fn upsert_soon(&self, receipt: &StoredReceipt) -> Result<(), StoreError> {
+        self.receipts
+            .insert(receipt.job_id().0, receipt.to_bytes())?;
+        Ok(())
     }
 
     fn get(&self, id: &JobId) -> Result<Option<StoredReceipt>, StoreError> {

@@ -603,7 +603,14 @@ fn the_cheapest_node_is_not_stampeded_by_a_burst() {
     for _ in 0..40 {
         let first = {
             let cands = fleet.candidates();
-            route(&cands, &req(), &Weights::default(), &capacity_only(), &mut rng).unwrap()[0][0]
+            route(
+                &cands,
+                &req(),
+                &Weights::default(),
+                &capacity_only(),
+                &mut rng,
+            )
+            .unwrap()[0][0]
         };
         *picks.entry(first).or_default() += 1;
         fleet.observed(first).begin_job(0);
@@ -669,11 +676,17 @@ fn node_health_ties_trust_breaker_and_routing_together() {
             .map(|(h, o)| h.candidate(o, now, &tp))
             .collect();
         let mut rng = StdRng::seed_from_u64(now);
-        let mut v: Vec<u8> = route(&cands, &req(), &Weights::default(), &capacity_only(), &mut rng)
-            .unwrap()
-            .iter()
-            .map(|k| k[0])
-            .collect();
+        let mut v: Vec<u8> = route(
+            &cands,
+            &req(),
+            &Weights::default(),
+            &capacity_only(),
+            &mut rng,
+        )
+        .unwrap()
+        .iter()
+        .map(|k| k[0])
+        .collect();
         v.sort();
         v
     };

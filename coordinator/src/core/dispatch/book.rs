@@ -67,7 +67,10 @@ pub(super) async fn check_and_book(
     let countersigned = CountersignedReceipt::countersign(signed, core.identity.signing_key())
         .map_err(|e| Error::Internal(format!("countersign receipt: {e}")))?;
     let to_book = countersigned.clone();
-    match tokio::task::spawn_blocking(move || hold.commit(to_book, now_ms())).await? {
+    // A task of its own: once handed to the books the entry is booked,
+    // even if this request is dropped meanwhile; no thread waits for the
+    // flush.
+    match tokio::spawn(hold.commit_async(to_book, now_ms())).await? {
         Ok(entry) => {
             core.metrics
                 .receipts_accepted
