@@ -136,6 +136,12 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
                     JobKind::Embedding => "input",
                 }),
             ),
+            r::NoCandidate::Filtered {
+                filter: r::Filter::Capacity,
+                before,
+            } => Error::NoCapacity(format!(
+                "every node serving `{model}` is busy ({before} at capacity, counting the jobs waiting in their queues); retry shortly"
+            )),
             e => Error::NoCapacity(format!("{e}")),
         })
 }
