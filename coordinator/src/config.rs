@@ -49,6 +49,14 @@ struct CoordinatorFile {
     max_price_in_nano_usd: u64,
     #[serde(default = "default_price_ceiling")]
     max_price_out_nano_usd: u64,
+    /// When every node is full, jobs may wait in the nodes' queues up to
+    /// this many times their slots (1: refuse at once with 503).
+    #[serde(default = "default_spill")]
+    spill_queue_factor: u32,
+}
+
+fn default_spill() -> u32 {
+    sharenet_router::RouteParams::default().spill_queue_factor
 }
 
 /// The default price ceiling: 1,000,000 nano-USD per token ($1,000 per
@@ -131,6 +139,10 @@ pub struct CoordinatorConfig {
     pub spot_check_funding: u64,
     /// Offers priced above this are not routable (nano-USD per token).
     pub price_ceiling: PriceCeiling,
+    /// When every node is full (as many of our jobs as slots), jobs may
+    /// wait in the nodes' own queues up to this many times their slots;
+    /// 1 refuses at once (503 with `Retry-After`).
+    pub spill_queue_factor: u32,
 }
 
 /// The network-wide price ceiling, nano-USD per token. One absurd price
@@ -184,6 +196,7 @@ impl CoordinatorConfig {
                 price_out: file.max_price_out_nano_usd,
             },
             operator_key,
+            spill_queue_factor: file.spill_queue_factor,
             bootstrap_balance: file.bootstrap_balance_nano_usd,
             period_rule: match file.settlement_period_secs {
                 None => sharenet_market::PeriodRule::CalendarMonth,
@@ -297,6 +310,12 @@ spot_check_funding_nano_usd = 100000000   # $0.10
 # so one absurd price cannot inflate every request's worst-case hold.
 max_price_in_nano_usd = 1000000    # $1,000 per million prompt tokens
 max_price_out_nano_usd = 1000000
+
+# A node is full when it has as many of this coordinator's jobs as slots;
+# the next job goes to another node. When every node is full, jobs wait in
+# the nodes' own queues up to this many times their slots; 1 refuses at
+# once (503 with Retry-After), the better choice under sustained overload.
+spill_queue_factor = 5
 
 [timeouts]
 connect_ms = 5000       # opening a stream to a node

@@ -137,6 +137,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             // $1,000 of play money for spot checks.
             spot_check_funding: 1_000_000_000_000,
             price_ceiling: Default::default(),
+            spill_queue_factor: 5,
         },
         cancel.clone(),
     )

@@ -90,6 +90,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             spot_check_rate: 0.0,
             spot_check_funding: 0,
             price_ceiling: Default::default(),
+            spill_queue_factor: 5,
             relay_server: false,
         },
         t.cancel_token(),

@@ -80,6 +80,8 @@ pub struct Core {
     pub transport: Arc<dyn Transport>,
     pub registry: registry::Registry,
     pub routing: Arc<routing::Routing>,
+    /// See `CoordinatorConfig::spill_queue_factor`.
+    pub spill_queue_factor: u32,
     pub accounts: Arc<accounts::Accounts>,
     pub operator_key: Option<String>,
     /// How time is cut into settlement periods.
@@ -176,6 +178,7 @@ impl Core {
             identity: config.identity.clone(),
             transport,
             registry: registry::Registry::new(config.price_ceiling),
+            spill_queue_factor: config.spill_queue_factor,
             routing: Arc::new(routing::Routing::new(
                 rand::random(),
                 config.timeouts.first_token.as_secs_f64() * 500.0,

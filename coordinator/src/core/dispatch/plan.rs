@@ -106,6 +106,7 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
     // nodes whose real numbers beat a pessimistic guess; the probation share
     // caps what new nodes get while established ones are available.
     let params = r::RouteParams {
+        spill_queue_factor: core.spill_queue_factor,
         unknown_ttft_ms: 20.0,
         unknown_tokens_per_sec: 500.0,
         ..r::RouteParams::default()

@@ -364,6 +364,7 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
         relay_server: false,
         spot_check_funding: 0,
         price_ceiling: Default::default(),
+        spill_queue_factor: 5,
     }
 }
 
