@@ -32,6 +32,28 @@ async fn wait_for_period_end(at: u64) {
     }
 }
 
+/// Creates app `id` with a margin, $1 of balance and a key; returns the key.
+async fn funded_app(t: &TestNet, id: &str, margin_bps: u32) -> String {
+    let (s, _) = t
+        .operator(
+            reqwest::Method::POST,
+            "apps",
+            Some(json!({"id": id, "builder": format!("{id}-inc"), "margin_bps": margin_bps})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    t.operator(
+        reqwest::Method::POST,
+        &format!("apps/{id}/topup"),
+        Some(json!({"amount_nano_usd": 1_000_000_000u64})),
+    )
+    .await;
+    let (_, k) = t
+        .operator(reqwest::Method::POST, &format!("apps/{id}/keys"), None)
+        .await;
+    k["key"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
     let t = TestNet::start_with(2, |o| {
@@ -41,24 +63,7 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         }
     })
     .await;
-    let (s, _) = t
-        .operator(
-            reqwest::Method::POST,
-            "apps",
-            Some(json!({"id": "acme", "builder": "acme-inc", "margin_bps": 2000})),
-        )
-        .await;
-    assert_eq!(s, 200);
-    t.operator(
-        reqwest::Method::POST,
-        "apps/acme/topup",
-        Some(json!({"amount_nano_usd": 1_000_000_000u64})),
-    )
-    .await;
-    let (_, k) = t
-        .operator(reqwest::Method::POST, "apps/acme/keys", None)
-        .await;
-    let key = k["key"].as_str().unwrap().to_string();
+    let key = funded_app(&t, "acme", 2000).await;
 
     let mut charges = Vec::new();
     for i in 0..4 {
@@ -80,25 +85,11 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         ));
     }
     // A rival app does business in the same period.
-    t.operator(
-        reqwest::Method::POST,
-        "apps",
-        Some(json!({"id": "rival-secret-co", "builder": "rival", "margin_bps": 3100})),
-    )
-    .await;
-    t.operator(
-        reqwest::Method::POST,
-        "apps/rival-secret-co/topup",
-        Some(json!({"amount_nano_usd": 1_000_000_000u64})),
-    )
-    .await;
-    let (_, rk) = t
-        .operator(reqwest::Method::POST, "apps/rival-secret-co/keys", None)
-        .await;
+    let rival_key = funded_app(&t, "rival-secret-co", 3100).await;
     let rival: Value = t
         .http
         .post(format!("{}/chat/completions", t.base_url()))
-        .bearer_auth(rk["key"].as_str().unwrap())
+        .bearer_auth(&rival_key)
         .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": "secret"}], "max_tokens": 5}))
         .send()
         .await

@@ -1099,24 +1099,31 @@ mod tests {
     /// 2): the hold is released and the charge booked in one step, so at
     /// every moment top-ups >= charges + holds, and the app never spends
     /// more than it topped up.
-    #[test]
-    fn concurrent_commits_and_admissions_never_overspend() {
+    /// Accounts in a fresh folder with app `id` (no margin) topped up with
+    /// `topup` and one key.
+    fn funded(id: &str, topup: u64) -> (tempfile::TempDir, Arc<Accounts>, Principal) {
         let dir = tempfile::tempdir().unwrap();
         let books = Arc::new(Books::open(dir.path()).unwrap());
         let accounts = Arc::new(
             Accounts::load(books, 0, &public_key_of(&SigningKey::from_bytes(&[2; 32]))).unwrap(),
         );
-        accounts.create_app(app("a", 0, 0)).unwrap();
-        // Room for 40 worst cases (100 in + 100 out at 1 each).
-        let topup = 40 * 200;
-        accounts.top_up("a", topup, 0).unwrap();
+        accounts.create_app(app(id, 0, 0)).unwrap();
+        accounts.top_up(id, topup, 0).unwrap();
         let key = accounts
-            .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
+            .install_key(id, "sk-test-0123456789abcdef", Budgets::default(), 0)
             .unwrap();
         let principal = Principal {
-            app: "a".into(),
+            app: id.into(),
             key_id: key.id,
         };
+        (dir, accounts, principal)
+    }
+
+    #[test]
+    fn concurrent_commits_and_admissions_never_overspend() {
+        // Room for 40 worst cases (100 in + 100 out at 1 each).
+        let topup = 40 * 200;
+        let (_dir, accounts, principal) = funded("a", topup);
         let next_job = std::sync::atomic::AtomicU32::new(0);
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
@@ -1172,20 +1179,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_async_commit_books_once_durable_and_a_replay_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let books = Arc::new(Books::open(dir.path()).unwrap());
-        let accounts = Arc::new(
-            Accounts::load(books, 0, &public_key_of(&SigningKey::from_bytes(&[2; 32]))).unwrap(),
-        );
-        accounts.create_app(app("a", 0, 0)).unwrap();
-        accounts.top_up("a", 10_000, 0).unwrap();
-        let key = accounts
-            .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
-            .unwrap();
-        let principal = Principal {
-            app: "a".into(),
-            key_id: key.id,
-        };
+        let (_dir, accounts, principal) = funded("a", 10_000);
         let admission = Admission {
             principal: &principal,
             end_customer: None,
