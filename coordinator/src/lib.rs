@@ -149,6 +149,7 @@ pub async fn start(
             event_capacity: 4096,
             relay_server: config.relay_server,
             relays: Vec::new(),
+            relay_max_circuit_bytes: sharenet_p2p::RELAY_MAX_CIRCUIT_BYTES,
         },
         cancel.clone(),
     )

@@ -152,6 +152,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
             event_capacity: 256,
             relay_server: false,
             relays: config.relays.clone(),
+            relay_max_circuit_bytes: sharenet_p2p::RELAY_MAX_CIRCUIT_BYTES,
         },
         cancel.clone(),
     )

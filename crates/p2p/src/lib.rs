@@ -24,7 +24,7 @@ pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use libp2p_stream::IncomingStreams;
 pub use swarm::{
     Client, Event, GossipStats, MAX_STREAMS_PER_CONNECTION, Network, NetworkConfig, P2pError,
-    Traversal, parse_multiaddrs, start,
+    RELAY_MAX_CIRCUIT_BYTES, Traversal, parse_multiaddrs, start,
 };
 
 /// The gossipsub topic nodes publish their signed adverts on.

@@ -41,7 +41,7 @@ const MAX_RATE_ENTRIES: usize = 100_000;
 const MAX_ADVERT_SKEW_MS: u64 = 60_000;
 /// Relay limits that fit job streams (a long generation is a few MiB and
 /// minutes) and nothing like general-purpose transit.
-const RELAY_MAX_CIRCUIT_BYTES: u64 = 256 << 20;
+pub const RELAY_MAX_CIRCUIT_BYTES: u64 = 256 << 20;
 const RELAY_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
 const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
 /// Streams open at once on one connection (QUIC's and yamux's limit): a
@@ -118,6 +118,9 @@ pub struct NetworkConfig {
     /// upgraded to direct ones by hole punching (DCUtR) where the NATs
     /// allow.
     pub relays: Vec<Multiaddr>,
+    /// As a relay: the most bytes one circuit carries before the relay
+    /// closes it (default [`RELAY_MAX_CIRCUIT_BYTES`]).
+    pub relay_max_circuit_bytes: u64,
 }
 
 impl NetworkConfig {
@@ -137,6 +140,7 @@ impl NetworkConfig {
             event_capacity: 1024,
             relay_server: false,
             relays: Vec::new(),
+            relay_max_circuit_bytes: RELAY_MAX_CIRCUIT_BYTES,
         }
     }
 }
@@ -319,6 +323,7 @@ impl Client {
 fn build_swarm(
     identity: &Identity,
     relay_server: bool,
+    max_circuit_bytes: u64,
     advertisers: Advertisers,
 ) -> Result<libp2p::Swarm<Behaviour>, P2pError> {
     let keypair = identity.libp2p_keypair();
@@ -397,7 +402,7 @@ fn build_swarm(
                         max_circuits: 4096,
                         max_circuits_per_peer: 64,
                         max_circuit_duration: RELAY_MAX_CIRCUIT_DURATION,
-                        max_circuit_bytes: RELAY_MAX_CIRCUIT_BYTES,
+                        max_circuit_bytes,
                         ..relay::Config::default()
                     };
                     // Reservations only for peers that serve: ones whose
@@ -441,7 +446,12 @@ fn yamux_config() -> yamux::Config {
 /// peers, and spawns the event loop (stopped by `cancel`).
 pub async fn start(config: NetworkConfig, cancel: CancellationToken) -> Result<Network, P2pError> {
     let advertisers: Advertisers = Arc::default();
-    let mut swarm = build_swarm(&config.identity, config.relay_server, advertisers.clone())?;
+    let mut swarm = build_swarm(
+        &config.identity,
+        config.relay_server,
+        config.relay_max_circuit_bytes,
+        advertisers.clone(),
+    )?;
     let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
     swarm
         .behaviour_mut()
