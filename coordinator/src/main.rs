@@ -74,11 +74,29 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     for addr in &coordinator.p2p_addrs {
         println!("  p2p: {addr}");
     }
-    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
-    println!("shutting down");
+    let signal = shutdown_signal().await?;
+    println!("{signal}: shutting down");
     cancel.cancel();
     coordinator.wait().await;
     Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (systemd, `docker stop`).
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C").map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
 }
 
 /// Writes a new file only its owner can read (it holds keys).

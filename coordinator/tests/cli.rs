@@ -32,3 +32,61 @@ fn init_writes_a_config_only_its_owner_can_read_and_never_overwrites() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
 }
+
+/// `docker stop` and systemd send SIGTERM: the coordinator shuts down and
+/// exits 0 (before issue 15 it died of the signal).
+#[cfg(unix)]
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_sharenet-coordinator");
+    assert!(
+        Command::new(bin)
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let config = dir.path().join("coordinator.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            r#"http_listen = "127.0.0.1:8080""#,
+            r#"http_listen = "127.0.0.1:0""#,
+        )
+        .replace(
+            r#"p2p_listen = ["/ip4/0.0.0.0/udp/4000/quic-v1", "/ip4/0.0.0.0/tcp/4000"]"#,
+            r#"p2p_listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.trim_start().starts_with("API:"));
+    assert!(started, "the coordinator did not start");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM: shutting down")),
+        "{rest:?}"
+    );
+}

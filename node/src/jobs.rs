@@ -83,6 +83,8 @@ pub(crate) async fn accept(
                     Some((JobErrorCode::Saturated, "too many open streams from this peer"))
                 } else if permit.is_none() {
                     Some((JobErrorCode::Saturated, "this node has too many open streams"))
+                } else if ctx.draining.load(Ordering::SeqCst) {
+                    Some((JobErrorCode::Saturated, "this node is shutting down"))
                 } else {
                     None
                 };
@@ -106,7 +108,11 @@ pub(crate) async fn accept(
                 };
                 *per_peer.entry(peer).or_default() += 1;
                 let ctx = ctx.clone();
+                ctx.serving.fetch_add(1, Ordering::SeqCst);
                 handlers.spawn(async move {
+                    // Counted until the receipt round trip is over (a drain
+                    // waits for it), even if the task is aborted.
+                    let _serving = Serving(ctx.clone());
                     serve(ctx, peer, stream).await;
                     drop(permit);
                     Some(peer)
@@ -115,6 +121,15 @@ pub(crate) async fn accept(
         }
     }
     handlers.shutdown().await;
+}
+
+/// One job stream being served (see `NodeCtx::serving`).
+struct Serving(Arc<NodeCtx>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Writes one event frame.

@@ -183,11 +183,46 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     for addr in &node.listen_addrs {
         println!("  {addr}");
     }
-    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
-    println!("shutting down");
+    let signal = shutdown_signal().await?;
+    // Drain: refuse new jobs, advertise no models, let the jobs in flight
+    // finish and send their receipts; a second signal stops at once.
+    println!(
+        "{signal}: draining (up to {} s; again to stop now)",
+        DRAIN_TIMEOUT.as_secs()
+    );
+    let left = tokio::select! {
+        left = node.drain(DRAIN_TIMEOUT) => left,
+        _ = shutdown_signal() => usize::MAX,
+    };
+    match left {
+        0 => println!("drained; shutting down"),
+        usize::MAX => println!("stopping now"),
+        n => println!("{n} jobs still running after the drain timeout; stopping them"),
+    }
     cancel.cancel();
     node.wait().await;
     Ok(())
+}
+
+/// How long a stopping node lets its jobs in flight finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (systemd, `docker stop`).
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C").map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
 }
 
 fn gen_tiny_model(

@@ -79,6 +79,10 @@ pub(crate) struct NodeCtx {
     pub(crate) has_relays: bool,
     /// The peers whose job streams are served.
     pub(crate) coordinators: Vec<PeerId>,
+    /// Shutting down: new jobs are refused and adverts offer no models.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Job streams being served now.
+    pub(crate) serving: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeCtx {
@@ -113,6 +117,29 @@ impl NodeHandle {
     /// Stops this node alone (its parent token stops it too).
     pub fn shutdown(&self) {
         self.cancel.cancel();
+    }
+
+    /// Job streams being served right now.
+    pub fn jobs_in_flight(&self) -> usize {
+        self.ctx.serving.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drains before a shutdown: new jobs are refused (the coordinator
+    /// tries another node), the next advert offers no models, and this
+    /// returns once the jobs in flight have finished and sent their
+    /// receipts, or after `timeout`. Returns how many were still running.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        use std::sync::atomic::Ordering;
+        self.ctx.draining.store(true, Ordering::SeqCst);
+        self.ctx.load_changed.notify_one();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.ctx.serving.load(Ordering::SeqCst);
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits for every task of the node to finish (after cancellation).
@@ -173,6 +200,8 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         has_relays: !config.relays.is_empty(),
         load_changed,
         coordinators: config.coordinators.clone(),
+        draining: std::sync::atomic::AtomicBool::new(false),
+        serving: std::sync::atomic::AtomicUsize::new(0),
     });
     if config.coordinators.is_empty() {
         tracing::warn!(
@@ -279,9 +308,12 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
     let now = now_ms();
     let mut queue_depth = 0u32;
     let mut max_concurrency = 0u32;
+    // A draining node offers nothing: coordinators stop routing to it.
+    let draining = ctx.draining.load(std::sync::atomic::Ordering::SeqCst);
     let models = ctx
         .models
         .iter()
+        .filter(|_| !draining)
         .map(|m| {
             queue_depth = queue_depth.saturating_add(m.queue_depth());
             max_concurrency = max_concurrency.saturating_add(m.config.max_concurrency);

@@ -138,3 +138,62 @@ fn init_with_a_coordinator_serves_only_that_coordinator() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/p2p/"));
 }
+
+/// `docker stop` and systemd send SIGTERM: the node drains and exits 0
+/// (before issue 15 it died of the signal mid-whatever-it-was-doing).
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        node()
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        node()
+            .arg("gen-tiny-model")
+            .arg(dir.path().join("models/tiny-llama"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        r#"listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]"#,
+        r#"listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = node()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("listening on"));
+    assert!(started, "the node did not start");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM: draining"))
+            && rest.iter().any(|l| l.contains("drained; shutting down")),
+        "{rest:?}"
+    );
+}

@@ -161,9 +161,8 @@ async fn a_relay_circuit_is_cut_past_its_byte_limit() {
     cfg.bootstrap = vec![addr.clone()];
     let b = sharenet_p2p::start(cfg, cancel.clone()).await.unwrap();
     let a_peer = a.client.peer_id();
-    let circuit: sharenet_p2p::Multiaddr = format!("{addr}/p2p-circuit/p2p/{a_peer}")
-        .parse()
-        .unwrap();
+    let circuit: sharenet_p2p::Multiaddr =
+        format!("{addr}/p2p-circuit/p2p/{a_peer}").parse().unwrap();
     let mut stream = loop {
         let _ = b.client.dial(circuit.clone()).await;
         if let Ok(s) = b.client.open_job_stream(a_peer).await {

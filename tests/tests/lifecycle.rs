@@ -1,0 +1,117 @@
+//! A node that is stopped drains (issue 15, lifecycle): the job it is
+//! streaming finishes and its receipt is booked, while new jobs are
+//! refused and its adverts stop offering models.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
+use sharenet_node::ModelConfig;
+use sharenet_tests::{TestNet, sse_data};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_finishes_its_stream_and_takes_no_new_jobs() {
+    let t = TestNet::start(1).await;
+    // A slower model, so the job is still running when the drain starts.
+    let dir = tempfile::tempdir().unwrap();
+    let slow_shape = TinyConfig {
+        hidden_size: 256,
+        intermediate_size: 768,
+        num_hidden_layers: 4,
+        ..TinyConfig::default()
+    };
+    write_tiny_llama(dir.path(), 1, slow_shape).unwrap();
+    let node = t
+        .add_node(vec![ModelConfig::local(
+            "slow-model",
+            dir.path().to_path_buf(),
+            100,
+            1000,
+        )])
+        .await;
+    let body = json!({"model": "slow-model", "stream": true, "max_tokens": 300,
+                      "temperature": 0, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "tell me a long story"}]});
+    let r = t.post("chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut text = String::new();
+    // Read until the first content arrives, then drain while it streams.
+    while !sse_data(&text)
+        .iter()
+        .any(|d| d.contains("\"content\":\"") && !d.contains("\"content\":\"\""))
+    {
+        let chunk = stream.next().await.expect("stream ended early").unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(
+        node.jobs_in_flight(),
+        1,
+        "the job is running when the drain starts"
+    );
+    let read_rest = async {
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+        text
+    };
+    // What a SIGTERM does: drain, then stop.
+    let drain_then_stop = async {
+        let left = node.drain(Duration::from_secs(60)).await;
+        node.shutdown();
+        left
+    };
+    // Meanwhile new jobs for its model are not served by it, and its next
+    // advert offers no models.
+    let during = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = t
+                .post(
+                    "chat/completions",
+                    &json!({"model": "slow-model", "max_tokens": 4,
+                            "messages": [{"role": "user", "content": "hello?"}]}),
+                )
+                .await;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            assert!([404, 503].contains(&status), "{status}: {v}");
+            let models: Value = t.get("models").await.json().await.unwrap();
+            let listed = models["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == "slow-model");
+            if !listed {
+                return node.jobs_in_flight();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the draining node still advertises its model"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (left, text, running_when_unlisted) = tokio::join!(drain_then_stop, read_rest, during);
+    assert_eq!(left, 0, "every job finished within the drain");
+    assert_eq!(
+        running_when_unlisted, 1,
+        "the model was withdrawn while its job still ran"
+    );
+
+    // The stream ended normally, with its usage and receipt.
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    let usage: Value = events
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage chunk");
+    let receipt_id = usage["receipt_id"].as_str().unwrap().to_string();
+    let receipt = t.get(&format!("receipts/{receipt_id}")).await;
+    assert_eq!(receipt.status(), 200, "the drained job's receipt is booked");
+    node.shutdown();
+    t.stop().await;
+}
