@@ -51,12 +51,27 @@ pub struct CoordinatorHandle {
     pub p2p: Option<sharenet_p2p::Client>,
     pub core: Arc<Core>,
     tasks: TaskTracker,
+    /// Stops the HTTP server from taking new connections (a drain).
+    stop_http: CancellationToken,
+    /// Cancelled once the HTTP server has finished every response.
+    http_done: CancellationToken,
 }
 
 impl CoordinatorHandle {
     /// `http://ADDR/v1`, what OpenAI clients take as their base URL.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.http_addr)
+    }
+
+    /// Drains before a shutdown: the HTTP server takes no new connections
+    /// and closes idle ones, and this returns once every response in
+    /// progress (streams included, with their receipts booked) has
+    /// finished, or after `timeout`. True when everything finished.
+    pub async fn drain(&self, timeout: std::time::Duration) -> bool {
+        self.stop_http.cancel();
+        tokio::time::timeout(timeout, self.http_done.cancelled())
+            .await
+            .is_ok()
     }
 
     /// Waits for every task to finish (after the shutdown token is
@@ -109,7 +124,11 @@ pub fn spawn(
         ));
     }
     let router = app(core.clone());
-    let stop = shutdown.clone();
+    // The server stops on a drain or on shutdown, whichever comes first.
+    let stop_http = shutdown.child_token();
+    let stop = stop_http.clone();
+    let http_done = CancellationToken::new();
+    let done = http_done.clone();
     // No Nagle: a streamed token must leave at once, not wait for the
     // client's delayed ACK of the previous write (40 ms on Linux).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -124,6 +143,7 @@ pub fn spawn(
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server stopped");
         }
+        done.cancel();
     });
     Ok(CoordinatorHandle {
         http_addr,
@@ -132,6 +152,8 @@ pub fn spawn(
         p2p: None,
         core,
         tasks,
+        stop_http,
+        http_done,
     })
 }
 

@@ -75,7 +75,21 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
         println!("  p2p: {addr}");
     }
     let signal = shutdown_signal().await?;
-    println!("{signal}: shutting down");
+    // Drain: no new connections; responses in progress (streams included)
+    // finish and are booked; a second signal stops at once.
+    println!(
+        "{signal}: draining (up to {} s; again to stop now)",
+        DRAIN_TIMEOUT.as_secs()
+    );
+    let drained = tokio::select! {
+        drained = coordinator.drain(DRAIN_TIMEOUT) => drained,
+        _ = shutdown_signal() => false,
+    };
+    if drained {
+        println!("drained; shutting down");
+    } else {
+        println!("stopping the responses still open");
+    }
     cancel.cancel();
     coordinator.wait().await;
     Ok(())
@@ -98,6 +112,9 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
         Ok("Ctrl-C")
     }
 }
+
+/// How long a stopping coordinator lets open responses finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Writes a new file only its owner can read (it holds keys).
 fn write_private(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {

@@ -86,7 +86,8 @@ fn sigterm_shuts_down_cleanly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}: {rest:?}");
     assert!(
-        rest.iter().any(|l| l.contains("SIGTERM: shutting down")),
+        rest.iter().any(|l| l.contains("SIGTERM: draining"))
+            && rest.iter().any(|l| l.contains("drained; shutting down")),
         "{rest:?}"
     );
 }

@@ -1,6 +1,7 @@
-//! A node that is stopped drains (issue 15, lifecycle): the job it is
+//! Stopping drains (issue 15, lifecycle). A node: the job it is
 //! streaming finishes and its receipt is booked, while new jobs are
-//! refused and its adverts stop offering models.
+//! refused and its adverts stop offering models. A coordinator: the
+//! streams it is relaying finish and are booked before it stops.
 
 use std::time::Duration;
 
@@ -113,5 +114,57 @@ async fn a_draining_node_finishes_its_stream_and_takes_no_new_jobs() {
     let receipt = t.get(&format!("receipts/{receipt_id}")).await;
     assert_eq!(receipt.status(), 200, "the drained job's receipt is booked");
     node.shutdown();
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_coordinator_finishes_its_streams_before_it_stops() {
+    let t = TestNet::start(1).await;
+    let body = json!({"model": sharenet_tests::MODEL, "stream": true, "max_tokens": 200,
+                      "temperature": 0, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "tell me a long story"}]});
+    let r = t.post("chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut text = String::new();
+    let first = stream.next().await.expect("a first chunk").unwrap();
+    text.push_str(&String::from_utf8_lossy(&first));
+    let read_rest = async {
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+        text
+    };
+    // What a SIGTERM does: drain, then stop everything.
+    let cancel = t.cancel_token();
+    let coordinator = &t.net().coordinator;
+    let drain_then_stop = async {
+        let drained = coordinator.drain(Duration::from_secs(60)).await;
+        cancel.cancel();
+        drained
+    };
+    let (drained, text) = tokio::join!(drain_then_stop, read_rest);
+    assert!(drained, "every response finished within the drain");
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    let usage = events
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage chunk");
+    let id = usage["receipt_id"].as_str().unwrap();
+    let job: sharenet_proto::JobId = id.parse().unwrap();
+    assert!(
+        t.net()
+            .coordinator
+            .core
+            .accounts
+            .books()
+            .entry(&job)
+            .unwrap()
+            .is_some(),
+        "the drained stream's receipt is in the books"
+    );
     t.stop().await;
 }
