@@ -70,10 +70,22 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
         Script::Trickle(1000, Duration::from_millis(20)),
     ])
     .await;
+    let http = reqwest::Client::new();
+    let root = handle.base_url().trim_end_matches("/v1").to_string();
     while handle.core.registry.live_nodes(now_ms()) < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let http = reqwest::Client::new();
+    // Live nodes: ready (liveness is 200 regardless).
+    let ready = http.get(format!("{root}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        http.get(format!("{root}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let url = format!("{}/chat/completions", handle.base_url());
     let chat = |node: [u8; 32], stream: bool| {
         http.post(&url).bearer_auth(KEY).json(&serde_json::json!({
@@ -113,6 +125,33 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
         2,
         "the whole job and the part of the cut stream the client received"
     );
+}
+
+#[tokio::test]
+async fn ready_only_with_a_live_node() {
+    let Served {
+        handle,
+        shutdown,
+        _dir,
+        _events,
+        ..
+    } = serve(Vec::new()).await;
+    let root = handle.base_url().trim_end_matches("/v1").to_string();
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{root}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = http.get(format!("{root}/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["reason"], "no live nodes");
+    shutdown.cancel();
+    handle.wait().await;
 }
 
 #[tokio::test]

@@ -57,6 +57,7 @@ pub fn app(core: Arc<Core>) -> Router {
         .merge(authed)
         .merge(operator)
         .route("/health", get(public::health))
+        .route("/ready", get(public::ready))
         .route("/statements/{label}", get(public::statement_bundle))
         .route("/metrics", get(public::metrics))
         .fallback(|| async { ApiError(Error::NotFound("no such endpoint".into())) })

@@ -6,14 +6,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sharenet_api::statements::StatementBundle;
 
 use super::error::ApiError;
 use crate::core::{Core, now_ms};
 
+/// Liveness: the process answers (200 whatever the network looks like).
 pub(super) async fn health(State(core): State<Arc<Core>>) -> Json<Value> {
     Json(json!({"status": "ok", "live_nodes": core.registry.live_nodes(now_ms())}))
+}
+
+/// Readiness, for load balancers and orchestrators: 200 when the books
+/// are open and at least one node is live, 503 otherwise (no request
+/// could be served), and 503 once shutdown has begun (a draining
+/// coordinator takes no new connections at all).
+pub(super) async fn ready(State(core): State<Arc<Core>>) -> (StatusCode, Json<Value>) {
+    let live = core.registry.live_nodes(now_ms());
+    let (status, reason) = if core.shutdown().is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, Some("shutting down"))
+    } else if live == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, Some("no live nodes"))
+    } else {
+        (StatusCode::OK, None)
+    };
+    (
+        status,
+        Json(json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "reason": reason,
+            "live_nodes": live,
+        })),
+    )
 }
 
 /// A settled period for providers to reconcile against.
