@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::now_ms;
-use crate::service::{Backend, NodeCtx, ServedModel};
+use crate::service::{Backend, NodeCtx, Prices, ServedModel};
 use crate::upstream::{Upstream, UpstreamEvent};
 
 /// Time the opener has to send the request frame.
@@ -248,12 +248,13 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         .await;
         return;
     };
+    let prices = model.job_prices();
     let served = match &model.backend {
         Backend::Text(scheduler) => {
             let running = RunningReceipt {
                 ctx: &ctx,
                 request: &request,
-                model: &model,
+                prices,
                 started_at_ms,
                 request_digest,
             };
@@ -266,7 +267,7 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
             let running = RunningReceipt {
                 ctx: &ctx,
                 request: &request,
-                model: &model,
+                prices,
                 started_at_ms,
                 request_digest,
             };
@@ -299,7 +300,7 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
     let signed = match sign_receipt(
         &ctx,
         &request,
-        &model,
+        prices,
         usage,
         started_at_ms,
         request_digest,
@@ -381,7 +382,8 @@ fn engine_failure(e: EngineError) -> Served {
 struct RunningReceipt<'a> {
     ctx: &'a NodeCtx,
     request: &'a JobRequest,
-    model: &'a ServedModel,
+    /// Fixed when the job started (a reload does not change them).
+    prices: Prices,
     started_at_ms: u64,
     request_digest: [u8; 32],
 }
@@ -395,7 +397,7 @@ impl RunningReceipt<'_> {
         sign_receipt(
             self.ctx,
             self.request,
-            self.model,
+            self.prices,
             usage,
             self.started_at_ms,
             self.request_digest,
@@ -612,19 +614,14 @@ fn saturated(model: &ServedModel) -> Served {
 fn sign_receipt(
     ctx: &NodeCtx,
     request: &JobRequest,
-    model: &ServedModel,
+    (price_in, price_out): Prices,
     usage: Usage,
     started_at_ms: u64,
     request_digest: [u8; 32],
     response_digest: [u8; 32],
 ) -> Result<SignedReceipt, String> {
-    let amount = job_cost(
-        usage.input_tokens,
-        usage.output_tokens,
-        model.config.price_in,
-        model.config.price_out,
-    )
-    .map_err(|e| e.to_string())?;
+    let amount = job_cost(usage.input_tokens, usage.output_tokens, price_in, price_out)
+        .map_err(|e| e.to_string())?;
     let receipt = Receipt {
         job_id: request.job_id,
         node: ctx.identity.public_key(),
@@ -632,8 +629,8 @@ fn sign_receipt(
         model: request.model.clone(),
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
-        price_in: model.config.price_in,
-        price_out: model.config.price_out,
+        price_in,
+        price_out,
         amount,
         started_at_ms,
         finished_at_ms: now_ms().max(started_at_ms),

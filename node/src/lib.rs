@@ -19,7 +19,7 @@ mod service;
 mod upstream;
 
 pub use config::{DeviceChoice, ModelConfig, ModelSource, NodeConfig, UpstreamConfig};
-pub use service::{NodeHandle, start};
+pub use service::{NodeHandle, Reload, start};
 
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {

@@ -175,15 +175,38 @@ fn init(dir: &std::path::Path, coordinator: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn run(config: &std::path::Path) -> anyhow::Result<()> {
-    let config = NodeConfig::from_file(config)?;
+async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = NodeConfig::from_file(config_path)?;
     let cancel = CancellationToken::new();
     let node = sharenet_node::start(config, cancel.clone()).await?;
     println!("sharenet-node {} listening on:", node.peer_id);
     for addr in &node.listen_addrs {
         println!("  {addr}");
     }
-    let signal = shutdown_signal().await?;
+    // SIGHUP re-reads the config and applies price changes (see
+    // `NodeHandle::reload`); SIGINT or SIGTERM stop.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let signal = loop {
+        tokio::select! {
+            signal = &mut stop => break signal?,
+            () = hangup() => match NodeConfig::from_file(config_path) {
+                Ok(new) => {
+                    let r = node.reload(&new);
+                    if r.repriced.is_empty() {
+                        println!("SIGHUP: no price changes");
+                    }
+                    for m in &r.repriced {
+                        println!("SIGHUP: repriced {m}");
+                    }
+                    for c in &r.needs_restart {
+                        println!("SIGHUP: not applied (needs a restart): {c}");
+                    }
+                }
+                Err(e) => println!("SIGHUP: config not reloaded: {e:#}"),
+            },
+        }
+    };
     // Drain: refuse new jobs, advertise no models, let the jobs in flight
     // finish and send their receipts; a second signal stops at once.
     println!(
@@ -206,6 +229,16 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
 
 /// How long a stopping node lets its jobs in flight finish.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Resolves on each SIGHUP (never, where there are no signals).
+async fn hangup() {
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        hup.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await
+}
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM (systemd, `docker stop`).
 async fn shutdown_signal() -> anyhow::Result<&'static str> {

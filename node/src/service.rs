@@ -45,9 +45,61 @@ pub(crate) struct ServedModel {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) running: AtomicU32,
     pub(crate) waiting: AtomicU32,
+    /// What it charges now, and what it charged before a reload.
+    pub(crate) prices: std::sync::Mutex<PriceState>,
+}
+
+/// What [`NodeHandle::reload`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// Models whose prices changed, with the new prices.
+    pub repriced: Vec<String>,
+    /// Changes that were not applied (they need a restart).
+    pub needs_restart: Vec<String>,
+}
+
+/// A model's prices, nano-USD per token (in, out).
+pub(crate) type Prices = (u64, u64);
+
+/// Prices across a reload: coordinators may still route on the old advert
+/// until it expires, so for that long a job is charged the lower of the
+/// old and the new price (a receipt may never exceed the advert it was
+/// routed on; below it is the node's own loss).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PriceState {
+    pub(crate) current: Prices,
+    pub(crate) previous: Option<(Prices, u64)>,
+}
+
+impl PriceState {
+    /// The prices a job starting at `now_ms` is charged.
+    pub(crate) fn for_job(&self, now_ms: u64) -> Prices {
+        match self.previous {
+            Some((old, until)) if now_ms < until => {
+                (old.0.min(self.current.0), old.1.min(self.current.1))
+            }
+            _ => self.current,
+        }
+    }
 }
 
 impl ServedModel {
+    /// The prices adverts offer now.
+    pub(crate) fn advertised_prices(&self) -> Prices {
+        self.prices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .current
+    }
+
+    /// The prices a job starting now is charged (see [`PriceState`]).
+    pub(crate) fn job_prices(&self) -> Prices {
+        self.prices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .for_job(now_ms())
+    }
+
     /// Jobs running or waiting.
     pub(crate) fn queue_depth(&self) -> u32 {
         match &self.backend {
@@ -101,6 +153,7 @@ pub struct NodeHandle {
     ctx: Arc<NodeCtx>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+    config: NodeConfig,
 }
 
 impl NodeHandle {
@@ -117,6 +170,53 @@ impl NodeHandle {
     /// Stops this node alone (its parent token stops it too).
     pub fn shutdown(&self) {
         self.cancel.cancel();
+    }
+
+    /// Applies a changed config without dropping jobs (SIGHUP): new
+    /// prices go into the next advert at once; jobs already running keep
+    /// the prices they started at, and until the old advert has expired
+    /// everywhere (`advert_ttl`) new jobs are charged the lower of the old
+    /// and new price. Other changes (models added, removed or re-pointed,
+    /// addresses, identity) need a restart and are listed, not applied.
+    pub fn reload(&self, config: &NodeConfig) -> Reload {
+        let mut out = Reload::default();
+        let until = now_ms().saturating_add(config.advert_ttl.as_millis() as u64);
+        for m in &self.ctx.models {
+            let Some(new) = config.models.iter().find(|n| n.id == m.config.id) else {
+                out.needs_restart
+                    .push(format!("model {} removed", m.config.id));
+                continue;
+            };
+            let mut p = m
+                .prices
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let wanted = (new.price_in, new.price_out);
+            if wanted != p.current {
+                *p = PriceState {
+                    previous: Some((p.current, until)),
+                    current: wanted,
+                };
+                out.repriced.push(format!(
+                    "{}: {}/{} nano-USD per token",
+                    m.config.id, wanted.0, wanted.1
+                ));
+            }
+        }
+        for n in &config.models {
+            if self.ctx.model(&n.id).is_none() {
+                out.needs_restart.push(format!("model {} added", n.id));
+            }
+        }
+        if !out.repriced.is_empty() {
+            self.ctx.load_changed.notify_one();
+        }
+        out
+    }
+
+    /// The config the node started with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
     }
 
     /// Job streams being served right now.
@@ -233,6 +333,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         ctx,
         cancel,
         tasks,
+        config,
     })
 }
 
@@ -301,6 +402,10 @@ fn serve_model(
         slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
         running: AtomicU32::new(0),
         waiting: AtomicU32::new(0),
+        prices: std::sync::Mutex::new(PriceState {
+            current: (m.price_in, m.price_out),
+            previous: None,
+        }),
     })
 }
 
@@ -317,10 +422,11 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
         .map(|m| {
             queue_depth = queue_depth.saturating_add(m.queue_depth());
             max_concurrency = max_concurrency.saturating_add(m.config.max_concurrency);
+            let (price_in, price_out) = m.advertised_prices();
             ModelOffer {
                 id: m.config.id.clone(),
-                price_in: m.config.price_in,
-                price_out: m.config.price_out,
+                price_in,
+                price_out,
                 context_length: m.context_length,
                 kind: m.kind,
                 quantization: m.quantization.clone(),
@@ -410,5 +516,30 @@ async fn advertise(
                 ADVERT_RETRY
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_reprice_jobs_pay_the_lower_price_until_the_old_advert_expires() {
+        let up = PriceState {
+            current: (150, 1500),
+            previous: Some(((100, 1000), 10_000)),
+        };
+        assert_eq!(up.for_job(9_999), (100, 1000));
+        assert_eq!(up.for_job(10_000), (150, 1500));
+        let mixed = PriceState {
+            current: (50, 2000),
+            previous: Some(((100, 1000), 10_000)),
+        };
+        assert_eq!(mixed.for_job(0), (50, 1000));
+        let fresh = PriceState {
+            current: (7, 9),
+            previous: None,
+        };
+        assert_eq!(fresh.for_job(0), (7, 9));
     }
 }

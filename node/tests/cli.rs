@@ -139,11 +139,12 @@ fn init_with_a_coordinator_serves_only_that_coordinator() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/p2p/"));
 }
 
-/// `docker stop` and systemd send SIGTERM: the node drains and exits 0
-/// (before issue 15 it died of the signal mid-whatever-it-was-doing).
+/// SIGHUP reprices from the edited config; `docker stop` and systemd send
+/// SIGTERM: the node drains and exits 0 (before issue 15 it died of the
+/// signal mid-whatever-it-was-doing).
 #[cfg(unix)]
 #[test]
-fn sigterm_drains_and_exits_cleanly() {
+fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
@@ -183,6 +184,23 @@ fn sigterm_drains_and_exits_cleanly() {
         .map_while(Result::ok)
         .any(|l| l.contains("listening on"));
     assert!(started, "the node did not start");
+    // SIGHUP applies a price change from the edited config.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("price_in = 100", "price_in = 120");
+    std::fs::write(&config, text).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let repriced = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("SIGHUP: repriced tiny-llama: 120/200"));
+    assert!(repriced, "SIGHUP did not reprice");
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

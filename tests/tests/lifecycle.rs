@@ -1,7 +1,9 @@
 //! Stopping drains (issue 15, lifecycle). A node: the job it is
 //! streaming finishes and its receipt is booked, while new jobs are
 //! refused and its adverts stop offering models. A coordinator: the
-//! streams it is relaying finish and are booked before it stops.
+//! streams it is relaying finish and are booked before it stops. And a
+//! node reloaded with new prices (SIGHUP) advertises them at once while
+//! the job it is running finishes at the old ones.
 
 use std::time::Duration;
 
@@ -166,5 +168,74 @@ async fn a_draining_coordinator_finishes_its_streams_before_it_stops() {
             .is_some(),
         "the drained stream's receipt is in the books"
     );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
+    let t = TestNet::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let slow_shape = TinyConfig {
+        hidden_size: 256,
+        intermediate_size: 768,
+        num_hidden_layers: 4,
+        ..TinyConfig::default()
+    };
+    write_tiny_llama(dir.path(), 1, slow_shape).unwrap();
+    let model = ModelConfig::local("slow-model", dir.path().to_path_buf(), 100, 1000);
+    let node = t.add_node(vec![model.clone()]).await;
+    let body = json!({"model": "slow-model", "stream": true, "max_tokens": 100,
+                      "temperature": 0, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "tell me a long story"}]});
+    let r = t.post("chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).to_string();
+    assert_eq!(node.jobs_in_flight(), 1);
+
+    // The operator raises the price and reloads.
+    let mut config = node.config().clone();
+    config.models[0].price_in = 150;
+    config.models[0].price_out = 1500;
+    let reload = node.reload(&config);
+    assert_eq!(reload.repriced.len(), 1, "{reload:?}");
+    assert!(reload.needs_restart.is_empty(), "{reload:?}");
+
+    let advertised = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let models: Value = t.get("models").await.json().await.unwrap();
+            let price = models["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["id"] == "slow-model")
+                .map(|m| m["pricing"]["completion_nano_usd_per_token"].clone());
+            if price == Some(json!(1500)) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {price:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let read_rest = async {
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+        text
+    };
+    let ((), text) = tokio::join!(advertised, read_rest);
+    let usage = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .unwrap_or_else(|| panic!("no usage chunk: {text}"));
+    let id = usage["receipt_id"].as_str().unwrap();
+    let receipt: Value = t.get(&format!("receipts/{id}")).await.json().await.unwrap();
+    assert_eq!(
+        receipt["receipt"]["price_out"], 1000,
+        "the running job kept its price: {receipt}"
+    );
+    node.shutdown();
     t.stop().await;
 }

@@ -36,7 +36,7 @@ pub enum ReceiptRejection {
     WrongCoordinator,
     #[error("receipt names model {0:?}")]
     WrongModel(String),
-    #[error("receipt prices {got_in}/{got_out} differ from the advert's {want_in}/{want_out}")]
+    #[error("receipt prices {got_in}/{got_out} are above the advert's {want_in}/{want_out}")]
     WrongPrice {
         got_in: NanoUsd,
         got_out: NanoUsd,
@@ -72,7 +72,10 @@ pub fn check_receipt(bytes: &[u8], expected: &Expected) -> Result<SignedReceipt,
     if r.model != expected.model {
         return Err(ReceiptRejection::WrongModel(r.model.clone()));
     }
-    if r.price_in != expected.price_in || r.price_out != expected.price_out {
+    // A node may charge less than it advertised (it does for a while after
+    // a price change, while coordinators may still route on its old
+    // advert), never more: the hold was priced on the advert.
+    if r.price_in > expected.price_in || r.price_out > expected.price_out {
         return Err(ReceiptRejection::WrongPrice {
             got_in: r.price_in,
             got_out: r.price_out,
@@ -189,6 +192,13 @@ mod tests {
             check_receipt(&signed(pricier, &node()), &e).unwrap_err(),
             ReceiptRejection::WrongPrice { .. }
         ));
+        // Cheaper than advertised is the node's own loss: accepted.
+        let cheaper = Receipt {
+            price_out: 19,
+            amount: 3 * 10 + 5 * 19,
+            ..receipt()
+        };
+        assert!(check_receipt(&signed(cheaper, &node()), &e).is_ok());
         let other_text = Receipt {
             response_digest: sha256(b"other"),
             ..receipt()
