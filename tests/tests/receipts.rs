@@ -201,7 +201,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
         ("bad-signature", "does not verify"),
         ("wrong-signer", "signed by a node other than"),
         ("inflated", "5 output tokens but 1 were streamed"),
-        ("wrong-price", "differ from the advert"),
+        ("wrong-price", "are above the advert"),
     ]
     .into_iter()
     .enumerate()
