@@ -33,8 +33,9 @@ fn init_writes_a_config_only_its_owner_can_read_and_never_overwrites() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
 }
 
-/// `docker stop` and systemd send SIGTERM: the coordinator shuts down and
-/// exits 0 (before issue 15 it died of the signal).
+/// `docker stop` and systemd send SIGTERM: the coordinator drains and
+/// exits 0 (before issue 15 it died of the signal); with `--log-format
+/// json` its logs are JSON lines.
 #[cfg(unix)]
 #[test]
 fn sigterm_shuts_down_cleanly() {
@@ -64,11 +65,13 @@ fn sigterm_shuts_down_cleanly() {
             r#"p2p_listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
         );
     std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(dir.path().join("log.jsonl")).unwrap();
     let mut child = Command::new(bin)
-        .args(["run", "--config"])
+        .args(["--log-format", "json", "run", "--config"])
         .arg(&config)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -89,5 +92,17 @@ fn sigterm_shuts_down_cleanly() {
         rest.iter().any(|l| l.contains("SIGTERM: draining"))
             && rest.iter().any(|l| l.contains("drained; shutting down")),
         "{rest:?}"
+    );
+    // `--log-format json`: every log line is one JSON object.
+    let log = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["level"] == "INFO" && v["message"] == "coordinator started"),
+        "{log}"
     );
 }

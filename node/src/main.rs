@@ -19,8 +19,41 @@ use tokio_util::sync::CancellationToken;
     about = "Sell LLM inference on the sharenet network"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line). Default: the
+    /// SHARENET_LOG_FORMAT environment variable, else text. Levels follow
+    /// RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr in `format` (or SHARENET_LOG_FORMAT's).
+fn init_logs(format: Option<LogFormat>) -> anyhow::Result<()> {
+    let format = match format {
+        Some(f) => f,
+        None => match std::env::var("SHARENET_LOG_FORMAT").as_deref() {
+            Err(_) | Ok("") | Ok("text") => LogFormat::Text,
+            Ok("json") => LogFormat::Json,
+            Ok(other) => bail!("SHARENET_LOG_FORMAT={other:?}: expected text or json"),
+        },
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,libp2p=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -107,13 +140,9 @@ enum GgufType {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,libp2p=warn".into()),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logs(cli.log_format)?;
+    match cli.command {
         Command::Init { dir, coordinator } => init(&dir, coordinator.as_deref()),
         Command::Run { config } => run(&config).await,
         Command::GenTinyModel {

@@ -9,6 +9,7 @@
 //! - `operator.rs`: `/operator/*` (apps, keys, top-ups, settlement);
 //! - `public.rs`: health, metrics, published statement bundles.
 
+mod access;
 mod builder;
 pub mod error;
 mod openai;
@@ -63,6 +64,7 @@ pub fn app(core: Arc<Core>) -> Router {
         .fallback(|| async { ApiError(Error::NotFound("no such endpoint".into())) })
         .layer(middleware::map_response(error::json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(access::log))
         .with_state(core)
 }
 
@@ -87,8 +89,11 @@ async fn authenticate(
         .into());
     };
     let principal = core.accounts.authenticate(key)?;
-    request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
+    request.extensions_mut().insert(principal.clone());
+    let mut response = next.run(request).await;
+    // For the access log.
+    response.extensions_mut().insert(principal);
+    Ok(response)
 }
 
 /// `/operator/*`: the operator key only.

@@ -21,11 +21,12 @@ use sharenet_api::openai::{
 use sharenet_api::{Cost, List};
 use sharenet_proto::TokenLogprob;
 
+use super::access;
 use super::error::ApiError;
 use super::request::{Shape, chat_job, completion_job, embedding_job, parse_body};
 use super::{RECEIPT_HEADER, end_customer};
 use crate::core::accounts::Principal;
-use crate::core::dispatch::{Finished, Step, start_job};
+use crate::core::dispatch::{ActiveJob, Finished, Step, start_job};
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 use crate::core::{Core, now_ms};
@@ -49,6 +50,7 @@ fn accept<R: serde::de::DeserializeOwned>(
 pub(super) async fn chat_completions(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,
+    started: Option<Extension<access::Started>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -59,12 +61,13 @@ pub(super) async fn chat_completions(
         |r: &ChatCompletionRequest| r.user.as_deref(),
         chat_job,
     )?;
-    generate(core, job, shape, principal, customer).await
+    generate(core, job, shape, principal, customer, started.map(|e| e.0)).await
 }
 
 pub(super) async fn completions(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,
+    started: Option<Extension<access::Started>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -75,7 +78,7 @@ pub(super) async fn completions(
         |r: &CompletionRequest| r.user.as_deref(),
         completion_job,
     )?;
-    generate(core, job, shape, principal, customer).await
+    generate(core, job, shape, principal, customer, started.map(|e| e.0)).await
 }
 
 pub(super) async fn embeddings(
@@ -95,6 +98,7 @@ pub(super) async fn embeddings(
     let mut active = start_job(&core, Arc::new(job), &principal, customer.as_deref()).await?;
     let receipt_id = active.job_id().to_hex();
     let finished = run_to_end(&core, &mut active).await?;
+    let access = access_of(&active, &finished);
     let Some(vectors) = finished.embeddings else {
         return Err(Error::BadGateway("the node finished without embeddings".into()).into());
     };
@@ -123,7 +127,9 @@ pub(super) async fn embeddings(
         },
         receipt_id: receipt_id.clone(),
     };
-    Ok((receipt_header(&receipt_id), Json(body)).into_response())
+    let mut response = (receipt_header(&receipt_id), Json(body)).into_response();
+    response.extensions_mut().insert(access);
+    Ok(response)
 }
 
 /// Reads a job to its end.
@@ -153,6 +159,7 @@ async fn generate(
     shape: Shape,
     principal: Principal,
     customer: Option<String>,
+    started: Option<access::Started>,
 ) -> Result<Response, ApiError> {
     let kind = job.kind;
     let want_logprobs = job.params.logprobs;
@@ -177,11 +184,18 @@ async fn generate(
                 created,
                 include_usage: shape.include_usage,
                 want_logprobs,
+                started: started.map(|s| access::Started {
+                    app: Some(principal.app.clone()),
+                    ..s
+                }),
             },
         );
-        return Ok((headers, sse).into_response());
+        let mut response = (headers, sse).into_response();
+        response.extensions_mut().insert(access::Deferred);
+        return Ok(response);
     }
     let finished = run_to_end(&core, &mut active).await?;
+    let access = access_of(&active, &finished);
     let usage = usage(&finished);
     let node = active.peer().to_string();
     let model = active.model().to_owned();
@@ -224,7 +238,21 @@ async fn generate(
         })
         .into_response(),
     };
-    Ok((headers, body).into_response())
+    let mut response = (headers, body).into_response();
+    response.extensions_mut().insert(access);
+    Ok(response)
+}
+
+/// The access-log facts of a finished job.
+pub(super) fn access_of(active: &ActiveJob, f: &Finished) -> access::Access {
+    access::Access {
+        model: active.model().to_owned(),
+        node: active.peer().to_string(),
+        receipt_id: active.job_id().to_hex(),
+        input_tokens: f.usage.input_tokens,
+        output_tokens: f.usage.output_tokens,
+        charge_nano_usd: f.charge.total,
+    }
 }
 
 /// The `usage` object of a booked job.

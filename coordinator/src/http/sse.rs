@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Serialize;
 use sharenet_api::openai::{
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::body;
-use super::openai::{chat_logprobs, completion_logprobs, usage};
+use super::openai::{access_of, chat_logprobs, completion_logprobs, usage};
 use crate::core::Core;
 use crate::core::dispatch::{ActiveJob, Step};
 use crate::core::error::Error;
@@ -38,6 +39,8 @@ pub(super) struct Meta {
     pub created: u64,
     pub include_usage: bool,
     pub want_logprobs: bool,
+    /// For the access-log line written when the stream ends.
+    pub started: Option<super::access::Started>,
 }
 
 type Events = ReceiverStream<Result<Event, Infallible>>;
@@ -177,7 +180,18 @@ async fn relay(
         timeout: core.timeouts.idle,
     };
     let model = active.model().to_owned();
+    // The headers leave with the first event: time to first token.
+    let ttft_ms = meta
+        .started
+        .as_ref()
+        .map(|s| s.at.elapsed().as_secs_f64() * 1e3);
+    let log = |status: StatusCode, access: Option<&super::access::Access>| {
+        if let Some(s) = &meta.started {
+            super::access::line(s, status, access, ttft_ms);
+        }
+    };
     if meta.kind == JobKind::Chat && !out.json(&meta.chunk(&model, None, None, 0, None)).await {
+        log(StatusCode::OK, None);
         return;
     }
     let mut offset = 0usize;
@@ -202,7 +216,11 @@ async fn relay(
                     // job closes the node's stream, which stops generation
                     // there. What was generated until then is charged (the
                     // node's last running receipt), as hosted APIs do.
-                    let _ = active.book_partial(&core).await;
+                    let partial = active.book_partial(&core).await;
+                    log(
+                        StatusCode::OK,
+                        partial.map(|p| access_of(&active, &p)).as_ref(),
+                    );
                     return;
                 }
                 offset += text.len();
@@ -218,16 +236,23 @@ async fn relay(
                         .await;
                 }
                 out.done().await;
+                log(StatusCode::OK, Some(&access_of(&active, &finished)));
                 return;
             }
             Err(e) => {
                 tracing::warn!(job = %active.job_id(), error = %e, "stream failed after the first token");
                 let mut event = body(&e);
-                if let Some(partial) = active.book_partial(&core).await {
-                    event.usage = Some(usage(&partial));
+                let partial = active.book_partial(&core).await;
+                if let Some(partial) = &partial {
+                    event.usage = Some(usage(partial));
                     event.receipt_id = Some(partial.receipt.receipt().job_id.to_hex());
                 }
                 let _ = out.json(&event).await;
+                // The status line said 200; the stream ended in an error.
+                log(
+                    super::error::status(&e),
+                    partial.map(|p| access_of(&active, &p)).as_ref(),
+                );
                 return;
             }
         }
@@ -275,6 +300,7 @@ mod tests {
             created: 0,
             include_usage: false,
             want_logprobs: false,
+            started: None,
         };
         // The client holds the stream open and never reads it.
         let (tx, _unread) = mpsc::channel(4);

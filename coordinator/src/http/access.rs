@@ -1,0 +1,105 @@
+//! One access-log line per API request, target `sharenet::access` (with
+//! `--log-format json`, one JSON object): method, path, status, duration,
+//! the app, and for inference the model, serving node, receipt id, tokens,
+//! cost and time to first token. A streamed response's line is written by
+//! its relay when the stream ends (tokens and cost are known only then).
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::core::accounts::Principal;
+
+/// What the handler knows about an inference request, put into the
+/// response's extensions.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Access {
+    pub model: String,
+    pub node: String,
+    pub receipt_id: String,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub charge_nano_usd: u64,
+}
+
+/// In a streamed response's extensions: its relay writes the line.
+#[derive(Debug, Clone)]
+pub(super) struct Deferred;
+
+/// The request's start and shape, handed to a stream's relay.
+#[derive(Debug, Clone)]
+pub(super) struct Started {
+    pub at: Instant,
+    pub method: Method,
+    pub path: String,
+    pub app: Option<String>,
+}
+
+/// Logs every request that passes through it (outermost layer).
+pub(super) async fn log(mut request: Request, next: Next) -> Response {
+    let at = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(Started {
+        at,
+        method: method.clone(),
+        path: path.clone(),
+        app: None,
+    });
+    let response = next.run(request).await;
+    if response.extensions().get::<Deferred>().is_some() {
+        return response;
+    }
+    let started = Started {
+        at,
+        method,
+        path,
+        app: response
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.app.clone()),
+    };
+    line(
+        &started,
+        response.status(),
+        response.extensions().get::<Access>(),
+        None,
+    );
+    response
+}
+
+/// Writes one line; `ttft_ms` for streams.
+pub(super) fn line(s: &Started, status: StatusCode, a: Option<&Access>, ttft_ms: Option<f64>) {
+    let duration_ms = s.at.elapsed().as_secs_f64() * 1e3;
+    let app = s.app.as_deref().unwrap_or("-");
+    match a {
+        Some(a) => tracing::info!(
+            target: "sharenet::access",
+            method = %s.method,
+            path = %s.path,
+            status = status.as_u16(),
+            duration_ms,
+            ttft_ms,
+            app,
+            model = %a.model,
+            node = %a.node,
+            receipt_id = %a.receipt_id,
+            input_tokens = a.input_tokens,
+            output_tokens = a.output_tokens,
+            cost_nano_usd = a.charge_nano_usd,
+            "request"
+        ),
+        None => tracing::info!(
+            target: "sharenet::access",
+            method = %s.method,
+            path = %s.path,
+            status = status.as_u16(),
+            duration_ms,
+            app,
+            "request"
+        ),
+    }
+}
