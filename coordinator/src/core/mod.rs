@@ -78,6 +78,9 @@ pub struct Metrics {
 pub struct Core {
     pub identity: Identity,
     pub transport: Arc<dyn Transport>,
+    /// Job streams being opened (stream, then request) at once; see
+    /// `dispatch::attempt`.
+    pub opening: tokio::sync::Semaphore,
     pub registry: registry::Registry,
     pub routing: Arc<routing::Routing>,
     /// See `CoordinatorConfig::spill_queue_factor`.
@@ -178,6 +181,7 @@ impl Core {
             identity: config.identity.clone(),
             transport,
             registry: registry::Registry::new(config.price_ceiling),
+            opening: tokio::sync::Semaphore::new(dispatch::MAX_OPENING),
             spill_queue_factor: config.spill_queue_factor,
             routing: Arc::new(routing::Routing::new(
                 rand::random(),

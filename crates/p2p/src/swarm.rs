@@ -48,7 +48,9 @@ const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
 /// coordinator runs every concurrent job to a node as one stream on one
 /// connection, so this bounds a node's concurrent jobs from one
 /// coordinator. libp2p's defaults (256 for QUIC, 512 for yamux) are below
-/// what one upstream-backed node serves.
+/// what one upstream-backed node serves. 4,096 is also yamux's most with
+/// its default 1 GiB connection window (it needs 256 KiB per stream and
+/// panics at start-up beyond that).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 /// Inbound streams negotiating their protocol at once on one connection;
 /// beyond this libp2p resets new ones (default 128: a burst of new jobs

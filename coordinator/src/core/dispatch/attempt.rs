@@ -109,13 +109,25 @@ async fn attempt(
     request: &[u8],
 ) -> Result<(JobStream, JobEvent), AttemptError> {
     let t = core.timeouts;
-    let mut stream = tokio::time::timeout(t.connect, core.transport.open_job_stream(peer))
-        .await
-        .map_err(|_| AttemptError::Retry("timed out opening a stream".into()))?
-        .map_err(|e| AttemptError::Retry(e.to_string()))?;
-    write_frame(&mut stream, request)
-        .await
-        .map_err(|e| AttemptError::Dropped(format!("send request: {e}")))?;
+    // A burst of new jobs opens its streams a bounded number at a time: a
+    // node's libp2p-stream acceptor takes one inbound stream at a time and
+    // drops what arrives meanwhile. Waiting here counts in the connect
+    // timeout.
+    let opened = tokio::time::timeout(t.connect, async {
+        let _opening = core.opening.acquire().await;
+        let mut stream = core
+            .transport
+            .open_job_stream(peer)
+            .await
+            .map_err(|e| AttemptError::Retry(e.to_string()))?;
+        write_frame(&mut stream, request)
+            .await
+            .map_err(|e| AttemptError::Dropped(format!("send request: {e}")))?;
+        Ok(stream)
+    })
+    .await
+    .map_err(|_| AttemptError::Retry("timed out opening a stream".into()))?;
+    let mut stream = opened?;
     let frame = tokio::time::timeout(t.first_token, read_frame(&mut stream, MAX_FRAME_BYTES))
         .await
         .map_err(|_| AttemptError::Retry("no first token in time".into()))?
