@@ -35,6 +35,11 @@ pub mod transport;
 
 pub use clock::now_ms;
 
+/// Job streams opened at once (stream and request), across all nodes: a
+/// burst waits its turn instead of arriving at a node's libp2p acceptor
+/// all together (which drops what it cannot take at once).
+pub const MAX_OPENING: usize = 64;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,8 +83,8 @@ pub struct Metrics {
 pub struct Core {
     pub identity: Identity,
     pub transport: Arc<dyn Transport>,
-    /// Job streams being opened (stream, then request) at once; see
-    /// `dispatch::attempt`.
+    /// Job streams being opened (stream, then request) at once, at most
+    /// [`MAX_OPENING`]; dispatch waits for a permit.
     pub opening: tokio::sync::Semaphore,
     pub registry: registry::Registry,
     pub routing: Arc<routing::Routing>,
@@ -181,7 +186,7 @@ impl Core {
             identity: config.identity.clone(),
             transport,
             registry: registry::Registry::new(config.price_ceiling),
-            opening: tokio::sync::Semaphore::new(dispatch::MAX_OPENING),
+            opening: tokio::sync::Semaphore::new(MAX_OPENING),
             spill_queue_factor: config.spill_queue_factor,
             routing: Arc::new(routing::Routing::new(
                 rand::random(),

@@ -31,11 +31,6 @@ use crate::core::accounts::Principal;
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 
-/// Job streams opened at once (stream and request), across all nodes: a
-/// burst waits its turn instead of arriving at a node's libp2p acceptor
-/// all together (which drops what it cannot take at once).
-pub const MAX_OPENING: usize = 64;
-
 /// Plans `job`, holds its worst case, and starts it on the first node
 /// that answers (see the module docs).
 pub async fn start_job(
