@@ -19,37 +19,9 @@ struct Cli {
     /// SHARENET_LOG_FORMAT environment variable, else text. Levels follow
     /// RUST_LOG.
     #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    log_format: Option<sharenet_daemon::LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logs to stderr in `format` (or SHARENET_LOG_FORMAT's).
-fn init_logs(format: Option<LogFormat>) -> anyhow::Result<()> {
-    let format = match format {
-        Some(f) => f,
-        None => match std::env::var("SHARENET_LOG_FORMAT").as_deref() {
-            Err(_) | Ok("") | Ok("text") => LogFormat::Text,
-            Ok("json") => LogFormat::Json,
-            Ok(other) => bail!("SHARENET_LOG_FORMAT={other:?}: expected text or json"),
-        },
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,libp2p=warn".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
-    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -69,7 +41,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(cli.log_format)?;
+    sharenet_daemon::init_logs(cli.log_format)?;
     match cli.command {
         Command::Init { dir } => init(&dir),
         Command::Run { config } => run(&config).await,
@@ -103,7 +75,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     for addr in &coordinator.p2p_addrs {
         println!("  p2p: {addr}");
     }
-    let signal = shutdown_signal().await?;
+    let signal = sharenet_daemon::shutdown_signal().await?;
     // Drain: no new connections; responses in progress (streams included)
     // finish and are booked; a second signal stops at once.
     println!(
@@ -112,7 +84,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     );
     let drained = tokio::select! {
         drained = coordinator.drain(DRAIN_TIMEOUT) => drained,
-        _ = shutdown_signal() => false,
+        _ = sharenet_daemon::shutdown_signal() => false,
     };
     if drained {
         println!("drained; shutting down");
@@ -122,24 +94,6 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     cancel.cancel();
     coordinator.wait().await;
     Ok(())
-}
-
-/// Waits for Ctrl-C (SIGINT) or SIGTERM (systemd, `docker stop`).
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C").map(|()| "SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
-        Ok("Ctrl-C")
-    }
 }
 
 /// How long a stopping coordinator lets open responses finish.

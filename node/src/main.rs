@@ -23,37 +23,9 @@ struct Cli {
     /// SHARENET_LOG_FORMAT environment variable, else text. Levels follow
     /// RUST_LOG.
     #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    log_format: Option<sharenet_daemon::LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logs to stderr in `format` (or SHARENET_LOG_FORMAT's).
-fn init_logs(format: Option<LogFormat>) -> anyhow::Result<()> {
-    let format = match format {
-        Some(f) => f,
-        None => match std::env::var("SHARENET_LOG_FORMAT").as_deref() {
-            Err(_) | Ok("") | Ok("text") => LogFormat::Text,
-            Ok("json") => LogFormat::Json,
-            Ok(other) => bail!("SHARENET_LOG_FORMAT={other:?}: expected text or json"),
-        },
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,libp2p=warn".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
-    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -141,7 +113,7 @@ enum GgufType {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(cli.log_format)?;
+    sharenet_daemon::init_logs(cli.log_format)?;
     match cli.command {
         Command::Init { dir, coordinator } => init(&dir, coordinator.as_deref()),
         Command::Run { config } => run(&config).await,
@@ -214,12 +186,12 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     }
     // SIGHUP re-reads the config and applies price changes (see
     // `NodeHandle::reload`); SIGINT or SIGTERM stop.
-    let stop = shutdown_signal();
+    let stop = sharenet_daemon::shutdown_signal();
     tokio::pin!(stop);
     let signal = loop {
         tokio::select! {
             signal = &mut stop => break signal?,
-            () = hangup() => match NodeConfig::from_file(config_path) {
+            () = sharenet_daemon::hangup() => match NodeConfig::from_file(config_path) {
                 Ok(new) => {
                     let r = node.reload(&new);
                     if r.repriced.is_empty() {
@@ -244,7 +216,7 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     );
     let left = tokio::select! {
         left = node.drain(DRAIN_TIMEOUT) => left,
-        _ = shutdown_signal() => usize::MAX,
+        _ = sharenet_daemon::shutdown_signal() => usize::MAX,
     };
     match left {
         0 => println!("drained; shutting down"),
@@ -258,34 +230,6 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
 
 /// How long a stopping node lets its jobs in flight finish.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Resolves on each SIGHUP (never, where there are no signals).
-async fn hangup() {
-    #[cfg(unix)]
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        hup.recv().await;
-        return;
-    }
-    std::future::pending::<()>().await
-}
-
-/// Waits for Ctrl-C (SIGINT) or SIGTERM (systemd, `docker stop`).
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C").map(|()| "SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
-        Ok("Ctrl-C")
-    }
-}
 
 fn gen_tiny_model(
     path: &std::path::Path,
