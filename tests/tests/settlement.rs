@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sharenet_market::{BuilderProof, InclusionProof, PeriodRule, SignedStatement};
+use sharenet_market::{InclusionProof, PeriodRule, SignedStatement};
 use sharenet_tests::{MODEL, TestNet};
 
 const PERIOD_MS: u64 = 3_000;
@@ -305,20 +305,9 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
             serde_json::from_value(s.clone()).unwrap();
         let signed =
             SignedStatement::from_bytes(&hex::decode(&view.signed_bytes).unwrap()).unwrap();
-        let Some(proof) = view.line_proof else {
+        let Some(mut line) = view.builder_proof() else {
             assert_eq!(view.jobs, 0);
             continue;
-        };
-        let mut line = BuilderProof {
-            app: view.app.clone(),
-            jobs: view.jobs,
-            charged: view.charged_nano_usd,
-            payout: view.payout_nano_usd,
-            salt: hex::decode(view.line_salt.unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap(),
-            proof,
         };
         assert!(signed.statement().includes_builder(&line), "{s}");
         // A builder claiming a bigger payout cannot prove it.

@@ -2,6 +2,7 @@
 //! builder's view of its own line, the operator's statements, and usage.
 
 use serde::{Deserialize, Serialize};
+use sharenet_market::BuilderProof;
 use sharenet_market::merkle::InclusionProof;
 use sharenet_proto::{NanoUsd, PublicKey};
 
@@ -64,6 +65,26 @@ pub struct BuilderStatement {
     pub line_proof: Option<InclusionProof>,
     /// Hex of the signed statement.
     pub signed_bytes: String,
+}
+
+impl BuilderStatement {
+    /// The line as [`sharenet_market::Statement::includes_builder`] checks
+    /// it; `None` when the app had no jobs (no salt or proof) or the salt
+    /// is not 32 bytes of hex.
+    pub fn builder_proof(&self) -> Option<BuilderProof> {
+        let salt = hex::decode(self.line_salt.as_deref()?)
+            .ok()?
+            .try_into()
+            .ok()?;
+        Some(BuilderProof {
+            app: self.app.clone(),
+            jobs: self.jobs,
+            charged: self.charged_nano_usd,
+            payout: self.payout_nano_usd,
+            salt,
+            proof: self.line_proof.clone()?,
+        })
+    }
 }
 
 /// An operator's view of a statement (`/operator/settle`,

@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use sharenet_api::statements::{BuilderStatement, StatementBundle};
-use sharenet_market::{BuilderProof, InclusionProof, SignedStatement};
+use sharenet_market::{InclusionProof, SignedStatement};
 use sharenet_proto::CountersignedReceipt;
 
 #[derive(Parser)]
@@ -143,18 +143,9 @@ fn run(command: Command) -> anyhow::Result<String> {
                 // A builder's statement: its line must be in builders_root.
                 let b: BuilderStatement =
                     serde_json::from_value(v).context("parse the builder statement")?;
-                let salt = b.line_salt.as_deref().unwrap_or_default();
-                let proof = BuilderProof {
-                    app: b.app.clone(),
-                    jobs: b.jobs,
-                    charged: b.charged_nano_usd,
-                    payout: b.payout_nano_usd,
-                    salt: hex::decode(salt)
-                        .ok()
-                        .and_then(|s| s.try_into().ok())
-                        .context("line_salt is not 32 bytes of hex")?,
-                    proof: b.line_proof.context("no line_proof")?,
-                };
+                let proof = b
+                    .builder_proof()
+                    .context("no line_proof, or line_salt is not 32 bytes of hex")?;
                 if !st.includes_builder(&proof) {
                     bail!(
                         "app {}'s line ({} jobs, charged {}, payout {}) is not in the statement's builders root",
