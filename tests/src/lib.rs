@@ -118,6 +118,25 @@ impl TestNet {
             .expect("send request")
     }
 
+    /// Starts one more node serving `slow-model` (a 4-layer tiny llama, so
+    /// a long generation is still running when a test acts on it) at 100
+    /// and 1,000 nano-USD per token in and out.
+    pub async fn add_slow_node(&self) -> NodeHandle {
+        let dir = self
+            ._dir
+            .path()
+            .join(format!("slow-model-{}", rand_suffix()));
+        let shape = sharenet_engine::tiny::TinyConfig {
+            hidden_size: 256,
+            intermediate_size: 768,
+            num_hidden_layers: 4,
+            ..Default::default()
+        };
+        sharenet_engine::tiny::write_tiny_llama(&dir, 1, shape).expect("write the slow model");
+        self.add_node(vec![ModelConfig::local("slow-model", dir, 100, 1000)])
+            .await
+    }
+
     /// Starts one more node serving `models`, bootstrapped to the
     /// coordinator, and waits until the coordinator routes to all of them.
     pub async fn add_node(&self, models: Vec<ModelConfig>) -> NodeHandle {

@@ -9,30 +9,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
-use sharenet_node::ModelConfig;
 use sharenet_tests::{TestNet, sse_data};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_finishes_its_stream_and_takes_no_new_jobs() {
     let t = TestNet::start(1).await;
     // A slower model, so the job is still running when the drain starts.
-    let dir = tempfile::tempdir().unwrap();
-    let slow_shape = TinyConfig {
-        hidden_size: 256,
-        intermediate_size: 768,
-        num_hidden_layers: 4,
-        ..TinyConfig::default()
-    };
-    write_tiny_llama(dir.path(), 1, slow_shape).unwrap();
-    let node = t
-        .add_node(vec![ModelConfig::local(
-            "slow-model",
-            dir.path().to_path_buf(),
-            100,
-            1000,
-        )])
-        .await;
+    let node = t.add_slow_node().await;
     let body = json!({"model": "slow-model", "stream": true, "max_tokens": 300,
                       "temperature": 0, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "tell me a long story"}]});
@@ -174,16 +157,7 @@ async fn a_draining_coordinator_finishes_its_streams_before_it_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
     let t = TestNet::start(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let slow_shape = TinyConfig {
-        hidden_size: 256,
-        intermediate_size: 768,
-        num_hidden_layers: 4,
-        ..TinyConfig::default()
-    };
-    write_tiny_llama(dir.path(), 1, slow_shape).unwrap();
-    let model = ModelConfig::local("slow-model", dir.path().to_path_buf(), 100, 1000);
-    let node = t.add_node(vec![model.clone()]).await;
+    let node = t.add_slow_node().await;
     let body = json!({"model": "slow-model", "stream": true, "max_tokens": 100,
                       "temperature": 0, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "tell me a long story"}]});

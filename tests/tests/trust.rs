@@ -105,22 +105,7 @@ async fn a_node_serving_other_weights_is_caught_by_spot_checks_and_gets_no_more_
 async fn a_node_killed_mid_stream_ends_in_an_error_event_and_a_partial_charge() {
     let t = TestNet::start(1).await;
     // A slower model, so the job is still running when the node dies.
-    let dir = tempfile::tempdir().unwrap();
-    let slow_shape = TinyConfig {
-        hidden_size: 256,
-        intermediate_size: 768,
-        num_hidden_layers: 4,
-        ..TinyConfig::default()
-    };
-    write_tiny_llama(dir.path(), 1, slow_shape).unwrap();
-    let victim = t
-        .add_node(vec![ModelConfig::local(
-            "slow-model",
-            dir.path().to_path_buf(),
-            100,
-            1000,
-        )])
-        .await;
+    let victim = t.add_slow_node().await;
     // Greedy, so the run is the same every time (sampling could draw the
     // end-of-sequence token after a few tokens and finish before the kill).
     let body = json!({"model": "slow-model", "stream": true, "max_tokens": 2000,
