@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use sharenet_p2p::{Event, Identity, NetworkConfig};
 use tokio_util::sync::CancellationToken;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::signed_advert;
+
 const PEERS: usize = 50;
 const ROUNDS: usize = 10;
 
@@ -63,7 +67,7 @@ async fn main() {
     for round in 0..ROUNDS {
         let publisher = 1 + (round * 7) % (PEERS - 1);
         // A real signed advert: peers forward only what verifies.
-        let payload = signed_advert(&identities[publisher], round as u64 + 1);
+        let payload = signed_advert(&identities[publisher], round as u64 + 1, false);
         let start = Instant::now();
         clients[publisher]
             .publish_advert(payload.clone())
@@ -122,35 +126,4 @@ async fn main() {
     );
     println!("adverts that reached every peer within 10 s: {reached_all} of {ROUNDS}");
     cancel.cancel();
-}
-
-fn signed_advert(identity: &Identity, seq: u64) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let advert = sharenet_proto::Advert {
-        node: identity.public_key(),
-        models: vec![sharenet_proto::ModelOffer {
-            id: "bench".into(),
-            price_in: 1,
-            price_out: 2,
-            context_length: 4096,
-            kind: sharenet_proto::ModelKind::Text,
-            quantization: String::new(),
-            tokens_per_sec: 0,
-            weights_sha256: None,
-        }],
-        gpus: Vec::new(),
-        region: String::new(),
-        relayed: false,
-        max_concurrency: 1,
-        queue_depth: 0,
-        seq,
-        issued_at_ms: now,
-        expires_at_ms: now + 30_000,
-    };
-    sharenet_proto::SignedAdvert::sign(advert, identity.signing_key())
-        .unwrap()
-        .to_bytes()
 }

@@ -9,43 +9,11 @@
 use std::time::Duration;
 
 use sharenet_p2p::{Event, Identity, NetworkConfig};
-use sharenet_proto::{Advert, ModelKind, ModelOffer, SignedAdvert};
+use sharenet_proto::SignedAdvert;
 use tokio_util::sync::CancellationToken;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn advert(signer: &Identity, seq: u64) -> Vec<u8> {
-    let now = now_ms();
-    let advert = Advert {
-        node: signer.public_key(),
-        models: vec![ModelOffer {
-            id: "m".into(),
-            price_in: 1,
-            price_out: 2,
-            context_length: 4096,
-            kind: ModelKind::Text,
-            quantization: String::new(),
-            tokens_per_sec: 0,
-            weights_sha256: None,
-        }],
-        gpus: Vec::new(),
-        region: String::new(),
-        relayed: false,
-        max_concurrency: 1,
-        queue_depth: 0,
-        seq,
-        issued_at_ms: now,
-        expires_at_ms: now + 30_000,
-    };
-    SignedAdvert::sign(advert, signer.signing_key())
-        .unwrap()
-        .to_bytes()
-}
+mod common;
+use common::signed_advert;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_peer_cannot_crowd_out_honest_adverts() {
@@ -73,7 +41,7 @@ async fn a_flooding_peer_cannot_crowd_out_honest_adverts() {
     let honest = join(honest_id.clone()).await.unwrap();
 
     // Wait until the flooder's publishes reach someone.
-    let first = advert(&flooder_id, 1);
+    let first = signed_advert(&flooder_id, 1, false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while flooder.client.publish_advert(first.clone()).await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "the flooder joined");
@@ -89,18 +57,18 @@ async fn a_flooding_peer_cannot_crowd_out_honest_adverts() {
             .await;
         let _ = flooder
             .client
-            .publish_advert(advert(&stranger, i + 2))
+            .publish_advert(signed_advert(&stranger, i + 2, false))
             .await;
         let _ = flooder
             .client
-            .publish_advert(advert(&flooder_id, i + 2))
+            .publish_advert(signed_advert(&flooder_id, i + 2, false))
             .await;
     }
     // A second peer sends only valid adverts of its own, 300 at once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while spammer
         .client
-        .publish_advert(advert(&spammer_id, 1))
+        .publish_advert(signed_advert(&spammer_id, 1, false))
         .await
         .is_err()
     {
@@ -110,12 +78,12 @@ async fn a_flooding_peer_cannot_crowd_out_honest_adverts() {
     for i in 0..300u64 {
         let _ = spammer
             .client
-            .publish_advert(advert(&spammer_id, i + 2))
+            .publish_advert(signed_advert(&spammer_id, i + 2, false))
             .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let flood_secs = flood_started.elapsed().as_secs_f64();
-    let honest_advert = advert(&honest_id, 1);
+    let honest_advert = signed_advert(&honest_id, 1, false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while honest
         .client

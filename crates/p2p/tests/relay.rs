@@ -9,39 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sharenet_p2p::{Identity, NetworkConfig, Protocol};
-use sharenet_proto::{Advert, ModelKind, ModelOffer, SignedAdvert};
 use tokio_util::sync::CancellationToken;
 
-fn advert(signer: &Identity) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let advert = Advert {
-        node: signer.public_key(),
-        models: vec![ModelOffer {
-            id: "m".into(),
-            price_in: 1,
-            price_out: 2,
-            context_length: 4096,
-            kind: ModelKind::Text,
-            quantization: String::new(),
-            tokens_per_sec: 0,
-            weights_sha256: None,
-        }],
-        gpus: Vec::new(),
-        region: String::new(),
-        relayed: true,
-        max_concurrency: 1,
-        queue_depth: 0,
-        seq: 1,
-        issued_at_ms: now,
-        expires_at_ms: now + 30_000,
-    };
-    SignedAdvert::sign(advert, signer.signing_key())
-        .unwrap()
-        .to_bytes()
-}
+mod common;
+use common::signed_advert;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_reserves_slots_only_for_peers_that_serve() {
@@ -86,7 +57,12 @@ async fn a_relay_reserves_slots_only_for_peers_that_serve() {
 
     // Once it advertises, its retried reservation is granted.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while peer.client.publish_advert(advert(&id)).await.is_err() {
+    while peer
+        .client
+        .publish_advert(signed_advert(&id, 1, true))
+        .await
+        .is_err()
+    {
         assert!(tokio::time::Instant::now() < deadline, "could not publish");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -133,7 +109,7 @@ async fn a_relay_circuit_is_cut_past_its_byte_limit() {
         == 0
     {
         assert!(tokio::time::Instant::now() < deadline, "no reservation");
-        let _ = a.client.publish_advert(advert(&a_id)).await;
+        let _ = a.client.publish_advert(signed_advert(&a_id, 1, true)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let received = Arc::new(AtomicUsize::new(0));
