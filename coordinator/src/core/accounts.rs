@@ -1099,6 +1099,20 @@ mod tests {
     /// 2): the hold is released and the charge booked in one step, so at
     /// every moment top-ups >= charges + holds, and the app never spends
     /// more than it topped up.
+    /// An admission whose worst case is 200 nano-USD (100 tokens in and
+    /// 100 out at 1 each).
+    fn worst_200(principal: &Principal) -> Admission<'_> {
+        Admission {
+            principal,
+            end_customer: None,
+            max_input_tokens: 100,
+            max_output_tokens: 100,
+            max_price_in: 1,
+            max_price_out: 1,
+            now_ms: 1,
+        }
+    }
+
     /// Accounts in a fresh folder with app `id` (no margin) topped up with
     /// `topup` and one key.
     fn funded(id: &str, topup: u64) -> (tempfile::TempDir, Arc<Accounts>, Principal) {
@@ -1147,15 +1161,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         for _ in 0..20 {
-                            let admitted = accounts.admit(&Admission {
-                                principal: &principal,
-                                end_customer: None,
-                                max_input_tokens: 100,
-                                max_output_tokens: 100,
-                                max_price_in: 1,
-                                max_price_out: 1,
-                                now_ms: 1,
-                            });
+                            let admitted = accounts.admit(&worst_200(&principal));
                             if let Ok(hold) = admitted {
                                 let id = next_job.fetch_add(1, Ordering::Relaxed);
                                 hold.commit(receipt(id, 100, 100, 1, 1), 1).unwrap();
@@ -1180,15 +1186,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_async_commit_books_once_durable_and_a_replay_is_refused() {
         let (_dir, accounts, principal) = funded("a", 10_000);
-        let admission = Admission {
-            principal: &principal,
-            end_customer: None,
-            max_input_tokens: 100,
-            max_output_tokens: 100,
-            max_price_in: 1,
-            max_price_out: 1,
-            now_ms: 1,
-        };
+        let admission = worst_200(&principal);
         let held = |a: &Accounts| {
             a.lock()
                 .held
