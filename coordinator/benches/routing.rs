@@ -37,6 +37,7 @@ fn fleet(n: usize, rng: &mut impl Rng) -> (Registry, Routing) {
                 quantization: "Q8_0".into(),
                 tokens_per_sec: rng.random_range(20..200),
                 weights_sha256: Some([7; 32]),
+                capabilities: Default::default(),
             }],
             gpus: Vec::new(),
             region: "eu".into(),

@@ -318,6 +318,7 @@ fn advert() -> anyhow::Result<Vec<u8>> {
         quantization: "Q8_0".into(),
         tokens_per_sec: 40,
         weights_sha256: Some([7; 32]),
+        capabilities: Default::default(),
     };
     let advert = Advert {
         node: public_key_of(&node_key()),
@@ -343,22 +344,22 @@ fn job_frames() -> anyhow::Result<Vec<Vec<u8>>> {
         coordinator: public_key_of(&coordinator_key()),
         model: "llama-3.1-8b".into(),
         input: JobInput::Chat {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: "Hello there".into(),
-            }],
+            messages: vec![ChatMessage::new("user", "Hello there")],
         },
         params: SamplingParams {
             max_tokens: 64,
             stop: vec!["\n\n".into()],
             ..SamplingParams::default()
         },
+        tools: None,
+        response_format: None,
     };
     let events = [
         JobEvent::Delta {
             text: "Hel".into(),
             tokens: 1,
             logprobs: Vec::new(),
+            tool_calls: Vec::new(),
             receipt: Some(receipt(1, 5, 1)?.to_bytes()),
         },
         JobEvent::Embeddings {

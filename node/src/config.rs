@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use sharenet_p2p::{Identity, Multiaddr, PeerId, Protocol, parse_multiaddrs};
-use sharenet_proto::{MAX_ADVERT_TTL_MS, NanoUsd};
+use sharenet_proto::{Capabilities, MAX_ADVERT_TTL_MS, NanoUsd};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +60,12 @@ struct UpstreamFile {
     context_length: u32,
     #[serde(default = "default_upstream_timeout")]
     timeout_secs: u64,
+    /// The server takes `tools` and answers with `tool_calls`.
+    #[serde(default)]
+    tools: bool,
+    /// The server enforces `response_format` `json_object` / `json_schema`.
+    #[serde(default)]
+    structured_outputs: bool,
 }
 
 fn default_kv_cache_mb() -> u64 {
@@ -105,6 +111,9 @@ pub struct UpstreamConfig {
     pub context_length: u32,
     /// Longest a whole job may take upstream.
     pub timeout: Duration,
+    /// What the server supports beyond text, as the provider declares it
+    /// (advertised; requests that need it are passed through).
+    pub capabilities: Capabilities,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -115,6 +124,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("context_length", &self.context_length)
             .field("timeout", &self.timeout)
+            .field("capabilities", &self.capabilities)
             .finish()
     }
 }
@@ -260,6 +270,10 @@ impl NodeConfig {
                         api_key,
                         context_length: u.context_length,
                         timeout: Duration::from_secs(u.timeout_secs),
+                        capabilities: Capabilities {
+                            tools: u.tools,
+                            structured_outputs: u.structured_outputs,
+                        },
                     })
                 }
                 _ => bail!("models[{i}]: set exactly one of `path` or `upstream`"),
@@ -422,6 +436,9 @@ kv_cache_mb = 2048    # KV cache all running jobs may reserve
 # api_key_env = "UPSTREAM_API_KEY"   # optional
 # context_length = 8192
 # timeout_secs = 300
+# tools = true                # the server takes `tools` (vLLM with a tool parser,
+#                             # llama.cpp server with --jinja)
+# structured_outputs = true   # the server enforces response_format json_schema
 "#
     )
 }
@@ -538,6 +555,7 @@ mod tests {
             api_key: Some("sk-very-secret-upstream-key".into()),
             context_length: 4096,
             timeout: Duration::from_secs(1),
+            capabilities: Capabilities::default(),
         };
         let shown = format!("{u:?}");
         assert!(!shown.contains("very-secret"), "{shown}");

@@ -6,13 +6,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
-use sha2::{Digest, Sha256};
-use sharenet_engine::{Embedder, EngineError, Scheduler, SeqEvent, SubmitError};
+use sharenet_engine::{
+    Embedder, EngineError, Grammar, Scheduler, SeqEvent, SubmitError, ToolCallParser,
+    tool_calls::forces_call,
+};
 use sharenet_ledger::StoredReceipt;
 use sharenet_p2p::{FrameError, PeerId, Stream, peer_id_of, read_frame, write_frame};
 use sharenet_proto::{
     CountersignedReceipt, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest,
-    MAX_FRAME_BYTES, Receipt, SignedReceipt, Usage, job_cost, sha256,
+    MAX_FRAME_BYTES, Receipt, ResponseHasher, SignedReceipt, ToolCall, Usage, job_cost, sha256,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -248,6 +250,22 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         .await;
         return;
     };
+    let missing = request.needs().bits() & !model.capabilities.bits();
+    if missing != 0 {
+        refuse(
+            &mut stream,
+            JobErrorCode::UnsupportedInput,
+            format!(
+                "{:?} on this node does not support {}",
+                request.model,
+                sharenet_proto::Capabilities::from_bits(missing)
+                    .names()
+                    .join(" or ")
+            ),
+        )
+        .await;
+        return;
+    }
     let prices = model.job_prices();
     let served = match &model.backend {
         Backend::Text(scheduler) => {
@@ -389,11 +407,11 @@ struct RunningReceipt<'a> {
 }
 
 impl RunningReceipt<'_> {
-    /// The signed bytes of a receipt for `usage` and the text hashed so far;
-    /// `None` (logged) if it cannot be made, which only costs the node its
-    /// claim should the job break later.
-    fn sign(&self, usage: Usage, text_so_far: &Sha256) -> Option<SignedReceipt> {
-        let digest: [u8; 32] = text_so_far.clone().finalize().into();
+    /// The signed bytes of a receipt for `usage` and the response hashed
+    /// so far; `None` (logged) if it cannot be made, which only costs the
+    /// node its claim should the job break later.
+    fn sign(&self, usage: Usage, so_far: &ResponseHasher) -> Option<SignedReceipt> {
+        let digest = so_far.digest();
         sign_receipt(
             self.ctx,
             self.request,
@@ -410,14 +428,83 @@ impl RunningReceipt<'_> {
     }
 }
 
+/// The grammar a job's output must match: a forced tool call (in the
+/// model's own format) or the `response_format` schema.
+fn job_grammar(
+    request: &JobRequest,
+    format: Option<sharenet_engine::ToolFormat>,
+) -> Result<Option<Grammar>, EngineError> {
+    if let Some(tools) = request.tools.as_ref().filter(|t| forces_call(t)) {
+        let format = format.ok_or_else(|| {
+            EngineError::Unsupported("this model's chat template does not take tools".into())
+        })?;
+        return Ok(Some(Grammar::Lark(format.forced_call_grammar(tools))));
+    }
+    Ok(request
+        .response_format
+        .as_ref()
+        .map(|f| Grammar::JsonSchema(f.schema())))
+}
+
+/// Content and tool calls out of generated text: through the model's
+/// tool-call parser when the job offered tools, else as is.
+struct Output {
+    parser: Option<ToolCallParser>,
+    hasher: ResponseHasher,
+    calls: usize,
+}
+
+impl Output {
+    fn new(request: &JobRequest, format: Option<sharenet_engine::ToolFormat>) -> Self {
+        let parser = format
+            .filter(|_| request.needs().tools)
+            .map(|f| ToolCallParser::new(f, &request.job_id.to_hex()[..12]));
+        Self {
+            parser,
+            hasher: ResponseHasher::default(),
+            calls: 0,
+        }
+    }
+
+    fn take(&mut self, text: String, end: bool) -> (String, Vec<ToolCall>) {
+        let (text, calls) = match &mut self.parser {
+            None => (text, Vec::new()),
+            Some(p) => {
+                let mut out = p.push(&text);
+                if end {
+                    let rest = p.finish();
+                    out.text.push_str(&rest.text);
+                    out.calls.extend(rest.calls);
+                }
+                (out.text, out.calls)
+            }
+        };
+        self.hasher.text(&text);
+        for c in &calls {
+            self.hasher.call(c);
+        }
+        self.calls += calls.len();
+        (text, calls)
+    }
+}
+
 async fn serve_text(
     stream: &mut Stream,
     request: &JobRequest,
     scheduler: &Scheduler,
     running: &RunningReceipt<'_>,
 ) -> Served {
-    let prompt = match scheduler.model().encode_input(&request.input) {
+    let model = scheduler.model();
+    let prompt = match model.encode_request(&request.input, request.tools.as_ref()) {
         Ok(p) => p,
+        Err(e) => return engine_failure(e),
+    };
+    let constraint = match job_grammar(request, model.tool_format()) {
+        Ok(None) => None,
+        Ok(Some(g)) => match model.constraint(&g) {
+            Ok(c) => Some(c),
+            Err(e) => return engine_failure(e),
+        },
         Err(e) => return engine_failure(e),
     };
     let input_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
@@ -426,7 +513,8 @@ async fn serve_text(
     let mut last_sent: Option<SignedReceipt> = None;
     // The scheduler decides: a place in the batch, a place in its bounded
     // queue, or a refusal. Dropping `handle` cancels the job at the next step.
-    let mut handle = match scheduler.submit(prompt, request.params.clone()) {
+    let mut handle = match scheduler.submit_constrained(prompt, request.params.clone(), constraint)
+    {
         Ok(h) => h,
         Err(e @ SubmitError::Saturated { .. }) => {
             return Served::Failed(JobErrorCode::Saturated, e.to_string());
@@ -436,42 +524,49 @@ async fn serve_text(
         }
         Err(SubmitError::Invalid(e)) => return engine_failure(e),
     };
-    let mut hasher = Sha256::new();
+    let mut output = Output::new(request, model.tool_format());
     while let Some(event) = handle.events.recv().await {
-        match event {
-            SeqEvent::Piece(piece) => {
-                hasher.update(piece.text.as_bytes());
-                output_tokens = output_tokens.saturating_add(piece.tokens);
-                let signed = running.sign(
-                    Usage {
-                        input_tokens,
-                        output_tokens,
-                    },
-                    &hasher,
-                );
-                let event = JobEvent::Delta {
-                    text: piece.text,
-                    tokens: piece.tokens,
-                    logprobs: piece.logprobs,
-                    receipt: signed.as_ref().map(SignedReceipt::to_bytes),
-                };
-                if let Err(e) = send(stream, &event).await {
-                    tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
-                    return Served::Gone(last_sent.map(Box::new));
-                }
-                last_sent = signed;
-            }
-            SeqEvent::Done(g) => {
-                return Served::Done {
-                    usage: Usage {
-                        input_tokens: g.prompt_tokens,
-                        output_tokens: g.completion_tokens,
-                    },
-                    finish_reason: g.finish_reason,
-                    response_digest: hasher.finalize().into(),
-                };
-            }
+        let (text, tokens, logprobs, done) = match event {
+            SeqEvent::Piece(piece) => (piece.text, piece.tokens, piece.logprobs, None),
+            SeqEvent::Done(g) => (String::new(), 0, Vec::new(), Some(g)),
             SeqEvent::Failed(e) => return engine_failure(e),
+        };
+        let (text, tool_calls) = output.take(text, done.is_some());
+        output_tokens = output_tokens.saturating_add(tokens);
+        // The end flushes what the tool-call parser held back.
+        if done.is_none() || !text.is_empty() || !tool_calls.is_empty() {
+            let usage = Usage {
+                input_tokens,
+                output_tokens,
+            };
+            let signed = running.sign(usage, &output.hasher);
+            let event = JobEvent::Delta {
+                text,
+                tokens,
+                logprobs,
+                tool_calls,
+                receipt: signed.as_ref().map(SignedReceipt::to_bytes),
+            };
+            if let Err(e) = send(stream, &event).await {
+                tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
+                return Served::Gone(last_sent.map(Box::new));
+            }
+            last_sent = signed;
+        }
+        if let Some(g) = done {
+            let finish_reason = if output.calls > 0 && g.finish_reason == FinishReason::Stop {
+                FinishReason::ToolCalls
+            } else {
+                g.finish_reason
+            };
+            return Served::Done {
+                usage: Usage {
+                    input_tokens: g.prompt_tokens,
+                    output_tokens: g.completion_tokens,
+                },
+                finish_reason,
+                response_digest: output.hasher.digest(),
+            };
         }
     }
     Served::Failed(
@@ -542,7 +637,7 @@ async fn serve_upstream(
     let (tx, mut rx) = tokio::sync::mpsc::channel(PIECE_BUFFER);
     let forward = upstream.run(request, tx);
     tokio::pin!(forward);
-    let mut hasher = Sha256::new();
+    let mut hasher = ResponseHasher::default();
     let mut forwarding = true;
     // Running receipts once the prompt's size is known (an upstream tells
     // it in its stream, or the upstream client probes it alongside).
@@ -556,8 +651,35 @@ async fn serve_upstream(
         };
         match event {
             Some(UpstreamEvent::PromptTokens(n)) => input_tokens = Some(n),
+            Some(UpstreamEvent::ToolCalls(calls)) => {
+                for c in &calls {
+                    hasher.call(c);
+                }
+                let signed = input_tokens.and_then(|input_tokens| {
+                    running.sign(
+                        Usage {
+                            input_tokens,
+                            output_tokens,
+                        },
+                        &hasher,
+                    )
+                });
+                let ev = JobEvent::Delta {
+                    text: String::new(),
+                    tokens: 0,
+                    logprobs: Vec::new(),
+                    tool_calls: calls,
+                    receipt: signed.as_ref().map(SignedReceipt::to_bytes),
+                };
+                if send(stream, &ev).await.is_err() {
+                    break Served::Gone(last_sent.map(Box::new));
+                }
+                if signed.is_some() {
+                    last_sent = signed;
+                }
+            }
             Some(UpstreamEvent::Piece { text, tokens }) => {
-                hasher.update(text.as_bytes());
+                hasher.text(&text);
                 output_tokens = output_tokens.saturating_add(tokens);
                 let signed = input_tokens.and_then(|input_tokens| {
                     running.sign(
@@ -572,6 +694,7 @@ async fn serve_upstream(
                     text,
                     tokens,
                     logprobs: Vec::new(),
+                    tool_calls: Vec::new(),
                     receipt: signed.as_ref().map(SignedReceipt::to_bytes),
                 };
                 if send(stream, &ev).await.is_err() {
@@ -590,7 +713,7 @@ async fn serve_upstream(
                 break Served::Done {
                     usage,
                     finish_reason,
-                    response_digest: hasher.finalize().into(),
+                    response_digest: hasher.digest(),
                 };
             }
             Some(UpstreamEvent::Failed { code, message }) => break Served::Failed(code, message),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use sharenet_engine::{Embedder, Scheduler, SchedulerConfig};
 use sharenet_ledger::{ReceiptStore, SledReceiptStore};
 use sharenet_p2p::{Client, Event, Identity, Multiaddr, NetworkConfig, PeerId};
-use sharenet_proto::{Advert, GpuInfo, ModelKind, ModelOffer, SignedAdvert};
+use sharenet_proto::{Advert, Capabilities, GpuInfo, ModelKind, ModelOffer, SignedAdvert};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,8 @@ pub(crate) struct ServedModel {
     pub(crate) context_length: u32,
     pub(crate) quantization: String,
     pub(crate) weights_sha256: Option<[u8; 32]>,
+    /// Tools and structured outputs, as advertised.
+    pub(crate) capabilities: Capabilities,
     /// Admission for the embed and upstream backends (the scheduler has its own).
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) running: AtomicU32,
@@ -343,8 +345,10 @@ fn serve_model(
     loaded: Loaded,
     load_changed: &Arc<Notify>,
 ) -> anyhow::Result<ServedModel> {
+    let mut capabilities = Capabilities::default();
     let (backend, kind, context_length, weights_sha256, quantization) = match (loaded, &m.source) {
         (Loaded::Text(model), _) => {
+            capabilities = text_capabilities(&m.id, &model);
             let context = u32::try_from(model.context_length()).unwrap_or(u32::MAX);
             let hash = model.weights_sha256();
             let quantization = match model.format() {
@@ -382,7 +386,12 @@ fn serve_model(
             )
         }
         (Loaded::Upstream, ModelSource::Upstream(u)) => (
-            Backend::Upstream(Upstream::new(u.clone()).context("build the upstream HTTP client")?),
+            {
+                capabilities = u.capabilities;
+                Backend::Upstream(
+                    Upstream::new(u.clone()).context("build the upstream HTTP client")?,
+                )
+            },
             ModelKind::Text,
             u.context_length,
             None,
@@ -397,6 +406,7 @@ fn serve_model(
         backend,
         kind,
         context_length,
+        capabilities,
         quantization,
         weights_sha256: m.claimed_weights_sha256.or(weights_sha256),
         slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
@@ -407,6 +417,26 @@ fn serve_model(
             previous: None,
         }),
     })
+}
+
+/// What a local model can do: tools where its chat template takes them
+/// (and the family's call format is known), structured outputs where its
+/// vocabulary compiles into a constraint (checked now, which also builds
+/// the token trie before the first job needs it).
+fn text_capabilities(id: &str, model: &sharenet_engine::TextModel) -> Capabilities {
+    let structured_outputs = match model.constraint(&sharenet_engine::Grammar::JsonSchema(
+        serde_json::json!({"type": "object"}),
+    )) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(model = %id, error = %e, "structured outputs are off for this model");
+            false
+        }
+    };
+    Capabilities {
+        tools: model.tool_format().is_some(),
+        structured_outputs,
+    }
 }
 
 fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
@@ -435,6 +465,7 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
                     _ => 0,
                 },
                 weights_sha256: m.weights_sha256,
+                capabilities: m.capabilities,
             }
         })
         .collect();

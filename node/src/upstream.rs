@@ -11,6 +11,11 @@
 //! Dropping the event receiver drops the HTTP response, which closes the
 //! upstream connection and stops its generation.
 //!
+//! Tools and `response_format` are passed through in OpenAI's shapes
+//! (the node advertises them only where its config says the server takes
+//! them). Streamed `delta.tool_calls` fragments are put together by index
+//! and handed on as whole calls when the stream ends.
+//!
 //! Some servers (llama-cpp-python 0.3) ignore `include_usage` in streams.
 //! Then the output count is the number of streamed chunks (one token each)
 //! and the prompt count comes from the upstream itself: the same request,
@@ -19,7 +24,10 @@
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sharenet_proto::{FinishReason, JobErrorCode, JobInput, JobRequest, Usage};
+use sharenet_proto::{
+    ChatMessage, FinishReason, JobErrorCode, JobInput, JobRequest, ResponseFormat, ToolCall,
+    ToolChoice, Tools, Usage,
+};
 use tokio::sync::mpsc;
 
 use crate::config::UpstreamConfig;
@@ -31,6 +39,8 @@ pub(crate) enum UpstreamEvent {
         text: String,
         tokens: u32,
     },
+    /// The calls the upstream made, whole, before `Done`.
+    ToolCalls(Vec<ToolCall>),
     /// The prompt's token count, as soon as it is known (from the stream's
     /// usage or a probe), for running receipts.
     PromptTokens(u32),
@@ -111,9 +121,15 @@ impl Upstream {
                 body[k] = v;
             }
         }
+        if let Some(t) = &job.tools {
+            tools_body(&mut body, t);
+        }
+        if let Some(f) = &job.response_format {
+            body["response_format"] = response_format_body(f);
+        }
         match &job.input {
             JobInput::Chat { messages } => {
-                body["messages"] = json!(messages);
+                body["messages"] = messages.iter().map(openai_message).collect();
                 Ok((format!("{}/chat/completions", self.config.base_url), body))
             }
             JobInput::Prompt { prompt } => {
@@ -234,6 +250,7 @@ impl Upstream {
         let mut counted = 0u32;
         let mut usage: Option<Usage> = None;
         let mut finish = FinishReason::Stop;
+        let mut calls = CallAssembler::new(job.job_id.to_hex());
         let protocol = |m: String| (JobErrorCode::Upstream, m);
         loop {
             let next = body.next().await;
@@ -251,6 +268,13 @@ impl Upstream {
                 };
                 let data = data.trim();
                 if data == "[DONE]" {
+                    let calls = calls.finish();
+                    if !calls.is_empty() {
+                        finish = FinishReason::ToolCalls;
+                        if tx.send(UpstreamEvent::ToolCalls(calls)).await.is_err() {
+                            return Ok(None);
+                        }
+                    }
                     let mut usage = match usage {
                         Some(u) => {
                             self.stream_usage
@@ -318,11 +342,14 @@ impl Upstream {
                     .or_else(|| choice["text"].as_str())
                     .unwrap_or("");
                 if let Some(r) = choice["finish_reason"].as_str() {
-                    finish = if r == "length" {
-                        FinishReason::Length
-                    } else {
-                        FinishReason::Stop
+                    finish = match r {
+                        "length" => FinishReason::Length,
+                        "tool_calls" => FinishReason::ToolCalls,
+                        _ => FinishReason::Stop,
                     };
+                }
+                if let Some(parts) = choice["delta"]["tool_calls"].as_array() {
+                    calls.add(parts).map_err(protocol)?;
                 }
                 if !text.is_empty() {
                     counted += 1;
@@ -339,5 +366,192 @@ impl Upstream {
                 return Err(protocol("upstream sent a line over 1 MiB".into()));
             }
         }
+    }
+}
+
+/// A chat message in OpenAI's shape: an assistant turn's calls as
+/// `tool_calls[].function` with string arguments, a tool result with its
+/// `tool_call_id`.
+fn openai_message(m: &ChatMessage) -> Value {
+    let mut v = json!({"role": m.role, "content": m.content});
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    v
+}
+
+fn tools_body(body: &mut Value, t: &Tools) {
+    body["tools"] = t
+        .specs
+        .iter()
+        .map(|s| {
+            let mut f = json!({"name": s.name});
+            if !s.description.is_empty() {
+                f["description"] = json!(s.description);
+            }
+            if !s.parameters.is_null() {
+                f["parameters"] = s.parameters.clone();
+            }
+            if s.strict {
+                f["strict"] = json!(true);
+            }
+            json!({"type": "function", "function": f})
+        })
+        .collect();
+    body["tool_choice"] = match &t.choice {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
+    };
+    if !t.parallel {
+        body["parallel_tool_calls"] = json!(false);
+    }
+}
+
+fn response_format_body(f: &ResponseFormat) -> Value {
+    match f {
+        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+        } => json!({"type": "json_schema",
+                    "json_schema": {"name": name, "schema": schema, "strict": strict}}),
+    }
+}
+
+/// Most tool calls one upstream reply may make.
+const MAX_UPSTREAM_CALLS: usize = sharenet_proto::MAX_TOOLS;
+
+/// Streamed `delta.tool_calls` fragments put together by index, as the
+/// OpenAI SDKs do.
+struct CallAssembler {
+    job: String,
+    calls: Vec<(String, String, String)>,
+}
+
+impl CallAssembler {
+    fn new(job: String) -> Self {
+        Self {
+            job,
+            calls: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, parts: &[Value]) -> Result<(), String> {
+        for p in parts {
+            let index = p["index"].as_u64().map_or(self.calls.len(), |i| i as usize);
+            if index >= MAX_UPSTREAM_CALLS {
+                return Err(format!(
+                    "upstream made more than {MAX_UPSTREAM_CALLS} tool calls"
+                ));
+            }
+            while self.calls.len() <= index {
+                self.calls.push(Default::default());
+            }
+            let call = &mut self.calls[index];
+            if let Some(id) = p["id"].as_str() {
+                call.0 = id.to_owned();
+            }
+            if let Some(name) = p["function"]["name"].as_str() {
+                call.1.push_str(name);
+            }
+            if let Some(args) = p["function"]["arguments"].as_str() {
+                call.2.push_str(args);
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole calls; an id the upstream left out (or made unusable) is
+    /// made up, unique within the job.
+    fn finish(&mut self) -> Vec<ToolCall> {
+        std::mem::take(&mut self.calls)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, name, _))| !name.is_empty())
+            .map(|(i, (id, name, arguments))| ToolCall {
+                id: if id.is_empty() || id.len() > 64 {
+                    format!("call_{}_{i}", self.job)
+                } else {
+                    id
+                },
+                name,
+                arguments: if arguments.is_empty() {
+                    "{}".into()
+                } else {
+                    arguments
+                },
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_call_fragments_assemble_by_index() {
+        let mut a = CallAssembler::new("j".into());
+        a.add(&[json!({"index": 0, "id": "call_a", "function": {"name": "get_weather", "arguments": ""}})])
+            .unwrap();
+        a.add(&[json!({"index": 0, "function": {"arguments": "{\"city\": "}})])
+            .unwrap();
+        a.add(&[json!({"index": 1, "function": {"name": "now"}})])
+            .unwrap();
+        a.add(&[json!({"index": 0, "function": {"arguments": "\"Paris\"}"}})])
+            .unwrap();
+        let calls = a.finish();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].id, "call_a");
+        assert_eq!(calls[0].arguments, r#"{"city": "Paris"}"#);
+        assert_eq!(calls[1].id, "call_j_1");
+        assert_eq!(calls[1].arguments, "{}");
+        assert!(a.add(&[json!({"index": 100_000})]).is_err());
+    }
+
+    #[test]
+    fn messages_and_tools_go_out_in_openai_shapes() {
+        let mut m = ChatMessage::new("assistant", "");
+        m.tool_calls.push(ToolCall {
+            id: "call_1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+        });
+        let v = openai_message(&m);
+        assert_eq!(v["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(v["tool_calls"][0]["type"], "function");
+        let mut body = json!({});
+        tools_body(
+            &mut body,
+            &Tools {
+                specs: vec![sharenet_proto::ToolSpec {
+                    name: "f".into(),
+                    description: String::new(),
+                    parameters: Value::Null,
+                    strict: false,
+                }],
+                choice: ToolChoice::Function("f".into()),
+                parallel: false,
+            },
+        );
+        assert_eq!(body["tool_choice"]["function"]["name"], "f");
+        assert_eq!(body["parallel_tool_calls"], false);
+        assert_eq!(
+            response_format_body(&ResponseFormat::JsonObject),
+            json!({"type": "json_object"})
+        );
     }
 }

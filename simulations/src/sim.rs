@@ -370,6 +370,7 @@ impl<'a> Sim<'a> {
                 ),
                 relayed,
                 gpus: hw.gpus,
+                capabilities: 0,
             };
             nodes.push(Node {
                 key,

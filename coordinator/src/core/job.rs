@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use sharenet_proto::{JobInput, ModelKind, SamplingParams};
+use sharenet_proto::{Capabilities, JobInput, ModelKind, ResponseFormat, SamplingParams, Tools};
 
 /// Which endpoint a job came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,10 @@ pub struct Job {
     pub input: JobInput,
     pub params: SamplingParams,
     pub prefs: ProviderPrefs,
+    /// Functions the model may call (chat).
+    pub tools: Option<Tools>,
+    /// The JSON shape the answer must take.
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl Job {
@@ -78,13 +82,47 @@ impl Job {
         self.models.first().map_or("", String::as_str)
     }
 
+    /// What a node must be able to do to serve it.
+    pub fn needs(&self) -> Capabilities {
+        Capabilities {
+            tools: self
+                .tools
+                .as_ref()
+                .is_some_and(|t| t.choice != sharenet_proto::ToolChoice::None),
+            structured_outputs: self.response_format.is_some(),
+        }
+    }
+
+    /// Bytes the tools add to the rendered prompt: their definitions, and
+    /// the calls and results already in the conversation.
+    fn tool_bytes(&self) -> usize {
+        let defs = self.tools.as_ref().map_or(0, |t| {
+            t.specs
+                .iter()
+                .map(|s| s.name.len() + s.description.len() + s.parameters.to_string().len() + 64)
+                .sum::<usize>()
+                // The template's own preamble about tools.
+                + 1024
+        });
+        let calls: usize = match &self.input {
+            JobInput::Chat { messages } => messages
+                .iter()
+                .flat_map(|m| &m.tool_calls)
+                .map(|c| c.id.len() + c.name.len() + c.arguments.len() + 32)
+                .sum(),
+            _ => 0,
+        };
+        defs + calls
+    }
+
     /// Rough prompt size for ranking (about four bytes per token).
     pub fn estimated_input_tokens(&self) -> u32 {
-        let bytes: usize = match &self.input {
-            JobInput::Chat { messages } => messages.iter().map(|m| m.content.len() + 8).sum(),
-            JobInput::Prompt { prompt } => prompt.len(),
-            JobInput::Embed { inputs } => inputs.iter().map(String::len).sum(),
-        };
+        let bytes: usize = self.tool_bytes()
+            + match &self.input {
+                JobInput::Chat { messages } => messages.iter().map(|m| m.content.len() + 8).sum(),
+                JobInput::Prompt { prompt } => prompt.len(),
+                JobInput::Embed { inputs } => inputs.iter().map(String::len).sum(),
+            };
         u32::try_from(bytes / 4 + 1).unwrap_or(u32::MAX)
     }
 
@@ -103,7 +141,7 @@ impl Job {
             JobInput::Prompt { prompt } => (prompt.len(), 1),
             JobInput::Embed { inputs } => (inputs.iter().map(String::len).sum(), inputs.len()),
         };
-        (bytes as u64) + 16 * (pieces as u64) + 256
+        (bytes as u64) + (self.tool_bytes() as u64) + 16 * (pieces as u64) + 256
     }
 
     /// Most output tokens the job can be charged for.

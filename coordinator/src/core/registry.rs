@@ -325,6 +325,7 @@ mod tests {
                     quantization: String::new(),
                     tokens_per_sec: 0,
                     weights_sha256: None,
+                    capabilities: Default::default(),
                 }],
                 gpus: Vec::new(),
                 region: String::new(),

@@ -411,6 +411,7 @@ mod tests {
                     quantization: String::new(),
                     tokens_per_sec: 0,
                     weights_sha256: None,
+                    capabilities: Default::default(),
                 })
                 .collect(),
             gpus: Vec::new(),

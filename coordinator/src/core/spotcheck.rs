@@ -222,6 +222,8 @@ async fn run_on(
             allow_fallbacks: false,
             ..ProviderPrefs::default()
         },
+        tools: None,
+        response_format: None,
     };
     let principal = Principal {
         app: SPOT_CHECK_APP.into(),
@@ -232,7 +234,7 @@ async fn run_on(
         .map_err(|e| e.to_string())?;
     loop {
         match active.next(core).await.map_err(|e| e.to_string())? {
-            Step::Delta(..) => {}
+            Step::Delta(..) | Step::ToolCalls(_) => {}
             Step::Done(f) => {
                 return Ok(Run {
                     tokens: f.logprobs,

@@ -15,8 +15,8 @@ use base64::Engine as _;
 use sharenet_api::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatLogprobs,
     ChatTokenLogprob, CompletionLogprobs, CompletionRequest, Embedding, EmbeddingList,
-    EmbeddingRequest, EmbeddingUsage, EmbeddingVector, Model, ModelPricing, TextChoice,
-    TextCompletion, TopLogprob, Usage,
+    EmbeddingRequest, EmbeddingUsage, EmbeddingVector, FunctionCall, Model, ModelPricing,
+    OutToolCall, TextChoice, TextCompletion, TopLogprob, Usage,
 };
 use sharenet_api::{Cost, List};
 use sharenet_proto::TokenLogprob;
@@ -123,14 +123,31 @@ pub(super) async fn embeddings(
         usage: EmbeddingUsage {
             prompt_tokens: finished.usage.input_tokens,
             total_tokens: finished.usage.input_tokens,
-            cost: Cost::from(&finished.charge),
+            cost: Cost::from(&finished.charge).usd(),
+            cost_details: Cost::from(&finished.charge),
         },
         receipt_id: receipt_id.clone(),
     };
-    let mut response = (receipt_header(&receipt_id), Json(body)).into_response();
+    let mut response = (
+        receipt_header(&receipt_id),
+        cost_header(&finished.charge),
+        Json(body),
+    )
+        .into_response();
     response.extensions_mut().insert(access);
     Ok(response)
 }
+
+/// `x-sharenet-cost-nano-usd`: the exact charge, for clients that read
+/// headers (a stream's cost comes in its usage chunk, after the headers).
+pub(super) fn cost_header(charge: &sharenet_market::Charge) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(COST_HEADER, HeaderValue::from(charge.total));
+    headers
+}
+
+/// The exact charge of a non-streamed response, nano-USD.
+pub const COST_HEADER: &str = "x-sharenet-cost-nano-usd";
 
 /// Reads a job to its end.
 async fn run_to_end(
@@ -173,6 +190,7 @@ async fn generate(
     let created = now_ms() / 1000;
     let headers = receipt_header(&receipt_id);
     if shape.stream {
+        let provider = active.peer().to_string();
         // The job has produced its first event on a node: from here on
         // failures are reported in-band as an OpenAI error event.
         let sse = super::sse::stream(
@@ -184,6 +202,7 @@ async fn generate(
                 created,
                 include_usage: shape.include_usage,
                 want_logprobs,
+                provider,
                 started: started.map(|s| access::Started {
                     app: Some(principal.app.clone()),
                     ..s
@@ -197,6 +216,7 @@ async fn generate(
     let finished = run_to_end(&core, &mut active).await?;
     let access = access_of(&active, &finished);
     let usage = usage(&finished);
+    let finished_charge = finished.charge;
     let node = active.peer().to_string();
     let model = active.model().to_owned();
     let finish_reason = finished.finish_reason.as_str().to_owned();
@@ -207,7 +227,8 @@ async fn generate(
             object: "text_completion".into(),
             created,
             model,
-            system_fingerprint: node,
+            system_fingerprint: node.clone(),
+            provider: node,
             choices: vec![TextChoice {
                 index: 0,
                 text: finished.text,
@@ -223,12 +244,27 @@ async fn generate(
             object: "chat.completion".into(),
             created,
             model,
-            system_fingerprint: node,
+            system_fingerprint: node.clone(),
+            provider: node,
             choices: vec![ChatChoice {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant".into(),
-                    content: finished.text,
+                    // OpenAI: null content when the reply is only calls.
+                    content: (finished.tool_calls.is_empty() || !finished.text.is_empty())
+                        .then_some(finished.text),
+                    tool_calls: finished
+                        .tool_calls
+                        .into_iter()
+                        .map(|c| OutToolCall {
+                            id: c.id,
+                            kind: "function".into(),
+                            function: FunctionCall {
+                                name: c.name,
+                                arguments: c.arguments,
+                            },
+                        })
+                        .collect(),
                 },
                 logprobs: logprobs.map(chat_logprobs),
                 finish_reason,
@@ -238,7 +274,7 @@ async fn generate(
         })
         .into_response(),
     };
-    let mut response = (headers, body).into_response();
+    let mut response = (headers, cost_header(&finished_charge), body).into_response();
     response.extensions_mut().insert(access);
     Ok(response)
 }

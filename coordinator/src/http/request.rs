@@ -14,7 +14,10 @@ use sharenet_api::openai::{
     ChatCompletionRequest, CompletionRequest, Content, EmbeddingRequest, ExtraSampling, InMessage,
     Prompt, ProviderPreferences, SortKey as WireSort, Stop,
 };
-use sharenet_proto::{ChatMessage, JobInput, MAX_JOB_TOKENS, SamplingParams};
+use sharenet_proto::{
+    ChatMessage, JobInput, MAX_JOB_TOKENS, ResponseFormat, SamplingParams, ToolCall, ToolChoice,
+    ToolSpec, Tools,
+};
 
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind, ProviderPrefs, SortKey};
@@ -149,6 +152,8 @@ pub fn completion_job(this: CompletionRequest) -> Result<(Job, Shape), Error> {
         kind: JobKind::Completion,
         input: JobInput::Prompt { prompt },
         params,
+        tools: None,
+        response_format: None,
     };
     Ok((job, shape))
 }
@@ -207,6 +212,8 @@ pub fn embedding_job(this: EmbeddingRequest) -> Result<(Job, Shape), Error> {
             max_tokens: 1,
             ..SamplingParams::default()
         },
+        tools: None,
+        response_format: None,
     };
     let shape = Shape {
         stream: false,
@@ -227,7 +234,8 @@ fn param_error(message: impl Into<String>, param: &str) -> Error {
 }
 
 /// OpenAI chat messages → the node's messages: `developer` is `system`,
-/// content parts must be text.
+/// content parts must be text, an assistant turn may carry `tool_calls`,
+/// and a `tool` message must name the call it answers.
 fn chat_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Error> {
     let mut messages = Vec::with_capacity(input.len());
     for (i, m) in input.into_iter().enumerate() {
@@ -235,10 +243,11 @@ fn chat_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Error> {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => "tool",
             other => {
                 return Err(param_error(
                     format!(
-                        "messages[{i}].role {other:?} is not supported (system, developer, user, assistant)"
+                        "messages[{i}].role {other:?} is not supported (system, developer, user, assistant, tool)"
                     ),
                     &format!("messages[{i}].role"),
                 ));
@@ -252,9 +261,11 @@ fn chat_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Error> {
                 for (j, p) in parts.into_iter().enumerate() {
                     match (p.kind.as_str(), p.text) {
                         ("text", Some(t)) => text.push_str(&t),
-                        _ => {
+                        (kind, _) => {
                             return Err(param_error(
-                                "only text content parts are supported",
+                                format!(
+                                    "content parts of type {kind:?} are not supported; only text"
+                                ),
                                 &format!("messages[{i}].content[{j}]"),
                             ));
                         }
@@ -263,12 +274,208 @@ fn chat_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Error> {
                 text
             }
         };
-        messages.push(ChatMessage {
-            role: role.to_string(),
-            content,
-        });
+        let mut message = ChatMessage::new(role, content);
+        if let Some(calls) = m.tool_calls.filter(|c| !c.is_empty()) {
+            if role != "assistant" {
+                return Err(param_error(
+                    "only assistant messages carry tool_calls",
+                    &format!("messages[{i}].tool_calls"),
+                ));
+            }
+            for (j, c) in calls.into_iter().enumerate() {
+                let at = format!("messages[{i}].tool_calls[{j}]");
+                if c.kind != "function" {
+                    return Err(param_error(
+                        format!("type {:?} is not supported; only \"function\"", c.kind),
+                        &format!("{at}.type"),
+                    ));
+                }
+                if !sharenet_proto::valid_tool_name(&c.function.name) {
+                    return Err(param_error(
+                        format!("{:?} is not a function name", c.function.name),
+                        &format!("{at}.function.name"),
+                    ));
+                }
+                message.tool_calls.push(ToolCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments: c.function.arguments,
+                });
+            }
+        }
+        if role == "tool" {
+            match m.tool_call_id.filter(|id| !id.is_empty()) {
+                Some(id) => message.tool_call_id = Some(id),
+                None => {
+                    return Err(param_error(
+                        "a tool message must name the call it answers",
+                        &format!("messages[{i}].tool_call_id"),
+                    ));
+                }
+            }
+        }
+        messages.push(message);
     }
     Ok(messages)
+}
+
+/// `tools` and `tool_choice` → the job's tools; every mistake is a 400
+/// naming the field.
+fn parse_tools(
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<Option<Tools>, Error> {
+    let specs = match tools.filter(|t| !t.is_null()) {
+        None => {
+            if choice.is_some_and(|c| !c.is_null() && c != "none" && c != "auto") {
+                return Err(param_error(
+                    "tool_choice needs tools to choose from",
+                    "tool_choice",
+                ));
+            }
+            return Ok(None);
+        }
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(param_error("tools must be an array", "tools")),
+    };
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, t) in specs.iter().enumerate() {
+        let at = |f: &str| format!("tools[{i}]{f}");
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(param_error(
+                "only tools of type \"function\" are supported",
+                &at(".type"),
+            ));
+        }
+        let Some(f) = t.get("function").filter(|f| f.is_object()) else {
+            return Err(param_error(
+                "a function tool needs `function`",
+                &at(".function"),
+            ));
+        };
+        let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+        if !sharenet_proto::valid_tool_name(name) {
+            return Err(param_error(
+                format!(
+                    "{name:?}: a function name is 1-{} of a-z, A-Z, 0-9, _ and -",
+                    sharenet_proto::MAX_TOOL_NAME
+                ),
+                &at(".function.name"),
+            ));
+        }
+        let parameters = f.get("parameters").cloned().unwrap_or(Value::Null);
+        if !(parameters.is_null() || parameters.is_object()) {
+            return Err(param_error(
+                "parameters must be a JSON schema object",
+                &at(".function.parameters"),
+            ));
+        }
+        out.push(ToolSpec {
+            name: name.to_owned(),
+            description: f
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            parameters,
+            strict: f.get("strict").and_then(Value::as_bool).unwrap_or(false),
+        });
+    }
+    let choice = match choice.filter(|c| !c.is_null()) {
+        None => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(param_error(
+                    format!(
+                        "{other:?} is not one of \"auto\", \"none\", \"required\" or a named function"
+                    ),
+                    "tool_choice",
+                ));
+            }
+        },
+        Some(v) => match v
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => {
+                ToolChoice::Function(name.to_owned())
+            }
+            _ => {
+                return Err(param_error(
+                    "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    "tool_choice",
+                ));
+            }
+        },
+    };
+    let tools = Tools {
+        specs: out,
+        choice,
+        parallel: parallel.unwrap_or(true),
+    };
+    tools.validate().map_err(|e| {
+        let param = match &e {
+            sharenet_proto::ProtoError::Invalid { field, .. } => *field,
+            _ => "tools",
+        };
+        param_error(e.to_string(), param)
+    })?;
+    Ok(Some(tools))
+}
+
+/// `response_format` → the job's format (`text` is none).
+fn parse_response_format(v: Option<&Value>) -> Result<Option<ResponseFormat>, Error> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let format = match v.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => ResponseFormat::JsonObject,
+        Some("json_schema") => {
+            let Some(js) = v.get("json_schema").filter(|j| j.is_object()) else {
+                return Err(param_error(
+                    "type json_schema needs a `json_schema` object",
+                    "response_format.json_schema",
+                ));
+            };
+            let Some(schema) = js.get("schema").filter(|s| s.is_object() || s.is_boolean()) else {
+                return Err(param_error(
+                    "json_schema needs a `schema` (a JSON schema object)",
+                    "response_format.json_schema.schema",
+                ));
+            };
+            ResponseFormat::JsonSchema {
+                name: js
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("response")
+                    .to_owned(),
+                schema: schema.clone(),
+                strict: js.get("strict").and_then(Value::as_bool).unwrap_or(false),
+            }
+        }
+        other => {
+            return Err(param_error(
+                format!(
+                    "type {:?} is not one of \"text\", \"json_object\", \"json_schema\"",
+                    other.unwrap_or("")
+                ),
+                "response_format.type",
+            ));
+        }
+    };
+    format
+        .validate()
+        .map_err(|e| param_error(e.to_string(), "response_format.json_schema"))?;
+    Ok(Some(format))
 }
 
 /// `POST /v1/chat/completions` → a job, or a 400 naming the parameter.
@@ -282,19 +489,15 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
     if this.n.is_some_and(|n| n != 1) {
         return Err(param_error("only n = 1 is supported", "n"));
     }
-    if this.tools.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(param_error("tools are not supported yet", "tools"));
+    if this.logit_bias.as_ref().is_some_and(|b| !b.is_null()) {
+        return Err(param_error("logit_bias is not supported yet", "logit_bias"));
     }
-    if let Some(f) = &this.response_format
-        && f.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t != "text")
-    {
-        return Err(param_error(
-            "only the text response_format is supported",
-            "response_format",
-        ));
-    }
+    let tools = parse_tools(
+        this.tools.as_ref(),
+        this.tool_choice.as_ref(),
+        this.parallel_tool_calls,
+    )?;
+    let response_format = parse_response_format(this.response_format.as_ref())?;
     let messages = chat_messages(this.messages)?;
     let params = Sampling {
         max_tokens: this
@@ -328,6 +531,8 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
         kind: JobKind::Chat,
         input: JobInput::Chat { messages },
         params,
+        tools,
+        response_format,
     };
     Ok((job, shape))
 }

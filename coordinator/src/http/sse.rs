@@ -16,9 +16,10 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Serialize;
 use sharenet_api::openai::{
-    ChatCompletionChunk, ChunkChoice, Delta, TextChoice, TextCompletionChunk, Usage,
+    ChatCompletionChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall, TextChoice,
+    TextCompletionChunk, Usage,
 };
-use sharenet_proto::{FinishReason, TokenLogprob};
+use sharenet_proto::{FinishReason, TokenLogprob, ToolCall};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -39,6 +40,8 @@ pub(super) struct Meta {
     pub created: u64,
     pub include_usage: bool,
     pub want_logprobs: bool,
+    /// The serving node's peer id (`provider` on every chunk).
+    pub provider: String,
     /// For the access-log line written when the stream ends.
     pub started: Option<super::access::Started>,
 }
@@ -98,6 +101,7 @@ impl Meta {
                 object: "text_completion".into(),
                 created: self.created,
                 model: model.to_owned(),
+                provider: self.provider.clone(),
                 choices: vec![TextChoice {
                     index: 0,
                     text: text.unwrap_or("").to_owned(),
@@ -113,28 +117,65 @@ impl Meta {
                     (None, None) => Delta {
                         role: Some("assistant".into()),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
                     (Some(t), None) => Delta {
                         role: None,
                         content: Some(t.to_owned()),
+                        tool_calls: None,
                     },
                 };
-                Chunk::Chat(ChatCompletionChunk {
-                    id: self.id.clone(),
-                    object: "chat.completion.chunk".into(),
-                    created: self.created,
-                    model: model.to_owned(),
-                    choices: vec![ChunkChoice {
-                        index: 0,
-                        delta,
-                        logprobs: logprobs.map(chat_logprobs),
-                        finish_reason,
-                    }],
-                    usage: None,
-                    receipt_id: None,
-                })
+                self.chat_chunk(model, delta, logprobs.map(chat_logprobs), finish_reason)
             }
         }
+    }
+
+    fn chat_chunk(
+        &self,
+        model: &str,
+        delta: Delta,
+        logprobs: Option<sharenet_api::openai::ChatLogprobs>,
+        finish_reason: Option<String>,
+    ) -> Chunk {
+        Chunk::Chat(ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: model.to_owned(),
+            provider: self.provider.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs,
+                finish_reason,
+            }],
+            usage: None,
+            receipt_id: None,
+        })
+    }
+
+    /// Whole tool calls as one chunk: each with its index in the reply,
+    /// id, name and all its arguments (the SDKs accumulate by index).
+    fn calls_chunk(&self, model: &str, calls: &[ToolCall], first_index: usize) -> Chunk {
+        let tool_calls = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| DeltaToolCall {
+                index: u32::try_from(first_index + i).unwrap_or(u32::MAX),
+                id: Some(c.id.clone()),
+                kind: Some("function".into()),
+                function: DeltaFunction {
+                    name: Some(c.name.clone()),
+                    arguments: c.arguments.clone(),
+                },
+            })
+            .collect();
+        let delta = Delta {
+            role: None,
+            content: None,
+            tool_calls: Some(tool_calls),
+        };
+        self.chat_chunk(model, delta, None, None)
     }
 
     /// The usage chunk (`stream_options.include_usage`): no choices.
@@ -145,6 +186,7 @@ impl Meta {
                 object: "text_completion".into(),
                 created: self.created,
                 model: model.to_owned(),
+                provider: self.provider.clone(),
                 choices: Vec::new(),
                 usage: Some(usage),
                 receipt_id: Some(receipt_id),
@@ -154,6 +196,7 @@ impl Meta {
                 object: "chat.completion.chunk".into(),
                 created: self.created,
                 model: model.to_owned(),
+                provider: self.provider.clone(),
                 choices: Vec::new(),
                 usage: Some(usage),
                 receipt_id: Some(receipt_id),
@@ -195,6 +238,7 @@ async fn relay(
         return;
     }
     let mut offset = 0usize;
+    let mut calls_sent = 0usize;
     loop {
         let step = tokio::select! {
             step = active.next(&core) => step,
@@ -224,6 +268,20 @@ async fn relay(
                     return;
                 }
                 offset += text.len();
+            }
+            Ok(Step::ToolCalls(calls)) => {
+                if !out
+                    .json(&meta.calls_chunk(&model, &calls, calls_sent))
+                    .await
+                {
+                    let partial = active.book_partial(&core).await;
+                    log(
+                        StatusCode::OK,
+                        partial.map(|p| access_of(&active, &p)).as_ref(),
+                    );
+                    return;
+                }
+                calls_sent += calls.len();
             }
             Ok(Step::Done(finished)) => {
                 let _ = out
@@ -282,16 +340,15 @@ mod tests {
             kind: JobKind::Chat,
             models: vec!["m".into()],
             input: JobInput::Chat {
-                messages: vec![ChatMessage {
-                    role: "user".into(),
-                    content: "hi".into(),
-                }],
+                messages: vec![ChatMessage::new("user", "hi")],
             },
             params: SamplingParams {
                 max_tokens: 3_000,
                 ..SamplingParams::default()
             },
             prefs: ProviderPrefs::any(),
+            tools: None,
+            response_format: None,
         });
         let active = start_job(&core, job, &principal, None).await.unwrap();
         let meta = Meta {
@@ -300,6 +357,7 @@ mod tests {
             created: 0,
             include_usage: false,
             want_logprobs: false,
+            provider: String::new(),
             started: None,
         };
         // The client holds the stream open and never reads it.

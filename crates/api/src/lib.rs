@@ -44,6 +44,14 @@ pub struct Cost {
     pub unit: String,
 }
 
+impl Cost {
+    /// The charge in USD, for display (`usage.cost`): computed from the
+    /// integer, never summed or stored.
+    pub fn usd(&self) -> f64 {
+        self.charge_nano_usd as f64 / 1e9
+    }
+}
+
 impl From<&sharenet_market::Charge> for Cost {
     fn from(c: &sharenet_market::Charge) -> Self {
         Self {

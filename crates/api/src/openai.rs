@@ -1,7 +1,9 @@
 //! OpenAI-compatible requests and responses, with sharenet's extensions:
 //! the `provider` routing object and `models` fallback list (OpenRouter's
-//! shapes), vLLM-style sampling knobs, and on responses the `cost` inside
-//! `usage` and the `receipt_id`.
+//! shapes), vLLM-style sampling knobs, and on responses OpenRouter's
+//! `usage.cost` (a number, USD) with the exact integer breakdown in
+//! `usage.cost_details`, the serving node as `provider`, and the
+//! `receipt_id`.
 
 use std::collections::BTreeMap;
 
@@ -31,8 +33,14 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u8>,
+    /// Kept raw so every mistake is a 400 naming the exact field.
     pub tools: Option<Value>,
+    /// `"auto"`, `"none"`, `"required"` or `{"type": "function",
+    /// "function": {"name": …}}`.
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<Value>,
+    pub logit_bias: Option<Value>,
     /// OpenRouter-style routing preferences ([`ProviderPreferences`]),
     /// kept raw so an unknown field is reported with its name.
     pub provider: Option<Value>,
@@ -119,6 +127,55 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<OutToolCall>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A tool call in a response (and in an assistant message sent back).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct OutToolCall {
+    pub id: String,
+    /// `"function"`.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as JSON text, as the model wrote them.
+    pub arguments: String,
+}
+
+/// One entry of a streamed `delta.tool_calls`: the SDKs put calls together
+/// by `index`, appending `function.arguments` fragments.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DeltaToolCall {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: DeltaFunction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DeltaFunction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -181,13 +238,18 @@ pub struct MaxPrice {
 
 // ---- responses ----
 
-/// The `usage` object: OpenAI's token counts plus what the job cost.
+/// The `usage` object: OpenAI's token counts plus what the job cost:
+/// `cost` in USD as OpenRouter gives it (a number for display and for
+/// clients written against OpenRouter), and the exact integers it is
+/// made of in `cost_details`. Money is kept and summed as the integers;
+/// `cost` is only ever computed from them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u64,
-    pub cost: Cost,
+    pub cost: f64,
+    pub cost_details: Cost,
 }
 
 impl Usage {
@@ -196,7 +258,8 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: u64::from(prompt_tokens) + u64::from(completion_tokens),
-            cost,
+            cost: cost.usd(),
+            cost_details: cost,
         }
     }
 }
@@ -211,6 +274,9 @@ pub struct ChatCompletion {
     pub model: String,
     /// The serving node's peer id.
     pub system_fingerprint: String,
+    /// The node that served (its peer id), as OpenRouter names the
+    /// provider.
+    pub provider: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
     pub receipt_id: String,
@@ -224,10 +290,14 @@ pub struct ChatChoice {
     pub finish_reason: String,
 }
 
+/// The reply: text, or (with `finish_reason: "tool_calls"`) calls, when
+/// `content` may be null.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<OutToolCall>,
 }
 
 /// A non-streamed legacy `text_completion`.
@@ -239,6 +309,7 @@ pub struct TextCompletion {
     pub created: u64,
     pub model: String,
     pub system_fingerprint: String,
+    pub provider: String,
     pub choices: Vec<TextChoice>,
     pub usage: Usage,
     pub receipt_id: String,
@@ -261,6 +332,8 @@ pub struct ChatCompletionChunk {
     pub object: String,
     pub created: u64,
     pub model: String,
+    /// The node that serves the stream.
+    pub provider: String,
     pub choices: Vec<ChunkChoice>,
     /// Only on the final usage chunk (`stream_options.include_usage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,6 +357,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<DeltaToolCall>>,
 }
 
 /// One chunk of a streamed legacy completion.
@@ -293,6 +368,7 @@ pub struct TextCompletionChunk {
     pub object: String,
     pub created: u64,
     pub model: String,
+    pub provider: String,
     pub choices: Vec<TextChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -362,7 +438,9 @@ pub enum EmbeddingVector {
 pub struct EmbeddingUsage {
     pub prompt_tokens: u32,
     pub total_tokens: u32,
-    pub cost: Cost,
+    /// USD, from `cost_details` (see [`Usage`]).
+    pub cost: f64,
+    pub cost_details: Cost,
 }
 
 /// One entry of `GET /v1/models`.

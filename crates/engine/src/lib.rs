@@ -10,6 +10,10 @@
 //! - Sampling: temperature, top_p, top_k, min_p, repetition / presence /
 //!   frequency penalties, seeds, stop strings across token boundaries,
 //!   max_tokens and per-token logprobs with alternatives.
+//! - Tools and structured outputs: the model's own chat template renders
+//!   the tools, [`ToolCallParser`] reads calls out of the text in the
+//!   family's format ([`ToolFormat`]), and a [`Constraint`] (llguidance)
+//!   holds the output to a JSON schema or a forced call's grammar.
 //! - [`Embedder`] serves BERT-family sentence-embedding models.
 //! - [`tiny`] writes small random-weight models in every supported format,
 //!   so tests and the devnet run the very loaders real weights use.
@@ -20,6 +24,7 @@
 //! (the scheduler also catches panics from inside candle and fails only
 //! the sequences of that step).
 
+mod constraint;
 mod embed;
 mod model;
 mod sampling;
@@ -29,13 +34,16 @@ pub mod spec;
 mod streamer;
 mod template;
 pub mod tiny;
+pub mod tool_calls;
 mod transformer;
 
+pub use constraint::{Constraint, Grammar};
 pub use embed::{Embedder, Embeddings};
 pub use model::{Generation, Piece, TextModel, WeightsFormat, hash_files};
 pub use scheduler::{JobHandle, Load, Scheduler, SchedulerConfig, SeqEvent, SubmitError};
 pub use spec::{Arch, ModelSpec};
 pub use template::ChatTemplate;
+pub use tool_calls::{ToolCallParser, ToolFormat};
 
 /// Loading progress, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

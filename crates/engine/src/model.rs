@@ -9,9 +9,10 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sharenet_proto::{FinishReason, JobInput, SamplingParams};
+use sharenet_proto::{FinishReason, JobInput, SamplingParams, Tools};
 use tokenizers::Tokenizer;
 
+use crate::constraint::{Constraint, Grammar, Grammars};
 use crate::sequence::Sequence;
 use crate::spec::ModelSpec;
 use crate::template::ChatTemplate;
@@ -52,6 +53,8 @@ pub struct TextModel {
     path: PathBuf,
     weights_sha256: [u8; 32],
     format: WeightsFormat,
+    /// The constraint compiler, built by the first job that needs one.
+    grammars: std::sync::OnceLock<Result<Grammars, String>>,
 }
 
 pub(crate) fn read_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
@@ -218,6 +221,7 @@ impl TextModel {
             path: dir.to_path_buf(),
             weights_sha256,
             format: WeightsFormat::Safetensors,
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -280,6 +284,7 @@ impl TextModel {
             path: path.to_path_buf(),
             weights_sha256,
             format: WeightsFormat::Gguf { dtype },
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -315,10 +320,50 @@ impl TextModel {
         &self.eos
     }
 
+    /// How the model writes tool calls; `None` when its chat template does
+    /// not take tools.
+    pub fn tool_format(&self) -> Option<crate::ToolFormat> {
+        self.template.tool_format()
+    }
+
+    /// Compiles a constraint for one job (the vocabulary's token trie is
+    /// built on first use and kept).
+    pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
+        let grammars = self.grammars.get_or_init(|| {
+            Grammars::new(&self.tokenizer, self.spec().vocab_size, &self.eos)
+                .map_err(|e| e.to_string())
+        });
+        match grammars {
+            Ok(g) => g.compile(grammar),
+            Err(e) => Err(EngineError::Unsupported(e.clone())),
+        }
+    }
+
     /// Renders and tokenizes a job's input.
     pub fn encode_input(&self, input: &JobInput) -> Result<Vec<u32>, EngineError> {
+        self.encode_request(input, None)
+    }
+
+    /// Renders (with the tools the model may call, if any) and tokenizes
+    /// a job's input.
+    pub fn encode_request(
+        &self,
+        input: &JobInput,
+        tools: Option<&Tools>,
+    ) -> Result<Vec<u32>, EngineError> {
         let text = match input {
-            JobInput::Chat { messages } => self.template.render(messages)?,
+            JobInput::Chat { messages } => match tools {
+                Some(t) if t.choice != sharenet_proto::ToolChoice::None => {
+                    if self.tool_format().is_none() {
+                        return Err(EngineError::Unsupported(
+                            "this model's chat template does not take tools".into(),
+                        ));
+                    }
+                    let tools = crate::tool_calls::template_tools(t);
+                    self.template.render_with_tools(messages, Some(&tools))?
+                }
+                _ => self.template.render(messages)?,
+            },
             JobInput::Prompt { prompt } => prompt.clone(),
             JobInput::Embed { .. } => {
                 return Err(EngineError::Unsupported(
@@ -368,9 +413,20 @@ impl TextModel {
         &self,
         prompt: &[u32],
         params: &SamplingParams,
+        emit: impl FnMut(Piece) -> bool,
+    ) -> Result<Generation, EngineError> {
+        self.generate_constrained(prompt, params, None, emit)
+    }
+
+    /// [`Self::generate`] with the output held to a grammar.
+    pub fn generate_constrained(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        constraint: Option<Constraint>,
         mut emit: impl FnMut(Piece) -> bool,
     ) -> Result<Generation, EngineError> {
-        let mut seq = Sequence::new(self, prompt.to_vec(), params)?;
+        let mut seq = Sequence::new(self, prompt.to_vec(), params, constraint)?;
         let mut logits = seq.prefill(self)?;
         loop {
             for piece in seq.advance(self, &mut logits)? {

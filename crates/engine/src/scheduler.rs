@@ -23,6 +23,7 @@ use sharenet_proto::SamplingParams;
 use tokio::sync::mpsc;
 
 use crate::EngineError;
+use crate::constraint::Constraint;
 use crate::model::{Generation, Piece, TextModel};
 use crate::sequence::{PREFILL_CHUNK, Sequence};
 use crate::transformer::Transformer;
@@ -96,6 +97,7 @@ pub struct Load {
 struct Queued {
     prompt: Vec<u32>,
     params: SamplingParams,
+    constraint: Option<Constraint>,
     kv_bytes: usize,
     tx: mpsc::Sender<SeqEvent>,
     cancel: Arc<AtomicBool>,
@@ -193,6 +195,17 @@ impl Scheduler {
         prompt: Vec<u32>,
         params: SamplingParams,
     ) -> Result<JobHandle, SubmitError> {
+        self.submit_constrained(prompt, params, None)
+    }
+
+    /// [`Self::submit`] with the output held to a grammar
+    /// ([`TextModel::constraint`]).
+    pub fn submit_constrained(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        constraint: Option<Constraint>,
+    ) -> Result<JobHandle, SubmitError> {
         let context = self.model.context_length();
         if prompt.is_empty() || prompt.len() >= context {
             return Err(EngineError::ContextLengthExceeded {
@@ -227,6 +240,7 @@ impl Scheduler {
             queue.push_back(Queued {
                 prompt,
                 params,
+                constraint,
                 kv_bytes,
                 tx,
                 cancel: cancel.clone(),
@@ -394,7 +408,7 @@ impl Worker {
 
     /// Prefills a newly admitted job and samples its first token.
     fn start(&mut self, job: Queued) {
-        let active = match Sequence::new(&self.model, job.prompt, &job.params) {
+        let active = match Sequence::new(&self.model, job.prompt, &job.params, job.constraint) {
             Ok(seq) => Active {
                 seq,
                 tx: job.tx,

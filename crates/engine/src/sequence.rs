@@ -5,6 +5,7 @@
 use sharenet_proto::{FinishReason, SamplingParams, TokenLogprob, TopLogprob};
 
 use crate::EngineError;
+use crate::constraint::Constraint;
 use crate::model::{Generation, Piece, TextModel};
 use crate::sampling::Sampler;
 use crate::streamer::Streamer;
@@ -24,6 +25,8 @@ pub(crate) struct Sequence {
     prompt: Vec<u32>,
     /// Prompt tokens already run through the model.
     prefilled: usize,
+    /// The grammar the output must match, if any.
+    constraint: Option<Constraint>,
 }
 
 /// Prompt tokens run through the model in one pass at most. A long prompt
@@ -39,6 +42,7 @@ impl Sequence {
         model: &TextModel,
         prompt: Vec<u32>,
         params: &SamplingParams,
+        constraint: Option<Constraint>,
     ) -> Result<Self, EngineError> {
         let context = model.context_length();
         if prompt.is_empty() || prompt.len() >= context {
@@ -67,6 +71,7 @@ impl Sequence {
             pending_lp: Vec::new(),
             prompt,
             prefilled: 0,
+            constraint,
         })
     }
 
@@ -125,10 +130,18 @@ impl Sequence {
         if self.finish.is_some() {
             return Ok(out);
         }
+        if let Some(c) = &mut self.constraint {
+            c.mask(logits)?;
+        }
         let sampled = self.sampler.sample(logits);
         self.generated += 1;
         self.last = sampled.token;
+        if let Some(c) = &mut self.constraint {
+            c.commit(sampled.token)?;
+        }
         let decode = |ids: &[u32]| model.decode(ids);
+        // A grammar that is complete ends the reply as end-of-sequence would.
+        let grammar_done = self.constraint.as_ref().is_some_and(Constraint::is_done);
         if model.eos().contains(&sampled.token) {
             self.streamer.push_silent();
             self.finish = Some(FinishReason::Stop);
@@ -163,7 +176,7 @@ impl Sequence {
             if let Some(piece) = self.streamer.push(sampled.token, &decode)? {
                 out.push(piece);
             }
-            if self.streamer.stopped() {
+            if self.streamer.stopped() || grammar_done {
                 self.finish = Some(FinishReason::Stop);
             } else if self.generated >= self.max_new {
                 self.finish = Some(FinishReason::Length);
@@ -201,7 +214,7 @@ mod tests {
         let mut cache = model.transformer.new_cache(prompt.len() + 4);
         let whole = model.transformer.prefill(&prompt, &mut cache).unwrap();
         let whole = Transformer::rows(&whole).unwrap().pop().unwrap();
-        let mut seq = Sequence::new(&model, prompt.clone(), &params).unwrap();
+        let mut seq = Sequence::new(&model, prompt.clone(), &params, None).unwrap();
         let mut chunks = 0;
         let chunked = loop {
             chunks += 1;

@@ -14,9 +14,11 @@
 //! ```
 
 use minijinja::{Environment, Error, ErrorKind, context};
+use serde_json::{Value, json};
 use sharenet_proto::ChatMessage;
 
 use crate::EngineError;
+use crate::tool_calls::ToolFormat;
 
 const NAME: &str = "chat";
 
@@ -25,6 +27,8 @@ pub struct ChatTemplate {
     env: Option<Environment<'static>>,
     bos: String,
     eos: String,
+    /// How the template writes tool calls, when it takes `tools`.
+    tool_format: Option<ToolFormat>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -45,6 +49,7 @@ impl ChatTemplate {
     /// Compiles `source` (if any); a template that does not compile is an
     /// error here, at load, not at the first request.
     pub fn new(source: Option<String>, bos: String, eos: String) -> Result<Self, String> {
+        let tool_format = source.as_deref().and_then(ToolFormat::of_template);
         let env = match source {
             None => None,
             Some(src) => {
@@ -58,7 +63,18 @@ impl ChatTemplate {
                 Some(env)
             }
         };
-        Ok(Self { env, bos, eos })
+        Ok(Self {
+            env,
+            bos,
+            eos,
+            tool_format,
+        })
+    }
+
+    /// How the model writes tool calls; `None` when its template does not
+    /// take tools (then the model is not offered for tool calling).
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
     }
 
     /// Whether the model brought its own template.
@@ -72,20 +88,59 @@ impl ChatTemplate {
 
     /// Renders the conversation, ending where the assistant's reply starts.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        self.render_with_tools(messages, None)
+    }
+
+    /// Renders the conversation with the tools the model may call (in
+    /// Hugging Face's shape, see [`crate::tool_calls::template_tools`]).
+    /// Assistant tool calls and `tool` results are passed as templates
+    /// expect them: `tool_calls[].function.arguments` an object.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[Value]>,
+    ) -> Result<String, EngineError> {
         let Some(env) = &self.env else {
+            if tools.is_some() {
+                return Err(EngineError::Unsupported(
+                    "this model's chat template does not take tools".into(),
+                ));
+            }
             return Ok(render_fallback(messages, &self.eos));
         };
         let tmpl = env
             .get_template(NAME)
             .map_err(|e| EngineError::InvalidInput(format!("chat template: {e}")))?;
+        let messages: Vec<Value> = messages.iter().map(template_message).collect();
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => true,
             bos_token => &self.bos,
             eos_token => &self.eos,
         })
         .map_err(|e| EngineError::InvalidInput(format!("render chat template: {e}")))
     }
+}
+
+/// One message as chat templates read it.
+fn template_message(m: &ChatMessage) -> Value {
+    let mut v = json!({"role": m.role, "content": m.content});
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let args = serde_json::from_str::<Value>(&c.arguments)
+                    .unwrap_or_else(|_| Value::String(c.arguments.clone()));
+                json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": args}})
+            })
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    v
 }
 
 pub(crate) fn render_fallback(messages: &[ChatMessage], eos: &str) -> String {
@@ -108,14 +163,8 @@ mod tests {
 
     fn msgs() -> Vec<ChatMessage> {
         vec![
-            ChatMessage {
-                role: "system".into(),
-                content: "be brief".into(),
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: " hi ".into(),
-            },
+            ChatMessage::new("system", "be brief"),
+            ChatMessage::new("user", " hi "),
         ]
     }
 

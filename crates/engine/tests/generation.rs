@@ -44,10 +44,7 @@ fn gguf(arch: Arch, dtype: GgmlDType) -> Fixture {
 
 fn chat(text: &str) -> JobInput {
     JobInput::Chat {
-        messages: vec![ChatMessage {
-            role: "user".into(),
-            content: text.into(),
-        }],
+        messages: vec![ChatMessage::new("user", text)],
     }
 }
 
@@ -158,10 +155,7 @@ fn chat_uses_the_models_own_template_or_the_fallback() {
     assert_eq!(model.decode(&ids).unwrap(), "[INST] hi [/INST]");
     let err = model
         .encode_input(&JobInput::Chat {
-            messages: vec![ChatMessage {
-                role: "system".into(),
-                content: "x".into(),
-            }],
+            messages: vec![ChatMessage::new("system", "x")],
         })
         .unwrap_err()
         .to_string();

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::canon::{Reader, Writer};
 use crate::keys::{sign, verify};
-use crate::{NanoUsd, ProtoError, PublicKey, SigningKey, public_key_of};
+use crate::{Capabilities, NanoUsd, ProtoError, PublicKey, SigningKey, public_key_of};
 
 const TAG: &[u8] = b"sharenet/advert\0";
 /// At most this many models in one advert, so adverts stay small.
@@ -58,6 +58,8 @@ pub struct ModelOffer {
     /// them (an upstream server).
     #[serde(with = "opt_hex")]
     pub weights_sha256: Option<[u8; 32]>,
+    /// Tools and structured outputs, where the model has them.
+    pub capabilities: Capabilities,
 }
 
 mod opt_hex {
@@ -172,6 +174,7 @@ impl Advert {
                 }
                 None => w.u32(0),
             }
+            w.u32(m.capabilities.bits());
         }
         w.u32(self.gpus.len() as u32);
         for g in &self.gpus {
@@ -227,6 +230,7 @@ impl Advert {
                         });
                     }
                 },
+                capabilities: Capabilities::from_bits(r.u32("capabilities")?),
             });
         }
         let g = r.u32("advert gpu count")? as usize;
@@ -346,6 +350,10 @@ mod tests {
                 quantization: "Q8_0".into(),
                 tokens_per_sec: 950,
                 weights_sha256: Some([9; 32]),
+                capabilities: Capabilities {
+                    tools: true,
+                    structured_outputs: false,
+                },
             }],
             gpus: vec![GpuInfo {
                 name: "NVIDIA H100".into(),

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::tools::{ResponseFormat, ToolCall, Tools};
 use crate::{JobId, ProtoError, PublicKey};
 
 /// Largest frame either side reads on a job stream.
@@ -14,11 +15,30 @@ pub const MAX_EMBED_INPUTS: usize = 2048;
 const MAX_STOP: usize = 4;
 const MAX_STOP_BYTES: usize = 256;
 
-/// One chat message.
+/// One chat message: `system`, `user`, `assistant` (whose turn may be
+/// tool calls) or `tool` (a call's result, naming the call).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A plain text message.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 /// What the model is asked to continue.
@@ -109,6 +129,12 @@ pub struct JobRequest {
     pub model: String,
     pub input: JobInput,
     pub params: SamplingParams,
+    /// Functions the model may call (chat only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Tools>,
+    /// The JSON shape the answer must take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ProtoError {
@@ -175,6 +201,17 @@ impl SamplingParams {
 }
 
 impl JobRequest {
+    /// What a node must be able to do to serve this job.
+    pub fn needs(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            tools: self
+                .tools
+                .as_ref()
+                .is_some_and(|t| t.choice != crate::ToolChoice::None),
+            structured_outputs: self.response_format.is_some(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ProtoError> {
         if self.model.is_empty() {
             return Err(invalid("model", "must not be empty"));
@@ -188,8 +225,18 @@ impl JobRequest {
                     return Err(invalid("messages", format!("at most {MAX_MESSAGES}")));
                 }
             }
-            JobInput::Prompt { .. } => {}
+            JobInput::Prompt { .. } => {
+                if self.tools.is_some() {
+                    return Err(invalid("tools", "only chat jobs take tools"));
+                }
+            }
             JobInput::Embed { inputs } => {
+                if self.tools.is_some() || self.response_format.is_some() {
+                    return Err(invalid(
+                        "tools",
+                        "embeddings take neither tools nor a response_format",
+                    ));
+                }
                 if inputs.is_empty() {
                     return Err(invalid("input", "must not be empty"));
                 }
@@ -203,6 +250,12 @@ impl JobRequest {
                     return Err(invalid("input", "texts must not be empty"));
                 }
             }
+        }
+        if let Some(t) = &self.tools {
+            t.validate()?;
+        }
+        if let Some(f) = &self.response_format {
+            f.validate()?;
         }
         self.params.validate()
     }
@@ -222,6 +275,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` (or the context window) reached.
     Length,
+    /// The model called tools (the calls are in the deltas).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -229,6 +284,7 @@ impl FinishReason {
         match self {
             Self::Stop => "stop",
             Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
         }
     }
 }
@@ -294,6 +350,10 @@ pub enum JobEvent {
         /// One entry per token, when the request asked for logprobs.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<TokenLogprob>,
+        /// Tool calls completed with this delta, whole (a call is sent
+        /// once its arguments are complete).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCall>,
         /// A running receipt: the node-signed canonical bytes of a receipt
         /// for everything streamed so far, this delta included (input
         /// tokens, output tokens so far, digest of the text so far). If the
@@ -351,12 +411,11 @@ mod tests {
             coordinator: [2; 32],
             model: "m".into(),
             input: JobInput::Chat {
-                messages: vec![ChatMessage {
-                    role: "user".into(),
-                    content: "hi".into(),
-                }],
+                messages: vec![ChatMessage::new("user", "hi")],
             },
             params: SamplingParams::default(),
+            tools: None,
+            response_format: None,
         };
         let json = serde_json::to_vec(&req).unwrap();
         let back: JobRequest = serde_json::from_slice(&json).unwrap();

@@ -26,6 +26,7 @@ mod job;
 mod keys;
 mod money;
 mod receipt;
+mod tools;
 
 pub use advert::{
     Advert, GpuInfo, MAX_ADVERT_GPUS, MAX_ADVERT_MODELS, MAX_ADVERT_TTL_MS, ModelKind, ModelOffer,
@@ -44,6 +45,10 @@ pub use keys::{
 };
 pub use money::{NanoUsd, job_cost};
 pub use receipt::{CountersignedReceipt, Receipt, SignedReceipt};
+pub use tools::{
+    Capabilities, MAX_TOOL_NAME, MAX_TOOLS, ResponseFormat, ResponseHasher, ToolCall, ToolChoice,
+    ToolSpec, Tools, response_digest, valid_tool_name,
+};
 
 /// The protocol version written after every domain tag. A peer that sends
 /// another version is refused with [`ProtoError::UnsupportedVersion`].

@@ -74,6 +74,7 @@ fn random_node(rng: &mut StdRng, i: usize) -> Node {
             advertised_tokens_per_sec: rng.random_bool(0.8).then(|| rng.random_range(20..2000)),
             relayed: rng.random_bool(0.2),
             gpus: rng.random_range(0..=8),
+            capabilities: 0,
         },
         observed: Observed {
             rtt_ms: known.then(|| rng.random_range(5.0..300.0)),

@@ -41,6 +41,10 @@ pub struct Offer {
     pub relayed: bool,
     /// GPUs on the node (0: CPU only).
     pub gpus: u32,
+    /// What the model can do beyond text
+    /// (`sharenet_proto::Capabilities::bits`).
+    #[serde(default)]
+    pub capabilities: u32,
 }
 
 impl Offer {
@@ -61,6 +65,7 @@ impl Offer {
             advertised_tokens_per_sec: (model.tokens_per_sec > 0).then_some(model.tokens_per_sec),
             relayed: advert.relayed,
             gpus: u32::try_from(advert.gpus.len()).unwrap_or(u32::MAX),
+            capabilities: model.capabilities.bits(),
         }
     }
 
@@ -305,6 +310,7 @@ mod tests {
             advertised_tokens_per_sec: None,
             relayed: false,
             gpus: 0,
+            capabilities: 0,
         };
         assert_eq!(o.expected_price(2, 2), u64::MAX);
         assert_eq!(o.expected_price(0, 7), 7);

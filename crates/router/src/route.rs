@@ -128,6 +128,10 @@ pub struct Preferences {
     pub quantizations: Vec<String>,
     /// Only nodes serving exactly these weights.
     pub weights_sha256: Option<[u8; 32]>,
+    /// Only nodes whose offer has every one of these capabilities
+    /// (`sharenet_proto::Capabilities::bits`: tools, structured outputs);
+    /// 0 asks for none.
+    pub capabilities: u32,
     pub private_pool: Option<PrivatePool>,
 }
 
@@ -145,6 +149,7 @@ impl Default for Preferences {
             region: None,
             quantizations: Vec::new(),
             weights_sha256: None,
+            capabilities: 0,
             private_pool: None,
         }
     }
@@ -270,6 +275,8 @@ pub enum Filter {
     WeightsSha256,
     Quantization,
     Region,
+    /// The request needs tools or structured outputs.
+    Capabilities,
     MaxPriceIn,
     MaxPriceOut,
     /// The network's `RouteParams::trust_floor`.
@@ -296,6 +303,7 @@ impl Filter {
             Filter::WeightsSha256 => "weights_sha256",
             Filter::Quantization => "quantizations",
             Filter::Region => "region",
+            Filter::Capabilities => "capabilities",
             Filter::MaxPriceIn => "max_price_in",
             Filter::MaxPriceOut => "max_price_out",
             Filter::TrustFloor => "trust_floor",
@@ -336,7 +344,7 @@ pub enum NoCandidate {
 
 /// The filter stages in evaluation order; index = stage number. `Trust` is
 /// named per request (floor or `min_trust`).
-const STAGES: [Filter; 13] = [
+const STAGES: [Filter; 14] = [
     Filter::Only,
     Filter::Ignore,
     Filter::PrivatePool,
@@ -344,6 +352,7 @@ const STAGES: [Filter; 13] = [
     Filter::WeightsSha256,
     Filter::Quantization,
     Filter::Region,
+    Filter::Capabilities,
     Filter::MaxPriceIn,
     Filter::MaxPriceOut,
     Filter::TrustFloor,
@@ -358,12 +367,13 @@ const S_CONTEXT: u8 = 3;
 const S_WEIGHTS: u8 = 4;
 const S_QUANT: u8 = 5;
 const S_REGION: u8 = 6;
-const S_PRICE_IN: u8 = 7;
-const S_PRICE_OUT: u8 = 8;
-const S_TRUST: u8 = 9;
-const S_BREAKER: u8 = 10;
-const S_CAPACITY: u8 = 11;
-const S_ORDER: u8 = 12;
+const S_CAPS: u8 = 7;
+const S_PRICE_IN: u8 = 8;
+const S_PRICE_OUT: u8 = 9;
+const S_TRUST: u8 = 10;
+const S_BREAKER: u8 = 11;
+const S_CAPACITY: u8 = 12;
+const S_ORDER: u8 = 13;
 
 /// A sorted set of node keys (binary search: `only` lists can be long).
 struct KeySet(Vec<NodeKey>);
@@ -527,6 +537,8 @@ pub(crate) trait Source {
     fn weights_ok(&self, i: usize, l: &Self::Labels) -> bool;
     fn quantization_ok(&self, i: usize, l: &Self::Labels) -> bool;
     fn region_ok(&self, i: usize, l: &Self::Labels) -> bool;
+    /// Whether candidate `i` has every capability in `need`.
+    fn caps_ok(&self, i: usize, need: u32) -> bool;
 }
 
 /// The request's label filters, for `Candidate`s (string comparisons).
@@ -576,6 +588,10 @@ impl Source for [Candidate<'_>] {
                 .is_some_and(|r| r.eq_ignore_ascii_case(want))
         })
     }
+    fn caps_ok(&self, i: usize, need: u32) -> bool {
+        self.get(i)
+            .is_some_and(|c| c.offer.capabilities & need == need)
+    }
 }
 
 /// Everything about the request that is the same for every candidate.
@@ -593,6 +609,8 @@ struct Ctx {
     weights_filter: bool,
     quantization_filter: bool,
     region_filter: bool,
+    /// Capability bits the request needs (0: none).
+    caps: u32,
     /// Some key or label filter is on.
     any_optional: bool,
     needed_context: u64,
@@ -653,7 +671,9 @@ impl Ctx {
                 || weights_filter
                 || quantization_filter
                 || region_filter
+                || prefs.capabilities != 0
                 || order_only,
+            caps: prefs.capabilities,
             pool,
             pool_only,
             prefer_pool,
@@ -683,6 +703,7 @@ impl Ctx {
                 || weights_filter
                 || quantization_filter
                 || region_filter
+                || prefs.capabilities != 0
                 || !prefs.order.is_empty(),
         }
     }
@@ -727,6 +748,7 @@ impl Ctx {
             && (!self.weights_filter || src.weights_ok(i, l))
             && (!self.quantization_filter || src.quantization_ok(i, l))
             && (!self.region_filter || src.region_ok(i, l))
+            && (self.caps == 0 || src.caps_ok(i, self.caps))
             && (!self.order_only || self.order_pos(k) != NOT_ORDERED)
     }
 
@@ -736,7 +758,7 @@ impl Ctx {
     fn first_failure<S: Source + ?Sized>(&self, src: &S, i: usize, l: &S::Labels) -> Option<u8> {
         let f = src.facts(i);
         let k = src.key(i);
-        let checks: [(u8, bool); 13] = [
+        let checks: [(u8, bool); 14] = [
             (S_ONLY, self.only.as_ref().is_none_or(|s| s.contains(k))),
             (
                 S_IGNORE,
@@ -753,6 +775,7 @@ impl Ctx {
                 !self.quantization_filter || src.quantization_ok(i, l),
             ),
             (S_REGION, !self.region_filter || src.region_ok(i, l)),
+            (S_CAPS, self.caps == 0 || src.caps_ok(i, self.caps)),
             (S_PRICE_IN, f.price_in <= self.max_price_in),
             (S_PRICE_OUT, f.price_out <= self.max_price_out),
             (S_TRUST, f.trust >= self.trust_min),

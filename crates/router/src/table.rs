@@ -128,6 +128,8 @@ struct RowLabels {
     weights: u32,
     quantization: u32,
     region: u32,
+    /// Capability bits, as advertised.
+    caps: u32,
 }
 
 /// The live candidates for one model, compact; see the module docs.
@@ -169,6 +171,7 @@ impl CandidateTable {
             weights: self.weights.acquire(o.weights_sha256),
             quantization: self.quantizations.acquire(lower(&o.quantization)),
             region: self.regions.acquire(lower(&o.region)),
+            caps: o.capabilities,
         };
         let facts = Facts::of(c);
         match self.index.get(&o.node).copied() {
@@ -343,6 +346,10 @@ impl Source for CandidateTable {
         self.labels
             .get(i)
             .is_some_and(|r| l.region.admits(r.region))
+    }
+
+    fn caps_ok(&self, i: usize, need: u32) -> bool {
+        self.labels.get(i).is_some_and(|r| r.caps & need == need)
     }
 }
 

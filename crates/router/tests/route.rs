@@ -41,6 +41,7 @@ fn offer(n: u8) -> Offer {
         advertised_tokens_per_sec: Some(100),
         relayed: false,
         gpus: 1,
+        capabilities: 0,
     }
 }
 

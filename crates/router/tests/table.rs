@@ -67,6 +67,8 @@ fn arb_node() -> impl Strategy<Value = Node> {
                     advertised_tokens_per_sec: adv,
                     relayed,
                     gpus: 1,
+                    // Tools and structured outputs vary from node to node.
+                    capabilities: u32::from(n % 4),
                 },
                 observed: Observed {
                     rtt_ms: rtt,
@@ -132,6 +134,10 @@ fn arb_prefs() -> impl Strategy<Value = Preferences> {
                 min_trust,
                 region: region.map(|r| REGIONS[r].to_string()),
                 weights_sha256: weights.map(|w| [w; 32]),
+                // A request needing tools, structured outputs or both, now
+                // and then.
+                capabilities: u32::from(max_in.is_some() && fallbacks)
+                    | (u32::from(max_out.is_some() && !fallbacks) << 1),
                 private_pool: pool.map(|(nodes, sensitive, spill)| PrivatePool {
                     nodes,
                     sensitive,
@@ -256,6 +262,7 @@ fn labels_match_case_insensitively_and_unknown_labels_match_nothing() {
             advertised_tokens_per_sec: None,
             relayed: false,
             gpus: 0,
+            capabilities: 0,
         },
         observed: Observed::default(),
         trust: 0.9,
@@ -327,6 +334,7 @@ fn indexed_table_matches_the_scan_on_large_churned_fleets() {
                             .then(|| rng.random_range(10..3000)),
                         relayed: rng.random_bool(0.2),
                         gpus: 1,
+                        capabilities: 0,
                     },
                     observed: Observed {
                         rtt_ms: (known || rng.random_bool(0.2))

@@ -104,7 +104,10 @@ async fn every_request_gets_one_access_line_with_its_node_tokens_and_cost() {
         assert!(!l["node"].as_str().unwrap().is_empty());
         assert_eq!(l["output_tokens"], line["usage"]["completion_tokens"]);
         assert_eq!(l["input_tokens"], line["usage"]["prompt_tokens"]);
-        assert_eq!(l["cost_nano_usd"], line["usage"]["cost"]["charge_nano_usd"]);
+        assert_eq!(
+            l["cost_nano_usd"],
+            line["usage"]["cost_details"]["charge_nano_usd"]
+        );
         assert_ne!(l["app"], "-");
     }
     let stream_line = chats

@@ -82,7 +82,7 @@ async fn charges_carry_fee_and_margin_and_are_metered_per_end_customer() {
     let r = chat(&t, &key, &ask(Some("alice"), 8)).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    let cost = &v["usage"]["cost"];
+    let cost = &v["usage"]["cost_details"];
     let provider = cost["provider_nano_usd"].as_u64().unwrap();
     let tokens = v["usage"]["total_tokens"].as_u64().unwrap();
     assert_eq!(
@@ -246,7 +246,9 @@ async fn two_hundred_concurrent_requests_never_overspend_a_balance_for_fifty() {
             let v: Value = r.json().await.unwrap_or(Value::Null);
             (
                 status,
-                v["usage"]["cost"]["charge_nano_usd"].as_u64().unwrap_or(0),
+                v["usage"]["cost_details"]["charge_nano_usd"]
+                    .as_u64()
+                    .unwrap_or(0),
             )
         }
     }))

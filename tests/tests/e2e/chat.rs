@@ -45,15 +45,17 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
     assert_eq!(body.object, "chat.completion");
     assert_eq!(body.model, MODEL);
     assert_eq!(body.choices[0].message.role, "assistant");
-    let text = body.choices[0].message.content.clone();
+    let text = body.choices[0].message.content.clone().unwrap_or_default();
     let usage = &body.usage;
     let completion_tokens = u64::from(usage.completion_tokens);
     let prompt_tokens = u64::from(usage.prompt_tokens);
     assert!((1..=24).contains(&completion_tokens));
     assert_eq!(usage.total_tokens, prompt_tokens + completion_tokens);
     assert_eq!(
-        usage.cost.charge_nano_usd,
-        usage.cost.provider_nano_usd + usage.cost.network_fee_nano_usd + usage.cost.margin_nano_usd
+        usage.cost_details.charge_nano_usd,
+        usage.cost_details.provider_nano_usd
+            + usage.cost_details.network_fee_nano_usd
+            + usage.cost_details.margin_nano_usd
     );
     assert_eq!(body.receipt_id, header_id);
     let finish = body.choices[0].finish_reason.as_str();
@@ -134,7 +136,7 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
         r.amount,
         prompt_tokens * price_in + completion_tokens * price_out
     );
-    assert_eq!(body.usage.cost.provider_nano_usd, r.amount);
+    assert_eq!(body.usage.cost_details.provider_nano_usd, r.amount);
     assert_eq!(r.response_digest, sha256(text.as_bytes()));
 
     // The node kept its own copy and upgraded it to the countersigned one.

@@ -96,7 +96,9 @@ async fn embeddings_on_real_minilm_weights_are_metered_and_receipted() {
     let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(prompt_tokens >= 8, "{v}");
     assert_eq!(
-        v["usage"]["cost"]["provider_nano_usd"].as_u64().unwrap(),
+        v["usage"]["cost_details"]["provider_nano_usd"]
+            .as_u64()
+            .unwrap(),
         20 * prompt_tokens
     );
     let id = v["receipt_id"].as_str().unwrap();
@@ -179,6 +181,7 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
                 api_key: None,
                 context_length: 1024,
                 timeout: Duration::from_secs(60),
+                capabilities: Default::default(),
             }),
             ..ModelConfig::local("tiny-upstream", Default::default(), 7, 11)
         }])
@@ -327,6 +330,7 @@ async fn an_unreachable_upstream_is_a_clear_error_not_a_hang() {
                 api_key: None,
                 context_length: 1024,
                 timeout: Duration::from_secs(5),
+                capabilities: Default::default(),
             }),
             ..ModelConfig::local("gone-upstream", Default::default(), 1, 1)
         }])

@@ -56,6 +56,7 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                     quantization: String::new(),
                     tokens_per_sec: 0,
                     weights_sha256: None,
+                    capabilities: Default::default(),
                 }],
                 gpus: Vec::new(),
                 region: String::new(),
@@ -88,6 +89,7 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                     text: text.into(),
                     tokens: 1,
                     logprobs: Vec::new(),
+                    tool_calls: Vec::new(),
                     receipt: None,
                 };
                 write_frame(&mut stream, &serde_json::to_vec(&delta).unwrap())

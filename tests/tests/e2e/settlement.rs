@@ -81,7 +81,7 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
             .unwrap();
         charges.push((
             r["receipt_id"].as_str().unwrap().to_string(),
-            r["usage"]["cost"].clone(),
+            r["usage"]["cost_details"].clone(),
         ));
     }
     // A rival app does business in the same period.
@@ -97,7 +97,9 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         .json()
         .await
         .unwrap();
-    let rival_charge = rival["usage"]["cost"]["charge_nano_usd"].as_u64().unwrap();
+    let rival_charge = rival["usage"]["cost_details"]["charge_nano_usd"]
+        .as_u64()
+        .unwrap();
     // Settling sweeps every unsettled job recorded before the period's end,
     // so all four are in even if they straddled a boundary.
     let last = now_ms();
@@ -276,7 +278,10 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         .cloned()
         .unwrap();
     assert_eq!(acme_next["jobs"], 1);
-    assert_eq!(acme_next["charged"], r["usage"]["cost"]["charge_nano_usd"]);
+    assert_eq!(
+        acme_next["charged"],
+        r["usage"]["cost_details"]["charge_nano_usd"]
+    );
 
     // The builder's view of statements.
     let list: Value = t
@@ -316,7 +321,9 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
     }
     assert_eq!(
         mine,
-        ours + r["usage"]["cost"]["charge_nano_usd"].as_u64().unwrap()
+        ours + r["usage"]["cost_details"]["charge_nano_usd"]
+            .as_u64()
+            .unwrap()
     );
     t.stop().await;
 }

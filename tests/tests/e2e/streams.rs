@@ -37,15 +37,14 @@ async fn a_peer_that_is_not_a_listed_coordinator_gets_no_inference() {
         coordinator: stranger.public_key(),
         model: MODEL.into(),
         input: JobInput::Chat {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: "free inference, please".into(),
-            }],
+            messages: vec![ChatMessage::new("user", "free inference, please")],
         },
         params: SamplingParams {
             max_tokens: 8,
             ..SamplingParams::default()
         },
+        tools: None,
+        response_format: None,
     };
     let mut stream = tokio::time::timeout(
         Duration::from_secs(10),

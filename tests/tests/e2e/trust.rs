@@ -162,7 +162,7 @@ async fn a_node_killed_mid_stream_ends_in_an_error_event_and_a_partial_charge() 
         .expect("usage on the error event");
     assert!(!received.is_empty());
     assert!((1..2000).contains(&out), "{usage}");
-    let cost = &usage["cost"];
+    let cost = &usage["cost_details"];
     let charged = cost["charge_nano_usd"].as_u64().unwrap();
     let input = usage["prompt_tokens"].as_u64().unwrap();
     assert_eq!(

@@ -11,7 +11,7 @@ use sharenet_market::Charge;
 use sharenet_p2p::{PeerId, read_frame, write_frame};
 use sharenet_proto::{
     CountersignedReceipt, FinishReason, JobEvent, JobId, MAX_FRAME_BYTES, SignedReceipt,
-    TokenLogprob, Usage, embeddings_digest, sha256,
+    TokenLogprob, ToolCall, Usage, embeddings_digest, response_digest,
 };
 
 use crate::core::accounts::Hold;
@@ -40,6 +40,8 @@ pub const EXTRA_EVENTS: u32 = 64;
 pub enum Step {
     /// New text and, when asked for, its tokens' logprobs.
     Delta(String, Vec<TokenLogprob>),
+    /// Tool calls the model made, whole.
+    ToolCalls(Vec<ToolCall>),
     Done(Box<Finished>),
 }
 
@@ -49,6 +51,8 @@ pub struct Finished {
     pub charge: Charge,
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
+    /// The calls the model made (finish reason `tool_calls`).
+    pub tool_calls: Vec<ToolCall>,
     /// The vectors of an embeddings job.
     pub embeddings: Option<Vec<Vec<f32>>>,
     pub usage: Usage,
@@ -62,6 +66,7 @@ struct Checkpoint {
     receipt: Vec<u8>,
     tokens: u32,
     text_len: usize,
+    calls: usize,
 }
 
 /// See the module docs.
@@ -79,6 +84,9 @@ pub struct ActiveJob {
     events: u32,
     text: String,
     logprobs: Vec<TokenLogprob>,
+    tool_calls: Vec<ToolCall>,
+    /// Calls that came with text, handed out as the step after it.
+    pending_calls: Vec<ToolCall>,
     embeddings: Option<Vec<Vec<f32>>>,
     /// Booked if the job breaks after its first token
     /// ([`ActiveJob::book_partial`]).
@@ -111,6 +119,8 @@ impl ActiveJob {
             events: 0,
             text: String::new(),
             logprobs: Vec::new(),
+            tool_calls: Vec::new(),
+            pending_calls: Vec::new(),
             embeddings: None,
             checkpoint: None,
             hold: Some(hold),
@@ -141,6 +151,9 @@ impl ActiveJob {
 
     /// The next step of the job. Errors after the first token are final.
     pub async fn next(&mut self, core: &Core) -> Result<Step, Error> {
+        if !self.pending_calls.is_empty() {
+            return Ok(Step::ToolCalls(std::mem::take(&mut self.pending_calls)));
+        }
         let event = match self.first.take() {
             Some(e) => e,
             None => self.read_event(core).await?,
@@ -150,6 +163,7 @@ impl ActiveJob {
                 text,
                 tokens,
                 logprobs,
+                tool_calls,
                 receipt,
             } => {
                 self.streamed_tokens = self.streamed_tokens.saturating_add(tokens);
@@ -163,7 +177,11 @@ impl ActiveJob {
                 let text_room = (self.streamed_tokens as usize)
                     .saturating_mul(MAX_BYTES_PER_TOKEN)
                     .saturating_add(TEXT_SLACK_BYTES);
-                if self.text.len().saturating_add(text.len()) > text_room {
+                let call_bytes: usize = tool_calls
+                    .iter()
+                    .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+                    .sum();
+                if self.text.len() + self.call_bytes() + text.len() + call_bytes > text_room {
                     return Err(
                         self.node_failed(core, "the node sent more text than its tokens can hold")
                     );
@@ -177,15 +195,28 @@ impl ActiveJob {
                     return Err(self
                         .node_failed(core, "the node sent logprobs that do not match its tokens"));
                 }
+                if let Some(why) = self.bad_calls(&tool_calls) {
+                    return Err(self.node_failed(core, why));
+                }
                 self.text.push_str(&text);
                 self.logprobs.extend(logprobs.iter().cloned());
+                self.tool_calls.extend(tool_calls.iter().cloned());
                 if let Some(receipt) = receipt {
                     self.checkpoint = Some(Checkpoint {
                         receipt,
                         tokens: self.streamed_tokens,
                         text_len: self.text.len(),
+                        calls: self.tool_calls.len(),
                     });
                 }
+                if tool_calls.is_empty() {
+                    return Ok(Step::Delta(text, logprobs));
+                }
+                if text.is_empty() && logprobs.is_empty() {
+                    return Ok(Step::ToolCalls(tool_calls));
+                }
+                // Text first, then the calls as the next step.
+                self.pending_calls = tool_calls;
                 Ok(Step::Delta(text, logprobs))
             }
             JobEvent::Embeddings { data } => {
@@ -217,6 +248,45 @@ impl ActiveJob {
                 Err(self.node_failed(core, "the node sent an unexpected frame"))
             }
         }
+    }
+
+    fn call_bytes(&self) -> usize {
+        self.tool_calls
+            .iter()
+            .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+            .sum()
+    }
+
+    /// Why tool calls from the node are not acceptable, if they are not:
+    /// the job must have offered tools, each call must name one it may
+    /// call, ids must be unique, and no more calls than tools allow.
+    fn bad_calls(&self, calls: &[ToolCall]) -> Option<&'static str> {
+        if calls.is_empty() {
+            return None;
+        }
+        let Some(tools) = self.job.tools.as_ref().filter(|_| self.job.needs().tools) else {
+            return Some("the node sent tool calls for a job that offered no tools");
+        };
+        let total = self.tool_calls.len() + calls.len();
+        if total > sharenet_proto::MAX_TOOLS || (!tools.parallel && total > 1) {
+            return Some("the node sent more tool calls than the job allows");
+        }
+        for (i, c) in calls.iter().enumerate() {
+            if !tools.callable().any(|t| t.name == c.name) {
+                return Some("the node called a function the job did not offer");
+            }
+            if c.id.is_empty()
+                || c.id.len() > 64
+                || self
+                    .tool_calls
+                    .iter()
+                    .chain(&calls[..i])
+                    .any(|o| o.id == c.id)
+            {
+                return Some("the node sent a tool call without a unique id");
+            }
+        }
+        None
     }
 
     /// A protocol violation by the node: recorded against it, final.
@@ -255,7 +325,7 @@ impl ActiveJob {
             .ok_or_else(|| Error::Internal("job finished twice".into()))?;
         let response_digest = match &self.embeddings {
             Some(v) => embeddings_digest(v),
-            None => sha256(self.text.as_bytes()),
+            None => response_digest(&self.text, &self.tool_calls),
         };
         let (entry, countersigned) = check_and_book(
             core,
@@ -300,6 +370,7 @@ impl ActiveJob {
             charge: entry.charge,
             text: std::mem::take(&mut self.text),
             logprobs: std::mem::take(&mut self.logprobs),
+            tool_calls: std::mem::take(&mut self.tool_calls),
             embeddings: self.embeddings.take(),
             usage,
             finish_reason,
@@ -318,9 +389,11 @@ impl ActiveJob {
             receipt,
             tokens,
             text_len,
+            calls,
         } = self.checkpoint.take()?;
         let hold = self.hold.take()?;
         let text = self.text.get(..text_len)?.to_owned();
+        let tool_calls = self.tool_calls.get(..calls)?.to_vec();
         // A running receipt carries its own input count (there is no
         // `Done`); one that does not decode is rejected by the check.
         let claimed_input = SignedReceipt::from_bytes(&receipt)
@@ -335,7 +408,7 @@ impl ActiveJob {
                 streamed_tokens: tokens,
                 reported_input_tokens: claimed_input,
                 reported_output_tokens: tokens,
-                response_digest: sha256(text.as_bytes()),
+                response_digest: response_digest(&text, &tool_calls),
             },
         )
         .await;
@@ -347,6 +420,7 @@ impl ActiveJob {
                     charge: entry.charge,
                     text,
                     logprobs: Vec::new(),
+                    tool_calls,
                     embeddings: None,
                     usage: Usage {
                         input_tokens: claimed_input,

@@ -46,6 +46,8 @@ pub async fn start_job(
         model,
         input: job.input.clone(),
         params: job.params.clone(),
+        tools: job.tools.clone(),
+        response_format: job.response_format.clone(),
     };
     let bytes = encode_request(&job, &request)?;
     let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;

@@ -89,6 +89,7 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
         region: p.region.clone(),
         quantizations: p.quantizations.clone(),
         weights_sha256: p.weights_sha256,
+        capabilities: job.needs().bits(),
         private_pool,
     };
     let request = r::Request {
@@ -142,6 +143,13 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
                 before,
             } => Error::NoCapacity(format!(
                 "every node serving `{model}` is busy ({before} at capacity, counting the jobs waiting in their queues); retry shortly"
+            )),
+            r::NoCandidate::Filtered {
+                filter: r::Filter::Capabilities,
+                ..
+            } => Error::NoCapacity(format!(
+                "no node serving `{model}` supports {} right now (provider.require_parameters semantics: a request that needs a feature goes only to nodes that have it)",
+                job.needs().names().join(" and ")
             )),
             e => Error::NoCapacity(format!("{e}")),
         })

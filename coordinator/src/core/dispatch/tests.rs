@@ -126,6 +126,7 @@ impl FakeNode {
                 text: (*piece).to_owned(),
                 tokens: 1,
                 logprobs: Vec::new(),
+                tool_calls: Vec::new(),
                 receipt: Some(running),
             };
             if !Self::send(s, &delta).await {
@@ -206,6 +207,7 @@ impl FakeNode {
                         text: "x".into(),
                         tokens: 1,
                         logprobs: Vec::new(),
+                        tool_calls: Vec::new(),
                         receipt: Some(running),
                     };
                     if !Self::send(&mut s, &delta).await {
@@ -223,6 +225,7 @@ impl FakeNode {
                         text: text.clone(),
                         tokens: 0,
                         logprobs: Vec::new(),
+                        tool_calls: Vec::new(),
                         receipt: None,
                     };
                     if !Self::send(&mut s, &delta).await {
@@ -283,6 +286,7 @@ pub(crate) fn signed_advert(identity: &Identity, price_in: u64, price_out: u64) 
             quantization: String::new(),
             tokens_per_sec: 0,
             weights_sha256: Some([7; 32]),
+            capabilities: Default::default(),
         }],
         gpus: Vec::new(),
         region: String::new(),
@@ -406,10 +410,7 @@ fn job(order: &[[u8; 32]]) -> Arc<Job> {
         kind: JobKind::Chat,
         models: vec![MODEL.into()],
         input: JobInput::Chat {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: "hello there".into(),
-            }],
+            messages: vec![ChatMessage::new("user", "hello there")],
         },
         params: SamplingParams {
             max_tokens: 8,
@@ -419,6 +420,8 @@ fn job(order: &[[u8; 32]]) -> Arc<Job> {
             order: order.to_vec(),
             ..ProviderPrefs::any()
         },
+        tools: None,
+        response_format: None,
     })
 }
 
@@ -485,6 +488,7 @@ async fn a_job_is_served_checked_countersigned_and_charged() {
     let finished = loop {
         match active.next(&s.core).await.unwrap() {
             Step::Delta(text, _) => pieces.push(text),
+            Step::ToolCalls(_) => panic!("no tools were offered"),
             Step::Done(f) => break f,
         }
     };
@@ -559,6 +563,7 @@ async fn death_mid_stream_is_an_error_never_a_switch_and_charges_what_was_receiv
     let err = loop {
         match active.next(&s.core).await {
             Ok(Step::Delta(text, _)) => received.push_str(&text),
+            Ok(Step::ToolCalls(_)) => panic!("no tools were offered"),
             Ok(Step::Done(_)) => panic!("a broken stream cannot finish"),
             Err(e) => break e,
         }
@@ -670,10 +675,7 @@ async fn a_request_too_big_for_a_frame_is_refused_before_any_node_is_dialled() {
     let s = setup(vec![Script::Serve(vec!["ok"])]);
     let mut job = (*job(&[])).clone();
     job.input = JobInput::Chat {
-        messages: vec![ChatMessage {
-            role: "user".into(),
-            content: "x".repeat(MAX_FRAME_BYTES),
-        }],
+        messages: vec![ChatMessage::new("user", "x".repeat(MAX_FRAME_BYTES))],
     };
     let err = start_job(&s.core, Arc::new(job), &s.principal, None)
         .await

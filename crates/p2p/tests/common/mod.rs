@@ -20,6 +20,7 @@ pub fn signed_advert(signer: &Identity, seq: u64, relayed: bool) -> Vec<u8> {
             quantization: String::new(),
             tokens_per_sec: 0,
             weights_sha256: None,
+            capabilities: Default::default(),
         }],
         gpus: Vec::new(),
         region: String::new(),
