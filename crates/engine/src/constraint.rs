@@ -171,19 +171,21 @@ impl Grammars {
     /// A constraint for `grammar`; a grammar llguidance cannot compile is
     /// an invalid request naming the construct.
     pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
-        let top = match grammar {
-            Grammar::JsonSchema(schema) => {
-                TopLevelGrammar::from_json_schema(with_fixed_whitespace(schema))
-            }
-            Grammar::Lark(src) => TopLevelGrammar::from_lark(src.clone()),
+        // Errors name what the builder sent: the schema, or the tools.
+        let (top, what) = match grammar {
+            Grammar::JsonSchema(schema) => (
+                TopLevelGrammar::from_json_schema(with_fixed_whitespace(schema)),
+                "response_format",
+            ),
+            Grammar::Lark(src) => (TopLevelGrammar::from_lark(src.clone()), "tools"),
         };
         let parser = self
             .factory
             .create_parser(top)
-            .map_err(|e| EngineError::InvalidInput(format!("response_format: {e}")))?;
+            .map_err(|e| EngineError::InvalidInput(format!("{what}: {e}")))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(EngineError::InvalidInput(format!("response_format: {e}")));
+            return Err(EngineError::InvalidInput(format!("{what}: {e}")));
         }
         Ok(Constraint {
             matcher,

@@ -45,6 +45,60 @@ fn raise_exception(message: String) -> Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
+/// Python's `json.dumps` separators, `", "` and `": "`, as Hugging Face's
+/// `tojson` writes them (models are trained on that spelling of tools and
+/// call arguments).
+struct PySeparators;
+
+impl serde_json::ser::Formatter for PySeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+/// `tojson` as Hugging Face renders it: no HTML escaping, Python's
+/// separators, `indent=n` for pretty output.
+fn tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let result = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&pad),
+            );
+            serde::Serialize::serialize(&value, &mut ser)
+        }
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PySeparators);
+            serde::Serialize::serialize(&value, &mut ser)
+        }
+    };
+    result.map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let text = String::from_utf8(out)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    Ok(minijinja::Value::from_safe_string(text))
+}
+
 impl ChatTemplate {
     /// Compiles `source` (if any); a template that does not compile is an
     /// error here, at load, not at the first request.
@@ -58,6 +112,7 @@ impl ChatTemplate {
                     minijinja_contrib::pycompat::unknown_method_callback,
                 );
                 env.add_function("raise_exception", raise_exception);
+                env.add_filter("tojson", tojson);
                 env.add_template_owned(NAME, src)
                     .map_err(|e| format!("chat template does not compile: {e}"))?;
                 Some(env)
@@ -210,6 +265,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(py.render(&msgs()).unwrap(), "hi!");
+    }
+
+    #[test]
+    fn tools_and_calls_render_as_hugging_face_does() {
+        use crate::tool_calls::ToolFormat;
+        use sharenet_proto::ToolCall;
+        let src = "{% for t in tools %}{{ t | tojson }}\n{% endfor %}{% for m in messages %}{% for c in m.tool_calls %}{{ c.function.name }}({{ c.function.arguments | tojson }}) {% endfor %}{% if m.tool_call_id %}[{{ m.tool_call_id }}]{{ m.content }}{% endif %}{% endfor %}<tool_call>";
+        let t = ChatTemplate::new(Some(src.into()), String::new(), String::new()).unwrap();
+        assert_eq!(t.tool_format(), Some(ToolFormat::Hermes));
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls.push(ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris <3"}"#.into(),
+        });
+        let mut result = ChatMessage::new("tool", "sunny");
+        result.tool_call_id = Some("call_1".into());
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}),
+        ];
+        let out = t
+            .render_with_tools(
+                &[ChatMessage::new("user", "hi"), call, result],
+                Some(&tools),
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\"}}}\nget_weather({\"city\": \"Paris <3\"}) [call_1]sunny<tool_call>"
+        );
+        let no_tools = ChatTemplate::new(None, String::new(), "</s>".into()).unwrap();
+        assert!(no_tools.render_with_tools(&msgs(), Some(&tools)).is_err());
     }
 
     #[test]
