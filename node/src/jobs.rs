@@ -499,12 +499,24 @@ async fn serve_text(
         Ok(p) => p,
         Err(e) => return engine_failure(e),
     };
+    // Compiling a schema is CPU work (milliseconds, bounded by
+    // llguidance's limits): off the async threads.
     let constraint = match job_grammar(request, model.tool_format()) {
         Ok(None) => None,
-        Ok(Some(g)) => match model.constraint(&g) {
-            Ok(c) => Some(c),
-            Err(e) => return engine_failure(e),
-        },
+        Ok(Some(g)) => {
+            let model = model.clone();
+            match tokio::task::spawn_blocking(move || model.constraint(&g)).await {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(e)) => return engine_failure(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "constraint compile task failed");
+                    return Served::Failed(
+                        JobErrorCode::Internal,
+                        "constraint compile failed".into(),
+                    );
+                }
+            }
+        }
         Err(e) => return engine_failure(e),
     };
     let input_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sharenet_p2p::{PeerId, peer_id_of};
-use sharenet_proto::{Advert, ModelOffer, SignedAdvert};
+use sharenet_proto::{Advert, Capabilities, ModelKind, ModelOffer, SignedAdvert};
 
 use crate::config::PriceCeiling;
 
@@ -287,24 +287,61 @@ impl Registry {
 
     /// Every model on the network with the number of live nodes serving it
     /// and the lowest prices, sorted by model id.
-    pub fn models(&self, now_ms: u64) -> Vec<(String, usize, u64, u64)> {
+    /// Every model on offer, summed over its live nodes, sorted by id.
+    pub fn models(&self, now_ms: u64) -> Vec<ModelSummary> {
         let nodes = self.lock();
-        let mut by_model: HashMap<&str, (usize, u64, u64)> = HashMap::new();
+        let mut by_model: HashMap<&str, ModelSummary> = HashMap::new();
         for live in nodes.values().filter(|l| l.advert.is_live(now_ms)) {
             for m in &live.advert.models {
-                let e = by_model.entry(&m.id).or_insert((0, u64::MAX, u64::MAX));
-                e.0 += 1;
-                e.1 = e.1.min(m.price_in);
-                e.2 = e.2.min(m.price_out);
+                let e = by_model.entry(&m.id).or_insert_with(|| ModelSummary {
+                    id: m.id.clone(),
+                    kind: m.kind,
+                    nodes: 0,
+                    price_in: (u64::MAX, 0),
+                    price_out: (u64::MAX, 0),
+                    context_length: 0,
+                    capabilities: Capabilities::default(),
+                    quantizations: Vec::new(),
+                });
+                e.nodes += 1;
+                e.price_in = (e.price_in.0.min(m.price_in), e.price_in.1.max(m.price_in));
+                e.price_out = (
+                    e.price_out.0.min(m.price_out),
+                    e.price_out.1.max(m.price_out),
+                );
+                e.context_length = e.context_length.max(m.context_length);
+                e.capabilities =
+                    Capabilities::from_bits(e.capabilities.bits() | m.capabilities.bits());
+                if !m.quantization.is_empty() && !e.quantizations.contains(&m.quantization) {
+                    e.quantizations.push(m.quantization.clone());
+                }
             }
         }
-        let mut out: Vec<_> = by_model
-            .into_iter()
-            .map(|(id, (n, pin, pout))| (id.to_string(), n, pin, pout))
-            .collect();
-        out.sort();
+        let mut out: Vec<ModelSummary> = by_model.into_values().collect();
+        for m in &mut out {
+            m.quantizations.sort();
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
+}
+
+/// One model across the network's live adverts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSummary {
+    pub id: String,
+    pub kind: ModelKind,
+    /// Live nodes serving it.
+    pub nodes: usize,
+    /// (lowest, highest) nano-USD per prompt token.
+    pub price_in: (u64, u64),
+    /// (lowest, highest) nano-USD per completion token.
+    pub price_out: (u64, u64),
+    /// The longest window any node offers.
+    pub context_length: u32,
+    /// What at least one node offers (requests needing it go only there).
+    pub capabilities: Capabilities,
+    pub quantizations: Vec<String>,
 }
 
 #[cfg(test)]

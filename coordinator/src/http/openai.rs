@@ -15,8 +15,8 @@ use base64::Engine as _;
 use sharenet_api::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatLogprobs,
     ChatTokenLogprob, CompletionLogprobs, CompletionRequest, Embedding, EmbeddingList,
-    EmbeddingRequest, EmbeddingUsage, EmbeddingVector, FunctionCall, Model, ModelPricing,
-    OutToolCall, TextChoice, TextCompletion, TopLogprob, Usage,
+    EmbeddingRequest, EmbeddingUsage, EmbeddingVector, FunctionCall, Model, ModelCapabilities,
+    ModelPricing, OutToolCall, TextChoice, TextCompletion, TopLogprob, Usage,
 };
 use sharenet_api::{Cost, List};
 use sharenet_proto::TokenLogprob;
@@ -343,24 +343,56 @@ pub(super) fn completion_logprobs(lps: &[TokenLogprob], offset: usize) -> Comple
     }
 }
 
-/// `GET /v1/models`: every model on the network, with its node count and
-/// lowest prices.
+/// `GET /v1/models`: every model on the network, with its node count,
+/// price range, context window, capabilities and quantizations.
 pub(super) async fn list_models(State(core): State<Arc<Core>>) -> Json<List<Model>> {
     let data = core
         .registry
         .models(now_ms())
         .into_iter()
-        .map(|(id, nodes, price_in, price_out)| Model {
-            id,
-            object: "model".into(),
-            created: 0,
-            owned_by: "sharenet".into(),
-            nodes,
-            pricing: ModelPricing {
-                prompt_nano_usd_per_token: price_in,
-                completion_nano_usd_per_token: price_out,
-            },
-        })
+        .map(model_entry)
         .collect();
     Json(List::new(data))
+}
+
+/// `GET /v1/models/{id}`: one model, or a 404.
+pub(super) async fn get_model(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Model>, ApiError> {
+    core.registry
+        .models(now_ms())
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| Json(model_entry(m)))
+        .ok_or_else(|| Error::ModelNotFound(id).into())
+}
+
+fn model_entry(m: crate::core::registry::ModelSummary) -> Model {
+    Model {
+        id: m.id,
+        object: "model".into(),
+        created: 0,
+        owned_by: "sharenet".into(),
+        kind: match m.kind {
+            sharenet_proto::ModelKind::Text => "text",
+            sharenet_proto::ModelKind::Embedding => "embedding",
+        }
+        .into(),
+        nodes: m.nodes,
+        context_length: m.context_length,
+        pricing: ModelPricing {
+            prompt_nano_usd_per_token: m.price_in.0,
+            completion_nano_usd_per_token: m.price_out.0,
+        },
+        max_pricing: ModelPricing {
+            prompt_nano_usd_per_token: m.price_in.1,
+            completion_nano_usd_per_token: m.price_out.1,
+        },
+        capabilities: ModelCapabilities {
+            tools: m.capabilities.tools,
+            structured_outputs: m.capabilities.structured_outputs,
+        },
+        quantizations: m.quantizations,
+    }
 }

@@ -443,7 +443,8 @@ pub struct EmbeddingUsage {
     pub cost_details: Cost,
 }
 
-/// One entry of `GET /v1/models`.
+/// One entry of `GET /v1/models` (and `GET /v1/models/{id}`): OpenAI's
+/// fields plus what OpenRouter's list tells, summed over the live nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
     pub id: String,
@@ -451,10 +452,27 @@ pub struct Model {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+    /// `"text"` (chat and completions) or `"embedding"`.
+    pub kind: String,
     /// Live nodes serving it.
     pub nodes: usize,
+    /// The longest context window any node offers, in tokens.
+    pub context_length: u32,
     /// The lowest prices among them.
     pub pricing: ModelPricing,
+    /// The highest prices among them.
+    pub max_pricing: ModelPricing,
+    /// What at least one node offers; a request that needs one goes only
+    /// to those nodes.
+    pub capabilities: ModelCapabilities,
+    /// Weight formats on offer (`Q8_0`, `F32`, …), for `provider.quantizations`.
+    pub quantizations: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCapabilities {
+    pub tools: bool,
+    pub structured_outputs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

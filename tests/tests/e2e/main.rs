@@ -2,7 +2,7 @@
 //! per capability.
 //!
 //! One test binary, not one per file: each binary links the whole stack
-//! (libp2p, candle, axum, sled), so thirteen of them cost thirteen links and
+//! (libp2p, candle, axum, sled), so fourteen of them cost fourteen links and
 //! about 3 GB of disk for the same tests. Filter by module as before, e.g.
 //! `scripts/test -E 'test(/^chat::/)'`.
 
@@ -18,4 +18,5 @@ mod routing;
 mod scheduling;
 mod settlement;
 mod streams;
+mod tools;
 mod trust;

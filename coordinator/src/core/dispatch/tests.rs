@@ -752,7 +752,7 @@ async fn an_absurd_price_is_not_routable_and_cannot_inflate_holds() {
             .registry
             .models(now_ms())
             .iter()
-            .all(|m| m.3 < 1_000_000),
+            .all(|m| m.price_out.1 < 1_000_000),
         "nor is it listed"
     );
 }
