@@ -16,13 +16,13 @@ use sharenet_p2p::{Identity, PeerId, read_frame, write_frame};
 use sharenet_proto::{
     Advert, ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest,
     MAX_FRAME_BYTES, ModelKind, ModelOffer, Receipt, SamplingParams, SignedAdvert, SignedReceipt,
-    Usage, job_cost, sha256,
+    ToolCall, ToolChoice, ToolSpec, Tools, Usage, job_cost, response_digest, sha256,
 };
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Step, Timeouts, start_job};
+use super::{Finished, Step, Timeouts, start_job};
 use crate::config::CoordinatorConfig;
 use crate::core::accounts::Principal;
 use crate::core::error::Error;
@@ -63,6 +63,13 @@ pub(crate) enum Script {
     Trickle(u32, Duration),
     /// Sends `n` token-less deltas of `bytes` bytes of text each.
     Flood { n: u32, bytes: usize },
+    /// Makes these tool calls (one token each), then signs a receipt whose
+    /// response digest covers them, or (`honest_digest: false`) only the
+    /// text, as a node hiding what it sent would.
+    Calls {
+        calls: Vec<ToolCall>,
+        honest_digest: bool,
+    },
 }
 
 struct FakeNode {
@@ -158,6 +165,33 @@ impl FakeNode {
         let _ = tokio::time::timeout(Duration::from_secs(2), read_frame(s, MAX_FRAME_BYTES)).await;
     }
 
+    fn receipt_for(
+        &self,
+        req: &JobRequest,
+        digest: [u8; 32],
+        out: u32,
+        response_digest: [u8; 32],
+    ) -> Vec<u8> {
+        let r = Receipt {
+            job_id: req.job_id,
+            node: self.identity.public_key(),
+            coordinator: req.coordinator,
+            model: req.model.clone(),
+            input_tokens: INPUT_TOKENS,
+            output_tokens: out,
+            price_in: self.price_in,
+            price_out: self.price_out,
+            amount: job_cost(INPUT_TOKENS, out, self.price_in, self.price_out).unwrap(),
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            request_digest: digest,
+            response_digest,
+        };
+        SignedReceipt::sign(r, self.identity.signing_key())
+            .unwrap()
+            .to_bytes()
+    }
+
     async fn play(self: Arc<Self>, mut s: JobStream) {
         let Ok(frame) = read_frame(&mut s, MAX_FRAME_BYTES).await else {
             return;
@@ -233,6 +267,35 @@ impl FakeNode {
                     }
                 }
             }
+            Script::Calls {
+                calls,
+                honest_digest,
+            } => {
+                let n = calls.len() as u32;
+                let covered: &[ToolCall] = if honest_digest { &calls } else { &[] };
+                let delta = JobEvent::Delta {
+                    text: String::new(),
+                    tokens: n,
+                    logprobs: Vec::new(),
+                    tool_calls: calls.clone(),
+                    receipt: None,
+                };
+                Self::send(&mut s, &delta).await;
+                let done = JobEvent::Done {
+                    finish_reason: FinishReason::ToolCalls,
+                    usage: Usage {
+                        input_tokens: INPUT_TOKENS,
+                        output_tokens: n,
+                    },
+                    receipt: self.receipt_for(&req, digest, n, response_digest("", covered)),
+                };
+                Self::send(&mut s, &done).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    read_frame(&mut s, MAX_FRAME_BYTES),
+                )
+                .await;
+            }
             Script::SlowFirstToken(wait, pieces) => {
                 tokio::time::sleep(wait).await;
                 let text = self.stream(&mut s, &req, digest, &pieces).await;
@@ -286,7 +349,10 @@ pub(crate) fn signed_advert(identity: &Identity, price_in: u64, price_out: u64) 
             quantization: String::new(),
             tokens_per_sec: 0,
             weights_sha256: Some([7; 32]),
-            capabilities: Default::default(),
+            capabilities: sharenet_proto::Capabilities {
+                tools: true,
+                structured_outputs: true,
+            },
         }],
         gpus: Vec::new(),
         region: String::new(),
@@ -622,6 +688,113 @@ async fn a_lying_receipt_is_rejected_and_nothing_is_charged() {
     );
     assert_eq!(s.entries(), 0);
     assert_eq!(s.balance(), i128::from(BALANCE));
+}
+
+fn weather_call(name: &str, id: &str) -> ToolCall {
+    ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: r#"{"city": "Paris"}"#.into(),
+    }
+}
+
+/// A chat job offering one function, `get_weather`.
+fn job_with_tools() -> Arc<Job> {
+    let mut j = (*job(&[])).clone();
+    j.tools = Some(Tools {
+        specs: vec![ToolSpec {
+            name: "get_weather".into(),
+            description: String::new(),
+            parameters: serde_json::Value::Null,
+            strict: false,
+        }],
+        choice: ToolChoice::Auto,
+        parallel: false,
+    });
+    Arc::new(j)
+}
+
+async fn run_job(s: &Setup, job: Arc<Job>) -> Result<Box<Finished>, Error> {
+    let mut active = start_job(&s.core, job, &s.principal, None).await?;
+    loop {
+        if let Step::Done(f) = active.next(&s.core).await? {
+            return Ok(f);
+        }
+    }
+}
+
+/// A rogue node's tool calls: calls nobody offered, functions the job did
+/// not offer, more calls than allowed, duplicate ids, and calls left out
+/// of the receipt's digest are all refused, charge nothing and count
+/// against the node. An honest node's call is booked with its receipt.
+#[tokio::test]
+async fn a_node_cannot_invent_or_hide_tool_calls() {
+    let rogue = [
+        (
+            job(&[]),
+            vec![weather_call("get_weather", "call_1")],
+            true,
+            "offered no tools",
+        ),
+        (
+            job_with_tools(),
+            vec![weather_call("rm_rf", "call_1")],
+            true,
+            "did not offer",
+        ),
+        (
+            job_with_tools(),
+            vec![
+                weather_call("get_weather", "call_1"),
+                weather_call("get_weather", "call_2"),
+            ],
+            true,
+            "more tool calls",
+        ),
+        (
+            job_with_tools(),
+            vec![weather_call("get_weather", "")],
+            true,
+            "unique id",
+        ),
+        (
+            job_with_tools(),
+            vec![weather_call("get_weather", "call_1")],
+            false,
+            "receipt was rejected",
+        ),
+    ];
+    for (job, calls, honest_digest, why) in rogue {
+        let s = setup(vec![Script::Calls {
+            calls,
+            honest_digest,
+        }]);
+        let err = run_job(&s, job).await.err().expect("refused");
+        assert!(
+            matches!(&err, Error::BadGateway(m) if m.contains(why)),
+            "{why}: {err:?}"
+        );
+        assert_eq!(s.entries(), 0, "{why}");
+        assert_eq!(s.balance(), i128::from(BALANCE), "{why}: nothing charged");
+        let health = s.core.routing.health(&s.nodes[0]).unwrap();
+        let held = health.breaker.consecutive_failures > 0
+            || health.trust.score(now_ms(), &Default::default()) < 0.5;
+        assert!(held, "{why}: held against the node");
+    }
+
+    let call = weather_call("get_weather", "call_1");
+    let s = setup(vec![Script::Calls {
+        calls: vec![call.clone()],
+        honest_digest: true,
+    }]);
+    let f = run_job(&s, job_with_tools()).await.unwrap();
+    assert_eq!(f.tool_calls, vec![call.clone()]);
+    assert_eq!(f.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(s.entries(), 1);
+    assert_eq!(
+        f.receipt.receipt().response_digest,
+        response_digest("", &[call])
+    );
 }
 
 #[tokio::test]
