@@ -101,7 +101,7 @@ async fn acknowledged_receipts_survive_sigkill() {
                 let Ok(v) = r.json::<Value>().await else { continue };
                 if let (Some(id), Some(charge)) = (
                     v["receipt_id"].as_str(),
-                    v["usage"]["cost"]["charge_nano_usd"].as_u64(),
+                    v["usage"]["cost_details"]["charge_nano_usd"].as_u64(),
                 ) {
                     acknowledged.lock().unwrap().push((id.to_string(), charge));
                 }
