@@ -115,6 +115,17 @@ impl Upstream {
                 "frequency_penalty",
                 (p.frequency_penalty != 0.0).then(|| json!(p.frequency_penalty)),
             ),
+            (
+                "logit_bias",
+                (!p.logit_bias.is_empty()).then(|| {
+                    let map: serde_json::Map<String, Value> = p
+                        .logit_bias
+                        .iter()
+                        .map(|(id, b)| (id.to_string(), json!(b)))
+                        .collect();
+                    Value::Object(map)
+                }),
+            ),
         ];
         for (k, v) in extra {
             if let Some(v) = v {

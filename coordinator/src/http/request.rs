@@ -44,11 +44,44 @@ struct Sampling<'a> {
     stop: Option<Stop>,
     logprobs: bool,
     top_logprobs: u8,
+    logit_bias: Option<&'a Value>,
     extra: &'a ExtraSampling,
+}
+
+/// OpenAI's `logit_bias`: `{"token id": bias}`, bias -100 to 100.
+fn parse_logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, Error> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let Some(map) = v.as_object() else {
+        return Err(param_error(
+            "logit_bias must be an object of token id to bias",
+            "logit_bias",
+        ));
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, b) in map {
+        let id: u32 = k
+            .parse()
+            .map_err(|_| param_error(format!("{k:?} is not a token id"), "logit_bias"))?;
+        let bias = b
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                param_error(
+                    format!("the bias for token {id} must be a number from -100 to 100"),
+                    "logit_bias",
+                )
+            })?;
+        out.push((id, bias as f32));
+    }
+    out.sort_by_key(|(id, _)| *id);
+    Ok(out)
 }
 
 impl Sampling<'_> {
     fn into_params(self) -> Result<SamplingParams, Error> {
+        let logit_bias = parse_logit_bias(self.logit_bias)?;
         let params = SamplingParams {
             max_tokens: self.max_tokens,
             temperature: self.temperature.unwrap_or(1.0),
@@ -66,6 +99,7 @@ impl Sampling<'_> {
             frequency_penalty: self.extra.frequency_penalty.unwrap_or(0.0),
             logprobs: self.logprobs,
             top_logprobs: self.top_logprobs,
+            logit_bias,
         };
         if let Err(e) = params.validate() {
             let param = match &e {
@@ -128,14 +162,19 @@ pub fn completion_job(this: CompletionRequest) -> Result<(Job, Shape), Error> {
     }
     let params = Sampling {
         // OpenAI's default for the legacy completions endpoint.
-        max_tokens: this.max_tokens.unwrap_or(16),
-        max_tokens_param: "max_tokens",
+        max_tokens: this.max_completion_tokens.or(this.max_tokens).unwrap_or(16),
+        max_tokens_param: if this.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        },
         temperature: this.temperature,
         top_p: this.top_p,
         seed: this.seed,
         stop: this.stop,
         logprobs: this.logprobs.is_some(),
         top_logprobs: this.logprobs.unwrap_or(0),
+        logit_bias: this.logit_bias.as_ref(),
         extra: &this.extra,
     }
     .into_params()?;
@@ -489,9 +528,6 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
     if this.n.is_some_and(|n| n != 1) {
         return Err(param_error("only n = 1 is supported", "n"));
     }
-    if this.logit_bias.as_ref().is_some_and(|b| !b.is_null()) {
-        return Err(param_error("logit_bias is not supported yet", "logit_bias"));
-    }
     let tools = parse_tools(
         this.tools.as_ref(),
         this.tool_choice.as_ref(),
@@ -515,6 +551,7 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
         stop: this.stop,
         logprobs: this.logprobs == Some(true),
         top_logprobs: this.top_logprobs.unwrap_or(0),
+        logit_bias: this.logit_bias.as_ref(),
         extra: &this.extra,
     }
     .into_params()?;
@@ -758,6 +795,85 @@ mod tests {
         assert!(provider_prefs(Some(&json!({"sort": "cheapest"}))).is_err());
         assert!(provider_prefs(Some(&json!({"max_price": {"prompt": 0.5}}))).is_err());
         assert!(provider_prefs(Some(&json!({"min_trust": 2}))).is_err());
+    }
+
+    #[test]
+    fn tools_formats_and_logit_bias_parse_or_name_the_parameter() {
+        let weather = json!({"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+        let (j, _) = job(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+            ],
+            "tools": [weather], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": true}},
+            "logit_bias": {"50": -100, "7": 2.5}
+        }))
+        .unwrap();
+        let tools = j.tools.as_ref().unwrap();
+        assert_eq!(tools.choice, ToolChoice::Function("get_weather".into()));
+        assert!(!tools.parallel);
+        assert!(j.needs().tools && j.needs().structured_outputs);
+        assert_eq!(j.params.logit_bias, vec![(7, 2.5), (50, -100.0)]);
+        let JobInput::Chat { messages } = &j.input else {
+            unreachable!()
+        };
+        assert_eq!(messages[1].tool_calls[0].name, "get_weather");
+        assert_eq!(messages[2].tool_call_id.as_deref(), Some("call_1"));
+
+        let base = || json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        let with = |k: &str, v: Value| {
+            let mut b = base();
+            b[k] = v;
+            b
+        };
+        let cases = [
+            (
+                with("tools", json!([{"type": "retrieval"}])),
+                "tools[0].type",
+            ),
+            (
+                with(
+                    "tools",
+                    json!([{"type": "function", "function": {"name": "a b"}}]),
+                ),
+                "tools[0].function.name",
+            ),
+            (with("tool_choice", json!("required")), "tool_choice"),
+            (
+                with("response_format", json!({"type": "xml"})),
+                "response_format.type",
+            ),
+            (
+                with("response_format", json!({"type": "json_schema"})),
+                "response_format.json_schema",
+            ),
+            (with("logit_bias", json!({"x": 1})), "logit_bias"),
+            (with("logit_bias", json!({"1": 101})), "logit_bias"),
+            (
+                with("messages", json!([{"role": "tool", "content": "r"}])),
+                "messages[0].tool_call_id",
+            ),
+            (
+                with(
+                    "messages",
+                    json!([{"role": "user", "content": "x", "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]),
+                ),
+                "messages[0].tool_calls",
+            ),
+        ];
+        for (body, param) in cases {
+            match job(body.clone()) {
+                Err(Error::BadRequest { param: Some(p), .. }) => assert_eq!(p, param, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -70,12 +70,14 @@ pub struct CompletionRequest {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub seed: Option<u64>,
     pub stop: Option<Stop>,
     pub n: Option<u32>,
     pub best_of: Option<u32>,
+    pub logit_bias: Option<Value>,
     /// OpenAI: the number of alternatives per token (0..=5); any value
     /// turns logprobs on.
     pub logprobs: Option<u8>,

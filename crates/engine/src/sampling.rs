@@ -1,7 +1,8 @@
 //! Token selection: penalties, temperature, top-k, top-p, min-p, a seeded
 //! RNG per sequence, and log probabilities.
 //!
-//! Order of operations (as in vLLM / Hugging Face): repetition penalty over
+//! Order of operations (as in vLLM / Hugging Face): `logit_bias`, then
+//! repetition penalty over
 //! prompt and output, presence/frequency penalties over the output, then
 //! the log-softmax that logprobs report (of the penalised logits, before
 //! temperature and truncation, as OpenAI documents), then temperature,
@@ -52,6 +53,11 @@ impl Sampler {
 
     /// Picks the next token from raw logits and records it.
     pub(crate) fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
         self.apply_penalties(logits);
         let logprobs = log_softmax(logits);
         let token = if self.params.temperature <= 0.0 {

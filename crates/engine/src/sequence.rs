@@ -57,6 +57,11 @@ impl Sequence {
                 "token id {bad} is outside the vocabulary"
             )));
         }
+        if let Some(&(bad, _)) = params.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+            return Err(EngineError::InvalidInput(format!(
+                "logit_bias: token id {bad} is outside the vocabulary ({vocab} tokens)"
+            )));
+        }
         let max_new = (params.max_tokens as usize).min(context - prompt.len());
         Ok(Self {
             cache: model.transformer.new_cache(prompt.len() + max_new),

@@ -507,3 +507,51 @@ fn a_long_prompt_does_not_hold_up_a_short_one() {
     );
     assert_eq!(long_text, alone, "chunked prefill gives the same output");
 }
+
+/// OpenAI's `logit_bias`: +100 all but forces a token, -100 bans one, and
+/// a token id outside the vocabulary is an invalid request.
+#[test]
+fn logit_bias_forces_and_bans_tokens() {
+    let llama = safetensors(Arch::Llama);
+    let model = TextModel::load(&llama.path).unwrap();
+    let greedy = SamplingParams {
+        max_tokens: 6,
+        temperature: 0.0,
+        logprobs: true,
+        ..SamplingParams::default()
+    };
+    let plain = run(&model, &chat("hi"), &greedy);
+    let first = plain.logprobs[0].id;
+    // 'z' (byte-level token 0x7a) forced.
+    let forced = run(
+        &model,
+        &chat("hi"),
+        &SamplingParams {
+            logit_bias: vec![(u32::from(b'z'), 100.0)],
+            ..greedy.clone()
+        },
+    );
+    assert_eq!(forced.text, "zzzzzz");
+    let banned = run(
+        &model,
+        &chat("hi"),
+        &SamplingParams {
+            logit_bias: vec![(first, -100.0)],
+            ..greedy.clone()
+        },
+    );
+    assert!(banned.logprobs.iter().all(|l| l.id != first));
+    let prompt = model.encode_input(&chat("hi")).unwrap();
+    let err = model
+        .generate(
+            &prompt,
+            &SamplingParams {
+                logit_bias: vec![(1_000_000, 5.0)],
+                ..greedy
+            },
+            |_| true,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("logit_bias: token id 1000000"), "{err}");
+}

@@ -89,7 +89,15 @@ pub struct SamplingParams {
     /// With `logprobs`, also the most likely alternatives at each step (0..=20).
     #[serde(default)]
     pub top_logprobs: u8,
+    /// OpenAI's `logit_bias`: added to a token's logit before anything
+    /// else (-100 bans it, 100 all but forces it). Token ids are the
+    /// model's own; sorted by id, at most [`MAX_LOGIT_BIAS`] entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(u32, f32)>,
 }
+
+/// Most `logit_bias` entries one job may carry.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 fn one() -> f64 {
     1.0
@@ -113,6 +121,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logprobs: false,
             top_logprobs: 0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -182,6 +191,25 @@ impl SamplingParams {
         }
         if self.top_logprobs > 0 && !self.logprobs {
             return Err(invalid("top_logprobs", "requires logprobs to be true"));
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return Err(invalid(
+                "logit_bias",
+                format!("at most {MAX_LOGIT_BIAS} tokens"),
+            ));
+        }
+        if self
+            .logit_bias
+            .iter()
+            .any(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return Err(invalid(
+                "logit_bias",
+                "each bias must be between -100 and 100",
+            ));
+        }
+        if self.logit_bias.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(invalid("logit_bias", "token ids must be sorted and unique"));
         }
         if self.stop.len() > MAX_STOP {
             return Err(invalid("stop", format!("at most {MAX_STOP} sequences")));
