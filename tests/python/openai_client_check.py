@@ -91,6 +91,34 @@ if embed_model:
     except openai.BadRequestError as err:
         assert err.status_code == 400
 
+# n = 3: three choices; choice i has seed + i, so choice 0 is the n = 1
+# answer; usage sums the three jobs; each has its own receipt.
+many = client.chat.completions.create(model=model, messages=messages, max_tokens=16, seed=11, temperature=0.7, n=3)
+assert [c.index for c in many.choices] == [0, 1, 2], many.choices
+assert many.choices[0].message.content == choice.message.content, (many.choices[0], choice)
+assert many.usage.completion_tokens == sum(
+    client.chat.completions.create(model=model, messages=messages, max_tokens=16, seed=11 + i, temperature=0.7).usage.completion_tokens
+    for i in range(3)
+), many.usage
+assert len(set((many.model_extra or {})["receipt_ids"])) == 3, many.model_extra
+stream = client.chat.completions.create(
+    model=model, messages=messages, max_tokens=16, seed=11, temperature=0.7, n=3,
+    stream=True, stream_options={"include_usage": True},
+)
+texts, finishes, usage = {}, {}, None
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for c in chunk.choices:
+        texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+        if c.finish_reason:
+            finishes[c.index] = c.finish_reason
+assert [texts[i] for i in range(3)] == [c.message.content for c in many.choices], (texts, many.choices)
+assert sorted(finishes) == [0, 1, 2], finishes
+assert usage is not None and usage.completion_tokens == many.usage.completion_tokens, (usage, many.usage)
+nc = client.completions.create(model=model, prompt="Once upon a time", max_tokens=6, temperature=0.9, seed=2, n=2)
+assert [c.index for c in nc.choices] == [0, 1], nc.choices
+
 # Errors come back as the client's typed exceptions.
 try:
     client.chat.completions.create(model="no-such-model", messages=messages, max_tokens=4)
@@ -104,5 +132,5 @@ try:
 except openai.AuthenticationError as e:
     assert e.status_code == 401
 
-print(f"openai {openai.__version__}: chat, completions, logprobs, embeddings, streaming, models and errors OK")
+print(f"openai {openai.__version__}: chat, completions, n, logprobs, embeddings, streaming, models and errors OK")
 sys.exit(0)

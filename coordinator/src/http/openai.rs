@@ -169,7 +169,10 @@ pub(super) fn receipt_header(receipt_id: &str) -> HeaderMap {
     headers
 }
 
-/// Chat and text completions: one job on a node, answered as JSON or SSE.
+/// Chat and text completions, answered as JSON or SSE. With `n` > 1 each
+/// choice is its own job (its own node, hold and receipt; a `seed` gives
+/// choice `i` the seed `seed + i`), started together, so choices on one
+/// node share its batch; `usage` sums them (each node read the prompt).
 async fn generate(
     core: Arc<Core>,
     job: Job,
@@ -180,29 +183,45 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let kind = job.kind;
     let want_logprobs = job.params.logprobs;
-    let mut active = start_job(&core, Arc::new(job), &principal, customer.as_deref()).await?;
+    let jobs = (0..shape.n.max(1)).map(|i| {
+        let mut j = job.clone();
+        j.params.seed = j.params.seed.map(|s| s.wrapping_add(u64::from(i)));
+        Arc::new(j)
+    });
+    let starts = futures::future::join_all(
+        jobs.map(|j| start_job(&core, j, &principal, customer.as_deref())),
+    )
+    .await;
+    // A choice that cannot start fails the request; the others' holds are
+    // released as they drop, before any of them is charged.
+    let mut actives = starts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = actives.first() else {
+        return Err(Error::Internal("no choices".into()).into());
+    };
     let prefix = match kind {
         JobKind::Completion => "cmpl",
         _ => "chatcmpl",
     };
-    let id = format!("{prefix}-{}", active.job_id());
-    let receipt_id = active.job_id().to_hex();
+    let id = format!("{prefix}-{}", first.job_id());
+    let receipt_id = first.job_id().to_hex();
+    let node = first.peer().to_string();
+    let model = first.model().to_owned();
     let created = now_ms() / 1000;
     let headers = receipt_header(&receipt_id);
     if shape.stream {
-        let provider = active.peer().to_string();
-        // The job has produced its first event on a node: from here on
+        // The jobs have produced their first events on nodes: from here on
         // failures are reported in-band as an OpenAI error event.
         let sse = super::sse::stream(
             core,
-            active,
+            actives,
             super::sse::Meta {
                 kind,
                 id,
                 created,
                 include_usage: shape.include_usage,
                 want_logprobs,
-                provider,
+                provider: node,
+                model,
                 started: started.map(|s| access::Started {
                     app: Some(principal.app.clone()),
                     ..s
@@ -213,14 +232,41 @@ async fn generate(
         response.extensions_mut().insert(access::Deferred);
         return Ok(response);
     }
-    let finished = run_to_end(&core, &mut active).await?;
-    let access = access_of(&active, &finished);
-    let usage = usage(&finished);
-    let finished_charge = finished.charge;
-    let node = active.peer().to_string();
-    let model = active.model().to_owned();
-    let finish_reason = finished.finish_reason.as_str().to_owned();
-    let logprobs = want_logprobs.then_some(finished.logprobs.as_slice());
+    let results = futures::future::join_all(actives.iter_mut().map(|a| run_to_end(&core, a))).await;
+    let total = results.len();
+    let mut finished = Vec::with_capacity(total);
+    let mut failure = None;
+    for r in results {
+        match r {
+            Ok(f) => finished.push(f),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
+        if finished.is_empty() {
+            return Err(e.into());
+        }
+        return Err(Error::BadGateway(format!(
+            "{} of {total} choices failed ({e}); the {} that finished were charged (see /v1/receipts)",
+            total - finished.len(),
+            finished.len()
+        ))
+        .into());
+    }
+    let mut access = access_of(&actives[0], &finished[0]);
+    let mut usage = usage(&finished[0]);
+    let mut charge = finished[0].charge;
+    for f in &finished[1..] {
+        usage = add_usage(&usage, &super::openai::usage(f));
+        charge = add_charge(&charge, &f.charge);
+        access.input_tokens = access.input_tokens.saturating_add(f.usage.input_tokens);
+        access.output_tokens = access.output_tokens.saturating_add(f.usage.output_tokens);
+        access.charge_nano_usd = access.charge_nano_usd.saturating_add(f.charge.total);
+    }
+    let receipt_ids: Vec<String> = finished
+        .iter()
+        .map(|f| f.receipt.receipt().job_id.to_hex())
+        .collect();
     let body = match kind {
         JobKind::Completion => Json(TextCompletion {
             id,
@@ -229,14 +275,19 @@ async fn generate(
             model,
             system_fingerprint: node.clone(),
             provider: node,
-            choices: vec![TextChoice {
-                index: 0,
-                text: finished.text,
-                logprobs: logprobs.map(|l| completion_logprobs(l, 0)),
-                finish_reason: Some(finish_reason),
-            }],
+            choices: finished
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| TextChoice {
+                    index: i as u32,
+                    logprobs: want_logprobs.then(|| completion_logprobs(&f.logprobs, 0)),
+                    finish_reason: Some(f.finish_reason.as_str().to_owned()),
+                    text: f.text,
+                })
+                .collect(),
             usage,
             receipt_id,
+            receipt_ids,
         })
         .into_response(),
         _ => Json(ChatCompletion {
@@ -246,37 +297,77 @@ async fn generate(
             model,
             system_fingerprint: node.clone(),
             provider: node,
-            choices: vec![ChatChoice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant".into(),
-                    // OpenAI: null content when the reply is only calls.
-                    content: (finished.tool_calls.is_empty() || !finished.text.is_empty())
-                        .then_some(finished.text),
-                    tool_calls: finished
-                        .tool_calls
-                        .into_iter()
-                        .map(|c| OutToolCall {
-                            id: c.id,
-                            kind: "function".into(),
-                            function: FunctionCall {
-                                name: c.name,
-                                arguments: c.arguments,
-                            },
-                        })
-                        .collect(),
-                },
-                logprobs: logprobs.map(chat_logprobs),
-                finish_reason,
-            }],
+            choices: finished
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| chat_choice(i as u32, *f, want_logprobs))
+                .collect(),
             usage,
             receipt_id,
+            receipt_ids,
         })
         .into_response(),
     };
-    let mut response = (headers, cost_header(&finished_charge), body).into_response();
+    let mut response = (headers, cost_header(&charge), body).into_response();
     response.extensions_mut().insert(access);
     Ok(response)
+}
+
+/// One chat choice from a finished job.
+fn chat_choice(index: u32, f: Finished, want_logprobs: bool) -> ChatChoice {
+    ChatChoice {
+        index,
+        logprobs: want_logprobs.then(|| chat_logprobs(&f.logprobs)),
+        finish_reason: f.finish_reason.as_str().to_owned(),
+        message: AssistantMessage {
+            role: "assistant".into(),
+            // OpenAI: null content when the reply is only calls.
+            content: (f.tool_calls.is_empty() || !f.text.is_empty()).then_some(f.text),
+            tool_calls: f
+                .tool_calls
+                .into_iter()
+                .map(|c| OutToolCall {
+                    id: c.id,
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: c.name,
+                        arguments: c.arguments,
+                    },
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Two usages together (the choices of one request).
+pub(super) fn add_usage(a: &Usage, b: &Usage) -> Usage {
+    let cost = add_cost(&a.cost_details, &b.cost_details);
+    Usage::new(
+        a.prompt_tokens.saturating_add(b.prompt_tokens),
+        a.completion_tokens.saturating_add(b.completion_tokens),
+        cost,
+    )
+}
+
+fn add_cost(a: &Cost, b: &Cost) -> Cost {
+    Cost {
+        charge_nano_usd: a.charge_nano_usd.saturating_add(b.charge_nano_usd),
+        provider_nano_usd: a.provider_nano_usd.saturating_add(b.provider_nano_usd),
+        network_fee_nano_usd: a
+            .network_fee_nano_usd
+            .saturating_add(b.network_fee_nano_usd),
+        margin_nano_usd: a.margin_nano_usd.saturating_add(b.margin_nano_usd),
+        unit: a.unit.clone(),
+    }
+}
+
+fn add_charge(a: &sharenet_market::Charge, b: &sharenet_market::Charge) -> sharenet_market::Charge {
+    sharenet_market::Charge {
+        provider_cost: a.provider_cost.saturating_add(b.provider_cost),
+        network_fee: a.network_fee.saturating_add(b.network_fee),
+        margin: a.margin.saturating_add(b.margin),
+        total: a.total.saturating_add(b.total),
+    }
 }
 
 /// The access-log facts of a finished job.

@@ -32,6 +32,19 @@ pub struct Shape {
     pub include_usage: bool,
     /// Embeddings: base64 of little-endian f32 instead of numbers.
     pub base64: bool,
+    /// Choices to generate (`n`).
+    pub n: u32,
+}
+
+/// Most choices one request may ask for.
+pub const MAX_N: u32 = 16;
+
+/// `n`: 1 to [`MAX_N`].
+fn choices(n: Option<u32>) -> Result<u32, Error> {
+    match n.unwrap_or(1) {
+        n @ 1..=MAX_N => Ok(n),
+        _ => Err(param_error(format!("n must be between 1 and {MAX_N}"), "n")),
+    }
 }
 
 /// Common sampling fields of chat and text completions.
@@ -145,11 +158,12 @@ pub fn completion_job(this: CompletionRequest) -> Result<(Job, Shape), Error> {
     if prompt.is_empty() {
         return Err(param_error("`prompt` must not be empty", "prompt"));
     }
-    if this.n.is_some_and(|n| n != 1) {
-        return Err(param_error("only n = 1 is supported", "n"));
-    }
-    if this.best_of.is_some_and(|n| n != 1) {
-        return Err(param_error("only best_of = 1 is supported", "best_of"));
+    let n = choices(this.n)?;
+    if this.best_of.is_some_and(|b| b != n) {
+        return Err(param_error(
+            "best_of is not supported (other than equal to n)",
+            "best_of",
+        ));
     }
     if this.echo == Some(true) {
         return Err(param_error("echo is not supported", "echo"));
@@ -184,6 +198,7 @@ pub fn completion_job(this: CompletionRequest) -> Result<(Job, Shape), Error> {
         stream: this.stream,
         include_usage: this.stream_options.is_some_and(|o| o.include_usage),
         base64: false,
+        n,
     };
     let job = Job {
         prefs,
@@ -258,6 +273,7 @@ pub fn embedding_job(this: EmbeddingRequest) -> Result<(Job, Shape), Error> {
         stream: false,
         include_usage: false,
         base64,
+        n: 1,
     };
     Ok((job, shape))
 }
@@ -525,9 +541,7 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
     if this.messages.is_empty() {
         return Err(param_error("`messages` must not be empty", "messages"));
     }
-    if this.n.is_some_and(|n| n != 1) {
-        return Err(param_error("only n = 1 is supported", "n"));
-    }
+    let n = choices(this.n)?;
     let tools = parse_tools(
         this.tools.as_ref(),
         this.tool_choice.as_ref(),
@@ -561,6 +575,7 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
         stream: this.stream,
         include_usage: this.stream_options.is_some_and(|o| o.include_usage),
         base64: false,
+        n,
     };
     let job = Job {
         prefs,
@@ -697,7 +712,7 @@ mod tests {
         let cases = [
             (json!({"model": "m", "messages": []}), "messages"),
             (
-                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}),
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 17}),
                 "n",
             ),
             (

@@ -42,6 +42,8 @@ pub(super) struct Meta {
     pub want_logprobs: bool,
     /// The serving node's peer id (`provider` on every chunk).
     pub provider: String,
+    /// The model served (the requested one or a fallback).
+    pub model: String,
     /// For the access-log line written when the stream ends.
     pub started: Option<super::access::Started>,
 }
@@ -51,12 +53,57 @@ type Events = ReceiverStream<Result<Event, Infallible>>;
 /// The SSE body of one streamed response.
 pub(super) type SseBody = Sse<axum::response::sse::KeepAliveStream<Events>>;
 
-/// Starts relaying `active` and returns the SSE response body.
-pub(super) fn stream(core: Arc<Core>, active: ActiveJob, meta: Meta) -> SseBody {
+/// Starts relaying `actives` (one job per choice, `n` of them) and returns
+/// the SSE response body. Each choice streams under its own `index`; the
+/// usage chunk (summed over the choices) and `[DONE]` come once every
+/// choice has finished.
+pub(super) fn stream(core: Arc<Core>, actives: Vec<ActiveJob>, meta: Meta) -> SseBody {
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
-    let relay_core = core.clone();
-    core.spawn(relay(relay_core, active, meta, tx));
+    let meta = Arc::new(meta);
+    let mut relays = Vec::with_capacity(actives.len());
+    for (index, active) in actives.into_iter().enumerate() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (relay_core, meta, tx) = (core.clone(), meta.clone(), tx.clone());
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        core.spawn(async move {
+            let finished = relay(relay_core, active, &meta, index, tx).await;
+            let _ = done_tx.send(finished);
+        });
+        relays.push(done_rx);
+    }
+    let timeout = core.timeouts.idle;
+    core.spawn(async move {
+        let out = Sender { tx, timeout };
+        let mut all = Vec::with_capacity(relays.len());
+        for r in relays {
+            match r.await {
+                Ok(Some(f)) => all.push(f),
+                // A choice failed: its error event ended the stream's
+                // meaning; no usage, no [DONE].
+                _ => return,
+            }
+        }
+        if meta.include_usage
+            && let Some((usage, receipt_id)) = summed(&all)
+        {
+            let _ = out
+                .json(&meta.usage_chunk(&meta.model, usage, receipt_id))
+                .await;
+        }
+        out.done().await;
+    });
     Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
+
+/// The usage of all choices together, and the first choice's receipt id.
+fn summed(all: &[Box<crate::core::dispatch::Finished>]) -> Option<(Usage, String)> {
+    let first = all.first()?;
+    let mut total = usage(first);
+    for f in &all[1..] {
+        let u = usage(f);
+        total = super::openai::add_usage(&total, &u);
+    }
+    Some((total, first.receipt.receipt().job_id.to_hex()))
 }
 
 struct Sender {
@@ -86,9 +133,11 @@ impl Sender {
 impl Meta {
     /// One chunk: `text` (None for the role-only first chat chunk), its
     /// logprobs, and the finish reason on the last.
+    #[allow(clippy::too_many_arguments)]
     fn chunk(
         &self,
         model: &str,
+        index: u32,
         text: Option<&str>,
         logprobs: Option<&[TokenLogprob]>,
         offset: usize,
@@ -103,7 +152,7 @@ impl Meta {
                 model: model.to_owned(),
                 provider: self.provider.clone(),
                 choices: vec![TextChoice {
-                    index: 0,
+                    index,
                     text: text.unwrap_or("").to_owned(),
                     logprobs: logprobs.map(|l| completion_logprobs(l, offset)),
                     finish_reason,
@@ -125,7 +174,13 @@ impl Meta {
                         tool_calls: None,
                     },
                 };
-                self.chat_chunk(model, delta, logprobs.map(chat_logprobs), finish_reason)
+                self.chat_chunk(
+                    model,
+                    index,
+                    delta,
+                    logprobs.map(chat_logprobs),
+                    finish_reason,
+                )
             }
         }
     }
@@ -133,6 +188,7 @@ impl Meta {
     fn chat_chunk(
         &self,
         model: &str,
+        index: u32,
         delta: Delta,
         logprobs: Option<sharenet_api::openai::ChatLogprobs>,
         finish_reason: Option<String>,
@@ -144,7 +200,7 @@ impl Meta {
             model: model.to_owned(),
             provider: self.provider.clone(),
             choices: vec![ChunkChoice {
-                index: 0,
+                index,
                 delta,
                 logprobs,
                 finish_reason,
@@ -156,7 +212,13 @@ impl Meta {
 
     /// Whole tool calls as one chunk: each with its index in the reply,
     /// id, name and all its arguments (the SDKs accumulate by index).
-    fn calls_chunk(&self, model: &str, calls: &[ToolCall], first_index: usize) -> Chunk {
+    fn calls_chunk(
+        &self,
+        model: &str,
+        index: u32,
+        calls: &[ToolCall],
+        first_index: usize,
+    ) -> Chunk {
         let tool_calls = calls
             .iter()
             .enumerate()
@@ -175,7 +237,7 @@ impl Meta {
             content: None,
             tool_calls: Some(tool_calls),
         };
-        self.chat_chunk(model, delta, None, None)
+        self.chat_chunk(model, index, delta, None, None)
     }
 
     /// The usage chunk (`stream_options.include_usage`): no choices.
@@ -212,12 +274,15 @@ enum Chunk {
     Text(TextCompletionChunk),
 }
 
+/// Relays one choice; what it finished with, or `None` when it failed or
+/// the client went away (then what was delivered is booked and logged).
 async fn relay(
     core: Arc<Core>,
     mut active: ActiveJob,
-    meta: Meta,
+    meta: &Meta,
+    index: u32,
     tx: mpsc::Sender<Result<Event, Infallible>>,
-) {
+) -> Option<Box<crate::core::dispatch::Finished>> {
     let out = Sender {
         tx,
         timeout: core.timeouts.idle,
@@ -233,9 +298,13 @@ async fn relay(
             super::access::line(s, status, access, ttft_ms);
         }
     };
-    if meta.kind == JobKind::Chat && !out.json(&meta.chunk(&model, None, None, 0, None)).await {
+    if meta.kind == JobKind::Chat
+        && !out
+            .json(&meta.chunk(&model, index, None, None, 0, None))
+            .await
+    {
         log(StatusCode::OK, None);
-        return;
+        return None;
     }
     let mut offset = 0usize;
     let mut calls_sent = 0usize;
@@ -253,7 +322,7 @@ async fn relay(
                 }
                 let lps = meta.want_logprobs.then_some(logprobs.as_slice());
                 if !out
-                    .json(&meta.chunk(&model, Some(&text), lps, offset, None))
+                    .json(&meta.chunk(&model, index, Some(&text), lps, offset, None))
                     .await
                 {
                     // The client went away or stopped reading: dropping the
@@ -265,13 +334,13 @@ async fn relay(
                         StatusCode::OK,
                         partial.map(|p| access_of(&active, &p)).as_ref(),
                     );
-                    return;
+                    return None;
                 }
                 offset += text.len();
             }
             Ok(Step::ToolCalls(calls)) => {
                 if !out
-                    .json(&meta.calls_chunk(&model, &calls, calls_sent))
+                    .json(&meta.calls_chunk(&model, index, &calls, calls_sent))
                     .await
                 {
                     let partial = active.book_partial(&core).await;
@@ -279,23 +348,23 @@ async fn relay(
                         StatusCode::OK,
                         partial.map(|p| access_of(&active, &p)).as_ref(),
                     );
-                    return;
+                    return None;
                 }
                 calls_sent += calls.len();
             }
             Ok(Step::Done(finished)) => {
                 let _ = out
-                    .json(&meta.chunk(&model, None, None, offset, Some(finished.finish_reason)))
+                    .json(&meta.chunk(
+                        &model,
+                        index,
+                        None,
+                        None,
+                        offset,
+                        Some(finished.finish_reason),
+                    ))
                     .await;
-                if meta.include_usage {
-                    let receipt_id = finished.receipt.receipt().job_id.to_hex();
-                    let _ = out
-                        .json(&meta.usage_chunk(&model, usage(&finished), receipt_id))
-                        .await;
-                }
-                out.done().await;
                 log(StatusCode::OK, Some(&access_of(&active, &finished)));
-                return;
+                return Some(finished);
             }
             Err(e) => {
                 tracing::warn!(job = %active.job_id(), error = %e, "stream failed after the first token");
@@ -311,7 +380,7 @@ async fn relay(
                     super::error::status(&e),
                     partial.map(|p| access_of(&active, &p)).as_ref(),
                 );
-                return;
+                return None;
             }
         }
     }
@@ -358,6 +427,7 @@ mod tests {
             include_usage: false,
             want_logprobs: false,
             provider: String::new(),
+            model: "m".into(),
             started: None,
         };
         // The client holds the stream open and never reads it.
@@ -365,7 +435,7 @@ mod tests {
         let started = Instant::now();
         tokio::time::timeout(
             Duration::from_secs(10),
-            relay(core.clone(), active, meta, tx),
+            relay(core.clone(), active, &meta, 0, tx),
         )
         .await
         .expect("the relay gives up on a reader that stopped");

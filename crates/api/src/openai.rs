@@ -281,7 +281,11 @@ pub struct ChatCompletion {
     pub provider: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// The first choice's receipt.
     pub receipt_id: String,
+    /// Every choice's receipt, in choice order (`n` > 1: one job each).
+    #[serde(default)]
+    pub receipt_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,6 +319,8 @@ pub struct TextCompletion {
     pub choices: Vec<TextChoice>,
     pub usage: Usage,
     pub receipt_id: String,
+    #[serde(default)]
+    pub receipt_ids: Vec<String>,
 }
 
 /// A legacy completion choice; in a stream `finish_reason` is null until
