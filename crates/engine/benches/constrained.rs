@@ -17,6 +17,9 @@
 //! `target/bench-models/SmolLM2-135M-Instruct.Q4_1.gguf`; without it the
 //! benchmark says how to fetch it and exits.
 
+// A benchmark on files the operator fetched: a failure is a message and a stop.
+#![allow(clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::time::Instant;
 
