@@ -79,6 +79,29 @@ pub fn body(e: &Error) -> ErrorResponse {
     }
 }
 
+/// The same error in Anthropic's shape (`/v1/messages`):
+/// `{"type": "error", "error": {"type", "message"}}`.
+pub fn anthropic_error_body(e: &Error) -> serde_json::Value {
+    let kind = match e {
+        Error::Unauthorized(_) => "authentication_error",
+        Error::BadRequest { .. } => "invalid_request_error",
+        Error::PaymentRequired(_) => "billing_error",
+        Error::RateLimited { .. } => "rate_limit_error",
+        Error::Forbidden(_) => "permission_error",
+        Error::ModelNotFound(_) | Error::NotFound(_) => "not_found_error",
+        Error::NoCapacity(_) | Error::ShuttingDown(_) => "overloaded_error",
+        Error::BadGateway(_) | Error::Internal(_) => "api_error",
+    };
+    let message = match e {
+        Error::BadRequest {
+            param: Some(p),
+            message,
+        } => format!("{p}: {message}"),
+        other => other.to_string(),
+    };
+    serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();

@@ -5,11 +5,13 @@
 //!
 //! - `openai.rs`: chat, completions, embeddings, models; `request.rs`:
 //!   request bodies → `core::job::Job`; `sse.rs`: streaming;
+//! - `anthropic.rs`: Anthropic's Messages API over the same jobs;
 //! - `builder.rs`: a builder's receipts, proofs, statements and usage;
 //! - `operator.rs`: `/operator/*` (apps, keys, top-ups, settlement);
 //! - `public.rs`: health, metrics, published statement bundles.
 
 mod access;
+mod anthropic;
 mod builder;
 pub mod error;
 mod openai;
@@ -45,6 +47,7 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(anthropic::messages_endpoint))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/receipts/{id}", get(builder::get_receipt))
@@ -69,11 +72,14 @@ pub fn app(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
+/// The API key: `Authorization: Bearer <key>` (OpenAI's clients), else
+/// `x-api-key: <key>` (Anthropic's).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
 }
 
@@ -85,7 +91,7 @@ async fn authenticate(
 ) -> Result<Response, ApiError> {
     let Some(key) = bearer(request.headers()) else {
         return Err(Error::Unauthorized(
-            "missing API key: send `Authorization: Bearer <key>`".into(),
+            "missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)".into(),
         )
         .into());
     };

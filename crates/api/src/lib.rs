@@ -10,6 +10,7 @@
 //! `proto` and `market` crates), and holds no logic beyond constructors.
 
 pub mod accounts;
+pub mod anthropic;
 pub mod openai;
 pub mod receipts;
 pub mod statements;

@@ -54,6 +54,34 @@ async fn official_openai_client_calls_tools_and_gets_schema_valid_json() {
     t.stop().await;
 }
 
+/// The official `anthropic` client against `/v1/messages`: text, the
+/// SDK's stream accumulator, a forced tool call and its result, streamed
+/// tool input, and Anthropic-shaped errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_anthropic_client_speaks_messages() {
+    let (t, _node, _models) = with_qwen().await;
+    let script = workspace_root().join("tests/python/anthropic_client_check.py");
+    let root = t.base_url().trim_end_matches("/v1").to_owned();
+    let output = tokio::process::Command::new(python())
+        .arg(&script)
+        .env("ANTHROPIC_BASE_URL", root)
+        .env("ANTHROPIC_API_KEY", t.key())
+        .env("SHARENET_TOOLS_MODEL", TOOLS_MODEL)
+        .env("SHARENET_PLAIN_MODEL", MODEL)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "anthropic client check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    t.stop().await;
+}
+
 /// The models list says which models take tools and structured outputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_list_shows_capabilities() {

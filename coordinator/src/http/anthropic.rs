@@ -1,0 +1,682 @@
+//! Anthropic's Messages API, `POST /v1/messages`, over the same dispatch as
+//! OpenAI's chat: the request becomes a chat job (system prompt, turns,
+//! `tool_use` and `tool_result` blocks, tools and `tool_choice`), and the
+//! answer comes back as Anthropic's message or its event stream
+//! (`message_start`, content blocks, `message_delta`, `message_stop`).
+//! Errors are Anthropic's `{"type": "error", "error": {"type", "message"}}`
+//! with the statuses `error.rs` gives every core error.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sharenet_api::Cost;
+use sharenet_api::anthropic::{Block, Message, MessageUsage, MessagesRequest};
+use sharenet_proto::{
+    ChatMessage, FinishReason, JobInput, SamplingParams, ToolCall, ToolChoice, ToolSpec, Tools,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::access;
+use super::end_customer;
+use super::error::{anthropic_error_body, status};
+use super::openai::{access_of, cost_header, receipt_header};
+use super::request::{DEFAULT_MAX_TOKENS, provider_prefs};
+use crate::core::Core;
+use crate::core::accounts::Principal;
+use crate::core::dispatch::{ActiveJob, Finished, Step, start_job};
+use crate::core::error::Error;
+use crate::core::job::{Job, JobKind};
+
+/// A core error shaped as Anthropic's error body.
+pub(super) struct AnthropicError(Error);
+
+impl<E: Into<Error>> From<E> for AnthropicError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        // The status and headers (Retry-After, WWW-Authenticate) every
+        // core error gets; only the body's shape differs.
+        let body = anthropic_error_body(&self.0);
+        let mut response = super::error::ApiError(self.0).into_response();
+        let status = response.status();
+        let mut headers = std::mem::take(response.headers_mut());
+        headers.remove(axum::http::header::CONTENT_LENGTH);
+        (status, headers, Json(body)).into_response()
+    }
+}
+
+fn bad(message: impl Into<String>, param: &str) -> Error {
+    Error::bad_request(message, Some(param))
+}
+
+/// A system prompt or `tool_result` content: a string, or text blocks.
+fn text_of(v: &Value, at: &str) -> Result<String, Error> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(blocks) => {
+            let mut out = String::new();
+            for (i, b) in blocks.iter().enumerate() {
+                match (b.get("type").and_then(Value::as_str), b.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => out.push_str(t),
+                    (kind, _) => {
+                        return Err(bad(
+                            format!(
+                                "content blocks of type {:?} are not supported here; only text",
+                                kind.unwrap_or("")
+                            ),
+                            &format!("{at}[{i}]"),
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(bad("must be a string or text blocks", at)),
+    }
+}
+
+/// Anthropic turns → chat messages: `tool_use` blocks become an assistant's
+/// calls, `tool_result` blocks become `tool` messages (before the user's
+/// text in the same turn).
+fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
+    let mut out = Vec::with_capacity(req.messages.len() + 1);
+    if let Some(system) = &req.system {
+        let text = text_of(system, "system")?;
+        if !text.is_empty() {
+            out.push(ChatMessage::new("system", text));
+        }
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "user" | "assistant" => m.role.as_str(),
+            other => {
+                return Err(bad(
+                    format!("role {other:?} is not supported (user, assistant)"),
+                    &format!("messages[{i}].role"),
+                ));
+            }
+        };
+        let blocks = match &m.content {
+            Value::String(s) => {
+                out.push(ChatMessage::new(role, s.clone()));
+                continue;
+            }
+            Value::Array(b) => b,
+            _ => {
+                return Err(bad(
+                    "content must be a string or content blocks",
+                    &format!("messages[{i}].content"),
+                ));
+            }
+        };
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        for (j, b) in blocks.iter().enumerate() {
+            let at = format!("messages[{i}].content[{j}]");
+            match b.get("type").and_then(Value::as_str) {
+                Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
+                Some("tool_use") if role == "assistant" => {
+                    let name = b.get("name").and_then(Value::as_str).unwrap_or("");
+                    let id = b.get("id").and_then(Value::as_str).unwrap_or("");
+                    if !sharenet_proto::valid_tool_name(name) || id.is_empty() {
+                        return Err(bad("a tool_use block needs an id and a valid name", &at));
+                    }
+                    calls.push(ToolCall {
+                        id: id.to_owned(),
+                        name: name.to_owned(),
+                        arguments: b.get("input").cloned().unwrap_or(json!({})).to_string(),
+                    });
+                }
+                Some("tool_result") if role == "user" => {
+                    let Some(id) = b.get("tool_use_id").and_then(Value::as_str) else {
+                        return Err(bad("a tool_result block needs tool_use_id", &at));
+                    };
+                    let content = text_of(
+                        b.get("content").unwrap_or(&Value::Null),
+                        &format!("{at}.content"),
+                    )?;
+                    let mut result = ChatMessage::new("tool", content);
+                    result.tool_call_id = Some(id.to_owned());
+                    out.push(result);
+                }
+                kind => {
+                    return Err(bad(
+                        format!(
+                            "content blocks of type {:?} are not supported in a {role} turn",
+                            kind.unwrap_or("")
+                        ),
+                        &at,
+                    ));
+                }
+            }
+        }
+        if !text.is_empty() || !calls.is_empty() {
+            let mut message = ChatMessage::new(role, text);
+            message.tool_calls = calls;
+            out.push(message);
+        }
+    }
+    if out.iter().all(|m| m.role == "system") {
+        return Err(bad("messages must not be empty", "messages"));
+    }
+    Ok(out)
+}
+
+/// `tools` and `tool_choice` in Anthropic's shapes.
+fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
+    let Some(list) = req.tools.as_ref().filter(|t| !t.is_null()) else {
+        if req.tool_choice.as_ref().is_some_and(|c| !c.is_null()) {
+            return Err(bad("tool_choice needs tools to choose from", "tool_choice"));
+        }
+        return Ok(None);
+    };
+    let Some(list) = list.as_array() else {
+        return Err(bad("tools must be an array", "tools"));
+    };
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let mut specs = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        if let Some(kind) = t.get("type").and_then(Value::as_str)
+            && kind != "custom"
+        {
+            return Err(bad(
+                format!("server tools ({kind:?}) are not supported; only client tools"),
+                &format!("tools[{i}].type"),
+            ));
+        }
+        let name = t.get("name").and_then(Value::as_str).unwrap_or("");
+        let schema = t.get("input_schema").cloned().unwrap_or(Value::Null);
+        if !schema.is_object() {
+            return Err(bad(
+                "input_schema must be a JSON schema object",
+                &format!("tools[{i}].input_schema"),
+            ));
+        }
+        specs.push(ToolSpec {
+            name: name.to_owned(),
+            description: t
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            parameters: schema,
+            strict: false,
+        });
+    }
+    let choice = req.tool_choice.as_ref().filter(|c| !c.is_null());
+    let (choice, parallel) = match choice {
+        None => (ToolChoice::Auto, true),
+        Some(c) => {
+            let parallel = !c
+                .get("disable_parallel_tool_use")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let choice = match c.get("type").and_then(Value::as_str) {
+                Some("auto") => ToolChoice::Auto,
+                Some("any") => ToolChoice::Required,
+                Some("none") => ToolChoice::None,
+                Some("tool") => match c.get("name").and_then(Value::as_str) {
+                    Some(name) => ToolChoice::Function(name.to_owned()),
+                    None => {
+                        return Err(bad(
+                            "a tool choice of type tool needs a name",
+                            "tool_choice.name",
+                        ));
+                    }
+                },
+                other => {
+                    return Err(bad(
+                        format!(
+                            "type {:?} is not one of auto, any, tool, none",
+                            other.unwrap_or("")
+                        ),
+                        "tool_choice.type",
+                    ));
+                }
+            };
+            (choice, parallel)
+        }
+    };
+    let tools = Tools {
+        specs,
+        choice,
+        parallel,
+    };
+    tools.validate().map_err(|e| {
+        let param = match &e {
+            sharenet_proto::ProtoError::Invalid { field, .. } => *field,
+            _ => "tools",
+        };
+        bad(e.to_string(), param)
+    })?;
+    Ok(Some(tools))
+}
+
+/// The request as a chat job, or a 400 naming the field.
+fn job(req: &MessagesRequest) -> Result<Job, Error> {
+    if req.model.trim().is_empty() {
+        return Err(bad("model must not be empty", "model"));
+    }
+    if let Some(field) = req.other.keys().next() {
+        return Err(bad(format!("{field} is not supported"), field));
+    }
+    let Some(max_tokens) = req.max_tokens else {
+        return Err(bad("max_tokens is required", "max_tokens"));
+    };
+    let params = SamplingParams {
+        max_tokens: if max_tokens == 0 {
+            DEFAULT_MAX_TOKENS
+        } else {
+            max_tokens
+        },
+        temperature: req.temperature.unwrap_or(1.0),
+        top_p: req.top_p.unwrap_or(1.0),
+        top_k: req.top_k.unwrap_or(0),
+        stop: req.stop_sequences.clone(),
+        ..SamplingParams::default()
+    };
+    if max_tokens == 0 {
+        return Err(bad("max_tokens must be at least 1", "max_tokens"));
+    }
+    params.validate().map_err(|e| {
+        let param = match &e {
+            sharenet_proto::ProtoError::Invalid { field, .. } => match *field {
+                "stop" => "stop_sequences",
+                f => f,
+            },
+            _ => "",
+        };
+        bad(e.to_string(), param)
+    })?;
+    Ok(Job {
+        kind: JobKind::Chat,
+        models: vec![req.model.clone()],
+        input: JobInput::Chat {
+            messages: messages(req)?,
+        },
+        params,
+        prefs: provider_prefs(req.provider.as_ref())?,
+        tools: tools(req)?,
+        response_format: None,
+    })
+}
+
+fn stop_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "end_turn",
+        FinishReason::Length => "max_tokens",
+        FinishReason::ToolCalls => "tool_use",
+    }
+}
+
+/// A call's arguments as the `input` object Anthropic's clients expect.
+fn input_of(arguments: &str) -> Value {
+    serde_json::from_str::<Value>(arguments)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}))
+}
+
+pub(super) async fn messages_endpoint(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    started: Option<Extension<access::Started>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AnthropicError> {
+    core.metrics
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let req: MessagesRequest = serde_json::from_slice(&body)
+        .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}"), None))?;
+    let customer = end_customer(
+        &headers,
+        req.metadata.as_ref().and_then(|m| m.user_id.as_deref()),
+    )?;
+    let stream = req.stream;
+    let job = job(&req)?;
+    let mut active = start_job(&core, Arc::new(job), &principal, customer.as_deref()).await?;
+    let id = format!("msg_{}", active.job_id());
+    let receipt_id = active.job_id().to_hex();
+    let headers = receipt_header(&receipt_id);
+    let model = active.model().to_owned();
+    let provider = active.peer().to_string();
+    if stream {
+        let (tx, rx) = mpsc::channel(64);
+        let started = started.map(|s| access::Started {
+            app: Some(principal.app.clone()),
+            ..s.0
+        });
+        let relay_core = core.clone();
+        core.spawn(relay(
+            relay_core,
+            active,
+            Head {
+                id,
+                model,
+                provider,
+                receipt_id,
+            },
+            started,
+            tx,
+        ));
+        let sse = Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default());
+        let mut response = (headers, sse).into_response();
+        response.extensions_mut().insert(access::Deferred);
+        return Ok(response);
+    }
+    let finished = run_to_end(&core, &mut active).await?;
+    let access = access_of(&active, &finished);
+    let charge = finished.charge;
+    let body = message(
+        &finished,
+        Head {
+            id,
+            model,
+            provider,
+            receipt_id,
+        },
+    );
+    let mut response = (headers, cost_header(&charge), Json(body)).into_response();
+    response.extensions_mut().insert(access);
+    Ok(response)
+}
+
+async fn run_to_end(core: &Core, active: &mut ActiveJob) -> Result<Box<Finished>, Error> {
+    loop {
+        if let Step::Done(f) = active.next(core).await? {
+            return Ok(f);
+        }
+    }
+}
+
+/// What a reply repeats.
+struct Head {
+    id: String,
+    model: String,
+    provider: String,
+    receipt_id: String,
+}
+
+fn message(f: &Finished, head: Head) -> Message {
+    let mut content = Vec::with_capacity(1 + f.tool_calls.len());
+    if !f.text.is_empty() || f.tool_calls.is_empty() {
+        content.push(Block::Text {
+            text: f.text.clone(),
+        });
+    }
+    for c in &f.tool_calls {
+        content.push(Block::ToolUse {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            input: input_of(&c.arguments),
+        });
+    }
+    Message {
+        id: head.id,
+        kind: "message".into(),
+        role: "assistant".into(),
+        model: head.model,
+        content,
+        stop_reason: Some(stop_reason(f.finish_reason).into()),
+        stop_sequence: None,
+        usage: MessageUsage::new(
+            f.usage.input_tokens,
+            f.usage.output_tokens,
+            Some(Cost::from(&f.charge)),
+        ),
+        receipt_id: head.receipt_id,
+        provider: head.provider,
+    }
+}
+
+type Tx = mpsc::Sender<Result<Event, Infallible>>;
+
+/// Sends one named event; false when the client went away or stopped
+/// reading for the idle timeout.
+async fn send(tx: &Tx, core: &Core, name: &str, data: Value) -> bool {
+    let event = Event::default().event(name).data(data.to_string());
+    tx.send_timeout(Ok(event), core.timeouts.idle).await.is_ok()
+}
+
+/// Relays a job as Anthropic's event stream. A client that goes away or
+/// a node that fails mid-stream is charged as on chat (the last running
+/// receipt); a failure ends the stream with an `error` event.
+async fn relay(
+    core: Arc<Core>,
+    mut active: ActiveJob,
+    head: Head,
+    started: Option<access::Started>,
+    tx: Tx,
+) {
+    let ttft_ms = started.as_ref().map(|s| s.at.elapsed().as_secs_f64() * 1e3);
+    let log = |status: StatusCode, a: Option<&access::Access>| {
+        if let Some(s) = &started {
+            access::line(s, status, a, ttft_ms);
+        }
+    };
+    let start = json!({"type": "message_start", "message": {
+        "id": head.id, "type": "message", "role": "assistant", "model": head.model,
+        "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+        "receipt_id": head.receipt_id, "provider": head.provider}});
+    if !send(&tx, &core, "message_start", start).await {
+        log(StatusCode::OK, None);
+        return;
+    }
+    // The index of the next content block, and whether a text block is open.
+    let mut block = 0u32;
+    let mut text_open = false;
+    loop {
+        let step = tokio::select! {
+            step = active.next(&core) => step,
+            _ = core.shutdown().cancelled() => {
+                Err(Error::ShuttingDown("the coordinator is shutting down".into()))
+            }
+        };
+        let ok = match step {
+            Ok(Step::Delta(text, _)) => {
+                if text.is_empty() {
+                    continue;
+                }
+                let mut ok = true;
+                if !text_open {
+                    ok = send(
+                        &tx,
+                        &core,
+                        "content_block_start",
+                        json!({"type": "content_block_start",
+                        "index": block, "content_block": {"type": "text", "text": ""}}),
+                    )
+                    .await;
+                    text_open = true;
+                }
+                ok && send(
+                    &tx,
+                    &core,
+                    "content_block_delta",
+                    json!({"type": "content_block_delta",
+                    "index": block, "delta": {"type": "text_delta", "text": text}}),
+                )
+                .await
+            }
+            Ok(Step::ToolCalls(calls)) => {
+                let mut ok = true;
+                if text_open {
+                    ok = send(
+                        &tx,
+                        &core,
+                        "content_block_stop",
+                        json!({"type": "content_block_stop", "index": block}),
+                    )
+                    .await;
+                    text_open = false;
+                    block += 1;
+                }
+                for c in calls {
+                    ok = ok
+                        && send(&tx, &core, "content_block_start", json!({"type": "content_block_start",
+                            "index": block, "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}})).await
+                        && send(&tx, &core, "content_block_delta", json!({"type": "content_block_delta",
+                            "index": block, "delta": {"type": "input_json_delta", "partial_json": input_of(&c.arguments).to_string()}})).await
+                        && send(&tx, &core, "content_block_stop", json!({"type": "content_block_stop", "index": block})).await;
+                    block += 1;
+                }
+                ok
+            }
+            Ok(Step::Done(f)) => {
+                if text_open {
+                    let _ = send(
+                        &tx,
+                        &core,
+                        "content_block_stop",
+                        json!({"type": "content_block_stop", "index": block}),
+                    )
+                    .await;
+                }
+                let cost = Cost::from(&f.charge);
+                let usage =
+                    MessageUsage::new(f.usage.input_tokens, f.usage.output_tokens, Some(cost));
+                let _ = send(
+                    &tx,
+                    &core,
+                    "message_delta",
+                    json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason(f.finish_reason), "stop_sequence": null},
+                    "usage": usage}),
+                )
+                .await;
+                let _ = send(&tx, &core, "message_stop", json!({"type": "message_stop"})).await;
+                log(StatusCode::OK, Some(&access_of(&active, &f)));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %active.job_id(), error = %e, "stream failed after the first token");
+                let partial = active.book_partial(&core).await;
+                let _ = send(&tx, &core, "error", anthropic_error_body(&e)).await;
+                log(status(&e), partial.map(|p| access_of(&active, &p)).as_ref());
+                return;
+            }
+        };
+        if !ok {
+            // The client went away or stopped reading: what it received
+            // is charged, the node stops.
+            let partial = active.book_partial(&core).await;
+            log(
+                StatusCode::OK,
+                partial.map(|p| access_of(&active, &p)).as_ref(),
+            );
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: Value) -> MessagesRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn turns_tools_and_results_become_a_chat_job() {
+        let j = job(&req(json!({
+            "model": "m", "max_tokens": 64, "system": [{"type": "text", "text": "be brief"}],
+            "stop_sequences": ["END"], "metadata": {"user_id": "cust-1"},
+            "tools": [{"name": "get_weather", "description": "d",
+                       "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true},
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "checking"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
+                    {"type": "text", "text": "and tomorrow?"}]}
+            ]
+        })))
+        .unwrap();
+        let JobInput::Chat { messages } = &j.input else {
+            unreachable!()
+        };
+        let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool", "user"]);
+        assert_eq!(messages[2].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(messages[3].tool_call_id.as_deref(), Some("toolu_1"));
+        let tools = j.tools.unwrap();
+        assert_eq!(tools.choice, ToolChoice::Function("get_weather".into()));
+        assert!(!tools.parallel);
+        assert_eq!(j.params.stop, vec!["END".to_string()]);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let base = || json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]});
+        let with = |k: &str, v: Value| {
+            let mut b = base();
+            b[k] = v;
+            b
+        };
+        let mut no_max = base();
+        no_max.as_object_mut().unwrap().remove("max_tokens");
+        let cases = [
+            (no_max, "max_tokens"),
+            (with("thinking", json!({"type": "enabled"})), "thinking"),
+            (
+                with(
+                    "messages",
+                    json!([{"role": "user", "content": [{"type": "image"}]}]),
+                ),
+                "messages[0].content[0]",
+            ),
+            (
+                with("tools", json!([{"name": "f"}])),
+                "tools[0].input_schema",
+            ),
+            (
+                with(
+                    "tools",
+                    json!([{"type": "web_search_20250305", "name": "w"}]),
+                ),
+                "tools[0].type",
+            ),
+            (with("tool_choice", json!({"type": "any"})), "tool_choice"),
+            (
+                {
+                    let mut b = with("tool_choice", json!({"type": "sometimes"}));
+                    b["tools"] = json!([{"name": "f", "input_schema": {"type": "object"}}]);
+                    b
+                },
+                "tool_choice.type",
+            ),
+            (
+                with("messages", json!([{"role": "system", "content": "x"}])),
+                "messages[0].role",
+            ),
+        ];
+        for (body, param) in cases {
+            match job(&req(body.clone())) {
+                Err(Error::BadRequest { param: Some(p), .. }) => assert_eq!(p, param, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+}
