@@ -108,6 +108,31 @@ impl TestNet {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Creates app `id` (with `margin_bps` margin), tops it up with one USD
+    /// and returns a new key of it.
+    pub async fn funded_app(&self, id: &str, margin_bps: u32) -> String {
+        let (s, v) = self
+            .operator(
+                reqwest::Method::POST,
+                "apps",
+                Some(serde_json::json!({"id": id, "builder": format!("{id}-inc"), "margin_bps": margin_bps})),
+            )
+            .await;
+        assert_eq!(s, 200, "create app {id}: {v}");
+        let (s, v) = self
+            .operator(
+                reqwest::Method::POST,
+                &format!("apps/{id}/topup"),
+                Some(serde_json::json!({"amount_nano_usd": 1_000_000_000u64})),
+            )
+            .await;
+        assert_eq!(s, 200, "top up {id}: {v}");
+        let (_, k) = self
+            .operator(reqwest::Method::POST, &format!("apps/{id}/keys"), None)
+            .await;
+        k["key"].as_str().expect("a new key").to_string()
+    }
+
     /// GETs `/v1/{path}` with the API key.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http

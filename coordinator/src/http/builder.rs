@@ -39,6 +39,38 @@ fn job_id(id: &str) -> Result<JobId, Error> {
         .map_err(|e: sharenet_proto::ProtoError| Error::bad_request(e.to_string(), Some("id")))
 }
 
+/// `?id=`: the response's own id (`chatcmpl-…`, `cmpl-…`, `msg_…`) or the
+/// receipt id.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GenerationQuery {
+    id: String,
+}
+
+/// `GET /v1/generation?id=` (also `/api/v1/generation`, OpenRouter's
+/// path): the facts of one of the caller's generations, in `{"data": …}`.
+pub(super) async fn generation(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    Query(q): Query<GenerationQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bare = ["chatcmpl-", "cmpl-", "msg_", "gen-"]
+        .iter()
+        .find_map(|p| q.id.strip_prefix(p))
+        .unwrap_or(&q.id);
+    let id = job_id(bare)?;
+    let books = core.accounts.books().clone();
+    let found = tokio::task::spawn_blocking(move || books.generation(&id))
+        .await
+        .map_err(|e| Error::Internal(format!("generation lookup: {e}")))?
+        .map_err(|e| Error::Internal(format!("generation lookup: {e}")))?;
+    match found {
+        // Another app's generation is "not found", as its receipts are.
+        Some(g) if g.app_id == principal.app => Ok(Json(serde_json::json!({ "data": g }))),
+        _ => Err(Error::NotFound(format!("no generation {:?} for this app", q.id)).into()),
+    }
+}
+
 pub(super) async fn get_receipt(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,

@@ -55,6 +55,8 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/v1/receipts/{id}/proof", get(builder::receipt_proof))
         .route("/v1/statements", get(builder::statements))
         .route("/v1/usage", get(builder::usage))
+        .route("/v1/generation", get(builder::generation))
+        .route("/api/v1/generation", get(builder::generation))
         .route_layer(middleware::from_fn_with_state(core.clone(), authenticate));
     let operator =
         operator::routes().route_layer(middleware::from_fn_with_state(core.clone(), operator_auth));

@@ -488,3 +488,35 @@ pub struct ModelPricing {
     pub prompt_nano_usd_per_token: u64,
     pub completion_nano_usd_per_token: u64,
 }
+
+/// One generation's facts, as OpenRouter's `GET /api/v1/generation?id=`
+/// answers them (inside `{"data": …}`): what ran where, for how long, and
+/// what it cost. Kept by the coordinator for every booked job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The receipt id (the response id without its `chatcmpl-` prefix).
+    pub id: String,
+    pub model: String,
+    /// The node that served (peer id).
+    pub provider_name: String,
+    /// The app that paid (only it can look the generation up).
+    pub app_id: String,
+    /// Unix milliseconds when the request reached a node.
+    pub created_at_ms: u64,
+    pub tokens_prompt: u32,
+    pub tokens_completion: u32,
+    /// USD, from `cost_details`.
+    pub total_cost: f64,
+    pub cost_details: Cost,
+    /// From sending the job to its end, ms.
+    pub latency: u64,
+    /// Time to the first token, ms.
+    pub time_to_first_token: u64,
+    /// From the first token to the end, ms.
+    pub generation_time: u64,
+    /// `stop`, `length`, `tool_calls`; `null` when cancelled.
+    pub finish_reason: Option<String>,
+    /// The client went away or the node broke mid-stream: the part
+    /// delivered was booked.
+    pub cancelled: bool,
+}

@@ -189,6 +189,8 @@ pub struct Books {
     keys: sled::Tree,
     topups: sled::Tree,
     statements: sled::Tree,
+    /// Job id → its [`sharenet_api::openai::Generation`] facts (JSON).
+    generations: sled::Tree,
     /// Per-app index of `entries` ([`app_index_key`] → nothing).
     by_app: sled::Tree,
     committer: Mutex<Option<mpsc::SyncSender<Commit>>>,
@@ -260,6 +262,7 @@ impl Books {
             keys: db.open_tree("keys")?,
             topups: db.open_tree("topups")?,
             statements: db.open_tree("statements")?,
+            generations: db.open_tree("generations")?,
             entries,
             by_app,
             db,
@@ -560,6 +563,29 @@ impl Books {
     /// Stores a signed statement under its period label, once, with its
     /// private builder lines and the job ids it settles (so later
     /// settlements skip them).
+    /// Keeps a booked job's facts for `generation` lookups. Not flushed
+    /// here: they ride on the next flush of the books (a crash may lose
+    /// the last few; the money is in the entries).
+    pub fn put_generation(
+        &self,
+        job: &JobId,
+        g: &sharenet_api::openai::Generation,
+    ) -> Result<(), StoreError> {
+        self.generations.insert(job.0, encode(g)?)?;
+        Ok(())
+    }
+
+    /// A job's facts, if it was booked.
+    pub fn generation(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<sharenet_api::openai::Generation>, StoreError> {
+        self.generations
+            .get(job.0)?
+            .map(|v| decode(&job.0, &v))
+            .transpose()
+    }
+
     pub fn put_statement(&self, record: &StatementRecord) -> Result<(), StoreError> {
         let mut value = Vec::with_capacity(
             1 + 16

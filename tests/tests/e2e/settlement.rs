@@ -32,28 +32,6 @@ async fn wait_for_period_end(at: u64) {
     }
 }
 
-/// Creates app `id` with a margin, $1 of balance and a key; returns the key.
-async fn funded_app(t: &TestNet, id: &str, margin_bps: u32) -> String {
-    let (s, _) = t
-        .operator(
-            reqwest::Method::POST,
-            "apps",
-            Some(json!({"id": id, "builder": format!("{id}-inc"), "margin_bps": margin_bps})),
-        )
-        .await;
-    assert_eq!(s, 200);
-    t.operator(
-        reqwest::Method::POST,
-        &format!("apps/{id}/topup"),
-        Some(json!({"amount_nano_usd": 1_000_000_000u64})),
-    )
-    .await;
-    let (_, k) = t
-        .operator(reqwest::Method::POST, &format!("apps/{id}/keys"), None)
-        .await;
-    k["key"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
     let t = TestNet::start_with(2, |o| {
@@ -63,7 +41,7 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         }
     })
     .await;
-    let key = funded_app(&t, "acme", 2000).await;
+    let key = t.funded_app("acme", 2000).await;
 
     let mut charges = Vec::new();
     for i in 0..4 {
@@ -85,7 +63,7 @@ async fn a_settled_period_balances_is_idempotent_and_proves_its_receipts() {
         ));
     }
     // A rival app does business in the same period.
-    let rival_key = funded_app(&t, "rival-secret-co", 3100).await;
+    let rival_key = t.funded_app("rival-secret-co", 3100).await;
     let rival: Value = t
         .http
         .post(format!("{}/chat/completions", t.base_url()))

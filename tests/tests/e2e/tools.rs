@@ -104,3 +104,61 @@ async fn models_list_shows_capabilities() {
     );
     t.stop().await;
 }
+
+/// `GET /v1/generation?id=` (OpenRouter's lookup): a response's facts by
+/// its own id, the same numbers as its usage; another app gets a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_is_looked_up_by_its_response_id() {
+    let t = TestNet::start(1).await;
+    let r = t
+        .post(
+            "chat/completions",
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    let id = body["id"].as_str().expect("id");
+    for path in [
+        format!("generation?id={id}"),
+        format!(
+            "generation?id={}",
+            body["receipt_id"].as_str().expect("receipt")
+        ),
+    ] {
+        let v: Value = t.get(&path).await.json().await.expect("json");
+        let g = &v["data"];
+        assert_eq!(g["id"], body["receipt_id"], "{v}");
+        assert_eq!(g["tokens_prompt"], body["usage"]["prompt_tokens"]);
+        assert_eq!(g["tokens_completion"], body["usage"]["completion_tokens"]);
+        assert_eq!(g["total_cost"], body["usage"]["cost"]);
+        assert_eq!(g["cost_details"], body["usage"]["cost_details"]);
+        assert_eq!(g["provider_name"], body["provider"]);
+        assert_eq!(g["finish_reason"], body["choices"][0]["finish_reason"]);
+        assert_eq!(g["cancelled"], false);
+        assert!(
+            g["latency"].as_u64() >= g["time_to_first_token"].as_u64(),
+            "{g}"
+        );
+    }
+    // Also at OpenRouter's path.
+    let root = t.base_url().trim_end_matches("/v1").to_owned();
+    let r = reqwest::Client::new()
+        .get(format!("{root}/api/v1/generation?id={id}"))
+        .bearer_auth(t.key())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    // Another app cannot read it.
+    let other = t.funded_app("other-app", 0).await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/generation?id={id}", t.base_url()))
+        .bearer_auth(other)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    assert_eq!(t.get("generation?id=chatcmpl-zz").await.status(), 400);
+    t.stop().await;
+}

@@ -181,6 +181,16 @@ async fn a_node_killed_mid_stream_ends_in_an_error_event_and_a_partial_charge() 
         Some(hex::encode(digest).as_str()),
         "the receipt covers exactly the text the builder received"
     );
+    // The generation lookup says it was cut short.
+    let g: Value = t
+        .get(&format!("generation?id={id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(g["data"]["cancelled"], true, "{g}");
+    assert_eq!(g["data"]["finish_reason"], Value::Null, "{g}");
+    assert_eq!(g["data"]["tokens_completion"].as_u64(), Some(out));
     t.stop().await;
 }
 

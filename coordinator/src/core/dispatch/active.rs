@@ -289,6 +289,40 @@ impl ActiveJob {
         None
     }
 
+    /// Keeps the job's facts for `GET /v1/generation` (best effort: a
+    /// failure is logged; the money is already in the books).
+    fn remember(
+        &self,
+        core: &Core,
+        charge: &Charge,
+        usage: Usage,
+        finish: Option<FinishReason>,
+        cancelled: bool,
+    ) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let latency = self.sent_at.elapsed();
+        let cost = sharenet_api::Cost::from(charge);
+        let g = sharenet_api::openai::Generation {
+            id: self.terms.job_id.to_hex(),
+            model: self.terms.model.clone(),
+            provider_name: self.terms.peer.to_string(),
+            app_id: self.notice.app.clone(),
+            created_at_ms: now_ms().saturating_sub(ms(latency)),
+            tokens_prompt: usage.input_tokens,
+            tokens_completion: usage.output_tokens,
+            total_cost: cost.usd(),
+            cost_details: cost,
+            latency: ms(latency),
+            time_to_first_token: ms(self.first_at - self.sent_at),
+            generation_time: ms(self.first_at.elapsed()),
+            finish_reason: finish.map(|f| f.as_str().to_owned()),
+            cancelled,
+        };
+        if let Err(e) = core.accounts.books().put_generation(&self.terms.job_id, &g) {
+            tracing::warn!(job = %self.terms.job_id, error = %e, "keep the generation's facts");
+        }
+    }
+
     /// A protocol violation by the node: recorded against it, final.
     fn node_failed(&self, core: &Core, why: &str) -> Error {
         core.routing
@@ -359,6 +393,7 @@ impl ActiveJob {
         if let Some(stream) = self.stream.take() {
             send_countersignature(core, stream, &countersigned);
         }
+        self.remember(core, &entry.charge, usage, Some(finish_reason), false);
         core.job_completed(CompletedJob {
             job: self.job.clone(),
             app: self.notice.app.clone(),
@@ -416,6 +451,11 @@ impl ActiveJob {
             Ok((entry, receipt)) => {
                 tracing::info!(job = %self.terms.job_id, node = %self.terms.peer, output_tokens = tokens,
                     charge = entry.charge.total, "booked the part of a broken job the builder received");
+                let usage = Usage {
+                    input_tokens: claimed_input,
+                    output_tokens: tokens,
+                };
+                self.remember(core, &entry.charge, usage, None, true);
                 Some(Finished {
                     charge: entry.charge,
                     text,
