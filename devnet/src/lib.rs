@@ -168,6 +168,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
                 advert_ttl: opts.advert_ttl,
                 region: None,
                 coordinators: vec![coordinator.peer_id],
+                keeps_prompts: false,
                 models: vec![ModelConfig {
                     max_concurrency: 4,
                     ..ModelConfig::local(DEVNET_MODEL, model_dir.clone(), price_in, price_out)

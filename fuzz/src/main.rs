@@ -319,6 +319,7 @@ fn advert() -> anyhow::Result<Vec<u8>> {
         tokens_per_sec: 40,
         weights_sha256: Some([7; 32]),
         capabilities: Default::default(),
+        license: String::new(),
     };
     let advert = Advert {
         node: public_key_of(&node_key()),
@@ -329,6 +330,7 @@ fn advert() -> anyhow::Result<Vec<u8>> {
         gpus: Vec::new(),
         region: "eu".into(),
         relayed: false,
+        keeps_prompts: false,
         max_concurrency: 4,
         queue_depth: 1,
         seq: 7,

@@ -30,6 +30,12 @@ struct NodeFile {
     #[serde(default = "default_ttl")]
     advert_ttl_secs: u64,
     region: Option<String>,
+    /// The node's stated data policy: it keeps (stores, logs or trains
+    /// on) prompts or outputs. Default false: the node itself keeps only
+    /// receipts (digests, never text); set it when an upstream you forward
+    /// to keeps them.
+    #[serde(default)]
+    keeps_prompts: bool,
     models: Vec<ModelFile>,
 }
 
@@ -48,6 +54,9 @@ struct ModelFile {
     #[serde(default = "default_kv_cache_mb")]
     kv_cache_mb: u64,
     device: Option<String>,
+    /// The weights' license (e.g. `apache-2.0`), when the model files do
+    /// not state it (GGUF `general.license`, a model card's front matter).
+    license: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +192,9 @@ pub struct ModelConfig {
     /// checks exist to catch exactly this.
     #[doc(hidden)]
     pub claimed_weights_sha256: Option<[u8; 32]>,
+    /// The weights' license, stated by the provider; else what the model
+    /// files say.
+    pub license: Option<String>,
 }
 
 impl ModelConfig {
@@ -198,6 +210,7 @@ impl ModelConfig {
             kv_cache_bytes: (default_kv_cache_mb() as usize) << 20,
             device: DeviceChoice::Cpu,
             claimed_weights_sha256: None,
+            license: None,
         }
     }
 }
@@ -222,6 +235,8 @@ pub struct NodeConfig {
     /// The only peers whose job streams this node serves: its
     /// coordinators. Any other peer is refused before its request is read.
     pub coordinators: Vec<PeerId>,
+    /// The node's stated data policy (advertised): it keeps prompts.
+    pub keeps_prompts: bool,
 }
 
 /// The peer ids named in `/p2p/` components of `addrs`.
@@ -295,6 +310,7 @@ impl NodeConfig {
                 kv_cache_bytes: usize::try_from(m.kv_cache_mb.saturating_mul(1 << 20))
                     .unwrap_or(usize::MAX),
                 claimed_weights_sha256: None,
+                license: m.license.filter(|l| !l.trim().is_empty()),
             });
         }
         let bootstrap = parse_multiaddrs("bootstrap", &file.bootstrap)?;
@@ -320,6 +336,7 @@ impl NodeConfig {
             advert_ttl: Duration::from_secs(file.advert_ttl_secs),
             region: file.region,
             models,
+            keeps_prompts: file.keeps_prompts,
         };
         config.validate()?;
         Ok(config)
@@ -339,6 +356,11 @@ impl NodeConfig {
             }
             if m.max_concurrency == 0 {
                 bail!("models[{i}].max_concurrency: must be at least 1");
+            }
+            if m.license.as_ref().is_some_and(|l| l.len() > 64) {
+                bail!(
+                    "models[{i}].license: at most 64 bytes (an SPDX-style id such as \"apache-2.0\")"
+                );
             }
         }
         if self.listen.is_empty() && self.relays.is_empty() {
@@ -402,6 +424,8 @@ relays = []
 
 # Where this node is, for builders who restrict requests to a region.
 # region = "eu-west"
+# keeps_prompts = false  # your data policy, advertised: set true if anything you
+#                        # forward to stores, logs or trains on prompts
 
 # Adverts are re-published every interval and expire after the TTL.
 advert_interval_secs = 10
@@ -422,6 +446,7 @@ max_concurrency = 2   # sequences decoded together (continuous batching)
 max_queue = 16        # jobs waiting for a slot; beyond this jobs are refused
 kv_cache_mb = 2048    # KV cache all running jobs may reserve
 # device = "auto"     # "auto" (a GPU if built with --features cuda), "cpu", "cuda:0"
+# license = "apache-2.0"  # advertised; default: GGUF general.license or the model card
 
 # A model served by an OpenAI-compatible server you already run (vLLM,
 # SGLang, llama.cpp server, Ollama, or a hosted API):

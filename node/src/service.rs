@@ -43,6 +43,8 @@ pub(crate) struct ServedModel {
     pub(crate) weights_sha256: Option<[u8; 32]>,
     /// Tools and structured outputs, as advertised.
     pub(crate) capabilities: Capabilities,
+    /// The weights' license (config, else the model files); empty: unknown.
+    pub(crate) license: String,
     /// Admission for the embed and upstream backends (the scheduler has its own).
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) running: AtomicU32,
@@ -137,6 +139,8 @@ pub(crate) struct NodeCtx {
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Job streams being served now.
     pub(crate) serving: std::sync::atomic::AtomicUsize,
+    /// The stated data policy (advertised).
+    pub(crate) keeps_prompts: bool,
 }
 
 impl NodeCtx {
@@ -304,6 +308,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         coordinators: config.coordinators.clone(),
         draining: std::sync::atomic::AtomicBool::new(false),
         serving: std::sync::atomic::AtomicUsize::new(0),
+        keeps_prompts: config.keeps_prompts,
     });
     if config.coordinators.is_empty() {
         tracing::warn!(
@@ -346,9 +351,11 @@ fn serve_model(
     load_changed: &Arc<Notify>,
 ) -> anyhow::Result<ServedModel> {
     let mut capabilities = Capabilities::default();
+    let mut license = m.license.clone();
     let (backend, kind, context_length, weights_sha256, quantization) = match (loaded, &m.source) {
         (Loaded::Text(model), _) => {
             capabilities = text_capabilities(&m.id, &model);
+            license = license.or_else(|| model.license().map(str::to_owned));
             let context = u32::try_from(model.context_length()).unwrap_or(u32::MAX);
             let hash = model.weights_sha256();
             let quantization = match model.format() {
@@ -407,6 +414,7 @@ fn serve_model(
         kind,
         context_length,
         capabilities,
+        license: license.unwrap_or_default(),
         quantization,
         weights_sha256: m.claimed_weights_sha256.or(weights_sha256),
         slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
@@ -466,6 +474,7 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
                 },
                 weights_sha256: m.weights_sha256,
                 capabilities: m.capabilities,
+                license: m.license.clone(),
             }
         })
         .collect();
@@ -475,6 +484,7 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
         gpus: ctx.gpus.clone(),
         region: ctx.region.clone(),
         relayed: ctx.relayed.load(std::sync::atomic::Ordering::Relaxed),
+        keeps_prompts: ctx.keeps_prompts,
         max_concurrency,
         queue_depth,
         seq,

@@ -371,6 +371,7 @@ impl<'a> Sim<'a> {
                 relayed,
                 gpus: hw.gpus,
                 capabilities: 0,
+                license: None,
             };
             nodes.push(Node {
                 key,

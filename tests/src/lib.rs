@@ -165,25 +165,34 @@ impl TestNet {
     /// Starts one more node serving `models`, bootstrapped to the
     /// coordinator, and waits until the coordinator routes to all of them.
     pub async fn add_node(&self, models: Vec<ModelConfig>) -> NodeHandle {
+        self.add_node_with(models, |_| {}).await
+    }
+
+    /// [`TestNet::add_node`] with the node's config adjusted first.
+    pub async fn add_node_with(
+        &self,
+        models: Vec<ModelConfig>,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> NodeHandle {
         let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
         let dir = self._dir.path().join(format!("extra-{}", rand_suffix()));
-        let node = sharenet_node::start(
-            NodeConfig {
-                identity: Identity::generate(),
-                data_dir: dir,
-                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
-                bootstrap: self.net().coordinator.p2p_addrs.clone(),
-                relays: Vec::new(),
-                advert_interval: Duration::from_secs(1),
-                advert_ttl: Duration::from_secs(3),
-                region: None,
-                coordinators: vec![self.net().coordinator.peer_id],
-                models,
-            },
-            self.cancel.clone(),
-        )
-        .await
-        .expect("start the extra node");
+        let mut config = NodeConfig {
+            identity: Identity::generate(),
+            data_dir: dir,
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
+            bootstrap: self.net().coordinator.p2p_addrs.clone(),
+            relays: Vec::new(),
+            advert_interval: Duration::from_secs(1),
+            advert_ttl: Duration::from_secs(3),
+            region: None,
+            coordinators: vec![self.net().coordinator.peer_id],
+            keeps_prompts: false,
+            models,
+        };
+        adjust(&mut config);
+        let node = sharenet_node::start(config, self.cancel.clone())
+            .await
+            .expect("start the extra node");
         // Wait for this node's own advert for every model (other nodes may
         // already serve the same model names).
         let key = node.public_key();

@@ -49,6 +49,10 @@ pub struct ProviderPrefs {
     pub quantizations: Vec<String>,
     pub sensitive: bool,
     pub weights_sha256: Option<[u8; 32]>,
+    /// Only nodes that keep no prompts.
+    pub deny_data_collection: bool,
+    /// Only models under these licenses (empty: any).
+    pub licenses: Vec<String>,
 }
 
 impl ProviderPrefs {

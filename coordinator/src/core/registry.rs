@@ -302,6 +302,7 @@ impl Registry {
                     context_length: 0,
                     capabilities: Capabilities::default(),
                     quantizations: Vec::new(),
+                    licenses: Vec::new(),
                 });
                 e.nodes += 1;
                 e.price_in = (e.price_in.0.min(m.price_in), e.price_in.1.max(m.price_in));
@@ -315,11 +316,16 @@ impl Registry {
                 if !m.quantization.is_empty() && !e.quantizations.contains(&m.quantization) {
                     e.quantizations.push(m.quantization.clone());
                 }
+                let license = m.license.to_ascii_lowercase();
+                if !license.is_empty() && !e.licenses.contains(&license) {
+                    e.licenses.push(license);
+                }
             }
         }
         let mut out: Vec<ModelSummary> = by_model.into_values().collect();
         for m in &mut out {
             m.quantizations.sort();
+            m.licenses.sort();
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
@@ -342,6 +348,8 @@ pub struct ModelSummary {
     /// What at least one node offers (requests needing it go only there).
     pub capabilities: Capabilities,
     pub quantizations: Vec<String>,
+    /// Licenses the nodes state (lowercase), for `provider.licenses`.
+    pub licenses: Vec<String>,
 }
 
 #[cfg(test)]
@@ -363,10 +371,12 @@ mod tests {
                     tokens_per_sec: 0,
                     weights_sha256: None,
                     capabilities: Default::default(),
+                    license: String::new(),
                 }],
                 gpus: Vec::new(),
                 region: String::new(),
                 relayed: false,
+                keeps_prompts: false,
                 max_concurrency: 1,
                 queue_depth: 0,
                 seq,

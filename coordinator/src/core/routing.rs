@@ -412,11 +412,13 @@ mod tests {
                     tokens_per_sec: 0,
                     weights_sha256: None,
                     capabilities: Default::default(),
+                    license: String::new(),
                 })
                 .collect(),
             gpus: Vec::new(),
             region: String::new(),
             relayed: false,
+            keeps_prompts: false,
             max_concurrency: 4,
             queue_depth: 0,
             seq: 1,

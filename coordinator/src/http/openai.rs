@@ -485,5 +485,6 @@ fn model_entry(m: crate::core::registry::ModelSummary) -> Model {
             structured_outputs: m.capabilities.structured_outputs,
         },
         quantizations: m.quantizations,
+        licenses: m.licenses,
     }
 }

@@ -11,8 +11,8 @@
 
 use serde_json::Value;
 use sharenet_api::openai::{
-    ChatCompletionRequest, CompletionRequest, Content, EmbeddingRequest, ExtraSampling, InMessage,
-    Prompt, ProviderPreferences, SortKey as WireSort, Stop,
+    ChatCompletionRequest, CompletionRequest, Content, DataCollection, EmbeddingRequest,
+    ExtraSampling, InMessage, Prompt, ProviderPreferences, SortKey as WireSort, Stop,
 };
 use sharenet_proto::{
     ChatMessage, JobInput, MAX_JOB_TOKENS, ResponseFormat, SamplingParams, ToolCall, ToolChoice,
@@ -638,6 +638,8 @@ pub fn provider_prefs(v: Option<&Value>) -> Result<ProviderPrefs, Error> {
         region: f.region,
         quantizations: f.quantizations,
         sensitive: f.sensitive.unwrap_or(false),
+        deny_data_collection: f.data_collection == Some(DataCollection::Deny),
+        licenses: f.licenses,
         weights_sha256: match f.weights_sha256 {
             None => None,
             Some(h) => Some(

@@ -44,6 +44,14 @@ pub struct AppRouting {
     /// private pool is full or down. Without it, the private pool only.
     #[serde(default)]
     pub spill_to_public: bool,
+    /// Only nodes that state they keep no prompts, for every request of
+    /// this app (as `provider.data_collection: "deny"`).
+    #[serde(default)]
+    pub deny_data_collection: bool,
+    /// Only models under these licenses, for every request of this app
+    /// (a request's `provider.licenses` narrows it further).
+    #[serde(default)]
+    pub licenses: Vec<String>,
 }
 
 /// `POST /operator/apps`.

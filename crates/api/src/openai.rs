@@ -218,6 +218,21 @@ pub struct ProviderPreferences {
     pub sensitive: Option<bool>,
     /// Only nodes serving exactly these weights (SHA-256, hex).
     pub weights_sha256: Option<String>,
+    /// `"deny"`: only nodes that state they keep no prompts (OpenRouter's
+    /// meaning); `"allow"` (the default): any.
+    pub data_collection: Option<DataCollection>,
+    /// Only models under one of these licenses (e.g. `["apache-2.0",
+    /// "mit"]`, case-insensitive); a model with no stated license never
+    /// matches.
+    #[serde(default)]
+    pub licenses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataCollection {
+    Allow,
+    Deny,
 }
 
 /// What to optimise first.
@@ -475,6 +490,8 @@ pub struct Model {
     pub capabilities: ModelCapabilities,
     /// Weight formats on offer (`Q8_0`, `F32`, …), for `provider.quantizations`.
     pub quantizations: Vec<String>,
+    /// Licenses the nodes state for it (lowercase), for `provider.licenses`.
+    pub licenses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

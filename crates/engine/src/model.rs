@@ -55,6 +55,24 @@ pub struct TextModel {
     format: WeightsFormat,
     /// The constraint compiler, built by the first job that needs one.
     grammars: std::sync::OnceLock<Result<Grammars, String>>,
+    /// The license the model files state (GGUF `general.license`, or the
+    /// `license:` of a model card's front matter).
+    license: Option<String>,
+}
+
+/// The `license:` in the YAML front matter of a Hugging Face model card
+/// (`README.md` beside the weights), if any.
+fn card_license(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("README.md")).ok()?;
+    let rest = text.strip_prefix("---")?;
+    let front = &rest[..rest.find("\n---")?];
+    front.lines().find_map(|l| {
+        let v = l
+            .strip_prefix("license:")?
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'');
+        (!v.is_empty() && v.len() <= 64).then(|| v.to_owned())
+    })
 }
 
 pub(crate) fn read_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
@@ -222,6 +240,7 @@ impl TextModel {
             weights_sha256,
             format: WeightsFormat::Safetensors,
             grammars: std::sync::OnceLock::new(),
+            license: card_license(dir),
         })
     }
 
@@ -266,6 +285,11 @@ impl TextModel {
             .map(|t| format!("{:?}", t.ggml_dtype))
             .unwrap_or_default();
         let eos = spec.eos_token_ids.clone();
+        let license = md
+            .get("general.license")
+            .and_then(|v| v.to_string().ok())
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty() && l.len() <= 64);
         let transformer = Transformer::load(
             spec,
             WeightSource::Gguf {
@@ -285,6 +309,7 @@ impl TextModel {
             weights_sha256,
             format: WeightsFormat::Gguf { dtype },
             grammars: std::sync::OnceLock::new(),
+            license,
         })
     }
 
@@ -318,6 +343,11 @@ impl TextModel {
 
     pub(crate) fn eos(&self) -> &[u32] {
         &self.eos
+    }
+
+    /// The license the model files state, if they do.
+    pub fn license(&self) -> Option<&str> {
+        self.license.as_deref()
     }
 
     /// How the model writes tool calls; `None` when its chat template does

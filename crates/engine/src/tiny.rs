@@ -329,6 +329,8 @@ pub fn write_tiny_gguf(
             "general.name".into(),
             Value::String(format!("sharenet tiny {arch}")),
         ),
+        // The project's own random weights: as free as it gets.
+        ("general.license".into(), Value::String("apache-2.0".into())),
         (
             format!("{arch}.context_length"),
             u32v(shape.max_position_embeddings),

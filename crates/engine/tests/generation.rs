@@ -555,3 +555,25 @@ fn logit_bias_forces_and_bans_tokens() {
         .to_string();
     assert!(err.contains("logit_bias: token id 1000000"), "{err}");
 }
+
+/// The license a model's files state: GGUF `general.license`, or the
+/// `license:` of a model card's front matter; none otherwise.
+#[test]
+fn licenses_come_from_gguf_metadata_or_the_model_card() {
+    let gguf = gguf(Arch::Llama, GgmlDType::Q8_0);
+    assert_eq!(
+        TextModel::load(&gguf.path).unwrap().license(),
+        Some("apache-2.0")
+    );
+    let folder = safetensors(Arch::Llama);
+    assert_eq!(TextModel::load(&folder.path).unwrap().license(), None);
+    std::fs::write(
+        folder.path.join("README.md"),
+        "---\nlanguage: en\nlicense: \"llama3.1\"\ntags: [chat]\n---\n# A model\nlicense: not-this\n",
+    )
+    .unwrap();
+    assert_eq!(
+        TextModel::load(&folder.path).unwrap().license(),
+        Some("llama3.1")
+    );
+}

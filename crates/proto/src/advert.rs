@@ -60,6 +60,10 @@ pub struct ModelOffer {
     pub weights_sha256: Option<[u8; 32]>,
     /// Tools and structured outputs, where the model has them.
     pub capabilities: Capabilities,
+    /// The weights' license as the node states it (an SPDX-style id such
+    /// as `apache-2.0`, from GGUF `general.license`, the model card or the
+    /// provider's config); empty when unknown.
+    pub license: String,
 }
 
 mod opt_hex {
@@ -88,6 +92,10 @@ pub struct Advert {
     pub region: String,
     /// Whether the node is reached through a relay (behind NAT).
     pub relayed: bool,
+    /// The node's stated data policy: it keeps (stores, logs or trains on)
+    /// prompts or outputs. A declaration, as on OpenRouter: requests with
+    /// `provider.data_collection: "deny"` avoid nodes that say so.
+    pub keeps_prompts: bool,
     /// Jobs the node runs at once.
     pub max_concurrency: u32,
     /// Jobs running or waiting right now.
@@ -130,10 +138,13 @@ impl Advert {
             });
         }
         if self.region.len() > MAX_SHORT
-            || self.models.iter().any(|m| m.quantization.len() > MAX_SHORT)
+            || self
+                .models
+                .iter()
+                .any(|m| m.quantization.len() > MAX_SHORT || m.license.len() > MAX_SHORT)
         {
             return Err(ProtoError::Invalid {
-                field: "region / quantization",
+                field: "region / quantization / license",
                 reason: format!("at most {MAX_SHORT} bytes"),
             });
         }
@@ -175,6 +186,7 @@ impl Advert {
                 None => w.u32(0),
             }
             w.u32(m.capabilities.bits());
+            w.str(&m.license);
         }
         w.u32(self.gpus.len() as u32);
         for g in &self.gpus {
@@ -183,6 +195,7 @@ impl Advert {
         }
         w.str(&self.region);
         w.u32(u32::from(self.relayed));
+        w.u32(u32::from(self.keeps_prompts));
         w.u32(self.max_concurrency);
         w.u32(self.queue_depth);
         w.u64(self.seq);
@@ -231,6 +244,7 @@ impl Advert {
                     }
                 },
                 capabilities: Capabilities::from_bits(r.u32("capabilities")?),
+                license: r.str("license", MAX_SHORT)?,
             });
         }
         let g = r.u32("advert gpu count")? as usize;
@@ -259,11 +273,22 @@ impl Advert {
                 });
             }
         };
+        let keeps_prompts = match r.u32("keeps_prompts")? {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(ProtoError::Invalid {
+                    field: "keeps_prompts",
+                    reason: format!("must be 0 or 1, not {other}"),
+                });
+            }
+        };
         Ok(Self {
             node,
             models,
             gpus,
             region,
+            keeps_prompts,
             relayed,
             max_concurrency: r.u32("max_concurrency")?,
             queue_depth: r.u32("queue_depth")?,
@@ -354,6 +379,7 @@ mod tests {
                     tools: true,
                     structured_outputs: false,
                 },
+                license: "apache-2.0".into(),
             }],
             gpus: vec![GpuInfo {
                 name: "NVIDIA H100".into(),
@@ -361,6 +387,7 @@ mod tests {
             }],
             region: "eu-west".into(),
             relayed: false,
+            keeps_prompts: true,
             max_concurrency: 4,
             queue_depth: 1,
             seq: 7,

@@ -75,6 +75,7 @@ fn random_node(rng: &mut StdRng, i: usize) -> Node {
             relayed: rng.random_bool(0.2),
             gpus: rng.random_range(0..=8),
             capabilities: 0,
+            license: None,
         },
         observed: Observed {
             rtt_ms: known.then(|| rng.random_range(5.0..300.0)),

@@ -42,9 +42,14 @@ pub struct Offer {
     /// GPUs on the node (0: CPU only).
     pub gpus: u32,
     /// What the model can do beyond text
-    /// (`sharenet_proto::Capabilities::bits`).
+    /// (`sharenet_proto::Capabilities::bits`), and
+    /// [`crate::NO_PROMPT_RETENTION`] when the node keeps no prompts.
     #[serde(default)]
     pub capabilities: u32,
+    /// The model's license as the node states it (e.g. `apache-2.0`);
+    /// `None` when unstated.
+    #[serde(default)]
+    pub license: Option<String>,
 }
 
 impl Offer {
@@ -65,7 +70,13 @@ impl Offer {
             advertised_tokens_per_sec: (model.tokens_per_sec > 0).then_some(model.tokens_per_sec),
             relayed: advert.relayed,
             gpus: u32::try_from(advert.gpus.len()).unwrap_or(u32::MAX),
-            capabilities: model.capabilities.bits(),
+            capabilities: model.capabilities.bits()
+                | if advert.keeps_prompts {
+                    0
+                } else {
+                    crate::NO_PROMPT_RETENTION
+                },
+            license: non_empty(&model.license),
         }
     }
 
@@ -311,6 +322,7 @@ mod tests {
             relayed: false,
             gpus: 0,
             capabilities: 0,
+            license: None,
         };
         assert_eq!(o.expected_price(2, 2), u64::MAX);
         assert_eq!(o.expected_price(0, 7), 7);

@@ -67,6 +67,11 @@ pub mod table;
 pub mod trust;
 
 pub use breaker::{Admit, Breaker, BreakerParams, BreakerState};
+
+/// The capability bit of an offer whose node states it keeps no prompts
+/// (OpenRouter's `data_collection: "deny"` asks for it). Above the model
+/// capabilities' bits (`sharenet_proto::Capabilities`).
+pub const NO_PROMPT_RETENTION: u32 = 1 << 16;
 pub use candidate::{NodeKey, Observed, Offer};
 pub use health::NodeHealth;
 pub use route::{

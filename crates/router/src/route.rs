@@ -129,9 +129,12 @@ pub struct Preferences {
     /// Only nodes serving exactly these weights.
     pub weights_sha256: Option<[u8; 32]>,
     /// Only nodes whose offer has every one of these capabilities
-    /// (`sharenet_proto::Capabilities::bits`: tools, structured outputs);
-    /// 0 asks for none.
+    /// (`sharenet_proto::Capabilities::bits`: tools, structured outputs;
+    /// and [`NO_PROMPT_RETENTION`]); 0 asks for none.
     pub capabilities: u32,
+    /// If non-empty, only models under one of these licenses (ASCII
+    /// case-insensitive); a model with no stated license never matches.
+    pub licenses: Vec<String>,
     pub private_pool: Option<PrivatePool>,
 }
 
@@ -150,6 +153,7 @@ impl Default for Preferences {
             quantizations: Vec::new(),
             weights_sha256: None,
             capabilities: 0,
+            licenses: Vec::new(),
             private_pool: None,
         }
     }
@@ -275,8 +279,11 @@ pub enum Filter {
     WeightsSha256,
     Quantization,
     Region,
-    /// The request needs tools or structured outputs.
+    /// The request needs tools, structured outputs, or a node that keeps
+    /// no prompts.
     Capabilities,
+    /// `licenses`.
+    License,
     MaxPriceIn,
     MaxPriceOut,
     /// The network's `RouteParams::trust_floor`.
@@ -304,6 +311,7 @@ impl Filter {
             Filter::Quantization => "quantizations",
             Filter::Region => "region",
             Filter::Capabilities => "capabilities",
+            Filter::License => "licenses",
             Filter::MaxPriceIn => "max_price_in",
             Filter::MaxPriceOut => "max_price_out",
             Filter::TrustFloor => "trust_floor",
@@ -344,7 +352,7 @@ pub enum NoCandidate {
 
 /// The filter stages in evaluation order; index = stage number. `Trust` is
 /// named per request (floor or `min_trust`).
-const STAGES: [Filter; 14] = [
+const STAGES: [Filter; 15] = [
     Filter::Only,
     Filter::Ignore,
     Filter::PrivatePool,
@@ -353,6 +361,7 @@ const STAGES: [Filter; 14] = [
     Filter::Quantization,
     Filter::Region,
     Filter::Capabilities,
+    Filter::License,
     Filter::MaxPriceIn,
     Filter::MaxPriceOut,
     Filter::TrustFloor,
@@ -368,12 +377,13 @@ const S_WEIGHTS: u8 = 4;
 const S_QUANT: u8 = 5;
 const S_REGION: u8 = 6;
 const S_CAPS: u8 = 7;
-const S_PRICE_IN: u8 = 8;
-const S_PRICE_OUT: u8 = 9;
-const S_TRUST: u8 = 10;
-const S_BREAKER: u8 = 11;
-const S_CAPACITY: u8 = 12;
-const S_ORDER: u8 = 13;
+const S_LICENSE: u8 = 8;
+const S_PRICE_IN: u8 = 9;
+const S_PRICE_OUT: u8 = 10;
+const S_TRUST: u8 = 11;
+const S_BREAKER: u8 = 12;
+const S_CAPACITY: u8 = 13;
+const S_ORDER: u8 = 14;
 
 /// A sorted set of node keys (binary search: `only` lists can be long).
 struct KeySet(Vec<NodeKey>);
@@ -539,6 +549,7 @@ pub(crate) trait Source {
     fn region_ok(&self, i: usize, l: &Self::Labels) -> bool;
     /// Whether candidate `i` has every capability in `need`.
     fn caps_ok(&self, i: usize, need: u32) -> bool;
+    fn license_ok(&self, i: usize, l: &Self::Labels) -> bool;
 }
 
 /// The request's label filters, for `Candidate`s (string comparisons).
@@ -546,6 +557,7 @@ pub(crate) struct SliceLabels {
     weights: Option<[u8; 32]>,
     quantizations: Vec<String>,
     region: Option<String>,
+    licenses: Vec<String>,
 }
 
 impl Source for [Candidate<'_>] {
@@ -566,6 +578,7 @@ impl Source for [Candidate<'_>] {
             weights: prefs.weights_sha256,
             quantizations: prefs.quantizations.clone(),
             region: prefs.region.clone(),
+            licenses: prefs.licenses.clone(),
         }
     }
     fn weights_ok(&self, i: usize, l: &SliceLabels) -> bool {
@@ -592,6 +605,13 @@ impl Source for [Candidate<'_>] {
         self.get(i)
             .is_some_and(|c| c.offer.capabilities & need == need)
     }
+    fn license_ok(&self, i: usize, l: &SliceLabels) -> bool {
+        l.licenses.is_empty()
+            || self
+                .get(i)
+                .and_then(|c| c.offer.license.as_deref())
+                .is_some_and(|x| l.licenses.iter().any(|w| w.eq_ignore_ascii_case(x)))
+    }
 }
 
 /// Everything about the request that is the same for every candidate.
@@ -611,6 +631,7 @@ struct Ctx {
     region_filter: bool,
     /// Capability bits the request needs (0: none).
     caps: u32,
+    license_filter: bool,
     /// Some key or label filter is on.
     any_optional: bool,
     needed_context: u64,
@@ -672,8 +693,10 @@ impl Ctx {
                 || quantization_filter
                 || region_filter
                 || prefs.capabilities != 0
+                || !prefs.licenses.is_empty()
                 || order_only,
             caps: prefs.capabilities,
+            license_filter: !prefs.licenses.is_empty(),
             pool,
             pool_only,
             prefer_pool,
@@ -704,6 +727,7 @@ impl Ctx {
                 || quantization_filter
                 || region_filter
                 || prefs.capabilities != 0
+                || !prefs.licenses.is_empty()
                 || !prefs.order.is_empty(),
         }
     }
@@ -749,6 +773,7 @@ impl Ctx {
             && (!self.quantization_filter || src.quantization_ok(i, l))
             && (!self.region_filter || src.region_ok(i, l))
             && (self.caps == 0 || src.caps_ok(i, self.caps))
+            && (!self.license_filter || src.license_ok(i, l))
             && (!self.order_only || self.order_pos(k) != NOT_ORDERED)
     }
 
@@ -758,7 +783,7 @@ impl Ctx {
     fn first_failure<S: Source + ?Sized>(&self, src: &S, i: usize, l: &S::Labels) -> Option<u8> {
         let f = src.facts(i);
         let k = src.key(i);
-        let checks: [(u8, bool); 14] = [
+        let checks: [(u8, bool); 15] = [
             (S_ONLY, self.only.as_ref().is_none_or(|s| s.contains(k))),
             (
                 S_IGNORE,
@@ -776,6 +801,7 @@ impl Ctx {
             ),
             (S_REGION, !self.region_filter || src.region_ok(i, l)),
             (S_CAPS, self.caps == 0 || src.caps_ok(i, self.caps)),
+            (S_LICENSE, !self.license_filter || src.license_ok(i, l)),
             (S_PRICE_IN, f.price_in <= self.max_price_in),
             (S_PRICE_OUT, f.price_out <= self.max_price_out),
             (S_TRUST, f.trust >= self.trust_min),

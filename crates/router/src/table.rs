@@ -130,6 +130,7 @@ struct RowLabels {
     region: u32,
     /// Capability bits, as advertised.
     caps: u32,
+    license: u32,
 }
 
 /// The live candidates for one model, compact; see the module docs.
@@ -142,6 +143,7 @@ pub struct CandidateTable {
     weights: Interner<[u8; 32]>,
     quantizations: Interner<String>,
     regions: Interner<String>,
+    licenses: Interner<String>,
     /// Blocks of rows with bounds, kept up to date by every change.
     blocks: Index,
 }
@@ -172,6 +174,7 @@ impl CandidateTable {
             quantization: self.quantizations.acquire(lower(&o.quantization)),
             region: self.regions.acquire(lower(&o.region)),
             caps: o.capabilities,
+            license: self.licenses.acquire(lower(&o.license)),
         };
         let facts = Facts::of(c);
         match self.index.get(&o.node).copied() {
@@ -255,6 +258,7 @@ impl CandidateTable {
         self.weights.release(l.weights);
         self.quantizations.release(l.quantization);
         self.regions.release(l.region);
+        self.licenses.release(l.license);
     }
 }
 
@@ -282,6 +286,7 @@ pub(crate) struct TableLabels {
     weights: Want,
     quantization: Want,
     region: Want,
+    license: Want,
 }
 
 impl Source for CandidateTable {
@@ -327,6 +332,17 @@ impl Source for CandidateTable {
                 None => Want::Any,
                 Some(r) => one(self.regions.get(&r.to_ascii_lowercase())),
             },
+            license: if prefs.licenses.is_empty() {
+                Want::Any
+            } else {
+                Want::Ids(
+                    prefs
+                        .licenses
+                        .iter()
+                        .filter_map(|x| self.licenses.get(&x.to_ascii_lowercase()))
+                        .collect(),
+                )
+            },
         }
     }
 
@@ -350,6 +366,12 @@ impl Source for CandidateTable {
 
     fn caps_ok(&self, i: usize, need: u32) -> bool {
         self.labels.get(i).is_some_and(|r| r.caps & need == need)
+    }
+
+    fn license_ok(&self, i: usize, l: &TableLabels) -> bool {
+        self.labels
+            .get(i)
+            .is_some_and(|r| l.license.admits(r.license))
     }
 }
 

@@ -42,6 +42,7 @@ fn offer(n: u8) -> Offer {
         relayed: false,
         gpus: 1,
         capabilities: 0,
+        license: None,
     }
 }
 

@@ -69,6 +69,12 @@ fn arb_node() -> impl Strategy<Value = Node> {
                     gpus: 1,
                     // Tools and structured outputs vary from node to node.
                     capabilities: u32::from(n % 4),
+                    license: [
+                        None,
+                        Some("mit".to_string()),
+                        Some("Apache-2.0".to_string()),
+                    ][usize::from(n % 3)]
+                    .clone(),
                 },
                 observed: Observed {
                     rtt_ms: rtt,
@@ -138,6 +144,11 @@ fn arb_prefs() -> impl Strategy<Value = Preferences> {
                 // and then.
                 capabilities: u32::from(max_in.is_some() && fallbacks)
                     | (u32::from(max_out.is_some() && !fallbacks) << 1),
+                licenses: if min_trust.is_some() {
+                    vec!["MIT".into(), "apache-2.0".into()]
+                } else {
+                    vec![]
+                },
                 private_pool: pool.map(|(nodes, sensitive, spill)| PrivatePool {
                     nodes,
                     sensitive,
@@ -263,6 +274,7 @@ fn labels_match_case_insensitively_and_unknown_labels_match_nothing() {
             relayed: false,
             gpus: 0,
             capabilities: 0,
+            license: None,
         },
         observed: Observed::default(),
         trust: 0.9,
@@ -335,6 +347,7 @@ fn indexed_table_matches_the_scan_on_large_churned_fleets() {
                         relayed: rng.random_bool(0.2),
                         gpus: 1,
                         capabilities: 0,
+                        license: None,
                     },
                     observed: Observed {
                         rtt_ms: (known || rng.random_bool(0.2))

@@ -56,6 +56,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             advert_ttl: Duration::from_secs(3),
             region: None,
             coordinators: vec![t.net().coordinator.peer_id, second_identity.peer_id()],
+            keeps_prompts: false,
             models: vec![ModelConfig::local(
                 "natted-model",
                 dir.path().join("model"),

@@ -1,6 +1,7 @@
 //! Routing preferences and fallback through a real coordinator and nodes.
 
 use serde_json::{Value, json};
+use sharenet_node::ModelConfig;
 use sharenet_tests::{MODEL, TestNet};
 
 fn ask(provider: Value) -> Value {
@@ -203,5 +204,81 @@ async fn every_node_keeps_heartbeating_while_other_adverts_arrive() {
         m.lines().any(|l| l == "sharenet_adverts_pruned_total 0"),
         "no advert expired:\n{m}"
     );
+    t.stop().await;
+}
+
+/// Licenses and data policy (OpenRouter's `provider.data_collection`, and
+/// `provider.licenses`): a request goes only to nodes that match, the
+/// models list shows the licenses on offer, and a request nothing matches
+/// is a 503 naming the constraint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licenses_and_data_policy_pick_the_nodes() {
+    let t = TestNet::start(1).await;
+    let models = tempfile::tempdir().expect("tempdir");
+    let dir = models.path().join("licensed");
+    sharenet_engine::tiny::write_tiny_llama(&dir, 2, Default::default()).expect("model");
+    let offer = |license: &str| ModelConfig {
+        license: Some(license.into()),
+        ..ModelConfig::local("licensed", dir.clone(), 10, 20)
+    };
+    // A keeps prompts (say, an upstream that logs them) under MIT; B keeps
+    // none, under Apache-2.0.
+    let a = t
+        .add_node_with(vec![offer("MIT")], |c| c.keeps_prompts = true)
+        .await;
+    let b = t.add_node(vec![offer("apache-2.0")]).await;
+    let ask = |provider: Value| {
+        json!({"model": "licensed", "max_tokens": 2, "provider": provider,
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let served_by = |v: &Value| v["provider"].as_str().unwrap_or("").to_owned();
+    for _ in 0..4 {
+        let r = t
+            .post("chat/completions", &ask(json!({"licenses": ["mit"]})))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(served_by(&r.json().await.unwrap()), a.peer_id.to_string());
+        let r = t
+            .post("chat/completions", &ask(json!({"data_collection": "deny"})))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(served_by(&r.json().await.unwrap()), b.peer_id.to_string());
+    }
+    let r = t
+        .post(
+            "chat/completions",
+            &ask(json!({"data_collection": "deny", "licenses": ["MIT"]})),
+        )
+        .await;
+    // Each node fails one of the two: the message names a constraint.
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("data_collection") || m.contains("MIT")),
+        "{v}"
+    );
+    let r = t
+        .post("chat/completions", &ask(json!({"licenses": ["gpl-3.0"]})))
+        .await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gpl-3.0")),
+        "{v}"
+    );
+    let r = t
+        .post(
+            "chat/completions",
+            &ask(json!({"data_collection": "sometimes"})),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let m: Value = t.get("models/licensed").await.json().await.unwrap();
+    assert_eq!(m["licenses"], json!(["apache-2.0", "mit"]), "{m}");
+    drop((a, b));
     t.stop().await;
 }

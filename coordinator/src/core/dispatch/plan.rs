@@ -55,6 +55,28 @@ pub(super) fn resolve_model(core: &Core, job: &Job) -> Result<String, Error> {
     })
 }
 
+/// The licenses a request may be served under: the app's rule, narrowed
+/// by the request's `provider.licenses` (case-insensitive); a request
+/// whose list shares none with the app's is a 400.
+fn licenses(asked: &[String], app: &[String]) -> Result<Vec<String>, Error> {
+    let out: Vec<String> = match (asked.is_empty(), app.is_empty()) {
+        (true, _) => app.to_vec(),
+        (false, true) => asked.to_vec(),
+        (false, false) => asked
+            .iter()
+            .filter(|l| app.iter().any(|a| a.eq_ignore_ascii_case(l)))
+            .cloned()
+            .collect(),
+    };
+    if out.is_empty() && !asked.is_empty() {
+        return Err(Error::bad_request(
+            format!("none of these licenses is allowed for this app (its rule allows {app:?})"),
+            Some("provider.licenses"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Orders the nodes to try with the pure router over the routing index:
 /// the request's filters and preferences and the app's rules, then price,
 /// predicted latency and trust, load-aware. When a filter empties the list
@@ -89,7 +111,13 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
         region: p.region.clone(),
         quantizations: p.quantizations.clone(),
         weights_sha256: p.weights_sha256,
-        capabilities: job.needs().bits(),
+        capabilities: job.needs().bits()
+            | if p.deny_data_collection || rules.deny_data_collection {
+                r::NO_PROMPT_RETENTION
+            } else {
+                0
+            },
+        licenses: licenses(&p.licenses, &rules.licenses)?,
         private_pool,
     };
     let request = r::Request {
@@ -147,9 +175,22 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
             r::NoCandidate::Filtered {
                 filter: r::Filter::Capabilities,
                 ..
+            } => {
+                let mut needs = job.needs().names();
+                if request.prefs.capabilities & r::NO_PROMPT_RETENTION != 0 {
+                    needs.push("data_collection: deny (a node that keeps no prompts)");
+                }
+                Error::NoCapacity(format!(
+                    "no node serving `{model}` supports {} right now (provider.require_parameters semantics: a request that needs a feature goes only to nodes that have it)",
+                    needs.join(" and ")
+                ))
+            }
+            r::NoCandidate::Filtered {
+                filter: r::Filter::License,
+                ..
             } => Error::NoCapacity(format!(
-                "no node serving `{model}` supports {} right now (provider.require_parameters semantics: a request that needs a feature goes only to nodes that have it)",
-                job.needs().names().join(" and ")
+                "no node serves `{model}` under the licenses {:?} right now",
+                request.prefs.licenses
             )),
             e => Error::NoCapacity(format!("{e}")),
         })
@@ -221,4 +262,22 @@ pub(super) fn admit(
         max_price_out: max_price_out.unwrap_or(0),
         now_ms: now_ms(),
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::licenses;
+
+    #[test]
+    fn a_request_narrows_the_apps_licenses_and_never_widens_them() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(licenses(&[], &[]).unwrap(), s(&[]));
+        assert_eq!(licenses(&s(&["mit"]), &[]).unwrap(), s(&["mit"]));
+        assert_eq!(licenses(&[], &s(&["mit"])).unwrap(), s(&["mit"]));
+        assert_eq!(
+            licenses(&s(&["MIT", "gpl-3.0"]), &s(&["mit", "apache-2.0"])).unwrap(),
+            s(&["MIT"])
+        );
+        assert!(licenses(&s(&["gpl-3.0"]), &s(&["mit"])).is_err());
+    }
 }
