@@ -39,6 +39,7 @@ fn fleet(n: usize, rng: &mut impl Rng) -> (Registry, Routing) {
                 weights_sha256: Some([7; 32]),
                 capabilities: Default::default(),
                 license: String::new(),
+                canonical: String::new(),
             }],
             gpus: Vec::new(),
             region: "eu".into(),

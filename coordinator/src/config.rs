@@ -53,6 +53,10 @@ struct CoordinatorFile {
     /// this many times their slots (1: refuse at once with 503).
     #[serde(default = "default_spill")]
     spill_queue_factor: u32,
+    /// Other names builders may use for a model: alias → the model's
+    /// name on the network (a node's id or a canonical name).
+    #[serde(default)]
+    aliases: std::collections::BTreeMap<String, String>,
 }
 
 fn default_spill() -> u32 {
@@ -143,6 +147,8 @@ pub struct CoordinatorConfig {
     /// wait in the nodes' own queues up to this many times their slots;
     /// 1 refuses at once (503 with `Retry-After`).
     pub spill_queue_factor: u32,
+    /// Model aliases: the name a builder sends → the name routed.
+    pub aliases: std::collections::BTreeMap<String, String>,
 }
 
 /// The network-wide price ceiling, nano-USD per token. One absurd price
@@ -197,6 +203,7 @@ impl CoordinatorConfig {
             },
             operator_key,
             spill_queue_factor: file.spill_queue_factor,
+            aliases: file.aliases,
             bootstrap_balance: file.bootstrap_balance_nano_usd,
             period_rule: match file.settlement_period_secs {
                 None => sharenet_market::PeriodRule::CalendarMonth,
@@ -321,6 +328,12 @@ spill_queue_factor = 5
 connect_ms = 5000       # opening a stream to a node
 first_token_ms = 30000  # request sent -> first token
 idle_ms = 30000         # longest gap between tokens
+
+# Other names builders may use for a model (OpenRouter-style slugs):
+# alias = the model's name on the network (a node's id, or the canonical
+# name nodes advertise, which makes every node with those weights one market).
+[aliases]
+# "llama-3.1-8b" = "meta-llama/llama-3.1-8b-instruct:q4_k_m"
 "#
     )
 }

@@ -42,6 +42,8 @@ pub struct DevnetOptions {
     /// Share of text jobs spot-checked (0 here; the `devnet` command sets
     /// its own).
     pub spot_check_rate: f64,
+    /// The coordinator's model aliases (`[aliases]`).
+    pub aliases: std::collections::BTreeMap<String, String>,
 }
 
 impl DevnetOptions {
@@ -56,6 +58,7 @@ impl DevnetOptions {
             timeouts: Timeouts::default(),
             period_rule: sharenet_market::PeriodRule::CalendarMonth,
             spot_check_rate: 0.0,
+            aliases: Default::default(),
         }
     }
 }
@@ -138,6 +141,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             spot_check_funding: 1_000_000_000_000,
             price_ceiling: Default::default(),
             spill_queue_factor: 5,
+            aliases: opts.aliases.clone(),
         },
         cancel.clone(),
     )

@@ -320,6 +320,7 @@ fn advert() -> anyhow::Result<Vec<u8>> {
         weights_sha256: Some([7; 32]),
         capabilities: Default::default(),
         license: String::new(),
+        canonical: String::new(),
     };
     let advert = Advert {
         node: public_key_of(&node_key()),

@@ -57,6 +57,10 @@ struct ModelFile {
     /// The weights' license (e.g. `apache-2.0`), when the model files do
     /// not state it (GGUF `general.license`, a model card's front matter).
     license: Option<String>,
+    /// The weights' network-wide name (e.g.
+    /// `meta-llama/llama-3.1-8b-instruct:q4_k_m`); default: from the model
+    /// files, slugged, with the quantization.
+    canonical: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +199,9 @@ pub struct ModelConfig {
     /// The weights' license, stated by the provider; else what the model
     /// files say.
     pub license: Option<String>,
+    /// The weights' network-wide name, stated by the provider; else
+    /// derived from the model files.
+    pub canonical: Option<String>,
 }
 
 impl ModelConfig {
@@ -211,6 +218,7 @@ impl ModelConfig {
             device: DeviceChoice::Cpu,
             claimed_weights_sha256: None,
             license: None,
+            canonical: None,
         }
     }
 }
@@ -311,6 +319,10 @@ impl NodeConfig {
                     .unwrap_or(usize::MAX),
                 claimed_weights_sha256: None,
                 license: m.license.filter(|l| !l.trim().is_empty()),
+                canonical: m
+                    .canonical
+                    .map(|c| sharenet_proto::model_slug(&c))
+                    .filter(|c| !c.is_empty()),
             });
         }
         let bootstrap = parse_multiaddrs("bootstrap", &file.bootstrap)?;
@@ -447,6 +459,8 @@ max_queue = 16        # jobs waiting for a slot; beyond this jobs are refused
 kv_cache_mb = 2048    # KV cache all running jobs may reserve
 # device = "auto"     # "auto" (a GPU if built with --features cuda), "cpu", "cuda:0"
 # license = "apache-2.0"  # advertised; default: GGUF general.license or the model card
+# canonical = "meta-llama/llama-3.1-8b-instruct:q8_0"  # one market across nodes;
+#                        # default: the weights' own name, slugged, + quantization
 
 # A model served by an OpenAI-compatible server you already run (vLLM,
 # SGLang, llama.cpp server, Ollama, or a hosted API):

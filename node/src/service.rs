@@ -45,6 +45,8 @@ pub(crate) struct ServedModel {
     pub(crate) capabilities: Capabilities,
     /// The weights' license (config, else the model files); empty: unknown.
     pub(crate) license: String,
+    /// The weights' network-wide name; empty: unknown.
+    pub(crate) canonical: String,
     /// Admission for the embed and upstream backends (the scheduler has its own).
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) running: AtomicU32,
@@ -144,8 +146,14 @@ pub(crate) struct NodeCtx {
 }
 
 impl NodeCtx {
+    /// The model a job names: by this node's own id, else by the
+    /// canonical name it advertises (coordinators route a market by it).
     pub(crate) fn model(&self, id: &str) -> Option<&Arc<ServedModel>> {
-        self.models.iter().find(|m| m.config.id == id)
+        self.models.iter().find(|m| m.config.id == id).or_else(|| {
+            self.models
+                .iter()
+                .find(|m| !m.canonical.is_empty() && m.canonical == id)
+        })
     }
 }
 
@@ -352,10 +360,26 @@ fn serve_model(
 ) -> anyhow::Result<ServedModel> {
     let mut capabilities = Capabilities::default();
     let mut license = m.license.clone();
+    let mut canonical = m
+        .canonical
+        .as_deref()
+        .map(sharenet_proto::model_slug)
+        .filter(|c| !c.is_empty());
     let (backend, kind, context_length, weights_sha256, quantization) = match (loaded, &m.source) {
         (Loaded::Text(model), _) => {
             capabilities = text_capabilities(&m.id, &model);
             license = license.or_else(|| model.license().map(str::to_owned));
+            canonical = canonical.or_else(|| {
+                model.weights_name().map(|n| {
+                    let quant = match model.format() {
+                        sharenet_engine::WeightsFormat::Gguf { dtype } => {
+                            dtype.to_ascii_lowercase()
+                        }
+                        sharenet_engine::WeightsFormat::Safetensors => "f32".into(),
+                    };
+                    format!("{}:{quant}", sharenet_proto::model_slug(n))
+                })
+            });
             let context = u32::try_from(model.context_length()).unwrap_or(u32::MAX);
             let hash = model.weights_sha256();
             let quantization = match model.format() {
@@ -415,6 +439,7 @@ fn serve_model(
         context_length,
         capabilities,
         license: license.unwrap_or_default(),
+        canonical: canonical.unwrap_or_default(),
         quantization,
         weights_sha256: m.claimed_weights_sha256.or(weights_sha256),
         slots: Arc::new(Semaphore::new(m.max_concurrency as usize)),
@@ -475,6 +500,7 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
                 weights_sha256: m.weights_sha256,
                 capabilities: m.capabilities,
                 license: m.license.clone(),
+                canonical: m.canonical.clone(),
             }
         })
         .collect();

@@ -90,6 +90,8 @@ pub struct Core {
     pub routing: Arc<routing::Routing>,
     /// See `CoordinatorConfig::spill_queue_factor`.
     pub spill_queue_factor: u32,
+    /// See `CoordinatorConfig::aliases`.
+    pub aliases: std::collections::BTreeMap<String, String>,
     pub accounts: Arc<accounts::Accounts>,
     pub operator_key: Option<String>,
     /// How time is cut into settlement periods.
@@ -188,6 +190,7 @@ impl Core {
             registry: registry::Registry::new(config.price_ceiling),
             opening: tokio::sync::Semaphore::new(MAX_OPENING),
             spill_queue_factor: config.spill_queue_factor,
+            aliases: config.aliases.clone(),
             routing: Arc::new(routing::Routing::new(
                 rand::random(),
                 config.timeouts.first_token.as_secs_f64() * 500.0,

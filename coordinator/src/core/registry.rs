@@ -292,9 +292,16 @@ impl Registry {
         let nodes = self.lock();
         let mut by_model: HashMap<&str, ModelSummary> = HashMap::new();
         for live in nodes.values().filter(|l| l.advert.is_live(now_ms)) {
-            for m in &live.advert.models {
-                let e = by_model.entry(&m.id).or_insert_with(|| ModelSummary {
-                    id: m.id.clone(),
+            // A model is listed under the node's id and under its
+            // canonical name (the market across nodes).
+            let names = live.advert.models.iter().flat_map(|m| {
+                let canonical = (!m.canonical.is_empty() && m.canonical != m.id)
+                    .then_some((m.canonical.as_str(), m));
+                std::iter::once((m.id.as_str(), m)).chain(canonical)
+            });
+            for (name, m) in names {
+                let e = by_model.entry(name).or_insert_with(|| ModelSummary {
+                    id: name.to_owned(),
                     kind: m.kind,
                     nodes: 0,
                     price_in: (u64::MAX, 0),
@@ -372,6 +379,7 @@ mod tests {
                     weights_sha256: None,
                     capabilities: Default::default(),
                     license: String::new(),
+                    canonical: String::new(),
                 }],
                 gpus: Vec::new(),
                 region: String::new(),

@@ -179,22 +179,27 @@ impl Routing {
     /// serves now, and none for those it dropped.
     pub fn on_advert(&self, advert: &Advert, now_ms: u64) {
         let mut inner = lock(&self.inner);
-        let new: Vec<TableKey> = advert
-            .models
-            .iter()
-            .map(|m| key_of(&m.id, m.kind))
-            .collect();
+        // Each model is a row under the node's own id and, when it has
+        // one, under its canonical name: the market across nodes.
+        let names = |m: &sharenet_proto::ModelOffer| {
+            let canonical = (!m.canonical.is_empty() && m.canonical != m.id)
+                .then(|| key_of(&m.canonical, m.kind));
+            std::iter::once(key_of(&m.id, m.kind)).chain(canonical)
+        };
+        let new: Vec<TableKey> = advert.models.iter().flat_map(names).collect();
         inner.drop_rows(&advert.node, &new);
         let h = inner.health(advert.node, now_ms);
         h.decay(now_ms);
         let h = h.clone();
         for m in &advert.models {
             let offer = Offer::from_advert(advert, m);
-            inner
-                .tables
-                .entry(key_of(&m.id, m.kind))
-                .or_default()
-                .upsert(&h.candidate(&offer, now_ms, &self.trust));
+            for key in names(m) {
+                inner.tables.entry(key).or_default().upsert(&h.candidate(
+                    &offer,
+                    now_ms,
+                    &self.trust,
+                ));
+            }
         }
         inner.rows.insert(advert.node, new);
         inner.gone_at.remove(&advert.node);
@@ -413,6 +418,7 @@ mod tests {
                     weights_sha256: None,
                     capabilities: Default::default(),
                     license: String::new(),
+                    canonical: String::new(),
                 })
                 .collect(),
             gpus: Vec::new(),

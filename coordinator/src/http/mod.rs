@@ -49,7 +49,7 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/messages", post(anthropic::messages_endpoint))
         .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{id}", get(openai::get_model))
+        .route("/v1/models/{*id}", get(openai::get_model))
         .route("/v1/receipts/{id}", get(builder::get_receipt))
         .route("/v1/receipts", get(builder::list_receipts))
         .route("/v1/receipts/{id}/proof", get(builder::receipt_proof))

@@ -58,6 +58,9 @@ pub struct TextModel {
     /// The license the model files state (GGUF `general.license`, or the
     /// `license:` of a model card's front matter).
     license: Option<String>,
+    /// The weights' own name (GGUF `general.name`, or `config.json`'s
+    /// `_name_or_path`).
+    weights_name: Option<String>,
 }
 
 /// The `license:` in the YAML front matter of a Hugging Face model card
@@ -241,6 +244,10 @@ impl TextModel {
             format: WeightsFormat::Safetensors,
             grammars: std::sync::OnceLock::new(),
             license: card_license(dir),
+            weights_name: serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("_name_or_path")?.as_str().map(str::to_owned))
+                .filter(|n| !n.trim().is_empty()),
         })
     }
 
@@ -290,6 +297,11 @@ impl TextModel {
             .and_then(|v| v.to_string().ok())
             .map(|l| l.trim().to_owned())
             .filter(|l| !l.is_empty() && l.len() <= 64);
+        let weights_name = md
+            .get("general.name")
+            .and_then(|v| v.to_string().ok())
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty());
         let transformer = Transformer::load(
             spec,
             WeightSource::Gguf {
@@ -310,6 +322,7 @@ impl TextModel {
             format: WeightsFormat::Gguf { dtype },
             grammars: std::sync::OnceLock::new(),
             license,
+            weights_name,
         })
     }
 
@@ -348,6 +361,12 @@ impl TextModel {
     /// The license the model files state, if they do.
     pub fn license(&self) -> Option<&str> {
         self.license.as_deref()
+    }
+
+    /// The weights' own name as the files state it (GGUF `general.name`,
+    /// or `config.json`'s `_name_or_path`).
+    pub fn weights_name(&self) -> Option<&str> {
+        self.weights_name.as_deref()
     }
 
     /// How the model writes tool calls; `None` when its chat template does

@@ -18,6 +18,23 @@ const MAX_GPU_NAME: usize = 128;
 /// Longest region or quantization label.
 const MAX_SHORT: usize = 64;
 
+/// A model name as a network-wide slug: lowercase ASCII letters and
+/// digits, with `/`, `.`, `_`, `:` (a variant, e.g. the quantization) and
+/// `-` kept and every other run of characters one `-`
+/// (`"SmolLM2 135M Instruct"` → `smollm2-135m-instruct`).
+pub fn model_slug(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | ':') {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').chars().take(MAX_MODEL_ID).collect()
+}
+
 /// What kind of jobs a model serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +81,12 @@ pub struct ModelOffer {
     /// as `apache-2.0`, from GGUF `general.license`, the model card or the
     /// provider's config); empty when unknown.
     pub license: String,
+    /// The weights' network-wide name (e.g. `smollm2-135m-instruct:q4_1`,
+    /// from the provider's config, else GGUF `general.name` or
+    /// `config.json`'s `_name_or_path`, slugged, with the quantization):
+    /// nodes serving the same weights under different local ids are one
+    /// market under it. Empty when unknown.
+    pub canonical: String,
 }
 
 mod opt_hex {
@@ -123,6 +146,12 @@ impl Advert {
             });
         }
         for m in &self.models {
+            if m.canonical.len() > MAX_MODEL_ID {
+                return Err(ProtoError::Invalid {
+                    field: "canonical name",
+                    reason: format!("at most {MAX_MODEL_ID} bytes"),
+                });
+            }
             if m.id.is_empty() || m.id.len() > MAX_MODEL_ID {
                 return Err(ProtoError::Invalid {
                     field: "model id",
@@ -187,6 +216,7 @@ impl Advert {
             }
             w.u32(m.capabilities.bits());
             w.str(&m.license);
+            w.str(&m.canonical);
         }
         w.u32(self.gpus.len() as u32);
         for g in &self.gpus {
@@ -245,6 +275,7 @@ impl Advert {
                 },
                 capabilities: Capabilities::from_bits(r.u32("capabilities")?),
                 license: r.str("license", MAX_SHORT)?,
+                canonical: r.str("canonical name", MAX_MODEL_ID)?,
             });
         }
         let g = r.u32("advert gpu count")? as usize;
@@ -303,8 +334,13 @@ impl Advert {
         now_ms < self.expires_at_ms
     }
 
+    /// The offer for `model`: by the node's own id, else by canonical name.
     pub fn offer(&self, model: &str) -> Option<&ModelOffer> {
-        self.models.iter().find(|m| m.id == model)
+        self.models.iter().find(|m| m.id == model).or_else(|| {
+            self.models
+                .iter()
+                .find(|m| !m.canonical.is_empty() && m.canonical == model)
+        })
     }
 }
 
@@ -380,6 +416,7 @@ mod tests {
                     structured_outputs: false,
                 },
                 license: "apache-2.0".into(),
+                canonical: "tiny-llama:q8_0".into(),
             }],
             gpus: vec![GpuInfo {
                 name: "NVIDIA H100".into(),
@@ -403,6 +440,17 @@ mod tests {
         assert_eq!(back, signed);
         assert_eq!(back.advert().node, public_key_of(&key(1)));
         assert_eq!(back.advert().offer("tiny-llama").unwrap().price_out, 300);
+    }
+
+    #[test]
+    fn slugs_are_lowercase_and_dashed() {
+        assert_eq!(model_slug("SmolLM2 135M Instruct"), "smollm2-135m-instruct");
+        assert_eq!(
+            model_slug("meta-llama/Llama-3.1-8B-Instruct"),
+            "meta-llama/llama-3.1-8b-instruct"
+        );
+        assert_eq!(model_slug("  Qwen2.5 (7B) -- chat!! "), "qwen2.5-7b-chat");
+        assert_eq!(model_slug("Tiny Chat:Q8_0"), "tiny-chat:q8_0");
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod tools;
 
 pub use advert::{
     Advert, GpuInfo, MAX_ADVERT_GPUS, MAX_ADVERT_MODELS, MAX_ADVERT_TTL_MS, ModelKind, ModelOffer,
-    SignedAdvert,
+    SignedAdvert, model_slug,
 };
 pub use batch::{verify_countersigned_batch, verify_own_countersigned_batch};
 pub use error::ProtoError;

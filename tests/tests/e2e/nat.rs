@@ -92,6 +92,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             spot_check_funding: 0,
             price_ceiling: Default::default(),
             spill_queue_factor: 5,
+            aliases: Default::default(),
             relay_server: false,
         },
         t.cancel_token(),

@@ -58,6 +58,7 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                     weights_sha256: None,
                     capabilities: Default::default(),
                     license: String::new(),
+                    canonical: String::new(),
                 }],
                 gpus: Vec::new(),
                 region: String::new(),

@@ -282,3 +282,60 @@ async fn licenses_and_data_policy_pick_the_nodes() {
     drop((a, b));
     t.stop().await;
 }
+
+/// Canonical names and aliases: two nodes serve the same weights under
+/// their own local ids, advertise the same canonical name, and are one
+/// market under it; an operator's alias reaches it too; each node's own id
+/// still reaches only that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_the_same_weights_are_one_market_under_their_canonical_name() {
+    let canonical = "sharenet/tiny-chat:f32";
+    let t = TestNet::start_with(1, |o| {
+        o.aliases.insert("tiny-chat".into(), canonical.into());
+    })
+    .await;
+    let models = tempfile::tempdir().expect("tempdir");
+    let dir = models.path().join("weights");
+    sharenet_engine::tiny::write_tiny_llama(&dir, 4, Default::default()).expect("model");
+    let local = |id: &str| ModelConfig {
+        canonical: Some("Sharenet/Tiny Chat:F32".into()),
+        ..ModelConfig::local(id, dir.clone(), 10, 20)
+    };
+    let a = t.add_node(vec![local("alpha")]).await;
+    let b = t.add_node(vec![local("beta")]).await;
+    let ask = |model: &str| json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
+    let mut served = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        let model = if i % 2 == 0 { canonical } else { "tiny-chat" };
+        let r = t.post("chat/completions", &ask(model)).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["model"], canonical, "{v}");
+        served.insert(v["provider"].as_str().unwrap_or("").to_owned());
+        // The receipt names the market, and its signer is one of the two.
+        let receipt: Value = t
+            .get(&format!("receipts/{}", v["receipt_id"].as_str().unwrap()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(receipt["receipt"]["model"], canonical);
+    }
+    let both: std::collections::BTreeSet<String> =
+        [a.peer_id.to_string(), b.peer_id.to_string()].into();
+    assert_eq!(served, both, "the load spread over both nodes");
+    // A node's own id still reaches that node only.
+    for _ in 0..3 {
+        let r = t.post("chat/completions", &ask("alpha")).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["provider"], a.peer_id.to_string());
+    }
+    let listed: Value = t
+        .get(&format!("models/{canonical}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["nodes"], 2, "{listed}");
+    t.stop().await;
+}

@@ -32,6 +32,8 @@ pub(super) fn resolve_model(core: &Core, job: &Job) -> Result<String, Error> {
         ModelKind::Text => ModelKind::Embedding,
     };
     for model in &job.models {
+        // An alias names another model (the operator's `[aliases]`).
+        let model = core.aliases.get(model).unwrap_or(model);
         if core.routing.serves(model, want) {
             return Ok(model.clone());
         }

@@ -354,6 +354,7 @@ pub(crate) fn signed_advert(identity: &Identity, price_in: u64, price_out: u64) 
                 structured_outputs: true,
             },
             license: String::new(),
+            canonical: String::new(),
         }],
         gpus: Vec::new(),
         region: String::new(),
@@ -437,6 +438,7 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
         spot_check_funding: 0,
         price_ceiling: Default::default(),
         spill_queue_factor: 5,
+        aliases: Default::default(),
     }
 }
 

@@ -22,6 +22,7 @@ pub fn signed_advert(signer: &Identity, seq: u64, relayed: bool) -> Vec<u8> {
             weights_sha256: None,
             capabilities: Default::default(),
             license: String::new(),
+            canonical: String::new(),
         }],
         gpus: Vec::new(),
         region: String::new(),
