@@ -280,6 +280,100 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
     assert_eq!(r["object"], "text_completion", "{r}");
     assert!(r["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
 
+    // Tools and JSON mode pass through to the server on a model whose
+    // node declares them (llama-cpp-python enforces a named tool_choice
+    // and json_object with grammars; it ignores json_schema, so that is
+    // not declared here). The same server without the declaration is
+    // never sent tools: the request is a 503 naming the capability.
+    let _tools_node = t
+        .add_node(vec![ModelConfig {
+            source: ModelSource::Upstream(UpstreamConfig {
+                base_url: base.clone(),
+                model: "tiny".into(),
+                api_key: None,
+                context_length: 1024,
+                timeout: Duration::from_secs(60),
+                capabilities: sharenet_proto::Capabilities {
+                    tools: true,
+                    structured_outputs: true,
+                },
+            }),
+            ..ModelConfig::local("tiny-upstream-tools", Default::default(), 7, 11)
+        }])
+        .await;
+    let weather = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+                       "required": ["city"]}}}]);
+    let forced = json!({"type": "function", "function": {"name": "get_weather"}});
+    let tools_body = json!({"model": "tiny-upstream-tools", "messages": messages, "max_tokens": 60,
+        "temperature": 0, "tools": weather, "tool_choice": forced});
+    let r: Value = t
+        .post("chat/completions", &tools_body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let call = &r["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{r}");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or("")).unwrap();
+    assert!(args.is_object(), "{r}");
+    let receipt: Value = t
+        .get(&format!("receipts/{}", r["receipt_id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt["receipt"]["response_digest"].as_str().unwrap(),
+        hex::encode(sharenet_proto::response_digest(
+            r["choices"][0]["message"]["content"].as_str().unwrap_or(""),
+            &[sharenet_proto::ToolCall {
+                id: call["id"].as_str().unwrap().into(),
+                name: "get_weather".into(),
+                arguments: call["function"]["arguments"].as_str().unwrap().into(),
+            }]
+        )),
+        "the receipt covers the call"
+    );
+    let mut streamed = tools_body.clone();
+    streamed["stream"] = json!(true);
+    let raw = t
+        .post("chat/completions", &streamed)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (mut name, mut arguments) = (String::new(), String::new());
+    for e in sse_data(&raw).iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        for tc in v["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            name.push_str(tc["function"]["name"].as_str().unwrap_or(""));
+            arguments.push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(name, "get_weather", "{raw}");
+    assert_eq!(arguments, call["function"]["arguments"].as_str().unwrap(), "{raw}");
+    let json_mode: Value = t
+        .post(
+            "chat/completions",
+            &json!({"model": "tiny-upstream-tools", "messages": messages, "max_tokens": 60,
+                    "temperature": 0, "response_format": {"type": "json_object"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    if json_mode["choices"][0]["finish_reason"] == "stop" {
+        let content = json_mode["choices"][0]["message"]["content"].as_str().unwrap_or("");
+        assert!(serde_json::from_str::<Value>(content).is_ok(), "{json_mode}");
+    }
+    let mut undeclared = tools_body.clone();
+    undeclared["model"] = json!("tiny-upstream");
+    let r = t.post("chat/completions", &undeclared).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("tools"));
+
     // A builder that hangs up mid-stream pays for what it received, and
     // the provider is paid for it (issue 12, item 4): the node now sends
     // running receipts for upstream streams too (this server reports no

@@ -54,6 +54,37 @@ async fn official_openai_client_calls_tools_and_gets_schema_valid_json() {
     t.stop().await;
 }
 
+/// The official OpenAI JS client (`tests/js/tools_check.mjs`): a tool
+/// round trip streamed and not, the SDK's stream helper, json_schema on 50
+/// seeds, n = 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_js_client_calls_tools_and_gets_schema_shaped_json() {
+    let (t, _node, _models) = with_qwen().await;
+    let dir = workspace_root().join("tests/js");
+    assert!(
+        dir.join("node_modules/openai").exists(),
+        "the JS client is missing: run scripts/setup-test-deps (needs node and npm)"
+    );
+    let output = tokio::process::Command::new("node")
+        .arg("tools_check.mjs")
+        .current_dir(&dir)
+        .env("OPENAI_BASE_URL", t.base_url())
+        .env("OPENAI_API_KEY", t.key())
+        .env("SHARENET_TOOLS_MODEL", TOOLS_MODEL)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "openai JS check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    t.stop().await;
+}
+
 /// The official `anthropic` client against `/v1/messages`: text, the
 /// SDK's stream accumulator, a forced tool call and its result, streamed
 /// tool input, and Anthropic-shaped errors.
