@@ -475,7 +475,12 @@ impl CallAssembler {
             if let Some(id) = p["id"].as_str() {
                 call.0 = id.to_owned();
             }
-            if let Some(name) = p["function"]["name"].as_str() {
+            // A name comes once (OpenAI, vLLM) or, from some servers
+            // (llama-cpp-python), again with every fragment: a repeat of
+            // the whole name so far is not more of it.
+            if let Some(name) = p["function"]["name"].as_str()
+                && name != call.1
+            {
                 call.1.push_str(name);
             }
             if let Some(args) = p["function"]["arguments"].as_str() {
@@ -522,11 +527,15 @@ mod tests {
             .unwrap();
         a.add(&[json!({"index": 1, "function": {"name": "now"}})])
             .unwrap();
-        a.add(&[json!({"index": 0, "function": {"arguments": "\"Paris\"}"}})])
-            .unwrap();
+        a.add(&[
+            json!({"index": 0, "function": {"name": "get_weather", "arguments": "\"Paris\"}"}}),
+        ])
+        .unwrap();
         let calls = a.finish();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].id, "call_a");
+        // llama-cpp-python repeats the name with every fragment.
+        assert_eq!(calls[0].name, "get_weather");
         assert_eq!(calls[0].arguments, r#"{"city": "Paris"}"#);
         assert_eq!(calls[1].id, "call_j_1");
         assert_eq!(calls[1].arguments, "{}");

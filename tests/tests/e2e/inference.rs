@@ -347,13 +347,21 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
     let (mut name, mut arguments) = (String::new(), String::new());
     for e in sse_data(&raw).iter().filter(|e| *e != "[DONE]") {
         let v: Value = serde_json::from_str(e).unwrap();
-        for tc in v["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for tc in v["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             name.push_str(tc["function"]["name"].as_str().unwrap_or(""));
             arguments.push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
         }
     }
     assert_eq!(name, "get_weather", "{raw}");
-    assert_eq!(arguments, call["function"]["arguments"].as_str().unwrap(), "{raw}");
+    assert_eq!(
+        arguments,
+        call["function"]["arguments"].as_str().unwrap(),
+        "{raw}"
+    );
     let json_mode: Value = t
         .post(
             "chat/completions",
@@ -365,8 +373,13 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_its_usag
         .await
         .unwrap();
     if json_mode["choices"][0]["finish_reason"] == "stop" {
-        let content = json_mode["choices"][0]["message"]["content"].as_str().unwrap_or("");
-        assert!(serde_json::from_str::<Value>(content).is_ok(), "{json_mode}");
+        let content = json_mode["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            serde_json::from_str::<Value>(content).is_ok(),
+            "{json_mode}"
+        );
     }
     let mut undeclared = tools_body.clone();
     undeclared["model"] = json!("tiny-upstream");
