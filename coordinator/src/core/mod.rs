@@ -24,6 +24,7 @@ pub mod clock;
 pub mod dispatch;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod queries;
 pub mod receipts;
 pub mod registry;
@@ -34,6 +35,7 @@ pub mod sync;
 pub mod transport;
 
 pub use clock::now_ms;
+pub use metrics::Metrics;
 
 /// Job streams opened at once (stream and request), across all nodes: a
 /// burst waits its turn instead of arriving at a node's libp2p acceptor
@@ -42,7 +44,7 @@ pub const MAX_OPENING: usize = 64;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::Duration;
 
 use anyhow::Context;
@@ -65,20 +67,6 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// notice is dropped (and counted): checks are a sample anyway.
 const COMPLETED_QUEUE: usize = 256;
 
-/// Request counters, exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub requests: AtomicU64,
-    pub fallbacks: AtomicU64,
-    pub receipts_accepted: AtomicU64,
-    pub receipts_rejected: AtomicU64,
-    /// Spot checks completed, and nodes found failing one.
-    pub spot_checks: AtomicU64,
-    pub spot_checks_failed: AtomicU64,
-    /// Completion notices the spot-check sampler had no room for.
-    pub spot_check_notices_dropped: AtomicU64,
-}
-
 /// The coordinator's shared state and the operations on it.
 pub struct Core {
     pub identity: Identity,
@@ -99,7 +87,7 @@ pub struct Core {
     pub timeouts: Timeouts,
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Dispatch's completion hook: finished jobs for the spot-check
     /// sampler (absent when spot checks are off).
     completed: Option<mpsc::Sender<CompletedJob>>,
@@ -200,7 +188,7 @@ impl Core {
             period_rule: config.period_rule,
             timeouts: config.timeouts,
             max_attempts: config.max_attempts,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::new()),
             completed,
             settling: tokio::sync::Mutex::new(()),
             bundles: Default::default(),
@@ -228,9 +216,7 @@ impl Core {
         if let Some(tx) = &self.completed
             && tx.try_send(done).is_err()
         {
-            self.metrics
-                .spot_check_notices_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.spot_check_notices_dropped.inc();
         }
     }
 

@@ -365,6 +365,28 @@ impl Routing {
             .collect()
     }
 
+    /// For `/metrics`: nodes with an open breaker; nodes by trust band
+    /// (below 0.5, 0.5 to 0.8, 0.8 and above); our jobs in flight.
+    pub fn summary(&self, now_ms: u64) -> (i64, [i64; 3], i64) {
+        let inner = lock(&self.inner);
+        let (mut open, mut bands, mut in_flight) = (0i64, [0i64; 3], 0i64);
+        for (node, h) in &inner.health {
+            if !inner.rows.contains_key(node) {
+                continue;
+            }
+            if matches!(
+                h.breaker.state(now_ms),
+                sharenet_router::BreakerState::Open { .. }
+            ) {
+                open += 1;
+            }
+            let t = h.trust.score(now_ms, &self.trust);
+            bands[usize::from(t >= 0.5) + usize::from(t >= 0.8)] += 1;
+            in_flight += i64::from(h.observed.in_flight);
+        }
+        (open, bands, in_flight)
+    }
+
     /// Nodes with rows.
     pub fn nodes(&self) -> Vec<NodeKey> {
         lock(&self.inner).rows.keys().copied().collect()

@@ -277,9 +277,7 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
             return;
         }
     };
-    core.metrics
-        .spot_checks
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    core.metrics.spot_checks.inc();
     let Verdict::Differ { position, reason } = compare_runs(&run, &reference_run) else {
         tracing::debug!(node = %short(&suspect), reference = %short(&reference), "spot check passed");
         evidence(core, suspect, true);
@@ -307,9 +305,7 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
     for (node, ok) in [(suspect, suspect_ok), (reference, reference_ok)] {
         evidence(core, node, ok);
         if !ok {
-            core.metrics
-                .spot_checks_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            core.metrics.spot_checks_failed.inc();
             tracing::warn!(
                 node = %hex::encode(node), model, position, %reason,
                 arbiter = %short(&arbiter),

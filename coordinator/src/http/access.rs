@@ -4,14 +4,17 @@
 //! cost and time to first token. A streamed response's line is written by
 //! its relay when the stream ends (tokens and cost are known only then).
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use crate::core::Core;
 use crate::core::accounts::Principal;
+use crate::core::metrics::{Finished, Inference, Metrics};
 
 /// What the handler knows about an inference request, put into the
 /// response's extensions.
@@ -23,6 +26,8 @@ pub(super) struct Access {
     pub input_tokens: u32,
     pub output_tokens: u32,
     pub charge_nano_usd: u64,
+    /// From the request reaching the node to its first token.
+    pub ttft_ms: Option<f64>,
 }
 
 /// In a streamed response's extensions: its relay writes the line.
@@ -36,10 +41,17 @@ pub(super) struct Started {
     pub method: Method,
     pub path: String,
     pub app: Option<String>,
+    /// Where the line's numbers also go.
+    pub metrics: Arc<Metrics>,
 }
 
-/// Logs every request that passes through it (outermost layer).
-pub(super) async fn log(mut request: Request, next: Next) -> Response {
+/// Logs (and counts) every request that passes through it (outermost
+/// layer).
+pub(super) async fn log(
+    State(core): State<Arc<Core>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let at = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -48,6 +60,7 @@ pub(super) async fn log(mut request: Request, next: Next) -> Response {
         method: method.clone(),
         path: path.clone(),
         app: None,
+        metrics: core.metrics.clone(),
     });
     let response = next.run(request).await;
     if response.extensions().get::<Deferred>().is_some() {
@@ -61,6 +74,7 @@ pub(super) async fn log(mut request: Request, next: Next) -> Response {
             .extensions()
             .get::<Principal>()
             .map(|p| p.app.clone()),
+        metrics: core.metrics.clone(),
     };
     line(
         &started,
@@ -71,10 +85,25 @@ pub(super) async fn log(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Writes one line; `ttft_ms` for streams.
+/// Writes one line and records the request in the metrics; `ttft_ms`
+/// for streams (the time to their first event), else the job's own.
 pub(super) fn line(s: &Started, status: StatusCode, a: Option<&Access>, ttft_ms: Option<f64>) {
     let duration_ms = s.at.elapsed().as_secs_f64() * 1e3;
     let app = s.app.as_deref().unwrap_or("-");
+    let ttft_ms = ttft_ms.or(a.and_then(|a| a.ttft_ms));
+    s.metrics.finished(&Finished {
+        path: &s.path,
+        status: status.as_u16(),
+        app,
+        duration_s: duration_ms / 1e3,
+        inference: a.map(|a| Inference {
+            model: &a.model,
+            input_tokens: a.input_tokens,
+            output_tokens: a.output_tokens,
+            charge_nano_usd: a.charge_nano_usd,
+            ttft_s: ttft_ms.map(|t| t / 1e3),
+        }),
+    });
     match a {
         Some(a) => tracing::info!(
             target: "sharenet::access",

@@ -340,9 +340,7 @@ pub(super) async fn messages_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AnthropicError> {
-    core.metrics
-        .requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    core.metrics.requests.inc();
     let req: MessagesRequest = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}"), None))?;
     let customer = end_customer(

@@ -70,7 +70,7 @@ pub fn app(core: Arc<Core>) -> Router {
         .fallback(|| async { ApiError(Error::NotFound("no such endpoint".into())) })
         .layer(middleware::map_response(error::json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(access::log))
+        .layer(middleware::from_fn_with_state(core.clone(), access::log))
         .with_state(core)
 }
 

@@ -3,7 +3,6 @@
 //! in `sse.rs`; the work is the core's.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Extension;
 use axum::Json;
@@ -40,7 +39,7 @@ fn accept<R: serde::de::DeserializeOwned>(
     user: impl Fn(&R) -> Option<&str>,
     into_job: impl Fn(R) -> Result<(Job, Shape), Error>,
 ) -> Result<(Job, Shape, Option<String>), Error> {
-    core.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    core.metrics.requests.inc();
     let request: R = parse_body(body)?;
     let customer = end_customer(headers, user(&request))?;
     let (job, shape) = into_job(request)?;
@@ -379,6 +378,7 @@ pub(super) fn access_of(active: &ActiveJob, f: &Finished) -> access::Access {
         input_tokens: f.usage.input_tokens,
         output_tokens: f.usage.output_tokens,
         charge_nano_usd: f.charge.total,
+        ttft_ms: Some(active.ttft_ms()),
     }
 }
 

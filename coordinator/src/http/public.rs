@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use sharenet_api::statements::StatementBundle;
 
 use super::error::ApiError;
+use crate::core::metrics::Snapshot;
 use crate::core::{Core, now_ms};
 
 /// Liveness: the process answers (200 whatever the network looks like).
@@ -49,46 +51,13 @@ pub(super) async fn statement_bundle(
     Ok(Json(core.bundle(&label).await?))
 }
 
-pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
-    let m = &core.metrics;
+/// `GET /metrics`: Prometheus text format (`core::metrics`), plus what is
+/// read at scrape time: adverts by outcome, live nodes per model, open
+/// breakers, nodes by trust band, jobs in flight.
+pub(super) async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
     let a = &core.registry.stats;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 17] = [
-        (
-            "sharenet_requests_total",
-            "Chat, completion and embedding requests received.",
-            get(&m.requests),
-        ),
-        (
-            "sharenet_fallbacks_total",
-            "Times a request moved to another node before its first token.",
-            get(&m.fallbacks),
-        ),
-        (
-            "sharenet_receipts_accepted_total",
-            "Receipts verified, countersigned and stored.",
-            get(&m.receipts_accepted),
-        ),
-        (
-            "sharenet_receipts_rejected_total",
-            "Receipts refused (bad signature, wrong signer, counts, replay).",
-            get(&m.receipts_rejected),
-        ),
-        (
-            "sharenet_spot_checks_total",
-            "Spot checks completed (both runs finished).",
-            get(&m.spot_checks),
-        ),
-        (
-            "sharenet_spot_checks_failed_total",
-            "Nodes found serving something other than their advertised weights.",
-            get(&m.spot_checks_failed),
-        ),
-        (
-            "sharenet_spot_check_notices_dropped_total",
-            "Finished jobs the spot-check sampler had no room for.",
-            get(&m.spot_check_notices_dropped),
-        ),
+    let counters: [(&str, &str, u64); 11] = [
         (
             "sharenet_adverts_accepted_total",
             "Adverts verified and recorded.",
@@ -108,6 +77,11 @@ pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
             "sharenet_adverts_expired_total",
             "Adverts that arrived expired.",
             get(&a.expired),
+        ),
+        (
+            "sharenet_adverts_from_the_future_total",
+            "Adverts issued too far in the future.",
+            get(&a.from_the_future),
         ),
         (
             "sharenet_adverts_stale_total",
@@ -140,11 +114,44 @@ pub(super) async fn metrics(State(core): State<Arc<Core>>) -> String {
             core.transport.dropped_events(),
         ),
     ];
-    let mut out = String::new();
+    let snap = Snapshot::default();
     for (name, help, value) in counters {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
+        snap.counter(name, help, value);
     }
-    out
+    let now = now_ms();
+    let models = core.registry.models(now);
+    let live: Vec<(&str, i64)> = models
+        .iter()
+        .map(|m| (m.id.as_str(), i64::try_from(m.nodes).unwrap_or(i64::MAX)))
+        .collect();
+    snap.gauge_vec(
+        "sharenet_live_nodes",
+        "Nodes with a live advert, by model (node id or canonical name).",
+        "model",
+        &live,
+    );
+    let (open, bands, in_flight) = core.routing.summary(now);
+    snap.gauge(
+        "sharenet_open_breakers",
+        "Nodes whose circuit breaker is open.",
+        open,
+    );
+    snap.gauge_vec(
+        "sharenet_nodes_by_trust",
+        "Live nodes by trust score band.",
+        "band",
+        &[("low", bands[0]), ("medium", bands[1]), ("high", bands[2])],
+    );
+    snap.gauge(
+        "sharenet_jobs_in_flight",
+        "This coordinator's jobs running on nodes.",
+        in_flight,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        core.metrics.render(snap.families()),
+    )
 }

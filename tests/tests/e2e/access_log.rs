@@ -124,3 +124,102 @@ async fn every_request_gets_one_access_line_with_its_node_tokens_and_cost() {
     );
     t.stop().await;
 }
+
+/// `/metrics` passes `promtool check metrics` (Debian's `prometheus`
+/// package, installed by scripts/setup-test-deps), and its series add up
+/// to what the requests were told: requests by model, status and app,
+/// tokens, spend, time-to-first-token samples, live nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_add_up_to_the_requests() {
+    let t = TestNet::start(1).await;
+    let mut out_tokens = 0;
+    let mut spend = 0;
+    for stream in [false, true] {
+        let body = json!({"model": MODEL, "max_tokens": 5, "stream": stream,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}]});
+        let r = t.post("chat/completions", &body).await;
+        assert_eq!(r.status(), 200);
+        let usage = if stream {
+            let text = r.text().await.unwrap();
+            let last = sse_data(&text)
+                .into_iter()
+                .filter(|d| d != "[DONE]")
+                .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+                .find(|v| !v["usage"].is_null())
+                .expect("a usage chunk");
+            last["usage"].clone()
+        } else {
+            r.json::<Value>().await.unwrap()["usage"].clone()
+        };
+        out_tokens += usage["completion_tokens"].as_u64().unwrap();
+        spend += usage["cost_details"]["charge_nano_usd"].as_u64().unwrap();
+    }
+    assert_eq!(t.get("models").await.status(), 200);
+    // The streamed request's line (and numbers) are written when its relay
+    // ends, just after the last event.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let root = t.base_url().trim_end_matches("/v1").to_owned();
+    let text = reqwest::get(format!("{root}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    };
+    let labels = format!(r#"{{app="default",model="{MODEL}"}}"#);
+    assert_eq!(
+        series(&format!("sharenet_generation_tokens_total{labels}")),
+        out_tokens as f64
+    );
+    assert_eq!(
+        series(&format!("sharenet_spend_nano_usd_total{labels}")),
+        spend as f64
+    );
+    assert_eq!(
+        series(&format!(
+            r#"sharenet_inference_requests_total{{app="default",model="{MODEL}",status="200"}}"#
+        )),
+        2.0
+    );
+    assert_eq!(
+        series(&format!(
+            r#"sharenet_time_to_first_token_seconds_count{{model="{MODEL}"}}"#
+        )),
+        2.0
+    );
+    assert_eq!(
+        series(r#"sharenet_http_requests_total{path="/v1/models",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        series(&format!(r#"sharenet_live_nodes{{model="{MODEL}"}}"#)),
+        1.0
+    );
+    // Prometheus's own linter accepts the page.
+    let mut check = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool: run scripts/setup-test-deps (Debian's prometheus package)");
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = check.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = check.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.stop().await;
+}

@@ -144,6 +144,11 @@ impl ActiveJob {
         self.terms.node
     }
 
+    /// From sending the request to the node to its first event, ms.
+    pub fn ttft_ms(&self) -> f64 {
+        (self.first_at - self.sent_at).as_secs_f64() * 1e3
+    }
+
     /// The model being served (the requested one or a fallback).
     pub fn model(&self) -> &str {
         &self.terms.model

@@ -1,6 +1,5 @@
 //! Trying the planned nodes in order until one produces its first event.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sharenet_p2p::{PeerId, read_frame, write_frame};
@@ -83,7 +82,7 @@ pub(super) async fn first_answer(
     for candidate in candidates {
         let (peer, node) = (candidate.peer, candidate.advert.node);
         if !failures.is_empty() {
-            core.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+            core.metrics.fallbacks.inc();
         }
         core.routing.begin_probe(node, crate::core::now_ms());
         match try_node(core, peer, node, request).await {

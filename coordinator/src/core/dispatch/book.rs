@@ -4,8 +4,6 @@
 //! countersign it, and turn the hold into the real charge, durably, before
 //! anyone is told.
 
-use std::sync::atomic::Ordering;
-
 use sharenet_ledger::{LedgerEntry, StoreError};
 use sharenet_p2p::PeerId;
 use sharenet_proto::{CountersignedReceipt, JobId};
@@ -72,15 +70,11 @@ pub(super) async fn check_and_book(
     // flush.
     match tokio::spawn(hold.commit_async(to_book, now_ms())).await? {
         Ok(entry) => {
-            core.metrics
-                .receipts_accepted
-                .fetch_add(1, Ordering::Relaxed);
+            core.metrics.receipts_accepted.inc();
             Ok((entry, countersigned))
         }
         Err(CommitError::Store(StoreError::Duplicate(id))) => {
-            core.metrics
-                .receipts_rejected
-                .fetch_add(1, Ordering::Relaxed);
+            core.metrics.receipts_rejected.inc();
             Err(Error::BadGateway(format!(
                 "receipt {id} was already recorded"
             )))
@@ -130,9 +124,7 @@ fn check(
 }
 
 fn reject(core: &Core, terms: &Terms, reason: &str, receipt: &[u8]) {
-    core.metrics
-        .receipts_rejected
-        .fetch_add(1, Ordering::Relaxed);
+    core.metrics.receipts_rejected.inc();
     core.routing
         .record(terms.node, Outcome::RejectedReceipt, now_ms());
     // The receipt is the node's bytes: log a bounded prefix only.

@@ -576,7 +576,7 @@ async fn a_job_is_served_checked_countersigned_and_charged() {
     assert_eq!(c.total, c.provider_cost + c.network_fee + c.margin);
     // Durable, countersigned by us, and charged exactly once.
     assert_eq!(s.entries(), 1);
-    assert_eq!(s.core.metrics.receipts_accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(s.core.metrics.receipts_accepted.get(), 1);
     assert_eq!(s.balance(), i128::from(BALANCE) - i128::from(c.total));
     let booked = s.core.accounts.books().entry(&r.job_id).unwrap().unwrap();
     assert_eq!(booked.end_customer.as_deref(), Some("cust-1"));
@@ -593,7 +593,7 @@ async fn a_refusal_falls_back_to_the_next_node() {
     let (text, charge, node) = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap();
     assert_eq!(text, "ok");
     assert_eq!(node, s.nodes[1]);
-    assert_eq!(s.core.metrics.fallbacks.load(Ordering::Relaxed), 1);
+    assert_eq!(s.core.metrics.fallbacks.get(), 1);
     assert!(
         s.trust(0) < s.trust(1),
         "the refusal counts against the node"
@@ -674,7 +674,7 @@ async fn a_lying_receipt_is_rejected_and_nothing_is_charged() {
     );
     assert_eq!(s.entries(), 0);
     assert_eq!(s.balance(), i128::from(BALANCE), "the hold is released");
-    assert_eq!(s.core.metrics.receipts_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(s.core.metrics.receipts_rejected.get(), 1);
     let health = s.core.routing.health(&s.nodes[0]).unwrap();
     assert!(health.trust.score(now_ms(), &Default::default()) < 0.5);
 
@@ -890,7 +890,7 @@ async fn private_jobs_are_never_spot_checked_elsewhere() {
     // as a task on the core's tracker).
     tx.send(notice(false)).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while s.core.metrics.spot_checks.load(Ordering::Relaxed) == 0 {
+    while s.core.metrics.spot_checks.get() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the public job was checked"
@@ -1050,14 +1050,14 @@ async fn a_node_inflating_its_input_counts_is_caught_by_a_spot_check() {
     .await
     .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while s.core.metrics.spot_checks_failed.load(Ordering::Relaxed) == 0 {
+    while s.core.metrics.spot_checks_failed.get() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the inflating node was caught"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(s.core.metrics.spot_checks_failed.load(Ordering::Relaxed), 1);
+    assert_eq!(s.core.metrics.spot_checks_failed.get(), 1);
     // Under the trust floor: it gets no traffic, even when asked for first.
     let (_, _, node) = s.run(&[s.nodes[0], s.nodes[1]]).await.unwrap();
     assert_ne!(node, s.nodes[0]);

@@ -1,0 +1,345 @@
+//! The coordinator's Prometheus metrics (the `prometheus` crate, classic
+//! text format, which `promtool check metrics` accepts), named the way
+//! vLLM and LiteLLM dashboards expect:
+//!
+//! - per request, when it ends: `sharenet_http_requests_total{path,
+//!   status}`, and for inference `sharenet_inference_requests_total{model,
+//!   status, app}`, `sharenet_time_to_first_token_seconds{model}`,
+//!   `sharenet_e2e_request_latency_seconds{model}`,
+//!   `sharenet_prompt_tokens_total{model, app}`,
+//!   `sharenet_generation_tokens_total{model, app}` and
+//!   `sharenet_spend_nano_usd_total{model, app}`;
+//! - as things happen: requests received, fallbacks, receipts accepted and
+//!   rejected, spot checks;
+//! - at scrape time (`http/public.rs`): adverts by outcome, live nodes per
+//!   model, open breakers, nodes by trust band, jobs in flight.
+//!
+//! Label values come from the coordinator's own records (model names that
+//! routed, app ids the operator created, status codes), never from raw
+//! request text, so their number stays bounded.
+
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds (vLLM's time-to-first-token buckets).
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+];
+
+/// The paths `sharenet_http_requests_total` names; any other is `other`.
+const PATHS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/models",
+    "/v1/receipts",
+    "/v1/usage",
+    "/v1/statements",
+    "/v1/generation",
+    "/health",
+    "/ready",
+    "/metrics",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Chat, completion, messages and embedding requests received.
+    pub requests: IntCounter,
+    pub fallbacks: IntCounter,
+    pub receipts_accepted: IntCounter,
+    pub receipts_rejected: IntCounter,
+    /// Spot checks completed, and nodes found failing one.
+    pub spot_checks: IntCounter,
+    pub spot_checks_failed: IntCounter,
+    /// Completion notices the spot-check sampler had no room for.
+    pub spot_check_notices_dropped: IntCounter,
+    http: IntCounterVec,
+    inference: IntCounterVec,
+    ttft: HistogramVec,
+    latency: HistogramVec,
+    prompt_tokens: IntCounterVec,
+    generation_tokens: IntCounterVec,
+    spend: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("requests", &self.requests.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one finished request contributes.
+pub struct Finished<'a> {
+    pub path: &'a str,
+    pub status: u16,
+    pub app: &'a str,
+    pub duration_s: f64,
+    /// For inference: the model, tokens, charge and time to first token.
+    pub inference: Option<Inference<'a>>,
+}
+
+pub struct Inference<'a> {
+    pub model: &'a str,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub charge_nano_usd: u64,
+    pub ttft_s: Option<f64>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric(name));
+    // Names are constants of this module: registering cannot collide.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|_| unreachable_metric(name));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|_| unreachable_metric(name));
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
+
+/// A metric of this module with an invalid name: a programming error that
+/// the unit test below catches; never reached at run time.
+#[allow(clippy::panic)]
+fn unreachable_metric(name: &str) -> ! {
+    panic!("invalid metric definition {name}")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            requests: counter(
+                &r,
+                "sharenet_requests_total",
+                "Chat, completion, messages and embedding requests received.",
+            ),
+            fallbacks: counter(
+                &r,
+                "sharenet_fallbacks_total",
+                "Times a request moved to another node before its first token.",
+            ),
+            receipts_accepted: counter(
+                &r,
+                "sharenet_receipts_accepted_total",
+                "Receipts verified, countersigned and stored.",
+            ),
+            receipts_rejected: counter(
+                &r,
+                "sharenet_receipts_rejected_total",
+                "Receipts refused (bad signature, wrong signer, counts, replay).",
+            ),
+            spot_checks: counter(
+                &r,
+                "sharenet_spot_checks_total",
+                "Spot checks completed (both runs finished).",
+            ),
+            spot_checks_failed: counter(
+                &r,
+                "sharenet_spot_checks_failed_total",
+                "Nodes found serving something other than their advertised weights.",
+            ),
+            spot_check_notices_dropped: counter(
+                &r,
+                "sharenet_spot_check_notices_dropped_total",
+                "Finished jobs the spot-check sampler had no room for.",
+            ),
+            http: counter_vec(
+                &r,
+                "sharenet_http_requests_total",
+                "HTTP requests answered, by path and status.",
+                &["path", "status"],
+            ),
+            inference: counter_vec(
+                &r,
+                "sharenet_inference_requests_total",
+                "Inference requests answered, by model, status and app.",
+                &["model", "status", "app"],
+            ),
+            ttft: histogram_vec(
+                &r,
+                "sharenet_time_to_first_token_seconds",
+                "Time from the request to the first token, by model.",
+                &["model"],
+            ),
+            latency: histogram_vec(
+                &r,
+                "sharenet_e2e_request_latency_seconds",
+                "Time from the request to its end, by model.",
+                &["model"],
+            ),
+            prompt_tokens: counter_vec(
+                &r,
+                "sharenet_prompt_tokens_total",
+                "Prompt tokens billed, by model and app.",
+                &["model", "app"],
+            ),
+            generation_tokens: counter_vec(
+                &r,
+                "sharenet_generation_tokens_total",
+                "Generated tokens billed, by model and app.",
+                &["model", "app"],
+            ),
+            spend: counter_vec(
+                &r,
+                "sharenet_spend_nano_usd_total",
+                "What apps were charged, nano-USD, by model and app.",
+                &["model", "app"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Records a request that ended (called once per request, where its
+    /// access-log line is written).
+    pub fn finished(&self, f: &Finished<'_>) {
+        let path = PATHS
+            .iter()
+            .find(|p| f.path == **p || f.path.starts_with(&format!("{p}/")))
+            .copied()
+            .unwrap_or("other");
+        let status = f.status.to_string();
+        self.http.with_label_values(&[path, &status]).inc();
+        let Some(i) = &f.inference else {
+            return;
+        };
+        self.inference
+            .with_label_values(&[i.model, &status, f.app])
+            .inc();
+        self.latency
+            .with_label_values(&[i.model])
+            .observe(f.duration_s);
+        if let Some(t) = i.ttft_s {
+            self.ttft.with_label_values(&[i.model]).observe(t);
+        }
+        let labels = [i.model, f.app];
+        self.prompt_tokens
+            .with_label_values(&labels)
+            .inc_by(u64::from(i.input_tokens));
+        self.generation_tokens
+            .with_label_values(&labels)
+            .inc_by(u64::from(i.output_tokens));
+        self.spend
+            .with_label_values(&labels)
+            .inc_by(i.charge_nano_usd);
+    }
+
+    /// The text exposition of everything here plus `extra` (families
+    /// computed at scrape time), sorted by name.
+    pub fn render(&self, extra: Vec<MetricFamily>) -> String {
+        let mut families = self.registry.gather();
+        families.extend(extra);
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Families built at scrape time from values kept elsewhere.
+#[derive(Default)]
+pub struct Snapshot {
+    registry: Registry,
+}
+
+impl Snapshot {
+    /// A counter whose value is kept elsewhere (an atomic).
+    pub fn counter(&self, name: &str, help: &str, value: u64) {
+        let c = counter(&self.registry, name, help);
+        c.inc_by(value);
+    }
+
+    /// A gauge with one label, one series per (label value, value).
+    pub fn gauge_vec(&self, name: &str, help: &str, label: &str, values: &[(&str, i64)]) {
+        let Ok(g) = prometheus::IntGaugeVec::new(Opts::new(name, help), &[label]) else {
+            return;
+        };
+        for (k, v) in values {
+            g.with_label_values(&[k]).set(*v);
+        }
+        let _ = self.registry.register(Box::new(g));
+    }
+
+    pub fn gauge(&self, name: &str, help: &str, value: i64) {
+        let Ok(g) = prometheus::IntGauge::new(name, help) else {
+            return;
+        };
+        g.set(value);
+        let _ = self.registry.register(Box::new(g));
+    }
+
+    pub fn families(self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_registers_and_renders() {
+        let m = Metrics::new();
+        m.requests.inc();
+        m.finished(&Finished {
+            path: "/v1/chat/completions",
+            status: 200,
+            app: "acme",
+            duration_s: 0.2,
+            inference: Some(Inference {
+                model: "m",
+                input_tokens: 5,
+                output_tokens: 7,
+                charge_nano_usd: 1234,
+                ttft_s: Some(0.05),
+            }),
+        });
+        m.finished(&Finished {
+            path: "/v1/receipts/abc",
+            status: 404,
+            app: "-",
+            duration_s: 0.001,
+            inference: None,
+        });
+        let snap = Snapshot::default();
+        snap.gauge_vec("sharenet_live_nodes", "Live nodes.", "model", &[("m", 2)]);
+        let text = m.render(snap.families());
+        for want in [
+            "sharenet_requests_total 1",
+            r#"sharenet_http_requests_total{path="/v1/chat/completions",status="200"} 1"#,
+            r#"sharenet_http_requests_total{path="/v1/receipts",status="404"} 1"#,
+            r#"sharenet_generation_tokens_total{app="acme",model="m"} 7"#,
+            r#"sharenet_spend_nano_usd_total{app="acme",model="m"} 1234"#,
+            r#"sharenet_time_to_first_token_seconds_count{model="m"} 1"#,
+            r#"sharenet_live_nodes{model="m"} 2"#,
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+    }
+}
