@@ -230,6 +230,32 @@ impl TestNet {
     }
 }
 
+/// Runs an official client's check script (`program args…` in `dir`, with
+/// `envs`), and fails the test with its output unless it exits 0 and
+/// prints `OK`.
+pub async fn run_client_check(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    dir: &std::path::Path,
+    envs: &[(&str, String)],
+) -> String {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the client check");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("OK"),
+        "client check {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.lines()

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::accounts::Principal;
-use crate::core::dispatch::{CompletedJob, Step, start_job};
+use crate::core::dispatch::{CompletedJob, start_job};
 use crate::core::job::{Job, JobKind, ProviderPrefs};
 use crate::core::registry::Lookup;
 use crate::core::routing::Outcome;
@@ -232,17 +232,11 @@ async fn run_on(
     let mut active = start_job(core, Arc::new(job), &principal, None)
         .await
         .map_err(|e| e.to_string())?;
-    loop {
-        match active.next(core).await.map_err(|e| e.to_string())? {
-            Step::Delta(..) | Step::ToolCalls(_) => {}
-            Step::Done(f) => {
-                return Ok(Run {
-                    tokens: f.logprobs,
-                    input_tokens: f.usage.input_tokens,
-                });
-            }
-        }
-    }
+    let f = active.run_to_end(core).await.map_err(|e| e.to_string())?;
+    Ok(Run {
+        tokens: f.logprobs,
+        input_tokens: f.usage.input_tokens,
+    })
 }
 
 /// Who a disagreement is pinned on.

@@ -379,7 +379,7 @@ pub(super) async fn messages_endpoint(
         response.extensions_mut().insert(access::Deferred);
         return Ok(response);
     }
-    let finished = run_to_end(&core, &mut active).await?;
+    let finished = active.run_to_end(&core).await?;
     let access = access_of(&active, &finished);
     let charge = finished.charge;
     let body = message(
@@ -394,14 +394,6 @@ pub(super) async fn messages_endpoint(
     let mut response = (headers, cost_header(&charge), Json(body)).into_response();
     response.extensions_mut().insert(access);
     Ok(response)
-}
-
-async fn run_to_end(core: &Core, active: &mut ActiveJob) -> Result<Box<Finished>, Error> {
-    loop {
-        if let Step::Done(f) = active.next(core).await? {
-            return Ok(f);
-        }
-    }
 }
 
 /// What a reply repeats.

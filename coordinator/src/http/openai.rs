@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::request::{Shape, chat_job, completion_job, embedding_job, parse_body};
 use super::{RECEIPT_HEADER, end_customer};
 use crate::core::accounts::Principal;
-use crate::core::dispatch::{ActiveJob, Finished, Step, start_job};
+use crate::core::dispatch::{ActiveJob, Finished, start_job};
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 use crate::core::{Core, now_ms};
@@ -96,7 +96,7 @@ pub(super) async fn embeddings(
     let model = job.requested_model().to_owned();
     let mut active = start_job(&core, Arc::new(job), &principal, customer.as_deref()).await?;
     let receipt_id = active.job_id().to_hex();
-    let finished = run_to_end(&core, &mut active).await?;
+    let finished = active.run_to_end(&core).await?;
     let access = access_of(&active, &finished);
     let Some(vectors) = finished.embeddings else {
         return Err(Error::BadGateway("the node finished without embeddings".into()).into());
@@ -147,18 +147,6 @@ pub(super) fn cost_header(charge: &sharenet_market::Charge) -> HeaderMap {
 
 /// The exact charge of a non-streamed response, nano-USD.
 pub const COST_HEADER: &str = "x-sharenet-cost-nano-usd";
-
-/// Reads a job to its end.
-async fn run_to_end(
-    core: &Core,
-    active: &mut crate::core::dispatch::ActiveJob,
-) -> Result<Box<Finished>, Error> {
-    loop {
-        if let Step::Done(f) = active.next(core).await? {
-            return Ok(f);
-        }
-    }
-}
 
 pub(super) fn receipt_header(receipt_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -231,7 +219,7 @@ async fn generate(
         response.extensions_mut().insert(access::Deferred);
         return Ok(response);
     }
-    let results = futures::future::join_all(actives.iter_mut().map(|a| run_to_end(&core, a))).await;
+    let results = futures::future::join_all(actives.iter_mut().map(|a| a.run_to_end(&core))).await;
     let total = results.len();
     let mut finished = Vec::with_capacity(total);
     let mut failure = None;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sharenet_engine::Arch;
 use sharenet_engine::tiny::{TinyConfig, write_tiny_model};
 use sharenet_node::ModelConfig;
-use sharenet_tests::{MODEL, TestNet, python, workspace_root};
+use sharenet_tests::{MODEL, TestNet, python, run_client_check, workspace_root};
 
 const TOOLS_MODEL: &str = "tiny-qwen";
 
@@ -33,24 +33,18 @@ async fn with_qwen() -> (TestNet, sharenet_node::NodeHandle, tempfile::TempDir) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_openai_client_calls_tools_and_gets_schema_valid_json() {
     let (t, _node, _models) = with_qwen().await;
-    let script = workspace_root().join("tests/python/openai_tools_check.py");
-    let output = tokio::process::Command::new(python())
-        .arg(&script)
-        .env("OPENAI_BASE_URL", t.base_url())
-        .env("OPENAI_API_KEY", t.key())
-        .env("SHARENET_TOOLS_MODEL", TOOLS_MODEL)
-        .env("SHARENET_PLAIN_MODEL", MODEL)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run the Python client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "openai tools check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(stdout.contains("OK"), "{stdout}");
+    run_client_check(
+        python(),
+        &["tests/python/openai_tools_check.py"],
+        &workspace_root(),
+        &[
+            ("OPENAI_BASE_URL", t.base_url()),
+            ("OPENAI_API_KEY", t.key().to_owned()),
+            ("SHARENET_TOOLS_MODEL", TOOLS_MODEL.into()),
+            ("SHARENET_PLAIN_MODEL", MODEL.into()),
+        ],
+    )
+    .await;
     t.stop().await;
 }
 
@@ -65,23 +59,17 @@ async fn official_openai_js_client_calls_tools_and_gets_schema_shaped_json() {
         dir.join("node_modules/openai").exists(),
         "the JS client is missing: run scripts/setup-test-deps (needs node and npm)"
     );
-    let output = tokio::process::Command::new("node")
-        .arg("tools_check.mjs")
-        .current_dir(&dir)
-        .env("OPENAI_BASE_URL", t.base_url())
-        .env("OPENAI_API_KEY", t.key())
-        .env("SHARENET_TOOLS_MODEL", TOOLS_MODEL)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "openai JS check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(stdout.contains("OK"), "{stdout}");
+    run_client_check(
+        "node",
+        &["tools_check.mjs"],
+        &dir,
+        &[
+            ("OPENAI_BASE_URL", t.base_url()),
+            ("OPENAI_API_KEY", t.key().to_owned()),
+            ("SHARENET_TOOLS_MODEL", TOOLS_MODEL.into()),
+        ],
+    )
+    .await;
     t.stop().await;
 }
 
@@ -91,25 +79,19 @@ async fn official_openai_js_client_calls_tools_and_gets_schema_shaped_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_anthropic_client_speaks_messages() {
     let (t, _node, _models) = with_qwen().await;
-    let script = workspace_root().join("tests/python/anthropic_client_check.py");
     let root = t.base_url().trim_end_matches("/v1").to_owned();
-    let output = tokio::process::Command::new(python())
-        .arg(&script)
-        .env("ANTHROPIC_BASE_URL", root)
-        .env("ANTHROPIC_API_KEY", t.key())
-        .env("SHARENET_TOOLS_MODEL", TOOLS_MODEL)
-        .env("SHARENET_PLAIN_MODEL", MODEL)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run the Python client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "anthropic client check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(stdout.contains("OK"), "{stdout}");
+    run_client_check(
+        python(),
+        &["tests/python/anthropic_client_check.py"],
+        &workspace_root(),
+        &[
+            ("ANTHROPIC_BASE_URL", root),
+            ("ANTHROPIC_API_KEY", t.key().to_owned()),
+            ("SHARENET_TOOLS_MODEL", TOOLS_MODEL.into()),
+            ("SHARENET_PLAIN_MODEL", MODEL.into()),
+        ],
+    )
+    .await;
     t.stop().await;
 }
 

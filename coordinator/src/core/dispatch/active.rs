@@ -154,6 +154,15 @@ impl ActiveJob {
         &self.terms.model
     }
 
+    /// Reads the job to its end (its text and calls are in the result).
+    pub async fn run_to_end(&mut self, core: &Core) -> Result<Box<Finished>, Error> {
+        loop {
+            if let Step::Done(f) = self.next(core).await? {
+                return Ok(f);
+            }
+        }
+    }
+
     /// The next step of the job. Errors after the first token are final.
     pub async fn next(&mut self, core: &Core) -> Result<Step, Error> {
         if !self.pending_calls.is_empty() {
