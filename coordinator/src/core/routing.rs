@@ -394,10 +394,15 @@ impl Routing {
 
     /// Whether any node serves `model` as `kind`.
     pub fn serves(&self, model: &str, kind: ModelKind) -> bool {
+        self.serves_with(model, kind, 0)
+    }
+
+    /// Whether some node serves `model` with every capability bit in `need`.
+    pub fn serves_with(&self, model: &str, kind: ModelKind, need: u32) -> bool {
         lock(&self.inner)
             .tables
             .get(&key_of(model, kind))
-            .is_some_and(|t| !t.is_empty())
+            .is_some_and(|t| !t.is_empty() && t.any_with_capabilities(need))
     }
 
     /// One routing decision among the nodes serving `model` as `kind`

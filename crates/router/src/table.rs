@@ -165,6 +165,11 @@ impl CandidateTable {
         self.index.contains_key(node)
     }
 
+    /// Whether some row offers every capability bit in `need`.
+    pub fn any_with_capabilities(&self, need: u32) -> bool {
+        self.labels.iter().any(|r| r.caps & need == need)
+    }
+
     /// Inserts the candidate, or replaces what the table holds for its node
     /// (a new advert).
     pub fn upsert(&mut self, c: &Candidate<'_>) {

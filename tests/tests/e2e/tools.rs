@@ -175,3 +175,26 @@ async fn a_generation_is_looked_up_by_its_response_id() {
     assert_eq!(t.get("generation?id=chatcmpl-zz").await.status(), 400);
     t.stop().await;
 }
+
+/// A `models` fallback list skips a model no node serves with the tools
+/// the request needs; alone, that model is a 503 naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_models_are_chosen_by_the_capability_the_request_needs() {
+    let (t, _node, _models) = with_qwen().await;
+    let tools =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let body = |models: Value| {
+        json!({"model": MODEL, "models": models, "tools": tools, "tool_choice": "required",
+               "max_tokens": 40, "messages": [{"role": "user", "content": "call f"}]})
+    };
+    let r = t
+        .post("chat/completions", &body(json!([TOOLS_MODEL])))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], TOOLS_MODEL, "{v}");
+    let r = t.post("chat/completions", &body(json!([]))).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("tools"));
+    t.stop().await;
+}

@@ -31,9 +31,25 @@ pub(super) fn resolve_model(core: &Core, job: &Job) -> Result<String, Error> {
         ModelKind::Embedding => ModelKind::Text,
         ModelKind::Text => ModelKind::Embedding,
     };
-    for model in &job.models {
-        // An alias names another model (the operator's `[aliases]`).
-        let model = core.aliases.get(model).unwrap_or(model);
+    // An alias names another model (the operator's `[aliases]`).
+    let names: Vec<&String> = job
+        .models
+        .iter()
+        .map(|m| core.aliases.get(m).unwrap_or(m))
+        .collect();
+    // With fallbacks, the first model some node serves with what the
+    // request needs (tools, structured outputs); else the first served at
+    // all, whose routing then names the missing capability.
+    let need = job.needs().bits();
+    if need != 0
+        && names.len() > 1
+        && let Some(m) = names
+            .iter()
+            .find(|m| core.routing.serves_with(m, want, need))
+    {
+        return Ok((*m).clone());
+    }
+    for model in names {
         if core.routing.serves(model, want) {
             return Ok(model.clone());
         }
