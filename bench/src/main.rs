@@ -316,11 +316,18 @@ impl World {
         let (mock, hold) = (self.mock_url.clone(), self.hold_ms);
         let config = dir.join("node.toml");
         edit(&config, |s| {
-            let s = s.replacen(
-                "listen = [\"/ip4/0.0.0.0/udp/4001/quic-v1\", \"/ip4/0.0.0.0/tcp/4001\"]",
-                &format!("listen = [\"/ip4/127.0.0.1/udp/{quic}/quic-v1\"]"),
-                1,
-            );
+            let s = s
+                .replacen(
+                    "listen = [\"/ip4/0.0.0.0/udp/4001/quic-v1\", \"/ip4/0.0.0.0/tcp/4001\"]",
+                    &format!("listen = [\"/ip4/127.0.0.1/udp/{quic}/quic-v1\"]"),
+                    1,
+                )
+                // Several nodes on one machine: each its own local API port.
+                .replacen(
+                    "admin_listen = \"127.0.0.1:9470\"",
+                    "admin_listen = \"127.0.0.1:0\"",
+                    1,
+                );
             let at = s
                 .find("\n[[models]]")
                 .context("no [[models]] table in the node template")?;

@@ -173,6 +173,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
                 region: None,
                 coordinators: vec![coordinator.peer_id],
                 keeps_prompts: false,
+                admin_listen: None,
                 models: vec![ModelConfig {
                     max_concurrency: 4,
                     ..ModelConfig::local(DEVNET_MODEL, model_dir.clone(), price_in, price_out)

@@ -36,6 +36,9 @@ struct NodeFile {
     /// to keeps them.
     #[serde(default)]
     keeps_prompts: bool,
+    /// The local API (`/health`, `/ready`, `/status`, `/metrics`), on
+    /// loopback only; absent: off.
+    admin_listen: Option<String>,
     models: Vec<ModelFile>,
 }
 
@@ -245,6 +248,8 @@ pub struct NodeConfig {
     pub coordinators: Vec<PeerId>,
     /// The node's stated data policy (advertised): it keeps prompts.
     pub keeps_prompts: bool,
+    /// Where the local API listens (loopback); `None`: off.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// The peer ids named in `/p2p/` components of `addrs`.
@@ -349,6 +354,12 @@ impl NodeConfig {
             region: file.region,
             models,
             keeps_prompts: file.keeps_prompts,
+            admin_listen: match &file.admin_listen {
+                None => None,
+                Some(a) => Some(a.parse().with_context(|| {
+                    format!("admin_listen: {a:?} is not an address like 127.0.0.1:9470")
+                })?),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -374,6 +385,13 @@ impl NodeConfig {
                     "models[{i}].license: at most 64 bytes (an SPDX-style id such as \"apache-2.0\")"
                 );
             }
+        }
+        if let Some(a) = self.admin_listen
+            && !a.ip().is_loopback()
+        {
+            bail!(
+                "admin_listen: {a} is not loopback; the local API has no authentication (use 127.0.0.1)"
+            );
         }
         if self.listen.is_empty() && self.relays.is_empty() {
             bail!(
@@ -436,6 +454,7 @@ relays = []
 
 # Where this node is, for builders who restrict requests to a region.
 # region = "eu-west"
+admin_listen = "127.0.0.1:9470"   # local API: /health /ready /status /metrics
 # keeps_prompts = false  # your data policy, advertised: set true if anything you
 #                        # forward to stores, logs or trains on prompts
 

@@ -350,6 +350,8 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
             return;
         }
     }
+    ctx.metrics
+        .served(&model.config.id, finish_reason.as_str(), signed.receipt());
     let done = JobEvent::Done {
         finish_reason,
         usage,

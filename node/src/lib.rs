@@ -10,6 +10,7 @@
 //! it queue without bound (a full queue refuses with `saturated`); the
 //! receipt a node sends is already durable in its own store.
 
+mod admin;
 pub mod config;
 pub mod gpu;
 mod jobs;

@@ -61,6 +61,15 @@ enum Command {
         #[arg(long)]
         bench_size: bool,
     },
+    /// Ask the running daemon (its `admin_listen`) how it is doing: models,
+    /// load, peers, receipts and earnings this period.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The raw JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the models the config would serve and whether each loads.
     Models {
         #[arg(long, short)]
@@ -125,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             bench_size,
         } => gen_tiny_model(&path, seed, arch, gguf, bench_size),
         Command::Models { config } => models(&config),
+        Command::Status { config, json } => status(&config, json).await,
         Command::Receipts { config, limit } => receipts(&config, limit),
         Command::Earnings {
             config,
@@ -300,6 +310,60 @@ fn open_store(config: &NodeConfig) -> anyhow::Result<SledReceiptStore> {
             path.display()
         )
     })
+}
+
+async fn status(config: &std::path::Path, raw: bool) -> anyhow::Result<()> {
+    let config = NodeConfig::from_file(config)?;
+    let Some(addr) = config.admin_listen else {
+        bail!("the config sets no admin_listen: the daemon has no local API to ask");
+    };
+    let url = format!("http://{addr}/status");
+    let v: serde_json::Value = reqwest::get(&url)
+        .await
+        .with_context(|| format!("reach the daemon at {url} (is it running?)"))?
+        .json()
+        .await
+        .with_context(|| format!("read {url}"))?;
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "node {}  peers {}  jobs open {}{}",
+        v["peer_id"].as_str().unwrap_or("?"),
+        v["connected_peers"],
+        v["jobs_open"],
+        if v["draining"] == true {
+            "  DRAINING"
+        } else {
+            ""
+        }
+    );
+    println!("model                          running  waiting  slots  tok/s  price in/out");
+    for m in v["models"].as_array().into_iter().flatten() {
+        let load = &m["load"];
+        println!(
+            "{:<30} {:>7}  {:>7}  {:>5}  {:>5}  {}/{}",
+            m["id"].as_str().unwrap_or("?"),
+            load["running"],
+            load["waiting"],
+            m["slots"],
+            load["tokens_per_sec"].as_u64().unwrap_or(0),
+            m["price_in"],
+            m["price_out"]
+        );
+    }
+    match v["this_period"].as_object() {
+        Some(p) => println!(
+            "this period ({}): {} jobs, {} nano-USD earned, {} pending countersignature",
+            p["period"].as_str().unwrap_or("?"),
+            p["jobs"],
+            p["earned_nano_usd"],
+            p["pending"]
+        ),
+        None => println!("this period: no jobs yet"),
+    }
+    Ok(())
 }
 
 fn earnings(config: &std::path::Path, period_secs: Option<u64>) -> anyhow::Result<()> {

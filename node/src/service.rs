@@ -143,6 +143,8 @@ pub(crate) struct NodeCtx {
     pub(crate) serving: std::sync::atomic::AtomicUsize,
     /// The stated data policy (advertised).
     pub(crate) keeps_prompts: bool,
+    /// Served since start, for the local API's `/metrics`.
+    pub(crate) metrics: crate::admin::NodeMetrics,
 }
 
 impl NodeCtx {
@@ -317,6 +319,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         draining: std::sync::atomic::AtomicBool::new(false),
         serving: std::sync::atomic::AtomicUsize::new(0),
         keeps_prompts: config.keeps_prompts,
+        metrics: crate::admin::NodeMetrics::new().context("set up the node's metrics")?,
     });
     if config.coordinators.is_empty() {
         tracing::warn!(
@@ -338,6 +341,10 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         config.advert_ttl,
         cancel.clone(),
     ));
+    if let Some(addr) = config.admin_listen {
+        let admin = crate::admin::serve(ctx.clone(), client.clone(), addr, cancel.clone()).await?;
+        tasks.spawn(admin);
+    }
     let store = ctx.store.clone();
     tasks.spawn(jobs::accept(ctx.clone(), incoming, cancel.clone()));
     Ok(NodeHandle {

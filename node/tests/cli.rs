@@ -166,10 +166,20 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
             .success()
     );
     let config = dir.path().join("node.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        r#"listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]"#,
-        r#"listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
-    );
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            r#"listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]"#,
+            r#"listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
+        )
+        .replace(
+            r#"admin_listen = "127.0.0.1:9470""#,
+            &format!(r#"admin_listen = "127.0.0.1:{admin_port}""#),
+        );
     std::fs::write(&config, text).unwrap();
     let mut child = node()
         .args(["run", "--config"])
@@ -184,6 +194,22 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
         .map_while(Result::ok)
         .any(|l| l.contains("listening on"));
     assert!(started, "the node did not start");
+    // `status` asks the running daemon through its local API.
+    let out = node()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains("tiny-llama") && shown.contains("100/200"),
+        "{shown}"
+    );
     // SIGHUP applies a price change from the edited config.
     let text = std::fs::read_to_string(&config)
         .unwrap()

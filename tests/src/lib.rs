@@ -187,6 +187,7 @@ impl TestNet {
             region: None,
             coordinators: vec![self.net().coordinator.peer_id],
             keeps_prompts: false,
+            admin_listen: None,
             models,
         };
         adjust(&mut config);

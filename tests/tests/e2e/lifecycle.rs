@@ -213,3 +213,85 @@ async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
     node.shutdown();
     t.stop().await;
 }
+
+/// The node's local API (`admin_listen`): health, readiness, a status that
+/// shows its model and this period's earnings once a job is served, and
+/// `/metrics` that counts the job and passes `promtool check metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_its_status_and_metrics_on_loopback() {
+    let t = TestNet::start(1).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let dir = models.path().join("admin-model");
+    sharenet_engine::tiny::write_tiny_llama(&dir, 5, Default::default()).unwrap();
+    let _node = t
+        .add_node_with(
+            vec![sharenet_node::ModelConfig::local("admin-model", dir, 3, 9)],
+            |c| c.admin_listen = Some(admin),
+        )
+        .await;
+    let base = format!("http://{admin}");
+    let get = |path: &str| reqwest::get(format!("{base}{path}"));
+    assert_eq!(get("/health").await.unwrap().status(), 200);
+    assert_eq!(get("/ready").await.unwrap().status(), 200);
+    let r = t
+        .post(
+            "chat/completions",
+            &json!({"model": "admin-model", "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let usage = r.json::<Value>().await.unwrap()["usage"].clone();
+    let provider_cost = usage["cost_details"]["provider_nano_usd"].as_u64().unwrap();
+    // The receipt counts as earned once its countersigned copy is stored
+    // (it rides on the store's next flush, within half a second).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status: Value = get("/status").await.unwrap().json().await.unwrap();
+        if status["this_period"]["jobs"] == 1 {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["models"][0]["id"], "admin-model", "{status}");
+    assert_eq!(status["models"][0]["price_in"], 3, "{status}");
+    assert_eq!(status["receipts"]["countersigned"], 1, "{status}");
+    assert_eq!(
+        status["this_period"]["earned_nano_usd"].as_u64(),
+        Some(provider_cost),
+        "{status}"
+    );
+    let text = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains(r#"sharenet_node_jobs_total{finish_reason="#)
+            && text.contains(&format!(
+                r#"sharenet_node_earned_nano_usd_total{{model="admin-model"}} {provider_cost}"#
+            )),
+        "{text}"
+    );
+    let mut check = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool: run scripts/setup-test-deps");
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = check.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = check.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.stop().await;
+}

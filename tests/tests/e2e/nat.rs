@@ -57,6 +57,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             region: None,
             coordinators: vec![t.net().coordinator.peer_id, second_identity.peer_id()],
             keeps_prompts: false,
+            admin_listen: None,
             models: vec![ModelConfig::local(
                 "natted-model",
                 dir.path().join("model"),

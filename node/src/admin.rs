@@ -1,0 +1,245 @@
+//! The node's local API on loopback (`admin_listen`): `/health`,
+//! `/ready`, `/status` (JSON: models, load, peers, receipts and earnings
+//! this period) and `/metrics` (Prometheus text: load per model, jobs,
+//! tokens and earnings since start). `sharenet-node status` reads
+//! `/status`. Loopback only: it has no authentication.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use serde_json::{Value, json};
+use sharenet_ledger::StoredReceipt;
+use sharenet_p2p::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::now_ms;
+use crate::service::{Backend, NodeCtx};
+
+/// What the node has served since it started, for `/metrics`.
+pub(crate) struct NodeMetrics {
+    registry: Registry,
+    jobs: IntCounterVec,
+    tokens: IntCounterVec,
+    earned: IntCounterVec,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let jobs = IntCounterVec::new(
+            Opts::new(
+                "sharenet_node_jobs_total",
+                "Jobs served to the end, by model and finish reason.",
+            ),
+            &["model", "finish_reason"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "sharenet_node_tokens_total",
+                "Tokens in receipts, by model and direction (prompt, generation).",
+            ),
+            &["model", "direction"],
+        )?;
+        let earned = IntCounterVec::new(
+            Opts::new(
+                "sharenet_node_earned_nano_usd_total",
+                "What this node's receipts claim, nano-USD, by model.",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(jobs.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(earned.clone()))?;
+        Ok(Self {
+            registry,
+            jobs,
+            tokens,
+            earned,
+        })
+    }
+
+    /// A job finished with this receipt.
+    pub(crate) fn served(&self, model: &str, finish: &str, r: &sharenet_proto::Receipt) {
+        self.jobs.with_label_values(&[model, finish]).inc();
+        self.tokens
+            .with_label_values(&[model, "prompt"])
+            .inc_by(u64::from(r.input_tokens));
+        self.tokens
+            .with_label_values(&[model, "generation"])
+            .inc_by(u64::from(r.output_tokens));
+        self.earned.with_label_values(&[model]).inc_by(r.amount);
+    }
+}
+
+#[derive(Clone)]
+struct Admin {
+    ctx: Arc<NodeCtx>,
+    client: Client,
+}
+
+/// Binds `addr` now (so a taken port is an error at start) and serves
+/// until `cancel`.
+pub(crate) async fn serve(
+    ctx: Arc<NodeCtx>,
+    client: Client,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind admin_listen {addr}"))?;
+    tracing::info!(%addr, "local API listening");
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(Admin { ctx, client });
+    Ok(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "local API stopped");
+        }
+    })
+}
+
+/// 200 while the node takes jobs; 503 with the reason while draining.
+async fn ready(State(a): State<Admin>) -> impl IntoResponse {
+    if a.ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: no new jobs");
+    }
+    if a.ctx.coordinators.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no coordinators configured: every job is refused",
+        );
+    }
+    (StatusCode::OK, "ready")
+}
+
+fn model_status(m: &crate::service::ServedModel) -> Value {
+    let (price_in, price_out) = m.advertised_prices();
+    let load = match &m.backend {
+        Backend::Text(s) => {
+            let l = s.load();
+            json!({"running": l.running, "waiting": l.waiting, "kv_used_bytes": l.kv_used_bytes,
+                   "kv_budget_bytes": l.kv_budget_bytes, "tokens_per_sec": l.tokens_per_sec})
+        }
+        _ => json!({"running": m.running.load(std::sync::atomic::Ordering::Relaxed),
+                    "waiting": m.waiting.load(std::sync::atomic::Ordering::Relaxed)}),
+    };
+    json!({
+        "id": m.config.id,
+        "canonical": m.canonical,
+        "kind": m.kind,
+        "price_in": price_in,
+        "price_out": price_out,
+        "context_length": m.context_length,
+        "quantization": m.quantization,
+        "license": m.license,
+        "capabilities": m.capabilities,
+        "slots": m.config.max_concurrency,
+        "max_queue": m.config.max_queue,
+        "load": load,
+    })
+}
+
+async fn status(State(a): State<Admin>) -> impl IntoResponse {
+    let peers = a.client.connected_peers().await.map(|p| p.len()).ok();
+    let store = a.ctx.store.clone();
+    let receipts = tokio::task::spawn_blocking(move || store.list(usize::MAX))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let period = sharenet_market::PeriodRule::CalendarMonth;
+    let this_period = period.period_of(now_ms()).ok().map(|p| p.label());
+    let earnings = crate::reconcile::earnings(&receipts, &period)
+        .into_iter()
+        .find(|e| Some(&e.period) == this_period.as_ref());
+    let countersigned = receipts
+        .iter()
+        .filter(|r| matches!(r, StoredReceipt::Countersigned(_)))
+        .count();
+    axum::Json(json!({
+        "peer_id": a.client.peer_id().to_string(),
+        "draining": a.ctx.draining.load(std::sync::atomic::Ordering::SeqCst),
+        "jobs_open": a.ctx.serving.load(std::sync::atomic::Ordering::SeqCst),
+        "connected_peers": peers,
+        "coordinators": a.ctx.coordinators.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "region": a.ctx.region,
+        "keeps_prompts": a.ctx.keeps_prompts,
+        "gpus": a.ctx.gpus,
+        "models": a.ctx.models.iter().map(|m| model_status(m)).collect::<Vec<_>>(),
+        "receipts": {"stored": receipts.len(), "countersigned": countersigned},
+        "this_period": earnings.map(|e| json!({
+            "period": e.period, "jobs": e.jobs, "input_tokens": e.input_tokens,
+            "output_tokens": e.output_tokens, "earned_nano_usd": e.earned, "pending": e.pending,
+        })),
+    }))
+}
+
+async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
+    let mut families = a.ctx.metrics.registry.gather();
+    let snapshot = Registry::new();
+    let gauge = |name: &str, help: &str| {
+        let g = IntGaugeVec::new(Opts::new(name, help), &["model"]).ok()?;
+        snapshot.register(Box::new(g.clone())).ok()?;
+        Some(g)
+    };
+    let running = gauge("sharenet_node_running_jobs", "Jobs generating now.");
+    let waiting = gauge("sharenet_node_waiting_jobs", "Jobs queued for a slot.");
+    let kv = gauge("sharenet_node_kv_cache_used_bytes", "KV cache reserved.");
+    let kv_budget = gauge("sharenet_node_kv_cache_budget_bytes", "KV cache budget.");
+    let speed = gauge(
+        "sharenet_node_decode_tokens_per_second",
+        "Decode speed of all sequences together, smoothed.",
+    );
+    let set = |g: &Option<IntGaugeVec>, model: &str, v: usize| {
+        if let Some(g) = g {
+            g.with_label_values(&[model])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    };
+    for m in &a.ctx.models {
+        let id = m.config.id.as_str();
+        match &m.backend {
+            Backend::Text(s) => {
+                let l = s.load();
+                set(&running, id, l.running);
+                set(&waiting, id, l.waiting);
+                set(&kv, id, l.kv_used_bytes);
+                set(&kv_budget, id, l.kv_budget_bytes);
+                set(&speed, id, l.tokens_per_sec as usize);
+            }
+            _ => {
+                let r = m.running.load(std::sync::atomic::Ordering::Relaxed) as usize;
+                let w = m.waiting.load(std::sync::atomic::Ordering::Relaxed) as usize;
+                set(&running, id, r);
+                set(&waiting, id, w);
+            }
+        }
+    }
+    families.extend(snapshot.gather());
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %e, "encode node metrics");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
