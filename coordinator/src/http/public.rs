@@ -15,9 +15,15 @@ use super::error::ApiError;
 use crate::core::metrics::Snapshot;
 use crate::core::{Core, now_ms};
 
-/// Liveness: the process answers (200 whatever the network looks like).
+/// Liveness: the process answers (200 whatever the network looks like),
+/// with the coordinator's peer id (public: nodes bootstrap to
+/// `…/p2p/<peer id>`, and containers read it here).
 pub(super) async fn health(State(core): State<Arc<Core>>) -> Json<Value> {
-    Json(json!({"status": "ok", "live_nodes": core.registry.live_nodes(now_ms())}))
+    Json(json!({
+        "status": "ok",
+        "live_nodes": core.registry.live_nodes(now_ms()),
+        "peer_id": core.identity.peer_id().to_string(),
+    }))
 }
 
 /// Readiness, for load balancers and orchestrators: 200 when the books

@@ -9,6 +9,7 @@
 mod access_log;
 mod accounts;
 mod chat;
+mod deploy;
 mod inference;
 mod lifecycle;
 mod nat;
