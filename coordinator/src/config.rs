@@ -11,6 +11,20 @@ use sharenet_p2p::{Identity, Multiaddr, parse_multiaddrs};
 
 /// Environment variable with comma-separated API keys; overrides the file.
 pub const API_KEYS_ENV: &str = "SHARENET_API_KEYS";
+/// Environment variables that override `coordinator.toml`:
+/// `SHARENET_COORDINATOR_<KEY>`.
+pub const ENV_PREFIX: &str = "SHARENET_COORDINATOR_";
+
+/// The effective `coordinator.toml` (file plus environment) as TOML, the
+/// API keys and operator key redacted, for `sharenet-coordinator
+/// config-check`.
+pub fn effective(path: &Path) -> anyhow::Result<String> {
+    Ok(sharenet_daemon::config::effective(
+        path,
+        ENV_PREFIX,
+        &["api_keys", "operator_key"],
+    )?)
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,11 +186,13 @@ impl Default for PriceCeiling {
 impl CoordinatorConfig {
     /// Reads a config file; relative paths are relative to its folder. The
     /// identity key is created on first start if it does not exist.
+    /// Reads `path`, with any setting overridden from the environment
+    /// (`SHARENET_COORDINATOR_<KEY>`, `__` for a nested table, e.g.
+    /// `SHARENET_COORDINATOR_TIMEOUTS__IDLE_MS`; and, as before,
+    /// `SHARENET_API_KEYS` and `SHARENET_OPERATOR_KEY`).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let file: CoordinatorFile = sharenet_daemon::config::layered(path, ENV_PREFIX)
             .with_context(|| format!("read coordinator config {}", path.display()))?;
-        let file: CoordinatorFile = toml::from_str(&text)
-            .with_context(|| format!("parse coordinator config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let identity = Identity::load_or_create(&base.join(&file.identity_file))
             .context("load identity_file")?;

@@ -36,6 +36,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check the config (file plus `SHARENET_COORDINATOR_*` overrides) and
+    /// print the effective settings, keys redacted.
+    ConfigCheck {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -45,6 +51,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Init { dir } => init(&dir),
         Command::Run { config } => run(&config).await,
+        Command::ConfigCheck { config } => {
+            sharenet_coordinator::config::CoordinatorConfig::from_file(&config)?;
+            print!("{}", sharenet_coordinator::config::effective(&config)?);
+            println!("# ok: {} is valid", config.display());
+            Ok(())
+        }
     }
 }
 

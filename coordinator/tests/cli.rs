@@ -106,3 +106,53 @@ fn sigterm_shuts_down_cleanly() {
         "{log}"
     );
 }
+
+/// Every setting can come from the environment (`SHARENET_COORDINATOR_`,
+/// `__` for a nested table), and `config-check` prints the effective
+/// settings with the keys redacted; a misspelt variable is named.
+#[test]
+fn config_check_shows_environment_overrides_and_hides_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_sharenet-coordinator");
+    let init = Command::new(bin)
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let config = dir.path().join("coordinator.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.split('"').nth(1).filter(|k| k.starts_with("sk-")))
+        .expect("init wrote an API key")
+        .to_owned();
+    let out = Command::new(bin)
+        .args(["config-check", "--config"])
+        .arg(&config)
+        .env("SHARENET_COORDINATOR_SPILL_QUEUE_FACTOR", "2")
+        .env("SHARENET_COORDINATOR_TIMEOUTS__IDLE_MS", "1234")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("spill_queue_factor = 2"), "{shown}");
+    assert!(shown.contains("idle_ms = 1234"), "{shown}");
+    assert!(
+        shown.contains("<redacted>") && !shown.contains(&key),
+        "{shown}"
+    );
+    let bad = Command::new(bin)
+        .args(["config-check", "--config"])
+        .arg(&config)
+        .env("SHARENET_COORDINATOR_SPIL_QUEUE_FACTOR", "2")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("spil_queue_factor"), "{err}");
+}

@@ -10,6 +10,16 @@ use serde::Deserialize;
 use sharenet_p2p::{Identity, Multiaddr, PeerId, Protocol, parse_multiaddrs};
 use sharenet_proto::{Capabilities, MAX_ADVERT_TTL_MS, NanoUsd};
 
+/// Environment variables that override `node.toml`: `SHARENET_NODE_<KEY>`.
+pub const ENV_PREFIX: &str = "SHARENET_NODE_";
+
+/// The effective `node.toml` (file plus environment) as TOML, for
+/// `sharenet-node config-check` (the node's file holds no secrets: API
+/// keys of upstreams are named by environment variable).
+pub fn effective(path: &Path) -> anyhow::Result<String> {
+    Ok(sharenet_daemon::config::effective(path, ENV_PREFIX, &[])?)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
@@ -270,11 +280,12 @@ pub fn peer_ids_in(addrs: &[Multiaddr]) -> Vec<PeerId> {
 impl NodeConfig {
     /// Reads and validates a config file. Relative paths in it are relative
     /// to the file's folder. The identity key must exist (`sharenet-node init`).
+    /// Reads `path`, with any setting overridden from the environment
+    /// (`SHARENET_NODE_<KEY>`, `__` for a nested table; see
+    /// `sharenet_daemon::config`).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let file: NodeFile = sharenet_daemon::config::layered(path, ENV_PREFIX)
             .with_context(|| format!("read node config {}", path.display()))?;
-        let file: NodeFile = toml::from_str(&text)
-            .with_context(|| format!("parse node config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let identity_path = base.join(&file.identity_file);
         let identity = Identity::load(&identity_path).context("load identity_file")?;

@@ -70,6 +70,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the config (file plus `SHARENET_NODE_*` overrides) and print
+    /// the effective settings.
+    ConfigCheck {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List the models the config would serve and whether each loads.
     Models {
         #[arg(long, short)]
@@ -134,6 +140,12 @@ async fn main() -> anyhow::Result<()> {
             bench_size,
         } => gen_tiny_model(&path, seed, arch, gguf, bench_size),
         Command::Models { config } => models(&config),
+        Command::ConfigCheck { config } => {
+            NodeConfig::from_file(&config)?;
+            print!("{}", sharenet_node::config::effective(&config)?);
+            println!("# ok: {} is valid", config.display());
+            Ok(())
+        }
         Command::Status { config, json } => status(&config, json).await,
         Command::Receipts { config, limit } => receipts(&config, limit),
         Command::Earnings {

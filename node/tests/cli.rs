@@ -241,3 +241,33 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
         "{rest:?}"
     );
 }
+
+/// `SHARENET_NODE_<KEY>` overrides node.toml, and `config-check` shows it.
+#[test]
+fn config_check_shows_environment_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        node()
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = dir.path().join("node.toml");
+    let out = node()
+        .args(["config-check", "--config"])
+        .arg(&config)
+        .env("SHARENET_NODE_ADVERT_TTL_SECS", "42")
+        .env("SHARENET_NODE_REGION", "eu-west")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("advert_ttl_secs = 42"), "{shown}");
+    assert!(shown.contains(r#"region = "eu-west""#), "{shown}");
+}

@@ -1,7 +1,10 @@
 //! What `sharenet-coordinator` and `sharenet-node` share as processes:
 //! logs on stderr as text or JSON lines ([`init_logs`]), and the signals
 //! that stop them ([`shutdown_signal`]: SIGINT or SIGTERM) or reload a
-//! node ([`hangup`]: SIGHUP).
+//! node ([`hangup`]: SIGHUP); and their config files with environment
+//! overrides ([`config`]).
+
+pub mod config;
 
 /// Log line format (`--log-format`, or `SHARENET_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
