@@ -665,35 +665,19 @@ async fn serve_upstream(
         };
         match event {
             Some(UpstreamEvent::PromptTokens(n)) => input_tokens = Some(n),
-            Some(UpstreamEvent::ToolCalls(calls)) => {
-                for c in &calls {
+            // Text and whole calls alike: into the response's digest, out
+            // as a delta with a running receipt once the prompt's size is
+            // known.
+            Some(ev @ (UpstreamEvent::ToolCalls(_) | UpstreamEvent::Piece { .. })) => {
+                let (text, tokens, tool_calls) = match ev {
+                    UpstreamEvent::Piece { text, tokens } => (text, tokens, Vec::new()),
+                    UpstreamEvent::ToolCalls(calls) => (String::new(), 0, calls),
+                    _ => continue,
+                };
+                hasher.text(&text);
+                for c in &tool_calls {
                     hasher.call(c);
                 }
-                let signed = input_tokens.and_then(|input_tokens| {
-                    running.sign(
-                        Usage {
-                            input_tokens,
-                            output_tokens,
-                        },
-                        &hasher,
-                    )
-                });
-                let ev = JobEvent::Delta {
-                    text: String::new(),
-                    tokens: 0,
-                    logprobs: Vec::new(),
-                    tool_calls: calls,
-                    receipt: signed.as_ref().map(SignedReceipt::to_bytes),
-                };
-                if send(stream, &ev).await.is_err() {
-                    break Served::Gone(last_sent.map(Box::new));
-                }
-                if signed.is_some() {
-                    last_sent = signed;
-                }
-            }
-            Some(UpstreamEvent::Piece { text, tokens }) => {
-                hasher.text(&text);
                 output_tokens = output_tokens.saturating_add(tokens);
                 let signed = input_tokens.and_then(|input_tokens| {
                     running.sign(
@@ -708,7 +692,7 @@ async fn serve_upstream(
                     text,
                     tokens,
                     logprobs: Vec::new(),
-                    tool_calls: Vec::new(),
+                    tool_calls,
                     receipt: signed.as_ref().map(SignedReceipt::to_bytes),
                 };
                 if send(stream, &ev).await.is_err() {

@@ -316,15 +316,25 @@ async fn relay(
             }
         };
         match step {
-            Ok(Step::Delta(text, logprobs)) => {
-                if text.is_empty() && logprobs.is_empty() {
-                    continue;
-                }
-                let lps = meta.want_logprobs.then_some(logprobs.as_slice());
-                if !out
-                    .json(&meta.chunk(&model, index, Some(&text), lps, offset, None))
-                    .await
-                {
+            Ok(step @ (Step::Delta(..) | Step::ToolCalls(_))) => {
+                let delivered = match step {
+                    Step::Delta(text, logprobs) => {
+                        if text.is_empty() && logprobs.is_empty() {
+                            continue;
+                        }
+                        let lps = meta.want_logprobs.then_some(logprobs.as_slice());
+                        let chunk = meta.chunk(&model, index, Some(&text), lps, offset, None);
+                        offset += text.len();
+                        out.json(&chunk).await
+                    }
+                    Step::ToolCalls(calls) => {
+                        let chunk = meta.calls_chunk(&model, index, &calls, calls_sent);
+                        calls_sent += calls.len();
+                        out.json(&chunk).await
+                    }
+                    Step::Done(_) => continue,
+                };
+                if !delivered {
                     // The client went away or stopped reading: dropping the
                     // job closes the node's stream, which stops generation
                     // there. What was generated until then is charged (the
@@ -336,21 +346,6 @@ async fn relay(
                     );
                     return None;
                 }
-                offset += text.len();
-            }
-            Ok(Step::ToolCalls(calls)) => {
-                if !out
-                    .json(&meta.calls_chunk(&model, index, &calls, calls_sent))
-                    .await
-                {
-                    let partial = active.book_partial(&core).await;
-                    log(
-                        StatusCode::OK,
-                        partial.map(|p| access_of(&active, &p)).as_ref(),
-                    );
-                    return None;
-                }
-                calls_sent += calls.len();
             }
             Ok(Step::Done(finished)) => {
                 let _ = out
