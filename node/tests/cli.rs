@@ -7,6 +7,19 @@ fn node() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sharenet-node"))
 }
 
+/// A fresh folder with what `sharenet-node init` writes.
+#[allow(clippy::unwrap_used)]
+fn initialized() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let init = node()
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    dir
+}
+
 #[test]
 fn init_then_gen_tiny_model_then_models_lists_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,15 +101,7 @@ fn init_then_gen_tiny_model_then_models_lists_it() {
 
 #[test]
 fn a_bad_config_is_refused_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        node()
-            .args(["init", "--dir"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success()
-    );
+    let dir = initialized();
     let config = dir.path().join("node.toml");
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -148,15 +153,7 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        node()
-            .args(["init", "--dir"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success()
-    );
+    let dir = initialized();
     assert!(
         node()
             .arg("gen-tiny-model")
@@ -245,15 +242,7 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
 /// `SHARENET_NODE_<KEY>` overrides node.toml, and `config-check` shows it.
 #[test]
 fn config_check_shows_environment_overrides() {
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        node()
-            .args(["init", "--dir"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success()
-    );
+    let dir = initialized();
     let config = dir.path().join("node.toml");
     let out = node()
         .args(["config-check", "--config"])

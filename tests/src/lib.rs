@@ -257,6 +257,32 @@ pub async fn run_client_check(
     stdout
 }
 
+/// Fails the test unless `promtool check metrics` (Debian's `prometheus`,
+/// installed by scripts/setup-test-deps) accepts the exposition `text`.
+pub async fn promtool_check(text: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut check = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool: run scripts/setup-test-deps (Debian's prometheus package)");
+    let mut stdin = check.stdin.take().expect("promtool's stdin");
+    stdin
+        .write_all(text.as_bytes())
+        .await
+        .expect("write to promtool");
+    drop(stdin);
+    let out = check.wait_with_output().await.expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.lines()

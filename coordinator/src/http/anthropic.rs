@@ -29,7 +29,7 @@ use super::access;
 use super::end_customer;
 use super::error::{anthropic_error_body, status};
 use super::openai::{access_of, cost_header, receipt_header};
-use super::request::{DEFAULT_MAX_TOKENS, provider_prefs};
+use super::request::{DEFAULT_MAX_TOKENS, param_error, provider_prefs};
 use crate::core::Core;
 use crate::core::accounts::Principal;
 use crate::core::dispatch::{ActiveJob, Finished, Step, start_job};
@@ -58,10 +58,6 @@ impl IntoResponse for AnthropicError {
     }
 }
 
-fn bad(message: impl Into<String>, param: &str) -> Error {
-    Error::bad_request(message, Some(param))
-}
-
 /// A system prompt or `tool_result` content: a string, or text blocks.
 fn text_of(v: &Value, at: &str) -> Result<String, Error> {
     match v {
@@ -73,7 +69,7 @@ fn text_of(v: &Value, at: &str) -> Result<String, Error> {
                 match (b.get("type").and_then(Value::as_str), b.get("text")) {
                     (Some("text"), Some(Value::String(t))) => out.push_str(t),
                     (kind, _) => {
-                        return Err(bad(
+                        return Err(param_error(
                             format!(
                                 "content blocks of type {:?} are not supported here; only text",
                                 kind.unwrap_or("")
@@ -85,7 +81,7 @@ fn text_of(v: &Value, at: &str) -> Result<String, Error> {
             }
             Ok(out)
         }
-        _ => Err(bad("must be a string or text blocks", at)),
+        _ => Err(param_error("must be a string or text blocks", at)),
     }
 }
 
@@ -104,7 +100,7 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
         let role = match m.role.as_str() {
             "user" | "assistant" => m.role.as_str(),
             other => {
-                return Err(bad(
+                return Err(param_error(
                     format!("role {other:?} is not supported (user, assistant)"),
                     &format!("messages[{i}].role"),
                 ));
@@ -117,7 +113,7 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
             }
             Value::Array(b) => b,
             _ => {
-                return Err(bad(
+                return Err(param_error(
                     "content must be a string or content blocks",
                     &format!("messages[{i}].content"),
                 ));
@@ -133,7 +129,10 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
                     let name = b.get("name").and_then(Value::as_str).unwrap_or("");
                     let id = b.get("id").and_then(Value::as_str).unwrap_or("");
                     if !sharenet_proto::valid_tool_name(name) || id.is_empty() {
-                        return Err(bad("a tool_use block needs an id and a valid name", &at));
+                        return Err(param_error(
+                            "a tool_use block needs an id and a valid name",
+                            &at,
+                        ));
                     }
                     calls.push(ToolCall {
                         id: id.to_owned(),
@@ -143,7 +142,7 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
                 }
                 Some("tool_result") if role == "user" => {
                     let Some(id) = b.get("tool_use_id").and_then(Value::as_str) else {
-                        return Err(bad("a tool_result block needs tool_use_id", &at));
+                        return Err(param_error("a tool_result block needs tool_use_id", &at));
                     };
                     let content = text_of(
                         b.get("content").unwrap_or(&Value::Null),
@@ -154,7 +153,7 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
                     out.push(result);
                 }
                 kind => {
-                    return Err(bad(
+                    return Err(param_error(
                         format!(
                             "content blocks of type {:?} are not supported in a {role} turn",
                             kind.unwrap_or("")
@@ -171,7 +170,7 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
         }
     }
     if out.iter().all(|m| m.role == "system") {
-        return Err(bad("messages must not be empty", "messages"));
+        return Err(param_error("messages must not be empty", "messages"));
     }
     Ok(out)
 }
@@ -180,12 +179,15 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
 fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
     let Some(list) = req.tools.as_ref().filter(|t| !t.is_null()) else {
         if req.tool_choice.as_ref().is_some_and(|c| !c.is_null()) {
-            return Err(bad("tool_choice needs tools to choose from", "tool_choice"));
+            return Err(param_error(
+                "tool_choice needs tools to choose from",
+                "tool_choice",
+            ));
         }
         return Ok(None);
     };
     let Some(list) = list.as_array() else {
-        return Err(bad("tools must be an array", "tools"));
+        return Err(param_error("tools must be an array", "tools"));
     };
     if list.is_empty() {
         return Ok(None);
@@ -195,7 +197,7 @@ fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
         if let Some(kind) = t.get("type").and_then(Value::as_str)
             && kind != "custom"
         {
-            return Err(bad(
+            return Err(param_error(
                 format!("server tools ({kind:?}) are not supported; only client tools"),
                 &format!("tools[{i}].type"),
             ));
@@ -203,7 +205,7 @@ fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
         let name = t.get("name").and_then(Value::as_str).unwrap_or("");
         let schema = t.get("input_schema").cloned().unwrap_or(Value::Null);
         if !schema.is_object() {
-            return Err(bad(
+            return Err(param_error(
                 "input_schema must be a JSON schema object",
                 &format!("tools[{i}].input_schema"),
             ));
@@ -234,14 +236,14 @@ fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
                 Some("tool") => match c.get("name").and_then(Value::as_str) {
                     Some(name) => ToolChoice::Function(name.to_owned()),
                     None => {
-                        return Err(bad(
+                        return Err(param_error(
                             "a tool choice of type tool needs a name",
                             "tool_choice.name",
                         ));
                     }
                 },
                 other => {
-                    return Err(bad(
+                    return Err(param_error(
                         format!(
                             "type {:?} is not one of auto, any, tool, none",
                             other.unwrap_or("")
@@ -263,7 +265,7 @@ fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
             sharenet_proto::ProtoError::Invalid { field, .. } => *field,
             _ => "tools",
         };
-        bad(e.to_string(), param)
+        param_error(e.to_string(), param)
     })?;
     Ok(Some(tools))
 }
@@ -271,13 +273,13 @@ fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
 /// The request as a chat job, or a 400 naming the field.
 fn job(req: &MessagesRequest) -> Result<Job, Error> {
     if req.model.trim().is_empty() {
-        return Err(bad("model must not be empty", "model"));
+        return Err(param_error("model must not be empty", "model"));
     }
     if let Some(field) = req.other.keys().next() {
-        return Err(bad(format!("{field} is not supported"), field));
+        return Err(param_error(format!("{field} is not supported"), field));
     }
     let Some(max_tokens) = req.max_tokens else {
-        return Err(bad("max_tokens is required", "max_tokens"));
+        return Err(param_error("max_tokens is required", "max_tokens"));
     };
     let params = SamplingParams {
         max_tokens: if max_tokens == 0 {
@@ -292,7 +294,7 @@ fn job(req: &MessagesRequest) -> Result<Job, Error> {
         ..SamplingParams::default()
     };
     if max_tokens == 0 {
-        return Err(bad("max_tokens must be at least 1", "max_tokens"));
+        return Err(param_error("max_tokens must be at least 1", "max_tokens"));
     }
     params.validate().map_err(|e| {
         let param = match &e {
@@ -302,7 +304,7 @@ fn job(req: &MessagesRequest) -> Result<Job, Error> {
             },
             _ => "",
         };
-        bad(e.to_string(), param)
+        param_error(e.to_string(), param)
     })?;
     Ok(Job {
         kind: JobKind::Chat,

@@ -240,16 +240,13 @@ async fn generate(
         ))
         .into());
     }
-    let mut access = access_of(&actives[0], &finished[0]);
-    let mut usage = usage(&finished[0]);
-    let mut charge = finished[0].charge;
-    for f in &finished[1..] {
-        usage = add_usage(&usage, &super::openai::usage(f));
-        charge = add_charge(&charge, &f.charge);
-        access.input_tokens = access.input_tokens.saturating_add(f.usage.input_tokens);
-        access.output_tokens = access.output_tokens.saturating_add(f.usage.output_tokens);
-        access.charge_nano_usd = access.charge_nano_usd.saturating_add(f.charge.total);
-    }
+    let (usage, charge) = totals(&finished);
+    let access = access::Access {
+        input_tokens: usage.prompt_tokens,
+        output_tokens: usage.completion_tokens,
+        charge_nano_usd: charge.total,
+        ..access_of(&actives[0], &finished[0])
+    };
     let receipt_ids: Vec<String> = finished
         .iter()
         .map(|f| f.receipt.receipt().job_id.to_hex())
@@ -326,35 +323,19 @@ fn chat_choice(index: u32, f: Finished, want_logprobs: bool) -> ChatChoice {
     }
 }
 
-/// Two usages together (the choices of one request).
-pub(super) fn add_usage(a: &Usage, b: &Usage) -> Usage {
-    let cost = add_cost(&a.cost_details, &b.cost_details);
-    Usage::new(
-        a.prompt_tokens.saturating_add(b.prompt_tokens),
-        a.completion_tokens.saturating_add(b.completion_tokens),
-        cost,
-    )
-}
-
-fn add_cost(a: &Cost, b: &Cost) -> Cost {
-    Cost {
-        charge_nano_usd: a.charge_nano_usd.saturating_add(b.charge_nano_usd),
-        provider_nano_usd: a.provider_nano_usd.saturating_add(b.provider_nano_usd),
-        network_fee_nano_usd: a
-            .network_fee_nano_usd
-            .saturating_add(b.network_fee_nano_usd),
-        margin_nano_usd: a.margin_nano_usd.saturating_add(b.margin_nano_usd),
-        unit: a.unit.clone(),
+/// The usage and charge of all the choices of one request together.
+pub(super) fn totals(all: &[Box<Finished>]) -> (Usage, sharenet_market::Charge) {
+    let mut charge = sharenet_market::Charge::default();
+    let (mut input, mut output) = (0u32, 0u32);
+    for f in all {
+        input = input.saturating_add(f.usage.input_tokens);
+        output = output.saturating_add(f.usage.output_tokens);
+        charge.provider_cost = charge.provider_cost.saturating_add(f.charge.provider_cost);
+        charge.network_fee = charge.network_fee.saturating_add(f.charge.network_fee);
+        charge.margin = charge.margin.saturating_add(f.charge.margin);
+        charge.total = charge.total.saturating_add(f.charge.total);
     }
-}
-
-fn add_charge(a: &sharenet_market::Charge, b: &sharenet_market::Charge) -> sharenet_market::Charge {
-    sharenet_market::Charge {
-        provider_cost: a.provider_cost.saturating_add(b.provider_cost),
-        network_fee: a.network_fee.saturating_add(b.network_fee),
-        margin: a.margin.saturating_add(b.margin),
-        total: a.total.saturating_add(b.total),
-    }
+    (Usage::new(input, output, Cost::from(&charge)), charge)
 }
 
 /// The access-log facts of a finished job.

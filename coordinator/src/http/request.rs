@@ -284,7 +284,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Erro
         .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}"), None))
 }
 
-fn param_error(message: impl Into<String>, param: &str) -> Error {
+pub(super) fn param_error(message: impl Into<String>, param: &str) -> Error {
     Error::bad_request(message, Some(param))
 }
 

@@ -98,11 +98,7 @@ pub(super) fn stream(core: Arc<Core>, actives: Vec<ActiveJob>, meta: Meta) -> Ss
 /// The usage of all choices together, and the first choice's receipt id.
 fn summed(all: &[Box<crate::core::dispatch::Finished>]) -> Option<(Usage, String)> {
     let first = all.first()?;
-    let mut total = usage(first);
-    for f in &all[1..] {
-        let u = usage(f);
-        total = super::openai::add_usage(&total, &u);
-    }
+    let (total, _) = super::openai::totals(all);
     Some((total, first.receipt.receipt().job_id.to_hex()))
 }
 

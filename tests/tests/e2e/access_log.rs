@@ -203,23 +203,6 @@ async fn metrics_pass_promtool_and_add_up_to_the_requests() {
         1.0
     );
     // Prometheus's own linter accepts the page.
-    let mut check = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool: run scripts/setup-test-deps (Debian's prometheus package)");
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = check.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = check.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sharenet_tests::promtool_check(&text).await;
     t.stop().await;
 }

@@ -275,23 +275,6 @@ async fn a_node_reports_its_status_and_metrics_on_loopback() {
             )),
         "{text}"
     );
-    let mut check = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool: run scripts/setup-test-deps");
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = check.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = check.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sharenet_tests::promtool_check(&text).await;
     t.stop().await;
 }
