@@ -50,7 +50,9 @@ assert final.stop_reason == m0.stop_reason, final.stop_reason
 # A forced tool call, then its result, then a text answer.
 m = client.messages.create(
     model=tools_model, max_tokens=200, tools=[WEATHER],
-    tool_choice={"type": "tool", "name": "get_weather"}, messages=ask,
+    # One call: the grammar then ends the reply, whatever this random model
+    # would sample next (parallel calls could run on to max_tokens).
+    tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}, messages=ask,
 )
 assert m.stop_reason == "tool_use", m
 uses = [b for b in m.content if b.type == "tool_use"]
@@ -68,7 +70,7 @@ assert m2.usage.input_tokens > m1.usage.input_tokens + 10, (m2.usage, m1.usage)
 
 # The same call streamed: the SDK puts the tool input together.
 with client.messages.stream(
-    model=tools_model, max_tokens=200, tools=[WEATHER], tool_choice={"type": "any"}, messages=ask,
+    model=tools_model, max_tokens=200, tools=[WEATHER], tool_choice={"type": "any", "disable_parallel_tool_use": True}, messages=ask,
 ) as s:
     final = s.get_final_message()
 uses = [b for b in final.content if b.type == "tool_use"]
