@@ -47,7 +47,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    sharenet_daemon::init_logs(cli.log_format)?;
+    let _telemetry = sharenet_daemon::init_logs(cli.log_format, "sharenet-coordinator")?;
     match cli.command {
         Command::Init { dir } => init(&dir),
         Command::Run { config } => run(&config).await,

@@ -356,6 +356,7 @@ fn job_frames() -> anyhow::Result<Vec<Vec<u8>>> {
         },
         tools: None,
         response_format: None,
+        traceparent: None,
     };
     let events = [
         JobEvent::Delta {

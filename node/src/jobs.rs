@@ -18,6 +18,7 @@ use sharenet_proto::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::now_ms;
 use crate::service::{Backend, NodeCtx, Prices, ServedModel};
@@ -232,6 +233,32 @@ async fn serve(ctx: Arc<NodeCtx>, peer: PeerId, mut stream: Stream) {
         refuse(&mut stream, JobErrorCode::InvalidRequest, e.to_string()).await;
         return;
     }
+    // The job's span, a child of the coordinator's when it sent its trace
+    // context.
+    let span = tracing::info_span!(
+        "job",
+        "otel.kind" = "server",
+        model = %request.model,
+        job_id = %request.job_id,
+    );
+    if let Some(parent) = &request.traceparent {
+        sharenet_daemon::trace::set_remote_parent(&span, parent);
+    }
+    serve_request(ctx, peer, stream, request, started_at_ms, request_digest)
+        .instrument(span)
+        .await;
+}
+
+/// Serves a parsed, valid request: checks it is ours to serve, generates,
+/// then signs, stores and sends the receipt.
+async fn serve_request(
+    ctx: Arc<NodeCtx>,
+    peer: PeerId,
+    mut stream: Stream,
+    request: JobRequest,
+    started_at_ms: u64,
+    request_digest: [u8; 32],
+) {
     if peer_id_of(&request.coordinator).ok() != Some(peer) {
         refuse(
             &mut stream,

@@ -128,7 +128,7 @@ enum GgufType {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    sharenet_daemon::init_logs(cli.log_format)?;
+    let _telemetry = sharenet_daemon::init_logs(cli.log_format, "sharenet-node")?;
     match cli.command {
         Command::Init { dir, coordinator } => init(&dir, coordinator.as_deref()),
         Command::Run { config } => run(&config).await,

@@ -11,6 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
 use crate::core::Core;
 use crate::core::accounts::Principal;
@@ -62,7 +63,17 @@ pub(super) async fn log(
         app: None,
         metrics: core.metrics.clone(),
     });
-    let response = next.run(request).await;
+    // The request's span: the root of its trace when traces are exported.
+    let span = tracing::info_span!(
+        "request",
+        "otel.name" = %format_args!("{method} {path}"),
+        "otel.kind" = "server",
+        "http.request.method" = %method,
+        "url.path" = %path,
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     if response.extensions().get::<Deferred>().is_some() {
         return response;
     }

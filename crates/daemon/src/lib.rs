@@ -1,10 +1,16 @@
 //! What `sharenet-coordinator` and `sharenet-node` share as processes:
 //! logs on stderr as text or JSON lines ([`init_logs`]), and the signals
 //! that stop them ([`shutdown_signal`]: SIGINT or SIGTERM) or reload a
-//! node ([`hangup`]: SIGHUP); and their config files with environment
-//! overrides ([`config`]).
+//! node ([`hangup`]: SIGHUP); their config files with environment
+//! overrides ([`config`]); and OpenTelemetry traces over OTLP, with the
+//! W3C trace context a coordinator hands a node in each job ([`trace`]).
 
 pub mod config;
+pub mod trace;
+
+use tracing_subscriber::fmt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Log line format (`--log-format`, or `SHARENET_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,11 +25,19 @@ pub enum DaemonError {
     LogFormat(String),
     #[error("listen for {0}: {1}")]
     Signal(&'static str, std::io::Error),
+    #[error("set up the OTLP trace exporter: {0}")]
+    Otlp(String),
 }
 
 /// Logs to stderr in `format`, else SHARENET_LOG_FORMAT's, else text;
-/// levels follow RUST_LOG (default `info,libp2p=warn`).
-pub fn init_logs(format: Option<LogFormat>) -> Result<(), DaemonError> {
+/// levels follow RUST_LOG (default `info,libp2p=warn`). With an OTLP
+/// endpoint in the environment (see [`trace`]), spans are also exported
+/// as traces under `service`'s name; keep the returned [`Telemetry`] alive
+/// until the process ends, so the last spans are flushed.
+pub fn init_logs(
+    format: Option<LogFormat>,
+    service: &'static str,
+) -> Result<Telemetry, DaemonError> {
     let format = match format {
         Some(f) => f,
         None => match std::env::var("SHARENET_LOG_FORMAT").as_deref() {
@@ -34,14 +48,52 @@ pub fn init_logs(format: Option<LogFormat>) -> Result<(), DaemonError> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,libp2p=warn".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+    let (text, json) = match format {
+        LogFormat::Text => (Some(fmt::layer().with_writer(std::io::stderr)), None),
+        LogFormat::Json => (
+            None,
+            Some(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
+    let (provider, otel) = match trace::provider(service)? {
+        Some(provider) => {
+            use opentelemetry::trace::TracerProvider as _;
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+            (Some(provider), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .init();
+    if provider.is_some() {
+        tracing::info!(service, "exporting traces over OTLP");
     }
-    Ok(())
+    Ok(Telemetry { provider })
+}
+
+/// Holds the trace exporter; dropping it flushes the spans not yet sent.
+#[must_use = "dropping the telemetry guard stops trace export"]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("flush traces: {e}");
+        }
+    }
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM (systemd, `docker stop`); says

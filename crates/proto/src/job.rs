@@ -10,6 +10,9 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Largest `max_tokens` a job may ask for.
 pub const MAX_JOB_TOKENS: u32 = 32_768;
 const MAX_MESSAGES: usize = 1024;
+/// The longest trace context a job request may carry (W3C `traceparent`
+/// version 00 is 55 bytes; later versions may append fields).
+pub const MAX_TRACEPARENT_BYTES: usize = 256;
 /// Most texts one embeddings job may carry.
 pub const MAX_EMBED_INPUTS: usize = 2048;
 const MAX_STOP: usize = 4;
@@ -144,6 +147,11 @@ pub struct JobRequest {
     /// The JSON shape the answer must take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    /// The coordinator's W3C trace context, when it exports traces: the
+    /// node's span for the job joins the same trace. Never trusted for
+    /// anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ProtoError {
@@ -243,6 +251,16 @@ impl JobRequest {
     pub fn validate(&self) -> Result<(), ProtoError> {
         if self.model.is_empty() {
             return Err(invalid("model", "must not be empty"));
+        }
+        if self
+            .traceparent
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_TRACEPARENT_BYTES)
+        {
+            return Err(invalid(
+                "traceparent",
+                format!("at most {MAX_TRACEPARENT_BYTES} bytes"),
+            ));
         }
         match &self.input {
             JobInput::Chat { messages } => {
@@ -444,6 +462,7 @@ mod tests {
             params: SamplingParams::default(),
             tools: None,
             response_format: None,
+            traceparent: None,
         };
         let json = serde_json::to_vec(&req).unwrap();
         let back: JobRequest = serde_json::from_slice(&json).unwrap();
@@ -451,6 +470,31 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         v["surprise"] = serde_json::json!(1);
         assert!(serde_json::from_value::<JobRequest>(v).is_err());
+    }
+
+    #[test]
+    fn an_oversized_trace_context_is_refused() {
+        let mut req = JobRequest {
+            job_id: JobId([1; 16]),
+            coordinator: [2; 32],
+            model: "m".into(),
+            input: JobInput::Chat {
+                messages: vec![ChatMessage::new("user", "hi")],
+            },
+            params: SamplingParams::default(),
+            tools: None,
+            response_format: None,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        assert!(req.validate().is_ok());
+        req.traceparent = Some("0".repeat(MAX_TRACEPARENT_BYTES + 1));
+        assert!(matches!(
+            req.validate(),
+            Err(ProtoError::Invalid {
+                field: "traceparent",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -36,8 +36,8 @@ pub use batch::{verify_countersigned_batch, verify_own_countersigned_batch};
 pub use error::ProtoError;
 pub use job::{
     ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest, MAX_EMBED_INPUTS,
-    MAX_FRAME_BYTES, MAX_JOB_TOKENS, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams,
-    TokenLogprob, TopLogprob, Usage,
+    MAX_FRAME_BYTES, MAX_JOB_TOKENS, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, MAX_TRACEPARENT_BYTES,
+    SamplingParams, TokenLogprob, TopLogprob, Usage,
 };
 pub use keys::{
     JobId, PublicKey, SigningKey, embeddings_digest, public_key_of, sha256, sign_canonical,

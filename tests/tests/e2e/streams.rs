@@ -45,6 +45,7 @@ async fn a_peer_that_is_not_a_listed_coordinator_gets_no_inference() {
         },
         tools: None,
         response_format: None,
+        traceparent: None,
     };
     let mut stream = tokio::time::timeout(
         Duration::from_secs(10),

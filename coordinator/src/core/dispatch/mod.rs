@@ -21,6 +21,7 @@ mod plan;
 use std::sync::Arc;
 
 use sharenet_proto::{JobEvent, JobId, JobRequest, MAX_FRAME_BYTES, sha256};
+use tracing::Instrument;
 
 pub use crate::config::Timeouts;
 pub use crate::core::job::{CompletedJob, Notice};
@@ -40,21 +41,34 @@ pub async fn start_job(
     end_customer: Option<&str>,
 ) -> Result<ActiveJob, Error> {
     let model = plan::resolve_model(core, &job)?;
+    let job_id = JobId(rand::random());
+    // The job's span; its context goes to the node, whose span joins the
+    // same trace (when traces are exported at all).
+    let span = tracing::info_span!(
+        "job",
+        "otel.kind" = "client",
+        model = %model,
+        job_id = %job_id,
+        node = tracing::field::Empty,
+    );
     let request = JobRequest {
-        job_id: JobId(rand::random()),
+        job_id,
         coordinator: core.identity.public_key(),
         model,
         input: job.input.clone(),
         params: job.params.clone(),
         tools: job.tools.clone(),
         response_format: job.response_format.clone(),
+        traceparent: sharenet_daemon::trace::traceparent(&span),
     };
     let bytes = encode_request(&job, &request)?;
     let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;
     let hold = plan::admit(core, &job, &plan, principal, end_customer)?;
     let (sensitive, pool) = (plan.sensitive, plan.pool);
-    let (offer, started) =
-        attempt::first_answer(core, &plan.model, plan.candidates, &bytes).await?;
+    let (offer, started) = attempt::first_answer(core, &plan.model, plan.candidates, &bytes)
+        .instrument(span.clone())
+        .await?;
+    span.record("node", tracing::field::display(&offer.peer));
     let terms = book::Terms {
         job_id: request.job_id,
         peer: offer.peer,
