@@ -86,6 +86,10 @@ async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> a
         "  Operator key: {} (apps, keys, top-ups and settlement under /operator)",
         sharenet_devnet::DEVNET_OPERATOR_KEY
     );
+    println!(
+        "  Dashboard:    {}/dashboard (paste the API key for the builder view, the operator key for the network)",
+        base.trim_end_matches("/v1")
+    );
     println!();
     println!("Try it with curl:");
     println!();

@@ -174,6 +174,10 @@ struct State {
     held: HashMap<Scope, u128>,
     /// (app, end customer or "", month start) → usage.
     usage: BTreeMap<(String, String, u64), UsageLine>,
+    /// (app, model, month start) → usage.
+    usage_by_model: BTreeMap<(String, String, u64), UsageLine>,
+    /// (app, UTC day number) → usage.
+    usage_by_day: BTreeMap<(String, u64), UsageLine>,
     /// Key limiters (bounded by the keys the operator issued).
     limiters: HashMap<(Scope, bool), Arc<DefaultDirectRateLimiter>>,
     /// End-customer limiters per app, each map capped.
@@ -202,6 +206,15 @@ impl State {
             .entry((e.app.clone(), customer, month_start(at)))
             .or_default()
             .add(e);
+        let model = e.receipt.receipt().model.clone();
+        self.usage_by_model
+            .entry((e.app.clone(), model, month_start(at)))
+            .or_default()
+            .add(e);
+        self.usage_by_day
+            .entry((e.app.clone(), at / DAY_MS))
+            .or_default()
+            .add(e);
     }
 }
 
@@ -213,7 +226,7 @@ fn scopes(app: &str, key_id: &str, customer: Option<&str>) -> Vec<Scope> {
     v
 }
 
-fn month_start(ms: u64) -> u64 {
+pub(crate) fn month_start(ms: u64) -> u64 {
     sharenet_market::PeriodRule::CalendarMonth
         .period_of(ms)
         .map(|p| p.start_ms)
@@ -547,6 +560,26 @@ impl Accounts {
             .iter()
             .filter(|((a, _, _), _)| a == app)
             .map(|((_, c, m), u)| (c.clone(), *m, *u))
+            .collect()
+    }
+
+    /// An app's usage per model in the month starting at `month_start_ms`.
+    pub fn usage_by_model(&self, app: &str, month_start_ms: u64) -> Vec<(String, UsageLine)> {
+        self.lock()
+            .usage_by_model
+            .iter()
+            .filter(|((a, _, m), _)| a == app && *m == month_start_ms)
+            .map(|((_, model, _), u)| (model.clone(), *u))
+            .collect()
+    }
+
+    /// An app's usage per UTC day (day number: ms / 86 400 000) from
+    /// `first_day` on.
+    pub fn usage_by_day(&self, app: &str, first_day: u64) -> Vec<(u64, UsageLine)> {
+        self.lock()
+            .usage_by_day
+            .range((app.to_owned(), first_day)..=(app.to_owned(), u64::MAX))
+            .map(|((_, day), u)| (*day, *u))
             .collect()
     }
 

@@ -18,7 +18,14 @@
 //! routed, app ids the operator created, status codes), never from raw
 //! request text, so their number stays bounded.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use prometheus::proto::MetricFamily;
+use sharenet_api::dashboard::MinuteStats;
+
+use crate::core::now_ms;
+use crate::core::sync::lock;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
@@ -64,6 +71,30 @@ pub struct Metrics {
     prompt_tokens: IntCounterVec,
     generation_tokens: IntCounterVec,
     spend: IntCounterVec,
+    /// Inference requests per minute over the last hour, for the
+    /// dashboard's charts (Prometheus keeps the long history).
+    timeline: Mutex<VecDeque<Minute>>,
+}
+
+/// Inference paths, whose requests the timeline counts.
+const INFERENCE_PATHS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+];
+/// Minutes the timeline keeps.
+pub const TIMELINE_MINUTES: usize = 60;
+const MINUTE_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Minute {
+    start_ms: u64,
+    requests: u64,
+    client_errors: u64,
+    server_errors: u64,
+    ttft_sum_ms: f64,
+    ttft_count: u64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,6 +241,7 @@ impl Metrics {
                 "What apps were charged, nano-USD, by model and app.",
                 &["model", "app"],
             ),
+            timeline: Mutex::default(),
             registry: r,
         }
     }
@@ -222,6 +254,9 @@ impl Metrics {
             .find(|p| f.path == **p || f.path.starts_with(&format!("{p}/")))
             .copied()
             .unwrap_or("other");
+        if INFERENCE_PATHS.contains(&path) {
+            self.on_timeline(f, now_ms());
+        }
         let status = f.status.to_string();
         self.http.with_label_values(&[path, &status]).inc();
         let Some(i) = &f.inference else {
@@ -246,6 +281,59 @@ impl Metrics {
         self.spend
             .with_label_values(&labels)
             .inc_by(i.charge_nano_usd);
+    }
+
+    fn on_timeline(&self, f: &Finished<'_>, now_ms: u64) {
+        let start_ms = now_ms - now_ms % MINUTE_MS;
+        let mut t = lock(&self.timeline);
+        if t.back().is_none_or(|m| m.start_ms < start_ms) {
+            t.push_back(Minute {
+                start_ms,
+                ..Minute::default()
+            });
+            while t.len() > TIMELINE_MINUTES {
+                t.pop_front();
+            }
+        }
+        let Some(m) = t.back_mut() else { return };
+        m.requests += 1;
+        match f.status {
+            400..=499 => m.client_errors += 1,
+            500.. => m.server_errors += 1,
+            _ => {}
+        }
+        if let Some(ttft_s) = f.inference.as_ref().and_then(|i| i.ttft_s) {
+            m.ttft_sum_ms += ttft_s * 1e3;
+            m.ttft_count += 1;
+        }
+    }
+
+    /// The last hour minute by minute up to `now_ms`, oldest first, quiet
+    /// minutes included.
+    pub fn timeline(&self, now_ms: u64) -> Vec<MinuteStats> {
+        let t = lock(&self.timeline);
+        let last = now_ms - now_ms % MINUTE_MS;
+        (0..TIMELINE_MINUTES as u64)
+            .rev()
+            .map(|back| last.saturating_sub(back * MINUTE_MS))
+            .map(|start_ms| {
+                let m = t
+                    .iter()
+                    .find(|m| m.start_ms == start_ms)
+                    .copied()
+                    .unwrap_or(Minute {
+                        start_ms,
+                        ..Minute::default()
+                    });
+                MinuteStats {
+                    start_ms,
+                    requests: m.requests,
+                    client_errors: m.client_errors,
+                    server_errors: m.server_errors,
+                    ttft_ms: (m.ttft_count > 0).then(|| m.ttft_sum_ms / m.ttft_count as f64),
+                }
+            })
+            .collect()
     }
 
     /// The text exposition of everything here plus `extra` (families
@@ -302,6 +390,62 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeline_counts_inference_minute_by_minute_for_an_hour() {
+        let m = Metrics::new();
+        let at = |path, status, ttft_s: Option<f64>, now| {
+            m.on_timeline(
+                &Finished {
+                    path,
+                    status,
+                    app: "acme",
+                    duration_s: 0.1,
+                    inference: ttft_s.map(|t| Inference {
+                        model: "m",
+                        input_tokens: 1,
+                        output_tokens: 1,
+                        charge_nano_usd: 1,
+                        ttft_s: Some(t),
+                    }),
+                },
+                now,
+            )
+        };
+        let t0 = 1_000 * MINUTE_MS;
+        at("/v1/chat/completions", 200, Some(0.010), t0);
+        at("/v1/chat/completions", 200, Some(0.030), t0 + 5);
+        at("/v1/chat/completions", 400, None, t0 + 6);
+        at("/v1/chat/completions", 503, None, t0 + MINUTE_MS);
+        let minutes = m.timeline(t0 + MINUTE_MS + 1);
+        assert_eq!(minutes.len(), TIMELINE_MINUTES);
+        let (before, last) = (
+            &minutes[TIMELINE_MINUTES - 2],
+            &minutes[TIMELINE_MINUTES - 1],
+        );
+        assert_eq!((before.start_ms, before.requests), (t0, 3));
+        assert_eq!((before.client_errors, before.server_errors), (1, 0));
+        assert!((before.ttft_ms.unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(
+            (last.requests, last.server_errors, last.ttft_ms),
+            (1, 1, None)
+        );
+        // An hour later both minutes have scrolled out.
+        let later = m.timeline(t0 + 61 * MINUTE_MS);
+        assert!(later.iter().all(|m| m.requests == 0));
+        // Only inference paths count, through `finished`.
+        m.finished(&Finished {
+            path: "/v1/receipts",
+            status: 200,
+            app: "-",
+            duration_s: 0.0,
+            inference: None,
+        });
+        assert_eq!(
+            m.timeline(now_ms()).iter().map(|m| m.requests).sum::<u64>(),
+            0
+        );
+    }
 
     #[test]
     fn every_family_registers_and_renders() {

@@ -21,6 +21,7 @@
 
 pub mod accounts;
 pub mod clock;
+pub mod dashboard;
 pub mod dispatch;
 pub mod error;
 pub mod job;

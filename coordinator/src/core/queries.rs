@@ -24,7 +24,7 @@ pub const MAX_RECEIPTS_PER_PAGE: usize = 1000;
 
 impl Core {
     /// Runs a blocking read of the books on the blocking pool.
-    async fn read_books<T: Send + 'static>(
+    pub(crate) async fn read_books<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Books) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {

@@ -253,6 +253,15 @@ impl Registry {
         })
     }
 
+    /// Every live advert with its publisher.
+    pub fn live_adverts(&self, now_ms: u64) -> Vec<(PeerId, Advert)> {
+        self.lock()
+            .iter()
+            .filter(|(_, l)| l.advert.is_live(now_ms))
+            .map(|(p, l)| (*p, l.advert.clone()))
+            .collect()
+    }
+
     pub fn live_nodes(&self, now_ms: u64) -> usize {
         self.lock()
             .values()

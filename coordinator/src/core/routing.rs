@@ -387,6 +387,39 @@ impl Routing {
         (open, bands, in_flight)
     }
 
+    /// What the dashboard shows of each node with rows: trust score,
+    /// breaker state and measurements at `now_ms`.
+    pub fn node_states(
+        &self,
+        now_ms: u64,
+    ) -> HashMap<
+        NodeKey,
+        (
+            f64,
+            sharenet_router::BreakerState,
+            sharenet_router::Observed,
+        ),
+    > {
+        let inner = lock(&self.inner);
+        inner
+            .health
+            .iter()
+            .filter(|(node, _)| inner.rows.contains_key(*node))
+            .map(|(node, h)| {
+                let mut observed = h.observed.clone();
+                observed.decay(now_ms);
+                (
+                    *node,
+                    (
+                        h.trust.score(now_ms, &self.trust),
+                        h.breaker.state(now_ms),
+                        observed,
+                    ),
+                )
+            })
+            .collect()
+    }
+
     /// Nodes with rows.
     pub fn nodes(&self) -> Vec<NodeKey> {
         lock(&self.inner).rows.keys().copied().collect()

@@ -13,6 +13,7 @@
 mod access;
 mod anthropic;
 mod builder;
+mod dashboard;
 pub mod error;
 mod openai;
 mod operator;
@@ -57,6 +58,7 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/v1/usage", get(builder::usage))
         .route("/v1/generation", get(builder::generation))
         .route("/api/v1/generation", get(builder::generation))
+        .route("/v1/dashboard", get(dashboard::builder_view))
         .route_layer(middleware::from_fn_with_state(core.clone(), authenticate));
     let operator =
         operator::routes().route_layer(middleware::from_fn_with_state(core.clone(), operator_auth));
@@ -67,6 +69,9 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/ready", get(public::ready))
         .route("/statements/{label}", get(public::statement_bundle))
         .route("/metrics", get(public::metrics))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/", get(dashboard::page))
+        .route("/dashboard/{file}", get(dashboard::asset))
         .fallback(|| async { ApiError(Error::NotFound("no such endpoint".into())) })
         .layer(middleware::map_response(error::json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -34,6 +34,7 @@ pub(super) fn routes() -> Router<Arc<Core>> {
         .route("/operator/keys/{key_id}", delete(revoke_key))
         .route("/operator/settle", post(settle_period))
         .route("/operator/statements", get(list_statements))
+        .route("/operator/dashboard", get(super::dashboard::operator_view))
         .route("/operator/statements/{label}", get(get_statement))
 }
 

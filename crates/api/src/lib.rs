@@ -11,6 +11,7 @@
 
 pub mod accounts;
 pub mod anthropic;
+pub mod dashboard;
 pub mod openai;
 pub mod receipts;
 pub mod statements;

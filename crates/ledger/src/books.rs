@@ -356,17 +356,36 @@ impl Books {
         };
         self.by_app
             .range(bound(since_ms)..bound(until_ms))
-            .filter_map(move |kv| {
-                let id = match kv {
-                    Ok((k, _)) => k
-                        .get(k.len().saturating_sub(16)..)
-                        .and_then(|b| <[u8; 16]>::try_from(b).ok())?,
-                    Err(e) => return Some(Err(e.into())),
-                };
-                // An index key whose entry never landed (a crash between
-                // the two inserts, or a refused replay) lists nothing.
-                self.entry(&JobId(id)).transpose()
-            })
+            .filter_map(move |kv| self.indexed_entry(kv))
+    }
+
+    /// The entry an app-index key names. An index key whose entry never
+    /// landed (a crash between the two inserts, or a refused replay) lists
+    /// nothing.
+    fn indexed_entry(
+        &self,
+        kv: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Option<Result<LedgerEntry, StoreError>> {
+        let id = match kv {
+            Ok((k, _)) => k
+                .get(k.len().saturating_sub(16)..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())?,
+            Err(e) => return Some(Err(e.into())),
+        };
+        self.entry(&JobId(id)).transpose()
+    }
+
+    /// An app's `limit` most recently recorded entries, newest first.
+    pub fn recent_entries_of_app(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> impl Iterator<Item = Result<LedgerEntry, StoreError>> + '_ {
+        self.by_app
+            .scan_prefix(app_prefix(app))
+            .rev()
+            .filter_map(move |kv| self.indexed_entry(kv))
+            .take(limit)
     }
 
     /// Every entry, in job id order (re-verified).
@@ -924,6 +943,14 @@ mod tests {
         assert_eq!(ids("a", 150, 300), vec![4]);
         assert_eq!(ids("b", 0, u64::MAX), vec![2]);
         assert!(ids("ab", 0, u64::MAX).is_empty(), "no prefix confusion");
+        let recent: Vec<u32> = books
+            .recent_entries_of_app("a", 2)
+            .map(|e| {
+                let id = e.unwrap().job_id().0;
+                u32::from_be_bytes([id[0], id[1], id[2], id[3]])
+            })
+            .collect();
+        assert_eq!(recent, vec![1, 4], "newest first, at most the limit");
 
         // Books written before the index get it built when opened.
         books.by_app.clear().unwrap();

@@ -9,6 +9,7 @@
 mod access_log;
 mod accounts;
 mod chat;
+mod dashboard;
 mod deploy;
 mod inference;
 mod lifecycle;
