@@ -1,15 +1,17 @@
 //! The node's local API on loopback (`admin_listen`): `/health`,
 //! `/ready`, `/status` (JSON: models, load, peers, receipts and earnings
 //! this period) and `/metrics` (Prometheus text: load per model, jobs,
-//! tokens and earnings since start). `sharenet-node status` reads
-//! `/status`. Loopback only: it has no authentication.
+//! tokens and earnings since start), `/receipts` and `/earnings` (what
+//! the CLI's `receipts` and `earnings` print, for while the daemon holds
+//! the store). `sharenet-node status` reads `/status`. Loopback only: it
+//! has no authentication.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -20,6 +22,7 @@ use sharenet_p2p::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::now_ms;
+use crate::reconcile::{Earnings, ReceiptList, ReceiptRow, period_rule};
 use crate::service::{Backend, NodeCtx};
 
 /// What the node has served since it started, for `/metrics`.
@@ -101,6 +104,8 @@ pub(crate) async fn serve(
         .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/receipts", get(receipts))
+        .route("/earnings", get(earnings))
         .with_state(Admin { ctx, client });
     Ok(async move {
         let served = axum::serve(listener, app)
@@ -186,6 +191,54 @@ async fn status(State(a): State<Admin>) -> impl IntoResponse {
             "output_tokens": e.output_tokens, "earned_nano_usd": e.earned, "pending": e.pending,
         })),
     }))
+}
+
+/// Most rows `/receipts` lists.
+const MAX_RECEIPT_ROWS: usize = 10_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /receipts?limit=N`: what `sharenet-node receipts` prints, for when
+/// the daemon holds the store.
+async fn receipts(
+    State(a): State<Admin>,
+    Query(q): Query<ReceiptsQuery>,
+) -> Result<axum::Json<ReceiptList>, (StatusCode, String)> {
+    let limit = q.limit.unwrap_or(20).min(MAX_RECEIPT_ROWS);
+    let store = a.ctx.store.clone();
+    let (stored, rows) =
+        tokio::task::spawn_blocking(move || store.list(limit).map(|l| (store.len(), l)))
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(ReceiptList {
+        stored,
+        data: rows.iter().map(ReceiptRow::from).collect(),
+    }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EarningsQuery {
+    period_secs: Option<u64>,
+}
+
+/// `GET /earnings?period_secs=S`: what `sharenet-node earnings` prints.
+async fn earnings(
+    State(a): State<Admin>,
+    Query(q): Query<EarningsQuery>,
+) -> Result<axum::Json<Vec<Earnings>>, (StatusCode, String)> {
+    let rule = period_rule(q.period_secs).map_err(|e| (StatusCode::BAD_REQUEST, e.to_owned()))?;
+    let store = a.ctx.store.clone();
+    let all = tokio::task::spawn_blocking(move || store.list(usize::MAX))
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(crate::reconcile::earnings(&all, &rule)))
 }
 
 async fn metrics(State(a): State<Admin>) -> impl IntoResponse {

@@ -81,8 +81,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Earnings per settlement period from this node's own receipts (stop
-    /// the daemon first: the store is locked while it runs).
+    /// Earnings per settlement period from this node's own receipts (read
+    /// from the store, or through the running daemon's local API).
     Earnings {
         #[arg(long, short)]
         config: PathBuf,
@@ -99,8 +99,8 @@ enum Command {
         /// The statement bundle JSON file.
         bundle: PathBuf,
     },
-    /// List the receipts this node has signed (stop the daemon first: the
-    /// store is locked while it runs).
+    /// List the receipts this node has signed (from the store, or through
+    /// the running daemon's local API).
     Receipts {
         #[arg(long, short)]
         config: PathBuf,
@@ -147,11 +147,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { config, json } => status(&config, json).await,
-        Command::Receipts { config, limit } => receipts(&config, limit),
+        Command::Receipts { config, limit } => receipts(&config, limit).await,
         Command::Earnings {
             config,
             period_secs,
-        } => earnings(&config, period_secs),
+        } => earnings(&config, period_secs).await,
         Command::Reconcile { config, bundle } => reconcile(&config, &bundle),
     }
 }
@@ -378,20 +378,47 @@ async fn status(config: &std::path::Path, raw: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn earnings(config: &std::path::Path, period_secs: Option<u64>) -> anyhow::Result<()> {
-    let config = NodeConfig::from_file(config)?;
-    let store = open_store(&config)?;
-    let rule = match period_secs {
-        None => sharenet_market::PeriodRule::CalendarMonth,
-        Some(0) => bail!("--period-secs: must be at least 1"),
-        Some(s) => sharenet_market::PeriodRule::Fixed {
-            length_ms: s.saturating_mul(1000),
-            origin_ms: 0,
-        },
+/// The running daemon's local API at `path`, for a command whose store
+/// the daemon holds.
+async fn ask_daemon<T: serde::de::DeserializeOwned>(
+    config: &NodeConfig,
+    path: &str,
+    store_error: anyhow::Error,
+) -> anyhow::Result<T> {
+    let Some(addr) = config.admin_listen else {
+        return Err(store_error.context(
+            "the store is in use and the config sets no admin_listen to ask the daemon instead",
+        ));
     };
-    let all = store.list(usize::MAX)?;
+    let url = format!("http://{addr}{path}");
+    let r = reqwest::get(&url)
+        .await
+        .map_err(|e| store_error.context(format!("and the daemon's local API {url}: {e}")))?;
+    if !r.status().is_success() {
+        bail!(
+            "{url}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    r.json().await.with_context(|| format!("read {url}"))
+}
+
+async fn earnings(config: &std::path::Path, period_secs: Option<u64>) -> anyhow::Result<()> {
+    let config = NodeConfig::from_file(config)?;
+    let rule = sharenet_node::reconcile::period_rule(period_secs).map_err(anyhow::Error::msg)?;
+    // The store itself when the daemon is stopped, else the daemon's API.
+    let rows = match open_store(&config) {
+        Ok(store) => sharenet_node::reconcile::earnings(&store.list(usize::MAX)?, &rule),
+        Err(e) => {
+            let query = period_secs
+                .map(|s| format!("?period_secs={s}"))
+                .unwrap_or_default();
+            ask_daemon(&config, &format!("/earnings{query}"), e).await?
+        }
+    };
     println!("period       jobs  input tokens  output tokens  earned (nano-USD)  pending");
-    for e in sharenet_node::reconcile::earnings(&all, &rule) {
+    for e in rows {
         println!(
             "{:<12} {:>5}  {:>12}  {:>13}  {:>17}  {:>7}",
             e.period, e.jobs, e.input_tokens, e.output_tokens, e.earned, e.pending
@@ -425,31 +452,27 @@ fn reconcile(config: &std::path::Path, bundle: &std::path::Path) -> anyhow::Resu
     bail!("{} discrepancies", report.discrepancies.len())
 }
 
-fn receipts(config: &std::path::Path, limit: usize) -> anyhow::Result<()> {
+async fn receipts(config: &std::path::Path, limit: usize) -> anyhow::Result<()> {
+    use sharenet_node::reconcile::{ReceiptList, ReceiptRow};
     let config = NodeConfig::from_file(config)?;
-    let path = config.data_dir.join("receipts");
-    let store = SledReceiptStore::open(&path).with_context(|| {
-        format!(
-            "open receipt store {} (is the node running?)",
-            path.display()
-        )
-    })?;
+    let list: ReceiptList = match open_store(&config) {
+        Ok(store) => ReceiptList {
+            stored: store.len(),
+            data: store.list(limit)?.iter().map(ReceiptRow::from).collect(),
+        },
+        Err(e) => ask_daemon(&config, &format!("/receipts?limit={limit}"), e).await?,
+    };
     let mut total: u128 = 0;
-    for stored in store.list(limit)? {
-        let r = stored.receipt();
-        let state = match stored {
-            sharenet_ledger::StoredReceipt::NodeSigned(_) => "signed",
-            sharenet_ledger::StoredReceipt::Countersigned(_) => "countersigned",
-        };
+    for r in &list.data {
         total += u128::from(r.amount);
         println!(
-            "{}  {}  in {}  out {}  amount {} nano-USD  {state}",
-            r.job_id, r.model, r.input_tokens, r.output_tokens, r.amount
+            "{}  {}  in {}  out {}  amount {} nano-USD  {}",
+            r.job_id, r.model, r.input_tokens, r.output_tokens, r.amount, r.state
         );
     }
     println!(
         "{} receipts in store; listed total {total} nano-USD",
-        store.len()
+        list.stored
     );
     Ok(())
 }

@@ -17,7 +17,7 @@ use sharenet_market::{PeriodRule, SignedStatement};
 use sharenet_proto::{JobId, NanoUsd, PublicKey};
 
 /// Earnings of one period.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Earnings {
     pub period: String,
     pub jobs: u64,
@@ -27,6 +27,56 @@ pub struct Earnings {
     pub earned: NanoUsd,
     /// Receipts the coordinator has not countersigned (not payable yet).
     pub pending: u64,
+}
+
+/// One stored receipt as `sharenet-node receipts` lists it (and the local
+/// API's `/receipts` sends it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReceiptRow {
+    pub job_id: String,
+    pub model: String,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub amount: NanoUsd,
+    /// `signed` (by this node only) or `countersigned` (payable).
+    pub state: String,
+}
+
+impl From<&StoredReceipt> for ReceiptRow {
+    fn from(stored: &StoredReceipt) -> Self {
+        let r = stored.receipt();
+        Self {
+            job_id: r.job_id.to_string(),
+            model: r.model.clone(),
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            amount: r.amount,
+            state: match stored {
+                StoredReceipt::NodeSigned(_) => "signed",
+                StoredReceipt::Countersigned(_) => "countersigned",
+            }
+            .into(),
+        }
+    }
+}
+
+/// The local API's `/receipts`: the newest rows and how many are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReceiptList {
+    pub stored: usize,
+    pub data: Vec<ReceiptRow>,
+}
+
+/// The earnings rule for `--period-secs` (none: calendar months).
+pub fn period_rule(period_secs: Option<u64>) -> Result<PeriodRule, &'static str> {
+    match period_secs {
+        None => Ok(PeriodRule::CalendarMonth),
+        Some(0) => Err("--period-secs: must be at least 1"),
+        Some(s) => Ok(PeriodRule::Fixed {
+            length_ms: s.saturating_mul(1000),
+            origin_ms: 0,
+        }),
+    }
 }
 
 /// Earnings per period (by the receipts' finish time), oldest first.

@@ -3,7 +3,8 @@
 //! process serves the job (exported as `sharenet-node`), and both send
 //! OTLP/HTTP (JSON) to a collector the test runs. The node's job span is a
 //! child of the coordinator's, through the `traceparent` in the job
-//! request.
+//! request. While the node runs, `sharenet-node receipts` and `earnings`
+//! read its store through its local API.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -138,11 +139,15 @@ fn one_trace_spans_the_coordinator_and_the_node() {
             r#"listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]"#,
             r#"listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
         );
-        std::fs::write(
-            &config,
-            text.replace("admin_listen = \"127.0.0.1:9470\"", ""),
-        )
-        .unwrap();
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let text = text.replace(
+            "admin_listen = \"127.0.0.1:9470\"",
+            &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
+        );
+        std::fs::write(&config, text).unwrap();
         let node = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
@@ -187,6 +192,32 @@ fn one_trace_spans_the_coordinator_and_the_node() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The daemon holds the receipt store: `receipts` and `earnings`
+        // ask its local API instead.
+        let out = Command::new(bin)
+            .args(["receipts", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && listed.contains("tiny-llama")
+                && listed.contains("1 receipts in store"),
+            "{listed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(bin)
+            .args(["earnings", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let earned = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && earned.lines().count() == 2,
+            "{earned}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         cancel.cancel();
         node
     });
