@@ -3,7 +3,8 @@
 //! this period) and `/metrics` (Prometheus text: load per model, jobs,
 //! tokens and earnings since start), `/receipts` and `/earnings` (what
 //! the CLI's `receipts` and `earnings` print, for while the daemon holds
-//! the store). `sharenet-node status` reads `/status`. Loopback only: it
+//! the store) and `POST /reload` (`sharenet-node reload`: what SIGHUP
+//! does). `sharenet-node status` reads `/status`. Loopback only: it
 //! has no authentication.
 
 use std::net::SocketAddr;
@@ -106,6 +107,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics))
         .route("/receipts", get(receipts))
         .route("/earnings", get(earnings))
+        .route("/reload", axum::routing::post(reload))
         .with_state(Admin { ctx, client });
     Ok(async move {
         let served = axum::serve(listener, app)
@@ -184,13 +186,23 @@ async fn status(State(a): State<Admin>) -> impl IntoResponse {
         "region": a.ctx.region,
         "keeps_prompts": a.ctx.keeps_prompts,
         "gpus": a.ctx.gpus,
-        "models": a.ctx.models.iter().map(|m| model_status(m)).collect::<Vec<_>>(),
+        "models": a.ctx.models().iter().map(|m| model_status(m)).collect::<Vec<_>>(),
         "receipts": {"stored": receipts.len(), "countersigned": countersigned},
         "this_period": earnings.map(|e| json!({
             "period": e.period, "jobs": e.jobs, "input_tokens": e.input_tokens,
             "output_tokens": e.output_tokens, "earned_nano_usd": e.earned, "pending": e.pending,
         })),
     }))
+}
+
+/// `POST /reload`: the daemon re-reads its config file (as on SIGHUP)
+/// and logs what it applied.
+async fn reload(State(a): State<Admin>) -> impl IntoResponse {
+    a.ctx.reload_requested.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        "reload requested: the daemon re-reads its config and logs what it applied",
+    )
 }
 
 /// Most rows `/receipts` lists.
@@ -263,7 +275,7 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
                 .set(i64::try_from(v).unwrap_or(i64::MAX));
         }
     };
-    for m in &a.ctx.models {
+    for m in &a.ctx.models() {
         let id = m.config.id.as_str();
         match &m.backend {
             Backend::Text(s) => {

@@ -125,7 +125,7 @@ fn default_queue() -> u32 {
 
 /// An OpenAI-compatible server the node forwards a model's jobs to.
 /// (`Debug` never shows the API key.)
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// e.g. `http://127.0.0.1:8000/v1`.
     pub base_url: String,
@@ -177,7 +177,7 @@ impl DeviceChoice {
 }
 
 /// Where a model's inference runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelSource {
     /// A Hugging Face folder (text or BERT embedding model) or a `.gguf` file.
     Local(PathBuf),
@@ -186,7 +186,7 @@ pub enum ModelSource {
 }
 
 /// One model the node serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// The name builders ask for.
     pub id: String,

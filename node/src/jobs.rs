@@ -268,7 +268,7 @@ async fn serve_request(
         .await;
         return;
     }
-    let Some(model) = ctx.model(&request.model).cloned() else {
+    let Some(model) = ctx.model(&request.model) else {
         refuse(
             &mut stream,
             JobErrorCode::UnknownModel,

@@ -70,6 +70,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running daemon to re-read its config and apply price and
+    /// model-list changes (what SIGHUP does; the daemon logs the result).
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Check the config (file plus `SHARENET_NODE_*` overrides) and print
     /// the effective settings.
     ConfigCheck {
@@ -147,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { config, json } => status(&config, json).await,
+        Command::Reload { config } => request_reload(&config).await,
         Command::Receipts { config, limit } => receipts(&config, limit).await,
         Command::Earnings {
             config,
@@ -206,27 +213,36 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     for addr in &node.listen_addrs {
         println!("  {addr}");
     }
-    // SIGHUP re-reads the config and applies price changes (see
+    // SIGHUP re-reads the config and applies price and model changes (see
     // `NodeHandle::reload`); SIGINT or SIGTERM stop.
     let stop = sharenet_daemon::shutdown_signal();
     tokio::pin!(stop);
     let signal = loop {
         tokio::select! {
             signal = &mut stop => break signal?,
-            () = sharenet_daemon::hangup() => match NodeConfig::from_file(config_path) {
+            () = reload_asked(&node) => match NodeConfig::from_file(config_path) {
                 Ok(new) => {
-                    let r = node.reload(&new);
-                    if r.repriced.is_empty() {
-                        println!("SIGHUP: no price changes");
+                    let r = node.reload(&new).await;
+                    if r.repriced.is_empty() && r.added.is_empty() && r.removed.is_empty() {
+                        println!("reload: no price or model changes");
                     }
                     for m in &r.repriced {
-                        println!("SIGHUP: repriced {m}");
+                        println!("reload: repriced {m}");
+                    }
+                    for m in &r.added {
+                        println!("reload: now serving {m}");
+                    }
+                    for m in &r.removed {
+                        println!("reload: no longer serving {m} (its running jobs finish)");
+                    }
+                    for m in &r.failed {
+                        println!("reload: could not add {m}");
                     }
                     for c in &r.needs_restart {
-                        println!("SIGHUP: not applied (needs a restart): {c}");
+                        println!("reload: not applied (needs a restart): {c}");
                     }
                 }
-                Err(e) => println!("SIGHUP: config not reloaded: {e:#}"),
+                Err(e) => println!("reload: config not reloaded: {e:#}"),
             },
         }
     };
@@ -402,6 +418,34 @@ async fn ask_daemon<T: serde::de::DeserializeOwned>(
         );
     }
     r.json().await.with_context(|| format!("read {url}"))
+}
+
+/// SIGHUP, or `sharenet-node reload` through the local API.
+async fn reload_asked(node: &sharenet_node::NodeHandle) {
+    tokio::select! {
+        () = sharenet_daemon::hangup() => {}
+        () = node.reload_requested() => {}
+    }
+}
+
+async fn request_reload(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = NodeConfig::from_file(config)?;
+    let Some(addr) = config.admin_listen else {
+        bail!("the config sets no admin_listen: send the daemon SIGHUP instead");
+    };
+    let url = format!("http://{addr}/reload");
+    let r = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .with_context(|| format!("reach the daemon at {url} (is it running?)"))?;
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url}: {status} {text}");
+    }
+    println!("{text}");
+    Ok(())
 }
 
 async fn earnings(config: &std::path::Path, period_secs: Option<u64>) -> anyhow::Result<()> {

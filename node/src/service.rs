@@ -60,6 +60,12 @@ pub(crate) struct ServedModel {
 pub struct Reload {
     /// Models whose prices changed, with the new prices.
     pub repriced: Vec<String>,
+    /// Models loaded and now advertised.
+    pub added: Vec<String>,
+    /// Models no longer advertised (their running jobs finish).
+    pub removed: Vec<String>,
+    /// Models that could not be added, with the reason.
+    pub failed: Vec<String>,
     /// Changes that were not applied (they need a restart).
     pub needs_restart: Vec<String>,
 }
@@ -124,7 +130,9 @@ impl ServedModel {
 /// What every job handler shares.
 pub(crate) struct NodeCtx {
     pub(crate) identity: Identity,
-    pub(crate) models: Vec<Arc<ServedModel>>,
+    /// The models served now; a reload adds and removes (a job holds its
+    /// model's `Arc`, so a removed model finishes the jobs it has).
+    models: std::sync::RwLock<Vec<Arc<ServedModel>>>,
     pub(crate) store: Arc<dyn ReceiptStore>,
     pub(crate) gpus: Vec<GpuInfo>,
     pub(crate) region: String,
@@ -145,17 +153,41 @@ pub(crate) struct NodeCtx {
     pub(crate) keeps_prompts: bool,
     /// Served since start, for the local API's `/metrics`.
     pub(crate) metrics: crate::admin::NodeMetrics,
+    /// `POST /reload` on the local API (what SIGHUP does).
+    pub(crate) reload_requested: Notify,
 }
 
 impl NodeCtx {
+    /// The models served now.
+    pub(crate) fn models(&self) -> Vec<Arc<ServedModel>> {
+        self.models
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The model a job names: by this node's own id, else by the
     /// canonical name it advertises (coordinators route a market by it).
-    pub(crate) fn model(&self, id: &str) -> Option<&Arc<ServedModel>> {
-        self.models.iter().find(|m| m.config.id == id).or_else(|| {
-            self.models
-                .iter()
-                .find(|m| !m.canonical.is_empty() && m.canonical == id)
-        })
+    pub(crate) fn model(&self, id: &str) -> Option<Arc<ServedModel>> {
+        let models = self
+            .models
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        models
+            .iter()
+            .find(|m| m.config.id == id)
+            .or_else(|| {
+                models
+                    .iter()
+                    .find(|m| !m.canonical.is_empty() && m.canonical == id)
+            })
+            .cloned()
+    }
+
+    fn models_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<ServedModel>>> {
+        self.models
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -188,21 +220,37 @@ impl NodeHandle {
         self.cancel.cancel();
     }
 
-    /// Applies a changed config without dropping jobs (SIGHUP): new
-    /// prices go into the next advert at once; jobs already running keep
-    /// the prices they started at, and until the old advert has expired
-    /// everywhere (`advert_ttl`) new jobs are charged the lower of the old
-    /// and new price. Other changes (models added, removed or re-pointed,
-    /// addresses, identity) need a restart and are listed, not applied.
-    pub fn reload(&self, config: &NodeConfig) -> Reload {
+    /// Applies a changed config without dropping jobs (SIGHUP):
+    /// - new prices go into the next advert at once; jobs already running
+    ///   keep the prices they started at, and until the old advert has
+    ///   expired everywhere (`advert_ttl`) new jobs are charged the lower
+    ///   of the old and new price;
+    /// - a model added to `[[models]]` is loaded (the others keep serving
+    ///   meanwhile) and advertised; one that fails to load is reported and
+    ///   the rest of the reload still applies;
+    /// - a model removed is advertised no more and refuses new jobs; the
+    ///   jobs it is running finish (they hold it), then it is unloaded.
+    ///
+    /// A model whose source, kind or limits changed, and changes to
+    /// addresses or identity, need a restart and are listed, not applied.
+    pub async fn reload(&self, config: &NodeConfig) -> Reload {
         let mut out = Reload::default();
         let until = now_ms().saturating_add(config.advert_ttl.as_millis() as u64);
-        for m in &self.ctx.models {
+        for m in self.ctx.models() {
             let Some(new) = config.models.iter().find(|n| n.id == m.config.id) else {
-                out.needs_restart
-                    .push(format!("model {} removed", m.config.id));
+                self.ctx.models_mut().retain(|x| !Arc::ptr_eq(x, &m));
+                out.removed.push(m.config.id.clone());
                 continue;
             };
+            let unchanged_but_prices = ModelConfig {
+                price_in: m.config.price_in,
+                price_out: m.config.price_out,
+                ..new.clone()
+            };
+            if unchanged_but_prices != m.config {
+                out.needs_restart
+                    .push(format!("model {} changed beyond its prices", m.config.id));
+            }
             let mut p = m
                 .prices
                 .lock()
@@ -220,14 +268,25 @@ impl NodeHandle {
             }
         }
         for n in &config.models {
-            if self.ctx.model(&n.id).is_none() {
-                out.needs_restart.push(format!("model {} added", n.id));
+            if self.ctx.models().iter().any(|m| m.config.id == n.id) {
+                continue;
+            }
+            match load_and_serve(n, &self.ctx.load_changed).await {
+                Ok(served) => {
+                    self.ctx.models_mut().push(Arc::new(served));
+                    out.added.push(n.id.clone());
+                }
+                Err(e) => out.failed.push(format!("{}: {e:#}", n.id)),
             }
         }
-        if !out.repriced.is_empty() {
-            self.ctx.load_changed.notify_one();
-        }
+        self.ctx.load_changed.notify_one();
         out
+    }
+
+    /// Resolves when the local API's `POST /reload` asks for a reload (the
+    /// binary then re-reads its config file and calls [`Self::reload`]).
+    pub async fn reload_requested(&self) {
+        self.ctx.reload_requested.notified().await;
     }
 
     /// The config the node started with.
@@ -275,11 +334,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         .context("join GPU detection")?;
     let mut models = Vec::new();
     for m in &config.models {
-        let mc = m.clone();
-        let report = tokio::task::spawn_blocking(move || crate::load::load(&mc))
-            .await
-            .context("join model loader")??;
-        models.push(Arc::new(serve_model(m, report.loaded, &load_changed)?));
+        models.push(Arc::new(load_and_serve(m, &load_changed).await?));
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
@@ -306,7 +361,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
 
     let ctx = Arc::new(NodeCtx {
         identity: config.identity.clone(),
-        models,
+        models: std::sync::RwLock::new(models),
         store: Arc::new(store),
         gpus,
         region: config.region.clone().unwrap_or_default(),
@@ -320,6 +375,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         serving: std::sync::atomic::AtomicUsize::new(0),
         keeps_prompts: config.keeps_prompts,
         metrics: crate::admin::NodeMetrics::new().context("set up the node's metrics")?,
+        reload_requested: Notify::new(),
     });
     if config.coordinators.is_empty() {
         tracing::warn!(
@@ -357,6 +413,18 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         tasks,
         config,
     })
+}
+
+/// Loads a model (off the async threads) and puts it behind its backend.
+async fn load_and_serve(
+    m: &ModelConfig,
+    load_changed: &Arc<Notify>,
+) -> anyhow::Result<ServedModel> {
+    let mc = m.clone();
+    let report = tokio::task::spawn_blocking(move || crate::load::load(&mc))
+        .await
+        .context("join model loader")??;
+    serve_model(m, report.loaded, load_changed)
 }
 
 /// Puts a loaded model behind its backend.
@@ -486,7 +554,7 @@ fn build_advert(ctx: &NodeCtx, seq: u64, ttl: Duration) -> Advert {
     // A draining node offers nothing: coordinators stop routing to it.
     let draining = ctx.draining.load(std::sync::atomic::Ordering::SeqCst);
     let models = ctx
-        .models
+        .models()
         .iter()
         .filter(|_| !draining)
         .map(|m| {

@@ -144,7 +144,8 @@ fn init_with_a_coordinator_serves_only_that_coordinator() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/p2p/"));
 }
 
-/// SIGHUP reprices from the edited config; `docker stop` and systemd send
+/// SIGHUP (and `sharenet-node reload`) reprices from the edited config;
+/// `docker stop` and systemd send
 /// SIGTERM: the node drains and exits 0 (before issue 15 it died of the
 /// signal mid-whatever-it-was-doing).
 #[cfg(unix)]
@@ -222,8 +223,24 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
     let repriced = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.contains("SIGHUP: repriced tiny-llama: 120/200"));
+        .any(|l| l.contains("reload: repriced tiny-llama: 120/200"));
     assert!(repriced, "SIGHUP did not reprice");
+    // `sharenet-node reload` does the same through the local API.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("price_out = 200", "price_out = 210");
+    std::fs::write(&config, text).unwrap();
+    let out = node()
+        .args(["reload", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let repriced = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("reload: repriced tiny-llama: 120/210"));
+    assert!(repriced, "`sharenet-node reload` did not reprice");
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -171,7 +171,7 @@ async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
     let mut config = node.config().clone();
     config.models[0].price_in = 150;
     config.models[0].price_out = 1500;
-    let reload = node.reload(&config);
+    let reload = node.reload(&config).await;
     assert_eq!(reload.repriced.len(), 1, "{reload:?}");
     assert!(reload.needs_restart.is_empty(), "{reload:?}");
 
@@ -210,6 +210,74 @@ async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
         receipt["receipt"]["price_out"], 1000,
         "the running job kept its price: {receipt}"
     );
+    node.shutdown();
+    t.stop().await;
+}
+
+/// SIGHUP's model-list changes: a model removed from the config stops being
+/// advertised while its running stream finishes; a model added is loaded
+/// and served; one that cannot load is reported, and the rest applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_models_and_the_removed_ones_stream_finishes() {
+    let t = TestNet::start(1).await;
+    let node = t.add_slow_node().await;
+    let body = json!({"model": "slow-model", "stream": true, "max_tokens": 60,
+                      "temperature": 0, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "tell me a long story"}]});
+    let r = t.post("chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).to_string();
+
+    let mut config = node.config().clone();
+    let slow = config.models[0].clone();
+    let mut second = slow.clone();
+    second.id = "second-model".into();
+    let mut broken = slow.clone();
+    broken.id = "broken-model".into();
+    broken.source =
+        sharenet_node::config::ModelSource::Local(std::path::PathBuf::from("/nonexistent/model"));
+    config.models = vec![second, broken];
+    let reload = node.reload(&config).await;
+    assert_eq!(reload.removed, vec!["slow-model".to_string()], "{reload:?}");
+    assert_eq!(reload.added, vec!["second-model".to_string()], "{reload:?}");
+    assert!(
+        reload.failed.len() == 1 && reload.failed[0].starts_with("broken-model"),
+        "{reload:?}"
+    );
+
+    // The removed model's stream runs to its end and is billed.
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert!(events.iter().any(|e| e.contains("receipt_id")), "{text}");
+
+    // The next advert offers the new list.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let models: Value = t.get("models").await.json().await.unwrap();
+        let ids: Vec<&str> = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["id"].as_str())
+            .collect();
+        if ids.contains(&"second-model") && !ids.contains(&"slow-model") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = t
+        .post(
+            "chat/completions",
+            &json!({"model": "second-model", "max_tokens": 3,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
     node.shutdown();
     t.stop().await;
 }
