@@ -9,8 +9,12 @@
 # - every query of the Grafana dashboard parses as PromQL (`promtool check
 #   rules` on a rules file made of them), and every sharenet metric it
 #   reads is on the given /metrics page.
-# Not checked here (no Docker engine, no Kubernetes): building the images
-# and running the compose file; deploy/README.md says so.
+# - the Helm chart: Chart.yaml and values.yaml parse, every `.Values.…`
+#   a template reads is in values.yaml, and every template's actions
+#   balance (each if/with/range/define has its end).
+# Not checked here (no Docker engine, no Kubernetes, no helm binary):
+# building the images, running the compose file, `helm lint` and
+# `helm template`; deploy/README.md says so.
 set -euo pipefail
 cd "$(dirname "$0")"
 metrics="${1:?usage: deploy/check.sh METRICS_FILE}"
@@ -57,6 +61,37 @@ for e in exprs:
 if missing:
     sys.exit(f"dashboard queries read metrics /metrics does not have: {missing}")
 print(f"ok: grafana/dashboards/sharenet.json ({len(exprs)} queries, every metric on /metrics)")
+PY
+python3 - <<'PY'
+import glob, re, yaml
+chart = "helm/sharenet-coordinator"
+meta = yaml.safe_load(open(f"{chart}/Chart.yaml"))
+assert meta["apiVersion"] == "v2" and meta["name"] and meta["version"], meta
+values = yaml.safe_load(open(f"{chart}/values.yaml"))
+problems = []
+for path in sorted(glob.glob(f"{chart}/templates/*")):
+    text = open(path).read()
+    for ref in re.findall(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", text):
+        node = values
+        for part in ref.strip(".").split("."):
+            if not isinstance(node, dict) or part not in node:
+                problems.append(f"{path}: .Values{ref} is not in values.yaml")
+                break
+            node = node[part]
+    actions = re.findall(r"\{\{-?\s*(if|with|range|define|end)\b", text)
+    depth = 0
+    for a in actions:
+        depth += -1 if a == "end" else 1
+        if depth < 0:
+            problems.append(f"{path}: an end without its opening action")
+            break
+    if depth > 0:
+        problems.append(f"{path}: {depth} action(s) without an end")
+    if text.count("{{") != text.count("}}"):
+        problems.append(f"{path}: unbalanced {{{{ }}}}")
+if problems:
+    raise SystemExit("\n".join(problems))
+print(f"ok: {chart} (Chart.yaml, values.yaml, {len(glob.glob(chart + '/templates/*'))} templates)")
 PY
 promtool check rules "$tmp/dashboard.rules.yml" >/dev/null
 echo "ok: the dashboard's queries parse as PromQL"

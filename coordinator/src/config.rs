@@ -207,7 +207,11 @@ impl CoordinatorConfig {
                 .map(str::to_string)
                 .collect();
         }
-        let operator_key = std::env::var(OPERATOR_KEY_ENV).ok().or(file.operator_key);
+        // An empty variable (an unset secret in a container) means none.
+        let operator_key = std::env::var(OPERATOR_KEY_ENV)
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .or(file.operator_key);
         let config = Self {
             network_fee_bps: file.network_fee_bps,
             spot_check_rate: file.spot_check_rate,
