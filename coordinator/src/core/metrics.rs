@@ -58,7 +58,8 @@ pub struct Metrics {
     pub requests: IntCounter,
     pub fallbacks: IntCounter,
     pub receipts_accepted: IntCounter,
-    pub receipts_rejected: IntCounter,
+    /// By reason (`ReceiptRejection::reason`, `replay`, `over_hold`).
+    receipts_rejected: IntCounterVec,
     /// Spot checks completed, and nodes found failing one.
     pub spot_checks: IntCounter,
     pub spot_checks_failed: IntCounter,
@@ -75,6 +76,24 @@ pub struct Metrics {
     /// dashboard's charts (Prometheus keeps the long history).
     timeline: Mutex<VecDeque<Minute>>,
 }
+
+/// Every `reason` of `sharenet_receipts_rejected_total`, exported at 0
+/// from the start (so rates and alerts see each series before its first
+/// increment).
+const REJECTION_REASONS: &[&str] = &[
+    "invalid",
+    "wrong_signer",
+    "wrong_job",
+    "wrong_coordinator",
+    "wrong_model",
+    "over_price",
+    "output_tokens",
+    "input_tokens",
+    "request_digest",
+    "response_digest",
+    "replay",
+    "over_hold",
+];
 
 /// Inference paths, whose requests the timeline counts.
 const INFERENCE_PATHS: &[&str] = &[
@@ -163,7 +182,7 @@ fn unreachable_metric(name: &str) -> ! {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        Self {
+        let this = Self {
             requests: counter(
                 &r,
                 "sharenet_requests_total",
@@ -179,10 +198,11 @@ impl Metrics {
                 "sharenet_receipts_accepted_total",
                 "Receipts verified, countersigned and stored.",
             ),
-            receipts_rejected: counter(
+            receipts_rejected: counter_vec(
                 &r,
                 "sharenet_receipts_rejected_total",
-                "Receipts refused (bad signature, wrong signer, counts, replay).",
+                "Receipts refused, by reason (invalid, wrong_signer, output_tokens, replay, ...).",
+                &["reason"],
             ),
             spot_checks: counter(
                 &r,
@@ -243,7 +263,11 @@ impl Metrics {
             ),
             timeline: Mutex::default(),
             registry: r,
+        };
+        for reason in REJECTION_REASONS {
+            this.receipts_rejected.with_label_values(&[reason]);
         }
+        this
     }
 
     /// Records a request that ended (called once per request, where its
@@ -281,6 +305,22 @@ impl Metrics {
         self.spend
             .with_label_values(&labels)
             .inc_by(i.charge_nano_usd);
+    }
+
+    /// A node's receipt refused for `reason`.
+    pub fn receipt_rejected(&self, reason: &str) {
+        self.receipts_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Receipts refused, all reasons.
+    pub fn receipts_rejected_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.receipts_rejected
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 
     fn on_timeline(&self, f: &Finished<'_>, now_ms: u64) {
@@ -390,6 +430,43 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_rejection_reason_is_exported_from_the_start() {
+        use crate::core::receipts::ReceiptRejection as R;
+        let all = [
+            R::Invalid(sharenet_proto::ProtoError::TrailingBytes(1)),
+            R::WrongSigner,
+            R::WrongJob,
+            R::WrongCoordinator,
+            R::WrongModel(String::new()),
+            R::WrongPrice {
+                got_in: 0,
+                got_out: 0,
+                want_in: 0,
+                want_out: 0,
+            },
+            R::OutputTokens {
+                claimed: 0,
+                streamed: 0,
+            },
+            R::InputTokens {
+                claimed: 0,
+                reported: 0,
+            },
+            R::InputTokensOverBound {
+                claimed: 0,
+                bound: 0,
+            },
+            R::RequestDigest,
+            R::ResponseDigest,
+        ];
+        let page = Metrics::new().render(Vec::new());
+        for r in all.iter().map(R::reason).chain(["replay", "over_hold"]) {
+            let series = format!(r#"sharenet_receipts_rejected_total{{reason="{r}"}} 0"#);
+            assert!(page.contains(&series), "{series} missing:\n{page}");
+        }
+    }
 
     #[test]
     fn the_timeline_counts_inference_minute_by_minute_for_an_hour() {

@@ -55,6 +55,24 @@ pub enum ReceiptRejection {
     ResponseDigest,
 }
 
+impl ReceiptRejection {
+    /// The `reason` label of `sharenet_receipts_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::WrongSigner => "wrong_signer",
+            Self::WrongJob => "wrong_job",
+            Self::WrongCoordinator => "wrong_coordinator",
+            Self::WrongModel(_) => "wrong_model",
+            Self::WrongPrice { .. } => "over_price",
+            Self::OutputTokens { .. } => "output_tokens",
+            Self::InputTokens { .. } | Self::InputTokensOverBound { .. } => "input_tokens",
+            Self::RequestDigest => "request_digest",
+            Self::ResponseDigest => "response_digest",
+        }
+    }
+}
+
 /// Decodes a node-signed receipt (checking its signature and arithmetic)
 /// and checks every field against `expected`.
 pub fn check_receipt(bytes: &[u8], expected: &Expected) -> Result<SignedReceipt, ReceiptRejection> {

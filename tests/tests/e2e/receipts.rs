@@ -199,7 +199,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     let resp = t.post("chat/completions", &request("honest", false)).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     assert_eq!(state.accounts.books().entry_count(), 1);
-    assert_eq!(state.metrics.receipts_rejected.get(), 0);
+    assert_eq!(state.metrics.receipts_rejected_total(), 0);
 
     for (i, (mode, reason)) in [
         ("bad-signature", "does not verify"),
@@ -222,7 +222,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
             "{mode}: {message}"
         );
         assert!(message.contains(reason), "{mode}: {message}");
-        assert_eq!(state.metrics.receipts_rejected.get(), i as u64 + 1);
+        assert_eq!(state.metrics.receipts_rejected_total(), i as u64 + 1);
         assert_eq!(
             state.accounts.books().entry_count(),
             1,

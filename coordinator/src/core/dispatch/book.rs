@@ -56,7 +56,13 @@ pub(super) async fn check_and_book(
     let signed = match checked {
         Ok(s) => s,
         Err(rejection) => {
-            reject(core, terms, &rejection.to_string(), claim.receipt);
+            reject(
+                core,
+                terms,
+                rejection.reason(),
+                &rejection.to_string(),
+                claim.receipt,
+            );
             return Err(Error::BadGateway(format!(
                 "the node's receipt was rejected: {rejection}"
             )));
@@ -74,13 +80,13 @@ pub(super) async fn check_and_book(
             Ok((entry, countersigned))
         }
         Err(CommitError::Store(StoreError::Duplicate(id))) => {
-            core.metrics.receipts_rejected.inc();
+            core.metrics.receipt_rejected("replay");
             Err(Error::BadGateway(format!(
                 "receipt {id} was already recorded"
             )))
         }
         Err(e @ CommitError::OverHold { .. }) => {
-            reject(core, terms, &e.to_string(), claim.receipt);
+            reject(core, terms, "over_hold", &e.to_string(), claim.receipt);
             Err(Error::BadGateway(format!(
                 "the node's receipt was rejected: {e}"
             )))
@@ -123,8 +129,8 @@ fn check(
     )
 }
 
-fn reject(core: &Core, terms: &Terms, reason: &str, receipt: &[u8]) {
-    core.metrics.receipts_rejected.inc();
+fn reject(core: &Core, terms: &Terms, label: &'static str, reason: &str, receipt: &[u8]) {
+    core.metrics.receipt_rejected(label);
     core.routing
         .record(terms.node, Outcome::RejectedReceipt, now_ms());
     // The receipt is the node's bytes: log a bounded prefix only.

@@ -674,7 +674,12 @@ async fn a_lying_receipt_is_rejected_and_nothing_is_charged() {
     );
     assert_eq!(s.entries(), 0);
     assert_eq!(s.balance(), i128::from(BALANCE), "the hold is released");
-    assert_eq!(s.core.metrics.receipts_rejected.get(), 1);
+    assert_eq!(s.core.metrics.receipts_rejected_total(), 1);
+    let page = s.core.metrics.render(Vec::new());
+    assert!(
+        page.contains(r#"sharenet_receipts_rejected_total{reason="output_tokens"} 1"#),
+        "{page}"
+    );
     let health = s.core.routing.health(&s.nodes[0]).unwrap();
     assert!(health.trust.score(now_ms(), &Default::default()) < 0.5);
 
