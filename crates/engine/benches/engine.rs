@@ -1,7 +1,9 @@
 //! Engine benchmark: decode speed at concurrency 1 against llama.cpp on the
 //! same GGUF (measured in the same run), aggregate decode speed at
 //! concurrency 8 with continuous batching, time to first token, and
-//! sentence embeddings per second for all-MiniLM-L6-v2.
+//! sentence embeddings per second for all-MiniLM-L6-v2; and the real
+//! SmolLM2-135M-Instruct (`scripts/fetch-smollm2`) beside llama.cpp on the
+//! same file (`SHARENET_BENCH_ONLY=real` runs just that).
 //!
 //!     cargo bench -p sharenet-engine --bench engine
 //!
@@ -37,18 +39,27 @@ fn params() -> SamplingParams {
 
 /// (time to first token ms, decode tokens/s, tokens) for one sequence.
 fn single(model: &TextModel) -> (f64, f64, u32) {
+    single_with(model, PROMPT, MAX_TOKENS)
+}
+
+/// [`single`] for `text` (special tokens in it are parsed) and `max_tokens`.
+fn single_with(model: &TextModel, text: &str, max_tokens: u32) -> (f64, f64, u32) {
     let prompt = model
         .encode_input(&JobInput::Prompt {
-            prompt: PROMPT.into(),
+            prompt: text.into(),
         })
         .unwrap_or_default();
+    let params = SamplingParams {
+        max_tokens,
+        ..params()
+    };
     let mut best = (0.0, 0.0, 0);
     for _ in 0..=RUNS {
         let start = Instant::now();
         let mut first = None;
         let mut last = start;
         let mut n = 0u32;
-        let _ = model.generate(&prompt, &params(), |p| {
+        let _ = model.generate(&prompt, &params, |p| {
             let now = Instant::now();
             first.get_or_insert(now);
             last = now;
@@ -140,13 +151,17 @@ fn python() -> Option<PathBuf> {
 }
 
 fn llama_cpp(gguf: &Path) -> Result<(f64, f64, u32), String> {
+    llama_cpp_with(gguf, PROMPT, MAX_TOKENS)
+}
+
+fn llama_cpp_with(gguf: &Path, prompt: &str, max_tokens: u32) -> Result<(f64, f64, u32), String> {
     let py = python().ok_or("no .venv (run scripts/setup-test-deps)")?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let out = std::process::Command::new(py)
         .arg(root().join("tests/python/bench_llama_cpp.py"))
         .arg(gguf)
-        .arg(PROMPT)
-        .arg(MAX_TOKENS.to_string())
+        .arg(prompt)
+        .arg(max_tokens.to_string())
         .arg(threads.to_string())
         .arg(RUNS.to_string())
         .output()
@@ -254,6 +269,89 @@ fn run(label: &str, shape: TinyConfig, dense_too: bool, dir: &Path) -> Result<()
     Ok(())
 }
 
+/// SmolLM2-135M-Instruct's chat prompt for "Write a haiku about the sea."
+/// as its template renders it (38 tokens), so both engines see the same
+/// tokens.
+const CHAT_PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n";
+
+/// The real SmolLM2-135M-Instruct GGUF (`scripts/fetch-smollm2`), or
+/// `SHARENET_SMOLLM2`.
+fn smollm2() -> Option<PathBuf> {
+    std::env::var_os("SHARENET_SMOLLM2")
+        .map(PathBuf::from)
+        .or_else(|| Some(root().join("target/bench-models/SmolLM2-135M-Instruct.Q4_1.gguf")))
+        .filter(|p| p.exists())
+}
+
+/// The real model beside llama.cpp on the same file: decode and time to
+/// first token for the 38-token chat prompt, time to first token for a
+/// prompt of about 512 tokens, and the scheduler at concurrency 8.
+fn real(gguf: &Path) -> Result<(), String> {
+    let model = Arc::new(TextModel::load(gguf).map_err(|e| e.to_string())?);
+    let s = model.spec();
+    let long: String = std::iter::repeat_n(
+        "The harbour wakes before the sun; the boats go out, the gulls follow, and the tide keeps its own time. ",
+        22,
+    )
+    .collect();
+    let long_tokens = model
+        .encode_input(&JobInput::Prompt {
+            prompt: long.clone(),
+        })
+        .map_or(0, |t| t.len());
+    let short_tokens = model
+        .encode_input(&JobInput::Prompt {
+            prompt: CHAT_PROMPT.into(),
+        })
+        .map_or(0, |t| t.len());
+    println!(
+        "\n### SmolLM2-135M-Instruct (real weights, {} as shipped, {:.0} MB): {} layers, hidden {}, vocab {}\n",
+        match model.format() {
+            sharenet_engine::WeightsFormat::Gguf { dtype } => dtype.clone(),
+            sharenet_engine::WeightsFormat::Safetensors => "safetensors".into(),
+        },
+        std::fs::metadata(gguf).map_or(0, |m| m.len()) as f64 / 1e6,
+        s.num_layers,
+        s.hidden_size,
+        s.vocab_size
+    );
+    println!("| engine | prompt | TTFT ms | decode tok/s (concurrency 1) | tokens |");
+    println!("|---|---|---|---|---|");
+    let (t, tps, n) = single_with(&model, CHAT_PROMPT, MAX_TOKENS);
+    println!("| sharenet (candle) | chat, {short_tokens} tokens | {t:.1} | {tps:.1} | {n} |");
+    let base = llama_cpp_with(gguf, CHAT_PROMPT, MAX_TOKENS);
+    match &base {
+        Ok((lt, ltps, ln)) => {
+            println!(
+                "| llama.cpp (llama-cpp-python 0.3.36) | chat, {short_tokens} tokens | {lt:.1} | {ltps:.1} | {ln} |"
+            )
+        }
+        Err(e) => println!(
+            "| llama.cpp | skipped: {} | | | |",
+            e.lines().last().unwrap_or("")
+        ),
+    }
+    let (lt_ours, _, _) = single_with(&model, &long, 4);
+    println!("| sharenet (candle) | {long_tokens} tokens | {lt_ours:.1} | | |");
+    if let Ok((lt, _, _)) = llama_cpp_with(gguf, &long, 4) {
+        println!("| llama.cpp (llama-cpp-python 0.3.36) | {long_tokens} tokens | {lt:.1} | | |");
+    }
+    let c1 = concurrent(&model, 1);
+    let c8 = concurrent(&model, 8);
+    println!("| sharenet scheduler | short prompts | | {c1:.1} (aggregate, concurrency 1) | |");
+    println!("| sharenet scheduler | short prompts | | {c8:.1} (aggregate, concurrency 8) | |");
+    println!();
+    if let Ok((lt, ltps, _)) = base {
+        println!(
+            "- sharenet / llama.cpp: decode {:.2}x, time to first token {:.2}x (chat prompt)",
+            tps / ltps.max(1e-9),
+            t / lt.max(1e-9)
+        );
+    }
+    println!("- concurrency 8 / 1 aggregate {:.2}x", c8 / c1.max(1e-9));
+    Ok(())
+}
+
 fn main() {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
@@ -271,6 +369,18 @@ fn main() {
             && let Err(e) = run(label, shape, dense, dir.path())
         {
             println!("{label} model skipped: {e}");
+        }
+    }
+    if only.is_empty() || only == "real" {
+        match smollm2() {
+            Some(gguf) => {
+                if let Err(e) = real(&gguf) {
+                    println!("SmolLM2 skipped: {e}");
+                }
+            }
+            None => {
+                println!("\nSmolLM2 skipped: run scripts/fetch-smollm2 (or set SHARENET_SMOLLM2)")
+            }
         }
     }
     match embeddings() {

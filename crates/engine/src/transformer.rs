@@ -91,7 +91,7 @@ impl WeightSource<'_> {
             Self::Gguf { .. } => {
                 let q = self.gguf_tensor(gguf)?;
                 self.check_shape(gguf, q.shape().dims(), &[shape.0, shape.1])?;
-                QMatMul::from_qtensor(q).map_err(|e| self.err(gguf, e))
+                fast_matmul(q).map_err(|e| self.err(gguf, e))
             }
         }
     }
@@ -112,6 +112,45 @@ impl WeightSource<'_> {
                 q.dequantize(&device).map_err(|e| self.err(gguf, e))
             }
         }
+    }
+}
+
+/// A GGUF matrix in the form this device multiplies fastest. On the CPU:
+/// F16 and BF16 weights become F32 once at load (candle would convert the
+/// activations to f16 and back on every product), and Q4_1, Q5_0 and Q5_1,
+/// for which candle has no SIMD dot product, are requantized to Q8_0 once
+/// (8 bits per weight for their 4 or 5: the values stay within Q8_0's
+/// rounding of the file's own). Every other type is used as stored. The
+/// advert still names what the file holds.
+fn fast_matmul(q: QTensor) -> candle_core::Result<QMatMul> {
+    use candle_core::quantized::GgmlDType as G;
+    let device = q.device();
+    if !device.is_cpu() {
+        return QMatMul::from_qtensor(q);
+    }
+    match q.dtype() {
+        G::F16 | G::BF16 | G::F32 => Ok(QMatMul::Tensor(q.dequantize(&device)?)),
+        G::Q4_1 | G::Q5_0 | G::Q5_1 => {
+            let dense = q.dequantize(&device)?;
+            QMatMul::from_qtensor(QTensor::quantize(&dense, G::Q8_0)?)
+        }
+        _ => QMatMul::from_qtensor(q),
+    }
+}
+
+/// Rows at and above which a quantized product runs as one dense matrix
+/// product (weights dequantized for the call; candle's quantized path
+/// repeats a dot product per row): prefill, and large decode batches.
+const DENSE_ROWS: usize = 16;
+
+/// `x` [rows, in] times `m`ᵀ, dense when there are many rows.
+fn product(m: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    match m {
+        QMatMul::QTensor(q) if x.dims().first().is_some_and(|&r| r >= DENSE_ROWS) => {
+            let w = q.dequantize(x.device())?;
+            x.matmul(&w.t()?)
+        }
+        _ => m.forward(x),
     }
 }
 
@@ -291,7 +330,7 @@ impl Transformer {
                 WeightSource::Safetensors { .. } => QMatMul::Tensor(embed.clone()),
                 WeightSource::Gguf { .. } => {
                     let q = w.gguf_tensor("token_embd.weight")?;
-                    QMatMul::from_qtensor(q).map_err(|e| w.err("token_embd.weight", e))?
+                    fast_matmul(q).map_err(|e| w.err("token_embd.weight", e))?
                 }
             }
         };
@@ -341,14 +380,14 @@ impl Transformer {
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.rms(x, &layer.mlp_norm)?;
-        let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-        let up = layer.up.forward(&h)?;
-        layer.down.forward(&(gate * up)?)
+        let gate = candle_nn::ops::silu(&product(&layer.gate, &h)?)?;
+        let up = product(&layer.up, &h)?;
+        product(&layer.down, &(gate * up)?)
     }
 
     fn qkv(&self, layer: &Layer, h: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let proj = |m: &QMatMul, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
-            let y = m.forward(h)?;
+            let y = product(m, h)?;
             match b {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
@@ -495,7 +534,7 @@ impl Transformer {
             };
             let (k, v) = (from_cache(&kv.k)?, from_cache(&kv.v)?);
             let out = self.attend(&q, &k, &v, pos0, n)?;
-            x = (x + layer.o.forward(&out)?)?;
+            x = (x + product(&layer.o, &out)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
         cache.pos += n;
@@ -550,13 +589,13 @@ impl Transformer {
                 );
             }
             let out = Tensor::from_vec(out, (b, qd), &self.device)?;
-            x = (x + layer.o.forward(&out)?)?;
+            x = (x + product(&layer.o, &out)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
         for c in caches.iter_mut() {
             c.pos += 1;
         }
-        self.head.forward(&self.rms(&x, &self.norm)?)
+        product(&self.head, &self.rms(&x, &self.norm)?)
     }
 
     /// Logits as f32 rows.
@@ -565,5 +604,66 @@ impl Transformer {
             1 => Ok(vec![logits.to_dtype(DType::F32)?.to_vec1()?]),
             _ => logits.to_dtype(DType::F32)?.to_vec2(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use super::{DENSE_ROWS, fast_matmul, product};
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let (a, b) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        a.iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// Q4_1, Q5_0 and Q5_1 are multiplied as Q8_0 and F16 as F32: the
+    /// products stay those of the file's own weights (within Q8_0's
+    /// rounding of them and the activations' quantization).
+    #[test]
+    fn converted_weights_multiply_like_the_files_own() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (96, 256), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 256), &dev).unwrap();
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::F16,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            // The file's weights exactly, multiplied densely.
+            let exact = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+            let m = fast_matmul(q).unwrap();
+            let got = product(&m, &x).unwrap();
+            let d = max_rel_diff(&exact, &got);
+            assert!(d < 0.02, "{dtype:?}: {d}");
+        }
+    }
+
+    /// Many rows (a prefill) go through one dense product; it agrees with
+    /// candle's quantized path row by row.
+    #[test]
+    fn the_dense_path_for_many_rows_agrees_with_the_quantized_one() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (64, 128), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (DENSE_ROWS + 3, 128), &dev).unwrap();
+        let m = candle_core::quantized::QMatMul::from_qtensor(
+            QTensor::quantize(&w, GgmlDType::Q8_0).unwrap(),
+        )
+        .unwrap();
+        let dense = product(&m, &x).unwrap();
+        let quantized = candle_core::Module::forward(&m, &x).unwrap();
+        let d = max_rel_diff(&dense, &quantized);
+        assert!(d < 0.02, "{d}");
     }
 }
