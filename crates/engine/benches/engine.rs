@@ -279,7 +279,7 @@ const CHAT_PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant na
 fn smollm2() -> Option<PathBuf> {
     std::env::var_os("SHARENET_SMOLLM2")
         .map(PathBuf::from)
-        .or_else(|| Some(root().join("target/bench-models/SmolLM2-135M-Instruct.Q4_1.gguf")))
+        .or_else(|| Some(root().join("target/test-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
         .filter(|p| p.exists())
 }
 

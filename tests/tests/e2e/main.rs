@@ -15,6 +15,7 @@ mod inference;
 mod lifecycle;
 mod nat;
 mod openai_python;
+mod real_model;
 mod receipts;
 mod routing;
 mod scheduling;
