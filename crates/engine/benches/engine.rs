@@ -76,9 +76,9 @@ fn single_with(model: &TextModel, text: &str, max_tokens: u32) -> (f64, f64, u32
 }
 
 /// Aggregate decode tokens/s with `c` sequences at once through the
-/// scheduler: tokens produced after every sequence has its first token
-/// (prefills done), over the time from then to the last token. Time to
-/// first token is reported separately.
+/// scheduler: tokens produced while all `c` decode (after every sequence
+/// has its first token, until the first one ends). Time to first token is
+/// reported separately.
 fn concurrent(model: &Arc<TextModel>, c: usize) -> f64 {
     let sched = match Scheduler::start(
         model.clone(),
@@ -129,13 +129,23 @@ fn concurrent(model: &Arc<TextModel>, c: usize) -> f64 {
                 .collect();
             threads.into_iter().filter_map(|t| t.join().ok()).collect()
         });
+        // While all `c` decode: from the last first token to the first
+        // sequence's end (a real model stops at its end-of-turn token,
+        // and a sequence that ended does not load the batch).
         let (Some(start), Some(end)) = (
             stamps.iter().filter_map(|t| t.first()).max(),
-            stamps.iter().filter_map(|t| t.last()).max(),
+            stamps.iter().filter_map(|t| t.last()).min(),
         ) else {
             continue;
         };
-        let decoded = stamps.iter().flatten().filter(|t| *t > start).count();
+        if end <= start {
+            continue;
+        }
+        let decoded = stamps
+            .iter()
+            .flatten()
+            .filter(|t| *t > start && *t <= end)
+            .count();
         let tps = decoded as f64 / (*end - *start).as_secs_f64().max(1e-9);
         if tps > best {
             best = tps;
