@@ -104,7 +104,17 @@ fn concurrent(model: &Arc<TextModel>, c: usize) -> f64 {
                         prompt: format!("{PROMPT} {i}"),
                     })
                     .ok()?;
-                sched.submit(prompt, params()).ok()
+                // Every sequence runs to max_tokens: a real model's
+                // end-of-turn tokens are banned, so the batch stays full.
+                let mut banned: Vec<(u32, f32)> =
+                    model.eos_tokens().iter().map(|&t| (t, -100.0)).collect();
+                banned.sort_by_key(|b| b.0);
+                banned.dedup_by_key(|b| b.0);
+                let params = SamplingParams {
+                    logit_bias: banned,
+                    ..params()
+                };
+                sched.submit(prompt, params).ok()
             })
             .collect();
         // Per sequence: the arrival time of each token.

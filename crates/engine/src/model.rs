@@ -335,6 +335,11 @@ impl TextModel {
         self.transformer.spec()
     }
 
+    /// The tokens that end a generation (end of text, end of turn).
+    pub fn eos_tokens(&self) -> &[u32] {
+        &self.eos
+    }
+
     pub fn format(&self) -> &WeightsFormat {
         &self.format
     }
