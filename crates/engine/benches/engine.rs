@@ -369,7 +369,53 @@ fn real(gguf: &Path) -> Result<(), String> {
         );
     }
     println!("- concurrency 8 / 1 aggregate {:.2}x", c8 / c1.max(1e-9));
+    requantized(gguf);
     Ok(())
+}
+
+/// The same model requantized by llama.cpp's own quantizer to other types
+/// (from Q4_1: fine for speed, not for quality), each file loaded by both
+/// engines: chat-prompt TTFT and decode at concurrency 1.
+fn requantized(gguf: &Path) {
+    let Some(py) = python() else {
+        return println!("\nrequantized files skipped: no .venv (run scripts/setup-test-deps)");
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        return println!("\nrequantized files skipped: no temporary folder");
+    };
+    println!("\nThe same weights requantized by llama.cpp (chat prompt, concurrency 1):\n");
+    println!(
+        "| file type | sharenet TTFT ms | sharenet tok/s | llama.cpp TTFT ms | llama.cpp tok/s | decode ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for kind in ["q8_0", "q4_0", "q4_k_m"] {
+        let out = dir.path().join(format!("smollm2-{kind}.gguf"));
+        let made = std::process::Command::new(&py)
+            .arg(root().join("tests/python/quantize_gguf.py"))
+            .arg(gguf)
+            .arg(&out)
+            .arg(kind)
+            .output();
+        if !made.is_ok_and(|o| o.status.success()) {
+            println!("| {kind} | quantize failed | | | | |");
+            continue;
+        }
+        let model = match TextModel::load(&out) {
+            Ok(m) => m,
+            Err(e) => {
+                println!("| {kind} | load failed: {e} | | | | |");
+                continue;
+            }
+        };
+        let (t, tps, _) = single_with(&model, CHAT_PROMPT, MAX_TOKENS);
+        match llama_cpp_with(&out, CHAT_PROMPT, MAX_TOKENS) {
+            Ok((lt, ltps, _)) => println!(
+                "| {kind} | {t:.1} | {tps:.1} | {lt:.1} | {ltps:.1} | {:.2}x |",
+                tps / ltps.max(1e-9)
+            ),
+            Err(_) => println!("| {kind} | {t:.1} | {tps:.1} | skipped | | |"),
+        }
+    }
 }
 
 fn main() {
