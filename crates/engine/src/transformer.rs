@@ -80,13 +80,13 @@ impl WeightSource<'_> {
         hf: &str,
         gguf: &str,
         shape: (usize, usize),
-    ) -> Result<QMatMul, EngineError> {
+    ) -> Result<Matrix, EngineError> {
         match self {
             Self::Safetensors { vb, .. } => {
                 let t = vb.get_unchecked_dtype(hf, DType::F32);
                 let t = t.map_err(|e| self.err(hf, e))?;
                 self.check_shape(hf, t.dims(), &[shape.0, shape.1])?;
-                Ok(QMatMul::Tensor(t))
+                Ok(Matrix::plain(QMatMul::Tensor(t)))
             }
             Self::Gguf { .. } => {
                 let q = self.gguf_tensor(gguf)?;
@@ -115,58 +115,132 @@ impl WeightSource<'_> {
     }
 }
 
+/// A weight matrix, and how to multiply by it.
+pub(crate) struct Matrix {
+    q: QMatMul,
+    /// Extra zero columns the input gets (0: none).
+    pad: usize,
+    /// candle multiplies it with its repacked AVX-512 VNNI kernels, which
+    /// are fast for many rows too (no dense path for prefill).
+    vnni: bool,
+}
+
+impl Matrix {
+    fn plain(q: QMatMul) -> Self {
+        Self {
+            q,
+            pad: 0,
+            vnni: false,
+        }
+    }
+}
+
+/// candle's AVX-512 VNNI kernels for Q8_0 (weights repacked in tiles)
+/// take rows whose length is a multiple of this; other rows fall back to
+/// its AVX2 dot product, several times slower.
+const VNNI_K: usize = 256;
+
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// A GGUF matrix in the form this device multiplies fastest. On the CPU:
-/// F16 and BF16 weights become F32 once at load (candle would convert the
-/// activations to f16 and back on every product), and Q4_1, Q5_0 and Q5_1,
-/// for which candle has no SIMD dot product, are requantized to Q8_0 once
-/// (8 bits per weight for their 4 or 5: the values stay within Q8_0's
-/// rounding of the file's own). Every other type is used as stored. The
-/// advert still names what the file holds.
-fn fast_matmul(q: QTensor) -> candle_core::Result<QMatMul> {
+/// - F16 and BF16 weights become F32 once at load (candle would convert
+///   the activations to f16 and back on every product);
+/// - types candle has no SIMD dot product for (Q4_1, Q5_0, Q5_1) are
+///   requantized to Q8_0 once: 8 bits per weight for their 4 or 5, so the
+///   values stay within Q8_0's rounding of the file's own;
+/// - on a CPU with AVX-512 VNNI, where candle multiplies Q8_0 with
+///   repacked VNNI kernels, Q4_0 is requantized to Q8_0 too, and a Q8_0
+///   matrix whose rows are not a multiple of 256 long (SmolLM2's 576) is
+///   padded with zero columns (and its inputs with zeros) so those kernels
+///   take it instead of the AVX2 dot product.
+///
+/// Every other type is used as stored. The advert still names what the
+/// file holds.
+fn fast_matmul(q: QTensor) -> candle_core::Result<Matrix> {
     use candle_core::quantized::GgmlDType as G;
     let device = q.device();
     if !device.is_cpu() {
-        return QMatMul::from_qtensor(q);
+        return Ok(Matrix::plain(QMatMul::from_qtensor(q)?));
     }
-    match q.dtype() {
-        G::F16 | G::BF16 | G::F32 => Ok(QMatMul::Tensor(q.dequantize(&device)?)),
-        G::Q4_1 | G::Q5_0 | G::Q5_1 => {
-            let dense = q.dequantize(&device)?;
-            QMatMul::from_qtensor(QTensor::quantize(&dense, G::Q8_0)?)
+    let vnni = has_vnni();
+    let q = match q.dtype() {
+        G::F16 | G::BF16 | G::F32 => {
+            return Ok(Matrix::plain(QMatMul::Tensor(q.dequantize(&device)?)));
         }
-        _ => QMatMul::from_qtensor(q),
+        G::Q4_1 | G::Q5_0 | G::Q5_1 => QTensor::quantize(&q.dequantize(&device)?, G::Q8_0)?,
+        G::Q4_0 if vnni => QTensor::quantize(&q.dequantize(&device)?, G::Q8_0)?,
+        _ => q,
+    };
+    let dims = q.shape().dims().to_vec();
+    let [n, k] = dims[..] else {
+        return Ok(Matrix::plain(QMatMul::from_qtensor(q)?));
+    };
+    let tiled = vnni && n % 16 == 0;
+    if tiled && q.dtype() == G::Q8_0 && k % VNNI_K != 0 {
+        let pad = VNNI_K - k % VNNI_K;
+        let dense = q.dequantize(&device)?.pad_with_zeros(1, 0, pad)?;
+        return Ok(Matrix {
+            q: QMatMul::from_qtensor(QTensor::quantize(&dense, G::Q8_0)?)?,
+            pad,
+            vnni: true,
+        });
     }
+    let vnni = tiled && k % VNNI_K == 0 && matches!(q.dtype(), G::Q8_0 | G::Q4K | G::Q6K);
+    Ok(Matrix {
+        q: QMatMul::from_qtensor(q)?,
+        pad: 0,
+        vnni,
+    })
 }
 
 /// Rows at and above which a quantized product runs as one dense matrix
 /// product (weights dequantized for the call; candle's quantized path
 /// repeats a dot product per row): prefill, and large decode batches.
+/// Not for matrices candle multiplies with its VNNI kernels, which are
+/// faster than that.
 const DENSE_ROWS: usize = 16;
 
 /// `x` [rows, in] times `m`ᵀ, dense when there are many rows.
-fn product(m: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
-    match m {
-        QMatMul::QTensor(q) if x.dims().first().is_some_and(|&r| r >= DENSE_ROWS) => {
+fn product(m: &Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
+    let padded;
+    let x = if m.pad > 0 {
+        padded = x.pad_with_zeros(1, 0, m.pad)?;
+        &padded
+    } else {
+        x
+    };
+    match &m.q {
+        QMatMul::QTensor(q) if !m.vnni && x.dims().first().is_some_and(|&r| r >= DENSE_ROWS) => {
             let w = q.dequantize(x.device())?;
             x.matmul(&w.t()?)
         }
-        _ => m.forward(x),
+        q => q.forward(x),
     }
 }
 
 struct Layer {
     attn_norm: Tensor,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Matrix,
+    k: Matrix,
+    v: Matrix,
+    o: Matrix,
     q_bias: Option<Tensor>,
     k_bias: Option<Tensor>,
     v_bias: Option<Tensor>,
     mlp_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
 }
 
 /// A loaded model's forward pass. Immutable and shareable; all per-request
@@ -176,7 +250,7 @@ pub(crate) struct Transformer {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: QMatMul,
+    head: Matrix,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -327,7 +401,7 @@ impl Transformer {
             w.matrix("lm_head.weight", "output.weight", (s.vocab_size, h))?
         } else {
             match &w {
-                WeightSource::Safetensors { .. } => QMatMul::Tensor(embed.clone()),
+                WeightSource::Safetensors { .. } => Matrix::plain(QMatMul::Tensor(embed.clone())),
                 WeightSource::Gguf { .. } => {
                     let q = w.gguf_tensor("token_embd.weight")?;
                     fast_matmul(q).map_err(|e| w.err("token_embd.weight", e))?
@@ -386,7 +460,7 @@ impl Transformer {
     }
 
     fn qkv(&self, layer: &Layer, h: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let proj = |m: &QMatMul, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
+        let proj = |m: &Matrix, b: &Option<Tensor>| -> candle_core::Result<Tensor> {
             let y = product(m, h)?;
             match b {
                 Some(b) => y.broadcast_add(b),
@@ -539,7 +613,7 @@ impl Transformer {
         }
         cache.pos += n;
         let last = x.narrow(0, n - 1, 1)?;
-        let logits = self.head.forward(&self.rms(&last, &self.norm)?)?;
+        let logits = product(&self.head, &self.rms(&last, &self.norm)?)?;
         logits.squeeze(0)
     }
 
@@ -650,6 +724,25 @@ mod tests {
         }
     }
 
+    /// Rows whose length is not a multiple of 256 (SmolLM2's 576) are
+    /// padded with zeros for the VNNI kernels; the products are unchanged.
+    #[test]
+    fn padded_rows_multiply_like_unpadded_ones() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (48, 96), &dev).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let exact_w = q.dequantize(&dev).unwrap();
+        let m = fast_matmul(q).unwrap();
+        for rows in [1, 3, DENSE_ROWS + 2] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 96), &dev).unwrap();
+            let exact = x.matmul(&exact_w.t().unwrap()).unwrap();
+            let got = product(&m, &x).unwrap();
+            assert_eq!(got.dims(), &[rows, 48]);
+            let d = max_rel_diff(&exact, &got);
+            assert!(d < 0.03, "{rows} rows: {d}");
+        }
+    }
+
     /// Many rows (a prefill) go through one dense product; it agrees with
     /// candle's quantized path row by row.
     #[test]
@@ -657,12 +750,14 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (64, 128), &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (DENSE_ROWS + 3, 128), &dev).unwrap();
-        let m = candle_core::quantized::QMatMul::from_qtensor(
-            QTensor::quantize(&w, GgmlDType::Q8_0).unwrap(),
-        )
-        .unwrap();
+        let m = super::Matrix::plain(
+            candle_core::quantized::QMatMul::from_qtensor(
+                QTensor::quantize(&w, GgmlDType::Q8_0).unwrap(),
+            )
+            .unwrap(),
+        );
         let dense = product(&m, &x).unwrap();
-        let quantized = candle_core::Module::forward(&m, &x).unwrap();
+        let quantized = candle_core::Module::forward(&m.q, &x).unwrap();
         let d = max_rel_diff(&dense, &quantized);
         assert!(d < 0.02, "{d}");
     }
