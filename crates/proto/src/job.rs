@@ -450,9 +450,8 @@ mod opt_hex {
 mod tests {
     use super::*;
 
-    #[test]
-    fn request_json_round_trip_and_unknown_fields() {
-        let req = JobRequest {
+    fn request() -> JobRequest {
+        JobRequest {
             job_id: JobId([1; 16]),
             coordinator: [2; 32],
             model: "m".into(),
@@ -463,7 +462,12 @@ mod tests {
             tools: None,
             response_format: None,
             traceparent: None,
-        };
+        }
+    }
+
+    #[test]
+    fn request_json_round_trip_and_unknown_fields() {
+        let req = request();
         let json = serde_json::to_vec(&req).unwrap();
         let back: JobRequest = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, req);
@@ -475,16 +479,8 @@ mod tests {
     #[test]
     fn an_oversized_trace_context_is_refused() {
         let mut req = JobRequest {
-            job_id: JobId([1; 16]),
-            coordinator: [2; 32],
-            model: "m".into(),
-            input: JobInput::Chat {
-                messages: vec![ChatMessage::new("user", "hi")],
-            },
-            params: SamplingParams::default(),
-            tools: None,
-            response_format: None,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..request()
         };
         assert!(req.validate().is_ok());
         req.traceparent = Some("0".repeat(MAX_TRACEPARENT_BYTES + 1));

@@ -13,16 +13,8 @@ use sharenet_tests::{TestNet, sse_data};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_finishes_its_stream_and_takes_no_new_jobs() {
-    let t = TestNet::start(1).await;
     // A slower model, so the job is still running when the drain starts.
-    let node = t.add_slow_node().await;
-    let body = json!({"model": "slow-model", "stream": true, "max_tokens": 300,
-                      "temperature": 0, "stream_options": {"include_usage": true},
-                      "messages": [{"role": "user", "content": "tell me a long story"}]});
-    let r = t.post("chat/completions", &body).await;
-    assert_eq!(r.status(), 200);
-    let mut stream = r.bytes_stream();
-    let mut text = String::new();
+    let (t, node, mut stream, mut text) = slow_stream(300).await;
     // Read until the first content arrives, then drain while it streams.
     while !sse_data(&text)
         .iter()
@@ -154,17 +146,27 @@ async fn a_draining_coordinator_finishes_its_streams_before_it_stops() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
+/// A devnet with a slow node, and a stream of `max_tokens` on it that has
+/// started: the stream and the text of its first chunk.
+async fn slow_stream(max_tokens: u32) -> (TestNet, sharenet_node::NodeHandle, Chunks, String) {
     let t = TestNet::start(1).await;
     let node = t.add_slow_node().await;
-    let body = json!({"model": "slow-model", "stream": true, "max_tokens": 100,
+    let body = json!({"model": "slow-model", "stream": true, "max_tokens": max_tokens,
                       "temperature": 0, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "tell me a long story"}]});
     let r = t.post("chat/completions", &body).await;
     assert_eq!(r.status(), 200);
-    let mut stream = r.bytes_stream();
-    let mut text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).to_string();
+    let mut stream = r.bytes_stream().map(|c| c.map(|b| b.to_vec())).boxed();
+    let text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).to_string();
+    (t, node, stream, text)
+}
+
+/// A response body's chunks.
+type Chunks = futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
+    let (t, node, mut stream, mut text) = slow_stream(100).await;
     assert_eq!(node.jobs_in_flight(), 1);
 
     // The operator raises the price and reloads.
@@ -219,15 +221,7 @@ async fn a_reprice_reaches_the_next_advert_and_running_jobs_keep_their_price() {
 /// and served; one that cannot load is reported, and the rest applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_and_removes_models_and_the_removed_ones_stream_finishes() {
-    let t = TestNet::start(1).await;
-    let node = t.add_slow_node().await;
-    let body = json!({"model": "slow-model", "stream": true, "max_tokens": 60,
-                      "temperature": 0, "stream_options": {"include_usage": true},
-                      "messages": [{"role": "user", "content": "tell me a long story"}]});
-    let r = t.post("chat/completions", &body).await;
-    assert_eq!(r.status(), 200);
-    let mut stream = r.bytes_stream();
-    let mut text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).to_string();
+    let (t, node, mut stream, mut text) = slow_stream(60).await;
 
     let mut config = node.config().clone();
     let slow = config.models[0].clone();
