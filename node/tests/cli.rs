@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+mod common;
+use common::edit;
+
 fn node() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sharenet-node"))
 }
@@ -103,10 +106,7 @@ fn init_then_gen_tiny_model_then_models_lists_it() {
 fn a_bad_config_is_refused_naming_the_key() {
     let dir = initialized();
     let config = dir.path().join("node.toml");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("price_in = 100", "price_in = -5");
-    std::fs::write(&config, text).unwrap();
+    edit(&config, "price_in = 100", "price_in = -5");
     let out = node()
         .args(["run", "--config"])
         .arg(&config)
@@ -164,21 +164,7 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
             .success()
     );
     let config = dir.path().join("node.toml");
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(
-            r#"listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]"#,
-            r#"listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
-        )
-        .replace(
-            r#"admin_listen = "127.0.0.1:9470""#,
-            &format!(r#"admin_listen = "127.0.0.1:{admin_port}""#),
-        );
-    std::fs::write(&config, text).unwrap();
+    common::on_loopback(&config);
     let mut child = node()
         .args(["run", "--config"])
         .arg(&config)
@@ -209,10 +195,7 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
         "{shown}"
     );
     // SIGHUP applies a price change from the edited config.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("price_in = 100", "price_in = 120");
-    std::fs::write(&config, text).unwrap();
+    edit(&config, "price_in = 100", "price_in = 120");
     assert!(
         Command::new("kill")
             .args(["-HUP", &child.id().to_string()])
@@ -226,10 +209,7 @@ fn sighup_reprices_and_sigterm_drains_and_exits_cleanly() {
         .any(|l| l.contains("reload: repriced tiny-llama: 120/200"));
     assert!(repriced, "SIGHUP did not reprice");
     // `sharenet-node reload` does the same through the local API.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("price_out = 200", "price_out = 210");
-    std::fs::write(&config, text).unwrap();
+    edit(&config, "price_out = 200", "price_out = 210");
     let out = node()
         .args(["reload", "--config"])
         .arg(&config)

@@ -19,6 +19,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use sharenet_coordinator::{CoordinatorConfig, Timeouts};
 
+mod common;
+
 /// A span as a collector received it.
 #[derive(Debug, Clone)]
 struct Span {
@@ -135,19 +137,7 @@ fn one_trace_spans_the_coordinator_and_the_node() {
             .arg("gen-tiny-model")
             .arg(node_dir.join("models/tiny-llama")));
         let config = node_dir.join("node.toml");
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            r#"listen = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"]"#,
-            r#"listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
-        );
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let text = text.replace(
-            "admin_listen = \"127.0.0.1:9470\"",
-            &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
-        );
-        std::fs::write(&config, text).unwrap();
+        common::on_loopback(&config);
         let node = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)

@@ -98,7 +98,7 @@ impl From<AccountsError> for Error {
 /// The operator's app that pays for spot checks; the operator funds it.
 pub const SPOT_CHECK_APP: &str = "spot-checks";
 
-const DAY_MS: u64 = 86_400_000;
+pub(crate) const DAY_MS: u64 = 86_400_000;
 /// End-customer rate limiters kept per app at most. Customer ids are the
 /// builder's to choose, so a builder that churns them could otherwise grow
 /// the map without bound; past the cap that app's customer limiters start

@@ -14,11 +14,9 @@ use sharenet_api::dashboard::{
 use sharenet_proto::{CountersignedReceipt, JobId};
 use sharenet_router::BreakerState;
 
-use crate::core::accounts::{UsageLine, month_start};
+use crate::core::accounts::{DAY_MS, UsageLine, month_start};
 use crate::core::error::Error;
 use crate::core::{Core, now_ms};
-
-const DAY_MS: u64 = 86_400_000;
 
 fn row(name: String, u: &UsageLine) -> UsageRow {
     UsageRow {
@@ -82,9 +80,12 @@ impl Core {
         let recent = self
             .read_books(move |books| {
                 let mut out = Vec::with_capacity(RECENT);
+                // Job id → its row, for the settlement pass below.
+                let mut index: HashMap<JobId, usize> = HashMap::with_capacity(RECENT);
                 for e in books.recent_entries_of_app(&owner, RECENT) {
                     let e = e?;
                     let r = e.receipt.receipt();
+                    index.insert(r.job_id, out.len());
                     let timing = books.generation(&r.job_id)?;
                     // Re-checked from the stored bytes: both signatures,
                     // and made out to this coordinator.
@@ -109,11 +110,6 @@ impl Core {
                 }
                 // The statement that covers each (one pass over the
                 // settled job ids).
-                let index: HashMap<JobId, usize> = out
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| r.id.parse().ok().map(|id| (id, i)))
-                    .collect();
                 for record in books.statements()? {
                     for id in &record.job_ids {
                         if let Some(&i) = index.get(id) {

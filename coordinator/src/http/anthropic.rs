@@ -29,7 +29,9 @@ use super::access;
 use super::end_customer;
 use super::error::{anthropic_error_body, status};
 use super::openai::{access_of, cost_header, receipt_header};
-use super::request::{DEFAULT_MAX_TOKENS, param_error, provider_prefs};
+use super::request::{
+    DEFAULT_MAX_TOKENS, param_error, parse_body, provider_prefs, validated_tools,
+};
 use crate::core::Core;
 use crate::core::accounts::Principal;
 use crate::core::dispatch::{ActiveJob, Finished, Step, start_job};
@@ -255,19 +257,11 @@ fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
             (choice, parallel)
         }
     };
-    let tools = Tools {
+    validated_tools(Tools {
         specs,
         choice,
         parallel,
-    };
-    tools.validate().map_err(|e| {
-        let param = match &e {
-            sharenet_proto::ProtoError::Invalid { field, .. } => *field,
-            _ => "tools",
-        };
-        param_error(e.to_string(), param)
-    })?;
-    Ok(Some(tools))
+    })
 }
 
 /// The request as a chat job, or a 400 naming the field.
@@ -343,8 +337,7 @@ pub(super) async fn messages_endpoint(
     body: Bytes,
 ) -> Result<Response, AnthropicError> {
     core.metrics.requests.inc();
-    let req: MessagesRequest = serde_json::from_slice(&body)
-        .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}"), None))?;
+    let req: MessagesRequest = parse_body(&body)?;
     let customer = end_customer(
         &headers,
         req.metadata.as_ref().and_then(|m| m.user_id.as_deref()),

@@ -471,11 +471,16 @@ fn parse_tools(
             }
         },
     };
-    let tools = Tools {
+    validated_tools(Tools {
         specs: out,
         choice,
         parallel: parallel.unwrap_or(true),
-    };
+    })
+}
+
+/// `tools` checked (names, schemas, the forced function), or a 400 naming
+/// the field at fault; shared by the OpenAI and Anthropic bodies.
+pub(super) fn validated_tools(tools: Tools) -> Result<Option<Tools>, Error> {
     tools.validate().map_err(|e| {
         let param = match &e {
             sharenet_proto::ProtoError::Invalid { field, .. } => *field,

@@ -733,6 +733,8 @@ mod tests {
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let exact_w = q.dequantize(&dev).unwrap();
         let m = fast_matmul(q).unwrap();
+        // Where the VNNI kernels exist, the padded path is the one taken.
+        assert_eq!(m.pad > 0, super::has_vnni(), "pad {}", m.pad);
         for rows in [1, 3, DENSE_ROWS + 2] {
             let x = Tensor::randn(0f32, 1.0, (rows, 96), &dev).unwrap();
             let exact = x.matmul(&exact_w.t().unwrap()).unwrap();
