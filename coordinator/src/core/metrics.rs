@@ -275,7 +275,11 @@ impl Metrics {
     pub fn finished(&self, f: &Finished<'_>) {
         let path = PATHS
             .iter()
-            .find(|p| f.path == **p || f.path.starts_with(&format!("{p}/")))
+            .find(|p| {
+                f.path
+                    .strip_prefix(**p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
             .copied()
             .unwrap_or("other");
         if INFERENCE_PATHS.contains(&path) {
