@@ -95,7 +95,7 @@ impl LedgerEntry {
         self.receipt.receipt().job_id
     }
 
-    fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(&EntryFile {
             receipt: self.receipt.to_bytes(),
             app: self.app.clone(),
@@ -108,7 +108,7 @@ impl LedgerEntry {
     }
 
     /// Decodes and re-verifies the receipt's signatures.
-    fn from_bytes(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+    pub(crate) fn from_bytes(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             id: hex::encode(key),
             reason,
@@ -193,6 +193,8 @@ pub struct Books {
     generations: sled::Tree,
     /// Per-app index of `entries` ([`app_index_key`] → nothing).
     by_app: sled::Tree,
+    /// Name → value, for callers ([`Books::put_meta`]).
+    meta: sled::Tree,
     committer: Mutex<Option<mpsc::SyncSender<Commit>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// MAC key for entries ([`Books::open_keyed`]).
@@ -263,6 +265,7 @@ impl Books {
             topups: db.open_tree("topups")?,
             statements: db.open_tree("statements")?,
             generations: db.open_tree("generations")?,
+            meta: db.open_tree("meta")?,
             entries,
             by_app,
             db,
@@ -575,6 +578,39 @@ impl Books {
         self.put(&self.topups, &id.to_be_bytes(), topup)
     }
 
+    /// Stores a top-up under a known id (a replica's copy of a shared
+    /// top-up), once: false when it was already there. Durable when it
+    /// returns.
+    pub fn put_topup(&self, id: u64, topup: &TopUp) -> Result<bool, StoreError> {
+        let swapped = self.topups.compare_and_swap(
+            id.to_be_bytes(),
+            None as Option<&[u8]>,
+            Some(encode(topup)?),
+        )?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.db.flush()?;
+        Ok(true)
+    }
+
+    /// Whether a job's entry is recorded.
+    pub fn has_entry(&self, id: &JobId) -> Result<bool, StoreError> {
+        Ok(self.entries.contains_key(id.0)?)
+    }
+
+    /// A value a caller keeps beside the books (e.g. how far a replica has
+    /// followed the shared books). Durable when it returns.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(name.as_bytes(), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(name.as_bytes())?.map(|v| v.to_vec()))
+    }
+
     pub fn topups(&self) -> Result<Vec<TopUp>, StoreError> {
         Self::all(&self.topups)
     }
@@ -606,23 +642,7 @@ impl Books {
     }
 
     pub fn put_statement(&self, record: &StatementRecord) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(
-            1 + 16
-                + record.statement.len()
-                + record.builder_lines.len()
-                + 16 * record.job_ids.len(),
-        );
-        value.push(STATEMENT_RECORD_FORMAT);
-        for part in [&record.statement, &record.builder_lines] {
-            let len = u32::try_from(part.len())
-                .map_err(|_| StoreError::Backend("statement part over 4 GiB".into()))?;
-            value.extend_from_slice(&len.to_be_bytes());
-            value.extend_from_slice(part);
-        }
-        value.extend_from_slice(&record.settled_at_ms.to_be_bytes());
-        for id in &record.job_ids {
-            value.extend_from_slice(&id.0);
-        }
+        let value = record.to_bytes()?;
         let swapped = self.statements.compare_and_swap(
             record.label.as_bytes(),
             None as Option<&[u8]>,
@@ -674,7 +694,27 @@ pub struct StatementRecord {
 }
 
 impl StatementRecord {
-    fn from_bytes(label: &str, v: &[u8]) -> Result<Self, StoreError> {
+    /// The stored form: format byte, the two parts with u32 lengths, the
+    /// settlement time, then the job ids.
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let mut value = Vec::with_capacity(
+            1 + 16 + self.statement.len() + self.builder_lines.len() + 16 * self.job_ids.len(),
+        );
+        value.push(STATEMENT_RECORD_FORMAT);
+        for part in [&self.statement, &self.builder_lines] {
+            let len = u32::try_from(part.len())
+                .map_err(|_| StoreError::Backend("statement part over 4 GiB".into()))?;
+            value.extend_from_slice(&len.to_be_bytes());
+            value.extend_from_slice(part);
+        }
+        value.extend_from_slice(&self.settled_at_ms.to_be_bytes());
+        for id in &self.job_ids {
+            value.extend_from_slice(&id.0);
+        }
+        Ok(value)
+    }
+
+    pub(crate) fn from_bytes(label: &str, v: &[u8]) -> Result<Self, StoreError> {
         let corrupt = |reason: &str| StoreError::Corrupt {
             id: label.to_string(),
             reason: reason.to_string(),
@@ -777,7 +817,7 @@ fn group_commit(db: sled::Db, entries: sled::Tree, by_app: sled::Tree, rx: mpsc:
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sharenet_proto::{Receipt, SignedReceipt, SigningKey, public_key_of};
 

@@ -1,4 +1,5 @@
-//! Durable money records for sharenet, on sled.
+//! Durable money records for sharenet, on sled (embedded) or PostgreSQL
+//! (a deployment of coordinator replicas, [`pg`]).
 //!
 //! - The node's receipt store: the [`ReceiptStore`] trait and its embedded
 //!   default, [`SledReceiptStore`]. A node records the receipts it signed
@@ -15,6 +16,9 @@
 //! crate touches sled, so another backend can replace it.
 
 mod books;
+pub mod pg;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use books::{
     AppRecord, AppRouting, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, StatementRecord,

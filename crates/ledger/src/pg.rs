@@ -1,0 +1,1045 @@
+//! The coordinator's books in PostgreSQL, for a deployment of several
+//! coordinator replicas behind one load balancer.
+//!
+//! PostgreSQL is the source of truth for money; each replica keeps an
+//! embedded [`crate::Books`] as a *mirror* it reads from (dashboards,
+//! usage, settlement) and brings up to date with [`PgLedger::changes`].
+//!
+//! What the database guarantees, whichever replica asks:
+//! - **no overspend**: [`PgLedger::hold`] reads the app's balance, live
+//!   holds and booked spend and inserts the hold in one transaction under
+//!   the app row's lock (`SELECT … FOR UPDATE`), so two replicas admitting
+//!   for the same app take turns;
+//! - **a job is booked once**: the job id is the `entries` primary key;
+//! - **an acknowledged entry is durable**: [`PgLedger::commit`] returns
+//!   after the database's commit (batched: concurrent commits of one
+//!   replica share one transaction and one WAL flush), and the same
+//!   transaction releases the hold and adds the charge to the app's sums
+//!   and the budget windows;
+//! - **a dead replica's holds do not stick**: each hold has an expiry after
+//!   which it stops counting, and [`PgLedger::sweep_holds`] deletes it;
+//! - **a period is settled once**: statements are keyed by period label,
+//!   and [`PgLedger::settle_lock`] is a database-wide advisory lock.
+//!
+//! Following without missing a commit: every followed row carries `xid`,
+//! the id of the transaction that last wrote it. A reader takes a snapshot,
+//! reads the snapshot's `xmin` (every transaction below it has finished),
+//! and reads rows with `from <= xid < xmin`. A transaction that started
+//! earlier but commits later has an xid below the next `xmin` and at or
+//! above this one, so the next read sees it: nothing is skipped, whatever
+//! order transactions commit in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::NoTls;
+
+use crate::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, StoreError, TopUp};
+use sharenet_proto::{JobId, PublicKey};
+
+/// Schema versions, applied in order, each once (under an advisory lock,
+/// so replicas starting together do not race).
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_books.sql"))];
+
+/// Advisory lock ids (arbitrary, fixed).
+const MIGRATE_LOCK: i64 = 0x5348_4e45_5401;
+const SETTLE_LOCK: i64 = 0x5348_4e45_5402;
+
+/// Commits waiting at most this many to share one transaction.
+const MAX_GROUP: usize = 1024;
+/// Entries read per [`PgLedger::changes`] call at most (more than one
+/// commit group, so one transaction's rows always fit).
+const MAX_CHANGES: i64 = 8192;
+/// A deadlock or serialization failure is retried this many times.
+const RETRIES: usize = 5;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The Display of a server error is only "db error"; its details
+        // say what happened.
+        match e.as_db_error() {
+            Some(db) => Self::Backend(format!("postgres: {} ({})", db.message(), db.code().code())),
+            None => Self::Backend(format!("postgres: {e}")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            e => Self::Backend(format!("postgres pool: {e}")),
+        }
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is over 2^63")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt {
+        id: what.into(),
+        reason: format!("negative value {v}"),
+    })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+fn decode<T: for<'de> serde::Deserialize<'de>>(id: &str, v: &str) -> Result<T, StoreError> {
+    serde_json::from_str(v).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Whether a failed transaction may simply be run again.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// What an admission needs to see, read under the app row's lock.
+#[derive(Debug, Clone, Default)]
+pub struct Funds {
+    pub topped_up: u64,
+    pub charged: u64,
+    /// Live holds of the app: (key id, end customer, amount).
+    pub holds: Vec<(String, Option<String>, u64)>,
+    /// Booked spend per (scope, window) for the scopes and windows asked.
+    pub spent: HashMap<(String, String), u64>,
+}
+
+/// A hold to take: who, how much, until when, and which spend rows the
+/// check reads (see the `spend` table for the scope and window names).
+#[derive(Debug, Clone)]
+pub struct HoldRequest<'a> {
+    pub app: &'a str,
+    pub key_id: &'a str,
+    pub end_customer: Option<&'a str>,
+    pub amount: u64,
+    pub now_ms: u64,
+    pub expires_at_ms: u64,
+    pub scopes: &'a [String],
+    pub windows: &'a [String],
+}
+
+/// A booked job for [`PgLedger::commit`]: the entry, the hold it replaces,
+/// and the spend rows its charge goes to.
+#[derive(Debug, Clone)]
+pub struct Booking {
+    pub entry: LedgerEntry,
+    pub hold_id: Option<i64>,
+    pub scopes: Vec<String>,
+    pub windows: Vec<String>,
+}
+
+struct Pending {
+    job: [u8; 16],
+    app: String,
+    recorded_at_ms: i64,
+    total: i64,
+    json: String,
+    hold_id: Option<i64>,
+    spend: Vec<(String, String)>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Rows committed since a cursor ([`PgLedger::changes`]).
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub apps: Vec<AppRecord>,
+    pub keys: Vec<KeyRecord>,
+    /// (the database's id, the top-up).
+    pub topups: Vec<(u64, TopUp)>,
+    /// Decoded with both signatures checked.
+    pub entries: Vec<LedgerEntry>,
+    pub statements: Vec<StatementRecord>,
+    /// Where the next call starts.
+    pub next: u64,
+    /// Whether rows are left (call again at once).
+    pub more: bool,
+}
+
+/// The shared books.
+pub struct PgLedger {
+    pool: Pool,
+    commits: mpsc::Sender<Pending>,
+}
+
+/// A held settlement lock: released by [`SettleLock::release`], or by the
+/// database when the connection closes (a dead replica holds nothing).
+pub struct SettleLock {
+    conn: Option<deadpool_postgres::Object>,
+}
+
+impl SettleLock {
+    pub async fn release(mut self) {
+        if let Some(conn) = self.conn.take()
+            && conn
+                .execute("SELECT pg_advisory_unlock($1)", &[&SETTLE_LOCK])
+                .await
+                .is_err()
+        {
+            // Closing the session releases the lock.
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
+impl Drop for SettleLock {
+    fn drop(&mut self) {
+        // Not released: close the session rather than return a locked
+        // connection to the pool.
+        if let Some(conn) = self.conn.take() {
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
+impl PgLedger {
+    /// Connects to `url` (a libpq URL or key=value string), with at most
+    /// `pool_size` connections, and brings the schema up to date. Spawns
+    /// the group-commit task: call from a Tokio runtime.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("database_url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("sharenet-coordinator");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
+        migrate(&pool).await?;
+        let (commits, rx) = mpsc::channel(MAX_GROUP);
+        tokio::spawn(group_commit(pool.clone(), rx));
+        Ok(Self { pool, commits })
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Registers a coordinator key as one of this deployment's.
+    pub async fn add_coordinator(&self, key: &PublicKey, now_ms: u64) -> Result<(), StoreError> {
+        self.conn()
+            .await?
+            .execute(
+                "INSERT INTO coordinators (public_key, first_seen_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&key.as_slice(), &to_i64(now_ms, "time")?],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The deployment's coordinator keys, in key order.
+    pub async fn coordinators(&self) -> Result<Vec<PublicKey>, StoreError> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT public_key FROM coordinators ORDER BY public_key",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let b: &[u8] = r.get(0);
+                <PublicKey>::try_from(b).map_err(|_| StoreError::Corrupt {
+                    id: "coordinators".into(),
+                    reason: "a key is not 32 bytes".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// Creates an app; false if one with its id exists.
+    pub async fn create_app(&self, app: &AppRecord) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO apps (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[&app.id, &encode(app)?],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Replaces an existing app's record (its sums are untouched).
+    pub async fn update_app(&self, app: &AppRecord) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .await?
+            .execute(
+                "UPDATE apps SET record = $2, xid = pg_current_xact_id() WHERE id = $1",
+                &[&app.id, &encode(app)?],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Inserts a key, or returns the stored one with the same hash.
+    pub async fn install_key(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO keys (id, app, sha256, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&key.id, &key.app, &key.sha256.as_slice(), &encode(key)?],
+        )
+        .await?;
+        let row = conn
+            .query_one(
+                "SELECT record FROM keys WHERE sha256 = $1",
+                &[&key.sha256.as_slice()],
+            )
+            .await?;
+        decode(&key.id, row.get(0))
+    }
+
+    /// Marks a key revoked (the first revocation time stays); None if
+    /// there is no such key.
+    pub async fn revoke_key(
+        &self,
+        key_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT record FROM keys WHERE id = $1 FOR UPDATE",
+                &[&key_id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut key: KeyRecord = decode(key_id, row.get(0))?;
+        if key.revoked_at_ms.is_none() {
+            key.revoked_at_ms = Some(now_ms);
+            tx.execute(
+                "UPDATE keys SET record = $2, xid = pg_current_xact_id() WHERE id = $1",
+                &[&key_id, &encode(&key)?],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(key))
+    }
+
+    /// Adds to an app's balance; returns the top-up's id and the app's new
+    /// balance before holds (None: no such app).
+    pub async fn add_topup(&self, t: &TopUp) -> Result<Option<(u64, i128)>, StoreError> {
+        let amount = to_i64(t.amount, "top-up")?;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "UPDATE apps SET topped_up = topped_up + $2, xid = pg_current_xact_id() WHERE id = $1 RETURNING topped_up, charged",
+                &[&t.app, &amount],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (topped, charged): (i64, i64) = (row.get(0), row.get(1));
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO topups (app, amount, at_ms) VALUES ($1, $2, $3) RETURNING id",
+                &[&t.app, &amount, &to_i64(t.at_ms, "time")?],
+            )
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(Some((
+            to_u64(id, "topup")?,
+            i128::from(topped) - i128::from(charged),
+        )))
+    }
+
+    /// Takes a hold if `check` accepts the app's funds as they stand: the
+    /// read, the check and the insert are one transaction under the app
+    /// row's lock. Returns the hold's id, or `check`'s refusal (then
+    /// nothing was written). `Ok(Err(None))`-like "no such app" is
+    /// `Ok(None)`.
+    pub async fn hold<E>(
+        &self,
+        req: &HoldRequest<'_>,
+        check: impl FnOnce(&Funds) -> Result<(), E>,
+    ) -> Result<Option<Result<i64, E>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let now = to_i64(req.now_ms, "time")?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT topped_up, charged FROM apps WHERE id = $1 FOR UPDATE",
+                &[&req.app],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut funds = Funds {
+            topped_up: to_u64(row.get(0), req.app)?,
+            charged: to_u64(row.get(1), req.app)?,
+            ..Funds::default()
+        };
+        for r in tx
+            .query(
+                "SELECT key_id, end_customer, amount FROM holds WHERE app = $1 AND expires_at_ms > $2",
+                &[&req.app, &now],
+            )
+            .await?
+        {
+            funds
+                .holds
+                .push((r.get(0), r.get(1), to_u64(r.get(2), "hold")?));
+        }
+        for r in tx
+            .query(
+                "SELECT scope, win, amount FROM spend WHERE app = $1 AND scope = ANY($2) AND win = ANY($3)",
+                &[&req.app, &req.scopes, &req.windows],
+            )
+            .await?
+        {
+            funds
+                .spent
+                .insert((r.get(0), r.get(1)), to_u64(r.get(2), "spend")?);
+        }
+        if let Err(e) = check(&funds) {
+            return Ok(Some(Err(e)));
+        }
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO holds (app, key_id, end_customer, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &req.app,
+                    &req.key_id,
+                    &req.end_customer,
+                    &to_i64(req.amount, "hold")?,
+                    &to_i64(req.expires_at_ms, "time")?,
+                ],
+            )
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(Some(Ok(id)))
+    }
+
+    /// Releases a hold (a job that ended without a receipt).
+    pub async fn release(&self, hold_id: i64) -> Result<(), StoreError> {
+        self.conn()
+            .await?
+            .execute("DELETE FROM holds WHERE id = $1", &[&hold_id])
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes holds that expired before `now_ms`; returns how many.
+    pub async fn sweep_holds(&self, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .conn()
+            .await?
+            .execute(
+                "DELETE FROM holds WHERE expires_at_ms <= $1",
+                &[&to_i64(now_ms, "time")?],
+            )
+            .await?)
+    }
+
+    /// Live holds of every app: (count, sum), for tests and the operator.
+    pub async fn live_holds(&self, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "SELECT count(*), coalesce(sum(amount), 0)::bigint FROM holds WHERE expires_at_ms > $1",
+                &[&to_i64(now_ms, "time")?],
+            )
+            .await?;
+        Ok((to_u64(row.get(0), "holds")?, to_u64(row.get(1), "holds")?))
+    }
+
+    /// Books a job: the entry, its charge in the app's sums and the spend
+    /// windows, and its hold released, in one transaction shared with the
+    /// replica's other concurrent commits. Durable when it returns; a job
+    /// id already booked (by any replica) is [`StoreError::Duplicate`] and
+    /// only releases the hold.
+    pub async fn commit(&self, b: Booking) -> Result<(), StoreError> {
+        let job = b.entry.job_id().0;
+        let mut spend = Vec::with_capacity(b.scopes.len() * b.windows.len());
+        for s in &b.scopes {
+            for w in &b.windows {
+                spend.push((s.clone(), w.clone()));
+            }
+        }
+        let (done, wait) = oneshot::channel();
+        let pending = Pending {
+            job,
+            app: b.entry.app.clone(),
+            recorded_at_ms: to_i64(b.entry.recorded_at_ms, "time")?,
+            total: to_i64(b.entry.charge.total, "charge")?,
+            json: String::from_utf8(b.entry.to_bytes()?)
+                .map_err(|e| StoreError::Backend(format!("entry json: {e}")))?,
+            hold_id: b.hold_id,
+            spend,
+            done,
+        };
+        self.commits
+            .send(pending)
+            .await
+            .map_err(|_| StoreError::Backend("the commit task stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Backend("the commit task stopped".into()))?
+    }
+
+    /// Whether a job is booked.
+    pub async fn has_entry(&self, job: &JobId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM entries WHERE job_id = $1",
+                &[&job.0.as_slice()],
+            )
+            .await?
+            .is_some())
+    }
+
+    /// (entries, sum of their charges) of one app, or of all apps.
+    pub async fn entry_totals(&self, app: Option<&str>) -> Result<(u64, u64), StoreError> {
+        let row = self
+            .conn()
+            .await?
+            .query_one(
+                "SELECT count(*), coalesce(sum(total), 0)::bigint FROM entries WHERE $1::text IS NULL OR app = $1",
+                &[&app],
+            )
+            .await?;
+        Ok((
+            to_u64(row.get(0), "entries")?,
+            to_u64(row.get(1), "entries")?,
+        ))
+    }
+
+    /// Everything committed at or after `from` (a value of
+    /// [`Changes::next`]; 0 for everything), see the module docs.
+    pub async fn changes(&self, from: u64) -> Result<Changes, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        // The first statement takes the snapshot the others read.
+        let xmin: i64 = tx
+            .query_one(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
+        let from_s = from.to_string();
+        let to_s = xmin.to_string();
+        let range: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from_s, &to_s];
+        let mut out = Changes {
+            next: to_u64(xmin, "xmin")?,
+            ..Changes::default()
+        };
+        for r in tx
+            .query(
+                "SELECT id, record FROM apps WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8",
+                &range,
+            )
+            .await?
+        {
+            out.apps.push(decode(r.get(0), r.get(1))?);
+        }
+        for r in tx
+            .query(
+                "SELECT id, record FROM keys WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8",
+                &range,
+            )
+            .await?
+        {
+            out.keys.push(decode(r.get(0), r.get(1))?);
+        }
+        for r in tx
+            .query(
+                "SELECT id, app, amount, at_ms FROM topups WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8",
+                &range,
+            )
+            .await?
+        {
+            out.topups.push((
+                to_u64(r.get(0), "topup")?,
+                TopUp {
+                    app: r.get(1),
+                    amount: to_u64(r.get(2), "topup")?,
+                    at_ms: to_u64(r.get(3), "topup")?,
+                },
+            ));
+        }
+        for r in tx
+            .query(
+                "SELECT label, record FROM statements WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8",
+                &range,
+            )
+            .await?
+        {
+            out.statements
+                .push(StatementRecord::from_bytes(r.get(0), r.get(1))?);
+        }
+        let rows = tx
+            .query(
+                "SELECT job_id, entry, xid::text::bigint FROM entries WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8 ORDER BY xid, job_id LIMIT $3",
+                &[&from_s, &to_s, &MAX_CHANGES],
+            )
+            .await?;
+        tx.commit().await?;
+        if rows.len() as i64 == MAX_CHANGES
+            && let Some(last) = rows.last()
+        {
+            // More rows may share the last transaction id: start there
+            // next time (rows read twice are duplicates to the mirror).
+            out.next = to_u64(last.get(2), "xid")?;
+            out.more = true;
+        }
+        for r in rows {
+            let job: &[u8] = r.get(0);
+            let json: &str = r.get(1);
+            out.entries
+                .push(LedgerEntry::from_bytes(job, json.as_bytes())?);
+        }
+        Ok(out)
+    }
+
+    /// Takes the deployment-wide settlement lock (waits for it).
+    pub async fn settle_lock(&self) -> Result<SettleLock, StoreError> {
+        let conn = self.conn().await?;
+        conn.execute("SELECT pg_advisory_lock($1)", &[&SETTLE_LOCK])
+            .await?;
+        Ok(SettleLock { conn: Some(conn) })
+    }
+
+    pub async fn statement(&self, label: &str) -> Result<Option<StatementRecord>, StoreError> {
+        self.conn()
+            .await?
+            .query_opt("SELECT record FROM statements WHERE label = $1", &[&label])
+            .await?
+            .map(|r| StatementRecord::from_bytes(label, r.get(0)))
+            .transpose()
+    }
+
+    /// Stores a statement once; false if its period was already stored.
+    pub async fn put_statement(&self, record: &StatementRecord) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO statements (label, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&record.label, &record.to_bytes()?],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS sharenet_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM sharenet_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(newer) = applied
+        .iter()
+        .max()
+        .filter(|v| **v > MIGRATIONS.len() as i32)
+    {
+        return Err(StoreError::Backend(format!(
+            "the database's schema is version {newer}, newer than this coordinator knows ({}): upgrade the coordinator",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS {
+        if !applied.contains(version) {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO sharenet_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The commit task: takes what is waiting (up to [`MAX_GROUP`]) and books
+/// it in one transaction.
+async fn group_commit(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut outcome = Err(StoreError::Backend("not tried".into()));
+        for _ in 0..RETRIES {
+            match book_group(&pool, &group).await {
+                Err(Retry::Again(e)) => {
+                    outcome = Err(e.into());
+                    continue;
+                }
+                Err(Retry::Fail(e)) => {
+                    outcome = Err(e);
+                    break;
+                }
+                Ok(inserted) => {
+                    outcome = Ok(inserted);
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Ok(mut inserted) => {
+                for p in group {
+                    // A job given twice in one group was inserted once.
+                    let r = if inserted.remove(&p.job) {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Duplicate(JobId(p.job)))
+                    };
+                    let _ = p.done.send(r);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for p in group {
+                    let _ = p.done.send(Err(StoreError::Backend(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+enum Retry {
+    Again(tokio_postgres::Error),
+    Fail(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Retry {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if retryable(&e) {
+            Self::Again(e)
+        } else {
+            Self::Fail(e.into())
+        }
+    }
+}
+
+impl From<StoreError> for Retry {
+    fn from(e: StoreError) -> Self {
+        Self::Fail(e)
+    }
+}
+
+async fn book_group(
+    pool: &Pool,
+    group: &[Pending],
+) -> Result<std::collections::HashSet<[u8; 16]>, Retry> {
+    let mut conn = pool.get().await.map_err(StoreError::from)?;
+    let tx = conn.transaction().await?;
+    // Lock the apps in id order (admissions lock one app row each), so
+    // two replicas' groups never wait on each other in a cycle.
+    let mut apps: Vec<&str> = group.iter().map(|p| p.app.as_str()).collect();
+    apps.sort_unstable();
+    apps.dedup();
+    tx.query(
+        "SELECT id FROM apps WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&apps],
+    )
+    .await?;
+    let jobs: Vec<&[u8]> = group.iter().map(|p| p.job.as_slice()).collect();
+    let app_col: Vec<&str> = group.iter().map(|p| p.app.as_str()).collect();
+    let at: Vec<i64> = group.iter().map(|p| p.recorded_at_ms).collect();
+    let total: Vec<i64> = group.iter().map(|p| p.total).collect();
+    let json: Vec<&str> = group.iter().map(|p| p.json.as_str()).collect();
+    let inserted: std::collections::HashSet<[u8; 16]> = tx
+        .query(
+            "INSERT INTO entries (job_id, app, recorded_at_ms, total, entry) \
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]) \
+             ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+            &[&jobs, &app_col, &at, &total, &json],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| <[u8; 16]>::try_from(r.get::<_, &[u8]>(0)).ok())
+        .collect();
+    // A job repeated inside the group is inserted once: the later copies
+    // are duplicates.
+    let mut first = std::collections::HashSet::new();
+    let mut charged: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut spend: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    for p in group {
+        if !inserted.contains(&p.job) || !first.insert(p.job) {
+            continue;
+        }
+        let c = charged.entry(p.app.as_str()).or_default();
+        *c = c
+            .checked_add(p.total)
+            .ok_or_else(|| StoreError::Backend("charges over 2^63".into()))?;
+        for (s, w) in &p.spend {
+            let v = spend
+                .entry((p.app.as_str(), s.as_str(), w.as_str()))
+                .or_default();
+            *v = v
+                .checked_add(p.total)
+                .ok_or_else(|| StoreError::Backend("spend over 2^63".into()))?;
+        }
+    }
+    if !charged.is_empty() {
+        let (ids, sums): (Vec<&str>, Vec<i64>) = charged.into_iter().unzip();
+        tx.execute(
+            "UPDATE apps SET charged = apps.charged + v.amount, xid = pg_current_xact_id() \
+             FROM unnest($1::text[], $2::bigint[]) AS v(id, amount) WHERE apps.id = v.id",
+            &[&ids, &sums],
+        )
+        .await?;
+    }
+    if !spend.is_empty() {
+        let mut a = Vec::with_capacity(spend.len());
+        let mut s = Vec::with_capacity(spend.len());
+        let mut w = Vec::with_capacity(spend.len());
+        let mut v = Vec::with_capacity(spend.len());
+        for ((app, scope, win), amount) in spend {
+            a.push(app);
+            s.push(scope);
+            w.push(win);
+            v.push(amount);
+        }
+        tx.execute(
+            "INSERT INTO spend (app, scope, win, amount) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) \
+             ON CONFLICT (app, scope, win) DO UPDATE SET amount = spend.amount + EXCLUDED.amount",
+            &[&a, &s, &w, &v],
+        )
+        .await?;
+    }
+    let holds: Vec<i64> = group.iter().filter_map(|p| p.hold_id).collect();
+    if !holds.is_empty() {
+        tx.execute("DELETE FROM holds WHERE id = ANY($1)", &[&holds])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::books::tests::entry;
+    use crate::testing::TestPostgres;
+    use crate::{Budgets, RateLimits};
+
+    fn app(id: &str) -> AppRecord {
+        AppRecord {
+            id: id.into(),
+            builder: "b".into(),
+            name: id.into(),
+            margin: Default::default(),
+            budgets: Budgets::default(),
+            customer_budgets: Budgets::default(),
+            key_limits: RateLimits::default(),
+            customer_limits: RateLimits::default(),
+            created_at_ms: 0,
+            routing: Default::default(),
+        }
+    }
+
+    fn booking(id: u32, app: &str, hold_id: Option<i64>) -> Booking {
+        Booking {
+            entry: entry(id, app, 1_000),
+            hold_id,
+            scopes: vec!["a".into()],
+            windows: vec!["t".into()],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_commits_replays_and_following_agree_with_the_database() {
+        let pg = TestPostgres::start().unwrap();
+        let a = PgLedger::connect(&pg.url(), 4).await.unwrap();
+        // A second replica migrates nothing twice.
+        let b = PgLedger::connect(&pg.url(), 4).await.unwrap();
+        assert!(a.create_app(&app("x")).await.unwrap());
+        assert!(!b.create_app(&app("x")).await.unwrap());
+        let (id, balance) = a
+            .add_topup(&TopUp {
+                app: "x".into(),
+                amount: 1_000_000,
+                at_ms: 1,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(balance, 1_000_000);
+        let req = HoldRequest {
+            app: "x",
+            key_id: "k",
+            end_customer: None,
+            amount: 500,
+            now_ms: 10,
+            expires_at_ms: 1_000_000,
+            scopes: &["a".into()],
+            windows: &["t".into()],
+        };
+        let hold = b
+            .hold(&req, |f| {
+                assert_eq!(f.topped_up, 1_000_000);
+                Ok::<(), ()>(())
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.live_holds(10).await.unwrap(), (1, 500));
+        let booked = booking(7, "x", Some(hold));
+        let total = booked.entry.charge.total;
+        a.commit(booked.clone()).await.unwrap();
+        // The replay is refused, wherever it comes from.
+        assert!(matches!(
+            b.commit(booked).await,
+            Err(StoreError::Duplicate(_))
+        ));
+        assert_eq!(a.live_holds(10).await.unwrap(), (0, 0));
+        assert_eq!(a.entry_totals(Some("x")).await.unwrap(), (1, total));
+        // The next hold sees the charge and the spend row.
+        let seen = b
+            .hold(&req, |f| {
+                assert_eq!(f.charged, total);
+                assert_eq!(f.spent.get(&("a".into(), "t".into())), Some(&total));
+                Err::<(), _>("refused")
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, Err("refused"));
+        assert_eq!(
+            a.live_holds(10).await.unwrap(),
+            (0, 0),
+            "a refusal holds nothing"
+        );
+
+        let all = b.changes(0).await.unwrap();
+        assert_eq!(all.apps.len(), 1);
+        assert_eq!(
+            all.topups,
+            vec![(
+                id,
+                TopUp {
+                    app: "x".into(),
+                    amount: 1_000_000,
+                    at_ms: 1
+                }
+            )]
+        );
+        assert_eq!(all.entries.len(), 1);
+        let again = b.changes(all.next).await.unwrap();
+        assert!(again.entries.is_empty() && again.apps.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_that_commits_late_is_still_followed() {
+        let pg = TestPostgres::start().unwrap();
+        let a = PgLedger::connect(&pg.url(), 4).await.unwrap();
+        a.create_app(&app("x")).await.unwrap();
+        // A transaction takes an xid, then waits while a later one commits.
+        let (client, conn) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .execute(
+                "INSERT INTO topups (app, amount, at_ms) VALUES ('x', 5, 1)",
+                &[],
+            )
+            .await
+            .unwrap();
+        a.add_topup(&TopUp {
+            app: "x".into(),
+            amount: 7,
+            at_ms: 2,
+        })
+        .await
+        .unwrap();
+        let first = a.changes(0).await.unwrap();
+        // The later commit is not shown past the open transaction yet...
+        assert!(first.topups.is_empty(), "{:?}", first.topups);
+        client.batch_execute("COMMIT").await.unwrap();
+        // ...and both are, in the next read, with nothing skipped.
+        let next = a.changes(first.next).await.unwrap();
+        let mut amounts: Vec<u64> = next.topups.iter().map(|(_, t)| t.amount).collect();
+        amounts.sort();
+        assert_eq!(amounts, vec![5, 7]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_is_stored_once_and_the_settle_lock_excludes() {
+        let pg = TestPostgres::start().unwrap();
+        let a = PgLedger::connect(&pg.url(), 4).await.unwrap();
+        let record = StatementRecord {
+            label: "2026-11".into(),
+            statement: vec![1, 2],
+            builder_lines: vec![3],
+            settled_at_ms: 9,
+            job_ids: vec![JobId([4; 16])],
+        };
+        assert!(a.put_statement(&record).await.unwrap());
+        assert!(!a.put_statement(&record).await.unwrap());
+        assert_eq!(a.statement("2026-11").await.unwrap(), Some(record));
+        let lock = a.settle_lock().await.unwrap();
+        let b = PgLedger::connect(&pg.url(), 4).await.unwrap();
+        let waiting = tokio::spawn(async move { b.settle_lock().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the lock is held");
+        lock.release().await;
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
