@@ -22,7 +22,7 @@ pub fn effective(path: &Path) -> anyhow::Result<String> {
     Ok(sharenet_daemon::config::effective(
         path,
         ENV_PREFIX,
-        &["api_keys", "operator_key"],
+        &["api_keys", "operator_key", "database_url"],
     )?)
 }
 
@@ -71,6 +71,43 @@ struct CoordinatorFile {
     /// name on the network (a node's id or a canonical name).
     #[serde(default)]
     aliases: std::collections::BTreeMap<String, String>,
+    /// PostgreSQL: the books shared by every replica of a deployment
+    /// (absent: the embedded books in `data_dir`).
+    database_url: Option<String>,
+    /// Replicas in the deployment (each enforces its share of every rate
+    /// limit).
+    #[serde(default = "default_replicas")]
+    replicas: u32,
+    /// How long a job's hold counts if its replica dies mid-job.
+    #[serde(default = "default_hold_ttl")]
+    hold_ttl_secs: u64,
+    /// Connections to the database per replica.
+    #[serde(default = "default_pool")]
+    database_pool_size: usize,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+fn default_hold_ttl() -> u64 {
+    600
+}
+
+fn default_pool() -> usize {
+    16
+}
+
+/// Environment variable with the database URL; overrides the file.
+pub const DATABASE_URL_ENV: &str = "SHARENET_DATABASE_URL";
+
+/// Shared books in PostgreSQL (see `sharenet_ledger::pg`).
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub replicas: u32,
+    pub hold_ttl: Duration,
+    pub pool_size: usize,
 }
 
 fn default_spill() -> u32 {
@@ -163,6 +200,8 @@ pub struct CoordinatorConfig {
     pub spill_queue_factor: u32,
     /// Model aliases: the name a builder sends → the name routed.
     pub aliases: std::collections::BTreeMap<String, String>,
+    /// Shared books (replicas); None: the embedded books in `data_dir`.
+    pub database: Option<DatabaseConfig>,
 }
 
 /// The network-wide price ceiling, nano-USD per token. One absurd price
@@ -212,7 +251,17 @@ impl CoordinatorConfig {
             .ok()
             .filter(|k| !k.trim().is_empty())
             .or(file.operator_key);
+        let database_url = std::env::var(DATABASE_URL_ENV)
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .or(file.database_url);
         let config = Self {
+            database: database_url.map(|url| DatabaseConfig {
+                url,
+                replicas: file.replicas,
+                hold_ttl: Duration::from_secs(file.hold_ttl_secs),
+                pool_size: file.database_pool_size,
+            }),
             network_fee_bps: file.network_fee_bps,
             spot_check_rate: file.spot_check_rate,
             relay_server: file.relay,
@@ -276,6 +325,22 @@ impl CoordinatorConfig {
         }
         if !(0.0..=1.0).contains(&self.spot_check_rate) {
             bail!("spot_check_rate: must be between 0 and 1");
+        }
+        if let Some(db) = &self.database {
+            if db.replicas == 0 {
+                bail!("replicas: must be at least 1");
+            }
+            if db.hold_ttl < Duration::from_secs(10) {
+                bail!("hold_ttl_secs: must be at least 10");
+            }
+            if db.pool_size < 2 {
+                bail!("database_pool_size: must be at least 2");
+            }
+            if db.url.parse::<sharenet_ledger::pg::PgConfig>().is_err() {
+                bail!(
+                    "database_url: not a PostgreSQL URL (postgresql://user:password@host:port/database)"
+                );
+            }
         }
         Ok(())
     }

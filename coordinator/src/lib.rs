@@ -90,7 +90,10 @@ pub async fn run(
     config: CoordinatorConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    spawn(listener, network, config, shutdown)?.wait().await;
+    spawn(listener, network, config, shutdown)
+        .await?
+        .wait()
+        .await;
     Ok(())
 }
 
@@ -98,7 +101,7 @@ pub async fn run(
 /// `network`: the HTTP server, the network watcher (adverts, RTTs, the
 /// once-a-second tick) and, when spot checks are on, their sampler. All
 /// run on one task tracker and stop when `shutdown` is cancelled.
-pub fn spawn(
+pub async fn spawn(
     listener: TcpListener,
     network: Network,
     config: CoordinatorConfig,
@@ -109,7 +112,7 @@ pub fn spawn(
         .context("read the HTTP listener's address")?;
     let tasks = TaskTracker::new();
     let (core, completed) =
-        Core::open(&config, network.transport, tasks.clone(), shutdown.clone())?;
+        Core::open(&config, network.transport, tasks.clone(), shutdown.clone()).await?;
     tasks.spawn(core::watch_network(
         core.clone(),
         network.events,
@@ -189,7 +192,8 @@ pub async fn start(
         },
         config,
         cancel,
-    )?;
+    )
+    .await?;
     let swarm = network.task;
     handle.tasks.spawn(async move {
         let _ = swarm.await;

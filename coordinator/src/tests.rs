@@ -47,6 +47,7 @@ async fn serve(scripts: Vec<Script>) -> Served {
         config(dir.path()),
         shutdown.clone(),
     )
+    .await
     .unwrap();
     Served {
         handle,

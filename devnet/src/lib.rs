@@ -162,6 +162,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             price_ceiling: Default::default(),
             spill_queue_factor: 5,
             aliases: opts.aliases.clone(),
+            database: None,
         },
         cancel.clone(),
     )

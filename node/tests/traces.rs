@@ -118,6 +118,7 @@ fn one_trace_spans_the_coordinator_and_the_node() {
                 price_ceiling: Default::default(),
                 spill_queue_factor: 5,
                 aliases: Default::default(),
+                database: None,
             },
             cancel.clone(),
         )

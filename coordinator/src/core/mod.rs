@@ -125,7 +125,7 @@ impl Core {
     /// Opens the books and accounts in `config.data_dir`, installs the
     /// configured keys and the spot-checks app. Returns the core and, when
     /// spot checks are on, the receiving end of the completion hook.
-    pub fn open(
+    pub async fn open(
         config: &CoordinatorConfig,
         transport: Arc<dyn Transport>,
         tasks: TaskTracker,
@@ -133,7 +133,6 @@ impl Core {
     ) -> anyhow::Result<(Arc<Self>, Option<mpsc::Receiver<CompletedJob>>)> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create data_dir {}", config.data_dir.display()))?;
-        let books_path = config.data_dir.join("books");
         // The books' MAC key is derived from the coordinator's secret key, so
         // only the holder of that key can write entries bulk reads trust.
         let mac_key = {
@@ -141,14 +140,45 @@ impl Core {
             material.extend_from_slice(&config.identity.signing_key().to_bytes());
             sharenet_proto::sha256(&material)
         };
-        let books = Books::open_keyed(&books_path, mac_key)
-            .with_context(|| format!("open the books {}", books_path.display()))?;
-        let accounts = accounts::Accounts::load(
-            Arc::new(books),
-            config.network_fee_bps,
-            &config.identity.public_key(),
-        )
-        .context("load accounts from the books")?;
+        let accounts = match &config.database {
+            None => {
+                let books_path = config.data_dir.join("books");
+                let books = Books::open_keyed(&books_path, mac_key)
+                    .with_context(|| format!("open the books {}", books_path.display()))?;
+                Arc::new(
+                    accounts::Accounts::load(
+                        Arc::new(books),
+                        config.network_fee_bps,
+                        &config.identity.public_key(),
+                    )
+                    .context("load accounts from the books")?,
+                )
+            }
+            Some(db) => {
+                // A separate folder: the embedded books of a coordinator
+                // that ran alone are never taken for a mirror.
+                let mirror_path = config.data_dir.join("books-mirror");
+                let mirror = Books::open_keyed(&mirror_path, mac_key)
+                    .with_context(|| format!("open the mirror {}", mirror_path.display()))?;
+                let pg = sharenet_ledger::pg::PgLedger::connect(&db.url, db.pool_size)
+                    .await
+                    .context("connect to the database (database_url)")?;
+                let accounts = accounts::Accounts::load_shared(
+                    Arc::new(mirror),
+                    Arc::new(pg),
+                    accounts::SharedOptions {
+                        replicas: db.replicas,
+                        hold_ttl_ms: u64::try_from(db.hold_ttl.as_millis()).unwrap_or(u64::MAX),
+                    },
+                    config.network_fee_bps,
+                    &config.identity.public_key(),
+                )
+                .await
+                .context("follow the shared books")?;
+                tasks.spawn(accounts.clone().run_shared(shutdown.clone()));
+                accounts
+            }
+        };
         accounts::bootstrap(
             &accounts,
             &config.api_keys,
@@ -158,6 +188,7 @@ impl Core {
             },
             now_ms(),
         )
+        .await
         .context("install the configured api_keys")?;
         let (completed, completed_rx) = if config.spot_check_rate > 0.0 {
             accounts::ensure_operator_app(
@@ -167,6 +198,7 @@ impl Core {
                 config.spot_check_funding,
                 now_ms(),
             )
+            .await
             .context("create the spot-checks app")?;
             let (tx, rx) = mpsc::channel(COMPLETED_QUEUE);
             (Some(tx), Some(rx))
@@ -184,7 +216,7 @@ impl Core {
                 rand::random(),
                 config.timeouts.first_token.as_secs_f64() * 500.0,
             )),
-            accounts: Arc::new(accounts),
+            accounts,
             operator_key: config.operator_key.clone(),
             period_rule: config.period_rule,
             timeouts: config.timeouts,
@@ -275,8 +307,44 @@ impl Core {
         let label = period.label();
         let books = self.accounts.books().clone();
         let key = self.identity.signing_key().clone();
-        tokio::task::spawn_blocking(move || settle::settle(&books, &key, period, &label, now))
+        let Some(pg) = self.accounts.shared().cloned() else {
+            return tokio::task::spawn_blocking(move || {
+                settle::settle(&books, &key, period, &label, now)
+            })
+            .await?;
+        };
+        // Replicas: one settlement in the whole deployment at a time.
+        let lock = pg.settle_lock().await?;
+        let settled = async {
+            if let Some(existing) = pg.statement(&label).await? {
+                let statement =
+                    Settlement::from_parts(&existing.statement, &existing.builder_lines)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                if books.statement(&label)?.is_none() {
+                    books.put_statement(&existing)?;
+                }
+                return Ok((statement, false));
+            }
+            // Every replica's entries and statements committed so far.
+            self.accounts.follow().await?;
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                settle::settle_then(&books, &key, period, &label, now, |record| {
+                    if runtime.block_on(pg.put_statement(record))? {
+                        Ok(())
+                    } else {
+                        Err(Error::Internal(format!(
+                            "period {} was settled by another replica meanwhile",
+                            record.label
+                        )))
+                    }
+                })
+            })
             .await?
+        }
+        .await;
+        lock.release().await;
+        settled
     }
 }
 

@@ -10,7 +10,9 @@
 //!
 //! Settling is blocking and must not run twice at once (two periods could
 //! sweep the same unsettled entries): `Core::settle` holds
-//! one lock around it.
+//! one lock around it; with replicas, the database's settlement lock, and
+//! it first follows the shared books so the mirror it reads holds every
+//! replica's entries and statements.
 
 use std::collections::HashSet;
 
@@ -50,6 +52,20 @@ pub fn settle(
     label: &str,
     now_ms: u64,
 ) -> Result<(Settlement, bool), Error> {
+    settle_then(books, key, period, label, now_ms, |_| Ok(()))
+}
+
+/// [`settle`], with `store` called on a new statement's record before the
+/// books keep it (shared books: the database's copy comes first, so a
+/// mirror never holds a statement the deployment does not). Blocking.
+pub fn settle_then(
+    books: &Books,
+    key: &SigningKey,
+    period: Period,
+    label: &str,
+    now_ms: u64,
+    store: impl FnOnce(&StatementRecord) -> Result<(), Error>,
+) -> Result<(Settlement, bool), Error> {
     if let Some(existing) = books.statement(label).map_err(internal)? {
         let statement = Settlement::from_parts(&existing.statement, &existing.builder_lines)
             .map_err(internal)?;
@@ -83,15 +99,15 @@ pub fn settle(
     }
     let statement =
         sharenet_market::statement::settle_preverified(period, key, &entries).map_err(internal)?;
-    books
-        .put_statement(&StatementRecord {
-            label: label.to_string(),
-            statement: statement.signed().to_bytes(),
-            builder_lines: statement.lines_bytes(),
-            settled_at_ms: now_ms,
-            job_ids: entries.iter().map(|e| e.job_id).collect(),
-        })
-        .map_err(internal)?;
+    let record = StatementRecord {
+        label: label.to_string(),
+        statement: statement.signed().to_bytes(),
+        builder_lines: statement.lines_bytes(),
+        settled_at_ms: now_ms,
+        job_ids: entries.iter().map(|e| e.job_id).collect(),
+    };
+    store(&record)?;
+    books.put_statement(&record).map_err(internal)?;
     Ok((statement, true))
 }
 

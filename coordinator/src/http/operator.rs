@@ -94,25 +94,28 @@ async fn create_app(
     body: Bytes,
 ) -> Result<Json<AppObject>, ApiError> {
     let n: NewApp = parse_body(&body)?;
-    let app = core.accounts.create_app(AppRecord {
-        name: if n.name.is_empty() {
-            n.id.clone()
-        } else {
-            n.name
-        },
-        id: n.id,
-        builder: n.builder,
-        margin: Margin {
-            percent_bps: n.margin_bps,
-            per_mtok: n.margin_per_mtok,
-        },
-        budgets: n.budgets,
-        customer_budgets: n.customer_budgets,
-        key_limits: n.key_limits,
-        customer_limits: n.customer_limits,
-        created_at_ms: now_ms(),
-        routing: n.routing,
-    })?;
+    let app = core
+        .accounts
+        .create_app(AppRecord {
+            name: if n.name.is_empty() {
+                n.id.clone()
+            } else {
+                n.name
+            },
+            id: n.id,
+            builder: n.builder,
+            margin: Margin {
+                percent_bps: n.margin_bps,
+                per_mtok: n.margin_per_mtok,
+            },
+            budgets: n.budgets,
+            customer_budgets: n.customer_budgets,
+            key_limits: n.key_limits,
+            customer_limits: n.customer_limits,
+            created_at_ms: now_ms(),
+            routing: n.routing,
+        })
+        .await?;
     Ok(Json(app_object(&app, 0)))
 }
 
@@ -146,7 +149,7 @@ async fn set_routing(
     body: Bytes,
 ) -> Result<Json<AppObject>, ApiError> {
     let routing: AppRouting = parse_body(&body)?;
-    let record = core.accounts.set_routing(&app, routing)?;
+    let record = core.accounts.set_routing(&app, routing).await?;
     Ok(Json(app_object(&record, core.accounts.balance(&app))))
 }
 
@@ -156,7 +159,7 @@ async fn create_key(
     body: Bytes,
 ) -> Result<Json<KeyObject>, ApiError> {
     let n: NewKey = optional_body(&body)?;
-    let (plaintext, record) = core.accounts.create_key(&app, n.budgets, now_ms())?;
+    let (plaintext, record) = core.accounts.create_key(&app, n.budgets, now_ms()).await?;
     // Shown once: only the hash is kept.
     Ok(Json(KeyObject {
         key: Some(plaintext),
@@ -177,7 +180,7 @@ async fn revoke_key(
     State(core): State<Arc<Core>>,
     Path(key_id): Path<String>,
 ) -> Result<Json<KeyObject>, ApiError> {
-    let k = core.accounts.revoke_key(&key_id, now_ms())?;
+    let k = core.accounts.revoke_key(&key_id, now_ms()).await?;
     Ok(Json(key_object(&k)))
 }
 
@@ -187,7 +190,10 @@ async fn top_up(
     body: Bytes,
 ) -> Result<Json<BalanceObject>, ApiError> {
     let t: TopUpRequest = parse_body(&body)?;
-    let balance = core.accounts.top_up(&app, t.amount_nano_usd, now_ms())?;
+    let balance = core
+        .accounts
+        .top_up(&app, t.amount_nano_usd, now_ms())
+        .await?;
     Ok(Json(BalanceObject {
         object: "balance".into(),
         app,

@@ -36,6 +36,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
+/// A parsed `database_url`.
+pub use tokio_postgres::Config as PgConfig;
+
 use crate::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, StoreError, TopUp};
 use sharenet_proto::{JobId, PublicKey};
 
@@ -466,6 +469,31 @@ impl PgLedger {
                 &[&to_i64(now_ms, "time")?],
             )
             .await?)
+    }
+
+    /// An app's (top-ups, charges, live holds), read together; None if
+    /// there is no such app.
+    pub async fn funds(
+        &self,
+        app: &str,
+        now_ms: u64,
+    ) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT topped_up, charged, (SELECT coalesce(sum(amount), 0)::bigint FROM holds WHERE app = $1 AND expires_at_ms > $2) FROM apps WHERE id = $1",
+                &[&app, &to_i64(now_ms, "time")?],
+            )
+            .await?;
+        row.map(|r| {
+            Ok((
+                to_u64(r.get(0), app)?,
+                to_u64(r.get(1), app)?,
+                to_u64(r.get(2), app)?,
+            ))
+        })
+        .transpose()
     }
 
     /// Live holds of every app: (count, sum), for tests and the operator.

@@ -94,6 +94,7 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             price_ceiling: Default::default(),
             spill_queue_factor: 5,
             aliases: Default::default(),
+            database: None,
             relay_server: false,
         },
         t.cancel_token(),

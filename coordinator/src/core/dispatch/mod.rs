@@ -63,7 +63,7 @@ pub async fn start_job(
     };
     let bytes = encode_request(&job, &request)?;
     let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;
-    let hold = plan::admit(core, &job, &plan, principal, end_customer)?;
+    let hold = plan::admit(core, &job, &plan, principal, end_customer).await?;
     let (sensitive, pool) = (plan.sensitive, plan.pool);
     let (offer, started) = attempt::first_answer(core, &plan.model, plan.candidates, &bytes)
         .instrument(span.clone())

@@ -262,7 +262,7 @@ pub(super) fn plan_candidates(
 
 /// Rate limits and the hold: the worst case at the highest price among
 /// the nodes the job may try.
-pub(super) fn admit(
+pub(super) async fn admit(
     core: &Core,
     job: &Job,
     plan: &Plan,
@@ -271,15 +271,18 @@ pub(super) fn admit(
 ) -> Result<Hold, Error> {
     let max_price_in = plan.candidates.iter().map(|o| o.offer.price_in).max();
     let max_price_out = plan.candidates.iter().map(|o| o.offer.price_out).max();
-    Ok(core.accounts.admit(&Admission {
-        principal,
-        end_customer,
-        max_input_tokens: job.max_input_tokens(),
-        max_output_tokens: job.max_output_tokens(),
-        max_price_in: max_price_in.unwrap_or(0),
-        max_price_out: max_price_out.unwrap_or(0),
-        now_ms: now_ms(),
-    })?)
+    Ok(core
+        .accounts
+        .admit(&Admission {
+            principal,
+            end_customer,
+            max_input_tokens: job.max_input_tokens(),
+            max_output_tokens: job.max_output_tokens(),
+            max_price_in: max_price_in.unwrap_or(0),
+            max_price_out: max_price_out.unwrap_or(0),
+            now_ms: now_ms(),
+        })
+        .await?)
 }
 
 #[cfg(test)]

@@ -439,6 +439,7 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
         price_ceiling: Default::default(),
         spill_queue_factor: 5,
         aliases: Default::default(),
+        database: None,
     }
 }
 
@@ -454,12 +455,13 @@ fn setup_with(scripts: Vec<Script>, adjust: impl FnOnce(&mut CoordinatorConfig))
     let net = fake_network(scripts);
     let mut config = config(dir.path());
     adjust(&mut config);
-    let (core, _) = Core::open(
+    // Embedded books: opening awaits nothing that needs the runtime.
+    let (core, _) = futures::executor::block_on(Core::open(
         &config,
         Arc::new(net.transport),
         TaskTracker::new(),
         CancellationToken::new(),
-    )
+    ))
     .unwrap();
     for (peer, bytes) in net.adverts {
         core.on_advert(peer, &bytes, now_ms());
@@ -505,13 +507,13 @@ impl Setup {
         CancellationToken,
         tokio::task::JoinHandle<()>,
     ) {
-        crate::core::accounts::ensure_operator_app(
+        futures::executor::block_on(crate::core::accounts::ensure_operator_app(
             &self.core.accounts,
             crate::core::accounts::SPOT_CHECK_APP,
             "spot checks",
             BALANCE,
             now_ms(),
-        )
+        ))
         .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let shutdown = CancellationToken::new();
