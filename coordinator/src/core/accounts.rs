@@ -486,7 +486,8 @@ impl Accounts {
             }),
             ..loaded
         });
-        pg.add_coordinator(own_key, crate::core::clock::now_ms()).await?;
+        pg.add_coordinator(own_key, crate::core::clock::now_ms())
+            .await?;
         accounts.follow().await?;
         Ok(accounts)
     }

@@ -17,6 +17,7 @@ mod nat;
 mod openai_python;
 mod real_model;
 mod receipts;
+mod replicas;
 mod routing;
 mod scheduling;
 mod settlement;

@@ -1,0 +1,581 @@
+//! Issue 16: two coordinator replicas (real `sharenet-coordinator`
+//! processes) on one PostgreSQL (a throwaway cluster from Debian's
+//! packages, on loopback), with real nodes advertising to both over
+//! libp2p. Money stays exact across them, a revocation on one reaches the
+//! other, SIGKILL of one loses no acknowledged receipt, and settlement of
+//! the deployment happens once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sharenet_ledger::pg::PgLedger;
+use sharenet_ledger::testing::TestPostgres;
+use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
+use sharenet_p2p::{Identity, Multiaddr, PeerId};
+use sharenet_tests::{MODEL, sse_data};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const OPERATOR: &str = "op-replica-test-operator-key";
+
+/// The coordinator binary, built beside this test binary (cargo builds it
+/// for the coordinator's own tests in a workspace run).
+fn coordinator_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("sharenet-coordinator");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p sharenet-coordinator; scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+struct Replica {
+    child: tokio::sync::Mutex<Option<Child>>,
+    base: String,
+    peer: PeerId,
+    addr: Multiaddr,
+}
+
+/// Fields drop in order: the replicas and nodes go before the database.
+struct Deployment {
+    replicas: Vec<Replica>,
+    _nodes: Vec<NodeHandle>,
+    cancel: CancellationToken,
+    http: reqwest::Client,
+    url: String,
+    _pg: TestPostgres,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Deployment {
+    /// PostgreSQL, `replicas` coordinator processes on it (`extra` added
+    /// to each config) and `nodes` in-process nodes advertising to all.
+    async fn start(replicas: usize, nodes: usize, extra: &str) -> Self {
+        let pg = TestPostgres::start().expect("start PostgreSQL");
+        let url = pg.url();
+        let dir = tempfile::tempdir().unwrap();
+        let mut started = Vec::new();
+        for i in 0..replicas {
+            let name = format!("replica-{i}");
+            let key = dir.path().join(format!("{name}.key"));
+            let peer = Identity::load_or_create(&key).unwrap().peer_id();
+            let (http, udp) = (free_tcp_port(), free_udp_port());
+            let config = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    r#"identity_file = "{name}.key"
+data_dir = "{name}-data"
+http_listen = "127.0.0.1:{http}"
+p2p_listen = ["/ip4/127.0.0.1/udp/{udp}/quic-v1"]
+operator_key = "{OPERATOR}"
+network_fee_bps = 500
+spot_check_rate = 0.0
+relay = false
+database_url = "{url}"
+replicas = {replicas}
+hold_ttl_secs = 10
+{extra}
+"#
+                ),
+            )
+            .unwrap();
+            let child = Command::new(coordinator_bin())
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start a coordinator replica");
+            let addr: Multiaddr = format!("/ip4/127.0.0.1/udp/{udp}/quic-v1/p2p/{peer}")
+                .parse()
+                .unwrap();
+            started.push(Replica {
+                child: tokio::sync::Mutex::new(Some(child)),
+                base: format!("http://127.0.0.1:{http}"),
+                peer,
+                addr,
+            });
+        }
+        let http = reqwest::Client::new();
+        for r in &started {
+            wait_until(Duration::from_secs(30), "a replica answers /health", || {
+                let get = http.get(format!("{}/health", r.base)).send();
+                async move { get.await.is_ok_and(|r| r.status().is_success()) }
+            })
+            .await;
+        }
+        let cancel = CancellationToken::new();
+        let mut running = Vec::new();
+        for i in 0..nodes {
+            let model = dir.path().join(format!("model-{i}"));
+            sharenet_engine::tiny::write_tiny_llama(&model, 1, Default::default()).unwrap();
+            let node = sharenet_node::start(
+                NodeConfig {
+                    identity: Identity::generate(),
+                    data_dir: dir.path().join(format!("node-{i}")),
+                    listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+                    bootstrap: started.iter().map(|r| r.addr.clone()).collect(),
+                    relays: Vec::new(),
+                    advert_interval: Duration::from_secs(1),
+                    advert_ttl: Duration::from_secs(5),
+                    region: None,
+                    coordinators: started.iter().map(|r| r.peer).collect(),
+                    keeps_prompts: false,
+                    admin_listen: None,
+                    models: vec![ModelConfig {
+                        max_concurrency: 8,
+                        ..ModelConfig::local(MODEL, model, 100 + i as u64, 200)
+                    }],
+                },
+                cancel.clone(),
+            )
+            .await
+            .expect("start a node");
+            running.push(node);
+        }
+        let d = Self {
+            _pg: pg,
+            url,
+            _dir: dir,
+            replicas: started,
+            _nodes: running,
+            cancel,
+            http,
+        };
+        for i in 0..replicas {
+            wait_until(
+                Duration::from_secs(30),
+                "every replica hears every node",
+                || {
+                    let d = &d;
+                    async move {
+                        let (status, v) = d.get(i, "/operator/dashboard", "").await;
+                        status == 200 && v["nodes"].as_array().is_some_and(|n| n.len() == nodes)
+                    }
+                },
+            )
+            .await;
+        }
+        d
+    }
+
+    async fn get(&self, replica: usize, path: &str, key: &str) -> (u16, Value) {
+        let key = if key.is_empty() { OPERATOR } else { key };
+        let r = self
+            .http
+            .get(format!("{}{path}", self.replicas[replica].base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn operator(&self, replica: usize, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.replicas[replica].base))
+            .bearer_auth(OPERATOR)
+            .json(&body)
+            .send()
+            .await
+            .expect("operator POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An app with `balance` nano-USD and a key, made through replica 0.
+    async fn app(&self, id: &str, balance: u64) -> String {
+        let (s, v) = self
+            .operator(0, "/operator/apps", json!({"id": id, "builder": "b"}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        if balance > 0 {
+            let (s, v) = self
+                .operator(
+                    0,
+                    &format!("/operator/apps/{id}/topup"),
+                    json!({"amount_nano_usd": balance}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        let (s, v) = self
+            .operator(0, &format!("/operator/apps/{id}/keys"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let key = v["key"].as_str().unwrap().to_string();
+        // The other replicas take the key from the shared books within a
+        // follow interval.
+        for i in 1..self.replicas.len() {
+            wait_until(
+                Duration::from_secs(5),
+                "every replica knows the key",
+                || {
+                    let key = &key;
+                    async move { self.get(i, "/v1/usage", key).await.0 == 200 }
+                },
+            )
+            .await;
+        }
+        key
+    }
+
+    /// A streamed chat through `replica`: (status, the usage chunk if the
+    /// stream finished with one).
+    async fn chat(&self, replica: usize, key: &str, max_tokens: u32) -> (u16, Option<Value>) {
+        let sent = self
+            .http
+            .post(format!(
+                "{}/v1/chat/completions",
+                self.replicas[replica].base
+            ))
+            .bearer_auth(key)
+            .json(&json!({
+                "model": MODEL, "max_tokens": max_tokens, "stream": true,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "Tell me about the sea"}],
+            }))
+            .send()
+            .await;
+        let Ok(r) = sent else { return (0, None) };
+        let status = r.status().as_u16();
+        let Ok(body) = r.text().await else {
+            return (status, None);
+        };
+        let usage = sse_data(&body)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|v| v["usage"].is_object() && v["receipt_id"].is_string());
+        (status, usage)
+    }
+
+    /// SIGKILL, no drain.
+    async fn kill(&self, replica: usize) {
+        if let Some(mut child) = self.replicas[replica].child.lock().await.take() {
+            child.start_kill().expect("SIGKILL the replica");
+            child.wait().await.expect("reap the replica");
+        }
+    }
+
+    /// The shared books, read directly.
+    async fn books(&self) -> PgLedger {
+        PgLedger::connect(&self.url, 2).await.expect("connect")
+    }
+}
+
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn charge(usage: &Value) -> u64 {
+    usage["usage"]["cost_details"]["charge_nano_usd"]
+        .as_u64()
+        .expect("usage.cost_details.charge_nano_usd")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The worst case a request of this shape holds, from the 402 an empty
+/// app gets for it ("… worst case of N nano-USD …").
+async fn worst_case(d: &Deployment, max_tokens: u32) -> u64 {
+    let key = d.app("empty", 0).await;
+    let r = d
+        .http
+        .post(format!("{}/v1/chat/completions", d.replicas[0].base))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": MODEL, "max_tokens": max_tokens, "stream": true,
+            "messages": [{"role": "user", "content": "Tell me about the sea"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap().to_string();
+    message
+        .split("worst case of ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no worst case in {message:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_never_overspend_one_balance() {
+    let d = Deployment::start(2, 2, "").await;
+    let worst = worst_case(&d, 8).await;
+    let balance = 50 * worst;
+    let key = d.app("shop", balance).await;
+    // 200 requests at once, split across the replicas.
+    let results = futures::future::join_all((0..200).map(|i| {
+        let (d, key) = (&d, &key);
+        async move { d.chat(i % 2, key, 8).await }
+    }))
+    .await;
+    let mut served = 0;
+    let mut charged = 0u64;
+    for (status, usage) in &results {
+        match status {
+            200 => {
+                served += 1;
+                charged += charge(usage.as_ref().expect("a finished stream has usage"));
+            }
+            402 => {}
+            other => panic!("every refusal is a 402, got {other}"),
+        }
+    }
+    eprintln!("served {served} of 200, charged {charged} of {balance}");
+    assert!(
+        served >= 50,
+        "the balance covers at least 50: {served} served"
+    );
+    assert!(served < 200, "the balance ran out: some were refused");
+    assert!(
+        charged <= balance,
+        "charged {charged} of a balance of {balance}"
+    );
+    let books = d.books().await;
+    let (entries, total) = books.entry_totals(Some("shop")).await.unwrap();
+    assert_eq!(entries, served as u64, "one entry per served request");
+    assert_eq!(total, charged, "the books charge what the responses say");
+    assert_eq!(
+        books.live_holds(now_ms()).await.unwrap(),
+        (0, 0),
+        "no hold left"
+    );
+    let (topped, charged_db, _) = books.funds("shop", now_ms()).await.unwrap().unwrap();
+    assert_eq!((topped, charged_db), (balance, charged));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_on_one_replica_is_refused_by_the_other() {
+    let d = Deployment::start(2, 1, "").await;
+    let key = d.app("shop", 1_000_000_000).await;
+    wait_until(
+        Duration::from_secs(5),
+        "replica 1 knows the key",
+        || async { d.chat(1, &key, 2).await.0 == 200 },
+    )
+    .await;
+    let (_, keys) = d.get(0, "/operator/apps/shop/keys", "").await;
+    let id = keys["data"][0]["id"].as_str().unwrap().to_string();
+    let r = d
+        .http
+        .delete(format!("{}/operator/keys/{id}", d.replicas[0].base))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "replica 1 refuses the key",
+        || async { d.chat(1, &key, 2).await.0 == 401 },
+    )
+    .await;
+    // The bound the docs state: one follow interval, plus a query.
+    assert!(
+        revoked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        revoked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_replica_under_load_loses_no_acknowledged_receipt() {
+    let d = std::sync::Arc::new(Deployment::start(2, 2, "").await);
+    let key = d.app("shop", 1_000_000_000_000).await;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, u64>::new()));
+    let stop = CancellationToken::new();
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Eight clients per replica, each streaming one request after another.
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let (d, key, acknowledged, stop, killed) = (
+                d.clone(),
+                key.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+                killed.clone(),
+            );
+            tokio::spawn(async move {
+                let mut served_after_kill = 0;
+                while !stop.is_cancelled() {
+                    let after = killed.load(std::sync::atomic::Ordering::SeqCst);
+                    let (status, usage) = d.chat(i % 2, &key, 24).await;
+                    if let Some(u) = usage {
+                        let id = u["receipt_id"].as_str().unwrap().to_string();
+                        let previous = acknowledged.lock().unwrap().insert(id, charge(&u));
+                        assert!(previous.is_none(), "a receipt acknowledged twice");
+                        if after && status == 200 {
+                            served_after_kill += 1;
+                        }
+                    }
+                }
+                served_after_kill
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.kill(0).await;
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked_at_kill = acknowledged.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let mut survivor_served = 0;
+    for c in clients {
+        survivor_served += c.await.unwrap();
+    }
+    assert!(acked_at_kill > 0, "requests were served before the kill");
+    assert!(survivor_served > 0, "the other replica kept serving");
+    // The survivor serves after the kill.
+    assert_eq!(d.chat(1, &key, 2).await.0, 200);
+    let books = d.books().await;
+    let all = books.changes(0).await.unwrap();
+    let booked: HashMap<String, u64> = all
+        .entries
+        .iter()
+        .map(|e| (e.job_id().to_hex(), e.charge.total))
+        .collect();
+    assert_eq!(booked.len(), all.entries.len(), "each job booked once");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for (id, charged) in &acknowledged {
+        assert_eq!(
+            booked.get(id),
+            Some(charged),
+            "acknowledged receipt {id} is in the books with its charge"
+        );
+    }
+    // Booked but never acknowledged: only jobs the killed replica had
+    // committed when it died.
+    let unacknowledged: HashSet<_> = booked
+        .keys()
+        .filter(|id| !acknowledged.contains_key(*id))
+        .collect();
+    assert!(unacknowledged.len() <= 8, "{unacknowledged:?}");
+    let (_, charged, _) = books.funds("shop", now_ms()).await.unwrap().unwrap();
+    assert_eq!(
+        charged,
+        booked.values().sum::<u64>(),
+        "usage equals the receipts booked"
+    );
+    // The dead replica's holds stop counting at their expiry (10 s).
+    let (_, held) = books.live_holds(now_ms() + 10_001).await.unwrap();
+    assert_eq!(held, 0, "no hold outlives its expiry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settlement_asked_of_both_replicas_at_once_gives_one_statement() {
+    let d = Deployment::start(2, 1, "settlement_period_secs = 3").await;
+    let key = d.app("shop", 1_000_000_000_000).await;
+    let mut charged = 0;
+    let started = now_ms();
+    for i in 0..10 {
+        let (status, usage) = d.chat(i % 2, &key, 4).await;
+        assert_eq!(status, 200);
+        charged += charge(&usage.unwrap());
+    }
+    // Wait for the period of these requests to end.
+    let period_end = (started / 3000 + 1) * 3000;
+    let ended = now_ms();
+    assert!(
+        ended < period_end + 3000,
+        "the requests spanned periods; rerun"
+    );
+    tokio::time::sleep(Duration::from_millis(
+        period_end.saturating_sub(now_ms()) + 200,
+    ))
+    .await;
+    let body = json!({"at_ms": started});
+    let (a, b) = tokio::join!(
+        d.operator(0, "/operator/settle", body.clone()),
+        d.operator(1, "/operator/settle", body.clone())
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(a.1["signed_bytes"], b.1["signed_bytes"], "one statement");
+    let fresh = [&a.1, &b.1]
+        .iter()
+        .filter(|v| v["newly_settled"] == true)
+        .count();
+    assert_eq!(fresh, 1, "settled once");
+    // Requests were split across the replicas: the statement covers both.
+    let total = a.1["statement"]["total_charged"].as_u64().unwrap();
+    let books = d.books().await;
+    let all = books.changes(0).await.unwrap();
+    let in_period: u64 = all
+        .entries
+        .iter()
+        .filter(|e| e.recorded_at_ms < period_end)
+        .map(|e| e.charge.total)
+        .sum();
+    assert_eq!(
+        total, in_period,
+        "the statement sums every replica's charges"
+    );
+    assert!(total >= charged - charge_after(&all.entries, period_end));
+    let countersigners: HashSet<_> = all
+        .entries
+        .iter()
+        .map(|e| e.receipt.receipt().coordinator)
+        .collect();
+    assert_eq!(countersigners.len(), 2, "both replicas countersigned");
+}
+
+fn charge_after(entries: &[sharenet_ledger::LedgerEntry], end: u64) -> u64 {
+    entries
+        .iter()
+        .filter(|e| e.recorded_at_ms >= end)
+        .map(|e| e.charge.total)
+        .sum()
+}
