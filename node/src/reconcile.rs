@@ -186,7 +186,7 @@ pub fn reconcile(
             continue;
         };
         let r = c.receipt();
-        if r.coordinator != st.coordinator || r.node != *node {
+        if !st.settles_for(&r.coordinator) || r.node != *node {
             continue;
         }
         let bytes = c.to_bytes();
@@ -225,7 +225,7 @@ pub fn reconcile(
             StoredReceipt::NodeSigned(r) => Some(r.receipt()),
             StoredReceipt::Countersigned(_) => None,
         })
-        .filter(|r| r.coordinator == st.coordinator && r.node == *node)
+        .filter(|r| st.settles_for(&r.coordinator) && r.node == *node)
         .map(|r| (r.job_id.0, r.amount))
         .collect();
     for l in &bundle.leaves {
@@ -291,6 +291,15 @@ mod tests {
     }
 
     fn bundle(receipts: &[CountersignedReceipt], coord: &SigningKey) -> Bundle {
+        bundle_for(receipts, coord, &[])
+    }
+
+    /// A bundle from a coordinator whose deployment has other replicas.
+    fn bundle_for(
+        receipts: &[CountersignedReceipt],
+        coord: &SigningKey,
+        replicas: &[SigningKey],
+    ) -> Bundle {
         let entries: Vec<Entry> = receipts
             .iter()
             .map(|c| Entry::new(c, "app", None, 0, &Margin::default()).unwrap())
@@ -299,7 +308,9 @@ mod tests {
             start_ms: 0,
             end_ms: 1000,
         };
-        let signed = sharenet_market::settle(period, coord, &entries).unwrap();
+        let deployment: Vec<_> = replicas.iter().map(public_key_of).collect();
+        let signed =
+            sharenet_market::statement::settle_for(period, coord, &deployment, &entries).unwrap();
         let mut sorted: Vec<&CountersignedReceipt> = receipts.iter().collect();
         sorted.sort_by_key(|c| c.receipt().job_id);
         Bundle {
@@ -316,6 +327,33 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Issue 16: a node served two replicas of one deployment; the
+    /// statement one of them signed lists the other, so receipts
+    /// countersigned by either reconcile, and a missing one is still
+    /// caught.
+    #[test]
+    fn receipts_countersigned_by_any_replica_of_the_deployment_reconcile() {
+        let me = SigningKey::from_bytes(&[1; 32]);
+        let (a, b) = (
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        );
+        let mine = vec![receipt(1, &me, &a, 100), receipt(2, &me, &b, 100)];
+        let bundle = bundle_for(&mine, &a, std::slice::from_ref(&b));
+        let local: Vec<StoredReceipt> = mine
+            .iter()
+            .cloned()
+            .map(StoredReceipt::Countersigned)
+            .collect();
+        let report = reconcile(&bundle, &public_key_of(&me), &local).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.included, 2);
+        let mut more = local.clone();
+        more.push(StoredReceipt::Countersigned(receipt(3, &me, &b, 100)));
+        let report = reconcile(&bundle, &public_key_of(&me), &more).unwrap();
+        assert_eq!(report.discrepancies.len(), 1, "{report:?}");
     }
 
     #[test]

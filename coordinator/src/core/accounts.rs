@@ -388,6 +388,8 @@ struct Shared {
     cursor: std::sync::atomic::AtomicU64,
     /// One follow at a time.
     following: tokio::sync::Mutex<()>,
+    /// The deployment's coordinator keys, as last followed.
+    coordinators: Mutex<Vec<sharenet_proto::PublicKey>>,
 }
 
 /// A worst-case amount reserved for one request; released on drop.
@@ -483,6 +485,7 @@ impl Accounts {
                 release_rx: Mutex::new(Some(release_rx)),
                 cursor: cursor.into(),
                 following: tokio::sync::Mutex::new(()),
+                coordinators: Mutex::new(vec![*own_key]),
             }),
             ..loaded
         });
@@ -494,6 +497,22 @@ impl Accounts {
 
     pub fn books(&self) -> &Arc<Books> {
         &self.books
+    }
+
+    /// The coordinator keys whose countersignatures are this books': `own`,
+    /// and on shared books every replica's.
+    pub fn countersigners(
+        &self,
+        own: &sharenet_proto::PublicKey,
+    ) -> Vec<sharenet_proto::PublicKey> {
+        let mut keys = match &self.shared {
+            Some(s) => lock(&s.coordinators).clone(),
+            None => Vec::new(),
+        };
+        if !keys.contains(own) {
+            keys.push(*own);
+        }
+        keys
     }
 
     /// The shared books, when this coordinator is one replica of several.
@@ -978,6 +997,8 @@ impl Accounts {
             return Ok(0);
         };
         let _one = shared.following.lock().await;
+        let coordinators = shared.pg.coordinators().await?;
+        *lock(&shared.coordinators) = coordinators;
         let mut applied = 0;
         loop {
             let from = shared.cursor.load(std::sync::atomic::Ordering::Acquire);

@@ -75,7 +75,7 @@ impl Core {
                 revoked_at_ms: k.revoked_at_ms,
             })
             .collect();
-        let own_key = self.identity.public_key();
+        let ours = self.accounts.countersigners(&self.identity.public_key());
         let owner = app.to_owned();
         let recent = self
             .read_books(move |books| {
@@ -89,7 +89,7 @@ impl Core {
                     let timing = books.generation(&r.job_id)?;
                     // Re-checked from the stored bytes: both signatures,
                     // and made out to this coordinator.
-                    let verified = r.coordinator == own_key
+                    let verified = ours.contains(&r.coordinator)
                         && CountersignedReceipt::from_bytes(&e.receipt.to_bytes()).is_ok();
                     out.push(RecentRequest {
                         id: r.job_id.to_hex(),

@@ -327,9 +327,10 @@ impl Core {
             }
             // Every replica's entries and statements committed so far.
             self.accounts.follow().await?;
+            let deployment = pg.coordinators().await?;
             let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
-                settle::settle_then(&books, &key, period, &label, now, |record| {
+                settle::settle_then(&books, &key, &deployment, period, &label, now, |record| {
                     if runtime.block_on(pg.put_statement(record))? {
                         Ok(())
                     } else {

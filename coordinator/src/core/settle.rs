@@ -52,15 +52,19 @@ pub fn settle(
     label: &str,
     now_ms: u64,
 ) -> Result<(Settlement, bool), Error> {
-    settle_then(books, key, period, label, now_ms, |_| Ok(()))
+    settle_then(books, key, &[], period, label, now_ms, |_| Ok(()))
 }
 
-/// [`settle`], with `store` called on a new statement's record before the
-/// books keep it (shared books: the database's copy comes first, so a
-/// mirror never holds a statement the deployment does not). Blocking.
+/// [`settle`] for a deployment whose other coordinator keys are
+/// `deployment` (replicas: their receipts are settled too, and the
+/// statement lists them), with `store` called on a new statement's record
+/// before the books keep it (shared books: the database's copy comes
+/// first, so a mirror never holds a statement the deployment does not).
+/// Blocking.
 pub fn settle_then(
     books: &Books,
     key: &SigningKey,
+    deployment: &[sharenet_proto::PublicKey],
     period: Period,
     label: &str,
     now_ms: u64,
@@ -98,7 +102,8 @@ pub fn settle_then(
         }
     }
     let statement =
-        sharenet_market::statement::settle_preverified(period, key, &entries).map_err(internal)?;
+        sharenet_market::statement::settle_preverified_for(period, key, deployment, &entries)
+            .map_err(internal)?;
     let record = StatementRecord {
         label: label.to_string(),
         statement: statement.signed().to_bytes(),

@@ -275,7 +275,20 @@ pub struct Statement {
     /// RFC 6962 root over `leaf_hash(receipt bytes)` in job-id order.
     #[serde(with = "hex::serde")]
     pub merkle_root: [u8; 32],
+    /// The other coordinator keys of the same deployment (replicas on
+    /// shared books), sorted: receipts countersigned by any of them, or by
+    /// `coordinator`, are settled here. Empty for a lone coordinator (and
+    /// then absent from the signed bytes, which stay as before).
+    #[serde(serialize_with = "hex_keys")]
+    pub deployment: Vec<PublicKey>,
 }
+
+fn hex_keys<S: serde::Serializer>(keys: &[PublicKey], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(keys.iter().map(hex::encode))
+}
+
+/// Most keys a deployment lists.
+pub const MAX_DEPLOYMENT_KEYS: usize = 256;
 
 /// Bytes of one provider line, the least one salted builder line can take:
 /// bounds for the decoders.
@@ -305,7 +318,19 @@ impl Statement {
         w.u64(self.builder_lines);
         w.raw(&self.builders_root);
         w.raw(&self.merkle_root);
+        if !self.deployment.is_empty() {
+            w.len(self.deployment.len());
+            for k in &self.deployment {
+                w.raw(k);
+            }
+        }
         w.finish()
+    }
+
+    /// Whether a receipt countersigned by `key` belongs to this statement's
+    /// deployment (its signer or one of its replicas).
+    pub fn settles_for(&self, key: &PublicKey) -> bool {
+        self.coordinator == *key || self.deployment.binary_search(key).is_ok()
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, MarketError> {
@@ -342,6 +367,15 @@ impl Statement {
             builder_lines,
             builders_root,
             merkle_root: r.array::<32>("merkle root")?,
+            // A deployment section, when more than the signature follows.
+            deployment: if r.remaining() > 64 {
+                let n = r.count("deployment keys", 32)?;
+                (0..n)
+                    .map(|_| r.array::<32>("deployment key"))
+                    .collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -364,6 +398,17 @@ impl Statement {
         }
         if self.providers.iter().any(|p| p.jobs == 0) {
             return Err(invalid("statement lines", "a line has no jobs".into()));
+        }
+        if self.deployment.len() > MAX_DEPLOYMENT_KEYS
+            || !self.deployment.windows(2).all(|w| w[0] < w[1])
+            || self.deployment.contains(&self.coordinator)
+        {
+            return Err(invalid(
+                "deployment",
+                format!(
+                    "at most {MAX_DEPLOYMENT_KEYS} keys, sorted, once each, without the signer"
+                ),
+            ));
         }
         if (self.receipts == 0) != (self.builder_lines == 0) || self.builder_lines > self.receipts {
             return Err(invalid(
@@ -525,6 +570,7 @@ impl SignedStatement {
             "builder_lines": s.builder_lines,
             "builders_root": hex::encode(s.builders_root),
             "merkle_root": hex::encode(s.merkle_root),
+            "deployment": s.deployment.iter().map(hex::encode).collect::<Vec<_>>(),
             "signature": hex::encode(self.signature),
         })
     }
@@ -739,7 +785,19 @@ pub fn settle(
     key: &SigningKey,
     entries: &[Entry],
 ) -> Result<Settlement, MarketError> {
-    let coordinator = public_key_of(key);
+    settle_for(period, key, &[], entries)
+}
+
+/// [`settle`] for a deployment of replicas: receipts countersigned by
+/// `key` or by any key in `deployment` are settled, and the statement
+/// lists `deployment`.
+pub fn settle_for(
+    period: Period,
+    key: &SigningKey,
+    deployment: &[PublicKey],
+    entries: &[Entry],
+) -> Result<Settlement, MarketError> {
+    let deployment = deployment_keys(key, deployment);
     let bytes: Vec<&[u8]> = entries.iter().map(|e| e.receipt.as_slice()).collect();
     let receipts = match verify_countersigned_batch(&bytes) {
         Ok(receipts) => receipts,
@@ -759,10 +817,27 @@ pub fn settle(
             });
         }
     };
+    let own = public_key_of(key);
     for (entry, receipt) in entries.iter().zip(&receipts) {
-        entry.check_against(receipt, &coordinator)?;
+        let countersigner = receipt.receipt().coordinator;
+        let ours = if countersigner == own || deployment.binary_search(&countersigner).is_ok() {
+            countersigner
+        } else {
+            own
+        };
+        entry.check_against(receipt, &ours)?;
     }
-    settle_preverified(period, key, entries)
+    settle_preverified_for(period, key, &deployment, entries)
+}
+
+/// The deployment list a statement carries: sorted, once each, without
+/// the signer.
+fn deployment_keys(key: &SigningKey, deployment: &[PublicKey]) -> Vec<PublicKey> {
+    let own = public_key_of(key);
+    let mut keys: Vec<PublicKey> = deployment.iter().copied().filter(|k| *k != own).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// Settles entries whose receipts the caller has already verified (see the
@@ -772,6 +847,18 @@ pub fn settle_preverified(
     key: &SigningKey,
     entries: &[Entry],
 ) -> Result<Settlement, MarketError> {
+    settle_preverified_for(period, key, &[], entries)
+}
+
+/// [`settle_preverified`] for a deployment of replicas (see
+/// [`settle_for`]).
+pub fn settle_preverified_for(
+    period: Period,
+    key: &SigningKey,
+    deployment: &[PublicKey],
+    entries: &[Entry],
+) -> Result<Settlement, MarketError> {
+    let deployment = deployment_keys(key, deployment);
     let order = job_order(entries)?;
     let mut totals = Totals::default();
     let mut providers: BTreeMap<PublicKey, (u64, NanoUsd)> = BTreeMap::new();
@@ -819,6 +906,7 @@ pub fn settle_preverified(
         builder_lines: lines.len() as u64,
         builders_root: merkle::root(&builder_leaves),
         merkle_root: merkle::root(&leaves),
+        deployment,
     };
     // `sign` validates the totals and provider lines, `check_lines` the
     // builder lines.
@@ -971,6 +1059,59 @@ mod tests {
             .collect()
     }
 
+    /// Issue 16: replicas of one deployment countersign with their own
+    /// keys; the deployment's statement settles both and names the other
+    /// key in its signed bytes; a lone coordinator's statement refuses a
+    /// receipt countersigned elsewhere, and keeps its old bytes.
+    #[test]
+    fn a_deployment_statement_settles_every_replicas_receipts() {
+        let (a, b) = (coordinator(), key(101));
+        let nodes = [key(1), key(2)];
+        let e: Vec<Entry> = (0..6u8)
+            .map(|j| {
+                let by = if j % 2 == 0 { &a } else { &b };
+                let r = receipt(j, &nodes[usize::from(j) % 2], by);
+                Entry::new(&r, "app", None, FEE_BPS, &Margin::default()).unwrap()
+            })
+            .collect();
+        assert!(matches!(
+            settle(PERIOD, &a, &e),
+            Err(MarketError::Entry { .. })
+        ));
+        let settled = settle_for(PERIOD, &a, &[public_key_of(&b), public_key_of(&a)], &e).unwrap();
+        let s = settled.statement();
+        assert_eq!(s.receipts, 6);
+        assert_eq!(
+            s.deployment,
+            vec![public_key_of(&b)],
+            "the signer is not listed"
+        );
+        assert!(s.settles_for(&public_key_of(&a)) && s.settles_for(&public_key_of(&b)));
+        assert!(!s.settles_for(&public_key_of(&key(102))));
+        let bytes = settled.signed().to_bytes();
+        let back = SignedStatement::from_bytes(&bytes).unwrap();
+        assert_eq!(back.statement(), s);
+        // The list is signed: dropping it breaks the signature.
+        let mut forged = s.clone();
+        forged.deployment.clear();
+        let mut tampered = forged.canonical_bytes();
+        tampered.extend_from_slice(settled.signed().signature());
+        assert!(SignedStatement::from_bytes(&tampered).is_err());
+        // Without replicas the bytes carry no deployment section.
+        let alone: Vec<Entry> = e.iter().step_by(2).cloned().collect();
+        let lone = settle(PERIOD, &a, &alone).unwrap();
+        assert!(lone.statement().deployment.is_empty());
+        assert_eq!(
+            lone.signed().to_bytes().len(),
+            SignedStatement::from_bytes(&lone.signed().to_bytes())
+                .unwrap()
+                .statement()
+                .canonical_bytes()
+                .len()
+                + 64
+        );
+    }
+
     #[test]
     fn totals_balance_and_lines_add_up() {
         let e = entries();
@@ -1079,14 +1220,13 @@ mod tests {
                 "len {len}"
             );
         }
+        // A byte more is read as the start of a deployment section,
+        // which it cannot be.
         let mut long = bytes.clone();
         long.push(0);
-        assert_eq!(
-            SignedStatement::from_bytes(&long),
-            Err(MarketError::Statement(
-                sharenet_proto::ProtoError::TrailingBytes(1)
-            ))
-        );
+        assert!(SignedStatement::from_bytes(&long).is_err());
+        long.extend_from_slice(&[0; 3]);
+        assert!(SignedStatement::from_bytes(&long).is_err());
     }
 
     #[test]

@@ -125,6 +125,16 @@ fn run(command: Command) -> anyhow::Result<String> {
                 st.total_margin,
                 hex::encode(st.coordinator)
             );
+            if !st.deployment.is_empty() {
+                summary.push_str(&format!(
+                    " for a deployment with {}",
+                    st.deployment
+                        .iter()
+                        .map(hex::encode)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             // A bundle (it has leaves): its leaves must rebuild the root.
             if let Some(v) = json.clone().filter(|v| v.get("leaves").is_some()) {
                 let bundle: StatementBundle =

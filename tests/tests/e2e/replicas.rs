@@ -570,6 +570,16 @@ async fn settlement_asked_of_both_replicas_at_once_gives_one_statement() {
         .map(|e| e.receipt.receipt().coordinator)
         .collect();
     assert_eq!(countersigners.len(), 2, "both replicas countersigned");
+    // The signed statement names the other replica's key, so providers
+    // reconcile receipts countersigned by either.
+    let listed = a.1["statement"]["deployment"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let signer = a.1["statement"]["coordinator"].as_str().unwrap();
+    let mut keys: Vec<String> = countersigners.iter().map(hex::encode).collect();
+    keys.sort();
+    let mut named = vec![signer.to_string(), listed[0].as_str().unwrap().to_string()];
+    named.sort();
+    assert_eq!(keys, named);
 }
 
 fn charge_after(entries: &[sharenet_ledger::LedgerEntry], end: u64) -> u64 {
