@@ -16,6 +16,10 @@
 //!   replica share one transaction and one WAL flush), and the same
 //!   transaction releases the hold and adds the charge to the app's sums
 //!   and the budget windows;
+//! - **holds are cheap**: a hold's transaction does not wait for the WAL
+//!   flush (`synchronous_commit = off`), so an app's admissions are
+//!   serialized only for their round trips; the entries that book money
+//!   always wait for it;
 //! - **a dead replica's holds do not stick**: each hold has an expiry after
 //!   which it stops counting, and [`PgLedger::sweep_holds`] deletes it;
 //! - **a period is settled once**: statements are keyed by period label,
@@ -393,6 +397,12 @@ impl PgLedger {
     ) -> Result<Option<Result<i64, E>>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
+        // A hold is a reservation, not money: its commit does not wait for
+        // the WAL flush, so the app's lock is held for the round trips
+        // only. A database crash may forget holds taken in its last few
+        // milliseconds; their jobs still book their receipts (durably).
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
         let now = to_i64(req.now_ms, "time")?;
         let Some(row) = tx
             .query_opt(
@@ -450,12 +460,16 @@ impl PgLedger {
         Ok(Some(Ok(id)))
     }
 
-    /// Releases a hold (a job that ended without a receipt).
+    /// Releases a hold (a job that ended without a receipt). Not waited
+    /// for on disk: a release lost in a crash is a hold that expires.
     pub async fn release(&self, hold_id: i64) -> Result<(), StoreError> {
-        self.conn()
-            .await?
-            .execute("DELETE FROM holds WHERE id = $1", &[&hold_id])
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await?;
+        tx.execute("DELETE FROM holds WHERE id = $1", &[&hold_id])
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
