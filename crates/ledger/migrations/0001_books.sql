@@ -8,10 +8,10 @@ CREATE TABLE apps (
     id TEXT PRIMARY KEY,
     -- The AppRecord as JSON (budgets, limits, routing, margin).
     record TEXT NOT NULL,
-    -- Sums kept in the same transactions as the rows they sum: the balance
-    -- is topped_up - charged - live holds, checked under this row's lock.
+    -- The sum of the app's top-ups, kept in their transactions. The
+    -- balance is topped_up - charged (the spend row 'a', 't') - live
+    -- holds, read in one snapshot under this row's lock.
     topped_up BIGINT NOT NULL DEFAULT 0 CHECK (topped_up >= 0),
-    charged BIGINT NOT NULL DEFAULT 0 CHECK (charged >= 0),
     xid xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX apps_xid ON apps (xid);
@@ -63,7 +63,10 @@ CREATE INDEX holds_app ON holds (app, expires_at_ms);
 
 -- Booked charges per budget scope and window, kept in the commit's
 -- transaction: scope is 'a' (the app), 'k:<key id>' or 'c:<end customer>';
--- window is 'd<day number>', 'm<month start ms>' or 't' (all time).
+-- window is 'd<day number>', 'm<month start ms>' or 't' (all time). The
+-- row ('a', 't') is everything the app was charged. Commits lock these
+-- rows, never the app's, so they do not hold up admissions while their
+-- WAL flushes.
 CREATE TABLE spend (
     app TEXT NOT NULL,
     scope TEXT NOT NULL,

@@ -6,16 +6,18 @@
 //! usage, settlement) and brings up to date with [`PgLedger::changes`].
 //!
 //! What the database guarantees, whichever replica asks:
-//! - **no overspend**: [`PgLedger::hold`] reads the app's balance, live
-//!   holds and booked spend and inserts the hold in one transaction under
-//!   the app row's lock (`SELECT … FOR UPDATE`), so two replicas admitting
-//!   for the same app take turns;
+//! - **no overspend**: [`PgLedger::hold`] takes the app row's lock
+//!   (`SELECT … FOR UPDATE`), so two replicas admitting for the same app
+//!   take turns, then reads the app's top-ups, live holds and booked spend
+//!   in *one* statement (one snapshot: a commit is seen whole, charge added
+//!   and hold gone, or not at all, hold still there) and inserts the hold;
 //! - **a job is booked once**: the job id is the `entries` primary key;
 //! - **an acknowledged entry is durable**: [`PgLedger::commit`] returns
 //!   after the database's commit (batched: concurrent commits of one
 //!   replica share one transaction and one WAL flush), and the same
-//!   transaction releases the hold and adds the charge to the app's sums
-//!   and the budget windows;
+//!   transaction releases the hold and adds the charge to the spend rows
+//!   (the app's total and each budget window); it never locks the app row,
+//!   so admissions do not wait for its flush;
 //! - **holds are cheap**: a hold's transaction does not wait for the WAL
 //!   flush (`synchronous_commit = off`), so an app's admissions are
 //!   serialized only for their round trips; the entries that book money
@@ -363,7 +365,8 @@ impl PgLedger {
         let tx = conn.transaction().await?;
         let Some(row) = tx
             .query_opt(
-                "UPDATE apps SET topped_up = topped_up + $2, xid = pg_current_xact_id() WHERE id = $1 RETURNING topped_up, charged",
+                "UPDATE apps SET topped_up = topped_up + $2, xid = pg_current_xact_id() WHERE id = $1 \
+                 RETURNING topped_up, (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = 'a' AND win = 't')",
                 &[&t.app, &amount],
             )
             .await?
@@ -404,41 +407,49 @@ impl PgLedger {
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await?;
         let now = to_i64(req.now_ms, "time")?;
-        let Some(row) = tx
-            .query_opt(
-                "SELECT topped_up, charged FROM apps WHERE id = $1 FOR UPDATE",
-                &[&req.app],
-            )
+        // The lock first; then one statement, so one snapshot taken after
+        // the lock, reads everything the check needs.
+        if tx
+            .query_opt("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", &[&req.app])
             .await?
-        else {
+            .is_none()
+        {
             return Ok(None);
-        };
+        }
+        let row = tx
+            .query_one(
+                "SELECT a.topped_up, h.keys, h.customers, h.amounts, s.scopes, s.wins, s.amounts \
+                 FROM apps a, \
+                 LATERAL (SELECT array_agg(key_id ORDER BY id) AS keys, array_agg(end_customer ORDER BY id) AS customers, \
+                          array_agg(amount ORDER BY id) AS amounts \
+                          FROM holds WHERE app = a.id AND expires_at_ms > $2) h, \
+                 LATERAL (SELECT array_agg(scope) AS scopes, array_agg(win) AS wins, array_agg(amount) AS amounts \
+                          FROM spend WHERE app = a.id AND ((scope = ANY($3) AND win = ANY($4)) OR (scope = 'a' AND win = 't'))) s \
+                 WHERE a.id = $1",
+                &[&req.app, &now, &req.scopes, &req.windows],
+            )
+            .await?;
         let mut funds = Funds {
             topped_up: to_u64(row.get(0), req.app)?,
-            charged: to_u64(row.get(1), req.app)?,
             ..Funds::default()
         };
-        for r in tx
-            .query(
-                "SELECT key_id, end_customer, amount FROM holds WHERE app = $1 AND expires_at_ms > $2",
-                &[&req.app, &now],
-            )
-            .await?
-        {
-            funds
-                .holds
-                .push((r.get(0), r.get(1), to_u64(r.get(2), "hold")?));
+        let keys: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+        let customers: Vec<Option<String>> = row
+            .get::<_, Option<Vec<Option<String>>>>(2)
+            .unwrap_or_default();
+        let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
+        for ((k, c), a) in keys.into_iter().zip(customers).zip(amounts) {
+            funds.holds.push((k, c, to_u64(a, "hold")?));
         }
-        for r in tx
-            .query(
-                "SELECT scope, win, amount FROM spend WHERE app = $1 AND scope = ANY($2) AND win = ANY($3)",
-                &[&req.app, &req.scopes, &req.windows],
-            )
-            .await?
-        {
-            funds
-                .spent
-                .insert((r.get(0), r.get(1)), to_u64(r.get(2), "spend")?);
+        let scopes: Vec<String> = row.get::<_, Option<Vec<String>>>(4).unwrap_or_default();
+        let wins: Vec<String> = row.get::<_, Option<Vec<String>>>(5).unwrap_or_default();
+        let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(6).unwrap_or_default();
+        for ((scope, win), a) in scopes.into_iter().zip(wins).zip(amounts) {
+            let a = to_u64(a, "spend")?;
+            if scope == "a" && win == "t" {
+                funds.charged = a;
+            }
+            funds.spent.insert((scope, win), a);
         }
         if let Err(e) = check(&funds) {
             return Ok(Some(Err(e)));
@@ -496,7 +507,10 @@ impl PgLedger {
             .conn()
             .await?
             .query_opt(
-                "SELECT topped_up, charged, (SELECT coalesce(sum(amount), 0)::bigint FROM holds WHERE app = $1 AND expires_at_ms > $2) FROM apps WHERE id = $1",
+                "SELECT topped_up, \
+                 (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = 'a' AND win = 't'), \
+                 (SELECT coalesce(sum(amount), 0)::bigint FROM holds WHERE app = $1 AND expires_at_ms > $2) \
+                 FROM apps WHERE id = $1",
                 &[&app, &to_i64(now_ms, "time")?],
             )
             .await?;
@@ -825,16 +839,6 @@ async fn book_group(
 ) -> Result<std::collections::HashSet<[u8; 16]>, Retry> {
     let mut conn = pool.get().await.map_err(StoreError::from)?;
     let tx = conn.transaction().await?;
-    // Lock the apps in id order (admissions lock one app row each), so
-    // two replicas' groups never wait on each other in a cycle.
-    let mut apps: Vec<&str> = group.iter().map(|p| p.app.as_str()).collect();
-    apps.sort_unstable();
-    apps.dedup();
-    tx.query(
-        "SELECT id FROM apps WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        &[&apps],
-    )
-    .await?;
     let jobs: Vec<&[u8]> = group.iter().map(|p| p.job.as_slice()).collect();
     let app_col: Vec<&str> = group.iter().map(|p| p.app.as_str()).collect();
     let at: Vec<i64> = group.iter().map(|p| p.recorded_at_ms).collect();
@@ -872,15 +876,6 @@ async fn book_group(
                 .checked_add(p.total)
                 .ok_or_else(|| StoreError::Backend("spend over 2^63".into()))?;
         }
-    }
-    if !charged.is_empty() {
-        let (ids, sums): (Vec<&str>, Vec<i64>) = charged.into_iter().unzip();
-        tx.execute(
-            "UPDATE apps SET charged = apps.charged + v.amount, xid = pg_current_xact_id() \
-             FROM unnest($1::text[], $2::bigint[]) AS v(id, amount) WHERE apps.id = v.id",
-            &[&ids, &sums],
-        )
-        .await?;
     }
     if !spend.is_empty() {
         let mut a = Vec::with_capacity(spend.len());
