@@ -337,7 +337,8 @@ impl PgLedger {
         let tx = conn.transaction().await?;
         let Some(row) = tx
             .query_opt(
-                "SELECT record FROM keys WHERE id = $1 FOR UPDATE",
+                &tx.prepare_cached("SELECT record FROM keys WHERE id = $1 FOR UPDATE")
+                    .await?,
                 &[&key_id],
             )
             .await?
@@ -348,7 +349,10 @@ impl PgLedger {
         if key.revoked_at_ms.is_none() {
             key.revoked_at_ms = Some(now_ms);
             tx.execute(
-                "UPDATE keys SET record = $2, xid = pg_current_xact_id() WHERE id = $1",
+                &tx.prepare_cached(
+                    "UPDATE keys SET record = $2, xid = pg_current_xact_id() WHERE id = $1",
+                )
+                .await?,
                 &[&key_id, &encode(&key)?],
             )
             .await?;
@@ -363,10 +367,9 @@ impl PgLedger {
         let amount = to_i64(t.amount, "top-up")?;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let Some(row) = tx
-            .query_opt(
-                "UPDATE apps SET topped_up = topped_up + $2, xid = pg_current_xact_id() WHERE id = $1 \
-                 RETURNING topped_up, (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = 'a' AND win = 't')",
+        let Some(row) = tx.query_opt(
+&tx.prepare_cached("UPDATE apps SET topped_up = topped_up + $2, xid = pg_current_xact_id() WHERE id = $1 \
+                 RETURNING topped_up, (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = 'a' AND win = 't')").await?,
                 &[&t.app, &amount],
             )
             .await?
@@ -376,7 +379,10 @@ impl PgLedger {
         let (topped, charged): (i64, i64) = (row.get(0), row.get(1));
         let id: i64 = tx
             .query_one(
-                "INSERT INTO topups (app, amount, at_ms) VALUES ($1, $2, $3) RETURNING id",
+                &tx.prepare_cached(
+                    "INSERT INTO topups (app, amount, at_ms) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .await?,
                 &[&t.app, &amount, &to_i64(t.at_ms, "time")?],
             )
             .await?
@@ -410,22 +416,25 @@ impl PgLedger {
         // The lock first; then one statement, so one snapshot taken after
         // the lock, reads everything the check needs.
         if tx
-            .query_opt("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", &[&req.app])
+            .query_opt(
+                &tx.prepare_cached("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE")
+                    .await?,
+                &[&req.app],
+            )
             .await?
             .is_none()
         {
             return Ok(None);
         }
-        let row = tx
-            .query_one(
-                "SELECT a.topped_up, h.keys, h.customers, h.amounts, s.scopes, s.wins, s.amounts \
+        let row = tx.query_one(
+&tx.prepare_cached("SELECT a.topped_up, h.keys, h.customers, h.amounts, s.scopes, s.wins, s.amounts \
                  FROM apps a, \
                  LATERAL (SELECT array_agg(key_id ORDER BY id) AS keys, array_agg(end_customer ORDER BY id) AS customers, \
                           array_agg(amount ORDER BY id) AS amounts \
                           FROM holds WHERE app = a.id AND expires_at_ms > $2) h, \
                  LATERAL (SELECT array_agg(scope) AS scopes, array_agg(win) AS wins, array_agg(amount) AS amounts \
                           FROM spend WHERE app = a.id AND ((scope = ANY($3) AND win = ANY($4)) OR (scope = 'a' AND win = 't'))) s \
-                 WHERE a.id = $1",
+                 WHERE a.id = $1").await?,
                 &[&req.app, &now, &req.scopes, &req.windows],
             )
             .await?;
@@ -454,9 +463,8 @@ impl PgLedger {
         if let Err(e) = check(&funds) {
             return Ok(Some(Err(e)));
         }
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO holds (app, key_id, end_customer, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        let id: i64 = tx.query_one(
+&tx.prepare_cached("INSERT INTO holds (app, key_id, end_customer, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id").await?,
                 &[
                     &req.app,
                     &req.key_id,
@@ -478,8 +486,11 @@ impl PgLedger {
         let tx = conn.transaction().await?;
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await?;
-        tx.execute("DELETE FROM holds WHERE id = $1", &[&hold_id])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM holds WHERE id = $1").await?,
+            &[&hold_id],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -846,9 +857,12 @@ async fn book_group(
     let json: Vec<&str> = group.iter().map(|p| p.json.as_str()).collect();
     let inserted: std::collections::HashSet<[u8; 16]> = tx
         .query(
-            "INSERT INTO entries (job_id, app, recorded_at_ms, total, entry) \
+            &tx.prepare_cached(
+                "INSERT INTO entries (job_id, app, recorded_at_ms, total, entry) \
              SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]) \
              ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+            )
+            .await?,
             &[&jobs, &app_col, &at, &total, &json],
         )
         .await?
@@ -889,17 +903,24 @@ async fn book_group(
             v.push(amount);
         }
         tx.execute(
-            "INSERT INTO spend (app, scope, win, amount) \
+            &tx.prepare_cached(
+                "INSERT INTO spend (app, scope, win, amount) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) \
              ON CONFLICT (app, scope, win) DO UPDATE SET amount = spend.amount + EXCLUDED.amount",
+            )
+            .await?,
             &[&a, &s, &w, &v],
         )
         .await?;
     }
     let holds: Vec<i64> = group.iter().filter_map(|p| p.hold_id).collect();
     if !holds.is_empty() {
-        tx.execute("DELETE FROM holds WHERE id = ANY($1)", &[&holds])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM holds WHERE id = ANY($1)")
+                .await?,
+            &[&holds],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(inserted)
