@@ -42,7 +42,7 @@ done
 python3 - "$metrics" "$tmp/dashboard.rules.yml" <<'PY'
 import json, re, sys
 import yaml
-for f in ["compose.yaml", "grafana/provisioning/datasources/prometheus.yml",
+for f in ["compose.yaml", "compose.replicas.yaml", "grafana/provisioning/datasources/prometheus.yml",
           "grafana/provisioning/dashboards/sharenet.yml"]:
     yaml.safe_load(open(f))
     print(f"ok: {f}")

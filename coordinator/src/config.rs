@@ -358,6 +358,13 @@ identity_file = "coordinator.key"
 # The ledger of countersigned receipts (sled).
 data_dir = "data"
 
+# Several coordinators behind one load balancer share their books in
+# PostgreSQL (SHARENET_DATABASE_URL overrides). Without it the books are
+# the embedded store in data_dir, which needs no set-up.
+# database_url = "postgresql://sharenet:PASSWORD@localhost:5432/sharenet"
+# replicas = 2          # each replica enforces 1/replicas of every rate limit
+# hold_ttl_secs = 600   # a dead replica's holds stop counting after this
+
 # The OpenAI-compatible HTTP API.
 http_listen = "127.0.0.1:8080"
 
