@@ -451,4 +451,41 @@ mod tests {
         let err = format!("{:#}", CoordinatorConfig::from_file(&path).unwrap_err());
         assert!(err.contains("idel_ms"), "{err}");
     }
+
+    #[test]
+    fn a_database_url_is_checked_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let with = |extra: &str| {
+            std::fs::write(
+                &path,
+                // Top-level keys go first: the template ends in a table.
+                format!("{extra}\n{}", template("sk-sharenet-0123456789abcdef")),
+            )
+            .unwrap();
+            CoordinatorConfig::from_file(&path)
+        };
+        assert!(with("").unwrap().database.is_none(), "embedded by default");
+        let cfg =
+            with("database_url = \"postgresql://u:secret-password@db:5432/books\"\nreplicas = 3")
+                .unwrap();
+        let db = cfg.database.unwrap();
+        assert_eq!((db.replicas, db.hold_ttl), (3, Duration::from_secs(600)));
+        let shown = effective(&path).unwrap();
+        assert!(!shown.contains("secret-password"), "{shown}");
+        for (extra, named) in [
+            ("database_url = \"mysql:://nope nope\"", "database_url"),
+            (
+                "database_url = \"postgresql://db/x\"\nreplicas = 0",
+                "replicas",
+            ),
+            (
+                "database_url = \"postgresql://db/x\"\nhold_ttl_secs = 1",
+                "hold_ttl_secs",
+            ),
+        ] {
+            let err = format!("{:#}", with(extra).unwrap_err());
+            assert!(err.contains(named), "{extra}: {err}");
+        }
+    }
 }
