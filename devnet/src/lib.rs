@@ -17,6 +17,7 @@ use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
 use sharenet_p2p::{Identity, Multiaddr};
 use tokio_util::sync::CancellationToken;
 
+use sharenet_coordinator::config::DatabaseConfig;
 use sharenet_coordinator::core::now_ms;
 use sharenet_coordinator::{CoordinatorConfig, CoordinatorHandle, Timeouts};
 
@@ -46,6 +47,9 @@ pub struct DevnetOptions {
     pub aliases: std::collections::BTreeMap<String, String>,
     /// What the nodes serve.
     pub model: DevnetModel,
+    /// A PostgreSQL URL: the coordinator keeps its books there, as one
+    /// replica of a deployment (None: the embedded books in `dir`).
+    pub database_url: Option<String>,
 }
 
 /// The model every devnet node serves.
@@ -73,6 +77,7 @@ impl DevnetOptions {
             spot_check_rate: 0.0,
             aliases: Default::default(),
             model: DevnetModel::Tiny,
+            database_url: None,
         }
     }
 }
@@ -162,7 +167,12 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             price_ceiling: Default::default(),
             spill_queue_factor: 5,
             aliases: opts.aliases.clone(),
-            database: None,
+            database: opts.database_url.clone().map(|url| DatabaseConfig {
+                url,
+                replicas: 1,
+                hold_ttl: Duration::from_secs(600),
+                pool_size: 8,
+            }),
         },
         cancel.clone(),
     )

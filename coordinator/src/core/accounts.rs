@@ -1510,6 +1510,11 @@ mod tests {
     }
 
     async fn replica_on(url: Option<&str>, fee_bps: u32) -> Replica {
+        replica_of(url, fee_bps, 1).await
+    }
+
+    /// As [`replica_on`], one of `replicas`.
+    async fn replica_of(url: Option<&str>, fee_bps: u32, replicas: u32) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let books = Arc::new(Books::open(dir.path()).unwrap());
         let accounts = match url {
@@ -1520,7 +1525,7 @@ mod tests {
                     books,
                     pg,
                     SharedOptions {
-                        replicas: 1,
+                        replicas,
                         hold_ttl_ms: 600_000,
                     },
                     fee_bps,
@@ -2108,6 +2113,51 @@ mod tests {
             );
             stop.cancel();
             follower.await.unwrap();
+        });
+    }
+
+    /// Issue 16: rate limits hold across replicas as shares: with two
+    /// replicas, each admits half of a key's requests per minute, so the
+    /// deployment admits the limit and no more.
+    #[test]
+    fn each_replica_enforces_its_share_of_a_rate_limit() {
+        let db = Database::start();
+        runtime().block_on(async {
+            let url = db.fresh();
+            let a = replica_of(Some(&url), 0, 2).await;
+            let b = replica_of(Some(&url), 0, 2).await;
+            a.accounts
+                .create_app(AppRecord {
+                    key_limits: RateLimits {
+                        requests_per_minute: Some(4),
+                        tokens_per_minute: None,
+                    },
+                    ..app("a", 0, 0)
+                })
+                .await
+                .unwrap();
+            a.accounts.top_up("a", 1_000_000, 0).await.unwrap();
+            let key = a
+                .accounts
+                .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
+                .await
+                .unwrap();
+            b.accounts.follow().await.unwrap();
+            let principal = Principal {
+                app: "a".into(),
+                key_id: key.id,
+            };
+            let mut admitted = 0;
+            for replica in [&a.accounts, &b.accounts] {
+                for _ in 0..3 {
+                    match replica.admit(&worst_200(&principal)).await {
+                        Ok(_) => admitted += 1,
+                        Err(AccountsError::RateLimited { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            assert_eq!(admitted, 4, "two per replica: the key's limit across both");
         });
     }
 }

@@ -1,11 +1,47 @@
 //! Builder accounts end to end: apps and keys from the operator API,
 //! charges with fee and margin, end-customer usage, isolation between
 //! builders, revoked keys, 402 and 429, and holds under concurrency.
+//!
+//! Every test runs twice: on the embedded books (`…::embedded`) and with
+//! the coordinator as a replica on PostgreSQL (`…::postgres`).
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sharenet_ledger::testing::TestPostgres;
 use sharenet_tests::{MODEL, TestNet};
+
+/// `mod $name { embedded, postgres }`, each running `$name(&TestNet)` on a
+/// network of `$nodes` nodes.
+macro_rules! on_both_books {
+    ($($name:ident: $nodes:expr;)*) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                let t = TestNet::start($nodes).await;
+                super::$name(&t).await;
+                t.stop().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let pg = TestPostgres::start().expect("start PostgreSQL");
+                let t = TestNet::start_with($nodes, |o| o.database_url = Some(pg.url())).await;
+                super::$name(&t).await;
+                t.stop().await;
+            }
+        }
+    )*};
+}
+
+on_both_books! {
+    charges_carry_fee_and_margin_and_are_metered_per_end_customer: 1;
+    revoked_keys_are_401_and_operator_routes_need_the_operator_key: 1;
+    out_of_balance_or_budget_is_402_and_over_rate_is_429: 1;
+    two_hundred_concurrent_requests_never_overspend_a_balance_for_fifty: 3;
+}
 
 async fn operator(
     t: &TestNet,
@@ -68,18 +104,16 @@ async fn get(t: &TestNet, key: &str, path: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn charges_carry_fee_and_margin_and_are_metered_per_end_customer() {
-    let t = TestNet::start(1).await;
+async fn charges_carry_fee_and_margin_and_are_metered_per_end_customer(t: &TestNet) {
     // 10% margin plus 1,000 nano-USD per 1M tokens; the devnet fee is 5%.
     let key = new_app(
-        &t,
+        t,
         "acme",
         json!({"margin_bps": 1000, "margin_per_mtok": 1000}),
         1_000_000_000,
     )
     .await;
-    let r = chat(&t, &key, &ask(Some("alice"), 8)).await;
+    let r = chat(t, &key, &ask(Some("alice"), 8)).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     let cost = &v["usage"]["cost_details"];
@@ -112,7 +146,7 @@ async fn charges_carry_fee_and_margin_and_are_metered_per_end_customer() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    let (s, usage) = get(&t, &key, "usage").await;
+    let (s, usage) = get(t, &key, "usage").await;
     assert_eq!(s, 200);
     let lines = usage["data"].as_array().unwrap();
     let alice = lines.iter().find(|l| l["end_customer"] == "alice").unwrap();
@@ -128,37 +162,34 @@ async fn charges_carry_fee_and_margin_and_are_metered_per_end_customer() {
 
     // Receipts: the owner sees them (filtered by end customer); another
     // builder's key does not, not even by id.
-    let (s, list) = get(&t, &key, "receipts?end_customer=alice").await;
+    let (s, list) = get(t, &key, "receipts?end_customer=alice").await;
     assert_eq!(s, 200);
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     let id = v["receipt_id"].as_str().unwrap();
-    let other = new_app(&t, "globex", json!({}), 1_000_000).await;
-    assert_eq!(get(&t, &other, &format!("receipts/{id}")).await.0, 404);
+    let other = new_app(t, "globex", json!({}), 1_000_000).await;
+    assert_eq!(get(t, &other, &format!("receipts/{id}")).await.0, 404);
     assert_eq!(
-        get(&t, &other, "receipts").await.1["data"]
+        get(t, &other, "receipts").await.1["data"]
             .as_array()
             .unwrap()
             .len(),
         0
     );
-    assert_eq!(get(&t, &key, &format!("receipts/{id}")).await.0, 200);
-    t.stop().await;
+    assert_eq!(get(t, &key, &format!("receipts/{id}")).await.0, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_keys_are_401_and_operator_routes_need_the_operator_key() {
-    let t = TestNet::start(1).await;
-    let key = new_app(&t, "acme", json!({}), 1_000_000_000).await;
-    assert_eq!(chat(&t, &key, &ask(None, 2)).await.status(), 200);
-    let (_, keys) = operator(&t, reqwest::Method::GET, "apps/acme/keys", None).await;
+async fn revoked_keys_are_401_and_operator_routes_need_the_operator_key(t: &TestNet) {
+    let key = new_app(t, "acme", json!({}), 1_000_000_000).await;
+    assert_eq!(chat(t, &key, &ask(None, 2)).await.status(), 200);
+    let (_, keys) = operator(t, reqwest::Method::GET, "apps/acme/keys", None).await;
     let key_id = keys["data"][0]["id"].as_str().unwrap().to_string();
     assert!(
         keys["data"][0].get("key").is_none(),
         "keys are shown once only"
     );
-    let (s, _) = operator(&t, reqwest::Method::DELETE, &format!("keys/{key_id}"), None).await;
+    let (s, _) = operator(t, reqwest::Method::DELETE, &format!("keys/{key_id}"), None).await;
     assert_eq!(s, 200);
-    let r = chat(&t, &key, &ask(None, 2)).await;
+    let r = chat(t, &key, &ask(None, 2)).await;
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert!(e["error"]["message"].as_str().unwrap().contains("revoked"));
@@ -166,14 +197,11 @@ async fn revoked_keys_are_401_and_operator_routes_need_the_operator_key() {
     let url = format!("{}/operator/apps", t.base_url().trim_end_matches("/v1"));
     let r = t.http.get(url).bearer_auth(t.key()).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_balance_or_budget_is_402_and_over_rate_is_429() {
-    let t = TestNet::start(1).await;
-    let poor = new_app(&t, "poor", json!({}), 10).await;
-    let r = chat(&t, &poor, &ask(None, 8)).await;
+async fn out_of_balance_or_budget_is_402_and_over_rate_is_429(t: &TestNet) {
+    let poor = new_app(t, "poor", json!({}), 10).await;
+    let r = chat(t, &poor, &ask(None, 8)).await;
     assert_eq!(r.status(), 402);
     let e: Value = r.json().await.unwrap();
     assert!(
@@ -182,13 +210,13 @@ async fn out_of_balance_or_budget_is_402_and_over_rate_is_429() {
     );
 
     let budget = new_app(
-        &t,
+        t,
         "capped",
         json!({"customer_budgets": {"total": 1}}),
         1_000_000_000,
     )
     .await;
-    let r = chat(&t, &budget, &ask(Some("carol"), 8)).await;
+    let r = chat(t, &budget, &ask(Some("carol"), 8)).await;
     assert_eq!(r.status(), 402);
     let e: Value = r.json().await.unwrap();
     let m = e["error"]["message"].as_str().unwrap();
@@ -197,18 +225,18 @@ async fn out_of_balance_or_budget_is_402_and_over_rate_is_429() {
         "{m}"
     );
     // Without an end customer the app itself has no budget: served.
-    assert_eq!(chat(&t, &budget, &ask(None, 4)).await.status(), 200);
+    assert_eq!(chat(t, &budget, &ask(None, 4)).await.status(), 200);
 
     let limited = new_app(
-        &t,
+        t,
         "limited",
         json!({"key_limits": {"requests_per_minute": 2}}),
         1_000_000_000,
     )
     .await;
-    assert_eq!(chat(&t, &limited, &ask(None, 2)).await.status(), 200);
-    assert_eq!(chat(&t, &limited, &ask(None, 2)).await.status(), 200);
-    let r = chat(&t, &limited, &ask(None, 2)).await;
+    assert_eq!(chat(t, &limited, &ask(None, 2)).await.status(), 200);
+    assert_eq!(chat(t, &limited, &ask(None, 2)).await.status(), 200);
+    let r = chat(t, &limited, &ask(None, 2)).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -216,18 +244,15 @@ async fn out_of_balance_or_budget_is_402_and_over_rate_is_429() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_concurrent_requests_never_overspend_a_balance_for_fifty() {
-    // Three nodes hold 3 × (4 running + 16 queued) = 60 jobs, more than the
-    // 50 the balance covers, so money is what refuses requests here.
-    let t = TestNet::start(3).await;
+/// Three nodes hold 3 × (4 running + 16 queued) = 60 jobs, more than the
+/// 50 the balance covers, so money is what refuses requests here.
+async fn two_hundred_concurrent_requests_never_overspend_a_balance_for_fifty(t: &TestNet) {
     // Learn the worst-case hold of this request shape from a 402.
-    let probe = new_app(&t, "probe", json!({}), 1).await;
+    let probe = new_app(t, "probe", json!({}), 1).await;
     let body = ask(None, 16);
-    let e: Value = chat(&t, &probe, &body).await.json().await.unwrap();
+    let e: Value = chat(t, &probe, &body).await.json().await.unwrap();
     let m = e["error"]["message"].as_str().unwrap().to_string();
     let worst: u64 = m
         .split("worst case of ")
@@ -236,10 +261,10 @@ async fn two_hundred_concurrent_requests_never_overspend_a_balance_for_fifty() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{m}"));
     let balance = 50 * worst;
-    let key = new_app(&t, "busy", json!({}), balance).await;
+    let key = new_app(t, "busy", json!({}), balance).await;
 
     let results = futures::future::join_all((0..200).map(|_| {
-        let (t, key, body) = (&t, &key, &body);
+        let (t, key, body) = (t, &key, &body);
         async move {
             let r = chat(t, key, body).await;
             let status = r.status().as_u16();
@@ -267,8 +292,7 @@ async fn two_hundred_concurrent_requests_never_overspend_a_balance_for_fifty() {
     let spent: u64 = results.iter().map(|(_, c)| c).sum();
     assert!(spent <= balance, "spent {spent} of {balance}");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, usage) = get(&t, &key, "usage").await;
+    let (_, usage) = get(t, &key, "usage").await;
     let left: u64 = usage["balance_nano_usd"].as_str().unwrap().parse().unwrap();
     assert_eq!(left, balance - spent, "no hold is left behind");
-    t.stop().await;
 }

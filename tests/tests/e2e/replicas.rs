@@ -66,7 +66,7 @@ struct Deployment {
     cancel: CancellationToken,
     http: reqwest::Client,
     url: String,
-    _pg: TestPostgres,
+    pg: TestPostgres,
     _dir: tempfile::TempDir,
 }
 
@@ -165,7 +165,7 @@ hold_ttl_secs = 10
             running.push(node);
         }
         let d = Self {
-            _pg: pg,
+            pg,
             url,
             _dir: dir,
             replicas: started,
@@ -513,6 +513,87 @@ async fn sigkill_of_a_replica_under_load_loses_no_acknowledged_receipt() {
     // The dead replica's holds stop counting at their expiry (10 s).
     let (_, held) = books.live_holds(now_ms() + 10_001).await.unwrap();
     assert_eq!(held, 0, "no hold outlives its expiry");
+}
+
+/// PostgreSQL killed (`-m immediate`) and restarted while both replicas
+/// serve: requests in flight then may fail, but every one acknowledged
+/// has its entry, and both replicas serve again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_restarted_under_load_loses_no_acknowledged_receipt() {
+    let d = std::sync::Arc::new(Deployment::start(2, 2, "").await);
+    let key = d.app("shop", 1_000_000_000_000).await;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, u64>::new()));
+    let stop = CancellationToken::new();
+    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (d, key, acknowledged, stop, restarted) = (
+                d.clone(),
+                key.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+                restarted.clone(),
+            );
+            tokio::spawn(async move {
+                let mut served_after = 0;
+                while !stop.is_cancelled() {
+                    let after = restarted.load(std::sync::atomic::Ordering::SeqCst);
+                    let (_, usage) = d.chat(i % 2, &key, 16).await;
+                    match usage {
+                        Some(u) => {
+                            let id = u["receipt_id"].as_str().unwrap().to_string();
+                            acknowledged.lock().unwrap().insert(id, charge(&u));
+                            if after {
+                                served_after += 1;
+                            }
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                served_after
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = acknowledged.lock().unwrap().len();
+    let crash = d.clone();
+    tokio::task::spawn_blocking(move || crash.pg.crash_and_restart())
+        .await
+        .unwrap()
+        .expect("restart PostgreSQL");
+    restarted.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    let mut served_after = 0;
+    for c in clients {
+        served_after += c.await.unwrap();
+    }
+    assert!(before > 0, "requests were served before the crash");
+    assert!(
+        served_after > 0,
+        "the replicas serve again after the restart"
+    );
+    let books = d.books().await;
+    let all = books.changes(0).await.unwrap();
+    let booked: HashMap<String, u64> = all
+        .entries
+        .iter()
+        .map(|e| (e.job_id().to_hex(), e.charge.total))
+        .collect();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for (id, charged) in &acknowledged {
+        assert_eq!(
+            booked.get(id),
+            Some(charged),
+            "acknowledged receipt {id} survived the crash"
+        );
+    }
+    let (_, charged, _) = books.funds("shop", now_ms()).await.unwrap().unwrap();
+    assert_eq!(
+        charged,
+        booked.values().sum::<u64>(),
+        "usage equals receipts"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
