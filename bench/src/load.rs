@@ -13,8 +13,10 @@ use tokio::sync::Semaphore;
 /// Where to send requests and as whom.
 #[derive(Clone)]
 pub struct Target {
-    /// Full URL of the chat completions endpoint.
-    pub url: String,
+    /// Full URL of the chat completions endpoint; with several (replicas
+    /// behind no balancer), requests take them in turn.
+    pub urls: Vec<String>,
+    pub next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub api_key: Option<String>,
     /// The `model` field to send.
     pub model: String,
@@ -40,8 +42,9 @@ pub fn body(model: &str, stream: bool) -> String {
 }
 
 fn request(client: &reqwest::Client, t: &Target, body: String) -> reqwest::RequestBuilder {
+    let i = t.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut r = client
-        .post(&t.url)
+        .post(&t.urls[i % t.urls.len()])
         .header("content-type", "application/json")
         .body(body);
     if let Some(k) = &t.api_key {

@@ -63,6 +63,12 @@ struct Cli {
     /// Which targets to measure.
     #[arg(long, default_value = "direct,sharenet,litellm", value_delimiter = ',')]
     targets: Vec<String>,
+    /// Shared books: a throwaway PostgreSQL (Debian's server binaries) and
+    /// two coordinator replicas on it, the node advertising to both; the
+    /// `sharenet` target is then one replica on PostgreSQL and
+    /// `sharenet-replicas` both, in turn.
+    #[arg(long)]
+    replicas: bool,
     /// Where the report, the JSON results and the logs go.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -83,6 +89,10 @@ struct World {
     api: String,
     api_key: String,
     coordinator_p2p: String,
+    /// With `--replicas`: the database and the second replica (process,
+    /// API URL, p2p address).
+    postgres: Option<sharenet_ledger::testing::TestPostgres>,
+    second: Option<(Proc, String, String)>,
     nodes: Vec<Proc>,
     litellm: Option<Proc>,
     litellm_url: String,
@@ -100,7 +110,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.out).with_context(|| format!("create {}", cli.out.display()))?;
-    let steps = 3 * (2 + cli.rates.len() as u64) + 5;
+    let steps = 4 * (2 + cli.rates.len() as u64) + 5;
     let bar = indicatif::ProgressBar::new(steps).with_style(
         indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -109,7 +119,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut w = World::start(&cli).await?;
     bar.inc(1);
     bar.set_message("starting a coordinator and a node (init, then run)");
-    w.start_coordinator().await?;
+    if cli.replicas {
+        bar.set_message("starting PostgreSQL, two coordinator replicas and a node");
+        let pg = sharenet_ledger::testing::TestPostgres::start()?;
+        let url = pg.url();
+        w.postgres = Some(pg);
+        let (p, api, p2p, _) = w.start_coordinator_in("coordinator", Some(&url)).await?;
+        w.coordinator = Some(p);
+        w.api = api;
+        w.coordinator_p2p = p2p;
+        let (p, api, p2p, _) = w.start_coordinator_in("coordinator-2", Some(&url)).await?;
+        w.second = Some((p, api, p2p));
+    } else {
+        w.start_coordinator().await?;
+    }
     w.start_node().await?;
     w.wait_for_nodes(1).await?;
     bar.inc(1);
@@ -125,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let client = load::client(1024)?;
     let mut results = Vec::new();
-    for name in ["direct", "sharenet", "litellm"] {
+    for name in ["direct", "sharenet", "sharenet-replicas", "litellm"] {
         let wanted = cli.targets.iter().any(|t| t == name);
         let Some(target) = w.target(name).filter(|_| wanted) else {
             bar.inc(2 + cli.rates.len() as u64);
@@ -243,6 +266,8 @@ impl World {
             api: String::new(),
             api_key: String::new(),
             coordinator_p2p: String::new(),
+            postgres: None,
+            second: None,
             nodes: Vec::new(),
             litellm: None,
             litellm_url: String::new(),
@@ -255,8 +280,24 @@ impl World {
     }
 
     async fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        let (p, api, p2p, key) = self.start_coordinator_in("coordinator", None).await?;
+        self.api = api;
+        self.api_key = key;
+        self.coordinator_p2p = p2p;
+        self.coordinator = Some(p);
+        Ok(())
+    }
+
+    /// `init` in `name`, then run; with `database`, as one of two replicas
+    /// on it. Returns the process, the API URL, the p2p address and the
+    /// key `init` made.
+    async fn start_coordinator_in(
+        &mut self,
+        name: &str,
+        database: Option<&str>,
+    ) -> anyhow::Result<(Proc, String, String, String)> {
         let exe = bin(&self.bins, "sharenet-coordinator")?;
-        let dir = self.path("coordinator");
+        let dir = self.path(name);
         let out = command_output(Command::new(&exe).args(["init", "--dir"]).arg(&dir))?;
         let key = out
             .lines()
@@ -264,28 +305,37 @@ impl World {
             .context("`sharenet-coordinator init` printed no API key")?
             .trim()
             .to_string();
+        if self.api_key.is_empty() {
+            self.api_key = key.clone();
+        }
         let (http, quic) = (free_port()?, free_udp_port()?);
         let config = dir.join("coordinator.toml");
         edit(&config, |s| {
-            Ok(s.replacen(
-                "http_listen = \"127.0.0.1:8080\"",
-                &format!("http_listen = \"127.0.0.1:{http}\""),
-                1,
-            )
-            .replacen(
-                "p2p_listen = [\"/ip4/0.0.0.0/udp/4000/quic-v1\", \"/ip4/0.0.0.0/tcp/4000\"]",
-                &format!("p2p_listen = [\"/ip4/127.0.0.1/udp/{quic}/quic-v1\"]"),
-                1,
-            )
-            .replacen(
-                "bootstrap_balance_nano_usd = 1000000000 ",
-                "bootstrap_balance_nano_usd = 1000000000000000 ",
-                1,
-            ))
+            let s = s
+                .replacen(
+                    "http_listen = \"127.0.0.1:8080\"",
+                    &format!("http_listen = \"127.0.0.1:{http}\""),
+                    1,
+                )
+                .replacen(
+                    "p2p_listen = [\"/ip4/0.0.0.0/udp/4000/quic-v1\", \"/ip4/0.0.0.0/tcp/4000\"]",
+                    &format!("p2p_listen = [\"/ip4/127.0.0.1/udp/{quic}/quic-v1\"]"),
+                    1,
+                )
+                .replacen(
+                    "bootstrap_balance_nano_usd = 1000000000 ",
+                    "bootstrap_balance_nano_usd = 1000000000000000 ",
+                    1,
+                );
+            // Top-level keys go first (the template ends in a table).
+            Ok(match database {
+                Some(url) => format!("database_url = \"{url}\"\nreplicas = 2\n{s}"),
+                None => s,
+            })
         })?;
         let mut cmd = Command::new(&exe);
         cmd.args(["run", "--config"]).arg(&config);
-        let mut p = Proc::spawn("coordinator", cmd, &self.logs.join("coordinator.log"))?;
+        let mut p = Proc::spawn(name, cmd, &self.logs.join(format!("{name}.log")))?;
         let lines = p.wait_for(Duration::from_secs(30), |l| {
             l.trim_start().starts_with("API:")
         })?;
@@ -295,11 +345,12 @@ impl World {
             .context("the coordinator printed no peer id")?
             .trim()
             .to_string();
-        self.api = format!("http://127.0.0.1:{http}/v1");
-        self.api_key = key;
-        self.coordinator_p2p = format!("/ip4/127.0.0.1/udp/{quic}/quic-v1/p2p/{peer}");
-        self.coordinator = Some(p);
-        Ok(())
+        Ok((
+            p,
+            format!("http://127.0.0.1:{http}/v1"),
+            format!("/ip4/127.0.0.1/udp/{quic}/quic-v1/p2p/{peer}"),
+            key,
+        ))
     }
 
     async fn start_node(&mut self) -> anyhow::Result<()> {
@@ -315,7 +366,20 @@ impl World {
         let quic = free_udp_port()?;
         let (mock, hold) = (self.mock_url.clone(), self.hold_ms);
         let config = dir.join("node.toml");
+        let (first, second) = (
+            self.coordinator_p2p.clone(),
+            self.second.as_ref().map(|s| s.2.clone()),
+        );
         edit(&config, |s| {
+            // Replicas: the node bootstraps to (and so serves) both.
+            let s = match &second {
+                Some(second) => s.replacen(
+                    &format!("bootstrap = [\"{first}\"]"),
+                    &format!("bootstrap = [\"{first}\", \"{second}\"]"),
+                    1,
+                ),
+                None => s.to_string(),
+            };
             let s = s
                 .replacen(
                     "listen = [\"/ip4/0.0.0.0/udp/4001/quic-v1\", \"/ip4/0.0.0.0/tcp/4001\"]",
@@ -347,12 +411,21 @@ impl World {
 
     /// Waits until the coordinator lists `n` live nodes for the model.
     async fn wait_for_nodes(&self, n: usize) -> anyhow::Result<()> {
+        let mut apis = vec![self.api.clone()];
+        apis.extend(self.second.as_ref().map(|s| s.1.clone()));
+        for api in apis {
+            self.wait_for_nodes_on(&api, n).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_for_nodes_on(&self, api: &str, n: usize) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let nodes = async {
                 let v: Value = client
-                    .get(format!("{}/models", self.api))
+                    .get(format!("{api}/models"))
                     .bearer_auth(&self.api_key)
                     .send()
                     .await
@@ -409,17 +482,29 @@ impl World {
     fn target(&self, name: &str) -> Option<Target> {
         match name {
             "direct" => Some(Target {
-                url: format!("{}/v1/chat/completions", self.mock_url),
+                urls: vec![format!("{}/v1/chat/completions", self.mock_url)],
+                next: Default::default(),
                 api_key: None,
                 model: "mock-model".into(),
             }),
             "sharenet" => Some(Target {
-                url: format!("{}/chat/completions", self.api),
+                urls: vec![format!("{}/chat/completions", self.api)],
+                next: Default::default(),
+                api_key: Some(self.api_key.clone()),
+                model: MODEL.into(),
+            }),
+            "sharenet-replicas" => self.second.as_ref().map(|(_, api, _)| Target {
+                urls: vec![
+                    format!("{}/chat/completions", self.api),
+                    format!("{api}/chat/completions"),
+                ],
+                next: Default::default(),
                 api_key: Some(self.api_key.clone()),
                 model: MODEL.into(),
             }),
             "litellm" => self.litellm.as_ref().map(|_| Target {
-                url: format!("{}/v1/chat/completions", self.litellm_url),
+                urls: vec![format!("{}/v1/chat/completions", self.litellm_url)],
+                next: Default::default(),
                 api_key: Some(LITELLM_KEY.into()),
                 model: MODEL.into(),
             }),
@@ -431,9 +516,12 @@ impl World {
     fn cpu(&self, target: &str) -> Vec<(String, f64)> {
         let mut v = vec![("mock".to_string(), self.mock.cpu_secs())];
         match target {
-            "sharenet" => {
+            "sharenet" | "sharenet-replicas" => {
                 if let Some(c) = &self.coordinator {
                     v.push(("coordinator".into(), c.cpu_secs()));
+                }
+                if let Some((c, _, _)) = &self.second {
+                    v.push(("coordinator-2".into(), c.cpu_secs()));
                 }
                 v.push((
                     "node".into(),
@@ -478,7 +566,8 @@ impl World {
         }
         self.wait_for_nodes(cli.stream_nodes).await?;
         let target = Target {
-            url: format!("{}/chat/completions", self.api),
+            urls: vec![format!("{}/chat/completions", self.api)],
+            next: Default::default(),
             api_key: Some(self.api_key.clone()),
             model: HELD_MODEL.into(),
         };
