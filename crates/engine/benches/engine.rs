@@ -3,7 +3,10 @@
 //! concurrency 8 with continuous batching, time to first token, and
 //! sentence embeddings per second for all-MiniLM-L6-v2; and the real
 //! SmolLM2-135M-Instruct (`scripts/fetch-smollm2`) beside llama.cpp on the
-//! same file (`SHARENET_BENCH_ONLY=real` runs just that).
+//! same file (`SHARENET_BENCH_ONLY=real` runs just that); and generated
+//! models of real shapes and vocabulary sizes (Llama-3.2-1B, 128k;
+//! Qwen2.5-0.5B, 152k; SmolLM2-135M with 32k) against llama.cpp on the
+//! same GGUF (`SHARENET_BENCH_ONLY=shapes`).
 //!
 //!     cargo bench -p sharenet-engine --bench engine
 //!
@@ -114,7 +117,10 @@ fn concurrent(model: &Arc<TextModel>, c: usize) -> f64 {
                     logit_bias: banned,
                     ..params()
                 };
-                sched.submit(prompt, params).ok()
+                sched
+                    .submit(prompt, params)
+                    .map_err(|e| eprintln!("submit: {e}"))
+                    .ok()
             })
             .collect();
         // Per sequence: the arrival time of each token.
@@ -418,6 +424,84 @@ fn requantized(gguf: &Path) {
     }
 }
 
+/// A prompt of exactly `n` tokens for a generated model: `x` has no merge
+/// in its byte-level tokenizer, so each is one token (after BOS, if the
+/// model adds one); the same text is one token each in llama.cpp too.
+fn prompt_of(model: &TextModel, n: usize) -> String {
+    let mut text = "x".repeat(n);
+    while text.len() > 1
+        && model
+            .encode_input(&JobInput::Prompt {
+                prompt: text.clone(),
+            })
+            .map_or(0, |t| t.len())
+            > n
+    {
+        text.pop();
+    }
+    text
+}
+
+/// Generated models of real shapes and vocabulary sizes, Q8_0, each file
+/// loaded by both engines: time to first token for 38- and 512-token
+/// prompts, decode at concurrency 1 (32 tokens), and the scheduler's
+/// aggregate at concurrency 1 and 8.
+fn shapes(dir: &Path) {
+    println!(
+        "\n### Generated models of real shapes and vocabularies (random weights, GGUF Q8_0)\n"
+    );
+    println!(
+        "| shape | vocab | params | TTFT 38 tok: sharenet / llama.cpp ms | TTFT 512 tok: sharenet / llama.cpp ms | decode c1: sharenet / llama.cpp tok/s | decode ratio | scheduler c1 → c8 tok/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, shape) in [
+        ("SmolLM2-135M shape", TinyConfig::smollm2_135m_vocab32k()),
+        ("Qwen2.5-0.5B shape (qwen2)", TinyConfig::qwen25_05b()),
+        ("Llama-3.2-1B shape", TinyConfig::llama32_1b()),
+    ] {
+        // SHARENET_BENCH_SHAPE=<text>: only the shapes whose label has it.
+        if std::env::var("SHARENET_BENCH_SHAPE").is_ok_and(|f| !label.contains(&f)) {
+            continue;
+        }
+        let gguf = dir.join("shape-q8_0.gguf");
+        if let Err(e) = write_tiny_gguf(&gguf, 1, shape, GgmlDType::Q8_0) {
+            println!("| {label} | write failed: {e} | | | | | | |");
+            continue;
+        }
+        let model = match TextModel::load(&gguf) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                println!("| {label} | load failed: {e} | | | | | | |");
+                continue;
+            }
+        };
+        let s = model.spec();
+        let params = s.num_layers
+            * (2 * s.hidden_size * s.hidden_size
+                + 2 * s.hidden_size * s.num_kv_heads * (s.hidden_size / s.num_heads.max(1))
+                + 3 * s.hidden_size * shape.intermediate_size)
+            + 2 * s.vocab_size * s.hidden_size;
+        let (short, long) = (prompt_of(&model, 38), prompt_of(&model, 512));
+        let (t38, tps, _) = single_with(&model, &short, 32);
+        let (t512, _, _) = single_with(&model, &long, 2);
+        let theirs = llama_cpp_with(&gguf, &short, 32);
+        let theirs_long = llama_cpp_with(&gguf, &long, 2);
+        let c1 = concurrent(&model, 1);
+        let c8 = concurrent(&model, 8);
+        let (l38, ltps) = theirs.as_ref().map_or((f64::NAN, f64::NAN), |r| (r.0, r.1));
+        let l512 = theirs_long.as_ref().map_or(f64::NAN, |r| r.0);
+        println!(
+            "| {label} | {} | {:.2} B | {t38:.0} / {l38:.0} | {t512:.0} / {l512:.0} | {tps:.1} / {ltps:.1} | {:.2}x | {c1:.1} → {c8:.1} ({:.2}x) |",
+            s.vocab_size,
+            params as f64 / 1e9,
+            tps / ltps,
+            c8 / c1.max(1e-9)
+        );
+        drop(model);
+        let _ = std::fs::remove_file(&gguf);
+    }
+}
+
 fn main() {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
@@ -448,6 +532,9 @@ fn main() {
                 println!("\nSmolLM2 skipped: run scripts/fetch-smollm2 (or set SHARENET_SMOLLM2)")
             }
         }
+    }
+    if only.is_empty() || only == "shapes" {
+        shapes(dir.path());
     }
     match embeddings() {
         Ok((b1, b32)) => println!(

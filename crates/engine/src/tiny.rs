@@ -29,6 +29,11 @@ pub struct TinyConfig {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub max_position_embeddings: usize,
+    /// Tokens in the vocabulary: the tokenizer's [`VOCAB`] real ones, then
+    /// padding tokens with word-like text up to this size (so the
+    /// embedding and the output projection have a real model's shape). GGUF only; the
+    /// safetensors writer takes [`VOCAB`] alone.
+    pub vocab_size: usize,
 }
 
 impl Default for TinyConfig {
@@ -41,6 +46,7 @@ impl Default for TinyConfig {
             num_attention_heads: 4,
             num_key_value_heads: 2,
             max_position_embeddings: 2048,
+            vocab_size: VOCAB,
         }
     }
 }
@@ -55,6 +61,51 @@ impl TinyConfig {
             num_hidden_layers: 8,
             num_attention_heads: 16,
             num_key_value_heads: 8,
+            ..Self::default()
+        }
+    }
+
+    /// Llama-3.2-1B's shape: 16 layers, hidden 2048, 32 heads (8 kv), MLP
+    /// 8192, vocabulary 128,256 (about 1.24 B parameters).
+    pub fn llama32_1b() -> Self {
+        Self {
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_hidden_layers: 16,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            vocab_size: 128_256,
+            ..Self::default()
+        }
+    }
+
+    /// Qwen2.5-0.5B's shape: qwen2 (q/k/v biases), 24 layers, hidden 896,
+    /// 14 heads (2 kv), MLP 4864, vocabulary 151,936 (about 0.49 B
+    /// parameters, untied head).
+    pub fn qwen25_05b() -> Self {
+        Self {
+            arch: Arch::Qwen2,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_hidden_layers: 24,
+            num_attention_heads: 14,
+            num_key_value_heads: 2,
+            vocab_size: 151_936,
+            ..Self::default()
+        }
+    }
+
+    /// SmolLM2-135M's shape (30 layers, hidden 576, 9 heads, 3 kv, MLP
+    /// 1536) with a 32,000-token vocabulary (Llama 2's and Mistral's
+    /// size).
+    pub fn smollm2_135m_vocab32k() -> Self {
+        Self {
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            vocab_size: 32_000,
             ..Self::default()
         }
     }
@@ -152,10 +203,11 @@ fn tensors(seed: u64, shape: &TinyConfig) -> Result<HashMap<String, Tensor>, Eng
     // and the output head reads it as a bias towards lowercase letters and
     // spaces, so the random model's text looks like words rather than
     // control bytes. Everything else is random.
-    let mut embed = uniform(VOCAB, h);
-    let mut head = uniform(VOCAB, h);
-    let letters = lettery_tokens();
-    for tok in 0..VOCAB {
+    let vocab = shape.vocab_size.max(VOCAB);
+    let mut embed = uniform(vocab, h);
+    let mut head = uniform(vocab, h);
+    let letters = lettery_tokens(vocab);
+    for tok in 0..vocab {
         embed[tok * h] = 1.0;
         head[tok * h] = if letters[tok] {
             0.6
@@ -168,11 +220,11 @@ fn tensors(seed: u64, shape: &TinyConfig) -> Result<HashMap<String, Tensor>, Eng
     let dev = &Device::Cpu;
     tensors.insert(
         "model.embed_tokens.weight".into(),
-        Tensor::from_vec(embed, (VOCAB, h), dev)?,
+        Tensor::from_vec(embed, (vocab, h), dev)?,
     );
     tensors.insert(
         "lm_head.weight".into(),
-        Tensor::from_vec(head, (VOCAB, h), dev)?,
+        Tensor::from_vec(head, (vocab, h), dev)?,
     );
     for l in 0..shape.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -211,19 +263,43 @@ fn tensors(seed: u64, shape: &TinyConfig) -> Result<HashMap<String, Tensor>, Eng
     Ok(tensors)
 }
 
-/// Tokens whose text is lowercase letters or a space (every merge is).
-fn lettery_tokens() -> Vec<bool> {
-    (0..VOCAB)
+/// Tokens whose text is lowercase letters or a space (every merge and
+/// every padding token is), of a vocabulary of `n`.
+fn lettery_tokens(n: usize) -> Vec<bool> {
+    (0..n)
         .map(|t| match u8::try_from(t) {
             Ok(b) => b.is_ascii_lowercase() || b == b' ',
-            Err(_) => t < 256 + MERGES.len(),
+            Err(_) => t < 256 + MERGES.len() || t >= VOCAB,
         })
         .collect()
+}
+
+/// The text of padding token `i`: a space (`Ġ` in byte-level form), `q`,
+/// then `i` in base 26 as lowercase letters — unique, and longer than any
+/// merge.
+fn padding_text(i: usize) -> String {
+    let mut letters = Vec::new();
+    let mut n = i;
+    loop {
+        letters.push(char::from(b'a' + (n % 26) as u8));
+        n /= 26;
+        if n == 0 {
+            break;
+        }
+    }
+    letters.reverse();
+    format!("\u{120}q{}", letters.into_iter().collect::<String>())
 }
 
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` and
 /// `tokenizer_config.json` into `dir` (created if missing).
 pub fn write_tiny_model(dir: &Path, seed: u64, shape: TinyConfig) -> Result<(), EngineError> {
+    if shape.vocab_size != VOCAB {
+        return Err(EngineError::Unsupported(format!(
+            "a padded vocabulary ({} tokens) is written as GGUF only (write_tiny_gguf)",
+            shape.vocab_size
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     let (model_type, arch_name) = match shape.arch {
         Arch::Llama => ("llama", "LlamaForCausalLM"),
@@ -312,6 +388,13 @@ pub fn write_tiny_gguf(
     for (_, text) in SPECIALS {
         tokens.push(Value::String(text.to_string()));
         types.push(Value::I32(3));
+    }
+    // Padding up to the shape's vocabulary: normal tokens with word-like
+    // text of their own (no merge makes them, so prompts tokenize as
+    // before; the model writes them, and they decode to text).
+    for i in tokens.len()..shape.vocab_size.max(VOCAB) {
+        tokens.push(Value::String(padding_text(i)));
+        types.push(Value::I32(1));
     }
     let merges: Vec<Value> = MERGES
         .iter()

@@ -577,3 +577,44 @@ fn licenses_come_from_gguf_metadata_or_the_model_card() {
         Some("llama3.1")
     );
 }
+
+/// Issue 17: a generated model with a real model's vocabulary size (its
+/// tokenizer's tokens, then unused control tokens) loads with that many
+/// rows in its embedding and head, tokenizes as before, and generates;
+/// the safetensors writer refuses the padding rather than write a
+/// tokenizer that disagrees with the weights.
+#[test]
+fn a_padded_vocabulary_loads_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.gguf");
+    let shape = TinyConfig {
+        vocab_size: 5_000,
+        ..TinyConfig::default()
+    };
+    tiny::write_tiny_gguf(&path, 7, shape, GgmlDType::Q8_0).unwrap();
+    let model = TextModel::load(&path).unwrap();
+    assert_eq!(model.spec().vocab_size, 5_000);
+    let prompt = model
+        .encode_input(&JobInput::Prompt {
+            prompt: "xxxx".into(),
+        })
+        .unwrap();
+    assert_eq!(prompt.len(), 5, "BOS and one token per x: {prompt:?}");
+    let mut tokens = 0;
+    model
+        .generate(
+            &prompt,
+            &SamplingParams {
+                max_tokens: 8,
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            |p| {
+                tokens += p.tokens;
+                true
+            },
+        )
+        .unwrap();
+    assert!(tokens > 0);
+    assert!(tiny::write_tiny_model(dir.path(), 7, shape).is_err());
+}
