@@ -60,10 +60,17 @@ pub(super) async fn generation(
         .unwrap_or(&q.id);
     let id = job_id(bare)?;
     let books = core.accounts.books().clone();
-    let found = tokio::task::spawn_blocking(move || books.generation(&id))
+    let mut found = tokio::task::spawn_blocking(move || books.generation(&id))
         .await
         .map_err(|e| Error::Internal(format!("generation lookup: {e}")))?
         .map_err(|e| Error::Internal(format!("generation lookup: {e}")))?;
+    // Replicas: another one may have served it.
+    if let (None, Some(pg)) = (&found, core.accounts.shared()) {
+        found = pg
+            .generation(&id)
+            .await
+            .map_err(|e| Error::Internal(format!("generation lookup: {e}")))?;
+    }
     match found {
         // Another app's generation is "not found", as its receipts are.
         Some(g) if g.app_id == principal.app => Ok(Json(serde_json::json!({ "data": g }))),

@@ -50,7 +50,10 @@ use sharenet_proto::{JobId, PublicKey};
 
 /// Schema versions, applied in order, each once (under an advisory lock,
 /// so replicas starting together do not race).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_books.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_books.sql")),
+    (2, include_str!("../migrations/0002_generations.sql")),
+];
 
 /// Advisory lock ids (arbitrary, fixed).
 const MIGRATE_LOCK: i64 = 0x5348_4e45_5401;
@@ -701,6 +704,42 @@ impl PgLedger {
                 .push(LedgerEntry::from_bytes(job, json.as_bytes())?);
         }
         Ok(out)
+    }
+
+    /// Keeps a booked job's facts for `generation` lookups on any replica
+    /// (not waited for on disk: the money is in the entry).
+    pub async fn put_generation(
+        &self,
+        job: &JobId,
+        g: &sharenet_api::openai::Generation,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+        tx.execute(
+            "INSERT INTO generations (job_id, facts) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&job.0.as_slice(), &encode(g)?],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A job's facts, whichever replica served it.
+    pub async fn generation(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<sharenet_api::openai::Generation>, StoreError> {
+        self.conn()
+            .await?
+            .query_opt(
+                "SELECT facts FROM generations WHERE job_id = $1",
+                &[&job.0.as_slice()],
+            )
+            .await?
+            .map(|r| decode(&job.to_hex(), r.get(0)))
+            .transpose()
     }
 
     /// Takes the deployment-wide settlement lock (waits for it).

@@ -335,6 +335,15 @@ impl ActiveJob {
         if let Err(e) = core.accounts.books().put_generation(&self.terms.job_id, &g) {
             tracing::warn!(job = %self.terms.job_id, error = %e, "keep the generation's facts");
         }
+        // Replicas: any of them may be asked for it.
+        if let Some(pg) = core.accounts.shared().cloned() {
+            let job = self.terms.job_id;
+            core.spawn(async move {
+                if let Err(e) = pg.put_generation(&job, &g).await {
+                    tracing::warn!(%job, error = %e, "share the generation's facts");
+                }
+            });
+        }
     }
 
     /// A protocol violation by the node: recorded against it, final.
