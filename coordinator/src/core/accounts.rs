@@ -1671,19 +1671,7 @@ mod tests {
                 runtime().block_on(async {
                     let r = replica_on(url.as_deref(), fee_bps).await;
                     let accounts = &r.accounts;
-                    accounts
-                        .create_app(app("a", margin_bps, per_mtok))
-                        .await
-                        .unwrap();
-                    accounts.top_up("a", topup, 0).await.unwrap();
-                    let key = accounts
-                        .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
-                        .await
-                        .unwrap();
-                    let principal = Principal {
-                        app: "a".into(),
-                        key_id: key.id,
-                    };
+                    let principal = fund(&[accounts], app("a", margin_bps, per_mtok), topup).await;
                     let mut kept = Vec::new();
                     let mut charged = 0u128;
                     for (i, r) in reqs.iter().enumerate() {
@@ -1756,16 +1744,7 @@ mod tests {
             runtime().block_on(async {
                 let r = replica_on(url.as_deref(), 500).await;
                 let accounts = &r.accounts;
-                accounts.create_app(app("a", 1000, 0)).await.unwrap();
-                accounts.top_up("a", topup, 0).await.unwrap();
-                let key = accounts
-                    .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
-                    .await
-                    .unwrap();
-                let principal = Principal {
-                    app: "a".into(),
-                    key_id: key.id,
-                };
+                let principal = fund(&[accounts], app("a", 1000, 0), topup).await;
                 for (i, (input, output)) in claims.into_iter().enumerate() {
                     let Ok(hold) = accounts
                         .admit(&Admission {
@@ -1816,18 +1795,24 @@ mod tests {
     /// App `id` (no margin) topped up with `topup`, and one key, on the
     /// first replica; the others follow it.
     async fn funded(replicas: &[&Arc<Accounts>], id: &str, topup: u64) -> Principal {
+        fund(replicas, app(id, 0, 0), topup).await
+    }
+
+    /// [`funded`] for any app record.
+    async fn fund(replicas: &[&Arc<Accounts>], record: AppRecord, topup: u64) -> Principal {
         let first = replicas[0];
-        first.create_app(app(id, 0, 0)).await.unwrap();
-        first.top_up(id, topup, 0).await.unwrap();
+        let id = record.id.clone();
+        first.create_app(record).await.unwrap();
+        first.top_up(&id, topup, 0).await.unwrap();
         let key = first
-            .install_key(id, "sk-test-0123456789abcdef", Budgets::default(), 0)
+            .install_key(&id, "sk-test-0123456789abcdef", Budgets::default(), 0)
             .await
             .unwrap();
         for r in &replicas[1..] {
             r.follow().await.unwrap();
         }
         Principal {
-            app: id.into(),
+            app: id,
             key_id: key.id,
         }
     }
@@ -2126,27 +2111,14 @@ mod tests {
             let url = db.fresh();
             let a = replica_of(Some(&url), 0, 2).await;
             let b = replica_of(Some(&url), 0, 2).await;
-            a.accounts
-                .create_app(AppRecord {
-                    key_limits: RateLimits {
-                        requests_per_minute: Some(4),
-                        tokens_per_minute: None,
-                    },
-                    ..app("a", 0, 0)
-                })
-                .await
-                .unwrap();
-            a.accounts.top_up("a", 1_000_000, 0).await.unwrap();
-            let key = a
-                .accounts
-                .install_key("a", "sk-test-0123456789abcdef", Budgets::default(), 0)
-                .await
-                .unwrap();
-            b.accounts.follow().await.unwrap();
-            let principal = Principal {
-                app: "a".into(),
-                key_id: key.id,
+            let limited = AppRecord {
+                key_limits: RateLimits {
+                    requests_per_minute: Some(4),
+                    tokens_per_minute: None,
+                },
+                ..app("a", 0, 0)
             };
+            let principal = fund(&[&a.accounts, &b.accounts], limited, 1_000_000).await;
             let mut admitted = 0;
             for replica in [&a.accounts, &b.accounts] {
                 for _ in 0..3 {

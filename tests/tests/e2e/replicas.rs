@@ -432,55 +432,89 @@ async fn a_key_revoked_on_one_replica_is_refused_by_the_other() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_of_a_replica_under_load_loses_no_acknowledged_receipt() {
-    let d = std::sync::Arc::new(Deployment::start(2, 2, "").await);
-    let key = d.app("shop", 1_000_000_000_000).await;
-    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, u64>::new()));
-    let stop = CancellationToken::new();
-    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Eight clients per replica, each streaming one request after another.
-    let clients: Vec<_> = (0..16)
-        .map(|i| {
-            let (d, key, acknowledged, stop, killed) = (
-                d.clone(),
-                key.clone(),
-                acknowledged.clone(),
-                stop.clone(),
-                killed.clone(),
-            );
-            tokio::spawn(async move {
-                let mut served_after_kill = 0;
-                while !stop.is_cancelled() {
-                    let after = killed.load(std::sync::atomic::Ordering::SeqCst);
-                    let (status, usage) = d.chat(i % 2, &key, 24).await;
-                    if let Some(u) = usage {
-                        let id = u["receipt_id"].as_str().unwrap().to_string();
-                        let previous = acknowledged.lock().unwrap().insert(id, charge(&u));
-                        assert!(previous.is_none(), "a receipt acknowledged twice");
-                        if after && status == 200 {
-                            served_after_kill += 1;
+/// Streaming clients (`clients`, taking the replicas in turn), each sending
+/// one request after another until stopped; they keep what was
+/// acknowledged (receipt id → charge) and count what was served after
+/// [`Load::mark`].
+struct Load {
+    acknowledged: std::sync::Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    stop: CancellationToken,
+    marked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(d: &std::sync::Arc<Deployment>, key: &str, clients: usize, max_tokens: u32) -> Self {
+        let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let stop = CancellationToken::new();
+        let marked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|i| {
+                let (d, key, acknowledged, stop, marked) = (
+                    d.clone(),
+                    key.to_string(),
+                    acknowledged.clone(),
+                    stop.clone(),
+                    marked.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut served_after = 0;
+                    while !stop.is_cancelled() {
+                        let after = marked.load(std::sync::atomic::Ordering::SeqCst);
+                        match d.chat(i % 2, &key, max_tokens).await {
+                            (status, Some(u)) => {
+                                let id = u["receipt_id"].as_str().unwrap().to_string();
+                                let previous: Option<u64> =
+                                    acknowledged.lock().unwrap().insert(id, charge(&u));
+                                assert!(previous.is_none(), "a receipt acknowledged twice");
+                                if after && status == 200 {
+                                    served_after += 1;
+                                }
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(50)).await,
                         }
                     }
-                }
-                served_after_kill
+                    served_after
+                })
             })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    d.kill(0).await;
-    killed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let acked_at_kill = acknowledged.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    let mut survivor_served = 0;
-    for c in clients {
-        survivor_served += c.await.unwrap();
+            .collect();
+        Self {
+            acknowledged,
+            stop,
+            marked,
+            clients,
+        }
     }
-    assert!(acked_at_kill > 0, "requests were served before the kill");
-    assert!(survivor_served > 0, "the other replica kept serving");
-    // The survivor serves after the kill.
-    assert_eq!(d.chat(1, &key, 2).await.0, 200);
+
+    /// From now on, successes count as "after".
+    fn mark(&self) {
+        self.marked.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn acknowledged(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Stops the clients: what they acknowledged, and how many requests
+    /// were served after the mark.
+    async fn stop(self) -> (HashMap<String, u64>, u64) {
+        self.stop.cancel();
+        let mut after = 0;
+        for c in self.clients {
+            after += c.await.unwrap();
+        }
+        let acknowledged = self.acknowledged.lock().unwrap().clone();
+        (acknowledged, after)
+    }
+}
+
+/// The shared books hold every acknowledged receipt once, with the charge
+/// the builder was told, and the app's usage equals its receipts. Returns
+/// the booked entries (job id hex → charge).
+async fn assert_books_hold(
+    d: &Deployment,
+    acknowledged: &HashMap<String, u64>,
+) -> HashMap<String, u64> {
     let books = d.books().await;
     let all = books.changes(0).await.unwrap();
     let booked: HashMap<String, u64> = all
@@ -489,14 +523,38 @@ async fn sigkill_of_a_replica_under_load_loses_no_acknowledged_receipt() {
         .map(|e| (e.job_id().to_hex(), e.charge.total))
         .collect();
     assert_eq!(booked.len(), all.entries.len(), "each job booked once");
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    for (id, charged) in &acknowledged {
+    for (id, charged) in acknowledged {
         assert_eq!(
             booked.get(id),
             Some(charged),
             "acknowledged receipt {id} is in the books with its charge"
         );
     }
+    let (_, charged, _) = books.funds("shop", now_ms()).await.unwrap().unwrap();
+    assert_eq!(
+        charged,
+        booked.values().sum::<u64>(),
+        "usage equals receipts"
+    );
+    booked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_replica_under_load_loses_no_acknowledged_receipt() {
+    let d = std::sync::Arc::new(Deployment::start(2, 2, "").await);
+    let key = d.app("shop", 1_000_000_000_000).await;
+    // Eight clients per replica.
+    let load = Load::start(&d, &key, 16, 24);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.kill(0).await;
+    load.mark();
+    let acked_at_kill = load.acknowledged();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (acknowledged, survivor_served) = load.stop().await;
+    assert!(acked_at_kill > 0, "requests were served before the kill");
+    assert!(survivor_served > 0, "the other replica kept serving");
+    assert_eq!(d.chat(1, &key, 2).await.0, 200);
+    let booked = assert_books_hold(&d, &acknowledged).await;
     // Booked but never acknowledged: only jobs the killed replica had
     // committed when it died.
     let unacknowledged: HashSet<_> = booked
@@ -504,14 +562,8 @@ async fn sigkill_of_a_replica_under_load_loses_no_acknowledged_receipt() {
         .filter(|id| !acknowledged.contains_key(*id))
         .collect();
     assert!(unacknowledged.len() <= 8, "{unacknowledged:?}");
-    let (_, charged, _) = books.funds("shop", now_ms()).await.unwrap().unwrap();
-    assert_eq!(
-        charged,
-        booked.values().sum::<u64>(),
-        "usage equals the receipts booked"
-    );
     // The dead replica's holds stop counting at their expiry (10 s).
-    let (_, held) = books.live_holds(now_ms() + 10_001).await.unwrap();
+    let (_, held) = d.books().await.live_holds(now_ms() + 10_001).await.unwrap();
     assert_eq!(held, 0, "no hold outlives its expiry");
 }
 
@@ -522,78 +574,23 @@ async fn sigkill_of_a_replica_under_load_loses_no_acknowledged_receipt() {
 async fn the_database_restarted_under_load_loses_no_acknowledged_receipt() {
     let d = std::sync::Arc::new(Deployment::start(2, 2, "").await);
     let key = d.app("shop", 1_000_000_000_000).await;
-    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, u64>::new()));
-    let stop = CancellationToken::new();
-    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|i| {
-            let (d, key, acknowledged, stop, restarted) = (
-                d.clone(),
-                key.clone(),
-                acknowledged.clone(),
-                stop.clone(),
-                restarted.clone(),
-            );
-            tokio::spawn(async move {
-                let mut served_after = 0;
-                while !stop.is_cancelled() {
-                    let after = restarted.load(std::sync::atomic::Ordering::SeqCst);
-                    let (_, usage) = d.chat(i % 2, &key, 16).await;
-                    match usage {
-                        Some(u) => {
-                            let id = u["receipt_id"].as_str().unwrap().to_string();
-                            acknowledged.lock().unwrap().insert(id, charge(&u));
-                            if after {
-                                served_after += 1;
-                            }
-                        }
-                        None => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-                served_after
-            })
-        })
-        .collect();
+    let load = Load::start(&d, &key, 8, 16);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = acknowledged.lock().unwrap().len();
+    let before = load.acknowledged();
     let crash = d.clone();
     tokio::task::spawn_blocking(move || crash.pg.crash_and_restart())
         .await
         .unwrap()
         .expect("restart PostgreSQL");
-    restarted.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.mark();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.cancel();
-    let mut served_after = 0;
-    for c in clients {
-        served_after += c.await.unwrap();
-    }
+    let (acknowledged, served_after) = load.stop().await;
     assert!(before > 0, "requests were served before the crash");
     assert!(
         served_after > 0,
         "the replicas serve again after the restart"
     );
-    let books = d.books().await;
-    let all = books.changes(0).await.unwrap();
-    let booked: HashMap<String, u64> = all
-        .entries
-        .iter()
-        .map(|e| (e.job_id().to_hex(), e.charge.total))
-        .collect();
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    for (id, charged) in &acknowledged {
-        assert_eq!(
-            booked.get(id),
-            Some(charged),
-            "acknowledged receipt {id} survived the crash"
-        );
-    }
-    let (_, charged, _) = books.funds("shop", now_ms()).await.unwrap().unwrap();
-    assert_eq!(
-        charged,
-        booked.values().sum::<u64>(),
-        "usage equals receipts"
-    );
+    assert_books_hold(&d, &acknowledged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
