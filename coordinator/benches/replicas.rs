@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sharenet_coordinator::core::accounts::{Accounts, Admission, Principal, SharedOptions};
 use sharenet_ledger::pg::{Booking, PgLedger};
 use sharenet_ledger::testing::TestPostgres;
-use sharenet_ledger::{AppRecord, Books, Budgets, LedgerEntry, RateLimits};
+use sharenet_ledger::{AppRecord, Books, Budgets, LedgerEntry};
 use sharenet_market::Margin;
 use sharenet_proto::{
     CountersignedReceipt, JobId, PublicKey, Receipt, SignedReceipt, SigningKey, public_key_of,
@@ -70,18 +70,7 @@ fn entry(job: u32) -> LedgerEntry {
 }
 
 fn app() -> AppRecord {
-    AppRecord {
-        id: "acme".into(),
-        builder: "b".into(),
-        name: "acme".into(),
-        margin: Margin::default(),
-        budgets: Budgets::default(),
-        customer_budgets: Budgets::default(),
-        key_limits: RateLimits::default(),
-        customer_limits: RateLimits::default(),
-        created_at_ms: 0,
-        routing: Default::default(),
-    }
+    AppRecord::new("acme", "b", Margin::default(), 0)
 }
 
 fn own() -> PublicKey {

@@ -46,7 +46,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use serde::Serialize;
 use sharenet_ledger::pg::{Booking, HoldRequest, PgLedger};
-use sharenet_ledger::{AppRecord, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, TopUp};
+use sharenet_ledger::{AppRecord, Books, Budgets, KeyRecord, LedgerEntry, TopUp};
 use sharenet_market::{Charge, JobBounds, Margin};
 use sharenet_proto::{CountersignedReceipt, NanoUsd, sha256};
 
@@ -1385,19 +1385,8 @@ pub async fn ensure_operator_app(
     }
     let created = accounts
         .create_app(AppRecord {
-            id: id.into(),
-            builder: "operator".into(),
             name: name.into(),
-            margin: Margin {
-                percent_bps: 0,
-                per_mtok: 0,
-            },
-            budgets: Budgets::default(),
-            customer_budgets: Budgets::default(),
-            key_limits: RateLimits::default(),
-            customer_limits: RateLimits::default(),
-            created_at_ms: now_ms,
-            routing: Default::default(),
+            ..AppRecord::new(id, "operator", Margin::default(), now_ms)
         })
         .await;
     match created {
@@ -1422,25 +1411,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+    use sharenet_ledger::RateLimits;
     use sharenet_ledger::testing::TestPostgres;
     use sharenet_proto::{JobId, Receipt, SignedReceipt, SigningKey, job_cost, public_key_of};
 
     fn app(id: &str, margin_bps: u32, per_mtok: u64) -> AppRecord {
-        AppRecord {
-            id: id.into(),
-            builder: "b".into(),
-            name: id.into(),
-            margin: Margin {
-                percent_bps: margin_bps,
-                per_mtok,
-            },
-            budgets: Budgets::default(),
-            customer_budgets: Budgets::default(),
-            key_limits: RateLimits::default(),
-            customer_limits: RateLimits::default(),
-            created_at_ms: 0,
-            routing: Default::default(),
-        }
+        let margin = Margin {
+            percent_bps: margin_bps,
+            per_mtok,
+        };
+        AppRecord::new(id, "b", margin, 0)
     }
 
     fn receipt(job: u32, input: u32, output: u32, pin: u64, pout: u64) -> CountersignedReceipt {
@@ -1581,6 +1561,15 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             worker.abort();
+        }
+    }
+
+    /// Runs `test` on each backend (shared: on a fresh database), in a
+    /// runtime of its own.
+    fn on_both<F: std::future::Future<Output = ()>>(test: impl Fn(Backend, Option<String>) -> F) {
+        for backend in BACKENDS {
+            let db = matches!(backend, Backend::Shared).then(Database::start);
+            runtime().block_on(test(backend, db.as_ref().map(Database::fresh)));
         }
     }
 
@@ -1824,121 +1813,113 @@ mod tests {
     /// topped up.
     #[test]
     fn concurrent_commits_and_admissions_never_overspend() {
-        for backend in BACKENDS {
-            let db = matches!(backend, Backend::Shared).then(Database::start);
-            runtime().block_on(async {
-                let url = db.as_ref().map(Database::fresh);
-                let a = replica_on(url.as_deref(), 0).await;
-                let b = replica_on(url.as_deref(), 0).await;
-                let replicas: Vec<&Arc<Accounts>> = match backend {
-                    Backend::Embedded => vec![&a.accounts],
-                    Backend::Shared => vec![&a.accounts, &b.accounts],
-                };
-                // Room for 40 worst cases (100 in + 100 out at 1 each).
-                let topup = 40 * 200;
-                let principal = funded(&replicas, "a", topup).await;
-                let next_job = Arc::new(std::sync::atomic::AtomicU32::new(0));
-                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                // A watcher reads the money over and over.
-                let watcher = {
-                    let (accounts, stop) = (replicas[0].clone(), stop.clone());
+        on_both(|backend, url| async move {
+            let a = replica_on(url.as_deref(), 0).await;
+            let b = replica_on(url.as_deref(), 0).await;
+            let replicas: Vec<&Arc<Accounts>> = match backend {
+                Backend::Embedded => vec![&a.accounts],
+                Backend::Shared => vec![&a.accounts, &b.accounts],
+            };
+            // Room for 40 worst cases (100 in + 100 out at 1 each).
+            let topup = 40 * 200;
+            let principal = funded(&replicas, "a", topup).await;
+            let next_job = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // A watcher reads the money over and over.
+            let watcher = {
+                let (accounts, stop) = (replicas[0].clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        assert!(balance(&accounts, "a").await >= 0);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            let workers: Vec<_> = (0..8)
+                .map(|w| {
+                    let accounts = replicas[w % replicas.len()].clone();
+                    let (principal, next_job) = (principal.clone(), next_job.clone());
                     tokio::spawn(async move {
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            assert!(balance(&accounts, "a").await >= 0);
-                            tokio::task::yield_now().await;
-                        }
-                    })
-                };
-                let workers: Vec<_> = (0..8)
-                    .map(|w| {
-                        let accounts = replicas[w % replicas.len()].clone();
-                        let (principal, next_job) = (principal.clone(), next_job.clone());
-                        tokio::spawn(async move {
-                            let mut refused = 0;
-                            for _ in 0..20 {
-                                match accounts.admit(&worst_200(&principal)).await {
-                                    Ok(hold) => {
-                                        let id = next_job
-                                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                        hold.commit_async(receipt(id, 100, 100, 1, 1), 1)
-                                            .await
-                                            .unwrap();
-                                    }
-                                    Err(AccountsError::OverBudget(_)) => refused += 1,
-                                    Err(e) => panic!("{e}"),
+                        let mut refused = 0;
+                        for _ in 0..20 {
+                            match accounts.admit(&worst_200(&principal)).await {
+                                Ok(hold) => {
+                                    let id =
+                                        next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    hold.commit_async(receipt(id, 100, 100, 1, 1), 1)
+                                        .await
+                                        .unwrap();
                                 }
+                                Err(AccountsError::OverBudget(_)) => refused += 1,
+                                Err(e) => panic!("{e}"),
                             }
-                            refused
-                        })
+                        }
+                        refused
                     })
-                    .collect();
-                let mut refused = 0;
-                for w in workers {
-                    refused += w.await.unwrap();
-                }
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                watcher.await.unwrap();
+                })
+                .collect();
+            let mut refused = 0;
+            for w in workers {
+                refused += w.await.unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            watcher.await.unwrap();
+            assert_eq!(
+                refused, 120,
+                "{backend:?}: 160 tries, 40 admitted, every refusal over budget"
+            );
+            assert_eq!(
+                balance(replicas[0], "a").await,
+                0,
+                "{backend:?}: exactly the 40 jobs the balance covered"
+            );
+            for r in &replicas {
+                r.follow().await.unwrap();
                 assert_eq!(
-                    refused, 120,
-                    "{backend:?}: 160 tries, 40 admitted, every refusal over budget"
+                    r.books().entry_count(),
+                    40,
+                    "{backend:?}: each mirror has every entry"
                 );
-                assert_eq!(
-                    balance(replicas[0], "a").await,
-                    0,
-                    "{backend:?}: exactly the 40 jobs the balance covered"
-                );
-                for r in &replicas {
-                    r.follow().await.unwrap();
-                    assert_eq!(
-                        r.books().entry_count(),
-                        40,
-                        "{backend:?}: each mirror has every entry"
-                    );
-                    assert_eq!(r.balance("a"), 0, "{backend:?}: each view agrees");
-                }
-            });
-        }
+                assert_eq!(r.balance("a"), 0, "{backend:?}: each view agrees");
+            }
+        });
     }
 
     #[test]
     fn a_commit_books_once_durable_and_a_replay_is_refused() {
-        for backend in BACKENDS {
-            let db = matches!(backend, Backend::Shared).then(Database::start);
-            runtime().block_on(async {
-                let url = db.as_ref().map(Database::fresh);
-                let r = replica_on(url.as_deref(), 0).await;
-                let accounts = &r.accounts;
-                let principal = funded(&[accounts], "a", 10_000).await;
-                let admission = worst_200(&principal);
-                let hold = accounts.admit(&admission).await.unwrap();
-                assert_eq!(held(accounts, "a").await, 200);
-                let entry = tokio::spawn(hold.commit_async(receipt(1, 60, 40, 1, 1), 1))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert_eq!(held(accounts, "a").await, 0);
-                let after = balance(accounts, "a").await;
-                assert_eq!(after, 10_000 - i128::from(entry.charge.total));
-                assert_eq!(accounts.books().entry_count(), 1);
-                // The same job again: the books refuse it, nothing is charged and
-                // the hold is released.
-                let hold = accounts.admit(&admission).await.unwrap();
-                let replay = tokio::spawn(hold.commit_async(receipt(1, 60, 40, 1, 1), 1))
-                    .await
-                    .unwrap();
-                assert!(
-                    matches!(
-                        replay,
-                        Err(CommitError::Store(sharenet_ledger::StoreError::Duplicate(
-                            _
-                        )))
-                    ),
-                    "{backend:?}: {replay:?}"
-                );
-                assert_eq!(held(accounts, "a").await, 0, "{backend:?}");
-                assert_eq!(balance(accounts, "a").await, after, "{backend:?}");
-            });
-        }
+        on_both(|backend, url| async move {
+            let r = replica_on(url.as_deref(), 0).await;
+            let accounts = &r.accounts;
+            let principal = funded(&[accounts], "a", 10_000).await;
+            let admission = worst_200(&principal);
+            let hold = accounts.admit(&admission).await.unwrap();
+            assert_eq!(held(accounts, "a").await, 200);
+            let entry = tokio::spawn(hold.commit_async(receipt(1, 60, 40, 1, 1), 1))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(held(accounts, "a").await, 0);
+            let after = balance(accounts, "a").await;
+            assert_eq!(after, 10_000 - i128::from(entry.charge.total));
+            assert_eq!(accounts.books().entry_count(), 1);
+            // The same job again: the books refuse it, nothing is charged and
+            // the hold is released.
+            let hold = accounts.admit(&admission).await.unwrap();
+            let replay = tokio::spawn(hold.commit_async(receipt(1, 60, 40, 1, 1), 1))
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    replay,
+                    Err(CommitError::Store(sharenet_ledger::StoreError::Duplicate(
+                        _
+                    )))
+                ),
+                "{backend:?}: {replay:?}"
+            );
+            assert_eq!(held(accounts, "a").await, 0, "{backend:?}");
+            assert_eq!(balance(accounts, "a").await, after, "{backend:?}");
+        });
     }
 
     /// Issue 12, item 15: a builder churning end-customer ids used to
@@ -1946,95 +1927,91 @@ mod tests {
     /// builders' limits) and left a held entry per customer forever.
     #[test]
     fn churning_customer_ids_resets_no_other_app_and_leaves_no_holds() {
-        for backend in BACKENDS {
-            let db = matches!(backend, Backend::Shared).then(Database::start);
-            runtime().block_on(async {
-                let url = db.as_ref().map(Database::fresh);
-                let r = replica_on(url.as_deref(), 0).await;
-                let accounts = &r.accounts;
-                let limited = |id: &str| AppRecord {
-                    customer_limits: RateLimits {
-                        requests_per_minute: Some(1),
-                        tokens_per_minute: None,
-                    },
-                    ..app(id, 0, 0)
-                };
-                let mut principals = Vec::new();
-                for (id, key) in [
-                    ("greedy", "sk-test-greedy-000000"),
-                    ("victim", "sk-test-victim-000000"),
-                ] {
-                    accounts.create_app(limited(id)).await.unwrap();
-                    accounts.top_up(id, 1_000_000_000, 0).await.unwrap();
-                    let k = accounts
-                        .install_key(id, key, Budgets::default(), 0)
-                        .await
-                        .unwrap();
-                    principals.push(Principal {
-                        app: id.into(),
-                        key_id: k.id,
-                    });
+        on_both(|backend, url| async move {
+            let r = replica_on(url.as_deref(), 0).await;
+            let accounts = &r.accounts;
+            let limited = |id: &str| AppRecord {
+                customer_limits: RateLimits {
+                    requests_per_minute: Some(1),
+                    tokens_per_minute: None,
+                },
+                ..app(id, 0, 0)
+            };
+            let mut principals = Vec::new();
+            for (id, key) in [
+                ("greedy", "sk-test-greedy-000000"),
+                ("victim", "sk-test-victim-000000"),
+            ] {
+                accounts.create_app(limited(id)).await.unwrap();
+                accounts.top_up(id, 1_000_000_000, 0).await.unwrap();
+                let k = accounts
+                    .install_key(id, key, Budgets::default(), 0)
+                    .await
+                    .unwrap();
+                principals.push(Principal {
+                    app: id.into(),
+                    key_id: k.id,
+                });
+            }
+            fn admission<'a>(p: &'a Principal, customer: &'a str) -> Admission<'a> {
+                Admission {
+                    principal: p,
+                    end_customer: Some(customer),
+                    max_input_tokens: 10,
+                    max_output_tokens: 10,
+                    max_price_in: 1,
+                    max_price_out: 1,
+                    now_ms: 1,
                 }
-                fn admission<'a>(p: &'a Principal, customer: &'a str) -> Admission<'a> {
-                    Admission {
-                        principal: p,
-                        end_customer: Some(customer),
-                        max_input_tokens: 10,
-                        max_output_tokens: 10,
-                        max_price_in: 1,
-                        max_price_out: 1,
-                        now_ms: 1,
-                    }
-                }
+            }
+            drop(
+                accounts
+                    .admit(&admission(&principals[1], "alice"))
+                    .await
+                    .unwrap(),
+            );
+            assert!(matches!(
+                accounts.admit(&admission(&principals[1], "alice")).await,
+                Err(AccountsError::RateLimited { .. })
+            ));
+            // Fewer customers on the database: each admission is a
+            // transaction there.
+            let churn = match backend {
+                Backend::Embedded => MAX_CUSTOMER_LIMITERS_PER_APP + 10,
+                Backend::Shared => 300,
+            };
+            for i in 0..churn {
+                let c = format!("throwaway-{i}");
                 drop(
                     accounts
-                        .admit(&admission(&principals[1], "alice"))
+                        .admit(&admission(&principals[0], &c))
                         .await
                         .unwrap(),
                 );
-                assert!(matches!(
+            }
+            assert!(
+                matches!(
                     accounts.admit(&admission(&principals[1], "alice")).await,
                     Err(AccountsError::RateLimited { .. })
-                ));
-                // Fewer customers on the database: each admission is a
-                // transaction there.
-                let churn = match backend {
-                    Backend::Embedded => MAX_CUSTOMER_LIMITERS_PER_APP + 10,
-                    Backend::Shared => 300,
-                };
-                for i in 0..churn {
-                    let c = format!("throwaway-{i}");
-                    drop(
-                        accounts
-                            .admit(&admission(&principals[0], &c))
-                            .await
-                            .unwrap(),
-                    );
-                }
-                assert!(
-                    matches!(
-                        accounts.admit(&admission(&principals[1], "alice")).await,
-                        Err(AccountsError::RateLimited { .. })
-                    ),
-                    "{backend:?}: another app's churn did not reset this app's limit"
-                );
-                settled_holds(accounts, "greedy").await;
-                assert_eq!(
-                    held(accounts, "greedy").await,
-                    0,
-                    "{backend:?}: released holds leave nothing held"
-                );
-                let state = accounts.lock();
-                assert!(
-                    state.held.is_empty(),
-                    "{backend:?}: released holds leave no entries"
-                );
-                assert!(
-                    state.customer_limiters["greedy"].len() <= MAX_CUSTOMER_LIMITERS_PER_APP,
-                    "{backend:?}: the churning app's limiters stay capped"
-                );
-            });
-        }
+                ),
+                "{backend:?}: another app's churn did not reset this app's limit"
+            );
+            settled_holds(accounts, "greedy").await;
+            assert_eq!(
+                held(accounts, "greedy").await,
+                0,
+                "{backend:?}: released holds leave nothing held"
+            );
+            let state = accounts.lock();
+            assert!(
+                state.held.is_empty(),
+                "{backend:?}: released holds leave no entries"
+            );
+            assert!(
+                state.customer_limiters["greedy"].len() <= MAX_CUSTOMER_LIMITERS_PER_APP,
+                "{backend:?}: the churning app's limiters stay capped"
+            );
+        });
     }
 
     /// Issue 16: a replica that dies mid-job leaves its hold behind; it

@@ -46,6 +46,25 @@ pub struct AppRecord {
     pub routing: AppRouting,
 }
 
+impl AppRecord {
+    /// An app named after its id, with `margin`, no budgets, no rate
+    /// limits and the default routing.
+    pub fn new(id: &str, builder: &str, margin: Margin, created_at_ms: u64) -> Self {
+        Self {
+            id: id.into(),
+            builder: builder.into(),
+            name: id.into(),
+            margin,
+            budgets: Budgets::default(),
+            customer_budgets: Budgets::default(),
+            key_limits: RateLimits::default(),
+            customer_limits: RateLimits::default(),
+            created_at_ms,
+            routing: AppRouting::default(),
+        }
+    }
+}
+
 /// An API key: only its SHA-256 is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -592,11 +611,6 @@ impl Books {
         }
         self.db.flush()?;
         Ok(true)
-    }
-
-    /// Whether a job's entry is recorded.
-    pub fn has_entry(&self, id: &JobId) -> Result<bool, StoreError> {
-        Ok(self.entries.contains_key(id.0)?)
     }
 
     /// A value a caller keeps beside the books (e.g. how far a replica has

@@ -183,6 +183,8 @@ pub struct Changes {
 pub struct PgLedger {
     pool: Pool,
     commits: mpsc::Sender<Pending>,
+    /// Generation facts waiting for [`write_generations`].
+    generations: mpsc::Sender<([u8; 16], String)>,
 }
 
 /// A held settlement lock: released by [`SettleLock::release`], or by the
@@ -246,7 +248,13 @@ impl PgLedger {
         migrate(&pool).await?;
         let (commits, rx) = mpsc::channel(MAX_GROUP);
         tokio::spawn(group_commit(pool.clone(), rx));
-        Ok(Self { pool, commits })
+        let (generations, rx) = mpsc::channel(MAX_GROUP);
+        tokio::spawn(write_generations(pool.clone(), rx));
+        Ok(Self {
+            pool,
+            commits,
+            generations,
+        })
     }
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -584,19 +592,6 @@ impl PgLedger {
             .map_err(|_| StoreError::Backend("the commit task stopped".into()))?
     }
 
-    /// Whether a job is booked.
-    pub async fn has_entry(&self, job: &JobId) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
-            .await?
-            .query_opt(
-                "SELECT 1 FROM entries WHERE job_id = $1",
-                &[&job.0.as_slice()],
-            )
-            .await?
-            .is_some())
-    }
-
     /// (entries, sum of their charges) of one app, or of all apps.
     pub async fn entry_totals(&self, app: Option<&str>) -> Result<(u64, u64), StoreError> {
         let row = self
@@ -706,24 +701,18 @@ impl PgLedger {
         Ok(out)
     }
 
-    /// Keeps a booked job's facts for `generation` lookups on any replica
-    /// (not waited for on disk: the money is in the entry).
-    pub async fn put_generation(
+    /// Queues a booked job's facts for `generation` lookups on any
+    /// replica; one task writes what is queued in batches, without waiting
+    /// for the WAL flush (the money is in the entry). Never waits: with
+    /// [`MAX_GROUP`] already queued it refuses, and the facts stay local.
+    pub fn put_generation(
         &self,
         job: &JobId,
         g: &sharenet_api::openai::Generation,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
-        tx.execute(
-            "INSERT INTO generations (job_id, facts) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&job.0.as_slice(), &encode(g)?],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.generations
+            .try_send((job.0, encode(g)?))
+            .map_err(|e| StoreError::Backend(format!("generation facts not shared: {e}")))
     }
 
     /// A job's facts, whichever replica served it.
@@ -862,6 +851,38 @@ async fn group_commit(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
+/// Writes queued generation facts, all that is waiting in one statement.
+/// A batch that fails (the database is down) is dropped: the serving
+/// replica still answers for those jobs from its own books, the others
+/// say 404.
+async fn write_generations(pool: Pool, mut rx: mpsc::Receiver<([u8; 16], String)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(g) => batch.push(g),
+                Err(_) => break,
+            }
+        }
+        let jobs: Vec<&[u8]> = batch.iter().map(|(j, _)| j.as_slice()).collect();
+        let facts: Vec<&str> = batch.iter().map(|(_, f)| f.as_str()).collect();
+        let written = async {
+            let mut conn = pool.get().await.map_err(StoreError::from)?;
+            let tx = conn.transaction().await?;
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await?;
+            tx.execute(
+                "INSERT INTO generations (job_id, facts) SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING",
+                &[&jobs, &facts],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        };
+        let _ = written.await;
+    }
+}
+
 enum Retry {
     Again(tokio_postgres::Error),
     Fail(StoreError),
@@ -970,21 +991,9 @@ mod tests {
     use super::*;
     use crate::books::tests::entry;
     use crate::testing::TestPostgres;
-    use crate::{Budgets, RateLimits};
 
     fn app(id: &str) -> AppRecord {
-        AppRecord {
-            id: id.into(),
-            builder: "b".into(),
-            name: id.into(),
-            margin: Default::default(),
-            budgets: Budgets::default(),
-            customer_budgets: Budgets::default(),
-            key_limits: RateLimits::default(),
-            customer_limits: RateLimits::default(),
-            created_at_ms: 0,
-            routing: Default::default(),
-        }
+        AppRecord::new(id, "b", Default::default(), 0)
     }
 
     fn booking(id: u32, app: &str, hold_id: Option<i64>) -> Booking {

@@ -336,13 +336,10 @@ impl ActiveJob {
             tracing::warn!(job = %self.terms.job_id, error = %e, "keep the generation's facts");
         }
         // Replicas: any of them may be asked for it.
-        if let Some(pg) = core.accounts.shared().cloned() {
-            let job = self.terms.job_id;
-            core.spawn(async move {
-                if let Err(e) = pg.put_generation(&job, &g).await {
-                    tracing::warn!(%job, error = %e, "share the generation's facts");
-                }
-            });
+        if let Some(pg) = core.accounts.shared()
+            && let Err(e) = pg.put_generation(&self.terms.job_id, &g)
+        {
+            tracing::warn!(job = %self.terms.job_id, error = %e, "share the generation's facts");
         }
     }
 
