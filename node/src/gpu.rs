@@ -47,6 +47,127 @@ fn detect_inner() -> Result<Vec<GpuInfo>, String> {
     Ok(gpus)
 }
 
+/// Whether the NVIDIA driver library (libcuda) can be loaded. Never
+/// panics; candle must not be asked for a CUDA device without it (its
+/// cudarc loads the library on first use and panics if it is missing).
+pub fn driver_present() -> bool {
+    // SAFETY: only probes whether the driver library can be loaded.
+    std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// A GPU's name and memory, as the driver reports them now.
+#[derive(Debug, Clone)]
+pub struct DeviceMemory {
+    pub name: String,
+    pub free: u64,
+    pub total: u64,
+}
+
+/// Name, free and total memory of GPU `ordinal` (its primary context, the
+/// one candle uses, so asking costs no extra device memory).
+pub fn memory(ordinal: usize) -> Result<DeviceMemory, String> {
+    if !driver_present() {
+        return Err("the NVIDIA driver library (libcuda) is not installed".into());
+    }
+    let query = || -> Result<DeviceMemory, String> {
+        let ctx = cudarc::driver::CudaContext::new(ordinal)
+            .map_err(|e| format!("open GPU {ordinal}: {e}"))?;
+        let name = ctx.name().map_err(|e| format!("GPU {ordinal} name: {e}"))?;
+        let (free, total) = ctx
+            .mem_get_info()
+            .map_err(|e| format!("GPU {ordinal} memory: {e}"))?;
+        Ok(DeviceMemory {
+            name,
+            free: free as u64,
+            total: total as u64,
+        })
+    };
+    std::panic::catch_unwind(query).unwrap_or_else(|_| Err("the NVIDIA driver panicked".into()))
+}
+
+/// Peak memory bandwidth of GPU `ordinal` in bytes per second, from its
+/// memory clock and bus width (DDR: two transfers a clock), e.g. 3.35 TB/s
+/// for an H100 SXM.
+pub fn bandwidth(ordinal: usize) -> Result<u64, String> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    if !driver_present() {
+        return Err("the NVIDIA driver library (libcuda) is not installed".into());
+    }
+    let query = || -> Result<u64, String> {
+        let ctx = cudarc::driver::CudaContext::new(ordinal)
+            .map_err(|e| format!("open GPU {ordinal}: {e}"))?;
+        let khz = ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
+            .map_err(|e| format!("GPU {ordinal} memory clock: {e}"))?;
+        let bits = ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+            .map_err(|e| format!("GPU {ordinal} bus width: {e}"))?;
+        if khz <= 0 || bits <= 0 {
+            return Err(format!(
+                "GPU {ordinal} reports clock {khz} kHz, bus {bits} bits"
+            ));
+        }
+        Ok(khz as u64 * 1000 * 2 * bits as u64 / 8)
+    };
+    std::panic::catch_unwind(query).unwrap_or_else(|_| Err("the NVIDIA driver panicked".into()))
+}
+
+/// Working space a model needs on a GPU beyond its weights and KV cache
+/// budget: activations of a prefill chunk, cuBLAS workspaces, candle's
+/// kernel modules.
+pub const WORKING_SPACE_BYTES: u64 = 512 << 20;
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Before loading: the weights (as stored) must fit in what is free.
+pub fn check_weights_fit(
+    model: &str,
+    ordinal: usize,
+    mem: &DeviceMemory,
+    weights: u64,
+) -> Result<(), String> {
+    if weights + WORKING_SPACE_BYTES > mem.free {
+        return Err(format!(
+            "model {model:?} does not fit on cuda:{ordinal} ({}): its weights take {} \
+             and {} of working space, but only {} of {} are free",
+            mem.name,
+            gib(weights),
+            gib(WORKING_SPACE_BYTES),
+            gib(mem.free),
+            gib(mem.total)
+        ));
+    }
+    Ok(())
+}
+
+/// After loading: what is still free must hold the KV cache budget (the
+/// scheduler hands it out in device memory) and the working space.
+pub fn check_kv_fits(
+    model: &str,
+    ordinal: usize,
+    mem: &DeviceMemory,
+    weights_on_device: u64,
+    kv_budget: u64,
+) -> Result<(), String> {
+    if kv_budget + WORKING_SPACE_BYTES > mem.free {
+        return Err(format!(
+            "model {model:?} does not fit on cuda:{ordinal} ({}): with its weights loaded \
+             ({} on the device) {} of {} are free, less than its KV cache budget of {} \
+             (kv_cache_mb) plus {} of working space; lower kv_cache_mb or use a smaller \
+             or quantized model",
+            mem.name,
+            gib(weights_on_device),
+            gib(mem.free),
+            gib(mem.total),
+            gib(kv_budget),
+            gib(WORKING_SPACE_BYTES)
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -56,6 +177,45 @@ mod tests {
         for g in super::detect() {
             assert!(!g.name.is_empty());
             assert!(g.memory_mib > 0);
+        }
+    }
+
+    #[test]
+    fn a_model_that_does_not_fit_is_an_error_naming_the_gpu_and_the_sizes() {
+        let mem = super::DeviceMemory {
+            name: "NVIDIA H100 80GB HBM3".into(),
+            free: 20 << 30,
+            total: 80 << 30,
+        };
+        assert!(super::check_weights_fit("m", 0, &mem, 16 << 30).is_ok());
+        let err = super::check_weights_fit("llama-8b", 1, &mem, 30 << 30).unwrap_err();
+        for part in [
+            "llama-8b",
+            "cuda:1",
+            "NVIDIA H100 80GB HBM3",
+            "30.0 GiB",
+            "20.0 GiB",
+            "80.0 GiB",
+        ] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
+        assert!(super::check_kv_fits("m", 0, &mem, 16 << 30, 8 << 30).is_ok());
+        let err = super::check_kv_fits("m", 0, &mem, 16 << 30, 24 << 30).unwrap_err();
+        for part in [
+            "24.0 GiB",
+            "kv_cache_mb",
+            "16.0 GiB on the device",
+            "20.0 GiB of 80.0 GiB are free",
+        ] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn without_a_driver_memory_is_an_error_not_a_panic() {
+        if !super::driver_present() {
+            let err = super::memory(0).unwrap_err();
+            assert!(err.contains("libcuda"), "{err}");
         }
     }
 }

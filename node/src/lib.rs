@@ -11,6 +11,7 @@
 //! receipt a node sends is already durable in its own store.
 
 mod admin;
+pub mod bench;
 pub mod config;
 pub mod gpu;
 mod jobs;

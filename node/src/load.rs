@@ -15,11 +15,28 @@ pub fn device_for(choice: DeviceChoice) -> anyhow::Result<candle_core::Device> {
     use candle_core::Device;
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda(n) => Device::new_cuda(n).with_context(|| {
-            format!("open CUDA device {n} (is the node built with --features cuda?)")
-        }),
+        DeviceChoice::Cuda(n) => {
+            if !cfg!(feature = "cuda") {
+                anyhow::bail!(
+                    "open CUDA device {n}: this node is built without CUDA \
+                     (build it with --features cuda, see README)"
+                );
+            }
+            if !crate::gpu::driver_present() {
+                anyhow::bail!(
+                    "open CUDA device {n}: no NVIDIA driver on this machine (libcuda.so.1 \
+                     not found)"
+                );
+            }
+            Device::new_cuda(n).with_context(|| format!("open CUDA device {n}"))
+        }
         DeviceChoice::Auto => {
-            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+            // `auto` takes GPU 0 only where the build and the machine both
+            // have CUDA; otherwise the CPU, quietly.
+            if cfg!(feature = "cuda")
+                && crate::gpu::driver_present()
+                && crate::gpu::memory(0).is_ok()
+            {
                 Device::new_cuda(0).context("open CUDA device 0")
             } else {
                 Ok(Device::Cpu)
@@ -70,6 +87,21 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         ModelSource::Local(p) => p.clone(),
     };
     let device = device_for(m.device).with_context(|| format!("model {:?}", m.id))?;
+    // On a GPU: the weights must fit before loading starts, and the KV
+    // budget must fit in what is left after.
+    let gpu = match &device {
+        candle_core::Device::Cuda(_) => {
+            let ordinal = match m.device {
+                DeviceChoice::Cuda(n) => n,
+                _ => 0,
+            };
+            let mem = crate::gpu::memory(ordinal).map_err(anyhow::Error::msg)?;
+            crate::gpu::check_weights_fit(&m.id, ordinal, &mem, weights_bytes(&path))
+                .map_err(anyhow::Error::msg)?;
+            Some((ordinal, mem))
+        }
+        _ => None,
+    };
     let pb = bar(&m.id);
     let mut progress = |p: Progress| match p {
         Progress::Hashing { done, total } => {
@@ -95,7 +127,9 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         TextModel::load_on(&path, &device, &mut progress).map(|t| {
             let s = t.spec();
             let summary = format!(
-                "{device:?}, {} {:?}, {} layers, context {}, chat template {}, sha256 {}",
+                "{device:?} ({:?}, {:?}), {} {:?}, {} layers, context {}, chat template {}, sha256 {}",
+                t.placement(),
+                t.compute_dtype(),
                 s.arch.as_str(),
                 t.format(),
                 s.num_layers,
@@ -111,8 +145,22 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         })
     };
     pb.finish_and_clear();
-    let (loaded, summary) =
+    let (loaded, mut summary) =
         result.with_context(|| format!("load model {:?} from {}", m.id, path.display()))?;
+    if let Some((ordinal, before)) = gpu {
+        let after = crate::gpu::memory(ordinal).map_err(anyhow::Error::msg)?;
+        let on_device = before.free.saturating_sub(after.free);
+        if matches!(loaded, Loaded::Text(_)) {
+            crate::gpu::check_kv_fits(&m.id, ordinal, &after, on_device, m.kv_cache_bytes as u64)
+                .map_err(anyhow::Error::msg)?;
+        }
+        summary.push_str(&format!(
+            ", {} with {:.1} GiB on the device and {:.1} GiB free",
+            after.name,
+            on_device as f64 / (1u64 << 30) as f64,
+            after.free as f64 / (1u64 << 30) as f64
+        ));
+    }
     let elapsed = started.elapsed();
     tracing::info!(model = %m.id, elapsed_ms = elapsed.as_millis() as u64, %summary, "model loaded");
     Ok(LoadReport {
@@ -120,6 +168,22 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         elapsed,
         summary,
     })
+}
+
+/// Bytes of weight files at `path` (a GGUF file, or a folder's
+/// safetensors).
+fn weights_bytes(path: &std::path::Path) -> u64 {
+    if path.is_file() {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn hex(b: &[u8; 32]) -> String {

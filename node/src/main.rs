@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use candle_core::quantized::GgmlDType;
 use clap::{Parser, Subcommand};
 use sharenet_engine::Arch;
-use sharenet_engine::tiny::{TinyConfig, write_tiny_gguf, write_tiny_model};
+use sharenet_engine::tiny::{TinyConfig, write_tiny_gguf};
 use sharenet_ledger::{ReceiptStore, SledReceiptStore};
 use sharenet_node::NodeConfig;
 use sharenet_p2p::Identity;
@@ -57,9 +57,44 @@ enum Command {
         /// Write one GGUF file with matrices in this type instead of a folder.
         #[arg(long, value_enum)]
         gguf: Option<GgufType>,
-        /// The larger benchmark shape (about 25 M parameters).
+        /// The larger benchmark shape (about 25 M parameters); the same as
+        /// `--shape bench`.
         #[arg(long)]
         bench_size: bool,
+        /// A real model's shape, with random weights: `llama-3.2-1b`
+        /// (1.5 B parameters as written, head untied), `llama-3.1-8b`
+        /// (8.0 B; 16 GB in f16, 4.5 GB in Q4_0), `qwen2.5-0.5b`,
+        /// `smollm2-135m`. Real shapes are written in parallel a tensor at
+        /// a time, without the tiny models' bias towards word-like text.
+        #[arg(long, value_enum, default_value_t = ShapeArg::Tiny)]
+        shape: ShapeArg,
+        /// Weight dtype of a safetensors folder (without `--gguf`).
+        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+        dtype: DtypeArg,
+    },
+    /// Measure one model on a device: load time, time to first token,
+    /// decode tokens/s at several concurrencies, the share of the GPU's
+    /// memory-bandwidth roofline, peak GPU memory and (with --agreement)
+    /// agreement with the CPU. Prints JSON. What scripts/gpu-check runs.
+    BenchModel {
+        /// A model folder or `.gguf` file.
+        path: PathBuf,
+        /// `cpu`, `cuda:N` or `auto`.
+        #[arg(long, default_value = "auto", value_parser = parse_device)]
+        device: sharenet_node::config::DeviceChoice,
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: u32,
+        /// Concurrencies to measure decode at, comma-separated.
+        #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+        concurrency: Vec<usize>,
+        /// KV cache budget of the benchmark's scheduler, in MiB.
+        #[arg(long, default_value_t = 4096)]
+        kv_cache_mb: usize,
+        /// Also load the model on the CPU and compare log-probabilities.
+        #[arg(long)]
+        agreement: bool,
     },
     /// Ask the running daemon (its `admin_listen`) how it is doing: models,
     /// load, peers, receipts and earnings this period.
@@ -122,6 +157,32 @@ enum ArchArg {
     Qwen2,
 }
 
+fn parse_device(s: &str) -> Result<sharenet_node::config::DeviceChoice, String> {
+    sharenet_node::config::DeviceChoice::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected auto, cpu or cuda:N"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ShapeArg {
+    Tiny,
+    Bench,
+    #[value(name = "llama-3.2-1b")]
+    Llama32_1b,
+    #[value(name = "llama-3.1-8b")]
+    Llama31_8b,
+    #[value(name = "qwen2.5-0.5b")]
+    Qwen25_05b,
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum GgufType {
     F32,
@@ -144,8 +205,43 @@ async fn main() -> anyhow::Result<()> {
             arch,
             gguf,
             bench_size,
-        } => gen_tiny_model(&path, seed, arch, gguf, bench_size),
+            shape,
+            dtype,
+        } => {
+            let shape = if bench_size { ShapeArg::Bench } else { shape };
+            gen_tiny_model(&path, seed, arch, gguf, shape, dtype)
+        }
         Command::Models { config } => models(&config),
+        Command::BenchModel {
+            path,
+            device,
+            prompt_tokens,
+            decode_tokens,
+            concurrency,
+            kv_cache_mb,
+            agreement,
+        } => {
+            anyhow::ensure!(
+                !concurrency.is_empty() && !concurrency.contains(&0),
+                "--concurrency: positive numbers, e.g. 1,8,32"
+            );
+            anyhow::ensure!(prompt_tokens > 0, "--prompt-tokens: at least 1");
+            let opts = sharenet_node::bench::BenchOptions {
+                path,
+                device,
+                prompt_tokens,
+                decode_tokens: decode_tokens.max(2),
+                concurrency,
+                kv_cache_bytes: kv_cache_mb << 20,
+                agreement,
+            };
+            let report =
+                tokio::task::spawn_blocking(move || sharenet_node::bench::bench_model(&opts))
+                    .await
+                    .context("join the benchmark")??;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::ConfigCheck { config } => {
             NodeConfig::from_file(&config)?;
             print!("{}", sharenet_node::config::effective(&config)?);
@@ -274,34 +370,78 @@ fn gen_tiny_model(
     seed: u64,
     arch: ArchArg,
     gguf: Option<GgufType>,
-    bench_size: bool,
+    shape: ShapeArg,
+    dtype: DtypeArg,
 ) -> anyhow::Result<()> {
+    use candle_core::DType;
+    use sharenet_engine::tiny::{RandomFormat, write_random_model, write_tiny_model_as};
     let arch = match arch {
         ArchArg::Llama => Arch::Llama,
         ArchArg::Mistral => Arch::Mistral,
         ArchArg::Qwen2 => Arch::Qwen2,
     };
-    let base = if bench_size {
-        TinyConfig::bench()
-    } else {
-        TinyConfig::default()
+    let (base, real) = match shape {
+        ShapeArg::Tiny => (TinyConfig::default(), false),
+        ShapeArg::Bench => (TinyConfig::bench(), false),
+        ShapeArg::Llama32_1b => (TinyConfig::llama32_1b(), true),
+        ShapeArg::Llama31_8b => (TinyConfig::llama31_8b(), true),
+        ShapeArg::Qwen25_05b => (TinyConfig::qwen25_05b(), true),
+        ShapeArg::Smollm2_135m => (TinyConfig::smollm2_135m_vocab32k(), true),
     };
-    let shape = TinyConfig { arch, ..base };
-    match gguf {
-        None => write_tiny_model(path, seed, shape),
-        Some(t) => {
-            let dtype = match t {
-                GgufType::F32 => GgmlDType::F32,
-                GgufType::F16 => GgmlDType::F16,
-                GgufType::Q8_0 => GgmlDType::Q8_0,
-                GgufType::Q4_0 => GgmlDType::Q4_0,
-                GgufType::Q4k => GgmlDType::Q4K,
-            };
-            write_tiny_gguf(path, seed, shape, dtype)
+    // A named shape keeps its own architecture (Qwen2.5's biases).
+    let shape = if real {
+        base
+    } else {
+        TinyConfig { arch, ..base }
+    };
+    let dense = match dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F16 => DType::F16,
+        DtypeArg::Bf16 => DType::BF16,
+    };
+    let ggml = gguf.map(|t| match t {
+        GgufType::F32 => GgmlDType::F32,
+        GgufType::F16 => GgmlDType::F16,
+        GgufType::Q8_0 => GgmlDType::Q8_0,
+        GgufType::Q4_0 => GgmlDType::Q4_0,
+        GgufType::Q4k => GgmlDType::Q4K,
+    });
+    let started = std::time::Instant::now();
+    if real {
+        let format = match ggml {
+            Some(g) => RandomFormat::Gguf(g),
+            None => RandomFormat::Safetensors(dense),
+        };
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "writing {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_message(path.display().to_string());
+        let progress = |done: u64, total: u64| {
+            pb.set_length(total);
+            pb.set_position(done);
+        };
+        write_random_model(path, seed, shape, format, &progress)
+            .with_context(|| format!("write a random model to {}", path.display()))?;
+        pb.finish_and_clear();
+    } else {
+        match ggml {
+            None => write_tiny_model_as(path, seed, shape, dense),
+            Some(g) => write_tiny_gguf(path, seed, shape, g),
         }
+        .with_context(|| format!("write tiny model to {}", path.display()))?;
     }
-    .with_context(|| format!("write tiny model to {}", path.display()))?;
-    println!("wrote a tiny {} model to {}", arch.as_str(), path.display());
+    println!(
+        "wrote a {} model ({} parameters) to {} in {:.1} s",
+        shape.arch.as_str(),
+        shape.parameters(),
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

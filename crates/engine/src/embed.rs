@@ -172,7 +172,7 @@ impl Embedder {
         let files = weight_files(dir)?;
         let weights_sha256 = hash_files(&files, progress)?;
         progress(Progress::Loading);
-        let (vb, desc) = mmap_safetensors(&files, device)?;
+        let (vb, desc) = mmap_safetensors(&files, candle_core::DType::F32, device)?;
         let weights_err = |e: candle_core::Error| EngineError::Weights {
             path: desc.clone(),
             reason: e.to_string(),

@@ -16,7 +16,7 @@ use crate::constraint::{Constraint, Grammar, Grammars};
 use crate::sequence::Sequence;
 use crate::spec::ModelSpec;
 use crate::template::ChatTemplate;
-use crate::transformer::{Transformer, WeightSource};
+use crate::transformer::{Placement, Transformer, WeightSource};
 use crate::{EngineError, Progress};
 
 /// Text handed out during generation, how many tokens produced it and,
@@ -41,6 +41,47 @@ pub struct Generation {
 pub enum WeightsFormat {
     Safetensors,
     Gguf { dtype: String },
+}
+
+/// How to load a model: where, and in which [`Placement`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// `None`: [`Placement::Host`] on the CPU, [`Placement::Device`]
+    /// elsewhere. Tests ask for the device placement on the CPU to check it
+    /// against the host one.
+    pub placement: Option<Placement>,
+}
+
+impl LoadOptions {
+    pub fn on(device: &Device) -> Self {
+        Self {
+            device: device.clone(),
+            placement: None,
+        }
+    }
+
+    fn placement(&self) -> Placement {
+        self.placement.unwrap_or(if self.device.is_cpu() {
+            Placement::Host
+        } else {
+            Placement::Device
+        })
+    }
+}
+
+/// The dtype a Hugging Face `config.json` says its weights are stored in
+/// (`torch_dtype`, or `dtype` in newer transformers); f32 when unsaid.
+fn stored_dtype(config: &serde_json::Value) -> DType {
+    let name = config
+        .get("torch_dtype")
+        .or_else(|| config.get("dtype"))
+        .and_then(|v| v.as_str());
+    match name {
+        Some("float16" | "half") => DType::F16,
+        Some("bfloat16") => DType::BF16,
+        _ => DType::F32,
+    }
 }
 
 /// A loaded model. Shareable across threads; sequences own their state.
@@ -162,17 +203,27 @@ impl TextModel {
         Self::load_on(path, &Device::Cpu, progress)
     }
 
-    /// Loads onto `device` (a CUDA device needs the `cuda` feature). The
-    /// KV cache and sampling stay in host memory.
+    /// Loads onto `device` (a CUDA device needs the `cuda` feature) in
+    /// that device's default placement: on a GPU the weights keep their
+    /// stored dtype and the KV caches live there too.
     pub fn load_on(
         path: &Path,
         device: &Device,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Self, EngineError> {
+        Self::load_with(path, &LoadOptions::on(device), progress)
+    }
+
+    /// Loads as `options` say.
+    pub fn load_with(
+        path: &Path,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, EngineError> {
         if path.is_file() {
-            Self::load_gguf(path, device, progress)
+            Self::load_gguf(path, options, progress)
         } else if path.is_dir() {
-            Self::load_folder(path, device, progress)
+            Self::load_folder(path, options, progress)
         } else {
             Err(read_err(path, "no such model folder or GGUF file"))
         }
@@ -180,7 +231,7 @@ impl TextModel {
 
     fn load_folder(
         dir: &Path,
-        device: &Device,
+        options: &LoadOptions,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
@@ -231,8 +282,25 @@ impl TextModel {
         let files = weight_files(dir)?;
         let weights_sha256 = hash_files(&files, progress)?;
         progress(Progress::Loading);
-        let (vb, desc) = mmap_safetensors(&files, device)?;
-        let transformer = Transformer::load(spec, WeightSource::Safetensors { vb, files: desc })?;
+        let placement = options.placement();
+        // The host placement computes in f32; on a device the weights stay
+        // as stored (f16/bf16), and so do the activations.
+        let dtype = match placement {
+            Placement::Host => DType::F32,
+            Placement::Device => serde_json::from_str::<serde_json::Value>(&text)
+                .map(|c| stored_dtype(&c))
+                .unwrap_or(DType::F32),
+        };
+        let (vb, desc) = mmap_safetensors(&files, dtype, &options.device)?;
+        let transformer = Transformer::load(
+            spec,
+            WeightSource::Safetensors {
+                vb,
+                files: desc,
+                dtype,
+            },
+            placement,
+        )?;
         Ok(Self {
             transformer,
             tokenizer,
@@ -253,7 +321,7 @@ impl TextModel {
 
     fn load_gguf(
         path: &Path,
-        device: &Device,
+        options: &LoadOptions,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Self, EngineError> {
         let weights_sha256 = hash_files(&[path.to_path_buf()], progress)?;
@@ -308,8 +376,9 @@ impl TextModel {
                 content: &content,
                 file: &mut file,
                 path,
-                device: device.clone(),
+                device: options.device.clone(),
             },
+            options.placement(),
         )?;
         Ok(Self {
             transformer,
@@ -357,6 +426,26 @@ impl TextModel {
     /// Longest prompt + completion, in tokens.
     pub fn context_length(&self) -> usize {
         self.spec().max_position_embeddings
+    }
+
+    /// Bytes of KV cache one token takes, in the memory it lives in (host
+    /// f32, or the device's dtype there).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.transformer.kv_bytes_per_token()
+    }
+
+    /// Where activations and KV caches live.
+    pub fn placement(&self) -> Placement {
+        self.transformer.placement()
+    }
+
+    /// The activations' dtype (f32 on the host; the weights' on a device).
+    pub fn compute_dtype(&self) -> DType {
+        self.transformer.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.transformer.device()
     }
 
     pub(crate) fn eos(&self) -> &[u32] {
@@ -589,10 +678,11 @@ fn tokenizer_from_gguf(
         .map_err(|e| parse_err(path, format!("tokenizer from metadata: {e}")))
 }
 
-/// Memory-maps safetensors files as f32 for `device`; also returns the file
-/// list for error messages.
+/// Memory-maps safetensors files as `dtype` for `device`; also returns the
+/// file list for error messages.
 pub(crate) fn mmap_safetensors(
     files: &[PathBuf],
+    dtype: DType,
     device: &Device,
 ) -> Result<(VarBuilder<'static>, String), EngineError> {
     let desc = files
@@ -602,13 +692,12 @@ pub(crate) fn mmap_safetensors(
         .join(", ");
     // SAFETY: the files are memory-mapped read-only; the node does not
     // modify model files while serving (documented in the README).
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, device) }.map_err(|e| {
-            EngineError::Weights {
-                path: desc.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
+        EngineError::Weights {
+            path: desc.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     Ok((vb, desc))
 }
 

@@ -73,11 +73,6 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    /// Bytes of KV cache one token takes (f32 keys and values, all layers).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.num_layers * self.num_kv_heads * self.head_dim * 4
-    }
-
     fn check(self, path: &Path) -> Result<Self, EngineError> {
         let bad = |reason: String| EngineError::Parse {
             path: path.display().to_string(),

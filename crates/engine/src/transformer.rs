@@ -7,6 +7,20 @@
 //!
 //! Weights come either dense from safetensors or quantized from GGUF; both
 //! end up as [`QMatMul`], so the forward pass is the same code.
+//!
+//! Two placements, chosen at load ([`Placement`]):
+//! - **Host** (the CPU default): activations in f32, each sequence's KV
+//!   cache in plain `Vec<f32>`s, and decode attention in a hand-vectorized
+//!   loop over them — the fastest there.
+//! - **Device** (the GPU default): dense weights stay in their stored
+//!   dtype (f16/bf16 from safetensors; GGUF matrices stay quantized and
+//!   candle multiplies them with its CUDA kernels), activations run in that
+//!   dtype, and each sequence's KV cache is a pair of device tensors per
+//!   layer, so prefill and decode attention never leave the GPU. Attention
+//!   scores and the softmax are computed in f32 whatever the dtype.
+//!
+//! The device placement runs on the CPU too (tests compare it with the
+//! host one), only slower.
 
 use std::fs::File;
 use std::path::Path;
@@ -21,9 +35,11 @@ use crate::spec::{Llama3Scaling, ModelSpec};
 
 /// Where the tensors come from.
 pub(crate) enum WeightSource<'a> {
+    /// Dense tensors, read as `dtype`.
     Safetensors {
         vb: VarBuilder<'a>,
         files: String,
+        dtype: DType,
     },
     Gguf {
         content: &'a Content,
@@ -82,8 +98,8 @@ impl WeightSource<'_> {
         shape: (usize, usize),
     ) -> Result<Matrix, EngineError> {
         match self {
-            Self::Safetensors { vb, .. } => {
-                let t = vb.get_unchecked_dtype(hf, DType::F32);
+            Self::Safetensors { vb, dtype, .. } => {
+                let t = vb.get_unchecked_dtype(hf, *dtype);
                 let t = t.map_err(|e| self.err(hf, e))?;
                 self.check_shape(hf, t.dims(), &[shape.0, shape.1])?;
                 Ok(Matrix::plain(QMatMul::Tensor(t)))
@@ -96,11 +112,11 @@ impl WeightSource<'_> {
         }
     }
 
-    /// A dense f32 tensor of the given shape.
+    /// A dense tensor of the given shape (in the activations' dtype).
     fn dense(&mut self, hf: &str, gguf: &str, shape: &[usize]) -> Result<Tensor, EngineError> {
         match self {
-            Self::Safetensors { vb, .. } => {
-                let t = vb.get_unchecked_dtype(hf, DType::F32);
+            Self::Safetensors { vb, dtype, .. } => {
+                let t = vb.get_unchecked_dtype(hf, *dtype);
                 let t = t.map_err(|e| self.err(hf, e))?;
                 self.check_shape(hf, t.dims(), shape)?;
                 Ok(t)
@@ -210,7 +226,8 @@ fn fast_matmul(q: QTensor) -> candle_core::Result<Matrix> {
 /// faster than that.
 const DENSE_ROWS: usize = 16;
 
-/// `x` [rows, in] times `m`ᵀ, dense when there are many rows.
+/// `x` [rows, in] times `m`ᵀ, dense when there are many rows on the CPU
+/// (on a GPU candle's quantized kernels take any number of rows).
 fn product(m: &Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
     let padded;
     let x = if m.pad > 0 {
@@ -220,7 +237,11 @@ fn product(m: &Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
         x
     };
     match &m.q {
-        QMatMul::QTensor(q) if !m.vnni && x.dims().first().is_some_and(|&r| r >= DENSE_ROWS) => {
+        QMatMul::QTensor(q)
+            if !m.vnni
+                && x.device().is_cpu()
+                && x.dims().first().is_some_and(|&r| r >= DENSE_ROWS) =>
+        {
             let w = q.dequantize(x.device())?;
             x.matmul(&w.t()?)
         }
@@ -243,10 +264,23 @@ struct Layer {
     down: Matrix,
 }
 
+/// Where a model's activations and KV caches live (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// f32 activations, KV caches in host memory: the CPU default.
+    Host,
+    /// Activations in the weights' dtype and KV caches as tensors on the
+    /// model's device: the GPU default.
+    Device,
+}
+
 /// A loaded model's forward pass. Immutable and shareable; all per-request
 /// state is in [`SeqCache`].
 pub(crate) struct Transformer {
     spec: ModelSpec,
+    placement: Placement,
+    /// The activations' (and a device KV cache's) dtype.
+    dtype: DType,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -266,8 +300,17 @@ struct LayerKv {
 
 /// One sequence's KV cache and position.
 pub(crate) struct SeqCache {
-    layers: Vec<LayerKv>,
+    kv: Kv,
     pos: usize,
+}
+
+/// A sequence's keys and values, per layer.
+enum Kv {
+    Host(Vec<LayerKv>),
+    /// `[1, kv_heads, capacity, head_dim]` tensors on the model's device,
+    /// filled up to the sequence's position (candle's `KvCache` grows them
+    /// if a sequence outlives the capacity it was made with).
+    Device(Vec<candle_nn::kv_cache::KvCache>),
 }
 
 /// Dot product in eight independent lanes, so it vectorizes (a plain
@@ -326,7 +369,20 @@ fn llama3_scale(freq: f64, s: Llama3Scaling) -> f64 {
 }
 
 impl Transformer {
-    pub(crate) fn load(spec: ModelSpec, mut w: WeightSource<'_>) -> Result<Self, EngineError> {
+    pub(crate) fn load(
+        spec: ModelSpec,
+        mut w: WeightSource<'_>,
+        placement: Placement,
+    ) -> Result<Self, EngineError> {
+        let dtype = match &w {
+            WeightSource::Safetensors { dtype, .. } => *dtype,
+            WeightSource::Gguf { .. } => DType::F32,
+        };
+        if placement == Placement::Host && dtype != DType::F32 {
+            return Err(EngineError::Unsupported(format!(
+                "host placement computes in f32, not {dtype:?}"
+            )));
+        }
         let s = &spec;
         let (h, hd) = (s.hidden_size, s.head_dim);
         let (qd, kvd) = (s.num_heads * hd, s.num_kv_heads * hd);
@@ -410,8 +466,11 @@ impl Transformer {
         };
         let device = embed.device().clone();
         let (cos, sin) = rope_tables(s, &device)?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         Ok(Self {
             device,
+            placement,
+            dtype,
             spec,
             embed,
             layers,
@@ -426,18 +485,51 @@ impl Transformer {
         &self.spec
     }
 
+    pub(crate) fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Bytes of KV cache one token takes, where the cache lives.
+    pub(crate) fn kv_bytes_per_token(&self) -> usize {
+        let s = &self.spec;
+        let elem = match self.placement {
+            Placement::Host => 4,
+            Placement::Device => self.dtype.size_in_bytes(),
+        };
+        2 * s.num_layers * s.num_kv_heads * s.head_dim * elem
+    }
+
     /// A fresh cache with room for `capacity` tokens (it grows if needed).
+    /// A device cache takes its memory at the sequence's first token.
     pub(crate) fn new_cache(&self, capacity: usize) -> SeqCache {
-        let per_layer = capacity.max(1) * self.spec.num_kv_heads * self.spec.head_dim;
-        SeqCache {
-            layers: (0..self.spec.num_layers)
-                .map(|_| LayerKv {
-                    k: Vec::with_capacity(per_layer),
-                    v: Vec::with_capacity(per_layer),
-                })
-                .collect(),
-            pos: 0,
-        }
+        let layers = self.spec.num_layers;
+        let kv = match self.placement {
+            Placement::Host => {
+                let per_layer = capacity.max(1) * self.spec.num_kv_heads * self.spec.head_dim;
+                Kv::Host(
+                    (0..layers)
+                        .map(|_| LayerKv {
+                            k: Vec::with_capacity(per_layer),
+                            v: Vec::with_capacity(per_layer),
+                        })
+                        .collect(),
+                )
+            }
+            Placement::Device => Kv::Device(
+                (0..layers)
+                    .map(|_| candle_nn::kv_cache::KvCache::new(2, capacity.max(1)))
+                    .collect(),
+            ),
+        };
+        SeqCache { kv, pos: 0 }
     }
 
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
@@ -474,37 +566,48 @@ impl Transformer {
         ))
     }
 
-    /// Attention of `q` ([1, heads, n, hd]) against a cache, for query
-    /// positions `pos0..pos0+n`; returns [n, heads*hd].
+    /// The additive attention mask for query positions `pos0..pos0+n`
+    /// against `total` cached positions ([rep*n, total], f32), or none
+    /// where every position is visible (one query, no window in reach).
+    fn mask(&self, pos0: usize, n: usize, total: usize) -> candle_core::Result<Option<Tensor>> {
+        let s = &self.spec;
+        let windowed = s.sliding_window.is_some_and(|w| total > w);
+        if n == 1 && !windowed {
+            return Ok(None);
+        }
+        let rep = s.num_heads / s.num_kv_heads;
+        let window = s.sliding_window.unwrap_or(usize::MAX);
+        let mut mask = Vec::with_capacity(rep * n * total);
+        for row in 0..rep * n {
+            let p = pos0 + row % n;
+            for j in 0..total {
+                let visible = j <= p && p - j < window;
+                mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        Tensor::from_vec(mask, (rep * n, total), &self.device).map(Some)
+    }
+
+    /// Attention of `q` ([1, heads, n, hd]) against a cache (`k`, `v`:
+    /// [1, kv_heads, total, hd]) under `mask` (from [`Self::mask`]);
+    /// returns [n, heads*hd]. Scores and softmax in f32.
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        pos0: usize,
+        mask: Option<&Tensor>,
         n: usize,
     ) -> candle_core::Result<Tensor> {
         let s = &self.spec;
         let rep = s.num_heads / s.num_kv_heads;
-        let total = k.dim(2)?;
         let q = q.reshape((1, s.num_kv_heads, rep * n, s.head_dim))?;
         let scale = 1.0 / (s.head_dim as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        let windowed = s.sliding_window.is_some_and(|w| total > w);
-        if n > 1 || windowed {
-            let window = s.sliding_window.unwrap_or(usize::MAX);
-            let mut mask = Vec::with_capacity(rep * n * total);
-            for row in 0..rep * n {
-                let p = pos0 + row % n;
-                for j in 0..total {
-                    let visible = j <= p && p - j < window;
-                    mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                }
-            }
-            let mask = Tensor::from_vec(mask, (rep * n, total), q.device())?;
-            att = att.broadcast_add(&mask)?;
+        let mut att = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+        if let Some(mask) = mask {
+            att = att.broadcast_add(mask)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
         let out = att.matmul(v)?; // [1, kvh, rep*n, hd]
         out.reshape((1, s.num_heads, n, s.head_dim))?
             .transpose(1, 2)?
@@ -579,11 +682,14 @@ impl Transformer {
         }
         self.check_room(cache, n)?;
         let pos0 = cache.pos;
+        let total = pos0 + n;
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // [n, h]
         let cos = self.cos.narrow(0, pos0, n)?;
         let sin = self.sin.narrow(0, pos0, n)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        // The same for every layer.
+        let mask = self.mask(pos0, n, total)?;
+        for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms(&x, &layer.attn_norm)?;
             let (q, k, v) = self.qkv(layer, &h)?;
             let heads = |t: Tensor, nh: usize| -> candle_core::Result<Tensor> {
@@ -593,21 +699,30 @@ impl Transformer {
             };
             let q = self.rope(&heads(q, s.num_heads)?, &cos, &sin)?;
             let k = self.rope(&heads(k, s.num_kv_heads)?, &cos, &sin)?;
-            // Token-major copies into the cache, then the whole cache back
-            // as [1, kv_heads, total, head_dim] for attention.
-            let token_major = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
-                t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()
+            let (k, v) = match &mut cache.kv {
+                Kv::Host(layers) => {
+                    // Token-major copies into the cache, then the whole
+                    // cache back as [1, kv_heads, total, head_dim].
+                    let kv = &mut layers[l];
+                    kv.k.extend_from_slice(&k.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?);
+                    kv.v.extend_from_slice(&v.flatten_all()?.to_vec1::<f32>()?);
+                    let from_cache = |data: &[f32]| -> candle_core::Result<Tensor> {
+                        Tensor::from_slice(
+                            data,
+                            (1, total, s.num_kv_heads, s.head_dim),
+                            &self.device,
+                        )?
+                        .transpose(1, 2)?
+                        .contiguous()
+                    };
+                    (from_cache(&kv.k)?, from_cache(&kv.v)?)
+                }
+                Kv::Device(layers) => {
+                    let (k, v) = layers[l].append(&k, &heads(v, s.num_kv_heads)?)?;
+                    (k.contiguous()?, v.contiguous()?)
+                }
             };
-            kv.k.extend_from_slice(&token_major(&k)?);
-            kv.v.extend_from_slice(&v.flatten_all()?.to_vec1::<f32>()?);
-            let total = pos0 + n;
-            let from_cache = |data: &[f32]| -> candle_core::Result<Tensor> {
-                Tensor::from_slice(data, (1, total, s.num_kv_heads, s.head_dim), &self.device)?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let (k, v) = (from_cache(&kv.k)?, from_cache(&kv.v)?);
-            let out = self.attend(&q, &k, &v, pos0, n)?;
+            let out = self.attend(&q, &k, &v, mask.as_ref(), n)?;
             x = (x + product(&layer.o, &out)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
@@ -619,6 +734,10 @@ impl Transformer {
 
     /// One decode step for a batch of sequences: `tokens[i]` is the newest
     /// token of the sequence owning `caches[i]`. Returns logits [batch, vocab].
+    ///
+    /// The projections and MLPs run once for the whole batch; attention
+    /// runs per sequence against its own cache (on the host in a
+    /// vectorized loop, on a device as tensor operations there).
     pub(crate) fn decode(
         &self,
         tokens: &[u32],
@@ -631,6 +750,13 @@ impl Transformer {
         }
         for c in caches.iter() {
             self.check_room(c, 1)?;
+            let matches = matches!(
+                (&c.kv, self.placement),
+                (Kv::Host(_), Placement::Host) | (Kv::Device(_), Placement::Device)
+            );
+            if !matches {
+                candle_core::bail!("a cache made for another placement");
+            }
         }
         let positions: Vec<u32> = caches.iter().map(|c| c.pos as u32).collect();
         let pos = Tensor::new(positions.as_slice(), &self.device)?;
@@ -639,30 +765,64 @@ impl Transformer {
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // [b, h]
+        // A sliding window may hide early positions; the same for every layer.
+        let masks = match self.placement {
+            Placement::Host => vec![None; b], // attend_one windows itself
+            Placement::Device => caches
+                .iter()
+                .map(|c| self.mask(c.pos, 1, c.pos + 1))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        let (qd, kvd) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim);
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms(&x, &layer.attn_norm)?;
             let (q, k, v) = self.qkv(layer, &h)?;
             // [b, heads*hd] is already [b, heads, 1, hd] in memory.
             let q = self.rope(&q.reshape((b, s.num_heads, 1, s.head_dim))?, &cos, &sin)?;
             let k = self.rope(&k.reshape((b, s.num_kv_heads, 1, s.head_dim))?, &cos, &sin)?;
-            let q = q.flatten_all()?.to_vec1::<f32>()?;
-            let k = k.flatten_all()?.to_vec1::<f32>()?;
-            let v = v.flatten_all()?.to_vec1::<f32>()?;
-            let (qd, kvd) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim);
-            let mut out = vec![0f32; b * qd];
-            let mut scores = Vec::new();
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let kv = &mut cache.layers[l];
-                kv.k.extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
-                kv.v.extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
-                self.attend_one(
-                    &q[i * qd..(i + 1) * qd],
-                    kv,
-                    &mut out[i * qd..(i + 1) * qd],
-                    &mut scores,
-                );
-            }
-            let out = Tensor::from_vec(out, (b, qd), &self.device)?;
+            let out = match self.placement {
+                Placement::Host => {
+                    let q = q.flatten_all()?.to_vec1::<f32>()?;
+                    let k = k.flatten_all()?.to_vec1::<f32>()?;
+                    let v = v.flatten_all()?.to_vec1::<f32>()?;
+                    let mut out = vec![0f32; b * qd];
+                    let mut scores = Vec::new();
+                    for (i, cache) in caches.iter_mut().enumerate() {
+                        let Kv::Host(layers) = &mut cache.kv else {
+                            candle_core::bail!("a device cache on the host");
+                        };
+                        let kv = &mut layers[l];
+                        kv.k.extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
+                        kv.v.extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
+                        self.attend_one(
+                            &q[i * qd..(i + 1) * qd],
+                            kv,
+                            &mut out[i * qd..(i + 1) * qd],
+                            &mut scores,
+                        );
+                    }
+                    Tensor::from_vec(out, (b, qd), &self.device)?
+                }
+                Placement::Device => {
+                    let v = v.reshape((b, s.num_kv_heads, 1, s.head_dim))?;
+                    let mut outs = Vec::with_capacity(b);
+                    for (i, cache) in caches.iter_mut().enumerate() {
+                        let Kv::Device(layers) = &mut cache.kv else {
+                            candle_core::bail!("a host cache on a device");
+                        };
+                        let (ki, vi) =
+                            layers[l].append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+                        outs.push(self.attend(
+                            &q.narrow(0, i, 1)?,
+                            &ki.contiguous()?,
+                            &vi.contiguous()?,
+                            masks[i].as_ref(),
+                            1,
+                        )?);
+                    }
+                    Tensor::cat(&outs, 0)?
+                }
+            };
             x = (x + product(&layer.o, &out)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }

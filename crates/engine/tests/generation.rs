@@ -420,7 +420,7 @@ fn saturation_refuses_and_cancellation_frees_the_slot() {
 fn a_job_larger_than_the_kv_budget_is_refused_up_front() {
     let f = safetensors(Arch::Llama);
     let model = Arc::new(TextModel::load(&f.path).unwrap());
-    let per_token = model.spec().kv_bytes_per_token();
+    let per_token = model.kv_bytes_per_token();
     let sched = Scheduler::start(
         model.clone(),
         SchedulerConfig {
@@ -579,42 +579,45 @@ fn licenses_come_from_gguf_metadata_or_the_model_card() {
 }
 
 /// Issue 17: a generated model with a real model's vocabulary size (its
-/// tokenizer's tokens, then unused control tokens) loads with that many
-/// rows in its embedding and head, tokenizes as before, and generates;
-/// the safetensors writer refuses the padding rather than write a
-/// tokenizer that disagrees with the weights.
+/// tokenizer's tokens, then word-like padding tokens) loads with that
+/// many rows in its embedding and head, tokenizes as before, and
+/// generates, as GGUF and as a safetensors folder.
 #[test]
 fn a_padded_vocabulary_loads_and_generates() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wide.gguf");
+    let gguf = dir.path().join("wide.gguf");
+    let folder = dir.path().join("wide");
     let shape = TinyConfig {
         vocab_size: 5_000,
         ..TinyConfig::default()
     };
-    tiny::write_tiny_gguf(&path, 7, shape, GgmlDType::Q8_0).unwrap();
-    let model = TextModel::load(&path).unwrap();
-    assert_eq!(model.spec().vocab_size, 5_000);
-    let prompt = model
-        .encode_input(&JobInput::Prompt {
-            prompt: "xxxx".into(),
-        })
-        .unwrap();
-    assert_eq!(prompt.len(), 5, "BOS and one token per x: {prompt:?}");
-    let mut tokens = 0;
-    model
-        .generate(
-            &prompt,
-            &SamplingParams {
-                max_tokens: 8,
-                temperature: 0.0,
-                ..SamplingParams::default()
-            },
-            |p| {
-                tokens += p.tokens;
-                true
-            },
-        )
-        .unwrap();
-    assert!(tokens > 0);
-    assert!(tiny::write_tiny_model(dir.path(), 7, shape).is_err());
+    tiny::write_tiny_gguf(&gguf, 7, shape, GgmlDType::Q8_0).unwrap();
+    tiny::write_tiny_model(&folder, 7, shape).unwrap();
+    for path in [gguf, folder] {
+        let model = TextModel::load(&path).unwrap();
+        assert_eq!(model.spec().vocab_size, 5_000);
+        let prompt = model
+            .encode_input(&JobInput::Prompt {
+                prompt: "xxxx".into(),
+            })
+            .unwrap();
+        assert_eq!(prompt.len(), 5, "BOS and one token per x: {prompt:?}");
+        let (mut tokens, mut text) = (0, String::new());
+        model
+            .generate(
+                &prompt,
+                &SamplingParams {
+                    max_tokens: 8,
+                    temperature: 0.0,
+                    ..SamplingParams::default()
+                },
+                |p| {
+                    tokens += p.tokens;
+                    text.push_str(&p.text);
+                    true
+                },
+            )
+            .unwrap();
+        assert!(tokens > 0, "{}", path.display());
+    }
 }

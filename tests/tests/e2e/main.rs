@@ -11,6 +11,7 @@ mod accounts;
 mod chat;
 mod dashboard;
 mod deploy;
+mod gpu_check;
 mod inference;
 mod lifecycle;
 mod nat;

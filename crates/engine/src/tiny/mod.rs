@@ -13,11 +13,14 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::{Arch, EngineError};
+
+mod random;
+pub use random::{RandomFormat, write_random_model};
 
 /// Shape of the generated model.
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +34,7 @@ pub struct TinyConfig {
     pub max_position_embeddings: usize,
     /// Tokens in the vocabulary: the tokenizer's [`VOCAB`] real ones, then
     /// padding tokens with word-like text up to this size (so the
-    /// embedding and the output projection have a real model's shape). GGUF only; the
-    /// safetensors writer takes [`VOCAB`] alone.
+    /// embedding and the output projection have a real model's shape).
     pub vocab_size: usize,
 }
 
@@ -66,7 +68,8 @@ impl TinyConfig {
     }
 
     /// Llama-3.2-1B's shape: 16 layers, hidden 2048, 32 heads (8 kv), MLP
-    /// 8192, vocabulary 128,256 (about 1.24 B parameters).
+    /// 8192, vocabulary 128,256 (1.24 B parameters with its tied
+    /// embedding; these writers untie the head, 1.5 B).
     pub fn llama32_1b() -> Self {
         Self {
             hidden_size: 2048,
@@ -77,6 +80,29 @@ impl TinyConfig {
             vocab_size: 128_256,
             ..Self::default()
         }
+    }
+
+    /// Llama-3.1-8B's shape: 32 layers, hidden 4096, 32 heads (8 kv), MLP
+    /// 14336, vocabulary 128,256 (about 8.03 B parameters; 16 GB in f16).
+    pub fn llama31_8b() -> Self {
+        Self {
+            hidden_size: 4096,
+            intermediate_size: 14_336,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            vocab_size: 128_256,
+            ..Self::default()
+        }
+    }
+
+    /// Parameters in this shape (embedding and untied head included).
+    pub fn parameters(&self) -> u64 {
+        let (h, i) = (self.hidden_size as u64, self.intermediate_size as u64);
+        let kv = self.num_key_value_heads as u64 * (h / self.num_attention_heads.max(1) as u64);
+        let vocab = self.vocab_size.max(VOCAB) as u64;
+        let layer = 2 * h * h + 2 * kv * h + 3 * h * i + 2 * h;
+        2 * vocab * h + self.num_hidden_layers as u64 * layer + h
     }
 
     /// Qwen2.5-0.5B's shape: qwen2 (q/k/v biases), 24 layers, hidden 896,
@@ -292,14 +318,42 @@ fn padding_text(i: usize) -> String {
 }
 
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` and
-/// `tokenizer_config.json` into `dir` (created if missing).
+/// `tokenizer_config.json` into `dir` (created if missing), in f32.
 pub fn write_tiny_model(dir: &Path, seed: u64, shape: TinyConfig) -> Result<(), EngineError> {
-    if shape.vocab_size != VOCAB {
-        return Err(EngineError::Unsupported(format!(
-            "a padded vocabulary ({} tokens) is written as GGUF only (write_tiny_gguf)",
-            shape.vocab_size
-        )));
-    }
+    write_tiny_model_as(dir, seed, shape, DType::F32)
+}
+
+/// As [`write_tiny_model`], with the weights stored as `dtype` (f32, f16
+/// or bf16; `torch_dtype` says which).
+pub fn write_tiny_model_as(
+    dir: &Path,
+    seed: u64,
+    shape: TinyConfig,
+    dtype: DType,
+) -> Result<(), EngineError> {
+    let torch_dtype = match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        other => {
+            return Err(EngineError::Unsupported(format!(
+                "safetensors weights in {other:?} (f32, f16 or bf16)"
+            )));
+        }
+    };
+    write_folder_meta(dir, &shape, torch_dtype)?;
+    let tensors = tensors(seed, &shape)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+        .collect::<Result<HashMap<_, _>, candle_core::Error>>()?;
+    let weights = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &weights).map_err(|e| write_err(&weights, e))?;
+    Ok(())
+}
+
+/// `config.json`, `tokenizer.json` (padded to the shape's vocabulary) and
+/// `tokenizer_config.json` of a Hugging Face folder.
+fn write_folder_meta(dir: &Path, shape: &TinyConfig, torch_dtype: &str) -> Result<(), EngineError> {
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     let (model_type, arch_name) = match shape.arch {
         Arch::Llama => ("llama", "LlamaForCausalLM"),
@@ -315,19 +369,22 @@ pub fn write_tiny_model(dir: &Path, seed: u64, shape: TinyConfig) -> Result<(), 
         "num_attention_heads": shape.num_attention_heads,
         "num_key_value_heads": shape.num_key_value_heads,
         "max_position_embeddings": shape.max_position_embeddings,
-        "vocab_size": VOCAB,
+        "vocab_size": shape.vocab_size.max(VOCAB),
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "bos_token_id": BOS,
         "eos_token_id": EOS,
         "tie_word_embeddings": false,
-        "torch_dtype": "float32"
+        "torch_dtype": torch_dtype
     });
     if shape.arch == Arch::Mistral {
         config["sliding_window"] = json!(shape.max_position_embeddings);
     }
     write_json(&dir.join("config.json"), &config)?;
-    write_json(&dir.join("tokenizer.json"), &byte_level_tokenizer())?;
+    write_json(
+        &dir.join("tokenizer.json"),
+        &byte_level_tokenizer(shape.vocab_size),
+    )?;
     let eos = if shape.arch == Arch::Qwen2 {
         "<|im_end|>"
     } else {
@@ -341,9 +398,6 @@ pub fn write_tiny_model(dir: &Path, seed: u64, shape: TinyConfig) -> Result<(), 
         tc["add_bos_token"] = json!(false);
     }
     write_json(&dir.join("tokenizer_config.json"), &tc)?;
-    let tensors = tensors(seed, &shape)?;
-    let weights = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &weights).map_err(|e| write_err(&weights, e))?;
     Ok(())
 }
 
@@ -359,20 +413,11 @@ pub fn write_tiny_llama(dir: &Path, seed: u64, shape: TinyConfig) -> Result<(), 
     )
 }
 
-/// Writes a single GGUF file (architecture `llama` for llama and mistral,
-/// `qwen2` for qwen2) with matrices quantized to `dtype` (norms and biases
-/// stay f32) and the tokenizer and chat template in its metadata, as
-/// llama.cpp's converter lays them out.
-pub fn write_tiny_gguf(
-    path: &Path,
-    seed: u64,
-    shape: TinyConfig,
-    dtype: GgmlDType,
-) -> Result<(), EngineError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
-    }
-    let tensors = tensors(seed, &shape)?;
+/// GGUF metadata for `shape`, as llama.cpp's converter lays it out
+/// (architecture `llama` for llama and mistral, `qwen2` for qwen2): the
+/// hyperparameters, the tokenizer (padded to the shape's vocabulary) and
+/// the chat template.
+fn gguf_metadata(shape: &TinyConfig) -> Vec<(String, Value)> {
     let arch = if shape.arch == Arch::Qwen2 {
         "qwen2"
     } else {
@@ -453,35 +498,55 @@ pub fn write_tiny_gguf(
     if let Some(t) = chat_template(shape.arch) {
         md.push(("tokenizer.chat_template".into(), Value::String(t.into())));
     }
-    let rename = |hf: &str| -> String {
-        if hf == "model.embed_tokens.weight" {
-            return "token_embd.weight".into();
-        }
-        if hf == "lm_head.weight" {
-            return "output.weight".into();
-        }
-        if hf == "model.norm.weight" {
-            return "output_norm.weight".into();
-        }
-        let rest = hf.trim_start_matches("model.layers.");
-        let (layer, name) = rest.split_once('.').unwrap_or(("0", rest));
-        let name = match name {
-            "self_attn.q_proj.weight" => "attn_q.weight",
-            "self_attn.k_proj.weight" => "attn_k.weight",
-            "self_attn.v_proj.weight" => "attn_v.weight",
-            "self_attn.o_proj.weight" => "attn_output.weight",
-            "self_attn.q_proj.bias" => "attn_q.bias",
-            "self_attn.k_proj.bias" => "attn_k.bias",
-            "self_attn.v_proj.bias" => "attn_v.bias",
-            "mlp.gate_proj.weight" => "ffn_gate.weight",
-            "mlp.up_proj.weight" => "ffn_up.weight",
-            "mlp.down_proj.weight" => "ffn_down.weight",
-            "input_layernorm.weight" => "attn_norm.weight",
-            "post_attention_layernorm.weight" => "ffn_norm.weight",
-            other => other,
-        };
-        format!("blk.{layer}.{name}")
+    md
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+fn gguf_name(hf: &str) -> String {
+    if hf == "model.embed_tokens.weight" {
+        return "token_embd.weight".into();
+    }
+    if hf == "lm_head.weight" {
+        return "output.weight".into();
+    }
+    if hf == "model.norm.weight" {
+        return "output_norm.weight".into();
+    }
+    let rest = hf.trim_start_matches("model.layers.");
+    let (layer, name) = rest.split_once('.').unwrap_or(("0", rest));
+    let name = match name {
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        other => other,
     };
+    format!("blk.{layer}.{name}")
+}
+
+/// Writes a single GGUF file (architecture `llama` for llama and mistral,
+/// `qwen2` for qwen2) with matrices quantized to `dtype` (norms and biases
+/// stay f32) and the tokenizer and chat template in its metadata, as
+/// llama.cpp's converter lays them out.
+pub fn write_tiny_gguf(
+    path: &Path,
+    seed: u64,
+    shape: TinyConfig,
+    dtype: GgmlDType,
+) -> Result<(), EngineError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
+    }
+    let tensors = tensors(seed, &shape)?;
+    let md = gguf_metadata(&shape);
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut qtensors = Vec::with_capacity(names.len());
@@ -492,13 +557,24 @@ pub fn write_tiny_gguf(
         } else {
             QTensor::quantize(t, GgmlDType::F32)?
         };
-        qtensors.push((rename(name), q));
+        qtensors.push((gguf_name(name), q));
     }
+    write_gguf_file(path, &md, &qtensors)
+}
+
+fn write_gguf_file(
+    path: &Path,
+    md: &[(String, Value)],
+    tensors: &[(String, QTensor)],
+) -> Result<(), EngineError> {
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::fs::File::create(path).map_err(|e| write_err(path, e))?;
-    candle_core::quantized::gguf_file::write(&mut file, &md_refs, &t_refs)
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+    candle_core::quantized::gguf_file::write(&mut out, &md_refs, &t_refs)
         .map_err(|e| write_err(path, e))?;
+    std::io::Write::flush(&mut out).map_err(|e| write_err(path, e))?;
+    drop(out);
     file.sync_all().map_err(|e| write_err(path, e))?;
     Ok(())
 }
@@ -529,9 +605,11 @@ fn bytes_to_unicode() -> Vec<char> {
     map
 }
 
-/// A byte-level BPE tokenizer: byte tokens, a few merges, and the special
-/// tokens as added tokens.
-fn byte_level_tokenizer() -> serde_json::Value {
+/// A byte-level BPE tokenizer: byte tokens, a few merges, the special
+/// tokens as added tokens, then padding tokens up to `vocab_size` (normal
+/// tokens no merge makes: prompts tokenize the same, and the model's
+/// choices of them decode to word-like text).
+fn byte_level_tokenizer(vocab_size: usize) -> serde_json::Value {
     let map = bytes_to_unicode();
     let mut vocab: serde_json::Map<String, serde_json::Value> = map
         .iter()
@@ -548,6 +626,9 @@ fn byte_level_tokenizer() -> serde_json::Value {
             json!({"id": id, "content": text, "single_word": false, "lstrip": false,
                "rstrip": false, "normalized": false, "special": true}),
         );
+    }
+    for i in VOCAB..vocab_size {
+        vocab.insert(padding_text(i), json!(i));
     }
     let merges: Vec<String> = MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect();
     json!({
