@@ -260,8 +260,8 @@ fn agreement(device: &TextModel, path: &Path) -> anyhow::Result<AgreementReport>
     let cpu = TextModel::load_with(
         path,
         &LoadOptions {
-            device: candle_core::Device::Cpu,
             placement: Some(Placement::Host),
+            ..LoadOptions::on(&candle_core::Device::Cpu)
         },
         &mut |_| {},
     )
@@ -317,7 +317,11 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let sampler = gpu.as_ref().map(|(n, ..)| MemorySampler::start(*n));
 
     let started = Instant::now();
-    let model = TextModel::load_on(&opts.path, &device, &mut |_| {})
+    let load = LoadOptions {
+        kv_cache_bytes: opts.kv_cache_bytes,
+        ..LoadOptions::on(&device)
+    };
+    let model = TextModel::load_with(&opts.path, &load, &mut |_| {})
         .with_context(|| format!("load {}", opts.path.display()))?;
     let load_s = started.elapsed().as_secs_f64();
     let model = Arc::new(model);

@@ -121,48 +121,29 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-/// Before loading: the weights (as stored) must fit in what is free.
-pub fn check_weights_fit(
+/// Before loading: the weights (about their files' size), the KV cache
+/// budget (allocated at load, as one pool) and the working space must fit
+/// in what is free.
+pub fn check_fits(
     model: &str,
     ordinal: usize,
     mem: &DeviceMemory,
     weights: u64,
+    kv_budget: u64,
 ) -> Result<(), String> {
-    if weights + WORKING_SPACE_BYTES > mem.free {
+    let need = weights + kv_budget + WORKING_SPACE_BYTES;
+    if need > mem.free {
         return Err(format!(
-            "model {model:?} does not fit on cuda:{ordinal} ({}): its weights take {} \
-             and {} of working space, but only {} of {} are free",
+            "model {model:?} does not fit on cuda:{ordinal} ({}): it needs about {} ({} of \
+             weights, a KV cache budget of {} (kv_cache_mb) and {} of working space) but only \
+             {} of {} are free; lower kv_cache_mb or use a smaller or quantized model",
             mem.name,
+            gib(need),
             gib(weights),
+            gib(kv_budget),
             gib(WORKING_SPACE_BYTES),
             gib(mem.free),
             gib(mem.total)
-        ));
-    }
-    Ok(())
-}
-
-/// After loading: what is still free must hold the KV cache budget (the
-/// scheduler hands it out in device memory) and the working space.
-pub fn check_kv_fits(
-    model: &str,
-    ordinal: usize,
-    mem: &DeviceMemory,
-    weights_on_device: u64,
-    kv_budget: u64,
-) -> Result<(), String> {
-    if kv_budget + WORKING_SPACE_BYTES > mem.free {
-        return Err(format!(
-            "model {model:?} does not fit on cuda:{ordinal} ({}): with its weights loaded \
-             ({} on the device) {} of {} are free, less than its KV cache budget of {} \
-             (kv_cache_mb) plus {} of working space; lower kv_cache_mb or use a smaller \
-             or quantized model",
-            mem.name,
-            gib(weights_on_device),
-            gib(mem.free),
-            gib(mem.total),
-            gib(kv_budget),
-            gib(WORKING_SPACE_BYTES)
         ));
     }
     Ok(())
@@ -187,24 +168,15 @@ mod tests {
             free: 20 << 30,
             total: 80 << 30,
         };
-        assert!(super::check_weights_fit("m", 0, &mem, 16 << 30).is_ok());
-        let err = super::check_weights_fit("llama-8b", 1, &mem, 30 << 30).unwrap_err();
+        assert!(super::check_fits("m", 0, &mem, 16 << 30, 2 << 30).is_ok());
+        let err = super::check_fits("llama-8b", 1, &mem, 16 << 30, 8 << 30).unwrap_err();
         for part in [
             "llama-8b",
             "cuda:1",
             "NVIDIA H100 80GB HBM3",
-            "30.0 GiB",
-            "20.0 GiB",
-            "80.0 GiB",
-        ] {
-            assert!(err.contains(part), "{part:?} missing from: {err}");
-        }
-        assert!(super::check_kv_fits("m", 0, &mem, 16 << 30, 8 << 30).is_ok());
-        let err = super::check_kv_fits("m", 0, &mem, 16 << 30, 24 << 30).unwrap_err();
-        for part in [
-            "24.0 GiB",
-            "kv_cache_mb",
-            "16.0 GiB on the device",
+            "24.5 GiB",
+            "16.0 GiB of weights",
+            "8.0 GiB (kv_cache_mb)",
             "20.0 GiB of 80.0 GiB are free",
         ] {
             assert!(err.contains(part), "{part:?} missing from: {err}");

@@ -28,7 +28,7 @@ pub fn device_for(choice: DeviceChoice) -> anyhow::Result<candle_core::Device> {
                      not found)"
                 );
             }
-            Device::new_cuda(n).with_context(|| format!("open CUDA device {n}"))
+            open_cuda(n)
         }
         DeviceChoice::Auto => {
             // `auto` takes GPU 0 only where the build and the machine both
@@ -37,11 +37,25 @@ pub fn device_for(choice: DeviceChoice) -> anyhow::Result<candle_core::Device> {
                 && crate::gpu::driver_present()
                 && crate::gpu::memory(0).is_ok()
             {
-                Device::new_cuda(0).context("open CUDA device 0")
+                open_cuda(0)
             } else {
                 Ok(Device::Cpu)
             }
         }
+    }
+}
+
+/// Opens CUDA device `n` through candle. cudarc loads cuBLAS, cuRAND and
+/// NVRTC here and panics if one is missing; that becomes an error saying
+/// what to install.
+fn open_cuda(n: usize) -> anyhow::Result<candle_core::Device> {
+    match std::panic::catch_unwind(|| candle_core::Device::new_cuda(n)) {
+        Ok(device) => device.with_context(|| format!("open CUDA device {n}")),
+        Err(_) => anyhow::bail!(
+            "open CUDA device {n}: a CUDA library could not be loaded (cuBLAS, cuRAND and NVRTC \
+             of CUDA 13 must be on the library path, e.g. from a CUDA toolkit or NVIDIA's \
+             cuda:13.0-runtime image)"
+        ),
     }
 }
 
@@ -87,8 +101,9 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         ModelSource::Local(p) => p.clone(),
     };
     let device = device_for(m.device).with_context(|| format!("model {:?}", m.id))?;
-    // On a GPU: the weights must fit before loading starts, and the KV
-    // budget must fit in what is left after.
+    // On a GPU: weights, KV pool and working space must fit before loading
+    // starts (the pool is allocated at load).
+    let is_text = !(path.is_dir() && Embedder::is_embedding_model(&path));
     let gpu = match &device {
         candle_core::Device::Cuda(_) => {
             let ordinal = match m.device {
@@ -96,7 +111,8 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
                 _ => 0,
             };
             let mem = crate::gpu::memory(ordinal).map_err(anyhow::Error::msg)?;
-            crate::gpu::check_weights_fit(&m.id, ordinal, &mem, weights_bytes(&path))
+            let kv = if is_text { m.kv_cache_bytes as u64 } else { 0 };
+            crate::gpu::check_fits(&m.id, ordinal, &mem, weights_bytes(&path), kv)
                 .map_err(anyhow::Error::msg)?;
             Some((ordinal, mem))
         }
@@ -113,7 +129,7 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         }
         Progress::Loading => pb.set_message("loading"),
     };
-    let result = if path.is_dir() && Embedder::is_embedding_model(&path) {
+    let result = if !is_text {
         Embedder::load_on(&path, &device, &mut progress).map(|e| {
             let summary = format!(
                 "{device:?}, embedding model, {} dims, max {} tokens, sha256 {}",
@@ -124,7 +140,11 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
             (Loaded::Embed(Arc::new(e)), summary)
         })
     } else {
-        TextModel::load_on(&path, &device, &mut progress).map(|t| {
+        let options = sharenet_engine::LoadOptions {
+            kv_cache_bytes: m.kv_cache_bytes,
+            ..sharenet_engine::LoadOptions::on(&device)
+        };
+        TextModel::load_with(&path, &options, &mut progress).map(|t| {
             let s = t.spec();
             let summary = format!(
                 "{device:?} ({:?}, {:?}), {} {:?}, {} layers, context {}, chat template {}, sha256 {}",
@@ -149,15 +169,10 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
         result.with_context(|| format!("load model {:?} from {}", m.id, path.display()))?;
     if let Some((ordinal, before)) = gpu {
         let after = crate::gpu::memory(ordinal).map_err(anyhow::Error::msg)?;
-        let on_device = before.free.saturating_sub(after.free);
-        if matches!(loaded, Loaded::Text(_)) {
-            crate::gpu::check_kv_fits(&m.id, ordinal, &after, on_device, m.kv_cache_bytes as u64)
-                .map_err(anyhow::Error::msg)?;
-        }
         summary.push_str(&format!(
-            ", {} with {:.1} GiB on the device and {:.1} GiB free",
+            ", {}: {:.1} GiB taken on the device (weights and KV pool), {:.1} GiB free",
             after.name,
-            on_device as f64 / (1u64 << 30) as f64,
+            before.free.saturating_sub(after.free) as f64 / (1u64 << 30) as f64,
             after.free as f64 / (1u64 << 30) as f64
         ));
     }

@@ -39,12 +39,14 @@ mod transformer;
 
 pub use constraint::{Constraint, Grammar};
 pub use embed::{Embedder, Embeddings};
-pub use model::{Generation, LoadOptions, Piece, TextModel, WeightsFormat, hash_files};
+pub use model::{
+    DEFAULT_KV_POOL_BYTES, Generation, LoadOptions, Piece, TextModel, WeightsFormat, hash_files,
+};
 pub use scheduler::{JobHandle, Load, Scheduler, SchedulerConfig, SeqEvent, SubmitError};
 pub use spec::{Arch, ModelSpec};
 pub use template::ChatTemplate;
 pub use tool_calls::{ToolCallParser, ToolFormat};
-pub use transformer::Placement;
+pub use transformer::{KV_BLOCK, Placement};
 
 /// Loading progress, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

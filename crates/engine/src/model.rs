@@ -51,13 +51,21 @@ pub struct LoadOptions {
     /// elsewhere. Tests ask for the device placement on the CPU to check it
     /// against the host one.
     pub placement: Option<Placement>,
+    /// The device placement's KV pool, allocated at load (the node passes
+    /// its `kv_cache_mb`; give a scheduler no bigger budget). Unused on the
+    /// host, whose caches grow per sequence.
+    pub kv_cache_bytes: usize,
 }
+
+/// The KV pool of a device placement unless [`LoadOptions`] says.
+pub const DEFAULT_KV_POOL_BYTES: usize = 256 << 20;
 
 impl LoadOptions {
     pub fn on(device: &Device) -> Self {
         Self {
             device: device.clone(),
             placement: None,
+            kv_cache_bytes: DEFAULT_KV_POOL_BYTES,
         }
     }
 
@@ -300,6 +308,7 @@ impl TextModel {
                 dtype,
             },
             placement,
+            options.kv_cache_bytes,
         )?;
         Ok(Self {
             transformer,
@@ -379,6 +388,7 @@ impl TextModel {
                 device: options.device.clone(),
             },
             options.placement(),
+            options.kv_cache_bytes,
         )?;
         Ok(Self {
             transformer,
@@ -432,6 +442,17 @@ impl TextModel {
     /// f32, or the device's dtype there).
     pub fn kv_bytes_per_token(&self) -> usize {
         self.transformer.kv_bytes_per_token()
+    }
+
+    /// Bytes of KV cache `tokens` tokens of one sequence take as allocated
+    /// (whole blocks of the device pool; exact on the host).
+    pub fn kv_bytes_for_tokens(&self, tokens: usize) -> usize {
+        self.transformer.kv_bytes_for_tokens(tokens)
+    }
+
+    /// Free and total blocks of the device KV pool (`None` on the host).
+    pub fn kv_pool_blocks(&self) -> Option<(usize, usize)> {
+        self.transformer.kv_pool_blocks()
     }
 
     /// Where activations and KV caches live.

@@ -185,7 +185,7 @@ impl Scheduler {
         let spec = self.model.spec();
         let tokens = (prompt_len + params.max_tokens as usize).min(self.model.context_length());
         let scores = spec.num_heads * prompt_len.min(PREFILL_CHUNK) * tokens * 4;
-        tokens * self.model.kv_bytes_per_token() + scores
+        self.model.kv_bytes_for_tokens(tokens) + scores
     }
 
     /// Queues a job, or refuses it at once if the queue is full or it can

@@ -15,9 +15,14 @@
 //! - **Device** (the GPU default): dense weights stay in their stored
 //!   dtype (f16/bf16 from safetensors; GGUF matrices stay quantized and
 //!   candle multiplies them with its CUDA kernels), activations run in that
-//!   dtype, and each sequence's KV cache is a pair of device tensors per
-//!   layer, so prefill and decode attention never leave the GPU. Attention
-//!   scores and the softmax are computed in f32 whatever the dtype.
+//!   dtype, and the KV cache is one pool on the device per model
+//!   ([`KvPool`], paged in blocks of [`KV_BLOCK`] tokens as in vLLM), so
+//!   prefill and decode attention never leave the GPU. A decode step writes
+//!   the batch's new keys and values with one scatter per layer and reads
+//!   every sequence's cache with one gather, then attends for the whole
+//!   batch at once (padded to the longest, masked): a fixed number of
+//!   kernels per layer whatever the batch size. Attention scores and the
+//!   softmax are computed in f32 whatever the dtype.
 //!
 //! The device placement runs on the CPU too (tests compare it with the
 //! host one), only slower.
@@ -226,6 +231,16 @@ fn fast_matmul(q: QTensor) -> candle_core::Result<Matrix> {
 /// faster than that.
 const DENSE_ROWS: usize = 16;
 
+/// `a` × `b` where `b` may be a view of a device KV cache (its rows
+/// strided by the cache's capacity): candle's kernels take such strides
+/// (cuBLAS's leading dimension), so no copy is made; a layout a kernel
+/// refuses is copied to a contiguous one and multiplied again (the
+/// backends name that refusal differently: the CPU's "unexpected
+/// striding", CUDA's "non-contiguous"; a real failure fails again).
+fn matmul_view(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    a.matmul(b).or_else(|_| a.matmul(&b.contiguous()?))
+}
+
 /// `x` [rows, in] times `m`ᵀ, dense when there are many rows on the CPU
 /// (on a GPU candle's quantized kernels take any number of rows).
 fn product(m: &Matrix, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -279,6 +294,8 @@ pub enum Placement {
 pub(crate) struct Transformer {
     spec: ModelSpec,
     placement: Placement,
+    /// The device KV cache (device placement only).
+    pool: Option<KvPool>,
     /// The activations' (and a device KV cache's) dtype.
     dtype: DType,
     embed: Tensor,
@@ -304,13 +321,90 @@ pub(crate) struct SeqCache {
     pos: usize,
 }
 
-/// A sequence's keys and values, per layer.
+/// A sequence's keys and values.
 enum Kv {
+    /// Per layer, in host memory.
     Host(Vec<LayerKv>),
-    /// `[1, kv_heads, capacity, head_dim]` tensors on the model's device,
-    /// filled up to the sequence's position (candle's `KvCache` grows them
-    /// if a sequence outlives the capacity it was made with).
-    Device(Vec<candle_nn::kv_cache::KvCache>),
+    /// Its blocks in the model's device pool.
+    Device(BlockTable),
+}
+
+/// Pool rows a prefill writes (`[n, kv_heads × head_dim]`, each row's
+/// index repeated across it, as a scatter wants) and reads (`[total]`).
+struct PrefillRows {
+    write: Tensor,
+    read: Tensor,
+}
+
+/// What the layers of one device decode step share.
+struct DecodeBatch {
+    /// `[b, kv_heads × head_dim]`: each sequence's row for its new token.
+    write: Tensor,
+    /// `[b × longest]`: every sequence's rows, padded.
+    read: Tensor,
+    longest: usize,
+    /// `[b, 1, 1, longest]`, 0 or -inf.
+    mask: Tensor,
+}
+
+/// Tokens per block of a device KV pool.
+pub const KV_BLOCK: usize = 16;
+
+/// The device KV cache of a model: per layer one key and one value tensor
+/// of `[rows, kv_heads × head_dim]`, rows handed to sequences in blocks of
+/// [`KV_BLOCK`]. Sized once at load (`LoadOptions::kv_cache_bytes`); the
+/// scheduler's budget, counted in whole blocks, never asks for more.
+struct KvPool {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    free: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    blocks: usize,
+}
+
+/// A sequence's blocks in the pool, in order; given back when it ends.
+struct BlockTable {
+    blocks: Vec<u32>,
+    free: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    pool_blocks: usize,
+}
+
+impl BlockTable {
+    /// The pool row of the sequence's token `t` (reserved).
+    fn row(&self, t: usize) -> u32 {
+        self.blocks[t / KV_BLOCK] * KV_BLOCK as u32 + (t % KV_BLOCK) as u32
+    }
+
+    /// Makes sure the first `tokens` tokens have rows.
+    fn reserve(&mut self, tokens: usize) -> candle_core::Result<()> {
+        let need = tokens.div_ceil(KV_BLOCK);
+        if need <= self.blocks.len() {
+            return Ok(());
+        }
+        let more = need - self.blocks.len();
+        let mut free = self
+            .free
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the KV pool's lock is poisoned".into()))?;
+        if free.len() < more {
+            candle_core::bail!(
+                "the device KV cache is full: {more} more blocks of {KV_BLOCK} tokens wanted, \
+                 {} of {} free (raise kv_cache_mb)",
+                free.len(),
+                self.pool_blocks
+            );
+        }
+        let at = free.len() - more;
+        self.blocks.extend(free.drain(at..));
+        Ok(())
+    }
+}
+
+impl Drop for BlockTable {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.free.lock() {
+            free.append(&mut self.blocks);
+        }
+    }
 }
 
 /// Dot product in eight independent lanes, so it vectorizes (a plain
@@ -369,10 +463,13 @@ fn llama3_scale(freq: f64, s: Llama3Scaling) -> f64 {
 }
 
 impl Transformer {
+    /// Loads the weights; in the device placement also allocates the KV
+    /// pool, `kv_cache_bytes` of it on the device.
     pub(crate) fn load(
         spec: ModelSpec,
         mut w: WeightSource<'_>,
         placement: Placement,
+        kv_cache_bytes: usize,
     ) -> Result<Self, EngineError> {
         let dtype = match &w {
             WeightSource::Safetensors { dtype, .. } => *dtype,
@@ -467,9 +564,34 @@ impl Transformer {
         let device = embed.device().clone();
         let (cos, sin) = rope_tables(s, &device)?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let pool = match placement {
+            Placement::Host => None,
+            Placement::Device => {
+                let kvd = s.num_kv_heads * s.head_dim;
+                let per_block = 2 * s.num_layers * kvd * dtype.size_in_bytes() * KV_BLOCK;
+                // Rounded up: never less than the budget a scheduler counts.
+                let blocks = kv_cache_bytes.div_ceil(per_block.max(1)).max(1);
+                let rows = blocks * KV_BLOCK;
+                let alloc = || Tensor::zeros((rows, kvd), dtype, &device);
+                let k = (0..s.num_layers)
+                    .map(|_| alloc())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let v = (0..s.num_layers)
+                    .map(|_| alloc())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let free = (0..blocks as u32).rev().collect();
+                Some(KvPool {
+                    k,
+                    v,
+                    free: std::sync::Arc::new(std::sync::Mutex::new(free)),
+                    blocks,
+                })
+            }
+        };
         Ok(Self {
             device,
             placement,
+            pool,
             dtype,
             spec,
             embed,
@@ -507,6 +629,23 @@ impl Transformer {
         2 * s.num_layers * s.num_kv_heads * s.head_dim * elem
     }
 
+    /// Bytes of KV cache `tokens` tokens hold, as allocated: whole blocks
+    /// in the device pool.
+    pub(crate) fn kv_bytes_for_tokens(&self, tokens: usize) -> usize {
+        let tokens = match self.placement {
+            Placement::Host => tokens,
+            Placement::Device => tokens.div_ceil(KV_BLOCK) * KV_BLOCK,
+        };
+        tokens * self.kv_bytes_per_token()
+    }
+
+    /// Blocks free in the device pool, and its size (none on the host).
+    pub(crate) fn kv_pool_blocks(&self) -> Option<(usize, usize)> {
+        let pool = self.pool.as_ref()?;
+        let free = pool.free.lock().map(|f| f.len()).unwrap_or(0);
+        Some((free, pool.blocks))
+    }
+
     /// A fresh cache with room for `capacity` tokens (it grows if needed).
     /// A device cache takes its memory at the sequence's first token.
     pub(crate) fn new_cache(&self, capacity: usize) -> SeqCache {
@@ -523,11 +662,20 @@ impl Transformer {
                         .collect(),
                 )
             }
-            Placement::Device => Kv::Device(
-                (0..layers)
-                    .map(|_| candle_nn::kv_cache::KvCache::new(2, capacity.max(1)))
-                    .collect(),
-            ),
+            Placement::Device => Kv::Device(match &self.pool {
+                Some(pool) => BlockTable {
+                    blocks: Vec::with_capacity(capacity.div_ceil(KV_BLOCK)),
+                    free: pool.free.clone(),
+                    pool_blocks: pool.blocks,
+                },
+                // Not reached: the device placement always has a pool. An
+                // empty one refuses the first token with an error.
+                None => BlockTable {
+                    blocks: Vec::new(),
+                    free: Default::default(),
+                    pool_blocks: 0,
+                },
+            }),
         };
         SeqCache { kv, pos: 0 }
     }
@@ -603,12 +751,12 @@ impl Transformer {
         let rep = s.num_heads / s.num_kv_heads;
         let q = q.reshape((1, s.num_kv_heads, rep * n, s.head_dim))?;
         let scale = 1.0 / (s.head_dim as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+        let mut att = (matmul_view(&q, &k.t()?)?.to_dtype(DType::F32)? * scale)?;
         if let Some(mask) = mask {
             att = att.broadcast_add(mask)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
-        let out = att.matmul(v)?; // [1, kvh, rep*n, hd]
+        let out = matmul_view(&att, v)?; // [1, kvh, rep*n, hd]
         out.reshape((1, s.num_heads, n, s.head_dim))?
             .transpose(1, 2)?
             .reshape((n, s.num_heads * s.head_dim))
@@ -668,6 +816,61 @@ impl Transformer {
         Ok(())
     }
 
+    /// Reserves pool rows for tokens `pos0..pos0+n` of a sequence; returns
+    /// the rows to write them to and the rows of all its tokens so far.
+    fn pool_rows(
+        &self,
+        table: &mut BlockTable,
+        pos0: usize,
+        n: usize,
+    ) -> candle_core::Result<PrefillRows> {
+        let total = pos0 + n;
+        table.reserve(total)?;
+        let kvd = self.spec.num_kv_heads * self.spec.head_dim;
+        let write: Vec<u32> = (pos0..total)
+            .flat_map(|t| std::iter::repeat_n(table.row(t), kvd))
+            .collect();
+        let read: Vec<u32> = (0..total).map(|t| table.row(t)).collect();
+        Ok(PrefillRows {
+            write: Tensor::from_vec(write, (n, kvd), &self.device)?,
+            read: Tensor::from_vec(read, total, &self.device)?,
+        })
+    }
+
+    /// Reserves each sequence's row for its new token; returns where the
+    /// new keys and values go, the rows to gather (padded to the longest
+    /// sequence with a row of its own, masked) and the mask (padding and
+    /// any sliding window).
+    fn decode_batch(&self, caches: &mut [&mut SeqCache]) -> candle_core::Result<DecodeBatch> {
+        let b = caches.len();
+        let kvd = self.spec.num_kv_heads * self.spec.head_dim;
+        let longest = caches.iter().map(|c| c.pos + 1).max().unwrap_or(1);
+        let window = self.spec.sliding_window.unwrap_or(usize::MAX);
+        let mut write = Vec::with_capacity(b * kvd);
+        let mut read = Vec::with_capacity(b * longest);
+        let mut mask = Vec::with_capacity(b * longest);
+        for c in caches.iter_mut() {
+            let pos = c.pos;
+            let Kv::Device(table) = &mut c.kv else {
+                candle_core::bail!("a host cache on a device model");
+            };
+            table.reserve(pos + 1)?;
+            write.extend(std::iter::repeat_n(table.row(pos), kvd));
+            for j in 0..longest {
+                let cached = j <= pos;
+                read.push(table.row(if cached { j } else { 0 }));
+                let visible = cached && pos - j < window;
+                mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+            }
+        }
+        Ok(DecodeBatch {
+            write: Tensor::from_vec(write, (b, kvd), &self.device)?,
+            read: Tensor::from_vec(read, b * longest, &self.device)?,
+            longest,
+            mask: Tensor::from_vec(mask, (b, 1, 1, longest), &self.device)?,
+        })
+    }
+
     /// Runs a prompt (or its remainder) through the model; returns the
     /// logits after its last token ([vocab]).
     pub(crate) fn prefill(
@@ -689,6 +892,11 @@ impl Transformer {
         let sin = self.sin.narrow(0, pos0, n)?;
         // The same for every layer.
         let mask = self.mask(pos0, n, total)?;
+        let rows = match &mut cache.kv {
+            Kv::Device(table) => Some(self.pool_rows(table, pos0, n)?),
+            Kv::Host(_) => None,
+        };
+        let kvd = s.num_kv_heads * s.head_dim;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms(&x, &layer.attn_norm)?;
             let (q, k, v) = self.qkv(layer, &h)?;
@@ -717,9 +925,21 @@ impl Transformer {
                     };
                     (from_cache(&kv.k)?, from_cache(&kv.v)?)
                 }
-                Kv::Device(layers) => {
-                    let (k, v) = layers[l].append(&k, &heads(v, s.num_kv_heads)?)?;
-                    (k.contiguous()?, v.contiguous()?)
+                Kv::Device(_) => {
+                    let (pool, rows) = match (&self.pool, &rows) {
+                        (Some(pool), Some(rows)) => (pool, rows),
+                        _ => candle_core::bail!("a device cache without a pool"),
+                    };
+                    // Token-major rows in, the sequence's rows out.
+                    let k_rows = k.transpose(1, 2)?.reshape((n, kvd))?;
+                    pool.k[l].scatter_set(&rows.write, &k_rows, 0)?;
+                    pool.v[l].scatter_set(&rows.write, &v.contiguous()?, 0)?;
+                    let gather = |t: &Tensor| -> candle_core::Result<Tensor> {
+                        t.index_select(&rows.read, 0)?
+                            .reshape((1, total, s.num_kv_heads, s.head_dim))?
+                            .transpose(1, 2)
+                    };
+                    (gather(&pool.k[l])?, gather(&pool.v[l])?)
                 }
             };
             let out = self.attend(&q, &k, &v, mask.as_ref(), n)?;
@@ -766,14 +986,12 @@ impl Transformer {
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // [b, h]
         // A sliding window may hide early positions; the same for every layer.
-        let masks = match self.placement {
-            Placement::Host => vec![None; b], // attend_one windows itself
-            Placement::Device => caches
-                .iter()
-                .map(|c| self.mask(c.pos, 1, c.pos + 1))
-                .collect::<candle_core::Result<Vec<_>>>()?,
-        };
         let (qd, kvd) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim);
+        // What every layer of a device step shares.
+        let batch = match self.placement {
+            Placement::Host => None,
+            Placement::Device => Some(self.decode_batch(caches)?),
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms(&x, &layer.attn_norm)?;
             let (q, k, v) = self.qkv(layer, &h)?;
@@ -804,23 +1022,29 @@ impl Transformer {
                     Tensor::from_vec(out, (b, qd), &self.device)?
                 }
                 Placement::Device => {
-                    let v = v.reshape((b, s.num_kv_heads, 1, s.head_dim))?;
-                    let mut outs = Vec::with_capacity(b);
-                    for (i, cache) in caches.iter_mut().enumerate() {
-                        let Kv::Device(layers) = &mut cache.kv else {
-                            candle_core::bail!("a host cache on a device");
-                        };
-                        let (ki, vi) =
-                            layers[l].append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
-                        outs.push(self.attend(
-                            &q.narrow(0, i, 1)?,
-                            &ki.contiguous()?,
-                            &vi.contiguous()?,
-                            masks[i].as_ref(),
-                            1,
-                        )?);
-                    }
-                    Tensor::cat(&outs, 0)?
+                    let (pool, batch) = match (&self.pool, &batch) {
+                        (Some(pool), Some(batch)) => (pool, batch),
+                        _ => candle_core::bail!("a device model without a pool"),
+                    };
+                    // One scatter writes the batch's new keys and values,
+                    // one gather reads every sequence's cache padded to the
+                    // longest ([b, kv_heads, longest, hd]); the mask hides
+                    // the padding.
+                    pool.k[l].scatter_set(&batch.write, &k.reshape((b, kvd))?, 0)?;
+                    pool.v[l].scatter_set(&batch.write, &v.contiguous()?, 0)?;
+                    let gather = |t: &Tensor| -> candle_core::Result<Tensor> {
+                        t.index_select(&batch.read, 0)?
+                            .reshape((b, batch.longest, s.num_kv_heads, s.head_dim))?
+                            .transpose(1, 2)
+                    };
+                    let (kb, vb) = (gather(&pool.k[l])?, gather(&pool.v[l])?);
+                    let rep = s.num_heads / s.num_kv_heads;
+                    let q = q.reshape((b, s.num_kv_heads, rep, s.head_dim))?;
+                    let scale = 1.0 / (s.head_dim as f64).sqrt();
+                    let att = (matmul_view(&q, &kb.t()?)?.to_dtype(DType::F32)? * scale)?;
+                    let att = att.broadcast_add(&batch.mask)?;
+                    let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(vb.dtype())?;
+                    matmul_view(&att, &vb)?.reshape((b, qd))?
                 }
             };
             x = (x + product(&layer.o, &out)?)?;
@@ -903,6 +1127,28 @@ mod tests {
             let d = max_rel_diff(&exact, &got);
             assert!(d < 0.03, "{rows} rows: {d}");
         }
+    }
+
+    /// Attention multiplies views of a device KV cache (rows strided by
+    /// its capacity) without copying them where candle takes the strides;
+    /// either way the products equal those of contiguous copies.
+    #[test]
+    fn cache_views_multiply_like_contiguous_copies() {
+        let dev = Device::Cpu;
+        let cache = Tensor::randn(0f32, 1.0, (1, 2, 16, 8), &dev).unwrap();
+        let k = cache.narrow(2, 0, 5).unwrap();
+        assert!(!k.is_contiguous());
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &dev).unwrap();
+        let kt = k.t().unwrap();
+        // The CPU backend takes this layout directly (no fallback copy).
+        assert!(q.matmul(&kt).is_ok());
+        let got = super::matmul_view(&q, &kt).unwrap();
+        let want = q.matmul(&k.contiguous().unwrap().t().unwrap()).unwrap();
+        assert!(max_rel_diff(&want, &got) < 1e-6);
+        let att = Tensor::randn(0f32, 1.0, (1, 2, 3, 5), &dev).unwrap();
+        let got = super::matmul_view(&att, &k).unwrap();
+        let want = att.matmul(&k.contiguous().unwrap()).unwrap();
+        assert!(max_rel_diff(&want, &got) < 1e-6);
     }
 
     /// Many rows (a prefill) go through one dense product; it agrees with

@@ -33,6 +33,7 @@ fn load(path: &Path, placement: Placement) -> TextModel {
     let options = LoadOptions {
         device: Device::Cpu,
         placement: Some(placement),
+        kv_cache_bytes: 16 << 20,
     };
     TextModel::load_with(path, &options, &mut |_| {}).unwrap()
 }
@@ -160,6 +161,47 @@ fn batched_decode_on_the_device_placement_equals_jobs_run_alone_on_the_host() {
             .collect();
         assert_eq!(together, alone, "{}", path.display());
     }
+}
+
+/// The device pool's blocks go back when sequences end, and a pool too
+/// small for a prompt is an error naming the shortfall, not a panic.
+#[test]
+fn the_device_pool_gives_blocks_back_and_refuses_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fixtures(dir.path()).remove(0);
+    let model = load(&path, Placement::Device);
+    let (free, total) = model.kv_pool_blocks().unwrap();
+    assert_eq!(free, total);
+    assert!(load(&path, Placement::Host).kv_pool_blocks().is_none());
+    let p = prompt(&model, "hello there");
+    assert!(!tokens(&model, &p, 30).is_empty());
+    assert_eq!(model.kv_pool_blocks(), Some((total, total)));
+    // Counted in whole blocks.
+    assert_eq!(
+        model.kv_bytes_for_tokens(1),
+        model.kv_bytes_for_tokens(sharenet_engine::KV_BLOCK)
+    );
+
+    let small = TextModel::load_with(
+        &path,
+        &LoadOptions {
+            device: Device::Cpu,
+            placement: Some(Placement::Device),
+            kv_cache_bytes: model.kv_bytes_for_tokens(2 * sharenet_engine::KV_BLOCK),
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(small.kv_pool_blocks(), Some((2, 2)));
+    let long = prompt(&small, &"word ".repeat(20));
+    assert!(long.len() > 2 * sharenet_engine::KV_BLOCK);
+    let err = small
+        .generate(&long, &greedy(4), |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("KV cache is full"), "{err}");
+    // The failed sequence's blocks came back.
+    assert_eq!(small.kv_pool_blocks(), Some((2, 2)));
 }
 
 /// f16 weights stay f16 in the device placement (activations too) and
