@@ -292,7 +292,16 @@ pub fn write_random_model(
                 .collect();
             let file = path.join("model.safetensors");
             let views = lazies.iter().map(|(n, l)| (n.as_str(), l));
-            safetensors::serialize_to_file(views, None, &file).map_err(|e| write_err(&file, e))
+            safetensors::serialize_to_file(views, None, &file).map_err(|e| write_err(&file, e))?;
+            // The writer goes through a private temporary file (0600);
+            // weights are readable like the folder's other files.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                    .map_err(|e| write_err(&file, e))?;
+            }
+            Ok(())
         }
         RandomFormat::Gguf(dtype) => {
             if let Some(parent) = path.parent() {
