@@ -134,20 +134,6 @@ impl MemorySampler {
     }
 }
 
-fn weights_bytes(path: &Path) -> u64 {
-    if path.is_file() {
-        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    }
-    std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 /// Exactly `n` prompt tokens of plain text.
 fn prompt_of(model: &TextModel, n: usize) -> anyhow::Result<Vec<u32>> {
     let words = "the quick brown fox jumps over the lazy dog while a patient river \
@@ -391,7 +377,7 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         None
     };
     let least_free = sampler.map(MemorySampler::least_free);
-    let weights = weights_bytes(&opts.path);
+    let weights = crate::load::weights_bytes(&opts.path);
     let spec = model.spec();
     let mib = |b: u64| b / (1 << 20);
     Ok(BenchReport {

@@ -187,7 +187,7 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
 
 /// Bytes of weight files at `path` (a GGUF file, or a folder's
 /// safetensors).
-fn weights_bytes(path: &std::path::Path) -> u64 {
+pub(crate) fn weights_bytes(path: &std::path::Path) -> u64 {
     if path.is_file() {
         return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     }

@@ -218,7 +218,6 @@ fn tensors(seed: u64, shape: &TinyConfig) -> Result<HashMap<String, Tensor>, Eng
     let h = shape.hidden_size;
     let head_dim = h / shape.num_attention_heads.max(1);
     let kv = shape.num_key_value_heads * head_dim;
-    let i = shape.intermediate_size;
     let mut uniform = |rows: usize, cols: usize| -> Vec<f32> {
         let scale = 1.0 / (cols as f32).sqrt();
         (0..rows * cols)
@@ -254,15 +253,7 @@ fn tensors(seed: u64, shape: &TinyConfig) -> Result<HashMap<String, Tensor>, Eng
     );
     for l in 0..shape.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        for (name, rows, cols) in [
-            ("self_attn.q_proj.weight", h, h),
-            ("self_attn.k_proj.weight", kv, h),
-            ("self_attn.v_proj.weight", kv, h),
-            ("self_attn.o_proj.weight", h, h),
-            ("mlp.gate_proj.weight", i, h),
-            ("mlp.up_proj.weight", i, h),
-            ("mlp.down_proj.weight", h, i),
-        ] {
+        for (name, rows, cols) in layer_matrices(shape) {
             let data = uniform(rows, cols);
             tensors.insert(
                 format!("{p}.{name}"),
@@ -287,6 +278,23 @@ fn tensors(seed: u64, shape: &TinyConfig) -> Result<HashMap<String, Tensor>, Eng
     }
     tensors.insert("model.norm.weight".into(), ones);
     Ok(tensors)
+}
+
+/// A layer's matrices: Hugging Face name (under `model.layers.N.`), rows
+/// and columns.
+fn layer_matrices(shape: &TinyConfig) -> [(&'static str, usize, usize); 7] {
+    let h = shape.hidden_size;
+    let kv = shape.num_key_value_heads * (h / shape.num_attention_heads.max(1));
+    let i = shape.intermediate_size;
+    [
+        ("self_attn.q_proj.weight", h, h),
+        ("self_attn.k_proj.weight", kv, h),
+        ("self_attn.v_proj.weight", kv, h),
+        ("self_attn.o_proj.weight", h, h),
+        ("mlp.gate_proj.weight", i, h),
+        ("mlp.up_proj.weight", i, h),
+        ("mlp.down_proj.weight", h, i),
+    ]
 }
 
 /// Tokens whose text is lowercase letters or a space (every merge and

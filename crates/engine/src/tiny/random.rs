@@ -41,7 +41,6 @@ fn specs(shape: &TinyConfig) -> Vec<Spec> {
     let h = shape.hidden_size;
     let head_dim = h / shape.num_attention_heads.max(1);
     let kv = shape.num_key_value_heads * head_dim;
-    let i = shape.intermediate_size;
     let vocab = shape.vocab_size.max(super::VOCAB);
     let t = |name: String, shape: Vec<usize>, ones: bool| Spec { name, shape, ones };
     let mut out = vec![
@@ -51,15 +50,7 @@ fn specs(shape: &TinyConfig) -> Vec<Spec> {
     ];
     for l in 0..shape.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        for (name, rows, cols) in [
-            ("self_attn.q_proj.weight", h, h),
-            ("self_attn.k_proj.weight", kv, h),
-            ("self_attn.v_proj.weight", kv, h),
-            ("self_attn.o_proj.weight", h, h),
-            ("mlp.gate_proj.weight", i, h),
-            ("mlp.up_proj.weight", i, h),
-            ("mlp.down_proj.weight", h, i),
-        ] {
+        for (name, rows, cols) in super::layer_matrices(shape) {
             out.push(t(format!("{p}.{name}"), vec![rows, cols], false));
         }
         if shape.arch == Arch::Qwen2 {
