@@ -487,8 +487,10 @@ price_in = 100
 price_out = 200
 max_concurrency = 2   # sequences decoded together (continuous batching)
 max_queue = 16        # jobs waiting for a slot; beyond this jobs are refused
-kv_cache_mb = 2048    # KV cache all running jobs may reserve
-# device = "auto"     # "auto" (a GPU if built with --features cuda), "cpu", "cuda:0"
+kv_cache_mb = 2048    # KV cache all running jobs may reserve (on a GPU: device
+                      # memory, allocated at load)
+# device = "auto"     # "auto" (GPU 0 in a CUDA build, scripts/cargo-cuda, on a
+#                     # machine with a driver; else the CPU), "cpu", "cuda:0"
 # license = "apache-2.0"  # advertised; default: GGUF general.license or the model card
 # canonical = "meta-llama/llama-3.1-8b-instruct:q8_0"  # one market across nodes;
 #                        # default: the weights' own name, slugged, + quantization
