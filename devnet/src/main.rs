@@ -69,8 +69,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let model = match (cli.model_path, cli.model) {
         (Some(path), _) => {
-            let id = path
-                .file_stem()
+            // A folder's whole name ("llama-3.2-1b-f16"); a file's without
+            // its extension ("model.gguf" → "model").
+            let name = if path.is_dir() {
+                path.file_name()
+            } else {
+                path.file_stem()
+            };
+            let id = name
                 .and_then(|s| s.to_str())
                 .filter(|s| !s.is_empty())
                 .context("--model-path: a file or folder with a name")?

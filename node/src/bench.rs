@@ -161,13 +161,15 @@ fn decode_params(model: &TextModel, max_tokens: u32) -> SamplingParams {
     }
 }
 
-/// Runs jobs together; returns (seconds from submit to first token of the
-/// first job, aggregate decode tokens/s).
+/// Runs jobs together; returns the seconds from submitting them to the
+/// last one's end, and their completion tokens. Timed by job ends, not by
+/// streamed pieces: a streamer may hold tokens back (an incomplete UTF-8
+/// character, a possible stop string), which would skew piece times.
 fn run_jobs(
     sched: &Scheduler,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, u64)> {
     let start = Instant::now();
     let handles = prompts
         .iter()
@@ -181,17 +183,11 @@ fn run_jobs(
         let threads: Vec<_> = handles
             .into_iter()
             .map(|mut h| {
-                s.spawn(move || -> anyhow::Result<(Instant, Instant, u32)> {
-                    let mut first = None;
+                s.spawn(move || -> anyhow::Result<(Instant, u32)> {
                     while let Some(ev) = h.events.blocking_recv() {
                         match ev {
-                            SeqEvent::Piece(_) => {
-                                first.get_or_insert_with(Instant::now);
-                            }
-                            SeqEvent::Done(g) => {
-                                let done = Instant::now();
-                                return Ok((first.unwrap_or(done), done, g.completion_tokens));
-                            }
+                            SeqEvent::Piece(_) => {}
+                            SeqEvent::Done(g) => return Ok((Instant::now(), g.completion_tokens)),
                             SeqEvent::Failed(e) => anyhow::bail!("benchmark job failed: {e}"),
                         }
                     }
@@ -207,15 +203,9 @@ fn run_jobs(
             })
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
-    let first = results.iter().map(|r| r.0).min().unwrap_or(start);
-    let last = results.iter().map(|r| r.1).max().unwrap_or(start);
-    // Each job's first token came from its prefill; the rest are decode.
-    let decoded: u64 = results.iter().map(|r| r.2.saturating_sub(1) as u64).sum();
-    let secs = last.duration_since(first).as_secs_f64().max(1e-9);
-    Ok((
-        first.duration_since(start).as_secs_f64(),
-        decoded as f64 / secs,
-    ))
+    let last = results.iter().map(|r| r.0).max().unwrap_or(start);
+    let tokens = results.iter().map(|r| u64::from(r.1)).sum();
+    Ok((last.duration_since(start).as_secs_f64(), tokens))
 }
 
 /// The first token's log-probabilities of `model` after `ids`: (chosen
@@ -310,6 +300,9 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let model = TextModel::load_with(&opts.path, &load, &mut |_| {})
         .with_context(|| format!("load {}", opts.path.display()))?;
     let load_s = started.elapsed().as_secs_f64();
+    // Each figure is logged as it is measured, so a run cut short still
+    // leaves what it had.
+    tracing::info!(load_s, placement = ?model.placement(), dtype = ?model.compute_dtype(), "loaded");
     let model = Arc::new(model);
     let max_c = opts.concurrency.iter().copied().max().unwrap_or(1);
     let sched = Scheduler::start(
@@ -330,9 +323,10 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         &decode_params(&model, 4),
     )?;
     let warmup_s = warm.elapsed().as_secs_f64();
+    tracing::info!(warmup_s, "warmed up");
 
     let long = prompt_of(&model, opts.prompt_tokens)?;
-    // The best of three: the first token of one job, its prompt alone.
+    // The best of three: one job of one token, its prompt alone.
     let mut ttft = f64::INFINITY;
     for _ in 0..3 {
         let (t, _) = run_jobs(
@@ -342,6 +336,11 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         )?;
         ttft = ttft.min(t);
     }
+    tracing::info!(
+        prompt_tokens = opts.prompt_tokens,
+        ttft_ms = ttft * 1e3,
+        "time to first token"
+    );
 
     let mut decode = Vec::new();
     let params = decode_params(&model, opts.decode_tokens);
@@ -355,7 +354,13 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 p
             })
             .collect::<Vec<_>>();
-        let (_, rate) = run_jobs(&sched, &prompts, &params)?;
+        // Decode alone: the same jobs' prefills and first tokens (one
+        // token each) timed apart and taken off.
+        let (prefill_s, _) = run_jobs(&sched, &prompts, &decode_params(&model, 1))?;
+        let (total_s, tokens) = run_jobs(&sched, &prompts, &params)?;
+        let decoded = tokens.saturating_sub(c as u64);
+        let rate = decoded as f64 / (total_s - prefill_s).max(1e-6);
+        tracing::info!(concurrency = c, tokens_per_s = rate, "decode");
         decode.push(DecodeReport {
             concurrency: c,
             tokens_per_s: rate,
