@@ -82,6 +82,10 @@ pub struct BenchReport {
     pub hidden_size: usize,
     pub vocab_size: usize,
     pub weights_bytes: u64,
+    /// Of those, what one decode step reads: all but the embedding table
+    /// (one row of it is read), its share of the file taken as its share
+    /// of the parameters. A tied embedding is the head too and counts.
+    pub weights_read_per_token: u64,
     pub load_s: f64,
     /// The first request after load (kernel compilation and caches warm).
     pub warmup_s: f64,
@@ -89,8 +93,11 @@ pub struct BenchReport {
     pub ttft_ms: f64,
     pub decode_tokens: u32,
     pub decode: Vec<DecodeReport>,
-    /// weights_bytes × tokens/s at concurrency 1 ÷ bandwidth (GPU only).
+    /// The figure: weights_bytes × tokens/s at concurrency 1 ÷
+    /// bandwidth (GPU only).
     pub roofline_share_c1: Option<f64>,
+    /// The stricter one: weights_read_per_token in place of weights_bytes.
+    pub roofline_share_c1_read: Option<f64>,
     /// The GPU's memory in use at its peak during the run (all processes).
     pub peak_device_mib: Option<u64>,
     /// Of which this model: the peak minus what was in use before loading.
@@ -132,6 +139,23 @@ impl MemorySampler {
         }
         self.least_free.load(Ordering::Relaxed)
     }
+}
+
+/// The bytes of `weights` a decode step reads: all but an untied
+/// embedding table's share (by parameter count).
+fn weights_read_per_token(spec: &sharenet_engine::ModelSpec, weights: u64) -> u64 {
+    if spec.tie_word_embeddings {
+        return weights;
+    }
+    let (h, i) = (spec.hidden_size as f64, spec.intermediate_size as f64);
+    let (qd, kvd) = (
+        (spec.num_heads * spec.head_dim) as f64,
+        (spec.num_kv_heads * spec.head_dim) as f64,
+    );
+    let layer = 2.0 * h * qd + 2.0 * h * kvd + 3.0 * h * i;
+    let embed = spec.vocab_size as f64 * h;
+    let params = 2.0 * embed + spec.num_layers as f64 * layer;
+    (weights as f64 * (1.0 - embed / params.max(1.0))) as u64
 }
 
 /// Exactly `n` prompt tokens of plain text.
@@ -383,6 +407,7 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let least_free = sampler.map(MemorySampler::least_free);
     let weights = crate::load::weights_bytes(&opts.path);
+    let read_per_token = weights_read_per_token(model.spec(), weights);
     let spec = model.spec();
     let mib = |b: u64| b / (1 << 20);
     Ok(BenchReport {
@@ -390,6 +415,10 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         device: format!("{:?}", opts.device),
         roofline_share_c1: match (&gpu, c1) {
             (Some((_, _, bw)), Some(rate)) => Some(weights as f64 * rate / *bw as f64),
+            _ => None,
+        },
+        roofline_share_c1_read: match (&gpu, c1) {
+            (Some((_, _, bw)), Some(rate)) => Some(read_per_token as f64 * rate / *bw as f64),
             _ => None,
         },
         peak_device_mib: match (&gpu, least_free) {
@@ -417,6 +446,7 @@ pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         hidden_size: spec.hidden_size,
         vocab_size: spec.vocab_size,
         weights_bytes: weights,
+        weights_read_per_token: read_per_token,
         load_s,
         warmup_s,
         prompt_tokens: opts.prompt_tokens,
@@ -463,5 +493,6 @@ mod tests {
         assert!(a.pass && a.worst_abs_logprob_delta == 0.0, "{a:?}");
         assert_eq!(a.steps, 32);
         assert!(report.weights_bytes > 0);
+        assert!(report.weights_read_per_token < report.weights_bytes);
     }
 }
