@@ -105,7 +105,8 @@ pub struct BenchReport {
     pub agreement: Option<AgreementReport>,
 }
 
-/// Samples a GPU's free memory every 20 ms until dropped; keeps the least.
+/// Samples a GPU's free memory every 20 ms until read or dropped; keeps
+/// the least.
 struct MemorySampler {
     stop: Arc<AtomicBool>,
     least_free: Arc<AtomicU64>,
@@ -133,29 +134,33 @@ impl MemorySampler {
     }
 
     fn least_free(mut self) -> u64 {
+        self.stop_thread();
+        self.least_free.load(Ordering::Relaxed)
+    }
+
+    fn stop_thread(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.least_free.load(Ordering::Relaxed)
+    }
+}
+
+/// A run that fails part-way stops its sampler too.
+impl Drop for MemorySampler {
+    fn drop(&mut self) {
+        self.stop_thread();
     }
 }
 
 /// The bytes of `weights` a decode step reads: all but an untied
-/// embedding table's share (by parameter count).
+/// embedding table's share (by parameter count; a tied one is the head).
 fn weights_read_per_token(spec: &sharenet_engine::ModelSpec, weights: u64) -> u64 {
     if spec.tie_word_embeddings {
         return weights;
     }
-    let (h, i) = (spec.hidden_size as f64, spec.intermediate_size as f64);
-    let (qd, kvd) = (
-        (spec.num_heads * spec.head_dim) as f64,
-        (spec.num_kv_heads * spec.head_dim) as f64,
-    );
-    let layer = 2.0 * h * qd + 2.0 * h * kvd + 3.0 * h * i;
-    let embed = spec.vocab_size as f64 * h;
-    let params = 2.0 * embed + spec.num_layers as f64 * layer;
-    (weights as f64 * (1.0 - embed / params.max(1.0))) as u64
+    let embed = spec.embedding_parameters() as f64 / spec.parameters().max(1) as f64;
+    (weights as f64 * (1.0 - embed)) as u64
 }
 
 /// Exactly `n` prompt tokens of plain text.
@@ -301,12 +306,8 @@ fn agreement(device: &TextModel, path: &Path) -> anyhow::Result<AgreementReport>
 
 /// Loads the model and measures it (blocking; minutes for big models).
 pub fn bench_model(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    let ordinal = match opts.device {
-        DeviceChoice::Cuda(n) => Some(n),
-        _ => None,
-    };
     let device = crate::load::device_for(opts.device)?;
-    let gpu = match ordinal.filter(|_| !device.is_cpu()) {
+    let gpu = match crate::load::gpu_ordinal(opts.device, &device) {
         Some(n) => {
             let mem = crate::gpu::memory(n).map_err(anyhow::Error::msg)?;
             let bw = crate::gpu::bandwidth(n).map_err(anyhow::Error::msg)?;

@@ -63,15 +63,27 @@ pub struct DeviceMemory {
     pub total: u64,
 }
 
-/// Name, free and total memory of GPU `ordinal` (its primary context, the
-/// one candle uses, so asking costs no extra device memory).
-pub fn memory(ordinal: usize) -> Result<DeviceMemory, String> {
+/// Runs `query` on GPU `ordinal`'s primary context (the one candle uses,
+/// so asking costs no extra device memory); no driver, a driver error or a
+/// panic inside the driver are all an error.
+fn query<T>(
+    ordinal: usize,
+    query: impl FnOnce(&cudarc::driver::CudaContext) -> Result<T, String>,
+) -> Result<T, String> {
     if !driver_present() {
         return Err("the NVIDIA driver library (libcuda) is not installed".into());
     }
-    let query = || -> Result<DeviceMemory, String> {
+    let run = std::panic::AssertUnwindSafe(|| {
         let ctx = cudarc::driver::CudaContext::new(ordinal)
             .map_err(|e| format!("open GPU {ordinal}: {e}"))?;
+        query(&ctx)
+    });
+    std::panic::catch_unwind(run).unwrap_or_else(|_| Err("the NVIDIA driver panicked".into()))
+}
+
+/// Name, free and total memory of GPU `ordinal`.
+pub fn memory(ordinal: usize) -> Result<DeviceMemory, String> {
+    query(ordinal, |ctx| {
         let name = ctx.name().map_err(|e| format!("GPU {ordinal} name: {e}"))?;
         let (free, total) = ctx
             .mem_get_info()
@@ -81,8 +93,7 @@ pub fn memory(ordinal: usize) -> Result<DeviceMemory, String> {
             free: free as u64,
             total: total as u64,
         })
-    };
-    std::panic::catch_unwind(query).unwrap_or_else(|_| Err("the NVIDIA driver panicked".into()))
+    })
 }
 
 /// Peak memory bandwidth of GPU `ordinal` in bytes per second, from its
@@ -90,12 +101,7 @@ pub fn memory(ordinal: usize) -> Result<DeviceMemory, String> {
 /// for an H100 SXM.
 pub fn bandwidth(ordinal: usize) -> Result<u64, String> {
     use cudarc::driver::sys::CUdevice_attribute as A;
-    if !driver_present() {
-        return Err("the NVIDIA driver library (libcuda) is not installed".into());
-    }
-    let query = || -> Result<u64, String> {
-        let ctx = cudarc::driver::CudaContext::new(ordinal)
-            .map_err(|e| format!("open GPU {ordinal}: {e}"))?;
+    query(ordinal, |ctx| {
         let khz = ctx
             .attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
             .map_err(|e| format!("GPU {ordinal} memory clock: {e}"))?;
@@ -108,8 +114,7 @@ pub fn bandwidth(ordinal: usize) -> Result<u64, String> {
             ));
         }
         Ok(khz as u64 * 1000 * 2 * bits as u64 / 8)
-    };
-    std::panic::catch_unwind(query).unwrap_or_else(|_| Err("the NVIDIA driver panicked".into()))
+    })
 }
 
 /// Working space a model needs on a GPU beyond its weights and KV cache

@@ -45,6 +45,15 @@ pub fn device_for(choice: DeviceChoice) -> anyhow::Result<candle_core::Device> {
     }
 }
 
+/// The GPU a model on `device` uses: its `cuda:N`, or GPU 0 for `auto`
+/// (none on the CPU).
+pub fn gpu_ordinal(choice: DeviceChoice, device: &candle_core::Device) -> Option<usize> {
+    (!device.is_cpu()).then_some(match choice {
+        DeviceChoice::Cuda(n) => n,
+        _ => 0,
+    })
+}
+
 /// Opens CUDA device `n` through candle. cudarc loads cuBLAS, cuRAND and
 /// NVRTC here and panics if one is missing; that becomes an error saying
 /// what to install.
@@ -104,19 +113,15 @@ pub fn load(m: &ModelConfig) -> anyhow::Result<LoadReport> {
     // On a GPU: weights, KV pool and working space must fit before loading
     // starts (the pool is allocated at load).
     let is_text = !(path.is_dir() && Embedder::is_embedding_model(&path));
-    let gpu = match &device {
-        candle_core::Device::Cuda(_) => {
-            let ordinal = match m.device {
-                DeviceChoice::Cuda(n) => n,
-                _ => 0,
-            };
+    let gpu = match gpu_ordinal(m.device, &device) {
+        Some(ordinal) => {
             let mem = crate::gpu::memory(ordinal).map_err(anyhow::Error::msg)?;
             let kv = if is_text { m.kv_cache_bytes as u64 } else { 0 };
             crate::gpu::check_fits(&m.id, ordinal, &mem, weights_bytes(&path), kv)
                 .map_err(anyhow::Error::msg)?;
             Some((ordinal, mem))
         }
-        _ => None,
+        None => None,
     };
     let pb = bar(&m.id);
     let mut progress = |p: Progress| match p {

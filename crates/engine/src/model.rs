@@ -465,10 +465,6 @@ impl TextModel {
         self.transformer.dtype()
     }
 
-    pub fn device(&self) -> &Device {
-        self.transformer.device()
-    }
-
     pub(crate) fn eos(&self) -> &[u32] {
         &self.eos
     }

@@ -73,6 +73,27 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// Parameters of the matrices and embeddings (norms and biases left
+    /// out: a rounding error): the embedding, each layer's attention and
+    /// MLP, and the output head unless it is the embedding (tied).
+    pub fn parameters(&self) -> u64 {
+        let (h, i) = (self.hidden_size as u64, self.intermediate_size as u64);
+        let qd = (self.num_heads * self.head_dim) as u64;
+        let kvd = (self.num_kv_heads * self.head_dim) as u64;
+        let layer = 2 * h * qd + 2 * h * kvd + 3 * h * i;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.embedding_parameters()
+        };
+        self.embedding_parameters() + head + self.num_layers as u64 * layer
+    }
+
+    /// Parameters of the embedding table (vocabulary × hidden size).
+    pub fn embedding_parameters(&self) -> u64 {
+        (self.vocab_size * self.hidden_size) as u64
+    }
+
     fn check(self, path: &Path) -> Result<Self, EngineError> {
         let bad = |reason: String| EngineError::Parse {
             path: path.display().to_string(),

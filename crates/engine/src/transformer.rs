@@ -1,9 +1,9 @@
 //! One forward pass for the llama family (Llama 2/3.x, Mistral, Qwen2),
-//! written for serving: each sequence owns its KV cache, a prompt is
+//! written for serving: each sequence has its own KV cache, a prompt is
 //! prefilled on its own, and the decode steps of many sequences run as one
 //! batch (their projections and MLPs are single matrix products over the
-//! batch; attention runs per sequence against its own cache). Sequences
-//! join and leave between steps, which is what continuous batching needs.
+//! batch; attention reads each sequence's own cache). Sequences join and
+//! leave between steps, which is what continuous batching needs.
 //!
 //! Weights come either dense from safetensors or quantized from GGUF; both
 //! end up as [`QMatMul`], so the forward pass is the same code.
@@ -293,8 +293,7 @@ pub enum Placement {
 /// state is in [`SeqCache`].
 pub(crate) struct Transformer {
     spec: ModelSpec,
-    placement: Placement,
-    /// The device KV cache (device placement only).
+    /// The device KV cache: present exactly in the device placement.
     pool: Option<KvPool>,
     /// The activations' (and a device KV cache's) dtype.
     dtype: DType,
@@ -590,7 +589,6 @@ impl Transformer {
         };
         Ok(Self {
             device,
-            placement,
             pool,
             dtype,
             spec,
@@ -608,21 +606,20 @@ impl Transformer {
     }
 
     pub(crate) fn placement(&self) -> Placement {
-        self.placement
+        match self.pool {
+            None => Placement::Host,
+            Some(_) => Placement::Device,
+        }
     }
 
     pub(crate) fn dtype(&self) -> DType {
         self.dtype
     }
 
-    pub(crate) fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// Bytes of KV cache one token takes, where the cache lives.
     pub(crate) fn kv_bytes_per_token(&self) -> usize {
         let s = &self.spec;
-        let elem = match self.placement {
+        let elem = match self.placement() {
             Placement::Host => 4,
             Placement::Device => self.dtype.size_in_bytes(),
         };
@@ -632,7 +629,7 @@ impl Transformer {
     /// Bytes of KV cache `tokens` tokens hold, as allocated: whole blocks
     /// in the device pool.
     pub(crate) fn kv_bytes_for_tokens(&self, tokens: usize) -> usize {
-        let tokens = match self.placement {
+        let tokens = match self.placement() {
             Placement::Host => tokens,
             Placement::Device => tokens.div_ceil(KV_BLOCK) * KV_BLOCK,
         };
@@ -647,14 +644,13 @@ impl Transformer {
     }
 
     /// A fresh cache with room for `capacity` tokens (it grows if needed).
-    /// A device cache takes its memory at the sequence's first token.
+    /// A device cache takes pool blocks as its tokens arrive.
     pub(crate) fn new_cache(&self, capacity: usize) -> SeqCache {
-        let layers = self.spec.num_layers;
-        let kv = match self.placement {
-            Placement::Host => {
+        let kv = match &self.pool {
+            None => {
                 let per_layer = capacity.max(1) * self.spec.num_kv_heads * self.spec.head_dim;
                 Kv::Host(
-                    (0..layers)
+                    (0..self.spec.num_layers)
                         .map(|_| LayerKv {
                             k: Vec::with_capacity(per_layer),
                             v: Vec::with_capacity(per_layer),
@@ -662,19 +658,10 @@ impl Transformer {
                         .collect(),
                 )
             }
-            Placement::Device => Kv::Device(match &self.pool {
-                Some(pool) => BlockTable {
-                    blocks: Vec::with_capacity(capacity.div_ceil(KV_BLOCK)),
-                    free: pool.free.clone(),
-                    pool_blocks: pool.blocks,
-                },
-                // Not reached: the device placement always has a pool. An
-                // empty one refuses the first token with an error.
-                None => BlockTable {
-                    blocks: Vec::new(),
-                    free: Default::default(),
-                    pool_blocks: 0,
-                },
+            Some(pool) => Kv::Device(BlockTable {
+                blocks: Vec::with_capacity(capacity.div_ceil(KV_BLOCK)),
+                free: pool.free.clone(),
+                pool_blocks: pool.blocks,
             }),
         };
         SeqCache { kv, pos: 0 }
@@ -736,6 +723,25 @@ impl Transformer {
         Tensor::from_vec(mask, (rep * n, total), &self.device).map(Some)
     }
 
+    /// softmax(q·kᵀ/√hd + mask)·v for `q` [b, kv_heads, rows, hd] against
+    /// `k`, `v` [b, kv_heads, total, hd]: scores and softmax in f32, the
+    /// rest in the activations' dtype. `mask` broadcasts over the scores.
+    fn scores_times_values(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let scale = 1.0 / (self.spec.head_dim as f64).sqrt();
+        let mut att = (matmul_view(q, &k.t()?)?.to_dtype(DType::F32)? * scale)?;
+        if let Some(mask) = mask {
+            att = att.broadcast_add(mask)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
+        matmul_view(&att, v)
+    }
+
     /// Attention of `q` ([1, heads, n, hd]) against a cache (`k`, `v`:
     /// [1, kv_heads, total, hd]) under `mask` (from [`Self::mask`]);
     /// returns [n, heads*hd]. Scores and softmax in f32.
@@ -750,13 +756,7 @@ impl Transformer {
         let s = &self.spec;
         let rep = s.num_heads / s.num_kv_heads;
         let q = q.reshape((1, s.num_kv_heads, rep * n, s.head_dim))?;
-        let scale = 1.0 / (s.head_dim as f64).sqrt();
-        let mut att = (matmul_view(&q, &k.t()?)?.to_dtype(DType::F32)? * scale)?;
-        if let Some(mask) = mask {
-            att = att.broadcast_add(mask)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
-        let out = matmul_view(&att, v)?; // [1, kvh, rep*n, hd]
+        let out = self.scores_times_values(&q, k, v, mask)?; // [1, kvh, rep*n, hd]
         out.reshape((1, s.num_heads, n, s.head_dim))?
             .transpose(1, 2)?
             .reshape((n, s.num_heads * s.head_dim))
@@ -926,9 +926,8 @@ impl Transformer {
                     (from_cache(&kv.k)?, from_cache(&kv.v)?)
                 }
                 Kv::Device(_) => {
-                    let (pool, rows) = match (&self.pool, &rows) {
-                        (Some(pool), Some(rows)) => (pool, rows),
-                        _ => candle_core::bail!("a device cache without a pool"),
+                    let (Some(pool), Some(rows)) = (&self.pool, &rows) else {
+                        candle_core::bail!("a device cache on a host model");
                     };
                     // Token-major rows in, the sequence's rows out.
                     let k_rows = k.transpose(1, 2)?.reshape((n, kvd))?;
@@ -955,9 +954,10 @@ impl Transformer {
     /// One decode step for a batch of sequences: `tokens[i]` is the newest
     /// token of the sequence owning `caches[i]`. Returns logits [batch, vocab].
     ///
-    /// The projections and MLPs run once for the whole batch; attention
-    /// runs per sequence against its own cache (on the host in a
-    /// vectorized loop, on a device as tensor operations there).
+    /// The projections and MLPs run once for the whole batch. Attention on
+    /// the host runs per sequence in a vectorized loop over its cache; on a
+    /// device it runs for the whole batch at once, each cache gathered from
+    /// the pool and padded to the longest.
     pub(crate) fn decode(
         &self,
         tokens: &[u32],
@@ -971,8 +971,8 @@ impl Transformer {
         for c in caches.iter() {
             self.check_room(c, 1)?;
             let matches = matches!(
-                (&c.kv, self.placement),
-                (Kv::Host(_), Placement::Host) | (Kv::Device(_), Placement::Device)
+                (&c.kv, &self.pool),
+                (Kv::Host(_), None) | (Kv::Device(_), Some(_))
             );
             if !matches {
                 candle_core::bail!("a cache made for another placement");
@@ -985,12 +985,11 @@ impl Transformer {
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // [b, h]
-        // A sliding window may hide early positions; the same for every layer.
         let (qd, kvd) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim);
-        // What every layer of a device step shares.
-        let batch = match self.placement {
-            Placement::Host => None,
-            Placement::Device => Some(self.decode_batch(caches)?),
+        // What every layer of a device step shares (rows, gather, mask).
+        let device = match &self.pool {
+            None => None,
+            Some(pool) => Some((pool, self.decode_batch(caches)?)),
         };
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms(&x, &layer.attn_norm)?;
@@ -998,8 +997,8 @@ impl Transformer {
             // [b, heads*hd] is already [b, heads, 1, hd] in memory.
             let q = self.rope(&q.reshape((b, s.num_heads, 1, s.head_dim))?, &cos, &sin)?;
             let k = self.rope(&k.reshape((b, s.num_kv_heads, 1, s.head_dim))?, &cos, &sin)?;
-            let out = match self.placement {
-                Placement::Host => {
+            let out = match &device {
+                None => {
                     let q = q.flatten_all()?.to_vec1::<f32>()?;
                     let k = k.flatten_all()?.to_vec1::<f32>()?;
                     let v = v.flatten_all()?.to_vec1::<f32>()?;
@@ -1021,11 +1020,7 @@ impl Transformer {
                     }
                     Tensor::from_vec(out, (b, qd), &self.device)?
                 }
-                Placement::Device => {
-                    let (pool, batch) = match (&self.pool, &batch) {
-                        (Some(pool), Some(batch)) => (pool, batch),
-                        _ => candle_core::bail!("a device model without a pool"),
-                    };
+                Some((pool, batch)) => {
                     // One scatter writes the batch's new keys and values,
                     // one gather reads every sequence's cache padded to the
                     // longest ([b, kv_heads, longest, hd]); the mask hides
@@ -1040,11 +1035,8 @@ impl Transformer {
                     let (kb, vb) = (gather(&pool.k[l])?, gather(&pool.v[l])?);
                     let rep = s.num_heads / s.num_kv_heads;
                     let q = q.reshape((b, s.num_kv_heads, rep, s.head_dim))?;
-                    let scale = 1.0 / (s.head_dim as f64).sqrt();
-                    let att = (matmul_view(&q, &kb.t()?)?.to_dtype(DType::F32)? * scale)?;
-                    let att = att.broadcast_add(&batch.mask)?;
-                    let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(vb.dtype())?;
-                    matmul_view(&att, &vb)?.reshape((b, qd))?
+                    self.scores_times_values(&q, &kb, &vb, Some(&batch.mask))?
+                        .reshape((b, qd))?
                 }
             };
             x = (x + product(&layer.o, &out)?)?;

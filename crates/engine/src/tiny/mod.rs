@@ -339,17 +339,7 @@ pub fn write_tiny_model_as(
     shape: TinyConfig,
     dtype: DType,
 ) -> Result<(), EngineError> {
-    let torch_dtype = match dtype {
-        DType::F32 => "float32",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        other => {
-            return Err(EngineError::Unsupported(format!(
-                "safetensors weights in {other:?} (f32, f16 or bf16)"
-            )));
-        }
-    };
-    write_folder_meta(dir, &shape, torch_dtype)?;
+    write_folder_meta(dir, &shape, torch_dtype(dtype)?)?;
     let tensors = tensors(seed, &shape)?
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
@@ -357,6 +347,18 @@ pub fn write_tiny_model_as(
     let weights = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &weights).map_err(|e| write_err(&weights, e))?;
     Ok(())
+}
+
+/// `config.json`'s `torch_dtype` for weights stored as `dtype`.
+fn torch_dtype(dtype: DType) -> Result<&'static str, EngineError> {
+    match dtype {
+        DType::F32 => Ok("float32"),
+        DType::F16 => Ok("float16"),
+        DType::BF16 => Ok("bfloat16"),
+        other => Err(EngineError::Unsupported(format!(
+            "safetensors weights in {other:?} (f32, f16 or bf16)"
+        ))),
+    }
 }
 
 /// `config.json`, `tokenizer.json` (padded to the shape's vocabulary) and

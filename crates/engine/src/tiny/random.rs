@@ -68,74 +68,7 @@ fn specs(shape: &TinyConfig) -> Vec<Spec> {
     out
 }
 
-/// Bytes one value (or one 32-value block, for the quantized types) takes.
-fn block(format: RandomFormat, rank: usize) -> Result<(usize, usize), EngineError> {
-    let unsupported = |what: String| Err(EngineError::Unsupported(what));
-    Ok(match format {
-        RandomFormat::Safetensors(d) => match d {
-            DType::F32 | DType::F16 | DType::BF16 => (1, d.size_in_bytes()),
-            other => return unsupported(format!("random safetensors in {other:?}")),
-        },
-        // Norms and biases stay f32 in a GGUF, as llama.cpp writes them.
-        RandomFormat::Gguf(_) if rank < 2 => (1, 4),
-        RandomFormat::Gguf(g) => match g {
-            GgmlDType::F32 => (1, 4),
-            GgmlDType::F16 => (1, 2),
-            GgmlDType::Q4_0 => (32, 18),
-            GgmlDType::Q8_0 => (32, 34),
-            other => return unsupported(format!("random GGUF matrices in {other:?}")),
-        },
-    })
-}
-
-/// A tensor's block size and bytes per block, if `format` can hold it.
-fn check(spec: &Spec, format: RandomFormat) -> Result<(usize, usize), EngineError> {
-    let (per_block, block_bytes) = block(format, spec.shape.len())?;
-    let cols = *spec.shape.last().unwrap_or(&1);
-    if !cols.is_multiple_of(per_block) {
-        return Err(EngineError::Unsupported(format!(
-            "{}: rows of {cols} values do not split into blocks of {per_block}",
-            spec.name
-        )));
-    }
-    Ok((per_block, block_bytes))
-}
-
-/// The bytes of tensor `index` (`values` of them, uniform in ±`scale`),
-/// generated in parallel chunks, each from its own seeded generator, so the
-/// result depends on the seed alone.
-fn fill(
-    seed: u64,
-    index: usize,
-    spec: &Spec,
-    format: RandomFormat,
-) -> Result<Vec<u8>, EngineError> {
-    let values: usize = spec.shape.iter().product();
-    let cols = *spec.shape.last().unwrap_or(&1);
-    let (per_block, block_bytes) = check(spec, format)?;
-    let scale = 1.0 / (cols as f32).sqrt();
-    let blocks = values / per_block;
-    let mut out = vec![0u8; blocks * block_bytes];
-    const CHUNK_BLOCKS: usize = 1 << 16;
-    let kind = match format {
-        RandomFormat::Safetensors(d) => Kind::Dense(d),
-        RandomFormat::Gguf(_) if spec.shape.len() < 2 => Kind::Dense(DType::F32),
-        RandomFormat::Gguf(GgmlDType::F16) => Kind::Dense(DType::F16),
-        RandomFormat::Gguf(GgmlDType::Q4_0) => Kind::Q4_0,
-        RandomFormat::Gguf(GgmlDType::Q8_0) => Kind::Q8_0,
-        RandomFormat::Gguf(_) => Kind::Dense(DType::F32),
-    };
-    let ones = spec.ones;
-    out.par_chunks_mut(CHUNK_BLOCKS * block_bytes)
-        .enumerate()
-        .for_each(|(chunk, bytes)| {
-            let stream = seed ^ ((index as u64) << 40) ^ chunk as u64;
-            let mut rng = rand::rngs::StdRng::seed_from_u64(stream);
-            kind.fill(bytes, &mut rng, scale, ones);
-        });
-    Ok(out)
-}
-
+/// How a tensor's values are laid out in the file.
 #[derive(Clone, Copy)]
 enum Kind {
     Dense(DType),
@@ -144,6 +77,47 @@ enum Kind {
 }
 
 impl Kind {
+    /// The layout `format` gives a tensor of `rank` dimensions: norms and
+    /// biases stay f32 in a GGUF, as llama.cpp writes them.
+    fn of(format: RandomFormat, rank: usize) -> Result<Self, EngineError> {
+        let unsupported = |what: String| Err(EngineError::Unsupported(what));
+        Ok(match format {
+            RandomFormat::Safetensors(d @ (DType::F32 | DType::F16 | DType::BF16)) => {
+                Kind::Dense(d)
+            }
+            RandomFormat::Safetensors(other) => {
+                return unsupported(format!("random safetensors in {other:?}"));
+            }
+            RandomFormat::Gguf(_) if rank < 2 => Kind::Dense(DType::F32),
+            RandomFormat::Gguf(GgmlDType::F32) => Kind::Dense(DType::F32),
+            RandomFormat::Gguf(GgmlDType::F16) => Kind::Dense(DType::F16),
+            RandomFormat::Gguf(GgmlDType::Q4_0) => Kind::Q4_0,
+            RandomFormat::Gguf(GgmlDType::Q8_0) => Kind::Q8_0,
+            RandomFormat::Gguf(other) => {
+                return unsupported(format!("random GGUF matrices in {other:?}"));
+            }
+        })
+    }
+
+    /// Values per block and bytes per block.
+    fn block(self) -> (usize, usize) {
+        match self {
+            Kind::Dense(d) => (1, d.size_in_bytes()),
+            Kind::Q4_0 => (32, 18),
+            Kind::Q8_0 => (32, 34),
+        }
+    }
+
+    /// The GGUF type of this layout.
+    fn ggml(self) -> GgmlDType {
+        match self {
+            Kind::Dense(DType::F16) => GgmlDType::F16,
+            Kind::Dense(_) => GgmlDType::F32,
+            Kind::Q4_0 => GgmlDType::Q4_0,
+            Kind::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
     fn fill(self, bytes: &mut [u8], rng: &mut impl Rng, scale: f32, ones: bool) {
         match self {
             Kind::Dense(d) => {
@@ -185,6 +159,47 @@ impl Kind {
     }
 }
 
+/// A tensor's layout under `format`, and its size in bytes, if `format`
+/// can hold it.
+fn check(spec: &Spec, format: RandomFormat) -> Result<(Kind, usize), EngineError> {
+    let kind = Kind::of(format, spec.shape.len())?;
+    let (per_block, block_bytes) = kind.block();
+    let cols = *spec.shape.last().unwrap_or(&1);
+    if !cols.is_multiple_of(per_block) {
+        return Err(EngineError::Unsupported(format!(
+            "{}: rows of {cols} values do not split into blocks of {per_block}",
+            spec.name
+        )));
+    }
+    let values: usize = spec.shape.iter().product();
+    Ok((kind, values / per_block * block_bytes))
+}
+
+/// The bytes of tensor `index` (uniform in ±1/√columns), generated in
+/// parallel chunks, each from its own seeded generator, so the result
+/// depends on the seed alone.
+fn fill(
+    seed: u64,
+    index: usize,
+    spec: &Spec,
+    format: RandomFormat,
+) -> Result<Vec<u8>, EngineError> {
+    let (kind, len) = check(spec, format)?;
+    let cols = *spec.shape.last().unwrap_or(&1);
+    let scale = 1.0 / (cols as f32).sqrt();
+    let mut out = vec![0u8; len];
+    const CHUNK_BLOCKS: usize = 1 << 16;
+    let ones = spec.ones;
+    out.par_chunks_mut(CHUNK_BLOCKS * kind.block().1)
+        .enumerate()
+        .for_each(|(chunk, bytes)| {
+            let stream = seed ^ ((index as u64) << 40) ^ chunk as u64;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(stream);
+            kind.fill(bytes, &mut rng, scale, ones);
+        });
+    Ok(out)
+}
+
 /// A tensor the safetensors writer pulls its bytes from when it reaches
 /// it, so only one tensor is in memory at a time.
 struct Lazy<'a> {
@@ -224,12 +239,11 @@ pub fn write_random_model(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(), EngineError> {
     let specs = specs(&shape);
+    // Every tensor is checked here, before anything is written, so
+    // generation inside the safetensors writer cannot fail.
     let total: u64 = specs
         .iter()
-        .map(|s| {
-            let (per, bytes) = check(s, format)?;
-            Ok((s.shape.iter().product::<usize>() / per * bytes) as u64)
-        })
+        .map(|s| Ok(check(s, format)?.1 as u64))
         .sum::<Result<u64, EngineError>>()?;
     let done = std::sync::atomic::AtomicU64::new(0);
     let advance = |n: usize| {
@@ -238,27 +252,13 @@ pub fn write_random_model(
     };
     match format {
         RandomFormat::Safetensors(dtype) => {
-            let torch = match dtype {
-                DType::F32 => "float32",
-                DType::F16 => "float16",
-                DType::BF16 => "bfloat16",
-                other => {
-                    return Err(EngineError::Unsupported(format!(
-                        "random safetensors in {other:?}"
-                    )));
-                }
-            };
+            let torch = super::torch_dtype(dtype)?;
             let st_dtype = match dtype {
                 DType::F16 => safetensors::Dtype::F16,
                 DType::BF16 => safetensors::Dtype::BF16,
                 _ => safetensors::Dtype::F32,
             };
             write_folder_meta(path, &shape, torch)?;
-            // Checked before writing, so generation inside the writer
-            // cannot fail.
-            for s in &specs {
-                check(s, format)?;
-            }
             let lazies: Vec<(String, Lazy)> = specs
                 .iter()
                 .enumerate()
@@ -266,8 +266,8 @@ pub fn write_random_model(
                     let len = s.shape.iter().product::<usize>() * dtype.size_in_bytes();
                     let advance = &advance;
                     let make = move || {
-                        // Checked above; an empty tensor (a short file the
-                        // writer refuses) rather than a panic.
+                        // Checked above (`total`); an empty tensor (a short
+                        // file the writer refuses) rather than a panic.
                         let bytes = fill(seed, i, s, format).unwrap_or_default();
                         advance(bytes.len());
                         bytes
@@ -294,7 +294,7 @@ pub fn write_random_model(
             }
             Ok(())
         }
-        RandomFormat::Gguf(dtype) => {
+        RandomFormat::Gguf(_) => {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
             }
@@ -302,11 +302,7 @@ pub fn write_random_model(
             for (i, s) in specs.iter().enumerate() {
                 let bytes = fill(seed, i, s, format)?;
                 advance(bytes.len());
-                let ggml = if s.shape.len() < 2 {
-                    GgmlDType::F32
-                } else {
-                    dtype
-                };
+                let ggml = Kind::of(format, s.shape.len())?.ggml();
                 let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, ggml)?;
                 tensors.push((gguf_name(&s.name), QTensor::new(storage, s.shape.clone())?));
             }
@@ -355,6 +351,9 @@ mod tests {
             assert!(last.into_inner() > 0, "{format:?}: no progress");
             let model = TextModel::load(&path).unwrap();
             assert_eq!(model.spec().vocab_size, 1_000, "{format:?}");
+            // The loaded spec counts the same matrices (norms aside).
+            let norms = 2 * 2 * 64 + 64; // two per layer, one at the end
+            assert_eq!(model.spec().parameters() + norms, small().parameters());
             assert_eq!(model.spec().num_layers, 2);
             let mut tokens = 0;
             let params = sharenet_proto::SamplingParams {
