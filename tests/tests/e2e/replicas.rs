@@ -516,7 +516,21 @@ async fn assert_books_hold(
     acknowledged: &HashMap<String, u64>,
 ) -> HashMap<String, u64> {
     let books = d.books().await;
-    let all = books.changes(0).await.unwrap();
+    // `changes` returns what committed below the oldest running
+    // transaction's id; a replica's transaction still open (a follow, a
+    // sweep) holds back later commits for a moment. Read until every
+    // acknowledged job is there (or 10 s, and the assertions below say
+    // which is missing).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let all = loop {
+        let all = books.changes(0).await.unwrap();
+        let ids: std::collections::HashSet<String> =
+            all.entries.iter().map(|e| e.job_id().to_hex()).collect();
+        if acknowledged.keys().all(|id| ids.contains(id)) || std::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let booked: HashMap<String, u64> = all
         .entries
         .iter()
