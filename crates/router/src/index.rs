@@ -18,7 +18,7 @@
 //! then new rows go into the last block.
 
 use crate::breaker::Admit;
-use crate::route::Facts;
+use crate::facts::Facts;
 
 /// Rows per block (one `u64` of probation bits).
 pub(crate) const BLOCK: usize = 64;
