@@ -450,7 +450,111 @@ impl Filters {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
+    use crate::candidate::{Observed, Offer};
+    use crate::facts::Candidate;
+    use crate::request::{Preferences, PrivatePool};
+
+    /// `passes` (what the walks ask) and `first_failure` (what names the
+    /// culprit, in `Filter` order) are built from the same predicates: a
+    /// row fails one exactly when it fails the other.
+    #[test]
+    fn passes_is_no_first_failure() {
+        let mut rng = StdRng::seed_from_u64(25);
+        let pick = |rng: &mut StdRng, xs: &[&str]| -> Option<String> {
+            let i = rng.random_range(0..=xs.len());
+            xs.get(i).map(|x| x.to_string())
+        };
+        for _ in 0..200 {
+            let offers: Vec<Offer> = (0..12u8)
+                .map(|n| Offer {
+                    node: [n; 32],
+                    price_in: rng.random_range(0..300),
+                    price_out: rng.random_range(0..300),
+                    context_length: rng.random_range(0..9000),
+                    weights_sha256: rng.random_bool(0.7).then_some([7; 32]),
+                    quantization: pick(&mut rng, &["Q8_0", "q4k"]),
+                    region: pick(&mut rng, &["eu", "US"]),
+                    max_concurrency: rng.random_range(0..4),
+                    queue_depth: rng.random_range(0..6),
+                    advertised_tokens_per_sec: None,
+                    relayed: false,
+                    gpus: 0,
+                    capabilities: rng.random_range(0..8),
+                    license: pick(&mut rng, &["mit", "apache-2.0"]),
+                })
+                .collect();
+            let observed: Vec<Observed> = offers
+                .iter()
+                .map(|_| Observed {
+                    in_flight: rng.random_range(0..6),
+                    ..Observed::default()
+                })
+                .collect();
+            let admits = [Admit::Yes, Admit::No, Admit::Probe];
+            let candidates: Vec<Candidate<'_>> = offers
+                .iter()
+                .zip(&observed)
+                .map(|(offer, observed)| Candidate {
+                    offer,
+                    observed,
+                    trust: rng.random_range(0.0..1.0),
+                    probation: rng.random_bool(0.3),
+                    breaker: admits[rng.random_range(0..admits.len())],
+                })
+                .collect();
+            let some_keys = |rng: &mut StdRng| -> Vec<NodeKey> {
+                (0..12u8)
+                    .filter(|_| rng.random_bool(0.3))
+                    .map(|n| [n; 32])
+                    .collect()
+            };
+            let prefs = Preferences {
+                order: some_keys(&mut rng),
+                only: if rng.random_bool(0.3) {
+                    some_keys(&mut rng)
+                } else {
+                    Vec::new()
+                },
+                ignore: some_keys(&mut rng),
+                allow_fallbacks: rng.random_bool(0.5),
+                max_price_in: rng.random_bool(0.3).then(|| rng.random_range(0..300)),
+                max_price_out: rng.random_bool(0.3).then(|| rng.random_range(0..300)),
+                min_trust: rng.random_bool(0.3).then(|| rng.random_range(0.0..1.0)),
+                region: pick(&mut rng, &["EU"]),
+                quantizations: pick(&mut rng, &["q8_0"]).into_iter().collect(),
+                weights_sha256: rng.random_bool(0.3).then_some([7; 32]),
+                capabilities: rng.random_range(0..4),
+                licenses: pick(&mut rng, &["MIT"]).into_iter().collect(),
+                private_pool: rng.random_bool(0.3).then(|| PrivatePool {
+                    nodes: some_keys(&mut rng),
+                    sensitive: rng.random_bool(0.5),
+                    spill_to_public: rng.random_bool(0.5),
+                }),
+                ..Preferences::default()
+            };
+            let req = Request {
+                input_tokens: rng.random_range(0..4000),
+                max_output_tokens: rng.random_range(0..4000),
+                prefs,
+            };
+            let filters = Filters::new(&req, &RouteParams::default());
+            let src: &[Candidate<'_>] = &candidates;
+            let labels = src.labels(&req.prefs);
+            for i in 0..src.len() {
+                let f = src.facts(i);
+                assert_eq!(
+                    filters.passes(src, i, &f, &labels),
+                    filters.first_failure(src, i, &labels).is_none(),
+                    "row {i} of {req:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn all_lists_every_filter_once_in_declaration_order() {
