@@ -72,7 +72,7 @@ impl Filter {
     ];
 
     /// This filter's position in [`Filter::ALL`].
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 

@@ -124,12 +124,11 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// The blocks that may hold a survivor, with their bounds.
-    fn feasible(&self) -> Vec<(usize, Bounds)> {
+    fn feasible(&self) -> impl Iterator<Item = (usize, Bounds)> + '_ {
         self.bounds
             .iter()
             .enumerate()
             .filter_map(|(b, x)| x.map(|x| (b, x)))
-            .collect()
     }
 
     /// Reads block `b` unless it was read; whether it was read now.
@@ -149,8 +148,9 @@ impl Walk<'_> {
 
     /// Blocks with rows outside the bounds argument: always read.
     fn read_exotic(&mut self) {
-        for (b, _) in self.feasible() {
-            if self.ix.blocks.get(b).is_some_and(|s| s.exotic) {
+        for b in 0..self.bounds.len() {
+            let feasible = self.bounds.get(b).is_some_and(Option::is_some);
+            if feasible && self.ix.blocks.get(b).is_some_and(|s| s.exotic) {
                 self.read(b);
             }
         }
@@ -160,7 +160,6 @@ impl Walk<'_> {
     fn walk_price(&mut self) {
         let mut heap: BinaryHeap<Reverse<(u64, usize)>> = self
             .feasible()
-            .into_iter()
             .map(|(b, x)| Reverse((x.price, b)))
             .collect();
         while let Some(Reverse((lb, b))) = heap.pop() {
@@ -175,7 +174,6 @@ impl Walk<'_> {
     fn walk_time(&mut self) {
         let mut heap: BinaryHeap<Reverse<(u64, usize)>> = self
             .feasible()
-            .into_iter()
             .map(|(b, x)| Reverse((order_bits(x.time), b)))
             .collect();
         while let Some(Reverse((_, b))) = heap.pop() {
@@ -197,7 +195,6 @@ impl Walk<'_> {
     fn walk_best(&mut self, ranking: &mut Ranking) {
         let mut heap: BinaryHeap<Reverse<(u64, usize)>> = self
             .feasible()
-            .into_iter()
             .filter(|&(b, _)| self.unread(b))
             .map(|(b, x)| Reverse((order_bits(x.quick(ranking)), b)))
             .collect();
