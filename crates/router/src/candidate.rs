@@ -9,6 +9,11 @@
 use serde::{Deserialize, Serialize};
 use sharenet_proto::{Advert, ModelOffer};
 
+/// The capability bit of an offer whose node states it keeps no prompts
+/// (OpenRouter's `data_collection: "deny"` asks for it). Above the model
+/// capabilities' bits (`sharenet_proto::Capabilities`).
+pub const NO_PROMPT_RETENTION: u32 = 1 << 16;
+
 /// A node's ed25519 public key, the identity everything is keyed by (and the
 /// final tie-breaker of every ranking, so orders are total).
 pub type NodeKey = [u8; 32];
@@ -43,7 +48,7 @@ pub struct Offer {
     pub gpus: u32,
     /// What the model can do beyond text
     /// (`sharenet_proto::Capabilities::bits`), and
-    /// [`crate::NO_PROMPT_RETENTION`] when the node keeps no prompts.
+    /// [`NO_PROMPT_RETENTION`] when the node keeps no prompts.
     #[serde(default)]
     pub capabilities: u32,
     /// The model's license as the node states it (e.g. `apache-2.0`);
@@ -74,7 +79,7 @@ impl Offer {
                 | if advert.keeps_prompts {
                     0
                 } else {
-                    crate::NO_PROMPT_RETENTION
+                    NO_PROMPT_RETENTION
                 },
             license: non_empty(&model.license),
         }

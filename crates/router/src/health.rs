@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Breaker, BreakerParams};
 use crate::candidate::{Observed, Offer};
-use crate::route::Candidate;
+use crate::facts::Candidate;
 use crate::trust::{Trust, TrustParams};
 
 /// Per-node routing state: measurements, trust evidence, breaker.

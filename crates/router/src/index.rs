@@ -18,7 +18,7 @@
 //! then new rows go into the last block.
 
 use crate::breaker::Admit;
-use crate::route::Facts;
+use crate::facts::Facts;
 
 /// Rows per block (one `u64` of probation bits).
 pub(crate) const BLOCK: usize = 64;
@@ -103,7 +103,7 @@ impl Summary {
         if f.trust > self.max_trust {
             self.max_trust = f.trust;
         }
-        // The same "known" tests as `Ctx::predict`.
+        // The same "known" tests as `Predictor::predict`.
         let inv = if f.inv_tps > 0.0 {
             Some(f.inv_tps)
         } else if f.inv_advertised_tps > 0.0 {

@@ -60,19 +60,23 @@
 
 pub mod breaker;
 pub mod candidate;
+mod candidate_table;
+mod facts;
+mod filter;
 pub mod health;
 mod index;
+mod indexed;
+mod rank;
+mod request;
 pub mod route;
+mod scan;
 pub mod table;
+mod topk;
 pub mod trust;
 
 pub use breaker::{Admit, Breaker, BreakerParams, BreakerState};
 
-/// The capability bit of an offer whose node states it keeps no prompts
-/// (OpenRouter's `data_collection: "deny"` asks for it). Above the model
-/// capabilities' bits (`sharenet_proto::Capabilities`).
-pub const NO_PROMPT_RETENTION: u32 = 1 << 16;
-pub use candidate::{NodeKey, Observed, Offer};
+pub use candidate::{NO_PROMPT_RETENTION, NodeKey, Observed, Offer};
 pub use health::NodeHealth;
 pub use route::{
     Candidate as RouteCandidate, Filter, NoCandidate, Preferences, PrivatePool, Request,
