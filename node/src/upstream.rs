@@ -22,11 +22,16 @@
 //! not streamed, with `max_tokens = 1` (cheap where the server caches the
 //! prompt, as llama.cpp and vLLM do).
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
+use serde::Serialize;
 use serde_json::{Value, json};
+use sharenet_api::openai::{
+    Content, FunctionCall, InMessage, OutToolCall, ResponseFormat, StreamOptions, Tool, ToolChoice,
+};
 use sharenet_proto::{
-    ChatMessage, FinishReason, JobErrorCode, JobInput, JobRequest, ResponseFormat, ToolCall,
-    ToolChoice, Tools, Usage,
+    ChatMessage, FinishReason, JobErrorCode, JobInput, JobRequest, ToolCall, Tools, Usage,
 };
 use tokio::sync::mpsc;
 
@@ -88,67 +93,62 @@ impl Upstream {
         })
     }
 
+    /// The URL and body for `job`. The body is sent as a JSON value built
+    /// from [`UpstreamRequest`] (the probe edits it).
     fn body(&self, job: &JobRequest) -> Result<(String, Value), String> {
         let p = &job.params;
-        let mut body = json!({
-            "model": self.config.model,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-            "max_tokens": p.max_tokens,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-        });
-        let extra = [
-            ("seed", p.seed.map(|s| json!(s))),
-            ("stop", (!p.stop.is_empty()).then(|| json!(p.stop))),
-            ("top_k", (p.top_k > 0).then(|| json!(p.top_k))),
-            ("min_p", (p.min_p > 0.0).then(|| json!(p.min_p))),
-            (
-                "repeat_penalty",
-                (p.repetition_penalty != 1.0).then(|| json!(p.repetition_penalty)),
-            ),
-            (
-                "presence_penalty",
-                (p.presence_penalty != 0.0).then(|| json!(p.presence_penalty)),
-            ),
-            (
-                "frequency_penalty",
-                (p.frequency_penalty != 0.0).then(|| json!(p.frequency_penalty)),
-            ),
-            (
-                "logit_bias",
-                (!p.logit_bias.is_empty()).then(|| {
-                    let map: serde_json::Map<String, Value> = p
-                        .logit_bias
-                        .iter()
-                        .map(|(id, b)| (id.to_string(), json!(b)))
-                        .collect();
-                    Value::Object(map)
-                }),
-            ),
-        ];
-        for (k, v) in extra {
-            if let Some(v) = v {
-                body[k] = v;
+        let (tools, tool_choice, parallel_tool_calls) = match &job.tools {
+            Some(t) => {
+                let (tools, choice, parallel) = tools_fields(t);
+                (Some(tools), Some(choice), parallel)
             }
-        }
-        if let Some(t) = &job.tools {
-            tools_body(&mut body, t);
-        }
-        if let Some(f) = &job.response_format {
-            body["response_format"] = response_format_body(f);
-        }
-        match &job.input {
+            None => (None, None, None),
+        };
+        let mut request = UpstreamRequest {
+            model: &self.config.model,
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            seed: p.seed,
+            stop: (!p.stop.is_empty()).then_some(p.stop.as_slice()),
+            top_k: (p.top_k > 0).then_some(p.top_k),
+            min_p: (p.min_p > 0.0).then_some(p.min_p),
+            repeat_penalty: (p.repetition_penalty != 1.0).then_some(p.repetition_penalty),
+            presence_penalty: (p.presence_penalty != 0.0).then_some(p.presence_penalty),
+            frequency_penalty: (p.frequency_penalty != 0.0).then_some(p.frequency_penalty),
+            logit_bias: (!p.logit_bias.is_empty()).then(|| {
+                p.logit_bias
+                    .iter()
+                    .map(|(id, b)| (id.to_string(), *b))
+                    .collect()
+            }),
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            response_format: job.response_format.as_ref().map(ResponseFormat::from),
+            messages: None,
+            prompt: None,
+        };
+        let url = match &job.input {
             JobInput::Chat { messages } => {
-                body["messages"] = messages.iter().map(openai_message).collect();
-                Ok((format!("{}/chat/completions", self.config.base_url), body))
+                request.messages = Some(messages.iter().map(openai_message).collect());
+                format!("{}/chat/completions", self.config.base_url)
             }
             JobInput::Prompt { prompt } => {
-                body["prompt"] = json!(prompt);
-                Ok((format!("{}/completions", self.config.base_url), body))
+                request.prompt = Some(prompt.as_str());
+                format!("{}/completions", self.config.base_url)
             }
-            JobInput::Embed { .. } => Err("this model is served upstream for text only".into()),
-        }
+            JobInput::Embed { .. } => {
+                return Err("this model is served upstream for text only".into());
+            }
+        };
+        let body = serde_json::to_value(&request)
+            .map_err(|e| format!("the upstream request cannot be written: {e}"))?;
+        Ok((url, body))
     }
 
     async fn post(
@@ -380,66 +380,84 @@ impl Upstream {
     }
 }
 
+/// The body of an upstream request: OpenAI's chat or completions
+/// request, with the sampling knobs vLLM and llama.cpp take (`top_k`,
+/// `min_p`, llama.cpp's `repeat_penalty`); a knob at its neutral value is
+/// left out.
+#[derive(Serialize)]
+struct UpstreamRequest<'a> {
+    model: &'a str,
+    stream: bool,
+    stream_options: StreamOptions,
+    max_tokens: u32,
+    temperature: f64,
+    top_p: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeat_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    /// `{"token id": bias}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logit_bias: Option<BTreeMap<String, f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Tool>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoice>,
+    /// Only ever `false` (parallel calls are the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormat>,
+    /// Chat jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<InMessage>>,
+    /// Prompt jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+}
+
 /// A chat message in OpenAI's shape: an assistant turn's calls as
 /// `tool_calls[].function` with string arguments, a tool result with its
 /// `tool_call_id`.
-fn openai_message(m: &ChatMessage) -> Value {
-    let mut v = json!({"role": m.role, "content": m.content});
-    if !m.tool_calls.is_empty() {
-        v["tool_calls"] = m
-            .tool_calls
-            .iter()
-            .map(|c| {
-                json!({"id": c.id, "type": "function",
-                       "function": {"name": c.name, "arguments": c.arguments}})
-            })
-            .collect();
-    }
-    if let Some(id) = &m.tool_call_id {
-        v["tool_call_id"] = json!(id);
-    }
-    v
-}
-
-fn tools_body(body: &mut Value, t: &Tools) {
-    body["tools"] = t
-        .specs
-        .iter()
-        .map(|s| {
-            let mut f = json!({"name": s.name});
-            if !s.description.is_empty() {
-                f["description"] = json!(s.description);
-            }
-            if !s.parameters.is_null() {
-                f["parameters"] = s.parameters.clone();
-            }
-            if s.strict {
-                f["strict"] = json!(true);
-            }
-            json!({"type": "function", "function": f})
-        })
-        .collect();
-    body["tool_choice"] = match &t.choice {
-        ToolChoice::Auto => json!("auto"),
-        ToolChoice::None => json!("none"),
-        ToolChoice::Required => json!("required"),
-        ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
-    };
-    if !t.parallel {
-        body["parallel_tool_calls"] = json!(false);
+fn openai_message(m: &ChatMessage) -> InMessage {
+    InMessage {
+        role: m.role.clone(),
+        content: Some(Content::Text(m.content.clone())),
+        tool_calls: (!m.tool_calls.is_empty()).then(|| {
+            m.tool_calls
+                .iter()
+                .map(|c| OutToolCall {
+                    id: c.id.clone(),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: c.name.clone(),
+                        arguments: c.arguments.clone(),
+                    },
+                })
+                .collect()
+        }),
+        tool_call_id: m.tool_call_id.clone(),
+        name: None,
     }
 }
 
-fn response_format_body(f: &ResponseFormat) -> Value {
-    match f {
-        ResponseFormat::JsonObject => json!({"type": "json_object"}),
-        ResponseFormat::JsonSchema {
-            name,
-            schema,
-            strict,
-        } => json!({"type": "json_schema",
-                    "json_schema": {"name": name, "schema": schema, "strict": strict}}),
-    }
+/// `tools`, `tool_choice` and `parallel_tool_calls` (only when `false`).
+fn tools_fields(t: &Tools) -> (Vec<Tool>, ToolChoice, Option<bool>) {
+    (
+        t.specs.iter().map(Tool::from).collect(),
+        ToolChoice::from(&t.choice),
+        (!t.parallel).then_some(false),
+    )
 }
 
 /// Most tool calls one upstream reply may make.
@@ -542,6 +560,31 @@ mod tests {
         assert!(a.add(&[json!({"index": 100_000})]).is_err());
     }
 
+    fn upstream() -> Upstream {
+        Upstream::new(UpstreamConfig {
+            base_url: "http://up/v1".into(),
+            model: "served".into(),
+            api_key: None,
+            context_length: 4096,
+            timeout: std::time::Duration::from_secs(1),
+            capabilities: Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn job(input: JobInput) -> JobRequest {
+        JobRequest {
+            job_id: sharenet_proto::JobId([1; 16]),
+            coordinator: [2; 32],
+            model: "m".into(),
+            input,
+            params: sharenet_proto::SamplingParams::default(),
+            tools: None,
+            response_format: None,
+            traceparent: None,
+        }
+    }
+
     #[test]
     fn messages_and_tools_go_out_in_openai_shapes() {
         let mut m = ChatMessage::new("assistant", "");
@@ -550,28 +593,103 @@ mod tests {
             name: "f".into(),
             arguments: "{}".into(),
         });
-        let v = openai_message(&m);
-        assert_eq!(v["tool_calls"][0]["function"]["arguments"], "{}");
-        assert_eq!(v["tool_calls"][0]["type"], "function");
-        let mut body = json!({});
-        tools_body(
-            &mut body,
-            &Tools {
-                specs: vec![sharenet_proto::ToolSpec {
+        let mut result = ChatMessage::new("tool", "sunny");
+        result.tool_call_id = Some("call_1".into());
+        let mut j = job(JobInput::Chat {
+            messages: vec![ChatMessage::new("user", "hi"), m, result],
+        });
+        j.params.seed = Some(7);
+        j.params.stop = vec!["END".into()];
+        j.params.top_k = 5;
+        j.params.min_p = 0.5;
+        j.params.repetition_penalty = 1.25;
+        j.params.presence_penalty = 0.5;
+        j.params.frequency_penalty = -0.5;
+        j.params.logit_bias = vec![(7, 2.5), (50, -100.0)];
+        j.tools = Some(Tools {
+            specs: vec![
+                sharenet_proto::ToolSpec {
                     name: "f".into(),
                     description: String::new(),
                     parameters: Value::Null,
                     strict: false,
-                }],
-                choice: ToolChoice::Function("f".into()),
-                parallel: false,
-            },
-        );
-        assert_eq!(body["tool_choice"]["function"]["name"], "f");
-        assert_eq!(body["parallel_tool_calls"], false);
+                },
+                sharenet_proto::ToolSpec {
+                    name: "g".into(),
+                    description: "gets".into(),
+                    parameters: json!({"type": "object"}),
+                    strict: true,
+                },
+            ],
+            choice: sharenet_proto::ToolChoice::Function("f".into()),
+            parallel: false,
+        });
+        j.response_format = Some(sharenet_proto::ResponseFormat::JsonSchema {
+            name: "w".into(),
+            schema: json!({"type": "object"}),
+            strict: false,
+        });
+        let (url, body) = upstream().body(&j).unwrap();
+        assert_eq!(url, "http://up/v1/chat/completions");
+        // What the node sent when it wrote the body by hand.
+        let expected = json!({
+            "model": "served", "stream": true, "stream_options": {"include_usage": true},
+            "max_tokens": j.params.max_tokens, "temperature": 1.0, "top_p": 1.0,
+            "seed": 7, "stop": ["END"], "top_k": 5, "min_p": 0.5, "repeat_penalty": 1.25,
+            "presence_penalty": 0.5, "frequency_penalty": -0.5,
+            "logit_bias": {"7": 2.5, "50": -100.0},
+            "tools": [
+                {"type": "function", "function": {"name": "f"}},
+                {"type": "function", "function": {"name": "g", "description": "gets",
+                    "parameters": {"type": "object"}, "strict": true}}
+            ],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema",
+                "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": false}},
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+            ]
+        });
+        assert_eq!(body, expected);
+
+        // A prompt job with the defaults: only what is set, and the choice
+        // and formats in their string and object shapes.
+        let mut j = job(JobInput::Prompt {
+            prompt: "Once".into(),
+        });
+        j.response_format = Some(sharenet_proto::ResponseFormat::JsonObject);
+        let (url, body) = upstream().body(&j).unwrap();
+        assert_eq!(url, "http://up/v1/completions");
         assert_eq!(
-            response_format_body(&ResponseFormat::JsonObject),
-            json!({"type": "json_object"})
+            body,
+            json!({"model": "served", "stream": true, "stream_options": {"include_usage": true},
+                "max_tokens": j.params.max_tokens, "temperature": 1.0, "top_p": 1.0,
+                "response_format": {"type": "json_object"}, "prompt": "Once"})
+        );
+        for (choice, wire) in [
+            (sharenet_proto::ToolChoice::Auto, json!("auto")),
+            (sharenet_proto::ToolChoice::None, json!("none")),
+            (sharenet_proto::ToolChoice::Required, json!("required")),
+        ] {
+            let t = Tools {
+                specs: Vec::new(),
+                choice,
+                parallel: true,
+            };
+            let (_, c, parallel) = tools_fields(&t);
+            assert_eq!(serde_json::to_value(c).unwrap(), wire);
+            assert_eq!(parallel, None);
+        }
+        assert!(
+            upstream()
+                .body(&job(JobInput::Embed {
+                    inputs: vec!["x".into()]
+                }))
+                .is_err()
         );
     }
 }

@@ -1,22 +1,21 @@
 //! Builder requests into core jobs: OpenAI's chat, completions and
 //! embeddings bodies (`sharenet_api::openai`), validated strictly, with
 //! every refusal a 400 naming the parameter; and OpenRouter's `provider`
-//! object and `models` fallback list.
-//!
-//! Differences from OpenRouter, because sharenet's providers are nodes and
-//! money is integers: `order` / `only` / `ignore` name nodes by their
-//! ed25519 public key in hex (as receipts show them); `max_price` is in
-//! nano-USD per token (`{"prompt": 200, "completion": 400}` = $0.20 / $0.40
-//! per million tokens), integers only.
+//! object (`sharenet_api::provider`, which says how it differs from
+//! OpenRouter's) and `models` fallback list. `tools`, `tool_choice`,
+//! `response_format` and `provider` read themselves
+//! (`sharenet_api::field::Checked`); their refusals become 400s here.
 
 use serde_json::Value;
+use sharenet_api::field::{Checked, FieldError};
 use sharenet_api::openai::{
     ChatCompletionRequest, CompletionRequest, Content, DataCollection, EmbeddingRequest,
-    ExtraSampling, InMessage, Prompt, ProviderPreferences, SortKey as WireSort, Stop,
+    ExtraSampling, InMessage, Prompt, ProviderPreferences, ResponseFormat as WireFormat,
+    SortKey as WireSort, Stop, Tool, ToolChoice as WireChoice,
 };
 use sharenet_proto::{
     ChatMessage, JobInput, MAX_JOB_TOKENS, ResponseFormat, SamplingParams, ToolCall, ToolChoice,
-    ToolSpec, Tools,
+    Tools,
 };
 
 use crate::core::error::Error;
@@ -288,6 +287,11 @@ pub(super) fn param_error(message: impl Into<String>, param: &str) -> Error {
     Error::bad_request(message, Some(param))
 }
 
+/// A field that refused itself (`sharenet_api::field`), as the same 400.
+fn field_error(e: FieldError) -> Error {
+    param_error(e.message, &e.param)
+}
+
 /// OpenAI chat messages → the node's messages: `developer` is `system`,
 /// content parts must be text, an assistant turn may carry `tool_calls`,
 /// and a `tool` message must name the call it answers.
@@ -377,102 +381,30 @@ fn chat_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, Error> {
 /// `tools` and `tool_choice` → the job's tools; every mistake is a 400
 /// naming the field.
 fn parse_tools(
-    tools: Option<&Value>,
-    choice: Option<&Value>,
+    tools: Option<&Checked<Vec<Tool>>>,
+    choice: Option<&Checked<WireChoice>>,
     parallel: Option<bool>,
 ) -> Result<Option<Tools>, Error> {
-    let specs = match tools.filter(|t| !t.is_null()) {
-        None => {
-            if choice.is_some_and(|c| !c.is_null() && c != "none" && c != "auto") {
-                return Err(param_error(
-                    "tool_choice needs tools to choose from",
-                    "tool_choice",
-                ));
-            }
-            return Ok(None);
+    let Some(tools) = tools else {
+        if choice.is_some_and(|c| !matches!(c, Checked::Valid(WireChoice::None | WireChoice::Auto)))
+        {
+            return Err(param_error(
+                "tool_choice needs tools to choose from",
+                "tool_choice",
+            ));
         }
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(param_error("tools must be an array", "tools")),
+        return Ok(None);
     };
+    let specs = tools.get().map_err(field_error)?;
     if specs.is_empty() {
         return Ok(None);
     }
-    let mut out = Vec::with_capacity(specs.len());
-    for (i, t) in specs.iter().enumerate() {
-        let at = |f: &str| format!("tools[{i}]{f}");
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(param_error(
-                "only tools of type \"function\" are supported",
-                &at(".type"),
-            ));
-        }
-        let Some(f) = t.get("function").filter(|f| f.is_object()) else {
-            return Err(param_error(
-                "a function tool needs `function`",
-                &at(".function"),
-            ));
-        };
-        let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-        if !sharenet_proto::valid_tool_name(name) {
-            return Err(param_error(
-                format!(
-                    "{name:?}: a function name is 1-{} of a-z, A-Z, 0-9, _ and -",
-                    sharenet_proto::MAX_TOOL_NAME
-                ),
-                &at(".function.name"),
-            ));
-        }
-        let parameters = f.get("parameters").cloned().unwrap_or(Value::Null);
-        if !(parameters.is_null() || parameters.is_object()) {
-            return Err(param_error(
-                "parameters must be a JSON schema object",
-                &at(".function.parameters"),
-            ));
-        }
-        out.push(ToolSpec {
-            name: name.to_owned(),
-            description: f
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            parameters,
-            strict: f.get("strict").and_then(Value::as_bool).unwrap_or(false),
-        });
-    }
-    let choice = match choice.filter(|c| !c.is_null()) {
+    let choice = match choice {
         None => ToolChoice::Auto,
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(param_error(
-                    format!(
-                        "{other:?} is not one of \"auto\", \"none\", \"required\" or a named function"
-                    ),
-                    "tool_choice",
-                ));
-            }
-        },
-        Some(v) => match v
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-        {
-            Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => {
-                ToolChoice::Function(name.to_owned())
-            }
-            _ => {
-                return Err(param_error(
-                    "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": …}}",
-                    "tool_choice",
-                ));
-            }
-        },
+        Some(c) => c.get().map_err(field_error)?.into(),
     };
     validated_tools(Tools {
-        specs: out,
+        specs: specs.iter().map(Tool::to_spec).collect(),
         choice,
         parallel: parallel.unwrap_or(true),
     })
@@ -492,45 +424,12 @@ pub(super) fn validated_tools(tools: Tools) -> Result<Option<Tools>, Error> {
 }
 
 /// `response_format` → the job's format (`text` is none).
-fn parse_response_format(v: Option<&Value>) -> Result<Option<ResponseFormat>, Error> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
+fn parse_response_format(v: Option<&Checked<WireFormat>>) -> Result<Option<ResponseFormat>, Error> {
+    let Some(format) = v else {
         return Ok(None);
     };
-    let format = match v.get("type").and_then(Value::as_str) {
-        Some("text") => return Ok(None),
-        Some("json_object") => ResponseFormat::JsonObject,
-        Some("json_schema") => {
-            let Some(js) = v.get("json_schema").filter(|j| j.is_object()) else {
-                return Err(param_error(
-                    "type json_schema needs a `json_schema` object",
-                    "response_format.json_schema",
-                ));
-            };
-            let Some(schema) = js.get("schema").filter(|s| s.is_object() || s.is_boolean()) else {
-                return Err(param_error(
-                    "json_schema needs a `schema` (a JSON schema object)",
-                    "response_format.json_schema.schema",
-                ));
-            };
-            ResponseFormat::JsonSchema {
-                name: js
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("response")
-                    .to_owned(),
-                schema: schema.clone(),
-                strict: js.get("strict").and_then(Value::as_bool).unwrap_or(false),
-            }
-        }
-        other => {
-            return Err(param_error(
-                format!(
-                    "type {:?} is not one of \"text\", \"json_object\", \"json_schema\"",
-                    other.unwrap_or("")
-                ),
-                "response_format.type",
-            ));
-        }
+    let Some(format) = format.get().map_err(field_error)?.to_job() else {
+        return Ok(None);
     };
     format
         .validate()
@@ -594,71 +493,34 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
     Ok((job, shape))
 }
 
-fn nodes(field: &str, ids: &[String]) -> Result<Vec<[u8; 32]>, Error> {
-    ids.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let bytes = hex::decode(s)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok());
-            bytes.ok_or_else(|| {
-                Error::bad_request(
-                    format!("provider.{field}[{i}]: {s:?} is not a node key (64 hex characters)"),
-                    Some(&format!("provider.{field}[{i}]")),
-                )
-            })
-        })
-        .collect()
-}
-
-/// Parses the request's `provider` value (absent: the defaults) strictly:
-/// an unknown field is a 400 naming it.
-pub fn provider_prefs(v: Option<&Value>) -> Result<ProviderPrefs, Error> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
+/// The request's `provider` (absent: the defaults), checked strictly: an
+/// unknown field, a trust floor outside 0..=1 or a malformed key is a 400
+/// naming it.
+pub fn provider_prefs(v: Option<&Checked<ProviderPreferences>>) -> Result<ProviderPrefs, Error> {
+    let Some(v) = v else {
         return Ok(ProviderPrefs::any());
     };
-    let f: ProviderPreferences = serde_json::from_value(v.clone())
-        .map_err(|e| Error::bad_request(format!("provider: {e}"), Some("provider")))?;
-    if let Some(t) = f.min_trust
-        && !(0.0..=1.0).contains(&t)
-    {
-        return Err(Error::bad_request(
-            "provider.min_trust: must be between 0 and 1",
-            Some("provider.min_trust"),
-        ));
-    }
+    let f = v.get().map_err(field_error)?;
+    f.check_min_trust().map_err(field_error)?;
     Ok(ProviderPrefs {
         sort: f.sort.map(|s| match s {
             WireSort::Price => SortKey::Price,
             WireSort::Latency => SortKey::Latency,
             WireSort::Throughput => SortKey::Throughput,
         }),
-        order: nodes("order", &f.order)?,
-        only: nodes("only", &f.only)?,
-        ignore: nodes("ignore", &f.ignore)?,
+        order: f.order_keys().map_err(field_error)?,
+        only: f.only_keys().map_err(field_error)?,
+        ignore: f.ignore_keys().map_err(field_error)?,
         allow_fallbacks: f.allow_fallbacks.unwrap_or(true),
         max_price_in: f.max_price.and_then(|m| m.prompt),
         max_price_out: f.max_price.and_then(|m| m.completion),
         min_trust: f.min_trust,
-        region: f.region,
-        quantizations: f.quantizations,
+        region: f.region.clone(),
+        quantizations: f.quantizations.clone(),
         sensitive: f.sensitive.unwrap_or(false),
         deny_data_collection: f.data_collection == Some(DataCollection::Deny),
-        licenses: f.licenses,
-        weights_sha256: match f.weights_sha256 {
-            None => None,
-            Some(h) => Some(
-                hex::decode(&h)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        Error::bad_request(
-                            format!("provider.weights_sha256: {h:?} is not a SHA-256 (64 hex characters)"),
-                            Some("provider.weights_sha256"),
-                        )
-                    })?,
-            ),
-        },
+        licenses: f.licenses.clone(),
+        weights_sha256: f.weights_hash().map_err(field_error)?,
     })
 }
 
@@ -689,6 +551,10 @@ mod tests {
 
     fn job(body: Value) -> Result<(Job, Shape), Error> {
         chat_job(parse_body(body.to_string().as_bytes())?)
+    }
+
+    fn prefs(v: Value) -> Result<ProviderPrefs, Error> {
+        provider_prefs(Some(&Checked::from_value(v)))
     }
 
     #[test]
@@ -797,10 +663,10 @@ mod tests {
     #[test]
     fn parses_openrouter_shapes_and_names_unknown_fields() {
         let key = "ab".repeat(32);
-        let p = provider_prefs(Some(&json!({
+        let p = prefs(json!({
             "sort": "latency", "order": [key], "allow_fallbacks": false,
             "max_price": {"prompt": 100, "completion": 300}, "min_trust": 0.7, "region": "eu"
-        })))
+        }))
         .unwrap();
         assert_eq!(p.sort, Some(SortKey::Latency));
         assert_eq!(p.order, vec![[0xab; 32]]);
@@ -808,15 +674,15 @@ mod tests {
         assert_eq!(p.max_price_out, Some(300));
         assert!(provider_prefs(None).unwrap().allow_fallbacks);
 
-        let err = provider_prefs(Some(&json!({"sortt": "price"}))).unwrap_err();
+        let err = prefs(json!({"sortt": "price"})).unwrap_err();
         assert!(err.to_string().contains("unknown field `sortt`"), "{err}");
-        let err = provider_prefs(Some(&json!({"only": ["node-1"]}))).unwrap_err();
+        let err = prefs(json!({"only": ["node-1"]})).unwrap_err();
         assert!(
             matches!(err, Error::BadRequest { param: Some(ref p), .. } if p == "provider.only[0]")
         );
-        assert!(provider_prefs(Some(&json!({"sort": "cheapest"}))).is_err());
-        assert!(provider_prefs(Some(&json!({"max_price": {"prompt": 0.5}}))).is_err());
-        assert!(provider_prefs(Some(&json!({"min_trust": 2}))).is_err());
+        assert!(prefs(json!({"sort": "cheapest"})).is_err());
+        assert!(prefs(json!({"max_price": {"prompt": 0.5}})).is_err());
+        assert!(prefs(json!({"min_trust": 2})).is_err());
     }
 
     #[test]
@@ -896,6 +762,30 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn checked_fields_refuse_as_before() {
+        let refusal = |extra: Value| {
+            let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            b.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            job(b).err().map(|e| match e {
+                Error::BadRequest { message, param } => format!("{}: {message}", param.unwrap()),
+                e => panic!("{e:?}"),
+            })
+        };
+        // An empty list ignores tool_choice; no list refuses all but auto and none.
+        assert_eq!(refusal(json!({"tools": [], "tool_choice": "x"})), None);
+        assert_eq!(refusal(json!({"tool_choice": "none", "tools": null})), None);
+        assert_eq!(refusal(json!({"response_format": {"type": "text"}})), None);
+        let needs = "tool_choice: tool_choice needs tools to choose from";
+        assert_eq!(refusal(json!({"tool_choice": "x"})).unwrap(), needs);
+        let array = "tools: tools must be an array";
+        assert_eq!(refusal(json!({"tools": {}})).unwrap(), array);
+        let sortt = refusal(json!({"provider": {"sortt": 1}})).unwrap();
+        assert!(sortt.starts_with("provider: provider: unknown field `sortt`"));
     }
 
     #[test]

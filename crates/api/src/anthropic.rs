@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Cost;
+use crate::field::Checked;
+use crate::provider::ProviderPreferences;
 
 /// `POST /v1/messages`.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,7 +31,7 @@ pub struct MessagesRequest {
     pub tool_choice: Option<Value>,
     pub metadata: Option<Metadata>,
     /// sharenet: OpenRouter-style routing preferences, as on chat.
-    pub provider: Option<Value>,
+    pub provider: Option<Checked<ProviderPreferences>>,
     /// Anything else (`thinking`, `service_tier`, …) is refused by name.
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,

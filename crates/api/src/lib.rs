@@ -7,14 +7,21 @@
 //!
 //! Architecture invariant: serde types only. This crate knows nothing of
 //! HTTP servers, storage or networks (it depends on `serde` and the pure
-//! `proto` and `market` crates), and holds no logic beyond constructors.
+//! `proto` and `market` crates), and holds no logic beyond constructors,
+//! conversions to and from `proto`'s job types, and the reading of the
+//! request fields that check themselves (`field.rs`: `tools`,
+//! `tool_choice`, `response_format`, `provider`), every refusal naming
+//! the field.
 
 pub mod accounts;
 pub mod anthropic;
 pub mod dashboard;
+pub mod field;
 pub mod openai;
+pub mod provider;
 pub mod receipts;
 pub mod statements;
+pub mod tools;
 
 use serde::{Deserialize, Serialize};
 

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Cost;
+use crate::field::Checked;
+pub use crate::provider::{DataCollection, MaxPrice, ProviderPreferences, SortKey};
+pub use crate::tools::{FunctionDef, JsonSchemaFormat, ResponseFormat, Tool, ToolChoice, ToolKind};
 
 // ---- requests ----
 
@@ -33,17 +36,16 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u8>,
-    /// Kept raw so every mistake is a 400 naming the exact field.
-    pub tools: Option<Value>,
-    /// `"auto"`, `"none"`, `"required"` or `{"type": "function",
-    /// "function": {"name": …}}`.
-    pub tool_choice: Option<Value>,
+    /// Read on its own ([`Checked`]), as are `tool_choice`,
+    /// `response_format` and `provider`: every mistake is a 400 naming
+    /// the exact field.
+    pub tools: Option<Checked<Vec<Tool>>>,
+    pub tool_choice: Option<Checked<ToolChoice>>,
     pub parallel_tool_calls: Option<bool>,
-    pub response_format: Option<Value>,
+    pub response_format: Option<Checked<ResponseFormat>>,
     pub logit_bias: Option<Value>,
-    /// OpenRouter-style routing preferences ([`ProviderPreferences`]),
-    /// kept raw so an unknown field is reported with its name.
-    pub provider: Option<Value>,
+    /// OpenRouter-style routing preferences.
+    pub provider: Option<Checked<ProviderPreferences>>,
     /// Models to fall back to, in order, when `model` has no node.
     pub models: Option<Vec<String>>,
     #[serde(flatten)]
@@ -84,7 +86,7 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub suffix: Option<String>,
     pub user: Option<String>,
-    pub provider: Option<Value>,
+    pub provider: Option<Checked<ProviderPreferences>>,
     pub models: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: ExtraSampling,
@@ -108,7 +110,7 @@ pub struct EmbeddingRequest {
     pub encoding_format: Option<String>,
     pub dimensions: Option<u32>,
     pub user: Option<String>,
-    pub provider: Option<Value>,
+    pub provider: Option<Checked<ProviderPreferences>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -192,65 +194,6 @@ pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
-}
-
-/// The `provider` object (OpenRouter's shape). Differences, because
-/// sharenet's providers are nodes and money is integers: `order` / `only`
-/// / `ignore` name nodes by their ed25519 public key in hex (as receipts
-/// show them); `max_price` is in nano-USD per token, integers only.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderPreferences {
-    pub sort: Option<SortKey>,
-    #[serde(default)]
-    pub order: Vec<String>,
-    #[serde(default)]
-    pub only: Vec<String>,
-    #[serde(default)]
-    pub ignore: Vec<String>,
-    pub allow_fallbacks: Option<bool>,
-    pub max_price: Option<MaxPrice>,
-    pub min_trust: Option<f64>,
-    pub region: Option<String>,
-    #[serde(default)]
-    pub quantizations: Vec<String>,
-    /// Only the app's private pool may serve this request.
-    pub sensitive: Option<bool>,
-    /// Only nodes serving exactly these weights (SHA-256, hex).
-    pub weights_sha256: Option<String>,
-    /// `"deny"`: only nodes that state they keep no prompts (OpenRouter's
-    /// meaning); `"allow"` (the default): any.
-    pub data_collection: Option<DataCollection>,
-    /// Only models under one of these licenses (e.g. `["apache-2.0",
-    /// "mit"]`, case-insensitive); a model with no stated license never
-    /// matches.
-    #[serde(default)]
-    pub licenses: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataCollection {
-    Allow,
-    Deny,
-}
-
-/// What to optimise first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SortKey {
-    Price,
-    Latency,
-    Throughput,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaxPrice {
-    /// nano-USD per prompt token.
-    pub prompt: Option<u64>,
-    /// nano-USD per completion token.
-    pub completion: Option<u64>,
 }
 
 // ---- responses ----
