@@ -6,7 +6,11 @@
 //!   and upgrades each to the countersigned copy when it arrives.
 //! - The coordinator's [`Books`]: apps, hashed API keys, top-ups, one
 //!   [`LedgerEntry`] per job (a replayed job id is refused), and settled
-//!   statements (see `books.rs`).
+//!   statements (see `books.rs`), with the types stored inside them
+//!   (`stored.rs`: budgets, rate limits, routing rules, a job's
+//!   [`GenerationFacts`]; no HTTP type).
+//! - The names of the shared books' spend rows, [`SpendKey`] (`spend.rs`):
+//!   encoded and parsed in one place.
 //!
 //! Pricing and settlement themselves are pure functions in
 //! `sharenet-market`; this crate only stores.
@@ -17,13 +21,14 @@
 
 mod books;
 pub mod pg;
+mod spend;
+mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use books::{
-    AppRecord, AppRouting, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, StatementRecord,
-    TopUp,
-};
+pub use books::{AppRecord, Books, KeyRecord, LedgerEntry, StatementRecord, TopUp};
+pub use spend::{SpendKey, SpendScope, SpendWindow};
+pub use stored::{AppRouting, Budgets, CostFacts, GenerationFacts, RateLimits};
 
 use std::path::Path;
 
