@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sharenet_market::{Charge, Margin};
 use sharenet_proto::{CountersignedReceipt, JobId, NanoUsd, PublicKey};
 
-use crate::StoreError;
+use crate::error::StoreError;
 
 use crate::stored::{AppRouting, Budgets, GenerationFacts, RateLimits};
 
@@ -258,7 +258,7 @@ fn split_entry(v: &[u8]) -> (Option<&[u8]>, &[u8]) {
 impl Books {
     /// Opens (or creates) the books in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = crate::open_db(path)?;
+        let db = crate::db::open_db(path)?;
         let entries = db.open_tree("entries")?;
         let by_app = db.open_tree("entries_by_app")?;
         // Books from before the index get it built once.

@@ -45,10 +45,10 @@ use tokio_postgres::NoTls;
 /// A parsed `database_url`.
 pub use tokio_postgres::Config as PgConfig;
 
-use crate::{
-    AppRecord, GenerationFacts, KeyRecord, LedgerEntry, SpendKey, SpendScope, SpendWindow,
-    StatementRecord, StoreError, TopUp,
-};
+use crate::books::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, TopUp};
+use crate::error::StoreError;
+use crate::spend::{SpendKey, SpendScope, SpendWindow};
+use crate::stored::GenerationFacts;
 use sharenet_proto::{JobId, PublicKey};
 
 /// Schema versions, applied in order, each once (under an advisory lock,

@@ -4,7 +4,7 @@
 //!
 //! This is the one place their text form is written and read: the
 //! coordinator names the rows a hold checks and a commit adds to with
-//! [`SpendScope`] and [`SpendWindow`], [`crate::pg`] encodes them into the
+//! [`SpendScope`] and [`SpendWindow`], the shared books (`pg.rs`) encode them into the
 //! `scope` and `win` columns and parses them back, and the SQL migration
 //! that creates the table points here. The strings are stored data: they
 //! must never change.

@@ -1,6 +1,6 @@
 //! The types the books store inside their records, owned here so the
 //! ledger depends on no HTTP type: an app's budgets, rate limits and
-//! routing rules (inside [`crate::AppRecord`] and [`crate::KeyRecord`]),
+//! routing rules (inside `AppRecord` and `KeyRecord`, `books.rs`),
 //! and a booked job's facts for `generation` lookups.
 //!
 //! Their JSON is stored data (sled and PostgreSQL): field names and serde

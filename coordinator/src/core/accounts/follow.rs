@@ -1,7 +1,7 @@
 //! Replica following: on shared books, [`Accounts::follow`] reads what
 //! every replica committed into the local mirror and the in-memory view,
 //! and [`Accounts::run_shared`] runs it every
-//! [`super::FOLLOW_INTERVAL`] beside the hold-release worker and the
+//! [`FOLLOW_INTERVAL`] beside the hold-release worker and the
 //! sweep of expired holds. Both are no-ops on embedded books.
 
 use std::sync::Arc;

@@ -90,7 +90,7 @@ impl Accounts {
     }
 
     /// Revokes a key. On shared books every replica refuses it within
-    /// [`super::FOLLOW_INTERVAL`] (plus the time of its follow query).
+    /// [`super::backend::FOLLOW_INTERVAL`] (plus the time of its follow query).
     pub async fn revoke_key(&self, key_id: &str, now_ms: u64) -> Result<KeyRecord, AccountsError> {
         let not_found = || AccountsError::NotFound(format!("no key {key_id}"));
         let shared_record = match &self.backend {

@@ -158,7 +158,7 @@ pub(super) fn windows(ms: u64) -> [Window; 3] {
     ]
 }
 
-/// What one hold reserved, and where: the part of a [`super::Hold`] the
+/// What one hold reserved, and where: the part of a `Hold` (`hold.rs`) the
 /// books backend reads and settles.
 pub(super) struct Held {
     pub(super) principal: Principal,
