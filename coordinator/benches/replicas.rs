@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sharenet_coordinator::core::accounts::{Accounts, Admission, Principal, SharedOptions};
 use sharenet_ledger::pg::{Booking, PgLedger};
 use sharenet_ledger::testing::TestPostgres;
-use sharenet_ledger::{AppRecord, Books, Budgets, LedgerEntry};
+use sharenet_ledger::{AppRecord, Books, Budgets, LedgerEntry, SpendScope, SpendWindow};
 use sharenet_market::Margin;
 use sharenet_proto::{
     CountersignedReceipt, JobId, PublicKey, Receipt, SignedReceipt, SigningKey, public_key_of,
@@ -128,8 +128,12 @@ async fn pg_commits(url: &str, writers: u32, per: u32, base: u32) -> f64 {
                     pg.commit(Booking {
                         entry: e,
                         hold_id: None,
-                        scopes: vec!["a".into(), "k:key_0123456789ab".into()],
-                        windows: vec!["d0".into(), "m0".into(), "t".into()],
+                        scopes: vec![SpendScope::App, SpendScope::Key("key_0123456789ab".into())],
+                        windows: vec![
+                            SpendWindow::Day(0),
+                            SpendWindow::Month(0),
+                            SpendWindow::Total,
+                        ],
                     })
                     .await
                     .unwrap();

@@ -73,8 +73,60 @@ pub(super) async fn generation(
     }
     match found {
         // Another app's generation is "not found", as its receipts are.
-        Some(g) if g.app_id == principal.app => Ok(Json(serde_json::json!({ "data": g }))),
+        Some(g) if g.app_id == principal.app => {
+            Ok(Json(serde_json::json!({ "data": generation_object(g) })))
+        }
         _ => Err(Error::NotFound(format!("no generation {:?} for this app", q.id)).into()),
+    }
+}
+
+/// The stored facts as the API's `Generation` (the same fields: the
+/// ledger keeps its own type, knowing no HTTP type).
+fn generation_object(g: sharenet_ledger::GenerationFacts) -> sharenet_api::openai::Generation {
+    let sharenet_ledger::GenerationFacts {
+        id,
+        model,
+        provider_name,
+        app_id,
+        created_at_ms,
+        tokens_prompt,
+        tokens_completion,
+        total_cost,
+        cost_details,
+        latency,
+        time_to_first_token,
+        generation_time,
+        finish_reason,
+        cancelled,
+    } = g;
+    let sharenet_ledger::CostFacts {
+        charge_nano_usd,
+        provider_nano_usd,
+        network_fee_nano_usd,
+        margin_nano_usd,
+        unit,
+    } = cost_details;
+    sharenet_api::openai::Generation {
+        id,
+        model,
+        provider_name,
+        app_id,
+        created_at_ms,
+        tokens_prompt,
+        tokens_completion,
+        total_cost,
+        cost_details: sharenet_api::Cost {
+            charge_nano_usd,
+            provider_nano_usd,
+            network_fee_nano_usd,
+            margin_nano_usd,
+            unit,
+        },
+        latency,
+        time_to_first_token,
+        generation_time,
+        finish_reason,
+        cancelled,
     }
 }
 

@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use sharenet_api::List;
 use sharenet_api::accounts::{
-    AppObject, AppRouting, BalanceObject, KeyObject, MarginObject, NewApp, NewKey, SettleRequest,
-    StatementFormat, TopUpRequest,
+    AppObject, AppRouting, BalanceObject, Budgets, KeyObject, MarginObject, NewApp, NewKey,
+    RateLimits, SettleRequest, StatementFormat, TopUpRequest,
 };
 use sharenet_api::statements::StatementObject;
 use sharenet_ledger::{AppRecord, KeyRecord};
@@ -57,11 +57,11 @@ fn app_object(app: &AppRecord, balance: i128) -> AppObject {
             bps: app.margin.percent_bps,
             per_mtok_nano_usd: app.margin.per_mtok,
         },
-        budgets: app.budgets,
-        customer_budgets: app.customer_budgets,
-        key_limits: app.key_limits,
-        customer_limits: app.customer_limits,
-        routing: app.routing.clone(),
+        budgets: budgets_out(app.budgets),
+        customer_budgets: budgets_out(app.customer_budgets),
+        key_limits: limits_out(app.key_limits),
+        customer_limits: limits_out(app.customer_limits),
+        routing: routing_out(&app.routing),
         balance_nano_usd: balance.to_string(),
         created_at_ms: app.created_at_ms,
     }
@@ -72,10 +72,95 @@ fn key_object(k: &KeyRecord) -> KeyObject {
         object: "api_key".into(),
         id: k.id.clone(),
         app: k.app.clone(),
-        budgets: k.budgets,
+        budgets: budgets_out(k.budgets),
         created_at_ms: k.created_at_ms,
         revoked_at_ms: k.revoked_at_ms,
         key: None,
+    }
+}
+
+// The books store their own budget, limit and routing types (the ledger
+// knows no HTTP type); the operator API's are the same shape.
+
+fn budgets_in(b: Budgets) -> sharenet_ledger::Budgets {
+    let Budgets {
+        daily,
+        monthly,
+        total,
+    } = b;
+    sharenet_ledger::Budgets {
+        daily,
+        monthly,
+        total,
+    }
+}
+
+fn budgets_out(b: sharenet_ledger::Budgets) -> Budgets {
+    let sharenet_ledger::Budgets {
+        daily,
+        monthly,
+        total,
+    } = b;
+    Budgets {
+        daily,
+        monthly,
+        total,
+    }
+}
+
+fn limits_in(l: RateLimits) -> sharenet_ledger::RateLimits {
+    let RateLimits {
+        requests_per_minute,
+        tokens_per_minute,
+    } = l;
+    sharenet_ledger::RateLimits {
+        requests_per_minute,
+        tokens_per_minute,
+    }
+}
+
+fn limits_out(l: sharenet_ledger::RateLimits) -> RateLimits {
+    let sharenet_ledger::RateLimits {
+        requests_per_minute,
+        tokens_per_minute,
+    } = l;
+    RateLimits {
+        requests_per_minute,
+        tokens_per_minute,
+    }
+}
+
+fn routing_in(r: AppRouting) -> sharenet_ledger::AppRouting {
+    let AppRouting {
+        private_pool,
+        sensitive,
+        spill_to_public,
+        deny_data_collection,
+        licenses,
+    } = r;
+    sharenet_ledger::AppRouting {
+        private_pool,
+        sensitive,
+        spill_to_public,
+        deny_data_collection,
+        licenses,
+    }
+}
+
+fn routing_out(r: &sharenet_ledger::AppRouting) -> AppRouting {
+    let sharenet_ledger::AppRouting {
+        private_pool,
+        sensitive,
+        spill_to_public,
+        deny_data_collection,
+        licenses,
+    } = r.clone();
+    AppRouting {
+        private_pool,
+        sensitive,
+        spill_to_public,
+        deny_data_collection,
+        licenses,
     }
 }
 
@@ -108,12 +193,12 @@ async fn create_app(
                 percent_bps: n.margin_bps,
                 per_mtok: n.margin_per_mtok,
             },
-            budgets: n.budgets,
-            customer_budgets: n.customer_budgets,
-            key_limits: n.key_limits,
-            customer_limits: n.customer_limits,
+            budgets: budgets_in(n.budgets),
+            customer_budgets: budgets_in(n.customer_budgets),
+            key_limits: limits_in(n.key_limits),
+            customer_limits: limits_in(n.customer_limits),
             created_at_ms: now_ms(),
-            routing: n.routing,
+            routing: routing_in(n.routing),
         })
         .await?;
     Ok(Json(app_object(&app, 0)))
@@ -149,7 +234,7 @@ async fn set_routing(
     body: Bytes,
 ) -> Result<Json<AppObject>, ApiError> {
     let routing: AppRouting = parse_body(&body)?;
-    let record = core.accounts.set_routing(&app, routing).await?;
+    let record = core.accounts.set_routing(&app, routing_in(routing)).await?;
     Ok(Json(app_object(&record, core.accounts.balance(&app))))
 }
 
@@ -159,7 +244,10 @@ async fn create_key(
     body: Bytes,
 ) -> Result<Json<KeyObject>, ApiError> {
     let n: NewKey = optional_body(&body)?;
-    let (plaintext, record) = core.accounts.create_key(&app, n.budgets, now_ms()).await?;
+    let (plaintext, record) = core
+        .accounts
+        .create_key(&app, budgets_in(n.budgets), now_ms())
+        .await?;
     // Shown once: only the hash is kept.
     Ok(Json(KeyObject {
         key: Some(plaintext),

@@ -9,7 +9,8 @@ CREATE TABLE apps (
     -- The AppRecord as JSON (budgets, limits, routing, margin).
     record TEXT NOT NULL,
     -- The sum of the app's top-ups, kept in their transactions. The
-    -- balance is topped_up - charged (the spend row 'a', 't') - live
+    -- balance is topped_up - charged (the spend row SpendKey::APP_TOTAL,
+    -- ('a', 't')) - live
     -- holds, read in one snapshot under this row's lock.
     topped_up BIGINT NOT NULL DEFAULT 0 CHECK (topped_up >= 0),
     xid xid8 NOT NULL DEFAULT pg_current_xact_id()
@@ -62,9 +63,11 @@ CREATE TABLE holds (
 CREATE INDEX holds_app ON holds (app, expires_at_ms);
 
 -- Booked charges per budget scope and window, kept in the commit's
--- transaction: scope is 'a' (the app), 'k:<key id>' or 'c:<end customer>';
--- window is 'd<day number>', 'm<month start ms>' or 't' (all time). The
--- row ('a', 't') is everything the app was charged. Commits lock these
+-- transaction. The (scope, win) text is written and read by one Rust type,
+-- `sharenet_ledger::SpendKey` (crates/ledger/src/spend.rs: the app, a key
+-- or an end customer; a UTC day, a calendar month or all time), whose
+-- tests pin the exact strings. Its `APP_TOTAL` row is everything the app
+-- was charged. Commits lock these
 -- rows, never the app's, so they do not hold up admissions while their
 -- WAL flushes.
 CREATE TABLE spend (

@@ -18,11 +18,9 @@ use serde::{Deserialize, Serialize};
 use sharenet_market::{Charge, Margin};
 use sharenet_proto::{CountersignedReceipt, JobId, NanoUsd, PublicKey};
 
-use crate::StoreError;
+use crate::error::StoreError;
 
-// The budget, rate-limit and routing-rule types are HTTP wire types too
-// (the operator API reads and writes them): one definition, in `sharenet-api`.
-pub use sharenet_api::accounts::{AppRouting, Budgets, RateLimits};
+use crate::stored::{AppRouting, Budgets, GenerationFacts, RateLimits};
 
 /// A builder's app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,7 +206,7 @@ pub struct Books {
     keys: sled::Tree,
     topups: sled::Tree,
     statements: sled::Tree,
-    /// Job id → its [`sharenet_api::openai::Generation`] facts (JSON).
+    /// Job id → its [`GenerationFacts`] (JSON).
     generations: sled::Tree,
     /// Per-app index of `entries` ([`app_index_key`] → nothing).
     by_app: sled::Tree,
@@ -260,7 +258,7 @@ fn split_entry(v: &[u8]) -> (Option<&[u8]>, &[u8]) {
 impl Books {
     /// Opens (or creates) the books in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = crate::open_db(path)?;
+        let db = crate::db::open_db(path)?;
         let entries = db.open_tree("entries")?;
         let by_app = db.open_tree("entries_by_app")?;
         // Books from before the index get it built once.
@@ -635,20 +633,13 @@ impl Books {
     /// Keeps a booked job's facts for `generation` lookups. Not flushed
     /// here: they ride on the next flush of the books (a crash may lose
     /// the last few; the money is in the entries).
-    pub fn put_generation(
-        &self,
-        job: &JobId,
-        g: &sharenet_api::openai::Generation,
-    ) -> Result<(), StoreError> {
+    pub fn put_generation(&self, job: &JobId, g: &GenerationFacts) -> Result<(), StoreError> {
         self.generations.insert(job.0, encode(g)?)?;
         Ok(())
     }
 
     /// A job's facts, if it was booked.
-    pub fn generation(
-        &self,
-        job: &JobId,
-    ) -> Result<Option<sharenet_api::openai::Generation>, StoreError> {
+    pub fn generation(&self, job: &JobId) -> Result<Option<GenerationFacts>, StoreError> {
         self.generations
             .get(job.0)?
             .map(|v| decode(&job.0, &v))

@@ -6,7 +6,11 @@
 //!   and upgrades each to the countersigned copy when it arrives.
 //! - The coordinator's [`Books`]: apps, hashed API keys, top-ups, one
 //!   [`LedgerEntry`] per job (a replayed job id is refused), and settled
-//!   statements (see `books.rs`).
+//!   statements (see `books.rs`), with the types stored inside them
+//!   (`stored.rs`: budgets, rate limits, routing rules, a job's
+//!   [`GenerationFacts`]; no HTTP type).
+//! - The names of the shared books' spend rows, [`SpendKey`] (`spend.rs`):
+//!   encoded and parsed in one place.
 //!
 //! Pricing and settlement themselves are pure functions in
 //! `sharenet-market`; this crate only stores.
@@ -16,35 +20,23 @@
 //! crate touches sled, so another backend can replace it.
 
 mod books;
+mod db;
+mod error;
 pub mod pg;
+mod spend;
+mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use books::{
-    AppRecord, AppRouting, Books, Budgets, KeyRecord, LedgerEntry, RateLimits, StatementRecord,
-    TopUp,
-};
+pub use books::{AppRecord, Books, KeyRecord, LedgerEntry, StatementRecord, TopUp};
+pub use db::BACKGROUND_FLUSH_MS;
+pub use error::StoreError;
+pub use spend::{SpendKey, SpendScope, SpendWindow};
+pub use stored::{AppRouting, Budgets, CostFacts, GenerationFacts, RateLimits};
 
 use std::path::Path;
 
 use sharenet_proto::{CountersignedReceipt, JobId, Receipt, SignedReceipt};
-
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("receipt {0} is already recorded")]
-    Duplicate(JobId),
-    #[error("stored receipt {id} is corrupt: {reason}")]
-    Corrupt { id: String, reason: String },
-    #[error("receipt store: {0}")]
-    Backend(String),
-}
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        Self::Backend(e.to_string())
-    }
-}
 
 /// A receipt as kept in a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,39 +126,10 @@ pub struct SledReceiptStore {
     flushes: std::sync::atomic::AtomicU64,
 }
 
-/// Opens a sled database, waiting up to two seconds for its file lock:
-/// a store closed a moment ago in this process (a restart in place) may
-/// still be releasing it from sled's background flusher. Any other error,
-/// or a lock still held after that (another process has the store), is
-/// returned at once.
-pub(crate) fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let opened = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
-            .open();
-        match opened {
-            Ok(db) => return Ok(db),
-            // sled reports a held lock as an `Other` I/O error whose text
-            // names it.
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(25));
-            }
-            Err(e) => {
-                return Err(StoreError::Backend(format!("open {}: {e}", path.display())));
-            }
-        }
-    }
-}
-
 impl SledReceiptStore {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = open_db(path)?;
+        let db = db::open_db(path)?;
         let receipts = db.open_tree("receipts")?;
         Ok(Self {
             db,
@@ -203,10 +166,6 @@ impl SledReceiptStore {
         self.flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
-
-/// The longest a write made with [`ReceiptStore::upsert_soon`] waits for
-/// a flush (sled's background flusher).
-pub const BACKGROUND_FLUSH_MS: u64 = 500;
 
 impl ReceiptStore for SledReceiptStore {
     fn insert_new(&self, receipt: &StoredReceipt) -> Result<(), StoreError> {

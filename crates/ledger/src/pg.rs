@@ -45,7 +45,10 @@ use tokio_postgres::NoTls;
 /// A parsed `database_url`.
 pub use tokio_postgres::Config as PgConfig;
 
-use crate::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, StoreError, TopUp};
+use crate::books::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, TopUp};
+use crate::error::StoreError;
+use crate::spend::{SpendKey, SpendScope, SpendWindow};
+use crate::stored::GenerationFacts;
 use sharenet_proto::{JobId, PublicKey};
 
 /// Schema versions, applied in order, each once (under an advisory lock,
@@ -122,14 +125,23 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
 pub struct Funds {
     pub topped_up: u64,
     pub charged: u64,
-    /// Live holds of the app: (key id, end customer, amount).
-    pub holds: Vec<(String, Option<String>, u64)>,
-    /// Booked spend per (scope, window) for the scopes and windows asked.
-    pub spent: HashMap<(String, String), u64>,
+    /// Live holds of the app.
+    pub holds: Vec<LiveHold>,
+    /// Booked spend per row, for the scopes and windows asked (and
+    /// [`SpendKey::APP_TOTAL`]).
+    pub spent: HashMap<SpendKey, u64>,
+}
+
+/// One live hold of an app, as an admission's check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveHold {
+    pub key_id: String,
+    pub end_customer: Option<String>,
+    pub amount: u64,
 }
 
 /// A hold to take: who, how much, until when, and which spend rows the
-/// check reads (see the `spend` table for the scope and window names).
+/// check reads (every scope in every window).
 #[derive(Debug, Clone)]
 pub struct HoldRequest<'a> {
     pub app: &'a str,
@@ -138,18 +150,18 @@ pub struct HoldRequest<'a> {
     pub amount: u64,
     pub now_ms: u64,
     pub expires_at_ms: u64,
-    pub scopes: &'a [String],
-    pub windows: &'a [String],
+    pub scopes: &'a [SpendScope],
+    pub windows: &'a [SpendWindow],
 }
 
 /// A booked job for [`PgLedger::commit`]: the entry, the hold it replaces,
-/// and the spend rows its charge goes to.
+/// and the spend rows its charge goes to (every scope in every window).
 #[derive(Debug, Clone)]
 pub struct Booking {
     pub entry: LedgerEntry,
     pub hold_id: Option<i64>,
-    pub scopes: Vec<String>,
-    pub windows: Vec<String>,
+    pub scopes: Vec<SpendScope>,
+    pub windows: Vec<SpendWindow>,
 }
 
 struct Pending {
@@ -159,6 +171,7 @@ struct Pending {
     total: i64,
     json: String,
     hold_id: Option<i64>,
+    /// The spend rows, encoded ([`SpendKey::encode`]).
     spend: Vec<(String, String)>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -378,10 +391,11 @@ impl PgLedger {
         let amount = to_i64(t.amount, "top-up")?;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
+        let (total_scope, total_win) = SpendKey::APP_TOTAL.encode();
         let Some(row) = tx.query_opt(
 &tx.prepare_cached("UPDATE apps SET topped_up = topped_up + $2, xid = pg_current_xact_id() WHERE id = $1 \
-                 RETURNING topped_up, (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = 'a' AND win = 't')").await?,
-                &[&t.app, &amount],
+                 RETURNING topped_up, (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = $3 AND win = $4)").await?,
+                &[&t.app, &amount, &total_scope, &total_win],
             )
             .await?
         else {
@@ -437,6 +451,9 @@ impl PgLedger {
         {
             return Ok(None);
         }
+        let scopes: Vec<String> = req.scopes.iter().map(SpendScope::encode).collect();
+        let windows: Vec<String> = req.windows.iter().map(SpendWindow::encode).collect();
+        let (total_scope, total_win) = SpendKey::APP_TOTAL.encode();
         let row = tx.query_one(
 &tx.prepare_cached("SELECT a.topped_up, h.keys, h.customers, h.amounts, s.scopes, s.wins, s.amounts \
                  FROM apps a, \
@@ -444,9 +461,9 @@ impl PgLedger {
                           array_agg(amount ORDER BY id) AS amounts \
                           FROM holds WHERE app = a.id AND expires_at_ms > $2) h, \
                  LATERAL (SELECT array_agg(scope) AS scopes, array_agg(win) AS wins, array_agg(amount) AS amounts \
-                          FROM spend WHERE app = a.id AND ((scope = ANY($3) AND win = ANY($4)) OR (scope = 'a' AND win = 't'))) s \
+                          FROM spend WHERE app = a.id AND ((scope = ANY($3) AND win = ANY($4)) OR (scope = $5 AND win = $6))) s \
                  WHERE a.id = $1").await?,
-                &[&req.app, &now, &req.scopes, &req.windows],
+                &[&req.app, &now, &scopes, &windows, &total_scope, &total_win],
             )
             .await?;
         let mut funds = Funds {
@@ -458,18 +475,26 @@ impl PgLedger {
             .get::<_, Option<Vec<Option<String>>>>(2)
             .unwrap_or_default();
         let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
-        for ((k, c), a) in keys.into_iter().zip(customers).zip(amounts) {
-            funds.holds.push((k, c, to_u64(a, "hold")?));
+        for ((key_id, end_customer), a) in keys.into_iter().zip(customers).zip(amounts) {
+            funds.holds.push(LiveHold {
+                key_id,
+                end_customer,
+                amount: to_u64(a, "hold")?,
+            });
         }
         let scopes: Vec<String> = row.get::<_, Option<Vec<String>>>(4).unwrap_or_default();
         let wins: Vec<String> = row.get::<_, Option<Vec<String>>>(5).unwrap_or_default();
         let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(6).unwrap_or_default();
         for ((scope, win), a) in scopes.into_iter().zip(wins).zip(amounts) {
             let a = to_u64(a, "spend")?;
-            if scope == "a" && win == "t" {
+            let key = SpendKey::parse(&scope, &win).ok_or_else(|| StoreError::Corrupt {
+                id: format!("{}/{scope}/{win}", req.app),
+                reason: "not a spend row's name".into(),
+            })?;
+            if key == SpendKey::APP_TOTAL {
                 funds.charged = a;
             }
-            funds.spent.insert((scope, win), a);
+            funds.spent.insert(key, a);
         }
         if let Err(e) = check(&funds) {
             return Ok(Some(Err(e)));
@@ -525,15 +550,16 @@ impl PgLedger {
         app: &str,
         now_ms: u64,
     ) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        let (total_scope, total_win) = SpendKey::APP_TOTAL.encode();
         let row = self
             .conn()
             .await?
             .query_opt(
                 "SELECT topped_up, \
-                 (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = 'a' AND win = 't'), \
+                 (SELECT coalesce(max(amount), 0) FROM spend WHERE app = $1 AND scope = $3 AND win = $4), \
                  (SELECT coalesce(sum(amount), 0)::bigint FROM holds WHERE app = $1 AND expires_at_ms > $2) \
                  FROM apps WHERE id = $1",
-                &[&app, &to_i64(now_ms, "time")?],
+                &[&app, &to_i64(now_ms, "time")?, &total_scope, &total_win],
             )
             .await?;
         row.map(|r| {
@@ -569,7 +595,7 @@ impl PgLedger {
         let mut spend = Vec::with_capacity(b.scopes.len() * b.windows.len());
         for s in &b.scopes {
             for w in &b.windows {
-                spend.push((s.clone(), w.clone()));
+                spend.push(SpendKey::new(s.clone(), *w).encode());
             }
         }
         let (done, wait) = oneshot::channel();
@@ -705,21 +731,14 @@ impl PgLedger {
     /// replica; one task writes what is queued in batches, without waiting
     /// for the WAL flush (the money is in the entry). Never waits: with
     /// [`MAX_GROUP`] already queued it refuses, and the facts stay local.
-    pub fn put_generation(
-        &self,
-        job: &JobId,
-        g: &sharenet_api::openai::Generation,
-    ) -> Result<(), StoreError> {
+    pub fn put_generation(&self, job: &JobId, g: &GenerationFacts) -> Result<(), StoreError> {
         self.generations
             .try_send((job.0, encode(g)?))
             .map_err(|e| StoreError::Backend(format!("generation facts not shared: {e}")))
     }
 
     /// A job's facts, whichever replica served it.
-    pub async fn generation(
-        &self,
-        job: &JobId,
-    ) -> Result<Option<sharenet_api::openai::Generation>, StoreError> {
+    pub async fn generation(&self, job: &JobId) -> Result<Option<GenerationFacts>, StoreError> {
         self.conn()
             .await?
             .query_opt(
@@ -1000,8 +1019,8 @@ mod tests {
         Booking {
             entry: entry(id, app, 1_000),
             hold_id,
-            scopes: vec!["a".into()],
-            windows: vec!["t".into()],
+            scopes: vec![SpendScope::App],
+            windows: vec![SpendWindow::Total],
         }
     }
 
@@ -1030,8 +1049,8 @@ mod tests {
             amount: 500,
             now_ms: 10,
             expires_at_ms: 1_000_000,
-            scopes: &["a".into()],
-            windows: &["t".into()],
+            scopes: &[SpendScope::App],
+            windows: &[SpendWindow::Total],
         };
         let hold = b
             .hold(&req, |f| {
@@ -1057,7 +1076,7 @@ mod tests {
         let seen = b
             .hold(&req, |f| {
                 assert_eq!(f.charged, total);
-                assert_eq!(f.spent.get(&("a".into(), "t".into())), Some(&total));
+                assert_eq!(f.spent.get(&SpendKey::APP_TOTAL), Some(&total));
                 Err::<(), _>("refused")
             })
             .await

@@ -315,8 +315,8 @@ impl ActiveJob {
     ) {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let latency = self.sent_at.elapsed();
-        let cost = sharenet_api::Cost::from(charge);
-        let g = sharenet_api::openai::Generation {
+        let cost = sharenet_ledger::CostFacts::from(charge);
+        let g = sharenet_ledger::GenerationFacts {
             id: self.terms.job_id.to_hex(),
             model: self.terms.model.clone(),
             provider_name: self.terms.peer.to_string(),
