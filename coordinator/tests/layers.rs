@@ -26,7 +26,11 @@ fn crate_dir() -> PathBuf {
 
 fn coordinator_graph() -> graph::Graph {
     let g = graph::crate_graph(&graph::read_sources(&crate_dir()));
-    assert!(g.files.len() > 20, "read the coordinator's sources: {:?}", g.files);
+    assert!(
+        g.files.len() > 20,
+        "read the coordinator's sources: {:?}",
+        g.files
+    );
     g
 }
 
@@ -85,8 +89,18 @@ fn core_knows_no_http() {
 fn every_core_module_is_in_the_graph() {
     let g = coordinator_graph();
     let modules = core_modules();
-    for expected in ["accounts", "dashboard", "dispatch", "metrics", "routing", "spotcheck"] {
-        assert!(modules.contains(expected), "read {expected} from src/core: {modules:?}");
+    for expected in [
+        "accounts",
+        "dashboard",
+        "dispatch",
+        "metrics",
+        "routing",
+        "spotcheck",
+    ] {
+        assert!(
+            modules.contains(expected),
+            "read {expected} from src/core: {modules:?}"
+        );
     }
     for m in &modules {
         let file = format!("src/core/{m}.rs");
@@ -114,7 +128,12 @@ fn nothing_but_the_crate_roots_imports_the_http_layer() {
             assert!(!target.starts_with("src/http/"), "{from} imports {target}");
         }
     }
-    for target in g.edges.get("src/config.rs").into_iter().flat_map(|t| t.keys()) {
+    for target in g
+        .edges
+        .get("src/config.rs")
+        .into_iter()
+        .flat_map(|t| t.keys())
+    {
         assert!(
             !target.starts_with("src/core/") && !target.starts_with("src/http/"),
             "config.rs imports {target}"

@@ -21,10 +21,13 @@
 //!   them expanded) and every path in code (`a::b::c`, outside `use`)
 //!   whose first segment is `crate`, `self`, `super` or the name of a
 //!   child module (file or inline) of the module it is written in.
-//!   Paths starting anywhere else (`std`, other crates, `Self`, types,
-//!   `$crate` in macros) are not edges. `self`/`super`/child names are
-//!   resolved relative to the module the path is written in (inline
-//!   `mod m { … }` blocks included).
+//!   A path in code may also start with a name a `use` of the same module
+//!   brought in (`use crate::core::dispatch;` … `dispatch::start_job()`):
+//!   it continues from where that `use` leads. Paths starting anywhere
+//!   else (`std`, other crates, `Self`, local types, `$crate` in macros)
+//!   are not edges. `self`/`super`/child names are resolved relative to
+//!   the module the path is written in (inline `mod m { … }` blocks
+//!   included).
 //! - **Targets.** A reference names the file of the longest prefix of its
 //!   resolved path that is a file module: `crate::core::accounts::Keys`
 //!   is `core/accounts.rs`, `crate::core::Core` is `core/mod.rs`,
@@ -435,7 +438,8 @@ pub fn parse(src: &str) -> Parsed {
     // Inline modules open at a brace depth: (name, depth inside).
     let mut scope: Vec<(String, usize)> = Vec::new();
     let mut depth = 0usize;
-    let names = |scope: &[(String, usize)]| scope.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let names =
+        |scope: &[(String, usize)]| scope.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     let mut i = 0;
     while i < toks.len() {
         let t = &toks[i];
@@ -476,7 +480,8 @@ pub fn parse(src: &str) -> Parsed {
                                 .rposition(|t| t.is_punct('('))
                                 .is_some_and(|o| o >= 1 && toks[o - 1].is_ident("pub"))));
                 let mut paths = Vec::new();
-                let start = i + 1 + usize::from(toks.get(i + 1).is_some_and(|t| t.tok == Tok::PathSep));
+                let start =
+                    i + 1 + usize::from(toks.get(i + 1).is_some_and(|t| t.tok == Tok::PathSep));
                 let leading_sep = start == i + 2;
                 i = use_tree(&toks, start, &[], &mut paths);
                 if !leading_sep {
@@ -494,7 +499,8 @@ pub fn parse(src: &str) -> Parsed {
             }
             Tok::Ident(first)
                 if toks.get(i + 1).is_some_and(|n| n.tok == Tok::PathSep)
-                    && !(i >= 1 && (toks[i - 1].tok == Tok::PathSep || toks[i - 1].is_punct('$'))) =>
+                    && !(i >= 1
+                        && (toks[i - 1].tok == Tok::PathSep || toks[i - 1].is_punct('$'))) =>
             {
                 let mut path = vec![first.clone()];
                 let mut j = i + 1;
@@ -578,7 +584,8 @@ pub fn read_sources(crate_dir: &Path) -> BTreeMap<String, String> {
 
 /// Whether a path names a test file: `tests.rs` or anything in `tests/`.
 pub fn is_test_file(rel: &str) -> bool {
-    rel.split('/').any(|part| part == "tests" || part == "tests.rs")
+    rel.split('/')
+        .any(|part| part == "tests" || part == "tests.rs")
 }
 
 /// The folder a file's `mod child;` declarations live in: a crate root's
@@ -614,7 +621,9 @@ pub fn crate_graph(sources: &BTreeMap<String, String>) -> Graph {
             for (scope, name) in &parsed.mod_decls {
                 let dir = scope
                     .iter()
-                    .fold(child_dir(&file, module.is_empty()), |d, s| format!("{d}/{s}"));
+                    .fold(child_dir(&file, module.is_empty()), |d, s| {
+                        format!("{d}/{s}")
+                    });
                 let child = [format!("{dir}/{name}.rs"), format!("{dir}/{name}/mod.rs")]
                     .into_iter()
                     .find(|f| sources.contains_key(f));
@@ -651,8 +660,19 @@ fn module_files(mods: &[FileMod]) -> BTreeMap<Vec<String>, usize> {
 }
 
 /// The absolute module path a reference names, or `None` when it starts
-/// outside the crate.
+/// outside the crate. A path in code may start with a name the file
+/// imports (`use crate::core::dispatch;` … `dispatch::start_job`): it
+/// continues from where that import leads.
 fn absolute(m: &FileMod, r: &Ref, files: &BTreeMap<Vec<String>, usize>) -> Option<Vec<String>> {
+    absolute_at(m, r, files, 0)
+}
+
+fn absolute_at(
+    m: &FileMod,
+    r: &Ref,
+    files: &BTreeMap<Vec<String>, usize>,
+    depth: usize,
+) -> Option<Vec<String>> {
     let mut here = m.module.clone();
     here.extend(r.scope.iter().cloned());
     let (first, rest) = r.path.split_first()?;
@@ -667,10 +687,19 @@ fn absolute(m: &FileMod, r: &Ref, files: &BTreeMap<Vec<String>, usize>) -> Optio
         name => {
             let mut child = here.clone();
             child.push(name.to_string());
-            if !files.contains_key(&child) {
+            if files.contains_key(&child) {
+                child
+            } else if depth < 4 {
+                let import = m.parsed.refs.iter().find(|i| {
+                    i.is_use
+                        && i.name.as_deref() == Some(name)
+                        && i.scope == r.scope
+                        && !std::ptr::eq(*i, r)
+                })?;
+                absolute_at(m, import, files, depth + 1)?
+            } else {
                 return None;
             }
-            child
         }
     };
     let mut rest = rest.iter().peekable();
@@ -710,7 +739,11 @@ fn target(
     let m = &mods[k];
     // The inline module (if any) inside the file the name is looked up in.
     let scope = &path[m.module.len().min(len)..len];
-    let import = m.parsed.refs.iter().filter(|r| r.is_use && r.scope == scope);
+    let import = m
+        .parsed
+        .refs
+        .iter()
+        .filter(|r| r.is_use && r.scope == scope);
     for r in import {
         if r.name.as_ref() == Some(name)
             && let Some(abs) = absolute(m, r, files)

@@ -48,7 +48,10 @@ fn members() -> Vec<String> {
         .step_by(2)
         .map(str::to_string)
         .collect();
-    assert!(members.len() > 10, "read the workspace's members: {members:?}");
+    assert!(
+        members.len() > 10,
+        "read the workspace's members: {members:?}"
+    );
     members
 }
 
@@ -66,13 +69,20 @@ fn no_crate_has_an_import_cycle_between_files() {
             .keys()
             .filter(|f| !graph::is_test_file(f) && !graph.files.contains(*f))
             .collect();
-        assert!(missed.is_empty(), "{member}: not reached from a crate root: {missed:?}");
+        assert!(
+            missed.is_empty(),
+            "{member}: not reached from a crate root: {missed:?}"
+        );
         report.extend(graph::report(&graph, &format!("{member}/")));
     }
     for line in &report {
         println!("import cycle: {line}");
     }
-    assert!(report.is_empty(), "import cycles between files:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "import cycles between files:\n{}",
+        report.join("\n")
+    );
 }
 
 #[test]
@@ -88,7 +98,11 @@ fn no_coordinator_file_is_over_800_lines() {
     for line in &long {
         println!("file over {MAX_FILE_LINES} lines: {line}");
     }
-    assert!(long.is_empty(), "files over {MAX_FILE_LINES} lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
 
 /// The `.rs` files of a crate outside tests and benches, relative to the
@@ -130,8 +144,15 @@ fn no_function_is_over_120_lines() {
     for (n, f) in short.iter().take(5) {
         println!("longest remaining: {f}: {n} lines");
     }
-    let long: Vec<String> = long.iter().map(|(n, f)| format!("{f}: {n} lines")).collect();
-    assert!(long.is_empty(), "functions over {MAX_FN_LINES} lines:\n{}", long.join("\n"));
+    let long: Vec<String> = long
+        .iter()
+        .map(|(n, f)| format!("{f}: {n} lines"))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------
@@ -157,12 +178,19 @@ fn a_cycle_between_two_files_is_found_and_shown_as_a_path() {
     let g = krate(&[
         ("src/lib.rs", "mod a;\nmod b;\n"),
         ("src/a.rs", "use crate::b::B;\npub struct A;\n"),
-        ("src/b.rs", "pub struct B;\n\nfn f() -> crate::a::A { todo!() }\n"),
+        (
+            "src/b.rs",
+            "pub struct B;\n\nfn f() -> crate::a::A { todo!() }\n",
+        ),
     ]);
     let cycles = graph::cycles(&g);
     assert_eq!(
         cycles,
-        vec![vec!["src/a.rs".to_string(), "src/b.rs".into(), "src/a.rs".into()]]
+        vec![vec![
+            "src/a.rs".to_string(),
+            "src/b.rs".into(),
+            "src/a.rs".into()
+        ]]
     );
     assert_eq!(
         graph::show_cycle(&g, "x/", &cycles[0]),
@@ -186,7 +214,10 @@ fn a_longer_cycle_is_shown_through_every_file() {
 #[test]
 fn a_graph_without_a_cycle_passes() {
     let g = krate(&[
-        ("src/lib.rs", "pub mod a;\npub mod b;\npub use a::A;\npub use b::B;\n"),
+        (
+            "src/lib.rs",
+            "pub mod a;\npub mod b;\npub use a::A;\npub use b::B;\n",
+        ),
         ("src/a.rs", "use crate::b::B;\npub struct A(B);\n"),
         ("src/b.rs", "pub struct B;\n"),
     ]);
@@ -198,7 +229,10 @@ fn a_graph_without_a_cycle_passes() {
 fn grouped_imports_make_an_edge_per_module() {
     let g = krate(&[
         ("src/lib.rs", "mod a; mod b; mod c;"),
-        ("src/a.rs", "use crate::{b, c::{self, C}};\nfn f() { b::g() }"),
+        (
+            "src/a.rs",
+            "use crate::{b, c::{self, C}};\nfn f() { b::g() }",
+        ),
         ("src/b.rs", "pub fn g() {}"),
         ("src/c/mod.rs", "mod d; pub struct C;"),
         ("src/c/d.rs", "use super::super::{a::A as _, b};"),
@@ -218,7 +252,10 @@ fn grouped_imports_make_an_edge_per_module() {
 fn super_and_self_resolve_from_the_files_module() {
     let g = krate(&[
         ("src/lib.rs", "pub mod m;"),
-        ("src/m/mod.rs", "mod x; mod y;\npub struct Shared;\nfn f() { self::y::g() }\n"),
+        (
+            "src/m/mod.rs",
+            "mod x; mod y;\npub struct Shared;\nfn f() { self::y::g() }\n",
+        ),
         ("src/m/x.rs", "use super::Shared;\nuse super::y;"),
         ("src/m/y.rs", "pub fn g() {}"),
     ]);
@@ -235,7 +272,10 @@ fn super_and_self_resolve_from_the_files_module() {
 #[test]
 fn a_child_importing_from_a_parent_that_uses_it_is_a_cycle() {
     let g = krate(&[
-        ("src/lib.rs", "mod child;\npub struct Config;\nfn run() { child::go() }\n"),
+        (
+            "src/lib.rs",
+            "mod child;\npub struct Config;\nfn run() { child::go() }\n",
+        ),
         ("src/child.rs", "use crate::Config;\npub fn go() {}"),
     ]);
     assert_eq!(graph::cycles(&g).len(), 1, "{:?}", edges(&g));
@@ -249,7 +289,10 @@ fn re_exports_are_no_edges_and_lead_to_the_defining_file() {
             "mod a;\nmod b;\npub use a::A;\npub(crate) use b::{B, Other as Renamed};\n",
         ),
         ("src/a.rs", "use crate::{B, Renamed};\npub struct A;"),
-        ("src/b.rs", "pub struct B; pub struct Other;\nfn f(_: crate::A) {}"),
+        (
+            "src/b.rs",
+            "pub struct B; pub struct Other;\nfn f(_: crate::A) {}",
+        ),
     ]);
     // `crate::B` is `b::B`: a.rs depends on b.rs, not on lib.rs; lib.rs
     // depends on nothing; b.rs naming `crate::A` depends on a.rs.
@@ -260,10 +303,16 @@ fn re_exports_are_no_edges_and_lead_to_the_defining_file() {
 #[test]
 fn a_re_export_the_parent_also_calls_is_an_edge() {
     let g = krate(&[
-        ("src/lib.rs", "mod a;\npub use a::run;\npub struct Config;\nfn main() { run() }"),
+        (
+            "src/lib.rs",
+            "mod a;\npub use a::run;\npub struct Config;\nfn main() { run() }",
+        ),
         ("src/a.rs", "pub fn run() -> crate::Config { todo!() }"),
     ]);
-    assert_eq!(edges(&g), ["src/a.rs -> src/lib.rs", "src/lib.rs -> src/a.rs"]);
+    assert_eq!(
+        edges(&g),
+        ["src/a.rs -> src/lib.rs", "src/lib.rs -> src/a.rs"]
+    );
 }
 
 #[test]
@@ -280,7 +329,10 @@ fn test_code_comments_and_strings_make_no_edges() {
              #[cfg(test)]\n\
              mod tests {\n    use crate::b::B;\n}\n",
         ),
-        ("src/b.rs", "use crate::a::f;\n#[test]\nfn t() { crate::a::g() }\n"),
+        (
+            "src/b.rs",
+            "use crate::a::f;\n#[test]\nfn t() { crate::a::g() }\n",
+        ),
         ("src/tests.rs", "use crate::a::f;"),
     ]);
     assert_eq!(edges(&g), ["src/b.rs -> src/a.rs"]);
@@ -288,10 +340,27 @@ fn test_code_comments_and_strings_make_no_edges() {
 }
 
 #[test]
+fn a_path_through_an_imported_module_leads_to_the_defining_file() {
+    let g = krate(&[
+        ("src/lib.rs", "mod a; mod m;"),
+        ("src/m/mod.rs", "mod inner;\npub use inner::go;"),
+        ("src/m/inner.rs", "pub fn go() {}"),
+        ("src/a.rs", "use crate::m;\nfn f() { m::go() }"),
+    ]);
+    assert_eq!(
+        edges(&g),
+        ["src/a.rs -> src/m/inner.rs", "src/a.rs -> src/m/mod.rs"]
+    );
+}
+
+#[test]
 fn inline_modules_resolve_from_inside_them() {
     let g = krate(&[
         ("src/lib.rs", "mod a; mod b;"),
-        ("src/a.rs", "mod inner {\n    use super::super::b::B;\n}\npub struct A;"),
+        (
+            "src/a.rs",
+            "mod inner {\n    use super::super::b::B;\n}\npub struct A;",
+        ),
         ("src/b.rs", "pub struct B;"),
     ]);
     assert_eq!(edges(&g), ["src/a.rs -> src/b.rs"]);
