@@ -124,3 +124,47 @@ impl NodeMetrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_show_each_models_load_and_kv_only_for_text_models() {
+        let m = NodeMetrics::new().unwrap();
+        let loads = [
+            ModelLoad {
+                id: "text".into(),
+                running: 2,
+                waiting: 1,
+                text: Some(TextLoad {
+                    kv_used_bytes: 4096,
+                    kv_budget_bytes: 8192,
+                    tokens_per_sec: 30,
+                }),
+            },
+            ModelLoad {
+                id: "embed".into(),
+                running: 0,
+                waiting: 3,
+                text: None,
+            },
+        ];
+        let text = String::from_utf8(m.render(&loads)).unwrap();
+        for line in [
+            r#"sharenet_node_running_jobs{model="text"} 2"#,
+            r#"sharenet_node_waiting_jobs{model="text"} 1"#,
+            r#"sharenet_node_running_jobs{model="embed"} 0"#,
+            r#"sharenet_node_waiting_jobs{model="embed"} 3"#,
+            r#"sharenet_node_kv_cache_used_bytes{model="text"} 4096"#,
+            r#"sharenet_node_kv_cache_budget_bytes{model="text"} 8192"#,
+            r#"sharenet_node_decode_tokens_per_second{model="text"} 30"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(
+            !text.contains(r#"kv_cache_used_bytes{model="embed"}"#),
+            "{text}"
+        );
+    }
+}

@@ -29,25 +29,29 @@
 //!   the module the path is written in (inline `mod m { … }` blocks
 //!   included).
 //! - **Targets.** A reference names the file of the longest prefix of its
-//!   resolved path that is a file module: `crate::core::accounts::Keys`
-//!   is `core/accounts.rs`, `crate::core::Core` is `core/mod.rs`,
-//!   `crate::now_ms` the crate root. When the rest of the path starts with
-//!   a name that file re-exports (`pub use child::X;`), the reference
-//!   follows the re-export to where the item is defined, so a file that
-//!   names `crate::X` depends on the file defining `X`, not on `lib.rs`.
+//!   resolved path that is a file (or inline) module:
+//!   `crate::core::accounts::Keys` is `core/accounts.rs`,
+//!   `crate::core::Core` is `core/mod.rs`, `crate::now_ms` the crate root.
+//!   When the rest of the path starts with a name that file brings in by
+//!   a `use` of its own (a re-export `pub use child::X;`, or a private
+//!   `use a::X;` a child module sees), the reference follows it to where
+//!   the item is defined: a file naming `crate::X` depends on the file
+//!   defining `X`, not on `lib.rs`.
 //! - **Edges.** A file has an edge to the target of each of its
 //!   references, except (a) to itself and (b) a re-export: a `pub use`
 //!   (any `pub(…)` too) whose target is inside the file's own module
-//!   (`pub use child::X;` in a `mod.rs`/`lib.rs`) whose name the file
+//!   (`pub use child::X;` in a `mod.rs`/`lib.rs`) and whose name the file
 //!   does not use itself (no identifier `X` outside `use` items; when it
 //!   does, as in `pub use child::run; … run()`, it is an edge). Declaring
-//!   `mod child;` is no edge either. Any other use of a child by its parent file
-//!   (a private `use child::X;`, a path `child::f()` in code) IS an edge,
-//!   and so is a child's reference to its parent file (`super::X`,
-//!   `crate::X` where `X` is defined in, not re-exported by, the parent).
-//! - **A cycle** is a strongly connected set of two or more files; it is
-//!   shown as a path of files, each step with the line and path that make
-//!   the edge.
+//!   `mod child;` is no edge either. Any other use of a child by its
+//!   parent file (a private `use child::X;`, a path `child::f()` in code)
+//!   IS an edge, and so is a child's reference to its parent file
+//!   (`super::X`, `crate::X` where `X` is defined in the parent).
+//! - **Cycles.** A tangle is a set of two or more files that all reach
+//!   each other (a strongly connected component); each is reported once,
+//!   as the shortest cycle from its first file back to it, each step with
+//!   the line and path that make the edge, then every file in it when the
+//!   tangle is larger than that cycle.
 //!
 //! # How function lengths are measured
 //!
