@@ -1,30 +1,38 @@
-//! The coordinator's layering, checked from its sources: nothing under
-//! `src/core/` names axum or the HTTP layer, and the modules import each
-//! other without cycles (`http` → `core` → the leaf modules, never back).
-//! A module here is a file under `src/core/`, the `src/core/dispatch/`
-//! folder as a whole, `src/core/mod.rs` as `core`, and `src/http/` as a
-//! whole; test code (`tests.rs`, `#[cfg(test)]` sections) is left out.
+//! The coordinator's layering, checked from its sources, file by file:
+//! nothing under `src/core/` names axum or the HTTP layer, nothing outside
+//! `src/http/` (but the crate roots that assemble the server) imports it,
+//! `config.rs` imports neither, and no two files import each other in a
+//! cycle, inside `http/` and `core/` included (`http` → `core` → the leaf
+//! files, never back). The core's modules are read from the `src/core/`
+//! folder, so a new one is checked without being listed here.
+//!
+//! The file graph comes from the workspace's structure test
+//! (`tests/tests/structure/graph.rs`, which documents how edges are
+//! derived): `use` trees and `crate::`/`self::`/`super::`/child-module
+//! paths, resolved to the file defining what they name; test code
+//! (`tests.rs`, `#[cfg(test)]` items) is left out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+#[path = "../../tests/tests/structure/graph.rs"]
+mod graph;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const CORE_CHILDREN: &[&str] = &[
-    "accounts",
-    "clock",
-    "dispatch",
-    "error",
-    "job",
-    "queries",
-    "receipts",
-    "registry",
-    "routing",
-    "settle",
-    "spotcheck",
-    "sync",
-    "transport",
-];
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn coordinator_graph() -> graph::Graph {
+    let g = graph::crate_graph(&graph::read_sources(&crate_dir()));
+    assert!(
+        g.files.len() > 20,
+        "read the coordinator's sources: {:?}",
+        g.files
+    );
+    g
+}
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -37,99 +45,20 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The module a source file belongs to, at the granularity above.
-fn module_of(rel: &str) -> String {
-    let parts: Vec<&str> = rel.trim_end_matches(".rs").split('/').collect();
-    match parts.as_slice() {
-        ["http", ..] => "http".into(),
-        ["core", "mod"] => "core".into(),
-        ["core", child, ..] => format!("core::{child}"),
-        [one] => (*one).into(),
-        _ => rel.into(),
-    }
-}
-
-/// The non-test code of a file.
-fn code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    // `lib.rs` declares its test module near the top; elsewhere test
-    // sections come last.
-    match text.find("#[cfg(test)]\nmod tests {") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
-}
-
-/// Modules a piece of code refers to through `crate::…` paths (and, in
-/// `core/mod.rs`, through its children's names).
-fn references(module: &str, code: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut add_core_path = |rest: &str| {
-        let first = rest
-            .trim_start_matches('{')
-            .split([':', ',', '}', ';', ' ', '\n', '`', ']', ')'])
-            .next()
-            .unwrap_or("");
-        if CORE_CHILDREN.contains(&first) {
-            out.insert(format!("core::{first}"));
-        } else {
-            out.insert("core".to_string());
-        }
-    };
-    for (i, _) in code.match_indices("crate::core::") {
-        let rest = &code[i + "crate::core::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let group = &group[..group.find('}').unwrap_or(group.len())];
-            for item in group.split(',') {
-                add_core_path(item.trim());
-            }
-        } else {
-            add_core_path(rest);
-        }
-    }
-    for (i, _) in code.match_indices("crate::") {
-        let rest = &code[i + "crate::".len()..];
-        for leaf in ["http", "config"] {
-            if rest.starts_with(leaf) {
-                out.insert(leaf.to_string());
-            }
-        }
-    }
-    if module == "core" {
-        for child in CORE_CHILDREN {
-            if code.contains(&format!("{child}::")) {
-                out.insert(format!("core::{child}"));
-            }
-        }
-    }
-    out.remove(module);
-    out
-}
-
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for path in files {
-        let rel = path
-            .strip_prefix(&src)
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        if rel.ends_with("tests.rs") || rel == "lib.rs" || rel == "main.rs" {
-            continue;
-        }
-        let module = module_of(&rel);
-        let refs = references(&module, &code(&path));
-        graph.entry(module).or_default().extend(refs);
-    }
-    graph
+/// The core's modules: each file and folder in `src/core/` but `mod.rs`
+/// and test files.
+fn core_modules() -> BTreeSet<String> {
+    std::fs::read_dir(crate_dir().join("src/core"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|name| name != "mod.rs" && !graph::is_test_file(name))
+        .map(|name| name.trim_end_matches(".rs").to_string())
+        .collect()
 }
 
 #[test]
 fn core_knows_no_http() {
-    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let core = crate_dir().join("src/core");
     let mut files = Vec::new();
     sources(&core, &mut files);
     assert!(files.len() > 10, "found the core's sources");
@@ -146,39 +75,75 @@ fn core_knows_no_http() {
             path.display()
         );
     }
+    let g = coordinator_graph();
+    for (from, to) in &g.edges {
+        if from.starts_with("src/core/") {
+            for target in to.keys() {
+                assert!(!target.starts_with("src/http/"), "{from} imports {target}");
+            }
+        }
+    }
 }
 
 #[test]
-fn modules_import_each_other_without_cycles() {
-    let graph = graph();
-    assert!(graph["http"].contains("core::dispatch"), "{graph:#?}");
+fn every_core_module_is_in_the_graph() {
+    let g = coordinator_graph();
+    let modules = core_modules();
+    for expected in [
+        "accounts",
+        "dashboard",
+        "dispatch",
+        "metrics",
+        "routing",
+        "spotcheck",
+    ] {
+        assert!(
+            modules.contains(expected),
+            "read {expected} from src/core: {modules:?}"
+        );
+    }
+    for m in &modules {
+        let file = format!("src/core/{m}.rs");
+        let folder = format!("src/core/{m}/mod.rs");
+        assert!(
+            g.files.contains(&file) || g.files.contains(&folder),
+            "core module {m} is not declared in core/mod.rs (or the graph missed it)"
+        );
+    }
+}
+
+#[test]
+fn nothing_but_the_crate_roots_imports_the_http_layer() {
+    let g = coordinator_graph();
     assert!(
-        graph.values().all(|refs| !refs.contains("http")),
-        "nothing imports the HTTP layer: {graph:#?}"
+        g.edges["src/http/openai.rs"].contains_key("src/core/dispatch/mod.rs"),
+        "http reaches the core's dispatch: {:#?}",
+        g.edges
     );
-    // Depth-first search for a back edge.
-    fn visit(
-        node: &str,
-        graph: &BTreeMap<String, BTreeSet<String>>,
-        state: &mut BTreeMap<String, u8>,
-        path: &mut Vec<String>,
-    ) {
-        state.insert(node.to_string(), 1);
-        path.push(node.to_string());
-        for next in graph.get(node).into_iter().flatten() {
-            match state.get(next.as_str()) {
-                Some(1) => panic!("import cycle: {} -> {next}", path.join(" -> ")),
-                Some(_) => {}
-                None => visit(next, graph, state, path),
-            }
+    for (from, to) in &g.edges {
+        if from.starts_with("src/http/") || from == "src/lib.rs" || from == "src/main.rs" {
+            continue;
         }
-        path.pop();
-        state.insert(node.to_string(), 2);
-    }
-    let mut state = BTreeMap::new();
-    for node in graph.keys() {
-        if !state.contains_key(node) {
-            visit(node, &graph, &mut state, &mut Vec::new());
+        for target in to.keys() {
+            assert!(!target.starts_with("src/http/"), "{from} imports {target}");
         }
     }
+    for target in g
+        .edges
+        .get("src/config.rs")
+        .into_iter()
+        .flat_map(|t| t.keys())
+    {
+        assert!(
+            !target.starts_with("src/core/") && !target.starts_with("src/http/"),
+            "config.rs imports {target}"
+        );
+    }
+}
+
+#[test]
+fn files_import_each_other_without_cycles() {
+    let g = coordinator_graph();
+    let report = graph::report(&g, "coordinator/");
+    assert!(report.is_empty(), "import cycles:\n{}", report.join("\n"));
 }

@@ -16,71 +16,15 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::{Value, json};
 use sharenet_ledger::StoredReceipt;
 use sharenet_p2p::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::ModelLoad;
 use crate::now_ms;
 use crate::reconcile::{Earnings, ReceiptList, ReceiptRow, period_rule};
-use crate::service::{Backend, NodeCtx};
-
-/// What the node has served since it started, for `/metrics`.
-pub(crate) struct NodeMetrics {
-    registry: Registry,
-    jobs: IntCounterVec,
-    tokens: IntCounterVec,
-    earned: IntCounterVec,
-}
-
-impl NodeMetrics {
-    pub(crate) fn new() -> anyhow::Result<Self> {
-        let registry = Registry::new();
-        let jobs = IntCounterVec::new(
-            Opts::new(
-                "sharenet_node_jobs_total",
-                "Jobs served to the end, by model and finish reason.",
-            ),
-            &["model", "finish_reason"],
-        )?;
-        let tokens = IntCounterVec::new(
-            Opts::new(
-                "sharenet_node_tokens_total",
-                "Tokens in receipts, by model and direction (prompt, generation).",
-            ),
-            &["model", "direction"],
-        )?;
-        let earned = IntCounterVec::new(
-            Opts::new(
-                "sharenet_node_earned_nano_usd_total",
-                "What this node's receipts claim, nano-USD, by model.",
-            ),
-            &["model"],
-        )?;
-        registry.register(Box::new(jobs.clone()))?;
-        registry.register(Box::new(tokens.clone()))?;
-        registry.register(Box::new(earned.clone()))?;
-        Ok(Self {
-            registry,
-            jobs,
-            tokens,
-            earned,
-        })
-    }
-
-    /// A job finished with this receipt.
-    pub(crate) fn served(&self, model: &str, finish: &str, r: &sharenet_proto::Receipt) {
-        self.jobs.with_label_values(&[model, finish]).inc();
-        self.tokens
-            .with_label_values(&[model, "prompt"])
-            .inc_by(u64::from(r.input_tokens));
-        self.tokens
-            .with_label_values(&[model, "generation"])
-            .inc_by(u64::from(r.output_tokens));
-        self.earned.with_label_values(&[model]).inc_by(r.amount);
-    }
-}
+use crate::state::{Backend, NodeCtx, ServedModel};
 
 #[derive(Clone)]
 struct Admin {
@@ -133,7 +77,7 @@ async fn ready(State(a): State<Admin>) -> impl IntoResponse {
     (StatusCode::OK, "ready")
 }
 
-fn model_status(m: &crate::service::ServedModel) -> Value {
+fn model_status(m: &ServedModel) -> Value {
     let (price_in, price_out) = m.advertised_prices();
     let load = match &m.backend {
         Backend::Text(s) => {
@@ -253,58 +197,15 @@ async fn earnings(
     Ok(axum::Json(crate::reconcile::earnings(&all, &rule)))
 }
 
+/// `GET /metrics`: what the node served since it started and each
+/// model's load now, as Prometheus text.
 async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
-    let mut families = a.ctx.metrics.registry.gather();
-    let snapshot = Registry::new();
-    let gauge = |name: &str, help: &str| {
-        let g = IntGaugeVec::new(Opts::new(name, help), &["model"]).ok()?;
-        snapshot.register(Box::new(g.clone())).ok()?;
-        Some(g)
-    };
-    let running = gauge("sharenet_node_running_jobs", "Jobs generating now.");
-    let waiting = gauge("sharenet_node_waiting_jobs", "Jobs queued for a slot.");
-    let kv = gauge("sharenet_node_kv_cache_used_bytes", "KV cache reserved.");
-    let kv_budget = gauge("sharenet_node_kv_cache_budget_bytes", "KV cache budget.");
-    let speed = gauge(
-        "sharenet_node_decode_tokens_per_second",
-        "Decode speed of all sequences together, smoothed.",
-    );
-    let set = |g: &Option<IntGaugeVec>, model: &str, v: usize| {
-        if let Some(g) = g {
-            g.with_label_values(&[model])
-                .set(i64::try_from(v).unwrap_or(i64::MAX));
-        }
-    };
-    for m in &a.ctx.models() {
-        let id = m.config.id.as_str();
-        match &m.backend {
-            Backend::Text(s) => {
-                let l = s.load();
-                set(&running, id, l.running);
-                set(&waiting, id, l.waiting);
-                set(&kv, id, l.kv_used_bytes);
-                set(&kv_budget, id, l.kv_budget_bytes);
-                set(&speed, id, l.tokens_per_sec as usize);
-            }
-            _ => {
-                let r = m.running.load(std::sync::atomic::Ordering::Relaxed) as usize;
-                let w = m.waiting.load(std::sync::atomic::Ordering::Relaxed) as usize;
-                set(&running, id, r);
-                set(&waiting, id, w);
-            }
-        }
-    }
-    families.extend(snapshot.gather());
-    families.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut out = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-        tracing::error!(error = %e, "encode node metrics");
-    }
+    let loads: Vec<ModelLoad> = a.ctx.models().iter().map(|m| m.load_now()).collect();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        out,
+        a.ctx.metrics.render(&loads),
     )
 }

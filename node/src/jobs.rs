@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::now_ms;
-use crate::service::{Backend, NodeCtx, Prices, ServedModel};
+use crate::state::{Backend, NodeCtx, Prices, ServedModel};
 use crate::upstream::{Upstream, UpstreamEvent};
 
 /// Time the opener has to send the request frame.

@@ -16,8 +16,10 @@ pub mod config;
 pub mod gpu;
 mod jobs;
 pub mod load;
+mod metrics;
 pub mod reconcile;
 mod service;
+mod state;
 mod upstream;
 
 pub use config::{DeviceChoice, ModelConfig, ModelSource, NodeConfig, UpstreamConfig};

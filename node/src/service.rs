@@ -1,20 +1,22 @@
 //! Starting a node: models, store, network, advert loop and job acceptor.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use anyhow::Context;
-use sharenet_engine::{Embedder, Scheduler, SchedulerConfig};
+use sharenet_engine::{Scheduler, SchedulerConfig};
 use sharenet_ledger::{ReceiptStore, SledReceiptStore};
-use sharenet_p2p::{Client, Event, Identity, Multiaddr, NetworkConfig, PeerId};
-use sharenet_proto::{Advert, Capabilities, GpuInfo, ModelKind, ModelOffer, SignedAdvert};
+use sharenet_p2p::{Client, Event, Multiaddr, NetworkConfig, PeerId};
+use sharenet_proto::{Advert, Capabilities, ModelKind, ModelOffer, SignedAdvert};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ModelSource;
 use crate::load::Loaded;
+use crate::metrics::NodeMetrics;
+use crate::state::{Backend, NodeCtx, PriceState, ServedModel};
 use crate::upstream::Upstream;
 use crate::{ModelConfig, NodeConfig, jobs, now_ms};
 
@@ -22,38 +24,6 @@ use crate::{ModelConfig, NodeConfig, jobs, now_ms};
 const MIN_ADVERT_GAP: Duration = Duration::from_millis(250);
 /// Retry delay while no peer is subscribed to the advert topic yet.
 const ADVERT_RETRY: Duration = Duration::from_millis(500);
-
-/// How a model's jobs run.
-pub(crate) enum Backend {
-    /// Local text model: the engine's batching scheduler admits and queues.
-    Text(Scheduler),
-    /// Local embedding model: jobs run one per slot on blocking threads.
-    Embed(Arc<Embedder>),
-    /// Forwarded to an OpenAI-compatible server, one request per slot.
-    Upstream(Upstream),
-}
-
-/// A model being served, with its admission state.
-pub(crate) struct ServedModel {
-    pub(crate) config: ModelConfig,
-    pub(crate) backend: Backend,
-    pub(crate) kind: ModelKind,
-    pub(crate) context_length: u32,
-    pub(crate) quantization: String,
-    pub(crate) weights_sha256: Option<[u8; 32]>,
-    /// Tools and structured outputs, as advertised.
-    pub(crate) capabilities: Capabilities,
-    /// The weights' license (config, else the model files); empty: unknown.
-    pub(crate) license: String,
-    /// The weights' network-wide name; empty: unknown.
-    pub(crate) canonical: String,
-    /// Admission for the embed and upstream backends (the scheduler has its own).
-    pub(crate) slots: Arc<Semaphore>,
-    pub(crate) running: AtomicU32,
-    pub(crate) waiting: AtomicU32,
-    /// What it charges now, and what it charged before a reload.
-    pub(crate) prices: std::sync::Mutex<PriceState>,
-}
 
 /// What [`NodeHandle::reload`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -68,127 +38,6 @@ pub struct Reload {
     pub failed: Vec<String>,
     /// Changes that were not applied (they need a restart).
     pub needs_restart: Vec<String>,
-}
-
-/// A model's prices, nano-USD per token (in, out).
-pub(crate) type Prices = (u64, u64);
-
-/// Prices across a reload: coordinators may still route on the old advert
-/// until it expires, so for that long a job is charged the lower of the
-/// old and the new price (a receipt may never exceed the advert it was
-/// routed on; below it is the node's own loss).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PriceState {
-    pub(crate) current: Prices,
-    pub(crate) previous: Option<(Prices, u64)>,
-}
-
-impl PriceState {
-    /// The prices a job starting at `now_ms` is charged.
-    pub(crate) fn for_job(&self, now_ms: u64) -> Prices {
-        match self.previous {
-            Some((old, until)) if now_ms < until => {
-                (old.0.min(self.current.0), old.1.min(self.current.1))
-            }
-            _ => self.current,
-        }
-    }
-}
-
-impl ServedModel {
-    /// The prices adverts offer now.
-    pub(crate) fn advertised_prices(&self) -> Prices {
-        self.prices
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .current
-    }
-
-    /// The prices a job starting now is charged (see [`PriceState`]).
-    pub(crate) fn job_prices(&self) -> Prices {
-        self.prices
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .for_job(now_ms())
-    }
-
-    /// Jobs running or waiting.
-    pub(crate) fn queue_depth(&self) -> u32 {
-        match &self.backend {
-            Backend::Text(s) => {
-                let l = s.load();
-                u32::try_from(l.running + l.waiting).unwrap_or(u32::MAX)
-            }
-            _ => self
-                .running
-                .load(Ordering::Relaxed)
-                .saturating_add(self.waiting.load(Ordering::Relaxed)),
-        }
-    }
-}
-
-/// What every job handler shares.
-pub(crate) struct NodeCtx {
-    pub(crate) identity: Identity,
-    /// The models served now; a reload adds and removes (a job holds its
-    /// model's `Arc`, so a removed model finishes the jobs it has).
-    models: std::sync::RwLock<Vec<Arc<ServedModel>>>,
-    pub(crate) store: Arc<dyn ReceiptStore>,
-    pub(crate) gpus: Vec<GpuInfo>,
-    pub(crate) region: String,
-    /// Poked when load changes, so the advert goes out promptly.
-    pub(crate) load_changed: Arc<Notify>,
-    /// Reached through a relay: configured with relays and either without
-    /// a direct listen address or found unreachable by AutoNAT.
-    pub(crate) relayed: std::sync::atomic::AtomicBool,
-    /// Relays are configured (AutoNAT's verdict only matters then).
-    pub(crate) has_relays: bool,
-    /// The peers whose job streams are served.
-    pub(crate) coordinators: Vec<PeerId>,
-    /// Shutting down: new jobs are refused and adverts offer no models.
-    pub(crate) draining: std::sync::atomic::AtomicBool,
-    /// Job streams being served now.
-    pub(crate) serving: std::sync::atomic::AtomicUsize,
-    /// The stated data policy (advertised).
-    pub(crate) keeps_prompts: bool,
-    /// Served since start, for the local API's `/metrics`.
-    pub(crate) metrics: crate::admin::NodeMetrics,
-    /// `POST /reload` on the local API (what SIGHUP does).
-    pub(crate) reload_requested: Notify,
-}
-
-impl NodeCtx {
-    /// The models served now.
-    pub(crate) fn models(&self) -> Vec<Arc<ServedModel>> {
-        self.models
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The model a job names: by this node's own id, else by the
-    /// canonical name it advertises (coordinators route a market by it).
-    pub(crate) fn model(&self, id: &str) -> Option<Arc<ServedModel>> {
-        let models = self
-            .models
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        models
-            .iter()
-            .find(|m| m.config.id == id)
-            .or_else(|| {
-                models
-                    .iter()
-                    .find(|m| !m.canonical.is_empty() && m.canonical == id)
-            })
-            .cloned()
-    }
-
-    fn models_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<ServedModel>>> {
-        self.models
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// A running node.
@@ -374,7 +223,7 @@ pub async fn start(config: NodeConfig, cancel: CancellationToken) -> anyhow::Res
         draining: std::sync::atomic::AtomicBool::new(false),
         serving: std::sync::atomic::AtomicUsize::new(0),
         keeps_prompts: config.keeps_prompts,
-        metrics: crate::admin::NodeMetrics::new().context("set up the node's metrics")?,
+        metrics: NodeMetrics::new().context("set up the node's metrics")?,
         reload_requested: Notify::new(),
     });
     if config.coordinators.is_empty() {
@@ -658,30 +507,5 @@ async fn advertise(
                 ADVERT_RETRY
             }
         };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn after_a_reprice_jobs_pay_the_lower_price_until_the_old_advert_expires() {
-        let up = PriceState {
-            current: (150, 1500),
-            previous: Some(((100, 1000), 10_000)),
-        };
-        assert_eq!(up.for_job(9_999), (100, 1000));
-        assert_eq!(up.for_job(10_000), (150, 1500));
-        let mixed = PriceState {
-            current: (50, 2000),
-            previous: Some(((100, 1000), 10_000)),
-        };
-        assert_eq!(mixed.for_job(0), (50, 1000));
-        let fresh = PriceState {
-            current: (7, 9),
-            previous: None,
-        };
-        assert_eq!(fresh.for_job(0), (7, 9));
     }
 }

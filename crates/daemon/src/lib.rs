@@ -6,7 +6,10 @@
 //! W3C trace context a coordinator hands a node in each job ([`trace`]).
 
 pub mod config;
+mod error;
 pub mod trace;
+
+pub use error::DaemonError;
 
 use tracing_subscriber::fmt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -17,16 +20,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error("SHARENET_LOG_FORMAT={0:?}: expected text or json")]
-    LogFormat(String),
-    #[error("listen for {0}: {1}")]
-    Signal(&'static str, std::io::Error),
-    #[error("set up the OTLP trace exporter: {0}")]
-    Otlp(String),
 }
 
 /// Logs to stderr in `format`, else SHARENET_LOG_FORMAT's, else text;

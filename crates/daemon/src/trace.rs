@@ -23,7 +23,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::DaemonError;
+use crate::error::DaemonError;
 
 /// The longest `traceparent` taken from a peer (version 00 is 55 bytes;
 /// later versions may append fields).

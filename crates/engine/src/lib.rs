@@ -27,6 +27,7 @@
 mod constraint;
 mod embed;
 mod model;
+mod output;
 mod sampling;
 mod scheduler;
 mod sequence;
@@ -39,9 +40,8 @@ mod transformer;
 
 pub use constraint::{Constraint, Grammar};
 pub use embed::{Embedder, Embeddings};
-pub use model::{
-    DEFAULT_KV_POOL_BYTES, Generation, LoadOptions, Piece, TextModel, WeightsFormat, hash_files,
-};
+pub use model::{DEFAULT_KV_POOL_BYTES, LoadOptions, TextModel, WeightsFormat, hash_files};
+pub use output::{Generation, Piece};
 pub use scheduler::{JobHandle, Load, Scheduler, SchedulerConfig, SeqEvent, SubmitError};
 pub use spec::{Arch, ModelSpec};
 pub use template::ChatTemplate;

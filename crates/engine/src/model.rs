@@ -9,32 +9,14 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sharenet_proto::{FinishReason, JobInput, SamplingParams, Tools};
+use sharenet_proto::{JobInput, Tools};
 use tokenizers::Tokenizer;
 
 use crate::constraint::{Constraint, Grammar, Grammars};
-use crate::sequence::Sequence;
 use crate::spec::ModelSpec;
 use crate::template::ChatTemplate;
 use crate::transformer::{Placement, Transformer, WeightSource};
 use crate::{EngineError, Progress};
-
-/// Text handed out during generation, how many tokens produced it and,
-/// when asked, each token's log probability.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Piece {
-    pub text: String,
-    pub tokens: u32,
-    pub logprobs: Vec<sharenet_proto::TokenLogprob>,
-}
-
-/// How a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Generation {
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    pub finish_reason: FinishReason,
-}
 
 /// Where the weights came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +75,8 @@ fn stored_dtype(config: &serde_json::Value) -> DType {
 }
 
 /// A loaded model. Shareable across threads; sequences own their state.
+/// Generation ([`TextModel::generate`]) is defined in `sequence.rs`,
+/// beside the per-sequence state it drives.
 pub struct TextModel {
     pub(crate) transformer: Transformer,
     tokenizer: Tokenizer,
@@ -563,45 +547,6 @@ impl TextModel {
             .decode(&[id], false)
             .map(String::into_bytes)
             .unwrap_or_default()
-    }
-
-    /// Generates a completion for `prompt` alone (no batching), calling
-    /// `emit` with text as it is produced; `emit` returns false to cancel.
-    /// Blocking. The node serves through [`crate::Scheduler`] instead; this
-    /// is the same per-sequence logic, used by tests and benchmarks.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        params: &SamplingParams,
-        emit: impl FnMut(Piece) -> bool,
-    ) -> Result<Generation, EngineError> {
-        self.generate_constrained(prompt, params, None, emit)
-    }
-
-    /// [`Self::generate`] with the output held to a grammar.
-    pub fn generate_constrained(
-        &self,
-        prompt: &[u32],
-        params: &SamplingParams,
-        constraint: Option<Constraint>,
-        mut emit: impl FnMut(Piece) -> bool,
-    ) -> Result<Generation, EngineError> {
-        let mut seq = Sequence::new(self, prompt.to_vec(), params, constraint)?;
-        let mut logits = seq.prefill(self)?;
-        loop {
-            for piece in seq.advance(self, &mut logits)? {
-                if !emit(piece) {
-                    return Err(EngineError::Cancelled);
-                }
-            }
-            if let Some(g) = seq.finished() {
-                return Ok(g);
-            }
-            let t = self
-                .transformer
-                .decode(&[seq.last_token()], &mut [seq.cache_mut()])?;
-            logits = Transformer::rows(&t)?.pop().unwrap_or_default();
-        }
     }
 }
 

@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 
 use crate::EngineError;
 use crate::constraint::Constraint;
-use crate::model::{Generation, Piece, TextModel};
+use crate::model::TextModel;
+use crate::output::{Generation, Piece};
 use crate::sequence::{PREFILL_CHUNK, Sequence};
 use crate::transformer::Transformer;
 

@@ -1,12 +1,14 @@
 //! One generation in flight: its KV cache, sampler, text streamer and
-//! stopping rules. The single-sequence [`crate::TextModel::generate`] and the
-//! batching [`crate::Scheduler`] drive the same type, so they cannot drift.
+//! stopping rules. The single-sequence [`TextModel::generate`] (defined
+//! here) and the batching [`crate::Scheduler`] drive the same type, so they
+//! cannot drift.
 
 use sharenet_proto::{FinishReason, SamplingParams, TokenLogprob, TopLogprob};
 
 use crate::EngineError;
 use crate::constraint::Constraint;
-use crate::model::{Generation, Piece, TextModel};
+use crate::model::TextModel;
+use crate::output::{Generation, Piece};
 use crate::sampling::Sampler;
 use crate::streamer::Streamer;
 use crate::transformer::{SeqCache, Transformer};
@@ -196,6 +198,49 @@ impl Sequence {
             first.logprobs = std::mem::take(&mut self.pending_lp);
         }
         Ok(out)
+    }
+}
+
+/// Single-sequence generation lives here, beside the [`Sequence`] it
+/// drives, so the model (`model.rs`) needs nothing from this file.
+impl TextModel {
+    /// Generates a completion for `prompt` alone (no batching), calling
+    /// `emit` with text as it is produced; `emit` returns false to cancel.
+    /// Blocking. The node serves through [`crate::Scheduler`] instead; this
+    /// is the same per-sequence logic, used by tests and benchmarks.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        emit: impl FnMut(Piece) -> bool,
+    ) -> Result<Generation, EngineError> {
+        self.generate_constrained(prompt, params, None, emit)
+    }
+
+    /// [`Self::generate`] with the output held to a grammar.
+    pub fn generate_constrained(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        constraint: Option<Constraint>,
+        mut emit: impl FnMut(Piece) -> bool,
+    ) -> Result<Generation, EngineError> {
+        let mut seq = Sequence::new(self, prompt.to_vec(), params, constraint)?;
+        let mut logits = seq.prefill(self)?;
+        loop {
+            for piece in seq.advance(self, &mut logits)? {
+                if !emit(piece) {
+                    return Err(EngineError::Cancelled);
+                }
+            }
+            if let Some(g) = seq.finished() {
+                return Ok(g);
+            }
+            let t = self
+                .transformer
+                .decode(&[seq.last_token()], &mut [seq.cache_mut()])?;
+            logits = Transformer::rows(&t)?.pop().unwrap_or_default();
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! pieces' token counts is the completion token count, and the concatenated
 //! piece texts are the completion text.
 
-use crate::{EngineError, Piece};
+use crate::EngineError;
+use crate::output::Piece;
 
 /// Decodes token ids to text (the model's tokenizer).
 pub(crate) type Decode<'a> = &'a dyn Fn(&[u32]) -> Result<String, EngineError>;
