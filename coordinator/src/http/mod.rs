@@ -92,3 +92,6 @@ pub fn app(core: Arc<Core>) -> Router {
         .layer(middleware::from_fn_with_state(core.clone(), access::log))
         .with_state(core)
 }
+
+#[cfg(test)]
+mod wire_tests;
