@@ -648,6 +648,29 @@ mod tests {
     }
 
     #[test]
+    fn the_page_adds_what_is_read_at_scrape_time() {
+        let registry = Adverts::default();
+        registry.stats.accepted.fetch_add(3, Ordering::Relaxed);
+        let routing = Routing::new(1, 1_000.0);
+        let page = Metrics::new().page(&Scrape {
+            registry: &registry,
+            routing: &routing,
+            dropped_events: 2,
+            now_ms: now_ms(),
+        });
+        for want in [
+            "sharenet_adverts_accepted_total 3",
+            "sharenet_p2p_events_dropped_total 2",
+            "sharenet_open_breakers 0",
+            r#"sharenet_nodes_by_trust{band="high"} 0"#,
+            "sharenet_jobs_in_flight 0",
+            "sharenet_requests_total 0",
+        ] {
+            assert!(page.contains(want), "{want} missing from\n{page}");
+        }
+    }
+
+    #[test]
     fn every_family_registers_and_renders() {
         let m = Metrics::new();
         m.requests.inc();
