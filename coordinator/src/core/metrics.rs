@@ -11,8 +11,9 @@
 //!   `sharenet_spend_nano_usd_total{model, app}`;
 //! - as things happen: requests received, fallbacks, receipts accepted and
 //!   rejected, spot checks;
-//! - at scrape time (`http/public.rs`): adverts by outcome, live nodes per
-//!   model, open breakers, nodes by trust band, jobs in flight.
+//! - at scrape time ([`Metrics::page`], which `/metrics` serves): adverts
+//!   by outcome, live nodes per model, open breakers, nodes by trust band,
+//!   jobs in flight, network events dropped.
 //!
 //! Label values come from the coordinator's own records (model names that
 //! routed, app ids the operator created, status codes), never from raw
@@ -20,11 +21,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::proto::MetricFamily;
 use sharenet_api::dashboard::MinuteStats;
 
-use crate::core::now_ms;
+use crate::core::clock::now_ms;
+use crate::core::registry::Registry as Adverts;
+use crate::core::routing::Routing;
 use crate::core::sync::lock;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
@@ -394,6 +398,121 @@ impl Metrics {
     }
 }
 
+/// What the page reads at scrape time, from where it is kept.
+pub struct Scrape<'a> {
+    /// Adverts by outcome, and the live models.
+    pub registry: &'a Adverts,
+    /// Open breakers, nodes by trust band, jobs in flight.
+    pub routing: &'a Routing,
+    /// Network events the transport dropped because its channel was full.
+    pub dropped_events: u64,
+    pub now_ms: u64,
+}
+
+impl Metrics {
+    /// The Prometheus page: everything counted here plus the families
+    /// read at scrape time from `scrape`.
+    pub fn page(&self, scrape: &Scrape<'_>) -> String {
+        self.render(scraped(scrape).families())
+    }
+}
+
+/// The families read at scrape time.
+fn scraped(scrape: &Scrape<'_>) -> Snapshot {
+    let a = &scrape.registry.stats;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let counters: [(&str, &str, u64); 11] = [
+        (
+            "sharenet_adverts_accepted_total",
+            "Adverts verified and recorded.",
+            get(&a.accepted),
+        ),
+        (
+            "sharenet_adverts_invalid_total",
+            "Adverts that did not decode or verify.",
+            get(&a.invalid),
+        ),
+        (
+            "sharenet_adverts_wrong_signer_total",
+            "Adverts signed by a key other than the publisher's.",
+            get(&a.wrong_signer),
+        ),
+        (
+            "sharenet_adverts_expired_total",
+            "Adverts that arrived expired.",
+            get(&a.expired),
+        ),
+        (
+            "sharenet_adverts_from_the_future_total",
+            "Adverts issued too far in the future.",
+            get(&a.from_the_future),
+        ),
+        (
+            "sharenet_adverts_stale_total",
+            "Adverts not newer than the last one seen.",
+            get(&a.stale),
+        ),
+        (
+            "sharenet_adverts_pruned_total",
+            "Adverts dropped from routing when they expired.",
+            get(&a.pruned),
+        ),
+        (
+            "sharenet_adverts_over_price_ceiling_total",
+            "Adverts with offers above the price ceiling (those offers are not routable).",
+            get(&a.over_price_ceiling),
+        ),
+        (
+            "sharenet_adverts_evicted_total",
+            "Nodes without history evicted from a full registry for a node with history.",
+            get(&a.evicted),
+        ),
+        (
+            "sharenet_adverts_full_total",
+            "Adverts refused because the registry was full.",
+            get(&a.full),
+        ),
+        (
+            "sharenet_p2p_events_dropped_total",
+            "Network events dropped because the channel was full.",
+            scrape.dropped_events,
+        ),
+    ];
+    let snap = Snapshot::default();
+    for (name, help, value) in counters {
+        snap.counter(name, help, value);
+    }
+    let models = scrape.registry.models(scrape.now_ms);
+    let live: Vec<(&str, i64)> = models
+        .iter()
+        .map(|m| (m.id.as_str(), i64::try_from(m.nodes).unwrap_or(i64::MAX)))
+        .collect();
+    snap.gauge_vec(
+        "sharenet_live_nodes",
+        "Nodes with a live advert, by model (node id or canonical name).",
+        "model",
+        &live,
+    );
+    let (open, bands, in_flight) = scrape.routing.summary(scrape.now_ms);
+    snap.gauge(
+        "sharenet_open_breakers",
+        "Nodes whose circuit breaker is open.",
+        open,
+    );
+    snap.gauge_vec(
+        "sharenet_nodes_by_trust",
+        "Live nodes by trust score band.",
+        "band",
+        &[("low", bands[0]), ("medium", bands[1]), ("high", bands[2])],
+    );
+    snap.gauge(
+        "sharenet_jobs_in_flight",
+        "This coordinator's jobs running on nodes.",
+        in_flight,
+    );
+    snap
+}
+
 /// Families built at scrape time from values kept elsewhere.
 #[derive(Default)]
 pub struct Snapshot {
@@ -526,6 +645,29 @@ mod tests {
             m.timeline(now_ms()).iter().map(|m| m.requests).sum::<u64>(),
             0
         );
+    }
+
+    #[test]
+    fn the_page_adds_what_is_read_at_scrape_time() {
+        let registry = Adverts::default();
+        registry.stats.accepted.fetch_add(3, Ordering::Relaxed);
+        let routing = Routing::new(1, 1_000.0);
+        let page = Metrics::new().page(&Scrape {
+            registry: &registry,
+            routing: &routing,
+            dropped_events: 2,
+            now_ms: now_ms(),
+        });
+        for want in [
+            "sharenet_adverts_accepted_total 3",
+            "sharenet_p2p_events_dropped_total 2",
+            "sharenet_open_breakers 0",
+            r#"sharenet_nodes_by_trust{band="high"} 0"#,
+            "sharenet_jobs_in_flight 0",
+            "sharenet_requests_total 0",
+        ] {
+            assert!(page.contains(want), "{want} missing from\n{page}");
+        }
     }
 
     #[test]

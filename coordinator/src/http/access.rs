@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::core::Core;
 use crate::core::accounts::Principal;
+use crate::core::dispatch::{ActiveJob, Finished as FinishedJob};
 use crate::core::metrics::{Finished, Inference, Metrics};
 
 /// What the handler knows about an inference request, put into the
@@ -29,6 +30,19 @@ pub(super) struct Access {
     pub charge_nano_usd: u64,
     /// From the request reaching the node to its first token.
     pub ttft_ms: Option<f64>,
+}
+
+/// The access-log facts of a finished (or partly booked) job.
+pub(super) fn access_of(active: &ActiveJob, f: &FinishedJob) -> Access {
+    Access {
+        model: active.model().to_owned(),
+        node: active.peer().to_string(),
+        receipt_id: active.job_id().to_hex(),
+        input_tokens: f.usage.input_tokens,
+        output_tokens: f.usage.output_tokens,
+        charge_nano_usd: f.charge.total,
+        ttft_ms: Some(active.ttft_ms()),
+    }
 }
 
 /// In a streamed response's extensions: its relay writes the line.

@@ -2,39 +2,36 @@
 //! OpenAI's chat: the request becomes a chat job (system prompt, turns,
 //! `tool_use` and `tool_result` blocks, tools and `tool_choice`), and the
 //! answer comes back as Anthropic's message or its event stream
-//! (`message_start`, content blocks, `message_delta`, `message_stop`).
+//! (`message_start`, content blocks, `message_delta`, `message_stop`),
+//! both shaped in `anthropic_reply.rs`.
 //! Errors are Anthropic's `{"type": "error", "error": {"type", "message"}}`
 //! with the statuses `error.rs` gives every core error.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use sharenet_api::Cost;
-use sharenet_api::anthropic::{Block, Message, MessageUsage, MessagesRequest};
+use sharenet_api::anthropic::MessagesRequest;
 use sharenet_proto::{
-    ChatMessage, FinishReason, JobInput, SamplingParams, ToolCall, ToolChoice, ToolSpec, Tools,
+    ChatMessage, JobInput, SamplingParams, ToolCall, ToolChoice, ToolSpec, Tools,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::access;
-use super::end_customer;
-use super::error::{anthropic_error_body, status};
-use super::openai::{access_of, cost_header, receipt_header};
+use super::access::{self, access_of};
+use super::anthropic_reply::{Events, Head, message};
+use super::error::anthropic_error_body;
+use super::headers::{cost_header, end_customer, receipt_header};
+use super::relay;
 use super::request::{
     DEFAULT_MAX_TOKENS, param_error, parse_body, provider_prefs, validated_tools,
 };
 use crate::core::Core;
 use crate::core::accounts::Principal;
-use crate::core::dispatch::{ActiveJob, Finished, Step, start_job};
+use crate::core::dispatch::start_job;
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 
@@ -313,22 +310,6 @@ fn job(req: &MessagesRequest) -> Result<Job, Error> {
     })
 }
 
-fn stop_reason(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Stop => "end_turn",
-        FinishReason::Length => "max_tokens",
-        FinishReason::ToolCalls => "tool_use",
-    }
-}
-
-/// A call's arguments as the `input` object Anthropic's clients expect.
-fn input_of(arguments: &str) -> Value {
-    serde_json::from_str::<Value>(arguments)
-        .ok()
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}))
-}
-
 pub(super) async fn messages_endpoint(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,
@@ -351,25 +332,17 @@ pub(super) async fn messages_endpoint(
     let model = active.model().to_owned();
     let provider = active.peer().to_string();
     if stream {
-        let (tx, rx) = mpsc::channel(64);
         let started = started.map(|s| access::Started {
             app: Some(principal.app.clone()),
             ..s.0
         });
-        let relay_core = core.clone();
-        core.spawn(relay(
-            relay_core,
-            active,
-            Head {
-                id,
-                model,
-                provider,
-                receipt_id,
-            },
-            started,
-            tx,
-        ));
-        let sse = Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default());
+        let events = Events::new(Head {
+            id,
+            model,
+            provider,
+            receipt_id,
+        });
+        let sse = relay::stream(core, vec![(active, events)], started, |_| Vec::new());
         let mut response = (headers, sse).into_response();
         response.extensions_mut().insert(access::Deferred);
         return Ok(response);
@@ -389,187 +362,6 @@ pub(super) async fn messages_endpoint(
     let mut response = (headers, cost_header(&charge), Json(body)).into_response();
     response.extensions_mut().insert(access);
     Ok(response)
-}
-
-/// What a reply repeats.
-struct Head {
-    id: String,
-    model: String,
-    provider: String,
-    receipt_id: String,
-}
-
-fn message(f: &Finished, head: Head) -> Message {
-    let mut content = Vec::with_capacity(1 + f.tool_calls.len());
-    if !f.text.is_empty() || f.tool_calls.is_empty() {
-        content.push(Block::Text {
-            text: f.text.clone(),
-        });
-    }
-    for c in &f.tool_calls {
-        content.push(Block::ToolUse {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            input: input_of(&c.arguments),
-        });
-    }
-    Message {
-        id: head.id,
-        kind: "message".into(),
-        role: "assistant".into(),
-        model: head.model,
-        content,
-        stop_reason: Some(stop_reason(f.finish_reason).into()),
-        stop_sequence: None,
-        usage: MessageUsage::new(
-            f.usage.input_tokens,
-            f.usage.output_tokens,
-            Some(Cost::from(&f.charge)),
-        ),
-        receipt_id: head.receipt_id,
-        provider: head.provider,
-    }
-}
-
-type Tx = mpsc::Sender<Result<Event, Infallible>>;
-
-/// Sends one named event; false when the client went away or stopped
-/// reading for the idle timeout.
-async fn send(tx: &Tx, core: &Core, name: &str, data: Value) -> bool {
-    let event = Event::default().event(name).data(data.to_string());
-    tx.send_timeout(Ok(event), core.timeouts.idle).await.is_ok()
-}
-
-/// Relays a job as Anthropic's event stream. A client that goes away or
-/// a node that fails mid-stream is charged as on chat (the last running
-/// receipt); a failure ends the stream with an `error` event.
-async fn relay(
-    core: Arc<Core>,
-    mut active: ActiveJob,
-    head: Head,
-    started: Option<access::Started>,
-    tx: Tx,
-) {
-    let ttft_ms = started.as_ref().map(|s| s.at.elapsed().as_secs_f64() * 1e3);
-    let log = |status: StatusCode, a: Option<&access::Access>| {
-        if let Some(s) = &started {
-            access::line(s, status, a, ttft_ms);
-        }
-    };
-    let start = json!({"type": "message_start", "message": {
-        "id": head.id, "type": "message", "role": "assistant", "model": head.model,
-        "content": [], "stop_reason": null, "stop_sequence": null,
-        "usage": {"input_tokens": 0, "output_tokens": 0},
-        "receipt_id": head.receipt_id, "provider": head.provider}});
-    if !send(&tx, &core, "message_start", start).await {
-        log(StatusCode::OK, None);
-        return;
-    }
-    // The index of the next content block, and whether a text block is open.
-    let mut block = 0u32;
-    let mut text_open = false;
-    loop {
-        let step = tokio::select! {
-            step = active.next(&core) => step,
-            _ = core.shutdown().cancelled() => {
-                Err(Error::ShuttingDown("the coordinator is shutting down".into()))
-            }
-        };
-        let ok = match step {
-            Ok(Step::Delta(text, _)) => {
-                if text.is_empty() {
-                    continue;
-                }
-                let mut ok = true;
-                if !text_open {
-                    ok = send(
-                        &tx,
-                        &core,
-                        "content_block_start",
-                        json!({"type": "content_block_start",
-                        "index": block, "content_block": {"type": "text", "text": ""}}),
-                    )
-                    .await;
-                    text_open = true;
-                }
-                ok && send(
-                    &tx,
-                    &core,
-                    "content_block_delta",
-                    json!({"type": "content_block_delta",
-                    "index": block, "delta": {"type": "text_delta", "text": text}}),
-                )
-                .await
-            }
-            Ok(Step::ToolCalls(calls)) => {
-                let mut ok = true;
-                if text_open {
-                    ok = send(
-                        &tx,
-                        &core,
-                        "content_block_stop",
-                        json!({"type": "content_block_stop", "index": block}),
-                    )
-                    .await;
-                    text_open = false;
-                    block += 1;
-                }
-                for c in calls {
-                    ok = ok
-                        && send(&tx, &core, "content_block_start", json!({"type": "content_block_start",
-                            "index": block, "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}})).await
-                        && send(&tx, &core, "content_block_delta", json!({"type": "content_block_delta",
-                            "index": block, "delta": {"type": "input_json_delta", "partial_json": input_of(&c.arguments).to_string()}})).await
-                        && send(&tx, &core, "content_block_stop", json!({"type": "content_block_stop", "index": block})).await;
-                    block += 1;
-                }
-                ok
-            }
-            Ok(Step::Done(f)) => {
-                if text_open {
-                    let _ = send(
-                        &tx,
-                        &core,
-                        "content_block_stop",
-                        json!({"type": "content_block_stop", "index": block}),
-                    )
-                    .await;
-                }
-                let cost = Cost::from(&f.charge);
-                let usage =
-                    MessageUsage::new(f.usage.input_tokens, f.usage.output_tokens, Some(cost));
-                let _ = send(
-                    &tx,
-                    &core,
-                    "message_delta",
-                    json!({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason(f.finish_reason), "stop_sequence": null},
-                    "usage": usage}),
-                )
-                .await;
-                let _ = send(&tx, &core, "message_stop", json!({"type": "message_stop"})).await;
-                log(StatusCode::OK, Some(&access_of(&active, &f)));
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(job = %active.job_id(), error = %e, "stream failed after the first token");
-                let partial = active.book_partial(&core).await;
-                let _ = send(&tx, &core, "error", anthropic_error_body(&e)).await;
-                log(status(&e), partial.map(|p| access_of(&active, &p)).as_ref());
-                return;
-            }
-        };
-        if !ok {
-            // The client went away or stopped reading: what it received
-            // is charged, the node stops.
-            let partial = active.book_partial(&core).await;
-            log(
-                StatusCode::OK,
-                partial.map(|p| access_of(&active, &p)).as_ref(),
-            );
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

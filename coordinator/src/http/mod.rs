@@ -4,41 +4,50 @@
 //! error body in one place (`error.rs`).
 //!
 //! - `openai.rs`: chat, completions, embeddings, models; `request.rs`:
-//!   request bodies → `core::job::Job`; `sse.rs`: streaming;
+//!   request bodies → `core::job::Job`; `openai_parts.rs`: logprobs and
+//!   usage as OpenAI shapes them; `openai_stream.rs`: OpenAI's chunks;
 //! - `anthropic.rs`: Anthropic's Messages API over the same jobs;
+//!   `anthropic_reply.rs`: its message and its event stream;
+//! - `relay.rs`: the one streaming relay, generic over the wire format
+//!   (OpenAI's chunks, Anthropic's events);
 //! - `builder.rs`: a builder's receipts, proofs, statements and usage;
 //! - `operator.rs`: `/operator/*` (apps, keys, top-ups, settlement);
-//! - `public.rs`: health, metrics, published statement bundles.
+//! - `public.rs`: health, metrics, published statement bundles;
+//! - `auth.rs`: API and operator keys; `headers.rs`: the headers the API
+//!   adds; `access.rs`: the access log.
+//!
+//! Files here import each other one way only; this file only declares
+//! them and puts the routes together.
 
 mod access;
 mod anthropic;
+mod anthropic_reply;
+mod auth;
 mod builder;
 mod dashboard;
 pub mod error;
+mod headers;
 mod openai;
+mod openai_parts;
+mod openai_stream;
 mod operator;
 mod public;
+mod relay;
 pub mod request;
-mod sse;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, header};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
-use sharenet_proto::sha256;
 
 use crate::core::Core;
 use crate::core::error::Error;
 use error::ApiError;
 
-/// Header naming the builder's end customer (when the body has no `user`).
-pub const END_CUSTOMER_HEADER: &str = "x-sharenet-end-customer";
-/// Header carrying the receipt id (= job id) on completion responses.
-pub const RECEIPT_HEADER: &str = "x-sharenet-receipt-id";
+pub use headers::{END_CUSTOMER_HEADER, RECEIPT_HEADER};
+
 /// Largest request body accepted (axum's default, stated).
 const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
@@ -59,9 +68,14 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/v1/generation", get(builder::generation))
         .route("/api/v1/generation", get(builder::generation))
         .route("/v1/dashboard", get(dashboard::builder_view))
-        .route_layer(middleware::from_fn_with_state(core.clone(), authenticate));
-    let operator =
-        operator::routes().route_layer(middleware::from_fn_with_state(core.clone(), operator_auth));
+        .route_layer(middleware::from_fn_with_state(
+            core.clone(),
+            auth::authenticate,
+        ));
+    let operator = operator::routes().route_layer(middleware::from_fn_with_state(
+        core.clone(),
+        auth::operator_auth,
+    ));
     Router::new()
         .merge(authed)
         .merge(operator)
@@ -79,75 +93,5 @@ pub fn app(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
-/// The API key: `Authorization: Bearer <key>` (OpenAI's clients), else
-/// `x-api-key: <key>` (Anthropic's).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-}
-
-/// Builder endpoints: the API key names the principal.
-async fn authenticate(
-    State(core): State<Arc<Core>>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(key) = bearer(request.headers()) else {
-        return Err(Error::Unauthorized(
-            "missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)".into(),
-        )
-        .into());
-    };
-    let principal = core.accounts.authenticate(key)?;
-    request.extensions_mut().insert(principal.clone());
-    let mut response = next.run(request).await;
-    // For the access log.
-    response.extensions_mut().insert(principal);
-    Ok(response)
-}
-
-/// `/operator/*`: the operator key only.
-async fn operator_auth(
-    State(core): State<Arc<Core>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(expected) = core.operator_key.as_deref() else {
-        return Err(
-            Error::NotFound("the operator API is off (no operator_key configured)".into()).into(),
-        );
-    };
-    match bearer(request.headers()) {
-        // Compared as hashes, so the comparison takes the same time
-        // whatever prefix matches.
-        Some(k) if sha256(k.as_bytes()) == sha256(expected.as_bytes()) => {
-            Ok(next.run(request).await)
-        }
-        _ => Err(Error::Forbidden("the operator key is required".into()).into()),
-    }
-}
-
-/// The end customer a request is for: the OpenAI `user` field, else the
-/// `x-sharenet-end-customer` header.
-fn end_customer(headers: &HeaderMap, user: Option<&str>) -> Result<Option<String>, Error> {
-    let from_header = headers
-        .get(END_CUSTOMER_HEADER)
-        .map(|v| v.to_str().map(str::to_string))
-        .transpose()
-        .map_err(|_| Error::bad_request("x-sharenet-end-customer must be ASCII", None))?;
-    let customer = user.map(str::to_string).or(from_header);
-    if customer
-        .as_ref()
-        .is_some_and(|c| c.is_empty() || c.len() > 256)
-    {
-        return Err(Error::bad_request(
-            "the end customer id must be 1 to 256 bytes",
-            Some("user"),
-        ));
-    }
-    Ok(customer)
-}
+#[cfg(test)]
+mod wire_tests;

@@ -1,6 +1,6 @@
 //! The OpenAI endpoints: chat and text completions (JSON or SSE),
 //! embeddings, and the model list. Parsing is in `request.rs`, streaming
-//! in `sse.rs`; the work is the core's.
+//! in `openai_stream.rs` (over `relay.rs`); the work is the core's.
 
 use std::sync::Arc;
 
@@ -8,24 +8,24 @@ use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sharenet_api::openai::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatLogprobs,
-    ChatTokenLogprob, CompletionLogprobs, CompletionRequest, Embedding, EmbeddingList,
-    EmbeddingRequest, EmbeddingUsage, EmbeddingVector, FunctionCall, Model, ModelCapabilities,
-    ModelPricing, OutToolCall, TextChoice, TextCompletion, TopLogprob, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, CompletionRequest,
+    Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage, EmbeddingVector, FunctionCall,
+    Model, ModelCapabilities, ModelPricing, OutToolCall, TextChoice, TextCompletion,
 };
 use sharenet_api::{Cost, List};
-use sharenet_proto::TokenLogprob;
 
-use super::access;
+use super::access::{self, access_of};
 use super::error::ApiError;
+use super::headers::{cost_header, end_customer, receipt_header};
+use super::openai_parts::{chat_logprobs, completion_logprobs, totals};
+use super::openai_stream;
 use super::request::{Shape, chat_job, completion_job, embedding_job, parse_body};
-use super::{RECEIPT_HEADER, end_customer};
 use crate::core::accounts::Principal;
-use crate::core::dispatch::{ActiveJob, Finished, start_job};
+use crate::core::dispatch::{Finished, run_choices, start_choices, start_job};
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 use crate::core::{Core, now_ms};
@@ -137,29 +137,9 @@ pub(super) async fn embeddings(
     Ok(response)
 }
 
-/// `x-sharenet-cost-nano-usd`: the exact charge, for clients that read
-/// headers (a stream's cost comes in its usage chunk, after the headers).
-pub(super) fn cost_header(charge: &sharenet_market::Charge) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(COST_HEADER, HeaderValue::from(charge.total));
-    headers
-}
-
-/// The exact charge of a non-streamed response, nano-USD.
-pub const COST_HEADER: &str = "x-sharenet-cost-nano-usd";
-
-pub(super) fn receipt_header(receipt_id: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(receipt_id) {
-        headers.insert(RECEIPT_HEADER, v);
-    }
-    headers
-}
-
 /// Chat and text completions, answered as JSON or SSE. With `n` > 1 each
-/// choice is its own job (its own node, hold and receipt; a `seed` gives
-/// choice `i` the seed `seed + i`), started together, so choices on one
-/// node share its batch; `usage` sums them (each node read the prompt).
+/// choice is its own job (`core::dispatch::start_choices`); `usage` sums
+/// them.
 async fn generate(
     core: Arc<Core>,
     job: Job,
@@ -170,18 +150,7 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let kind = job.kind;
     let want_logprobs = job.params.logprobs;
-    let jobs = (0..shape.n.max(1)).map(|i| {
-        let mut j = job.clone();
-        j.params.seed = j.params.seed.map(|s| s.wrapping_add(u64::from(i)));
-        Arc::new(j)
-    });
-    let starts = futures::future::join_all(
-        jobs.map(|j| start_job(&core, j, &principal, customer.as_deref())),
-    )
-    .await;
-    // A choice that cannot start fails the request; the others' holds are
-    // released as they drop, before any of them is charged.
-    let mut actives = starts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut actives = start_choices(&core, job, shape.n, &principal, customer.as_deref()).await?;
     let Some(first) = actives.first() else {
         return Err(Error::Internal("no choices".into()).into());
     };
@@ -198,10 +167,10 @@ async fn generate(
     if shape.stream {
         // The jobs have produced their first events on nodes: from here on
         // failures are reported in-band as an OpenAI error event.
-        let sse = super::sse::stream(
+        let sse = openai_stream::stream(
             core,
             actives,
-            super::sse::Meta {
+            openai_stream::Meta {
                 kind,
                 id,
                 created,
@@ -209,37 +178,17 @@ async fn generate(
                 want_logprobs,
                 provider: node,
                 model,
-                started: started.map(|s| access::Started {
-                    app: Some(principal.app.clone()),
-                    ..s
-                }),
             },
+            started.map(|s| access::Started {
+                app: Some(principal.app.clone()),
+                ..s
+            }),
         );
         let mut response = (headers, sse).into_response();
         response.extensions_mut().insert(access::Deferred);
         return Ok(response);
     }
-    let results = futures::future::join_all(actives.iter_mut().map(|a| a.run_to_end(&core))).await;
-    let total = results.len();
-    let mut finished = Vec::with_capacity(total);
-    let mut failure = None;
-    for r in results {
-        match r {
-            Ok(f) => finished.push(f),
-            Err(e) => failure = failure.or(Some(e)),
-        }
-    }
-    if let Some(e) = failure {
-        if finished.is_empty() {
-            return Err(e.into());
-        }
-        return Err(Error::BadGateway(format!(
-            "{} of {total} choices failed ({e}); the {} that finished were charged (see /v1/receipts)",
-            total - finished.len(),
-            finished.len()
-        ))
-        .into());
-    }
+    let finished = run_choices(&core, &mut actives).await?;
     let (usage, charge) = totals(&finished);
     let access = access::Access {
         input_tokens: usage.prompt_tokens,
@@ -320,86 +269,6 @@ fn chat_choice(index: u32, f: Finished, want_logprobs: bool) -> ChatChoice {
                 })
                 .collect(),
         },
-    }
-}
-
-/// The usage and charge of all the choices of one request together.
-pub(super) fn totals(all: &[Box<Finished>]) -> (Usage, sharenet_market::Charge) {
-    let mut charge = sharenet_market::Charge::default();
-    let (mut input, mut output) = (0u32, 0u32);
-    for f in all {
-        input = input.saturating_add(f.usage.input_tokens);
-        output = output.saturating_add(f.usage.output_tokens);
-        charge.provider_cost = charge.provider_cost.saturating_add(f.charge.provider_cost);
-        charge.network_fee = charge.network_fee.saturating_add(f.charge.network_fee);
-        charge.margin = charge.margin.saturating_add(f.charge.margin);
-        charge.total = charge.total.saturating_add(f.charge.total);
-    }
-    (Usage::new(input, output, Cost::from(&charge)), charge)
-}
-
-/// The access-log facts of a finished job.
-pub(super) fn access_of(active: &ActiveJob, f: &Finished) -> access::Access {
-    access::Access {
-        model: active.model().to_owned(),
-        node: active.peer().to_string(),
-        receipt_id: active.job_id().to_hex(),
-        input_tokens: f.usage.input_tokens,
-        output_tokens: f.usage.output_tokens,
-        charge_nano_usd: f.charge.total,
-        ttft_ms: Some(active.ttft_ms()),
-    }
-}
-
-/// The `usage` object of a booked job.
-pub(super) fn usage(f: &Finished) -> Usage {
-    Usage::new(
-        f.usage.input_tokens,
-        f.usage.output_tokens,
-        Cost::from(&f.charge),
-    )
-}
-
-/// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
-pub(super) fn chat_logprobs(lps: &[TokenLogprob]) -> ChatLogprobs {
-    ChatLogprobs {
-        content: lps
-            .iter()
-            .map(|l| ChatTokenLogprob {
-                token: l.token.clone(),
-                logprob: l.logprob,
-                bytes: l.bytes.clone(),
-                top_logprobs: l
-                    .top
-                    .iter()
-                    .map(|t| TopLogprob {
-                        token: t.token.clone(),
-                        logprob: t.logprob,
-                        bytes: t.bytes.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
-}
-
-/// Legacy completions logprobs: parallel arrays; `offset` is where the
-/// first token's text starts in the whole completion.
-pub(super) fn completion_logprobs(lps: &[TokenLogprob], offset: usize) -> CompletionLogprobs {
-    let mut text_offset = Vec::with_capacity(lps.len());
-    let mut at = offset;
-    for l in lps {
-        text_offset.push(at);
-        at += l.bytes.len();
-    }
-    CompletionLogprobs {
-        tokens: lps.iter().map(|l| l.token.clone()).collect(),
-        token_logprobs: lps.iter().map(|l| l.logprob).collect(),
-        top_logprobs: lps
-            .iter()
-            .map(|l| l.top.iter().map(|t| (t.token.clone(), t.logprob)).collect())
-            .collect(),
-        text_offset,
     }
 }
 

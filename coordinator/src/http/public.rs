@@ -2,7 +2,6 @@
 //! settled periods providers reconcile against.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -12,7 +11,7 @@ use serde_json::{Value, json};
 use sharenet_api::statements::StatementBundle;
 
 use super::error::ApiError;
-use crate::core::metrics::Snapshot;
+use crate::core::metrics::Scrape;
 use crate::core::{Core, now_ms};
 
 /// Liveness: the process answers (200 whatever the network looks like),
@@ -57,107 +56,20 @@ pub(super) async fn statement_bundle(
     Ok(Json(core.bundle(&label).await?))
 }
 
-/// `GET /metrics`: Prometheus text format (`core::metrics`), plus what is
-/// read at scrape time: adverts by outcome, live nodes per model, open
-/// breakers, nodes by trust band, jobs in flight.
+/// `GET /metrics`: Prometheus text format, the page `core::metrics`
+/// renders (what it counts, and what it reads at scrape time).
 pub(super) async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let a = &core.registry.stats;
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 11] = [
-        (
-            "sharenet_adverts_accepted_total",
-            "Adverts verified and recorded.",
-            get(&a.accepted),
-        ),
-        (
-            "sharenet_adverts_invalid_total",
-            "Adverts that did not decode or verify.",
-            get(&a.invalid),
-        ),
-        (
-            "sharenet_adverts_wrong_signer_total",
-            "Adverts signed by a key other than the publisher's.",
-            get(&a.wrong_signer),
-        ),
-        (
-            "sharenet_adverts_expired_total",
-            "Adverts that arrived expired.",
-            get(&a.expired),
-        ),
-        (
-            "sharenet_adverts_from_the_future_total",
-            "Adverts issued too far in the future.",
-            get(&a.from_the_future),
-        ),
-        (
-            "sharenet_adverts_stale_total",
-            "Adverts not newer than the last one seen.",
-            get(&a.stale),
-        ),
-        (
-            "sharenet_adverts_pruned_total",
-            "Adverts dropped from routing when they expired.",
-            get(&a.pruned),
-        ),
-        (
-            "sharenet_adverts_over_price_ceiling_total",
-            "Adverts with offers above the price ceiling (those offers are not routable).",
-            get(&a.over_price_ceiling),
-        ),
-        (
-            "sharenet_adverts_evicted_total",
-            "Nodes without history evicted from a full registry for a node with history.",
-            get(&a.evicted),
-        ),
-        (
-            "sharenet_adverts_full_total",
-            "Adverts refused because the registry was full.",
-            get(&a.full),
-        ),
-        (
-            "sharenet_p2p_events_dropped_total",
-            "Network events dropped because the channel was full.",
-            core.transport.dropped_events(),
-        ),
-    ];
-    let snap = Snapshot::default();
-    for (name, help, value) in counters {
-        snap.counter(name, help, value);
-    }
-    let now = now_ms();
-    let models = core.registry.models(now);
-    let live: Vec<(&str, i64)> = models
-        .iter()
-        .map(|m| (m.id.as_str(), i64::try_from(m.nodes).unwrap_or(i64::MAX)))
-        .collect();
-    snap.gauge_vec(
-        "sharenet_live_nodes",
-        "Nodes with a live advert, by model (node id or canonical name).",
-        "model",
-        &live,
-    );
-    let (open, bands, in_flight) = core.routing.summary(now);
-    snap.gauge(
-        "sharenet_open_breakers",
-        "Nodes whose circuit breaker is open.",
-        open,
-    );
-    snap.gauge_vec(
-        "sharenet_nodes_by_trust",
-        "Live nodes by trust score band.",
-        "band",
-        &[("low", bands[0]), ("medium", bands[1]), ("high", bands[2])],
-    );
-    snap.gauge(
-        "sharenet_jobs_in_flight",
-        "This coordinator's jobs running on nodes.",
-        in_flight,
-    );
+    let page = core.metrics.page(&Scrape {
+        registry: &core.registry,
+        routing: &core.routing,
+        dropped_events: core.transport.dropped_events(),
+        now_ms: now_ms(),
+    });
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        core.metrics.render(snap.families()),
+        page,
     )
 }

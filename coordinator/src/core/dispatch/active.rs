@@ -21,9 +21,8 @@ use crate::core::routing::{InFlight, Outcome};
 use crate::core::transport::JobStream;
 use crate::core::{Core, now_ms, untrusted};
 
-use super::attempt::Started;
+use super::attempt::{Started, decode_event};
 use super::book::{Claim, Terms, check_and_book};
-use super::decode_event;
 use crate::core::job::{CompletedJob, Notice};
 
 /// Most bytes of text one streamed token may carry: the longest tokens of

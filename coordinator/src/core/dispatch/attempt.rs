@@ -11,8 +11,6 @@ use crate::core::routing::{InFlight, Outcome};
 use crate::core::transport::JobStream;
 use crate::core::{Core, untrusted};
 
-use super::decode_event;
-
 /// Times a node that dropped the stream unread is tried again.
 const DROPPED_RETRIES: u32 = 4;
 
@@ -153,4 +151,9 @@ async fn attempt(
         JobEvent::Countersigned { .. } => Err(AttemptError::Retry("unexpected frame".into())),
         event => Ok((stream, event)),
     }
+}
+
+/// One frame from a node as a job event, or why it is not one.
+pub(super) fn decode_event(frame: &[u8]) -> Result<JobEvent, String> {
+    serde_json::from_slice(frame).map_err(|e| format!("undecodable event: {e}"))
 }

@@ -12,112 +12,26 @@
 //! 5. [`ActiveJob`]: relaying events, then [`book::check_and_book`] for the
 //!    final receipt or, when a stream breaks, for the last running receipt;
 //!    a finished job is announced to the completion hook (spot checks).
+//!
+//! Around those steps: [`start_job`] itself is in `start.rs`;
+//! [`start_choices`] and [`run_choices`] (`fanout.rs`) turn a request's `n`
+//! choices into `n` jobs; [`Cut`] (`partial.rs`) is what a builder pays
+//! for a streamed job cut short after its first token.
 
 mod active;
 mod attempt;
 mod book;
+mod fanout;
+mod partial;
 mod plan;
-
-use std::sync::Arc;
-
-use sharenet_proto::{JobEvent, JobId, JobRequest, MAX_FRAME_BYTES, sha256};
-use tracing::Instrument;
+mod start;
 
 pub use crate::config::Timeouts;
 pub use crate::core::job::{CompletedJob, Notice};
 pub use active::{ActiveJob, Finished, Step};
-
-use crate::core::Core;
-use crate::core::accounts::Principal;
-use crate::core::error::Error;
-use crate::core::job::{Job, JobKind};
-
-/// Plans `job`, holds its worst case, and starts it on the first node
-/// that answers (see the module docs).
-pub async fn start_job(
-    core: &Arc<Core>,
-    job: Arc<Job>,
-    principal: &Principal,
-    end_customer: Option<&str>,
-) -> Result<ActiveJob, Error> {
-    let model = plan::resolve_model(core, &job)?;
-    let job_id = JobId(rand::random());
-    // The job's span; its context goes to the node, whose span joins the
-    // same trace (when traces are exported at all).
-    let span = tracing::info_span!(
-        "job",
-        "otel.kind" = "client",
-        model = %model,
-        job_id = %job_id,
-        node = tracing::field::Empty,
-    );
-    let request = JobRequest {
-        job_id,
-        coordinator: core.identity.public_key(),
-        model,
-        input: job.input.clone(),
-        params: job.params.clone(),
-        tools: job.tools.clone(),
-        response_format: job.response_format.clone(),
-        traceparent: sharenet_daemon::trace::traceparent(&span),
-    };
-    let bytes = encode_request(&job, &request)?;
-    let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;
-    let hold = plan::admit(core, &job, &plan, principal, end_customer).await?;
-    let (sensitive, pool) = (plan.sensitive, plan.pool);
-    let (offer, started) = attempt::first_answer(core, &plan.model, plan.candidates, &bytes)
-        .instrument(span.clone())
-        .await?;
-    span.record("node", tracing::field::display(&offer.peer));
-    let terms = book::Terms {
-        job_id: request.job_id,
-        peer: offer.peer,
-        node: offer.advert.node,
-        model: plan.model,
-        price_in: offer.offer.price_in,
-        price_out: offer.offer.price_out,
-        request_digest: sha256(&bytes),
-        max_input_tokens: job.max_input_tokens(),
-    };
-    Ok(ActiveJob::new(
-        started,
-        terms,
-        job,
-        Notice {
-            app: principal.app.clone(),
-            private: sensitive || pool.contains(&offer.advert.node),
-        },
-        hold,
-    ))
-}
-
-/// The request's bytes, refused (400 naming the parameter) when they do
-/// not fit one frame: every node would fail it, and the failure would
-/// count against an honest node.
-fn encode_request(job: &Job, request: &JobRequest) -> Result<Vec<u8>, Error> {
-    let bytes = serde_json::to_vec(request)
-        .map_err(|e| Error::Internal(format!("encode job request: {e}")))?;
-    if bytes.len() > MAX_FRAME_BYTES {
-        let param = match job.kind {
-            JobKind::Chat => "messages",
-            JobKind::Completion => "prompt",
-            JobKind::Embedding => "input",
-        };
-        return Err(Error::bad_request(
-            format!(
-                "the request is {} bytes once encoded for a node, more than the {} a job may carry; shorten `{param}`",
-                bytes.len(),
-                MAX_FRAME_BYTES
-            ),
-            Some(param),
-        ));
-    }
-    Ok(bytes)
-}
-
-fn decode_event(frame: &[u8]) -> Result<JobEvent, String> {
-    serde_json::from_slice(frame).map_err(|e| format!("undecodable event: {e}"))
-}
+pub use fanout::{run_choices, start_choices, summed};
+pub use partial::Cut;
+pub use start::start_job;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,37 +1,27 @@
-//! Streaming a job as server-sent events, OpenAI's way: chunks as tokens
-//! arrive, a final chunk with the finish reason, an optional usage chunk,
-//! then `[DONE]`. After the first token a failure never switches nodes:
-//! the stream ends with an OpenAI error event, and the builder pays for
-//! what it received (the node's last running receipt), nothing more. A
-//! client that hangs up is charged the same way, and so is one that stops
-//! reading: an event that cannot be handed over within the idle timeout
-//! ends the job (its hold and the node's slot are never pinned by a slow
-//! reader). The relay runs as a tracked task that ends on shutdown.
+//! OpenAI's streamed answer as a [`WireFormat`] for the relay: chunks as
+//! tokens arrive (for chat, a role-only chunk first), tool calls whole, a
+//! final chunk with the finish reason; once every choice has finished an
+//! optional usage chunk (summed over the choices) and `[DONE]`. A failure
+//! ends the stream with an OpenAI error event that carries what was
+//! charged (usage and receipt id) when the partial was booked.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Serialize;
 use sharenet_api::openai::{
     ChatCompletionChunk, ChunkChoice, Delta, DeltaFunction, DeltaToolCall, TextChoice,
     TextCompletionChunk, Usage,
 };
 use sharenet_proto::{FinishReason, TokenLogprob, ToolCall};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
+use super::access::Started;
 use super::error::body;
-use super::openai::{access_of, chat_logprobs, completion_logprobs, usage};
+use super::openai_parts::{chat_logprobs, completion_logprobs, totals, usage};
+use super::relay::{Frames, SseBody, WireFormat, json};
 use crate::core::Core;
-use crate::core::dispatch::{ActiveJob, Step};
+use crate::core::dispatch::{ActiveJob, Finished, Step};
 use crate::core::error::Error;
 use crate::core::job::JobKind;
-
-/// SSE events buffered per streaming response.
-const SSE_BUFFER: usize = 64;
 
 /// What every chunk of one response repeats.
 pub(super) struct Meta {
@@ -44,85 +34,128 @@ pub(super) struct Meta {
     pub provider: String,
     /// The model served (the requested one or a fallback).
     pub model: String,
-    /// For the access-log line written when the stream ends.
-    pub started: Option<super::access::Started>,
 }
-
-type Events = ReceiverStream<Result<Event, Infallible>>;
-
-/// The SSE body of one streamed response.
-pub(super) type SseBody = Sse<axum::response::sse::KeepAliveStream<Events>>;
 
 /// Starts relaying `actives` (one job per choice, `n` of them) and returns
 /// the SSE response body. Each choice streams under its own `index`; the
 /// usage chunk (summed over the choices) and `[DONE]` come once every
 /// choice has finished.
-pub(super) fn stream(core: Arc<Core>, actives: Vec<ActiveJob>, meta: Meta) -> SseBody {
-    let (tx, rx) = mpsc::channel(SSE_BUFFER);
+pub(super) fn stream(
+    core: Arc<Core>,
+    actives: Vec<ActiveJob>,
+    meta: Meta,
+    started: Option<Started>,
+) -> SseBody {
     let meta = Arc::new(meta);
-    let mut relays = Vec::with_capacity(actives.len());
-    for (index, active) in actives.into_iter().enumerate() {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let (relay_core, meta, tx) = (core.clone(), meta.clone(), tx.clone());
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        core.spawn(async move {
-            let finished = relay(relay_core, active, &meta, index, tx).await;
-            let _ = done_tx.send(finished);
-        });
-        relays.push(done_rx);
-    }
-    let timeout = core.timeouts.idle;
-    core.spawn(async move {
-        let out = Sender { tx, timeout };
-        let mut all = Vec::with_capacity(relays.len());
-        for r in relays {
-            match r.await {
-                Ok(Some(f)) => all.push(f),
-                // A choice failed: its error event ended the stream's
-                // meaning; no usage, no [DONE].
-                _ => return,
-            }
-        }
+    let choices = actives
+        .into_iter()
+        .enumerate()
+        .map(|(index, active)| {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            let chunks = Chunks::new(meta.clone(), index, active.model());
+            (active, chunks)
+        })
+        .collect();
+    super::relay::stream(core, choices, started, move |all| {
+        let mut frames = Vec::with_capacity(2);
         if meta.include_usage
-            && let Some((usage, receipt_id)) = summed(&all)
+            && let Some((usage, receipt_id)) = summed(all)
         {
-            let _ = out
-                .json(&meta.usage_chunk(&meta.model, usage, receipt_id))
-                .await;
+            frames.push(json(&meta.usage_chunk(&meta.model, usage, receipt_id)));
         }
-        out.done().await;
-    });
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+        frames.push(Some(axum::response::sse::Event::default().data("[DONE]")));
+        frames
+    })
 }
 
 /// The usage of all choices together, and the first choice's receipt id.
-fn summed(all: &[Box<crate::core::dispatch::Finished>]) -> Option<(Usage, String)> {
+fn summed(all: &[Box<Finished>]) -> Option<(Usage, String)> {
     let first = all.first()?;
-    let (total, _) = super::openai::totals(all);
+    let (total, _) = totals(all);
     Some((total, first.receipt.receipt().job_id.to_hex()))
 }
 
-struct Sender {
-    tx: mpsc::Sender<Result<Event, Infallible>>,
-    /// How long a client may leave an event unread.
-    timeout: Duration,
+/// One choice's chunks: its index, the model that serves it, where its
+/// text has got to (for legacy logprobs' offsets) and the tool calls sent
+/// so far (their indexes in the reply).
+pub(super) struct Chunks {
+    meta: Arc<Meta>,
+    index: u32,
+    model: String,
+    offset: usize,
+    calls_sent: usize,
 }
 
-impl Sender {
-    /// False when the client has gone away or stopped reading.
-    async fn json(&self, v: &impl Serialize) -> bool {
-        match serde_json::to_string(v) {
-            Ok(data) => self.event(Event::default().data(data)).await,
-            Err(_) => false,
+impl Chunks {
+    /// Choice `index`'s chunks, served by `model`.
+    pub(super) fn new(meta: Arc<Meta>, index: u32, model: &str) -> Self {
+        Self {
+            meta,
+            index,
+            model: model.to_owned(),
+            offset: 0,
+            calls_sent: 0,
+        }
+    }
+}
+
+impl WireFormat for Chunks {
+    fn opening(&mut self) -> Frames {
+        match self.meta.kind {
+            JobKind::Chat => vec![json(&self.meta.chunk(
+                &self.model,
+                self.index,
+                None,
+                None,
+                0,
+                None,
+            ))],
+            _ => Vec::new(),
         }
     }
 
-    async fn event(&self, event: Event) -> bool {
-        self.tx.send_timeout(Ok(event), self.timeout).await.is_ok()
+    fn step(&mut self, step: Step) -> Frames {
+        match step {
+            Step::Delta(text, logprobs) => {
+                if text.is_empty() && logprobs.is_empty() {
+                    return Vec::new();
+                }
+                let lps = self.meta.want_logprobs.then_some(logprobs.as_slice());
+                let chunk =
+                    self.meta
+                        .chunk(&self.model, self.index, Some(&text), lps, self.offset, None);
+                self.offset += text.len();
+                vec![json(&chunk)]
+            }
+            Step::ToolCalls(calls) => {
+                let chunk = self
+                    .meta
+                    .calls_chunk(&self.model, self.index, &calls, self.calls_sent);
+                self.calls_sent += calls.len();
+                vec![json(&chunk)]
+            }
+            Step::Done(_) => Vec::new(),
+        }
     }
 
-    async fn done(&self) {
-        let _ = self.event(Event::default().data("[DONE]")).await;
+    fn finished(&mut self, f: &Finished) -> Frames {
+        vec![json(&self.meta.chunk(
+            &self.model,
+            self.index,
+            None,
+            None,
+            self.offset,
+            Some(f.finish_reason),
+        ))]
+    }
+
+    fn failed(&mut self, e: &Error, partial: Option<&Finished>) -> Frames {
+        let mut event = body(e);
+        if let Some(partial) = partial {
+            event.usage = Some(usage(partial));
+            event.receipt_id = Some(partial.receipt.receipt().job_id.to_hex());
+        }
+        vec![json(&event)]
     }
 }
 
@@ -270,113 +303,6 @@ enum Chunk {
     Text(TextCompletionChunk),
 }
 
-/// Relays one choice; what it finished with, or `None` when it failed or
-/// the client went away (then what was delivered is booked and logged).
-async fn relay(
-    core: Arc<Core>,
-    mut active: ActiveJob,
-    meta: &Meta,
-    index: u32,
-    tx: mpsc::Sender<Result<Event, Infallible>>,
-) -> Option<Box<crate::core::dispatch::Finished>> {
-    let out = Sender {
-        tx,
-        timeout: core.timeouts.idle,
-    };
-    let model = active.model().to_owned();
-    // The headers leave with the first event: time to first token.
-    let ttft_ms = meta
-        .started
-        .as_ref()
-        .map(|s| s.at.elapsed().as_secs_f64() * 1e3);
-    let log = |status: StatusCode, access: Option<&super::access::Access>| {
-        if let Some(s) = &meta.started {
-            super::access::line(s, status, access, ttft_ms);
-        }
-    };
-    if meta.kind == JobKind::Chat
-        && !out
-            .json(&meta.chunk(&model, index, None, None, 0, None))
-            .await
-    {
-        log(StatusCode::OK, None);
-        return None;
-    }
-    let mut offset = 0usize;
-    let mut calls_sent = 0usize;
-    loop {
-        let step = tokio::select! {
-            step = active.next(&core) => step,
-            _ = core.shutdown().cancelled() => {
-                Err(Error::ShuttingDown("the coordinator is shutting down".into()))
-            }
-        };
-        match step {
-            Ok(step @ (Step::Delta(..) | Step::ToolCalls(_))) => {
-                let delivered = match step {
-                    Step::Delta(text, logprobs) => {
-                        if text.is_empty() && logprobs.is_empty() {
-                            continue;
-                        }
-                        let lps = meta.want_logprobs.then_some(logprobs.as_slice());
-                        let chunk = meta.chunk(&model, index, Some(&text), lps, offset, None);
-                        offset += text.len();
-                        out.json(&chunk).await
-                    }
-                    Step::ToolCalls(calls) => {
-                        let chunk = meta.calls_chunk(&model, index, &calls, calls_sent);
-                        calls_sent += calls.len();
-                        out.json(&chunk).await
-                    }
-                    Step::Done(_) => continue,
-                };
-                if !delivered {
-                    // The client went away or stopped reading: dropping the
-                    // job closes the node's stream, which stops generation
-                    // there. What was generated until then is charged (the
-                    // node's last running receipt), as hosted APIs do.
-                    let partial = active.book_partial(&core).await;
-                    log(
-                        StatusCode::OK,
-                        partial.map(|p| access_of(&active, &p)).as_ref(),
-                    );
-                    return None;
-                }
-            }
-            Ok(Step::Done(finished)) => {
-                let _ = out
-                    .json(&meta.chunk(
-                        &model,
-                        index,
-                        None,
-                        None,
-                        offset,
-                        Some(finished.finish_reason),
-                    ))
-                    .await;
-                log(StatusCode::OK, Some(&access_of(&active, &finished)));
-                return Some(finished);
-            }
-            Err(e) => {
-                tracing::warn!(job = %active.job_id(), error = %e, "stream failed after the first token");
-                let mut event = body(&e);
-                let partial = active.book_partial(&core).await;
-                if let Some(partial) = &partial {
-                    event.usage = Some(usage(partial));
-                    event.receipt_id = Some(partial.receipt.receipt().job_id.to_hex());
-                }
-                let _ = out.json(&event).await;
-                // The status line said 200; the stream ended in an error.
-                log(
-                    super::error::status(&e),
-                    partial.map(|p| access_of(&active, &p)).as_ref(),
-                );
-                return None;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -389,6 +315,7 @@ mod tests {
     use crate::core::dispatch::tests::{BALANCE, Script, setup};
     use crate::core::job::{Job, ProviderPrefs};
     use sharenet_proto::{ChatMessage, JobInput, SamplingParams};
+    use tokio::sync::mpsc;
 
     /// Issue 12, item 16: a client that stops reading used to pin its
     /// hold and the node's slot forever.
@@ -419,14 +346,19 @@ mod tests {
             want_logprobs: false,
             provider: String::new(),
             model: "m".into(),
-            started: None,
         };
         // The client holds the stream open and never reads it.
         let (tx, _unread) = mpsc::channel(4);
         let started = Instant::now();
         tokio::time::timeout(
             Duration::from_secs(10),
-            relay(core.clone(), active, &meta, 0, tx),
+            super::super::relay::relay(
+                core.clone(),
+                active,
+                Chunks::new(Arc::new(meta), 0, "m"),
+                None,
+                tx,
+            ),
         )
         .await
         .expect("the relay gives up on a reader that stopped");
