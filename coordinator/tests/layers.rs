@@ -116,7 +116,9 @@ fn every_core_module_is_in_the_graph() {
 fn nothing_but_the_crate_roots_imports_the_http_layer() {
     let g = coordinator_graph();
     assert!(
-        g.edges["src/http/openai.rs"].contains_key("src/core/dispatch/mod.rs"),
+        g.edges["src/http/openai.rs"]
+            .keys()
+            .any(|to| to.starts_with("src/core/dispatch/")),
         "http reaches the core's dispatch: {:#?}",
         g.edges
     );
