@@ -197,26 +197,30 @@ impl TestNet {
         // Wait for this node's own advert for every model (other nodes may
         // already serve the same model names).
         let key = node.public_key();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            let registry = &self.net().coordinator.core.registry;
-            let advertised = ids.iter().all(|id| match registry.lookup(id, now) {
-                Lookup::Found(offers) => offers.iter().any(|o| o.advert.node == key),
-                _ => false,
-            });
-            if advertised {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the new node's models {ids:?} never reached the coordinator"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let registry = &self.net().coordinator.core.registry;
+        wait_for(
+            &format!("the new node's models {ids:?} to reach the coordinator"),
+            PATIENCE,
+            || {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let missing: Vec<&String> = ids
+                    .iter()
+                    .filter(|id| match registry.lookup(id, now) {
+                        Lookup::Found(offers) => !offers.iter().any(|o| o.advert.node == key),
+                        _ => true,
+                    })
+                    .collect();
+                std::future::ready(if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not yet advertised: {missing:?}"))
+                })
+            },
+        )
+        .await;
         node
     }
 
@@ -229,6 +233,57 @@ impl TestNet {
                 .expect("the network shuts down within 10 s");
         }
     }
+}
+
+/// How long a test waits for something it expects to happen before it
+/// fails: generous, because the suite runs on loaded machines (two cores
+/// shared with a workspace build) where a step that takes 50 ms alone can
+/// take seconds; a condition that holds at all holds well within it, and
+/// one that never holds still fails, only later.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How often [`wait_for`] looks again: often enough not to slow a test
+/// down, rarely enough to be no load of its own.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// Waits for a condition, never for a time: calls `check` until it returns
+/// `Ok`, and returns what that carried. While the condition does not hold,
+/// `check` returns `Err` with what it saw; once `limit` has passed the
+/// test fails naming `what` and that last observed state.
+///
+/// Tests use this instead of "sleep, then assert that it happened", which
+/// fails whenever the machine is slower than the sleep assumed.
+pub async fn wait_for<T, S, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    S: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, S>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let seen = match check().await {
+            Ok(done) => return done,
+            Err(seen) => seen,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; last seen: {seen:?}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// [`wait_for`] a yes-or-no condition (no state worth showing).
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(what, limit, || {
+        let holds = check();
+        async move { if holds.await { Ok(()) } else { Err("not yet") } }
+    })
+    .await
 }
 
 /// Runs an official client's check script (`program args…` in `dir`, with

@@ -81,6 +81,9 @@ async fn a_flooding_peer_cannot_crowd_out_honest_adverts() {
             .publish_advert(signed_advert(&spammer_id, i + 2, false))
             .await;
     }
+    // Part of the scenario, not a wait for a result: the flood has a
+    // moment to fill the coordinator's unread event channel before the
+    // honest advert is sent (what arrived is read below, with a deadline).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let flood_secs = flood_started.elapsed().as_secs_f64();
     let honest_advert = signed_advert(&honest_id, 1, false);

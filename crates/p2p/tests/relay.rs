@@ -160,6 +160,8 @@ async fn a_relay_circuit_is_cut_past_its_byte_limit() {
     })
     .await;
     // Whatever the writer saw, the other side got no more than the limit.
+    // A negative check, so a bounded wait: bytes still in flight would
+    // arrive within it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = received.load(Ordering::Relaxed);
     assert!(

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use sharenet_tests::{MODEL, TestNet, sse_data};
+use sharenet_tests::{MODEL, PATIENCE, TestNet, sse_data, wait_for};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -76,9 +76,17 @@ async fn every_request_gets_one_access_line_with_its_node_tokens_and_cost() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-
-    let lines = access_lines(&captured);
+    // The stream's line is written when its relay ends, just after the
+    // client has read the last event: wait for the three lines.
+    let lines = wait_for("three access lines for the chats", PATIENCE, || {
+        let lines = access_lines(&captured);
+        let chats = lines
+            .iter()
+            .filter(|v| v["path"] == "/v1/chat/completions")
+            .count();
+        std::future::ready(if chats >= 3 { Ok(lines) } else { Err(lines) })
+    })
+    .await;
     let chats: Vec<&Value> = lines
         .iter()
         .filter(|v| v["path"] == "/v1/chat/completions")
@@ -157,15 +165,31 @@ async fn metrics_pass_promtool_and_add_up_to_the_requests() {
     }
     assert_eq!(t.get("models").await.status(), 200);
     // The streamed request's line (and numbers) are written when its relay
-    // ends, just after the last event.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ends, just after the last event: wait until both requests are
+    // counted.
     let root = t.base_url().trim_end_matches("/v1").to_owned();
-    let text = reqwest::get(format!("{root}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let counted = [
+        format!(
+            r#"sharenet_inference_requests_total{{app="default",model="{MODEL}",status="200"}} "#
+        ),
+        format!(r#"sharenet_time_to_first_token_seconds_count{{model="{MODEL}"}} "#),
+    ];
+    let text = wait_for("both requests in the metrics", PATIENCE, || async {
+        let text = reqwest::get(format!("{root}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let both = counted.iter().all(|series| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                == Some(2.0)
+        });
+        if both { Ok(text) } else { Err(text) }
+    })
+    .await;
     let series = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name))

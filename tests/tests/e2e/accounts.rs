@@ -5,11 +5,9 @@
 //! Every test runs twice: on the embedded books (`…::embedded`) and with
 //! the coordinator as a replica on PostgreSQL (`…::postgres`).
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use sharenet_ledger::testing::TestPostgres;
-use sharenet_tests::{MODEL, TestNet};
+use sharenet_tests::{MODEL, PATIENCE, TestNet, wait_for};
 
 /// `mod $name { embedded, postgres }`, each running `$name(&TestNet)` on a
 /// network of `$nodes` nodes.
@@ -291,8 +289,17 @@ async fn two_hundred_concurrent_requests_never_overspend_a_balance_for_fifty(t: 
     );
     let spent: u64 = results.iter().map(|(_, c)| c).sum();
     assert!(spent <= balance, "spent {spent} of {balance}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, usage) = get(t, &key, "usage").await;
-    let left: u64 = usage["balance_nano_usd"].as_str().unwrap().parse().unwrap();
+    // Holds are released just after the responses: wait for the balance
+    // to settle (on a loaded machine, more than the 100 ms once slept).
+    let left: u64 = wait_for("every hold to be released", PATIENCE, || async {
+        let (_, usage) = get(t, &key, "usage").await;
+        let left: u64 = usage["balance_nano_usd"].as_str().unwrap().parse().unwrap();
+        if left == balance - spent {
+            Ok(left)
+        } else {
+            Err(format!("balance {left}, expected {}", balance - spent))
+        }
+    })
+    .await;
     assert_eq!(left, balance - spent, "no hold is left behind");
 }

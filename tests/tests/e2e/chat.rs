@@ -8,7 +8,7 @@ use sharenet_api::openai::ChatCompletion;
 use sharenet_ledger::StoredReceipt;
 use sharenet_p2p::peer_id_of;
 use sharenet_proto::{CountersignedReceipt, JobId, sha256};
-use sharenet_tests::{MODEL, TestNet, sse_data};
+use sharenet_tests::{MODEL, PATIENCE, TestNet, sse_data, wait_for};
 
 fn chat(stream: bool, include_usage: bool) -> Value {
     json!({
@@ -141,14 +141,17 @@ async fn streamed_text_equals_non_streamed_text_and_receipts_verify() {
 
     // The node kept its own copy and upgraded it to the countersigned one.
     let job_id: JobId = header_id.parse().unwrap();
-    let mut stored = None;
-    for _ in 0..100 {
-        if let Ok(Some(StoredReceipt::Countersigned(c))) = cheapest.store.get(&job_id) {
-            stored = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stored = wait_for(
+        "the node to store the countersigned receipt",
+        PATIENCE,
+        || {
+            std::future::ready(match cheapest.store.get(&job_id) {
+                Ok(Some(StoredReceipt::Countersigned(c))) => Ok(Some(c)),
+                other => Err(other),
+            })
+        },
+    )
+    .await;
     assert_eq!(
         stored.as_ref(),
         Some(&receipt),

@@ -62,6 +62,8 @@ async fn the_dashboard_shows_builders_and_the_operator_what_the_api_says() {
     // Settle the period those fell in, then spend again (unsettled).
     let last = now_ms();
     let end = (last / PERIOD_MS + 1) * PERIOD_MS;
+    // A wait for the wall clock, not for an event: only an ended period
+    // settles.
     tokio::time::sleep(Duration::from_millis(end.saturating_sub(now_ms()) + 50)).await;
     let (s, settled) = t
         .operator(

@@ -71,6 +71,7 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
             };
             let signed = SignedAdvert::sign(advert, id.signing_key()).unwrap();
             let _ = client.publish_advert(signed.to_bytes()).await;
+            // The rogue's advert interval (part of the scenario).
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 use sharenet_node::ModelConfig;
-use sharenet_tests::{MODEL, TestNet};
+use sharenet_tests::{MODEL, PATIENCE, TestNet, wait_for};
 
 fn ask(provider: Value) -> Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
@@ -149,7 +149,17 @@ async fn a_dead_node_before_its_first_token_falls_back_cleanly_unless_fallbacks_
     let (cheap, dear) = (node_key(&t, 0), node_key(&t, 1));
     // The cheapest node dies; its advert is still live for up to the TTL.
     t.net().nodes[0].shutdown();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Dead means its network has stopped (its client's commands fail),
+    // not that 200 ms have passed: on a loaded machine it could still have
+    // taken the job then.
+    let dead = &t.net().nodes[0].client;
+    wait_for("the cheapest node's network to stop", PATIENCE, || async {
+        match dead.connected_peers().await {
+            Err(stopped) => Ok(stopped),
+            Ok(peers) => Err(format!("still running, connected to {peers:?}")),
+        }
+    })
+    .await;
     let r = t
         .post("chat/completions", &ask(json!({"order": [cheap]})))
         .await;
@@ -192,6 +202,8 @@ async fn every_node_keeps_heartbeating_while_other_adverts_arrive() {
     // events must not keep pushing its own heartbeat back (they once did,
     // and healthy nodes expired from routing after the 3 s TTL).
     let t = TestNet::start(3).await;
+    // A negative check, so a bounded wait: for more than two TTLs, no
+    // node expired.
     tokio::time::sleep(std::time::Duration::from_secs(7)).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

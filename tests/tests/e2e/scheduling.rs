@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
 use sharenet_node::ModelConfig;
-use sharenet_tests::{MODEL, TestNet, sse_data};
+use sharenet_tests::{MODEL, PATIENCE, TestNet, sse_data, wait_for};
 
 fn body(i: u64, stream: bool) -> Value {
     json!({
@@ -73,15 +73,13 @@ async fn narrow_node(t: &TestNet, dir: &std::path::Path) -> sharenet_node::NodeH
 }
 
 async fn wait_for_depth(node: &sharenet_node::NodeHandle, want: u32) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while node.queue_depth("narrow") != Some(want) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue depth stayed {:?}, wanted {want}",
-            node.queue_depth("narrow")
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(&format!("queue depth {want}"), PATIENCE, || {
+        std::future::ready(match node.queue_depth("narrow") {
+            Some(depth) if depth == want => Ok(()),
+            depth => Err(depth),
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +112,27 @@ async fn a_full_node_refuses_and_a_client_hanging_up_frees_its_slot() {
     // what was generated until then, no more than that receipt covers.
     drop(chunks);
     wait_for_depth(&node, 0).await;
+    // The node keeps the receipt and the coordinator books the part the
+    // builder received just after the job stops: wait for both (a fixed
+    // 300 ms once stood here).
+    wait_for(
+        "the abandoned job's receipt kept and booked",
+        PATIENCE,
+        || async {
+            let kept = node.store.list(10).unwrap();
+            let Some(first) = kept.first() else {
+                return Err("the node kept no receipt yet".to_string());
+            };
+            let id = first.receipt().job_id.to_hex();
+            match t.get(&format!("receipts/{id}")).await.status().as_u16() {
+                200 => Ok(()),
+                status => Err(format!("receipt {id} not booked yet: {status}")),
+            }
+        },
+    )
+    .await;
+    // "Never countersigned" is a negative check: a bounded wait, in which
+    // a countersignature (wrongly) sent with the booking would arrive.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let kept = node.store.list(10).unwrap();
     assert_eq!(kept.len(), 1, "one running receipt kept");

@@ -24,6 +24,8 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Sleeps past the end of `at`'s period: a wait for the wall clock, not
+/// for an event (only an ended period settles).
 async fn wait_for_period_end(at: u64) {
     let end = (at / PERIOD_MS + 1) * PERIOD_MS;
     let now = now_ms();

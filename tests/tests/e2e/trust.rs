@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sharenet_coordinator::core::registry::Lookup;
 use sharenet_engine::tiny::{TinyConfig, write_tiny_llama};
 use sharenet_node::ModelConfig;
-use sharenet_tests::{MODEL, TestNet, sse_data};
+use sharenet_tests::{MODEL, PATIENCE, TestNet, sse_data, wait_for};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -75,18 +75,36 @@ async fn a_node_serving_other_weights_is_caught_by_spot_checks_and_gets_no_more_
     // Builders even ask for the cheater first by name: once caught, it is
     // under the trust floor and requests fall back to honest nodes.
     let mut by_cheater = Vec::new();
+    let mut m = String::new();
     for i in 0..40 {
+        if i == 20 {
+            // Checks run in the background, as long as they take (on a
+            // loaded machine, longer than twenty requests): wait for the
+            // cheater to be caught, and the honest nodes checked, before
+            // the second half, whose share of the cheater is asserted.
+            m = wait_for("a failed spot check and a passed one", PATIENCE, || async {
+                let m = metrics(&t).await;
+                let failed = metric(&m, "sharenet_spot_checks_failed_total");
+                let checks = metric(&m, "sharenet_spot_checks_total");
+                if failed >= 1 && checks >= 2 {
+                    Ok(m)
+                } else {
+                    Err(format!("{failed} failed of {checks} spot checks"))
+                }
+            })
+            .await;
+        }
         let r = t
             .post("chat/completions", &ask(json!({"order": [cheater]}), 8))
             .await;
         assert_eq!(r.status(), 200, "request {i}");
         let v: Value = r.json().await.unwrap();
         by_cheater.push(served_by(&t, &v).await == cheater);
-        // Checks run in the background; give them a moment.
+        // Pacing, as before (the checks share the nodes with the
+        // requests); what is waited for is waited for above.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(by_cheater[0], "the cheater served until caught");
-    let m = metrics(&t).await;
     assert!(
         metric(&m, "sharenet_spot_checks_failed_total") >= 1,
         "a failed spot check was recorded:\n{m}"
