@@ -65,6 +65,7 @@ mod index;
 pub mod route;
 pub mod table;
 pub mod trust;
+pub mod verdict;
 
 pub use breaker::{Admit, Breaker, BreakerParams, BreakerState};
 
