@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sharenet_market::pricing::{Charge, Margin, charge};
-use sharenet_market::{Entry, PeriodRule, settle};
+use sharenet_market::{Entry, PeriodRule, Settlement as SignedSettlement, settle};
 use sharenet_proto::{
     CountersignedReceipt, JobId, Receipt, SignedReceipt, SigningKey, job_cost, public_key_of,
 };
@@ -28,10 +28,11 @@ use sharenet_router::{
     Request, RouteParams, Sort, TrustParams, Weights, route_table,
 };
 
-use crate::SimError;
 use crate::dist::pick_weighted;
-use crate::report::{
-    AdversaryRow, Latency, NodeRow, RunResult, ShareBlock, Summary, WindowRow, build_summary,
+use crate::error::SimError;
+use crate::results::{
+    AdversaryRow, Counters, Latency, NodeRow, RunResult, RunTotals, ShareBlock, Totals, WindowRow,
+    build_summary,
 };
 use crate::scenario::{AdversaryCfg, AdversaryKind, Arrival, Scenario, SortCfg, TrafficCfg};
 
@@ -179,65 +180,6 @@ struct Window {
     charged: u64,
     attempts: u64,
     adversary_attempts: u64,
-}
-
-/// Money totals, every sum checked.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Totals {
-    pub jobs: u64,
-    pub charged: u64,
-    pub provider: u64,
-    pub network_fee: u64,
-    pub margin: u64,
-}
-
-impl Totals {
-    fn add(&mut self, c: &Charge) -> Result<(), SimError> {
-        let add =
-            |a: u64, b: u64, what: &'static str| a.checked_add(b).ok_or(SimError::Overflow(what));
-        self.jobs = add(self.jobs, 1, "jobs")?;
-        self.charged = add(self.charged, c.total, "total charged")?;
-        self.provider = add(self.provider, c.provider_cost, "provider total")?;
-        self.network_fee = add(self.network_fee, c.network_fee, "network fee")?;
-        self.margin = add(self.margin, c.margin, "margin")?;
-        Ok(())
-    }
-
-    /// `charged = provider + network_fee + margin`, exactly.
-    pub fn balances(&self) -> bool {
-        self.provider
-            .checked_add(self.network_fee)
-            .and_then(|s| s.checked_add(self.margin))
-            == Some(self.charged)
-    }
-}
-
-/// Counters the summary reports.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Counters {
-    pub arrivals: u64,
-    pub served: u64,
-    pub served_unbilled: u64,
-    pub failed: u64,
-    pub failed_no_candidate: u64,
-    pub failed_attempts_exhausted: u64,
-    pub no_candidate_by_filter: BTreeMap<String, u64>,
-    pub attempts: u64,
-    pub attempt_failures: u64,
-    pub fallbacks_used: u64,
-    pub timeouts: u64,
-    pub connect_failures: u64,
-    pub refusals: u64,
-    pub rejected_receipts: u64,
-    pub garbage_served: u64,
-    /// Input tokens billed beyond the real ones by input-inflating nodes.
-    pub inflated_input_tokens: u64,
-    pub spot_checks: u64,
-    pub spot_checks_failed: u64,
-    pub spot_checks_inconclusive: u64,
-    pub spot_check_false_positives: u64,
-    pub builder_tokens: u64,
-    pub events: u64,
 }
 
 /// Runs a scenario to the end. `progress(done, total)` is called every
@@ -1462,8 +1404,9 @@ impl<'a> Sim<'a> {
 
     // ---- the end ---------------------------------------------------------
 
-    fn finish(mut self) -> Result<RunResult, SimError> {
-        // Settlement of the signed sample with the real `settle`.
+    /// Settles the signed sample with the real `settle`, and checks its
+    /// statement against the simulation's own totals for the same jobs.
+    fn settle_sample(&self) -> Result<Option<SignedSettlement>, SimError> {
         let period = PeriodRule::Fixed {
             length_ms: 30 * 86_400_000,
             origin_ms: self.sc.settlement.epoch_ms,
@@ -1489,7 +1432,12 @@ impl<'a> Sim<'a> {
             }
             Some(signed)
         };
-        let nodes: Vec<NodeRow> = self
+        Ok(statement)
+    }
+
+    /// One row per node (`nodes.csv`).
+    fn node_rows(&self) -> Vec<NodeRow> {
+        self
             .nodes
             .iter()
             .enumerate()
@@ -1529,8 +1477,12 @@ impl<'a> Sim<'a> {
                     || n.join_ms > 0.0
                     || i < self.sc.nodes.count as usize,
             })
-            .collect();
-        let adversaries: Vec<AdversaryRow> = self
+            .collect()
+    }
+
+    /// One row per adversary (`adversaries.csv`).
+    fn adversary_rows(&self) -> Vec<AdversaryRow> {
+        self
             .nodes
             .iter()
             .enumerate()
@@ -1549,25 +1501,28 @@ impl<'a> Sim<'a> {
                 earned: n.earned,
                 dispatches: n.dispatches,
             })
-            .collect();
+            .collect()
+    }
+
+    fn finish(mut self) -> Result<RunResult, SimError> {
+        let statement = self.settle_sample()?;
+        let nodes = self.node_rows();
+        let adversaries = self.adversary_rows();
         let mut ttft = std::mem::take(&mut self.ttft);
         let mut total = std::mem::take(&mut self.total);
         let latency = (Latency::of(&mut ttft), Latency::of(&mut total));
-        let builders = self.builders.clone();
-        let summary: Summary = build_summary(
-            self.sc,
-            &self.counters,
-            &self.totals,
-            &self.check_totals,
-            &self.sample_totals,
+        let totals = RunTotals {
+            counters: &self.counters,
+            totals: &self.totals,
+            checks: &self.check_totals,
+            sample: &self.sample_totals,
             latency,
-            &nodes,
-            &adversaries,
-            &self.blocks,
-            &builders,
-            statement.as_ref(),
-            self.now_us as f64 / 1e6,
-        )?;
+            builder_charged: self.builders.iter().map(|b| b.charged).sum(),
+            builder_payout: self.builders.iter().map(|b| b.payout).sum(),
+            statement: statement.as_ref(),
+            simulated_s: self.now_us as f64 / 1e6,
+        };
+        let summary = build_summary(self.sc, &totals, &nodes, &adversaries, &self.blocks)?;
         Ok(RunResult {
             summary,
             windows: self.windows,
