@@ -10,6 +10,9 @@
 //!   `NodeHealth` (`Trust`, `Breaker`, `Observed`), fed the same evidence the
 //!   coordinator feeds them (completed, failed, rejected receipt, spot check
 //!   passed / failed);
+//! - every spot check's reference, arbiter and verdict are
+//!   `sharenet_router::verdict` (`choose_reference`, `decide`), the code the
+//!   coordinator's spot checks call;
 //! - every billed job is priced with `sharenet_market::pricing::charge`
 //!   (provider cost from `sharenet_proto::job_cost`); a sample of jobs gets
 //!   real signed, countersigned receipts and is settled with

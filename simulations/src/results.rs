@@ -70,6 +70,8 @@ pub struct Counters {
     pub spot_checks_failed: u64,
     pub spot_checks_inconclusive: u64,
     pub spot_check_false_positives: u64,
+    /// Of those, failed because the arbiter was itself a cheat.
+    pub spot_check_false_positives_bad_arbiter: u64,
     pub builder_tokens: u64,
     pub events: u64,
 }
@@ -282,8 +284,13 @@ pub struct SpotChecks {
     pub checks: u64,
     pub failed: u64,
     pub inconclusive: u64,
-    /// Honest nodes that failed a check (must be 0).
+    /// Honest nodes' failed checks.
     pub false_positives: u64,
+    /// Of those, the ones an arbiter that was itself cheating caused: it
+    /// agreed with neither run, and the shared verdict fails whoever
+    /// disagrees with the arbiter (the coordinator's rule). Every false
+    /// positive is one of these.
+    pub false_positives_bad_arbiter: u64,
     /// What the operator's spot-check app was charged, nano-USD.
     pub cost: u64,
 }
@@ -443,6 +450,7 @@ pub(crate) fn build_summary(
             failed: c.spot_checks_failed,
             inconclusive: c.spot_checks_inconclusive,
             false_positives: c.spot_check_false_positives,
+            false_positives_bad_arbiter: c.spot_check_false_positives_bad_arbiter,
             cost: t.checks.charged,
         },
         settlement: settlement_summary(t, nodes)?,

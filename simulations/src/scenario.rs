@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 use sharenet_router::{BreakerParams, RouteParams, TrustParams, Weights};
 
-use crate::error::SimError;
 use crate::dist::Dist;
+use crate::error::SimError;
 
 /// A whole scenario.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -694,7 +694,9 @@ impl Scenario {
                         "give exactly one of share and count",
                     ));
                 }
-                (Some(s), None) if !share(s) => return Err(bad.at(&k("share"), "must be in [0, 1]")),
+                (Some(s), None) if !share(s) => {
+                    return Err(bad.at(&k("share"), "must be in [0, 1]"));
+                }
                 _ => {}
             }
             if a.join_at_s.is_none() {
@@ -717,10 +719,7 @@ impl Scenario {
             }
         }
         if from_start > 1.0 + 1e-9 {
-            return Err(bad.at(
-                "nodes.adversaries",
-                "more adversaries than starting nodes",
-            ));
+            return Err(bad.at("nodes.adversaries", "more adversaries than starting nodes"));
         }
         Ok(())
     }
@@ -804,7 +803,6 @@ impl Scenario {
         Ok(())
     }
 }
-
 
 /// Builds the error for an invalid value, with the key's line in the
 /// source when it can be found.

@@ -138,6 +138,8 @@ struct Check {
     node: u32,
     reference: u32,
     verdict: Verdict,
+    /// The arbiter ran and was itself wrong (so it agreed with neither).
+    arbiter_wrong: bool,
 }
 
 /// A node's run of a check job as the simulator models it: the right
@@ -1346,6 +1348,7 @@ impl<'a> Sim<'a> {
             node,
             reference,
             verdict: verdict::decide(&run, &reference_run, arbiter_run.as_ref()),
+            arbiter_wrong: arbiter_run == Some(CheckRun::Wrong),
         };
         let c = self.alloc_check(check);
         let at = self.now_us + us(took);
@@ -1393,6 +1396,9 @@ impl<'a> Sim<'a> {
                     n.spot_failed += 1;
                     if !n.adversary() {
                         self.counters.spot_check_false_positives += 1;
+                        if check.arbiter_wrong {
+                            self.counters.spot_check_false_positives_bad_arbiter += 1;
+                        }
                     }
                     Evidence::SpotCheckFailed
                 };
@@ -1437,8 +1443,7 @@ impl<'a> Sim<'a> {
 
     /// One row per node (`nodes.csv`).
     fn node_rows(&self) -> Vec<NodeRow> {
-        self
-            .nodes
+        self.nodes
             .iter()
             .enumerate()
             .map(|(i, n)| NodeRow {
@@ -1482,8 +1487,7 @@ impl<'a> Sim<'a> {
 
     /// One row per adversary (`adversaries.csv`).
     fn adversary_rows(&self) -> Vec<AdversaryRow> {
-        self
-            .nodes
+        self.nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| n.adversary())

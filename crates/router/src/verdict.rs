@@ -75,7 +75,10 @@ pub fn choose_reference(
 pub enum Comparison {
     Agree,
     /// They part at this token position, for this reason.
-    Differ { position: usize, reason: String },
+    Differ {
+        position: usize,
+        reason: String,
+    },
 }
 
 /// Compares a run's tokens against a reference run of the same greedy job:
