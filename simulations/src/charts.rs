@@ -5,8 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::SimError;
-use crate::report::RunResult;
+use crate::error::SimError;
+use crate::results::{RunResult, WindowRow};
 
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
@@ -73,7 +73,7 @@ fn chart(path: &Path, title: &str, y_label: &str, series: &[Series<'_>]) -> Resu
 /// `latency.svg`, `success.svg`, `price.svg`, `trust.svg`.
 pub fn write_all(r: &RunResult, dir: &Path) -> Result<(), SimError> {
     let w = &r.windows;
-    let pts = |f: &dyn Fn(&crate::report::WindowRow) -> f64| -> Vec<(f64, f64)> {
+    let pts = |f: &dyn Fn(&WindowRow) -> f64| -> Vec<(f64, f64)> {
         w.iter().map(|x| (x.t_s, f(x))).collect()
     };
     chart(

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::report::Summary;
+use crate::results::Summary;
 
 /// One compared figure.
 #[derive(Debug, Clone, Serialize)]

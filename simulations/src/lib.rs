@@ -10,6 +10,9 @@
 //!   `NodeHealth` (`Trust`, `Breaker`, `Observed`), fed the same evidence the
 //!   coordinator feeds them (completed, failed, rejected receipt, spot check
 //!   passed / failed);
+//! - every spot check's reference, arbiter and verdict are
+//!   `sharenet_router::verdict` (`choose_reference`, `decide`), the code the
+//!   coordinator's spot checks call;
 //! - every billed job is priced with `sharenet_market::pricing::charge`
 //!   (provider cost from `sharenet_proto::job_cost`); a sample of jobs gets
 //!   real signed, countersigned receipts and is settled with
@@ -22,57 +25,24 @@
 //! Money is integer nano-USD throughout; floats are only latencies,
 //! scores and chart values.
 //!
-//! Modules: [`scenario`] (TOML → validated scenario), [`dist`]
-//! (distributions), [`sim`] (the event loop), [`report`] (summary, CSV),
-//! [`charts`] (SVG), [`compare`] (A/B of two parameter sets).
+//! Modules, each importing only those listed before it: [`error`]
+//! ([`SimError`]), [`dist`] (distributions), [`scenario`] (TOML →
+//! validated scenario), [`results`] (what a run produced: the summary,
+//! rows and totals; computes, writes nothing), [`sim`] (the event loop,
+//! producing the results), [`charts`] (SVG of the results), [`report`]
+//! (writes the results: summary JSON, CSV, charts), [`compare`] (A/B of two
+//! parameter sets).
 
 pub mod charts;
 pub mod compare;
 pub mod dist;
+pub mod error;
 pub mod report;
+pub mod results;
 pub mod scenario;
 pub mod sim;
 
-pub use report::{RunResult, Summary};
+pub use error::SimError;
+pub use results::{RunResult, Summary};
 pub use scenario::Scenario;
 pub use sim::simulate;
-
-use thiserror::Error;
-
-/// Why a scenario could not be loaded or run.
-#[derive(Debug, Error)]
-pub enum SimError {
-    /// The file is not valid TOML or has an unknown key or a wrong type;
-    /// the message names the key and the line (from the TOML parser).
-    #[error("{0}")]
-    Parse(String),
-    /// A value serde accepted but the simulator cannot use.
-    #[error("scenario key `{key}`{}: {reason}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
-    Invalid {
-        key: String,
-        line: Option<usize>,
-        reason: String,
-    },
-    /// A `--set key=value` override that does not apply.
-    #[error("--set {set}: {reason}")]
-    Set { set: String, reason: String },
-    #[error("money: {0}")]
-    Market(#[from] sharenet_market::MarketError),
-    #[error("receipt: {0}")]
-    Proto(#[from] sharenet_proto::ProtoError),
-    #[error("amount overflows 64 bits: {0}")]
-    Overflow(&'static str),
-    /// The simulation's money and the market crate's disagree (a bug).
-    #[error("settlement does not balance: {0}")]
-    Unbalanced(String),
-    #[error("write {path}: {source}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("encode: {0}")]
-    Encode(String),
-    #[error("chart {path}: {reason}")]
-    Chart { path: String, reason: String },
-}

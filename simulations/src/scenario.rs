@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 use sharenet_router::{BreakerParams, RouteParams, TrustParams, Weights};
 
-use crate::SimError;
 use crate::dist::Dist;
+use crate::error::SimError;
 
 /// A whole scenario.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -551,97 +551,111 @@ impl Scenario {
 
     /// Semantic checks serde cannot make; `src` is used to find lines.
     pub fn validate(&self, src: &str) -> Result<(), SimError> {
-        let bad = |key: &str, reason: &str| SimError::Invalid {
-            key: key.to_string(),
-            line: locate(src, key),
-            reason: reason.to_string(),
-        };
-        let share = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
-        let pos = |x: f64| x.is_finite() && x > 0.0;
-        let nonneg = |x: f64| x.is_finite() && x >= 0.0;
+        let bad = Bad { src };
+        self.validate_run(&bad)?;
+        self.validate_models(&bad)?;
+        self.validate_nodes(&bad)?;
+        self.validate_adversaries(&bad)?;
+        self.validate_traffic(&bad)?;
+        self.validate_operator(&bad)?;
+        Ok(())
+    }
+
+    /// Run length, windows and the network.
+    fn validate_run(&self, bad: &Bad<'_>) -> Result<(), SimError> {
         if self.requests == 0 {
-            return Err(bad("requests", "must be at least 1"));
+            return Err(bad.at("requests", "must be at least 1"));
         }
         if !pos(self.window_s) {
-            return Err(bad("window_s", "must be > 0"));
+            return Err(bad.at("window_s", "must be > 0"));
         }
         if self.share_block == 0 {
-            return Err(bad("share_block", "must be at least 1"));
+            return Err(bad.at("share_block", "must be at least 1"));
         }
         let n = &self.network;
         if !pos(n.advert_interval_s) {
-            return Err(bad("network.advert_interval_s", "must be > 0"));
+            return Err(bad.at("network.advert_interval_s", "must be > 0"));
         }
         if !(n.advert_ttl_s.is_finite() && n.advert_ttl_s > n.advert_interval_s) {
-            return Err(bad(
+            return Err(bad.at(
                 "network.advert_ttl_s",
                 "must be longer than advert_interval_s",
             ));
         }
+        Ok(())
+    }
+
+    /// `[[models]]`.
+    fn validate_models(&self, bad: &Bad<'_>) -> Result<(), SimError> {
         if self.models.is_empty() {
-            return Err(bad("models", "at least one [[models]] is needed"));
+            return Err(bad.at("models", "at least one [[models]] is needed"));
         }
         if self.models.len() > usize::from(u16::MAX) {
-            return Err(bad("models", "too many models"));
+            return Err(bad.at("models", "too many models"));
         }
         for (i, m) in self.models.iter().enumerate() {
             let k = |f: &str| format!("models[{i}].{f}");
             if m.name.is_empty() {
-                return Err(bad(&k("name"), "must not be empty"));
+                return Err(bad.at(&k("name"), "must not be empty"));
             }
             if !nonneg(m.traffic_share) {
-                return Err(bad(&k("traffic_share"), "must be >= 0"));
+                return Err(bad.at(&k("traffic_share"), "must be >= 0"));
             }
             if !nonneg(m.node_share) {
-                return Err(bad(&k("node_share"), "must be >= 0"));
+                return Err(bad.at(&k("node_share"), "must be >= 0"));
             }
             if !pos(m.size_factor) {
-                return Err(bad(&k("size_factor"), "must be > 0"));
+                return Err(bad.at(&k("size_factor"), "must be > 0"));
             }
             if !pos(m.price_factor) {
-                return Err(bad(&k("price_factor"), "must be > 0"));
+                return Err(bad.at(&k("price_factor"), "must be > 0"));
             }
         }
         if self.models.iter().map(|m| m.traffic_share).sum::<f64>() <= 0.0 {
-            return Err(bad("models", "traffic_share: not all 0"));
+            return Err(bad.at("models", "traffic_share: not all 0"));
         }
         if self.models.iter().map(|m| m.node_share).sum::<f64>() <= 0.0 {
-            return Err(bad("models", "node_share: not all 0"));
+            return Err(bad.at("models", "node_share: not all 0"));
         }
+        Ok(())
+    }
+
+    /// `[nodes]`, its hardware and churn.
+    fn validate_nodes(&self, bad: &Bad<'_>) -> Result<(), SimError> {
         let nd = &self.nodes;
         if nd.count == 0 || nd.count > 10_000_000 {
-            return Err(bad("nodes.count", "must be 1..=10,000,000"));
+            return Err(bad.at("nodes.count", "must be 1..=10,000,000"));
         }
         if nd.hardware.is_empty() {
-            return Err(bad("nodes.hardware", "at least one [[nodes.hardware]]"));
+            return Err(bad.at("nodes.hardware", "at least one [[nodes.hardware]]"));
         }
         for (i, h) in nd.hardware.iter().enumerate() {
             let k = |f: &str| format!("nodes.hardware[{i}].{f}");
             if !nonneg(h.share) {
-                return Err(bad(&k("share"), "must be >= 0"));
+                return Err(bad.at(&k("share"), "must be >= 0"));
             }
             if !pos(h.decode_tokens_per_s) {
-                return Err(bad(&k("decode_tokens_per_s"), "must be > 0"));
+                return Err(bad.at(&k("decode_tokens_per_s"), "must be > 0"));
             }
             if !pos(h.prefill_tokens_per_s) {
-                return Err(bad(&k("prefill_tokens_per_s"), "must be > 0"));
+                return Err(bad.at(&k("prefill_tokens_per_s"), "must be > 0"));
             }
             if h.max_concurrency == 0 || h.max_concurrency > 4096 {
-                return Err(bad(&k("max_concurrency"), "must be 1..=4096"));
+                return Err(bad.at(&k("max_concurrency"), "must be 1..=4096"));
             }
             if !(nonneg(h.speed_jitter) && h.speed_jitter < 1.0) {
-                return Err(bad(&k("speed_jitter"), "must be in [0, 1)"));
+                return Err(bad.at(&k("speed_jitter"), "must be in [0, 1)"));
             }
         }
         if nd.hardware.iter().map(|h| h.share).sum::<f64>() <= 0.0 {
-            return Err(bad("nodes.hardware", "share: not all 0"));
+            return Err(bad.at("nodes.hardware", "share: not all 0"));
         }
         nd.price_out
             .check()
-            .map_err(|r| bad("nodes.price_out", &r))?;
-        nd.rtt_ms.check().map_err(|r| bad("nodes.rtt_ms", &r))?;
+            .map_err(|r| bad.at("nodes.price_out", &r))?;
+        nd.rtt_ms.check().map_err(|r| bad.at("nodes.rtt_ms", &r))?;
         if !nonneg(nd.price_in_ratio) {
-            return Err(bad("nodes.price_in_ratio", "must be >= 0"));
+            return Err(bad.at("nodes.price_in_ratio", "must be >= 0"));
         }
         for (key, v) in [
             ("nodes.relayed_share", nd.relayed_share),
@@ -650,31 +664,39 @@ impl Scenario {
             ("nodes.churn.leave_share", nd.churn.leave_share),
         ] {
             if !share(v) {
-                return Err(bad(key, "must be in [0, 1]"));
+                return Err(bad.at(key, "must be in [0, 1]"));
             }
         }
         if !(nonneg(nd.churn.join_share) && nd.churn.join_share <= 10.0) {
-            return Err(bad("nodes.churn.join_share", "must be in [0, 10]"));
+            return Err(bad.at("nodes.churn.join_share", "must be in [0, 10]"));
         }
         if !nonneg(nd.churn.start_s) {
-            return Err(bad("nodes.churn.start_s", "must be >= 0"));
+            return Err(bad.at("nodes.churn.start_s", "must be >= 0"));
         }
         if let Some(e) = nd.churn.end_s
             && !(e.is_finite() && e >= nd.churn.start_s)
         {
-            return Err(bad("nodes.churn.end_s", "must be >= start_s"));
+            return Err(bad.at("nodes.churn.end_s", "must be >= start_s"));
         }
+        Ok(())
+    }
+
+    /// `[[nodes.adversaries]]`.
+    fn validate_adversaries(&self, bad: &Bad<'_>) -> Result<(), SimError> {
+        let nd = &self.nodes;
         let mut from_start = 0.0;
         for (i, a) in nd.adversaries.iter().enumerate() {
             let k = |f: &str| format!("nodes.adversaries[{i}].{f}");
             match (a.share, a.count) {
                 (Some(_), Some(_)) | (None, None) => {
-                    return Err(bad(
+                    return Err(bad.at(
                         &format!("nodes.adversaries[{i}]"),
                         "give exactly one of share and count",
                     ));
                 }
-                (Some(s), None) if !share(s) => return Err(bad(&k("share"), "must be in [0, 1]")),
+                (Some(s), None) if !share(s) => {
+                    return Err(bad.at(&k("share"), "must be in [0, 1]"));
+                }
                 _ => {}
             }
             if a.join_at_s.is_none() {
@@ -682,53 +704,55 @@ impl Scenario {
                     a.share.unwrap_or(0.0) + a.count.unwrap_or(0) as f64 / nd.count as f64;
             }
             if !pos(a.price_factor) {
-                return Err(bad(&k("price_factor"), "must be > 0"));
+                return Err(bad.at(&k("price_factor"), "must be > 0"));
             }
             if !share(a.rate) {
-                return Err(bad(&k("rate"), "must be in [0, 1]"));
+                return Err(bad.at(&k("rate"), "must be in [0, 1]"));
             }
             if !(a.inflate_factor.is_finite() && a.inflate_factor >= 1.0) {
-                return Err(bad(&k("inflate_factor"), "must be >= 1"));
+                return Err(bad.at(&k("inflate_factor"), "must be >= 1"));
             }
             if let Some(t) = a.join_at_s
                 && !nonneg(t)
             {
-                return Err(bad(&k("join_at_s"), "must be >= 0"));
+                return Err(bad.at(&k("join_at_s"), "must be >= 0"));
             }
         }
         if from_start > 1.0 + 1e-9 {
-            return Err(bad(
-                "nodes.adversaries",
-                "more adversaries than starting nodes",
-            ));
+            return Err(bad.at("nodes.adversaries", "more adversaries than starting nodes"));
         }
+        Ok(())
+    }
+
+    /// `[traffic]`.
+    fn validate_traffic(&self, bad: &Bad<'_>) -> Result<(), SimError> {
         let t = &self.traffic;
         if !pos(t.rate_per_s) {
-            return Err(bad("traffic.rate_per_s", "must be > 0"));
+            return Err(bad.at("traffic.rate_per_s", "must be > 0"));
         }
         if !share(t.diurnal_amplitude) {
-            return Err(bad("traffic.diurnal_amplitude", "must be in [0, 1]"));
+            return Err(bad.at("traffic.diurnal_amplitude", "must be in [0, 1]"));
         }
         if !pos(t.diurnal_period_s) {
-            return Err(bad("traffic.diurnal_period_s", "must be > 0"));
+            return Err(bad.at("traffic.diurnal_period_s", "must be > 0"));
         }
         for (i, b) in t.bursts.iter().enumerate() {
             let k = |f: &str| format!("traffic.bursts[{i}].{f}");
             if !nonneg(b.start_s) {
-                return Err(bad(&k("start_s"), "must be >= 0"));
+                return Err(bad.at(&k("start_s"), "must be >= 0"));
             }
             if !nonneg(b.duration_s) {
-                return Err(bad(&k("duration_s"), "must be >= 0"));
+                return Err(bad.at(&k("duration_s"), "must be >= 0"));
             }
             if !(nonneg(b.multiplier) && b.multiplier <= 1000.0) {
-                return Err(bad(&k("multiplier"), "must be in [0, 1000]"));
+                return Err(bad.at(&k("multiplier"), "must be in [0, 1000]"));
             }
         }
         if t.builders == 0 {
-            return Err(bad("traffic.builders", "must be at least 1"));
+            return Err(bad.at("traffic.builders", "must be at least 1"));
         }
         if t.customers_per_builder == 0 {
-            return Err(bad("traffic.customers_per_builder", "must be at least 1"));
+            return Err(bad.at("traffic.customers_per_builder", "must be at least 1"));
         }
         for (key, d) in [
             ("traffic.margin_bps", &t.margin_bps),
@@ -736,31 +760,36 @@ impl Scenario {
             ("traffic.prompt_tokens", &t.prompt_tokens),
             ("traffic.output_tokens", &t.output_tokens),
         ] {
-            d.check().map_err(|r| bad(key, &r))?;
+            d.check().map_err(|r| bad.at(key, &r))?;
         }
         if t.max_tokens == 0 {
-            return Err(bad("traffic.max_tokens", "must be at least 1"));
+            return Err(bad.at("traffic.max_tokens", "must be at least 1"));
         }
         for (i, p) in t.preferences.iter().enumerate() {
             if !share(p.share) {
-                return Err(bad(
+                return Err(bad.at(
                     &format!("traffic.preferences[{i}].share"),
                     "must be in [0, 1]",
                 ));
             }
         }
         if t.preferences.iter().map(|p| p.share).sum::<f64>() > 1.0 + 1e-9 {
-            return Err(bad("traffic.preferences", "shares add up to more than 1"));
+            return Err(bad.at("traffic.preferences", "shares add up to more than 1"));
         }
+        Ok(())
+    }
+
+    /// `[operator]`.
+    fn validate_operator(&self, bad: &Bad<'_>) -> Result<(), SimError> {
         let o = &self.operator;
         if o.network_fee_bps > 100_000 {
-            return Err(bad("operator.network_fee_bps", "must be <= 100000"));
+            return Err(bad.at("operator.network_fee_bps", "must be <= 100000"));
         }
         if !share(o.spot_check_rate) {
-            return Err(bad("operator.spot_check_rate", "must be in [0, 1]"));
+            return Err(bad.at("operator.spot_check_rate", "must be in [0, 1]"));
         }
         if o.max_attempts == 0 {
-            return Err(bad("operator.max_attempts", "must be at least 1"));
+            return Err(bad.at("operator.max_attempts", "must be at least 1"));
         }
         for (key, v) in [
             ("operator.first_token_timeout_ms", o.first_token_timeout_ms),
@@ -768,11 +797,42 @@ impl Scenario {
             ("operator.refresh_interval_ms", o.refresh_interval_ms),
         ] {
             if !pos(v) {
-                return Err(bad(key, "must be > 0"));
+                return Err(bad.at(key, "must be > 0"));
             }
         }
         Ok(())
     }
+}
+
+/// Builds the error for an invalid value, with the key's line in the
+/// source when it can be found.
+struct Bad<'a> {
+    src: &'a str,
+}
+
+impl Bad<'_> {
+    fn at(&self, key: &str, reason: &str) -> SimError {
+        SimError::Invalid {
+            key: key.to_string(),
+            line: locate(self.src, key),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// In [0, 1].
+fn share(x: f64) -> bool {
+    x.is_finite() && (0.0..=1.0).contains(&x)
+}
+
+/// Finite and above 0.
+fn pos(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+/// Finite and not negative.
+fn nonneg(x: f64) -> bool {
+    x.is_finite() && x >= 0.0
 }
 
 /// Sets `path = value` in a TOML document. `path` is dotted; `name[i]`

@@ -18,24 +18,26 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sharenet_market::pricing::{Charge, Margin, charge};
-use sharenet_market::{Entry, PeriodRule, settle};
+use sharenet_market::{Entry, PeriodRule, Settlement as SignedSettlement, settle};
 use sharenet_proto::{
     CountersignedReceipt, JobId, Receipt, SignedReceipt, SigningKey, job_cost, public_key_of,
 };
+use sharenet_router::verdict::{self, Answer, Role, Verdict, WeightsHash};
 use sharenet_router::{
     Admit, BreakerParams, CandidateTable, Evidence, NodeHealth, NodeKey, Offer, Preferences,
     Request, RouteParams, Sort, TrustParams, Weights, route_table,
 };
 
-use crate::SimError;
 use crate::dist::pick_weighted;
-use crate::report::{
-    AdversaryRow, Latency, NodeRow, RunResult, ShareBlock, Summary, WindowRow, build_summary,
+use crate::error::SimError;
+use crate::results::{
+    AdversaryRow, Counters, Latency, NodeRow, RunResult, RunTotals, ShareBlock, Totals, WindowRow,
+    build_summary,
 };
-use crate::scenario::{AdversaryKind, Arrival, Scenario, SortCfg};
+use crate::scenario::{AdversaryCfg, AdversaryKind, Arrival, Scenario, SortCfg, TrafficCfg};
 
-/// App id the operator's spot checks are charged to (as in the coordinator).
-pub const SPOT_CHECK_APP: &str = "spot-checks";
+/// App id the operator's spot checks are charged to (the coordinator's).
+pub use sharenet_router::verdict::SPOT_CHECK_APP;
 
 const US_PER_MS: f64 = 1_000.0;
 
@@ -128,14 +130,32 @@ struct Job {
     cheat: Cheat,
 }
 
+/// A spot check under way: the suspect, its reference, and the shared
+/// verdict (`sharenet_router::verdict::decide`), booked when the runs are
+/// done.
 #[derive(Debug, Clone, Copy)]
 struct Check {
     node: u32,
-    node_ok: bool,
     reference: u32,
-    reference_ok: bool,
-    /// The arbiter and whether its output was right, when the two differed.
-    arbiter: Option<(u32, bool)>,
+    verdict: Verdict,
+    /// The arbiter ran and was itself wrong (so it agreed with neither).
+    arbiter_wrong: bool,
+}
+
+/// A node's run of a check job as the simulator models it: the right
+/// output (and input count), or a cheat's. Cheats are never alike: two
+/// wrong runs disagree with each other, as a wrong run disagrees with a
+/// right one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckRun {
+    Right,
+    Wrong,
+}
+
+impl Answer for CheckRun {
+    fn agrees_with(&self, reference: &Self) -> bool {
+        *self == CheckRun::Right && *reference == CheckRun::Right
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,65 +182,6 @@ struct Window {
     charged: u64,
     attempts: u64,
     adversary_attempts: u64,
-}
-
-/// Money totals, every sum checked.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Totals {
-    pub jobs: u64,
-    pub charged: u64,
-    pub provider: u64,
-    pub network_fee: u64,
-    pub margin: u64,
-}
-
-impl Totals {
-    fn add(&mut self, c: &Charge) -> Result<(), SimError> {
-        let add =
-            |a: u64, b: u64, what: &'static str| a.checked_add(b).ok_or(SimError::Overflow(what));
-        self.jobs = add(self.jobs, 1, "jobs")?;
-        self.charged = add(self.charged, c.total, "total charged")?;
-        self.provider = add(self.provider, c.provider_cost, "provider total")?;
-        self.network_fee = add(self.network_fee, c.network_fee, "network fee")?;
-        self.margin = add(self.margin, c.margin, "margin")?;
-        Ok(())
-    }
-
-    /// `charged = provider + network_fee + margin`, exactly.
-    pub fn balances(&self) -> bool {
-        self.provider
-            .checked_add(self.network_fee)
-            .and_then(|s| s.checked_add(self.margin))
-            == Some(self.charged)
-    }
-}
-
-/// Counters the summary reports.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Counters {
-    pub arrivals: u64,
-    pub served: u64,
-    pub served_unbilled: u64,
-    pub failed: u64,
-    pub failed_no_candidate: u64,
-    pub failed_attempts_exhausted: u64,
-    pub no_candidate_by_filter: BTreeMap<String, u64>,
-    pub attempts: u64,
-    pub attempt_failures: u64,
-    pub fallbacks_used: u64,
-    pub timeouts: u64,
-    pub connect_failures: u64,
-    pub refusals: u64,
-    pub rejected_receipts: u64,
-    pub garbage_served: u64,
-    /// Input tokens billed beyond the real ones by input-inflating nodes.
-    pub inflated_input_tokens: u64,
-    pub spot_checks: u64,
-    pub spot_checks_failed: u64,
-    pub spot_checks_inconclusive: u64,
-    pub spot_check_false_positives: u64,
-    pub builder_tokens: u64,
-    pub events: u64,
 }
 
 /// Runs a scenario to the end. `progress(done, total)` is called every
@@ -268,12 +229,214 @@ fn us(ms: f64) -> u64 {
     }
 }
 
+/// How many nodes the run has in all.
+struct NodeCounts {
+    /// Nodes joining over the churn window.
+    joiners: u64,
+    /// Starting nodes, joiners and Sybil groups.
+    total: u32,
+}
+
+impl NodeCounts {
+    fn of(sc: &Scenario) -> Result<Self, SimError> {
+        let nd = &sc.nodes;
+        let joiners = (nd.churn.join_share * nd.count as f64).round() as u64;
+        let sybils: u64 = nd
+            .adversaries
+            .iter()
+            .filter(|a| a.join_at_s.is_some())
+            .map(|a| group_size(a, nd.count))
+            .sum();
+        let total = u32::try_from(nd.count + joiners + sybils).map_err(|_| SimError::Invalid {
+            key: "nodes.count".into(),
+            line: None,
+            reason: "too many nodes in all".into(),
+        })?;
+        Ok(Self { joiners, total })
+    }
+}
+
+/// Nodes in an adversary group (`count` or `share` of the starting nodes).
+fn group_size(a: &AdversaryCfg, count: u64) -> u64 {
+    a.count.unwrap_or(0) + (a.share.unwrap_or(0.0) * count as f64).round() as u64
+}
+
+/// Every node the run will have, honest, with its model, hardware, price,
+/// speed and advert phase drawn from `setup`.
+fn make_nodes(sc: &Scenario, total: u32, setup: &mut StdRng) -> Vec<Node> {
+    let nd = &sc.nodes;
+    let breaker: BreakerParams = sc.operator.breaker_params();
+    let hw_shares: Vec<f64> = nd.hardware.iter().map(|h| h.share).collect();
+    let node_shares: Vec<f64> = sc.models.iter().map(|m| m.node_share).collect();
+    // Every node of a model serves the same weights.
+    let weights: Vec<WeightsHash> = sc
+        .models
+        .iter()
+        .map(|m| sharenet_proto::sha256(m.name.as_bytes()))
+        .collect();
+    let interval_ms = sc.network.advert_interval_s * 1000.0;
+    let mut nodes = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let model = pick_weighted(&node_shares, setup);
+        let hw_i = pick_weighted(&hw_shares, setup);
+        let (Some(m), Some(hw)) = (sc.models.get(model), nd.hardware.get(hw_i)) else {
+            continue;
+        };
+        let price_out = (nd.price_out.sample(setup) * m.price_factor).round();
+        let rtt = nd.rtt_ms.sample(setup);
+        let relayed = setup.random::<f64>() < nd.relayed_share;
+        let jitter = 1.0 + hw.speed_jitter * (2.0 * setup.random::<f64>() - 1.0);
+        let phase = setup.random::<f64>() * interval_ms;
+        let decode = hw.decode_tokens_per_s * jitter / m.size_factor;
+        let prefill = hw.prefill_tokens_per_s * jitter / m.size_factor;
+        let price_out = price_out.max(1.0) as u64;
+        let key = node_key(i);
+        let offer = Offer {
+            node: key,
+            price_in: (price_out as f64 * nd.price_in_ratio).round() as u64,
+            price_out,
+            context_length: m.context_length,
+            weights_sha256: weights.get(model).copied(),
+            quantization: None,
+            region: None,
+            max_concurrency: hw.max_concurrency,
+            queue_depth: 0,
+            advertised_tokens_per_sec: Some(
+                (decode * f64::from(hw.max_concurrency)).round().max(1.0) as u32,
+            ),
+            relayed,
+            gpus: hw.gpus,
+            capabilities: 0,
+            license: None,
+        };
+        nodes.push(Node {
+            key,
+            model: model as u16,
+            hardware: hw_i as u16,
+            offer,
+            health: NodeHealth::new(0, breaker),
+            rtt_ms: if relayed { rtt * 2.0 } else { rtt },
+            decode_tps: decode,
+            prefill_tps: prefill,
+            slots: vec![0.0; hw.max_concurrency as usize],
+            behaviour: Behaviour::Honest,
+            cheat_rate: 0.0,
+            inflate_factor: 1.0,
+            group: None,
+            join_ms: 0.0,
+            advert_origin_ms: -phase,
+            left_ms: None,
+            in_table: false,
+            jobs: 0,
+            earned: 0,
+            check_earned: 0,
+            last_dispatch_ms: None,
+            caught_ms: None,
+            served_before_caught: 0,
+            earned_before_caught: 0,
+            dispatches: 0,
+            spot_failed: 0,
+        });
+    }
+    nodes
+}
+
+/// Turns nodes into adversaries: groups without a join time are dealt
+/// from the shuffled starting nodes, Sybil groups take the nodes after the
+/// joiners. Returns the Sybils' join times (node, second).
+fn place_adversaries(
+    sc: &Scenario,
+    nodes: &mut [Node],
+    joiners: u64,
+    setup: &mut StdRng,
+) -> Vec<(u32, f64)> {
+    let nd = &sc.nodes;
+    let mut order: Vec<u32> = (0..u32::try_from(nd.count).unwrap_or(u32::MAX)).collect();
+    order.shuffle(setup);
+    let mut taken = 0usize;
+    let mut next_extra = u32::try_from(nd.count + joiners).unwrap_or(u32::MAX);
+    let mut sybil_joins: Vec<(u32, f64)> = Vec::new();
+    for (g, a) in nd.adversaries.iter().enumerate() {
+        let n = group_size(a, nd.count);
+        let ids: Vec<u32> = match a.join_at_s {
+            None => {
+                let end = (taken + n as usize).min(order.len());
+                let ids = order.get(taken..end).unwrap_or(&[]).to_vec();
+                taken = end;
+                ids
+            }
+            Some(at) => {
+                let ids: Vec<u32> = (next_extra..next_extra.saturating_add(n as u32)).collect();
+                next_extra = next_extra.saturating_add(n as u32);
+                sybil_joins.extend(ids.iter().map(|&i| (i, at)));
+                ids
+            }
+        };
+        for i in ids {
+            if let Some(node) = nodes.get_mut(i as usize) {
+                node.behaviour = Behaviour::Adversary(a.kind);
+                node.cheat_rate = a.rate;
+                node.inflate_factor = a.inflate_factor;
+                node.group = Some(g as u16);
+                let p = (node.offer.price_out as f64 * a.price_factor)
+                    .round()
+                    .max(1.0);
+                node.offer.price_out = p as u64;
+                node.offer.price_in = (p * nd.price_in_ratio).round() as u64;
+            }
+        }
+    }
+    sybil_joins
+}
+
+/// The routing request of each preference profile (0: the defaults, then
+/// one per `[[traffic.preferences]]`); only `input_tokens` changes per
+/// request.
+fn request_profiles(t: &TrafficCfg) -> Vec<Request> {
+    let mut reqs = vec![Request {
+        input_tokens: 0,
+        max_output_tokens: t.max_tokens,
+        prefs: Preferences::default(),
+    }];
+    for p in &t.preferences {
+        reqs.push(Request {
+            input_tokens: 0,
+            max_output_tokens: t.max_tokens,
+            prefs: Preferences {
+                sort: p.sort.map(|s| match s {
+                    SortCfg::Price => Sort::Price,
+                    SortCfg::Latency => Sort::Latency,
+                    SortCfg::Throughput => Sort::Throughput,
+                }),
+                max_price_in: p.max_price_in,
+                max_price_out: p.max_price_out,
+                min_trust: p.min_trust,
+                ..Preferences::default()
+            },
+        });
+    }
+    reqs
+}
+
+/// The highest arrival rate (the arrival process thins against it).
+fn max_rate(t: &TrafficCfg) -> f64 {
+    let max_burst = t.bursts.iter().map(|b| b.multiplier).fold(1.0, f64::max);
+    let diurnal = if t.arrival == Arrival::Diurnal {
+        1.0 + t.diurnal_amplitude
+    } else {
+        1.0
+    };
+    t.rate_per_s * diurnal * max_burst
+}
+
 struct Sim<'a> {
     sc: &'a Scenario,
     weights: Weights,
     route: RouteParams,
     trust: TrustParams,
     nodes: Vec<Node>,
+    /// Each model's nodes (a node serves one model for its life).
+    by_model: Vec<Vec<u32>>,
     tables: Vec<CandidateTable>,
     builders: Vec<Builder>,
     requests: Vec<Request>,
@@ -315,137 +478,39 @@ struct Sim<'a> {
 }
 
 impl<'a> Sim<'a> {
+    /// The set-up, in the order its draws come from the set-up stream:
+    /// nodes, adversaries among them, builders, churn times.
     fn new(sc: &'a Scenario) -> Result<Self, SimError> {
-        let op = &sc.operator;
         let mut setup = stream(sc.seed, 1);
-        let breaker: BreakerParams = op.breaker_params();
-        let hw_shares: Vec<f64> = sc.nodes.hardware.iter().map(|h| h.share).collect();
-        let node_shares: Vec<f64> = sc.models.iter().map(|m| m.node_share).collect();
-        let nd = &sc.nodes;
-        let duration_s = sc.expected_duration_s();
-        let churn_end_s = nd.churn.end_s.unwrap_or(duration_s).max(nd.churn.start_s);
-        let joiners = (nd.churn.join_share * nd.count as f64).round() as u64;
-        let sybils: u64 = nd
-            .adversaries
-            .iter()
-            .filter(|a| a.join_at_s.is_some())
-            .map(|a| {
-                a.count.unwrap_or(0) + (a.share.unwrap_or(0.0) * nd.count as f64).round() as u64
-            })
-            .sum();
-        let total_nodes = nd.count + joiners + sybils;
-        let total_nodes = u32::try_from(total_nodes).map_err(|_| SimError::Invalid {
-            key: "nodes.count".into(),
-            line: None,
-            reason: "too many nodes in all".into(),
-        })?;
-        let mut nodes = Vec::with_capacity(total_nodes as usize);
-        let interval_ms = sc.network.advert_interval_s * 1000.0;
-        for i in 0..total_nodes {
-            let model = pick_weighted(&node_shares, &mut setup);
-            let hw_i = pick_weighted(&hw_shares, &mut setup);
-            let m = &sc.models[model];
-            let hw = &sc.nodes.hardware[hw_i];
-            let price_out = (nd.price_out.sample(&mut setup) * m.price_factor).round();
-            let rtt = nd.rtt_ms.sample(&mut setup);
-            let relayed = setup.random::<f64>() < nd.relayed_share;
-            let jitter = 1.0 + hw.speed_jitter * (2.0 * setup.random::<f64>() - 1.0);
-            let phase = setup.random::<f64>() * interval_ms;
-            let decode = hw.decode_tokens_per_s * jitter / m.size_factor;
-            let prefill = hw.prefill_tokens_per_s * jitter / m.size_factor;
-            let price_out = price_out.max(1.0) as u64;
-            let key = node_key(i);
-            let offer = Offer {
-                node: key,
-                price_in: (price_out as f64 * nd.price_in_ratio).round() as u64,
-                price_out,
-                context_length: m.context_length,
-                weights_sha256: None,
-                quantization: None,
-                region: None,
-                max_concurrency: hw.max_concurrency,
-                queue_depth: 0,
-                advertised_tokens_per_sec: Some(
-                    (decode * f64::from(hw.max_concurrency)).round().max(1.0) as u32,
-                ),
-                relayed,
-                gpus: hw.gpus,
-                capabilities: 0,
-                license: None,
-            };
-            nodes.push(Node {
-                key,
-                model: model as u16,
-                hardware: hw_i as u16,
-                offer,
-                health: NodeHealth::new(0, breaker),
-                rtt_ms: if relayed { rtt * 2.0 } else { rtt },
-                decode_tps: decode,
-                prefill_tps: prefill,
-                slots: vec![0.0; hw.max_concurrency as usize],
-                behaviour: Behaviour::Honest,
-                cheat_rate: 0.0,
-                inflate_factor: 1.0,
-                group: None,
-                join_ms: 0.0,
-                advert_origin_ms: -phase,
-                left_ms: None,
-                in_table: false,
-                jobs: 0,
-                earned: 0,
-                check_earned: 0,
-                last_dispatch_ms: None,
-                caught_ms: None,
-                served_before_caught: 0,
-                earned_before_caught: 0,
-                dispatches: 0,
-                spot_failed: 0,
-            });
-        }
-        // Adversaries among the starting nodes, then Sybil groups after the
-        // joiners.
-        let mut order: Vec<u32> = (0..u32::try_from(nd.count).unwrap_or(u32::MAX)).collect();
-        order.shuffle(&mut setup);
-        let mut taken = 0usize;
-        let mut next_extra = u32::try_from(nd.count + joiners).unwrap_or(u32::MAX);
-        let mut sybil_joins: Vec<(u32, f64)> = Vec::new();
-        for (g, a) in nd.adversaries.iter().enumerate() {
-            let n =
-                a.count.unwrap_or(0) + (a.share.unwrap_or(0.0) * nd.count as f64).round() as u64;
-            let ids: Vec<u32> = match a.join_at_s {
-                None => {
-                    let end = (taken + n as usize).min(order.len());
-                    let ids = order.get(taken..end).unwrap_or(&[]).to_vec();
-                    taken = end;
-                    ids
-                }
-                Some(at) => {
-                    let ids: Vec<u32> = (next_extra..next_extra.saturating_add(n as u32)).collect();
-                    next_extra = next_extra.saturating_add(n as u32);
-                    sybil_joins.extend(ids.iter().map(|&i| (i, at)));
-                    ids
-                }
-            };
-            for i in ids {
-                if let Some(node) = nodes.get_mut(i as usize) {
-                    node.behaviour = Behaviour::Adversary(a.kind);
-                    node.cheat_rate = a.rate;
-                    node.inflate_factor = a.inflate_factor;
-                    node.group = Some(g as u16);
-                    let p = (node.offer.price_out as f64 * a.price_factor)
-                        .round()
-                        .max(1.0);
-                    node.offer.price_out = p as u64;
-                    node.offer.price_in = (p * nd.price_in_ratio).round() as u64;
-                }
+        let counts = NodeCounts::of(sc)?;
+        let mut nodes = make_nodes(sc, counts.total, &mut setup);
+        let sybil_joins = place_adversaries(sc, &mut nodes, counts.joiners, &mut setup);
+        let mut sim = Sim::empty(sc, nodes);
+        sim.add_builders(&mut setup);
+        sim.requests = request_profiles(&sc.traffic);
+        sim.lambda_max = max_rate(&sc.traffic);
+        sim.schedule_nodes(counts.joiners, &sybil_joins, &mut setup);
+        sim.schedule_next_arrival();
+        let tick = sim.refresh_us;
+        sim.push(tick, Ev::Tick);
+        Ok(sim)
+    }
+
+    /// The simulator with its nodes and nothing else under way.
+    fn empty(sc: &'a Scenario, nodes: Vec<Node>) -> Self {
+        let op = &sc.operator;
+        let mut by_model = vec![Vec::new(); sc.models.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(m) = by_model.get_mut(usize::from(n.model)) {
+                m.push(i as u32);
             }
         }
-
-        let mut sim = Sim {
+        Sim {
             sc,
             weights: op.weights(),
             route: op.route_params(),
             trust: op.trust_params(),
+            by_model,
             tables: vec![CandidateTable::new(); sc.models.len()],
             builders: Vec::new(),
             requests: Vec::new(),
@@ -484,10 +549,12 @@ impl<'a> Sim<'a> {
             refresh_us: us(op.refresh_interval_ms).max(1),
             fee_bps: op.network_fee_bps,
             nodes,
-        };
+        }
+    }
 
-        // Builders: margin drawn per app, preference profiles dealt by share.
-        let t = &sc.traffic;
+    /// Builders: margin drawn per app, preference profiles dealt by share.
+    fn add_builders(&mut self, setup: &mut StdRng) {
+        let t = &self.sc.traffic;
         let mut cumulative = Vec::new();
         let mut acc = 0.0;
         for p in &t.preferences {
@@ -498,10 +565,10 @@ impl<'a> Sim<'a> {
             let pos = (f64::from(b) + 0.5) / f64::from(t.builders);
             let profile = cumulative.iter().position(|c| pos < *c);
             let margin = Margin {
-                percent_bps: t.margin_bps.sample(&mut setup).round().min(1e6) as u32,
-                per_mtok: t.margin_per_mtok.sample(&mut setup).round() as u64,
+                percent_bps: t.margin_bps.sample(setup).round().min(1e6) as u32,
+                per_mtok: t.margin_per_mtok.sample(setup).round() as u64,
             };
-            sim.builders.push(Builder {
+            self.builders.push(Builder {
                 app: format!("app-{b:05}"),
                 margin,
                 profile,
@@ -511,65 +578,37 @@ impl<'a> Sim<'a> {
                 tokens: 0,
             });
         }
-        let mut reqs = vec![Request {
-            input_tokens: 0,
-            max_output_tokens: t.max_tokens,
-            prefs: Preferences::default(),
-        }];
-        for p in &t.preferences {
-            reqs.push(Request {
-                input_tokens: 0,
-                max_output_tokens: t.max_tokens,
-                prefs: Preferences {
-                    sort: p.sort.map(|s| match s {
-                        SortCfg::Price => Sort::Price,
-                        SortCfg::Latency => Sort::Latency,
-                        SortCfg::Throughput => Sort::Throughput,
-                    }),
-                    max_price_in: p.max_price_in,
-                    max_price_out: p.max_price_out,
-                    min_trust: p.min_trust,
-                    ..Preferences::default()
-                },
-            });
-        }
-        sim.requests = reqs;
+    }
 
-        // Arrival process: thinning against the highest rate.
-        let max_burst = t.bursts.iter().map(|b| b.multiplier).fold(1.0, f64::max);
-        let diurnal = if t.arrival == Arrival::Diurnal {
-            1.0 + t.diurnal_amplitude
-        } else {
-            1.0
-        };
-        sim.lambda_max = t.rate_per_s * diurnal * max_burst;
-
-        // Starting nodes are in the table at 0; joiners and leavers spread
-        // over the churn window; Sybil groups at their time.
+    /// Starting nodes are in the table at 0; joiners and leavers spread
+    /// over the churn window; Sybil groups at their time.
+    fn schedule_nodes(&mut self, joiners: u64, sybil_joins: &[(u32, f64)], setup: &mut StdRng) {
+        let nd = &self.sc.nodes;
+        let churn_end_s = nd
+            .churn
+            .end_s
+            .unwrap_or(self.sc.expected_duration_s())
+            .max(nd.churn.start_s);
         for i in 0..u32::try_from(nd.count).unwrap_or(u32::MAX) {
-            sim.join(i, 0);
+            self.join(i, 0);
         }
         let span_ms = (churn_end_s - nd.churn.start_s) * 1000.0;
         let start_ms = nd.churn.start_s * 1000.0;
         for k in 0..joiners {
             let i = u32::try_from(nd.count + k).unwrap_or(u32::MAX);
             let at = start_ms + setup.random::<f64>() * span_ms;
-            sim.push(us(at), Ev::Join(i));
+            self.push(us(at), Ev::Join(i));
         }
         let leavers = (nd.churn.leave_share * nd.count as f64).round() as usize;
         let mut order: Vec<u32> = (0..u32::try_from(nd.count).unwrap_or(u32::MAX)).collect();
-        order.shuffle(&mut setup);
+        order.shuffle(setup);
         for &i in order.iter().take(leavers) {
             let at = start_ms + setup.random::<f64>() * span_ms;
-            sim.push(us(at), Ev::Leave(i));
+            self.push(us(at), Ev::Leave(i));
         }
-        for (i, at) in sybil_joins {
-            sim.push(us(at * 1000.0), Ev::Join(i));
+        for &(i, at) in sybil_joins {
+            self.push(us(at * 1000.0), Ev::Join(i));
         }
-        sim.schedule_next_arrival();
-        let tick = sim.refresh_us;
-        sim.push(tick, Ev::Tick);
-        Ok(sim)
     }
 
     fn push(&mut self, at_us: u64, ev: Ev) {
@@ -1211,34 +1250,46 @@ impl<'a> Sim<'a> {
 
     // ---- spot checks -----------------------------------------------------
 
-    fn pick_other(&mut self, model: u16, input: u32, ignore: Vec<NodeKey>) -> Option<u32> {
-        let table = self.tables.get(usize::from(model))?;
-        let req = Request {
-            input_tokens: input,
-            max_output_tokens: self.sc.operator.spot_check_tokens,
-            prefs: Preferences {
-                ignore,
-                ..Preferences::default()
-            },
+    /// The node a check on `suspect` is compared against, chosen as the
+    /// coordinator chooses it (`verdict::choose_reference`): the most
+    /// trusted live node with the suspect's weights (its model's), other
+    /// than those in `exclude`.
+    fn choose_checker(&self, model: u16, suspect: NodeKey, exclude: &[NodeKey]) -> Option<u32> {
+        let now_ms = self.now_ms();
+        let offers: Vec<(NodeKey, Option<WeightsHash>)> = self
+            .by_model
+            .get(usize::from(model))?
+            .iter()
+            .filter_map(|&i| self.nodes.get(i as usize))
+            .filter(|n| n.in_table)
+            .map(|n| (n.key, n.offer.weights_sha256))
+            .collect();
+        let trust_of = |keys: &[NodeKey]| {
+            keys.iter()
+                .map(|k| {
+                    self.nodes
+                        .get(index_of(k) as usize)
+                        .map_or(0.0, |n| n.health.trust.score(now_ms, &self.trust))
+                })
+                .collect()
         };
-        route_table(table, &req, &self.weights, &self.route, &mut self.rng_check)
-            .ok()
-            .and_then(|l| l.first().map(index_of))
+        verdict::choose_reference(&offers, &suspect, exclude, trust_of).map(|k| index_of(&k))
     }
 
-    /// Whether `node`'s run of a check agrees with the reference: a
-    /// garbage node's output differs, and an input-inflating node's input
-    /// count differs (the check compares both).
-    fn output_ok(&mut self, node: u32) -> bool {
+    /// `node`'s run of a check: a garbage node's output is wrong, and so is
+    /// an input-inflating node's input count (the check compares both),
+    /// each with the node's cheat rate.
+    fn check_run(&mut self, node: u32) -> CheckRun {
         let u: f64 = self.rng_check.random();
         match self.nodes.get(node as usize) {
             Some(n)
-                if n.behaviour == Behaviour::Adversary(AdversaryKind::Garbage)
-                    || n.behaviour == Behaviour::Adversary(AdversaryKind::InflateInput) =>
+                if (n.behaviour == Behaviour::Adversary(AdversaryKind::Garbage)
+                    || n.behaviour == Behaviour::Adversary(AdversaryKind::InflateInput))
+                    && u < n.cheat_rate =>
             {
-                u >= n.cheat_rate
+                CheckRun::Wrong
             }
-            _ => true,
+            _ => CheckRun::Right,
         }
     }
 
@@ -1267,39 +1318,47 @@ impl<'a> Sim<'a> {
             + f64::from(tokens_out) / n.decode_tps * 1000.0)
     }
 
+    /// A spot check on the job's node, as the coordinator runs it: the
+    /// node and a reference re-run the job; if they differ, an arbiter
+    /// re-runs it; the shared verdict is booked when the runs are done.
     fn spot_check(&mut self, job: &Job) -> Result<(), SimError> {
         let node = job.node;
         let Some(key) = self.nodes.get(node as usize).map(|n| n.key) else {
             return Ok(());
         };
-        let Some(reference) = self.pick_other(job.model, job.input, vec![key]) else {
+        let Some(reference) = self.choose_checker(job.model, key, &[key]) else {
             self.counters.spot_checks_inconclusive += 1;
             return Ok(());
         };
         self.counters.spot_checks += 1;
         // The re-run on the node itself: it cannot tell a check from a job.
-        let node_ok = self.output_ok(node);
-        let reference_ok = self.output_ok(reference);
+        let run = self.check_run(node);
+        let reference_run = self.check_run(reference);
         let mut took = self.pay_check(node, job.input)?;
         took = took.max(self.pay_check(reference, job.input)?);
-        let mut arbiter = None;
-        if !(node_ok && reference_ok) {
-            let ref_key = node_key(reference);
-            if let Some(a) = self.pick_other(job.model, job.input, vec![key, ref_key]) {
-                let ok = self.output_ok(a);
+        let mut arbiter_run = None;
+        if verdict::needs_arbiter(&run, &reference_run) {
+            let exclude = [key, node_key(reference)];
+            if let Some(a) = self.choose_checker(job.model, key, &exclude) {
+                arbiter_run = Some(self.check_run(a));
                 took += self.pay_check(a, job.input)?;
-                arbiter = Some((a, ok));
             }
         }
         let check = Check {
             node,
-            node_ok,
             reference,
-            reference_ok,
-            arbiter,
+            verdict: verdict::decide(&run, &reference_run, arbiter_run.as_ref()),
+            arbiter_wrong: arbiter_run == Some(CheckRun::Wrong),
         };
+        let c = self.alloc_check(check);
+        let at = self.now_us + us(took);
+        self.push(at, Ev::CheckDone(c));
+        Ok(())
+    }
+
+    fn alloc_check(&mut self, check: Check) -> u32 {
         self.active_checks += 1;
-        let c = match self.free_checks.pop() {
+        match self.free_checks.pop() {
             Some(c) => {
                 if let Some(slot) = self.checks.get_mut(c as usize) {
                     *slot = check;
@@ -1310,12 +1369,10 @@ impl<'a> Sim<'a> {
                 self.checks.push(check);
                 (self.checks.len() - 1) as u32
             }
-        };
-        let at = self.now_us + us(took);
-        self.push(at, Ev::CheckDone(c));
-        Ok(())
+        }
     }
 
+    /// Books a check's verdict as trust evidence.
     fn check_done(&mut self, c: u32) {
         self.active_checks = self.active_checks.saturating_sub(1);
         self.free_checks.push(c);
@@ -1323,38 +1380,28 @@ impl<'a> Sim<'a> {
             return;
         };
         let now_ms = self.now_ms();
-        let mut verdicts: Vec<(u32, Evidence)> = Vec::new();
-        if check.node_ok && check.reference_ok {
-            verdicts.push((check.node, Evidence::SpotCheckPassed));
-        } else {
-            match check.arbiter {
-                Some((_, true)) => {
-                    for (who, ok) in [
-                        (check.node, check.node_ok),
-                        (check.reference, check.reference_ok),
-                    ] {
-                        verdicts.push((
-                            who,
-                            if ok {
-                                Evidence::SpotCheckPassed
-                            } else {
-                                Evidence::SpotCheckFailed
-                            },
-                        ));
-                    }
-                }
-                _ => self.counters.spot_checks_inconclusive += 1,
-            }
+        if check.verdict == Verdict::Inconclusive {
+            self.counters.spot_checks_inconclusive += 1;
         }
-        for (who, ev) in verdicts {
+        for (role, passed) in check.verdict.judgements() {
+            let who = match role {
+                Role::Suspect => check.node,
+                Role::Reference => check.reference,
+            };
             if let Some(n) = self.nodes.get_mut(who as usize) {
-                if ev == Evidence::SpotCheckFailed {
+                let ev = if passed {
+                    Evidence::SpotCheckPassed
+                } else {
                     self.counters.spot_checks_failed += 1;
                     n.spot_failed += 1;
                     if !n.adversary() {
                         self.counters.spot_check_false_positives += 1;
+                        if check.arbiter_wrong {
+                            self.counters.spot_check_false_positives_bad_arbiter += 1;
+                        }
                     }
-                }
+                    Evidence::SpotCheckFailed
+                };
                 n.health.trust.record(ev, now_ms, &self.trust);
             }
             self.refresh(who);
@@ -1363,8 +1410,9 @@ impl<'a> Sim<'a> {
 
     // ---- the end ---------------------------------------------------------
 
-    fn finish(mut self) -> Result<RunResult, SimError> {
-        // Settlement of the signed sample with the real `settle`.
+    /// Settles the signed sample with the real `settle`, and checks its
+    /// statement against the simulation's own totals for the same jobs.
+    fn settle_sample(&self) -> Result<Option<SignedSettlement>, SimError> {
         let period = PeriodRule::Fixed {
             length_ms: 30 * 86_400_000,
             origin_ms: self.sc.settlement.epoch_ms,
@@ -1390,8 +1438,12 @@ impl<'a> Sim<'a> {
             }
             Some(signed)
         };
-        let nodes: Vec<NodeRow> = self
-            .nodes
+        Ok(statement)
+    }
+
+    /// One row per node (`nodes.csv`).
+    fn node_rows(&self) -> Vec<NodeRow> {
+        self.nodes
             .iter()
             .enumerate()
             .map(|(i, n)| NodeRow {
@@ -1430,9 +1482,12 @@ impl<'a> Sim<'a> {
                     || n.join_ms > 0.0
                     || i < self.sc.nodes.count as usize,
             })
-            .collect();
-        let adversaries: Vec<AdversaryRow> = self
-            .nodes
+            .collect()
+    }
+
+    /// One row per adversary (`adversaries.csv`).
+    fn adversary_rows(&self) -> Vec<AdversaryRow> {
+        self.nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| n.adversary())
@@ -1450,25 +1505,28 @@ impl<'a> Sim<'a> {
                 earned: n.earned,
                 dispatches: n.dispatches,
             })
-            .collect();
+            .collect()
+    }
+
+    fn finish(mut self) -> Result<RunResult, SimError> {
+        let statement = self.settle_sample()?;
+        let nodes = self.node_rows();
+        let adversaries = self.adversary_rows();
         let mut ttft = std::mem::take(&mut self.ttft);
         let mut total = std::mem::take(&mut self.total);
         let latency = (Latency::of(&mut ttft), Latency::of(&mut total));
-        let builders = self.builders.clone();
-        let summary: Summary = build_summary(
-            self.sc,
-            &self.counters,
-            &self.totals,
-            &self.check_totals,
-            &self.sample_totals,
+        let totals = RunTotals {
+            counters: &self.counters,
+            totals: &self.totals,
+            checks: &self.check_totals,
+            sample: &self.sample_totals,
             latency,
-            &nodes,
-            &adversaries,
-            &self.blocks,
-            &builders,
-            statement.as_ref(),
-            self.now_us as f64 / 1e6,
-        )?;
+            builder_charged: self.builders.iter().map(|b| b.charged).sum(),
+            builder_payout: self.builders.iter().map(|b| b.payout).sum(),
+            statement: statement.as_ref(),
+            simulated_s: self.now_us as f64 / 1e6,
+        };
+        let summary = build_summary(self.sc, &totals, &nodes, &adversaries, &self.blocks)?;
         Ok(RunResult {
             summary,
             windows: self.windows,

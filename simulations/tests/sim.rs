@@ -277,8 +277,19 @@ fn input_inflating_nodes_are_caught_by_spot_checks() {
         k.caught,
         k.active
     );
-    assert_eq!(out.summary.spot_checks.false_positives, 0);
-    for n in out.nodes.iter().filter(|n| n.behaviour == "honest") {
-        assert_eq!(n.spot_failed, 0, "honest node {} failed a check", n.node);
-    }
+    // An honest node fails a check only when the arbiter was itself a
+    // cheat: it agrees with neither run, and the shared verdict (the
+    // coordinator's) fails whoever disagrees with the arbiter. With a
+    // quarter of the checks landing on inflators here, that happens (2 of
+    // 6,013 checks at this seed); see the README's *Spot checks*.
+    let checks = &out.summary.spot_checks;
+    assert_eq!(checks.false_positives, checks.false_positives_bad_arbiter);
+    let honest_failed: u64 = out
+        .nodes
+        .iter()
+        .filter(|n| n.behaviour == "honest")
+        .map(|n| n.spot_failed)
+        .sum();
+    assert_eq!(honest_failed, checks.false_positives);
+    assert!(checks.false_positives * 1000 <= checks.checks, "{checks:?}");
 }

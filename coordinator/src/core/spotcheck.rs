@@ -5,8 +5,8 @@
 //! completion hook); [`run`] samples text jobs from it with probability
 //! `spot_check_rate` (its own rng, so which jobs are checked is invisible to
 //! nodes). A sampled job's input is re-run, greedy and seeded with logprobs,
-//! on the node that served it and on a reference node advertising the same
-//! weights hash. Both runs are ordinary jobs on the wire: the node cannot
+//! on the node that served it and on a reference node, the most trusted
+//! one advertising the same weights hash. Both runs are ordinary jobs on the wire: the node cannot
 //! tell a check from a builder's greedy request. They are paid for by the
 //! operator's `spot-checks` app and booked like any job.
 //!
@@ -20,6 +20,10 @@
 //! so the comparison ends there. On disagreement a third node with the same
 //! weights (the arbiter) re-runs the job, and whoever disagrees with it
 //! fails; with no arbiter the check is inconclusive and only logged.
+//! The choice of the reference and the arbiter (the most trusted nodes with
+//! the weights), the comparison and the verdict are
+//! [`sharenet_router::verdict`], pure code the simulator runs too; this
+//! module runs the jobs and books the evidence.
 //! The router's trust ([`sharenet_router::Evidence::SpotCheckFailed`])
 //! weighs a failure heaviest: one puts a node below the trust floor, so it
 //! gets no traffic.
@@ -28,7 +32,8 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sharenet_proto::{JobInput, SamplingParams, TokenLogprob};
+use sharenet_proto::{JobInput, SamplingParams};
+use sharenet_router::verdict::{self, Role, Verdict};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -39,99 +44,15 @@ use crate::core::registry::Lookup;
 use crate::core::routing::Outcome;
 use crate::core::{Core, now_ms};
 
-pub use crate::core::accounts::SPOT_CHECK_APP;
+pub use sharenet_router::verdict::{
+    Comparison, LOGPROB_TOLERANCE, Run, SPOT_CHECK_APP, compare, compare_runs,
+};
 
 /// Most tokens a check generates.
 const CHECK_TOKENS: u32 = 16;
 /// Seed of every check (greedy decoding ignores it; it pins any sampler
 /// state a backend might keep).
 const CHECK_SEED: u64 = 0x5107_c4ec;
-/// Largest logprob difference (nats) still counted as equal: kernels and
-/// hardware round differently, cheats differ by far more.
-pub const LOGPROB_TOLERANCE: f32 = 0.05;
-
-/// What comparing two runs found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    Agree,
-    /// They part at this token position, for this reason.
-    Differ {
-        position: usize,
-        reason: String,
-    },
-}
-
-/// Compares a run against a reference run of the same greedy job.
-pub fn compare(run: &[TokenLogprob], reference: &[TokenLogprob]) -> Verdict {
-    for (i, (a, b)) in run.iter().zip(reference).enumerate() {
-        if a.id == b.id {
-            if (a.logprob - b.logprob).abs() > LOGPROB_TOLERANCE || !a.logprob.is_finite() {
-                return Verdict::Differ {
-                    position: i,
-                    reason: format!(
-                        "token {} has logprob {:.4}, the reference {:.4}",
-                        a.id, a.logprob, b.logprob
-                    ),
-                };
-            }
-            continue;
-        }
-        // Different picks: agreement only if the reference rated the other
-        // pick within the tolerance of its own (a near tie).
-        let tie = b
-            .top
-            .iter()
-            .find(|t| t.id == a.id)
-            .is_some_and(|t| (b.logprob - t.logprob).abs() <= LOGPROB_TOLERANCE);
-        return if tie {
-            Verdict::Agree
-        } else {
-            Verdict::Differ {
-                position: i,
-                reason: format!("picked token {} where the reference picked {}", a.id, b.id),
-            }
-        };
-    }
-    if run.len() != reference.len() {
-        // Both stop only at EOS or the token limit, so an honest pair ends
-        // together unless they parted at a tie (handled above).
-        return Verdict::Differ {
-            position: run.len().min(reference.len()),
-            reason: format!(
-                "{} tokens where the reference has {}",
-                run.len(),
-                reference.len()
-            ),
-        };
-    }
-    Verdict::Agree
-}
-
-/// One run of a check job: its tokens with logprobs, and the input tokens
-/// the node counted (and was paid for).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Run {
-    pub tokens: Vec<TokenLogprob>,
-    pub input_tokens: u32,
-}
-
-/// Compares two runs of the same job: the same input count first (the
-/// same weights come with the same tokenizer and template, so an honest
-/// node counts exactly what the reference counts; a node inflating its
-/// input counts differs here even when its output is right), then the
-/// tokens ([`compare`]).
-pub fn compare_runs(run: &Run, reference: &Run) -> Verdict {
-    if run.input_tokens != reference.input_tokens {
-        return Verdict::Differ {
-            position: 0,
-            reason: format!(
-                "counted {} input tokens where the reference counted {}",
-                run.input_tokens, reference.input_tokens
-            ),
-        };
-    }
-    compare(&run.tokens, &reference.tokens)
-}
 
 /// The completion hook's consumer: samples finished text jobs at `rate`
 /// (with its own rng, so which jobs are checked is invisible to nodes) and
@@ -169,33 +90,27 @@ pub async fn run(
     }
 }
 
-/// Nodes other than `exclude` that advertise `model` with the same weights
-/// hash as `node`, most trusted first.
-fn peers_with_same_weights(
+/// The node a check on `suspect` is compared against: the most trusted
+/// live node, other than those in `exclude`, advertising `model` with the
+/// suspect's weights hash ([`verdict::choose_reference`]; with the
+/// reference in `exclude` too, the arbiter).
+fn choose_checker(
     core: &Core,
     model: &str,
-    node: [u8; 32],
+    suspect: [u8; 32],
     exclude: &[[u8; 32]],
-) -> Vec<[u8; 32]> {
-    let Lookup::Found(offers) = core.registry.lookup(model, now_ms()) else {
-        return Vec::new();
+) -> Option<[u8; 32]> {
+    let now = now_ms();
+    let Lookup::Found(offers) = core.registry.lookup(model, now) else {
+        return None;
     };
-    let Some(weights) = offers
+    let offers: Vec<([u8; 32], Option<[u8; 32]>)> = offers
         .iter()
-        .find(|o| o.advert.node == node)
-        .and_then(|o| o.offer.weights_sha256)
-    else {
-        return Vec::new();
-    };
-    let same: Vec<[u8; 32]> = offers
-        .iter()
-        .filter(|o| o.offer.weights_sha256 == Some(weights) && !exclude.contains(&o.advert.node))
-        .map(|o| o.advert.node)
+        .map(|o| (o.advert.node, o.offer.weights_sha256))
         .collect();
-    let trust = core.routing.trust_of(&same, now_ms());
-    let mut same: Vec<(f64, [u8; 32])> = trust.into_iter().zip(same).collect();
-    same.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    same.into_iter().map(|(_, k)| k).collect()
+    verdict::choose_reference(&offers, &suspect, exclude, |nodes| {
+        core.routing.trust_of(nodes, now)
+    })
 }
 
 /// Runs the check job on exactly `node`.
@@ -249,15 +164,21 @@ fn evidence(core: &Core, node: [u8; 32], passed: bool) {
     core.routing.record(node, outcome, now_ms());
 }
 
+fn short(k: &[u8; 32]) -> String {
+    hex::encode(&k[..6])
+}
+
+/// One spot check: the suspect's and the reference's runs, an arbiter's
+/// when they differ, then the shared verdict ([`verdict::decide`]) booked
+/// as evidence.
 async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: &str) {
-    let short = |k: &[u8; 32]| hex::encode(&k[..6]);
-    let Some(reference) = peers_with_same_weights(core, model, suspect, &[suspect])
-        .into_iter()
-        .next()
-    else {
+    // 1. The reference: the most trusted other node with the same weights.
+    let Some(reference) = choose_checker(core, model, suspect, &[suspect]) else {
         tracing::debug!(node = %short(&suspect), model, "spot check skipped: no other node with the same weights");
         return;
     };
+    // 2. Both runs; a check with a failed run is incomplete (dispatch has
+    //    already counted the failure).
     let (run, reference_run) = tokio::join!(
         run_on(core, &input, suspect, model),
         run_on(core, &input, reference, model)
@@ -265,119 +186,143 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
     let (run, reference_run) = match (run, reference_run) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {
-            // A failed run is already counted as a failure by dispatch.
             tracing::info!(node = %short(&suspect), reference = %short(&reference),
                 suspect_error = ?a.err(), reference_error = ?b.err(), "spot check incomplete");
             return;
         }
     };
     core.metrics.spot_checks.inc();
-    let Verdict::Differ { position, reason } = compare_runs(&run, &reference_run) else {
-        tracing::debug!(node = %short(&suspect), reference = %short(&reference), "spot check passed");
-        evidence(core, suspect, true);
-        return;
-    };
-    // Someone is wrong; a third node with the same weights decides who.
-    let arbiter = peers_with_same_weights(core, model, suspect, &[suspect, reference])
-        .into_iter()
-        .next();
-    let Some(arbiter) = arbiter else {
-        tracing::warn!(node = %short(&suspect), reference = %short(&reference), position, %reason,
-            "spot check inconclusive: the runs differ and no third node has the same weights");
-        return;
-    };
-    let arbiter_run = match run_on(core, &input, arbiter, model).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(node = %short(&suspect), arbiter = %short(&arbiter), error = %e,
-                "spot check inconclusive: the arbiter's run failed");
-            return;
+    // 3. When they differ, the arbiter's run (or why there is none).
+    let arbiter = match compare_runs(&run, &reference_run) {
+        Comparison::Agree => None,
+        Comparison::Differ { position, reason } => {
+            let differ = Differ {
+                suspect,
+                reference,
+                position,
+                reason,
+            };
+            run_arbiter(core, &input, model, &differ)
+                .await
+                .map(|(node, arbiter_run)| (node, arbiter_run, differ))
         }
     };
-    let suspect_ok = compare_runs(&run, &arbiter_run) == Verdict::Agree;
-    let reference_ok = compare_runs(&reference_run, &arbiter_run) == Verdict::Agree;
-    for (node, ok) in [(suspect, suspect_ok), (reference, reference_ok)] {
-        evidence(core, node, ok);
-        if !ok {
-            core.metrics.spot_checks_failed.inc();
-            tracing::warn!(
-                node = %hex::encode(node), model, position, %reason,
-                arbiter = %short(&arbiter),
-                tokens = ?run.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
-                reference_tokens = ?reference_run.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
-                arbiter_tokens = ?arbiter_run.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
-                input_tokens = run.input_tokens,
-                reference_input_tokens = reference_run.input_tokens,
-                arbiter_input_tokens = arbiter_run.input_tokens,
-                "spot check FAILED: the node's output or input count does not match its advertised weights"
-            );
+    // 4. The verdict, booked.
+    let arbiter_run = arbiter.as_ref().map(|(_, r, _)| r);
+    match verdict::decide(&run, &reference_run, arbiter_run) {
+        Verdict::Passed => {
+            tracing::debug!(node = %short(&suspect), reference = %short(&reference), "spot check passed");
+            evidence(core, suspect, true);
+        }
+        // Logged by `run_arbiter`.
+        Verdict::Inconclusive => {}
+        judged @ Verdict::Arbitrated { .. } => {
+            let Some((arbiter, arbiter_run, differ)) = &arbiter else {
+                return;
+            };
+            let runs = Runs {
+                suspect: &run,
+                reference: &reference_run,
+                arbiter: arbiter_run,
+            };
+            for (role, passed) in judged.judgements() {
+                let node = match role {
+                    Role::Suspect => suspect,
+                    Role::Reference => reference,
+                };
+                evidence(core, node, passed);
+                if !passed {
+                    core.metrics.spot_checks_failed.inc();
+                    log_failure(node, model, *arbiter, differ, &runs);
+                }
+            }
         }
     }
+}
+
+/// Where the suspect's and the reference's runs part.
+struct Differ {
+    suspect: [u8; 32],
+    reference: [u8; 32],
+    position: usize,
+    reason: String,
+}
+
+/// The three runs of an arbitrated check.
+struct Runs<'a> {
+    suspect: &'a Run,
+    reference: &'a Run,
+    arbiter: &'a Run,
+}
+
+/// Someone is wrong; a third node with the same weights decides who. Its
+/// key and run, or `None` (logged: the check is inconclusive) when no
+/// third node has the weights or its run failed.
+async fn run_arbiter(
+    core: &Arc<Core>,
+    input: &JobInput,
+    model: &str,
+    differ: &Differ,
+) -> Option<([u8; 32], Run)> {
+    let Differ {
+        suspect,
+        reference,
+        position,
+        reason,
+    } = differ;
+    let Some(arbiter) = choose_checker(core, model, *suspect, &[*suspect, *reference]) else {
+        tracing::warn!(node = %short(suspect), reference = %short(reference), position, %reason,
+            "spot check inconclusive: the runs differ and no third node has the same weights");
+        return None;
+    };
+    match run_on(core, input, arbiter, model).await {
+        Ok(r) => Some((arbiter, r)),
+        Err(e) => {
+            tracing::warn!(node = %short(suspect), arbiter = %short(&arbiter), error = %e,
+                "spot check inconclusive: the arbiter's run failed");
+            None
+        }
+    }
+}
+
+fn log_failure(node: [u8; 32], model: &str, arbiter: [u8; 32], differ: &Differ, runs: &Runs<'_>) {
+    let ids = |r: &Run| r.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+    tracing::warn!(
+        node = %hex::encode(node), model, position = differ.position, reason = %differ.reason,
+        arbiter = %short(&arbiter),
+        tokens = ?ids(runs.suspect),
+        reference_tokens = ?ids(runs.reference),
+        arbiter_tokens = ?ids(runs.arbiter),
+        input_tokens = runs.suspect.input_tokens,
+        reference_input_tokens = runs.reference.input_tokens,
+        arbiter_input_tokens = runs.arbiter.input_tokens,
+        "spot check FAILED: the node's output or input count does not match its advertised weights"
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sharenet_proto::TopLogprob;
 
-    fn tok(id: u32, logprob: f32, top: &[(u32, f32)]) -> TokenLogprob {
-        TokenLogprob {
-            id,
-            token: String::new(),
-            bytes: Vec::new(),
-            logprob,
-            top: top
-                .iter()
-                .map(|&(id, logprob)| TopLogprob {
-                    id,
-                    token: String::new(),
-                    bytes: Vec::new(),
-                    logprob,
-                })
-                .collect(),
-        }
+    /// The app the checks are paid by is the one the accounts bootstrap
+    /// funds (defined once, in the shared verdict).
+    #[test]
+    fn checks_are_paid_by_the_accounts_spot_check_app() {
+        assert_eq!(SPOT_CHECK_APP, crate::core::accounts::SPOT_CHECK_APP);
     }
 
+    /// The comparison the coordinator books is the shared one: an inflated
+    /// input count differs even with the same tokens.
     #[test]
-    fn equal_runs_agree_within_tolerance() {
-        let a = [tok(1, -0.5, &[]), tok(2, -1.0, &[])];
-        let b = [tok(1, -0.52, &[]), tok(2, -0.99, &[])];
-        assert_eq!(compare(&a, &b), Verdict::Agree);
-    }
-
-    #[test]
-    fn a_logprob_off_by_more_than_the_tolerance_differs() {
-        let a = [tok(1, -0.5, &[]), tok(2, -1.5, &[])];
-        let b = [tok(1, -0.5, &[]), tok(2, -1.0, &[])];
+    fn the_shared_comparison_checks_input_counts_first() {
+        let run = |input_tokens| Run {
+            tokens: Vec::new(),
+            input_tokens,
+        };
+        assert_eq!(compare_runs(&run(7), &run(7)), Comparison::Agree);
         assert!(matches!(
-            compare(&a, &b),
-            Verdict::Differ { position: 1, .. }
+            compare_runs(&run(21), &run(7)),
+            Comparison::Differ { position: 0, .. }
         ));
-    }
-
-    #[test]
-    fn a_different_pick_differs_unless_it_was_a_near_tie() {
-        let run = [tok(1, -0.5, &[]), tok(7, -0.70, &[])];
-        let tie = [tok(1, -0.5, &[]), tok(3, -0.69, &[(3, -0.69), (7, -0.70)])];
-        assert_eq!(compare(&run, &tie), Verdict::Agree);
-        let clear = [tok(1, -0.5, &[]), tok(3, -0.1, &[(3, -0.1), (7, -2.5)])];
-        assert!(matches!(
-            compare(&run, &clear),
-            Verdict::Differ { position: 1, .. }
-        ));
-        let absent = [tok(1, -0.5, &[]), tok(3, -0.1, &[(3, -0.1)])];
-        assert!(matches!(compare(&run, &absent), Verdict::Differ { .. }));
-    }
-
-    #[test]
-    fn different_lengths_differ_and_nan_never_agrees() {
-        let a = [tok(1, -0.5, &[])];
-        let b = [tok(1, -0.5, &[]), tok(2, -0.5, &[])];
-        assert!(matches!(
-            compare(&a, &b),
-            Verdict::Differ { position: 1, .. }
-        ));
-        let nan = [tok(1, f32::NAN, &[])];
-        assert!(matches!(compare(&nan, &a), Verdict::Differ { .. }));
     }
 }

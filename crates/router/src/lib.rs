@@ -73,6 +73,7 @@ mod scan;
 pub mod table;
 mod topk;
 pub mod trust;
+pub mod verdict;
 
 pub use breaker::{Admit, Breaker, BreakerParams, BreakerState};
 
