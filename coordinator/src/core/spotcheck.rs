@@ -304,13 +304,6 @@ fn log_failure(node: [u8; 32], model: &str, arbiter: [u8; 32], differ: &Differ, 
 mod tests {
     use super::*;
 
-    /// The app the checks are paid by is the one the accounts bootstrap
-    /// funds (defined once, in the shared verdict).
-    #[test]
-    fn checks_are_paid_by_the_accounts_spot_check_app() {
-        assert_eq!(SPOT_CHECK_APP, crate::core::accounts::SPOT_CHECK_APP);
-    }
-
     /// The comparison the coordinator books is the shared one: an inflated
     /// input count differs even with the same tokens.
     #[test]

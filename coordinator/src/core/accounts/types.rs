@@ -79,8 +79,9 @@ pub enum CommitError {
     OverHold { charge: u64, hold: u128 },
 }
 
-/// The operator's app that pays for spot checks; the operator funds it.
-pub const SPOT_CHECK_APP: &str = "spot-checks";
+/// The operator's app that pays for spot checks; the operator funds it
+/// (defined once, beside the verdict the simulator shares).
+pub use sharenet_router::verdict::SPOT_CHECK_APP;
 
 pub(crate) const DAY_MS: u64 = 86_400_000;
 
