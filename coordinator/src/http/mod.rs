@@ -94,4 +94,4 @@ pub fn app(core: Arc<Core>) -> Router {
 }
 
 #[cfg(test)]
-mod wire_tests;
+mod tests;

@@ -1,0 +1,3 @@
+//! Tests of the HTTP layer as a whole.
+
+mod wire;
