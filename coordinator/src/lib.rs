@@ -23,6 +23,8 @@ pub mod core;
 pub mod http;
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::dispatch::tests::{KEY, MODEL, Script, config, fake_network};
 use crate::core::now_ms;
+use crate::test_support::{PATIENCE, wait_for_state};
 use crate::{Network, spawn};
 
 /// A coordinator from [`spawn`] on a port-0 listener over scripted nodes
@@ -73,9 +74,15 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
     .await;
     let http = reqwest::Client::new();
     let root = handle.base_url().trim_end_matches("/v1").to_string();
-    while handle.core.registry.live_nodes(now_ms()) < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_state("both scripted nodes to be live", PATIENCE, || match handle
+        .core
+        .registry
+        .live_nodes(now_ms())
+    {
+        live if live < 2 => Err(format!("{live} live")),
+        _ => Ok(()),
+    })
+    .await;
     // Live nodes: ready (liveness is 200 regardless).
     let ready = http.get(format!("{root}/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -113,7 +120,21 @@ async fn spawn_serves_over_a_scripted_network_and_shutdown_ends_every_task() {
     assert_eq!(stream.status(), 200);
     let first = stream.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The partial booking needs a running receipt, which comes with each
+    // token: shut down once the client has a token, not after a time
+    // (the first chunk may be the role-only opening).
+    let mut received = String::from_utf8_lossy(&first).into_owned();
+    let token = r#""content":"x""#;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !received.contains(token) {
+        match tokio::time::timeout_at(deadline, stream.chunk()).await {
+            Ok(Ok(Some(chunk))) => received.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(other) => panic!("the stream ended before its first token: {other:?}; {received}"),
+            Err(_) => panic!(
+                "timed out after {PATIENCE:?} waiting for the first token; received: {received}"
+            ),
+        }
+    }
     shutdown.cancel();
     let mut rest = String::new();
     while let Ok(Some(chunk)) = stream.chunk().await {

@@ -1158,6 +1158,10 @@ mod tests {
         let lock = a.settle_lock().await.unwrap();
         let b = PgLedger::connect(&pg.url(), 4).await.unwrap();
         let waiting = tokio::spawn(async move { b.settle_lock().await.map(|_| ()) });
+        // A negative check, so it has to look for a while: "still waiting
+        // after 300 ms" is what a held lock looks like. A slow machine can
+        // only make it pass more easily, never fail it wrongly (the lock is
+        // released below, not by time).
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "the lock is held");
         lock.release().await;
@@ -1171,8 +1175,33 @@ mod tests {
     /// Issue 16: PostgreSQL killed (`-m immediate`: no checkpoint, WAL
     /// replay on start) while commits stream in: every commit that was
     /// acknowledged is there after the restart, and commits resume.
+    /// How long a test waits for something it expects to happen: far
+    /// longer than it takes even on a loaded machine, so a condition that
+    /// holds at all holds well within it, and one that never does still
+    /// fails (naming what it awaited) instead of hanging.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// Waits for a condition, never for a time: polls `check` every 50 ms
+    /// until it returns `Ok`; while it does not, `check` returns what it
+    /// saw, and after [`PATIENCE`] the test fails naming `what` and that.
+    async fn wait_for<S: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> Result<(), S>) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let seen = match check() {
+                Ok(()) => return,
+                Err(seen) => seen,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {PATIENCE:?} waiting for {what}; last seen: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_database_crash_under_load_loses_no_acknowledged_entry() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::{Arc, Mutex};
         let pg = TestPostgres::start().unwrap();
         let ledger = Arc::new(PgLedger::connect(&pg.url(), 8).await.unwrap());
@@ -1180,12 +1209,20 @@ mod tests {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let crashed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Commits acknowledged after the restart, shared so that the test
+        // can wait for them instead of for a time.
+        let resumed = Arc::new(AtomicUsize::new(0));
         let writers: Vec<_> = (0..4u32)
             .map(|w| {
-                let (ledger, acked, crashed, stop) =
-                    (ledger.clone(), acked.clone(), crashed.clone(), stop.clone());
+                let (ledger, acked, crashed, stop, resumed) = (
+                    ledger.clone(),
+                    acked.clone(),
+                    crashed.clone(),
+                    stop.clone(),
+                    resumed.clone(),
+                );
                 tokio::spawn(async move {
-                    let (mut failed, mut after) = (0, 0);
+                    let mut failed = 0;
                     for n in 0.. {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             break;
@@ -1196,7 +1233,7 @@ mod tests {
                             Ok(()) => {
                                 acked.lock().unwrap().push(id);
                                 if crashed.load(std::sync::atomic::Ordering::Relaxed) {
-                                    after += 1;
+                                    resumed.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
                             Err(_) => {
@@ -1205,20 +1242,39 @@ mod tests {
                             }
                         }
                     }
-                    (failed, after)
+                    failed
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The crash comes while commits stream in: once some are
+        // acknowledged, not after a time that a loaded machine may need
+        // just to start the writers.
+        wait_for("a commit acknowledged before the crash", || {
+            match acked.lock().unwrap().len() {
+                0 => Err("none acknowledged yet"),
+                _ => Ok(()),
+            }
+        })
+        .await;
         let before = acked.lock().unwrap().len();
         pg.crash_and_restart().unwrap();
         crashed.store(true, std::sync::atomic::Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        wait_for(
+            "a commit acknowledged after the restart",
+            || match resumed.load(Ordering::Relaxed) {
+                0 => Err(format!(
+                    "none since the restart; {} acknowledged in all",
+                    acked.lock().unwrap().len()
+                )),
+                _ => Ok(()),
+            },
+        )
+        .await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut after = 0;
         for w in writers {
-            after += w.await.unwrap().1;
+            w.await.unwrap();
         }
+        let after = resumed.load(Ordering::Relaxed);
         assert!(before > 0, "commits were acknowledged before the crash");
         assert!(after > 0, "commits resumed after the restart");
         let mut stored = std::collections::HashSet::new();

@@ -8,6 +8,7 @@ use super::types::Scope;
 use super::{
     Accounts, AccountsError, Admission, CommitError, FOLLOW_INTERVAL, Principal, SharedOptions,
 };
+use crate::test_support::{PATIENCE, wait_for, wait_for_state};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use sharenet_ledger::pg::PgLedger;
@@ -148,7 +149,8 @@ async fn balance(accounts: &Accounts, app: &str) -> i128 {
     }
 }
 
-/// Dropped holds are released by the replica's worker: wait for it.
+/// Dropped holds are released by the replica's worker: wait (with a
+/// deadline) until nothing is held for `app`, failing with what still is.
 async fn settled_holds(accounts: &Arc<Accounts>, app: &str) {
     if accounts.shared().is_some() {
         let worker = tokio::spawn(
@@ -156,12 +158,14 @@ async fn settled_holds(accounts: &Arc<Accounts>, app: &str) {
                 .clone()
                 .run_shared(tokio_util::sync::CancellationToken::new()),
         );
-        for _ in 0..200 {
-            if held(accounts, app).await == 0 {
-                break;
+        let what = format!("the dropped holds of {app:?} to be released");
+        wait_for(&what, PATIENCE, || async move {
+            match held(accounts, app).await {
+                0 => Ok(()),
+                still => Err(format!("{still} nano-USD still held")),
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        })
+        .await;
         worker.abort();
     }
 }
@@ -646,7 +650,7 @@ fn a_dead_replicas_hold_expires() {
 }
 
 /// Issue 16: a key revoked through one replica is refused by the
-/// other once it has followed (within FOLLOW_INTERVAL when running).
+/// other once it has followed (every FOLLOW_INTERVAL when running).
 #[test]
 fn a_key_revoked_on_one_replica_is_refused_by_the_other() {
     let db = Database::start();
@@ -660,19 +664,22 @@ fn a_key_revoked_on_one_replica_is_refused_by_the_other() {
         let stop = tokio_util::sync::CancellationToken::new();
         let follower = tokio::spawn(b.accounts.clone().run_shared(stop.clone()));
         a.accounts.revoke_key(&id, 5).await.unwrap();
-        let start = std::time::Instant::now();
-        while b.accounts.authenticate(key).is_ok() {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(5),
-                "still accepted"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(
-            start.elapsed() < FOLLOW_INTERVAL * 4,
-            "{:?}",
-            start.elapsed()
-        );
+        // What makes the refusal come soon is the follower, which reads
+        // the shared books every FOLLOW_INTERVAL (250 ms): unloaded it
+        // takes about one interval. The bound is forty of them, so that a
+        // loaded machine delaying a few rounds does not fail the test,
+        // while a replica that never followed (or followed only on some
+        // slower schedule) still does.
+        let bound = FOLLOW_INTERVAL * 40;
+        wait_for_state(
+            "the revoked key to be refused by the other replica",
+            bound,
+            || match b.accounts.authenticate(key) {
+                Ok(_) => Err("still accepted"),
+                Err(_) => Ok(()),
+            },
+        )
+        .await;
         stop.cancel();
         follower.await.unwrap();
     });
