@@ -17,9 +17,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sharenet_api::anthropic::MessagesRequest;
-use sharenet_proto::{
-    ChatMessage, JobInput, SamplingParams, ToolCall, ToolChoice, ToolSpec, Tools,
-};
+use sharenet_api::anthropic_tools;
+use sharenet_api::field::{Checked, FieldError};
+use sharenet_proto::{ChatMessage, JobInput, SamplingParams, ToolCall, Tools};
 
 use super::access::{self, access_of};
 use super::anthropic_reply::{Events, Head, message};
@@ -174,10 +174,13 @@ fn messages(req: &MessagesRequest) -> Result<Vec<ChatMessage>, Error> {
     Ok(out)
 }
 
-/// `tools` and `tool_choice` in Anthropic's shapes.
+/// `tools` and `tool_choice` in Anthropic's shapes (read by
+/// `sharenet_api::anthropic_tools`): a wrong field is a 400 naming it.
+/// A `tool_choice` without tools is refused; with an empty list of tools
+/// it is not read at all.
 fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
-    let Some(list) = req.tools.as_ref().filter(|t| !t.is_null()) else {
-        if req.tool_choice.as_ref().is_some_and(|c| !c.is_null()) {
+    let Some(tools) = &req.tools else {
+        if req.tool_choice.is_some() {
             return Err(param_error(
                 "tool_choice needs tools to choose from",
                 "tool_choice",
@@ -185,80 +188,17 @@ fn tools(req: &MessagesRequest) -> Result<Option<Tools>, Error> {
         }
         return Ok(None);
     };
-    let Some(list) = list.as_array() else {
-        return Err(param_error("tools must be an array", "tools"));
-    };
-    if list.is_empty() {
+    let tools = tools.get().map_err(field_error)?;
+    if tools.is_empty() {
         return Ok(None);
     }
-    let mut specs = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        if let Some(kind) = t.get("type").and_then(Value::as_str)
-            && kind != "custom"
-        {
-            return Err(param_error(
-                format!("server tools ({kind:?}) are not supported; only client tools"),
-                &format!("tools[{i}].type"),
-            ));
-        }
-        let name = t.get("name").and_then(Value::as_str).unwrap_or("");
-        let schema = t.get("input_schema").cloned().unwrap_or(Value::Null);
-        if !schema.is_object() {
-            return Err(param_error(
-                "input_schema must be a JSON schema object",
-                &format!("tools[{i}].input_schema"),
-            ));
-        }
-        specs.push(ToolSpec {
-            name: name.to_owned(),
-            description: t
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-            parameters: schema,
-            strict: false,
-        });
-    }
-    let choice = req.tool_choice.as_ref().filter(|c| !c.is_null());
-    let (choice, parallel) = match choice {
-        None => (ToolChoice::Auto, true),
-        Some(c) => {
-            let parallel = !c
-                .get("disable_parallel_tool_use")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let choice = match c.get("type").and_then(Value::as_str) {
-                Some("auto") => ToolChoice::Auto,
-                Some("any") => ToolChoice::Required,
-                Some("none") => ToolChoice::None,
-                Some("tool") => match c.get("name").and_then(Value::as_str) {
-                    Some(name) => ToolChoice::Function(name.to_owned()),
-                    None => {
-                        return Err(param_error(
-                            "a tool choice of type tool needs a name",
-                            "tool_choice.name",
-                        ));
-                    }
-                },
-                other => {
-                    return Err(param_error(
-                        format!(
-                            "type {:?} is not one of auto, any, tool, none",
-                            other.unwrap_or("")
-                        ),
-                        "tool_choice.type",
-                    ));
-                }
-            };
-            (choice, parallel)
-        }
-    };
-    validated_tools(Tools {
-        specs,
-        choice,
-        parallel,
-    })
+    let choice = req.tool_choice.as_ref().map(Checked::get).transpose();
+    validated_tools(anthropic_tools::to_job(tools, choice.map_err(field_error)?))
+}
+
+/// A field that refused itself, as the same 400 as OpenAI's.
+fn field_error(e: FieldError) -> Error {
+    param_error(e.message, &e.param)
 }
 
 /// The request as a chat job, or a 400 naming the field.
@@ -366,6 +306,8 @@ pub(super) async fn messages_endpoint(
 
 #[cfg(test)]
 mod tests {
+    use sharenet_proto::ToolChoice;
+
     use super::*;
 
     fn req(v: Value) -> MessagesRequest {
@@ -455,5 +397,67 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+    }
+
+    /// The order of the tool checks, and their messages, as before the
+    /// fields were typed.
+    #[test]
+    fn tool_fields_are_checked_in_order() {
+        let body = |tools: Value, choice: Value| {
+            req(
+                json!({"model": "m", "max_tokens": 8, "tools": tools, "tool_choice": choice,
+                "messages": [{"role": "user", "content": "x"}]}),
+            )
+        };
+        let refusal = |tools: Value, choice: Value| match job(&body(tools, choice)) {
+            Err(Error::BadRequest {
+                message,
+                param: Some(p),
+                ..
+            }) => (message, p),
+            other => panic!("{other:?}"),
+        };
+        let f = || json!([{"name": "f", "input_schema": {"type": "object"}}]);
+        // Null is absent; an empty list reads no choice at all.
+        assert!(
+            job(&body(Value::Null, Value::Null))
+                .unwrap()
+                .tools
+                .is_none()
+        );
+        assert!(job(&body(json!([]), json!(3))).unwrap().tools.is_none());
+        assert_eq!(
+            refusal(Value::Null, json!({"type": "none"})),
+            (
+                "tool_choice needs tools to choose from".into(),
+                "tool_choice".into()
+            )
+        );
+        // The tools are read before the choice.
+        assert_eq!(refusal(json!("f"), json!(3)).1, "tools");
+        assert_eq!(
+            refusal(json!([{"name": "f"}]), json!(3)).1,
+            "tools[0].input_schema"
+        );
+        assert_eq!(
+            refusal(f(), json!({"type": "tool"})),
+            (
+                "a tool choice of type tool needs a name".into(),
+                "tool_choice.name".into()
+            )
+        );
+        // Names and the forced tool are the job's own checks, after reading.
+        let bad_name = json!([{"name": "a b", "input_schema": {}}, {"name": "g"}]);
+        assert_eq!(refusal(bad_name, Value::Null).1, "tools[1].input_schema");
+        let (message, param) = refusal(json!([{"name": "a b", "input_schema": {}}]), Value::Null);
+        assert_eq!(param, "tools");
+        assert!(
+            message.contains("tools[0].function.name \"a b\""),
+            "{message}"
+        );
+        let j = job(&body(f(), json!({"type": "any"}))).unwrap();
+        let tools = j.tools.unwrap();
+        assert_eq!(tools.choice, ToolChoice::Required);
+        assert!(tools.parallel);
     }
 }

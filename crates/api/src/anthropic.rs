@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Cost;
+pub use crate::anthropic_tools::{ChoiceKind, Tool, ToolChoice};
 use crate::field::Checked;
 use crate::provider::ProviderPreferences;
 
@@ -24,11 +25,11 @@ pub struct MessagesRequest {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<u32>,
-    /// `[{name, description, input_schema}]`, kept raw for exact errors.
-    pub tools: Option<Value>,
+    /// `[{name, description, input_schema}]` (`anthropic_tools.rs`).
+    pub tools: Option<Checked<Vec<Tool>>>,
     /// `{"type": "auto" | "any" | "tool" | "none", "name",
     /// "disable_parallel_tool_use"}`.
-    pub tool_choice: Option<Value>,
+    pub tool_choice: Option<Checked<ToolChoice>>,
     pub metadata: Option<Metadata>,
     /// sharenet: OpenRouter-style routing preferences, as on chat.
     pub provider: Option<Checked<ProviderPreferences>>,

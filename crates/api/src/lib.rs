@@ -15,6 +15,7 @@
 
 pub mod accounts;
 pub mod anthropic;
+pub mod anthropic_tools;
 mod common;
 pub mod dashboard;
 mod error;
