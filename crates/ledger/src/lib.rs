@@ -25,6 +25,7 @@ mod error;
 pub mod pg;
 mod spend;
 mod stored;
+mod tls;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
