@@ -78,7 +78,18 @@ impl From<tokio_postgres::Error> for StoreError {
         // say what happened.
         match e.as_db_error() {
             Some(db) => Self::Backend(format!("postgres: {} ({})", db.message(), db.code().code())),
-            None => Self::Backend(format!("postgres: {e}")),
+            None => {
+                // Its Display leaves out the cause (a TLS handshake's
+                // "invalid peer certificate: UnknownIssuer", say): add the
+                // chain.
+                let mut message = format!("postgres: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    message.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                Self::Backend(message)
+            }
         }
     }
 }
