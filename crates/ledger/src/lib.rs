@@ -25,9 +25,9 @@ mod error;
 pub mod pg;
 mod spend;
 mod stored;
-mod tls;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod tls;
 
 pub use books::{AppRecord, Books, KeyRecord, LedgerEntry, StatementRecord, TopUp};
 pub use db::BACKGROUND_FLUSH_MS;

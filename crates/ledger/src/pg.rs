@@ -1127,7 +1127,9 @@ mod tests {
         let a = PgLedger::connect(&pg.url(), 4).await.unwrap();
         a.create_app(&app("x")).await.unwrap();
         // A transaction takes an xid, then waits while a later one commits.
-        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         client.batch_execute("BEGIN").await.unwrap();
         client

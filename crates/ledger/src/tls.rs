@@ -296,16 +296,14 @@ type TlsKeys = (String, Option<String>, Option<String>);
 
 fn take_tls_keys(url: &str) -> Result<TlsKeys, String> {
     let (mut mode, mut root) = (None, None);
-    let mut keep = |key: &str, value: String| match key {
-        "sslmode" => {
-            mode = Some(value);
-            false
+    // Errors never quote the URL: it may hold a password.
+    let mut keep = |key: &str, value: &dyn Fn() -> Result<String, String>| {
+        match key {
+            "sslmode" => mode = Some(value()?),
+            "sslrootcert" => root = Some(value()?),
+            _ => return Ok(true),
         }
-        "sslrootcert" => {
-            root = Some(value);
-            false
-        }
-        _ => true,
+        Ok::<_, String>(false)
     };
     let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         match url.split_once('?') {
@@ -314,7 +312,7 @@ fn take_tls_keys(url: &str) -> Result<TlsKeys, String> {
                 let mut kept = Vec::new();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
                     let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    if keep(key, percent_decode(value)?) {
+                    if keep(key, &|| percent_decode(value))? {
                         kept.push(pair);
                     }
                 }
@@ -336,11 +334,11 @@ fn take_tls_keys(url: &str) -> Result<TlsKeys, String> {
             let after = s[key_len..].trim_start();
             let after = after
                 .strip_prefix('=')
-                .ok_or_else(|| format!("expected = after {key:?}"))?
+                .ok_or("expected key=value pairs, or a postgresql:// URL")?
                 .trim_start();
             let (value, used) = kv_value(after)?;
             let whole = s.len() - after.len() + used;
-            if keep(key, value) {
+            if keep(key, &|| Ok(value.clone()))? {
                 kept.push_str(&s[..whole]);
                 kept.push(' ');
             }
@@ -384,7 +382,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
+                .ok_or("a bad percent escape in sslmode or sslrootcert")?;
             out.push(hex);
             i += 3;
         } else {
@@ -392,7 +390,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+    String::from_utf8(out).map_err(|_| "sslmode or sslrootcert is not UTF-8 once decoded".into())
 }
 
 #[cfg(test)]
@@ -433,8 +431,8 @@ mod tests {
         );
         let url = DatabaseUrl::parse("host=db sslmode=disable").unwrap();
         assert_eq!(url.config.get_ssl_mode(), PgSslMode::Disable);
-        let url = DatabaseUrl::parse("postgresql://db/x?sslmode=verify-ca&sslrootcert=ca.pem")
-            .unwrap();
+        let url =
+            DatabaseUrl::parse("postgresql://db/x?sslmode=verify-ca&sslrootcert=ca.pem").unwrap();
         assert_eq!(url.ssl_mode, SslMode::VerifyCa);
         assert_eq!(url.config.get_ssl_mode(), PgSslMode::Require);
         for (bad, says) in [
@@ -443,9 +441,12 @@ mod tests {
             ("postgresql://db/x?sslmode=on", "not one of"),
             ("host=db sslmode='require", "unterminated"),
             ("postgresql://db/x?nonsense=1", "database_url"),
+            ("postgres:/u:secret@db", "key=value"),
+            ("postgresql://u:secret@db/x?sslmode=%zz", "percent"),
         ] {
             let e = DatabaseUrl::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{bad}: {e}");
         }
     }
 
@@ -538,15 +539,18 @@ mod tests {
         tokio::spawn(conn);
         for (key, path) in [("ssl_cert_file", &certs.cert), ("ssl_key_file", &certs.key)] {
             client
-                .batch_execute(&format!(
-                    "ALTER SYSTEM SET {key} = '{}'",
-                    path.display()
-                ))
+                .batch_execute(&format!("ALTER SYSTEM SET {key} = '{}'", path.display()))
                 .await
                 .unwrap();
         }
-        client.batch_execute("ALTER SYSTEM SET ssl = on").await.unwrap();
-        client.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        client
+            .batch_execute("ALTER SYSTEM SET ssl = on")
+            .await
+            .unwrap();
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
         // The postmaster reloads asynchronously: wait for a new session to
         // see it.
         for _ in 0..100 {
@@ -596,12 +600,21 @@ mod tests {
         let root = |p: &PathBuf| format!("&sslrootcert={}", p.display());
 
         // require: encrypted, whatever the certificate.
-        assert_eq!(session_ssl(&format!("{url}?sslmode=require")).await, Ok(true));
+        assert_eq!(
+            session_ssl(&format!("{url}?sslmode=require")).await,
+            Ok(true)
+        );
         // prefer (and no sslmode at all): encrypted when offered.
-        assert_eq!(session_ssl(&format!("{url}?sslmode=prefer")).await, Ok(true));
+        assert_eq!(
+            session_ssl(&format!("{url}?sslmode=prefer")).await,
+            Ok(true)
+        );
         assert_eq!(session_ssl(&url).await, Ok(true));
         // disable: plain text.
-        assert_eq!(session_ssl(&format!("{url}?sslmode=disable")).await, Ok(false));
+        assert_eq!(
+            session_ssl(&format!("{url}?sslmode=disable")).await,
+            Ok(false)
+        );
 
         // verify-full with the right CA, by the certificate's name.
         assert_eq!(
@@ -624,14 +637,19 @@ mod tests {
             let e = session_ssl(&format!("{named}&sslmode={mode}{}", root(&certs.wrong_ca)))
                 .await
                 .unwrap_err();
-            assert!(e.contains("TLS") && e.contains("UnknownIssuer"), "{mode}: {e}");
+            assert!(
+                e.contains("TLS") && e.contains("UnknownIssuer"),
+                "{mode}: {e}"
+            );
         }
 
         // The shared books themselves: connect (and migrate) over
         // verify-full; the wrong CA is a clear startup error.
-        let books =
-            crate::pg::PgLedger::connect(&format!("{named}&sslmode=verify-full{}", root(&certs.ca)), 2)
-                .await;
+        let books = crate::pg::PgLedger::connect(
+            &format!("{named}&sslmode=verify-full{}", root(&certs.ca)),
+            2,
+        )
+        .await;
         assert!(books.is_ok(), "{:?}", books.err());
         let Err(e) = crate::pg::PgLedger::connect(
             &format!("{named}&sslmode=verify-full{}", root(&certs.wrong_ca)),
@@ -648,7 +666,9 @@ mod tests {
     async fn a_server_without_tls_is_refused_unless_plain_text_is_allowed() {
         let pg = TestPostgres::start().unwrap();
         let url = pg.url();
-        let e = session_ssl(&format!("{url}?sslmode=require")).await.unwrap_err();
+        let e = session_ssl(&format!("{url}?sslmode=require"))
+            .await
+            .unwrap_err();
         assert!(e.contains("server does not support TLS"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let certs = make_certs(dir.path());
@@ -661,8 +681,14 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("server does not support TLS"), "{e}");
         // prefer (the default) falls back to plain text.
-        assert_eq!(session_ssl(&format!("{url}?sslmode=prefer")).await, Ok(false));
+        assert_eq!(
+            session_ssl(&format!("{url}?sslmode=prefer")).await,
+            Ok(false)
+        );
         assert_eq!(session_ssl(&url).await, Ok(false));
-        assert_eq!(session_ssl(&format!("{url}?sslmode=disable")).await, Ok(false));
+        assert_eq!(
+            session_ssl(&format!("{url}?sslmode=disable")).await,
+            Ok(false)
+        );
     }
 }
