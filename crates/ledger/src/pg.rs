@@ -247,7 +247,7 @@ impl PgLedger {
     /// Connects to `url` (a libpq URL or key=value string), with at most
     /// `pool_size` connections, and brings the schema up to date. Spawns
     /// the group-commit task: call from a Tokio runtime. TLS follows the
-    /// URL's `sslmode` and `sslrootcert` as libpq does ([`crate::tls`]).
+    /// URL's `sslmode` and `sslrootcert` as libpq does (see `tls.rs`).
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let url = DatabaseUrl::parse(url)?;
         let tls = url.connector()?;
