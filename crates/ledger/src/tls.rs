@@ -21,8 +21,9 @@
 //! checks the handshake's signature against the certificate presented). They
 //! stop a passive eavesdropper, not someone in the middle; use
 //! `verify-full` across any network you do not control. `sslmode=allow`
-//! (plain text first) is refused: use `prefer`. Unix-socket hosts are never
-//! encrypted (as in libpq), whatever `sslmode` says.
+//! (plain text first) is refused: use `prefer`. A URL whose hosts are all
+//! Unix sockets is never encrypted, whatever `sslmode` says (as in libpq:
+//! PostgreSQL offers no TLS on a socket).
 //!
 //! tokio-postgres parses only `disable`/`prefer`/`require` and no
 //! `sslrootcert`, so [`DatabaseUrl::parse`] takes both keys out of the URL
@@ -105,7 +106,13 @@ impl DatabaseUrl {
                 }
             )));
         }
+        let hosts = config.get_hosts();
+        let sockets_only = !hosts.is_empty()
+            && hosts
+                .iter()
+                .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
         config.ssl_mode(match ssl_mode {
+            _ if sockets_only => PgSslMode::Disable,
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
@@ -435,6 +442,9 @@ mod tests {
             DatabaseUrl::parse("postgresql://db/x?sslmode=verify-ca&sslrootcert=ca.pem").unwrap();
         assert_eq!(url.ssl_mode, SslMode::VerifyCa);
         assert_eq!(url.config.get_ssl_mode(), PgSslMode::Require);
+        // A Unix socket carries no TLS (libpq ignores sslmode there).
+        let url = DatabaseUrl::parse("host=/run/postgresql sslmode=require").unwrap();
+        assert_eq!(url.config.get_ssl_mode(), PgSslMode::Disable);
         for (bad, says) in [
             ("postgresql://db/x?sslmode=verify-full", "needs sslrootcert"),
             ("postgresql://db/x?sslmode=allow", "allow"),
