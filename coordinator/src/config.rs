@@ -336,9 +336,11 @@ impl CoordinatorConfig {
             if db.pool_size < 2 {
                 bail!("database_pool_size: must be at least 2");
             }
-            if db.url.parse::<sharenet_ledger::pg::PgConfig>().is_err() {
+            // The error names the key (`database_url: sslmode=…`) and
+            // never echoes the URL, whose password it may hold.
+            if let Err(e) = sharenet_ledger::pg::DatabaseUrl::parse(&db.url) {
                 bail!(
-                    "database_url: not a PostgreSQL URL (postgresql://user:password@host:port/database)"
+                    "{e} (a PostgreSQL URL: postgresql://user:password@host:port/database?sslmode=verify-full&sslrootcert=ca.pem)"
                 );
             }
         }
@@ -362,6 +364,8 @@ data_dir = "data"
 # PostgreSQL (SHARENET_DATABASE_URL overrides). Without it the books are
 # the embedded store in data_dir, which needs no set-up.
 # database_url = "postgresql://sharenet:PASSWORD@localhost:5432/sharenet"
+# TLS as libpq: add ?sslmode=verify-full&sslrootcert=/path/ca.pem (the
+# default, prefer, encrypts when the server offers TLS but checks nothing).
 # replicas = 2          # each replica enforces 1/replicas of every rate limit
 # hold_ttl_secs = 600   # a dead replica's holds stop counting after this
 

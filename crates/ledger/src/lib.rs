@@ -27,6 +27,7 @@ mod spend;
 mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod tls;
 
 pub use books::{AppRecord, Books, KeyRecord, LedgerEntry, StatementRecord, TopUp};
 pub use db::BACKGROUND_FLUSH_MS;

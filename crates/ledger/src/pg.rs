@@ -40,10 +40,12 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
 
 /// A parsed `database_url`.
 pub use tokio_postgres::Config as PgConfig;
+
+/// `database_url` with its TLS keys (`sslmode`, `sslrootcert`).
+pub use crate::tls::{DatabaseUrl, SslMode};
 
 use crate::books::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, TopUp};
 use crate::error::StoreError;
@@ -76,7 +78,18 @@ impl From<tokio_postgres::Error> for StoreError {
         // say what happened.
         match e.as_db_error() {
             Some(db) => Self::Backend(format!("postgres: {} ({})", db.message(), db.code().code())),
-            None => Self::Backend(format!("postgres: {e}")),
+            None => {
+                // Its Display leaves out the cause (a TLS handshake's
+                // "invalid peer certificate: UnknownIssuer", say): add the
+                // chain.
+                let mut message = format!("postgres: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    message.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                Self::Backend(message)
+            }
         }
     }
 }
@@ -233,11 +246,12 @@ impl Drop for SettleLock {
 impl PgLedger {
     /// Connects to `url` (a libpq URL or key=value string), with at most
     /// `pool_size` connections, and brings the schema up to date. Spawns
-    /// the group-commit task: call from a Tokio runtime.
+    /// the group-commit task: call from a Tokio runtime. TLS follows the
+    /// URL's `sslmode` and `sslrootcert` as libpq does (see `tls.rs`).
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("database_url: {e}")))?;
+        let url = DatabaseUrl::parse(url)?;
+        let tls = url.connector()?;
+        let mut config = url.config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -246,7 +260,7 @@ impl PgLedger {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -1113,7 +1127,9 @@ mod tests {
         let a = PgLedger::connect(&pg.url(), 4).await.unwrap();
         a.create_app(&app("x")).await.unwrap();
         // A transaction takes an xid, then waits while a later one commits.
-        let (client, conn) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         client.batch_execute("BEGIN").await.unwrap();
         client
