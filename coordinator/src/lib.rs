@@ -23,8 +23,6 @@ pub mod core;
 pub mod http;
 
 #[cfg(test)]
-mod test_support;
-#[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::dispatch::tests::{KEY, MODEL, Script, config, fake_network};
 use crate::core::now_ms;
-use crate::test_support::{PATIENCE, wait_for_state};
+use crate::tests::support::{PATIENCE, wait_for_state};
 use crate::{Network, spawn};
 
 /// A coordinator from [`spawn`] on a port-0 listener over scripted nodes

@@ -71,8 +71,6 @@ mod types;
 mod usage;
 
 #[cfg(test)]
-mod renew_tests;
-#[cfg(test)]
 mod tests;
 
 pub use backend::{FOLLOW_INTERVAL, SharedOptions};

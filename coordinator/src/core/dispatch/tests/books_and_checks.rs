@@ -2,7 +2,7 @@
 //! routing refusals: what reaches the books, the logs and the builder.
 
 use super::*;
-use crate::test_support::{PATIENCE, wait_for_state};
+use crate::tests::support::{PATIENCE, wait_for_state};
 
 #[tokio::test]
 async fn private_jobs_are_never_spot_checked_elsewhere() {

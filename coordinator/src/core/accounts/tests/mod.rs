@@ -1,6 +1,6 @@
 //! The accounts' tests: every money property on both books backends
 //! (sled, and PostgreSQL as replicas). The helpers marked `pub(super)`
-//! are shared with `renew_tests.rs` (holds that outlive their TTL).
+//! are shared with `renew.rs` (holds that outlive their TTL).
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use super::types::Scope;
 use super::{
     Accounts, AccountsError, Admission, CommitError, FOLLOW_INTERVAL, Principal, SharedOptions,
 };
-use crate::test_support::{PATIENCE, wait_for, wait_for_state};
+use crate::tests::support::{PATIENCE, wait_for, wait_for_state};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use sharenet_ledger::pg::PgLedger;
@@ -723,3 +723,5 @@ fn each_replica_enforces_its_share_of_a_rate_limit() {
         assert_eq!(admitted, 4, "two per replica: the key's limit across both");
     });
 }
+
+mod renew;

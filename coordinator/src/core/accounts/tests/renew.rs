@@ -1,17 +1,19 @@
 //! Holds on shared books that outlive `hold_ttl` (issue 26, item 8): a
 //! live job's hold is renewed, so its balance is never spent twice; a
 //! commit whose hold is gone books nothing; renewal ends with the hold.
-//! Real PostgreSQL (a throwaway cluster), with the helpers of `tests.rs`.
+//! Real PostgreSQL (a throwaway cluster), with the helpers of `tests/mod.rs`.
 
 use std::sync::Arc;
 
 use sharenet_ledger::Books;
 use sharenet_ledger::pg::PgLedger;
 
-use super::tests::{
+use super::{
     Database, Replica, balance, coordinator_key, funded, receipt, replica_on, runtime, worst_200,
 };
-use super::{Accounts, AccountsError, Admission, CommitError, Principal, SharedOptions};
+use crate::core::accounts::{
+    Accounts, AccountsError, Admission, CommitError, Principal, SharedOptions,
+};
 
 /// A replica on shared books whose holds count for `ttl_ms`.
 async fn replica_with_ttl(url: &str, ttl_ms: u64) -> Replica {
