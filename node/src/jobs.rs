@@ -7,19 +7,21 @@ use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
 use sharenet_engine::{
-    Embedder, EngineError, Grammar, Scheduler, SeqEvent, SubmitError, ToolCallParser,
+    Embedder, EngineError, Grammar, JobHandle, Scheduler, SeqEvent, SubmitError, ToolCallParser,
     tool_calls::forces_call,
 };
 use sharenet_ledger::StoredReceipt;
 use sharenet_p2p::{FrameError, PeerId, Stream, peer_id_of, read_frame, write_frame};
 use sharenet_proto::{
     CountersignedReceipt, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest,
-    MAX_FRAME_BYTES, Receipt, ResponseHasher, SignedReceipt, ToolCall, Usage, job_cost, sha256,
+    MAX_FRAME_BYTES, Receipt, ResponseHasher, SamplingParams, SignedReceipt, ToolCall, Usage,
+    job_cost, sha256,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::metrics::NodeMetrics;
 use crate::now_ms;
 use crate::state::{Backend, NodeCtx, Prices, ServedModel};
 use crate::upstream::{Upstream, UpstreamEvent};
@@ -303,7 +305,7 @@ async fn serve_request(
                 started_at_ms,
                 request_digest,
             };
-            serve_text(&mut stream, &request, scheduler, &running).await
+            serve_text(&mut stream, &request, &model, scheduler, &running).await
         }
         Backend::Embed(embedder) => {
             serve_embed(&ctx, &mut stream, &request, &model, embedder).await
@@ -467,6 +469,9 @@ fn job_grammar(
         let format = format.ok_or_else(|| {
             EngineError::Unsupported("this model's chat template does not take tools".into())
         })?;
+        // The Lark grammar embeds these schemas: their properties are
+        // bounded here, its bytes when it is compiled.
+        Grammar::check_properties(tools.callable().map(|t| &t.parameters), "tools")?;
         return Ok(Some(Grammar::Lark(format.forced_call_grammar(tools))));
     }
     Ok(request
@@ -517,54 +522,140 @@ impl Output {
     }
 }
 
+/// Starts text jobs on a model's scheduler: the cheap checks and the
+/// admission first, the grammar compile only for a job there is room for.
+struct TextIntake<'a> {
+    metrics: &'a NodeMetrics,
+    model_id: &'a str,
+    /// One permit per compile running: the model's slots, which its
+    /// scheduler does not use, so compiles at once are bounded by the
+    /// model's `max_concurrency`.
+    compiles: &'a Arc<Semaphore>,
+    scheduler: &'a Scheduler,
+}
+
+impl TextIntake<'_> {
+    /// The job's handle on the scheduler and its prompt's size, or the
+    /// refusal. A grammar is compiled (CPU: milliseconds to seconds,
+    /// bounded by the engine's limits on its bytes and properties and by
+    /// llguidance's own) only after the scheduler's admission rules say
+    /// there is room,
+    /// and while one of the model's slots is held: a full node refuses a
+    /// flood of expensive schemas as `saturated` without compiling any.
+    async fn start(&self, request: &JobRequest) -> Result<(JobHandle, u32), Served> {
+        let model = self.scheduler.model();
+        let prompt = model
+            .encode_request(&request.input, request.tools.as_ref())
+            .map_err(engine_failure)?;
+        let input_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        let constraint = match job_grammar(request, model.tool_format()).map_err(engine_failure)? {
+            None => None,
+            Some(grammar) => {
+                grammar.check_size().map_err(engine_failure)?;
+                self.room_for(prompt.len(), &request.params)?;
+                let Ok(permit) = self.compiles.clone().acquire_owned().await else {
+                    return Err(Served::Failed(
+                        JobErrorCode::Saturated,
+                        "this model is not taking jobs".into(),
+                    ));
+                };
+                // Waiting for the permit took time: look again.
+                self.room_for(prompt.len(), &request.params)?;
+                self.metrics.schema_compile(self.model_id);
+                let model = model.clone();
+                // Off the async threads; the permit goes with the compile,
+                // which runs to its end even if this job is dropped.
+                let compiled = tokio::task::spawn_blocking(move || {
+                    let c = model.constraint(&grammar);
+                    drop(permit);
+                    c
+                })
+                .await;
+                match compiled {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => return Err(engine_failure(e)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "constraint compile task failed");
+                        return Err(Served::Failed(
+                            JobErrorCode::Internal,
+                            "constraint compile failed".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        // The scheduler decides: a place in the batch, a place in its
+        // bounded queue, or a refusal. Dropping the handle cancels the job
+        // at the next step.
+        self.scheduler
+            .submit_constrained(prompt, request.params.clone(), constraint)
+            .map(|handle| (handle, input_tokens))
+            .map_err(submit_failure)
+    }
+
+    /// The scheduler's own admission rules (`Scheduler::submit_constrained`
+    /// applies them again when the job is submitted), checked before a
+    /// compile: the prompt fits the context and the KV budget, and a slot
+    /// or queue place is free now.
+    fn room_for(&self, prompt_len: usize, params: &SamplingParams) -> Result<(), Served> {
+        let context = self.scheduler.model().context_length();
+        if prompt_len == 0 || prompt_len >= context {
+            return Err(engine_failure(EngineError::ContextLengthExceeded {
+                prompt: prompt_len,
+                context,
+            }));
+        }
+        let config = self.scheduler.config();
+        let need = self.scheduler.kv_bytes_for(prompt_len, params);
+        if need > config.kv_cache_bytes {
+            return Err(submit_failure(SubmitError::TooLarge {
+                need,
+                budget: config.kv_cache_bytes,
+            }));
+        }
+        let load = self.scheduler.load();
+        let free_slots = config.max_concurrency.saturating_sub(load.running);
+        if load.waiting >= config.max_queue + free_slots {
+            return Err(submit_failure(SubmitError::Saturated {
+                slots: config.max_concurrency,
+                queue: config.max_queue,
+            }));
+        }
+        Ok(())
+    }
+}
+
+fn submit_failure(e: SubmitError) -> Served {
+    match e {
+        e @ SubmitError::Saturated { .. } => Served::Failed(JobErrorCode::Saturated, e.to_string()),
+        e @ SubmitError::TooLarge { .. } => {
+            Served::Failed(JobErrorCode::ContextLengthExceeded, e.to_string())
+        }
+        SubmitError::Invalid(e) => engine_failure(e),
+    }
+}
+
 async fn serve_text(
     stream: &mut Stream,
     request: &JobRequest,
+    served: &ServedModel,
     scheduler: &Scheduler,
     running: &RunningReceipt<'_>,
 ) -> Served {
+    let intake = TextIntake {
+        metrics: &running.ctx.metrics,
+        model_id: &served.config.id,
+        compiles: &served.slots,
+        scheduler,
+    };
+    let (mut handle, input_tokens) = match intake.start(request).await {
+        Ok(started) => started,
+        Err(refused) => return refused,
+    };
     let model = scheduler.model();
-    let prompt = match model.encode_request(&request.input, request.tools.as_ref()) {
-        Ok(p) => p,
-        Err(e) => return engine_failure(e),
-    };
-    // Compiling a schema is CPU work (milliseconds, bounded by
-    // llguidance's limits): off the async threads.
-    let constraint = match job_grammar(request, model.tool_format()) {
-        Ok(None) => None,
-        Ok(Some(g)) => {
-            let model = model.clone();
-            match tokio::task::spawn_blocking(move || model.constraint(&g)).await {
-                Ok(Ok(c)) => Some(c),
-                Ok(Err(e)) => return engine_failure(e),
-                Err(e) => {
-                    tracing::error!(error = %e, "constraint compile task failed");
-                    return Served::Failed(
-                        JobErrorCode::Internal,
-                        "constraint compile failed".into(),
-                    );
-                }
-            }
-        }
-        Err(e) => return engine_failure(e),
-    };
-    let input_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
     let mut output_tokens = 0u32;
     // The last running receipt that reached the coordinator.
     let mut last_sent: Option<SignedReceipt> = None;
-    // The scheduler decides: a place in the batch, a place in its bounded
-    // queue, or a refusal. Dropping `handle` cancels the job at the next step.
-    let mut handle = match scheduler.submit_constrained(prompt, request.params.clone(), constraint)
-    {
-        Ok(h) => h,
-        Err(e @ SubmitError::Saturated { .. }) => {
-            return Served::Failed(JobErrorCode::Saturated, e.to_string());
-        }
-        Err(e @ SubmitError::TooLarge { .. }) => {
-            return Served::Failed(JobErrorCode::ContextLengthExceeded, e.to_string());
-        }
-        Err(SubmitError::Invalid(e)) => return engine_failure(e),
-    };
     let mut output = Output::new(request, model.tool_format());
     while let Some(event) = handle.events.recv().await {
         let (text, tokens, logprobs, done) = match event {
@@ -823,5 +914,166 @@ async fn collect_countersignature(ctx: &NodeCtx, stream: &mut Stream, signed: &S
         Err(e) => {
             tracing::warn!(job = %signed.receipt().job_id, error = %e, "invalid countersignature")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    // `EOS + 2`: the tiny ChatML model's `<|im_end|>`.
+    use sharenet_engine::tiny::{EOS, TinyConfig, write_tiny_model};
+    use sharenet_engine::{Arch, SchedulerConfig, TextModel};
+    use sharenet_proto::{ChatMessage, JobId, ResponseFormat};
+
+    /// A schema llguidance takes about 0.4 s to compile unoptimized: many
+    /// properties, each with its own pattern.
+    fn expensive_schema() -> Value {
+        let properties: serde_json::Map<String, Value> = (0..400)
+            .map(|i| {
+                let pattern = format!("^[a-z]{{1,{}}}(x|y)[0-9]{{3,{}}}$", 10 + i % 20, 4 + i % 9);
+                (
+                    format!("p{i}"),
+                    json!({"type": "string", "pattern": pattern}),
+                )
+            })
+            .collect();
+        let required: Vec<&String> = properties.keys().collect();
+        json!({"type": "object", "properties": properties, "required": required})
+    }
+
+    fn request(max_tokens: u32, schema: Option<Value>) -> JobRequest {
+        JobRequest {
+            job_id: JobId([7; 16]),
+            coordinator: [2; 32],
+            model: "tiny".into(),
+            input: JobInput::Chat {
+                messages: vec![ChatMessage::new("user", "hello")],
+            },
+            params: SamplingParams {
+                max_tokens,
+                ..SamplingParams::default()
+            },
+            tools: None,
+            response_format: schema.map(|schema| ResponseFormat::JsonSchema {
+                name: "shape".into(),
+                schema,
+                strict: true,
+            }),
+            traceparent: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_node_refuses_schema_jobs_as_saturated_without_compiling_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = TinyConfig {
+            arch: Arch::Qwen2,
+            max_position_embeddings: 32_768,
+            ..TinyConfig::default()
+        };
+        write_tiny_model(dir.path(), 3, shape).unwrap();
+        let model = Arc::new(TextModel::load(dir.path()).unwrap());
+        // One slot, no queue.
+        let config = SchedulerConfig {
+            max_concurrency: 1,
+            max_queue: 0,
+            kv_cache_bytes: 1 << 30,
+        };
+        let scheduler = Scheduler::start(model, config, Box::new(|| {})).unwrap();
+        let metrics = NodeMetrics::new().unwrap();
+        let compiles = Arc::new(Semaphore::new(config.max_concurrency));
+        let intake = TextIntake {
+            metrics: &metrics,
+            model_id: "tiny",
+            compiles: &compiles,
+            scheduler: &scheduler,
+        };
+
+        // The node is full: a long job holds its only slot (its end
+        // tokens banned, so it runs its 30,000 tokens).
+        let mut long = request(30_000, None);
+        long.params.logit_bias = vec![(EOS, -100.0), (EOS + 2, -100.0)];
+        let (blocker, _) = intake.start(&long).await.ok().unwrap();
+        // Running as the scheduler publishes it (after its first step).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while scheduler.load().running == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the blocker never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let attack = request(16, Some(expensive_schema()));
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            match intake.start(&attack).await {
+                Err(Served::Failed(code, message)) => {
+                    assert_eq!(code, JobErrorCode::Saturated, "{message}")
+                }
+                Err(_) => panic!("refused otherwise than as a job error"),
+                Ok(_) => panic!("admitted on a full node"),
+            }
+        }
+        let refusing = started.elapsed();
+        assert_eq!(scheduler.load().running, 1, "the blocker ran throughout");
+        assert_eq!(
+            metrics.schema_compiles("tiny"),
+            0,
+            "schemas compiled for refused jobs (20 refusals took {refusing:?})"
+        );
+
+        // With room again, the same job is admitted and its schema compiled.
+        drop(blocker);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while scheduler.load().running + scheduler.load().waiting > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the blocker never left"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let admitted = intake.start(&attack).await;
+        assert!(admitted.is_ok(), "an admitted schema job starts");
+        assert_eq!(metrics.schema_compiles("tiny"), 1);
+        assert_eq!(
+            compiles.available_permits(),
+            1,
+            "the compile's slot is back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_schema_over_the_size_limit_is_an_invalid_request_before_admission() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = TinyConfig {
+            arch: Arch::Qwen2,
+            ..TinyConfig::default()
+        };
+        write_tiny_model(dir.path(), 3, shape).unwrap();
+        let model = Arc::new(TextModel::load(dir.path()).unwrap());
+        let config = SchedulerConfig {
+            max_concurrency: 1,
+            max_queue: 0,
+            kv_cache_bytes: 1 << 30,
+        };
+        let scheduler = Scheduler::start(model, config, Box::new(|| {})).unwrap();
+        let metrics = NodeMetrics::new().unwrap();
+        let compiles = Arc::new(Semaphore::new(1));
+        let intake = TextIntake {
+            metrics: &metrics,
+            model_id: "tiny",
+            compiles: &compiles,
+            scheduler: &scheduler,
+        };
+        let huge = json!({"enum": ["a".repeat(300 * 1024)]});
+        match intake.start(&request(16, Some(huge))).await {
+            Err(Served::Failed(code, message)) => {
+                assert_eq!(code, JobErrorCode::InvalidRequest);
+                assert!(message.contains("over 262144 bytes"), "{message}");
+            }
+            _ => panic!("a huge schema was not refused"),
+        }
+        assert_eq!(metrics.schema_compiles("tiny"), 0);
     }
 }

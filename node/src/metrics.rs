@@ -11,6 +11,7 @@ pub(crate) struct NodeMetrics {
     jobs: IntCounterVec,
     tokens: IntCounterVec,
     earned: IntCounterVec,
+    schema_compiles: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -37,14 +38,23 @@ impl NodeMetrics {
             ),
             &["model"],
         )?;
+        let schema_compiles = IntCounterVec::new(
+            Opts::new(
+                "sharenet_node_schema_compiles_total",
+                "Grammars compiled for admitted jobs (response_format schemas, forced tool calls), by model.",
+            ),
+            &["model"],
+        )?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(earned.clone()))?;
+        registry.register(Box::new(schema_compiles.clone()))?;
         Ok(Self {
             registry,
             jobs,
             tokens,
             earned,
+            schema_compiles,
         })
     }
 
@@ -58,6 +68,17 @@ impl NodeMetrics {
             .with_label_values(&[model, "generation"])
             .inc_by(u64::from(r.output_tokens));
         self.earned.with_label_values(&[model]).inc_by(r.amount);
+    }
+
+    /// A job's grammar is about to be compiled.
+    pub(crate) fn schema_compile(&self, model: &str) {
+        self.schema_compiles.with_label_values(&[model]).inc();
+    }
+
+    /// Grammars compiled for `model` so far.
+    #[cfg(test)]
+    pub(crate) fn schema_compiles(&self, model: &str) -> u64 {
+        self.schema_compiles.with_label_values(&[model]).get()
     }
 }
 

@@ -41,7 +41,8 @@ pub(crate) struct ServedModel {
     pub(crate) license: String,
     /// The weights' network-wide name; empty: unknown.
     pub(crate) canonical: String,
-    /// Admission for the embed and upstream backends (the scheduler has its own).
+    /// Admission for the embed and upstream backends (the scheduler has its
+    /// own); for a text model, one permit per grammar compile (`jobs.rs`).
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) running: AtomicU32,
     pub(crate) waiting: AtomicU32,

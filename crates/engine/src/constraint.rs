@@ -21,6 +21,23 @@ use tokenizers::{DecoderWrapper, Tokenizer};
 
 use crate::EngineError;
 
+/// Largest grammar compiled: bytes of a JSON schema (serialized compactly)
+/// or of a Lark grammar's source. OpenAI's structured outputs cap a schema
+/// at 5,000 properties and 120,000 characters of names and values, which
+/// fits with room; compile work grows with the grammar, and a job frame
+/// (1 MiB) would otherwise let four times as much through.
+pub const MAX_GRAMMAR_BYTES: usize = 256 * 1024;
+
+/// Most properties one object of a schema may declare. llguidance's
+/// compile time grows with the square of an object's optional properties:
+/// unoptimized, 1,000 took 1 s, 4,000 took 17 s and 8,000 (a 76 KB schema)
+/// 56 s; required ones cost a tenth of that.
+pub const MAX_OBJECT_PROPERTIES: usize = 1000;
+
+/// Most properties a job's schemas may declare in all: OpenAI's own cap
+/// for structured outputs.
+pub const MAX_SCHEMA_PROPERTIES: usize = 5000;
+
 /// The vocabulary as llguidance sees it: each token's bytes.
 struct Vocab {
     trie: TokTrie,
@@ -168,9 +185,29 @@ impl Grammars {
         })
     }
 
-    /// A constraint for `grammar`; a grammar llguidance cannot compile is
-    /// an invalid request naming the construct.
+    /// A constraint for `grammar`; a grammar llguidance cannot compile, or
+    /// one over [`MAX_GRAMMAR_BYTES`], is an invalid request naming the
+    /// construct.
     pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
+        grammar.check_size()?;
+        self.compile_unchecked(grammar)
+    }
+
+    /// Compiles on a thread of its own, with a stack deep enough for what
+    /// llguidance's recursion can reach on a grammar within the limits.
+    fn compile_unchecked(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sharenet-grammar".into())
+                .stack_size(COMPILE_STACK_BYTES)
+                .spawn_scoped(scope, || self.compile_here(grammar))
+                .map_err(|e| internal(format!("start the grammar compiler: {e}")))?
+                .join()
+                .map_err(|_| internal("the grammar compiler panicked".into()))?
+        })
+    }
+
+    fn compile_here(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
         // Errors name what the builder sent: the schema, or the tools.
         let (top, what) = match grammar {
             Grammar::JsonSchema(schema) => (
@@ -201,6 +238,100 @@ pub enum Grammar {
     JsonSchema(Value),
     /// A Lark grammar (tool calls in the model's own format).
     Lark(String),
+}
+
+impl Grammar {
+    /// Refuses a grammar over [`MAX_GRAMMAR_BYTES`], or a schema with more
+    /// properties than [`Grammar::check_properties`] allows (cheap: a
+    /// schema is measured by serializing it into a counter that stops at
+    /// the limit, then walked once).
+    pub fn check_size(&self) -> Result<(), EngineError> {
+        let (fits, what) = match self {
+            Self::JsonSchema(schema) => {
+                let mut counter = Counter(0);
+                let fits = serde_json::to_writer(&mut counter, schema).is_ok();
+                (fits, "response_format: the schema")
+            }
+            Self::Lark(src) => (
+                src.len() <= MAX_GRAMMAR_BYTES,
+                "tools: the forced call's grammar",
+            ),
+        };
+        if !fits {
+            return Err(EngineError::InvalidInput(format!(
+                "{what} is over {MAX_GRAMMAR_BYTES} bytes"
+            )));
+        }
+        match self {
+            Self::JsonSchema(schema) => Self::check_properties([schema], "response_format"),
+            Self::Lark(_) => Ok(()),
+        }
+    }
+
+    /// Refuses schemas declaring more than [`MAX_OBJECT_PROPERTIES`] in one
+    /// object or [`MAX_SCHEMA_PROPERTIES`] in all (every `properties` map
+    /// anywhere in them counts). `what` names them in the error. Walks
+    /// without recursion.
+    pub fn check_properties<'a>(
+        schemas: impl IntoIterator<Item = &'a Value>,
+        what: &str,
+    ) -> Result<(), EngineError> {
+        let mut total = 0usize;
+        let mut todo: Vec<&Value> = schemas.into_iter().collect();
+        while let Some(v) = todo.pop() {
+            match v {
+                Value::Object(map) => {
+                    if let Some(Value::Object(props)) = map.get("properties") {
+                        if props.len() > MAX_OBJECT_PROPERTIES {
+                            return Err(EngineError::InvalidInput(format!(
+                                "{what}: an object of the schema has {} properties; at most {MAX_OBJECT_PROPERTIES} are compiled",
+                                props.len()
+                            )));
+                        }
+                        total += props.len();
+                        if total > MAX_SCHEMA_PROPERTIES {
+                            return Err(EngineError::InvalidInput(format!(
+                                "{what}: the schema has over {MAX_SCHEMA_PROPERTIES} properties in all"
+                            )));
+                        }
+                    }
+                    todo.extend(map.values());
+                }
+                Value::Array(items) => todo.extend(items),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stack a compile runs on. llguidance's JSON compiler recurses once
+/// per property of an object (`Compiler::ordered_sequence`), about 1 KiB a
+/// level unoptimized: a schema under [`MAX_GRAMMAR_BYTES`] of 26,000
+/// `"63ff": {}` properties overflowed the 2 MiB of a tokio blocking thread
+/// and aborted the process. Only the pages a compile touches are
+/// committed, and compiles at once are bounded by the node's admission.
+const COMPILE_STACK_BYTES: usize = 64 * 1024 * 1024;
+
+fn internal(message: String) -> EngineError {
+    EngineError::Inference(candle_core::Error::Msg(message))
+}
+
+/// Counts bytes written, failing past [`MAX_GRAMMAR_BYTES`].
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        if self.0 > MAX_GRAMMAR_BYTES {
+            return Err(std::io::Error::other("grammar too large"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Compact, fixed separators unless the schema sets its own.
@@ -262,5 +393,117 @@ impl Constraint {
     /// The grammar is complete and allows nothing more.
     pub fn is_done(&self) -> bool {
         self.matcher.is_stopped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_of(bytes: usize) -> Grammar {
+        // `{"enum":["aaa…"]}` is 13 bytes around the string.
+        Grammar::JsonSchema(json!({"enum": ["a".repeat(bytes - 13)]}))
+    }
+
+    fn object_of(n: usize, required: bool) -> Value {
+        let properties: serde_json::Map<String, Value> =
+            (0..n).map(|i| (format!("{i:x}"), json!({}))).collect();
+        let names: Vec<&String> = properties.keys().collect();
+        if required {
+            json!({"type": "object", "properties": properties, "required": names})
+        } else {
+            json!({"type": "object", "properties": properties})
+        }
+    }
+
+    /// llguidance recurses once per property of an object: 3,000 (past
+    /// the limits, so compiled unchecked) overflowed a tokio blocking
+    /// thread's 2 MiB unoptimized and aborted the process. Compiled from
+    /// such a thread, they now run on the compiler's own stack.
+    #[test]
+    fn constraint_compiles_run_on_a_stack_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = crate::tiny::TinyConfig {
+            arch: crate::Arch::Qwen2,
+            ..Default::default()
+        };
+        crate::tiny::write_tiny_model(dir.path(), 3, shape).unwrap();
+        let tokenizer = Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        let grammars = Grammars::new(&tokenizer, shape.vocab_size, &[0]).unwrap();
+        let schema = Grammar::JsonSchema(object_of(3000, true));
+        let compiled = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || grammars.compile_unchecked(&schema).map(|_| ()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(compiled.is_ok(), "{:?}", compiled.err());
+    }
+
+    #[test]
+    fn constraint_schemas_with_too_many_properties_are_refused_before_compiling() {
+        let wide = Grammar::JsonSchema(object_of(MAX_OBJECT_PROPERTIES + 1, false));
+        let err = wide.check_size().err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("1001 properties")),
+            "{err:?}"
+        );
+        assert!(
+            Grammar::JsonSchema(object_of(MAX_OBJECT_PROPERTIES, false))
+                .check_size()
+                .is_ok()
+        );
+        // Six objects of 1,000, nested anywhere: over 5,000 in all.
+        let many = json!({"anyOf": (0..6).map(|_| json!({"items": object_of(1000, false)})).collect::<Vec<_>>()});
+        let err = Grammar::JsonSchema(many)
+            .check_size()
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("over 5000 properties")),
+            "{err:?}"
+        );
+        let tools: Vec<Value> = (0..6).map(|_| object_of(1000, false)).collect();
+        let err = Grammar::check_properties(&tools, "tools")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("invalid input: tools:")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn constraint_grammars_over_the_size_limit_are_refused_before_compiling() {
+        let len = |g: &Grammar| match g {
+            Grammar::JsonSchema(v) => serde_json::to_vec(v).map(|v| v.len()).unwrap_or(0),
+            Grammar::Lark(src) => src.len(),
+        };
+        let at_limit = schema_of(MAX_GRAMMAR_BYTES);
+        assert_eq!(len(&at_limit), MAX_GRAMMAR_BYTES);
+        assert!(at_limit.check_size().is_ok());
+        let err = schema_of(MAX_GRAMMAR_BYTES + 1)
+            .check_size()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("response_format") && err.contains("262144"),
+            "{err}"
+        );
+        assert!(
+            Grammar::Lark("x".repeat(MAX_GRAMMAR_BYTES))
+                .check_size()
+                .is_ok()
+        );
+        let err = Grammar::Lark("x".repeat(MAX_GRAMMAR_BYTES + 1))
+            .check_size()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("tools"), "{err}");
     }
 }
