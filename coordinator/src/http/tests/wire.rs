@@ -155,5 +155,46 @@ async fn streamed_answers_are_byte_for_byte_the_recorded_ones() {
         }
         all.push_str(&format!("=== {name}\n{got}\n"));
     }
-    assert_eq!(all, include_str!("wire_golden.txt"));
+    assert_eq!(
+        keys_sorted(&all),
+        keys_sorted(include_str!("wire_golden.txt"))
+    );
+}
+
+/// Every `data:` line's JSON with its object keys in sorted order: the
+/// order serde_json writes a `json!` object in depends on whether another
+/// crate in the build turned on its `preserve_order` feature (a workspace
+/// build does, `-p sharenet-coordinator` does not), and JSON objects are
+/// unordered; everything else stays byte for byte.
+fn keys_sorted(text: &str) -> String {
+    fn canonical(v: &Value) -> String {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let fields: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("{}:{}", Value::from(k.as_str()), canonical(&m[*k])))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            }
+            Value::Array(a) => format!(
+                "[{}]",
+                a.iter().map(canonical).collect::<Vec<_>>().join(",")
+            ),
+            other => other.to_string(),
+        }
+    }
+    text.split('\n')
+        .map(|line| {
+            match line
+                .strip_prefix("data: ")
+                .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            {
+                Some(v) => format!("data: {}", canonical(&v)),
+                None => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
