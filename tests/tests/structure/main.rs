@@ -13,6 +13,11 @@
 //!   closing brace; `#[cfg(test)]` code, `tests.rs`, `tests/` folders and
 //!   benches are skipped).
 //!
+//! - ARCHITECTURE.md's code map matches the tree: every non-test source
+//!   file of a member's `src/` is named there (by its file name, or its
+//!   folder for a `mod.rs`), and every `….rs` path it names in backticks
+//!   exists.
+//!
 //! Run with `-- --nocapture` to see the longest functions that remain.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -427,4 +432,100 @@ mod tests {
             ("default".into(), 14, 3),
         ]
     );
+}
+
+/// The non-test `.rs` files under a member's `src/`.
+fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            if name != "tests" {
+                source_files(&path, out);
+            }
+        } else if name.ends_with(".rs") && name != "tests.rs" {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_code_map_names_every_source_file_and_nothing_gone() {
+    let root = workspace();
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let mut unnamed = Vec::new();
+    for member in members() {
+        let mut files = Vec::new();
+        source_files(&root.join(&member).join("src"), &mut files);
+        for file in files {
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            let named = match name.as_str() {
+                // Crate roots are the crate's own heading.
+                "lib.rs" | "main.rs" => true,
+                // A folder module is named by its folder.
+                "mod.rs" => {
+                    let folder = file.parent().unwrap().file_name().unwrap();
+                    map.contains(&format!("{}/", folder.to_string_lossy()))
+                }
+                _ => {
+                    let stem = name.trim_end_matches(".rs");
+                    map.contains(&name) || map.contains(&format!("{stem}/"))
+                }
+            };
+            if !named {
+                unnamed.push(file.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(
+        unnamed.is_empty(),
+        "source files ARCHITECTURE.md does not name:\n{}",
+        unnamed.join("\n")
+    );
+    // Every `path/to/file.rs` it names exists somewhere in the workspace.
+    let mut all = Vec::new();
+    for member in members() {
+        graph_files(&root.join(&member), &mut all);
+    }
+    let all: Vec<String> = all
+        .iter()
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    let mut gone = Vec::new();
+    for quoted in map.split('`').skip(1).step_by(2) {
+        if quoted.ends_with(".rs")
+            && quoted.contains('/')
+            && !quoted.contains(char::is_whitespace)
+            && !quoted.contains('*')
+            && !all.iter().any(|f| f.ends_with(quoted))
+        {
+            gone.push(quoted.to_string());
+        }
+    }
+    assert!(
+        gone.is_empty(),
+        "ARCHITECTURE.md names files that do not exist:\n{}",
+        gone.join("\n")
+    );
+}
+
+/// Every `.rs` file under a member, tests and benches included.
+fn graph_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            if name != "target" && name != "node_modules" {
+                graph_files(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
 }
