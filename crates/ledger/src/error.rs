@@ -13,12 +13,6 @@ pub enum StoreError {
     Corrupt { id: String, reason: String },
     #[error("receipt store: {0}")]
     Backend(String),
-    /// The shared books refused to book a job whose hold was gone (swept,
-    /// released) or expired when its commit came: admissions had stopped
-    /// counting it, so booking the charge could spend the balance twice.
-    /// Nothing was written.
-    #[error("receipt {job}: its hold {hold} lapsed before the commit; nothing was booked")]
-    HoldLapsed { job: JobId, hold: i64 },
 }
 
 impl From<sled::Error> for StoreError {

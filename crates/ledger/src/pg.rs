@@ -24,12 +24,6 @@
 //!   always wait for it;
 //! - **a dead replica's holds do not stick**: each hold has an expiry after
 //!   which it stops counting, and [`PgLedger::sweep_holds`] deletes it;
-//! - **a live job's hold does not lapse**: its replica pushes the expiry
-//!   on while the job runs ([`PgLedger::renew_hold`], which never revives
-//!   a hold that already stopped counting), and a commit books only if
-//!   its hold is still there and unexpired, deleted in the same
-//!   transaction (else [`StoreError::HoldLapsed`], nothing written): a
-//!   charge is booked only against a hold every admission counted;
 //! - **a period is settled once**: statements are keyed by period label,
 //!   and [`PgLedger::settle_lock`] is a database-wide advisory lock.
 //!
@@ -41,7 +35,7 @@
 //! above this one, so the next read sees it: nothing is skipped, whatever
 //! order transactions commit in.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -551,40 +545,6 @@ impl PgLedger {
         Ok(())
     }
 
-    /// Pushes a live hold's expiry to `expires_at_ms` (a job still
-    /// running). False when the hold is gone or expired at `now_ms`: it
-    /// is never revived, since admissions may already have spent what it
-    /// held (its commit will be refused). Not waited for on disk, like
-    /// the hold: a renewal lost in a crash lets the hold lapse, and the
-    /// commit is refused rather than booked twice.
-    pub async fn renew_hold(
-        &self,
-        hold_id: i64,
-        now_ms: u64,
-        expires_at_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
-        let renewed = tx
-            .execute(
-                &tx.prepare_cached(
-                    "UPDATE holds SET expires_at_ms = greatest(expires_at_ms, $3) \
-                     WHERE id = $1 AND expires_at_ms > $2",
-                )
-                .await?,
-                &[
-                    &hold_id,
-                    &to_i64(now_ms, "time")?,
-                    &to_i64(expires_at_ms, "time")?,
-                ],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(renewed == 1)
-    }
-
     /// Deletes holds that expired before `now_ms`; returns how many.
     pub async fn sweep_holds(&self, now_ms: u64) -> Result<u64, StoreError> {
         Ok(self
@@ -643,9 +603,7 @@ impl PgLedger {
     /// windows, and its hold released, in one transaction shared with the
     /// replica's other concurrent commits. Durable when it returns; a job
     /// id already booked (by any replica) is [`StoreError::Duplicate`] and
-    /// only releases the hold. A hold gone or expired at the entry's
-    /// `recorded_at_ms` is [`StoreError::HoldLapsed`]: nothing is booked
-    /// (admissions stopped counting it, so the money may be spent).
+    /// only releases the hold.
     pub async fn commit(&self, b: Booking) -> Result<(), StoreError> {
         let job = b.entry.job_id().0;
         let mut spend = Vec::with_capacity(b.scopes.len() * b.windows.len());
@@ -898,26 +856,18 @@ async fn group_commit(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
                     outcome = Err(e);
                     break;
                 }
-                Ok(booked) => {
-                    outcome = Ok(booked);
+                Ok(inserted) => {
+                    outcome = Ok(inserted);
                     break;
                 }
             }
         }
         match outcome {
-            Ok(Booked {
-                mut inserted,
-                lapsed,
-            }) => {
+            Ok(mut inserted) => {
                 for p in group {
                     // A job given twice in one group was inserted once.
                     let r = if inserted.remove(&p.job) {
                         Ok(())
-                    } else if let (true, Some(hold)) = (lapsed.contains(&p.job), p.hold_id) {
-                        Err(StoreError::HoldLapsed {
-                            job: JobId(p.job),
-                            hold,
-                        })
                     } else {
                         Err(StoreError::Duplicate(JobId(p.job)))
                     };
@@ -987,26 +937,18 @@ impl From<StoreError> for Retry {
     }
 }
 
-/// What [`book_group`] did: the jobs it inserted, and those it refused
-/// because their hold had lapsed.
-struct Booked {
-    inserted: HashSet<[u8; 16]>,
-    lapsed: HashSet<[u8; 16]>,
-}
-
-async fn book_group(pool: &Pool, group: &[Pending]) -> Result<Booked, Retry> {
+async fn book_group(
+    pool: &Pool,
+    group: &[Pending],
+) -> Result<std::collections::HashSet<[u8; 16]>, Retry> {
     let mut conn = pool.get().await.map_err(StoreError::from)?;
     let tx = conn.transaction().await?;
-    // The holds first: each is consumed here, and a booking whose hold is
-    // gone or expired books nothing (the caller hears `HoldLapsed`).
-    let lapsed = take_holds(&tx, group).await?;
-    let group: Vec<&Pending> = group.iter().filter(|p| !lapsed.contains(&p.job)).collect();
     let jobs: Vec<&[u8]> = group.iter().map(|p| p.job.as_slice()).collect();
     let app_col: Vec<&str> = group.iter().map(|p| p.app.as_str()).collect();
     let at: Vec<i64> = group.iter().map(|p| p.recorded_at_ms).collect();
     let total: Vec<i64> = group.iter().map(|p| p.total).collect();
     let json: Vec<&str> = group.iter().map(|p| p.json.as_str()).collect();
-    let inserted: HashSet<[u8; 16]> = tx
+    let inserted: std::collections::HashSet<[u8; 16]> = tx
         .query(
             &tx.prepare_cached(
                 "INSERT INTO entries (job_id, app, recorded_at_ms, total, entry) \
@@ -1022,7 +964,7 @@ async fn book_group(pool: &Pool, group: &[Pending]) -> Result<Booked, Retry> {
         .collect();
     // A job repeated inside the group is inserted once: the later copies
     // are duplicates.
-    let mut first = HashSet::new();
+    let mut first = std::collections::HashSet::new();
     let mut charged: BTreeMap<&str, i64> = BTreeMap::new();
     let mut spend: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
     for p in group {
@@ -1064,57 +1006,17 @@ async fn book_group(pool: &Pool, group: &[Pending]) -> Result<Booked, Retry> {
         )
         .await?;
     }
-    tx.commit().await?;
-    Ok(Booked { inserted, lapsed })
-}
-
-/// Deletes the group's holds; returns the jobs whose hold was already
-/// gone, or expired at the entry's `recorded_at_ms`.
-async fn take_holds(
-    tx: &deadpool_postgres::Transaction<'_>,
-    group: &[Pending],
-) -> Result<HashSet<[u8; 16]>, Retry> {
     let holds: Vec<i64> = group.iter().filter_map(|p| p.hold_id).collect();
-    if holds.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let live: HashMap<i64, i64> = tx
-        .query(
-            &tx.prepare_cached("DELETE FROM holds WHERE id = ANY($1) RETURNING id, expires_at_ms")
+    if !holds.is_empty() {
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM holds WHERE id = ANY($1)")
                 .await?,
             &[&holds],
         )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let mut lapsed: HashSet<[u8; 16]> = group
-        .iter()
-        .filter(|p| {
-            p.hold_id.is_some_and(|id| {
-                live.get(&id)
-                    .is_none_or(|expires| *expires <= p.recorded_at_ms)
-            })
-        })
-        .map(|p| p.job)
-        .collect();
-    if !lapsed.is_empty() {
-        // A job already booked is a replay, whatever its hold: say so.
-        let jobs: Vec<&[u8]> = lapsed.iter().map(|j| j.as_slice()).collect();
-        for row in tx
-            .query(
-                &tx.prepare_cached("SELECT job_id FROM entries WHERE job_id = ANY($1)")
-                    .await?,
-                &[&jobs],
-            )
-            .await?
-        {
-            if let Ok(job) = <[u8; 16]>::try_from(row.get::<_, &[u8]>(0)) {
-                lapsed.remove(&job);
-            }
-        }
+        .await?;
     }
-    Ok(lapsed)
+    tx.commit().await?;
+    Ok(inserted)
 }
 
 #[cfg(test)]
@@ -1184,49 +1086,6 @@ mod tests {
         ));
         assert_eq!(a.live_holds(10).await.unwrap(), (0, 0));
         assert_eq!(a.entry_totals(Some("x")).await.unwrap(), (1, total));
-        // Issue 26, item 8: a hold renews while it counts, never once it
-        // stopped counting, and a commit whose hold is gone or expired
-        // books nothing.
-        let live = b
-            .hold(&req, |_| Ok::<(), ()>(()))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(a.renew_hold(live, 10, 2_000_000).await.unwrap());
-        assert_eq!(a.funds("x", 1_500_000).await.unwrap().unwrap().2, 500);
-        assert!(
-            !a.renew_hold(live, 2_000_000, 3_000_000).await.unwrap(),
-            "expired"
-        );
-        assert!(!a.renew_hold(-1, 10, 3_000_000).await.unwrap(), "gone");
-        let mut late = booking(8, "x", Some(live));
-        late.entry.recorded_at_ms = 2_000_000;
-        assert!(matches!(
-            a.commit(late).await,
-            Err(StoreError::HoldLapsed { hold, .. }) if hold == live
-        ));
-        assert_eq!(
-            a.live_holds(0).await.unwrap(),
-            (0, 0),
-            "the lapsed hold is consumed"
-        );
-        let swept = b
-            .hold(&req, |_| Ok::<(), ()>(()))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.sweep_holds(u64::MAX >> 2).await.unwrap(), 1);
-        assert!(matches!(
-            a.commit(booking(9, "x", Some(swept))).await,
-            Err(StoreError::HoldLapsed { .. })
-        ));
-        assert_eq!(
-            a.entry_totals(Some("x")).await.unwrap(),
-            (1, total),
-            "nothing booked"
-        );
         // The next hold sees the charge and the spend row.
         let seen = b
             .hold(&req, |f| {

@@ -5,7 +5,7 @@
 //! the commit are methods here, one `match` each; everything else reads
 //! the in-memory view, the same on both.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use sharenet_ledger::pg::{Booking, HoldRequest, PgLedger};
@@ -13,7 +13,6 @@ use sharenet_ledger::{AppRecord, Books, Budgets, LedgerEntry, StoreError};
 use sharenet_proto::PublicKey;
 
 use super::funds::{Admitted, admit_before_funds, check_funds};
-use super::renew::Renewal;
 use super::state::State;
 use super::types::{AccountsError, Admission, CommitError, Held, Scope, windows};
 use crate::core::sync::lock;
@@ -35,8 +34,7 @@ pub struct SharedOptions {
     /// Replicas in the deployment: each enforces `1/replicas` of every
     /// rate limit.
     pub replicas: u32,
-    /// How long a hold counts if its job never ends (a replica died); a
-    /// live job's hold is renewed before then (`renew.rs`).
+    /// How long a hold counts if its job never ends (a replica died).
     pub hold_ttl_ms: u64,
 }
 
@@ -62,10 +60,6 @@ pub(super) struct Shared {
     pub(super) following: tokio::sync::Mutex<()>,
     /// The deployment's coordinator keys, as last followed.
     pub(super) coordinators: Mutex<Vec<PublicKey>>,
-    /// Hold renewal tasks running (one per live hold).
-    pub(super) renewing: Arc<AtomicUsize>,
-    /// Commits refused because their hold had lapsed.
-    pub(super) lapsed: AtomicU64,
 }
 
 /// A hold taken: its amount, and its row on shared books.
@@ -133,20 +127,6 @@ impl BooksBackend {
         }
     }
 
-    /// Starts renewing a hold taken on shared books while its job runs
-    /// (`renew.rs`); None on embedded books, whose holds never expire.
-    pub(super) fn renewal(&self, shared_id: Option<i64>) -> Option<Renewal> {
-        match (self, shared_id) {
-            (Self::Shared(s), Some(id)) => Some(Renewal::start(
-                s.pg.clone(),
-                id,
-                s.options.hold_ttl_ms,
-                s.renewing.clone(),
-            )),
-            _ => None,
-        }
-    }
-
     /// Gives back a hold whose job ended without a receipt. Shared: the
     /// release is queued for the database (a full queue or a stopped
     /// worker: the hold expires instead).
@@ -195,24 +175,8 @@ impl BooksBackend {
             .await;
         // The database released the hold in the same transaction (or, on
         // an error, it expires): nothing to release here.
-        held.committed = matches!(
-            booked,
-            Ok(()) | Err(StoreError::Duplicate(_) | StoreError::HoldLapsed { .. })
-        );
-        match booked {
-            Ok(()) => {}
-            Err(StoreError::HoldLapsed { job, hold }) => {
-                // Admissions stopped counting the hold, so its money may be
-                // spent: booking the charge now could spend it twice.
-                shared.lapsed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    %job, hold, app = %held.principal.app,
-                    "refused to book a job whose hold lapsed: nothing charged"
-                );
-                return Err(CommitError::HoldLapsed { hold });
-            }
-            Err(e) => return Err(CommitError::Store(e)),
-        }
+        held.committed = booked.is_ok() || matches!(booked, Err(StoreError::Duplicate(_)));
+        booked.map_err(CommitError::Store)?;
         // Acknowledged: the mirror and the view take it now (or the
         // follower does, if the mirror refuses it here).
         match record_locally(books, &entry).await {

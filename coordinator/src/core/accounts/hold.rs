@@ -1,9 +1,7 @@
 //! A request's money path after authentication: [`Accounts::admit`] takes
 //! a [`Hold`] for the worst case, and [`Hold::commit_async`] swaps it for
 //! the real charge once the receipt is durable (or the hold is released
-//! when it drops). The books backend decides how (`backend.rs`). On
-//! shared books the hold owns the task that keeps it counted while its
-//! job runs (`renew.rs`), stopped when the hold commits or drops.
+//! when it drops). The books backend decides how (`backend.rs`).
 
 use std::sync::Arc;
 
@@ -11,7 +9,6 @@ use sharenet_ledger::LedgerEntry;
 use sharenet_market::Charge;
 use sharenet_proto::CountersignedReceipt;
 
-use super::renew::Renewal;
 use super::service::Accounts;
 use super::types::{AccountsError, Admission, CommitError, Held, Principal};
 
@@ -19,16 +16,10 @@ use super::types::{AccountsError, Admission, CommitError, Held, Principal};
 pub struct Hold {
     accounts: Arc<Accounts>,
     held: Held,
-    /// Shared books: the task renewing the hold's expiry; aborted when the
-    /// hold drops (after the release below is queued).
-    renewal: Option<Renewal>,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if let Some(r) = &self.renewal {
-            r.ending();
-        }
         if !self.held.committed {
             self.accounts
                 .backend
@@ -47,10 +38,8 @@ impl Accounts {
             .backend
             .hold(&self.state, self.network_fee_bps, a)
             .await?;
-        let renewal = self.backend.renewal(taken.shared_id);
         Ok(Hold {
             accounts: self.clone(),
-            renewal,
             held: Held {
                 principal: a.principal.clone(),
                 end_customer: a.end_customer.map(str::to_string),
@@ -88,10 +77,6 @@ impl Hold {
     /// under the accounts lock. Shared: the database's transaction does
     /// both, then the mirror and the view take the entry.
     ///
-    /// Shared books: the hold is renewed until the commit returns, and the
-    /// database books the entry only if the hold is still there and
-    /// unexpired; otherwise [`CommitError::HoldLapsed`], nothing booked.
-    ///
     /// Run it in a task of its own (`tokio::spawn`): once the entry is
     /// handed to the books it must be booked here too, whatever happens
     /// to the caller.
@@ -101,9 +86,6 @@ impl Hold {
         now_ms: u64,
     ) -> Result<LedgerEntry, CommitError> {
         let entry = self.entry(receipt, now_ms)?;
-        if let Some(r) = &self.renewal {
-            r.ending();
-        }
         let accounts = self.accounts.clone();
         accounts
             .backend

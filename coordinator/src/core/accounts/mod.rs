@@ -30,10 +30,7 @@
 //! (`PgLedger::hold`), with the same check as the embedded books
 //! (`check_funds` over a `FundsView`, `funds.rs`); a commit books the entry,
 //! releases the hold and adds the charge in one transaction; holds expire
-//! (`hold_ttl`) so a replica that dies leaves none stuck, while a live
-//! job's hold is renewed by a task the hold owns (`renew.rs`), and a
-//! commit whose hold is gone or expired books nothing
-//! ([`CommitError::HoldLapsed`]). The in-memory
+//! (`hold_ttl`) so a replica that dies leaves none stuck. The in-memory
 //! state becomes a view of the shared books that [`Accounts::follow`] keeps
 //! up to date (apps, keys and revocations within one
 //! [`FOLLOW_INTERVAL`]), through the replica's local mirror (the embedded
@@ -49,7 +46,6 @@
 //! - `state.rs`: the in-memory view (the embedded books' state, a
 //!   replica's view of the shared ones);
 //! - `limits.rs`: rate limits; `funds.rs`: the one funds check;
-//!   `renew.rs`: the task keeping a live job's shared hold counted;
 //! - `backend.rs`: the books backend, embedded or shared, with the hold,
 //!   its release and the commit;
 //! - `service.rs`: [`Accounts`] and its reads; `hold.rs`: admission and
@@ -64,7 +60,6 @@ mod funds;
 mod hold;
 mod keys;
 mod limits;
-mod renew;
 mod service;
 mod state;
 mod types;

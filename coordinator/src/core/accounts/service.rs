@@ -86,8 +86,6 @@ impl Accounts {
                 cursor: cursor.into(),
                 following: tokio::sync::Mutex::new(()),
                 coordinators: Mutex::new(vec![*own_key]),
-                renewing: Default::default(),
-                lapsed: Default::default(),
             }),
             ..loaded
         });
@@ -110,24 +108,6 @@ impl Accounts {
     /// The shared books, when this coordinator is one replica of several.
     pub fn shared(&self) -> Option<&Arc<PgLedger>> {
         self.backend.pg()
-    }
-
-    /// Hold renewal tasks running on shared books: one per live hold
-    /// (for tests and the operator; 0 on embedded books).
-    pub fn renewing_holds(&self) -> usize {
-        match &self.backend {
-            BooksBackend::Shared(s) => s.renewing.load(std::sync::atomic::Ordering::Acquire),
-            BooksBackend::Embedded => 0,
-        }
-    }
-
-    /// Commits refused on shared books because their hold had lapsed
-    /// (nothing booked; each also logged at warn).
-    pub fn lapsed_holds(&self) -> u64 {
-        match &self.backend {
-            BooksBackend::Shared(s) => s.lapsed.load(std::sync::atomic::Ordering::Relaxed),
-            BooksBackend::Embedded => 0,
-        }
     }
 
     pub fn network_fee_bps(&self) -> u32 {

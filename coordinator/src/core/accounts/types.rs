@@ -77,14 +77,6 @@ pub enum CommitError {
         "the receipt's charge of {charge} nano-USD exceeds the {hold} nano-USD held for the job"
     )]
     OverHold { charge: u64, hold: u128 },
-    /// Shared books: the job's hold was gone or expired when its commit
-    /// came (admissions had stopped counting it), so the charge was not
-    /// booked: the builder is not charged for this job, and the node is
-    /// not paid for it.
-    #[error(
-        "the job's hold {hold} lapsed before its charge was booked: nothing was charged for it"
-    )]
-    HoldLapsed { hold: i64 },
 }
 
 /// The operator's app that pays for spot checks; the operator funds it

@@ -1,6 +1,5 @@
 //! The accounts' tests: every money property on both books backends
-//! (sled, and PostgreSQL as replicas). The helpers marked `pub(super)`
-//! are shared with `renew.rs` (holds that outlive their TTL).
+//! (sled, and PostgreSQL as replicas).
 
 use std::sync::Arc;
 
@@ -27,13 +26,7 @@ fn app(id: &str, margin_bps: u32, per_mtok: u64) -> AppRecord {
     AppRecord::new(id, "b", margin, 0)
 }
 
-pub(super) fn receipt(
-    job: u32,
-    input: u32,
-    output: u32,
-    pin: u64,
-    pout: u64,
-) -> CountersignedReceipt {
+fn receipt(job: u32, input: u32, output: u32, pin: u64, pout: u64) -> CountersignedReceipt {
     let node = SigningKey::from_bytes(&[1; 32]);
     let coord = SigningKey::from_bytes(&[2; 32]);
     let mut id = [0u8; 16];
@@ -56,7 +49,7 @@ pub(super) fn receipt(
     CountersignedReceipt::countersign(SignedReceipt::sign(r, &node).unwrap(), &coord).unwrap()
 }
 
-pub(super) fn coordinator_key() -> sharenet_proto::PublicKey {
+fn coordinator_key() -> sharenet_proto::PublicKey {
     public_key_of(&SigningKey::from_bytes(&[2; 32]))
 }
 
@@ -74,32 +67,32 @@ const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Shared];
 
 /// A database for one test's replicas (one cluster per test; each
 /// proptest case gets a database of its own).
-pub(super) struct Database {
+struct Database {
     pg: TestPostgres,
     next: std::sync::atomic::AtomicU32,
 }
 
 impl Database {
-    pub(super) fn start() -> Self {
+    fn start() -> Self {
         Self {
             pg: TestPostgres::start().unwrap(),
             next: 0.into(),
         }
     }
 
-    pub(super) fn fresh(&self) -> String {
+    fn fresh(&self) -> String {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pg.create_database(&format!("case{n}")).unwrap()
     }
 }
 
 /// A replica (or the embedded books) with its mirror's folder.
-pub(super) struct Replica {
-    pub(super) accounts: Arc<Accounts>,
-    pub(super) _dir: tempfile::TempDir,
+struct Replica {
+    accounts: Arc<Accounts>,
+    _dir: tempfile::TempDir,
 }
 
-pub(super) async fn replica_on(url: Option<&str>, fee_bps: u32) -> Replica {
+async fn replica_on(url: Option<&str>, fee_bps: u32) -> Replica {
     replica_of(url, fee_bps, 1).await
 }
 
@@ -146,7 +139,7 @@ async fn held(accounts: &Accounts, app: &str) -> u128 {
 
 /// The app's balance as the money check sees it (shared: the
 /// database's, with every replica's holds).
-pub(super) async fn balance(accounts: &Accounts, app: &str) -> i128 {
+async fn balance(accounts: &Accounts, app: &str) -> i128 {
     match accounts.shared() {
         None => accounts.balance(app),
         Some(pg) => {
@@ -186,7 +179,7 @@ fn on_both<F: std::future::Future<Output = ()>>(test: impl Fn(Backend, Option<St
     }
 }
 
-pub(super) fn runtime() -> tokio::runtime::Runtime {
+fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -380,7 +373,7 @@ fn a_commit_never_books_more_than_its_hold() {
 
 /// An admission whose worst case is 200 nano-USD (100 tokens in and
 /// 100 out at 1 each).
-pub(super) fn worst_200(principal: &Principal) -> Admission<'_> {
+fn worst_200(principal: &Principal) -> Admission<'_> {
     Admission {
         principal,
         end_customer: None,
@@ -394,7 +387,7 @@ pub(super) fn worst_200(principal: &Principal) -> Admission<'_> {
 
 /// App `id` (no margin) topped up with `topup`, and one key, on the
 /// first replica; the others follow it.
-pub(super) async fn funded(replicas: &[&Arc<Accounts>], id: &str, topup: u64) -> Principal {
+async fn funded(replicas: &[&Arc<Accounts>], id: &str, topup: u64) -> Principal {
     fund(replicas, app(id, 0, 0), topup).await
 }
 
@@ -723,5 +716,3 @@ fn each_replica_enforces_its_share_of_a_rate_limit() {
         assert_eq!(admitted, 4, "two per replica: the key's limit across both");
     });
 }
-
-mod renew;
