@@ -245,8 +245,7 @@ impl Drop for SettleLock {
 
 impl PgLedger {
     /// Connects to `url` (a libpq URL or key=value string), with at most
-    /// `pool_size` pooled connections plus one for the group-commit
-    /// writer, and brings the schema up to date. Spawns
+    /// `pool_size` connections, and brings the schema up to date. Spawns
     /// the group-commit task: call from a Tokio runtime. TLS follows the
     /// URL's `sslmode` and `sslrootcert` as libpq does (see `tls.rs`).
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
@@ -259,33 +258,23 @@ impl PgLedger {
         if config.get_application_name().is_none() {
             config.application_name("sharenet-coordinator");
         }
-        let pool_of = |size: usize| {
-            let manager = Manager::from_config(
-                config.clone(),
-                tls.clone(),
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
-            Pool::builder(manager)
-                .max_size(size)
-                .wait_timeout(Some(Duration::from_secs(10)))
-                .create_timeout(Some(Duration::from_secs(5)))
-                .runtime(deadpool_postgres::Runtime::Tokio1)
-                .build()
-                .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))
-        };
-        let pool = pool_of(pool_size.max(2))?;
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
         migrate(&pool).await?;
-        // The group-commit writer books on a connection of its own: under
-        // a burst every pooled connection can sit in an admission waiting
-        // for an app's row lock, and a booking that waited behind them for
-        // a pooled connection timed out after the job had streamed (the
-        // builder got an error and nothing was charged). It is one task
-        // booking one group at a time, so one connection is all it uses.
-        let writer = pool_of(1)?;
         let (commits, rx) = mpsc::channel(MAX_GROUP);
-        tokio::spawn(group_commit(writer, rx));
+        tokio::spawn(group_commit(pool.clone(), rx));
         let (generations, rx) = mpsc::channel(MAX_GROUP);
         tokio::spawn(write_generations(pool.clone(), rx));
         Ok(Self {
