@@ -20,7 +20,6 @@ mod common;
 pub mod dashboard;
 mod error;
 pub mod field;
-pub mod hex_keys;
 pub mod openai;
 pub mod provider;
 pub mod receipts;
@@ -29,3 +28,5 @@ pub mod tools;
 
 pub use common::{Cost, List};
 pub use error::{ErrorObject, ErrorResponse};
+/// Re-exported: the books' stored routing rules use the same encoding.
+pub use sharenet_proto::hex_keys;

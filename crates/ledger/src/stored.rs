@@ -40,7 +40,7 @@ pub struct RateLimits {
 #[serde(deny_unknown_fields)]
 pub struct AppRouting {
     /// The builder's own nodes (ed25519 public keys, hex in JSON).
-    #[serde(default, with = "hex_keys")]
+    #[serde(default, with = "sharenet_proto::hex_keys")]
     pub private_pool: Vec<[u8; 32]>,
     /// Every request of this app is sensitive: only the private pool may
     /// serve it, never a public node.
@@ -57,31 +57,6 @@ pub struct AppRouting {
     /// Only models under these licenses, for every request of this app.
     #[serde(default)]
     pub licenses: Vec<String>,
-}
-
-/// Serde for lists of 32-byte keys as hex strings.
-mod hex_keys {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(hex::encode))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|h| {
-                hex::decode(h)
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        serde::de::Error::custom(format!(
-                            "{h:?} is not a node key (64 hex characters)"
-                        ))
-                    })
-            })
-            .collect()
-    }
 }
 
 /// What a booked job was charged and its parts, in integer nano-USD

@@ -22,6 +22,7 @@ mod advert;
 mod batch;
 pub mod canon;
 mod error;
+pub mod hex_keys;
 mod job;
 mod keys;
 mod money;

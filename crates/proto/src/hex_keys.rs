@@ -1,4 +1,6 @@
-//! Serde for lists of 32-byte keys as hex strings (`#[serde(with = "sharenet_api::hex_keys")]`).
+//! Serde for lists of 32-byte keys as hex strings
+//! (`#[serde(with = "sharenet_proto::hex_keys")]`): the operator API's
+//! routing rules and the books' stored copy of them write keys this way.
 
 use serde::{Deserialize, Deserializer, Serializer};
 
