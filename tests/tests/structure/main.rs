@@ -110,20 +110,28 @@ fn no_coordinator_file_is_over_800_lines() {
     );
 }
 
-/// The `.rs` files of a crate outside tests and benches, relative to the
-/// workspace.
-fn measured_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
+/// The `.rs` files under `dir`, not descending into folders named in
+/// `skip_dirs`; `tests.rs` files are left out unless `with_tests_rs`.
+fn rs_files(dir: &Path, skip_dirs: &[&str], with_tests_rs: bool, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         if path.is_dir() {
-            if !matches!(name.as_str(), "tests" | "benches" | "target") {
-                measured_files(&path, out);
+            if !skip_dirs.contains(&name.as_str()) {
+                rs_files(&path, skip_dirs, with_tests_rs, out);
             }
-        } else if name.ends_with(".rs") && name != "tests.rs" {
+        } else if name.ends_with(".rs") && (with_tests_rs || name != "tests.rs") {
             out.push(path);
         }
     }
+}
+
+/// The `.rs` files of a crate outside tests and benches.
+fn measured_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    rs_files(dir, &["tests", "benches", "target"], false, out);
 }
 
 #[test]
@@ -434,24 +442,6 @@ mod tests {
     );
 }
 
-/// The non-test `.rs` files under a member's `src/`.
-fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if path.is_dir() {
-            if name != "tests" {
-                source_files(&path, out);
-            }
-        } else if name.ends_with(".rs") && name != "tests.rs" {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn the_code_map_names_every_source_file_and_nothing_gone() {
     let root = workspace();
@@ -459,7 +449,13 @@ fn the_code_map_names_every_source_file_and_nothing_gone() {
     let mut unnamed = Vec::new();
     for member in members() {
         let mut files = Vec::new();
-        source_files(&root.join(&member).join("src"), &mut files);
+        // The non-test files of the member's `src/`.
+        rs_files(
+            &root.join(&member).join("src"),
+            &["tests"],
+            false,
+            &mut files,
+        );
         for file in files {
             let name = file.file_name().unwrap().to_string_lossy().to_string();
             let named = match name.as_str() {
@@ -488,7 +484,13 @@ fn the_code_map_names_every_source_file_and_nothing_gone() {
     // Every `path/to/file.rs` it names exists somewhere in the workspace.
     let mut all = Vec::new();
     for member in members() {
-        graph_files(&root.join(&member), &mut all);
+        // Every `.rs` file of the member, tests and benches included.
+        rs_files(
+            &root.join(&member),
+            &["target", "node_modules"],
+            true,
+            &mut all,
+        );
     }
     let all: Vec<String> = all
         .iter()
@@ -510,22 +512,4 @@ fn the_code_map_names_every_source_file_and_nothing_gone() {
         "ARCHITECTURE.md names files that do not exist:\n{}",
         gone.join("\n")
     );
-}
-
-/// Every `.rs` file under a member, tests and benches included.
-fn graph_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if path.is_dir() {
-            if name != "target" && name != "node_modules" {
-                graph_files(&path, out);
-            }
-        } else if name.ends_with(".rs") {
-            out.push(path);
-        }
-    }
 }
