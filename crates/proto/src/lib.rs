@@ -25,6 +25,7 @@ mod error;
 pub mod hex_keys;
 mod job;
 mod keys;
+pub mod limits;
 mod money;
 mod receipt;
 mod tools;
@@ -39,6 +40,10 @@ pub use job::{
     ChatMessage, FinishReason, JobErrorCode, JobEvent, JobInput, JobRequest, MAX_EMBED_INPUTS,
     MAX_FRAME_BYTES, MAX_JOB_TOKENS, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, MAX_TRACEPARENT_BYTES,
     SamplingParams, TokenLogprob, TopLogprob, Usage,
+};
+pub use limits::{
+    JOB_SLACK_BYTES, LOGPROB_ENTRY_BYTES, MAX_GRAMMAR_BYTES, MAX_OBJECT_PROPERTIES,
+    MAX_SCHEMA_PROPERTIES, MAX_TOKEN_BYTES, MAX_TOOL_SCHEMA_BYTES, job_byte_budget,
 };
 pub use keys::{
     JobId, PublicKey, SigningKey, embeddings_digest, public_key_of, sha256, sign_canonical,

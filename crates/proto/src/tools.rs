@@ -188,6 +188,13 @@ impl Tools {
                 ));
             }
         }
+        // A node's constraint compiler's limits, checked where every
+        // request passes (see `limits`).
+        crate::limits::check_schemas(
+            self.specs.iter().map(|t| &t.parameters),
+            crate::limits::MAX_TOOL_SCHEMA_BYTES,
+            "tools",
+        )?;
         if let ToolChoice::Function(name) = &self.choice
             && !self.specs.iter().any(|t| &t.name == name)
         {
@@ -226,6 +233,11 @@ impl ResponseFormat {
                     "json_schema.schema must be a JSON schema object",
                 ));
             }
+            crate::limits::check_schemas(
+                [schema],
+                crate::limits::MAX_GRAMMAR_BYTES,
+                "response_format",
+            )?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@
 mod active;
 mod attempt;
 mod book;
+mod budget;
 mod fanout;
 mod partial;
 mod plan;
@@ -31,6 +32,7 @@ pub use crate::core::job::{CompletedJob, Notice};
 pub use active::{ActiveJob, Finished, Step};
 pub use fanout::{run_choices, start_choices, summed};
 pub use partial::Cut;
+pub(crate) use plan::allowed_nodes;
 pub use start::start_job;
 
 #[cfg(test)]
