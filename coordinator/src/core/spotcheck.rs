@@ -219,10 +219,8 @@ async fn run_check(core: &Arc<Core>, check: &Check, suspect: [u8; 32]) {
     };
     // 2. Both runs; a check with a failed run is incomplete (dispatch has
     //    already counted the failure).
-    let (run, reference_run) = tokio::join!(
-        run_on(core, check, suspect),
-        run_on(core, check, reference)
-    );
+    let (run, reference_run) =
+        tokio::join!(run_on(core, check, suspect), run_on(core, check, reference));
     let (run, reference_run) = match (run, reference_run) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {
@@ -298,11 +296,7 @@ struct Runs<'a> {
 /// Someone is wrong; a third node with the same weights decides who. Its
 /// key and run, or `None` (logged: the check is inconclusive) when no
 /// third node has the weights or its run failed.
-async fn run_arbiter(
-    core: &Arc<Core>,
-    check: &Check,
-    differ: &Differ,
-) -> Option<([u8; 32], Run)> {
+async fn run_arbiter(core: &Arc<Core>, check: &Check, differ: &Differ) -> Option<([u8; 32], Run)> {
     let Differ {
         suspect,
         reference,

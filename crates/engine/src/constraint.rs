@@ -22,10 +22,12 @@ use tokenizers::{DecoderWrapper, Tokenizer};
 use crate::EngineError;
 
 /// The schema limits are the network's, shared with the coordinator
-/// (`sharenet_proto::limits`), which refuses a request over them before
+/// (`sharenet_proto::schema_limits`), which refuses a request over them before
 /// any node sees it: a node's refusal for them is never the request's
 /// fault.
-pub use sharenet_proto::limits::{MAX_GRAMMAR_BYTES, MAX_OBJECT_PROPERTIES, MAX_SCHEMA_PROPERTIES};
+pub use sharenet_proto::schema_limits::{
+    MAX_GRAMMAR_BYTES, MAX_OBJECT_PROPERTIES, MAX_SCHEMA_PROPERTIES,
+};
 
 /// The vocabulary as llguidance sees it: each token's bytes.
 struct Vocab {
@@ -237,7 +239,7 @@ impl Grammar {
     pub fn check_size(&self) -> Result<(), EngineError> {
         let (fits, what) = match self {
             Self::JsonSchema(schema) => (
-                sharenet_proto::limits::schemas_fit([schema], MAX_GRAMMAR_BYTES),
+                sharenet_proto::schema_limits::schemas_fit([schema], MAX_GRAMMAR_BYTES),
                 "response_format: the schema",
             ),
             Self::Lark(src) => (
@@ -259,13 +261,13 @@ impl Grammar {
     /// Refuses schemas declaring more than [`MAX_OBJECT_PROPERTIES`] in one
     /// object or [`MAX_SCHEMA_PROPERTIES`] in all (every `properties` map
     /// anywhere in them counts; the shared check,
-    /// `sharenet_proto::limits::check_schema_properties`). `what` names them
+    /// `sharenet_proto::schema_limits::check_schema_properties`). `what` names them
     /// in the error.
     pub fn check_properties<'a>(
         schemas: impl IntoIterator<Item = &'a Value>,
         what: &str,
     ) -> Result<(), EngineError> {
-        sharenet_proto::limits::check_schema_properties(schemas, "schema").map_err(|e| {
+        sharenet_proto::schema_limits::check_schema_properties(schemas, "schema").map_err(|e| {
             let reason = match e {
                 sharenet_proto::ProtoError::Invalid { reason, .. } => reason,
                 other => other.to_string(),

@@ -184,7 +184,9 @@ impl ActiveJob {
                     );
                 }
                 if self.job.kind == JobKind::Embedding {
-                    return Err(self.node_failed(core, "the node streamed text for an embeddings job"));
+                    return Err(
+                        self.node_failed(core, "the node streamed text for an embeddings job")
+                    );
                 }
                 if self.events > self.job.params.max_tokens.saturating_add(EXTRA_EVENTS) {
                     return Err(self.node_failed(core, "the node sent more events than tokens"));
@@ -254,7 +256,9 @@ impl ActiveJob {
     /// input, all of one non-zero dimension.
     fn bad_embeddings(&self, data: &[Vec<f32>]) -> Option<&'static str> {
         let JobInput::Embed { inputs } = &self.job.input else {
-            return Some("the node sent an embeddings frame for a job that is not an embeddings job");
+            return Some(
+                "the node sent an embeddings frame for a job that is not an embeddings job",
+            );
         };
         if self.embeddings.is_some() {
             return Some("the node sent a second embeddings frame");
@@ -372,7 +376,9 @@ impl ActiveJob {
         receipt: &[u8],
     ) -> Result<Finished, Error> {
         if self.job.kind == JobKind::Embedding && self.embeddings.is_none() {
-            return Err(self.node_failed(core, "the node finished an embeddings job without vectors"));
+            return Err(
+                self.node_failed(core, "the node finished an embeddings job without vectors")
+            );
         }
         let hold = self
             .hold

@@ -7,7 +7,7 @@
 //! `top_logprobs` alternatives each, no string longer than a token.
 //! Breaking any of this is the node's failure (`ActiveJob` records it).
 
-use sharenet_proto::limits::{bad_logprob, logprob_entry_bytes, tool_call_bytes};
+use sharenet_proto::job_budget::{bad_logprob, logprob_entry_bytes, tool_call_bytes};
 use sharenet_proto::{SamplingParams, TokenLogprob, ToolCall, job_byte_budget};
 
 /// What one job has spent of its budget.
@@ -71,7 +71,10 @@ mod tests {
         };
         let limit = job_byte_budget(&params) as usize;
         let mut b = Budget::for_job(&params);
-        assert!(b.charge(&params, 1, &"x".repeat(limit - 1), &[], &[]).is_ok());
+        assert!(
+            b.charge(&params, 1, &"x".repeat(limit - 1), &[], &[])
+                .is_ok()
+        );
         assert!(b.charge(&params, 1, "x", &[], &[]).is_ok());
         let err = b.charge(&params, 0, "x", &[], &[]).unwrap_err();
         assert!(err.contains("more text"), "{err}");

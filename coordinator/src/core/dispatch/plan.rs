@@ -44,7 +44,11 @@ fn effective_prefs(job: &Job, rules: &AppRouting) -> Result<ProviderPrefs, Error
 /// list's length): spot checks choose their reference among the nodes the
 /// original job allowed. Empty when none may.
 pub(crate) fn allowed_nodes(core: &Core, job: &Job, model: &str, app: &str) -> Vec<[u8; 32]> {
-    let rules = core.accounts.app(app).map(|a| a.routing).unwrap_or_default();
+    let rules = core
+        .accounts
+        .app(app)
+        .map(|a| a.routing)
+        .unwrap_or_default();
     route(core, model, job, &rules, crate::core::registry::MAX_NODES).unwrap_or_default()
 }
 

@@ -206,7 +206,8 @@ async fn a_refusal_the_coordinator_explains_never_reaches_a_node() {
     // of 1,001 properties) and tools over them: refused with a 400 before
     // dispatch. Before, the request reached the node, which refused it.
     let s = setup(vec![Script::Serve(vec!["ok"])]);
-    let wide: serde_json::Map<String, serde_json::Value> = (0..=sharenet_proto::MAX_OBJECT_PROPERTIES)
+    let wide: serde_json::Map<String, serde_json::Value> = (0
+        ..=sharenet_proto::MAX_OBJECT_PROPERTIES)
         .map(|i| (format!("p{i}"), serde_json::json!({})))
         .collect();
     let schema = serde_json::json!({"type": "object", "properties": wide});
@@ -351,7 +352,11 @@ async fn spot_check_re_runs_go_only_where_the_original_job_allowed() {
             }
         })
         .await;
-        assert_eq!(s.opened_to(1), 0, "case {n}: the prompt never reached node 1");
+        assert_eq!(
+            s.opened_to(1),
+            0,
+            "case {n}: the prompt never reached node 1"
+        );
         assert_eq!(s.opened_to(2), 1, "case {n}: node 2 was the reference");
         assert_eq!(s.opened_to(0), 1, "case {n}: the suspect re-ran it");
         shutdown.cancel();

@@ -69,7 +69,11 @@ pub(crate) enum Script {
     /// Streams `n` one-token deltas of text `x`, each with one logprob
     /// entry whose strings are `token_len` bytes and which has `top`
     /// alternatives like it, then finishes honestly.
-    Logprobs { n: u32, top: usize, token_len: usize },
+    Logprobs {
+        n: u32,
+        top: usize,
+        token_len: usize,
+    },
     /// Sends these vectors in an embeddings frame, then finishes with a
     /// receipt over them.
     Embeddings(Vec<Vec<f32>>),
