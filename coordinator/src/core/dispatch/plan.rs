@@ -125,6 +125,27 @@ fn licenses(asked: &[String], app: &[String]) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
+/// The routing knobs of one decision, with at most `max_candidates` in
+/// the list.
+fn route_params(core: &Core, max_candidates: usize) -> r::RouteParams {
+    // "Full" is the router's default: a node with as many of our jobs as
+    // it has slots (our own in-flight jobs count at once; its advert lags)
+    // gets no more while another has room, and only when every node is full
+    // do jobs wait in the nodes' queues (`spill_queue_factor`).
+    //
+    // A node never measured is assumed fast (a short first token, quick
+    // decoding), so it gets tried and measured rather than starved behind
+    // nodes whose real numbers beat a pessimistic guess; the probation share
+    // caps what new nodes get while established ones are available.
+    r::RouteParams {
+        spill_queue_factor: core.spill_queue_factor,
+        unknown_ttft_ms: 20.0,
+        unknown_tokens_per_sec: 500.0,
+        max_candidates,
+        ..r::RouteParams::default()
+    }
+}
+
 /// Orders the nodes to try with the pure router over the routing index:
 /// the request's filters and preferences and the app's rules, then price,
 /// predicted latency and trust, load-aware. When a filter empties the list
@@ -179,22 +200,7 @@ fn route(
         max_output_tokens: job.params.max_tokens,
         prefs,
     };
-    // "Full" is the router's default: a node with as many of our jobs as
-    // it has slots (our own in-flight jobs count at once; its advert lags)
-    // gets no more while another has room, and only when every node is full
-    // do jobs wait in the nodes' queues (`spill_queue_factor`).
-    //
-    // A node never measured is assumed fast (a short first token, quick
-    // decoding), so it gets tried and measured rather than starved behind
-    // nodes whose real numbers beat a pessimistic guess; the probation share
-    // caps what new nodes get while established ones are available.
-    let params = r::RouteParams {
-        spill_queue_factor: core.spill_queue_factor,
-        unknown_ttft_ms: 20.0,
-        unknown_tokens_per_sec: 500.0,
-        max_candidates,
-        ..r::RouteParams::default()
-    };
+    let params = route_params(core, max_candidates);
     let needed = u64::from(request.input_tokens) + u64::from(request.max_output_tokens);
     core.routing
         .route(
