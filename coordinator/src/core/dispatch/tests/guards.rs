@@ -289,6 +289,9 @@ async fn embeddings_frames_are_checked() {
     assert_eq!(s.entries(), 1);
 }
 
+/// A change to node `i`'s advert before it is signed.
+type AdvertEdit = dyn Fn(usize, &mut Advert);
+
 /// Gives node `i` a record that makes it the most trusted.
 fn make_most_trusted(s: &Setup, i: usize) {
     for _ in 0..10 {
@@ -311,7 +314,7 @@ async fn spot_check_re_runs_go_only_where_the_original_job_allowed() {
     // prompts after the builder said `data_collection: deny`, and to a node
     // the builder's `ignore` named.
     let keeps_prompts = |i: usize, a: &mut Advert| a.keeps_prompts = i == 1;
-    let cases: [(ProviderPrefs, &dyn Fn(usize, &mut Advert)); 2] = [
+    let cases: [(ProviderPrefs, &AdvertEdit); 2] = [
         (
             ProviderPrefs {
                 deny_data_collection: true,
