@@ -21,13 +21,11 @@ use tokenizers::{DecoderWrapper, Tokenizer};
 
 use crate::EngineError;
 
-/// The schema limits are the network's, shared with the coordinator
-/// (`sharenet_proto::schema_limits`), which refuses a request over them before
-/// any node sees it: a node's refusal for them is never the request's
-/// fault.
-pub use sharenet_proto::schema_limits::{
-    MAX_GRAMMAR_BYTES, MAX_OBJECT_PROPERTIES, MAX_SCHEMA_PROPERTIES,
-};
+// The schema limits are the network's, shared with the coordinator
+// (`sharenet_proto::schema_limits`), which refuses a request over them
+// before any node sees it: a node's refusal for them is never the
+// request's fault.
+use sharenet_proto::schema_limits::MAX_GRAMMAR_BYTES;
 
 /// The vocabulary as llguidance sees it: each token's bytes.
 struct Vocab {
@@ -258,8 +256,9 @@ impl Grammar {
         }
     }
 
-    /// Refuses schemas declaring more than [`MAX_OBJECT_PROPERTIES`] in one
-    /// object or [`MAX_SCHEMA_PROPERTIES`] in all (every `properties` map
+    /// Refuses schemas declaring more than
+    /// [`sharenet_proto::MAX_OBJECT_PROPERTIES`] in one object or
+    /// [`sharenet_proto::MAX_SCHEMA_PROPERTIES`] in all (every `properties` map
     /// anywhere in them counts; the shared check,
     /// `sharenet_proto::schema_limits::check_schema_properties`). `what` names them
     /// in the error.
@@ -354,6 +353,7 @@ impl Constraint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sharenet_proto::MAX_OBJECT_PROPERTIES;
 
     fn schema_of(bytes: usize) -> Grammar {
         // `{"enum":["aaa…"]}` is 13 bytes around the string.
