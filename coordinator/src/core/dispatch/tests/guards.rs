@@ -386,7 +386,9 @@ fn the_http_layer_refuses_schemas_over_the_nodes_limits_naming_the_field() {
         serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": schema}}]);
     for (body, field) in [(format, "response_format"), (tools, "tools")] {
         let parsed = parse_body(&serde_json::to_vec(&body).unwrap()).unwrap();
-        let err = chat_job(parsed).err().expect("refused");
+        let Err(err) = chat_job(parsed) else {
+            panic!("{field}: not refused");
+        };
         assert!(
             matches!(&err, Error::BadRequest { param: Some(p), .. } if p.starts_with(field)),
             "{err:?}"
