@@ -44,15 +44,28 @@ struct Refusal {
 /// node checks of a request (`JobRequest::validate`: ranges, sizes, the
 /// schema limits of its constraint compiler) the coordinator checked
 /// before dispatch and refused with a 400, and routing sent the job only to
-/// nodes advertising the capabilities it needs; so of the refusals only a
-/// context-length one can be the request's fault, and only while the
-/// coordinator does not count input tokens itself: when the job's bound on
-/// its input tokens (every prompt byte a token, plus the template's,
-/// [`Job::max_input_tokens`]) reaches the node's advertised context length,
-/// the prompt may truly not fit. Anything else is unexplained.
+/// nodes advertising the capabilities it needs; so two refusals remain
+/// that the coordinator cannot rule out:
+///
+/// - `context_length_exceeded` while the coordinator does not count input
+///   tokens itself: when the job's bound on its input tokens (every prompt
+///   byte a token, plus the template's, [`Job::max_input_tokens`]) reaches
+///   the node's advertised context length, the prompt may truly not fit.
+///   Below it the refusal is the node's (a node whose KV budget cannot
+///   hold the job refuses it so too: its own limit, behind the context it
+///   advertised);
+/// - `unsupported_input` for a job asking for logprobs: adverts do not say
+///   whether a node returns them, and an upstream-backed node cannot.
+///
+/// Anything else is unexplained.
 fn explained(job: &Job, offer: &Offer, code: JobErrorCode) -> bool {
-    code == JobErrorCode::ContextLengthExceeded
-        && job.max_input_tokens() >= u64::from(offer.offer.context_length)
+    match code {
+        JobErrorCode::ContextLengthExceeded => {
+            job.max_input_tokens() >= u64::from(offer.offer.context_length)
+        }
+        JobErrorCode::UnsupportedInput => job.params.logprobs,
+        _ => false,
+    }
 }
 
 /// A node that answered: its stream, its first event, and when the

@@ -201,6 +201,30 @@ async fn a_context_refusal_counts_only_when_the_prompts_bytes_cannot_explain_it(
 }
 
 #[tokio::test]
+async fn an_upstream_node_refusing_logprobs_falls_back_without_blame() {
+    // Adverts do not say whether a node returns logprobs, and an
+    // upstream-backed node refuses them as `unsupported_input`: the job
+    // goes to the next node and the refusal costs nothing; the same
+    // refusal of a plain job counts.
+    for (logprobs, blamed) in [(true, false), (false, true)] {
+        let s = setup(vec![
+            Script::RefuseAs(JobErrorCode::UnsupportedInput),
+            Script::Serve(vec!["ok"]),
+        ]);
+        let mut j = (*job(&[s.nodes[0], s.nodes[1]])).clone();
+        j.params.logprobs = logprobs;
+        let f = run_job(&s, Arc::new(j)).await.unwrap();
+        assert_eq!(f.receipt.receipt().node, s.nodes[1]);
+        let health = s.core.routing.health(&s.nodes[0]).unwrap();
+        assert_eq!(
+            health.breaker.consecutive_failures > 0,
+            blamed,
+            "logprobs: {logprobs}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_refusal_the_coordinator_explains_never_reaches_a_node() {
     // A response_format over the constraint compiler's limits (one object
     // of 1,001 properties) and tools over them: refused with a 400 before
