@@ -118,7 +118,10 @@ impl Upstream {
             None => None,
             Some(path) => {
                 let mut t = sharenet_engine::load_tokenizer(path).map_err(|e| {
-                    anyhow::anyhow!("load the upstream model's tokenizer {}: {e}", path.display())
+                    anyhow::anyhow!(
+                        "load the upstream model's tokenizer {}: {e}",
+                        path.display()
+                    )
                 })?;
                 // Counting never truncates or pads.
                 t.with_padding(None);

@@ -65,14 +65,20 @@ fn text_waits_for_a_word_boundary_but_not_forever() {
     let long = "x".repeat(40);
     let out: Vec<Counted> = (0..20).filter_map(|_| r.push(&long)).collect();
     assert!(!out.is_empty());
-    assert!(out.iter().all(|c| c.text.len() <= MAX_HOLD_BYTES + long.len()));
+    assert!(
+        out.iter()
+            .all(|c| c.text.len() <= MAX_HOLD_BYTES + long.len())
+    );
 }
 
 #[test]
 fn without_a_tokenizer_each_chunk_is_one_token_and_no_ids() {
     let mut r = Recount::new(None);
     let c = r.push("Hello wor").unwrap();
-    assert_eq!((c.text.as_str(), c.tokens, c.ids.len()), ("Hello wor", 1, 0));
+    assert_eq!(
+        (c.text.as_str(), c.tokens, c.ids.len()),
+        ("Hello wor", 1, 0)
+    );
     assert_eq!(r.push(""), None);
     assert_eq!(r.finish(), None);
     assert_eq!(r.calls(&[], 3), (Vec::new(), 3));
