@@ -100,3 +100,30 @@ fn tool_calls_count_their_name_and_arguments() {
         format!("{}{}", call.name, call.arguments)
     );
 }
+
+/// The tokenizer a GGUF carries in its metadata (as llama.cpp serves it)
+/// counts the same ids as the model's `tokenizer.json`.
+#[test]
+fn a_gguf_tokenizer_counts_the_same_ids() {
+    let (_dir, json) = tokenizer();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    sharenet_engine::tiny::write_tiny_gguf(
+        &path,
+        1,
+        Default::default(),
+        candle_core::quantized::GgmlDType::Q8_0,
+    )
+    .unwrap();
+    let gguf = Arc::new(sharenet_engine::load_tokenizer(&path).unwrap());
+    let chunks: Vec<&str> = TEXT.split_inclusive(' ').collect();
+    let ids = |t: &Arc<Tokenizer>| -> Vec<u32> {
+        let mut r = Recount::new(Some(t.clone()));
+        stream(&mut r, t, &chunks)
+            .into_iter()
+            .flat_map(|c| c.ids)
+            .collect()
+    };
+    assert_eq!(ids(&gguf), ids(&json));
+    assert!(sharenet_engine::load_tokenizer(&dir.path().join("missing.gguf")).is_err());
+}
