@@ -116,19 +116,7 @@ impl Upstream {
             .build()?;
         let tokenizer = match &config.tokenizer {
             None => None,
-            Some(path) => {
-                let mut t = sharenet_engine::load_tokenizer(path).map_err(|e| {
-                    anyhow::anyhow!(
-                        "load the upstream model's tokenizer {}: {e}",
-                        path.display()
-                    )
-                })?;
-                // Counting never truncates or pads.
-                t.with_padding(None);
-                t.with_truncation(None)
-                    .map_err(|e| anyhow::anyhow!("turn off truncation: {e}"))?;
-                Some(std::sync::Arc::new(t))
-            }
+            Some(path) => Some(crate::recount::load(path)?),
         };
         Ok(Self {
             http,

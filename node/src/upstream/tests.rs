@@ -238,7 +238,7 @@ async fn forwarded(up: &Upstream, job: &JobRequest) -> (Vec<(String, u32, Vec<u3
 async fn an_upstream_that_overstates_its_usage_bills_only_what_it_streamed() {
     let dir = tempfile::tempdir().unwrap();
     sharenet_engine::tiny::write_tiny_llama(dir.path(), 1, Default::default()).unwrap();
-    let tokenizer = sharenet_engine::load_tokenizer(dir.path()).unwrap();
+    let tokenizer = crate::recount::load(dir.path()).unwrap();
     let text: String = CHUNKS.concat();
     let honest = tokenizer
         .encode(text.as_str(), false)
