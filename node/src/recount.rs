@@ -8,10 +8,13 @@
 //! `.\n\n` is one piece), so the ids of a segment do not change with the
 //! text that follows; a tokenizer without a pre-tokenizer is cut before
 //! the last whitespace that begins a word.
-//! A segment is encoded after the one before it (its context) and only the
-//! ids past the context are kept, so a tokenizer that prepends a space or
-//! `▁` to its input adds it once. Each segment's ids are checked to decode
-//! to exactly its text; the text waiting for a word boundary (at most
+//!
+//! A segment is encoded between the one before it (its context) and the
+//! text held after it, and only its own ids are kept: a tokenizer that
+//! prepends a space or `▁` to its input adds it once, and a pre-tokenizer's
+//! lookahead (GPT-2's `\s+(?!\S)` splits `"\n\n"` differently before a
+//! word and at the end) sees what follows. Each segment's ids are checked
+//! to decode to exactly its text; the held piece (at most
 //! [`MAX_HOLD_BYTES`]) goes out with the next segment or at the end, with
 //! its ids. So every delta's ids decode to its text (the contract of
 //! `JobEvent::Delta`'s `ids`, held delta by delta here).
