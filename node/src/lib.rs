@@ -18,6 +18,7 @@ mod jobs;
 pub mod load;
 mod metrics;
 pub mod reconcile;
+mod recount;
 mod service;
 mod state;
 mod upstream;

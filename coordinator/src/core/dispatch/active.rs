@@ -172,6 +172,7 @@ impl ActiveJob {
             JobEvent::Delta {
                 text,
                 tokens,
+                ids: _,
                 logprobs,
                 tool_calls,
                 receipt,

@@ -181,6 +181,7 @@ impl FakeNode {
             let delta = JobEvent::Delta {
                 text: (*piece).to_owned(),
                 tokens: 1,
+                ids: Vec::new(),
                 logprobs: Vec::new(),
                 tool_calls: Vec::new(),
                 receipt: Some(running),
@@ -327,6 +328,7 @@ impl FakeNode {
                     let delta = JobEvent::Delta {
                         text: "x".into(),
                         tokens: 1,
+                        ids: Vec::new(),
                         logprobs: Vec::new(),
                         tool_calls: Vec::new(),
                         receipt: Some(running),
@@ -345,6 +347,7 @@ impl FakeNode {
                     let delta = JobEvent::Delta {
                         text: text.clone(),
                         tokens: 0,
+                        ids: Vec::new(),
                         logprobs: Vec::new(),
                         tool_calls: Vec::new(),
                         receipt: None,
@@ -363,6 +366,7 @@ impl FakeNode {
                 let delta = JobEvent::Delta {
                     text: String::new(),
                     tokens: n,
+                    ids: Vec::new(),
                     logprobs: Vec::new(),
                     tool_calls: calls.clone(),
                     receipt: None,
