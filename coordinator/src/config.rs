@@ -499,6 +499,15 @@ mod tests {
         let cfg = CoordinatorConfig::from_file(&path).unwrap();
         assert_eq!(cfg.timeouts.first_token, Duration::from_secs(30));
         assert!(dir.path().join("coordinator.key").exists());
+        // Per-app metrics on loopback, builder reads limited, by default.
+        assert_eq!(
+            cfg.metrics_listen,
+            Some(DEFAULT_METRICS_LISTEN.parse().unwrap())
+        );
+        assert_eq!(
+            cfg.builder_reads_per_minute,
+            DEFAULT_BUILDER_READS_PER_MINUTE
+        );
 
         std::fs::write(
             &path,
@@ -507,6 +516,28 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", CoordinatorConfig::from_file(&path).unwrap_err());
         assert!(err.contains("idel_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_listener_is_loopback_unless_moved_or_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let with = |line: &str| {
+            let text = template("sk-sharenet-0123456789abcdef").replace(
+                &format!("metrics_listen = \"{DEFAULT_METRICS_LISTEN}\""),
+                line,
+            );
+            std::fs::write(&path, text).unwrap();
+            CoordinatorConfig::from_file(&path)
+        };
+        // Absent from the file: loopback.
+        let absent = with("").unwrap();
+        assert!(absent.metrics_listen.unwrap().ip().is_loopback());
+        assert_eq!(with("metrics_listen = \"\"").unwrap().metrics_listen, None);
+        let moved = with("metrics_listen = \"0.0.0.0:9464\"").unwrap();
+        assert_eq!(moved.metrics_listen, Some("0.0.0.0:9464".parse().unwrap()));
+        let err = format!("{:#}", with("metrics_listen = \"nope\"").unwrap_err());
+        assert!(err.contains("metrics_listen"), "{err}");
     }
 
     #[test]

@@ -158,3 +158,70 @@ fn every_family_registers_and_renders() {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }
 }
+
+/// Issue 26, item 7: the public page sums every per-app series over its
+/// apps (no `app` label, no app id anywhere) and keeps the totals; the
+/// private page keeps each app's series.
+#[test]
+fn the_public_page_sums_the_apps_away_and_the_private_page_keeps_them() {
+    let m = Metrics::new();
+    for (app, status, tokens, spend) in [
+        ("acme-secret", 200, 7, 1_000),
+        ("globex-secret", 200, 5, 250),
+        ("globex-secret", 402, 0, 0),
+    ] {
+        m.finished(&Finished {
+            path: "/v1/chat/completions",
+            status,
+            app,
+            duration_s: 0.1,
+            inference: Some(Inference {
+                model: "m",
+                input_tokens: 3,
+                output_tokens: tokens,
+                charge_nano_usd: spend,
+                ttft_s: None,
+            }),
+        });
+    }
+    let registry = Adverts::default();
+    let routing = Routing::new(1, 1_000.0);
+    let scrape = Scrape {
+        registry: &registry,
+        routing: &routing,
+        dropped_events: 0,
+        now_ms: now_ms(),
+    };
+    let public = m.page(&scrape);
+    for leak in ["app=", "acme-secret", "globex-secret"] {
+        assert!(!public.contains(leak), "{leak} in\n{public}");
+    }
+    for want in [
+        r#"sharenet_inference_requests_total{model="m",status="200"} 2"#,
+        r#"sharenet_inference_requests_total{model="m",status="402"} 1"#,
+        r#"sharenet_generation_tokens_total{model="m"} 12"#,
+        r#"sharenet_prompt_tokens_total{model="m"} 9"#,
+        r#"sharenet_spend_nano_usd_total{model="m"} 1250"#,
+        "# TYPE sharenet_spend_nano_usd_total counter",
+        "sharenet_jobs_in_flight 0",
+    ] {
+        assert!(public.contains(want), "{want} missing from\n{public}");
+    }
+    let private = m.private_page(&scrape);
+    for want in [
+        r#"sharenet_spend_nano_usd_total{app="acme-secret",model="m"} 1000"#,
+        r#"sharenet_spend_nano_usd_total{app="globex-secret",model="m"} 250"#,
+        r#"sharenet_inference_requests_total{app="globex-secret",model="m",status="402"} 1"#,
+        "sharenet_jobs_in_flight 0",
+    ] {
+        assert!(private.contains(want), "{want} missing from\n{private}");
+    }
+    // The same families on both pages, in the same order.
+    let families = |page: &str| -> Vec<String> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(families(&public), families(&private));
+}
