@@ -176,7 +176,8 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             // Per-app metrics on a loopback port of their own (printed
             // by the binary); the API port's /metrics is aggregated.
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            builder_reads_per_minute: sharenet_coordinator::config::DEFAULT_BUILDER_READS_PER_MINUTE,
+            builder_reads_per_minute:
+                sharenet_coordinator::config::DEFAULT_BUILDER_READS_PER_MINUTE,
         },
         cancel.clone(),
     )

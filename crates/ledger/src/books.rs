@@ -1172,10 +1172,7 @@ pub(crate) mod tests {
                 .unwrap();
         }
         // A record nobody can decode, among them: a lookup must not touch it.
-        books
-            .statements
-            .insert("2026-00", vec![9, 9, 9])
-            .unwrap();
+        books.statements.insert("2026-00", vec![9, 9, 9]).unwrap();
         let before = books.statements_decoded();
         assert_eq!(
             books.settled_in(&JobId([25; 16])).unwrap().as_deref(),
@@ -1191,7 +1188,11 @@ pub(crate) mod tests {
         let next = books.statement_heads(Some("2026-02"), 100).unwrap();
         let labels: Vec<&str> = next.iter().map(|r| r.label.as_str()).collect();
         assert_eq!(labels, ["2026-03", "2026-04"]);
-        assert_eq!(books.statements_decoded(), before + 4, "one per listed head");
+        assert_eq!(
+            books.statements_decoded(),
+            before + 4,
+            "one per listed head"
+        );
     }
 
     /// Books from before the index (statements, no heads) get it built

@@ -173,7 +173,10 @@ async fn metrics_pass_promtool_and_add_up_to_the_requests() {
     // devnet's, on loopback); the API port's page is checked below.
     let root = format!(
         "http://{}",
-        t.net().coordinator.metrics_addr.expect("a metrics listener")
+        t.net()
+            .coordinator
+            .metrics_addr
+            .expect("a metrics listener")
     );
     let counted = [
         format!(

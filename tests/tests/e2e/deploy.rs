@@ -21,7 +21,10 @@ async fn deploy_files_check_out_against_a_real_metrics_page() {
     // What Prometheus scrapes: the private metrics listener.
     let root = format!(
         "http://{}",
-        t.net().coordinator.metrics_addr.expect("a metrics listener")
+        t.net()
+            .coordinator
+            .metrics_addr
+            .expect("a metrics listener")
     );
     let page = reqwest::get(format!("{root}/metrics"))
         .await

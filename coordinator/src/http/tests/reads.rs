@@ -172,7 +172,10 @@ async fn anonymous_metrics_show_no_app_and_the_private_listener_shows_each() {
     assert_eq!(public.status(), 200);
     let public = public.text().await.unwrap();
     for leak in ["app=", "shop-secret", "\"default\""] {
-        assert!(!public.contains(leak), "{leak} on the public page:\n{public}");
+        assert!(
+            !public.contains(leak),
+            "{leak} on the public page:\n{public}"
+        );
     }
     // Aggregates are still there: three requests, by model and status.
     let requests = format!(r#"sharenet_inference_requests_total{{model="{MODEL}",status="200"}}"#);
@@ -192,10 +195,15 @@ async fn anonymous_metrics_show_no_app_and_the_private_listener_shows_each() {
         .await
         .unwrap();
     let per_app = |app: &str| {
-        let series = format!(r#"sharenet_inference_requests_total{{app="{app}",model="{MODEL}",status="200"}}"#);
+        let series = format!(
+            r#"sharenet_inference_requests_total{{app="{app}",model="{MODEL}",status="200"}}"#
+        );
         value(&private, &series)
     };
-    assert_eq!((per_app("default"), per_app("shop-secret")), (Some(1.0), Some(2.0)));
+    assert_eq!(
+        (per_app("default"), per_app("shop-secret")),
+        (Some(1.0), Some(2.0))
+    );
     let spent = |app: &str| {
         value(
             &private,
@@ -297,7 +305,9 @@ async fn a_proof_among_many_statements_reads_one_and_statements_come_in_pages() 
     let books = core.accounts.books().clone();
 
     let before = books.statements_decoded();
-    let r = s.get(&format!("/v1/receipts/{receipt}/proof"), Some(KEY)).await;
+    let r = s
+        .get(&format!("/v1/receipts/{receipt}/proof"), Some(KEY))
+        .await;
     assert_eq!(r.status(), 200);
     let proof: Value = r.json().await.unwrap();
     assert_eq!(proof["statement"], period.label(), "{proof}");
@@ -330,7 +340,10 @@ async fn a_proof_among_many_statements_reads_one_and_statements_come_in_pages() 
     assert_eq!(first["object"], "list");
     assert_eq!(first["data"].as_array().unwrap().len(), 2, "{first}");
     assert_eq!(first["has_more"], true);
-    assert!(books.statements_decoded() - before <= 3, "a page and one more");
+    assert!(
+        books.statements_decoded() - before <= 3,
+        "a page and one more"
+    );
     let after = first["last_id"].as_str().unwrap();
     assert_eq!(after, first["data"][1]["label"]);
     let second: Value = s
@@ -339,7 +352,10 @@ async fn a_proof_among_many_statements_reads_one_and_statements_come_in_pages() 
         .json()
         .await
         .unwrap();
-    assert!(second["data"][0]["label"].as_str().unwrap() > after, "{second}");
+    assert!(
+        second["data"][0]["label"].as_str().unwrap() > after,
+        "{second}"
+    );
     // The default page is bounded, and a page asking for more is clamped.
     let all: Value = s
         .get("/v1/statements?limit=100000", Some(KEY))
@@ -355,7 +371,10 @@ async fn a_proof_among_many_statements_reads_one_and_statements_come_in_pages() 
     let mut cursor = String::new();
     let line = loop {
         let page: Value = s
-            .get(&format!("/v1/statements?limit=40&after={cursor}"), Some(KEY))
+            .get(
+                &format!("/v1/statements?limit=40&after={cursor}"),
+                Some(KEY),
+            )
             .await
             .json()
             .await
