@@ -58,21 +58,41 @@ impl Core {
     }
 
     /// `app`'s receipts, oldest first, filtered, at most
-    /// [`MAX_RECEIPTS_PER_PAGE`], read through the books' per-app index
-    /// (the cost is this app's entries in the time range, not the ledger).
+    /// [`MAX_RECEIPTS_PER_PAGE`], after the receipt `after` (one of
+    /// `app`'s: the cursor of the previous page) if given, read through the
+    /// books' per-app index (the cost is this app's entries in the time
+    /// range, not the ledger).
     pub async fn receipts_of(
         &self,
         app: &str,
         f: ReceiptFilter,
+        after: Option<JobId>,
     ) -> Result<Vec<LedgerEntry>, Error> {
         let app = app.to_owned();
         let limit = f.limit.unwrap_or(100).clamp(1, MAX_RECEIPTS_PER_PAGE);
         self.read_books(move |books| {
-            let since = f.since_ms.unwrap_or(0);
+            // The index is in (recorded time, job id) order: a page after a
+            // receipt starts at its time and skips up to and including it.
+            let cursor = match after {
+                None => None,
+                Some(id) => match books.entry(&id)? {
+                    Some(e) if e.app == app => Some((e.recorded_at_ms, id.0)),
+                    _ => {
+                        return Err(Error::bad_request(
+                            format!("after: no receipt with id {id}"),
+                            Some("after"),
+                        ));
+                    }
+                },
+            };
+            let since = f.since_ms.unwrap_or(0).max(cursor.map_or(0, |(at, _)| at));
             let until = f.until_ms.unwrap_or(u64::MAX);
             let mut out = Vec::new();
             for e in books.entries_of_app(&app, since, until) {
                 let e = e?;
+                if cursor.is_some_and(|c| (e.recorded_at_ms, e.job_id().0) <= c) {
+                    continue;
+                }
                 let keep = f
                     .end_customer
                     .as_ref()

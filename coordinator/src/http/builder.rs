@@ -45,6 +45,19 @@ pub(super) struct Page<T> {
     last_id: Option<String>,
 }
 
+/// The query of `GET /v1/receipts`: [`ReceiptFilter`] and the cursor.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReceiptsQuery {
+    end_customer: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The id of the last receipt of the previous page.
+    after: Option<String>,
+}
+
 /// `?after=&limit=` of `GET /v1/statements`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,18 +191,32 @@ pub(super) async fn get_receipt(
 }
 
 /// The caller's app's receipts, oldest first, filtered; a page of at
-/// most `limit` (`has_more` when it is full: the next page starts at the
-/// last receipt's `recorded_at_ms` as `since_ms`).
+/// most `limit` (`has_more` when it is full: pass `last_id` as `after`
+/// for the next page).
 pub(super) async fn list_receipts(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,
-    Query(f): Query<ReceiptFilter>,
+    Query(q): Query<ReceiptsQuery>,
 ) -> Result<Json<Page<ReceiptObject>>, ApiError> {
-    let limit = f
+    let limit = q
         .limit
         .unwrap_or(100)
         .clamp(1, crate::core::queries::MAX_RECEIPTS_PER_PAGE);
-    let entries = core.receipts_of(&principal.app, f).await?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<JobId>()
+                .map_err(|e| Error::bad_request(e.to_string(), Some("after")))
+        })
+        .transpose()?;
+    let f = ReceiptFilter {
+        end_customer: q.end_customer,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        limit: q.limit,
+    };
+    let entries = core.receipts_of(&principal.app, f, after).await?;
     let data: Vec<ReceiptObject> = entries.iter().map(receipt_object).collect();
     Ok(Json(Page {
         has_more: data.len() == limit,

@@ -276,6 +276,51 @@ async fn a_builder_flooding_its_reads_gets_429_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_come_in_pages_after_a_cursor() {
+    let s = serve(|_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(s.chat(KEY).await);
+    }
+    let page = |query: String| {
+        let s = &s;
+        async move {
+            let r = s.get(&format!("/v1/receipts?{query}"), Some(KEY)).await;
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let listed = |v: &Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, first) = page("limit=2".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(first["has_more"], true);
+    let (_, rest) = page(format!(
+        "limit=2&after={}",
+        first["last_id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(rest["has_more"], false);
+    let mut all = listed(&first);
+    all.extend(listed(&rest));
+    let mut want = ids.clone();
+    want.sort();
+    let mut got = all.clone();
+    got.sort();
+    assert_eq!(got, want, "every receipt once, across the pages");
+    // A cursor that is not one of the app's receipts is a 400 naming it.
+    let (status, err) = page(format!("after={}", "0".repeat(32))).await;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["param"], "after", "{err}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_among_many_statements_reads_one_and_statements_come_in_pages() {
     const PERIOD_MS: u64 = 200;
     let rule = PeriodRule::Fixed {
