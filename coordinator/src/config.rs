@@ -417,8 +417,9 @@ http_listen = "127.0.0.1:8080"
 
 # The private metrics page, with per-app series (requests, tokens and spend
 # by app): point Prometheus here. Keep it off the public network (loopback,
-# or a port only your Prometheus can reach); "" turns it off (the operator
-# key still reads the same page at /operator/metrics).
+# or a port only your Prometheus can reach; several coordinators on one
+# host need a port each); "" turns it off (the operator key still reads the
+# same page at /operator/metrics).
 metrics_listen = "127.0.0.1:9464"
 
 # Reads of a builder's own books (receipts, proofs, statements, usage, the
