@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks what this machine can check of deploy/ (run by the test suite,
-# tests/tests/e2e/deploy.rs, with a real /metrics page):
+# tests/tests/e2e/deploy.rs, with a real coordinator's private /metrics
+# page, the one its metrics listener serves to Prometheus):
 #   deploy/check.sh METRICS_FILE
 # - the systemd units with `systemd-analyze verify` (ExecStart pointed at
 #   an existing binary: the sharenet binaries are not installed here);

@@ -326,6 +326,12 @@ impl World {
                     "bootstrap_balance_nano_usd = 1000000000 ",
                     "bootstrap_balance_nano_usd = 1000000000000000 ",
                     1,
+                )
+                // Replicas on one host: each its own metrics port.
+                .replacen(
+                    "metrics_listen = \"127.0.0.1:9464\"",
+                    "metrics_listen = \"127.0.0.1:0\"",
+                    1,
                 );
             // Top-level keys go first (the template ends in a table).
             Ok(match database {

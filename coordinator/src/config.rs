@@ -84,6 +84,31 @@ struct CoordinatorFile {
     /// Connections to the database per replica.
     #[serde(default = "default_pool")]
     database_pool_size: usize,
+    // Private metrics and builder reads (issue 26, items 7 and 9).
+    /// The private metrics listener (per-app series); "" turns it off.
+    #[serde(default = "default_metrics_listen")]
+    metrics_listen: String,
+    /// Reads of a builder's books per minute per API key (0: no limit).
+    #[serde(default = "default_builder_reads")]
+    builder_reads_per_minute: u32,
+}
+
+/// The private metrics listener by default: loopback only, so per-app
+/// series never leave the host unless the operator says where they may
+/// go (9464: the port OpenTelemetry's Prometheus exporters use).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+fn default_metrics_listen() -> String {
+    DEFAULT_METRICS_LISTEN.into()
+}
+
+/// Builder reads per minute per key by default: a dashboard refreshing
+/// every few seconds and a script paging through receipts stay far below
+/// it; a loop hammering the books does not.
+pub const DEFAULT_BUILDER_READS_PER_MINUTE: u32 = 300;
+
+fn default_builder_reads() -> u32 {
+    DEFAULT_BUILDER_READS_PER_MINUTE
 }
 
 fn default_replicas() -> u32 {
@@ -202,6 +227,14 @@ pub struct CoordinatorConfig {
     pub aliases: std::collections::BTreeMap<String, String>,
     /// Shared books (replicas); None: the embedded books in `data_dir`.
     pub database: Option<DatabaseConfig>,
+    // Private metrics and builder reads (issue 26, items 7 and 9).
+    /// Where the private metrics page (per-app series) is served; None:
+    /// nowhere but `/operator/metrics`. The API port's `/metrics` is
+    /// aggregated and carries no app id either way.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Reads of a builder's books (receipts, proofs, statements, usage,
+    /// generations, the dashboard) per minute per API key; 0: no limit.
+    pub builder_reads_per_minute: u32,
 }
 
 /// The network-wide price ceiling, nano-USD per token. One absurd price
@@ -255,7 +288,16 @@ impl CoordinatorConfig {
             .ok()
             .filter(|u| !u.trim().is_empty())
             .or(file.database_url);
+        let metrics_listen = match file.metrics_listen.trim() {
+            "" => None,
+            addr => Some(
+                addr.parse()
+                    .with_context(|| format!("parse metrics_listen = {addr:?}"))?,
+            ),
+        };
         let config = Self {
+            metrics_listen,
+            builder_reads_per_minute: file.builder_reads_per_minute,
             database: database_url.map(|url| DatabaseConfig {
                 url,
                 replicas: file.replicas,
@@ -369,8 +411,20 @@ data_dir = "data"
 # replicas = 2          # each replica enforces 1/replicas of every rate limit
 # hold_ttl_secs = 600   # a dead replica's holds stop counting after this
 
-# The OpenAI-compatible HTTP API.
+# The OpenAI-compatible HTTP API. Its /metrics is public and aggregated:
+# no app ids, no app's requests, tokens or spend.
 http_listen = "127.0.0.1:8080"
+
+# The private metrics page, with per-app series (requests, tokens and spend
+# by app): point Prometheus here. Keep it off the public network (loopback,
+# or a port only your Prometheus can reach; several coordinators on one
+# host need a port each); "" turns it off (the operator key still reads the
+# same page at /operator/metrics).
+metrics_listen = "127.0.0.1:9464"
+
+# Reads of a builder's own books (receipts, proofs, statements, usage, the
+# dashboard) per minute per API key; over it: 429 with Retry-After. 0: no limit.
+builder_reads_per_minute = 300
 
 # libp2p: nodes bootstrap from these (QUIC first, TCP as fallback).
 p2p_listen = ["/ip4/0.0.0.0/udp/4000/quic-v1", "/ip4/0.0.0.0/tcp/4000"]
@@ -446,6 +500,15 @@ mod tests {
         let cfg = CoordinatorConfig::from_file(&path).unwrap();
         assert_eq!(cfg.timeouts.first_token, Duration::from_secs(30));
         assert!(dir.path().join("coordinator.key").exists());
+        // Per-app metrics on loopback, builder reads limited, by default.
+        assert_eq!(
+            cfg.metrics_listen,
+            Some(DEFAULT_METRICS_LISTEN.parse().unwrap())
+        );
+        assert_eq!(
+            cfg.builder_reads_per_minute,
+            DEFAULT_BUILDER_READS_PER_MINUTE
+        );
 
         std::fs::write(
             &path,
@@ -454,6 +517,28 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", CoordinatorConfig::from_file(&path).unwrap_err());
         assert!(err.contains("idel_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_listener_is_loopback_unless_moved_or_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let with = |line: &str| {
+            let text = template("sk-sharenet-0123456789abcdef").replace(
+                &format!("metrics_listen = \"{DEFAULT_METRICS_LISTEN}\""),
+                line,
+            );
+            std::fs::write(&path, text).unwrap();
+            CoordinatorConfig::from_file(&path)
+        };
+        // Absent from the file: loopback.
+        let absent = with("").unwrap();
+        assert!(absent.metrics_listen.unwrap().ip().is_loopback());
+        assert_eq!(with("metrics_listen = \"\"").unwrap().metrics_listen, None);
+        let moved = with("metrics_listen = \"0.0.0.0:9464\"").unwrap();
+        assert_eq!(moved.metrics_listen, Some("0.0.0.0:9464".parse().unwrap()));
+        let err = format!("{:#}", with("metrics_listen = \"nope\"").unwrap_err());
+        assert!(err.contains("metrics_listen"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub use crate::http::app;
 /// A running coordinator.
 pub struct CoordinatorHandle {
     pub http_addr: SocketAddr,
+    /// The private metrics listener's address (`metrics_listen`), if any.
+    pub metrics_addr: Option<SocketAddr>,
     pub peer_id: PeerId,
     /// libp2p addresses nodes can bootstrap from (with `/p2p/<id>`); empty
     /// when the transport is not libp2p.
@@ -126,6 +128,10 @@ pub async fn spawn(
             shutdown.clone(),
         ));
     }
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => Some(serve_private_metrics(addr, &core, &tasks, &shutdown).await?),
+        None => None,
+    };
     let router = app(core.clone());
     // The server stops on a drain or on shutdown, whichever comes first.
     let stop_http = shutdown.child_token();
@@ -150,6 +156,7 @@ pub async fn spawn(
     });
     Ok(CoordinatorHandle {
         http_addr,
+        metrics_addr,
         peer_id: config.identity.peer_id(),
         p2p_addrs: Vec::new(),
         p2p: None,
@@ -158,6 +165,36 @@ pub async fn spawn(
         stop_http,
         http_done,
     })
+}
+
+/// Binds `addr` and serves the private metrics page there (per-app series;
+/// [`http::metrics_app`]) until shutdown. Returns the bound address.
+async fn serve_private_metrics(
+    addr: SocketAddr,
+    core: &Arc<Core>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind the metrics listener on {addr} (metrics_listen)"))?;
+    let bound = listener
+        .local_addr()
+        .context("read the metrics listener's address")?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "the private metrics page (per-app series) listens beyond loopback: keep that port off the public network");
+    }
+    let router = http::metrics_app(core.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(bound)
 }
 
 /// Joins the libp2p network with `config`'s addresses, binds the HTTP

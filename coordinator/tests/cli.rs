@@ -63,6 +63,10 @@ fn sigterm_shuts_down_cleanly() {
         .replace(
             r#"p2p_listen = ["/ip4/0.0.0.0/udp/4000/quic-v1", "/ip4/0.0.0.0/tcp/4000"]"#,
             r#"p2p_listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]"#,
+        )
+        .replace(
+            r#"metrics_listen = "127.0.0.1:9464""#,
+            r#"metrics_listen = "127.0.0.1:0""#,
         );
     std::fs::write(&config, text).unwrap();
     let log = std::fs::File::create(dir.path().join("log.jsonl")).unwrap();

@@ -173,6 +173,11 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
                 hold_ttl: Duration::from_secs(600),
                 pool_size: 8,
             }),
+            // Per-app metrics on a loopback port of their own (printed
+            // by the binary); the API port's /metrics is aggregated.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            builder_reads_per_minute:
+                sharenet_coordinator::config::DEFAULT_BUILDER_READS_PER_MINUTE,
         },
         cancel.clone(),
     )

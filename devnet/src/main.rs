@@ -171,6 +171,12 @@ async fn run_devnet(
         "  Dashboard:    {}/dashboard (paste the API key for the builder view, the operator key for the network)",
         base.trim_end_matches("/v1")
     );
+    if let Some(addr) = net.coordinator.metrics_addr {
+        println!(
+            "  Metrics:      http://{addr}/metrics (per app, loopback only; {}/metrics is the public, aggregated page)",
+            base.trim_end_matches("/v1")
+        );
+    }
     println!();
     println!("Try it with curl:");
     println!();

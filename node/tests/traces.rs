@@ -119,6 +119,9 @@ fn one_trace_spans_the_coordinator_and_the_node() {
                 spill_queue_factor: 5,
                 aliases: Default::default(),
                 database: None,
+                metrics_listen: None,
+                builder_reads_per_minute:
+                    sharenet_coordinator::config::DEFAULT_BUILDER_READS_PER_MINUTE,
             },
             cancel.clone(),
         )

@@ -1,9 +1,11 @@
 //! The documents the web dashboard reads (`sharenet_api::dashboard`):
 //! the builder's view of one app, and the operator's view of the network.
-//! Built from in-memory aggregates where they exist (usage by day, model
-//! and end customer; routing state; the request timeline) and from the
-//! books only for the newest receipts, so a page load costs the same
-//! whatever an app's history.
+//! Built from in-memory aggregates where they exist (running totals of
+//! usage by day, model and end customer, kept as entries are booked;
+//! routing state; the request timeline) and from the books only for the
+//! newest receipts and, for each, the statement that settled it (one
+//! lookup in the job → statement index), so a page load costs the same
+//! whatever an app's history and however many jobs are settled.
 
 use std::collections::HashMap;
 
@@ -11,7 +13,7 @@ use sharenet_api::dashboard::{
     BuilderDashboard, DAYS, DaySpend, KeyView, NodeModel, NodeView, OperatorDashboard, RECENT,
     RecentRequest, StatementView, UsageRow,
 };
-use sharenet_proto::{CountersignedReceipt, JobId};
+use sharenet_proto::CountersignedReceipt;
 use sharenet_router::BreakerState;
 
 use crate::core::accounts::{DAY_MS, UsageLine, month_start};
@@ -80,12 +82,9 @@ impl Core {
         let recent = self
             .read_books(move |books| {
                 let mut out = Vec::with_capacity(RECENT);
-                // Job id → its row, for the settlement pass below.
-                let mut index: HashMap<JobId, usize> = HashMap::with_capacity(RECENT);
                 for e in books.recent_entries_of_app(&owner, RECENT) {
                     let e = e?;
                     let r = e.receipt.receipt();
-                    index.insert(r.job_id, out.len());
                     let timing = books.generation(&r.job_id)?;
                     // Re-checked from the stored bytes: both signatures,
                     // and made out to this coordinator.
@@ -105,17 +104,9 @@ impl Core {
                         latency_ms: timing.as_ref().map(|g| g.latency),
                         ttft_ms: timing.as_ref().map(|g| g.time_to_first_token),
                         verified,
-                        settled_in: None,
+                        // The statement that covers it: one index lookup.
+                        settled_in: books.settled_in(&r.job_id)?,
                     });
-                }
-                // The statement that covers each (one pass over the
-                // settled job ids).
-                for record in books.statements()? {
-                    for id in &record.job_ids {
-                        if let Some(&i) = index.get(id) {
-                            out[i].settled_in = Some(record.label.clone());
-                        }
-                    }
                 }
                 Ok(out)
             })

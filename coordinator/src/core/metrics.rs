@@ -11,15 +11,23 @@
 //!   `sharenet_spend_nano_usd_total{model, app}`;
 //! - as things happen: requests received, fallbacks, receipts accepted and
 //!   rejected, spot checks;
-//! - at scrape time ([`Metrics::page`], which `/metrics` serves): adverts
-//!   by outcome, live nodes per model, open breakers, nodes by trust band,
-//!   jobs in flight, network events dropped.
+//! - at scrape time: adverts by outcome, live nodes per model, open
+//!   breakers, nodes by trust band, jobs in flight, network events dropped.
+//!
+//! Two pages. [`Metrics::private_page`] is everything, per app included;
+//! the coordinator serves it only on its private metrics listener
+//! (`metrics_listen`, loopback by default), which is what Prometheus
+//! scrapes. [`Metrics::page`] is the public `/metrics` on the API port: the
+//! same families with the `app` label summed away (per model and status
+//! only), so an anonymous reader learns no app id, and no app's requests,
+//! tokens or spend. Both are built from the one set of counters: the
+//! public page is the private one aggregated at scrape time.
 //!
 //! Label values come from the coordinator's own records (model names that
 //! routed, app ids the operator created, status codes), never from raw
 //! request text, so their number stays bounded.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -389,12 +397,7 @@ impl Metrics {
     pub fn render(&self, extra: Vec<MetricFamily>) -> String {
         let mut families = self.registry.gather();
         families.extend(extra);
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-            tracing::error!(error = %e, "encode metrics");
-        }
-        String::from_utf8(out).unwrap_or_default()
+        encode(families)
     }
 }
 
@@ -410,11 +413,89 @@ pub struct Scrape<'a> {
 }
 
 impl Metrics {
-    /// The Prometheus page: everything counted here plus the families
-    /// read at scrape time from `scrape`.
+    /// The public Prometheus page (`/metrics` on the API port): everything
+    /// counted here and read at scrape time, with every per-app series
+    /// summed over its apps ([`without_apps`]): no app id appears.
     pub fn page(&self, scrape: &Scrape<'_>) -> String {
+        let mut families = without_apps(self.registry.gather());
+        families.extend(scraped(scrape).families());
+        encode(families)
+    }
+
+    /// The private page (the metrics listener): the public page's families
+    /// with their per-app series (`app` label) as counted.
+    pub fn private_page(&self, scrape: &Scrape<'_>) -> String {
         self.render(scraped(scrape).families())
     }
+}
+
+/// The label the public page sums away.
+const APP_LABEL: &str = "app";
+
+/// `families` with the `app` label summed away: each counter family that
+/// has it becomes the same family over its other labels, each series the
+/// sum of the apps' series; a family of any other type that carries it is
+/// left out (none does today; leaving it out is the safe default).
+pub fn without_apps(families: Vec<MetricFamily>) -> Vec<MetricFamily> {
+    let scratch = Registry::new();
+    let mut out = Vec::with_capacity(families.len());
+    for family in families {
+        let per_app = family
+            .get_metric()
+            .iter()
+            .any(|m| m.get_label().iter().any(|l| l.name() == APP_LABEL));
+        if !per_app {
+            out.push(family);
+            continue;
+        }
+        if family.get_field_type() != prometheus::proto::MetricType::COUNTER {
+            continue;
+        }
+        // Label names in the family's order, `app` left out; series keyed
+        // by their values in that order.
+        let names: Vec<String> = family
+            .get_metric()
+            .first()
+            .map(|m| {
+                m.get_label()
+                    .iter()
+                    .filter(|l| l.name() != APP_LABEL)
+                    .map(|l| l.name().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut sums: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+        for m in family.get_metric() {
+            let values: Vec<String> = m
+                .get_label()
+                .iter()
+                .filter(|l| l.name() != APP_LABEL)
+                .map(|l| l.value().to_owned())
+                .collect();
+            // Counters here are integers (IntCounterVec) kept as f64.
+            let v = m.get_counter().get_value() as u64;
+            let sum = sums.entry(values).or_default();
+            *sum = sum.saturating_add(v);
+        }
+        let label_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let c = counter_vec(&scratch, family.name(), family.help(), &label_names);
+        for (values, sum) in &sums {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            c.with_label_values(&values).inc_by(*sum);
+        }
+    }
+    out.extend(scratch.gather());
+    out
+}
+
+/// The text exposition of `families`, sorted by name.
+fn encode(mut families: Vec<MetricFamily>) -> String {
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %e, "encode metrics");
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The families read at scrape time.
@@ -551,162 +632,4 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_rejection_reason_is_exported_from_the_start() {
-        use crate::core::receipts::ReceiptRejection as R;
-        let all = [
-            R::Invalid(sharenet_proto::ProtoError::TrailingBytes(1)),
-            R::WrongSigner,
-            R::WrongJob,
-            R::WrongCoordinator,
-            R::WrongModel(String::new()),
-            R::WrongPrice {
-                got_in: 0,
-                got_out: 0,
-                want_in: 0,
-                want_out: 0,
-            },
-            R::OutputTokens {
-                claimed: 0,
-                streamed: 0,
-            },
-            R::InputTokens {
-                claimed: 0,
-                reported: 0,
-            },
-            R::InputTokensOverBound {
-                claimed: 0,
-                bound: 0,
-            },
-            R::RequestDigest,
-            R::ResponseDigest,
-        ];
-        let page = Metrics::new().render(Vec::new());
-        for r in all.iter().map(R::reason).chain(["replay", "over_hold"]) {
-            let series = format!(r#"sharenet_receipts_rejected_total{{reason="{r}"}} 0"#);
-            assert!(page.contains(&series), "{series} missing:\n{page}");
-        }
-    }
-
-    #[test]
-    fn the_timeline_counts_inference_minute_by_minute_for_an_hour() {
-        let m = Metrics::new();
-        let at = |path, status, ttft_s: Option<f64>, now| {
-            m.on_timeline(
-                &Finished {
-                    path,
-                    status,
-                    app: "acme",
-                    duration_s: 0.1,
-                    inference: ttft_s.map(|t| Inference {
-                        model: "m",
-                        input_tokens: 1,
-                        output_tokens: 1,
-                        charge_nano_usd: 1,
-                        ttft_s: Some(t),
-                    }),
-                },
-                now,
-            )
-        };
-        let t0 = 1_000 * MINUTE_MS;
-        at("/v1/chat/completions", 200, Some(0.010), t0);
-        at("/v1/chat/completions", 200, Some(0.030), t0 + 5);
-        at("/v1/chat/completions", 400, None, t0 + 6);
-        at("/v1/chat/completions", 503, None, t0 + MINUTE_MS);
-        let minutes = m.timeline(t0 + MINUTE_MS + 1);
-        assert_eq!(minutes.len(), TIMELINE_MINUTES);
-        let (before, last) = (
-            &minutes[TIMELINE_MINUTES - 2],
-            &minutes[TIMELINE_MINUTES - 1],
-        );
-        assert_eq!((before.start_ms, before.requests), (t0, 3));
-        assert_eq!((before.client_errors, before.server_errors), (1, 0));
-        assert!((before.ttft_ms.unwrap() - 20.0).abs() < 1e-9);
-        assert_eq!(
-            (last.requests, last.server_errors, last.ttft_ms),
-            (1, 1, None)
-        );
-        // An hour later both minutes have scrolled out.
-        let later = m.timeline(t0 + 61 * MINUTE_MS);
-        assert!(later.iter().all(|m| m.requests == 0));
-        // Only inference paths count, through `finished`.
-        m.finished(&Finished {
-            path: "/v1/receipts",
-            status: 200,
-            app: "-",
-            duration_s: 0.0,
-            inference: None,
-        });
-        assert_eq!(
-            m.timeline(now_ms()).iter().map(|m| m.requests).sum::<u64>(),
-            0
-        );
-    }
-
-    #[test]
-    fn the_page_adds_what_is_read_at_scrape_time() {
-        let registry = Adverts::default();
-        registry.stats.accepted.fetch_add(3, Ordering::Relaxed);
-        let routing = Routing::new(1, 1_000.0);
-        let page = Metrics::new().page(&Scrape {
-            registry: &registry,
-            routing: &routing,
-            dropped_events: 2,
-            now_ms: now_ms(),
-        });
-        for want in [
-            "sharenet_adverts_accepted_total 3",
-            "sharenet_p2p_events_dropped_total 2",
-            "sharenet_open_breakers 0",
-            r#"sharenet_nodes_by_trust{band="high"} 0"#,
-            "sharenet_jobs_in_flight 0",
-            "sharenet_requests_total 0",
-        ] {
-            assert!(page.contains(want), "{want} missing from\n{page}");
-        }
-    }
-
-    #[test]
-    fn every_family_registers_and_renders() {
-        let m = Metrics::new();
-        m.requests.inc();
-        m.finished(&Finished {
-            path: "/v1/chat/completions",
-            status: 200,
-            app: "acme",
-            duration_s: 0.2,
-            inference: Some(Inference {
-                model: "m",
-                input_tokens: 5,
-                output_tokens: 7,
-                charge_nano_usd: 1234,
-                ttft_s: Some(0.05),
-            }),
-        });
-        m.finished(&Finished {
-            path: "/v1/receipts/abc",
-            status: 404,
-            app: "-",
-            duration_s: 0.001,
-            inference: None,
-        });
-        let snap = Snapshot::default();
-        snap.gauge_vec("sharenet_live_nodes", "Live nodes.", "model", &[("m", 2)]);
-        let text = m.render(snap.families());
-        for want in [
-            "sharenet_requests_total 1",
-            r#"sharenet_http_requests_total{path="/v1/chat/completions",status="200"} 1"#,
-            r#"sharenet_http_requests_total{path="/v1/receipts",status="404"} 1"#,
-            r#"sharenet_generation_tokens_total{app="acme",model="m"} 7"#,
-            r#"sharenet_spend_nano_usd_total{app="acme",model="m"} 1234"#,
-            r#"sharenet_time_to_first_token_seconds_count{model="m"} 1"#,
-            r#"sharenet_live_nodes{model="m"} 2"#,
-        ] {
-            assert!(text.contains(want), "{want} missing from\n{text}");
-        }
-    }
-}
+mod tests;

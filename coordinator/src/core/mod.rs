@@ -17,6 +17,7 @@
 //! - [`spotcheck`]: re-running sampled jobs, fed by dispatch's completion
 //!   hook;
 //! - [`settle`] and [`queries`]: settlement, and reads of the books;
+//!   [`read_limit`]: the per-key rate limit on builders' reads;
 //! - [`transport`]: the seam to the network (libp2p or a test double).
 
 pub mod accounts;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod queries;
+pub mod read_limit;
 pub mod receipts;
 pub mod registry;
 pub mod routing;
@@ -89,6 +91,8 @@ pub struct Core {
     /// Nodes tried per request before giving up.
     pub max_attempts: usize,
     pub metrics: Arc<Metrics>,
+    /// Builder reads of the books per minute per key (`read_limit.rs`).
+    pub reads: read_limit::ReadLimiter,
     /// Dispatch's completion hook: finished jobs for the spot-check
     /// sampler (absent when spot checks are off).
     completed: Option<mpsc::Sender<CompletedJob>>,
@@ -222,6 +226,10 @@ impl Core {
             timeouts: config.timeouts,
             max_attempts: config.max_attempts,
             metrics: Arc::new(Metrics::new()),
+            reads: read_limit::ReadLimiter::new(
+                config.builder_reads_per_minute,
+                config.database.as_ref().map_or(1, |d| d.replicas),
+            ),
             completed,
             settling: tokio::sync::Mutex::new(()),
             bundles: Default::default(),

@@ -2,6 +2,10 @@
 //! operator ask them: one app's receipts, a receipt's inclusion proof, a
 //! settled period's public bundle, statements. Each runs off the async
 //! runtime (sled reads block) and never shows one app another app's data.
+//!
+//! Each costs what it returns, never every settled job: a receipt's
+//! statement is one lookup in the books' job → statement index, and
+//! statements are listed a page at a time from their heads (no job ids).
 
 use sharenet_api::receipts::{InclusionProofObject, ReceiptFilter};
 use sharenet_api::statements::{BuilderStatement, BundleLeaf, PeriodRange, StatementBundle};
@@ -21,6 +25,17 @@ const MAX_CACHED_BUNDLES: usize = 64;
 
 /// Most receipts one listing returns.
 pub const MAX_RECEIPTS_PER_PAGE: usize = 1000;
+
+/// Most statements one listing returns, and the default page: a hundred
+/// monthly periods is over eight years, so a monthly deployment's builders
+/// still get every statement in one page; each costs its builder lines.
+pub const MAX_STATEMENTS_PER_PAGE: usize = 100;
+
+/// A page of `app`'s statement lines, and whether more follow it.
+pub struct StatementPage {
+    pub data: Vec<BuilderStatement>,
+    pub has_more: bool,
+}
 
 impl Core {
     /// Runs a blocking read of the books on the blocking pool.
@@ -43,21 +58,41 @@ impl Core {
     }
 
     /// `app`'s receipts, oldest first, filtered, at most
-    /// [`MAX_RECEIPTS_PER_PAGE`], read through the books' per-app index
-    /// (the cost is this app's entries in the time range, not the ledger).
+    /// [`MAX_RECEIPTS_PER_PAGE`], after the receipt `after` (one of
+    /// `app`'s: the cursor of the previous page) if given, read through the
+    /// books' per-app index (the cost is this app's entries in the time
+    /// range, not the ledger).
     pub async fn receipts_of(
         &self,
         app: &str,
         f: ReceiptFilter,
+        after: Option<JobId>,
     ) -> Result<Vec<LedgerEntry>, Error> {
         let app = app.to_owned();
         let limit = f.limit.unwrap_or(100).clamp(1, MAX_RECEIPTS_PER_PAGE);
         self.read_books(move |books| {
-            let since = f.since_ms.unwrap_or(0);
+            // The index is in (recorded time, job id) order: a page after a
+            // receipt starts at its time and skips up to and including it.
+            let cursor = match after {
+                None => None,
+                Some(id) => match books.entry(&id)? {
+                    Some(e) if e.app == app => Some((e.recorded_at_ms, id.0)),
+                    _ => {
+                        return Err(Error::bad_request(
+                            format!("after: no receipt with id {id}"),
+                            Some("after"),
+                        ));
+                    }
+                },
+            };
+            let since = f.since_ms.unwrap_or(0).max(cursor.map_or(0, |(at, _)| at));
             let until = f.until_ms.unwrap_or(u64::MAX);
             let mut out = Vec::new();
             for e in books.entries_of_app(&app, since, until) {
                 let e = e?;
+                if cursor.is_some_and(|c| (e.recorded_at_ms, e.job_id().0) <= c) {
+                    continue;
+                }
                 let keep = f
                     .end_customer
                     .as_ref()
@@ -75,7 +110,9 @@ impl Core {
     }
 
     /// The inclusion proof of one of `app`'s receipts in the statement
-    /// that settled it (not found while it is unsettled).
+    /// that settled it (not found while it is unsettled). The statement is
+    /// found through the books' job → statement index, and the proof comes
+    /// from that one period's bundle (built once, then kept).
     pub async fn proof_of(&self, app: &str, job_id: JobId) -> Result<InclusionProofObject, Error> {
         let owner = app.to_owned();
         let label = self
@@ -85,10 +122,7 @@ impl Core {
                     _ => return Err(Error::NotFound(format!("no receipt with id {job_id}"))),
                 }
                 books
-                    .statements()?
-                    .into_iter()
-                    .find(|r| r.job_ids.contains(&job_id))
-                    .map(|r| r.label)
+                    .settled_in(&job_id)?
                     .ok_or_else(|| Error::NotFound(format!("receipt {job_id} is not settled yet")))
             })
             .await?;
@@ -153,10 +187,16 @@ impl Core {
     }
 
     /// Every settled statement with its builder lines (the operator's
-    /// view), oldest first.
+    /// view), oldest first, read from their heads (no job ids).
     pub async fn statements(&self) -> Result<Vec<Settlement>, Error> {
-        self.read_books(|books| books.statements()?.iter().map(settlement).collect())
-            .await
+        self.read_books(|books| {
+            books
+                .statement_heads(None, usize::MAX)?
+                .iter()
+                .map(settlement)
+                .collect()
+        })
+        .await
     }
 
     /// One settled statement with its builder lines (the operator's view).
@@ -172,12 +212,26 @@ impl Core {
     }
 
     /// Settled statements with `app`'s line in each, and the proof of that
-    /// line against the statement's `builders_root` (no other app's line).
-    pub async fn statements_for(&self, app: &str) -> Result<Vec<BuilderStatement>, Error> {
+    /// line against the statement's `builders_root` (no other app's line):
+    /// up to `limit` (at most [`MAX_STATEMENTS_PER_PAGE`]) after the label
+    /// `after`, oldest first.
+    pub async fn statements_for(
+        &self,
+        app: &str,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<StatementPage, Error> {
         let app = app.to_owned();
+        let limit = limit
+            .unwrap_or(MAX_STATEMENTS_PER_PAGE)
+            .clamp(1, MAX_STATEMENTS_PER_PAGE);
         self.read_books(move |books| {
-            let mut out = Vec::new();
-            for r in books.statements()? {
+            // One more than the page says whether another follows.
+            let mut heads = books.statement_heads(after.as_deref(), limit + 1)?;
+            let has_more = heads.len() > limit;
+            heads.truncate(limit);
+            let mut out = Vec::with_capacity(heads.len());
+            for r in heads {
                 let s = settlement(&r)?;
                 let st = s.statement();
                 let line = s.builder_proof(&app);
@@ -199,7 +253,10 @@ impl Core {
                     signed_bytes: hex::encode(s.signed().to_bytes()),
                 });
             }
-            Ok(out)
+            Ok(StatementPage {
+                data: out,
+                has_more,
+            })
         })
         .await
     }

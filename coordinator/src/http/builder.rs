@@ -1,11 +1,15 @@
 //! A builder's own books: receipts, inclusion proofs, statement lines and
 //! usage. A key sees only its own app's data (another app's receipt is
-//! "not found").
+//! "not found"). Every read here is bounded by its page and rate limited
+//! per key ([`limit_reads`]).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::{Extension, Json};
+use serde::Serialize;
 use sharenet_api::receipts::{InclusionProofObject, ReceiptFilter, ReceiptObject};
 use sharenet_api::statements::{BuilderStatement, UsageLine, UsageReport};
 use sharenet_api::{Cost, List};
@@ -16,6 +20,53 @@ use super::error::ApiError;
 use crate::core::Core;
 use crate::core::accounts::Principal;
 use crate::core::error::Error;
+
+/// The per-key limit on a builder's reads (`core::read_limit`): over it,
+/// 429 with `Retry-After`. Runs after the key check, which names the key.
+pub(super) async fn limit_reads(
+    State(core): State<Arc<Core>>,
+    Extension(principal): Extension<Principal>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    core.reads.check(&principal.key_id)?;
+    Ok(next.run(request).await)
+}
+
+/// A page of a list, as OpenAI pages its lists: `{"object": "list",
+/// "data", "has_more", "last_id"}`; pass `last_id` as `after` for the next
+/// page. (Clients that read only `object` and `data` read it as before.)
+#[derive(Serialize)]
+pub(super) struct Page<T> {
+    #[serde(flatten)]
+    list: List<T>,
+    has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_id: Option<String>,
+}
+
+/// The query of `GET /v1/receipts`: [`ReceiptFilter`] and the cursor.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReceiptsQuery {
+    end_customer: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The id of the last receipt of the previous page.
+    after: Option<String>,
+}
+
+/// `?after=&limit=` of `GET /v1/statements`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatementsQuery {
+    /// The label of the last statement of the previous page.
+    after: Option<String>,
+    /// At most this many (default and most: 100).
+    limit: Option<usize>,
+}
 
 /// A ledger entry as builders read it.
 pub(super) fn receipt_object(e: &LedgerEntry) -> ReceiptObject {
@@ -139,16 +190,39 @@ pub(super) async fn get_receipt(
     Ok(Json(receipt_object(&entry)))
 }
 
-/// The caller's app's receipts, oldest first, filtered.
+/// The caller's app's receipts, oldest first, filtered; a page of at
+/// most `limit` (`has_more` when it is full: pass `last_id` as `after`
+/// for the next page).
 pub(super) async fn list_receipts(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,
-    Query(f): Query<ReceiptFilter>,
-) -> Result<Json<List<ReceiptObject>>, ApiError> {
-    let entries = core.receipts_of(&principal.app, f).await?;
-    Ok(Json(List::new(
-        entries.iter().map(receipt_object).collect(),
-    )))
+    Query(q): Query<ReceiptsQuery>,
+) -> Result<Json<Page<ReceiptObject>>, ApiError> {
+    let limit = q
+        .limit
+        .unwrap_or(100)
+        .clamp(1, crate::core::queries::MAX_RECEIPTS_PER_PAGE);
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<JobId>()
+                .map_err(|e| Error::bad_request(e.to_string(), Some("after")))
+        })
+        .transpose()?;
+    let f = ReceiptFilter {
+        end_customer: q.end_customer,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        limit: q.limit,
+    };
+    let entries = core.receipts_of(&principal.app, f, after).await?;
+    let data: Vec<ReceiptObject> = entries.iter().map(receipt_object).collect();
+    Ok(Json(Page {
+        has_more: data.len() == limit,
+        last_id: data.last().map(|r| r.id.clone()),
+        list: List::new(data),
+    }))
 }
 
 /// The inclusion proof of one of the caller's receipts in the statement
@@ -161,12 +235,21 @@ pub(super) async fn receipt_proof(
     Ok(Json(core.proof_of(&principal.app, job_id(&id)?).await?))
 }
 
-/// Settled statements, with the caller's app's line in each.
+/// Settled statements, with the caller's app's line in each, oldest
+/// first, a page at a time (`?after=<label>&limit=`).
 pub(super) async fn statements(
     State(core): State<Arc<Core>>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<List<BuilderStatement>>, ApiError> {
-    Ok(Json(List::new(core.statements_for(&principal.app).await?)))
+    Query(q): Query<StatementsQuery>,
+) -> Result<Json<Page<BuilderStatement>>, ApiError> {
+    let page = core
+        .statements_for(&principal.app, q.after, q.limit)
+        .await?;
+    Ok(Json(Page {
+        has_more: page.has_more,
+        last_id: page.data.last().map(|s| s.label.clone()),
+        list: List::new(page.data),
+    }))
 }
 
 /// The caller's app's usage per end customer and month, and its balance.

@@ -12,7 +12,9 @@
 //!   (OpenAI's chunks, Anthropic's events);
 //! - `builder.rs`: a builder's receipts, proofs, statements and usage;
 //! - `operator.rs`: `/operator/*` (apps, keys, top-ups, settlement);
-//! - `public.rs`: health, metrics, published statement bundles;
+//! - `public.rs`: health, metrics (the public page here, the per-app page
+//!   on the private metrics listener, [`metrics_app`]), published
+//!   statement bundles;
 //! - `auth.rs`: API and operator keys; `headers.rs`: the headers the API
 //!   adds; `access.rs`: the access log.
 //!
@@ -53,13 +55,9 @@ const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// The HTTP routes over `core` (what [`crate::spawn`] serves).
 pub fn app(core: Arc<Core>) -> Router {
-    let authed = Router::new()
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/messages", post(anthropic::messages_endpoint))
-        .route("/v1/models", get(openai::list_models))
-        .route("/v1/models/{*id}", get(openai::get_model))
+    // A builder's reads of its books: rate limited per key (inside the
+    // key check, which names the key).
+    let reads = Router::new()
         .route("/v1/receipts/{id}", get(builder::get_receipt))
         .route("/v1/receipts", get(builder::list_receipts))
         .route("/v1/receipts/{id}/proof", get(builder::receipt_proof))
@@ -70,12 +68,26 @@ pub fn app(core: Arc<Core>) -> Router {
         .route("/v1/dashboard", get(dashboard::builder_view))
         .route_layer(middleware::from_fn_with_state(
             core.clone(),
+            builder::limit_reads,
+        ));
+    let authed = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(anthropic::messages_endpoint))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{*id}", get(openai::get_model))
+        .merge(reads)
+        .route_layer(middleware::from_fn_with_state(
+            core.clone(),
             auth::authenticate,
         ));
-    let operator = operator::routes().route_layer(middleware::from_fn_with_state(
-        core.clone(),
-        auth::operator_auth,
-    ));
+    let operator = operator::routes()
+        .route("/operator/metrics", get(public::private_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            core.clone(),
+            auth::operator_auth,
+        ));
     Router::new()
         .merge(authed)
         .merge(operator)
@@ -90,6 +102,15 @@ pub fn app(core: Arc<Core>) -> Router {
         .layer(middleware::map_response(error::json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(core.clone(), access::log))
+        .with_state(core)
+}
+
+/// The private metrics listener's routes (`metrics_listen`): `/metrics`
+/// with the per-app series, nothing else.
+pub fn metrics_app(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/metrics", get(public::private_metrics))
+        .fallback(|| async { ApiError(Error::NotFound("no such endpoint".into())) })
         .with_state(core)
 }
 

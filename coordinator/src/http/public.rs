@@ -1,5 +1,12 @@
 //! Endpoints without a key: health, Prometheus metrics, and the bundles of
 //! settled periods providers reconcile against.
+//!
+//! Metrics come as two pages: the public `/metrics` on the API port,
+//! aggregated (no app id, no app's requests, tokens or spend), and the
+//! private page with its per-app series, served only on the metrics
+//! listener (`metrics_listen`, loopback by default; see
+//! [`super::metrics_app`]) and at `/operator/metrics` behind the operator
+//! key.
 
 use std::sync::Arc;
 
@@ -56,15 +63,18 @@ pub(super) async fn statement_bundle(
     Ok(Json(core.bundle(&label).await?))
 }
 
-/// `GET /metrics`: Prometheus text format, the page `core::metrics`
-/// renders (what it counts, and what it reads at scrape time).
-pub(super) async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let page = core.metrics.page(&Scrape {
+/// What the metrics pages read at scrape time.
+fn scrape(core: &Core) -> Scrape<'_> {
+    Scrape {
         registry: &core.registry,
         routing: &core.routing,
         dropped_events: core.transport.dropped_events(),
         now_ms: now_ms(),
-    });
+    }
+}
+
+/// A page in Prometheus's text format.
+fn exposition(page: String) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -72,4 +82,17 @@ pub(super) async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse 
         )],
         page,
     )
+}
+
+/// `GET /metrics` on the API port: Prometheus text format, the public
+/// page `core::metrics` renders (what it counts, summed over apps, and
+/// what it reads at scrape time). No app id is on it.
+pub(super) async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    exposition(core.metrics.page(&scrape(&core)))
+}
+
+/// `GET /metrics` on the private metrics listener, and `GET
+/// /operator/metrics`: the whole page, per-app series included.
+pub(super) async fn private_metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    exposition(core.metrics.private_page(&scrape(&core)))
 }

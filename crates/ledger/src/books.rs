@@ -9,6 +9,12 @@
 //! Entries are written through a group-commit thread: concurrent
 //! [`Books::record`] calls are inserted together and made durable with one
 //! flush, and each call returns only after that flush.
+//!
+//! Settled statements are read without their job id lists unless a caller
+//! needs them: each statement has a head (the record with no job ids) for
+//! listings, and a job id → label index ([`Books::settled_in`]) finds the
+//! statement that settled a job, so reads cost the page asked for, not
+//! every settled job.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -212,6 +218,13 @@ pub struct Books {
     by_app: sled::Tree,
     /// Name → value, for callers ([`Books::put_meta`]).
     meta: sled::Tree,
+    /// Label → the statement record without its job ids (listings).
+    statement_heads: sled::Tree,
+    /// Job id → the label of the statement that settled it.
+    settled_in: sled::Tree,
+    /// Statement records decoded so far, heads included (a diagnostic:
+    /// tests check a read touched only what it should).
+    statements_decoded: std::sync::atomic::AtomicU64,
     committer: Mutex<Option<mpsc::SyncSender<Commit>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// MAC key for entries ([`Books::open_keyed`]).
@@ -276,20 +289,66 @@ impl Books {
             .name("sharenet-ledger-commit".into())
             .spawn(move || group_commit(tdb, tentries, tindex, rx))
             .map_err(|e| StoreError::Backend(format!("spawn commit thread: {e}")))?;
-        Ok(Self {
+        let books = Self {
             apps: db.open_tree("apps")?,
             keys: db.open_tree("keys")?,
             topups: db.open_tree("topups")?,
             statements: db.open_tree("statements")?,
             generations: db.open_tree("generations")?,
             meta: db.open_tree("meta")?,
+            statement_heads: db.open_tree("statement_heads")?,
+            settled_in: db.open_tree("settled_in")?,
+            statements_decoded: std::sync::atomic::AtomicU64::new(0),
             entries,
             by_app,
             db,
             committer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             mac_key: None,
-        })
+        };
+        books.index_statements()?;
+        Ok(books)
+    }
+
+    /// Gives every statement without a head its index entries and head:
+    /// statements stored before the index existed, and one whose indexing
+    /// a crash cut short (the head is written last, so a statement with a
+    /// head is fully indexed). One key lookup per statement otherwise.
+    fn index_statements(&self) -> Result<(), StoreError> {
+        let mut indexed = false;
+        for kv in self.statements.iter() {
+            let (k, v) = kv?;
+            if self.statement_heads.contains_key(&k)? {
+                continue;
+            }
+            // A record that does not decode stays unindexed (as before the
+            // index, reading it is the error; opening is not).
+            let Ok(record) = StatementRecord::from_bytes(&String::from_utf8_lossy(&k), &v) else {
+                continue;
+            };
+            self.index_statement(&record)?;
+            indexed = true;
+        }
+        if indexed {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `record`'s job id → label entries, then its head.
+    fn index_statement(&self, record: &StatementRecord) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for id in &record.job_ids {
+            batch.insert(&id.0, record.label.as_bytes());
+        }
+        self.settled_in.apply_batch(batch)?;
+        let head = StatementRecord {
+            job_ids: Vec::new(),
+            ..record.clone()
+        };
+        self.statement_heads
+            .insert(record.label.as_bytes(), head.to_bytes()?)?;
+        Ok(())
     }
 
     /// As [`Books::open`], and every entry written from now on carries a MAC
@@ -627,9 +686,6 @@ impl Books {
         Self::all(&self.topups)
     }
 
-    /// Stores a signed statement under its period label, once, with its
-    /// private builder lines and the job ids it settles (so later
-    /// settlements skip them).
     /// Keeps a booked job's facts for `generation` lookups. Not flushed
     /// here: they ride on the next flush of the books (a crash may lose
     /// the last few; the money is in the entries).
@@ -646,6 +702,9 @@ impl Books {
             .transpose()
     }
 
+    /// Stores a signed statement under its period label, once, then its
+    /// index entries and head (see [`Books::settled_in`]). Durable when it
+    /// returns.
     pub fn put_statement(&self, record: &StatementRecord) -> Result<(), StoreError> {
         let value = record.to_bytes()?;
         let swapped = self.statements.compare_and_swap(
@@ -659,26 +718,75 @@ impl Books {
                 record.label
             )));
         }
+        self.index_statement(record)?;
         self.db.flush()?;
         Ok(())
     }
 
+    fn decoded(&self, label: &str, v: &[u8]) -> Result<StatementRecord, StoreError> {
+        self.statements_decoded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StatementRecord::from_bytes(label, v)
+    }
+
+    /// One statement with its job ids.
     pub fn statement(&self, label: &str) -> Result<Option<StatementRecord>, StoreError> {
         self.statements
             .get(label.as_bytes())?
-            .map(|v| StatementRecord::from_bytes(label, &v))
+            .map(|v| self.decoded(label, &v))
             .transpose()
     }
 
-    /// Every statement, in label order.
+    /// Every statement with its job ids, in label order (settlement reads
+    /// them all; listings read [`Books::statement_heads`]).
     pub fn statements(&self) -> Result<Vec<StatementRecord>, StoreError> {
         self.statements
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                StatementRecord::from_bytes(&String::from_utf8_lossy(&k), &v)
+                self.decoded(&String::from_utf8_lossy(&k), &v)
             })
             .collect()
+    }
+
+    /// Up to `limit` statements after the label `after` (from the first
+    /// without it), in label order, each without its job ids (`job_ids`
+    /// empty): the cost is the page, not the settled jobs.
+    pub fn statement_heads(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StatementRecord>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.statement_heads
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                self.decoded(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
+    /// The label of the statement that settled `job`, if one has: one
+    /// index lookup, whatever the number of statements.
+    pub fn settled_in(&self, job: &JobId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .settled_in
+            .get(job.0)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// How many statement records (heads included) the books have decoded
+    /// since they were opened. For tests and diagnostics: a read that
+    /// should touch one statement can be shown to.
+    pub fn statements_decoded(&self) -> u64 {
+        self.statements_decoded
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -1034,5 +1142,77 @@ pub(crate) mod tests {
             books.statement("2026-10"),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    fn settled(label: &str, jobs: std::ops::Range<u8>) -> StatementRecord {
+        StatementRecord {
+            label: label.into(),
+            statement: label.as_bytes().to_vec(),
+            builder_lines: vec![7],
+            settled_at_ms: 1,
+            job_ids: jobs.map(|j| JobId([j; 16])).collect(),
+        }
+    }
+
+    /// Issue 26, item 9: the statement that settled a job is one index
+    /// lookup, and listings page through heads without job ids. Before the
+    /// index, finding a job's statement decoded every statement (and a
+    /// corrupt one anywhere failed every lookup).
+    #[test]
+    fn a_jobs_statement_is_one_lookup_and_listings_page_without_job_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let books = Books::open(dir.path()).unwrap();
+        for (i, label) in ["2026-01", "2026-02", "2026-03", "2026-04"]
+            .iter()
+            .enumerate()
+        {
+            let first = 10 * i as u8;
+            books
+                .put_statement(&settled(label, first..first + 10))
+                .unwrap();
+        }
+        // A record nobody can decode, among them: a lookup must not touch it.
+        books.statements.insert("2026-00", vec![9, 9, 9]).unwrap();
+        let before = books.statements_decoded();
+        assert_eq!(
+            books.settled_in(&JobId([25; 16])).unwrap().as_deref(),
+            Some("2026-03")
+        );
+        assert_eq!(books.settled_in(&JobId([99; 16])).unwrap(), None);
+        assert_eq!(books.statements_decoded(), before, "no statement decoded");
+        let page = books.statement_heads(None, 2).unwrap();
+        let labels: Vec<&str> = page.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["2026-01", "2026-02"]);
+        assert!(page.iter().all(|r| r.job_ids.is_empty()));
+        assert_eq!(page[1].statement, b"2026-02");
+        let next = books.statement_heads(Some("2026-02"), 100).unwrap();
+        let labels: Vec<&str> = next.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["2026-03", "2026-04"]);
+        assert_eq!(
+            books.statements_decoded(),
+            before + 4,
+            "one per listed head"
+        );
+    }
+
+    /// Books from before the index (statements, no heads) get it built
+    /// when they open, once.
+    #[test]
+    fn books_from_before_the_index_are_indexed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let books = Books::open(dir.path()).unwrap();
+            books.put_statement(&settled("2026-05", 1..4)).unwrap();
+            books.statement_heads.clear().unwrap();
+            books.settled_in.clear().unwrap();
+            books.db.flush().unwrap();
+            assert_eq!(books.settled_in(&JobId([2; 16])).unwrap(), None);
+        }
+        let books = Books::open(dir.path()).unwrap();
+        assert_eq!(
+            books.settled_in(&JobId([2; 16])).unwrap().as_deref(),
+            Some("2026-05")
+        );
+        assert_eq!(books.statement_heads(None, 10).unwrap().len(), 1);
     }
 }

@@ -133,10 +133,12 @@ async fn every_request_gets_one_access_line_with_its_node_tokens_and_cost() {
     t.stop().await;
 }
 
-/// `/metrics` passes `promtool check metrics` (Debian's `prometheus`
-/// package, installed by scripts/setup-test-deps), and its series add up
-/// to what the requests were told: requests by model, status and app,
-/// tokens, spend, time-to-first-token samples, live nodes.
+/// The private metrics page (`metrics_listen`) passes `promtool check
+/// metrics` (Debian's `prometheus` package, installed by
+/// scripts/setup-test-deps), and its series add up to what the requests
+/// were told: requests by model, status and app, tokens, spend,
+/// time-to-first-token samples, live nodes; the public `/metrics` passes
+/// too and has the totals without any app.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_add_up_to_the_requests() {
     let t = TestNet::start(1).await;
@@ -167,7 +169,15 @@ async fn metrics_pass_promtool_and_add_up_to_the_requests() {
     // The streamed request's line (and numbers) are written when its relay
     // ends, just after the last event: wait until both requests are
     // counted.
-    let root = t.base_url().trim_end_matches("/v1").to_owned();
+    // The per-app series are on the private metrics listener (the
+    // devnet's, on loopback); the API port's page is checked below.
+    let root = format!(
+        "http://{}",
+        t.net()
+            .coordinator
+            .metrics_addr
+            .expect("a metrics listener")
+    );
     let counted = [
         format!(
             r#"sharenet_inference_requests_total{{app="default",model="{MODEL}",status="200"}} "#
@@ -228,5 +238,20 @@ async fn metrics_pass_promtool_and_add_up_to_the_requests() {
     );
     // Prometheus's own linter accepts the page.
     sharenet_tests::promtool_check(&text).await;
+    // The public page (the API port, no key): the same totals, no app.
+    let public = reqwest::get(format!("{}/metrics", t.base_url().trim_end_matches("/v1")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!public.contains("app="), "{public}");
+    assert!(
+        public.contains(&format!(
+            r#"sharenet_spend_nano_usd_total{{model="{MODEL}"}} {spend}"#
+        )),
+        "{public}"
+    );
+    sharenet_tests::promtool_check(&public).await;
     t.stop().await;
 }

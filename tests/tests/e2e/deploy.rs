@@ -1,7 +1,8 @@
 //! deploy/ checked as far as this machine can (`deploy/check.sh`): the
 //! systemd units verify, the Prometheus configs load, the compose and
 //! Grafana files parse, and every dashboard query parses as PromQL and
-//! reads metrics that a real coordinator's `/metrics` has.
+//! reads metrics that a real coordinator's private `/metrics` (the
+//! metrics listener Prometheus scrapes) has.
 
 use serde_json::json;
 use sharenet_tests::{MODEL, TestNet, workspace_root};
@@ -17,7 +18,14 @@ async fn deploy_files_check_out_against_a_real_metrics_page() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let root = t.base_url().trim_end_matches("/v1").to_owned();
+    // What Prometheus scrapes: the private metrics listener.
+    let root = format!(
+        "http://{}",
+        t.net()
+            .coordinator
+            .metrics_addr
+            .expect("a metrics listener")
+    );
     let page = reqwest::get(format!("{root}/metrics"))
         .await
         .unwrap()

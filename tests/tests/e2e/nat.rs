@@ -96,6 +96,9 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             aliases: Default::default(),
             database: None,
             relay_server: false,
+            metrics_listen: None,
+            builder_reads_per_minute:
+                sharenet_coordinator::config::DEFAULT_BUILDER_READS_PER_MINUTE,
         },
         t.cancel_token(),
     )

@@ -136,6 +136,7 @@ relay = false
 database_url = "{url}"
 replicas = {replicas}
 hold_ttl_secs = 10
+metrics_listen = "127.0.0.1:0"
 {extra}
 "#
                 ),

@@ -1,4 +1,5 @@
 //! Tests of the HTTP layer as a whole.
 
 mod limits;
+mod reads;
 mod wire;

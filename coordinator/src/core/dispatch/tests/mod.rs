@@ -554,6 +554,8 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
         spill_queue_factor: 5,
         aliases: Default::default(),
         database: None,
+        metrics_listen: None,
+        builder_reads_per_minute: crate::config::DEFAULT_BUILDER_READS_PER_MINUTE,
     }
 }
 
