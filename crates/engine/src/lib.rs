@@ -14,6 +14,10 @@
 //!   the tools, [`ToolCallParser`] reads calls out of the text in the
 //!   family's format ([`ToolFormat`]), and a [`Constraint`] (llguidance)
 //!   holds the output to a JSON schema or a forced call's grammar.
+//! - The prompt side (chat templates, tool rendering, tokenizers, GGUF
+//!   metadata) lives in `sharenet-prompt`, which links no candle: the
+//!   coordinator renders and counts requests with the very same code
+//!   ([`TextModel::prompt`]).
 //! - [`Embedder`] serves BERT-family sentence-embedding models.
 //! - [`tiny`] writes small random-weight models in every supported format,
 //!   so tests and the devnet run the very loaders real weights use.
@@ -33,9 +37,7 @@ mod scheduler;
 mod sequence;
 pub mod spec;
 mod streamer;
-mod template;
 pub mod tiny;
-pub mod tool_calls;
 mod transformer;
 
 pub use constraint::{Constraint, Grammar};
@@ -43,9 +45,9 @@ pub use embed::{Embedder, Embeddings};
 pub use model::{DEFAULT_KV_POOL_BYTES, LoadOptions, TextModel, WeightsFormat, hash_files};
 pub use output::{Generation, Piece};
 pub use scheduler::{JobHandle, Load, Scheduler, SchedulerConfig, SeqEvent, SubmitError};
+pub use sharenet_prompt::tool_calls;
+pub use sharenet_prompt::{ChatTemplate, PromptError, PromptModel, ToolCallParser, ToolFormat};
 pub use spec::{Arch, ModelSpec};
-pub use template::ChatTemplate;
-pub use tool_calls::{ToolCallParser, ToolFormat};
 pub use transformer::{KV_BLOCK, Placement};
 
 /// Loading progress, for a progress bar.
@@ -80,4 +82,17 @@ pub enum EngineError {
     Inference(#[from] candle_core::Error),
     #[error("cancelled by the caller")]
     Cancelled,
+}
+
+impl From<PromptError> for EngineError {
+    /// Each prompt error becomes its namesake (same message).
+    fn from(e: PromptError) -> Self {
+        match e {
+            PromptError::Read { path, reason } => Self::Read { path, reason },
+            PromptError::Parse { path, reason } => Self::Parse { path, reason },
+            PromptError::InvalidInput(m) => Self::InvalidInput(m),
+            PromptError::Unsupported(m) => Self::Unsupported(m),
+            PromptError::Tokenizer(m) => Self::Tokenizer(m),
+        }
+    }
 }
