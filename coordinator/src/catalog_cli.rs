@@ -48,8 +48,8 @@ pub enum CatalogCommand {
 /// Runs a catalog command against the catalog of the config at `config`.
 pub fn run(config: &Path, command: CatalogCommand) -> anyhow::Result<()> {
     let (path, allow) = config::catalog_of(config)?;
-    let catalog =
-        Catalog::open(&path, allow).with_context(|| format!("load the catalog {}", path.display()))?;
+    let catalog = Catalog::open(&path, allow)
+        .with_context(|| format!("load the catalog {}", path.display()))?;
     match command {
         CatalogCommand::Add {
             path: model,
@@ -83,7 +83,10 @@ pub fn run(config: &Path, command: CatalogCommand) -> anyhow::Result<()> {
                     w.format, w.quantization, w.weights_sha256
                 );
             }
-            println!("  context length {}, license {}", entry.context_length, entry.license);
+            println!(
+                "  context length {}, license {}",
+                entry.context_length, entry.license
+            );
             println!("restart the coordinator (or POST /operator/catalog) for it to take effect");
         }
         CatalogCommand::List { json } => {
@@ -97,7 +100,14 @@ pub fn run(config: &Path, command: CatalogCommand) -> anyhow::Result<()> {
                     let weights: Vec<String> = e
                         .weights
                         .iter()
-                        .map(|w| format!("{}/{} {}", w.format, w.quantization, short(&w.weights_sha256)))
+                        .map(|w| {
+                            format!(
+                                "{}/{} {}",
+                                w.format,
+                                w.quantization,
+                                short(&w.weights_sha256)
+                            )
+                        })
                         .collect();
                     println!(
                         "{}  {}  ctx {}  {}  tokenizer {}  weights [{}]  aliases [{}]",
@@ -105,7 +115,11 @@ pub fn run(config: &Path, command: CatalogCommand) -> anyhow::Result<()> {
                         e.kind,
                         e.context_length,
                         e.license,
-                        if e.tokenizer.is_empty() { "none" } else { short(&e.tokenizer) },
+                        if e.tokenizer.is_empty() {
+                            "none"
+                        } else {
+                            short(&e.tokenizer)
+                        },
                         weights.join(", "),
                         e.aliases.join(", ")
                     );

@@ -68,8 +68,17 @@ fn init_writes_the_projects_models_and_the_catalog_commands_change_it() {
         coordinator(
             d,
             &[
-                "catalog", "add", tiny, "--id", id, "--license", "mit", "--alias", "tiny",
-                "--config", config,
+                "catalog",
+                "add",
+                tiny,
+                "--id",
+                id,
+                "--license",
+                "mit",
+                "--alias",
+                "tiny",
+                "--config",
+                config,
             ],
         )
     };
@@ -85,27 +94,63 @@ fn init_writes_the_projects_models_and_the_catalog_commands_change_it() {
     // Bad input: refused, naming what was wrong.
     let dup = add("test/tiny");
     assert!(!dup.status.success());
-    assert!(text(&dup).contains("already in the catalog"), "{}", text(&dup));
+    assert!(
+        text(&dup).contains("already in the catalog"),
+        "{}",
+        text(&dup)
+    );
     let slug = add("Test Tiny");
     assert!(text(&slug).contains("not a model slug"), "{}", text(&slug));
     let missing = coordinator(
         d,
-        &["catalog", "add", "nope.gguf", "--id", "test/x", "--license", "mit", "--config", config],
+        &[
+            "catalog",
+            "add",
+            "nope.gguf",
+            "--id",
+            "test/x",
+            "--license",
+            "mit",
+            "--config",
+            config,
+        ],
     );
     assert!(!missing.status.success());
-    assert!(text(&missing).contains("no such file"), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("no such file"),
+        "{}",
+        text(&missing)
+    );
     std::fs::write(d.join("junk.gguf"), b"junk").unwrap();
     let junk = coordinator(
         d,
-        &["catalog", "add", "junk.gguf", "--id", "test/x", "--license", "mit", "--config", config],
+        &[
+            "catalog",
+            "add",
+            "junk.gguf",
+            "--id",
+            "test/x",
+            "--license",
+            "mit",
+            "--config",
+            config,
+        ],
     );
     assert!(!junk.status.success());
-    assert!(text(&junk).contains("not a readable GGUF"), "{}", text(&junk));
+    assert!(
+        text(&junk).contains("not a readable GGUF"),
+        "{}",
+        text(&junk)
+    );
 
     let removed = coordinator(d, &["catalog", "remove", "test/tiny", "--config", config]);
     assert!(removed.status.success(), "{}", text(&removed));
     let again = coordinator(d, &["catalog", "remove", "test/tiny", "--config", config]);
-    assert!(text(&again).contains("not in the catalog"), "{}", text(&again));
+    assert!(
+        text(&again).contains("not in the catalog"),
+        "{}",
+        text(&again)
+    );
     let list = coordinator(d, &["catalog", "list", "--config", config]);
     assert!(!text(&list).contains("test/tiny"), "{}", text(&list));
 }

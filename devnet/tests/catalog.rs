@@ -36,7 +36,8 @@ fn a_tiny_gguf_and_the_tiny_folder_are_catalogued_from_their_files() {
     let tiny = catalog.get("tiny-llama").unwrap();
     assert_eq!(tiny.id, known::TINY_LLAMA);
     assert_eq!(
-        tiny.weights[0].weights_sha256, known::PROJECT_MODELS[0].weights_sha256,
+        tiny.weights[0].weights_sha256,
+        known::PROJECT_MODELS[0].weights_sha256,
         "the published digest of write_tiny_llama(dir, 1, default)"
     );
     assert!(catalog.prompt_model(DEVNET_MODEL).is_some());

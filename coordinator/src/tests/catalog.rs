@@ -110,10 +110,7 @@ async fn a_model_outside_the_catalog_is_not_served_unless_allowed() {
     else {
         panic!("allowed, so routable");
     };
-    assert_eq!(
-        offers[0].counted_by,
-        sharenet_api::catalog::CountedBy::Node
-    );
+    assert_eq!(offers[0].counted_by, sharenet_api::catalog::CountedBy::Node);
 }
 
 #[tokio::test]

@@ -167,11 +167,7 @@ impl Catalog {
 
     /// Every entry, by id.
     pub fn entries(&self) -> Vec<CatalogEntry> {
-        self.now()
-            .entries
-            .values()
-            .map(|e| (**e).clone())
-            .collect()
+        self.now().entries.values().map(|e| (**e).clone()).collect()
     }
 
     /// The entry `name` (an id or an alias) names.
@@ -417,8 +413,7 @@ fn validate(e: &CatalogEntry) -> Result<(), CatalogError> {
     if e.context_length == 0 {
         return bad("context_length: at least 1".into());
     }
-    if e
-        .chat_template
+    if e.chat_template
         .as_ref()
         .is_some_and(|t| t.len() > MAX_TEMPLATE_BYTES)
     {
@@ -431,8 +426,7 @@ fn validate(e: &CatalogEntry) -> Result<(), CatalogError> {
                 crate::core::untrusted(&w.format)
             ));
         }
-        if !is_sha256_hex(&w.weights_sha256) || w.files.iter().any(|f| !is_sha256_hex(&f.sha256))
-        {
+        if !is_sha256_hex(&w.weights_sha256) || w.files.iter().any(|f| !is_sha256_hex(&f.sha256)) {
             return bad("weights: each digest is 64 lowercase hex digits (SHA-256)".into());
         }
         if w.quantization.len() > 64 {

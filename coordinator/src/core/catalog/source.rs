@@ -92,7 +92,10 @@ pub fn entry_from_path(
 }
 
 /// The prompt model of a stored entry and its `tokenizer.json` text.
-pub(super) fn prompt_model(entry: &CatalogEntry, tokenizer_json: &[u8]) -> Result<PromptModel, String> {
+pub(super) fn prompt_model(
+    entry: &CatalogEntry,
+    tokenizer_json: &[u8],
+) -> Result<PromptModel, String> {
     let tokenizer_json = String::from_utf8(tokenizer_json.to_vec())
         .map_err(|_| "tokenizer.json is not UTF-8".to_owned())?;
     PromptSpec {

@@ -87,7 +87,8 @@ fn advert(id: &Identity, models: Vec<ModelOffer>) -> Vec<u8> {
 /// A catalog holding the fixture folder as `test/tiny`, and the digest.
 fn catalog_with_tiny(dir: &Path, allow: bool) -> (Arc<Catalog>, [u8; 32]) {
     let catalog = Catalog::open(&dir.join("data/catalog.json"), allow).unwrap();
-    let (entry, tokenizer) = entry_from_path(&hf_folder(&dir.join("tiny"), 1), naming("test/tiny")).unwrap();
+    let (entry, tokenizer) =
+        entry_from_path(&hf_folder(&dir.join("tiny"), 1), naming("test/tiny")).unwrap();
     let added = catalog.add(entry, Some(tokenizer.as_bytes())).unwrap();
     let digest: [u8; 32] = hex::decode(&added.weights[0].weights_sha256)
         .unwrap()
@@ -104,7 +105,10 @@ fn a_folder_is_added_listed_reloaded_and_removed() {
     let entries = catalog.entries();
     assert_eq!(entries.len(), 1);
     let e = &entries[0];
-    assert_eq!((e.id.as_str(), e.license.as_str()), ("test/tiny", "apache-2.0"));
+    assert_eq!(
+        (e.id.as_str(), e.license.as_str()),
+        ("test/tiny", "apache-2.0")
+    );
     assert_eq!(e.context_length, 256);
     assert_eq!(e.kind, "text");
     assert_eq!(e.weights[0].format, "safetensors");
@@ -164,7 +168,10 @@ fn bad_input_is_refused_naming_what_was_wrong() {
     assert!(err(add("test/other", "not spdx", &[])).contains("license"));
     assert!(err(add("test/other", "mit", &["Bad Alias"])).contains("alias"));
     let missing = entry_from_path(&dir.path().join("nope.gguf"), naming("test/x")).unwrap_err();
-    assert!(missing.to_string().contains("no such file or folder"), "{missing}");
+    assert!(
+        missing.to_string().contains("no such file or folder"),
+        "{missing}"
+    );
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"not a gguf at all").unwrap();
     let unreadable = entry_from_path(&junk, naming("test/x")).unwrap_err();
@@ -191,19 +198,31 @@ fn the_gate_names_what_it_found() {
     let (catalog, digest) = catalog_with_tiny(dir.path(), false);
     let ok = Verdict::Catalogued("test/tiny".into());
     assert_eq!(catalog.check(&offer("test/tiny", "", Some(digest))), ok);
-    assert_eq!(catalog.check(&offer("local-name", "test/tiny", Some(digest))), ok);
+    assert_eq!(
+        catalog.check(&offer("local-name", "test/tiny", Some(digest))),
+        ok
+    );
     // An upstream server cannot know its weights: the name decides.
     assert_eq!(catalog.check(&offer("test/tiny", "", None)), ok);
-    assert_eq!(catalog.check(&offer("other", "", Some(digest))), Verdict::Uncatalogued);
+    assert_eq!(
+        catalog.check(&offer("other", "", Some(digest))),
+        Verdict::Uncatalogued
+    );
     // Aliases are for builders: a node names the model by its id.
-    assert_eq!(catalog.check(&offer("tiny", "", Some(digest))), Verdict::Uncatalogued);
+    assert_eq!(
+        catalog.check(&offer("tiny", "", Some(digest))),
+        Verdict::Uncatalogued
+    );
     assert!(matches!(
         catalog.check(&offer("test/tiny", "", Some([9; 32]))),
         Verdict::Mismatch { .. }
     ));
     let mut embedding = offer("test/tiny", "", Some(digest));
     embedding.kind = ModelKind::Embedding;
-    assert!(matches!(catalog.check(&embedding), Verdict::Mismatch { .. }));
+    assert!(matches!(
+        catalog.check(&embedding),
+        Verdict::Mismatch { .. }
+    ));
 }
 
 /// Issue 26, item 1 (attack): a rogue node advertised a model no one
@@ -214,18 +233,33 @@ fn a_rogue_nodes_uncatalogued_or_mismatched_offers_are_not_routable() {
     let dir = tempfile::tempdir().unwrap();
     let (catalog, digest) = catalog_with_tiny(dir.path(), false);
     let reg = Registry::default().with_catalog(catalog);
-    let (honest, rogue, impostor) = (Identity::generate(), Identity::generate(), Identity::generate());
-    reg.ingest(honest.peer_id(), &advert(&honest, vec![offer("local", "test/tiny", Some(digest))]), 1000)
-        .unwrap();
-    reg.ingest(rogue.peer_id(), &advert(&rogue, vec![offer("rogue-model", "", None)]), 1000)
-        .unwrap();
+    let (honest, rogue, impostor) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
+    reg.ingest(
+        honest.peer_id(),
+        &advert(&honest, vec![offer("local", "test/tiny", Some(digest))]),
+        1000,
+    )
+    .unwrap();
+    reg.ingest(
+        rogue.peer_id(),
+        &advert(&rogue, vec![offer("rogue-model", "", None)]),
+        1000,
+    )
+    .unwrap();
     reg.ingest(
         impostor.peer_id(),
         &advert(&impostor, vec![offer("test/tiny", "", Some([9; 32]))]),
         1000,
     )
     .unwrap();
-    assert!(matches!(reg.lookup("rogue-model", 2000), Lookup::UnknownModel));
+    assert!(matches!(
+        reg.lookup("rogue-model", 2000),
+        Lookup::UnknownModel
+    ));
     let Lookup::Found(found) = reg.lookup("test/tiny", 2000) else {
         panic!("the honest node serves test/tiny");
     };
@@ -242,7 +276,9 @@ fn a_rogue_nodes_uncatalogued_or_mismatched_offers_are_not_routable() {
     again = {
         let mut a = SignedAdvert::from_bytes(&again).unwrap().into_advert();
         a.seq = 2;
-        SignedAdvert::sign(a, rogue.signing_key()).unwrap().to_bytes()
+        SignedAdvert::sign(a, rogue.signing_key())
+            .unwrap()
+            .to_bytes()
     };
     reg.ingest(rogue.peer_id(), &again, 1000).unwrap();
     assert_eq!(reg.stats.uncatalogued.load(Ordering::Relaxed), 2);
@@ -254,8 +290,12 @@ fn allowed_uncatalogued_offers_route_but_are_counted_by_the_node() {
     let (catalog, _) = catalog_with_tiny(dir.path(), true);
     let reg = Registry::default().with_catalog(catalog);
     let rogue = Identity::generate();
-    reg.ingest(rogue.peer_id(), &advert(&rogue, vec![offer("rogue-model", "", None)]), 1000)
-        .unwrap();
+    reg.ingest(
+        rogue.peer_id(),
+        &advert(&rogue, vec![offer("rogue-model", "", None)]),
+        1000,
+    )
+    .unwrap();
     let Lookup::Found(found) = reg.lookup("rogue-model", 2000) else {
         panic!("allowed, so routable");
     };
@@ -272,7 +312,10 @@ fn allowed_uncatalogued_offers_route_but_are_counted_by_the_node() {
         1000,
     )
     .unwrap();
-    assert!(matches!(reg.lookup("test/tiny", 2000), Lookup::UnknownModel));
+    assert!(matches!(
+        reg.lookup("test/tiny", 2000),
+        Lookup::UnknownModel
+    ));
 }
 
 fn offer_named(id: &str) -> ModelOffer {
@@ -288,7 +331,10 @@ fn the_real_smollm2_gguf_is_added_from_its_file() {
         .join("../target/test-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let gguf = std::env::var_os("SHARENET_SMOLLM2_GGUF").map_or(gguf, PathBuf::from);
     if !gguf.exists() {
-        eprintln!("skipped: no SmolLM2 GGUF at {} (scripts/setup-test-deps)", gguf.display());
+        eprintln!(
+            "skipped: no SmolLM2 GGUF at {} (scripts/setup-test-deps)",
+            gguf.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -297,7 +343,10 @@ fn the_real_smollm2_gguf_is_added_from_its_file() {
     let e = catalog.add(entry, Some(tok.as_bytes())).unwrap();
     assert_eq!(e.weights[0].format, "gguf");
     assert_eq!(e.weights[0].quantization, "Q4_1");
-    assert_eq!(e.weights[0].weights_sha256, known::PROJECT_MODELS[1].weights_sha256);
+    assert_eq!(
+        e.weights[0].weights_sha256,
+        known::PROJECT_MODELS[1].weights_sha256
+    );
     assert!(e.chat_template.is_some());
     assert!(catalog.prompt_model(known::SMOLLM2).is_some());
 }
@@ -310,6 +359,9 @@ fn seeding_writes_the_projects_models_once() {
     assert_eq!(lines.len(), 3, "{lines:?}");
     let ids: Vec<String> = catalog.entries().into_iter().map(|e| e.id).collect();
     assert_eq!(ids, [known::SMOLLM2, known::MINILM, known::TINY_LLAMA]);
-    assert_eq!(catalog.resolve("tiny-llama").as_deref(), Some(known::TINY_LLAMA));
+    assert_eq!(
+        catalog.resolve("tiny-llama").as_deref(),
+        Some(known::TINY_LLAMA)
+    );
     assert!(known::seed(&catalog, &[], true).unwrap().is_empty(), "once");
 }
