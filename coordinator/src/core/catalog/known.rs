@@ -112,7 +112,7 @@ impl Known {
 
     /// The entry read from its files under one of `search`, with weights
     /// the digest above names.
-    fn from_files(&self, search: &[PathBuf]) -> Option<(CatalogEntry, String)> {
+    fn read_files(&self, search: &[PathBuf]) -> Option<(CatalogEntry, String)> {
         let found = search
             .iter()
             .flat_map(|d| self.paths.iter().map(move |p| d.join(p)))
@@ -153,7 +153,7 @@ pub fn seed(
         if catalog.get(known.id).is_some() {
             continue;
         }
-        let line = match known.from_files(search) {
+        let line = match known.read_files(search) {
             Some((mut entry, tokenizer)) => {
                 if !aliases {
                     entry.aliases.clear();
