@@ -182,7 +182,7 @@ impl Registry {
                 self.stats.uncatalogued.fetch_add(1, Ordering::Relaxed);
                 let allowed = catalog.allows_uncatalogued();
                 if self.first_time(node, &m.id) {
-                    tracing::warn!(node = %hex::encode(node), model = %crate::core::untrusted(&m.id),
+                    tracing::warn!(node = %hex::encode(node), model = %m.id.escape_debug(),
                         routable = allowed, "advert for a model outside the catalog");
                 }
                 if allowed {
@@ -193,7 +193,7 @@ impl Registry {
             Verdict::Mismatch { id, why } => {
                 self.stats.catalog_mismatch.fetch_add(1, Ordering::Relaxed);
                 if self.first_time(node, &m.id) {
-                    tracing::warn!(node = %hex::encode(node), model = %crate::core::untrusted(&m.id),
+                    tracing::warn!(node = %hex::encode(node), model = %m.id.escape_debug(),
                         catalogued = %id, why, "advert for a catalogued model refused");
                 }
                 false

@@ -7,7 +7,7 @@ use std::path::Path;
 use sharenet_api::catalog::{CatalogEntry, WeightFile, WeightVariant};
 use sharenet_prompt::{FileFormat, ModelSource, PromptModel, PromptSpec};
 
-use super::CatalogError;
+use super::entry::CatalogError;
 
 /// What the operator says about a model the files cannot (or may not)
 /// decide: its canonical id, license (empty: what the files state, else

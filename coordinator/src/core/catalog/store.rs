@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use sharenet_api::catalog::{CatalogEntry, CatalogFile};
 
-use super::{CATALOG_VERSION, CatalogError, MAX_MODELS, MAX_TOKENIZER_BYTES};
+use super::entry::{
+    CATALOG_VERSION, CatalogError, MAX_MODELS, MAX_TOKENIZER_BYTES, is_sha256_hex, validate,
+};
+use super::source;
 
 /// Largest catalog file read (10,000 entries of a few KB each).
 const MAX_CATALOG_BYTES: u64 = 256 * 1024 * 1024;
@@ -67,7 +70,7 @@ pub(super) fn read(path: &Path) -> Result<CatalogFile, CatalogError> {
     }
     let mut seen = std::collections::HashSet::new();
     for e in &file.models {
-        super::validate(e).map_err(|err| read_err(path, err))?;
+        validate(e).map_err(|err| read_err(path, err))?;
         for name in std::iter::once(&e.id).chain(&e.aliases) {
             if !seen.insert(name.as_str()) {
                 return Err(read_err(path, format!("`{name}` is named twice")));
@@ -129,7 +132,7 @@ pub(super) fn put_tokenizer(dir: &Path, json: &[u8]) -> Result<String, CatalogEr
 }
 
 pub(super) fn has_tokenizer(dir: &Path, digest: &str) -> bool {
-    super::is_sha256_hex(digest) && tokenizer_path(dir, digest).exists()
+    is_sha256_hex(digest) && tokenizer_path(dir, digest).exists()
 }
 
 /// The prompt model of `entry` (its tokenizer read from beside the
@@ -139,13 +142,13 @@ pub(super) fn prompt_model(
     entry: &CatalogEntry,
     dir: &Path,
 ) -> Option<Arc<sharenet_prompt::PromptModel>> {
-    if entry.tokenizer.is_empty() || !super::is_sha256_hex(&entry.tokenizer) {
+    if entry.tokenizer.is_empty() || !is_sha256_hex(&entry.tokenizer) {
         return None;
     }
     let path = tokenizer_path(dir, &entry.tokenizer);
     let built = std::fs::read(&path)
         .map_err(|e| e.to_string())
-        .and_then(|json| super::source::prompt_model(entry, &json));
+        .and_then(|json| source::prompt_model(entry, &json));
     match built {
         Ok(p) => Some(Arc::new(p)),
         Err(error) => {
