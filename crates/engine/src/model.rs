@@ -114,10 +114,9 @@ pub fn hash_files(
     files: &[PathBuf],
     progress: &mut dyn FnMut(Progress),
 ) -> Result<[u8; 32], EngineError> {
-    let (all, _) = sharenet_prompt::hash_files(files, &mut |done, total| {
+    Ok(sharenet_prompt::hash_files(files, &mut |done, total| {
         progress(Progress::Hashing { done, total })
-    })?;
-    Ok(all)
+    })?)
 }
 
 impl TextModel {

@@ -47,6 +47,7 @@
 
 mod error;
 pub mod gguf;
+mod json;
 mod model;
 mod source;
 mod template;
@@ -54,6 +55,7 @@ mod tokenizer;
 pub mod tool_calls;
 
 pub use error::PromptError;
+pub use json::Json;
 pub use model::{DEFAULT_EOS, PromptModel, PromptSpec, default_add_bos};
 pub use source::{
     DEFAULT_CONTEXT_LENGTH, FileFormat, ModelSource, WeightFile, card_license, hash_files,

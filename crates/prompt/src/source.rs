@@ -105,7 +105,7 @@ impl ModelSource {
     ) -> Result<Self, PromptError> {
         let mut source = Self::inspect(path)?;
         let files: Vec<PathBuf> = source.weights.iter().map(|w| w.path.clone()).collect();
-        let (all, each) = hash_files(&files, progress)?;
+        let (all, each) = digest(&files, true, progress)?;
         source.weights_sha256 = Some(all);
         for (w, digest) in source.weights.iter_mut().zip(each) {
             w.sha256 = Some(digest);
@@ -388,10 +388,21 @@ fn safetensors_dtype(files: &[PathBuf]) -> Result<String, PromptError> {
         .unwrap_or_default())
 }
 
-/// SHA-256 over the files' bytes in order, and of each file alone, in one
-/// pass, reporting progress (bytes done, total).
+/// SHA-256 over the files' bytes in order (how the engine hashes a
+/// model's weights), reporting progress (bytes done, total).
 pub fn hash_files(
     files: &[PathBuf],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<[u8; 32], PromptError> {
+    Ok(digest(files, false, progress)?.0)
+}
+
+/// The digest over all files in order and, when `each`, of each file
+/// alone, in one pass. A single file's digest is the whole's, so it is
+/// hashed once; several are hashed twice only when `each` asks.
+fn digest(
+    files: &[PathBuf],
+    each: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<([u8; 32], Vec<[u8; 32]>), PromptError> {
     let total: u64 = files
@@ -402,10 +413,9 @@ pub fn hash_files(
                 .map_err(|e| read_err(f, e))
         })
         .sum::<Result<u64, _>>()?;
-    // One file's digest is the whole's: hash it once.
-    let single = files.len() == 1;
+    let per_file = each && files.len() > 1;
     let mut all = Sha256::new();
-    let mut each = Vec::with_capacity(files.len());
+    let mut digests = Vec::with_capacity(files.len());
     let mut done = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     for f in files {
@@ -416,20 +426,22 @@ pub fn hash_files(
             if n == 0 {
                 break;
             }
-            if !single {
-                all.update(&buf[..n]);
+            all.update(&buf[..n]);
+            if per_file {
+                one.update(&buf[..n]);
             }
-            one.update(&buf[..n]);
             done += n as u64;
             progress(done, total);
         }
-        each.push(one.finalize().into());
+        if per_file {
+            digests.push(one.finalize().into());
+        }
     }
-    let all = match each.as_slice() {
-        [one] if single => *one,
-        _ => all.finalize().into(),
-    };
-    Ok((all, each))
+    let all: [u8; 32] = all.finalize().into();
+    if each && !per_file {
+        digests.extend(files.first().map(|_| all));
+    }
+    Ok((all, digests))
 }
 
 #[cfg(test)]
