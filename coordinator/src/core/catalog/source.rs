@@ -45,13 +45,17 @@ pub fn entry_from_path(
             reason: "the weights were not hashed".into(),
         });
     };
+    // One file's own digest is the whole digest (`ModelSource` hashes
+    // each file apart only when there are several).
+    let single = source.weights.len() == 1;
     let files = source
         .weights
         .iter()
         .filter_map(|f| {
+            let sha256 = f.sha256.or(single.then_some(digest))?;
             Some(WeightFile {
                 name: f.path.file_name()?.to_string_lossy().into_owned(),
-                sha256: hex::encode(f.sha256?),
+                sha256: hex::encode(sha256),
             })
         })
         .collect();
