@@ -105,6 +105,8 @@ async fn a_model_outside_the_catalog_is_not_served_unless_allowed() {
     let open = serve(|c| c.catalog.allow_uncatalogued = true).await;
     let r = chat(&open).await;
     assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["usage"]["counted_by"], "node", "{body}");
     let crate::core::registry::Lookup::Found(offers) =
         open.handle.core.registry.lookup(MODEL, now_ms())
     else {
