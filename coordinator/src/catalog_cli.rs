@@ -1,6 +1,7 @@
 //! `sharenet-coordinator catalog add|list|remove`: the model catalog file
 //! of a coordinator's config, changed on disk (a running coordinator
-//! reads it at start; `/operator/catalog` changes a running one).
+//! reloads it when it changes; `/operator/catalog` changes a running one
+//! directly).
 
 use std::path::{Path, PathBuf};
 
@@ -87,7 +88,9 @@ pub fn run(config: &Path, command: CatalogCommand) -> anyhow::Result<()> {
                 "  context length {}, license {}",
                 entry.context_length, entry.license
             );
-            println!("restart the coordinator (or POST /operator/catalog) for it to take effect");
+            println!(
+                "a running coordinator on this file picks it up within seconds (its aliases at restart)"
+            );
         }
         CatalogCommand::List { json } => {
             let entries = catalog.entries();

@@ -52,8 +52,8 @@ enum Command {
         config: PathBuf,
     },
     /// The model catalog: the models this coordinator routes, by
-    /// canonical id. A running coordinator reads the file at start; the
-    /// operator API (/operator/catalog) changes a running one.
+    /// canonical id. A running coordinator reloads the file when it
+    /// changes; the operator API (/operator/catalog) changes it too.
     Catalog {
         /// The coordinator's config (the catalog is `catalog_file`, else
         /// catalog.json in `data_dir`).

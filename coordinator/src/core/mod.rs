@@ -214,6 +214,9 @@ impl Core {
             catalog::Catalog::open(&config.catalog_path(), config.catalog.allow_uncatalogued)
                 .context("load the model catalog (catalog_file)")?,
         );
+        // Changes another writer makes to the file (the CLI, a replica
+        // sharing it) are picked up while running.
+        tasks.spawn(catalog::watch(catalog.clone(), shutdown.clone()));
         // The catalog's aliases, unless `[aliases]` names them otherwise.
         let mut aliases = catalog.aliases();
         aliases.extend(config.aliases.clone());

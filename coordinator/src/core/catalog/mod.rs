@@ -8,7 +8,8 @@
 //! temporary file, fsync, rename), with each tokenizer beside it as
 //! `tokenizers/<sha256>.json`. The file is per replica: with shared books
 //! every replica loads its own copy (give them the same file); the CLI and
-//! the operator API write the local one.
+//! the operator API write the local one, and [`watch`] reloads it when
+//! another writer changed it.
 //!
 //! The routing gate ([`Catalog::check`]): the registry asks it about every
 //! offer of every advert. An offer whose name (id or canonical name) the
@@ -97,11 +98,37 @@ pub struct Catalog {
     loaded: RwLock<Arc<Loaded>>,
     /// One change at a time (read, change, write, swap).
     writing: Mutex<()>,
+    /// The file's length and modification time when last read or
+    /// written, so [`Catalog::reload_if_changed`] notices another writer.
+    seen: Mutex<Option<store::Stamp>>,
+}
+
+/// How often a running coordinator looks for changes another writer (the
+/// CLI, a replica sharing the file) made to the catalog file: a `stat`
+/// each time, a reload only on a change.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads `catalog` whenever its file changes, until `shutdown`.
+pub async fn watch(catalog: Arc<Catalog>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(RELOAD_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let c = catalog.clone();
+        // Building prompt models parses tokenizers: off the async threads.
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
+            tracing::warn!(%error, "catalog: the changed file was not loaded; the catalog stays as it was");
+        }
+    }
 }
 
 impl Catalog {
     /// Loads the catalog at `path` (none there: an empty catalog).
     pub fn open(path: &Path, allow_uncatalogued: bool) -> Result<Self, CatalogError> {
+        let seen = store::stamp(path);
         let file = store::read(path)?;
         let dir = store::dir_of(path);
         Ok(Self {
@@ -109,6 +136,7 @@ impl Catalog {
             path: path.to_path_buf(),
             allow_uncatalogued,
             writing: Mutex::new(()),
+            seen: Mutex::new(seen),
         })
     }
 
@@ -120,6 +148,7 @@ impl Catalog {
             allow_uncatalogued,
             loaded: RwLock::default(),
             writing: Mutex::new(()),
+            seen: Mutex::new(None),
         }
     }
 
@@ -327,11 +356,36 @@ impl Catalog {
                 models: models.clone(),
             },
         )?;
-        let loaded = Arc::new(Loaded::build(models, dir));
+        *crate::core::sync::lock(&self.seen) = store::stamp(&self.path);
+        self.swap(Loaded::build(models, dir));
+        Ok(())
+    }
+
+    fn swap(&self, loaded: Loaded) {
+        let loaded = Arc::new(loaded);
         match self.loaded.write() {
             Ok(mut g) => *g = loaded,
             Err(poisoned) => *poisoned.into_inner() = loaded,
         }
-        Ok(())
+    }
+
+    /// Reloads the file if another writer changed it since this catalog
+    /// last read or wrote it (the CLI beside a running coordinator, or a
+    /// replica sharing the file). A file that no longer loads leaves the
+    /// catalog as it was (the error says why). True when it reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, CatalogError> {
+        let _one = crate::core::sync::lock(&self.writing);
+        let now = store::stamp(&self.path);
+        let mut seen = crate::core::sync::lock(&self.seen);
+        if now == *seen {
+            return Ok(false);
+        }
+        *seen = now;
+        drop(seen);
+        let file = store::read(&self.path)?;
+        let count = file.models.len();
+        self.swap(Loaded::build(file.models, &store::dir_of(&self.path)));
+        tracing::info!(models = count, path = %self.path.display(), "catalog: reloaded after a change to its file");
+        Ok(true)
     }
 }

@@ -17,6 +17,16 @@ use super::source;
 /// Largest catalog file read (10,000 entries of a few KB each).
 const MAX_CATALOG_BYTES: u64 = 256 * 1024 * 1024;
 
+/// A file's length and modification time: a change to either is a change
+/// to the catalog.
+pub(super) type Stamp = (u64, std::time::SystemTime);
+
+/// The catalog file's stamp (None: no file).
+pub(super) fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
 /// The folder the catalog file (and its tokenizers) live in.
 pub(super) fn dir_of(path: &Path) -> PathBuf {
     path.parent()

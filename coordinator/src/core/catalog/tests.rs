@@ -365,3 +365,21 @@ fn seeding_writes_the_projects_models_once() {
     );
     assert!(known::seed(&catalog, &[], true).unwrap().is_empty(), "once");
 }
+
+/// The CLI (or another replica) writes the file; a running coordinator
+/// picks the change up, and a broken file leaves its catalog as it was.
+#[test]
+fn a_running_catalog_reloads_what_another_writer_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/catalog.json");
+    let running = Catalog::open(&path, false).unwrap();
+    assert!(!running.reload_if_changed().unwrap(), "nothing changed");
+    let (_cli, _) = catalog_with_tiny(dir.path(), false);
+    assert!(running.reload_if_changed().unwrap());
+    assert!(running.get("test/tiny").is_some());
+    assert!(running.prompt_model("test/tiny").is_some());
+    assert!(!running.reload_if_changed().unwrap(), "once per change");
+    std::fs::write(&path, "{ not json").unwrap();
+    assert!(running.reload_if_changed().is_err());
+    assert!(running.get("test/tiny").is_some(), "kept as it was");
+}
