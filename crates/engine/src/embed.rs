@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 use crate::model::{
     hash_files, load_tokenizer_file, mmap_safetensors, parse_err, read_err, weight_files,
@@ -117,18 +117,7 @@ impl Embedder {
             .and_then(|v| v.as_u64())
             .ok_or_else(|| parse_err(&config_path, "missing hidden_size"))?
             as usize;
-        let max_pos = raw
-            .get("max_position_embeddings")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(512) as usize;
-
-        let st = read_json(&dir.join("sentence_bert_config.json"))?;
-        let max_tokens = st
-            .as_ref()
-            .and_then(|v| v.get("max_seq_length")?.as_u64())
-            .map(|n| n as usize)
-            .unwrap_or(max_pos)
-            .min(max_pos);
+        let max_tokens = sharenet_prompt::embedding_max_tokens(dir)?;
         let pool_path = dir.join("1_Pooling").join("config.json");
         let pooling = match read_json(&pool_path)? {
             None => Pooling::Mean,
@@ -160,14 +149,9 @@ impl Embedder {
         };
 
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = load_tokenizer_file(&tok_path)?;
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                ..Default::default()
-            }))
-            .map_err(|e| parse_err(&tok_path, e))?;
+        let tokenizer =
+            sharenet_prompt::embedding_tokenizer(load_tokenizer_file(&tok_path)?, max_tokens)
+                .map_err(|e| parse_err(&tok_path, e))?;
 
         let files = weight_files(dir)?;
         let weights_sha256 = hash_files(&files, progress)?;

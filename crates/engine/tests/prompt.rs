@@ -226,3 +226,31 @@ fn smollm2_renders_and_counts_the_same_with_the_prompt_crate() {
     assert_eq!(prompt.count_text(&text).unwrap() as usize, plain.len());
     assert_eq!(prompt.decode(&plain, false).unwrap(), text);
 }
+
+#[test]
+fn minilm_embedding_inputs_count_the_same_with_the_prompt_crate() {
+    let dir = std::env::var_os("SHARENET_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/test-models/all-minilm-l6-v2")
+        });
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!("all-MiniLM-L6-v2 not installed (scripts/setup-test-deps): skipped");
+        return;
+    }
+    let embedder = sharenet_engine::Embedder::load(&dir).unwrap();
+    let source = ModelSource::inspect(&dir).unwrap();
+    let max = sharenet_prompt::embedding_max_tokens(&dir).unwrap();
+    assert_eq!(max, embedder.max_tokens());
+    let tokenizer = sharenet_prompt::embedding_tokenizer(source.tokenizer().clone(), max).unwrap();
+    // Short, accented, and one far past the model's limit (truncated).
+    let inputs = vec![
+        "hi".to_owned(),
+        "Crème brûlée, s'il vous plaît!".to_owned(),
+        "word ".repeat(2000),
+    ];
+    let counted = sharenet_prompt::count_embedding_tokens(&tokenizer, &inputs).unwrap();
+    assert_eq!(counted, embedder.embed(&inputs).unwrap().tokens);
+    assert!(counted as usize <= 2 * 16 + max, "{counted}");
+}

@@ -18,7 +18,9 @@
 //!   ([`PromptModel::encode_request`], [`PromptModel::count_prompt`]: the
 //!   engine's exact ids, BOS included when the model adds one), and
 //!   tokenizes text ([`PromptModel::encode`], [`PromptModel::count_text`],
-//!   [`PromptModel::decode`]).
+//!   [`PromptModel::decode`]). Embedding models: [`embedding_max_tokens`],
+//!   [`embedding_tokenizer`] and [`count_embedding_tokens`] count inputs
+//!   as the engine's embedder, which uses them, takes them.
 //! - [`ChatTemplate`] (minijinja + Python string methods, Hugging Face's
 //!   `tojson`, a documented fallback) and [`tool_calls`] (the tool formats
 //!   models write, the forced-call grammar, the streaming call parser).
@@ -58,10 +60,13 @@ pub use error::PromptError;
 pub use json::Json;
 pub use model::{DEFAULT_EOS, PromptModel, PromptSpec, default_add_bos};
 pub use source::{
-    DEFAULT_CONTEXT_LENGTH, FileFormat, ModelSource, WeightFile, card_license, hash_files,
-    weight_files,
+    DEFAULT_CONTEXT_LENGTH, FileFormat, ModelSource, WeightFile, card_license,
+    embedding_max_tokens, hash_files, weight_files,
 };
 pub use template::ChatTemplate;
-pub use tokenizer::{load_tokenizer_file, special_text, template_source, tokenizer_from_gguf};
+pub use tokenizer::{
+    count_embedding_tokens, embedding_tokenizer, load_tokenizer_file, special_text,
+    template_source, tokenizer_from_gguf,
+};
 pub use tokenizers::Tokenizer;
 pub use tool_calls::{ToolCallParser, ToolFormat};

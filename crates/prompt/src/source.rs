@@ -350,6 +350,30 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, PromptError> {
     Ok(shards)
 }
 
+/// The longest input of a sentence-embedding folder, in tokens, as the
+/// engine's embedder reads it: `sentence_bert_config.json`'s
+/// `max_seq_length`, at most `config.json`'s `max_position_embeddings`
+/// (512 when unsaid).
+pub fn embedding_max_tokens(dir: &Path) -> Result<usize, PromptError> {
+    let read = |path: &Path| -> Result<Option<Value>, PromptError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| parse_err(path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_err(path, e)),
+        }
+    };
+    let max_pos = read(&dir.join("config.json"))?
+        .and_then(|c| c.get("max_position_embeddings")?.as_u64())
+        .unwrap_or(512) as usize;
+    Ok(read(&dir.join("sentence_bert_config.json"))?
+        .and_then(|v| v.get("max_seq_length")?.as_u64())
+        .map(|n| n as usize)
+        .unwrap_or(max_pos)
+        .min(max_pos))
+}
+
 /// The longest safetensors header read (real ones are KiBs to a few MiB).
 const MAX_SAFETENSORS_HEADER: u64 = 64 << 20;
 

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use tokenizers::Tokenizer;
+use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{PromptError, parse_err, read_err};
 use crate::gguf::Metadata;
@@ -113,6 +113,42 @@ pub fn tokenizer_from_gguf(path: &Path, md: &Metadata) -> Result<(Tokenizer, Str
         .parse::<Tokenizer>()
         .map_err(|e| parse_err(path, format!("tokenizer from metadata: {e}")))?;
     Ok((tokenizer, text))
+}
+
+/// A tokenizer as the engine's sentence embedder uses it: no padding,
+/// each input truncated to `max_tokens` tokens, the model's special
+/// tokens (`[CLS]` … `[SEP]`) included. Build it once per model.
+pub fn embedding_tokenizer(
+    mut tokenizer: Tokenizer,
+    max_tokens: usize,
+) -> Result<Tokenizer, PromptError> {
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            ..Default::default()
+        }))
+        .map_err(|e| PromptError::Tokenizer(e.to_string()))?;
+    Ok(tokenizer)
+}
+
+/// The tokens an embedding request takes, as the embedder counts them
+/// (the sum of each input's ids, special tokens included, after
+/// truncation), with a tokenizer from [`embedding_tokenizer`].
+pub fn count_embedding_tokens(
+    tokenizer: &Tokenizer,
+    inputs: &[String],
+) -> Result<u32, PromptError> {
+    let mut total = 0u32;
+    for text in inputs {
+        let n = tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| PromptError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .len();
+        total = total.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
