@@ -12,6 +12,7 @@
 //!   (OpenAI's chunks, Anthropic's events);
 //! - `builder.rs`: a builder's receipts, proofs, statements and usage;
 //! - `operator.rs`: `/operator/*` (apps, keys, top-ups, settlement);
+//!   `catalog.rs`: its model catalog (`/operator/catalog`);
 //! - `public.rs`: health, metrics (the public page here, the per-app page
 //!   on the private metrics listener, [`metrics_app`]), published
 //!   statement bundles;
@@ -26,6 +27,7 @@ mod anthropic;
 mod anthropic_reply;
 mod auth;
 mod builder;
+mod catalog;
 mod dashboard;
 pub mod error;
 mod headers;

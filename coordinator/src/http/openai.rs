@@ -29,6 +29,7 @@ use crate::core::dispatch::{Finished, run_choices, start_choices, start_job};
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 use crate::core::{Core, now_ms};
+use sharenet_api::catalog::CountedBy;
 
 /// One OpenAI request body in, its job, shape and end customer out: the
 /// same steps for every endpoint (count, parse, who for, validate).
@@ -189,7 +190,12 @@ async fn generate(
         return Ok(response);
     }
     let finished = run_choices(&core, &mut actives).await?;
-    let (usage, charge) = totals(&finished);
+    let (mut usage, charge) = totals(&finished);
+    // A model outside the catalog (allowed by the operator): the counts
+    // are the node's word, and the usage says so.
+    if core.catalog.counted_by(&model) == CountedBy::Node {
+        usage = usage.counted_by(CountedBy::Node);
+    }
     let access = access::Access {
         input_tokens: usage.prompt_tokens,
         output_tokens: usage.completion_tokens,
