@@ -362,6 +362,7 @@ fn job_frames() -> anyhow::Result<Vec<Vec<u8>>> {
         JobEvent::Delta {
             text: "Hel".into(),
             tokens: 1,
+            ids: Vec::new(),
             logprobs: Vec::new(),
             tool_calls: Vec::new(),
             receipt: Some(receipt(1, 5, 1)?.to_bytes()),

@@ -92,6 +92,10 @@ struct UpstreamFile {
     /// The server enforces `response_format` `json_object` / `json_schema`.
     #[serde(default)]
     structured_outputs: bool,
+    /// The served model's tokenizer (`tokenizer.json`, a folder holding
+    /// one, or the `.gguf` whose metadata carries it): the node counts the
+    /// server's output with it instead of trusting the server's `usage`.
+    tokenizer: Option<PathBuf>,
 }
 
 fn default_kv_cache_mb() -> u64 {
@@ -140,6 +144,12 @@ pub struct UpstreamConfig {
     /// What the server supports beyond text, as the provider declares it
     /// (advertised; requests that need it are passed through).
     pub capabilities: Capabilities,
+    /// The served model's tokenizer (a `tokenizer.json`, a folder holding
+    /// one, or a `.gguf`). With it the node re-tokenizes the streamed text
+    /// and every delta carries the ids it counts; without it each streamed
+    /// chunk counts as one token and deltas carry no ids. Never the
+    /// server's own `usage`.
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -151,6 +161,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("context_length", &self.context_length)
             .field("timeout", &self.timeout)
             .field("capabilities", &self.capabilities)
+            .field("tokenizer", &self.tokenizer)
             .finish()
     }
 }
@@ -314,6 +325,7 @@ impl NodeConfig {
                             tools: u.tools,
                             structured_outputs: u.structured_outputs,
                         },
+                        tokenizer: u.tokenizer.map(|t| base.join(t)),
                     })
                 }
                 _ => bail!("models[{i}]: set exactly one of `path` or `upstream`"),
@@ -511,6 +523,10 @@ kv_cache_mb = 2048    # KV cache all running jobs may reserve (on a GPU: device
 # tools = true                # the server takes `tools` (vLLM with a tool parser,
 #                             # llama.cpp server with --jinja)
 # structured_outputs = true   # the server enforces response_format json_schema
+# tokenizer = "models/Llama-3.1-8B-Instruct/tokenizer.json"  # or the .gguf the
+#                             # server runs: the node counts the output tokens
+#                             # itself (never the server's `usage`); without it
+#                             # each streamed chunk counts as one token
 "#
     )
 }
@@ -607,13 +623,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let body = template("m").replace("path = \"m\"\n", "").replace(
             "kv_cache_mb = 2048",
-            "[models.upstream]\nbase_url = \"http://127.0.0.1:8000/v1/\"\nmodel = \"qwen\"",
+            "[models.upstream]\nbase_url = \"http://127.0.0.1:8000/v1/\"\nmodel = \"qwen\"\n\
+             tokenizer = \"qwen/tokenizer.json\"",
         );
         let cfg = NodeConfig::from_file(&write(dir.path(), &body)).unwrap();
         match &cfg.models[0].source {
             ModelSource::Upstream(u) => {
                 assert_eq!(u.base_url, "http://127.0.0.1:8000/v1");
                 assert_eq!(u.context_length, 4096);
+                assert_eq!(
+                    u.tokenizer.as_deref(),
+                    Some(dir.path().join("qwen/tokenizer.json").as_path())
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -628,6 +649,7 @@ mod tests {
             context_length: 4096,
             timeout: Duration::from_secs(1),
             capabilities: Capabilities::default(),
+            tokenizer: None,
         };
         let shown = format!("{u:?}");
         assert!(!shown.contains("very-secret"), "{shown}");

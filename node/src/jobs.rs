@@ -658,9 +658,9 @@ async fn serve_text(
     let mut last_sent: Option<SignedReceipt> = None;
     let mut output = Output::new(request, model.tool_format());
     while let Some(event) = handle.events.recv().await {
-        let (text, tokens, logprobs, done) = match event {
-            SeqEvent::Piece(piece) => (piece.text, piece.tokens, piece.logprobs, None),
-            SeqEvent::Done(g) => (String::new(), 0, Vec::new(), Some(g)),
+        let (text, tokens, ids, logprobs, done) = match event {
+            SeqEvent::Piece(p) => (p.text, p.tokens, p.ids, p.logprobs, None),
+            SeqEvent::Done(g) => (String::new(), 0, Vec::new(), Vec::new(), Some(g)),
             SeqEvent::Failed(e) => return engine_failure(e),
         };
         let (text, tool_calls) = output.take(text, done.is_some());
@@ -675,6 +675,7 @@ async fn serve_text(
             let event = JobEvent::Delta {
                 text,
                 tokens,
+                ids,
                 logprobs,
                 tool_calls,
                 receipt: signed.as_ref().map(SignedReceipt::to_bytes),
@@ -786,10 +787,12 @@ async fn serve_upstream(
             // Text and whole calls alike: into the response's digest, out
             // as a delta with a running receipt once the prompt's size is
             // known.
-            Some(ev @ (UpstreamEvent::ToolCalls(_) | UpstreamEvent::Piece { .. })) => {
-                let (text, tokens, tool_calls) = match ev {
-                    UpstreamEvent::Piece { text, tokens } => (text, tokens, Vec::new()),
-                    UpstreamEvent::ToolCalls(calls) => (String::new(), 0, calls),
+            Some(ev @ (UpstreamEvent::ToolCalls { .. } | UpstreamEvent::Piece { .. })) => {
+                let (text, tokens, ids, tool_calls) = match ev {
+                    UpstreamEvent::Piece { text, tokens, ids } => (text, tokens, ids, Vec::new()),
+                    UpstreamEvent::ToolCalls { calls, tokens, ids } => {
+                        (String::new(), tokens, ids, calls)
+                    }
                     _ => continue,
                 };
                 hasher.text(&text);
@@ -809,6 +812,7 @@ async fn serve_upstream(
                 let ev = JobEvent::Delta {
                     text,
                     tokens,
+                    ids,
                     logprobs: Vec::new(),
                     tool_calls,
                     receipt: signed.as_ref().map(SignedReceipt::to_bytes),
@@ -826,8 +830,12 @@ async fn serve_upstream(
                 usage,
                 finish_reason,
             }) => {
+                // The output is what was streamed, as the node counted it.
                 break Served::Done {
-                    usage,
+                    usage: Usage {
+                        input_tokens: usage.input_tokens,
+                        output_tokens,
+                    },
                     finish_reason,
                     response_digest: hasher.digest(),
                 };

@@ -17,6 +17,7 @@ pub mod gpu;
 mod jobs;
 pub mod load;
 mod metrics;
+mod recount;
 pub mod reconcile;
 mod service;
 mod state;

@@ -3,13 +3,21 @@
 //!
 //! Chat jobs go to `POST {base_url}/chat/completions`, prompt jobs to
 //! `POST {base_url}/completions`, always streamed with
-//! `stream_options.include_usage`, so text is passed on chunk by chunk and
-//! the receipt's token counts are the upstream's own usage. Each content
-//! chunk counts as one token while streaming (servers stream one token per
-//! chunk); if the final usage reports more, the difference is sent as a
-//! last empty delta, so the streamed token sum always equals the receipt.
-//! Dropping the event receiver drops the HTTP response, which closes the
-//! upstream connection and stops its generation.
+//! `stream_options.include_usage`, so text is passed on as it comes.
+//!
+//! The output is counted by the node, never taken from the server's
+//! `usage`: with the model's tokenizer (`tokenizer` in the upstream's
+//! config) the streamed text is re-tokenized a word at a time and every
+//! piece carries the ids it counts (`recount.rs`); without one each
+//! content chunk counts as one token. The receipt's output count is the
+//! sum of the pieces' counts. A server whose `usage` claims more than that
+//! (beyond [`usage_slack`]) is logged, and not believed: a provider running
+//! the unmodified node in front of a server that overstates its usage
+//! bills nothing for it. The prompt's count is still the server's (the
+//! node would need the server's own chat template to count it; the
+//! coordinator counts it itself). Dropping the event receiver drops the
+//! HTTP response, which closes the upstream connection and stops its
+//! generation.
 //!
 //! Tools and `response_format` are passed through in OpenAI's shapes
 //! (the node advertises them only where its config says the server takes
@@ -36,16 +44,25 @@ use sharenet_proto::{
 use tokio::sync::mpsc;
 
 use crate::config::UpstreamConfig;
+use crate::recount::{Counted, Recount};
 
 /// What the forwarding task reports.
 #[derive(Debug)]
 pub(crate) enum UpstreamEvent {
+    /// Text and the tokens the node counted for it (their ids when it has
+    /// the model's tokenizer).
     Piece {
         text: String,
         tokens: u32,
+        ids: Vec<u32>,
     },
-    /// The calls the upstream made, whole, before `Done`.
-    ToolCalls(Vec<ToolCall>),
+    /// The calls the upstream made, whole, before `Done`, and the tokens
+    /// the node counted for them.
+    ToolCalls {
+        calls: Vec<ToolCall>,
+        tokens: u32,
+        ids: Vec<u32>,
+    },
     /// The prompt's token count, as soon as it is known (from the stream's
     /// usage or a probe), for running receipts.
     PromptTokens(u32),
@@ -62,9 +79,20 @@ pub(crate) enum UpstreamEvent {
 /// Longest SSE line accepted from an upstream.
 const MAX_LINE: usize = 1 << 20;
 
+/// Completion tokens a server's `usage` may claim beyond the node's own
+/// count before it is logged: servers count what the node does not see
+/// (end of turn, a tool call's markup, reasoning) and the node's
+/// re-tokenization may split text differently from the model's sampling.
+/// The node bills its own count either way; this only decides the log.
+pub(crate) fn usage_slack(counted: u32) -> u32 {
+    8 + counted / 10
+}
+
 pub(crate) struct Upstream {
     http: reqwest::Client,
     config: UpstreamConfig,
+    /// The model's tokenizer, to count the output with.
+    tokenizer: Option<std::sync::Arc<tokenizers::Tokenizer>>,
     /// Whether this server reports usage in its streams, as learned from
     /// the last stream: unknown, yes, no. When it does not, the prompt's
     /// size is probed before the stream (not after it), so running
@@ -86,9 +114,23 @@ impl Upstream {
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(config.timeout)
             .build()?;
+        let tokenizer = match &config.tokenizer {
+            None => None,
+            Some(path) => {
+                let mut t = sharenet_engine::load_tokenizer(path).map_err(|e| {
+                    anyhow::anyhow!("load the upstream model's tokenizer {}: {e}", path.display())
+                })?;
+                // Counting never truncates or pads.
+                t.with_padding(None);
+                t.with_truncation(None)
+                    .map_err(|e| anyhow::anyhow!("turn off truncation: {e}"))?;
+                Some(std::sync::Arc::new(t))
+            }
+        };
         Ok(Self {
             http,
             config,
+            tokenizer,
             stream_usage: std::sync::atomic::AtomicU8::new(USAGE_UNKNOWN),
         })
     }
@@ -259,6 +301,8 @@ impl Upstream {
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         let mut counted = 0u32;
+        let mut recount = Recount::new(self.tokenizer.clone());
+        let mut fragments = 0u32;
         let mut usage: Option<Usage> = None;
         let mut finish = FinishReason::Stop;
         let mut calls = CallAssembler::new(job.job_id.to_hex());
@@ -279,14 +323,23 @@ impl Upstream {
                 };
                 let data = data.trim();
                 if data == "[DONE]" {
-                    let calls = calls.finish();
-                    if !calls.is_empty() {
-                        finish = FinishReason::ToolCalls;
-                        if tx.send(UpstreamEvent::ToolCalls(calls)).await.is_err() {
+                    if let Some(c) = recount.finish() {
+                        counted = counted.saturating_add(c.tokens);
+                        if tx.send(piece(c)).await.is_err() {
                             return Ok(None);
                         }
                     }
-                    let mut usage = match usage {
+                    let calls = calls.finish();
+                    if !calls.is_empty() {
+                        finish = FinishReason::ToolCalls;
+                        let (ids, tokens) = recount.calls(&calls, fragments);
+                        counted = counted.saturating_add(tokens);
+                        let event = UpstreamEvent::ToolCalls { calls, tokens, ids };
+                        if tx.send(event).await.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    let usage = match usage {
                         Some(u) => {
                             self.stream_usage
                                 .store(USAGE_IN_STREAM, std::sync::atomic::Ordering::Relaxed);
@@ -305,20 +358,11 @@ impl Upstream {
                             }
                         }
                     };
-                    if usage.output_tokens > counted {
-                        let extra = usage.output_tokens - counted;
-                        if tx
-                            .send(UpstreamEvent::Piece {
-                                text: String::new(),
-                                tokens: extra,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return Ok(None);
-                        }
-                    }
-                    usage.output_tokens = usage.output_tokens.max(counted);
+                    self.check_claim(job, usage.output_tokens, counted, &recount);
+                    let usage = Usage {
+                        input_tokens: usage.input_tokens,
+                        output_tokens: counted,
+                    };
                     return Ok(Some((usage, finish)));
                 }
                 let v: Value = serde_json::from_str(data)
@@ -361,14 +405,11 @@ impl Upstream {
                 }
                 if let Some(parts) = choice["delta"]["tool_calls"].as_array() {
                     calls.add(parts).map_err(protocol)?;
+                    fragments = fragments.saturating_add(1);
                 }
-                if !text.is_empty() {
-                    counted += 1;
-                    let piece = UpstreamEvent::Piece {
-                        text: text.to_string(),
-                        tokens: 1,
-                    };
-                    if tx.send(piece).await.is_err() {
+                if let Some(c) = recount.push(text) {
+                    counted = counted.saturating_add(c.tokens);
+                    if tx.send(piece(c)).await.is_err() {
                         return Ok(None);
                     }
                 }
@@ -377,6 +418,41 @@ impl Upstream {
                 return Err(protocol("upstream sent a line over 1 MiB".into()));
             }
         }
+    }
+}
+
+impl Upstream {
+    /// Logs a server whose `usage` claims more output than the node
+    /// counted (beyond [`usage_slack`]); the node bills its own count.
+    fn check_claim(&self, job: &JobRequest, claimed: u32, counted: u32, recount: &Recount) {
+        if claimed > counted.saturating_add(usage_slack(counted)) {
+            tracing::warn!(
+                job = %job.job_id,
+                upstream = %self.config.base_url,
+                claimed,
+                counted,
+                by_chunks = !recount.has_tokenizer(),
+                "the upstream's usage claims more output tokens than the node counted; \
+                 billing the node's count"
+            );
+        }
+        if recount.mismatches > 0 {
+            tracing::warn!(
+                job = %job.job_id,
+                segments = recount.mismatches,
+                "the upstream model's tokenizer does not round-trip some of its output; \
+                 is `tokenizer` the served model's?"
+            );
+        }
+    }
+}
+
+/// A counted piece of text as an event.
+fn piece(c: Counted) -> UpstreamEvent {
+    UpstreamEvent::Piece {
+        text: c.text,
+        tokens: c.tokens,
+        ids: c.ids,
     }
 }
 
@@ -533,163 +609,4 @@ impl CallAssembler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn streamed_call_fragments_assemble_by_index() {
-        let mut a = CallAssembler::new("j".into());
-        a.add(&[json!({"index": 0, "id": "call_a", "function": {"name": "get_weather", "arguments": ""}})])
-            .unwrap();
-        a.add(&[json!({"index": 0, "function": {"arguments": "{\"city\": "}})])
-            .unwrap();
-        a.add(&[json!({"index": 1, "function": {"name": "now"}})])
-            .unwrap();
-        a.add(&[
-            json!({"index": 0, "function": {"name": "get_weather", "arguments": "\"Paris\"}"}}),
-        ])
-        .unwrap();
-        let calls = a.finish();
-        assert_eq!(calls.len(), 2);
-        assert_eq!(calls[0].id, "call_a");
-        // llama-cpp-python repeats the name with every fragment.
-        assert_eq!(calls[0].name, "get_weather");
-        assert_eq!(calls[0].arguments, r#"{"city": "Paris"}"#);
-        assert_eq!(calls[1].id, "call_j_1");
-        assert_eq!(calls[1].arguments, "{}");
-        assert!(a.add(&[json!({"index": 100_000})]).is_err());
-    }
-
-    fn upstream() -> Upstream {
-        Upstream::new(UpstreamConfig {
-            base_url: "http://up/v1".into(),
-            model: "served".into(),
-            api_key: None,
-            context_length: 4096,
-            timeout: std::time::Duration::from_secs(1),
-            capabilities: Default::default(),
-        })
-        .unwrap()
-    }
-
-    fn job(input: JobInput) -> JobRequest {
-        JobRequest {
-            job_id: sharenet_proto::JobId([1; 16]),
-            coordinator: [2; 32],
-            model: "m".into(),
-            input,
-            params: sharenet_proto::SamplingParams::default(),
-            tools: None,
-            response_format: None,
-            traceparent: None,
-        }
-    }
-
-    #[test]
-    fn messages_and_tools_go_out_in_openai_shapes() {
-        let mut m = ChatMessage::new("assistant", "");
-        m.tool_calls.push(ToolCall {
-            id: "call_1".into(),
-            name: "f".into(),
-            arguments: "{}".into(),
-        });
-        let mut result = ChatMessage::new("tool", "sunny");
-        result.tool_call_id = Some("call_1".into());
-        let mut j = job(JobInput::Chat {
-            messages: vec![ChatMessage::new("user", "hi"), m, result],
-        });
-        j.params.seed = Some(7);
-        j.params.stop = vec!["END".into()];
-        j.params.top_k = 5;
-        j.params.min_p = 0.5;
-        j.params.repetition_penalty = 1.25;
-        j.params.presence_penalty = 0.5;
-        j.params.frequency_penalty = -0.5;
-        j.params.logit_bias = vec![(7, 2.5), (50, -100.0)];
-        j.tools = Some(Tools {
-            specs: vec![
-                sharenet_proto::ToolSpec {
-                    name: "f".into(),
-                    description: String::new(),
-                    parameters: Value::Null,
-                    strict: false,
-                },
-                sharenet_proto::ToolSpec {
-                    name: "g".into(),
-                    description: "gets".into(),
-                    parameters: json!({"type": "object"}),
-                    strict: true,
-                },
-            ],
-            choice: sharenet_proto::ToolChoice::Function("f".into()),
-            parallel: false,
-        });
-        j.response_format = Some(sharenet_proto::ResponseFormat::JsonSchema {
-            name: "w".into(),
-            schema: json!({"type": "object"}),
-            strict: false,
-        });
-        let (url, body) = upstream().body(&j).unwrap();
-        assert_eq!(url, "http://up/v1/chat/completions");
-        // What the node sent when it wrote the body by hand.
-        let expected = json!({
-            "model": "served", "stream": true, "stream_options": {"include_usage": true},
-            "max_tokens": j.params.max_tokens, "temperature": 1.0, "top_p": 1.0,
-            "seed": 7, "stop": ["END"], "top_k": 5, "min_p": 0.5, "repeat_penalty": 1.25,
-            "presence_penalty": 0.5, "frequency_penalty": -0.5,
-            "logit_bias": {"7": 2.5, "50": -100.0},
-            "tools": [
-                {"type": "function", "function": {"name": "f"}},
-                {"type": "function", "function": {"name": "g", "description": "gets",
-                    "parameters": {"type": "object"}, "strict": true}}
-            ],
-            "tool_choice": {"type": "function", "function": {"name": "f"}},
-            "parallel_tool_calls": false,
-            "response_format": {"type": "json_schema",
-                "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": false}},
-            "messages": [
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "", "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-                {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
-            ]
-        });
-        assert_eq!(body, expected);
-
-        // A prompt job with the defaults: only what is set, and the choice
-        // and formats in their string and object shapes.
-        let mut j = job(JobInput::Prompt {
-            prompt: "Once".into(),
-        });
-        j.response_format = Some(sharenet_proto::ResponseFormat::JsonObject);
-        let (url, body) = upstream().body(&j).unwrap();
-        assert_eq!(url, "http://up/v1/completions");
-        assert_eq!(
-            body,
-            json!({"model": "served", "stream": true, "stream_options": {"include_usage": true},
-                "max_tokens": j.params.max_tokens, "temperature": 1.0, "top_p": 1.0,
-                "response_format": {"type": "json_object"}, "prompt": "Once"})
-        );
-        for (choice, wire) in [
-            (sharenet_proto::ToolChoice::Auto, json!("auto")),
-            (sharenet_proto::ToolChoice::None, json!("none")),
-            (sharenet_proto::ToolChoice::Required, json!("required")),
-        ] {
-            let t = Tools {
-                specs: Vec::new(),
-                choice,
-                parallel: true,
-            };
-            let (_, c, parallel) = tools_fields(&t);
-            assert_eq!(serde_json::to_value(c).unwrap(), wire);
-            assert_eq!(parallel, None);
-        }
-        assert!(
-            upstream()
-                .body(&job(JobInput::Embed {
-                    inputs: vec!["x".into()]
-                }))
-                .is_err()
-        );
-    }
-}
+mod tests;

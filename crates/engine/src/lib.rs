@@ -42,7 +42,9 @@ mod transformer;
 
 pub use constraint::{Constraint, Grammar};
 pub use embed::{Embedder, Embeddings};
-pub use model::{DEFAULT_KV_POOL_BYTES, LoadOptions, TextModel, WeightsFormat, hash_files};
+pub use model::{
+    DEFAULT_KV_POOL_BYTES, LoadOptions, TextModel, WeightsFormat, hash_files, load_tokenizer,
+};
 pub use output::{Generation, Piece};
 pub use scheduler::{JobHandle, Load, Scheduler, SchedulerConfig, SeqEvent, SubmitError};
 pub use sharenet_prompt::tool_calls;

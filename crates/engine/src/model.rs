@@ -380,6 +380,27 @@ impl TextModel {
     }
 }
 
+/// A model's tokenizer without its weights (a node forwarding to an
+/// upstream server counts that server's output with it): a
+/// `tokenizer.json`, a folder holding one, or a `.gguf` file (the
+/// `tokenizer.json` beside it, else the one its metadata describes, as
+/// [`TextModel::load`] reads it).
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, EngineError> {
+    if path.is_dir() {
+        return load_tokenizer_file(&path.join("tokenizer.json"));
+    }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let beside = path.with_file_name("tokenizer.json");
+        if beside.exists() {
+            return load_tokenizer_file(&beside);
+        }
+        let mut file = std::fs::File::open(path).map_err(|e| read_err(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| parse_err(path, e))?;
+        return tokenizer_from_gguf(path, &content.metadata);
+    }
+    load_tokenizer_file(path)
+}
+
 pub(crate) fn load_tokenizer_file(path: &Path) -> Result<Tokenizer, EngineError> {
     Ok(sharenet_prompt::load_tokenizer_file(path)?.0)
 }

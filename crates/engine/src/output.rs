@@ -4,12 +4,19 @@
 
 use sharenet_proto::FinishReason;
 
-/// Text handed out during generation, how many tokens produced it and,
-/// when asked, each token's log probability.
+/// Text handed out during generation, how many tokens produced it, their
+/// ids and, when asked, each token's log probability.
+///
+/// `tokens == ids.len()`. The ids are those of the tokens sampled since the
+/// last piece, end-of-sequence included; the text is what they released,
+/// so it may lag them (text held back for an incomplete character or a
+/// possible stop sequence comes in a later piece, without its ids): the
+/// contract of `sharenet_proto::JobEvent::Delta`'s `ids`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Piece {
     pub text: String,
     pub tokens: u32,
+    pub ids: Vec<u32>,
     pub logprobs: Vec<sharenet_proto::TokenLogprob>,
 }
 

@@ -150,7 +150,7 @@ impl Sequence {
         // A grammar that is complete ends the reply as end-of-sequence would.
         let grammar_done = self.constraint.as_ref().is_some_and(Constraint::is_done);
         if model.eos().contains(&sampled.token) {
-            self.streamer.push_silent();
+            self.streamer.push_silent(sampled.token);
             self.finish = Some(FinishReason::Stop);
         } else {
             if self.logprobs {
@@ -248,6 +248,124 @@ impl TextModel {
 mod tests {
     use super::*;
     use crate::tiny::{TinyConfig, write_tiny_llama};
+
+    /// Checks a whole job's pieces against the ids' contract
+    /// (`sharenet_proto::JobEvent::Delta`'s `ids`) with the model's own
+    /// tokenizer; returns the text and whether a stop sequence was cut.
+    fn check_ids(
+        model: &TextModel,
+        pieces: &[Piece],
+        g: &Generation,
+        stops: &[String],
+    ) -> (String, bool) {
+        let (mut text, mut ids) = (String::new(), Vec::new());
+        for p in pieces {
+            assert_eq!(p.tokens as usize, p.ids.len(), "{p:?}");
+            text.push_str(&p.text);
+            ids.extend_from_slice(&p.ids);
+            let decoded = model.decode(&ids).unwrap();
+            assert!(decoded.starts_with(&text), "{decoded:?} / {text:?}");
+        }
+        assert_eq!(ids.len(), g.completion_tokens as usize);
+        let decoded = model.decode(&ids).unwrap();
+        if decoded != text {
+            let rest = &decoded[text.len()..];
+            let stop = stops
+                .iter()
+                .find(|s| rest.starts_with(s.as_str()))
+                .unwrap_or_else(|| panic!("{rest:?} past {text:?} is not a stop cut"));
+            let before = model.decode(&ids[..ids.len() - 1]).unwrap();
+            assert!(!before.contains(&format!("{text}{stop}")));
+        }
+        let cut = decoded != text;
+        (text, cut)
+    }
+
+    /// Over whole jobs on the tiny model, alone and through the scheduler:
+    /// the ids decode to the text (or past it by a stop sequence the last
+    /// id completed), and they are the completion's count.
+    #[test]
+    fn pieces_carry_the_ids_that_make_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_llama(dir.path(), 3, TinyConfig::default()).unwrap();
+        let model = std::sync::Arc::new(TextModel::load(dir.path()).unwrap());
+        let prompt = model
+            .encode_input(&sharenet_proto::JobInput::Prompt {
+                prompt: "Once upon a time".into(),
+            })
+            .unwrap();
+        let greedy = SamplingParams {
+            max_tokens: 48,
+            temperature: 0.0,
+            ..SamplingParams::default()
+        };
+        let run = |params: &SamplingParams| {
+            let mut pieces = Vec::new();
+            let g = model
+                .generate(&prompt, params, |p| {
+                    pieces.push(p);
+                    true
+                })
+                .unwrap();
+            let (text, cut) = check_ids(&model, &pieces, &g, &params.stop);
+            (text, g, cut)
+        };
+        let (full, _, _) = run(&greedy);
+        assert!(full.chars().count() > 8, "{full:?}");
+        // Stops cut from the middle of the text, spanning tokens.
+        let mut jobs = vec![greedy.clone()];
+        for (skip, take) in [(3, 2), (5, 4), (1, 1)] {
+            let stop: String = full.chars().skip(skip).take(take).collect();
+            jobs.push(SamplingParams {
+                stop: vec![stop, "\u{1}never".into()],
+                ..greedy.clone()
+            });
+        }
+        for seed in 0..4 {
+            jobs.push(SamplingParams {
+                temperature: 1.0,
+                seed: Some(seed),
+                max_tokens: 40,
+                ..SamplingParams::default()
+            });
+        }
+        let mut cuts = 0;
+        for params in &jobs {
+            let (text, g, cut) = run(params);
+            if !params.stop.is_empty() && params.temperature == 0.0 {
+                assert!(full.starts_with(&text) && text.len() < full.len());
+                assert_eq!(g.finish_reason, FinishReason::Stop);
+                cuts += usize::from(cut);
+            }
+        }
+        assert!(cuts > 0, "no job ended on a stop sequence");
+        // The scheduler hands out the very same pieces.
+        let sched = crate::Scheduler::start(
+            model.clone(),
+            crate::SchedulerConfig {
+                max_concurrency: 4,
+                max_queue: 8,
+                kv_cache_bytes: 64 << 20,
+            },
+            Box::new(|| {}),
+        )
+        .unwrap();
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|p| sched.submit(prompt.clone(), p.clone()).unwrap())
+            .collect();
+        for (mut h, params) in handles.into_iter().zip(&jobs) {
+            let mut pieces = Vec::new();
+            let g = loop {
+                match h.events.blocking_recv().unwrap() {
+                    crate::SeqEvent::Piece(p) => pieces.push(p),
+                    crate::SeqEvent::Done(g) => break g,
+                    crate::SeqEvent::Failed(e) => panic!("{e}"),
+                }
+            };
+            check_ids(&model, &pieces, &g, &params.stop);
+        }
+    }
 
     /// A prompt prefilled in chunks gives the same next-token logits as the
     /// same prompt in one pass (issue 12, item 10).

@@ -3,9 +3,14 @@
 //! boundaries (text that could be the start of a stop sequence is held back
 //! until it is known not to be one).
 //!
-//! Every token is accounted for in exactly one [`Piece`], so the sum of the
-//! pieces' token counts is the completion token count, and the concatenated
-//! piece texts are the completion text.
+//! Every token is accounted for in exactly one [`Piece`], which carries its
+//! id, so the sum of the pieces' token counts is the completion token count
+//! and the number of their ids, and the concatenated piece texts are the
+//! completion text. A piece carries the ids of the tokens pushed since the
+//! last one, so text never runs ahead of its ids: the concatenated texts so
+//! far are a prefix of the concatenated ids decoded, and at the end they
+//! are equal, but for a stop sequence's cut (what the ids decode to past
+//! the text starts with the stop sequence, completed by the last id).
 
 use crate::EngineError;
 use crate::output::Piece;
@@ -20,7 +25,8 @@ pub(crate) struct Streamer {
     cur: usize,
     text: String,
     emitted: usize,
-    pending_tokens: u32,
+    /// Ids pushed since the last piece, sent with the next one.
+    pending_ids: Vec<u32>,
     stopped: bool,
 }
 
@@ -33,14 +39,14 @@ impl Streamer {
             cur: 0,
             text: String::new(),
             emitted: 0,
-            pending_tokens: 0,
+            pending_ids: Vec::new(),
             stopped: false,
         }
     }
 
     /// Counts a token that produces no text (e.g. end of sequence).
-    pub(crate) fn push_silent(&mut self) {
-        self.pending_tokens += 1;
+    pub(crate) fn push_silent(&mut self, token: u32) {
+        self.pending_ids.push(token);
     }
 
     /// Decodes whatever new text the tokens since `prev` make.
@@ -65,7 +71,7 @@ impl Streamer {
         token: u32,
         decode: Decode<'_>,
     ) -> Result<Option<Piece>, EngineError> {
-        self.pending_tokens += 1;
+        self.pending_ids.push(token);
         self.tokens.push(token);
         self.decode_new(decode, false)?;
         Ok(self.release())
@@ -76,7 +82,7 @@ impl Streamer {
     }
 
     fn take_piece(&mut self, end: usize) -> Option<Piece> {
-        if end <= self.emitted && self.pending_tokens == 0 {
+        if end <= self.emitted && self.pending_ids.is_empty() {
             return None;
         }
         let text = self
@@ -85,10 +91,11 @@ impl Streamer {
             .unwrap_or_default()
             .to_string();
         self.emitted = end.max(self.emitted);
-        let tokens = std::mem::take(&mut self.pending_tokens);
+        let ids = std::mem::take(&mut self.pending_ids);
         Some(Piece {
             text,
-            tokens,
+            tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            ids,
             logprobs: Vec::new(),
         })
     }
@@ -169,6 +176,7 @@ fn merge(mut a: Piece, b: Option<Piece>) -> Piece {
     if let Some(b) = b {
         a.text.push_str(&b.text);
         a.tokens += b.tokens;
+        a.ids.extend(b.ids);
     }
     a
 }
@@ -204,6 +212,36 @@ mod tests {
         (pieces, text)
     }
 
+    /// The texts and token counts, after checking the ids' contract
+    /// (`JobEvent::Delta`'s `ids`) piece by piece: a piece counts its ids;
+    /// the text so far is a prefix of the ids so far decoded; at the end
+    /// they are equal, or what the ids decode to past the text starts
+    /// with a stop sequence that the last id completed.
+    fn joined_checked(
+        pieces: &[Piece],
+        bytes: &'static [u8],
+        stops: &[String],
+    ) -> (String, u32) {
+        let d = decoder(bytes);
+        let (mut text, mut ids) = (String::new(), Vec::new());
+        for p in pieces {
+            assert_eq!(p.tokens as usize, p.ids.len(), "{p:?}");
+            text.push_str(&p.text);
+            ids.extend_from_slice(&p.ids);
+            let decoded = d(&ids).unwrap();
+            assert!(decoded.starts_with(&text), "{decoded:?} vs {text:?}");
+        }
+        let decoded = d(&ids).unwrap();
+        if decoded != text {
+            let rest = &decoded[text.len()..];
+            let stop = stops.iter().find(|s| rest.starts_with(s.as_str()));
+            let stop = stop.unwrap_or_else(|| panic!("{rest:?} is not a stop cut"));
+            let before = d(&ids[..ids.len() - 1]).unwrap();
+            assert!(!before.contains(&format!("{text}{stop}")), "{before:?}");
+        }
+        (text, pieces.iter().map(|p| p.tokens).sum())
+    }
+
     fn joined(pieces: &[Piece]) -> (String, u32) {
         (
             pieces.iter().map(|p| p.text.as_str()).collect(),
@@ -214,14 +252,23 @@ mod tests {
     #[test]
     fn plain_text_streams_every_token() {
         let (pieces, _) = run(b"hello", &[]);
-        assert_eq!(joined(&pieces), ("hello".into(), 5));
+        assert_eq!(joined_checked(&pieces, b"hello", &[]), ("hello".into(), 5));
+        assert_eq!(
+            pieces.iter().map(|p| p.ids.clone()).collect::<Vec<_>>(),
+            [[0], [1], [2], [3], [4]]
+        );
         assert_eq!(pieces.len(), 5);
     }
 
     #[test]
     fn multibyte_characters_are_never_split() {
         let (pieces, _) = run("a€b".as_bytes(), &[]);
-        assert_eq!(joined(&pieces), ("a€b".into(), 5));
+        assert_eq!(
+            joined_checked(&pieces, "a€b".as_bytes(), &[]),
+            ("a€b".into(), 5)
+        );
+        // The character's three tokens go out together, with its text.
+        assert!(pieces.iter().any(|p| p.text == "€" && p.ids == [1, 2, 3]));
         assert!(pieces.iter().all(|p| !p.text.contains('\u{FFFD}')));
     }
 
@@ -231,14 +278,14 @@ mod tests {
         let (pieces, text) = run(b"abcENDxyz", &stops);
         assert_eq!(text, "abc");
         // a, b, c, E, N, D were generated; x y z never were.
-        assert_eq!(joined(&pieces), ("abc".into(), 6));
+        assert_eq!(joined_checked(&pieces, b"abcENDxyz", &stops), ("abc".into(), 6));
     }
 
     #[test]
     fn partial_stop_prefix_is_released_at_the_end() {
         let stops = vec!["ENDING".to_string()];
         let (pieces, _) = run(b"abEND", &stops);
-        assert_eq!(joined(&pieces), ("abEND".into(), 5));
+        assert_eq!(joined_checked(&pieces, b"abEND", &stops), ("abEND".into(), 5));
     }
 
     #[test]
@@ -246,19 +293,20 @@ mod tests {
         let stops = vec!["ab!".to_string()];
         let (pieces, text) = run(b"xabyab!z", &stops);
         assert_eq!(text, "xaby");
-        assert_eq!(joined(&pieces), ("xaby".into(), 7));
+        assert_eq!(joined_checked(&pieces, b"xabyab!z", &stops), ("xaby".into(), 7));
     }
 
     #[test]
     fn silent_tokens_are_counted() {
         let mut s = Streamer::new(Vec::new());
         let d = decoder(b"hi");
-        let mut total = 0;
+        let mut pieces = Vec::new();
         for i in 0..2 {
-            total += s.push(i, &d).unwrap().map_or(0, |p| p.tokens);
+            pieces.extend(s.push(i, &d).unwrap());
         }
-        s.push_silent();
-        total += s.finish(&d).unwrap().map_or(0, |p| p.tokens);
-        assert_eq!(total, 3);
+        s.push_silent(9);
+        pieces.extend(s.finish(&d).unwrap());
+        assert_eq!(joined(&pieces), ("hi".into(), 3));
+        assert_eq!(pieces.last().map(|p| p.ids.clone()), Some(vec![9]));
     }
 }

@@ -393,6 +393,46 @@ pub enum JobEvent {
     Delta {
         text: String,
         tokens: u32,
+        /// The ids of the tokens this delta counts, in the order they were
+        /// generated, in the model's vocabulary (`tokens == ids.len()` when
+        /// not empty). Empty from an older node, or from an upstream-backed
+        /// model the node has no tokenizer for. The contract the
+        /// coordinator checks, with `D(k)` the concatenated ids of deltas
+        /// 1..=k decoded with the model's tokenizer skipping special
+        /// tokens and `T(k)` their concatenated `text`:
+        ///
+        /// 1. **Prefix, while streaming.** `T(k)` is a prefix of `D(k)`:
+        ///    a token's id is sent no later than its text. Text may lag its
+        ///    ids: text held back (an incomplete UTF-8 character; a suffix
+        ///    that may begin a stop sequence) goes out in a later delta
+        ///    *without* its ids, which went with the delta that counted
+        ///    them. Except in a job that offered tools (see 2), held-back
+        ///    text is shorter than the longest stop sequence plus one
+        ///    character.
+        /// 2. **Equality, at the end.** Over the whole job `D = T`, except:
+        ///    - *stop sequence*: when a stop sequence ended the job, `D = T
+        ///      + R` where `R` starts with one of the job's stop sequences
+        ///      and the job's last id completed it (`D` without the last
+        ///      id does not contain `T` followed by that stop sequence), so
+        ///      `R` is the stop sequence plus the rest of that one token's
+        ///      text;
+        ///    - *tool calls*: in a job whose deltas carry `tool_calls`, `T`
+        ///      is `D` with at most one contiguous span removed per call,
+        ///      the spans together containing the calls' `name`s in call
+        ///      order (the family's call markup that the node's parser
+        ///      turned into calls; a node that only has the calls, as an
+        ///      upstream-backed one, sends for each call the ids of its
+        ///      `name` followed by those of its `arguments`). In a job that
+        ///      offered tools `D(k)` may run ahead of `T(k)` by the text
+        ///      the parser holds while it may still be a call.
+        /// 3. **Special tokens** (end of sequence or turn, tool-call
+        ///    markers the tokenizer marks special) decode to nothing; they
+        ///    are allowed anywhere and count in `tokens`.
+        ///
+        /// So `tokens` is bounded by what the ids decode to, and the
+        /// coordinator bills no more than the text's own token count.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<u32>,
         /// One entry per token, when the request asked for logprobs.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<TokenLogprob>,
@@ -491,6 +531,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn delta_ids_are_optional_on_the_wire() {
+        // An older node's delta (no ids) still parses; no ids, no field.
+        let old = r#"{"type":"delta","text":"hi","tokens":1}"#;
+        let ev: JobEvent = serde_json::from_str(old).unwrap();
+        assert!(matches!(&ev, JobEvent::Delta { ids, .. } if ids.is_empty()));
+        assert_eq!(serde_json::to_string(&ev).unwrap(), old);
+        let with = JobEvent::Delta {
+            text: "hi".into(),
+            tokens: 2,
+            ids: vec![7, 9],
+            logprobs: Vec::new(),
+            tool_calls: Vec::new(),
+            receipt: None,
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""ids":[7,9]"#), "{json}");
+        assert_eq!(serde_json::from_str::<JobEvent>(&json).unwrap(), with);
     }
 
     #[test]

@@ -91,6 +91,7 @@ async fn start_rogue(t: &TestNet, cancel: CancellationToken) -> Identity {
                 let delta = JobEvent::Delta {
                     text: text.into(),
                     tokens: 1,
+                    ids: Vec::new(),
                     logprobs: Vec::new(),
                     tool_calls: Vec::new(),
                     receipt: None,

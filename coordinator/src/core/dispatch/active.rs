@@ -175,6 +175,7 @@ impl ActiveJob {
             JobEvent::Delta {
                 text,
                 tokens,
+                ids: _,
                 logprobs,
                 tool_calls,
                 receipt,

@@ -132,6 +132,7 @@ impl FakeNode {
             let delta = JobEvent::Delta {
                 text: (*piece).to_owned(),
                 tokens: 1,
+                ids: Vec::new(),
                 logprobs: Vec::new(),
                 tool_calls: Vec::new(),
                 receipt: Some(running),
@@ -240,6 +241,7 @@ impl FakeNode {
                     let delta = JobEvent::Delta {
                         text: "x".into(),
                         tokens: 1,
+                        ids: Vec::new(),
                         logprobs: Vec::new(),
                         tool_calls: Vec::new(),
                         receipt: Some(running),
@@ -258,6 +260,7 @@ impl FakeNode {
                     let delta = JobEvent::Delta {
                         text: text.clone(),
                         tokens: 0,
+                        ids: Vec::new(),
                         logprobs: Vec::new(),
                         tool_calls: Vec::new(),
                         receipt: None,
@@ -276,6 +279,7 @@ impl FakeNode {
                 let delta = JobEvent::Delta {
                     text: String::new(),
                     tokens: n,
+                    ids: Vec::new(),
                     logprobs: Vec::new(),
                     tool_calls: calls.clone(),
                     receipt: None,
