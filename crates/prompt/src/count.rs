@@ -116,10 +116,21 @@ impl OutputCount {
     }
 
     /// The output tokens billed for the ids so far with `calls` tool calls
-    /// made (see the module docs).
+    /// made (see the module docs), counting what [`Self::finish`] would
+    /// add without changing the count: the same number whichever way the
+    /// ids were split into pushes (what a running receipt carries).
     pub fn billable(&self, tokenizer: &Tokenizer, calls: usize) -> Result<u32, PromptError> {
+        let decode = |ids: &[u32]| {
+            tokenizer
+                .decode(ids, true)
+                .map_err(|e| PromptError::Tokenizer(e.to_string()))
+        };
+        let before = decode(&self.ids[self.prev..self.cur])?;
+        let all = decode(&self.ids[self.prev..])?;
+        let rest = all.get(before.len()..).unwrap_or_default();
+        let text = [self.decoded.as_str(), rest].concat();
         let own = tokenizer
-            .encode(self.decoded.as_str(), false)
+            .encode(text.as_str(), false)
             .map_err(|e| PromptError::Tokenizer(e.to_string()))?
             .get_ids()
             .len();

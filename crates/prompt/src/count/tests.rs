@@ -181,3 +181,20 @@ fn tool_call_markup_may_be_left_out_of_the_text_but_only_so_much() {
     let padded = format!("{decoded}{}", "y".repeat(2 * CALL_MARKUP_BYTES + MAX_TOKEN_BYTES));
     assert_eq!(check_served(&padded, &ok), Err(Mismatch::CallsTooLong));
 }
+
+#[test]
+fn the_count_does_not_depend_on_how_ids_were_split() {
+    let t = tokenizer();
+    let all = ids(&t, "héllo wörld ✓ hello");
+    // Every prefix, pushed one id at a time or all at once, bills the same
+    // (a running receipt's count is the coordinator's for the same ids).
+    for n in 1..=all.len() {
+        let mut one = OutputCount::new(&t);
+        for id in &all[..n] {
+            one.push(&t, &[*id]).unwrap();
+        }
+        let mut batch = OutputCount::new(&t);
+        batch.push(&t, &all[..n]).unwrap();
+        assert_eq!(one.billable(&t, 0).unwrap(), batch.billable(&t, 0).unwrap(), "{n}");
+    }
+}
