@@ -169,6 +169,10 @@ pub struct CompletedJob {
     pub private: bool,
     pub node: [u8; 32],
     pub model: String,
+    /// Where the job was allowed to go: its preferences with its app's
+    /// rules folded in (no data collection, licenses). A re-run of it goes
+    /// only where these allow.
+    pub prefs: ProviderPrefs,
 }
 
 /// What dispatch knows of a job's completion notice before it is served.
@@ -176,4 +180,6 @@ pub struct CompletedJob {
 pub struct Notice {
     pub app: String,
     pub private: bool,
+    /// See [`CompletedJob::prefs`].
+    pub prefs: ProviderPrefs,
 }

@@ -8,7 +8,12 @@
 //! on the node that served it and on a reference node, the most trusted
 //! one advertising the same weights hash. Both runs are ordinary jobs on the wire: the node cannot
 //! tell a check from a builder's greedy request. They are paid for by the
-//! operator's `spot-checks` app and booked like any job.
+//! operator's `spot-checks` app and booked like any job. A re-run goes
+//! only where the original job's preferences allowed its prompt to go
+//! (`only`, `ignore`, region, `data_collection: deny` and licenses, its
+//! app's rules folded in at dispatch: [`CompletedJob::prefs`]): the
+//! reference and the arbiter are chosen among those nodes, and each
+//! re-run is routed under the same preferences.
 //!
 //! The two runs are compared ([`compare_runs`]): the same input token
 //! count (a node inflating what it bills for input differs here), then the
@@ -38,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::accounts::Principal;
-use crate::core::dispatch::{CompletedJob, start_job};
+use crate::core::dispatch::{CompletedJob, allowed_nodes, start_job};
 use crate::core::job::{Job, JobKind, ProviderPrefs};
 use crate::core::registry::Lookup;
 use crate::core::routing::Outcome;
@@ -85,27 +90,82 @@ pub async fn run(
         }
         let checker = core.clone();
         core.spawn(async move {
-            run_check(&checker, done.job.input.clone(), done.node, &done.model).await;
+            let check = Check {
+                input: done.job.input.clone(),
+                model: done.model.clone(),
+                prefs: done.prefs.clone(),
+            };
+            run_check(&checker, &check, done.node).await;
         });
     }
 }
 
+/// What a check re-runs, and where it may: the original job's input and
+/// model, and its preferences (its app's rules folded in) that decided
+/// where its prompt could go.
+struct Check {
+    input: JobInput,
+    model: String,
+    prefs: ProviderPrefs,
+}
+
+impl Check {
+    /// The check job, on exactly `node` (`None`: on any node the original
+    /// job allowed, for [`choose_checker`]'s list). Every preference that
+    /// decides where the prompt may go (`only`, `ignore`, region, data
+    /// collection, licenses, quantizations, weights, prices, trust) is the
+    /// original job's; ordering and fallbacks are the check's own. `None`
+    /// when `node` is outside the original `only` list.
+    fn job(&self, node: Option<[u8; 32]>) -> Option<Job> {
+        let only = match node {
+            Some(n) if !self.prefs.only.is_empty() && !self.prefs.only.contains(&n) => return None,
+            Some(n) => vec![n],
+            None => self.prefs.only.clone(),
+        };
+        Some(Job {
+            kind: JobKind::Chat,
+            models: vec![self.model.clone()],
+            input: self.input.clone(),
+            params: SamplingParams {
+                max_tokens: CHECK_TOKENS,
+                temperature: 0.0,
+                seed: Some(CHECK_SEED),
+                logprobs: true,
+                top_logprobs: 5,
+                ..SamplingParams::default()
+            },
+            prefs: ProviderPrefs {
+                only,
+                order: Vec::new(),
+                sort: None,
+                allow_fallbacks: node.is_none(),
+                ..self.prefs.clone()
+            },
+            tools: None,
+            response_format: None,
+        })
+    }
+}
+
 /// The node a check on `suspect` is compared against: the most trusted
-/// live node, other than those in `exclude`, advertising `model` with the
+/// live node, other than those in `exclude`, advertising the model with the
 /// suspect's weights hash ([`verdict::choose_reference`]; with the
-/// reference in `exclude` too, the arbiter).
+/// reference in `exclude` too, the arbiter), among the nodes the original
+/// job's preferences allow (dispatch's own routing decides which).
 fn choose_checker(
     core: &Core,
-    model: &str,
+    check: &Check,
     suspect: [u8; 32],
     exclude: &[[u8; 32]],
 ) -> Option<[u8; 32]> {
     let now = now_ms();
-    let Lookup::Found(offers) = core.registry.lookup(model, now) else {
+    let Lookup::Found(offers) = core.registry.lookup(&check.model, now) else {
         return None;
     };
+    let allowed = allowed_nodes(core, &check.job(None)?, &check.model, SPOT_CHECK_APP);
     let offers: Vec<([u8; 32], Option<[u8; 32]>)> = offers
         .iter()
+        .filter(|o| o.advert.node == suspect || allowed.contains(&o.advert.node))
         .map(|o| (o.advert.node, o.offer.weights_sha256))
         .collect();
     verdict::choose_reference(&offers, &suspect, exclude, |nodes| {
@@ -114,32 +174,10 @@ fn choose_checker(
 }
 
 /// Runs the check job on exactly `node`.
-async fn run_on(
-    core: &Arc<Core>,
-    input: &JobInput,
-    node: [u8; 32],
-    model: &str,
-) -> Result<Run, String> {
-    let job = Job {
-        kind: JobKind::Chat,
-        models: vec![model.to_owned()],
-        input: input.clone(),
-        params: SamplingParams {
-            max_tokens: CHECK_TOKENS,
-            temperature: 0.0,
-            seed: Some(CHECK_SEED),
-            logprobs: true,
-            top_logprobs: 5,
-            ..SamplingParams::default()
-        },
-        prefs: ProviderPrefs {
-            only: vec![node],
-            allow_fallbacks: false,
-            ..ProviderPrefs::default()
-        },
-        tools: None,
-        response_format: None,
-    };
+async fn run_on(core: &Arc<Core>, check: &Check, node: [u8; 32]) -> Result<Run, String> {
+    let job = check
+        .job(Some(node))
+        .ok_or("the original job's preferences do not allow this node")?;
     let principal = Principal {
         app: SPOT_CHECK_APP.into(),
         key_id: SPOT_CHECK_APP.into(),
@@ -171,18 +209,18 @@ fn short(k: &[u8; 32]) -> String {
 /// One spot check: the suspect's and the reference's runs, an arbiter's
 /// when they differ, then the shared verdict ([`verdict::decide`]) booked
 /// as evidence.
-async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: &str) {
-    // 1. The reference: the most trusted other node with the same weights.
-    let Some(reference) = choose_checker(core, model, suspect, &[suspect]) else {
+async fn run_check(core: &Arc<Core>, check: &Check, suspect: [u8; 32]) {
+    let model = check.model.as_str();
+    // 1. The reference: the most trusted other node with the same weights
+    //    that the original job allowed.
+    let Some(reference) = choose_checker(core, check, suspect, &[suspect]) else {
         tracing::debug!(node = %short(&suspect), model, "spot check skipped: no other node with the same weights");
         return;
     };
     // 2. Both runs; a check with a failed run is incomplete (dispatch has
     //    already counted the failure).
-    let (run, reference_run) = tokio::join!(
-        run_on(core, &input, suspect, model),
-        run_on(core, &input, reference, model)
-    );
+    let (run, reference_run) =
+        tokio::join!(run_on(core, check, suspect), run_on(core, check, reference));
     let (run, reference_run) = match (run, reference_run) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {
@@ -202,7 +240,7 @@ async fn run_check(core: &Arc<Core>, input: JobInput, suspect: [u8; 32], model: 
                 position,
                 reason,
             };
-            run_arbiter(core, &input, model, &differ)
+            run_arbiter(core, check, &differ)
                 .await
                 .map(|(node, arbiter_run)| (node, arbiter_run, differ))
         }
@@ -258,24 +296,19 @@ struct Runs<'a> {
 /// Someone is wrong; a third node with the same weights decides who. Its
 /// key and run, or `None` (logged: the check is inconclusive) when no
 /// third node has the weights or its run failed.
-async fn run_arbiter(
-    core: &Arc<Core>,
-    input: &JobInput,
-    model: &str,
-    differ: &Differ,
-) -> Option<([u8; 32], Run)> {
+async fn run_arbiter(core: &Arc<Core>, check: &Check, differ: &Differ) -> Option<([u8; 32], Run)> {
     let Differ {
         suspect,
         reference,
         position,
         reason,
     } = differ;
-    let Some(arbiter) = choose_checker(core, model, *suspect, &[*suspect, *reference]) else {
+    let Some(arbiter) = choose_checker(core, check, *suspect, &[*suspect, *reference]) else {
         tracing::warn!(node = %short(suspect), reference = %short(reference), position, %reason,
             "spot check inconclusive: the runs differ and no third node has the same weights");
         return None;
     };
-    match run_on(core, input, arbiter, model).await {
+    match run_on(core, check, arbiter).await {
         Ok(r) => Some((arbiter, r)),
         Err(e) => {
             tracing::warn!(node = %short(suspect), arbiter = %short(&arbiter), error = %e,

@@ -21,22 +21,11 @@ use tokenizers::{DecoderWrapper, Tokenizer};
 
 use crate::EngineError;
 
-/// Largest grammar compiled: bytes of a JSON schema (serialized compactly)
-/// or of a Lark grammar's source. OpenAI's structured outputs cap a schema
-/// at 5,000 properties and 120,000 characters of names and values, which
-/// fits with room; compile work grows with the grammar, and a job frame
-/// (1 MiB) would otherwise let four times as much through.
-pub const MAX_GRAMMAR_BYTES: usize = 256 * 1024;
-
-/// Most properties one object of a schema may declare. llguidance's
-/// compile time grows with the square of an object's optional properties:
-/// unoptimized, 1,000 took 1 s, 4,000 took 17 s and 8,000 (a 76 KB schema)
-/// 56 s; required ones cost a tenth of that.
-pub const MAX_OBJECT_PROPERTIES: usize = 1000;
-
-/// Most properties a job's schemas may declare in all: OpenAI's own cap
-/// for structured outputs.
-pub const MAX_SCHEMA_PROPERTIES: usize = 5000;
+// The schema limits are the network's, shared with the coordinator
+// (`sharenet_proto::schema_limits`), which refuses a request over them
+// before any node sees it: a node's refusal for them is never the
+// request's fault.
+use sharenet_proto::schema_limits::MAX_GRAMMAR_BYTES;
 
 /// The vocabulary as llguidance sees it: each token's bytes.
 struct Vocab {
@@ -247,11 +236,10 @@ impl Grammar {
     /// the limit, then walked once).
     pub fn check_size(&self) -> Result<(), EngineError> {
         let (fits, what) = match self {
-            Self::JsonSchema(schema) => {
-                let mut counter = Counter(0);
-                let fits = serde_json::to_writer(&mut counter, schema).is_ok();
-                (fits, "response_format: the schema")
-            }
+            Self::JsonSchema(schema) => (
+                sharenet_proto::schema_limits::schemas_fit([schema], MAX_GRAMMAR_BYTES),
+                "response_format: the schema",
+            ),
             Self::Lark(src) => (
                 src.len() <= MAX_GRAMMAR_BYTES,
                 "tools: the forced call's grammar",
@@ -268,40 +256,23 @@ impl Grammar {
         }
     }
 
-    /// Refuses schemas declaring more than [`MAX_OBJECT_PROPERTIES`] in one
-    /// object or [`MAX_SCHEMA_PROPERTIES`] in all (every `properties` map
-    /// anywhere in them counts). `what` names them in the error. Walks
-    /// without recursion.
+    /// Refuses schemas declaring more than
+    /// [`sharenet_proto::MAX_OBJECT_PROPERTIES`] in one object or
+    /// [`sharenet_proto::MAX_SCHEMA_PROPERTIES`] in all (every `properties` map
+    /// anywhere in them counts; the shared check,
+    /// `sharenet_proto::schema_limits::check_schema_properties`). `what` names them
+    /// in the error.
     pub fn check_properties<'a>(
         schemas: impl IntoIterator<Item = &'a Value>,
         what: &str,
     ) -> Result<(), EngineError> {
-        let mut total = 0usize;
-        let mut todo: Vec<&Value> = schemas.into_iter().collect();
-        while let Some(v) = todo.pop() {
-            match v {
-                Value::Object(map) => {
-                    if let Some(Value::Object(props)) = map.get("properties") {
-                        if props.len() > MAX_OBJECT_PROPERTIES {
-                            return Err(EngineError::InvalidInput(format!(
-                                "{what}: an object of the schema has {} properties; at most {MAX_OBJECT_PROPERTIES} are compiled",
-                                props.len()
-                            )));
-                        }
-                        total += props.len();
-                        if total > MAX_SCHEMA_PROPERTIES {
-                            return Err(EngineError::InvalidInput(format!(
-                                "{what}: the schema has over {MAX_SCHEMA_PROPERTIES} properties in all"
-                            )));
-                        }
-                    }
-                    todo.extend(map.values());
-                }
-                Value::Array(items) => todo.extend(items),
-                _ => {}
-            }
-        }
-        Ok(())
+        sharenet_proto::schema_limits::check_schema_properties(schemas, "schema").map_err(|e| {
+            let reason = match e {
+                sharenet_proto::ProtoError::Invalid { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            EngineError::InvalidInput(format!("{what}: {reason}"))
+        })
     }
 }
 
@@ -315,23 +286,6 @@ const COMPILE_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 fn internal(message: String) -> EngineError {
     EngineError::Inference(candle_core::Error::Msg(message))
-}
-
-/// Counts bytes written, failing past [`MAX_GRAMMAR_BYTES`].
-struct Counter(usize);
-
-impl std::io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 = self.0.saturating_add(buf.len());
-        if self.0 > MAX_GRAMMAR_BYTES {
-            return Err(std::io::Error::other("grammar too large"));
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Compact, fixed separators unless the schema sets its own.
@@ -399,6 +353,7 @@ impl Constraint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sharenet_proto::MAX_OBJECT_PROPERTIES;
 
     fn schema_of(bytes: usize) -> Grammar {
         // `{"enum":["aaa…"]}` is 13 bytes around the string.

@@ -24,9 +24,11 @@ pub mod canon;
 mod error;
 pub mod hex_keys;
 mod job;
+pub mod job_budget;
 mod keys;
 mod money;
 mod receipt;
+pub mod schema_limits;
 mod tools;
 
 pub use advert::{
@@ -40,15 +42,17 @@ pub use job::{
     MAX_FRAME_BYTES, MAX_JOB_TOKENS, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, MAX_TRACEPARENT_BYTES,
     SamplingParams, TokenLogprob, TopLogprob, Usage,
 };
+pub use job_budget::{JOB_SLACK_BYTES, LOGPROB_ENTRY_BYTES, MAX_TOKEN_BYTES, job_byte_budget};
 pub use keys::{
     JobId, PublicKey, SigningKey, embeddings_digest, public_key_of, sha256, sign_canonical,
     verify_canonical,
 };
 pub use money::{NanoUsd, job_cost};
 pub use receipt::{CountersignedReceipt, Receipt, SignedReceipt};
+pub use schema_limits::{MAX_GRAMMAR_BYTES, MAX_OBJECT_PROPERTIES, MAX_SCHEMA_PROPERTIES};
 pub use tools::{
-    Capabilities, MAX_TOOL_NAME, MAX_TOOLS, ResponseFormat, ResponseHasher, ToolCall, ToolChoice,
-    ToolSpec, Tools, response_digest, valid_tool_name,
+    Capabilities, MAX_TOOL_NAME, MAX_TOOL_SCHEMA_BYTES, MAX_TOOLS, ResponseFormat, ResponseHasher,
+    ToolCall, ToolChoice, ToolSpec, Tools, response_digest, valid_tool_name,
 };
 
 /// The protocol version written after every domain tag. A peer that sends

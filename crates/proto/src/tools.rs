@@ -16,6 +16,15 @@ pub const MAX_TOOLS: usize = 128;
 /// Longest function name (OpenAI: `^[a-zA-Z0-9_-]{1,64}$`).
 pub const MAX_TOOL_NAME: usize = 64;
 
+/// Most bytes the parameter schemas of a request's tools may take in all
+/// (compact JSON). A forced call compiles one Lark grammar that embeds
+/// every callable tool's schema, each wrapped in about 200 bytes of its own
+/// (the name as a constant, `required`, `additionalProperties`); keeping
+/// 512 bytes per tool for that wrapping (64 KiB at [`MAX_TOOLS`])
+/// keeps the grammar under [`crate::MAX_GRAMMAR_BYTES`], so a node never refuses a
+/// request the coordinator let through for its grammar's size.
+pub const MAX_TOOL_SCHEMA_BYTES: usize = crate::schema_limits::MAX_GRAMMAR_BYTES - MAX_TOOLS * 512;
+
 /// A function the model may call (OpenAI's `tools[].function`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +197,13 @@ impl Tools {
                 ));
             }
         }
+        // A node's constraint compiler's limits, checked where every
+        // request passes (see `schema_limits`).
+        crate::schema_limits::check_schemas(
+            self.specs.iter().map(|t| &t.parameters),
+            MAX_TOOL_SCHEMA_BYTES,
+            "tools",
+        )?;
         if let ToolChoice::Function(name) = &self.choice
             && !self.specs.iter().any(|t| &t.name == name)
         {
@@ -226,6 +242,11 @@ impl ResponseFormat {
                     "json_schema.schema must be a JSON schema object",
                 ));
             }
+            crate::schema_limits::check_schemas(
+                [schema],
+                crate::schema_limits::MAX_GRAMMAR_BYTES,
+                "response_format",
+            )?;
         }
         Ok(())
     }

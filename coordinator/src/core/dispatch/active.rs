@@ -10,28 +10,22 @@ use futures::AsyncWriteExt;
 use sharenet_market::Charge;
 use sharenet_p2p::{PeerId, read_frame, write_frame};
 use sharenet_proto::{
-    CountersignedReceipt, FinishReason, JobEvent, JobId, MAX_FRAME_BYTES, SignedReceipt,
+    CountersignedReceipt, FinishReason, JobEvent, JobId, JobInput, MAX_FRAME_BYTES, SignedReceipt,
     TokenLogprob, ToolCall, Usage, embeddings_digest, response_digest,
 };
 
 use crate::core::accounts::Hold;
 use crate::core::error::Error;
-use crate::core::job::Job;
+use crate::core::job::{Job, JobKind};
 use crate::core::routing::{InFlight, Outcome};
 use crate::core::transport::JobStream;
 use crate::core::{Core, now_ms, untrusted};
 
 use super::attempt::{Started, decode_event};
 use super::book::{Claim, Terms, check_and_book};
+use super::budget::Budget;
 use crate::core::job::{CompletedJob, Notice};
 
-/// Most bytes of text one streamed token may carry: the longest tokens of
-/// real vocabularies are far shorter, so a node that sends more is
-/// flooding, not generating.
-pub const MAX_BYTES_PER_TOKEN: usize = 256;
-/// Text a node may send beyond that (held-back stop-string prefixes and
-/// partial UTF-8 released late).
-pub const TEXT_SLACK_BYTES: usize = 1024;
 /// Events a job may have beyond one per token (token-less deltas).
 pub const EXTRA_EVENTS: u32 = 64;
 
@@ -78,6 +72,8 @@ pub struct ActiveJob {
     /// completion notice).
     notice: Notice,
     streamed_tokens: u32,
+    /// The job's byte budget: text, tool calls and logprobs together.
+    budget: Budget,
     /// Events read so far (bounded: a node cannot stall a job with
     /// endless empty deltas).
     events: u32,
@@ -112,6 +108,7 @@ impl ActiveJob {
             stream: Some(started.stream),
             first: Some(started.first),
             terms,
+            budget: Budget::for_job(&job.params),
             job,
             notice,
             streamed_tokens: 0,
@@ -187,27 +184,20 @@ impl ActiveJob {
                         self.node_failed(core, "the node streamed more tokens than max_tokens")
                     );
                 }
-                // Bounded memory per job, whatever the node sends.
-                let text_room = (self.streamed_tokens as usize)
-                    .saturating_mul(MAX_BYTES_PER_TOKEN)
-                    .saturating_add(TEXT_SLACK_BYTES);
-                let call_bytes: usize = tool_calls
-                    .iter()
-                    .map(|c| c.id.len() + c.name.len() + c.arguments.len())
-                    .sum();
-                if self.text.len() + self.call_bytes() + text.len() + call_bytes > text_room {
+                if self.job.kind == JobKind::Embedding {
                     return Err(
-                        self.node_failed(core, "the node sent more text than its tokens can hold")
+                        self.node_failed(core, "the node streamed text for an embeddings job")
                     );
                 }
                 if self.events > self.job.params.max_tokens.saturating_add(EXTRA_EVENTS) {
                     return Err(self.node_failed(core, "the node sent more events than tokens"));
                 }
-                if logprobs.len() > tokens as usize
-                    || (!logprobs.is_empty() && !self.job.params.logprobs)
+                // Bounded memory per job, whatever the node sends.
+                if let Err(why) =
+                    self.budget
+                        .charge(&self.job.params, tokens, &text, &logprobs, &tool_calls)
                 {
-                    return Err(self
-                        .node_failed(core, "the node sent logprobs that do not match its tokens"));
+                    return Err(self.node_failed(core, &why));
                 }
                 if let Some(why) = self.bad_calls(&tool_calls) {
                     return Err(self.node_failed(core, why));
@@ -234,10 +224,8 @@ impl ActiveJob {
                 Ok(Step::Delta(text, logprobs))
             }
             JobEvent::Embeddings { data } => {
-                if self.embeddings.is_some() || !self.text.is_empty() {
-                    return Err(
-                        self.node_failed(core, "the node sent an unexpected embeddings frame")
-                    );
+                if let Some(why) = self.bad_embeddings(&data) {
+                    return Err(self.node_failed(core, why));
                 }
                 self.embeddings = Some(data);
                 Ok(Step::Delta(String::new(), Vec::new()))
@@ -264,11 +252,26 @@ impl ActiveJob {
         }
     }
 
-    fn call_bytes(&self) -> usize {
-        self.tool_calls
-            .iter()
-            .map(|c| c.id.len() + c.name.len() + c.arguments.len())
-            .sum()
+    /// Why an embeddings frame from the node is not acceptable, if it is
+    /// not: only an embeddings job takes one, once, with one vector per
+    /// input, all of one non-zero dimension.
+    fn bad_embeddings(&self, data: &[Vec<f32>]) -> Option<&'static str> {
+        let JobInput::Embed { inputs } = &self.job.input else {
+            return Some(
+                "the node sent an embeddings frame for a job that is not an embeddings job",
+            );
+        };
+        if self.embeddings.is_some() {
+            return Some("the node sent a second embeddings frame");
+        }
+        if data.len() != inputs.len() {
+            return Some("the node sent a number of vectors other than the job's inputs");
+        }
+        let dims = data.first().map_or(0, Vec::len);
+        if dims == 0 || data.iter().any(|v| v.len() != dims) {
+            return Some("the node sent vectors of inconsistent dimensions");
+        }
+        None
     }
 
     /// Why tool calls from the node are not acceptable, if they are not:
@@ -373,6 +376,11 @@ impl ActiveJob {
         usage: Usage,
         receipt: &[u8],
     ) -> Result<Finished, Error> {
+        if self.job.kind == JobKind::Embedding && self.embeddings.is_none() {
+            return Err(
+                self.node_failed(core, "the node finished an embeddings job without vectors")
+            );
+        }
         let hold = self
             .hold
             .take()
@@ -420,6 +428,7 @@ impl ActiveJob {
             private: self.notice.private,
             node: self.terms.node,
             model: self.terms.model.clone(),
+            prefs: self.notice.prefs.clone(),
         });
         Ok(Finished {
             charge: entry.charge,

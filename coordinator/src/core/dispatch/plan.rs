@@ -7,7 +7,7 @@ use sharenet_router as r;
 
 use crate::core::accounts::{Admission, Hold, Principal};
 use crate::core::error::Error;
-use crate::core::job::{Job, JobKind, SortKey};
+use crate::core::job::{Job, JobKind, ProviderPrefs, SortKey};
 use crate::core::registry::Offer;
 use crate::core::{Core, now_ms};
 
@@ -20,6 +20,36 @@ pub(super) struct Plan {
     pub sensitive: bool,
     /// The app's private pool: a job served there keeps its prompt there.
     pub pool: Vec<[u8; 32]>,
+    /// The job's preferences with the app's rules on where its prompt may
+    /// go folded in ([`effective_prefs`]): a spot check's re-run of the job
+    /// honours them too.
+    pub prefs: ProviderPrefs,
+}
+
+/// The job's preferences with the app's rules on where its prompt may go
+/// folded in: no data collection when either says so, and the licenses
+/// both allow. Routing the result under no app rules allows exactly the
+/// nodes routing the job under its app's rules allows, private pool aside
+/// (a job served from the pool is never re-run elsewhere).
+fn effective_prefs(job: &Job, rules: &AppRouting) -> Result<ProviderPrefs, Error> {
+    Ok(ProviderPrefs {
+        deny_data_collection: job.prefs.deny_data_collection || rules.deny_data_collection,
+        licenses: licenses(&job.prefs.licenses, &rules.licenses)?,
+        ..job.prefs.clone()
+    })
+}
+
+/// Every node serving `model` that `job` may go to under the rules of
+/// `app`, best first (the same routing as dispatch, with no limit on the
+/// list's length): spot checks choose their reference among the nodes the
+/// original job allowed. Empty when none may.
+pub(crate) fn allowed_nodes(core: &Core, job: &Job, model: &str, app: &str) -> Vec<[u8; 32]> {
+    let rules = core
+        .accounts
+        .app(app)
+        .map(|a| a.routing)
+        .unwrap_or_default();
+    route(core, model, job, &rules, crate::core::registry::MAX_NODES).unwrap_or_default()
 }
 
 /// The first model of the job's list that some node serves (the `models`
@@ -95,11 +125,38 @@ fn licenses(asked: &[String], app: &[String]) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
+/// The routing knobs of one decision, with at most `max_candidates` in
+/// the list.
+fn route_params(core: &Core, max_candidates: usize) -> r::RouteParams {
+    // "Full" is the router's default: a node with as many of our jobs as
+    // it has slots (our own in-flight jobs count at once; its advert lags)
+    // gets no more while another has room, and only when every node is full
+    // do jobs wait in the nodes' queues (`spill_queue_factor`).
+    //
+    // A node never measured is assumed fast (a short first token, quick
+    // decoding), so it gets tried and measured rather than starved behind
+    // nodes whose real numbers beat a pessimistic guess; the probation share
+    // caps what new nodes get while established ones are available.
+    r::RouteParams {
+        spill_queue_factor: core.spill_queue_factor,
+        unknown_ttft_ms: 20.0,
+        unknown_tokens_per_sec: 500.0,
+        max_candidates,
+        ..r::RouteParams::default()
+    }
+}
+
 /// Orders the nodes to try with the pure router over the routing index:
 /// the request's filters and preferences and the app's rules, then price,
 /// predicted latency and trust, load-aware. When a filter empties the list
 /// the 503 names it.
-fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<[u8; 32]>, Error> {
+fn route(
+    core: &Core,
+    model: &str,
+    job: &Job,
+    rules: &AppRouting,
+    max_candidates: usize,
+) -> Result<Vec<[u8; 32]>, Error> {
     let p = &job.prefs;
     let sensitive = p.sensitive || rules.sensitive;
     if sensitive && rules.private_pool.is_empty() {
@@ -143,21 +200,7 @@ fn route(core: &Core, model: &str, job: &Job, rules: &AppRouting) -> Result<Vec<
         max_output_tokens: job.params.max_tokens,
         prefs,
     };
-    // "Full" is the router's default: a node with as many of our jobs as
-    // it has slots (our own in-flight jobs count at once; its advert lags)
-    // gets no more while another has room, and only when every node is full
-    // do jobs wait in the nodes' queues (`spill_queue_factor`).
-    //
-    // A node never measured is assumed fast (a short first token, quick
-    // decoding), so it gets tried and measured rather than starved behind
-    // nodes whose real numbers beat a pessimistic guess; the probation share
-    // caps what new nodes get while established ones are available.
-    let params = r::RouteParams {
-        spill_queue_factor: core.spill_queue_factor,
-        unknown_ttft_ms: 20.0,
-        unknown_tokens_per_sec: 500.0,
-        ..r::RouteParams::default()
-    };
+    let params = route_params(core, max_candidates);
     let needed = u64::from(request.input_tokens) + u64::from(request.max_output_tokens);
     core.routing
         .route(
@@ -236,10 +279,11 @@ pub(super) fn plan_candidates(
             .filter_map(|k| core.registry.offer_of(k, &model, now))
             .collect()
     };
-    let mut candidates = live(route(core, &model, job, &rules)?);
+    let max = r::RouteParams::default().max_candidates;
+    let mut candidates = live(route(core, &model, job, &rules, max)?);
     if candidates.is_empty() {
         core.prune_expired(now);
-        candidates = live(route(core, &model, job, &rules)?);
+        candidates = live(route(core, &model, job, &rules, max)?);
     }
     if candidates.is_empty() {
         return Err(Error::NoCapacity(format!(
@@ -256,6 +300,7 @@ pub(super) fn plan_candidates(
         model,
         candidates,
         sensitive: job.prefs.sensitive || rules.sensitive,
+        prefs: effective_prefs(job, &rules)?,
         pool: rules.private_pool,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sharenet_proto::{JobId, JobRequest, MAX_FRAME_BYTES, sha256};
+use sharenet_proto::{JobId, JobRequest, MAX_FRAME_BYTES, ProtoError, sha256};
 use tracing::Instrument;
 
 use crate::core::Core;
@@ -48,8 +48,8 @@ pub async fn start_job(
     let bytes = encode_request(&job, &request)?;
     let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;
     let hold = plan::admit(core, &job, &plan, principal, end_customer).await?;
-    let (sensitive, pool) = (plan.sensitive, plan.pool);
-    let (offer, started) = attempt::first_answer(core, &plan.model, plan.candidates, &bytes)
+    let (sensitive, pool, prefs) = (plan.sensitive, plan.pool, plan.prefs);
+    let (offer, started) = attempt::first_answer(core, &job, &plan.model, plan.candidates, &bytes)
         .instrument(span.clone())
         .await?;
     span.record("node", tracing::field::display(&offer.peer));
@@ -70,15 +70,26 @@ pub async fn start_job(
         Notice {
             app: principal.app.clone(),
             private: sensitive || pool.contains(&offer.advert.node),
+            prefs,
         },
         hold,
     ))
 }
 
-/// The request's bytes, refused (400 naming the parameter) when they do
-/// not fit one frame: every node would fail it, and the failure would
-/// count against an honest node.
+/// The request's bytes, refused (400 naming the parameter) when a node's
+/// own check of a request (`JobRequest::validate`: ranges, sizes, the
+/// schema limits of its constraint compiler) would refuse it, or when they
+/// do not fit one frame: every node would fail it, and since a refusal
+/// the coordinator cannot explain counts against the refuser
+/// (`attempt::first_answer`), the coordinator checks all of it first.
 fn encode_request(job: &Job, request: &JobRequest) -> Result<Vec<u8>, Error> {
+    request.validate().map_err(|e| {
+        let param = match &e {
+            ProtoError::Invalid { field, .. } => *field,
+            _ => "messages",
+        };
+        Error::bad_request(e.to_string(), Some(param))
+    })?;
     let bytes = serde_json::to_vec(request)
         .map_err(|e| Error::Internal(format!("encode job request: {e}")))?;
     if bytes.len() > MAX_FRAME_BYTES {

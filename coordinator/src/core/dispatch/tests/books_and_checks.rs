@@ -16,6 +16,7 @@ async fn private_jobs_are_never_spot_checked_elsewhere() {
         private,
         node: s.nodes[0],
         model: MODEL.into(),
+        prefs: ProviderPrefs::any(),
     };
     tx.send(notice(true)).await.unwrap();
     // A negative check, so it has to look for a while: no check opened
@@ -189,6 +190,7 @@ async fn a_node_inflating_its_input_counts_is_caught_by_a_spot_check() {
         private: false,
         node: s.nodes[0],
         model: MODEL.into(),
+        prefs: ProviderPrefs::any(),
     })
     .await
     .unwrap();

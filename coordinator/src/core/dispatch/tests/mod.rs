@@ -63,6 +63,20 @@ pub(crate) enum Script {
     Trickle(u32, Duration),
     /// Sends `n` token-less deltas of `bytes` bytes of text each.
     Flood { n: u32, bytes: usize },
+    /// Answers with this request-level refusal (`invalid_request`,
+    /// `unsupported_input`, `context_length_exceeded`).
+    RefuseAs(JobErrorCode),
+    /// Streams `n` one-token deltas of text `x`, each with one logprob
+    /// entry whose strings are `token_len` bytes and which has `top`
+    /// alternatives like it, then finishes honestly.
+    Logprobs {
+        n: u32,
+        top: usize,
+        token_len: usize,
+    },
+    /// Sends these vectors in an embeddings frame, then finishes with a
+    /// receipt over them.
+    Embeddings(Vec<Vec<f32>>),
     /// Makes these tool calls (one token each), then signs a receipt whose
     /// response digest covers them, or (`honest_digest: false`) only the
     /// text, as a node hiding what it sent would.
@@ -81,6 +95,41 @@ struct FakeNode {
 
 /// Input tokens an honest fake node reports.
 const INPUT_TOKENS: u32 = 5;
+
+/// A delta event (the one place the tests spell its fields).
+fn delta(
+    text: &str,
+    tokens: u32,
+    logprobs: Vec<sharenet_proto::TokenLogprob>,
+    receipt: Option<Vec<u8>>,
+) -> JobEvent {
+    JobEvent::Delta {
+        text: text.to_owned(),
+        tokens,
+        logprobs,
+        tool_calls: Vec::new(),
+        receipt,
+    }
+}
+
+/// A logprob entry whose strings are `len` bytes, with `top` alike.
+fn logprob_entry(len: usize, top: usize) -> sharenet_proto::TokenLogprob {
+    let token = "t".repeat(len);
+    sharenet_proto::TokenLogprob {
+        id: 1,
+        token: token.clone(),
+        bytes: token.clone().into_bytes(),
+        logprob: -0.1,
+        top: (0..top)
+            .map(|i| sharenet_proto::TopLogprob {
+                id: i as u32 + 2,
+                token: token.clone(),
+                bytes: token.clone().into_bytes(),
+                logprob: -2.0,
+            })
+            .collect(),
+    }
+}
 
 impl FakeNode {
     fn receipt(
@@ -220,6 +269,44 @@ impl FakeNode {
                 };
                 Self::send(&mut s, &refusal).await;
             }
+            Script::RefuseAs(code) => {
+                let refusal = JobEvent::Error {
+                    code,
+                    message: format!("refused as {code:?}"),
+                };
+                Self::send(&mut s, &refusal).await;
+            }
+            Script::Logprobs { n, top, token_len } => {
+                let mut text = String::new();
+                for i in 0..n {
+                    text.push('x');
+                    let running = self.receipt(&req, digest, INPUT_TOKENS, i + 1, &text);
+                    let ev = delta("x", 1, vec![logprob_entry(token_len, top)], Some(running));
+                    if !Self::send(&mut s, &ev).await {
+                        return;
+                    }
+                }
+                self.finish(&mut s, &req, digest, &text, INPUT_TOKENS, n)
+                    .await;
+            }
+            Script::Embeddings(data) => {
+                let response = sharenet_proto::embeddings_digest(&data);
+                Self::send(&mut s, &JobEvent::Embeddings { data }).await;
+                let done = JobEvent::Done {
+                    finish_reason: FinishReason::Stop,
+                    usage: Usage {
+                        input_tokens: INPUT_TOKENS,
+                        output_tokens: 0,
+                    },
+                    receipt: self.receipt_for(&req, digest, 0, response),
+                };
+                Self::send(&mut s, &done).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    read_frame(&mut s, MAX_FRAME_BYTES),
+                )
+                .await;
+            }
             Script::DieBeforeFirstToken => {}
             Script::DieMidStream(pieces) => {
                 self.stream(&mut s, &req, digest, &pieces).await;
@@ -315,12 +402,15 @@ impl FakeNode {
 pub(crate) struct FakeTransport {
     nodes: HashMap<PeerId, Arc<FakeNode>>,
     opens: Arc<AtomicUsize>,
+    /// Streams opened to each node.
+    opens_to: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
 }
 
 impl Transport for FakeTransport {
     fn open_job_stream(&self, peer: PeerId) -> BoxFuture<'_, Result<JobStream, TransportError>> {
         let node = self.nodes.get(&peer).cloned();
         self.opens.fetch_add(1, Ordering::Relaxed);
+        *self.opens_to.lock().unwrap().entry(peer).or_default() += 1;
         Box::pin(async move {
             let node = node.ok_or_else(|| TransportError(format!("no route to {peer}")))?;
             let (ours, theirs) = tokio::io::duplex(1 << 20);
@@ -333,6 +423,9 @@ impl Transport for FakeTransport {
 pub(crate) struct Setup {
     pub core: Arc<Core>,
     opens: Arc<AtomicUsize>,
+    opens_to: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+    /// The nodes' peer ids, in the order given.
+    peers: Vec<PeerId>,
     pub principal: Principal,
     /// The nodes' public keys, in the order given.
     nodes: Vec<[u8; 32]>,
@@ -341,8 +434,19 @@ pub(crate) struct Setup {
 
 /// A live advert for `MODEL` at these prices, signed by `identity`.
 pub(crate) fn signed_advert(identity: &Identity, price_in: u64, price_out: u64) -> Vec<u8> {
+    sign_advert(identity, advert(identity, price_in, price_out))
+}
+
+fn sign_advert(identity: &Identity, advert: Advert) -> Vec<u8> {
+    SignedAdvert::sign(advert, identity.signing_key())
+        .unwrap()
+        .to_bytes()
+}
+
+/// A live advert for `MODEL` at these prices.
+fn advert(identity: &Identity, price_in: u64, price_out: u64) -> Advert {
     let now = now_ms();
-    let advert = Advert {
+    Advert {
         node: identity.public_key(),
         models: vec![ModelOffer {
             id: MODEL.into(),
@@ -369,10 +473,7 @@ pub(crate) fn signed_advert(identity: &Identity, price_in: u64, price_out: u64) 
         seq: 1,
         issued_at_ms: now,
         expires_at_ms: now + 60_000,
-    };
-    SignedAdvert::sign(advert, identity.signing_key())
-        .unwrap()
-        .to_bytes()
+    }
 }
 
 /// Scripted nodes, one per entry, each advertising `MODEL` (node `i` at
@@ -387,13 +488,21 @@ pub(crate) struct FakeNetwork {
 }
 
 pub(crate) fn fake_network(scripts: Vec<Script>) -> FakeNetwork {
+    fake_network_with(scripts, &|_, _| {})
+}
+
+/// As [`fake_network`], with node `i`'s advert adjusted by `adjust(i, _)`
+/// before it is signed (its first model's prices are the ones it bills).
+fn fake_network_with(scripts: Vec<Script>, adjust: &dyn Fn(usize, &mut Advert)) -> FakeNetwork {
     let mut nodes = HashMap::new();
     let mut keys = Vec::new();
     let mut adverts = Vec::new();
     for (i, script) in scripts.into_iter().enumerate() {
         let identity = Identity::generate();
-        let (price_in, price_out) = (10 + i as u64, 20 + i as u64);
-        let bytes = signed_advert(&identity, price_in, price_out);
+        let mut ad = advert(&identity, 10 + i as u64, 20 + i as u64);
+        adjust(i, &mut ad);
+        let (price_in, price_out) = (ad.models[0].price_in, ad.models[0].price_out);
+        let bytes = sign_advert(&identity, ad);
         adverts.push((identity.peer_id(), bytes));
         keys.push(identity.public_key());
         nodes.insert(
@@ -411,6 +520,7 @@ pub(crate) fn fake_network(scripts: Vec<Script>) -> FakeNetwork {
         transport: FakeTransport {
             nodes,
             opens: opens.clone(),
+            opens_to: Default::default(),
         },
         opens,
         adverts,
@@ -455,8 +565,23 @@ pub(crate) fn setup(scripts: Vec<Script>) -> Setup {
 
 /// As [`setup`], with the config adjusted first.
 fn setup_with(scripts: Vec<Script>, adjust: impl FnOnce(&mut CoordinatorConfig)) -> Setup {
+    setup_full(scripts, adjust, &|_, _| {})
+}
+
+/// As [`setup`], with node `i`'s advert adjusted by `adverts(i, _)`.
+fn setup_adverts(scripts: Vec<Script>, adverts: &dyn Fn(usize, &mut Advert)) -> Setup {
+    setup_full(scripts, |_| {}, adverts)
+}
+
+fn setup_full(
+    scripts: Vec<Script>,
+    adjust: impl FnOnce(&mut CoordinatorConfig),
+    adverts: &dyn Fn(usize, &mut Advert),
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let net = fake_network(scripts);
+    let net = fake_network_with(scripts, adverts);
+    let opens_to = net.transport.opens_to.clone();
+    let peers: Vec<PeerId> = net.adverts.iter().map(|(p, _)| *p).collect();
     let mut config = config(dir.path());
     adjust(&mut config);
     // Embedded books: opening awaits nothing that needs the runtime.
@@ -474,6 +599,8 @@ fn setup_with(scripts: Vec<Script>, adjust: impl FnOnce(&mut CoordinatorConfig))
     Setup {
         core,
         opens: net.opens,
+        opens_to,
+        peers,
         principal,
         nodes: net.keys,
         _dir: dir,
@@ -530,6 +657,12 @@ impl Setup {
         (tx, shutdown, sampler)
     }
 
+    /// Streams opened to node `i`.
+    fn opened_to(&self, i: usize) -> usize {
+        let counts = self.opens_to.lock().unwrap();
+        counts.get(&self.peers[i]).copied().unwrap_or(0)
+    }
+
     fn balance(&self) -> i128 {
         self.core.accounts.balance(&self.principal.app)
     }
@@ -556,5 +689,6 @@ impl Setup {
 
 mod books_and_checks;
 mod fanout;
+mod guards;
 mod node_limits;
 mod serving;
