@@ -2,15 +2,19 @@
 //! the text, re-tokenized with the model's tokenizer, so the output a
 //! builder pays for is what the node counted, never the server's `usage`.
 //!
-//! Text is re-tokenized a segment at a time, each segment ending before
-//! the last whitespace that begins a word (where every supported
-//! pre-tokenizer splits: GPT-2 / Llama 3 style byte-level regexes keep a
-//! run's last space with the next word, SentencePiece puts `▁` in front of
-//! it), so the ids of a segment do not change with the text that follows.
-//! A segment is encoded after the one before it (its context) and only the
-//! ids past the context are kept, so a tokenizer that prepends a space or
-//! `▁` to its input adds it once. Each segment's ids are checked to decode
-//! to exactly its text; the text waiting for a word boundary (at most
+//! Text is re-tokenized a segment at a time, each segment ending where the
+//! tokenizer's own pre-tokenizer starts its last piece (a word, a run of
+//! whitespace or punctuation that more text may still extend: Llama 3's
+//! `.\n\n` is one piece), so the ids of a segment do not change with the
+//! text that follows; a tokenizer without a pre-tokenizer is cut before
+//! the last whitespace that begins a word.
+//!
+//! A segment is encoded between the one before it (its context) and the
+//! text held after it, and only its own ids are kept: a tokenizer that
+//! prepends a space or `▁` to its input adds it once, and a pre-tokenizer's
+//! lookahead (GPT-2's `\s+(?!\S)` splits `"\n\n"` differently before a
+//! word and at the end) sees what follows. Each segment's ids are checked
+//! to decode to exactly its text; the held piece (at most
 //! [`MAX_HOLD_BYTES`]) goes out with the next segment or at the end, with
 //! its ids. So every delta's ids decode to its text (the contract of
 //! `JobEvent::Delta`'s `ids`, held delta by delta here).
@@ -21,12 +25,26 @@
 use std::sync::Arc;
 
 use sharenet_proto::ToolCall;
-use tokenizers::Tokenizer;
+use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Tokenizer};
 
 /// Most text held back waiting for a word boundary: a longer run without
 /// whitespace (code, a URL) is cut where it stands, at the cost of maybe
 /// one token counted more than the whole text would take.
 pub(crate) const MAX_HOLD_BYTES: usize = 256;
+
+/// Loads a model's tokenizer for counting (`sharenet_engine::load_tokenizer`:
+/// a `tokenizer.json`, a folder, or a `.gguf`): never truncating, padding
+/// or adding tokens, with offsets untrimmed (the text is cut by them).
+pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<Arc<Tokenizer>> {
+    use anyhow::Context;
+    let mut t = sharenet_engine::load_tokenizer(path)
+        .with_context(|| format!("load the upstream model's tokenizer {}", path.display()))?;
+    t.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+    t.with_padding(None);
+    t.with_truncation(None)
+        .map_err(|e| anyhow::anyhow!("turn off the tokenizer's truncation: {e}"))?;
+    Ok(Arc::new(t))
+}
 
 /// Text to hand on, with the ids the node counted for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,25 +86,23 @@ impl Recount {
         if text.is_empty() {
             return None;
         }
-        if self.tokenizer.is_none() {
+        let Some(tokenizer) = &self.tokenizer else {
             return Some(Counted {
                 text: text.to_owned(),
                 ids: Vec::new(),
                 tokens: 1,
             });
-        }
+        };
         self.pending.push_str(text);
         let cut = if self.pending.len() > MAX_HOLD_BYTES {
             self.pending.len()
         } else {
-            word_boundary(&self.pending)
+            last_piece(tokenizer, &self.pending)
         };
         if cut == 0 {
             return None;
         }
-        let rest = self.pending.split_off(cut);
-        let segment = std::mem::replace(&mut self.pending, rest);
-        Some(self.count(segment))
+        Some(self.take(cut))
     }
 
     /// Whatever is still held back, at the end of the stream.
@@ -94,8 +110,7 @@ impl Recount {
         if self.pending.is_empty() {
             return None;
         }
-        let segment = std::mem::take(&mut self.pending);
-        Some(self.count(segment))
+        Some(self.take(self.pending.len()))
     }
 
     /// The ids of tool calls the server made (whole, from its
@@ -118,14 +133,24 @@ impl Recount {
         (ids, tokens)
     }
 
-    fn count(&mut self, segment: String) -> Counted {
-        let ids = self
-            .in_context(&segment)
-            .or_else(|| self.alone(&segment))
-            .unwrap_or_else(|| {
-                self.mismatches += 1;
-                self.encode(&segment).unwrap_or_default()
-            });
+    /// Hands on the first `cut` bytes of the pending text with their ids.
+    fn take(&mut self, cut: usize) -> Counted {
+        let ids = match self.in_context(cut) {
+            Some(ids) => ids,
+            None => {
+                let segment = self.pending.get(..cut).unwrap_or_default();
+                match self.alone(segment) {
+                    Some(ids) => ids,
+                    None => {
+                        let ids = self.encode(segment).unwrap_or_default();
+                        self.mismatches += 1;
+                        ids
+                    }
+                }
+            }
+        };
+        let rest = self.pending.split_off(cut);
+        let segment = std::mem::replace(&mut self.pending, rest);
         self.context.clone_from(&segment);
         Counted {
             text: segment,
@@ -143,26 +168,35 @@ impl Recount {
         self.tokenizer.as_ref()?.decode(ids, true).ok()
     }
 
-    /// The segment's ids encoded after the context, if they decode (after
-    /// the context's) to exactly the segment.
-    fn in_context(&self, segment: &str) -> Option<Vec<u32>> {
+    /// The ids of the first `cut` bytes of the pending text, encoded
+    /// between the context before them and the held text after them (a
+    /// pre-tokenizer's lookahead, as GPT-2's `\s+(?!\S)`, sees the next
+    /// character), if they decode (after the context's) to exactly them.
+    fn in_context(&self, cut: usize) -> Option<Vec<u32>> {
         let tokenizer = self.tokenizer.as_ref()?;
-        let ctx = self.context.len();
-        let whole = format!("{}{segment}", self.context);
+        let segment = self.pending.get(..cut)?;
+        let (from, to) = (self.context.len(), self.context.len() + cut);
+        let whole = format!("{}{}", self.context, self.pending);
         let encoding = tokenizer.encode(whole.as_str(), false).ok()?;
         let offsets = encoding.get_offsets();
-        let split = offsets
+        let first = offsets
             .iter()
-            .position(|&(start, _)| start >= ctx)
+            .position(|&(start, _)| start >= from)
             .unwrap_or(offsets.len());
-        // A token across the boundary: the segment has no ids of its own.
-        if offsets[..split].iter().any(|&(_, end)| end > ctx) {
+        let end = offsets
+            .iter()
+            .position(|&(start, _)| start >= to)
+            .unwrap_or(offsets.len());
+        // A token across either boundary: the segment has no ids of its own.
+        if offsets[..first].iter().any(|&(_, e)| e > from)
+            || offsets[first..end].iter().any(|&(_, e)| e > to)
+        {
             return None;
         }
         let ids = encoding.get_ids();
-        let head = self.decode(&ids[..split])?;
-        let all = self.decode(ids)?;
-        (all.strip_prefix(head.as_str())? == segment).then(|| ids[split..].to_vec())
+        let head = self.decode(&ids[..first])?;
+        let all = self.decode(&ids[..end])?;
+        (all.strip_prefix(head.as_str())? == segment).then(|| ids[first..end].to_vec())
     }
 
     /// The segment encoded alone, if that decodes to exactly it.
@@ -172,8 +206,26 @@ impl Recount {
     }
 }
 
-/// Where the text may be cut: before the last whitespace character that is
-/// followed by a non-whitespace one (0: nowhere yet).
+/// Where the text may be cut (0: nowhere yet): where the tokenizer's
+/// pre-tokenizer starts its last piece, or, without one, at
+/// [`word_boundary`].
+fn last_piece(tokenizer: &Tokenizer, text: &str) -> usize {
+    let Some(pre) = tokenizer.get_pre_tokenizer() else {
+        return word_boundary(text);
+    };
+    let mut pieces = PreTokenizedString::from(text);
+    if pre.pre_tokenize(&mut pieces).is_err() {
+        return word_boundary(text);
+    }
+    let splits = pieces.get_splits(OffsetReferential::Original, OffsetType::Byte);
+    match splits.last() {
+        Some((_, (start, _), _)) if *start <= text.len() && text.is_char_boundary(*start) => *start,
+        _ => 0,
+    }
+}
+
+/// Before the last whitespace character that is followed by a
+/// non-whitespace one (0: nowhere yet).
 fn word_boundary(text: &str) -> usize {
     let mut cut = 0;
     let mut prev: Option<(usize, char)> = None;

@@ -7,7 +7,7 @@
 //!
 //! The output is counted by the node, never taken from the server's
 //! `usage`: with the model's tokenizer (`tokenizer` in the upstream's
-//! config) the streamed text is re-tokenized a word at a time and every
+//! config) the streamed text is re-tokenized about a word at a time and every
 //! piece carries the ids it counts (`recount.rs`); without one each
 //! content chunk counts as one token. The receipt's output count is the
 //! sum of the pieces' counts. A server whose `usage` claims more than that
@@ -116,16 +116,7 @@ impl Upstream {
             .build()?;
         let tokenizer = match &config.tokenizer {
             None => None,
-            Some(path) => {
-                let mut t = sharenet_engine::load_tokenizer(path).map_err(|e| {
-                    anyhow::anyhow!("load the upstream model's tokenizer {}: {e}", path.display())
-                })?;
-                // Counting never truncates or pads.
-                t.with_padding(None);
-                t.with_truncation(None)
-                    .map_err(|e| anyhow::anyhow!("turn off truncation: {e}"))?;
-                Some(std::sync::Arc::new(t))
-            }
+            Some(path) => Some(crate::recount::load(path)?),
         };
         Ok(Self {
             http,

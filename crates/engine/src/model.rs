@@ -389,7 +389,10 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, EngineError> {
     if path.is_dir() {
         return load_tokenizer_file(&path.join("tokenizer.json"));
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         let beside = path.with_file_name("tokenizer.json");
         if beside.exists() {
             return load_tokenizer_file(&beside);

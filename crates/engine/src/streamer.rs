@@ -217,11 +217,7 @@ mod tests {
     /// the text so far is a prefix of the ids so far decoded; at the end
     /// they are equal, or what the ids decode to past the text starts
     /// with a stop sequence that the last id completed.
-    fn joined_checked(
-        pieces: &[Piece],
-        bytes: &'static [u8],
-        stops: &[String],
-    ) -> (String, u32) {
+    fn joined_checked(pieces: &[Piece], bytes: &'static [u8], stops: &[String]) -> (String, u32) {
         let d = decoder(bytes);
         let (mut text, mut ids) = (String::new(), Vec::new());
         for p in pieces {
@@ -278,14 +274,20 @@ mod tests {
         let (pieces, text) = run(b"abcENDxyz", &stops);
         assert_eq!(text, "abc");
         // a, b, c, E, N, D were generated; x y z never were.
-        assert_eq!(joined_checked(&pieces, b"abcENDxyz", &stops), ("abc".into(), 6));
+        assert_eq!(
+            joined_checked(&pieces, b"abcENDxyz", &stops),
+            ("abc".into(), 6)
+        );
     }
 
     #[test]
     fn partial_stop_prefix_is_released_at_the_end() {
         let stops = vec!["ENDING".to_string()];
         let (pieces, _) = run(b"abEND", &stops);
-        assert_eq!(joined_checked(&pieces, b"abEND", &stops), ("abEND".into(), 5));
+        assert_eq!(
+            joined_checked(&pieces, b"abEND", &stops),
+            ("abEND".into(), 5)
+        );
     }
 
     #[test]
@@ -293,7 +295,10 @@ mod tests {
         let stops = vec!["ab!".to_string()];
         let (pieces, text) = run(b"xabyab!z", &stops);
         assert_eq!(text, "xaby");
-        assert_eq!(joined_checked(&pieces, b"xabyab!z", &stops), ("xaby".into(), 7));
+        assert_eq!(
+            joined_checked(&pieces, b"xabyab!z", &stops),
+            ("xaby".into(), 7)
+        );
     }
 
     #[test]

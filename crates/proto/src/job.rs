@@ -410,8 +410,8 @@ pub enum JobEvent {
         ///    text is shorter than the longest stop sequence plus one
         ///    character.
         /// 2. **Equality, at the end.** Over the whole job `D = T`, except:
-        ///    - *stop sequence*: when a stop sequence ended the job, `D = T
-        ///      + R` where `R` starts with one of the job's stop sequences
+        ///    - *stop sequence*: when a stop sequence ended the job,
+        ///      `D = T + R` where `R` starts with one of the job's stop sequences
         ///      and the job's last id completed it (`D` without the last
         ///      id does not contain `T` followed by that stop sequence), so
         ///      `R` is the stop sequence plus the rest of that one token's

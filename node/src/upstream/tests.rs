@@ -3,16 +3,16 @@ use super::*;
 #[test]
 fn streamed_call_fragments_assemble_by_index() {
     let mut a = CallAssembler::new("j".into());
-    a.add(&[json!({"index": 0, "id": "call_a", "function": {"name": "get_weather", "arguments": ""}})])
-        .unwrap();
+    a.add(&[
+        json!({"index": 0, "id": "call_a", "function": {"name": "get_weather", "arguments": ""}}),
+    ])
+    .unwrap();
     a.add(&[json!({"index": 0, "function": {"arguments": "{\"city\": "}})])
         .unwrap();
     a.add(&[json!({"index": 1, "function": {"name": "now"}})])
         .unwrap();
-    a.add(&[
-        json!({"index": 0, "function": {"name": "get_weather", "arguments": "\"Paris\"}"}}),
-    ])
-    .unwrap();
+    a.add(&[json!({"index": 0, "function": {"name": "get_weather", "arguments": "\"Paris\"}"}})])
+        .unwrap();
     let calls = a.finish();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0].id, "call_a");
@@ -170,7 +170,8 @@ const CHUNKS: [&str; 7] = ["Hello", " world", ",", " this", " is", " honest", ".
 async fn lying_server(claim: u32, usage_in_stream: bool) -> String {
     use axum::routing::post;
     let answer = move |axum::Json(body): axum::Json<Value>| async move {
-        let usage = json!({"prompt_tokens": 5, "completion_tokens": claim, "total_tokens": 5 + claim});
+        let usage =
+            json!({"prompt_tokens": 5, "completion_tokens": claim, "total_tokens": 5 + claim});
         if body["stream"] != json!(true) {
             let v = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
                 "finish_reason": "length"}], "usage": usage});
@@ -179,12 +180,16 @@ async fn lying_server(claim: u32, usage_in_stream: bool) -> String {
         let mut sse = String::new();
         let mut event = |v: Value| sse.push_str(&format!("data: {v}\n\n"));
         for c in CHUNKS {
-            event(json!({"choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]}));
+            event(
+                json!({"choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]}),
+            );
         }
         if body.get("tools").is_some() {
             for args in ["{\"city\": ", "\"Paris\"}"] {
-                event(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
-                    "id": "call_x", "function": {"name": "get_weather", "arguments": args}}]}}]}));
+                event(
+                    json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                    "id": "call_x", "function": {"name": "get_weather", "arguments": args}}]}}]}),
+                );
             }
         }
         event(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
@@ -195,7 +200,7 @@ async fn lying_server(claim: u32, usage_in_stream: bool) -> String {
         ([("content-type", "text/event-stream")], sse)
     };
     let app = axum::Router::new()
-        .route("/v1/chat/completions", post(answer.clone()))
+        .route("/v1/chat/completions", post(answer))
         .route("/v1/completions", post(answer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -233,9 +238,13 @@ async fn forwarded(up: &Upstream, job: &JobRequest) -> (Vec<(String, u32, Vec<u3
 async fn an_upstream_that_overstates_its_usage_bills_only_what_it_streamed() {
     let dir = tempfile::tempdir().unwrap();
     sharenet_engine::tiny::write_tiny_llama(dir.path(), 1, Default::default()).unwrap();
-    let tokenizer = sharenet_engine::load_tokenizer(dir.path()).unwrap();
+    let tokenizer = crate::recount::load(dir.path()).unwrap();
     let text: String = CHUNKS.concat();
-    let honest = tokenizer.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+    let honest = tokenizer
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     let claim = 10 * CHUNKS.len() as u32;
     for usage_in_stream in [true, false] {
         let base = lying_server(claim, usage_in_stream).await;
@@ -264,7 +273,11 @@ async fn an_upstream_that_overstates_its_usage_bills_only_what_it_streamed() {
             }
             let ids: Vec<u32> = pieces.iter().flat_map(|p| p.2.clone()).collect();
             assert_eq!(ids, honest);
-            assert_eq!(usage.output_tokens as usize, honest.len(), "claimed {claim}");
+            assert_eq!(
+                usage.output_tokens as usize,
+                honest.len(),
+                "claimed {claim}"
+            );
             assert_eq!(usage.input_tokens, 5);
         }
         // A call counts its name and arguments, not the server's claim.
