@@ -611,5 +611,15 @@ fn targets() -> anyhow::Result<Vec<Target>> {
                 ))
             }),
         },
+        Target {
+            // The coordinator's own reader (catalog: a model added from
+            // an operator's file), which links no candle.
+            name: "gguf metadata (sharenet-prompt)",
+            seeds: vec![gguf()?],
+            signed: false,
+            decode: Box::new(|b| {
+                outcome(sharenet_prompt::gguf::Metadata::parse(b, b.len() as u64))
+            }),
+        },
     ])
 }

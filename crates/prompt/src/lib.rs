@@ -48,6 +48,7 @@
 pub mod count;
 mod error;
 pub mod gguf;
+mod json;
 mod model;
 mod source;
 mod template;
@@ -56,6 +57,7 @@ pub mod tool_calls;
 
 pub use count::{Mismatch, OutputCount, Served, check_prefix, check_served};
 pub use error::PromptError;
+pub use json::Json;
 pub use model::{DEFAULT_EOS, PromptModel, PromptSpec, default_add_bos};
 pub use source::{
     DEFAULT_CONTEXT_LENGTH, FileFormat, ModelSource, WeightFile, card_license, hash_files,

@@ -14,10 +14,10 @@
 //! ```
 
 use minijinja::{Environment, Error, ErrorKind, context};
-use serde_json::{Value, json};
 use sharenet_proto::ChatMessage;
 
 use crate::error::PromptError;
+use crate::json::Json;
 use crate::tool_calls::ToolFormat;
 
 const NAME: &str = "chat";
@@ -157,11 +157,12 @@ impl ChatTemplate {
     /// Renders the conversation with the tools the model may call (in
     /// Hugging Face's shape, see [`crate::tool_calls::template_tools`]).
     /// Assistant tool calls and `tool` results are passed as templates
-    /// expect them: `tool_calls[].function.arguments` an object.
+    /// expect them: `tool_calls[].function.arguments` an object (parsed
+    /// with its keys in the order written, see [`Json`]).
     pub fn render_with_tools(
         &self,
         messages: &[ChatMessage],
-        tools: Option<&[Value]>,
+        tools: Option<&[Json]>,
     ) -> Result<String, PromptError> {
         let Some(env) = &self.env else {
             if tools.is_some() {
@@ -174,7 +175,7 @@ impl ChatTemplate {
         let tmpl = env
             .get_template(NAME)
             .map_err(|e| PromptError::InvalidInput(format!("chat template: {e}")))?;
-        let messages: Vec<Value> = messages.iter().map(template_message).collect();
+        let messages: Vec<Json> = messages.iter().map(template_message).collect();
         tmpl.render(context! {
             messages => messages,
             tools => tools,
@@ -186,22 +187,33 @@ impl ChatTemplate {
     }
 }
 
-/// One message as chat templates read it.
-fn template_message(m: &ChatMessage) -> Value {
-    let mut v = json!({"role": m.role, "content": m.content});
+/// One message as chat templates read it: `role`, `content`, then
+/// `tool_calls` and `tool_call_id` when present, in that order.
+fn template_message(m: &ChatMessage) -> Json {
+    let mut v = Json::object([
+        ("role", Json::from(m.role.as_str())),
+        ("content", Json::from(m.content.as_str())),
+    ]);
     if !m.tool_calls.is_empty() {
-        v["tool_calls"] = m
+        let calls = m
             .tool_calls
             .iter()
             .map(|c| {
-                let args = serde_json::from_str::<Value>(&c.arguments)
-                    .unwrap_or_else(|_| Value::String(c.arguments.clone()));
-                json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": args}})
+                let args =
+                    Json::parse(&c.arguments).unwrap_or_else(|_| Json::from(c.arguments.as_str()));
+                let function =
+                    Json::object([("name", Json::from(c.name.as_str())), ("arguments", args)]);
+                Json::object([
+                    ("id", Json::from(c.id.as_str())),
+                    ("type", Json::from("function")),
+                    ("function", function),
+                ])
             })
             .collect();
+        v.insert("tool_calls", Json::Array(calls));
     }
     if let Some(id) = &m.tool_call_id {
-        v["tool_call_id"] = json!(id);
+        v.insert("tool_call_id", Json::from(id.as_str()));
     }
     v
 }

@@ -116,4 +116,4 @@ pub fn tokenizer_from_gguf(path: &Path, md: &Metadata) -> Result<(Tokenizer, Str
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

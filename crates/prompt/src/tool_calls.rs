@@ -15,6 +15,8 @@
 use serde_json::{Value, json};
 use sharenet_proto::{ToolCall, ToolChoice, Tools};
 
+use crate::json::Json;
+
 /// How a model family writes tool calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolFormat {
@@ -105,18 +107,31 @@ pub fn forces_call(tools: &Tools) -> bool {
 }
 
 /// The tools as Hugging Face chat templates take them:
-/// `[{"type": "function", "function": {name, description, parameters}}]`.
-pub fn template_tools(tools: &Tools) -> Vec<Value> {
+/// `[{"type": "function", "function": {name, parameters, description}}]`
+/// (keys in that order, whatever the build's `serde_json` features; see
+/// [`Json`]). A function without parameters gets an empty object schema.
+pub fn template_tools(tools: &Tools) -> Vec<Json> {
     tools
         .specs
         .iter()
         .filter(|_| tools.choice != ToolChoice::None)
         .map(|t| {
-            let mut f = json!({"name": t.name, "parameters": if t.parameters.is_null() { json!({"type": "object", "properties": {}}) } else { t.parameters.clone() }});
+            let params = if t.parameters.is_null() {
+                Json::object([
+                    ("type", Json::from("object")),
+                    ("properties", Json::Object(Vec::new())),
+                ])
+            } else {
+                Json::from(&t.parameters)
+            };
+            let mut f = Json::object([
+                ("name", Json::from(t.name.as_str())),
+                ("parameters", params),
+            ]);
             if !t.description.is_empty() {
-                f["description"] = json!(t.description);
+                f.insert("description", Json::from(t.description.as_str()));
             }
-            json!({"type": "function", "function": f})
+            Json::object([("type", Json::from("function")), ("function", f)])
         })
         .collect()
 }

@@ -18,10 +18,14 @@
 //!   folder for a `mod.rs`), and every `….rs` path it names in backticks
 //!   exists.
 //!
+//! - `sharenet-prompt` and the coordinator link no candle or cudarc
+//!   (`deps.rs`, from `Cargo.lock`).
+//!
 //! Run with `-- --nocapture` to see the longest functions that remain.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deps;
 mod graph;
 
 use std::collections::BTreeMap;

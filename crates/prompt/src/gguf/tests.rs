@@ -189,16 +189,21 @@ fn absurd_counts_lengths_and_types_are_refused_before_allocating() {
 
 #[test]
 fn nesting_is_bounded() {
-    // Arrays of arrays, deeper than MAX_DEPTH, each holding one element.
-    let mut value = 4u32.to_le_bytes().to_vec();
-    value.extend(1u32.to_le_bytes());
-    for _ in 0..=MAX_DEPTH {
-        let mut outer = 9u32.to_le_bytes().to_vec();
-        outer.extend(1u64.to_le_bytes());
-        outer.extend(value);
-        value = outer;
-    }
-    // `value` starts with the type of its elements: wrap it as a kv.
-    let err = parse(&file(3, &[kv(3, "k", 9, &value[4..])], &[])).unwrap_err();
+    // An array's value: element type, count, elements.
+    let array_of = |inner: u32, element: Vec<u8>| {
+        let mut v = inner.to_le_bytes().to_vec();
+        v.extend(1u64.to_le_bytes());
+        v.extend(element);
+        v
+    };
+    let nested = |arrays: usize| {
+        let mut value = array_of(4, 7u32.to_le_bytes().to_vec());
+        for _ in 1..arrays {
+            value = array_of(9, value);
+        }
+        file(3, &[kv(3, "k", 9, &value)], &[])
+    };
+    assert!(parse(&nested(MAX_DEPTH)).is_ok());
+    let err = parse(&nested(MAX_DEPTH + 1)).unwrap_err();
     assert!(err.contains("nested"), "{err}");
 }

@@ -66,8 +66,11 @@ fn tools_and_calls_render_as_hugging_face_does() {
     });
     let mut result = ChatMessage::new("tool", "sunny");
     result.tool_call_id = Some("call_1".into());
+    // Parsed, not `json!`: objects keep the order written whether or not
+    // serde_json's `preserve_order` is on in this build.
     let tools = vec![
-        json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}),
+        Json::parse(r#"{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}"#)
+            .unwrap(),
     ];
     let out = t
         .render_with_tools(
