@@ -84,6 +84,12 @@ struct CoordinatorFile {
     /// Connections to the database per replica.
     #[serde(default = "default_pool")]
     database_pool_size: usize,
+    /// The model catalog (absent: `catalog.json` in `data_dir`).
+    catalog_file: Option<PathBuf>,
+    /// Adverts for models outside the catalog are routable (their usage
+    /// is then the node's word, marked `counted_by: node`).
+    #[serde(default)]
+    allow_uncatalogued: bool,
 }
 
 fn default_replicas() -> u32 {
@@ -202,7 +208,49 @@ pub struct CoordinatorConfig {
     pub aliases: std::collections::BTreeMap<String, String>,
     /// Shared books (replicas); None: the embedded books in `data_dir`.
     pub database: Option<DatabaseConfig>,
+    /// The model catalog (`core::catalog`).
+    pub catalog: CatalogConfig,
 }
+
+/// Where the model catalog is kept, and what happens to adverts for
+/// models outside it.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogConfig {
+    /// The catalog file (None: `catalog.json` in `data_dir`). Each replica
+    /// loads its own: with shared books, give every replica the same file.
+    pub file: Option<PathBuf>,
+    /// Adverts for models the catalog does not know are routable (off:
+    /// they are counted in `sharenet_uncatalogued_adverts_total` and not
+    /// routed). Their usage is the node's word, marked `counted_by: node`.
+    pub allow_uncatalogued: bool,
+}
+
+impl CoordinatorConfig {
+    /// The catalog file this coordinator loads and writes.
+    pub fn catalog_path(&self) -> PathBuf {
+        self.catalog
+            .file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(CATALOG_FILE))
+    }
+}
+
+/// The catalog file and `allow_uncatalogued` of the config at `path`
+/// (file plus environment), read without loading anything else: what
+/// `sharenet-coordinator catalog` works on.
+pub fn catalog_of(path: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    let file: CoordinatorFile = sharenet_daemon::config::layered(path, ENV_PREFIX)
+        .with_context(|| format!("read coordinator config {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let catalog = file.catalog_file.map_or_else(
+        || base.join(&file.data_dir).join(CATALOG_FILE),
+        |f| base.join(f),
+    );
+    Ok((catalog, file.allow_uncatalogued))
+}
+
+/// The catalog's file name in `data_dir` when `catalog_file` is not set.
+pub const CATALOG_FILE: &str = "catalog.json";
 
 /// The network-wide price ceiling, nano-USD per token. One absurd price
 /// among the candidates would otherwise make every request's worst-case
@@ -256,6 +304,10 @@ impl CoordinatorConfig {
             .filter(|u| !u.trim().is_empty())
             .or(file.database_url);
         let config = Self {
+            catalog: CatalogConfig {
+                file: file.catalog_file.map(|f| base.join(f)),
+                allow_uncatalogued: file.allow_uncatalogued,
+            },
             database: database_url.map(|url| DatabaseConfig {
                 url,
                 replicas: file.replicas,
@@ -419,6 +471,17 @@ max_price_out_nano_usd = 1000000
 # the nodes' own queues up to this many times their slots; 1 refuses at
 # once (503 with Retry-After), the better choice under sustained overload.
 spill_queue_factor = 5
+
+# The model catalog: the models this network serves, by canonical id
+# (OpenRouter-style slugs), with their tokenizer, chat template, context
+# length, license and accepted weight digests. Manage it with
+# `sharenet-coordinator catalog add|list|remove` or /operator/catalog.
+# An advert for a model outside it is not routable (counted in
+# sharenet_uncatalogued_adverts_total) unless allow_uncatalogued is on;
+# then that model's usage is the node's word (usage.counted_by = "node").
+# With replicas, give each the same catalog file.
+# catalog_file = "data/catalog.json"   # the default: catalog.json in data_dir
+allow_uncatalogued = false
 
 [timeouts]
 connect_ms = 5000       # opening a stream to a node

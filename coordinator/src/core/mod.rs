@@ -11,7 +11,9 @@
 //! - [`dispatch`]: planning, admission, the attempt loop, relaying and
 //!   booking, in named steps;
 //! - [`routing`]: node health and the routing index under one lock;
-//! - [`registry`]: verified live adverts;
+//! - [`registry`]: verified live adverts, gated by the [`catalog`];
+//! - [`catalog`]: the models routed, by canonical id, with their
+//!   tokenizers and accepted weights;
 //! - [`accounts`]: apps, keys, balances, holds, budgets, rate limits;
 //! - [`receipts`]: checking a node's receipt against what we saw;
 //! - [`spotcheck`]: re-running sampled jobs, fed by dispatch's completion
@@ -20,6 +22,7 @@
 //! - [`transport`]: the seam to the network (libp2p or a test double).
 
 pub mod accounts;
+pub mod catalog;
 pub mod clock;
 pub mod dashboard;
 pub mod dispatch;
@@ -76,6 +79,8 @@ pub struct Core {
     /// [`MAX_OPENING`]; dispatch waits for a permit.
     pub opening: tokio::sync::Semaphore,
     pub registry: registry::Registry,
+    /// The model catalog (also the registry's gate).
+    pub catalog: Arc<catalog::Catalog>,
     pub routing: Arc<routing::Routing>,
     /// See `CoordinatorConfig::spill_queue_factor`.
     pub spill_queue_factor: u32,
@@ -205,13 +210,21 @@ impl Core {
         } else {
             (None, None)
         };
+        let catalog = Arc::new(
+            catalog::Catalog::open(&config.catalog_path(), config.catalog.allow_uncatalogued)
+                .context("load the model catalog (catalog_file)")?,
+        );
+        // The catalog's aliases, unless `[aliases]` names them otherwise.
+        let mut aliases = catalog.aliases();
+        aliases.extend(config.aliases.clone());
         let core = Arc::new(Self {
             identity: config.identity.clone(),
             transport,
-            registry: registry::Registry::new(config.price_ceiling),
+            registry: registry::Registry::new(config.price_ceiling).with_catalog(catalog.clone()),
+            catalog,
             opening: tokio::sync::Semaphore::new(MAX_OPENING),
             spill_queue_factor: config.spill_queue_factor,
-            aliases: config.aliases.clone(),
+            aliases,
             routing: Arc::new(routing::Routing::new(
                 rand::random(),
                 config.timeouts.first_token.as_secs_f64() * 500.0,

@@ -3,20 +3,26 @@
 //! the registry answers "is this node's advert live, and what does it
 //! offer", which dispatch asks before using a node the index picked.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sharenet_api::catalog::CountedBy;
 use sharenet_p2p::{PeerId, peer_id_of};
 use sharenet_proto::{Advert, Capabilities, ModelKind, ModelOffer, SignedAdvert};
 
 use crate::config::PriceCeiling;
+use crate::core::catalog::{Catalog, Verdict};
 
 /// At most this many nodes are tracked; adverts from more are refused.
 pub const MAX_NODES: usize = 100_000;
 /// Adverts issued further than this in the future are refused.
 const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+/// (node, model) pairs whose uncatalogued offer was logged; past this
+/// many, offers are still counted but no longer logged (a node inventing
+/// names cannot grow the set without bound).
+const MAX_LOGGED_UNCATALOGUED: usize = 10_000;
 
 /// Why an advert was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,12 +57,39 @@ pub struct AdvertStats {
     /// Adverts with at least one offer above the price ceiling (those
     /// offers were dropped).
     pub over_price_ceiling: AtomicU64,
+    /// Offers for a model the catalog does not know (dropped unless
+    /// `allow_uncatalogued`).
+    pub uncatalogued: AtomicU64,
+    /// Offers under a catalogued name with weights (or a kind) the
+    /// catalog does not accept (always dropped).
+    pub catalog_mismatch: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
 struct Live {
     advert: Advert,
     rtt: Option<Duration>,
+    /// Ids of the advert's offers outside the catalog (kept only under
+    /// `allow_uncatalogued`): their usage is the node's word.
+    uncatalogued: HashSet<String>,
+}
+
+impl Live {
+    fn new(advert: Advert, uncatalogued: HashSet<String>) -> Self {
+        Self {
+            advert,
+            rtt: None,
+            uncatalogued,
+        }
+    }
+
+    fn counted_by(&self, model: &ModelOffer) -> CountedBy {
+        if self.uncatalogued.contains(&model.id) {
+            CountedBy::Node
+        } else {
+            CountedBy::Coordinator
+        }
+    }
 }
 
 /// A node that serves a model, as dispatch needs it.
@@ -65,6 +98,10 @@ pub struct Offer {
     pub peer: PeerId,
     pub advert: Advert,
     pub offer: ModelOffer,
+    /// Who counts this offer's tokens: the node alone for a model outside
+    /// the catalog (routable only under `allow_uncatalogued`), whose
+    /// usage, receipt and statement lines say so.
+    pub counted_by: CountedBy,
 }
 
 /// What a model lookup found.
@@ -85,6 +122,11 @@ pub struct Registry {
     ceiling: Option<PriceCeiling>,
     /// Nodes tracked at most (`MAX_NODES` unless set).
     capacity: Option<usize>,
+    /// The model catalog, the routing gate (None: every offer passes, as
+    /// in tests of other parts).
+    catalog: Option<Arc<Catalog>>,
+    /// (node, model) pairs already logged as uncatalogued.
+    logged: Mutex<HashSet<([u8; 32], String)>>,
     pub stats: AdvertStats,
 }
 
@@ -103,6 +145,70 @@ impl Registry {
             capacity: Some(capacity),
             ..Self::new(ceiling)
         }
+    }
+
+    /// The same registry, gating offers through `catalog`.
+    pub fn with_catalog(self, catalog: Arc<Catalog>) -> Self {
+        Self {
+            catalog: Some(catalog),
+            ..self
+        }
+    }
+
+    /// The catalog the registry gates offers with.
+    pub fn catalog(&self) -> Option<&Arc<Catalog>> {
+        self.catalog.as_ref()
+    }
+
+    /// The catalog's gate over an advert's offers: catalogued offers are
+    /// listed under their canonical id alone (id and canonical name both:
+    /// the node accepts jobs under it, every node serving it is one market
+    /// under that name, and the coordinator counts with that entry),
+    /// mismatched ones dropped, uncatalogued ones dropped unless allowed. Counted, and logged once per (node, model).
+    /// Returns the ids of the uncatalogued offers kept.
+    fn gate(&self, advert: &mut Advert) -> HashSet<String> {
+        let mut kept = HashSet::new();
+        let Some(catalog) = &self.catalog else {
+            return kept;
+        };
+        let node = advert.node;
+        advert.models.retain_mut(|m| match catalog.check(m) {
+            Verdict::Catalogued(id) => {
+                m.id.clone_from(&id);
+                m.canonical = id;
+                true
+            }
+            Verdict::Uncatalogued => {
+                self.stats.uncatalogued.fetch_add(1, Ordering::Relaxed);
+                let allowed = catalog.allows_uncatalogued();
+                if self.first_time(node, &m.id) {
+                    tracing::warn!(node = %hex::encode(node), model = %m.id.escape_debug(),
+                        routable = allowed, "advert for a model outside the catalog");
+                }
+                if allowed {
+                    kept.insert(m.id.clone());
+                }
+                allowed
+            }
+            Verdict::Mismatch { id, why } => {
+                self.stats.catalog_mismatch.fetch_add(1, Ordering::Relaxed);
+                if self.first_time(node, &m.id) {
+                    tracing::warn!(node = %hex::encode(node), model = %m.id.escape_debug(),
+                        catalogued = %id, why, "advert for a catalogued model refused");
+                }
+                false
+            }
+        });
+        kept
+    }
+
+    /// Whether (node, model) is logged for the first time.
+    fn first_time(&self, node: [u8; 32], model: &str) -> bool {
+        let mut logged = crate::core::sync::lock(&self.logged);
+        if logged.len() >= MAX_LOGGED_UNCATALOGUED {
+            return false;
+        }
+        logged.insert((node, model.to_owned()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Live>> {
@@ -167,6 +273,7 @@ impl Registry {
         if peer_id_of(&advert.node).ok() != Some(source) {
             return Err(AdvertRejection::WrongSigner);
         }
+        let uncatalogued = self.gate(&mut advert);
         if !advert.is_live(now_ms) {
             return Err(AdvertRejection::Expired);
         }
@@ -179,6 +286,7 @@ impl Registry {
             Some(live) if live.advert.seq >= advert.seq => Err(AdvertRejection::Stale),
             Some(live) => {
                 live.advert = advert;
+                live.uncatalogued = uncatalogued;
                 Ok(None)
             }
             None if full => {
@@ -193,12 +301,12 @@ impl Registry {
                     return Err(AdvertRejection::Full);
                 };
                 nodes.remove(&peer);
-                nodes.insert(source, Live { advert, rtt: None });
+                nodes.insert(source, Live::new(advert, uncatalogued));
                 self.stats.evicted.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(node))
             }
             None => {
-                nodes.insert(source, Live { advert, rtt: None });
+                nodes.insert(source, Live::new(advert, uncatalogued));
                 Ok(None)
             }
         }
@@ -246,9 +354,11 @@ impl Registry {
         let peer = peer_id_of(node).ok()?;
         let nodes = self.lock();
         let live = nodes.get(&peer).filter(|l| l.advert.is_live(now_ms))?;
+        let offer = live.advert.offer(model)?;
         Some(Offer {
             peer,
-            offer: live.advert.offer(model)?.clone(),
+            counted_by: live.counted_by(offer),
+            offer: offer.clone(),
             advert: live.advert.clone(),
         })
     }
@@ -283,6 +393,7 @@ impl Registry {
                 found.push(Offer {
                     peer: *peer,
                     advert: live.advert.clone(),
+                    counted_by: live.counted_by(offer),
                     offer: offer.clone(),
                 });
             }

@@ -12,6 +12,7 @@
 //!   (OpenAI's chunks, Anthropic's events);
 //! - `builder.rs`: a builder's receipts, proofs, statements and usage;
 //! - `operator.rs`: `/operator/*` (apps, keys, top-ups, settlement);
+//!   `catalog.rs`: its model catalog (`/operator/catalog`);
 //! - `public.rs`: health, metrics, published statement bundles;
 //! - `auth.rs`: API and operator keys; `headers.rs`: the headers the API
 //!   adds; `access.rs`: the access log.
@@ -24,6 +25,7 @@ mod anthropic;
 mod anthropic_reply;
 mod auth;
 mod builder;
+mod catalog;
 mod dashboard;
 pub mod error;
 mod headers;

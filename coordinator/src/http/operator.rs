@@ -1,5 +1,6 @@
 //! The operator API (`/operator/*`, operator key only): builder apps, their
-//! API keys and prepaid balances, routing rules, and settlement.
+//! API keys and prepaid balances, routing rules, settlement, and the model
+//! catalog (`catalog.rs`).
 
 use std::sync::Arc;
 
@@ -36,6 +37,14 @@ pub(super) fn routes() -> Router<Arc<Core>> {
         .route("/operator/statements", get(list_statements))
         .route("/operator/dashboard", get(super::dashboard::operator_view))
         .route("/operator/statements/{label}", get(get_statement))
+        .route(
+            "/operator/catalog",
+            get(super::catalog::list).post(super::catalog::add),
+        )
+        .route(
+            "/operator/catalog/{*id}",
+            get(super::catalog::get).delete(super::catalog::remove),
+        )
 }
 
 /// A body that may be empty (then the type's default).

@@ -16,6 +16,7 @@
 pub mod accounts;
 pub mod anthropic;
 pub mod anthropic_tools;
+pub mod catalog;
 mod common;
 pub mod dashboard;
 mod error;

@@ -210,6 +210,11 @@ pub struct Usage {
     pub total_tokens: u64,
     pub cost: f64,
     pub cost_details: Cost,
+    /// Who counted the tokens: `node` for a model outside the
+    /// coordinator's catalog (allowed by its operator), whose counts are
+    /// the node's word. Absent where not stated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<crate::catalog::CountedBy>,
 }
 
 impl Usage {
@@ -220,6 +225,15 @@ impl Usage {
             total_tokens: u64::from(prompt_tokens) + u64::from(completion_tokens),
             cost: cost.usd(),
             cost_details: cost,
+            counted_by: None,
+        }
+    }
+
+    /// The same usage, saying who counted it.
+    pub fn counted_by(self, by: crate::catalog::CountedBy) -> Self {
+        Self {
+            counted_by: Some(by),
+            ..self
         }
     }
 }

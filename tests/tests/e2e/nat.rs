@@ -94,6 +94,11 @@ async fn a_node_nobody_can_dial_serves_another_coordinator_through_the_relay() {
             price_ceiling: Default::default(),
             spill_queue_factor: 5,
             aliases: Default::default(),
+            // Models outside the (empty) catalog are routable here.
+            catalog: sharenet_coordinator::config::CatalogConfig {
+                file: None,
+                allow_uncatalogued: true,
+            },
             database: None,
             relay_server: false,
         },

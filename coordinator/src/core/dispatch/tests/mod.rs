@@ -553,6 +553,11 @@ pub(crate) fn config(dir: &std::path::Path) -> CoordinatorConfig {
         price_ceiling: Default::default(),
         spill_queue_factor: 5,
         aliases: Default::default(),
+        // Models outside the (empty) catalog are routable here.
+        catalog: crate::config::CatalogConfig {
+            file: None,
+            allow_uncatalogued: true,
+        },
         database: None,
     }
 }
