@@ -826,15 +826,17 @@ async fn serve_upstream(
                     }
                     _ => Some(output_tokens),
                 };
-                let signed = input_tokens.zip(counted).and_then(|(input_tokens, output_tokens)| {
-                    running.sign(
-                        Usage {
-                            input_tokens,
-                            output_tokens,
-                        },
-                        &hasher,
-                    )
-                });
+                let signed = input_tokens
+                    .zip(counted)
+                    .and_then(|(input_tokens, output_tokens)| {
+                        running.sign(
+                            Usage {
+                                input_tokens,
+                                output_tokens,
+                            },
+                            &hasher,
+                        )
+                    });
                 let ev = JobEvent::Delta {
                     text,
                     tokens,

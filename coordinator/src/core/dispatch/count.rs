@@ -18,12 +18,11 @@ use crate::core::error::Error;
 /// The prompt tokens of `request` as the serving engine feeds them.
 pub(super) fn count_input(prompt: &PromptModel, request: &JobRequest) -> Result<u32, Error> {
     prompt.count_request(request).map_err(|e| match e {
+        // The request's messages, as the model's template takes them (a
+        // template may refuse, e.g. roles that do not alternate): every
+        // node would refuse it alike.
         sharenet_prompt::PromptError::InvalidInput(m)
         | sharenet_prompt::PromptError::Unsupported(m) => Error::bad_request(m, None),
-        sharenet_prompt::PromptError::Template(m) => Error::bad_request(
-            format!("the model's chat template cannot render these messages: {m}"),
-            Some("messages"),
-        ),
         other => Error::Internal(format!("count the prompt's tokens: {other}")),
     })
 }
@@ -63,8 +62,8 @@ impl OutputCounter {
             .push(self.prompt.tokenizer(), ids)
             .map_err(|e| format!("the node's ids do not decode: {e}"))?;
         if !self.tools {
-            self.checked = check_prefix(self.count.decoded(), text, self.checked)
-                .map_err(|m| mismatch(&m))?;
+            self.checked =
+                check_prefix(self.count.decoded(), text, self.checked).map_err(|m| mismatch(&m))?;
         }
         Ok(())
     }

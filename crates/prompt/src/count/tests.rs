@@ -128,7 +128,10 @@ fn text_ahead_of_its_ids_or_other_than_them_is_caught() {
     assert_eq!(check_prefix("hel", "hello", 0), Err(Mismatch::TextAhead));
     assert_eq!(check_prefix("hello", "help", 0), Err(Mismatch::Differs));
     // Only the new part is compared, but it is compared.
-    assert_eq!(check_prefix("hello world", "hello there", 5), Err(Mismatch::Differs));
+    assert_eq!(
+        check_prefix("hello world", "hello there", 5),
+        Err(Mismatch::Differs)
+    );
 }
 
 fn served<'a>(text: &'a str, stops: &'a [String], stopped: bool) -> Served<'a> {
@@ -145,8 +148,14 @@ fn served<'a>(text: &'a str, stops: &'a [String], stopped: bool) -> Served<'a> {
 #[test]
 fn at_the_end_the_ids_are_the_text_but_for_a_stop_cut() {
     let stops = vec!["\n\n".to_string()];
-    assert_eq!(check_served("hello", &served("hello", &stops, false)), Ok(()));
-    assert_eq!(check_served("hello\n\nmore", &served("hello", &stops, true)), Ok(()));
+    assert_eq!(
+        check_served("hello", &served("hello", &stops, false)),
+        Ok(())
+    );
+    assert_eq!(
+        check_served("hello\n\nmore", &served("hello", &stops, true)),
+        Ok(())
+    );
     // Extra decoded text without a stop: ids the builder never received.
     assert_eq!(
         check_served("hello world", &served("hello", &stops, false)),
@@ -157,9 +166,18 @@ fn at_the_end_the_ids_are_the_text_but_for_a_stop_cut() {
         Err(Mismatch::Unserved)
     );
     let long = format!("hello\n\n{}", "x".repeat(MAX_TOKEN_BYTES + 1));
-    assert_eq!(check_served(&long, &served("hello", &stops, true)), Err(Mismatch::Unserved));
-    assert_eq!(check_served("help", &served("hello", &stops, false)), Err(Mismatch::TextAhead));
-    assert_eq!(check_served("jello", &served("hello", &stops, false)), Err(Mismatch::Differs));
+    assert_eq!(
+        check_served(&long, &served("hello", &stops, true)),
+        Err(Mismatch::Unserved)
+    );
+    assert_eq!(
+        check_served("help", &served("hello", &stops, false)),
+        Err(Mismatch::TextAhead)
+    );
+    assert_eq!(
+        check_served("jello", &served("hello", &stops, false)),
+        Err(Mismatch::Differs)
+    );
 }
 
 #[test]
@@ -175,10 +193,19 @@ fn tool_call_markup_may_be_left_out_of_the_text_but_only_so_much() {
     };
     assert_eq!(check_served(decoded, &ok), Ok(()));
     assert_eq!(
-        check_served(decoded, &Served { text: "Sorry.", ..ok }),
+        check_served(
+            decoded,
+            &Served {
+                text: "Sorry.",
+                ..ok
+            }
+        ),
         Err(Mismatch::Differs)
     );
-    let padded = format!("{decoded}{}", "y".repeat(2 * CALL_MARKUP_BYTES + MAX_TOKEN_BYTES));
+    let padded = format!(
+        "{decoded}{}",
+        "y".repeat(2 * CALL_MARKUP_BYTES + MAX_TOKEN_BYTES)
+    );
     assert_eq!(check_served(&padded, &ok), Err(Mismatch::CallsTooLong));
 }
 
@@ -195,6 +222,10 @@ fn the_count_does_not_depend_on_how_ids_were_split() {
         }
         let mut batch = OutputCount::new(&t);
         batch.push(&t, &all[..n]).unwrap();
-        assert_eq!(one.billable(&t, 0).unwrap(), batch.billable(&t, 0).unwrap(), "{n}");
+        assert_eq!(
+            one.billable(&t, 0).unwrap(),
+            batch.billable(&t, 0).unwrap(),
+            "{n}"
+        );
     }
 }
