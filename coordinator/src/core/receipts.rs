@@ -43,7 +43,7 @@ pub enum ReceiptRejection {
         want_in: NanoUsd,
         want_out: NanoUsd,
     },
-    #[error("receipt claims {claimed} output tokens but {streamed} were streamed")]
+    #[error("receipt claims {claimed} output tokens but only {streamed} were streamed")]
     OutputTokens { claimed: u32, streamed: u32 },
     #[error("receipt claims {claimed} input tokens but the node reported {reported}")]
     InputTokens { claimed: u32, reported: u32 },

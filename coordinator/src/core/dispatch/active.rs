@@ -508,7 +508,7 @@ impl ActiveJob {
             },
             None => None,
         };
-        let output_tokens = counted_output_tokens.unwrap_or(tokens);
+        let output_tokens = counted_output_tokens.unwrap_or(claimed_output.min(tokens));
         let booked = check_and_book(
             core,
             &self.terms,
