@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::metrics::NodeMetrics;
 use crate::now_ms;
 use crate::state::{Backend, NodeCtx, Prices, ServedModel};
+use crate::tally::Tally;
 use crate::upstream::{Upstream, UpstreamEvent};
 
 /// Time the opener has to send the request frame.
@@ -653,7 +654,9 @@ async fn serve_text(
         Err(refused) => return refused,
     };
     let model = scheduler.model();
-    let mut output_tokens = 0u32;
+    let tokenizer = model.prompt().tokenizer();
+    // The output as the coordinator counts it (`tally.rs`).
+    let mut tally = Tally::new(tokenizer);
     // The last running receipt that reached the coordinator.
     let mut last_sent: Option<SignedReceipt> = None;
     let mut output = Output::new(request, model.tool_format());
@@ -664,14 +667,18 @@ async fn serve_text(
             SeqEvent::Failed(e) => return engine_failure(e),
         };
         let (text, tool_calls) = output.take(text, done.is_some());
-        output_tokens = output_tokens.saturating_add(tokens);
+        tally.push(tokenizer, &ids, tool_calls.len());
         // The end flushes what the tool-call parser held back.
         if done.is_none() || !text.is_empty() || !tool_calls.is_empty() {
-            let usage = Usage {
-                input_tokens,
-                output_tokens,
-            };
-            let signed = running.sign(usage, &output.hasher);
+            let signed = tally.running(tokenizer).and_then(|output_tokens| {
+                running.sign(
+                    Usage {
+                        input_tokens,
+                        output_tokens,
+                    },
+                    &output.hasher,
+                )
+            });
             let event = JobEvent::Delta {
                 text,
                 tokens,
@@ -684,7 +691,9 @@ async fn serve_text(
                 tracing::debug!(job = %request.job_id, error = %e, "client went away; cancelling");
                 return Served::Gone(last_sent.map(Box::new));
             }
-            last_sent = signed;
+            if signed.is_some() {
+                last_sent = signed;
+            }
         }
         if let Some(g) = done {
             let finish_reason = if output.calls > 0 && g.finish_reason == FinishReason::Stop {
@@ -695,7 +704,7 @@ async fn serve_text(
             return Served::Done {
                 usage: Usage {
                     input_tokens: g.prompt_tokens,
-                    output_tokens: g.completion_tokens,
+                    output_tokens: tally.finish(tokenizer),
                 },
                 finish_reason,
                 response_digest: output.hasher.digest(),
@@ -774,8 +783,14 @@ async fn serve_upstream(
     let mut forwarding = true;
     // Running receipts once the prompt's size is known (an upstream tells
     // it in its stream, or the upstream client probes it alongside).
-    let mut input_tokens: Option<u32> = None;
+    // With the model's files the node counts the prompt itself, as the
+    // coordinator does; else it takes the server's count.
+    let own_input = upstream.count_prompt(request);
+    let mut input_tokens: Option<u32> = own_input;
     let mut output_tokens = 0u32;
+    // The output as the coordinator counts it, with the model's tokenizer.
+    let tokenizer = upstream.tokenizer().cloned();
+    let mut tally = tokenizer.as_deref().map(Tally::new);
     let mut last_sent: Option<SignedReceipt> = None;
     let served = loop {
         let event = tokio::select! {
@@ -783,7 +798,11 @@ async fn serve_upstream(
             ev = rx.recv() => ev,
         };
         match event {
-            Some(UpstreamEvent::PromptTokens(n)) => input_tokens = Some(n),
+            Some(UpstreamEvent::PromptTokens(n)) => {
+                if own_input.is_none() {
+                    input_tokens = Some(n);
+                }
+            }
             // Text and whole calls alike: into the response's digest, out
             // as a delta with a running receipt once the prompt's size is
             // known.
@@ -800,15 +819,24 @@ async fn serve_upstream(
                     hasher.call(c);
                 }
                 output_tokens = output_tokens.saturating_add(tokens);
-                let signed = input_tokens.and_then(|input_tokens| {
-                    running.sign(
-                        Usage {
-                            input_tokens,
-                            output_tokens,
-                        },
-                        &hasher,
-                    )
-                });
+                let counted = match (&mut tally, tokenizer.as_deref()) {
+                    (Some(t), Some(tok)) => {
+                        t.push(tok, &ids, tool_calls.len());
+                        t.running(tok)
+                    }
+                    _ => Some(output_tokens),
+                };
+                let signed = input_tokens
+                    .zip(counted)
+                    .and_then(|(input_tokens, output_tokens)| {
+                        running.sign(
+                            Usage {
+                                input_tokens,
+                                output_tokens,
+                            },
+                            &hasher,
+                        )
+                    });
                 let ev = JobEvent::Delta {
                     text,
                     tokens,
@@ -831,9 +859,13 @@ async fn serve_upstream(
                 finish_reason,
             }) => {
                 // The output is what was streamed, as the node counted it.
+                let output_tokens = match (&mut tally, tokenizer.as_deref()) {
+                    (Some(t), Some(tok)) => t.finish(tok),
+                    _ => output_tokens,
+                };
                 break Served::Done {
                     usage: Usage {
-                        input_tokens: usage.input_tokens,
+                        input_tokens: own_input.unwrap_or(usage.input_tokens),
                         output_tokens,
                     },
                     finish_reason,

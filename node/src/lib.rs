@@ -21,6 +21,7 @@ pub mod reconcile;
 mod recount;
 mod service;
 mod state;
+mod tally;
 mod upstream;
 
 pub use config::{DeviceChoice, ModelConfig, ModelSource, NodeConfig, UpstreamConfig};

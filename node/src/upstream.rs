@@ -93,6 +93,10 @@ pub(crate) struct Upstream {
     config: UpstreamConfig,
     /// The model's tokenizer, to count the output with.
     tokenizer: Option<std::sync::Arc<tokenizers::Tokenizer>>,
+    /// The model's prompt side, when `tokenizer` names its files (a
+    /// `.gguf` or a Hugging Face folder): the node counts prompts with the
+    /// coordinator's renderer.
+    prompt: Option<sharenet_prompt::PromptModel>,
     /// Whether this server reports usage in its streams, as learned from
     /// the last stream: unknown, yes, no. When it does not, the prompt's
     /// size is probed before the stream (not after it), so running
@@ -118,12 +122,42 @@ impl Upstream {
             None => None,
             Some(path) => Some(crate::recount::load(path)?),
         };
+        let prompt = match &config.tokenizer {
+            Some(path) if !path.to_string_lossy().ends_with(".json") => Some(
+                sharenet_prompt::ModelSource::inspect(path)
+                    .and_then(|s| s.prompt_model())
+                    .map_err(anyhow::Error::from)
+                    .map_err(|e| {
+                        e.context(format!(
+                            "read the upstream model's prompt side from {}",
+                            path.display()
+                        ))
+                    })?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             http,
             config,
             tokenizer,
+            prompt,
             stream_usage: std::sync::atomic::AtomicU8::new(USAGE_UNKNOWN),
         })
+    }
+
+    /// The model's tokenizer, when configured.
+    pub(crate) fn tokenizer(&self) -> Option<&std::sync::Arc<tokenizers::Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The prompt tokens of `job` as the coordinator counts them, when the
+    /// node has the model's files (`None`: the server's count is used).
+    pub(crate) fn count_prompt(&self, job: &JobRequest) -> Option<u32> {
+        let prompt = self.prompt.as_ref()?;
+        prompt
+            .count_request(job)
+            .inspect_err(|e| tracing::warn!(job = %job.job_id, error = %e, "count the prompt"))
+            .ok()
     }
 
     /// The URL and body for `job`. The body is sent as a JSON value built

@@ -16,6 +16,13 @@ pub enum Error {
         message: String,
         param: Option<String>,
     },
+    /// The prompt does not fit the model's context (as the coordinator
+    /// counted it): a 400 with OpenAI's `context_length_exceeded` code.
+    #[error("{message}")]
+    ContextLength {
+        message: String,
+        param: &'static str,
+    },
     /// Out of balance or budget.
     #[error("{0}")]
     PaymentRequired(String),

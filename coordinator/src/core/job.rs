@@ -78,6 +78,10 @@ pub struct Job {
     pub tools: Option<Tools>,
     /// The JSON shape the answer must take.
     pub response_format: Option<ResponseFormat>,
+    /// The prompt's tokens as the coordinator counted them (set once
+    /// dispatch has rendered the request for a catalogued model; see
+    /// `dispatch/count.rs`). When set it is the job's input, exactly.
+    pub input_tokens: std::sync::OnceLock<u32>,
 }
 
 impl Job {
@@ -119,8 +123,12 @@ impl Job {
         defs + calls
     }
 
-    /// Rough prompt size for ranking (about four bytes per token).
+    /// The prompt's size for routing: the coordinator's count when it
+    /// has one, else about four bytes per token.
     pub fn estimated_input_tokens(&self) -> u32 {
+        if let Some(n) = self.input_tokens.get() {
+            return *n;
+        }
         let bytes: usize = self.tool_bytes()
             + match &self.input {
                 JobInput::Chat { messages } => messages.iter().map(|m| m.content.len() + 8).sum(),
@@ -130,10 +138,14 @@ impl Job {
         u32::try_from(bytes / 4 + 1).unwrap_or(u32::MAX)
     }
 
-    /// Most input tokens the job can have: every byte a token, plus room
-    /// for the chat template's own tokens. The hold is priced on it, and a
-    /// receipt claiming more is rejected.
+    /// Most input tokens the job can have: the coordinator's count when it
+    /// has one, else every byte a token plus room for the chat template's
+    /// own tokens. The hold is priced on it, and a receipt claiming more
+    /// is rejected.
     pub fn max_input_tokens(&self) -> u64 {
+        if let Some(n) = self.input_tokens.get() {
+            return u64::from(*n);
+        }
         let (bytes, pieces) = match &self.input {
             JobInput::Chat { messages } => (
                 messages

@@ -43,10 +43,16 @@ pub enum ReceiptRejection {
         want_in: NanoUsd,
         want_out: NanoUsd,
     },
-    #[error("receipt claims {claimed} output tokens but {streamed} were streamed")]
+    #[error("receipt claims {claimed} output tokens but only {streamed} were streamed")]
     OutputTokens { claimed: u32, streamed: u32 },
     #[error("receipt claims {claimed} input tokens but the node reported {reported}")]
     InputTokens { claimed: u32, reported: u32 },
+    #[error("receipt claims {claimed} input tokens but the coordinator counted {counted}")]
+    InputCount { claimed: u32, counted: u32 },
+    #[error(
+        "receipt claims {claimed} output tokens but the coordinator counted {counted} from the ids streamed"
+    )]
+    OutputCount { claimed: u32, counted: u32 },
     #[error("receipt claims {claimed} input tokens, more than the job's bound of {bound}")]
     InputTokensOverBound { claimed: u32, bound: u64 },
     #[error("receipt request digest does not match the request sent")]
@@ -65,8 +71,10 @@ impl ReceiptRejection {
             Self::WrongCoordinator => "wrong_coordinator",
             Self::WrongModel(_) => "wrong_model",
             Self::WrongPrice { .. } => "over_price",
-            Self::OutputTokens { .. } => "output_tokens",
-            Self::InputTokens { .. } | Self::InputTokensOverBound { .. } => "input_tokens",
+            Self::OutputTokens { .. } | Self::OutputCount { .. } => "output_tokens",
+            Self::InputTokens { .. }
+            | Self::InputTokensOverBound { .. }
+            | Self::InputCount { .. } => "input_tokens",
             Self::RequestDigest => "request_digest",
             Self::ResponseDigest => "response_digest",
         }

@@ -143,6 +143,7 @@ impl Check {
             },
             tools: None,
             response_format: None,
+            input_tokens: Default::default(),
         })
     }
 }

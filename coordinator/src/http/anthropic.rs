@@ -247,6 +247,7 @@ fn job(req: &MessagesRequest) -> Result<Job, Error> {
         prefs: provider_prefs(req.provider.as_ref())?,
         tools: tools(req)?,
         response_format: None,
+        input_tokens: Default::default(),
     })
 }
 

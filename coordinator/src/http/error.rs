@@ -37,7 +37,7 @@ impl ApiError {
 pub fn status(e: &Error) -> StatusCode {
     match e {
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        Error::BadRequest { .. } | Error::ContextLength { .. } => StatusCode::BAD_REQUEST,
         Error::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -53,6 +53,11 @@ pub fn body(e: &Error) -> ErrorResponse {
     let (kind, code, param) = match e {
         Error::Unauthorized(_) => ("authentication_error", Some("invalid_api_key"), None),
         Error::BadRequest { param, .. } => ("invalid_request_error", None, param.clone()),
+        Error::ContextLength { param, .. } => (
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            Some((*param).to_string()),
+        ),
         Error::PaymentRequired(_) => ("insufficient_quota", Some("insufficient_quota"), None),
         Error::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded"), None),
         Error::Forbidden(_) => ("permission_error", Some("forbidden"), None),
@@ -84,7 +89,7 @@ pub fn body(e: &Error) -> ErrorResponse {
 pub fn anthropic_error_body(e: &Error) -> serde_json::Value {
     let kind = match e {
         Error::Unauthorized(_) => "authentication_error",
-        Error::BadRequest { .. } => "invalid_request_error",
+        Error::BadRequest { .. } | Error::ContextLength { .. } => "invalid_request_error",
         Error::PaymentRequired(_) => "billing_error",
         Error::RateLimited { .. } => "rate_limit_error",
         Error::Forbidden(_) => "permission_error",

@@ -336,6 +336,7 @@ mod tests {
             prefs: ProviderPrefs::any(),
             tools: None,
             response_format: None,
+            input_tokens: Default::default(),
         });
         let active = start_job(&core, job, &principal, None).await.unwrap();
         let meta = Meta {

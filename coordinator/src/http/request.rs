@@ -207,6 +207,7 @@ pub fn completion_job(this: CompletionRequest) -> Result<(Job, Shape), Error> {
         params,
         tools: None,
         response_format: None,
+        input_tokens: Default::default(),
     };
     Ok((job, shape))
 }
@@ -267,6 +268,7 @@ pub fn embedding_job(this: EmbeddingRequest) -> Result<(Job, Shape), Error> {
         },
         tools: None,
         response_format: None,
+        input_tokens: Default::default(),
     };
     let shape = Shape {
         stream: false,
@@ -489,6 +491,7 @@ pub fn chat_job(this: ChatCompletionRequest) -> Result<(Job, Shape), Error> {
         params,
         tools,
         response_format,
+        input_tokens: Default::default(),
     };
     Ok((job, shape))
 }

@@ -396,9 +396,8 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, EngineError> {
         if beside.exists() {
             return load_tokenizer_file(&beside);
         }
-        let mut file = std::fs::File::open(path).map_err(|e| read_err(path, e))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| parse_err(path, e))?;
-        return tokenizer_from_gguf(path, &content.metadata);
+        let metadata = sharenet_prompt::gguf::Metadata::read(path)?;
+        return Ok(sharenet_prompt::tokenizer_from_gguf(path, &metadata)?.0);
     }
     load_tokenizer_file(path)
 }

@@ -47,6 +47,7 @@
 //! renderer; this crate links no candle (checked by the structure test).
 //! A malformed file is an error, never a panic.
 
+pub mod count;
 mod error;
 pub mod gguf;
 mod json;
@@ -56,6 +57,7 @@ mod template;
 mod tokenizer;
 pub mod tool_calls;
 
+pub use count::{Mismatch, OutputCount, Served, check_prefix, check_served};
 pub use error::PromptError;
 pub use json::Json;
 pub use model::{DEFAULT_EOS, PromptModel, PromptSpec, default_add_bos};

@@ -24,6 +24,7 @@ use crate::core::{Core, now_ms, untrusted};
 use super::attempt::{Started, decode_event};
 use super::book::{Claim, Terms, check_and_book};
 use super::budget::Budget;
+use super::count::OutputCounter;
 use crate::core::job::{CompletedJob, Notice};
 
 /// Events a job may have beyond one per token (token-less deltas).
@@ -60,6 +61,8 @@ struct Checkpoint {
     tokens: u32,
     text_len: usize,
     calls: usize,
+    /// Ids received by then (the coordinator's count covers these).
+    ids: usize,
 }
 
 /// See the module docs.
@@ -86,6 +89,9 @@ pub struct ActiveJob {
     /// Booked if the job breaks after its first token
     /// ([`ActiveJob::book_partial`]).
     checkpoint: Option<Checkpoint>,
+    /// The coordinator's own count of the output, for a model it can
+    /// count (`count.rs`).
+    counter: Option<OutputCounter>,
     /// The worst-case amount held for this job; turned into the real
     /// charge when the receipt is booked, released if it never is.
     hold: Option<Hold>,
@@ -104,6 +110,10 @@ impl ActiveJob {
         notice: Notice,
         hold: Hold,
     ) -> Self {
+        let counter = terms
+            .prompt
+            .clone()
+            .map(|p| OutputCounter::new(p, job.needs().tools));
         Self {
             stream: Some(started.stream),
             first: Some(started.first),
@@ -119,6 +129,7 @@ impl ActiveJob {
             pending_calls: Vec::new(),
             embeddings: None,
             checkpoint: None,
+            counter,
             hold: Some(hold),
             sent_at: started.sent_at,
             first_at: Instant::now(),
@@ -172,7 +183,7 @@ impl ActiveJob {
             JobEvent::Delta {
                 text,
                 tokens,
-                ids: _,
+                ids,
                 logprobs,
                 tool_calls,
                 receipt,
@@ -205,12 +216,18 @@ impl ActiveJob {
                 self.text.push_str(&text);
                 self.logprobs.extend(logprobs.iter().cloned());
                 self.tool_calls.extend(tool_calls.iter().cloned());
+                if let Some(counter) = &mut self.counter
+                    && let Err(why) = counter.push(&ids, tokens, &self.text)
+                {
+                    return Err(self.node_failed(core, &why));
+                }
                 if let Some(receipt) = receipt {
                     self.checkpoint = Some(Checkpoint {
                         receipt,
                         tokens: self.streamed_tokens,
                         text_len: self.text.len(),
                         calls: self.tool_calls.len(),
+                        ids: self.counter.as_ref().map_or(0, OutputCounter::ids),
                     });
                 }
                 if tool_calls.is_empty() {
@@ -389,6 +406,20 @@ impl ActiveJob {
             Some(v) => embeddings_digest(v),
             None => response_digest(&self.text, &self.tool_calls),
         };
+        let stopped = finish_reason == FinishReason::Stop;
+        let counted_output_tokens = match &mut self.counter {
+            Some(c) => {
+                match c.finish(&self.text, &self.tool_calls, &self.job.params.stop, stopped) {
+                    Ok(n) => Some(n),
+                    Err(why) => {
+                        // Nothing is booked: the hold goes back.
+                        drop(hold);
+                        return Err(self.node_failed(core, &why));
+                    }
+                }
+            }
+            None => None,
+        };
         let (entry, countersigned) = check_and_book(
             core,
             &self.terms,
@@ -399,6 +430,7 @@ impl ActiveJob {
                 reported_input_tokens: usage.input_tokens,
                 reported_output_tokens: usage.output_tokens,
                 response_digest,
+                counted_output_tokens,
             },
         )
         .await?;
@@ -454,15 +486,29 @@ impl ActiveJob {
             tokens,
             text_len,
             calls,
+            ids,
         } = self.checkpoint.take()?;
         let hold = self.hold.take()?;
         let text = self.text.get(..text_len)?.to_owned();
         let tool_calls = self.tool_calls.get(..calls)?.to_vec();
         // A running receipt carries its own input count (there is no
         // `Done`); one that does not decode is rejected by the check.
-        let claimed_input = SignedReceipt::from_bytes(&receipt)
-            .map(|s| s.receipt().input_tokens)
-            .unwrap_or(0);
+        let (claimed_input, claimed_output) = SignedReceipt::from_bytes(&receipt)
+            .map(|s| (s.receipt().input_tokens, s.receipt().output_tokens))
+            .unwrap_or((0, tokens));
+        // The coordinator's own count of the ids the receipt covers.
+        let counted_output_tokens = match &self.counter {
+            Some(c) => match c.billable_prefix(ids, calls) {
+                Ok(n) => Some(n),
+                Err(why) => {
+                    tracing::warn!(job = %self.terms.job_id, %why, "count a broken job's output");
+                    drop(hold);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let output_tokens = counted_output_tokens.unwrap_or(claimed_output.min(tokens));
         let booked = check_and_book(
             core,
             &self.terms,
@@ -471,18 +517,19 @@ impl ActiveJob {
                 receipt: &receipt,
                 streamed_tokens: tokens,
                 reported_input_tokens: claimed_input,
-                reported_output_tokens: tokens,
+                reported_output_tokens: claimed_output,
                 response_digest: response_digest(&text, &tool_calls),
+                counted_output_tokens,
             },
         )
         .await;
         match booked {
             Ok((entry, receipt)) => {
-                tracing::info!(job = %self.terms.job_id, node = %self.terms.peer, output_tokens = tokens,
+                tracing::info!(job = %self.terms.job_id, node = %self.terms.peer, output_tokens,
                     charge = entry.charge.total, "booked the part of a broken job the builder received");
                 let usage = Usage {
                     input_tokens: claimed_input,
-                    output_tokens: tokens,
+                    output_tokens,
                 };
                 self.remember(core, &entry.charge, usage, None, true);
                 Some(Finished {
@@ -493,7 +540,7 @@ impl ActiveJob {
                     embeddings: None,
                     usage: Usage {
                         input_tokens: claimed_input,
-                        output_tokens: tokens,
+                        output_tokens,
                     },
                     finish_reason: FinishReason::Length,
                     receipt,

@@ -25,8 +25,14 @@ pub(super) struct Terms {
     pub price_in: u64,
     pub price_out: u64,
     pub request_digest: [u8; 32],
-    /// The hold's bound on input tokens (every prompt byte a token).
+    /// The hold's bound on input tokens (the coordinator's count, or
+    /// every prompt byte a token).
     pub max_input_tokens: u64,
+    /// The prompt's tokens as the coordinator counted them (a catalogued
+    /// text model): the receipt must carry exactly this.
+    pub input_tokens: Option<u32>,
+    /// The model's renderer and tokenizer, to count the output with.
+    pub prompt: Option<std::sync::Arc<sharenet_prompt::PromptModel>>,
 }
 
 /// What the node claims, next to what the coordinator relayed.
@@ -41,6 +47,10 @@ pub(super) struct Claim<'a> {
     pub reported_output_tokens: u32,
     /// SHA-256 of exactly what was relayed to the builder.
     pub response_digest: [u8; 32],
+    /// The output tokens the coordinator counted from the node's ids
+    /// (`count.rs`), when it counts them: the receipt must carry exactly
+    /// this.
+    pub counted_output_tokens: Option<u32>,
 }
 
 /// Checks `claim` against `terms`; on success countersigns and books it
@@ -100,13 +110,36 @@ fn check(
     terms: &Terms,
     claim: &Claim<'_>,
 ) -> Result<sharenet_proto::SignedReceipt, ReceiptRejection> {
+    if let Some(counted) = terms.input_tokens
+        && claim.reported_input_tokens != counted
+    {
+        return Err(ReceiptRejection::InputCount {
+            claimed: claim.reported_input_tokens,
+            counted,
+        });
+    }
+    if let Some(counted) = claim.counted_output_tokens
+        && claim.reported_output_tokens != counted
+    {
+        return Err(ReceiptRejection::OutputCount {
+            claimed: claim.reported_output_tokens,
+            counted,
+        });
+    }
+    let output_tokens = claim
+        .counted_output_tokens
+        .unwrap_or(claim.reported_output_tokens);
     if u64::from(claim.reported_input_tokens) > terms.max_input_tokens {
         return Err(ReceiptRejection::InputTokensOverBound {
             claimed: claim.reported_input_tokens,
             bound: terms.max_input_tokens,
         });
     }
-    if claim.reported_output_tokens != claim.streamed_tokens {
+    // A model the coordinator cannot count: the node's word, bounded by
+    // the tokens it streamed (a node signs the billing rule's count, which
+    // may be fewer).
+    if claim.counted_output_tokens.is_none() && claim.reported_output_tokens > claim.streamed_tokens
+    {
         return Err(ReceiptRejection::OutputTokens {
             claimed: claim.reported_output_tokens,
             streamed: claim.streamed_tokens,
@@ -121,7 +154,7 @@ fn check(
             model: terms.model.clone(),
             price_in: terms.price_in,
             price_out: terms.price_out,
-            streamed_tokens: claim.streamed_tokens,
+            streamed_tokens: output_tokens,
             reported_input_tokens: claim.reported_input_tokens,
             request_digest: terms.request_digest,
             response_digest: claim.response_digest,

@@ -27,6 +27,7 @@ mod active;
 mod attempt;
 mod book;
 mod budget;
+mod count;
 mod fanout;
 mod partial;
 mod plan;

@@ -14,6 +14,7 @@ use crate::core::job::{Job, JobKind, Notice};
 use super::active::ActiveJob;
 use super::attempt;
 use super::book;
+use super::count;
 use super::plan;
 
 /// Plans `job`, holds its worst case, and starts it on the first node
@@ -46,6 +47,7 @@ pub async fn start_job(
         traceparent: sharenet_daemon::trace::traceparent(&span),
     };
     let bytes = encode_request(&job, &request)?;
+    let prompt = count_prompt(core, &job, &request)?;
     let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;
     let hold = plan::admit(core, &job, &plan, principal, end_customer).await?;
     let (sensitive, pool, prefs) = (plan.sensitive, plan.pool, plan.prefs);
@@ -62,6 +64,8 @@ pub async fn start_job(
         price_out: offer.offer.price_out,
         request_digest: sha256(&bytes),
         max_input_tokens: job.max_input_tokens(),
+        input_tokens: job.input_tokens.get().copied(),
+        prompt,
     };
     Ok(ActiveJob::new(
         started,
@@ -74,6 +78,46 @@ pub async fn start_job(
         },
         hold,
     ))
+}
+
+/// The coordinator's own count of the prompt, for a catalogued text
+/// model: rendered and tokenized as the serving engine will, set on the
+/// job (routing and the hold use it), and a prompt that does not fit the
+/// model's context is the builder's 400 before any node is dialled.
+/// Returns the model's renderer, to count the output with; `None` for an
+/// embeddings job or a model the catalog cannot count (its usage is the
+/// node's word, marked so).
+fn count_prompt(
+    core: &Core,
+    job: &Job,
+    request: &JobRequest,
+) -> Result<Option<Arc<sharenet_prompt::PromptModel>>, Error> {
+    if job.kind == JobKind::Embedding {
+        return Ok(None);
+    }
+    let Some(prompt) = core.catalog.prompt_model(&request.model) else {
+        return Ok(None);
+    };
+    let n = count::count_input(&prompt, request)?;
+    let context = core
+        .catalog
+        .get(&request.model)
+        .map_or(u32::MAX, |e| e.context_length);
+    if n >= context {
+        let param = if job.kind == JobKind::Chat {
+            "messages"
+        } else {
+            "prompt"
+        };
+        return Err(Error::ContextLength {
+            message: format!(
+                "this model's context is {context} tokens, and the prompt alone is {n}; shorten `{param}`"
+            ),
+            param,
+        });
+    }
+    let _ = job.input_tokens.set(n);
+    Ok(Some(prompt))
 }
 
 /// The request's bytes, refused (400 naming the parameter) when a node's

@@ -281,6 +281,7 @@ fn embeddings_job(n: usize) -> Arc<Job> {
         prefs: ProviderPrefs::any(),
         tools: None,
         response_format: None,
+        input_tokens: Default::default(),
     })
 }
 

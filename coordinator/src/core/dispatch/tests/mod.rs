@@ -77,6 +77,15 @@ pub(crate) enum Script {
     /// Sends these vectors in an embeddings frame, then finishes with a
     /// receipt over them.
     Embeddings(Vec<Vec<f32>>),
+    /// Streams these deltas, each with its text and the ids it claims
+    /// (`tokens` is the number of ids unless `tokens` overrides it), then
+    /// signs a receipt for `input` and `output` tokens over the text.
+    Counted {
+        deltas: Vec<(&'static str, Vec<u32>)>,
+        tokens: Option<u32>,
+        input: u32,
+        output: u32,
+    },
     /// Makes these tool calls (one token each), then signs a receipt whose
     /// response digest covers them, or (`honest_digest: false`) only the
     /// text, as a node hiding what it sent would.
@@ -106,6 +115,7 @@ fn delta(
     JobEvent::Delta {
         text: text.to_owned(),
         tokens,
+        ids: Vec::new(),
         logprobs,
         tool_calls: Vec::new(),
         receipt,
@@ -387,6 +397,30 @@ impl FakeNode {
                 )
                 .await;
             }
+            Script::Counted {
+                deltas,
+                tokens,
+                input,
+                output,
+            } => {
+                let mut text = String::new();
+                for (piece, ids) in deltas {
+                    text.push_str(piece);
+                    let ev = JobEvent::Delta {
+                        text: piece.to_owned(),
+                        tokens: tokens.unwrap_or(ids.len() as u32),
+                        ids,
+                        logprobs: Vec::new(),
+                        tool_calls: Vec::new(),
+                        receipt: None,
+                    };
+                    if !Self::send(&mut s, &ev).await {
+                        return;
+                    }
+                }
+                self.finish(&mut s, &req, digest, &text, input, output)
+                    .await;
+            }
             Script::SlowFirstToken(wait, pieces) => {
                 tokio::time::sleep(wait).await;
                 let text = self.stream(&mut s, &req, digest, &pieces).await;
@@ -632,6 +666,7 @@ fn job(order: &[[u8; 32]]) -> Arc<Job> {
         },
         tools: None,
         response_format: None,
+        input_tokens: Default::default(),
     })
 }
 
@@ -695,6 +730,7 @@ impl Setup {
 }
 
 mod books_and_checks;
+mod count;
 mod fanout;
 mod guards;
 mod node_limits;
