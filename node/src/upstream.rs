@@ -96,7 +96,7 @@ pub(crate) struct Upstream {
     /// The model's prompt side, when `tokenizer` names its files (a
     /// `.gguf` or a Hugging Face folder): the node counts prompts with the
     /// coordinator's renderer.
-    prompt: Option<sharenet_prompt::PromptModel>,
+    prompt: Option<Box<sharenet_prompt::PromptModel>>,
     /// Whether this server reports usage in its streams, as learned from
     /// the last stream: unknown, yes, no. When it does not, the prompt's
     /// size is probed before the stream (not after it), so running
@@ -126,6 +126,7 @@ impl Upstream {
             Some(path) if !path.to_string_lossy().ends_with(".json") => Some(
                 sharenet_prompt::ModelSource::inspect(path)
                     .and_then(|s| s.prompt_model())
+                    .map(Box::new)
                     .map_err(anyhow::Error::from)
                     .map_err(|e| {
                         e.context(format!(
