@@ -218,7 +218,18 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_what_it_
         .as_str()
         .unwrap()
         .to_string();
-    let want_in = direct["usage"]["prompt_tokens"].as_u64().unwrap();
+    // The prompt as the coordinator counts it (the node, given the model's
+    // file, counts it with the same renderer): the tiny GGUF has no chat
+    // template, so the documented fallback, not llama.cpp's own default.
+    let prompt = sharenet_prompt::ModelSource::inspect(&gguf)
+        .unwrap()
+        .prompt_model()
+        .unwrap();
+    let input = sharenet_proto::JobInput::Chat {
+        messages: vec![sharenet_proto::ChatMessage::new("user", "hello there")],
+    };
+    let want_in = u64::from(prompt.count_prompt(&input, None).unwrap());
+    assert!(direct["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert!(direct["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     // What the node bills: the text it streamed, re-tokenized.
     let tokenizer = sharenet_engine::load_tokenizer(&gguf).unwrap();

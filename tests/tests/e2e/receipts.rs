@@ -206,7 +206,7 @@ async fn forged_receipts_are_rejected_and_never_stored() {
     for (i, (mode, reason)) in [
         ("bad-signature", "does not verify"),
         ("wrong-signer", "signed by a node other than"),
-        ("inflated", "5 output tokens but 1 were streamed"),
+        ("inflated", "5 output tokens but only 1 were streamed"),
         ("wrong-price", "are above the advert"),
     ]
     .into_iter()
