@@ -28,6 +28,7 @@ mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod tls;
+mod turns;
 
 pub use books::{AppRecord, Books, KeyRecord, LedgerEntry, StatementRecord, TopUp};
 pub use db::BACKGROUND_FLUSH_MS;

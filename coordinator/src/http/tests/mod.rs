@@ -1,3 +1,4 @@
 //! Tests of the HTTP layer as a whole.
 
+mod errors;
 mod wire;

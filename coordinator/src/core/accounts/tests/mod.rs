@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+mod renew;
+
 use super::limits::MAX_CUSTOMER_LIMITERS_PER_APP;
 use super::types::Scope;
 use super::{
