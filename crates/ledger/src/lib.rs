@@ -19,6 +19,7 @@
 //! write returns, so nothing acknowledged is lost on a crash; only this
 //! crate touches sled, so another backend can replace it.
 
+mod admit;
 mod books;
 mod db;
 mod error;
@@ -28,7 +29,6 @@ mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod tls;
-mod turns;
 
 pub use books::{AppRecord, Books, KeyRecord, LedgerEntry, StatementRecord, TopUp};
 pub use db::BACKGROUND_FLUSH_MS;

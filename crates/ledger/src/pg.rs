@@ -22,11 +22,12 @@
 //!   flush (`synchronous_commit = off`), so an app's admissions are
 //!   serialized only for their round trips; the entries that book money
 //!   always wait for it;
-//! - **one app's burst cannot hold the pool**: a replica's admissions for
-//!   one app take turns *before* taking a pooled connection (`turns.rs`),
-//!   so at most one connection per app per replica waits on the row lock,
-//!   and the group-commit writer always finds a connection; a wait past
-//!   its limit (the pool's, or the turn's) is [`StoreError::Busy`];
+//! - **one app's burst cannot hold the pool**: a replica's waiting
+//!   admissions for one app share one transaction and one connection
+//!   (`admit.rs`), and admissions of all apps together leave
+//!   `RESERVED_CONNECTIONS` free, so the group-commit writer always finds
+//!   a connection; a wait past its limit (the pool's, or the admission's)
+//!   is [`StoreError::Busy`];
 //! - **a dead replica's holds do not stick**: each hold has an expiry after
 //!   which it stops counting, and [`PgLedger::sweep_holds`] deletes it;
 //! - **a live job's hold does not lapse**: its replica pushes the expiries
@@ -59,11 +60,13 @@ pub use tokio_postgres::Config as PgConfig;
 /// `database_url` with its TLS keys (`sslmode`, `sslrootcert`).
 pub use crate::tls::{DatabaseUrl, SslMode};
 
+use crate::admit::{self, Admissions, to_i64, to_u64};
+/// What an admission's check reads.
+pub use crate::admit::{Funds, LiveHold};
 use crate::books::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, TopUp};
 use crate::error::StoreError;
 use crate::spend::{SpendKey, SpendScope, SpendWindow};
 use crate::stored::GenerationFacts;
-use crate::turns::Turns;
 use sharenet_proto::{JobId, PublicKey};
 
 /// Schema versions, applied in order, each once (under an advisory lock,
@@ -88,11 +91,6 @@ const RETRIES: usize = 5;
 /// books are busy ([`StoreError::Busy`]): far above a healthy wait (a few
 /// round trips), so only an overloaded database or replica hits it.
 const POOL_WAIT: Duration = Duration::from_secs(10);
-/// How long an admission waits for its app's turn (`turns.rs`): the
-/// app's earlier admissions on this replica go first, one at a time, a
-/// few milliseconds each, so this is thousands of them; past it the
-/// replica is overloaded ([`StoreError::Busy`]: a 503 with `Retry-After`).
-const TURN_WAIT: Duration = Duration::from_secs(30);
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -131,17 +129,6 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is over 2^63")))
-}
-
-fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt {
-        id: what.into(),
-        reason: format!("negative value {v}"),
-    })
-}
-
 fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
 }
@@ -159,26 +146,6 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
     })
-}
-
-/// What an admission needs to see, read under the app row's lock.
-#[derive(Debug, Clone, Default)]
-pub struct Funds {
-    pub topped_up: u64,
-    pub charged: u64,
-    /// Live holds of the app.
-    pub holds: Vec<LiveHold>,
-    /// Booked spend per row, for the scopes and windows asked (and
-    /// [`SpendKey::APP_TOTAL`]).
-    pub spent: HashMap<SpendKey, u64>,
-}
-
-/// One live hold of an app, as an admission's check sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveHold {
-    pub key_id: String,
-    pub end_customer: Option<String>,
-    pub amount: u64,
 }
 
 /// A hold to take: who, how much, until when, and which spend rows the
@@ -239,8 +206,8 @@ pub struct PgLedger {
     commits: mpsc::Sender<Pending>,
     /// Generation facts waiting for [`write_generations`].
     generations: mpsc::Sender<([u8; 16], String)>,
-    /// Admissions take turns per app before taking a connection.
-    turns: Turns,
+    /// Waiting admissions, batched per app (`admit.rs`).
+    admissions: std::sync::Arc<Admissions>,
 }
 
 /// A held settlement lock: released by [`SettleLock::release`], or by the
@@ -308,10 +275,10 @@ impl PgLedger {
         let (generations, rx) = mpsc::channel(MAX_GROUP);
         tokio::spawn(write_generations(pool.clone(), rx));
         Ok(Self {
-            pool,
+            pool: pool.clone(),
             commits,
             generations,
-            turns: Turns::default(),
+            admissions: Admissions::new(pool.clone(), pool_size.max(2)),
         })
     }
 
@@ -467,105 +434,66 @@ impl PgLedger {
     /// Takes a hold if `check` accepts the app's funds as they stand: the
     /// read, the check and the insert are one transaction under the app
     /// row's lock. Returns the hold's id, or `check`'s refusal (then
-    /// nothing was written). `Ok(Err(None))`-like "no such app" is
-    /// `Ok(None)`. This replica's admissions for one app take turns
-    /// before taking a connection (`turns.rs`); a turn or a connection not
-    /// had within its wait is [`StoreError::Busy`].
-    pub async fn hold<E>(
+    /// nothing was written); no such app is `Ok(None)`.
+    ///
+    /// The replica's waiting admissions for one app share that
+    /// transaction (`admit.rs`): one connection and one row lock for a
+    /// burst, each check run in arrival order against the funds plus the
+    /// holds accepted before it. `now_ms` and `expires_at_ms` are the
+    /// caller's clock when it called; the time it waited since is added
+    /// to both, so live holds are judged at the real now and this hold
+    /// counts for its whole TTL from when it is taken. An admission not
+    /// answered within [`admit::WAIT`] is [`StoreError::Busy`] (a 503).
+    pub async fn hold<E: Send + 'static>(
         &self,
         req: &HoldRequest<'_>,
-        check: impl FnOnce(&Funds) -> Result<(), E>,
+        check: impl FnOnce(&Funds) -> Result<(), E> + Send + 'static,
     ) -> Result<Option<Result<i64, E>>, StoreError> {
-        let _turn = self.turns.take(req.app, TURN_WAIT).await.ok_or_else(|| {
-            StoreError::Busy(format!(
-                "app {}'s admissions on this replica waited over {TURN_WAIT:?}",
-                req.app
-            ))
-        })?;
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        // A hold is a reservation, not money: its commit does not wait for
-        // the WAL flush, so the app's lock is held for the round trips
-        // only. A database crash may forget holds taken in its last few
-        // milliseconds; their jobs still book their receipts (durably).
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
-        let now = to_i64(req.now_ms, "time")?;
-        // The lock first; then one statement, so one snapshot taken after
-        // the lock, reads everything the check needs.
-        if tx
-            .query_opt(
-                &tx.prepare_cached("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE")
-                    .await?,
-                &[&req.app],
-            )
-            .await?
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let scopes: Vec<String> = req.scopes.iter().map(SpendScope::encode).collect();
-        let windows: Vec<String> = req.windows.iter().map(SpendWindow::encode).collect();
-        let (total_scope, total_win) = SpendKey::APP_TOTAL.encode();
-        let row = tx.query_one(
-&tx.prepare_cached("SELECT a.topped_up, h.keys, h.customers, h.amounts, s.scopes, s.wins, s.amounts \
-                 FROM apps a, \
-                 LATERAL (SELECT array_agg(key_id ORDER BY id) AS keys, array_agg(end_customer ORDER BY id) AS customers, \
-                          array_agg(amount ORDER BY id) AS amounts \
-                          FROM holds WHERE app = a.id AND expires_at_ms > $2) h, \
-                 LATERAL (SELECT array_agg(scope) AS scopes, array_agg(win) AS wins, array_agg(amount) AS amounts \
-                          FROM spend WHERE app = a.id AND ((scope = ANY($3) AND win = ANY($4)) OR (scope = $5 AND win = $6))) s \
-                 WHERE a.id = $1").await?,
-                &[&req.app, &now, &scopes, &windows, &total_scope, &total_win],
-            )
-            .await?;
-        let mut funds = Funds {
-            topped_up: to_u64(row.get(0), req.app)?,
-            ..Funds::default()
-        };
-        let keys: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
-        let customers: Vec<Option<String>> = row
-            .get::<_, Option<Vec<Option<String>>>>(2)
-            .unwrap_or_default();
-        let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
-        for ((key_id, end_customer), a) in keys.into_iter().zip(customers).zip(amounts) {
-            funds.holds.push(LiveHold {
-                key_id,
-                end_customer,
-                amount: to_u64(a, "hold")?,
-            });
-        }
-        let scopes: Vec<String> = row.get::<_, Option<Vec<String>>>(4).unwrap_or_default();
-        let wins: Vec<String> = row.get::<_, Option<Vec<String>>>(5).unwrap_or_default();
-        let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(6).unwrap_or_default();
-        for ((scope, win), a) in scopes.into_iter().zip(wins).zip(amounts) {
-            let a = to_u64(a, "spend")?;
-            let key = SpendKey::parse(&scope, &win).ok_or_else(|| StoreError::Corrupt {
-                id: format!("{}/{scope}/{win}", req.app),
-                reason: "not a spend row's name".into(),
-            })?;
-            if key == SpendKey::APP_TOTAL {
-                funds.charged = a;
+        let refusal: std::sync::Arc<std::sync::Mutex<Option<E>>> = Default::default();
+        let slot = refusal.clone();
+        let check: admit::Check = Box::new(move |funds| match check(funds) {
+            Ok(()) => true,
+            Err(e) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                false
             }
-            funds.spent.insert(key, a);
-        }
-        if let Err(e) = check(&funds) {
-            return Ok(Some(Err(e)));
-        }
-        let id: i64 = tx.query_one(
-&tx.prepare_cached("INSERT INTO holds (app, key_id, end_customer, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id").await?,
-                &[
-                    &req.app,
-                    &req.key_id,
-                    &req.end_customer,
-                    &to_i64(req.amount, "hold")?,
-                    &to_i64(req.expires_at_ms, "time")?,
-                ],
-            )
-            .await?
-            .get(0);
-        tx.commit().await?;
-        Ok(Some(Ok(id)))
+        });
+        let (done, answer) = oneshot::channel();
+        self.admissions.enqueue(
+            req.app,
+            admit::Waiting {
+                key_id: req.key_id.to_string(),
+                end_customer: req.end_customer.map(str::to_string),
+                amount: to_i64(req.amount, "hold")?,
+                now_ms: req.now_ms,
+                expires_at_ms: req.expires_at_ms,
+                called: std::time::Instant::now(),
+                scopes: req.scopes.iter().map(SpendScope::encode).collect(),
+                windows: req.windows.iter().map(SpendWindow::encode).collect(),
+                check,
+            },
+            done,
+        );
+        let answer = tokio::time::timeout(admit::WAIT, answer)
+            .await
+            .map_err(|_| {
+                StoreError::Busy(format!(
+                    "app {}'s admissions on this replica waited over {:?}",
+                    req.app,
+                    admit::WAIT
+                ))
+            })?
+            .map_err(|_| StoreError::Backend("the admission runner stopped".into()))??;
+        Ok(match answer {
+            None => None,
+            Some(Some(id)) => Some(Ok(id)),
+            Some(None) => {
+                let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Some(Err(refused.ok_or_else(|| {
+                    StoreError::Backend("an admission refused without its reason".into())
+                })?))
+            }
+        })
     }
 
     /// Releases a hold (a job that ended without a receipt). Not waited
@@ -605,41 +533,59 @@ impl PgLedger {
         let tx = conn.transaction().await?;
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await?;
-        let renewed = tx
+        // Locked first, in a statement of its own: it waits for a commit
+        // or a sweep holding a row and then reads the row as they left it
+        // (gone, or still counting). One `UPDATE … WHERE id IN (SELECT …
+        // FOR UPDATE)` instead lost rows that a concurrent transaction
+        // had changed (its outer scan rechecks against the old snapshot).
+        let renewed: Vec<i64> = tx
             .query(
                 &tx.prepare_cached(
-                    "UPDATE holds SET expires_at_ms = greatest(expires_at_ms, $3) \
-                     WHERE id IN (SELECT id FROM holds WHERE id = ANY($1) AND expires_at_ms > $2 \
-                                  ORDER BY id FOR UPDATE) \
-                     RETURNING id",
+                    "SELECT id FROM holds WHERE id = ANY($1) AND expires_at_ms > $2 \
+                     ORDER BY id FOR UPDATE",
                 )
                 .await?,
-                &[
-                    &ids,
-                    &to_i64(now_ms, "time")?,
-                    &to_i64(expires_at_ms, "time")?,
-                ],
+                &[&ids, &to_i64(now_ms, "time")?],
             )
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
+        if !renewed.is_empty() {
+            tx.execute(
+                &tx.prepare_cached(
+                    "UPDATE holds SET expires_at_ms = greatest(expires_at_ms, $2) WHERE id = ANY($1)",
+                )
+                .await?,
+                &[&renewed, &to_i64(expires_at_ms, "time")?],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(renewed)
     }
 
     /// Deletes holds that expired before `now_ms`; returns how many.
     pub async fn sweep_holds(&self, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self
-            .conn()
-            .await?
-            .execute(
-                // Locked in id order, as commits and renewals lock them.
-                "DELETE FROM holds WHERE id IN \
-                 (SELECT id FROM holds WHERE expires_at_ms <= $1 ORDER BY id FOR UPDATE)",
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        // Locked in id order, as commits and renewals lock them (and
+        // rechecked once locked: a hold renewed meanwhile stays).
+        let expired: Vec<i64> = tx
+            .query(
+                "SELECT id FROM holds WHERE expires_at_ms <= $1 ORDER BY id FOR UPDATE",
                 &[&to_i64(now_ms, "time")?],
             )
-            .await?)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !expired.is_empty() {
+            tx.execute("DELETE FROM holds WHERE id = ANY($1)", &[&expired])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
     }
 
     /// An app's (top-ups, charges, live holds), read together; None if
@@ -1126,12 +1072,13 @@ async fn take_holds(
     if holds.is_empty() {
         return Ok(HashSet::new());
     }
+    // Locked first, in id order, in a statement of its own (see
+    // `renew_holds`), reading each hold's expiry as the last renewal left
+    // it; then deleted.
     let live: HashMap<i64, i64> = tx
         .query(
             &tx.prepare_cached(
-                "DELETE FROM holds WHERE id IN \
-                 (SELECT id FROM holds WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
-                 RETURNING id, expires_at_ms",
+                "SELECT id, expires_at_ms FROM holds WHERE id = ANY($1) ORDER BY id FOR UPDATE",
             )
             .await?,
             &[&holds],
@@ -1140,6 +1087,15 @@ async fn take_holds(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    if !live.is_empty() {
+        let ids: Vec<i64> = live.keys().copied().collect();
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM holds WHERE id = ANY($1)")
+                .await?,
+            &[&ids],
+        )
+        .await?;
+    }
     let mut lapsed: HashSet<[u8; 16]> = group
         .iter()
         .filter(|p| {
@@ -1237,7 +1193,7 @@ mod tests {
         assert_eq!(a.entry_totals(Some("x")).await.unwrap(), (1, total));
         // The next hold sees the charge and the spend row.
         let seen = b
-            .hold(&req, |f| {
+            .hold(&req, move |f| {
                 assert_eq!(f.charged, total);
                 assert_eq!(f.spent.get(&SpendKey::APP_TOTAL), Some(&total));
                 Err::<(), _>("refused")
@@ -1496,7 +1452,10 @@ mod tests {
         for _ in 0..4 {
             tokio::time::sleep(TTL / 3).await;
             let now = real_now_ms();
-            assert_eq!(a.renew_holds(&[slow], now, now + ttl_ms).await.unwrap(), vec![slow]);
+            assert_eq!(
+                a.renew_holds(&[slow], now, now + ttl_ms).await.unwrap(),
+                vec![slow]
+            );
         }
         assert!(admit().await.is_err(), "the renewed hold still counts");
         commit(3, slow).await.unwrap();
@@ -1507,7 +1466,9 @@ mod tests {
     /// row lock (held here by another replica's transaction), takes one
     /// pooled connection, not all of them: a booking meanwhile is not kept
     /// waiting for a connection (before, it timed out after 10 s, after
-    /// its job had streamed).
+    /// its job had streamed). And a hold that waited counts for its whole
+    /// TTL from when it was taken, not from when its request came (a
+    /// renewal every third of the TTL would otherwise come too late).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_apps_burst_cannot_hold_every_pooled_connection() {
         let pg = TestPostgres::start().unwrap();
@@ -1528,10 +1489,15 @@ mod tests {
             .batch_execute("BEGIN; SELECT 1 FROM apps WHERE id = 'x' FOR UPDATE")
             .await
             .unwrap();
+        const TTL_MS: u64 = 1_000;
+        let asked_at = real_now_ms();
         let burst: Vec<_> = (0..20)
             .map(|_| {
                 let a = a.clone();
-                tokio::spawn(async move { a.hold(&hold_req(10, 10, 1_000_000), covers(10)).await })
+                tokio::spawn(async move {
+                    a.hold(&hold_req(10, asked_at, asked_at + TTL_MS), covers(10))
+                        .await
+                })
             })
             .collect();
         // An admission waits on the row lock (a condition, not a time).
@@ -1549,20 +1515,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Well under the pool's wait: a booking finds a connection at once.
-        let booked = tokio::time::timeout(
-            POOL_WAIT / 2,
-            a.commit(booking(1, "x", None)),
-        )
-        .await;
+        let booked = tokio::time::timeout(POOL_WAIT / 2, a.commit(booking(1, "x", None))).await;
         assert!(
             matches!(booked, Ok(Ok(()))),
             "the booking waited behind the burst: {booked:?}"
         );
+        // The burst waits longer than its holds' TTL.
+        tokio::time::sleep(Duration::from_millis(2 * TTL_MS)).await;
+        let released_at = real_now_ms();
         other.batch_execute("COMMIT").await.unwrap();
         for b in burst {
             assert!(matches!(b.await.unwrap(), Ok(Some(Ok(_)))));
         }
-        assert_eq!(a.live_holds(10).await.unwrap(), (20, 200));
+        assert_eq!(
+            a.live_holds(released_at).await.unwrap(),
+            (20, 200),
+            "each hold counts from when it was taken"
+        );
     }
 
     /// Issue 16: PostgreSQL killed (`-m immediate`: no checkpoint, WAL

@@ -255,7 +255,29 @@ impl Shared {
                     scopes: &scopes,
                     windows: &windows,
                 },
-                |funds| check(funds, &app, key_budgets, a, amount),
+                // The check may run in the replica's admission task for
+                // the app (batched with others), so it owns what it reads.
+                {
+                    let app = app.clone();
+                    let principal = a.principal.clone();
+                    let end_customer = a.end_customer.map(str::to_string);
+                    let (max_input_tokens, max_output_tokens) =
+                        (a.max_input_tokens, a.max_output_tokens);
+                    let (max_price_in, max_price_out, now_ms) =
+                        (a.max_price_in, a.max_price_out, a.now_ms);
+                    move |funds: &sharenet_ledger::pg::Funds| {
+                        let a = Admission {
+                            principal: &principal,
+                            end_customer: end_customer.as_deref(),
+                            max_input_tokens,
+                            max_output_tokens,
+                            max_price_in,
+                            max_price_out,
+                            now_ms,
+                        };
+                        check(funds, &app, key_budgets, &a, amount)
+                    }
+                },
             )
             .await?;
         match taken {
