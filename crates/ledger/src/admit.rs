@@ -198,7 +198,16 @@ async fn transact(
     batch: Vec<Waiting>,
     answers: &mut [Option<oneshot::Sender<Answer>>],
 ) -> Result<(), StoreError> {
-    let mut conn = pool.get().await?;
+    // No connection in time is tried again (the callers' own wait bounds
+    // it): a connection being made is a server process starting.
+    let mut conn = loop {
+        match pool.get().await {
+            Ok(c) => break c,
+            Err(deadpool_postgres::PoolError::Timeout(_))
+                if !answers.iter().flatten().all(|d| d.is_closed()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
     let tx = conn.transaction().await?;
     // A hold is a reservation, not money: its commit does not wait for the
     // WAL flush, so the app's lock is held for the round trips only. A

@@ -10,7 +10,9 @@
 //!   (`SELECT … FOR UPDATE`), so two replicas admitting for the same app
 //!   take turns, then reads the app's top-ups, live holds and booked spend
 //!   in *one* statement (one snapshot: a commit is seen whole, charge added
-//!   and hold gone, or not at all, hold still there) and inserts the hold;
+//!   and hold gone, or not at all, hold still there) and inserts the hold
+//!   (a replica's waiting admissions for one app do all this together, in
+//!   one transaction, each checked against the holds accepted before it);
 //! - **a job is booked once**: the job id is the `entries` primary key;
 //! - **an acknowledged entry is durable**: [`PgLedger::commit`] returns
 //!   after the database's commit (batched: concurrent commits of one
@@ -265,11 +267,21 @@ impl PgLedger {
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(2))
             .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(Duration::from_secs(5)))
+            // A new connection is a new server process: slow on a loaded
+            // machine, so allowed as long as a wait for a free one.
+            .create_timeout(Some(POOL_WAIT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
         migrate(&pool).await?;
+        // Connections made now, not in the first burst (a new one is a new
+        // server process): enough for the writer, the renewal, the
+        // follower and an app's admissions. They stay in the pool.
+        let mut warm = Vec::new();
+        for _ in 0..pool_size.clamp(2, admit::RESERVED_CONNECTIONS + 2) {
+            warm.push(pool.get().await?);
+        }
+        drop(warm);
         let (commits, rx) = mpsc::channel(MAX_GROUP);
         tokio::spawn(group_commit(pool.clone(), rx));
         let (generations, rx) = mpsc::channel(MAX_GROUP);
@@ -883,6 +895,13 @@ async fn group_commit(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
             match book_group(&pool, &group).await {
                 Err(Retry::Again(e)) => {
                     outcome = Err(e.into());
+                    continue;
+                }
+                // No connection in time (a loaded machine, the database
+                // restarting): these jobs have streamed, so booking them
+                // is worth another wait.
+                Err(Retry::Fail(e @ StoreError::Busy(_))) => {
+                    outcome = Err(e);
                     continue;
                 }
                 Err(Retry::Fail(e)) => {

@@ -675,13 +675,10 @@ async fn settlement_asked_of_both_replicas_at_once_gives_one_statement() {
         assert_eq!(status, 200);
         charged += charge(&usage.unwrap());
     }
-    // Wait for the period of these requests to end.
+    // Wait for the period of these requests to end. On a loaded machine
+    // they may run past it: those after its end are left out below
+    // (`charge_after`), and the period still holds the first ones.
     let period_end = (started / 3000 + 1) * 3000;
-    let ended = now_ms();
-    assert!(
-        ended < period_end + 3000,
-        "the requests spanned periods; rerun"
-    );
     // A wait for the wall clock (the period's end), not for an event: the
     // settlement below must see a period that has ended.
     tokio::time::sleep(Duration::from_millis(
@@ -710,6 +707,7 @@ async fn settlement_asked_of_both_replicas_at_once_gives_one_statement() {
         .filter(|e| e.recorded_at_ms < period_end)
         .map(|e| e.charge.total)
         .sum();
+    assert!(in_period > 0, "the period holds the first requests");
     assert_eq!(
         total, in_period,
         "the statement sums every replica's charges"

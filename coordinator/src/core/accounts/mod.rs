@@ -33,9 +33,9 @@
 //! (`hold_ttl`) so a replica that dies leaves none stuck, while the holds
 //! of live jobs are renewed, all of a replica's in one statement per tick
 //! (`renew.rs`), and a commit whose hold is gone or expired books nothing
-//! ([`CommitError::HoldLapsed`], logged). A replica's admissions for one
-//! app take turns before taking a database connection, so one app's burst
-//! cannot hold the pool (`PgLedger::hold`). The in-memory
+//! ([`CommitError::HoldLapsed`], logged). A replica's waiting admissions
+//! for one app share one database transaction and connection, so one
+//! app's burst cannot hold the pool (`PgLedger::hold`). The in-memory
 //! state becomes a view of the shared books that [`Accounts::follow`] keeps
 //! up to date (apps, keys and revocations within one
 //! [`FOLLOW_INTERVAL`]), through the replica's local mirror (the embedded

@@ -7,9 +7,9 @@
 //! (`Accounts::run_shared`) renews them all every `ttl /
 //! RENEWALS_PER_TTL` in **one** statement (`PgLedger::renew_holds`), on
 //! one pooled connection, whatever the number of holds. Admissions cannot
-//! starve it: one app's burst holds at most one connection per replica
-//! (the ledger's per-app turns), so the renewal, like the group commit,
-//! always finds one. A hold leaves the set when its commit returns or when
+//! starve it: one app's burst holds one connection per replica (the
+//! ledger's group admission), and admissions of all apps together leave
+//! some free, so the renewal, like the group commit, always finds one. A hold leaves the set when its commit returns or when
 //! it is released or dropped: a dropped hold whose release is lost is not
 //! renewed and expires. Should a hold lapse anyway (the database
 //! unreachable for two renewals in a row, a sweep racing a stalled
