@@ -137,6 +137,12 @@ database_url = "{url}"
 replicas = {replicas}
 hold_ttl_secs = 10
 {extra}
+
+# Beside other builds on two cores, a burst's streams wait their turn to
+# open for longer than the default 5 s (a 503 that says nothing of the
+# books these tests are about).
+[timeouts]
+connect_ms = 30000
 "#
                 ),
             )
@@ -300,6 +306,10 @@ hold_ttl_secs = 10
         let Ok(body) = r.text().await else {
             return (status, None);
         };
+        if status != 200 && status != 402 {
+            // Why, for the failure message of whichever test asserts.
+            eprintln!("replica {replica} answered {status}: {body}");
+        }
         let usage = sse_data(&body)
             .iter()
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
