@@ -79,7 +79,7 @@ struct CoordinatorFile {
     #[serde(default = "default_replicas")]
     replicas: u32,
     /// How long a job's hold counts if its replica dies mid-job (a live
-    /// job's hold is renewed every third of it; a commit whose hold lapsed
+    /// job's hold is renewed every fifth of it; a commit whose hold lapsed
     /// is refused).
     #[serde(default = "default_hold_ttl")]
     hold_ttl_secs: u64,
@@ -370,7 +370,7 @@ data_dir = "data"
 # default, prefer, encrypts when the server offers TLS but checks nothing).
 # replicas = 2          # each replica enforces 1/replicas of every rate limit
 # hold_ttl_secs = 600   # a dead replica's holds stop counting after this
-#                       # (a live job's hold is renewed every third of it)
+#                       # (a live job's hold is renewed every fifth of it)
 
 # The OpenAI-compatible HTTP API.
 http_listen = "127.0.0.1:8080"

@@ -140,6 +140,9 @@ impl Admissions {
     /// The app's runner: batches until its queue is empty, then forgets
     /// the queue (the next admission starts a new runner).
     async fn run(self: Arc<Self>, app: String) {
+        // Should a check panic, the queue goes with the runner (its
+        // callers hear "stopped") instead of waiting for a runner forever.
+        let _forget = Forget(&self, &app);
         loop {
             let batch: Vec<Queued> = {
                 let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,6 +168,18 @@ impl Admissions {
                 return;
             };
             admit_batch(&self.pool, &app, batch).await;
+        }
+    }
+}
+
+/// Forgets an app's queue when its runner unwinds.
+struct Forget<'a>(&'a Admissions, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queues = self.0.queues.lock().unwrap_or_else(|p| p.into_inner());
+            queues.remove(self.1);
         }
     }
 }

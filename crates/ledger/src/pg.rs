@@ -545,16 +545,17 @@ impl PgLedger {
         let tx = conn.transaction().await?;
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await?;
-        // Locked first, in a statement of its own: it waits for a commit
-        // or a sweep holding a row and then reads the row as they left it
-        // (gone, or still counting). One `UPDATE … WHERE id IN (SELECT …
-        // FOR UPDATE)` instead lost rows that a concurrent transaction
-        // had changed (its outer scan rechecks against the old snapshot).
+        // Locked first, in a statement of its own (one `UPDATE … WHERE id
+        // IN (SELECT … FOR UPDATE)` lost rows a concurrent transaction had
+        // changed: its outer scan rechecks against the old snapshot). A
+        // row locked now is being deleted (its commit, a release, a sweep)
+        // and is skipped rather than waited for: a renewal never waits
+        // behind a booking's flush, so the other holds are renewed on time.
         let renewed: Vec<i64> = tx
             .query(
                 &tx.prepare_cached(
                     "SELECT id FROM holds WHERE id = ANY($1) AND expires_at_ms > $2 \
-                     ORDER BY id FOR UPDATE",
+                     ORDER BY id FOR UPDATE SKIP LOCKED",
                 )
                 .await?,
                 &[&ids, &to_i64(now_ms, "time")?],
@@ -1487,7 +1488,7 @@ mod tests {
     /// waiting for a connection (before, it timed out after 10 s, after
     /// its job had streamed). And a hold that waited counts for its whole
     /// TTL from when it was taken, not from when its request came (a
-    /// renewal every third of the TTL would otherwise come too late).
+    /// renewal every fifth of the TTL would otherwise come too late).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_apps_burst_cannot_hold_every_pooled_connection() {
         let pg = TestPostgres::start().unwrap();

@@ -12,7 +12,7 @@
 //! some free, so the renewal, like the group commit, always finds one. A hold leaves the set when its commit returns or when
 //! it is released or dropped: a dropped hold whose release is lost is not
 //! renewed and expires. Should a hold lapse anyway (the database
-//! unreachable for two renewals in a row, a sweep racing a stalled
+//! unreachable for four renewals in a row, a sweep racing a stalled
 //! replica), the database refuses its commit and nothing is booked
 //! (`CommitError::HoldLapsed`, logged and counted). A leaf: it imports no
 //! other file of the module.
@@ -27,10 +27,10 @@ use sharenet_ledger::pg::PgLedger;
 
 use crate::core::sync::lock;
 
-/// Renewals per TTL: the expiries are pushed every third of the TTL, so a
-/// hold survives two failed renewals in a row (a database hiccup) before
-/// it lapses.
-pub(super) const RENEWALS_PER_TTL: u32 = 3;
+/// Renewals per TTL: the expiries are pushed every fifth of the TTL, so a
+/// hold survives four failed or late renewals in a row (a database
+/// hiccup, a loaded machine) before it lapses; each is one statement.
+pub(super) const RENEWALS_PER_TTL: u32 = 5;
 
 /// The holds this replica took on shared books whose jobs still run.
 #[derive(Default)]
