@@ -131,24 +131,42 @@ impl Accounts {
                 }
             }
         };
-        // On its own, so that neither a slow follow nor a sweep delays it:
-        // one statement per tick for all of this replica's live holds.
-        let renewer = async {
-            let ttl_ms = shared.options.hold_ttl_ms;
-            let mut renew = tokio::time::interval(LiveHolds::period(ttl_ms));
-            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = renew.tick() => {
-                        let now = crate::core::clock::now_ms();
-                        if let Err(e) = shared.live.renew(&shared.pg, now, ttl_ms).await {
-                            tracing::warn!(error = %e, "renew live holds (tried again next tick)");
+        // A task of its own, so that nothing else here (a slow follow
+        // writing the mirror, a sweep) delays it: one statement per tick
+        // for all of this replica's live holds.
+        let renewer = tokio::spawn({
+            let (accounts, shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                let BooksBackend::Shared(shared) = &accounts.backend else {
+                    return;
+                };
+                let ttl_ms = shared.options.hold_ttl_ms;
+                let mut renew = tokio::time::interval(LiveHolds::period(ttl_ms));
+                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = renew.tick() => {
+                            let now = crate::core::clock::now_ms();
+                            if let Err(e) = shared.live.renew(&shared.pg, now, ttl_ms).await {
+                                tracing::warn!(error = %e, "renew live holds (tried again next tick)");
+                            }
                         }
                     }
                 }
             }
-        };
-        tokio::join!(release_worker, follower, renewer);
+        });
+        // Stopped with the rest (also when this future is dropped).
+        let _stop_renewer = AbortOnDrop(renewer.abort_handle());
+        tokio::join!(release_worker, follower);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
