@@ -78,7 +78,9 @@ struct CoordinatorFile {
     /// limit).
     #[serde(default = "default_replicas")]
     replicas: u32,
-    /// How long a job's hold counts if its replica dies mid-job.
+    /// How long a job's hold counts if its replica dies mid-job (a live
+    /// job's hold is renewed every fifth of it; a commit whose hold lapsed
+    /// is refused).
     #[serde(default = "default_hold_ttl")]
     hold_ttl_secs: u64,
     /// Connections to the database per replica.
@@ -462,6 +464,7 @@ data_dir = "data"
 # default, prefer, encrypts when the server offers TLS but checks nothing).
 # replicas = 2          # each replica enforces 1/replicas of every rate limit
 # hold_ttl_secs = 600   # a dead replica's holds stop counting after this
+#                       # (a live job's hold is renewed every fifth of it)
 
 # The OpenAI-compatible HTTP API. Its /metrics is public and aggregated:
 # no app ids, no app's requests, tokens or spend.

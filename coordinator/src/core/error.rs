@@ -48,6 +48,10 @@ pub enum Error {
     /// The coordinator is stopping.
     #[error("{0}")]
     ShuttingDown(String),
+    /// The books are overloaded (no database connection, or no turn at
+    /// the app's admissions, within the wait); retry later.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -67,7 +71,12 @@ impl Error {
 
 impl From<sharenet_ledger::StoreError> for Error {
     fn from(e: sharenet_ledger::StoreError) -> Self {
-        Self::Internal(format!("books: {e}"))
+        match e {
+            sharenet_ledger::StoreError::Busy(m) => {
+                Self::Overloaded(format!("the coordinator is busy, retry shortly ({m})"))
+            }
+            e => Self::Internal(format!("books: {e}")),
+        }
     }
 }
 

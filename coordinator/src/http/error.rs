@@ -42,7 +42,9 @@ pub fn status(e: &Error) -> StatusCode {
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::ModelNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::NoCapacity(_) | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::NoCapacity(_) | Error::ShuttingDown(_) | Error::Overloaded(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -69,6 +71,7 @@ pub fn body(e: &Error) -> ErrorResponse {
         Error::NotFound(_) => ("invalid_request_error", Some("not_found"), None),
         Error::NoCapacity(_) => ("server_error", Some("no_capacity"), None),
         Error::ShuttingDown(_) => ("server_error", Some("shutting_down"), None),
+        Error::Overloaded(_) => ("server_error", Some("overloaded"), None),
         Error::BadGateway(_) => ("server_error", Some("node_error"), None),
         Error::Internal(_) => ("server_error", Some("internal_error"), None),
     };
@@ -94,7 +97,7 @@ pub fn anthropic_error_body(e: &Error) -> serde_json::Value {
         Error::RateLimited { .. } => "rate_limit_error",
         Error::Forbidden(_) => "permission_error",
         Error::ModelNotFound(_) | Error::NotFound(_) => "not_found_error",
-        Error::NoCapacity(_) | Error::ShuttingDown(_) => "overloaded_error",
+        Error::NoCapacity(_) | Error::ShuttingDown(_) | Error::Overloaded(_) => "overloaded_error",
         Error::BadGateway(_) | Error::Internal(_) => "api_error",
     };
     let message = match e {
@@ -112,7 +115,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(self.body())).into_response();
         let headers = response.headers_mut();
         match &self.0 {
-            Error::NoCapacity(_) | Error::ShuttingDown(_) => {
+            Error::NoCapacity(_) | Error::ShuttingDown(_) | Error::Overloaded(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
             Error::RateLimited { retry_after, .. } => {

@@ -19,6 +19,7 @@
 //! write returns, so nothing acknowledged is lost on a crash; only this
 //! crate touches sled, so another backend can replace it.
 
+mod admit;
 mod books;
 mod db;
 mod error;

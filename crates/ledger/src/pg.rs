@@ -10,7 +10,9 @@
 //!   (`SELECT … FOR UPDATE`), so two replicas admitting for the same app
 //!   take turns, then reads the app's top-ups, live holds and booked spend
 //!   in *one* statement (one snapshot: a commit is seen whole, charge added
-//!   and hold gone, or not at all, hold still there) and inserts the hold;
+//!   and hold gone, or not at all, hold still there) and inserts the hold
+//!   (a replica's waiting admissions for one app do all this together, in
+//!   one transaction, each checked against the holds accepted before it);
 //! - **a job is booked once**: the job id is the `entries` primary key;
 //! - **an acknowledged entry is durable**: [`PgLedger::commit`] returns
 //!   after the database's commit (batched: concurrent commits of one
@@ -22,8 +24,21 @@
 //!   flush (`synchronous_commit = off`), so an app's admissions are
 //!   serialized only for their round trips; the entries that book money
 //!   always wait for it;
+//! - **one app's burst cannot hold the pool**: a replica's waiting
+//!   admissions for one app share one transaction and one connection
+//!   (`admit.rs`), and admissions of all apps together leave
+//!   `RESERVED_CONNECTIONS` free, so the group-commit writer always finds
+//!   a connection; a wait past its limit (the pool's, or the admission's)
+//!   is [`StoreError::Busy`];
 //! - **a dead replica's holds do not stick**: each hold has an expiry after
 //!   which it stops counting, and [`PgLedger::sweep_holds`] deletes it;
+//! - **a live job's hold does not lapse**: its replica pushes the expiries
+//!   of all its live holds on, in one statement per tick
+//!   ([`PgLedger::renew_holds`], which never revives a hold that already
+//!   stopped counting), and a commit books only if its hold is still there
+//!   and unexpired, deleted in the same transaction (else
+//!   [`StoreError::HoldLapsed`], nothing written): a charge is booked only
+//!   against a hold every admission counted;
 //! - **a period is settled once**: statements are keyed by period label,
 //!   and [`PgLedger::settle_lock`] is a database-wide advisory lock.
 //!
@@ -35,7 +50,7 @@
 //! above this one, so the next read sees it: nothing is skipped, whatever
 //! order transactions commit in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -47,6 +62,9 @@ pub use tokio_postgres::Config as PgConfig;
 /// `database_url` with its TLS keys (`sslmode`, `sslrootcert`).
 pub use crate::tls::{DatabaseUrl, SslMode};
 
+use crate::admit::{self, Admissions, to_i64, to_u64};
+/// What an admission's check reads.
+pub use crate::admit::{Funds, LiveHold};
 use crate::books::{AppRecord, KeyRecord, LedgerEntry, StatementRecord, TopUp};
 use crate::error::StoreError;
 use crate::spend::{SpendKey, SpendScope, SpendWindow};
@@ -71,6 +89,10 @@ const MAX_GROUP: usize = 1024;
 const MAX_CHANGES: i64 = 8192;
 /// A deadlock or serialization failure is retried this many times.
 const RETRIES: usize = 5;
+/// How long a request waits for a pooled connection before it is told the
+/// books are busy ([`StoreError::Busy`]): far above a healthy wait (a few
+/// round trips), so only an overloaded database or replica hits it.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -98,20 +120,15 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
+            // No connection in time (every one in use for the pool's
+            // wait, or a new one not made within its own): overloaded or
+            // unreachable for now, so a retry may succeed.
+            e @ deadpool_postgres::PoolError::Timeout(_) => {
+                Self::Busy(format!("no database connection in time ({e})"))
+            }
             e => Self::Backend(format!("postgres pool: {e}")),
         }
     }
-}
-
-fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is over 2^63")))
-}
-
-fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt {
-        id: what.into(),
-        reason: format!("negative value {v}"),
-    })
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
@@ -131,26 +148,6 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
     })
-}
-
-/// What an admission needs to see, read under the app row's lock.
-#[derive(Debug, Clone, Default)]
-pub struct Funds {
-    pub topped_up: u64,
-    pub charged: u64,
-    /// Live holds of the app.
-    pub holds: Vec<LiveHold>,
-    /// Booked spend per row, for the scopes and windows asked (and
-    /// [`SpendKey::APP_TOTAL`]).
-    pub spent: HashMap<SpendKey, u64>,
-}
-
-/// One live hold of an app, as an admission's check sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveHold {
-    pub key_id: String,
-    pub end_customer: Option<String>,
-    pub amount: u64,
 }
 
 /// A hold to take: who, how much, until when, and which spend rows the
@@ -211,6 +208,8 @@ pub struct PgLedger {
     commits: mpsc::Sender<Pending>,
     /// Generation facts waiting for [`write_generations`].
     generations: mpsc::Sender<([u8; 16], String)>,
+    /// Waiting admissions, batched per app (`admit.rs`).
+    admissions: std::sync::Arc<Admissions>,
 }
 
 /// A held settlement lock: released by [`SettleLock::release`], or by the
@@ -267,20 +266,31 @@ impl PgLedger {
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(2))
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(POOL_WAIT))
+            // A new connection is a new server process: slow on a loaded
+            // machine, so allowed as long as a wait for a free one.
+            .create_timeout(Some(POOL_WAIT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
         migrate(&pool).await?;
+        // Connections made now, not in the first burst (a new one is a new
+        // server process): enough for the writer, the renewal, the
+        // follower and an app's admissions. They stay in the pool.
+        let mut warm = Vec::new();
+        for _ in 0..pool_size.clamp(2, admit::RESERVED_CONNECTIONS + 2) {
+            warm.push(pool.get().await?);
+        }
+        drop(warm);
         let (commits, rx) = mpsc::channel(MAX_GROUP);
         tokio::spawn(group_commit(pool.clone(), rx));
         let (generations, rx) = mpsc::channel(MAX_GROUP);
         tokio::spawn(write_generations(pool.clone(), rx));
         Ok(Self {
-            pool,
+            pool: pool.clone(),
             commits,
             generations,
+            admissions: Admissions::new(pool.clone(), pool_size.max(2)),
         })
     }
 
@@ -436,97 +446,66 @@ impl PgLedger {
     /// Takes a hold if `check` accepts the app's funds as they stand: the
     /// read, the check and the insert are one transaction under the app
     /// row's lock. Returns the hold's id, or `check`'s refusal (then
-    /// nothing was written). `Ok(Err(None))`-like "no such app" is
-    /// `Ok(None)`.
-    pub async fn hold<E>(
+    /// nothing was written); no such app is `Ok(None)`.
+    ///
+    /// The replica's waiting admissions for one app share that
+    /// transaction (`admit.rs`): one connection and one row lock for a
+    /// burst, each check run in arrival order against the funds plus the
+    /// holds accepted before it. `now_ms` and `expires_at_ms` are the
+    /// caller's clock when it called; the time it waited since is added
+    /// to both, so live holds are judged at the real now and this hold
+    /// counts for its whole TTL from when it is taken. An admission not
+    /// answered within [`admit::WAIT`] is [`StoreError::Busy`] (a 503).
+    pub async fn hold<E: Send + 'static>(
         &self,
         req: &HoldRequest<'_>,
-        check: impl FnOnce(&Funds) -> Result<(), E>,
+        check: impl FnOnce(&Funds) -> Result<(), E> + Send + 'static,
     ) -> Result<Option<Result<i64, E>>, StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        // A hold is a reservation, not money: its commit does not wait for
-        // the WAL flush, so the app's lock is held for the round trips
-        // only. A database crash may forget holds taken in its last few
-        // milliseconds; their jobs still book their receipts (durably).
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
-        let now = to_i64(req.now_ms, "time")?;
-        // The lock first; then one statement, so one snapshot taken after
-        // the lock, reads everything the check needs.
-        if tx
-            .query_opt(
-                &tx.prepare_cached("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE")
-                    .await?,
-                &[&req.app],
-            )
-            .await?
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let scopes: Vec<String> = req.scopes.iter().map(SpendScope::encode).collect();
-        let windows: Vec<String> = req.windows.iter().map(SpendWindow::encode).collect();
-        let (total_scope, total_win) = SpendKey::APP_TOTAL.encode();
-        let row = tx.query_one(
-&tx.prepare_cached("SELECT a.topped_up, h.keys, h.customers, h.amounts, s.scopes, s.wins, s.amounts \
-                 FROM apps a, \
-                 LATERAL (SELECT array_agg(key_id ORDER BY id) AS keys, array_agg(end_customer ORDER BY id) AS customers, \
-                          array_agg(amount ORDER BY id) AS amounts \
-                          FROM holds WHERE app = a.id AND expires_at_ms > $2) h, \
-                 LATERAL (SELECT array_agg(scope) AS scopes, array_agg(win) AS wins, array_agg(amount) AS amounts \
-                          FROM spend WHERE app = a.id AND ((scope = ANY($3) AND win = ANY($4)) OR (scope = $5 AND win = $6))) s \
-                 WHERE a.id = $1").await?,
-                &[&req.app, &now, &scopes, &windows, &total_scope, &total_win],
-            )
-            .await?;
-        let mut funds = Funds {
-            topped_up: to_u64(row.get(0), req.app)?,
-            ..Funds::default()
-        };
-        let keys: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
-        let customers: Vec<Option<String>> = row
-            .get::<_, Option<Vec<Option<String>>>>(2)
-            .unwrap_or_default();
-        let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
-        for ((key_id, end_customer), a) in keys.into_iter().zip(customers).zip(amounts) {
-            funds.holds.push(LiveHold {
-                key_id,
-                end_customer,
-                amount: to_u64(a, "hold")?,
-            });
-        }
-        let scopes: Vec<String> = row.get::<_, Option<Vec<String>>>(4).unwrap_or_default();
-        let wins: Vec<String> = row.get::<_, Option<Vec<String>>>(5).unwrap_or_default();
-        let amounts: Vec<i64> = row.get::<_, Option<Vec<i64>>>(6).unwrap_or_default();
-        for ((scope, win), a) in scopes.into_iter().zip(wins).zip(amounts) {
-            let a = to_u64(a, "spend")?;
-            let key = SpendKey::parse(&scope, &win).ok_or_else(|| StoreError::Corrupt {
-                id: format!("{}/{scope}/{win}", req.app),
-                reason: "not a spend row's name".into(),
-            })?;
-            if key == SpendKey::APP_TOTAL {
-                funds.charged = a;
+        let refusal: std::sync::Arc<std::sync::Mutex<Option<E>>> = Default::default();
+        let slot = refusal.clone();
+        let check: admit::Check = Box::new(move |funds| match check(funds) {
+            Ok(()) => true,
+            Err(e) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                false
             }
-            funds.spent.insert(key, a);
-        }
-        if let Err(e) = check(&funds) {
-            return Ok(Some(Err(e)));
-        }
-        let id: i64 = tx.query_one(
-&tx.prepare_cached("INSERT INTO holds (app, key_id, end_customer, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id").await?,
-                &[
-                    &req.app,
-                    &req.key_id,
-                    &req.end_customer,
-                    &to_i64(req.amount, "hold")?,
-                    &to_i64(req.expires_at_ms, "time")?,
-                ],
-            )
-            .await?
-            .get(0);
-        tx.commit().await?;
-        Ok(Some(Ok(id)))
+        });
+        let (done, answer) = oneshot::channel();
+        self.admissions.enqueue(
+            req.app,
+            admit::Waiting {
+                key_id: req.key_id.to_string(),
+                end_customer: req.end_customer.map(str::to_string),
+                amount: to_i64(req.amount, "hold")?,
+                now_ms: req.now_ms,
+                expires_at_ms: req.expires_at_ms,
+                called: std::time::Instant::now(),
+                scopes: req.scopes.iter().map(SpendScope::encode).collect(),
+                windows: req.windows.iter().map(SpendWindow::encode).collect(),
+                check,
+            },
+            done,
+        );
+        let answer = tokio::time::timeout(admit::WAIT, answer)
+            .await
+            .map_err(|_| {
+                StoreError::Busy(format!(
+                    "app {}'s admissions on this replica waited over {:?}",
+                    req.app,
+                    admit::WAIT
+                ))
+            })?
+            .map_err(|_| StoreError::Backend("the admission runner stopped".into()))??;
+        Ok(match answer {
+            None => None,
+            Some(Some(id)) => Some(Ok(id)),
+            Some(None) => {
+                let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Some(Err(refused.ok_or_else(|| {
+                    StoreError::Backend("an admission refused without its reason".into())
+                })?))
+            }
+        })
     }
 
     /// Releases a hold (a job that ended without a receipt). Not waited
@@ -545,16 +524,81 @@ impl PgLedger {
         Ok(())
     }
 
+    /// Pushes the expiry of every hold of `ids` that still counts at
+    /// `now_ms` to `expires_at_ms` (their jobs still run), in one
+    /// statement; returns the ids renewed. A hold gone or expired is left
+    /// alone, never revived: admissions may already have spent what it
+    /// held (its commit will be refused). Not waited for on disk, like the
+    /// hold: a renewal lost in a crash lets a hold lapse sooner, and its
+    /// commit is refused rather than booked twice. Rows are locked in id
+    /// order, as the commit's delete locks them, so the two never deadlock.
+    pub async fn renew_holds(
+        &self,
+        ids: &[i64],
+        now_ms: u64,
+        expires_at_ms: u64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+        // Locked first, in a statement of its own (one `UPDATE … WHERE id
+        // IN (SELECT … FOR UPDATE)` lost rows a concurrent transaction had
+        // changed: its outer scan rechecks against the old snapshot). A
+        // row locked now is being deleted (its commit, a release, a sweep)
+        // and is skipped rather than waited for: a renewal never waits
+        // behind a booking's flush, so the other holds are renewed on time.
+        let renewed: Vec<i64> = tx
+            .query(
+                &tx.prepare_cached(
+                    "SELECT id FROM holds WHERE id = ANY($1) AND expires_at_ms > $2 \
+                     ORDER BY id FOR UPDATE SKIP LOCKED",
+                )
+                .await?,
+                &[&ids, &to_i64(now_ms, "time")?],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !renewed.is_empty() {
+            tx.execute(
+                &tx.prepare_cached(
+                    "UPDATE holds SET expires_at_ms = greatest(expires_at_ms, $2) WHERE id = ANY($1)",
+                )
+                .await?,
+                &[&renewed, &to_i64(expires_at_ms, "time")?],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(renewed)
+    }
+
     /// Deletes holds that expired before `now_ms`; returns how many.
     pub async fn sweep_holds(&self, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self
-            .conn()
-            .await?
-            .execute(
-                "DELETE FROM holds WHERE expires_at_ms <= $1",
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        // Locked in id order, as commits and renewals lock them (and
+        // rechecked once locked: a hold renewed meanwhile stays).
+        let expired: Vec<i64> = tx
+            .query(
+                "SELECT id FROM holds WHERE expires_at_ms <= $1 ORDER BY id FOR UPDATE",
                 &[&to_i64(now_ms, "time")?],
             )
-            .await?)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !expired.is_empty() {
+            tx.execute("DELETE FROM holds WHERE id = ANY($1)", &[&expired])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
     }
 
     /// An app's (top-ups, charges, live holds), read together; None if
@@ -603,7 +647,9 @@ impl PgLedger {
     /// windows, and its hold released, in one transaction shared with the
     /// replica's other concurrent commits. Durable when it returns; a job
     /// id already booked (by any replica) is [`StoreError::Duplicate`] and
-    /// only releases the hold.
+    /// only releases the hold. A hold gone, or expired at the entry's
+    /// `recorded_at_ms`, is [`StoreError::HoldLapsed`]: nothing is booked
+    /// (admissions stopped counting it, so its money may be spent).
     pub async fn commit(&self, b: Booking) -> Result<(), StoreError> {
         let job = b.entry.job_id().0;
         let mut spend = Vec::with_capacity(b.scopes.len() * b.windows.len());
@@ -852,22 +898,37 @@ async fn group_commit(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
                     outcome = Err(e.into());
                     continue;
                 }
+                // No connection in time (a loaded machine, the database
+                // restarting): these jobs have streamed, so booking them
+                // is worth another wait.
+                Err(Retry::Fail(e @ StoreError::Busy(_))) => {
+                    outcome = Err(e);
+                    continue;
+                }
                 Err(Retry::Fail(e)) => {
                     outcome = Err(e);
                     break;
                 }
-                Ok(inserted) => {
-                    outcome = Ok(inserted);
+                Ok(booked) => {
+                    outcome = Ok(booked);
                     break;
                 }
             }
         }
         match outcome {
-            Ok(mut inserted) => {
+            Ok(Booked {
+                mut inserted,
+                lapsed,
+            }) => {
                 for p in group {
                     // A job given twice in one group was inserted once.
                     let r = if inserted.remove(&p.job) {
                         Ok(())
+                    } else if let (true, Some(hold)) = (lapsed.contains(&p.job), p.hold_id) {
+                        Err(StoreError::HoldLapsed {
+                            job: JobId(p.job),
+                            hold,
+                        })
                     } else {
                         Err(StoreError::Duplicate(JobId(p.job)))
                     };
@@ -937,18 +998,26 @@ impl From<StoreError> for Retry {
     }
 }
 
-async fn book_group(
-    pool: &Pool,
-    group: &[Pending],
-) -> Result<std::collections::HashSet<[u8; 16]>, Retry> {
+/// What [`book_group`] did: the jobs it inserted, and those it refused
+/// because their hold had lapsed.
+struct Booked {
+    inserted: HashSet<[u8; 16]>,
+    lapsed: HashSet<[u8; 16]>,
+}
+
+async fn book_group(pool: &Pool, group: &[Pending]) -> Result<Booked, Retry> {
     let mut conn = pool.get().await.map_err(StoreError::from)?;
     let tx = conn.transaction().await?;
+    // The holds first: each is consumed here, and a booking whose hold is
+    // gone or expired books nothing (its caller hears `HoldLapsed`).
+    let lapsed = take_holds(&tx, group).await?;
+    let group: Vec<&Pending> = group.iter().filter(|p| !lapsed.contains(&p.job)).collect();
     let jobs: Vec<&[u8]> = group.iter().map(|p| p.job.as_slice()).collect();
     let app_col: Vec<&str> = group.iter().map(|p| p.app.as_str()).collect();
     let at: Vec<i64> = group.iter().map(|p| p.recorded_at_ms).collect();
     let total: Vec<i64> = group.iter().map(|p| p.total).collect();
     let json: Vec<&str> = group.iter().map(|p| p.json.as_str()).collect();
-    let inserted: std::collections::HashSet<[u8; 16]> = tx
+    let inserted: HashSet<[u8; 16]> = tx
         .query(
             &tx.prepare_cached(
                 "INSERT INTO entries (job_id, app, recorded_at_ms, total, entry) \
@@ -964,7 +1033,7 @@ async fn book_group(
         .collect();
     // A job repeated inside the group is inserted once: the later copies
     // are duplicates.
-    let mut first = std::collections::HashSet::new();
+    let mut first = HashSet::new();
     let mut charged: BTreeMap<&str, i64> = BTreeMap::new();
     let mut spend: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
     for p in group {
@@ -1006,17 +1075,73 @@ async fn book_group(
         )
         .await?;
     }
+    tx.commit().await?;
+    Ok(Booked { inserted, lapsed })
+}
+
+/// Deletes the group's holds (locked in id order, as
+/// [`PgLedger::renew_holds`] locks them); returns the jobs whose hold was
+/// already gone, or expired at the entry's `recorded_at_ms`, and that are
+/// not booked already (a job booked before is a replay, whatever its
+/// hold).
+async fn take_holds(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: &[Pending],
+) -> Result<HashSet<[u8; 16]>, Retry> {
     let holds: Vec<i64> = group.iter().filter_map(|p| p.hold_id).collect();
-    if !holds.is_empty() {
+    if holds.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Locked first, in id order, in a statement of its own (see
+    // `renew_holds`), reading each hold's expiry as the last renewal left
+    // it; then deleted.
+    let live: HashMap<i64, i64> = tx
+        .query(
+            &tx.prepare_cached(
+                "SELECT id, expires_at_ms FROM holds WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .await?,
+            &[&holds],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !live.is_empty() {
+        let ids: Vec<i64> = live.keys().copied().collect();
         tx.execute(
             &tx.prepare_cached("DELETE FROM holds WHERE id = ANY($1)")
                 .await?,
-            &[&holds],
+            &[&ids],
         )
         .await?;
     }
-    tx.commit().await?;
-    Ok(inserted)
+    let mut lapsed: HashSet<[u8; 16]> = group
+        .iter()
+        .filter(|p| {
+            p.hold_id.is_some_and(|id| {
+                live.get(&id)
+                    .is_none_or(|expires| *expires <= p.recorded_at_ms)
+            })
+        })
+        .map(|p| p.job)
+        .collect();
+    if !lapsed.is_empty() {
+        let jobs: Vec<&[u8]> = lapsed.iter().map(|j| j.as_slice()).collect();
+        for row in tx
+            .query(
+                &tx.prepare_cached("SELECT job_id FROM entries WHERE job_id = ANY($1)")
+                    .await?,
+                &[&jobs],
+            )
+            .await?
+        {
+            if let Ok(job) = <[u8; 16]>::try_from(row.get::<_, &[u8]>(0)) {
+                lapsed.remove(&job);
+            }
+        }
+    }
+    Ok(lapsed)
 }
 
 #[cfg(test)]
@@ -1088,7 +1213,7 @@ mod tests {
         assert_eq!(a.entry_totals(Some("x")).await.unwrap(), (1, total));
         // The next hold sees the charge and the spend row.
         let seen = b
-            .hold(&req, |f| {
+            .hold(&req, move |f| {
                 assert_eq!(f.charged, total);
                 assert_eq!(f.spent.get(&SpendKey::APP_TOTAL), Some(&total));
                 Err::<(), _>("refused")
@@ -1186,6 +1311,247 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    /// A hold request for app `x` of `amount`, taken at `now_ms`, counting
+    /// until `expires_at_ms`.
+    fn hold_req(amount: u64, now_ms: u64, expires_at_ms: u64) -> HoldRequest<'static> {
+        HoldRequest {
+            app: "x",
+            key_id: "k",
+            end_customer: None,
+            amount,
+            now_ms,
+            expires_at_ms,
+            scopes: &[SpendScope::App],
+            windows: &[SpendWindow::Total],
+        }
+    }
+
+    /// The funds check every admission makes: the balance less the live
+    /// holds covers the amount.
+    fn covers(amount: u64) -> impl FnOnce(&Funds) -> Result<(), u64> {
+        move |f: &Funds| {
+            let held: u64 = f.holds.iter().map(|h| h.amount).sum();
+            let free = f.topped_up.saturating_sub(f.charged + held);
+            if free >= amount { Ok(()) } else { Err(free) }
+        }
+    }
+
+    fn real_now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Issue 26, item 8: a hold renews while it counts, never once it
+    /// stopped counting, and a commit whose hold is gone or expired books
+    /// nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hold_renews_while_it_counts_and_a_lapsed_one_books_nothing() {
+        let pg = TestPostgres::start().unwrap();
+        let ledger = PgLedger::connect(&pg.url(), 4).await.unwrap();
+        let a = &ledger;
+        a.create_app(&app("x")).await.unwrap();
+        a.add_topup(&TopUp {
+            app: "x".into(),
+            amount: 1_000_000,
+            at_ms: 1,
+        })
+        .await
+        .unwrap();
+        let take = move |expires| async move {
+            a.hold(&hold_req(500, 10, expires), covers(500))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+        };
+        let live = take(1_000_000).await;
+        let other = take(1_000_000).await;
+        assert_eq!(
+            a.renew_holds(&[live, other, -1], 10, 2_000_000)
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "both live holds renewed in one statement, the unknown id not"
+        );
+        assert_eq!(a.funds("x", 1_500_000).await.unwrap().unwrap().2, 1_000);
+        assert!(
+            a.renew_holds(&[live], 2_000_000, 3_000_000)
+                .await
+                .unwrap()
+                .is_empty(),
+            "an expired hold is not revived"
+        );
+        let mut late = booking(8, "x", Some(live));
+        late.entry.recorded_at_ms = 2_000_000;
+        assert!(matches!(
+            a.commit(late).await,
+            Err(StoreError::HoldLapsed { hold, .. }) if hold == live
+        ));
+        assert_eq!(a.entry_totals(Some("x")).await.unwrap(), (0, 0));
+        // A hold swept (or released) before its commit: refused too.
+        assert_eq!(a.sweep_holds(u64::MAX >> 2).await.unwrap(), 1, "swept");
+        assert!(matches!(
+            a.commit(booking(9, "x", Some(other))).await,
+            Err(StoreError::HoldLapsed { .. })
+        ));
+        assert_eq!(a.entry_totals(Some("x")).await.unwrap(), (0, 0));
+        assert_eq!(a.live_holds(0).await.unwrap(), (0, 0), "consumed");
+        // A replay of a booked job is a duplicate, whatever its hold.
+        let booked = booking(10, "x", Some(take(1_000_000).await));
+        a.commit(booked.clone()).await.unwrap();
+        assert!(matches!(
+            a.commit(booked).await,
+            Err(StoreError::Duplicate(_))
+        ));
+    }
+
+    /// Issue 26, item 8 (the attack, a greedy builder): a job outlives its
+    /// hold's TTL; a second job is admitted against the money the lapsed
+    /// hold no longer counts. The late commit must not book the balance a
+    /// second time. And with renewal, the second job is not admitted at
+    /// all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_outlives_its_hold_ttl_cannot_spend_the_balance_twice() {
+        const TTL: Duration = Duration::from_millis(300);
+        let ttl_ms = TTL.as_millis() as u64;
+        let pg = TestPostgres::start().unwrap();
+        let ledger = PgLedger::connect(&pg.url(), 4).await.unwrap();
+        let a = &ledger;
+        a.create_app(&app("x")).await.unwrap();
+        // Exactly one job's charge.
+        let cost = booking(0, "x", None).entry.charge.total;
+        a.add_topup(&TopUp {
+            app: "x".into(),
+            amount: cost,
+            at_ms: 1,
+        })
+        .await
+        .unwrap();
+        let admit = move || async move {
+            let now = real_now_ms();
+            a.hold(&hold_req(cost, now, now + ttl_ms), covers(cost))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let commit = move |job, hold| {
+            let mut b = booking(job, "x", Some(hold));
+            b.entry.recorded_at_ms = real_now_ms();
+            a.commit(b)
+        };
+
+        // Not renewed: the slow job's hold lapses, and the second job is
+        // admitted against the same money.
+        let slow = admit().await.unwrap();
+        tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+        let second = admit().await.expect("the lapsed hold stopped counting");
+        commit(2, second).await.unwrap();
+        let late = commit(1, slow).await;
+        assert!(
+            matches!(late, Err(StoreError::HoldLapsed { hold, .. }) if hold == slow),
+            "the lapsed hold's job was booked: {late:?}"
+        );
+        let (entries, charged) = a.entry_totals(Some("x")).await.unwrap();
+        assert_eq!((entries, charged), (1, cost), "the balance is spent once");
+
+        // Renewed while it runs: the hold keeps counting past its TTL, so
+        // the next job is refused and the slow one books.
+        a.add_topup(&TopUp {
+            app: "x".into(),
+            amount: cost,
+            at_ms: 2,
+        })
+        .await
+        .unwrap();
+        let slow = admit().await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(TTL / 3).await;
+            let now = real_now_ms();
+            assert_eq!(
+                a.renew_holds(&[slow], now, now + ttl_ms).await.unwrap(),
+                vec![slow]
+            );
+        }
+        assert!(admit().await.is_err(), "the renewed hold still counts");
+        commit(3, slow).await.unwrap();
+        assert_eq!(a.entry_totals(Some("x")).await.unwrap(), (2, 2 * cost));
+    }
+
+    /// Issue 25: a burst of one app's admissions, all waiting on the app's
+    /// row lock (held here by another replica's transaction), takes one
+    /// pooled connection, not all of them: a booking meanwhile is not kept
+    /// waiting for a connection (before, it timed out after 10 s, after
+    /// its job had streamed). And a hold that waited counts for its whole
+    /// TTL from when it was taken, not from when its request came (a
+    /// renewal every fifth of the TTL would otherwise come too late).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_apps_burst_cannot_hold_every_pooled_connection() {
+        let pg = TestPostgres::start().unwrap();
+        let a = std::sync::Arc::new(PgLedger::connect(&pg.url(), 2).await.unwrap());
+        a.create_app(&app("x")).await.unwrap();
+        a.add_topup(&TopUp {
+            app: "x".into(),
+            amount: 1_000_000,
+            at_ms: 1,
+        })
+        .await
+        .unwrap();
+        let (other, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        other
+            .batch_execute("BEGIN; SELECT 1 FROM apps WHERE id = 'x' FOR UPDATE")
+            .await
+            .unwrap();
+        const TTL_MS: u64 = 1_000;
+        let asked_at = real_now_ms();
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    a.hold(&hold_req(10, asked_at, asked_at + TTL_MS), covers(10))
+                        .await
+                })
+            })
+            .collect();
+        // An admission waits on the row lock (a condition, not a time).
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let waiting: i64 = other
+                .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no admission waits");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Well under the pool's wait: a booking finds a connection at once.
+        let booked = tokio::time::timeout(POOL_WAIT / 2, a.commit(booking(1, "x", None))).await;
+        assert!(
+            matches!(booked, Ok(Ok(()))),
+            "the booking waited behind the burst: {booked:?}"
+        );
+        // The burst waits longer than its holds' TTL.
+        tokio::time::sleep(Duration::from_millis(2 * TTL_MS)).await;
+        let released_at = real_now_ms();
+        other.batch_execute("COMMIT").await.unwrap();
+        for b in burst {
+            assert!(matches!(b.await.unwrap(), Ok(Some(Ok(_)))));
+        }
+        assert_eq!(
+            a.live_holds(released_at).await.unwrap(),
+            (20, 200),
+            "each hold counts from when it was taken"
+        );
     }
 
     /// Issue 16: PostgreSQL killed (`-m immediate`: no checkpoint, WAL

@@ -138,6 +138,12 @@ replicas = {replicas}
 hold_ttl_secs = 10
 metrics_listen = "127.0.0.1:0"
 {extra}
+
+# Beside other builds on two cores, a burst's streams wait their turn to
+# open for longer than the default 5 s (a 503 that says nothing of the
+# books these tests are about).
+[timeouts]
+connect_ms = 30000
 "#
                 ),
             )
@@ -301,6 +307,10 @@ metrics_listen = "127.0.0.1:0"
         let Ok(body) = r.text().await else {
             return (status, None);
         };
+        if status != 200 && status != 402 {
+            // Why, for the failure message of whichever test asserts.
+            eprintln!("replica {replica} answered {status}: {body}");
+        }
         let usage = sse_data(&body)
             .iter()
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
@@ -676,13 +686,10 @@ async fn settlement_asked_of_both_replicas_at_once_gives_one_statement() {
         assert_eq!(status, 200);
         charged += charge(&usage.unwrap());
     }
-    // Wait for the period of these requests to end.
+    // Wait for the period of these requests to end. On a loaded machine
+    // they may run past it: those after its end are left out below
+    // (`charge_after`), and the period still holds the first ones.
     let period_end = (started / 3000 + 1) * 3000;
-    let ended = now_ms();
-    assert!(
-        ended < period_end + 3000,
-        "the requests spanned periods; rerun"
-    );
     // A wait for the wall clock (the period's end), not for an event: the
     // settlement below must see a period that has ended.
     tokio::time::sleep(Duration::from_millis(
@@ -711,6 +718,7 @@ async fn settlement_asked_of_both_replicas_at_once_gives_one_statement() {
         .filter(|e| e.recorded_at_ms < period_end)
         .map(|e| e.charge.total)
         .sum();
+    assert!(in_period > 0, "the period holds the first requests");
     assert_eq!(
         total, in_period,
         "the statement sums every replica's charges"

@@ -13,6 +13,7 @@ use sharenet_ledger::{AppRecord, Books, Budgets, LedgerEntry, StoreError};
 use sharenet_proto::PublicKey;
 
 use super::funds::{Admitted, admit_before_funds, check_funds};
+use super::renew::LiveHolds;
 use super::state::State;
 use super::types::{AccountsError, Admission, CommitError, Held, Scope, windows};
 use crate::core::sync::lock;
@@ -34,7 +35,8 @@ pub struct SharedOptions {
     /// Replicas in the deployment: each enforces `1/replicas` of every
     /// rate limit.
     pub replicas: u32,
-    /// How long a hold counts if its job never ends (a replica died).
+    /// How long a hold counts if its job never ends (a replica died); a
+    /// live job's hold is renewed before then (`renew.rs`).
     pub hold_ttl_ms: u64,
 }
 
@@ -60,6 +62,9 @@ pub(super) struct Shared {
     pub(super) following: tokio::sync::Mutex<()>,
     /// The deployment's coordinator keys, as last followed.
     pub(super) coordinators: Mutex<Vec<PublicKey>>,
+    /// This replica's holds whose jobs still run: renewed together
+    /// (`renew.rs`).
+    pub(super) live: LiveHolds,
 }
 
 /// A hold taken: its amount, and its row on shared books.
@@ -133,6 +138,9 @@ impl BooksBackend {
     pub(super) fn release(&self, state: &Mutex<State>, held: &Held) {
         match (self, held.shared_id) {
             (Self::Shared(shared), Some(id)) => {
+                // Not renewed from now on, whether or not the release
+                // reaches the database (if not, the hold expires).
+                shared.live.remove(id);
                 let _ = shared.releases.try_send(id);
             }
             _ => lock(state).release(held.scopes(), held.amount),
@@ -164,6 +172,11 @@ impl BooksBackend {
             }
             Self::Shared(shared) => shared,
         };
+        // Renewed until the database has answered: a slow group commit
+        // does not let the hold lapse under it.
+        if let Some(id) = held.shared_id {
+            shared.live.committing(id);
+        }
         let booked = shared
             .pg
             .commit(Booking {
@@ -174,9 +187,30 @@ impl BooksBackend {
             })
             .await;
         // The database released the hold in the same transaction (or, on
-        // an error, it expires): nothing to release here.
-        held.committed = booked.is_ok() || matches!(booked, Err(StoreError::Duplicate(_)));
-        booked.map_err(CommitError::Store)?;
+        // an error, the drop releases it, or it expires): nothing to
+        // release here, nothing to renew from now on.
+        if let Some(id) = held.shared_id {
+            shared.live.remove(id);
+        }
+        held.committed = matches!(
+            booked,
+            Ok(()) | Err(StoreError::Duplicate(_) | StoreError::HoldLapsed { .. })
+        );
+        match booked {
+            Ok(()) => {}
+            Err(StoreError::HoldLapsed { job, hold }) => {
+                // Admissions stopped counting the hold, so its money may
+                // have been spent since: booking the charge now could spend
+                // the balance twice. Refused: nothing is charged.
+                shared.live.refused();
+                tracing::warn!(
+                    %job, hold, app = %held.principal.app,
+                    "refused to book a job whose hold lapsed: nothing charged"
+                );
+                return Err(CommitError::HoldLapsed { hold });
+            }
+            Err(e) => return Err(CommitError::Store(e)),
+        }
         // Acknowledged: the mirror and the view take it now (or the
         // follower does, if the mirror refuses it here).
         match record_locally(books, &entry).await {
@@ -221,7 +255,29 @@ impl Shared {
                     scopes: &scopes,
                     windows: &windows,
                 },
-                |funds| check(funds, &app, key_budgets, a, amount),
+                // The check may run in the replica's admission task for
+                // the app (batched with others), so it owns what it reads.
+                {
+                    let app = app.clone();
+                    let principal = a.principal.clone();
+                    let end_customer = a.end_customer.map(str::to_string);
+                    let (max_input_tokens, max_output_tokens) =
+                        (a.max_input_tokens, a.max_output_tokens);
+                    let (max_price_in, max_price_out, now_ms) =
+                        (a.max_price_in, a.max_price_out, a.now_ms);
+                    move |funds: &sharenet_ledger::pg::Funds| {
+                        let a = Admission {
+                            principal: &principal,
+                            end_customer: end_customer.as_deref(),
+                            max_input_tokens,
+                            max_output_tokens,
+                            max_price_in,
+                            max_price_out,
+                            now_ms,
+                        };
+                        check(funds, &app, key_budgets, &a, amount)
+                    }
+                },
             )
             .await?;
         match taken {
@@ -229,10 +285,13 @@ impl Shared {
                 "this key's app no longer exists".into(),
             )),
             Some(Err(refused)) => Err(refused),
-            Some(Ok(id)) => Ok(Taken {
-                amount,
-                shared_id: Some(id),
-            }),
+            Some(Ok(id)) => {
+                self.live.insert(id);
+                Ok(Taken {
+                    amount,
+                    shared_id: Some(id),
+                })
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Replica following: on shared books, [`Accounts::follow`] reads what
 //! every replica committed into the local mirror and the in-memory view,
 //! and [`Accounts::run_shared`] runs it every
-//! [`FOLLOW_INTERVAL`] beside the hold-release worker and the
-//! sweep of expired holds. Both are no-ops on embedded books.
+//! [`FOLLOW_INTERVAL`] beside the hold-release worker, the renewal of
+//! live holds (`renew.rs`) and the sweep of expired holds. Both are
+//! no-ops on embedded books.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use sharenet_ledger::StoreError;
 use sharenet_ledger::pg::Changes;
 
 use super::backend::{BooksBackend, CURSOR_META, FOLLOW_INTERVAL, SWEEP_INTERVAL};
+use super::renew::LiveHolds;
 use super::service::Accounts;
 use super::types::AccountsError;
 use crate::core::sync::lock;
@@ -86,8 +88,9 @@ impl Accounts {
     }
 
     /// A replica's background work until `shutdown`: following the shared
-    /// books every [`FOLLOW_INTERVAL`], releasing dropped holds, and
-    /// deleting expired ones. Returns at once on embedded books.
+    /// books every [`FOLLOW_INTERVAL`], releasing dropped holds, renewing
+    /// live ones (`renew.rs`) and deleting expired ones. Returns at once
+    /// on embedded books.
     pub async fn run_shared(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let BooksBackend::Shared(shared) = &self.backend else {
             return;
@@ -128,6 +131,42 @@ impl Accounts {
                 }
             }
         };
+        // A task of its own, so that nothing else here (a slow follow
+        // writing the mirror, a sweep) delays it: one statement per tick
+        // for all of this replica's live holds.
+        let renewer = tokio::spawn({
+            let (accounts, shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                let BooksBackend::Shared(shared) = &accounts.backend else {
+                    return;
+                };
+                let ttl_ms = shared.options.hold_ttl_ms;
+                let mut renew = tokio::time::interval(LiveHolds::period(ttl_ms));
+                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = renew.tick() => {
+                            let now = crate::core::clock::now_ms();
+                            if let Err(e) = shared.live.renew(&shared.pg, now, ttl_ms).await {
+                                tracing::warn!(error = %e, "renew live holds (tried again next tick)");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        // Stopped with the rest (also when this future is dropped).
+        let _stop_renewer = AbortOnDrop(renewer.abort_handle());
         tokio::join!(release_worker, follower);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -30,7 +30,12 @@
 //! (`PgLedger::hold`), with the same check as the embedded books
 //! (`check_funds` over a `FundsView`, `funds.rs`); a commit books the entry,
 //! releases the hold and adds the charge in one transaction; holds expire
-//! (`hold_ttl`) so a replica that dies leaves none stuck. The in-memory
+//! (`hold_ttl`) so a replica that dies leaves none stuck, while the holds
+//! of live jobs are renewed, all of a replica's in one statement per tick
+//! (`renew.rs`), and a commit whose hold is gone or expired books nothing
+//! ([`CommitError::HoldLapsed`], logged). A replica's waiting admissions
+//! for one app share one database transaction and connection, so one
+//! app's burst cannot hold the pool (`PgLedger::hold`). The in-memory
 //! state becomes a view of the shared books that [`Accounts::follow`] keeps
 //! up to date (apps, keys and revocations within one
 //! [`FOLLOW_INTERVAL`]), through the replica's local mirror (the embedded
@@ -46,6 +51,7 @@
 //! - `state.rs`: the in-memory view (the embedded books' state, a
 //!   replica's view of the shared ones);
 //! - `limits.rs`: rate limits; `funds.rs`: the one funds check;
+//!   `renew.rs`: the set of live holds on shared books and their renewal;
 //! - `backend.rs`: the books backend, embedded or shared, with the hold,
 //!   its release and the commit;
 //! - `service.rs`: [`Accounts`] and its reads; `hold.rs`: admission and
@@ -60,6 +66,7 @@ mod funds;
 mod hold;
 mod keys;
 mod limits;
+mod renew;
 mod service;
 mod state;
 mod types;

@@ -86,6 +86,7 @@ impl Accounts {
                 cursor: cursor.into(),
                 following: tokio::sync::Mutex::new(()),
                 coordinators: Mutex::new(vec![*own_key]),
+                live: Default::default(),
             }),
             ..loaded
         });
@@ -108,6 +109,24 @@ impl Accounts {
     /// The shared books, when this coordinator is one replica of several.
     pub fn shared(&self) -> Option<&Arc<PgLedger>> {
         self.backend.pg()
+    }
+
+    /// Holds this replica keeps renewing on shared books: one per job
+    /// still running (for tests and the operator; 0 on embedded books).
+    pub fn live_holds(&self) -> usize {
+        match &self.backend {
+            BooksBackend::Shared(s) => s.live.len(),
+            BooksBackend::Embedded => 0,
+        }
+    }
+
+    /// Commits refused on shared books because their hold had lapsed
+    /// (nothing booked; each also logged at warn).
+    pub fn lapsed_holds(&self) -> u64 {
+        match &self.backend {
+            BooksBackend::Shared(s) => s.live.refused_count(),
+            BooksBackend::Embedded => 0,
+        }
     }
 
     pub fn network_fee_bps(&self) -> u32 {

@@ -77,6 +77,30 @@ pub enum CommitError {
         "the receipt's charge of {charge} nano-USD exceeds the {hold} nano-USD held for the job"
     )]
     OverHold { charge: u64, hold: u128 },
+    /// Shared books: the job's hold was gone or expired when its commit
+    /// came (admissions had stopped counting it), so the charge was not
+    /// booked: the builder is not charged for this job, and the node is
+    /// not paid for it (logged at warn and counted).
+    #[error(
+        "the job's hold {hold} lapsed before its charge was booked: nothing was charged for it"
+    )]
+    HoldLapsed { hold: i64 },
+}
+
+impl From<CommitError> for Error {
+    /// A commit's failure as the core reports it: busy books are a 503 the
+    /// builder may retry; a lapsed hold, a pricing failure or a broken
+    /// store are the coordinator's own fault. (A replay and a charge over
+    /// the hold are the node's: `dispatch/book.rs` rejects those first.)
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Store(e) => e.into(),
+            e @ (CommitError::Price(_) | CommitError::HoldLapsed { .. }) => {
+                Self::Internal(e.to_string())
+            }
+            e @ CommitError::OverHold { .. } => Self::BadGateway(e.to_string()),
+        }
+    }
 }
 
 /// The operator's app that pays for spot checks; the operator funds it

@@ -101,7 +101,16 @@ pub(super) async fn check_and_book(
                 "the node's receipt was rejected: {e}"
             )))
         }
-        Err(e) => Err(Error::Internal(e.to_string())),
+        Err(e @ CommitError::HoldLapsed { .. }) => {
+            // Not the node's fault: the books refused to charge a hold
+            // admissions had stopped counting (logged by the accounts).
+            // Neither charged nor paid; the builder hears why.
+            core.metrics.receipt_rejected("hold_lapsed");
+            tracing::warn!(job = %terms.job_id, node = %terms.peer, error = %e, "job not booked");
+            Err(e.into())
+        }
+        // Busy books: a 503 with `Retry-After`; anything else: a 500.
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+mod renew;
+
 use super::limits::MAX_CUSTOMER_LIMITERS_PER_APP;
 use super::types::Scope;
 use super::{
@@ -635,7 +637,9 @@ fn a_dead_replicas_hold_expires() {
             Err(AccountsError::OverBudget(_))
         ));
         let pg = a.accounts.shared().unwrap();
-        let later = 1 + 600_000;
+        // Its TTL counts from when it was taken: the request's time plus
+        // what the admission waited (milliseconds here; a minute's slack).
+        let later = 1 + 600_000 + 60_000;
         assert_eq!(pg.funds("a", later).await.unwrap().unwrap().2, 0, "expired");
         assert_eq!(pg.sweep_holds(later).await.unwrap(), 1);
         let admitted = a
