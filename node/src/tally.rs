@@ -2,8 +2,8 @@
 //! (`sharenet_prompt::count`), applied to the ids the node streams, so a
 //! receipt claims exactly what the coordinator counts for the same ids.
 //!
-//! `billable = min(ids, canonical count of what the ids decode to + one
-//! end and two markers per call)`. Computing it re-tokenizes the decoded
+//! `billable = min(ids, canonical count of what the ids decode to + two markers
+//! per call)`. Computing it re-tokenizes the decoded
 //! text, so running receipts carry it every [`RECEIPT_EVERY_IDS`] ids
 //! rather than every delta (a broken stream is then booked up to the last
 //! one; the builder may get up to that many ids' text unbilled).

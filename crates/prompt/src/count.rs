@@ -11,15 +11,16 @@
 //! number of output tokens the job is billed:
 //!
 //! ```text
-//! billable = min(ids, count_text(D) + min(special ids, 1 + 2 × calls))
+//! billable = min(ids, count_text(D) + min(special ids, 2 × calls))
 //! ```
 //!
 //! so a node gains nothing by splitting text into more, smaller tokens
 //! (`count_text` re-tokenizes `D` canonically) or by padding with ids that
-//! decode to nothing (only one end-of-turn and two markers per tool call
-//! count). An honest node's count is at most the ids it generated, and at
-//! least the text's canonical length; the bound on overbilling is zero
-//! tokens beyond the canonical count of what was served.
+//! decode to nothing (only two markers per tool call count). The end of
+//! turn is not billed, as llama.cpp and OpenAI-compatible servers count
+//! completions, so a job costs the same whichever backend served it. The
+//! bound on overbilling: the canonical token count of what was served,
+//! plus two per call.
 
 use std::collections::HashSet;
 
@@ -135,7 +136,7 @@ impl OutputCount {
             .get_ids()
             .len();
         let own = u32::try_from(own).unwrap_or(u32::MAX);
-        let markers = u32::try_from(calls.saturating_mul(2).saturating_add(1)).unwrap_or(u32::MAX);
+        let markers = u32::try_from(calls.saturating_mul(2)).unwrap_or(u32::MAX);
         let ids = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
         Ok(ids.min(own.saturating_add(self.specials.min(markers))))
     }

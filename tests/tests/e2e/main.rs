@@ -9,6 +9,7 @@
 mod access_log;
 mod accounts;
 mod chat;
+mod counting;
 mod dashboard;
 mod deploy;
 mod gpu_check;

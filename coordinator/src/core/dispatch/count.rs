@@ -4,8 +4,8 @@
 //! the node streams, checked as they come against the text relayed.
 //!
 //! The rule billed (`sharenet_prompt::count`): output tokens are
-//! `min(ids, canonical count of what the ids decode to + one end and two
-//! markers per call)`. A node's receipt must carry exactly these counts;
+//! `min(ids, canonical count of what the ids decode to + two markers per
+//! call)`. A node's receipt must carry exactly these counts;
 //! one that claims others is rejected as the node's (trust evidence).
 
 use std::sync::Arc;

@@ -87,16 +87,17 @@ fn splitting_text_into_more_tokens_gains_nothing() {
 }
 
 #[test]
-fn padding_with_special_ids_counts_one_end_only() {
+fn padding_with_special_ids_bills_nothing_but_call_markers() {
     let t = tokenizer();
     let mut all = ids(&t, "hello world");
     all.extend(std::iter::repeat_n(end(&t), 50));
     let c = count(&t, &[&all]);
     assert_eq!(c.decoded(), "hello world");
     assert_eq!(c.special_ids(), 50);
-    assert_eq!(c.billable(&t, 0).unwrap(), 3);
-    // Two markers per tool call are allowed on top.
-    assert_eq!(c.billable(&t, 2).unwrap(), 7);
+    // The end of turn is not billed (as llama.cpp counts completions).
+    assert_eq!(c.billable(&t, 0).unwrap(), 2);
+    // Two markers per tool call are.
+    assert_eq!(c.billable(&t, 2).unwrap(), 6);
 }
 
 #[test]

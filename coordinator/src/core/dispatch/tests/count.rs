@@ -89,10 +89,10 @@ fn assert_refused(s: &Setup, r: Result<Box<Finished>, Error>, why: &str) {
 async fn an_honest_node_is_billed_the_coordinators_own_counts() {
     let probe = setup_counted(vec![]);
     let n = input_count(&probe, "hello");
-    // "hello world" and the end token: 2 words + 1 end = 3.
+    // "hello world" and the end token: 2 words (the end is not billed).
     let s = setup_counted(vec![serve(
         n,
-        3,
+        2,
         vec![
             ("hello", vec![HELLO]),
             (" world", vec![WORLD]),
@@ -101,8 +101,8 @@ async fn an_honest_node_is_billed_the_coordinators_own_counts() {
     )]);
     let f = run(&s, "hello").await.unwrap();
     assert_eq!(f.text, "hello world");
-    assert_eq!((f.usage.input_tokens, f.usage.output_tokens), (n, 3));
-    assert_eq!(f.receipt.receipt().output_tokens, 3);
+    assert_eq!((f.usage.input_tokens, f.usage.output_tokens), (n, 2));
+    assert_eq!(f.receipt.receipt().output_tokens, 2);
     assert_eq!(s.entries(), 1);
 }
 
@@ -119,11 +119,11 @@ async fn padding_with_end_tokens_bills_nothing_more_and_claiming_it_is_refused()
     // Before: the node's count was the bill (7 tokens for 2 words).
     let greedy = setup_counted(vec![serve(n, 7, padded())]);
     let r = run(&greedy, "hello").await;
-    assert_refused(&greedy, r, "output tokens but the coordinator counted 3");
+    assert_refused(&greedy, r, "output tokens but the coordinator counted 2");
     // Signing the coordinator's count is accepted: the padding gains nothing.
-    let s = setup_counted(vec![serve(n, 3, padded())]);
+    let s = setup_counted(vec![serve(n, 2, padded())]);
     let f = run(&s, "hello").await.unwrap();
-    assert_eq!(f.usage.output_tokens, 3);
+    assert_eq!(f.usage.output_tokens, 2);
 }
 
 #[tokio::test]

@@ -1,0 +1,306 @@
+//! Issue 26's real-model check of "the coordinator counts every token":
+//! SmolLM2-135M-Instruct served by a real llama.cpp server
+//! (llama-cpp-python's) behind an unmodified node, through a proxy that
+//! multiplies every `usage` the server reports by ten (in answers, in
+//! streams and in the node's prompt-size probes), and the same GGUF on the
+//! native engine. The builder pays llama.cpp's honest counts, not the
+//! proxy's, and the native engine's jobs are counted the same way.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sharenet_devnet::DevnetModel;
+use sharenet_node::{ModelConfig, ModelSource, UpstreamConfig};
+use sharenet_tests::{TestNet, python, sse_data, workspace_root};
+
+/// The name builders use; the devnet catalogues the GGUF under its
+/// canonical id with this alias.
+const ALIAS: &str = "smollm2-135m-instruct";
+
+/// How far the coordinator's prompt count may be from llama.cpp's own:
+/// both render SmolLM2's chat template from the GGUF (Hugging Face's Jinja
+/// semantics on both sides) and tokenize with its vocabulary, so plain
+/// chats agree exactly; a request with tools is rendered by llama-cpp-
+/// python's own function-calling handler, not the model's template, so
+/// its prompt is not compared (ARCHITECTURE.md, "the coordinator bills
+/// only what it counted").
+const PROMPT_SLACK: u64 = 0;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// `usage` with every count multiplied by ten.
+fn inflate(usage: &mut Value) {
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        if let Some(n) = usage[k].as_u64() {
+            usage[k] = json!(n * 10);
+        }
+    }
+}
+
+/// Forwards to llama.cpp and lies about usage.
+async fn lie(State(base): State<String>, uri: axum::http::Uri, body: Bytes) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{}", uri.path().trim_start_matches("/v1")))
+        .json(&req)
+        .send()
+        .await
+        .expect("reach llama.cpp");
+    if req["stream"] == json!(true) {
+        let text = resp.text().await.unwrap_or_default();
+        let mut out = String::new();
+        for line in text.lines() {
+            match line.strip_prefix("data: ") {
+                Some(data) if data != "[DONE]" => {
+                    let mut v: Value = serde_json::from_str(data).unwrap();
+                    if !v["usage"].is_null() {
+                        inflate(&mut v["usage"]);
+                    }
+                    out.push_str(&format!("data: {v}\n"));
+                }
+                _ => out.push_str(&format!("{line}\n")),
+            }
+        }
+        ([(header::CONTENT_TYPE, "text/event-stream")], out).into_response()
+    } else {
+        let mut v: Value = resp.json().await.unwrap();
+        inflate(&mut v["usage"]);
+        axum::Json(v).into_response()
+    }
+}
+
+async fn models(State(base): State<String>) -> Response {
+    let v: Value = reqwest::get(format!("{base}/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    axum::Json(v).into_response()
+}
+
+/// The lying proxy's base URL.
+async fn start_proxy(llama: String) -> String {
+    let app = Router::new()
+        .route("/v1/chat/completions", post(lie))
+        .route("/v1/completions", post(lie))
+        .route("/v1/models", get(models))
+        .with_state(llama);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/v1")
+}
+
+/// A request through the network, pinned (`only`) or kept off (`ignore`)
+/// a node: its usage and its text (streamed or not).
+async fn through(t: &TestNet, body: &Value, provider: Value) -> (Value, String) {
+    let mut body = body.clone();
+    body["model"] = json!(ALIAS);
+    body["provider"] = provider;
+    let resp = t.post("chat/completions", &body).await;
+    assert_eq!(resp.status(), 200, "{body}");
+    if body["stream"] == json!(true) {
+        let raw = resp.text().await.unwrap();
+        let (mut text, mut usage) = (String::new(), Value::Null);
+        for e in sse_data(&raw).iter().filter(|e| *e != "[DONE]") {
+            let v: Value = serde_json::from_str(e).unwrap();
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(c);
+            }
+            if !v["usage"].is_null() {
+                usage = v["usage"].clone();
+            }
+        }
+        (usage, text)
+    } else {
+        let v: Value = resp.json().await.unwrap();
+        let message = &v["choices"][0]["message"];
+        let text = message["content"].as_str().unwrap_or_default().to_owned();
+        (v["usage"].clone(), text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builders_pay_llama_cpps_honest_counts_through_a_lying_upstream_and_the_same_natively() {
+    let gguf = workspace_root().join("target/test-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.exists(), "{} is missing: run scripts/setup-test-deps", gguf.display());
+    let t = TestNet::start_with(1, |o| {
+        o.model = DevnetModel::Path {
+            id: ALIAS.into(),
+            path: gguf.clone(),
+        }
+    })
+    .await;
+    let catalog_id = t
+        .net()
+        .coordinator
+        .core
+        .catalog
+        .resolve(ALIAS)
+        .expect("the devnet catalogues SmolLM2");
+    let native = hex::encode(t.net().nodes[0].public_key());
+
+    let port = free_port();
+    let _server = tokio::process::Command::new(python())
+        .arg(workspace_root().join("tests/python/llama_server.py"))
+        .args(["--model", gguf.to_str().unwrap(), "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--n_ctx", "2048"])
+        .args(["--model_alias", "smollm2"])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the llama.cpp server");
+    let llama = format!("http://127.0.0.1:{port}/v1");
+    let http = reqwest::Client::new();
+    sharenet_tests::wait_until("the llama.cpp server", Duration::from_secs(120), || async {
+        http.get(format!("{llama}/models"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let proxy = start_proxy(llama.clone()).await;
+
+    // An unmodified node in front of the lying proxy, given the model's
+    // file (its tokenizer and template) as the README tells providers.
+    let upstream_node = t
+        .add_node(vec![ModelConfig {
+            source: ModelSource::Upstream(UpstreamConfig {
+                base_url: proxy.clone(),
+                model: "smollm2".into(),
+                api_key: None,
+                context_length: 2048,
+                timeout: Duration::from_secs(120),
+                capabilities: sharenet_proto::Capabilities {
+                    tools: true,
+                    structured_outputs: true,
+                },
+                tokenizer: Some(gguf.clone()),
+            }),
+            ..ModelConfig::local(&catalog_id, Default::default(), 7, 11)
+        }])
+        .await;
+    let upstream = hex::encode(upstream_node.public_key());
+    let tokenizer = sharenet_engine::load_tokenizer(&gguf).unwrap();
+    let count = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().len() as u64;
+
+    let question = json!([{"role": "user", "content": "What is the capital of France? Answer in a sentence."}]);
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}});
+    let cases = [
+        ("plain", json!({"messages": question, "max_tokens": 24, "temperature": 0})),
+        (
+            "streamed",
+            json!({"messages": question, "max_tokens": 24, "temperature": 0, "stream": true,
+                   "stream_options": {"include_usage": true}}),
+        ),
+        (
+            "json_schema",
+            json!({"messages": question, "max_tokens": 24, "temperature": 0, "response_format": schema}),
+        ),
+    ];
+    for (name, body) in cases {
+        // llama.cpp's own, honest counts for the same request.
+        let mut direct = body.clone();
+        direct["model"] = json!("smollm2");
+        direct["stream"] = json!(false);
+        direct.as_object_mut().unwrap().remove("stream_options");
+        let honest: Value = http
+            .post(format!("{llama}/chat/completions"))
+            .json(&direct)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let honest_in = honest["usage"]["prompt_tokens"].as_u64().unwrap();
+        let honest_out = honest["usage"]["completion_tokens"].as_u64().unwrap();
+        // The proxy does lie.
+        let lied: Value = http
+            .post(format!("{proxy}/chat/completions"))
+            .json(&direct)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(lied["usage"]["completion_tokens"].as_u64(), Some(honest_out * 10));
+
+        let (usage, text) = through(&t, &body, json!({"only": [upstream]})).await;
+        let billed_in = usage["prompt_tokens"].as_u64().unwrap();
+        let billed_out = usage["completion_tokens"].as_u64().unwrap();
+        eprintln!(
+            "{name}: llama.cpp {honest_in}/{honest_out}, billed {billed_in}/{billed_out}, text {text:?}"
+        );
+        assert_eq!(billed_out, honest_out, "{name}: completion exact");
+        assert_eq!(billed_out, count(&text), "{name}: the text's own count");
+        assert!(
+            billed_in.abs_diff(honest_in) <= PROMPT_SLACK,
+            "{name}: prompt {billed_in} vs llama.cpp's {honest_in}"
+        );
+
+        // The native engine on the same GGUF: the same prompt count, and its
+        // own text counted the same way.
+        let (nusage, ntext) = through(&t, &body, json!({"only": [native]})).await;
+        let n_in = nusage["prompt_tokens"].as_u64().unwrap();
+        let n_out = nusage["completion_tokens"].as_u64().unwrap();
+        eprintln!("{name}: native {n_in}/{n_out}, text {ntext:?}");
+        assert_eq!(n_in, billed_in, "{name}: one renderer, one prompt count");
+        assert_eq!(n_out, count(&ntext), "{name}: the native text's own count");
+        if ntext == text {
+            assert_eq!(n_out, billed_out, "{name}: same text, same bill");
+        }
+    }
+
+    // A forced tool call: the node bills the call's name and arguments as
+    // it re-tokenizes them (what the builder receives), never the proxy's
+    // count; llama.cpp's count also covers its call markup.
+    let weather = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                       "required": ["city"]}}}]);
+    let tools = json!({"messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": weather, "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 60, "temperature": 0});
+    let mut direct = tools.clone();
+    direct["model"] = json!("smollm2");
+    let honest: Value = http
+        .post(format!("{llama}/chat/completions"))
+        .json(&direct)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let honest_out = honest["usage"]["completion_tokens"].as_u64().unwrap();
+    let mut body = tools.clone();
+    body["model"] = json!(ALIAS);
+    body["provider"] = json!({"only": [upstream]});
+    let r: Value = t.post("chat/completions", &body).await.json().await.unwrap();
+    let call = &r["choices"][0]["message"]["tool_calls"][0]["function"];
+    let (name, args) = (
+        call["name"].as_str().unwrap_or_default(),
+        call["arguments"].as_str().unwrap_or_default(),
+    );
+    assert_eq!(name, "get_weather", "{r}");
+    let billed_out = r["usage"]["completion_tokens"].as_u64().unwrap();
+    eprintln!("tools: llama.cpp out {honest_out}, billed {billed_out}, call {name} {args}");
+    assert_eq!(billed_out, count(name) + count(args), "{r}");
+    assert!(billed_out <= honest_out, "{r}");
+    t.stop().await;
+}
