@@ -72,10 +72,27 @@ struct Cli {
     /// Where the report, the JSON results and the logs go.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
+    /// The model whose tokenizer and chat template the coordinator counts
+    /// with: catalogued (as `sharenet/bench-model` and
+    /// `sharenet/bench-held`), and given to the node as its upstream's
+    /// `tokenizer`, so every token is counted by both sides as in
+    /// production. (SmolLM2's GGUF, installed by scripts/setup-test-deps.)
+    #[arg(
+        long,
+        default_value = "target/test-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    model_file: PathBuf,
+    /// The old path for comparison: nothing catalogued,
+    /// `allow_uncatalogued = true`, counts are the node's word.
+    #[arg(long)]
+    uncounted: bool,
 }
 
 const MODEL: &str = "bench-model";
 const HELD_MODEL: &str = "bench-held";
+/// The catalog ids `MODEL` and `HELD_MODEL` alias (nodes advertise these).
+const MODEL_ID: &str = "sharenet/bench-model";
+const HELD_MODEL_ID: &str = "sharenet/bench-held";
 const LITELLM_KEY: &str = "sk-bench-litellm-master-key-0123456789abcdef";
 
 /// Everything started, killed when dropped.
@@ -97,6 +114,8 @@ struct World {
     litellm: Option<Proc>,
     litellm_url: String,
     hold_ms: u64,
+    /// See `Cli::model_file`; `None` with `--uncounted`.
+    model_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -272,6 +291,7 @@ impl World {
             litellm: None,
             litellm_url: String::new(),
             hold_ms: cli.hold_secs * 1000,
+            model_file: (!cli.uncounted).then(|| cli.model_file.clone()),
         })
     }
 
@@ -310,6 +330,7 @@ impl World {
         }
         let (http, quic) = (free_port()?, free_udp_port()?);
         let config = dir.join("coordinator.toml");
+        let uncounted = self.model_file.is_none();
         edit(&config, |s| {
             let s = s
                 .replacen(
@@ -334,11 +355,29 @@ impl World {
                     1,
                 );
             // Top-level keys go first (the template ends in a table).
-            Ok(match database {
+            let s = match database {
                 Some(url) => format!("database_url = \"{url}\"\nreplicas = 2\n{s}"),
                 None => s,
+            };
+            Ok(if uncounted {
+                format!("allow_uncatalogued = true\n{s}")
+            } else {
+                s
             })
         })?;
+        if let Some(file) = &self.model_file {
+            for (id, alias) in [(MODEL_ID, MODEL), (HELD_MODEL_ID, HELD_MODEL)] {
+                command_output(
+                    Command::new(&exe)
+                        .args(["catalog", "--config"])
+                        .arg(&config)
+                        .arg("add")
+                        .arg(file)
+                        .args(["--id", id, "--license", "apache-2.0", "--alias", alias]),
+                )
+                .with_context(|| format!("catalog {} as {id}", file.display()))?;
+            }
+        }
         let mut cmd = Command::new(&exe);
         cmd.args(["run", "--config"]).arg(&config);
         let mut p = Proc::spawn(name, cmd, &self.logs.join(format!("{name}.log")))?;
@@ -371,6 +410,7 @@ impl World {
         )?;
         let quic = free_udp_port()?;
         let (mock, hold) = (self.mock_url.clone(), self.hold_ms);
+        let model_file = self.model_file.clone();
         let config = dir.join("node.toml");
         let (first, second) = (
             self.coordinator_p2p.clone(),
@@ -401,7 +441,11 @@ impl World {
             let at = s
                 .find("\n[[models]]")
                 .context("no [[models]] table in the node template")?;
-            Ok(format!("{}\n{}", &s[..at], upstream_models(&mock, hold)))
+            Ok(format!(
+                "{}\n{}",
+                &s[..at],
+                upstream_models(&mock, hold, model_file.as_deref())
+            ))
         })?;
         let mut cmd = Command::new(&exe);
         cmd.args(["run", "--config"]).arg(&config);
@@ -439,7 +483,11 @@ impl World {
                     .json()
                     .await
                     .ok()?;
-                v["data"].as_array()?.iter().find(|m| m["id"] == MODEL)?["nodes"].as_u64()
+                v["data"]
+                    .as_array()?
+                    .iter()
+                    .find(|m| m["id"] == MODEL || m["id"] == MODEL_ID)?["nodes"]
+                    .as_u64()
             }
             .await
             .unwrap_or(0);
@@ -620,10 +668,21 @@ impl World {
     }
 }
 
-fn upstream_models(mock: &str, hold_ms: u64) -> String {
+/// The node's models: the mock upstream under the catalog ids (with the
+/// tokenizer the coordinator counts with), or under the plain names when
+/// nothing is counted.
+fn upstream_models(mock: &str, hold_ms: u64, model_file: Option<&Path>) -> String {
+    let (model, held, tokenizer) = match model_file {
+        Some(f) => (
+            MODEL_ID,
+            HELD_MODEL_ID,
+            format!("tokenizer = {:?}\n", f.display().to_string()),
+        ),
+        None => (MODEL, HELD_MODEL, String::new()),
+    };
     format!(
         r#"[[models]]
-id = "{MODEL}"
+id = "{model}"
 price_in = 100
 price_out = 200
 max_concurrency = 4096
@@ -631,9 +690,9 @@ max_concurrency = 4096
 base_url = "{mock}/v1"
 model = "mock-model"
 context_length = 8192
-
+{tokenizer}
 [[models]]
-id = "{HELD_MODEL}"
+id = "{held}"
 price_in = 100
 price_out = 200
 max_concurrency = 4096
@@ -642,7 +701,7 @@ base_url = "{mock}/v1"
 model = "hold-{hold_ms}"
 context_length = 8192
 timeout_secs = 600
-"#
+{tokenizer}"#
     )
 }
 
