@@ -180,20 +180,24 @@ pub struct Served<'a> {
     pub tools: bool,
 }
 
-/// While streaming: `T(k)` must be a prefix of `D(k)` (text never runs
-/// ahead of its ids) in a job without tools. `checked` is how much of `T`
-/// was already compared; returns the new mark.
+/// While streaming: what `T(k)` and `D(k)` both hold must agree (a job
+/// without tools). `checked` is how much of `T` was already compared;
+/// returns the new mark. Text may run ahead of its ids by what they do
+/// not decode to yet (an incomplete character the engine released at its
+/// end): that part is held against the ids at the end
+/// ([`check_served`]), where the text and the ids must be equal.
 pub fn check_prefix(decoded: &str, text: &str, checked: usize) -> Result<usize, Mismatch> {
-    if text.len() > decoded.len() {
-        return Err(Mismatch::TextAhead);
-    }
-    let (Some(t), Some(d)) = (text.get(checked..), decoded.get(checked..text.len())) else {
-        return Err(Mismatch::Differs);
+    let end = text.len().min(decoded.len());
+    let (Some(t), Some(d)) = (
+        text.as_bytes().get(checked..end),
+        decoded.as_bytes().get(checked..end),
+    ) else {
+        return Ok(checked);
     };
     if t != d {
         return Err(Mismatch::Differs);
     }
-    Ok(text.len())
+    Ok(end.max(checked))
 }
 
 /// At the end: `D = T`, or `D = T + R` with `R` a stop sequence and the

@@ -5,6 +5,8 @@
 //! streams and in the node's prompt-size probes), and the same GGUF on the
 //! native engine. The builder pays llama.cpp's honest counts, not the
 //! proxy's, and the native engine's jobs are counted the same way.
+//! (`json_schema`: llama-cpp-python's server does not serve it, so it is
+//! not compared here.)
 
 use std::time::Duration;
 
@@ -202,8 +204,6 @@ async fn builders_pay_llama_cpps_honest_counts_through_a_lying_upstream_and_the_
     let count = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().len() as u64;
 
     let question = json!([{"role": "user", "content": "What is the capital of France? Answer in a sentence."}]);
-    let schema = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}});
     let cases = [
         (
             "plain",
@@ -213,10 +213,6 @@ async fn builders_pay_llama_cpps_honest_counts_through_a_lying_upstream_and_the_
             "streamed",
             json!({"messages": question, "max_tokens": 24, "temperature": 0, "stream": true,
                    "stream_options": {"include_usage": true}}),
-        ),
-        (
-            "json_schema",
-            json!({"messages": question, "max_tokens": 24, "temperature": 0, "response_format": schema}),
         ),
     ];
     for (name, body) in cases {
@@ -277,45 +273,20 @@ async fn builders_pay_llama_cpps_honest_counts_through_a_lying_upstream_and_the_
         }
     }
 
-    // A forced tool call: the node bills the call's name and arguments as
-    // it re-tokenizes them (what the builder receives), never the proxy's
-    // count; llama.cpp's count also covers its call markup.
+    // Tools: SmolLM2's chat template takes none, so the coordinator cannot
+    // render (and count) a request with tools for it, and refuses it before
+    // any node is dialled, whatever llama-cpp-python would make of it (its
+    // own function-calling prompt is not the model's). Tools on every model
+    // are issue 29; tool-call counting is covered by the scripted nodes of
+    // `core::dispatch::tests::count` and `sharenet_prompt::count`.
     let weather = json!([{"type": "function", "function": {"name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                        "required": ["city"]}}}]);
-    let tools = json!({"messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+    let tools = json!({"model": ALIAS, "messages": [{"role": "user", "content": "Weather in Paris?"}],
         "tools": weather, "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-        "max_tokens": 60, "temperature": 0});
-    let mut direct = tools.clone();
-    direct["model"] = json!("smollm2");
-    let honest: Value = http
-        .post(format!("{llama}/chat/completions"))
-        .json(&direct)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let honest_out = honest["usage"]["completion_tokens"].as_u64().unwrap();
-    let mut body = tools.clone();
-    body["model"] = json!(ALIAS);
-    body["provider"] = json!({"only": [upstream]});
-    let r: Value = t
-        .post("chat/completions", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let call = &r["choices"][0]["message"]["tool_calls"][0]["function"];
-    let (name, args) = (
-        call["name"].as_str().unwrap_or_default(),
-        call["arguments"].as_str().unwrap_or_default(),
-    );
-    assert_eq!(name, "get_weather", "{r}");
-    let billed_out = r["usage"]["completion_tokens"].as_u64().unwrap();
-    eprintln!("tools: llama.cpp out {honest_out}, billed {billed_out}, call {name} {args}");
-    assert_eq!(billed_out, count(name) + count(args), "{r}");
-    assert!(billed_out <= honest_out, "{r}");
+        "max_tokens": 60, "temperature": 0, "provider": {"only": [upstream]}});
+    let r = t.post("chat/completions", &tools).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("tools"));
     t.stop().await;
 }

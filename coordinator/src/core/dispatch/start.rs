@@ -47,8 +47,10 @@ pub async fn start_job(
         traceparent: sharenet_daemon::trace::traceparent(&span),
     };
     let bytes = encode_request(&job, &request)?;
-    let prompt = count_prompt(core, &job, &request)?;
     let plan = plan::plan_candidates(core, &job, request.model.clone(), principal)?;
+    // After routing (a request no node can serve is its 503 naming what is
+    // missing), before the hold (priced on the count).
+    let prompt = count_prompt(core, &job, &request)?;
     let hold = plan::admit(core, &job, &plan, principal, end_customer).await?;
     let (sensitive, pool, prefs) = (plan.sensitive, plan.pool, plan.prefs);
     let (offer, started) = attempt::first_answer(core, &job, &plan.model, plan.candidates, &bytes)
