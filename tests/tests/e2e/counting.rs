@@ -25,15 +25,6 @@ use sharenet_tests::{TestNet, python, sse_data, workspace_root};
 /// canonical id with this alias.
 const ALIAS: &str = "smollm2-135m-instruct";
 
-/// How far the coordinator's prompt count may be from llama.cpp's own:
-/// both render SmolLM2's chat template from the GGUF (Hugging Face's Jinja
-/// semantics on both sides) and tokenize with its vocabulary, so plain
-/// chats agree within a BOS or a trailing newline; a request with tools is rendered by llama-cpp-
-/// python's own function-calling handler, not the model's template, so
-/// its prompt is not compared (ARCHITECTURE.md, "the coordinator bills
-/// only what it counted").
-const PROMPT_SLACK: u64 = 2;
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -255,9 +246,11 @@ async fn builders_pay_llama_cpps_honest_counts_through_a_lying_upstream_and_the_
         );
         assert_eq!(billed_out, honest_out, "{name}: completion exact");
         assert_eq!(billed_out, count(&text), "{name}: the text's own count");
-        assert!(
-            billed_in.abs_diff(honest_in) <= PROMPT_SLACK,
-            "{name}: prompt {billed_in} vs llama.cpp's {honest_in}"
+        // The documented slack is none: both render SmolLM2's template from
+        // the GGUF and tokenize with its vocabulary.
+        assert_eq!(
+            billed_in, honest_in,
+            "{name}: prompt as llama.cpp counts it"
         );
 
         // The native engine on the same GGUF: the same prompt count, and its
