@@ -291,7 +291,15 @@ impl World {
             litellm: None,
             litellm_url: String::new(),
             hold_ms: cli.hold_secs * 1000,
-            model_file: (!cli.uncounted).then(|| cli.model_file.clone()),
+            model_file: match cli.uncounted {
+                true => None,
+                false => Some(std::fs::canonicalize(&cli.model_file).with_context(|| {
+                    format!(
+                        "find --model-file {} (scripts/setup-test-deps installs it)",
+                        cli.model_file.display()
+                    )
+                })?),
+            },
         })
     }
 
@@ -360,7 +368,7 @@ impl World {
                 None => s,
             };
             Ok(if uncounted {
-                format!("allow_uncatalogued = true\n{s}")
+                s.replacen("allow_uncatalogued = false", "allow_uncatalogued = true", 1)
             } else {
                 s
             })

@@ -2,7 +2,8 @@
 //! upstream of the gateway benchmark (so the mock is never the
 //! bottleneck). One thread, no parsing beyond what the answer needs.
 //!
-//! `POST /v1/chat/completions` answers `--tokens` tokens of "tok": as one
+//! `POST /v1/chat/completions` answers `--tokens` tokens of " hello" (one token each in real
+//! BPE vocabularies, so a node that counts them counts `--tokens`): as one
 //! JSON body, or, with `"stream": true`, as SSE chunks (a usage chunk when
 //! `stream_options.include_usage` is set, then `data: [DONE]`). A model
 //! named `hold-N` waits N ms before its first token (the open-streams
@@ -98,7 +99,7 @@ async fn chat(body: Bytes, tokens: u32) -> Response {
         "total_tokens": prompt_tokens + tokens as usize,
     });
     if req["stream"].as_bool() != Some(true) {
-        let text = "tok ".repeat(tokens as usize);
+        let text = " hello".repeat(tokens as usize);
         return axum::Json(json!({
             "id": "chatcmpl-mock",
             "object": "chat.completion",
@@ -127,7 +128,7 @@ async fn chat(body: Bytes, tokens: u32) -> Response {
         Value::Null,
     ));
     for _ in 0..tokens {
-        out.push_str(&chunk(json!({"content": "tok "}), Value::Null));
+        out.push_str(&chunk(json!({"content": " hello"}), Value::Null));
     }
     out.push_str(&chunk(json!({}), json!("stop")));
     if include_usage {
