@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
-use sharenet_market::{Charge, Margin};
+use sharenet_market::{Charge, CountedBy, Margin};
 use sharenet_proto::{CountersignedReceipt, JobId, NanoUsd, PublicKey};
 
 use crate::error::StoreError;
@@ -100,6 +100,9 @@ pub struct LedgerEntry {
     pub charge: Charge,
     /// When the coordinator recorded it (decides its settlement period).
     pub recorded_at_ms: u64,
+    /// Who counted the tokens charged; `None` for entries booked before
+    /// this was kept. Not part of the signed receipt.
+    pub counted_by: Option<CountedBy>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +114,10 @@ struct EntryFile {
     end_customer: Option<String>,
     charge: Charge,
     recorded_at_ms: u64,
+    /// Absent in entries written before it was kept (they read back as
+    /// before) and when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counted_by: Option<CountedBy>,
 }
 
 impl LedgerEntry {
@@ -126,6 +133,7 @@ impl LedgerEntry {
             end_customer: self.end_customer.clone(),
             charge: self.charge,
             recorded_at_ms: self.recorded_at_ms,
+            counted_by: self.counted_by,
         })
         .map_err(|e| StoreError::Backend(format!("encode entry: {e}")))
     }
@@ -166,6 +174,7 @@ impl LedgerEntry {
             end_customer: f.end_customer,
             charge: f.charge,
             recorded_at_ms: f.recorded_at_ms,
+            counted_by: f.counted_by,
         })
     }
 }
@@ -966,6 +975,7 @@ pub(crate) mod tests {
             end_customer: Some("c".into()),
             charge,
             recorded_at_ms: at,
+            counted_by: None,
         }
     }
 

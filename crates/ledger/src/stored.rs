@@ -120,6 +120,9 @@ pub struct GenerationFacts {
     /// The client went away or the node broke mid-stream: the part
     /// delivered was booked.
     pub cancelled: bool,
+    /// Who counted the tokens; absent in facts kept before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<sharenet_market::CountedBy>,
 }
 
 #[cfg(test)]
