@@ -943,6 +943,25 @@ pub(crate) mod tests {
     use super::*;
     use sharenet_proto::{Receipt, SignedReceipt, SigningKey, public_key_of};
 
+    /// Entries written before `counted_by` was kept read back as before
+    /// and are written the same; a kept one survives the round trip.
+    #[test]
+    fn counted_by_is_kept_and_old_entries_read_back_unchanged() {
+        let old = entry(1, "a", 5);
+        let bytes = old.to_bytes().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("counted_by"));
+        let back = LedgerEntry::from_bytes(&old.job_id().0, &bytes).unwrap();
+        assert_eq!(back, old);
+        let counted = LedgerEntry {
+            counted_by: Some(CountedBy::Coordinator),
+            ..entry(2, "a", 5)
+        };
+        let bytes = counted.to_bytes().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""counted_by":"coordinator""#));
+        let back = LedgerEntry::from_bytes(&counted.job_id().0, &bytes).unwrap();
+        assert_eq!(back, counted);
+    }
+
     pub(crate) fn entry(id: u32, app: &str, at: u64) -> LedgerEntry {
         let node = SigningKey::from_bytes(&[1; 32]);
         let coord = SigningKey::from_bytes(&[2; 32]);
