@@ -66,6 +66,7 @@ fn entry(job: u32) -> LedgerEntry {
         end_customer: Some(format!("customer-{}", job % 100)),
         charge,
         recorded_at_ms: 1_795_000_000_000,
+        counted_by: None,
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod catalog;
 pub(crate) mod support;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,6 +30,20 @@ assert isinstance(choice.message.content, str)
 assert choice.finish_reason in ("stop", "length"), choice.finish_reason
 assert r.usage is not None and 1 <= r.usage.completion_tokens <= 16, r.usage
 assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def check_usage_details(u):
+    """OpenAI's breakdowns parse into the client's own models (all zero:
+    no prefix cache, no reasoning or predicted tokens), and sharenet says
+    who counted the tokens."""
+    assert u.prompt_tokens_details is not None and u.prompt_tokens_details.cached_tokens == 0, u
+    d = u.completion_tokens_details
+    assert d is not None and d.reasoning_tokens == 0, u
+    assert d.accepted_prediction_tokens == 0 and d.rejected_prediction_tokens == 0, u
+    assert (u.model_extra or {}).get("counted_by") in ("coordinator", "node"), u.model_extra
+
+
+check_usage_details(r.usage)
 receipt_id = (r.model_extra or {}).get("receipt_id")
 assert receipt_id and len(receipt_id) == 32, r.model_extra
 
@@ -52,6 +66,8 @@ for chunk in stream:
 assert "".join(pieces) == choice.message.content, (pieces, choice.message.content)
 assert finish == choice.finish_reason, finish
 assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
+check_usage_details(usage)
+assert usage.model_extra.get("counted_by") == r.usage.model_extra.get("counted_by"), usage
 assert chunks >= 3, chunks
 
 # Legacy completions with logprobs, streamed and not: same text.
@@ -82,6 +98,8 @@ if embed_model:
     assert len(e.data) == 2 and len(e.data[0].embedding) == 384, e
     assert all(abs(a - b) < 1e-4 for a, b in zip(e.data[0].embedding, [0.0677, 0.0635, 0.0487])), e.data[0].embedding[:3]
     assert e.usage.prompt_tokens > 0, e.usage
+    # Embeddings keep OpenAI's embeddings usage; the node counted them.
+    assert (e.usage.model_extra or {}).get("counted_by") == "node", e.usage
     # The client asks for base64 by default when numpy is around; both decode to the same floats.
     b = client.embeddings.create(model=embed_model, input="This is an example sentence", encoding_format="base64")
     assert abs(b.data[0].embedding[0] - e.data[0].embedding[0]) < 1e-6 if isinstance(b.data[0].embedding, list) else True

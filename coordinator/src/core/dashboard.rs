@@ -100,6 +100,7 @@ impl Core {
                         recorded_at_ms: e.recorded_at_ms,
                         input_tokens: r.input_tokens,
                         output_tokens: r.output_tokens,
+                        counted_by: e.counted_by,
                         charged_nano_usd: e.charge.total.to_string(),
                         latency_ms: timing.as_ref().map(|g| g.latency),
                         ttft_ms: timing.as_ref().map(|g| g.time_to_first_token),

@@ -160,6 +160,7 @@ mod tests {
             end_customer: None,
             charge,
             recorded_at_ms: at,
+            counted_by: None,
         }
     }
 

@@ -65,7 +65,8 @@ pub(super) fn message(f: &Finished, head: Head) -> Message {
             f.usage.input_tokens,
             f.usage.output_tokens,
             Some(Cost::from(&f.charge)),
-        ),
+        )
+        .counted_by(f.counted_by),
         receipt_id: head.receipt_id,
         provider: head.provider,
     }
@@ -107,7 +108,8 @@ impl WireFormat for Events {
         let start = json!({"type": "message_start", "message": {
             "id": head.id, "type": "message", "role": "assistant", "model": head.model,
             "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": 0, "output_tokens": 0,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
             "receipt_id": head.receipt_id, "provider": head.provider}});
         vec![event("message_start", start)]
     }
@@ -159,7 +161,8 @@ impl WireFormat for Events {
             frames.push(self.block_stop());
         }
         let cost = Cost::from(&f.charge);
-        let usage = MessageUsage::new(f.usage.input_tokens, f.usage.output_tokens, Some(cost));
+        let usage = MessageUsage::new(f.usage.input_tokens, f.usage.output_tokens, Some(cost))
+            .counted_by(f.counted_by);
         frames.push(event(
             "message_delta",
             json!({"type": "message_delta",

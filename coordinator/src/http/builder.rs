@@ -79,6 +79,7 @@ pub(super) fn receipt_object(e: &LedgerEntry) -> ReceiptObject {
         key_id: e.key_id.clone(),
         cost: Cost::from(&e.charge),
         recorded_at_ms: e.recorded_at_ms,
+        counted_by: e.counted_by,
         node_signature: hex::encode(c.signed().node_signature()),
         coordinator_signature: hex::encode(c.coordinator_signature()),
         countersigned_bytes: hex::encode(c.to_bytes()),
@@ -149,6 +150,7 @@ fn generation_object(g: sharenet_ledger::GenerationFacts) -> sharenet_api::opena
         generation_time,
         finish_reason,
         cancelled,
+        counted_by,
     } = g;
     let sharenet_ledger::CostFacts {
         charge_nano_usd,
@@ -178,6 +180,7 @@ fn generation_object(g: sharenet_ledger::GenerationFacts) -> sharenet_api::opena
         generation_time,
         finish_reason,
         cancelled,
+        counted_by,
     }
 }
 

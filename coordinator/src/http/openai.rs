@@ -29,7 +29,6 @@ use crate::core::dispatch::{Finished, run_choices, start_choices, start_job};
 use crate::core::error::Error;
 use crate::core::job::{Job, JobKind};
 use crate::core::{Core, now_ms};
-use sharenet_api::catalog::CountedBy;
 
 /// One OpenAI request body in, its job, shape and end customer out: the
 /// same steps for every endpoint (count, parse, who for, validate).
@@ -125,6 +124,7 @@ pub(super) async fn embeddings(
             total_tokens: finished.usage.input_tokens,
             cost: Cost::from(&finished.charge).usd(),
             cost_details: Cost::from(&finished.charge),
+            counted_by: Some(finished.counted_by),
         },
         receipt_id: receipt_id.clone(),
     };
@@ -190,12 +190,8 @@ async fn generate(
         return Ok(response);
     }
     let finished = run_choices(&core, &mut actives).await?;
-    let (mut usage, charge) = totals(&finished);
-    // A model outside the catalog (allowed by the operator): the counts
-    // are the node's word, and the usage says so.
-    if core.catalog.counted_by(&model) == CountedBy::Node {
-        usage = usage.counted_by(CountedBy::Node);
-    }
+    // Says who counted: the coordinator only if it counted every choice.
+    let (usage, charge) = totals(&finished);
     let access = access::Access {
         input_tokens: usage.prompt_tokens,
         output_tokens: usage.completion_tokens,

@@ -8,11 +8,13 @@ use sharenet_proto::TokenLogprob;
 
 use crate::core::dispatch::{Finished, summed};
 
-/// The usage and charge of all the choices of one request together.
+/// The usage and charge of all the choices of one request together; the
+/// coordinator's count only if it counted every choice.
 pub(super) fn totals(all: &[Box<Finished>]) -> (Usage, sharenet_market::Charge) {
     let (usage, charge) = summed(all);
+    let by = sharenet_api::catalog::CountedBy::all(all.iter().map(|f| f.counted_by));
     (
-        Usage::new(usage.input_tokens, usage.output_tokens, Cost::from(&charge)),
+        Usage::new(usage.input_tokens, usage.output_tokens, Cost::from(&charge)).counted_by(by),
         charge,
     )
 }
@@ -24,6 +26,7 @@ pub(super) fn usage(f: &Finished) -> Usage {
         f.usage.output_tokens,
         Cost::from(&f.charge),
     )
+    .counted_by(f.counted_by)
 }
 
 /// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.

@@ -93,10 +93,18 @@ pub struct Message {
 pub struct MessageUsage {
     pub input_tokens: u32,
     pub output_tokens: u32,
+    /// Anthropic's prompt-cache counts: always 0 (no prompt caching).
+    #[serde(default)]
+    pub cache_creation_input_tokens: u32,
+    #[serde(default)]
+    pub cache_read_input_tokens: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_details: Option<Cost>,
+    /// sharenet: who counted the tokens (see `openai::Usage::counted_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<crate::catalog::CountedBy>,
 }
 
 impl MessageUsage {
@@ -104,8 +112,19 @@ impl MessageUsage {
         Self {
             input_tokens,
             output_tokens,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 0,
             cost: cost.as_ref().map(Cost::usd),
             cost_details: cost,
+            counted_by: None,
+        }
+    }
+
+    /// The same usage, saying who counted it.
+    pub fn counted_by(self, by: crate::catalog::CountedBy) -> Self {
+        Self {
+            counted_by: Some(by),
+            ..self
         }
     }
 }

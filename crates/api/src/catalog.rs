@@ -5,24 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Who counted a job's tokens: the coordinator itself (a catalogued
-/// model, whose tokenizer it holds) or the node alone (an uncatalogued
-/// model the operator allowed with `allow_uncatalogued`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CountedBy {
-    Coordinator,
-    Node,
-}
-
-impl CountedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Coordinator => "coordinator",
-            Self::Node => "node",
-        }
-    }
-}
+/// Who counted a job's tokens (defined with the money logic, since the
+/// ledger stores it with each entry).
+pub use sharenet_market::CountedBy;
 
 /// One way of storing a model's weights that the catalog accepts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,6 +59,10 @@ pub struct RecentRequest {
     pub recorded_at_ms: u64,
     pub input_tokens: u32,
     pub output_tokens: u32,
+    /// Who counted those tokens (`coordinator` or `node`); `None` for
+    /// jobs booked before it was kept.
+    #[serde(default)]
+    pub counted_by: Option<crate::catalog::CountedBy>,
     pub charged_nano_usd: String,
     /// From sending the job to its end, and to its first token (ms);
     /// `None` where the coordinator kept no timing.

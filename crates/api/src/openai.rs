@@ -208,13 +208,45 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u64,
+    /// OpenAI's breakdown of the prompt tokens. Always zero cached
+    /// tokens: no node reuses a prefix cache the builder is billed less
+    /// for (yet).
+    #[serde(default)]
+    pub prompt_tokens_details: PromptTokensDetails,
+    /// OpenAI's breakdown of the completion tokens. Always zero: no
+    /// served model's reasoning tokens are told apart from its output,
+    /// and predicted outputs are not supported.
+    #[serde(default)]
+    pub completion_tokens_details: CompletionTokensDetails,
     pub cost: f64,
     pub cost_details: Cost,
-    /// Who counted the tokens: `node` for a model outside the
-    /// coordinator's catalog (allowed by its operator), whose counts are
-    /// the node's word. Absent where not stated.
+    /// Who counted the tokens: `coordinator` when it counted the prompt
+    /// and the output itself with the model's catalogued tokenizer (the
+    /// node's signed counts had to match), `node` when the counts are the
+    /// node's word (a model outside the catalog allowed by its operator,
+    /// embeddings). Every usage the coordinator returns states it; absent
+    /// only in bodies from elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_by: Option<crate::catalog::CountedBy>,
+}
+
+/// `usage.prompt_tokens_details`, as OpenAI returns it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens read from a prefix cache (always 0 here).
+    pub cached_tokens: u32,
+}
+
+/// `usage.completion_tokens_details`, as OpenAI returns it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    /// Hidden reasoning tokens (always 0 here).
+    pub reasoning_tokens: u32,
+    /// Predicted-output tokens that appeared in the completion (always 0:
+    /// `prediction` is not supported).
+    pub accepted_prediction_tokens: u32,
+    /// Predicted-output tokens that did not (always 0).
+    pub rejected_prediction_tokens: u32,
 }
 
 impl Usage {
@@ -223,6 +255,8 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: u64::from(prompt_tokens) + u64::from(completion_tokens),
+            prompt_tokens_details: PromptTokensDetails::default(),
+            completion_tokens_details: CompletionTokensDetails::default(),
             cost: cost.usd(),
             cost_details: cost,
             counted_by: None,
@@ -421,6 +455,10 @@ pub struct EmbeddingUsage {
     /// USD, from `cost_details` (see [`Usage`]).
     pub cost: f64,
     pub cost_details: Cost,
+    /// Who counted the tokens (see [`Usage::counted_by`]): `node` for
+    /// embeddings today, which the coordinator does not count yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<crate::catalog::CountedBy>,
 }
 
 /// One entry of `GET /v1/models` (and `GET /v1/models/{id}`): OpenAI's
@@ -493,4 +531,8 @@ pub struct Generation {
     /// The client went away or the node broke mid-stream: the part
     /// delivered was booked.
     pub cancelled: bool,
+    /// Who counted the tokens (see [`Usage::counted_by`]); absent for
+    /// generations kept before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<crate::catalog::CountedBy>,
 }

@@ -20,6 +20,12 @@ pub struct ReceiptObject {
     pub key_id: String,
     pub cost: Cost,
     pub recorded_at_ms: u64,
+    /// Who counted the tokens charged: `coordinator` (with the model's
+    /// catalogued tokenizer; the node's signed counts had to match) or
+    /// `node` (its word). Absent for receipts booked before it was kept.
+    /// Not part of the signed receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<crate::catalog::CountedBy>,
     /// Hex.
     pub node_signature: String,
     /// Hex.

@@ -54,6 +54,7 @@ fn entries(n: u32, base: u32) -> Vec<LedgerEntry> {
                 end_customer: Some(format!("customer-{}", i % 100)),
                 charge,
                 recorded_at_ms: 1_795_000_000_000,
+                counted_by: None,
             }
         })
         .collect()

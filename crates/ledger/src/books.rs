@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
-use sharenet_market::{Charge, Margin};
+use sharenet_market::{Charge, CountedBy, Margin};
 use sharenet_proto::{CountersignedReceipt, JobId, NanoUsd, PublicKey};
 
 use crate::error::StoreError;
@@ -100,6 +100,9 @@ pub struct LedgerEntry {
     pub charge: Charge,
     /// When the coordinator recorded it (decides its settlement period).
     pub recorded_at_ms: u64,
+    /// Who counted the tokens charged; `None` for entries booked before
+    /// this was kept. Not part of the signed receipt.
+    pub counted_by: Option<CountedBy>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +114,10 @@ struct EntryFile {
     end_customer: Option<String>,
     charge: Charge,
     recorded_at_ms: u64,
+    /// Absent in entries written before it was kept (they read back as
+    /// before) and when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counted_by: Option<CountedBy>,
 }
 
 impl LedgerEntry {
@@ -126,6 +133,7 @@ impl LedgerEntry {
             end_customer: self.end_customer.clone(),
             charge: self.charge,
             recorded_at_ms: self.recorded_at_ms,
+            counted_by: self.counted_by,
         })
         .map_err(|e| StoreError::Backend(format!("encode entry: {e}")))
     }
@@ -166,6 +174,7 @@ impl LedgerEntry {
             end_customer: f.end_customer,
             charge: f.charge,
             recorded_at_ms: f.recorded_at_ms,
+            counted_by: f.counted_by,
         })
     }
 }
@@ -934,6 +943,25 @@ pub(crate) mod tests {
     use super::*;
     use sharenet_proto::{Receipt, SignedReceipt, SigningKey, public_key_of};
 
+    /// Entries written before `counted_by` was kept read back as before
+    /// and are written the same; a kept one survives the round trip.
+    #[test]
+    fn counted_by_is_kept_and_old_entries_read_back_unchanged() {
+        let old = entry(1, "a", 5);
+        let bytes = old.to_bytes().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("counted_by"));
+        let back = LedgerEntry::from_bytes(&old.job_id().0, &bytes).unwrap();
+        assert_eq!(back, old);
+        let counted = LedgerEntry {
+            counted_by: Some(CountedBy::Coordinator),
+            ..entry(2, "a", 5)
+        };
+        let bytes = counted.to_bytes().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""counted_by":"coordinator""#));
+        let back = LedgerEntry::from_bytes(&counted.job_id().0, &bytes).unwrap();
+        assert_eq!(back, counted);
+    }
+
     pub(crate) fn entry(id: u32, app: &str, at: u64) -> LedgerEntry {
         let node = SigningKey::from_bytes(&[1; 32]);
         let coord = SigningKey::from_bytes(&[2; 32]);
@@ -966,6 +994,7 @@ pub(crate) mod tests {
             end_customer: Some("c".into()),
             charge,
             recorded_at_ms: at,
+            counted_by: None,
         }
     }
 

@@ -120,6 +120,9 @@ pub struct GenerationFacts {
     /// The client went away or the node broke mid-stream: the part
     /// delivered was booked.
     pub cancelled: bool,
+    /// Who counted the tokens; absent in facts kept before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_by: Option<sharenet_market::CountedBy>,
 }
 
 #[cfg(test)]
@@ -145,5 +148,13 @@ mod tests {
         let facts = r#"{"id":"00","model":"m","provider_name":"p","app_id":"a","created_at_ms":1,"tokens_prompt":2,"tokens_completion":3,"total_cost":1e-9,"cost_details":{"charge_nano_usd":1,"provider_nano_usd":1,"network_fee_nano_usd":0,"margin_nano_usd":0,"unit":"nano-USD"},"latency":4,"time_to_first_token":5,"generation_time":6,"finish_reason":null,"cancelled":true}"#;
         let g: GenerationFacts = serde_json::from_str(facts).unwrap();
         assert_eq!(serde_json::to_string(&g).unwrap(), facts);
+        assert_eq!(g.counted_by, None, "kept before who counted was");
+        let counted = facts.replace(
+            r#""cancelled":true}"#,
+            r#""cancelled":true,"counted_by":"coordinator"}"#,
+        );
+        let g: GenerationFacts = serde_json::from_str(&counted).unwrap();
+        assert_eq!(g.counted_by, Some(sharenet_market::CountedBy::Coordinator));
+        assert_eq!(serde_json::to_string(&g).unwrap(), counted);
     }
 }

@@ -32,7 +32,7 @@ pub mod statement;
 pub use error::MarketError;
 pub use merkle::InclusionProof;
 pub use period::{Period, PeriodRule};
-pub use pricing::{Charge, JobBounds, Margin, charge, charge_receipt, hold};
+pub use pricing::{Charge, CountedBy, JobBounds, Margin, charge, charge_receipt, hold};
 pub use statement::{
     BuilderLine, BuilderProof, Entry, ProviderLine, SaltedLine, Settlement, SignedStatement,
     Statement, inclusion_proof, settle, settle_preverified,

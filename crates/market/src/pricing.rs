@@ -57,6 +57,36 @@ pub struct Margin {
     pub per_mtok: NanoUsd,
 }
 
+/// Who counted the tokens a job is charged for: the coordinator itself (a
+/// catalogued text model, whose tokenizer it holds: the receipt had to
+/// carry exactly its count) or the node alone (an uncatalogued model the
+/// operator allowed, or an embeddings job: the node's word, bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountedBy {
+    Coordinator,
+    Node,
+}
+
+impl CountedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Coordinator => "coordinator",
+            Self::Node => "node",
+        }
+    }
+
+    /// Several jobs summed (an `n`-choice fan-out): the coordinator's count
+    /// only if it counted every one of them.
+    pub fn all(of: impl IntoIterator<Item = Self>) -> Self {
+        if of.into_iter().all(|b| b == Self::Coordinator) {
+            Self::Coordinator
+        } else {
+            Self::Node
+        }
+    }
+}
+
 /// What one job costs the builder, split by who gets it. Only [`charge`]
 /// and [`hold`] make one that is guaranteed to balance; [`Charge::balances`]
 /// checks one that came from elsewhere (a ledger, a peer).
@@ -162,6 +192,18 @@ fn to_u64(v: u128, what: &'static str) -> Result<u64, MarketError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summed_choices_are_the_coordinators_count_only_if_all_were() {
+        use CountedBy::{Coordinator, Node};
+        assert_eq!(CountedBy::all([Coordinator, Coordinator]), Coordinator);
+        assert_eq!(CountedBy::all([Coordinator, Node]), Node);
+        assert_eq!(CountedBy::all([Node]), Node);
+        assert_eq!(
+            serde_json::to_string(&[Coordinator, Node]).unwrap(),
+            r#"["coordinator","node"]"#
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use sharenet_ledger::LedgerEntry;
-use sharenet_market::Charge;
+use sharenet_market::{Charge, CountedBy};
 use sharenet_proto::CountersignedReceipt;
 
 use super::service::Accounts;
@@ -81,11 +81,23 @@ impl Hold {
     /// handed to the books it must be booked here too, whatever happens
     /// to the caller.
     pub async fn commit_async(
-        mut self,
+        self,
         receipt: CountersignedReceipt,
         now_ms: u64,
     ) -> Result<LedgerEntry, CommitError> {
-        let entry = self.entry(receipt, now_ms)?;
+        self.commit_counted_async(receipt, None, now_ms).await
+    }
+
+    /// [`Hold::commit_async`], keeping who counted the tokens with the
+    /// entry (for the receipt view; not part of the signed receipt).
+    pub async fn commit_counted_async(
+        mut self,
+        receipt: CountersignedReceipt,
+        counted_by: Option<CountedBy>,
+        now_ms: u64,
+    ) -> Result<LedgerEntry, CommitError> {
+        let mut entry = self.entry(receipt, now_ms)?;
+        entry.counted_by = counted_by;
         let accounts = self.accounts.clone();
         accounts
             .backend
@@ -126,6 +138,7 @@ impl Hold {
             end_customer: held.end_customer.clone(),
             charge,
             recorded_at_ms: now_ms.max(held.at_ms),
+            counted_by: None,
         })
     }
 }

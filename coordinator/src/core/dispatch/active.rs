@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::AsyncWriteExt;
-use sharenet_market::Charge;
+use sharenet_market::{Charge, CountedBy};
 use sharenet_p2p::{PeerId, read_frame, write_frame};
 use sharenet_proto::{
     CountersignedReceipt, FinishReason, JobEvent, JobId, JobInput, MAX_FRAME_BYTES, SignedReceipt,
@@ -52,6 +52,9 @@ pub struct Finished {
     pub usage: Usage,
     pub finish_reason: FinishReason,
     pub receipt: CountersignedReceipt,
+    /// Who counted `usage`: the coordinator exactly when it had the
+    /// model's tokenizer (and the node's signed counts had to match).
+    pub counted_by: CountedBy,
 }
 
 /// The last running receipt the node sent, with the output tokens and
@@ -351,6 +354,7 @@ impl ActiveJob {
             generation_time: ms(self.first_at.elapsed()),
             finish_reason: finish.map(|f| f.as_str().to_owned()),
             cancelled,
+            counted_by: Some(self.terms.counted_by()),
         };
         if let Err(e) = core.accounts.books().put_generation(&self.terms.job_id, &g) {
             tracing::warn!(job = %self.terms.job_id, error = %e, "keep the generation's facts");
@@ -471,6 +475,7 @@ impl ActiveJob {
             usage,
             finish_reason,
             receipt: countersigned,
+            counted_by: self.terms.counted_by(),
         })
     }
 
@@ -544,6 +549,7 @@ impl ActiveJob {
                     },
                     finish_reason: FinishReason::Length,
                     receipt,
+                    counted_by: self.terms.counted_by(),
                 })
             }
             Err(e) => {

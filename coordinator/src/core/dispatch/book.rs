@@ -5,6 +5,7 @@
 //! anyone is told.
 
 use sharenet_ledger::{LedgerEntry, StoreError};
+use sharenet_market::CountedBy;
 use sharenet_p2p::PeerId;
 use sharenet_proto::{CountersignedReceipt, JobId};
 
@@ -33,6 +34,20 @@ pub(super) struct Terms {
     pub input_tokens: Option<u32>,
     /// The model's renderer and tokenizer, to count the output with.
     pub prompt: Option<std::sync::Arc<sharenet_prompt::PromptModel>>,
+}
+
+impl Terms {
+    /// Who counts this job's tokens: the coordinator exactly when it has
+    /// the model's renderer and tokenizer (a catalogued text model; the
+    /// receipt must then carry its counts), else the node (an
+    /// uncatalogued model allowed by the operator, or embeddings).
+    pub fn counted_by(&self) -> CountedBy {
+        if self.prompt.is_some() {
+            CountedBy::Coordinator
+        } else {
+            CountedBy::Node
+        }
+    }
 }
 
 /// What the node claims, next to what the coordinator relayed.
@@ -84,7 +99,9 @@ pub(super) async fn check_and_book(
     // A task of its own: once handed to the books the entry is booked,
     // even if this request is dropped meanwhile; no thread waits for the
     // flush.
-    match tokio::spawn(hold.commit_async(to_book, now_ms())).await? {
+    match tokio::spawn(hold.commit_counted_async(to_book, Some(terms.counted_by()), now_ms()))
+        .await?
+    {
         Ok(entry) => {
             core.metrics.receipts_accepted.inc();
             Ok((entry, countersigned))

@@ -169,6 +169,7 @@ function renderBuilder(d) {
     r.end_customer || "",
     count(r.input_tokens),
     count(r.output_tokens),
+    counter(r.counted_by),
     ms(r.latency_ms),
     ms(r.ttft_ms),
     [usd(r.charged_nano_usd), "money"],
@@ -176,6 +177,14 @@ function renderBuilder(d) {
     r.settled_in || "not yet",
   ]);
   fill($("#keys"), d.keys, (k) => [[k.id, "mono"], time(k.created_at_ms), k.revoked_at_ms ? ["revoked", "bad"] : ["active", "ok"]]);
+}
+
+// Who counted a job's tokens: the coordinator with the model's tokenizer
+// (the node's signed counts had to match), or the node alone.
+function counter(by) {
+  if (by === "coordinator") return ["coordinator", "ok"];
+  if (by === "node") return ["node's word", "muted"];
+  return "";
 }
 
 function renderOperator(d) {

@@ -527,7 +527,10 @@ pub(crate) fn fake_network(scripts: Vec<Script>) -> FakeNetwork {
 
 /// As [`fake_network`], with node `i`'s advert adjusted by `adjust(i, _)`
 /// before it is signed (its first model's prices are the ones it bills).
-fn fake_network_with(scripts: Vec<Script>, adjust: &dyn Fn(usize, &mut Advert)) -> FakeNetwork {
+pub(crate) fn fake_network_with(
+    scripts: Vec<Script>,
+    adjust: &dyn Fn(usize, &mut Advert),
+) -> FakeNetwork {
     let mut nodes = HashMap::new();
     let mut keys = Vec::new();
     let mut adverts = Vec::new();
