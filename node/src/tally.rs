@@ -3,23 +3,19 @@
 //! receipt claims exactly what the coordinator counts for the same ids.
 //!
 //! `billable = min(ids, canonical count of what the ids decode to + two markers
-//! per call)`. Computing it re-tokenizes the decoded
-//! text, so running receipts carry it every [`RECEIPT_EVERY_IDS`] ids
-//! rather than every delta (a broken stream is then booked up to the last
-//! one; the builder may get up to that many ids' text unbilled).
+//! per call)`. Every delta carries a running receipt for everything sent so
+//! far (a broken stream is booked for exactly what the builder received),
+//! so the decoded text is re-tokenized at every delta: O(n²) in the job's
+//! length. An incremental count (re-tokenizing only from the last
+//! pre-token boundary) is the known next step (issue 30).
 
 use sharenet_prompt::OutputCount;
 use tokenizers::Tokenizer;
-
-/// Ids between two running receipts (and the first delta carries one).
-pub(crate) const RECEIPT_EVERY_IDS: usize = 16;
 
 /// One job's output count (see the module docs).
 pub(crate) struct Tally {
     count: OutputCount,
     calls: usize,
-    /// Ids when the last running receipt was signed.
-    at_receipt: Option<usize>,
 }
 
 impl Tally {
@@ -27,7 +23,6 @@ impl Tally {
         Self {
             count: OutputCount::new(tokenizer),
             calls: 0,
-            at_receipt: None,
         }
     }
 
@@ -40,19 +35,9 @@ impl Tally {
         }
     }
 
-    /// The output count for a running receipt, when one is due.
-    pub(crate) fn running(&mut self, tokenizer: &Tokenizer) -> Option<u32> {
-        let ids = self.count.ids().len();
-        let due = match self.at_receipt {
-            None => true,
-            Some(at) => ids >= at + RECEIPT_EVERY_IDS,
-        };
-        if !due {
-            return None;
-        }
-        let n = self.billable(tokenizer)?;
-        self.at_receipt = Some(ids);
-        Some(n)
+    /// The output count for a running receipt (every delta carries one).
+    pub(crate) fn running(&self, tokenizer: &Tokenizer) -> Option<u32> {
+        self.billable(tokenizer)
     }
 
     /// The output count of the whole job.

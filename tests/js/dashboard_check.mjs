@@ -66,9 +66,10 @@ try {
     assert.equal(recent[i][1], r.model);
     assert.equal(recent[i][4], r.input_tokens.toLocaleString("en-US"));
     assert.equal(recent[i][5], r.output_tokens.toLocaleString("en-US"));
-    assert.equal(recent[i][8], usd(r.charged_nano_usd));
-    assert.equal(recent[i][9], r.verified ? "✓ verified" : "✗ invalid");
-    assert.equal(recent[i][10], r.settled_in || "not yet");
+    assert.equal(recent[i][6], { coordinator: "coordinator", node: "node's word" }[r.counted_by] ?? "");
+    assert.equal(recent[i][9], usd(r.charged_nano_usd));
+    assert.equal(recent[i][10], r.verified ? "✓ verified" : "✗ invalid");
+    assert.equal(recent[i][11], r.settled_in || "not yet");
   });
   assert.ok(b.recent.every((r) => r.verified), "every receipt verifies");
   assert.ok(b.recent.some((r) => r.settled_in), "some receipts are settled");

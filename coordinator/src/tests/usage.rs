@@ -64,10 +64,11 @@ fn input_count(content: &str) -> u32 {
 async fn serve() -> Served {
     let n = input_count("hello");
     let counted = Script::Counted {
+        // "hello world" and the end of turn: 2 billed (the end is not).
         deltas: vec![("hello", vec![1]), (" world", vec![2]), ("", vec![4])],
         tokens: None,
         input: n,
-        output: 3,
+        output: 2,
     };
     let scripts = vec![
         counted,
@@ -221,7 +222,7 @@ async fn usage_has_openais_details_and_says_who_counted_everywhere() {
             assert_openai_details(&usage);
             assert_eq!(usage["counted_by"], by, "{model} stream={stream}: {usage}");
             if model == COUNTED {
-                assert_eq!(usage["completion_tokens"], 3, "{usage}");
+                assert_eq!(usage["completion_tokens"], 2, "{usage}");
             }
             assert_eq!(
                 s.stored(&id).await,

@@ -234,6 +234,22 @@ async fn a_slow_node_loses_traffic_to_a_fast_one() {
         },
     )
     .unwrap();
+    // The operator accepts these weights too (the same tokenizer and
+    // template): the catalog routes a model's name only to weights it lists.
+    let catalog = &t.net().coordinator.core.catalog;
+    let (other, _) = sharenet_coordinator::core::catalog::entry_from_path(
+        dir.path(),
+        sharenet_coordinator::core::catalog::Naming {
+            id: MODEL.into(),
+            license: "apache-2.0".into(),
+            aliases: Vec::new(),
+            kind: String::new(),
+        },
+    )
+    .unwrap();
+    let mut entry = (*catalog.get(MODEL).unwrap()).clone();
+    entry.weights.extend(other.weights);
+    catalog.replace(entry, None).unwrap();
     let slow = t
         .add_node(vec![ModelConfig::local(
             MODEL,
