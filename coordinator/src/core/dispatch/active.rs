@@ -443,12 +443,13 @@ impl ActiveJob {
             self.sent_at.elapsed().as_secs_f64() * 1000.0,
         );
         match self.in_flight.take() {
-            Some(f) => f.served(ttft_ms, usage.output_tokens, duration_ms, now_ms()),
+            // Speed is what the node generated (its ids), not what was billed.
+            Some(f) => f.served(ttft_ms, self.streamed_tokens, duration_ms, now_ms()),
             None => core.routing.record(
                 self.terms.node,
                 Outcome::Served {
                     ttft_ms,
-                    tokens: usage.output_tokens,
+                    tokens: self.streamed_tokens,
                     duration_ms,
                 },
                 now_ms(),
