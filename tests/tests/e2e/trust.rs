@@ -226,10 +226,13 @@ async fn a_slow_node_loses_traffic_to_a_fast_one() {
     write_tiny_llama(
         dir.path(),
         1,
+        // Far slower than the tiny model, so the gap outlasts what both
+        // nodes spend per token besides the model (signing, counting) on a
+        // busy machine.
         TinyConfig {
-            hidden_size: 256,
-            intermediate_size: 768,
-            num_hidden_layers: 4,
+            hidden_size: 512,
+            intermediate_size: 1536,
+            num_hidden_layers: 6,
             ..TinyConfig::default()
         },
     )
