@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use sharenet_api::catalog::{CatalogEntry, CatalogFile, CountedBy};
+use sharenet_api::catalog::{CatalogEntry, CatalogFile};
 use sharenet_proto::{ModelKind, ModelOffer};
 
 use entry::validate;
@@ -207,15 +207,6 @@ impl Catalog {
             .get(name)
             .and_then(|id| now.prompts.get(id))
             .cloned()
-    }
-
-    /// Who counts the tokens of jobs for `model`.
-    pub fn counted_by(&self, model: &str) -> CountedBy {
-        if self.now().names.contains_key(model) {
-            CountedBy::Coordinator
-        } else {
-            CountedBy::Node
-        }
     }
 
     /// The gate: what the catalog says about an advertised offer, found

@@ -69,22 +69,6 @@ fn serve(input: u32, output: u32, deltas: Vec<(&'static str, Vec<u32>)>) -> Scri
     }
 }
 
-/// Nothing booked or charged, and the node is blamed.
-fn assert_refused(s: &Setup, r: Result<Box<Finished>, Error>, why: &str) {
-    let err = r.err().expect("the job fails");
-    assert!(
-        matches!(&err, Error::BadGateway(m) if m.contains(why)),
-        "{why}: {err:?}"
-    );
-    assert_eq!(s.entries(), 0, "{why}: nothing booked");
-    assert_eq!(s.balance(), i128::from(BALANCE), "{why}: nothing charged");
-    let health = s.core.routing.health(&s.nodes[0]).unwrap();
-    assert!(
-        health.breaker.consecutive_failures > 0,
-        "{why}: held against the node"
-    );
-}
-
 #[tokio::test]
 async fn an_honest_node_is_billed_the_coordinators_own_counts() {
     let probe = setup_counted(vec![]);
@@ -119,7 +103,7 @@ async fn padding_with_end_tokens_bills_nothing_more_and_claiming_it_is_refused()
     // Before: the node's count was the bill (7 tokens for 2 words).
     let greedy = setup_counted(vec![serve(n, 7, padded())]);
     let r = run(&greedy, "hello").await;
-    assert_refused(&greedy, r, "output tokens but the coordinator counted 2");
+    assert_node_failed(&greedy, r, "output tokens but the coordinator counted 2");
     // Signing the coordinator's count is accepted: the padding gains nothing.
     let s = setup_counted(vec![serve(n, 2, padded())]);
     let f = run(&s, "hello").await.unwrap();
@@ -136,7 +120,7 @@ async fn a_receipt_with_another_input_count_is_refused() {
         vec![("hello", vec![HELLO]), (" world", vec![WORLD])],
     )]);
     let r = run(&s, "hello").await;
-    assert_refused(
+    assert_node_failed(
         &s,
         r,
         &format!("input tokens but the coordinator counted {n}"),
@@ -154,7 +138,7 @@ async fn ids_that_do_not_make_the_text_fail_the_job() {
         vec![("hello", vec![HELLO]), (" there", vec![WORLD])],
     )]);
     let r = run(&s, "hello").await;
-    assert_refused(&s, r, "do not match its text");
+    assert_node_failed(&s, r, "do not match its text");
     // Text with no ids at all: tokens without ids.
     let s = setup_counted(vec![Script::Counted {
         deltas: vec![("hello world", vec![])],
@@ -163,7 +147,7 @@ async fn ids_that_do_not_make_the_text_fail_the_job() {
         output: 2,
     }]);
     let r = run(&s, "hello").await;
-    assert_refused(&s, r, "counted 2 tokens but sent 0 ids");
+    assert_node_failed(&s, r, "counted 2 tokens but sent 0 ids");
     // More tokens than ids (the old upstream padding).
     let s = setup_counted(vec![Script::Counted {
         deltas: vec![("hello world", vec![HELLO, WORLD])],
@@ -172,11 +156,11 @@ async fn ids_that_do_not_make_the_text_fail_the_job() {
         output: 6,
     }]);
     let r = run(&s, "hello").await;
-    assert_refused(&s, r, "counted 6 tokens but sent 2 ids");
+    assert_node_failed(&s, r, "counted 6 tokens but sent 2 ids");
     // Ids for text the builder never received.
     let s = setup_counted(vec![serve(n, 2, vec![("hello", vec![HELLO, WORLD])])]);
     let r = run(&s, "hello").await;
-    assert_refused(&s, r, "do not match its text");
+    assert_node_failed(&s, r, "do not match its text");
 }
 
 #[tokio::test]

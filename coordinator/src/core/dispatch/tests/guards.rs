@@ -22,23 +22,6 @@ fn logprobs_job(top: u8) -> Arc<Job> {
     Arc::new(j)
 }
 
-/// The node failed the job: a 502 naming `why`, nothing booked or
-/// charged, and it counts against the node.
-fn assert_node_failed(s: &Setup, r: Result<Box<Finished>, Error>, why: &str) {
-    let err = r.err().expect("the job fails");
-    assert!(
-        matches!(&err, Error::BadGateway(m) if m.contains(why)),
-        "{why}: {err:?}"
-    );
-    assert_eq!(s.entries(), 0, "{why}: nothing booked");
-    assert_eq!(s.balance(), i128::from(BALANCE), "{why}: nothing charged");
-    let health = s.core.routing.health(&s.nodes[0]).unwrap();
-    assert!(
-        health.breaker.consecutive_failures > 0,
-        "{why}: held against the node"
-    );
-}
-
 #[tokio::test]
 async fn logprobs_keep_to_what_was_asked_and_to_the_jobs_byte_budget() {
     // Before: `top` lists of any length and token strings of any size were

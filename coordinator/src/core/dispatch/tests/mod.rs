@@ -732,6 +732,23 @@ impl Setup {
     }
 }
 
+/// The node failed the job: a 502 naming `why`, nothing booked or
+/// charged, and it counts against the node.
+pub(super) fn assert_node_failed(s: &Setup, r: Result<Box<Finished>, Error>, why: &str) {
+    let err = r.err().expect("the job fails");
+    assert!(
+        matches!(&err, Error::BadGateway(m) if m.contains(why)),
+        "{why}: {err:?}"
+    );
+    assert_eq!(s.entries(), 0, "{why}: nothing booked");
+    assert_eq!(s.balance(), i128::from(BALANCE), "{why}: nothing charged");
+    let health = s.core.routing.health(&s.nodes[0]).unwrap();
+    assert!(
+        health.breaker.consecutive_failures > 0,
+        "{why}: held against the node"
+    );
+}
+
 mod books_and_checks;
 mod count;
 mod fanout;
