@@ -386,3 +386,38 @@ pub fn minilm_dir() -> PathBuf {
     );
     dir
 }
+
+/// A real llama.cpp server (llama-cpp-python's, through
+/// `tests/python/llama_server.py`) serving `gguf` as `alias` on a free
+/// loopback port, once it answers `/v1/models`: the process (killed when
+/// dropped) and its OpenAI base URL.
+pub async fn start_llama_server(
+    gguf: &std::path::Path,
+    alias: &str,
+    n_ctx: u32,
+) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let server = tokio::process::Command::new(python())
+        .arg(workspace_root().join("tests/python/llama_server.py"))
+        .args(["--model", &gguf.to_string_lossy(), "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--n_ctx", &n_ctx.to_string()])
+        .args(["--model_alias", alias])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the llama.cpp server");
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let http = reqwest::Client::new();
+    wait_until("the llama.cpp server", Duration::from_secs(120), || async {
+        http.get(format!("{base}/models"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    (server, base)
+}

@@ -19,18 +19,11 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sharenet_devnet::DevnetModel;
 use sharenet_node::{ModelConfig, ModelSource, UpstreamConfig};
-use sharenet_tests::{TestNet, python, sse_data, workspace_root};
+use sharenet_tests::{TestNet, sse_data, workspace_root};
 
 /// The name builders use; the devnet catalogues the GGUF under its
 /// canonical id with this alias.
 const ALIAS: &str = "smollm2-135m-instruct";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
 
 /// `usage` with every count multiplied by ten.
 fn inflate(usage: &mut Value) {
@@ -149,26 +142,8 @@ async fn builders_pay_llama_cpps_honest_counts_through_a_lying_upstream_and_the_
         .expect("the devnet catalogues SmolLM2");
     let native = hex::encode(t.net().nodes[0].public_key());
 
-    let port = free_port();
-    let _server = tokio::process::Command::new(python())
-        .arg(workspace_root().join("tests/python/llama_server.py"))
-        .args(["--model", gguf.to_str().unwrap(), "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string(), "--n_ctx", "2048"])
-        .args(["--model_alias", "smollm2"])
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the llama.cpp server");
-    let llama = format!("http://127.0.0.1:{port}/v1");
+    let (_server, llama) = sharenet_tests::start_llama_server(&gguf, "smollm2", 2048).await;
     let http = reqwest::Client::new();
-    sharenet_tests::wait_until("the llama.cpp server", Duration::from_secs(120), || async {
-        http.get(format!("{llama}/models"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
     let proxy = start_proxy(llama.clone()).await;
 
     // An unmodified node in front of the lying proxy, given the model's

@@ -8,7 +8,7 @@ use candle_core::quantized::GgmlDType;
 use serde_json::{Value, json};
 use sharenet_engine::tiny::{TinyConfig, write_tiny_gguf};
 use sharenet_node::{ModelConfig, ModelSource, UpstreamConfig};
-use sharenet_tests::{MODEL, TestNet, minilm_dir, python, sse_data, workspace_root};
+use sharenet_tests::{MODEL, TestNet, minilm_dir, sse_data};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_with_logprobs_stream_and_settle_like_chat() {
@@ -162,40 +162,8 @@ async fn a_node_forwarding_to_a_real_llama_cpp_server_streams_and_bills_what_it_
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("tiny.gguf");
     write_tiny_gguf(&gguf, 3, TinyConfig::default(), GgmlDType::Q8_0).unwrap();
-    let port = free_port();
-    let _server = tokio::process::Command::new(python())
-        .arg(workspace_root().join("tests/python/llama_server.py"))
-        .args(["--model", gguf.to_str().unwrap(), "--host", "127.0.0.1"])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--n_ctx",
-            "1024",
-            "--model_alias",
-            "tiny",
-        ])
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the llama.cpp server");
-    let base = format!("http://127.0.0.1:{port}/v1");
+    let (_server, base) = sharenet_tests::start_llama_server(&gguf, "tiny", 1024).await;
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while http
-        .get(format!("{base}/models"))
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "llama.cpp server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     // The node counts the output with the model's tokenizer (read from
     // the GGUF the server runs), never the server's usage.
     let mut counted = upstream("tiny-upstream", &base, "tiny", 60, Default::default());
